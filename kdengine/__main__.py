@@ -1,0 +1,3 @@
+from kdengine.cli import main
+
+raise SystemExit(main())

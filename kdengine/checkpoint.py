@@ -1,0 +1,89 @@
+"""Resumable checkpoints, written atomically.
+
+RUN_DIR/checkpoints/step-NNNNNNNN/ holds student.safetensors (the trainable weights),
+trainer.pt (optimizer, scheduler and RNG state) and meta.json (step, config). A checkpoint is
+written into a temporary directory and renamed into place, so a kill at any moment leaves the
+previous checkpoint whole; `latest_checkpoint` only ever returns complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+_DONE = "meta.json"  # written last: its presence marks a complete checkpoint
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module,
+                    trainer_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    _dedupe_shared(state)
+    save_file(state, str(tmp / "student.safetensors"))
+    torch.save(trainer_state, tmp / "trainer.pt")
+    (tmp / _DONE).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    _prune(final.parent, keep)
+    return final
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> None:
+    """safetensors refuses tensors that share memory (tied embeddings): keep the first name."""
+    seen: dict[int, str] = {}
+    for name in list(state):
+        ptr = state[name].untyped_storage().data_ptr()
+        if ptr in seen:
+            state[name] = state[name].clone()
+        else:
+            seen[ptr] = name
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.iterdir() if path.is_dir() else []:
+        if file.is_file():
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.glob("step-*") if (p / _DONE).exists())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / CHECKPOINTS
+    done = sorted(p for p in root.glob("step-*") if (p / _DONE).exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights into `module`; return (trainer_state, meta)."""
+    state = load_file(str(path / "student.safetensors"))
+    module.load_state_dict(state, strict=True)
+    trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    meta = json.loads((path / _DONE).read_text())
+    return trainer_state, meta

@@ -1,0 +1,173 @@
+"""`kdengine train|verdict|version`: the engine's command line, generated from kdengine.config.
+
+Bad input exits 2 with one line that names the field and what it takes, before anything is
+written: no half-made run directory is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import kdengine
+from kdengine.config import (
+    FIELDS,
+    ConfigError,
+    RunConfig,
+    default_runs_dir,
+    flag_of,
+    demo_config,
+    load_config_file,
+)
+
+EXIT_USAGE = 2
+PROG = "kdengine"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every error is one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} train", allow_abbrev=False,
+                description="Distil a teacher into a student. Flags override --config, which "
+                "overrides --demo, which overrides the defaults.")
+    p.add_argument("--config", metavar="FILE", help="Read fields from a .toml or .json file")
+    p.add_argument("--demo", action="store_true",
+                   help="The first-use preset: a tiny teacher trained on this machine, no network")
+    p.add_argument("--check", action="store_true",
+                   help="Validate the arguments and sources, print the effective config, exit")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="Continue a run from its latest checkpoint, with its own config")
+    for group_name in dict.fromkeys(f.group for f in FIELDS):
+        group = p.add_argument_group(group_name)
+        for f in (f for f in FIELDS if f.group == group_name):
+            default = f"default: {f.default!r}" if f.default != "" else "default: none"
+            help_text = f"{f.help} ({f.bounds_text()}; {default})"
+            if f.kind is bool:
+                group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=None, help=help_text)
+            else:
+                group.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), default=None,
+                                   help=help_text)
+    return p
+
+
+def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
+    """Flags -> the effective, validated config. Raises UsageError/ConfigError."""
+    parser = build_train_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        raise UsageError(f"unknown argument {flag} (see `{PROG} train --help` for the flags)")
+    given = {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name) is not None}
+    if args.resume:
+        if given or args.demo or args.config:
+            names = ", ".join(flag_of(n) for n in given) or "--demo/--config"
+            raise UsageError(f"--resume continues the run with its own config.json; drop {names}")
+        return _resume_config(Path(args.resume)), args
+    values: dict[str, Any] = demo_config().to_dict() if args.demo else {}
+    if args.config:
+        values.update(load_config_file(Path(args.config)))
+    try:
+        base = RunConfig.from_mapping(values)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"{exc.message} (in {args.config})") from None
+    config = base.with_values(**given)
+    if not config.run_name:
+        config = config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
+    return config.validate(), args
+
+
+def _resume_config(run_dir: Path) -> RunConfig:
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise ConfigError("resume", f"{run_dir} holds no config.json: not a kdengine run dir")
+    return RunConfig.from_mapping(json.loads(path.read_text())).with_values(run_dir=str(run_dir))
+
+
+def run_dir_for(config: RunConfig) -> Path:
+    return Path(config.run_dir).expanduser() if config.run_dir else \
+        default_runs_dir() / config.run_name
+
+
+def cmd_train(argv: list[str]) -> int:
+    config, args = parse_train_args(argv)
+    try:
+        from kdengine.sources import check_sources
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
+    check_sources(config)
+    run_dir = run_dir_for(config)
+    if args.check:
+        print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict()},
+                         indent=2))
+        return 0
+    if not args.resume and (run_dir / "events.jsonl").exists():
+        raise ConfigError("run_dir", f"{run_dir} already holds a run (continue it with --resume "
+                          f"{run_dir}, or pick another --run-name)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (run_dir / "config.json").write_text(config.to_json())
+    from kdengine.trainer import run
+
+    result = run(config, run_dir, resume=bool(args.resume))
+    return result.exit_code
+
+
+def cmd_verdict(argv: list[str]) -> int:
+    from kdengine.verdict import verdict_for_run
+
+    p = _Parser(prog=f"{PROG} verdict", allow_abbrev=False,
+                description="F-DISTILL-SMOKE-001 from a run's events: exit 0 pass, 1 fail, "
+                "2 inconclusive")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="Print the verdict as JSON")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "events.jsonl").exists():
+        raise UsageError(f"{run_dir} has no events.jsonl: not a kdengine run dir")
+    verdict = verdict_for_run(str(run_dir))
+    print(json.dumps(verdict.to_event()) if args.json else verdict.summary())
+    return verdict.exit_code
+
+
+COMMANDS = {"train": cmd_train, "verdict": cmd_verdict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {PROG} {{train,verdict,version}} ...\n\n"
+              "  train    distil a teacher into a student (`kdengine train --demo` to try it)\n"
+              "  verdict  print a run's smoke verdict; exit 0 pass, 1 fail, 2 inconclusive\n"
+              "  version  print the version")
+        return 0 if argv else EXIT_USAGE
+    command, rest = argv[0], argv[1:]
+    if command in ("version", "--version"):
+        print(f"kdengine {kdengine.__version__}")
+        return 0
+    if command not in COMMANDS:
+        print(f"{PROG}: error: unknown command {command!r} (train, verdict, version)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[command](rest)
+    except ConfigError as exc:
+        flag = flag_of(exc.field) if exc.field and exc.field != "config" else exc.field
+        print(f"{PROG} {command}: error: {flag}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,365 @@
+"""The one schema of a KD run: every field's type, default, bounds and help text.
+
+The engine's CLI flags, the dashboard's form fields and validators, the remote command line and
+the run manifest are all generated from `FIELDS`, so a flag cannot drift from what the engine
+takes and a value cannot be silently dropped. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DEMO_TEACHER = "demo://teacher"
+DEMO_STUDENT = "demo://student"
+DEMO_DATA = "demo://python-stdlib"
+
+LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ConfigError(ValueError):
+    """A value that breaks the schema. `field` names the offending field (None for the file)."""
+
+    def __init__(self, field_name: str | None, message: str) -> None:
+        self.field = field_name
+        self.message = message
+        super().__init__(f"{field_name}: {message}" if field_name else message)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One hyperparameter: how it is parsed, bounded, shown and explained."""
+
+    name: str
+    kind: type  # str, int, float or bool
+    default: Any
+    help: str
+    group: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] | None = None
+    pattern: re.Pattern[str] | None = None
+    pattern_hint: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def bounds_text(self) -> str:
+        """The allowed values, in the words an error message uses."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
+        lo = hi = None
+        if self.minimum is not None:
+            lo = f"{'>' if self.exclusive_minimum else '>='} {_fmt(self.minimum)}"
+        if self.maximum is not None:
+            hi = f"<= {_fmt(self.maximum)}"
+        kind = "an integer" if self.kind is int else "a number"
+        if lo and hi:
+            return f"{kind} {lo} and {hi}"
+        if lo or hi:
+            return f"{kind} {lo or hi}"
+        return self.pattern_hint or ("an integer" if self.kind is int else "a value")
+
+    def parse(self, raw: Any) -> Any:
+        """Turn text (a flag, a form input) or a JSON/TOML value into a checked value."""
+        value = self._coerce(raw)
+        self.check(value)
+        return value
+
+    def _coerce(self, raw: Any) -> Any:
+        if self.kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(self.name, f"must be true or false (got {raw!r})")
+        if self.kind is int:
+            if isinstance(raw, bool):
+                raise ConfigError(self.name, f"must be an integer (got {raw!r})")
+            if isinstance(raw, int):
+                return raw
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw)
+            try:
+                return int(str(raw).strip().replace("_", ""))
+            except ValueError:
+                raise ConfigError(self.name, f"must be an integer (got {raw!r})") from None
+        if self.kind is float:
+            if isinstance(raw, bool):
+                raise ConfigError(self.name, f"must be a number (got {raw!r})")
+            try:
+                value = float(str(raw).strip()) if isinstance(raw, str) else float(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(self.name, f"must be a number (got {raw!r})") from None
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(self.name, f"must be a finite number (got {raw!r})")
+            return value
+        if not isinstance(raw, str):
+            raise ConfigError(self.name, f"must be text (got {raw!r})")
+        return raw.strip()
+
+    def check(self, value: Any) -> None:
+        if self.choices and value not in self.choices:
+            raise ConfigError(self.name, f"must be {self.bounds_text()} (got {value!r})")
+        if self.pattern and not self.pattern.match(value):
+            raise ConfigError(self.name, f"must be {self.pattern_hint} (got {value!r})")
+        if self.kind in (int, float):
+            too_low = self.minimum is not None and (
+                value <= self.minimum if self.exclusive_minimum else value < self.minimum
+            )
+            too_high = self.maximum is not None and value > self.maximum
+            if too_low or too_high:
+                raise ConfigError(self.name, f"must be {self.bounds_text()} (got {_fmt(value)})")
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else f"{number:g}"
+
+
+# Order is the order of the form and of --help.
+FIELDS: tuple[Field, ...] = (
+    Field("teacher", str, "", "Teacher model: a local HF-layout directory, a hub repo id "
+          "(org/name), or demo://teacher", "models"),
+    Field("student", str, "", "Student model to distil into: a local HF-layout directory, a hub "
+          "repo id, or demo://student", "models"),
+    Field("data", str, "", "Training text: a .txt/.jsonl file, a directory of them, a "
+          "pre-tokenized .bin shard directory, or demo://python-stdlib", "data"),
+    Field("steps", int, 500, "Optimizer steps to train", "schedule", minimum=1, maximum=10**9),
+    Field("batch_size", int, 4, "Sequences per optimizer step (every row trains)", "schedule",
+          minimum=1, maximum=65536),
+    Field("seq_len", int, 512, "Tokens per training sequence", "schedule", minimum=2,
+          maximum=1 << 20),
+    Field("lr", float, 1.5e-5, "Peak learning rate of AdamW", "optimizer", minimum=0.0,
+          maximum=1.0, exclusive_minimum=True),
+    Field("warmup_steps", int, 0, "Linear warm-up steps before the schedule starts", "optimizer",
+          minimum=0, maximum=10**9),
+    Field("lr_schedule", str, "cosine", "Learning-rate decay after warm-up", "optimizer",
+          choices=LR_SCHEDULES),
+    Field("weight_decay", float, 0.0, "AdamW decoupled weight decay", "optimizer", minimum=0.0,
+          maximum=1.0),
+    Field("grad_clip", float, 1.0, "Clip the global gradient norm to this (0 turns it off)",
+          "optimizer", minimum=0.0, maximum=1e6),
+    Field("temperature", float, 4.0, "Softmax temperature T of the KD term (scaled by T^2)",
+          "loss", minimum=0.0, maximum=100.0, exclusive_minimum=True),
+    Field("alpha", float, 0.3, "Weight of the hard-label CE term; the KD term gets 1 - alpha",
+          "loss", minimum=0.0, maximum=1.0),
+    Field("loss", str, "forward_kl", "KD divergence: forward_kl = KL(teacher||student), "
+          "reverse_kl = KL(student||teacher), jsd = generalized JSD(beta)", "loss",
+          choices=LOSS_KINDS),
+    Field("jsd_beta", float, 0.5, "Mixture weight beta of the generalized JSD (loss=jsd only)",
+          "loss", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Field("eval_every", int, 100, "Held-out validation every N steps (0: only at step 0 and the "
+          "end)", "eval", minimum=0, maximum=10**9),
+    Field("eval_batches", int, 8, "Validation batches per evaluation", "eval", minimum=1,
+          maximum=100000),
+    Field("val_fraction", float, 0.05, "Share of documents held out for validation", "eval",
+          minimum=0.0, maximum=0.5, exclusive_minimum=True),
+    Field("log_every", int, 10, "Emit a step event every N steps", "eval", minimum=1,
+          maximum=10**6),
+    Field("checkpoint_every", int, 500, "Save a resumable checkpoint every N steps (0: only at "
+          "the end)", "checkpoints", minimum=0, maximum=10**9),
+    Field("seed", int, 0, "Random seed of init, data order and dropout", "run", minimum=0,
+          maximum=2**63 - 1),
+    Field("device", str, "auto", "Where to train: auto, cpu, cuda, cuda:N or mps", "run",
+          pattern=_DEVICE_RE, pattern_hint="auto, cpu, cuda, cuda:N or mps"),
+    Field("dtype", str, "auto", "Compute dtype (auto: bfloat16 on CUDA, float32 elsewhere)",
+          "run", choices=DTYPES),
+    Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>); letters, digits, . _ -",
+          "run", pattern=re.compile(r"^$|" + _RUN_NAME_RE.pattern),
+          pattern_hint="letters, digits, '.', '_' and '-' (up to 128, not starting with . _ -)"),
+    Field("run_dir", str, "", "Run directory for events, logs and checkpoints (empty: "
+          "RUNS_DIR/<run_name>)", "run"),
+    Field("allow_same_teacher_student", bool, False, "Allow teacher == student (a smoke test "
+          "only: the KD signal is zero)", "run"),
+)
+
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The effective configuration of one run (every field of `FIELDS`, checked)."""
+
+    teacher: str = ""
+    student: str = ""
+    data: str = ""
+    steps: int = 500
+    batch_size: int = 4
+    seq_len: int = 512
+    lr: float = 1.5e-5
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    temperature: float = 4.0
+    alpha: float = 0.3
+    loss: str = "forward_kl"
+    jsd_beta: float = 0.5
+    eval_every: int = 100
+    eval_batches: int = 8
+    val_fraction: float = 0.05
+    log_every: int = 10
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    run_name: str = ""
+    run_dir: str = ""
+    allow_same_teacher_student: bool = False
+
+    def __post_init__(self) -> None:
+        for f in FIELDS:
+            object.__setattr__(self, f.name, f.parse(getattr(self, f.name)))
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from a dict (JSON, TOML, form); unknown keys are an error, never ignored."""
+        unknown = sorted(set(values) - set(FIELDS_BY_NAME))
+        if unknown:
+            raise ConfigError(unknown[0], f"is not a field of a run (known: {', '.join(FIELD_NAMES)})")
+        return cls(**{k: FIELDS_BY_NAME[k].parse(v) for k, v in values.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        return cls.from_mapping(load_config_file(path))
+
+    def with_values(self, **values: Any) -> RunConfig:
+        for key in values:
+            if key not in FIELDS_BY_NAME:
+                raise ConfigError(key, "is not a field of a run")
+        return replace(self, **{k: FIELDS_BY_NAME[k].parse(v) for k, v in values.items()})
+
+    # -- output -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in FIELDS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    def to_args(self, *, only_changed: bool = False) -> list[str]:
+        """The engine's command-line arguments that reproduce this config exactly."""
+        args: list[str] = []
+        for f in FIELDS:
+            value = getattr(self, f.name)
+            if only_changed and value == f.default:
+                continue
+            if f.kind is bool:
+                args.append(f.flag if value else "--no-" + f.flag[2:])
+            else:
+                args += [f.flag, _fmt_arg(value)]
+        return args
+
+    # -- cross-field rules ------------------------------------------------------------------
+    def validate(self, *, require_models: bool = True) -> RunConfig:
+        """Checks that involve more than one field. Returns self so calls chain."""
+        if require_models:
+            for name in ("teacher", "student", "data"):
+                if not getattr(self, name):
+                    raise ConfigError(name, f"is required (give {FIELDS_BY_NAME[name].flag} "
+                                      "or use --demo)")
+        if self.teacher and self.teacher == self.student and not self.allow_same_teacher_student:
+            raise ConfigError("student", "is the same model as the teacher, so the KD signal is "
+                              "zero; pick another student or set allow_same_teacher_student")
+        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
+            raise ConfigError("warmup_steps", f"must be below steps ({self.steps}) "
+                              f"(got {self.warmup_steps})")
+        return self
+
+    @property
+    def is_demo(self) -> bool:
+        return self.teacher.startswith("demo://")
+
+
+def _fmt_arg(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+assert FIELD_NAMES == tuple(f.name for f in fields(RunConfig) ), (
+    "FIELDS and RunConfig disagree"
+)
+
+
+def flag_of(name: str) -> str:
+    """The CLI flag of a field name (or '--name' for names outside the schema)."""
+    return FIELDS_BY_NAME[name].flag if name in FIELDS_BY_NAME else "--" + name.replace("_", "-")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a run config from .toml or .json; errors name the file and the fix."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError("config", f"{path} must end in .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError("config", f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a table of fields")
+    return data
+
+
+def default_runs_dir() -> Path:
+    """Where runs live unless run_dir says otherwise: $KDENGINE_RUNS_DIR, else the user's data dir."""
+    import os
+
+    env = os.environ.get("KDENGINE_RUNS_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("kdengine") / "runs"
+
+
+def demo_config(**overrides: Any) -> RunConfig:
+    """The first-use preset: a tiny teacher trained once on this machine, distilled into a
+    smaller student, on the Python standard library's own sources. No network, no GPU."""
+    values: dict[str, Any] = dict(
+        teacher=DEMO_TEACHER, student=DEMO_STUDENT, data=DEMO_DATA, steps=500, batch_size=16,
+        seq_len=128, lr=3e-3, warmup_steps=25, temperature=2.0, alpha=0.3, eval_every=100,
+        eval_batches=4, log_every=5, checkpoint_every=250,
+    )
+    values.update(overrides)
+    return RunConfig.from_mapping(values)
+
+
+def groups(items: Iterable[Field] = FIELDS) -> dict[str, list[Field]]:
+    out: dict[str, list[Field]] = {}
+    for f in items:
+        out.setdefault(f.group, []).append(f)
+    return out

@@ -1,0 +1,99 @@
+"""The embedded demo: no network, no GPU.
+
+A 4-layer byte-level teacher is trained once on the Python standard library's own sources and
+cached in the user's cache dir (HF layout); each demo run then distils it into a fresh 2-layer
+student. The teacher is a real model that knows Python's byte statistics, so the KD signal is real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdengine.data import ByteTokenizer, BatchSampler, demo_documents, split_documents
+from kdengine.models import Decoder, DecoderConfig, load_decoder, save_decoder
+
+TEACHER = DecoderConfig(vocab_size=257, hidden_size=128, intermediate_size=384,
+                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=512, tie_word_embeddings=True)
+STUDENT = DecoderConfig(vocab_size=257, hidden_size=64, intermediate_size=192,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=512, tie_word_embeddings=True)
+TEACHER_STEPS, TEACHER_BATCH, TEACHER_SEQ, TEACHER_LR, TEACHER_SEED = 500, 16, 128, 3e-3, 1234
+
+
+def cache_root() -> Path:
+    env = os.environ.get("KDENGINE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_path
+
+    return user_cache_path("kdengine")
+
+
+def _recipe_id() -> str:
+    recipe = json.dumps([TEACHER.to_dict(), TEACHER_STEPS, TEACHER_BATCH, TEACHER_SEQ,
+                         TEACHER_LR, TEACHER_SEED], sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def teacher_path(say: Callable[[str], None] = print) -> Path:
+    """The cached demo teacher, trained first if this machine has none yet."""
+    path = cache_root() / "demo" / f"teacher-{_recipe_id()}"
+    if (path / "model.safetensors").exists():
+        say(f"demo teacher: cached at {path}")
+        return path
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = train_teacher(say)
+    save_decoder(model, tmp)
+    try:
+        tmp.rename(path)  # another process may have won the race: theirs is as good
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def train_teacher(say: Callable[[str], None] = print) -> Decoder:
+    say(f"demo teacher: training once ({TEACHER_STEPS} steps on the Python stdlib; cached "
+        "afterwards)")
+    torch.manual_seed(TEACHER_SEED)
+    tok = ByteTokenizer()
+    splits = split_documents(demo_documents(), tok.encode_tensor, tok.eos_id, 0.05, TEACHER_SEQ)
+    sampler = BatchSampler(splits.train, TEACHER_BATCH, TEACHER_SEQ, TEACHER_SEED)
+    model = Decoder(TEACHER)
+    model.init_weights(torch.Generator().manual_seed(TEACHER_SEED))
+    opt = torch.optim.AdamW(model.parameters(), lr=TEACHER_LR, betas=(0.9, 0.95))
+    t0 = time.monotonic()
+    for step in range(1, TEACHER_STEPS + 1):
+        lr = TEACHER_LR * min(1.0, step / 30) * (0.1 + 0.9 * (1 - step / TEACHER_STEPS))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = sampler.batch(step)
+        loss = F.cross_entropy(model.logits(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == TEACHER_STEPS:
+            say(f"demo teacher: step {step}/{TEACHER_STEPS} ce={loss.item():.4f} "
+                f"({time.monotonic() - t0:.0f}s)")
+    return model.eval()
+
+
+def load_teacher_model() -> Decoder:
+    return load_decoder(teacher_path())
+
+
+def fresh_student(seed: int) -> Decoder:
+    model = Decoder(STUDENT)
+    model.init_weights(torch.Generator().manual_seed(seed + 1))
+    return model

@@ -1,0 +1,13 @@
+"""Models the engine trains: the native Llama-family decoder and its HF-layout checkpoints."""
+
+from kdengine.models.decoder import Decoder, DecoderConfig
+from kdengine.models.hf_layout import (
+    UnsupportedArchitecture,
+    config_from_hf,
+    config_to_hf,
+    load_decoder,
+    save_decoder,
+)
+
+__all__ = ["Decoder", "DecoderConfig", "UnsupportedArchitecture", "config_from_hf",
+           "config_to_hf", "load_decoder", "save_decoder"]

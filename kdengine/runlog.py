@@ -1,0 +1,89 @@
+"""The run's two outputs side by side: structured events and the human launch.log.
+
+Every human line goes to stdout and RUN_DIR/launch.log, unless stdout already *is* launch.log (a
+launcher redirected it there), in which case it is written once. Python-level stderr is teed the
+same way, so warnings and tracebacks land in the log when the engine runs in a terminal too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from kdengine.events import LOG, LOG_FILE, STAGE, EventWriter
+
+
+def _same_file(stream: TextIO, path: Path) -> bool:
+    try:
+        a, b = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class _Tee:
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+            s.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.streams[0], name)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.events = EventWriter(self.run_dir)
+        log_path = self.run_dir / LOG_FILE
+        log_path.touch()
+        redirected = _same_file(sys.stdout, log_path)
+        self._file = None if redirected else open(log_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._saved_stderr = sys.stderr
+        if self._file is not None and not _same_file(sys.stderr, log_path):
+            sys.stderr = _Tee(sys.stderr, self._file)  # type: ignore[assignment]
+        self._stage_started: dict[str, float] = {}
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+        if self._file is not None:
+            self._file.write(text + "\n")
+            self._file.flush()
+
+    def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
+        return self.events.emit(type_, **payload)
+
+    def message(self, level: str, text: str) -> None:
+        """A warning or error: a `log` event and a human line that says its level."""
+        self.emit(LOG, level=level, message=text)
+        prefix = "" if level == "info" else f"{level.upper()}: "
+        self.line(prefix + text)
+
+    def stage(self, name: str, state: str, detail: str = "") -> None:
+        now = time.monotonic()
+        if state == "running":
+            self._stage_started[name] = now
+        elapsed = round(now - self._stage_started.get(name, now), 3)
+        payload: dict[str, Any] = {"stage": name, "state": state, "elapsed": elapsed}
+        if detail:
+            payload["detail"] = detail
+        self.emit(STAGE, **payload)
+        self.line(f"[{name}] {state}" + (f" ({elapsed:.1f}s)" if state != "running" else "")
+                  + (f": {detail}" if detail else ""))
+
+    def close(self) -> None:
+        sys.stderr = self._saved_stderr
+        self.events.close()
+        if self._file is not None:
+            self._file.close()

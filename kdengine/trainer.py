@@ -1,0 +1,339 @@
+"""One KD run from config to verdict, in stages:
+
+    prepare -> load_teacher -> load_student -> data -> train -> final_eval -> verdict
+
+AdamW with warm-up and cosine/linear decay, global gradient clipping, held-out evaluation at step
+0, every eval_every steps and at the end. Seeded and deterministic on the CPU. A NaN or inf loss
+stops the run as failed before the bad update is applied; SIGINT/SIGTERM end it as cancelled after
+the current step. Checkpoints are atomic and `resume=True` continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import signal
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import kdengine
+from kdengine import events as ev
+from kdengine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from kdengine.config import ConfigError, RunConfig
+from kdengine.data import BatchSampler, TokenSplits
+from kdengine.losses import KDLossSpec, fused_kd_loss
+from kdengine.providers import Student, Teacher
+from kdengine.runlog import RunLog
+from kdengine.verdict import verdict_from_events
+
+EXIT_COMPLETED, EXIT_FAILED = 0, 1
+STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval", "verdict")
+
+
+class RunCancelled(Exception):
+    pass
+
+
+class LossNotFinite(Exception):
+    pass
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | failed | cancelled
+    exit_code: int
+    run_dir: Path
+    verdict: Any = None
+
+
+def pick_device(config: RunConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{config.device} asked for, but torch sees no CUDA device "
+                          "(use device=cpu or auto)")
+    return device
+
+
+def pick_dtype(config: RunConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def lr_factor(step: int, config: RunConfig) -> float:
+    """Multiplier of the peak LR for optimizer step `step` (1-based)."""
+    if config.warmup_steps and step <= config.warmup_steps:
+        return step / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    if config.lr_schedule == "linear":
+        return 1.0 - progress * 0.9
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10%
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (a second SIGINT interrupts)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (tests): rely on check() not firing
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def check(self) -> None:
+        if self.received:
+            raise RunCancelled(self.received)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class KDTrainer:
+    """The train loop over already-loaded providers and token splits."""
+
+    def __init__(self, config: RunConfig, teacher: Teacher, student: Student, splits: TokenSplits,
+                 log: RunLog, device: torch.device, dtype: torch.dtype,
+                 stop: _StopSignals | None = None, chunk_tokens: int = 2048) -> None:
+        self.config, self.teacher, self.student, self.log = config, teacher, student, log
+        self.device, self.dtype = device, dtype
+        self.stop = stop or _StopSignals()
+        self.spec = KDLossSpec.from_config(config)
+        self.chunk_tokens = chunk_tokens
+        self.sampler = BatchSampler(splits.train, config.batch_size, config.seq_len, config.seed)
+        self.val_batches = BatchSampler(splits.val, config.batch_size, config.seq_len,
+                                        config.seed).fixed_batches(config.eval_batches)
+        params = [p for p in student.module.parameters() if p.requires_grad]
+        self.params = params
+        fused = device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95),
+                                           weight_decay=config.weight_decay, fused=fused)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: lr_factor(i + 1, config))
+        self.step = 0
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+        with self._autocast():
+            t_hidden = self.teacher.hidden_states(input_ids)
+            s_hidden = self.student.hidden_states(input_ids)
+        return fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
+                             self.teacher.head_weight, labels, self.spec, self.chunk_tokens)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.student.module.eval()
+        total = ce = kd = 0.0
+        for input_ids, labels in self.val_batches:
+            parts = self._loss(input_ids, labels)
+            total, ce, kd = total + parts.loss.item(), ce + parts.ce, kd + parts.kd
+        self.student.module.train()
+        n = len(self.val_batches)
+        result = {"step": self.step, "val_loss": total / n, "val_ce": ce / n, "val_kd": kd / n}
+        self.log.emit(ev.EVAL, **result)
+        tag = " (initial_loss)" if self.step == 0 else ""
+        self.log.line(f"eval step {self.step} val_loss={result['val_loss']:.4f} "
+                      f"val_ce={result['val_ce']:.4f} val_kd={result['val_kd']:.4f}{tag}")
+        return result
+
+    def train_step(self) -> dict[str, float]:
+        self.step += 1
+        t0 = time.perf_counter()
+        input_ids, labels = self.sampler.batch(self.step)
+        parts = self._loss(input_ids, labels)
+        loss = parts.loss.item()
+        if not math.isfinite(loss):
+            raise LossNotFinite(f"loss is {loss} at step {self.step} "
+                                f"(ce={parts.ce}, kd={parts.kd}); the update was not applied")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        return {"step": self.step, "loss": loss, "kd": parts.kd, "ce": parts.ce, "lr": lr,
+                "grad_norm": grad_norm, "tokens_per_s": input_ids.numel() / max(seconds, 1e-9)}
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def checkpoint(self) -> Path:
+        path = save_checkpoint(self.log.run_dir, self.step, self.student.module, self.state(),
+                               {"config": self.config.to_dict()})
+        self.log.emit(ev.CHECKPOINT, step=self.step, path=str(path))
+        self.log.line(f"checkpoint saved at step {self.step}: {path}")
+        return path
+
+    def run(self, *, evaluate_start: bool = True) -> None:
+        """Train from self.step to config.steps with evals, step events and checkpoints."""
+        cfg = self.config
+        if evaluate_start:
+            self.evaluate()
+        while self.step < cfg.steps:
+            self.stop.check()
+            metrics = self.train_step()
+            step = self.step
+            if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
+                self.log.emit(ev.STEP, **metrics, total_steps=cfg.steps)
+                self.log.line(
+                    f"step {step}/{cfg.steps} loss={metrics['loss']:.4f} kd={metrics['kd']:.4f} "
+                    f"ce={metrics['ce']:.4f} lr={metrics['lr']:.3e} "
+                    f"grad_norm={metrics['grad_norm']:.3f} tok/s={metrics['tokens_per_s']:.0f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                self.evaluate()
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                self.checkpoint()
+
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {"kdengine": kdengine.__version__, "torch": torch.__version__,
+                            "python": platform.python_version(), "host": platform.node(),
+                            "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
+    """Run every stage, writing events and launch.log into `run_dir` (which must exist)."""
+    from kdengine.loading import load_data, load_student, load_teacher
+
+    log = RunLog(run_dir)
+    stop = _StopSignals()
+    stage = "prepare"
+    trainer: KDTrainer | None = None
+    try:
+        with stop:
+            torch.manual_seed(config.seed)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            device = pick_device(config)
+            dtype = pick_dtype(config, device)
+            ckpt = latest_checkpoint(run_dir) if resume else None
+            log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),
+                     config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
+                     resumed_from=_step_of(ckpt) if resume else None, env=environment())
+            log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
+                     f"{kdengine.__version__}, torch {torch.__version__}")
+            log.stage(stage, "running")
+            log.stage(stage, "done")
+
+            stage = "load_teacher"
+            log.stage(stage, "running")
+            teacher, tokenizer = load_teacher(config, device, dtype, log)
+            log.stage(stage, "done", f"{_count(teacher):,} parameters")
+            stop.check()
+
+            stage = "load_student"
+            log.stage(stage, "running")
+            student = load_student(config, device, tokenizer, teacher, log)
+            log.stage(stage, "done", f"{_count(student):,} trainable parameters")
+            stop.check()
+
+            stage = "data"
+            log.stage(stage, "running")
+            splits = load_data(config, tokenizer)
+            log.stage(stage, "done", f"{len(splits.train):,} train / {len(splits.val):,} "
+                      "validation tokens")
+
+            stage = "train"
+            log.stage(stage, "running")
+            trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop)
+            if ckpt is not None:
+                state, _ = load_checkpoint(ckpt, student.module)
+                trainer.restore(state)
+                log.line(f"resumed from {ckpt} at step {trainer.step}")
+            trainer.run(evaluate_start=ckpt is None)
+            log.stage(stage, "done", f"{trainer.step} steps")
+
+            stage = "final_eval"
+            log.stage(stage, "running")
+            trainer.evaluate()
+            trainer.checkpoint()
+            from kdengine.loading import save_final_student
+
+            final = save_final_student(config, student, run_dir, tokenizer)
+            log.line(f"final student written to {final} (HF layout)")
+            log.stage(stage, "done")
+
+            stage = "verdict"
+            log.stage(stage, "running")
+            seen = ev.read_events(log.events.path)
+            verdict = verdict_from_events(
+                [*seen, {"type": ev.RUN_FINISHED, "status": "completed", "exit_code": 0}])
+            log.emit(ev.VERDICT, **verdict.to_event())
+            log.line(f"verdict {verdict.summary()}")
+            log.stage(stage, "done", verdict.status)
+            log.emit(ev.RUN_FINISHED, status="completed", exit_code=EXIT_COMPLETED,
+                     steps=trainer.step)
+            return RunResult("completed", EXIT_COMPLETED, run_dir, verdict)
+    except (RunCancelled, KeyboardInterrupt) as exc:
+        name = str(exc) or "SIGINT"
+        code = 128 + getattr(signal, name, signal.SIGINT)
+        log.stage(stage, "cancelled", f"{name} received")
+        log.message("warning", f"run cancelled by {name} at step {_step(trainer)}")
+        log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=_step(trainer))
+        return RunResult("cancelled", code, run_dir)
+    except Exception as exc:  # every failure ends as a failed run with its reason and traceback
+        kind = "loss" if isinstance(exc, LossNotFinite) else type(exc).__name__
+        if isinstance(exc, LossNotFinite) and trainer is not None:
+            log.emit(ev.STEP, step=trainer.step, loss=float("nan"), total_steps=config.steps)
+        log.stage(stage, "failed", str(exc))
+        tb = "".join(traceback.format_exception(exc))
+        log.emit(ev.LOG, level="error", message=f"{kind}: {exc}", traceback=tb)
+        log.line(f"ERROR: {kind}: {exc}")
+        log.line(tb.rstrip())
+        log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=str(exc),
+                 stage=stage, steps=_step(trainer))
+        return RunResult("failed", EXIT_FAILED, run_dir)
+    finally:
+        log.close()
+
+
+def _step(trainer: KDTrainer | None) -> int:
+    return trainer.step if trainer is not None else 0
+
+
+def _step_of(ckpt: Path | None) -> int | None:
+    return int(ckpt.name.split("-")[1]) if ckpt is not None else None
+
+
+def _count(provider: Any) -> int:
+    module = getattr(provider, "module", None) or getattr(provider, "model", None)
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0

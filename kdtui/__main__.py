@@ -1,0 +1,3 @@
+from kdtui.cli import main
+
+raise SystemExit(main())

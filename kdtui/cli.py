@@ -1,0 +1,92 @@
+"""`kdtui`: the dashboard, plus headless `launch` and `watch` for scripts and CI.
+
+    kdtui [--theme NAME]                      open the dashboard (launch form first)
+    kdtui launch [--headless] [--host H] ...  dispatch a run (engine flags as `kdengine train`)
+    kdtui watch RUN [--headless]              follow a run by id, run dir or dispatch.json
+    kdtui runs                                list past and running runs
+
+Headless commands print plain lines and exit 0 pass / 1 fail / 2 error or inconclusive.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdengine.config import FIELDS
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def add_run_fields(parser: argparse.ArgumentParser) -> None:
+    """Every kdengine.config field as a flag (all strings: validation is the schema's)."""
+    group = parser.add_argument_group("run fields (as `kdengine train`)")
+    for f in FIELDS:
+        if f.kind is bool:
+            group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=f.help)
+        else:
+            group.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), default=None,
+                               help=f.help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kdtui", allow_abbrev=False,
+                description="Run and watch knowledge-distillation runs.")
+    p.add_argument("--theme", help="Dashboard theme (remembered): see the command palette")
+    p.add_argument("--runs-dir", help="Where local runs live (default: kdengine's runs dir)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    launch = sub.add_parser("launch", help="Dispatch a run", allow_abbrev=False)
+    launch.add_argument("--headless", action="store_true", help="Plain lines, no dashboard")
+    launch.add_argument("--host", help="Host from ~/.ssh/config or the kdtui hosts file; "
+                        "'local' (default) runs the embedded engine")
+    launch.add_argument("--fallback-host", help="Host to use when the primary fails preflight")
+    launch.add_argument("--dry-run", action="store_true",
+                        help="Print the whole plan and every remote command; touch nothing")
+    launch.add_argument("--config", metavar="FILE", help="Read run fields from .toml or .json")
+    launch.add_argument("--demo", action="store_true", help="Start from the demo preset")
+    launch.add_argument("--detach", action="store_true",
+                        help="Headless: return once the run is started, do not watch it")
+    add_run_fields(launch)
+
+    watch = sub.add_parser("watch", help="Follow a run", allow_abbrev=False)
+    watch.add_argument("run", help="Run id, run directory, or dispatch.json")
+    watch.add_argument("--headless", action="store_true", help="Plain lines, no dashboard")
+
+    sub.add_parser("runs", help="List past and running runs", allow_abbrev=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:
+            raise UsageError(f"unknown argument {unknown[0]} (see `kdtui --help`)")
+        if args.command == "launch" and args.headless:
+            from kdtui.headless import headless_launch
+
+            return headless_launch(args)
+        if args.command == "watch" and args.headless:
+            from kdtui.headless import headless_watch
+
+            return headless_watch(args)
+        if args.command == "runs":
+            from kdtui.headless import print_runs
+
+            return print_runs(args)
+        from kdtui.app import run_app
+
+        return run_app(args)
+    except UsageError as exc:
+        print(f"kdtui: error: {exc}", file=sys.stderr)
+        return 2
