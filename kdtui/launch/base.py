@@ -1,0 +1,47 @@
+"""What every launcher (local embedded engine, remote over SSH) gives the dashboard.
+
+A launcher runs its dispatch stages, reporting each through `on_stage`, and returns a
+`RunHandle`: the run's id, a `RunSource` to follow its files from byte offsets, and how to cancel
+it. Local and remote runs then look the same to the run screen and to headless mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kdtui.watch import RunSource
+
+STAGE_STATES = ("pending", "running", "done", "failed", "skipped")
+
+
+@dataclass
+class StageUpdate:
+    stage: str  # e.g. preflight, sync, models, launch, manifest
+    state: str  # one of STAGE_STATES
+    elapsed: float = 0.0
+    detail: str = ""  # one line for the tracker
+    output: list[str] = field(default_factory=list)  # lines of output, for the log pane
+    host: str = ""  # which host this attempt ran on (fallback attempts are shown apart)
+
+
+class RunHandle(Protocol):
+    run_id: str
+    host: str  # "local" or the SSH host alias
+    run_dir: str  # on the host that runs it
+    source: RunSource
+
+    async def cancel(self) -> None:
+        """SIGTERM to the run's process group: the engine ends it as cancelled."""
+
+    def reattach_hint(self) -> str:
+        """How to come back to this run later (shown on detach)."""
+
+    def extra(self) -> dict[str, Any]: ...
+
+
+class Launcher(Protocol):
+    stages: tuple[str, ...]  # shown as pending before start
+
+    async def start(self, on_stage: Callable[[StageUpdate], None]) -> RunHandle: ...
