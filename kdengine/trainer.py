@@ -162,10 +162,12 @@ class KDTrainer:
                       f"val_ce={result['val_ce']:.4f} val_kd={result['val_kd']:.4f}{tag}")
         return result
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> dict[str, float]:
+        """One optimizer step on `batch` (default: this step's batch from the sampler)."""
         self.step += 1
         t0 = time.perf_counter()
-        input_ids, labels = self.sampler.batch(self.step)
+        input_ids, labels = batch if batch is not None else self.sampler.batch(self.step)
         parts = self._loss(input_ids, labels)
         loss = parts.loss.item()
         if not math.isfinite(loss):
