@@ -1,0 +1,132 @@
+"""The train loop: every row trains, determinism, NaN stops, signals cancel, events tell all."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdengine.config import RunConfig
+from kdengine.data import TokenSplits
+from kdengine.events import read_events
+from kdengine.providers import BigramStudent, BigramTeacher
+from kdengine.runlog import RunLog
+from kdengine.trainer import KDTrainer, lr_factor
+
+
+def bigram_trainer(tmp_path: Path, **overrides) -> KDTrainer:
+    values = dict(teacher="t", student="s", data="d", steps=10, batch_size=4, seq_len=8,
+                  lr=0.05, eval_batches=1, temperature=2.0, alpha=0.3)
+    values.update(overrides)
+    config = RunConfig.from_mapping(values)
+    stream = torch.arange(400) % 32
+    splits = TokenSplits(train=stream, val=stream.flip(0), eos_id=0)
+    log = RunLog(tmp_path)
+    return KDTrainer(config, BigramTeacher(), BigramStudent(), splits, log,
+                     torch.device("cpu"), torch.float32)
+
+
+def test_every_row_of_a_batch_trains(tmp_path: Path) -> None:
+    trainer = bigram_trainer(tmp_path)
+    # four rows over disjoint token sets: row r only uses tokens 8r .. 8r+7
+    rows = torch.stack([torch.arange(8) + 8 * r for r in range(4)])
+    input_ids, labels = rows[:, :-1], rows[:, 1:]
+    before = trainer.student.module.embed.detach().clone()
+    trainer.train_step((input_ids, labels))
+    changed = (trainer.student.module.embed.detach() - before).abs().sum(-1) > 0
+    for r in range(4):
+        assert changed[input_ids[r]].all(), f"row {r} did not train"
+    untouched = torch.ones(32, dtype=torch.bool)
+    untouched[input_ids.flatten()] = False
+    assert not changed[untouched].any()
+
+
+def test_training_is_deterministic_on_cpu(tmp_path: Path) -> None:
+    runs = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        trainer = bigram_trainer(tmp_path / str(i))
+        runs.append([trainer.train_step()["loss"] for _ in range(5)])
+    assert runs[0] == runs[1]
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth() -> None:
+    cfg = RunConfig(steps=100, warmup_steps=10, lr_schedule="cosine")
+    assert lr_factor(5, cfg) == pytest.approx(0.5)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    factors = [lr_factor(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return read_events(run_dir / "events.jsonl")
+
+
+def test_a_real_tiny_run_writes_events_log_checkpoints_and_a_passing_verdict(
+        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+    run_dir = tmp_path / "run"
+    out = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=30)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    events = _events(run_dir)
+    assert events[0]["type"] == "run_started"
+    assert events[0]["config"]["batch_size"] == 4 and events[0]["config"]["lr"] == 3e-3
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    stages = [(e["stage"], e["state"]) for e in events if e["type"] == "stage"]
+    assert ("train", "done") in stages and ("verdict", "done") in stages
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert steps == list(range(1, 31))
+    assert [e["step"] for e in events if e["type"] == "eval"] == [0, 10, 20, 30]
+    verdict = next(e for e in events if e["type"] == "verdict")
+    assert verdict["status"] == "pass" and verdict["id"] == "F-DISTILL-SMOKE-001"
+    assert events[-1] == {**events[-1], "type": "run_finished", "status": "completed"}
+    log = (run_dir / "launch.log").read_text()
+    assert "step 30/30 loss=" in log and "verdict F-DISTILL-SMOKE-001 PASS" in log
+    assert (run_dir / "final" / "model.safetensors").exists()
+    assert json.loads((run_dir / "config.json").read_text())["steps"] == 30
+
+
+def test_nan_loss_stops_the_run_with_an_error_and_applies_no_update(
+        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = Path(tiny_run_inputs["teacher"]) / "model.safetensors"
+    state = load_file(str(weights))
+    state["model.norm.weight"][0] = float("nan")
+    save_file(state, str(weights))
+    run_dir = tmp_path / "run"
+    out = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1
+    events = _events(run_dir)
+    errors = [e for e in events if e["type"] == "log" and e["level"] == "error"]
+    assert errors and "loss is nan at step 1" in errors[0]["message"]
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
+    assert not (run_dir / "checkpoints").exists()
+    verdict = subprocess.run([*engine_cmd, "verdict", str(run_dir)], capture_output=True,
+                             text=True)
+    assert verdict.returncode == 2 and "nan" in verdict.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_run_cleanly_as_cancelled(tmp_path, tiny_run_inputs, tiny_args,
+                                                     engine_cmd, sig) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=100000,
+                                                     checkpoint_every=0, eval_every=0)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(e["type"] == "step" for e in _events(run_dir)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 128 + sig
+    events = _events(run_dir)
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
+    assert "Traceback" not in proc.stderr.read()

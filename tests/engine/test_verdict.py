@@ -1,0 +1,68 @@
+"""F-DISTILL-SMOKE-001 from events, and `kdengine verdict`'s exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from kdengine.events import EventWriter
+from kdengine.verdict import verdict_from_events
+
+
+def ev(type_: str, **kw):
+    return {"type": type_, **kw}
+
+
+DONE = ev("run_finished", status="completed", exit_code=0)
+
+
+def test_pass_when_final_val_loss_is_below_step_zero() -> None:
+    v = verdict_from_events([ev("eval", step=0, val_loss=5.0), ev("step", step=10, loss=3.0),
+                             ev("eval", step=10, val_loss=4.0), DONE])
+    assert (v.status, v.initial_val_loss, v.final_val_loss, v.final_step) == ("pass", 5, 4, 10)
+    assert v.delta == pytest.approx(-1.0)
+    assert v.exit_code == 0
+
+
+def test_fail_when_it_is_not_below() -> None:
+    v = verdict_from_events([ev("eval", step=0, val_loss=5.0), ev("eval", step=10, val_loss=5.0),
+                             DONE])
+    assert v.status == "fail" and v.exit_code == 1
+
+
+@pytest.mark.parametrize(("events", "reason"), [
+    ([ev("eval", step=10, val_loss=4.0), DONE], "no validation loss at step 0"),
+    ([ev("eval", step=0, val_loss=5.0), DONE], "no validation loss after step 0"),
+    ([ev("eval", step=0, val_loss=5.0), ev("step", step=3, loss=float("nan")),
+      ev("run_finished", status="failed", exit_code=1)], "the loss became nan at step 3"),
+    ([ev("eval", step=0, val_loss=5.0), ev("step", step=3, loss=2.0)],
+     "the run has not finished (last step 3)"),
+    ([ev("eval", step=0, val_loss=5.0), ev("step", step=3, loss=2.0),
+      ev("run_finished", status="failed", exit_code=1, error="CUDA out of memory")],
+     "the run failed at step 3: CUDA out of memory"),
+    ([ev("eval", step=0, val_loss=5.0), ev("eval", step=5, val_loss=4.0),
+      ev("run_finished", status="cancelled", exit_code=143)], "the run cancelled at step 0"),
+])
+def test_inconclusive_says_why(events, reason: str) -> None:
+    v = verdict_from_events(events)
+    assert v.status == "inconclusive" and v.exit_code == 2
+    assert reason in v.reason
+
+
+@pytest.mark.parametrize(("final", "code", "word"), [(4.0, 0, "PASS"), (6.0, 1, "FAIL")])
+def test_verdict_command_prints_and_exits_by_status(tmp_path, engine_cmd, final, code,
+                                                    word) -> None:
+    with EventWriter(tmp_path) as w:
+        w.emit("eval", step=0, val_loss=5.0)
+        w.emit("eval", step=20, val_loss=final)
+        w.emit("run_finished", status="completed", exit_code=0)
+    out = subprocess.run([*engine_cmd, "verdict", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == code
+    assert f"F-DISTILL-SMOKE-001 {word}" in out.stdout
+
+
+def test_verdict_command_on_a_dir_without_events_is_a_usage_error(tmp_path, engine_cmd) -> None:
+    out = subprocess.run([*engine_cmd, "verdict", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "not a kdengine run dir" in out.stderr
