@@ -177,10 +177,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return LossParts(loss, float(ce), float(kd))
 
 
-def _fused_chunks(h, w, th, tw, labels, spec, chunk, want_grad_h, want_grad_w):
+def _fused_chunks(h, w, th, tw, labels, spec, chunk, want_grad_h, want_grad_w, normalizer=None):
     """The chunk loop: per chunk of tokens, project both lm-heads, take the loss and its logit
     gradient, and fold that gradient into d/dh and d/dW at once."""
-    n = float(max(int((labels != IGNORE_INDEX).sum()), 1))
+    n = float(max(int((labels != IGNORE_INDEX).sum()), 1)) if normalizer is None else normalizer
     student_vocab = w.shape[0]
     tw = tw[:student_vocab]  # padded teacher ids dropped before the projection
     grad_h = torch.empty_like(h) if want_grad_h else None
@@ -214,9 +214,10 @@ class _FusedLinearKDLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, th, tw, labels, spec, chunk):
+    def forward(ctx, h, w, th, tw, labels, spec, chunk, normalizer=None):
         loss, ce, kd, grad_h, grad_w = _fused_chunks(
-            h, w, th, tw, labels, spec, chunk, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            h, w, th, tw, labels, spec, chunk, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            normalizer)
         ctx.grads = (grad_h, grad_w)
         ctx.w_dtype = w.dtype
         ctx.parts = (ce, kd)
@@ -227,14 +228,18 @@ class _FusedLinearKDLoss(torch.autograd.Function):
         grad_h, grad_w = ctx.grads
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(ctx.w_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None
 
 
 def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                   teacher_hidden: torch.Tensor, teacher_head: torch.Tensor,
-                  labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024) -> LossParts:
+                  labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024,
+                  normalizer: float | None = None) -> LossParts:
     """Batch-mean KD loss from final hidden states and lm-head weights, never materialising the
-    full [tokens, vocab] logits. hidden [..., H]; head [vocab, H]; labels [...]."""
+    full [tokens, vocab] logits. hidden [..., H]; head [vocab, H]; labels [...].
+
+    `normalizer` replaces the divisor (these labels' valid-token count): data-parallel ranks pass
+    one derived from the global batch's count (kdengine.distributed.Dist.normalizer)."""
     if teacher_head.shape[0] < student_head.shape[0]:
         raise ValueError(
             f"teacher vocab ({teacher_head.shape[0]}) is smaller than the student's "
@@ -244,9 +249,10 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     flat = labels.reshape(-1)
     tw = teacher_head.detach()
     if torch.is_grad_enabled() and (h.requires_grad or student_head.requires_grad):
-        loss = _FusedLinearKDLoss.apply(h, student_head, th, tw, flat, spec, chunk_tokens)
+        loss = _FusedLinearKDLoss.apply(h, student_head, th, tw, flat, spec, chunk_tokens,
+                                        normalizer)
         ce, kd = loss.grad_fn.parts
     else:
         loss, ce, kd, _, _ = _fused_chunks(h, student_head, th, tw, flat, spec, chunk_tokens,
-                                           False, False)
+                                           False, False, normalizer)
     return LossParts(loss, float(ce), float(kd))
