@@ -6,8 +6,10 @@ from kdengine.models.hf_layout import (
     config_from_hf,
     config_to_hf,
     load_decoder,
+    read_hf_config,
     save_decoder,
+    stored_dtype,
 )
 
 __all__ = ["Decoder", "DecoderConfig", "UnsupportedArchitecture", "config_from_hf",
-           "config_to_hf", "load_decoder", "save_decoder"]
+           "config_to_hf", "load_decoder", "read_hf_config", "save_decoder", "stored_dtype"]

@@ -1,7 +1,8 @@
 """The native decoder: the Llama family as published on the hub, in one readable file.
 
-Covers Llama 2/3, Mistral, Qwen2/2.5 (q/k/v bias), Qwen3 (q/k RMSNorm), SmolLM2: pre-norm blocks
-of grouped-query attention with rotary embeddings and a SwiGLU MLP, RMSNorm, optionally tied
+Covers Llama 2/3 (llama3 rope scaling), Mistral (sliding-window attention), Qwen2/2.5 (q/k/v
+bias), Qwen3 (q/k RMSNorm), SmolLM2 (Llama with tied embeddings): pre-norm blocks of
+grouped-query attention with rotary embeddings and a SwiGLU MLP, RMSNorm, optionally tied
 embeddings. Parameter names follow the HF layout (`model.layers.N.self_attn.q_proj.weight`), so
 an HF safetensors checkpoint loads with `load_state_dict` as is.
 
@@ -34,9 +35,14 @@ class DecoderConfig:
     rope_scaling: dict[str, Any] | None = None
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
-    attention_bias: bool = False  # Qwen2: bias on q, k, v (not o)
+    attention_bias: bool = False  # bias on q, k, v (Qwen2 always; Llama/Qwen3 with o_proj_bias)
+    o_proj_bias: bool = False  # bias on o_proj (Llama/Qwen3 attention_bias=true)
+    mlp_bias: bool = False  # bias on gate/up/down (Llama mlp_bias=true)
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k
+    sliding_window: int | None = None  # attend to the last N positions only (Mistral v0.1)
+    layer_types: list[str] | None = None  # per layer: full_attention | sliding_attention
     model_type: str = "llama"
+    # the source config.json, kept so a saved model keeps keys we do not model (eos ids, ...)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -47,6 +53,17 @@ class DecoderConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for "
+                             f"{self.num_hidden_layers} layers")
+
+    def window_of(self, layer: int) -> int | None:
+        """The sliding window of layer `layer`, or None for full causal attention."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -68,16 +85,22 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
 def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
-    """Inverse frequencies of the rotary embedding, with Llama 3's frequency-band scaling."""
+    """Inverse frequencies of the rotary embedding (float32, on the CPU), with Llama 3's
+    frequency-band scaling. Computed in float32 the way transformers does, so both agree."""
     dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    positions = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float()
+    inv_freq = 1.0 / (config.rope_theta ** (positions / dim))
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "llama3":
         factor = scaling["factor"]
         low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
-        old_ctx = scaling["original_max_position_embeddings"]
+        old_ctx = scaling.get("original_max_position_embeddings",
+                              config.max_position_embeddings)
         low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
         wavelen = 2 * math.pi / inv_freq
         scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
@@ -87,8 +110,9 @@ def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
         inv_freq = torch.where(mid, smoothed, scaled)
     elif kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
-    elif kind not in ("default", None):
-        raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+    elif kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported "
+                         f"({', '.join(ROPE_TYPES)})")
     return inv_freq.float()
 
 
@@ -107,14 +131,16 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(hs, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hs, self.n_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hs, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hs, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hs, bias=config.o_proj_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
@@ -124,7 +150,7 @@ class Attention(nn.Module):
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                              enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -132,25 +158,35 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
-        hs, inter = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(hs, inter, bias=False)
-        self.up_proj = nn.Linear(hs, inter, bias=False)
-        self.down_proj = nn.Linear(inter, hs, bias=False)
+        hs, inter, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hs, inter, bias=bias)
+        self.up_proj = nn.Linear(hs, inter, bias=bias)
+        self.down_proj = nn.Linear(inter, hs, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:
+    """[seq, seq] bool, True where query i may see key j: j <= i and j > i - window
+    (transformers' sliding_window_causal_mask_function)."""
+    i = torch.arange(seq_len, device=device).unsqueeze(1)
+    j = torch.arange(seq_len, device=device).unsqueeze(0)
+    return (j <= i) & (j > i - window)
+
+
 class DecoderLayer(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: DecoderConfig, index: int = 0) -> None:
         super().__init__()
+        self.window = config.window_of(index)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -160,7 +196,8 @@ class DecoderBody(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i)
+                                    for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -172,13 +209,17 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        # A plain attribute, not a buffer: `.to(bfloat16)` must not round the frequencies, and a
+        # model built on the meta device still gets real ones.
+        self.inv_freq = rope_inv_freq(config)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
         return self.lm_head.weight
 
-    def rope(self, seq_len: int, device: torch.device, dtype: torch.dtype):
+    def rope(self, seq_len: int, device: torch.device,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [seq, head_dim], computed in float32 and cast to the activations' dtype."""
         pos = torch.arange(seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.to(device))
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -187,9 +228,16 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states [batch, seq, hidden] of `input_ids` [batch, seq]."""
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope(input_ids.shape[1], x.device, x.dtype)
+        seq = input_ids.shape[1]
+        cos, sin = self.rope(seq, x.device, x.dtype)
+        masks: dict[int, torch.Tensor] = {}
         for layer in self.model.layers:
-            x = layer(x, cos, sin)
+            mask = None
+            if layer.window is not None and seq > layer.window:
+                if layer.window not in masks:
+                    masks[layer.window] = sliding_window_mask(seq, layer.window, x.device)
+                mask = masks[layer.window]
+            x = layer(x, cos, sin, mask)
         return self.model.norm(x)
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
