@@ -27,7 +27,7 @@ TEACHER = DecoderConfig(vocab_size=257, hidden_size=128, intermediate_size=384,
 STUDENT = DecoderConfig(vocab_size=257, hidden_size=64, intermediate_size=192,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         max_position_embeddings=512, tie_word_embeddings=True)
-TEACHER_STEPS, TEACHER_BATCH, TEACHER_SEQ, TEACHER_LR, TEACHER_SEED = 500, 16, 128, 3e-3, 1234
+TEACHER_STEPS, TEACHER_BATCH, TEACHER_SEQ, TEACHER_LR, TEACHER_SEED = 400, 16, 128, 3e-3, 1234
 
 
 def cache_root() -> Path:
