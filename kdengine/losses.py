@@ -4,9 +4,9 @@ Per valid token (label != -100), with T the temperature and p = softmax(t/T), q 
 
     loss = alpha * CE(s, label) + (1 - alpha) * T^2 * D(p, q)
 
-    forward_kl  D = KL(p || q)                                 dD-part/ds = T (q - p)
-    reverse_kl  D = KL(q || p)                                 T q (d - <q, d>),  d = log q - log p
-    jsd(beta)   D = beta KL(p || m) + (1-beta) KL(q || m),     T q (g - <q, g>),  g = (1-beta) log(q/m)
+    forward_kl  D = KL(p || q)                              T^2 dD/ds = T (q - p)
+    reverse_kl  D = KL(q || p)                              T q (d - <q, d>),  d = log q - log p
+    jsd(beta)   D = beta KL(p || m) + (1-beta) KL(q || m),  T q (g - <q, g>),  g = (1-beta) log(q/m)
                 m = beta p + (1-beta) q
 
 and the CE part's gradient is alpha (softmax(s) - onehot). `alpha` always weighs the hard-label CE
@@ -18,6 +18,9 @@ Shapes: logits [..., vocab]; labels [...]; hidden [..., hidden]; lm-head weight 
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -68,30 +71,65 @@ def align_teacher_vocab(teacher_logits: torch.Tensor, student_vocab: int) -> tor
     return teacher_logits[..., :student_vocab]
 
 
-def _divergence_and_grad(s: torch.Tensor, t: torch.Tensor, spec: KDLossSpec):
-    """Per-row D(p, q) at temperature T and T * dD/d(s/T) (i.e. T^2 dD/ds), in s's dtype."""
-    T = spec.temperature
-    log_q = F.log_softmax(s / T, dim=-1)
-    log_p = F.log_softmax(t / T, dim=-1)
+def _chunk_math(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, inv_n: torch.Tensor,
+                temperature: float, alpha: float, kind: str, beta: float, want_grad: bool,
+                grad_dtype: torch.dtype):
+    """The per-row math of one [rows, vocab] chunk, in fp32 (fp64 stays fp64) whatever the
+    logits' dtype: returns (loss_sum, ce_sum, kd_sum, grad) with the sums already multiplied by
+    `inv_n` (1 / valid tokens of the whole batch) and grad = d(loss)/ds in `grad_dtype`.
+
+    Written as one chain of row-wise ops so torch.compile fuses it into a few passes over the
+    chunk (the upcast of bf16 logits included); eager on the CPU computes the same function.
+    """
+    s = _at_least_fp32(s)
+    t = _at_least_fp32(t)
+    T = temperature
+    valid = labels != IGNORE_INDEX
+    safe_labels = torch.where(valid, labels, 0).unsqueeze(-1)
+    row_w = valid.to(s.dtype) * inv_n.to(s.dtype)  # per-row weight: 0 for ignored, 1/n else
+
+    # log_softmax(s) is shared by the CE term and, at T == 1, the KD term
+    log_probs = torch.log_softmax(s, dim=-1)
+    log_q = log_probs if T == 1.0 else torch.log_softmax(s / T, dim=-1)
+    log_p = torch.log_softmax(t / T, dim=-1)
     q = log_q.exp()
     p = log_p.exp()
-    if spec.kind == "forward_kl":
+    ce = -log_probs.gather(-1, safe_labels).squeeze(-1)
+    if kind == "forward_kl":
         div = (p * (log_p - log_q)).sum(-1)
-        grad = q - p
-    elif spec.kind == "reverse_kl":
+        div_grad = q - p if want_grad else None
+    elif kind == "reverse_kl":
         d = log_q - log_p
         div = (q * d).sum(-1)
-        grad = q * (d - div.unsqueeze(-1))
-    elif spec.kind == "jsd":
-        b = spec.beta
-        log_m = torch.logaddexp(log_p + torch.log(torch.tensor(b, dtype=s.dtype)),
-                                log_q + torch.log(torch.tensor(1 - b, dtype=s.dtype)))
-        div = b * (p * (log_p - log_m)).sum(-1) + (1 - b) * (q * (log_q - log_m)).sum(-1)
-        g = (1 - b) * (log_q - log_m)
-        grad = q * (g - (q * g).sum(-1, keepdim=True))
+        div_grad = q * (d - div.unsqueeze(-1)) if want_grad else None
+    elif kind == "jsd":
+        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1.0 - beta))
+        div = beta * (p * (log_p - log_m)).sum(-1) + (1.0 - beta) * (q * (log_q - log_m)).sum(-1)
+        if want_grad:
+            g = (1.0 - beta) * (log_q - log_m)
+            div_grad = q * (g - (q * g).sum(-1, keepdim=True))
+        else:
+            div_grad = None
     else:
+        raise ValueError(f"loss kind {kind!r} is not one of forward_kl, reverse_kl, jsd")
+
+    ce_sum = (ce * row_w).sum()
+    kd_sum = (div * row_w).sum()
+    loss_sum = alpha * ce_sum + (1.0 - alpha) * T * T * kd_sum
+    if not want_grad:
+        return loss_sum, ce_sum, kd_sum, None
+    # d/ds of alpha*CE + (1-alpha)*T^2*D: alpha (softmax(s) - onehot) + (1-alpha) T (dD/d(s/T))
+    grad = (1.0 - alpha) * T * div_grad
+    if alpha > 0.0:
+        onehot = torch.arange(s.shape[-1], device=s.device) == safe_labels
+        grad = grad + alpha * (log_probs.exp() - onehot.to(s.dtype))
+    grad = grad * row_w.unsqueeze(-1)
+    return loss_sum, ce_sum, kd_sum, grad.to(grad_dtype)
+
+
+def _check_kind(spec: KDLossSpec) -> None:
+    if spec.kind not in ("forward_kl", "reverse_kl", "jsd"):
         raise ValueError(f"loss kind {spec.kind!r} is not one of forward_kl, reverse_kl, jsd")
-    return div, grad * T
 
 
 def kd_sums_and_grad(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, spec: KDLossSpec,
@@ -99,26 +137,15 @@ def kd_sums_and_grad(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, spe
     """Loss terms summed over the valid rows of a [rows, vocab] chunk, divided by `normalizer`
     (the valid-token count of the whole batch), and d(loss)/ds for the chunk.
 
-    Returns (loss_sum, ce_sum, kd_sum, grad_s) with the sums already divided by `normalizer`.
+    Returns (loss_sum, ce_sum, kd_sum, grad_s) with the sums already divided by `normalizer`;
+    computed in fp32 at least (fp64 inputs stay fp64), grad_s in that dtype.
     """
+    _check_kind(spec)
     t = align_teacher_vocab(t, s.shape[-1])
-    valid = labels != IGNORE_INDEX
-    safe_labels = torch.where(valid, labels, 0)
-    mask = valid.to(s.dtype)
-
-    log_probs = F.log_softmax(s, dim=-1)
-    ce = -log_probs.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
-    ce_grad = log_probs.exp()
-    ce_grad.scatter_add_(-1, safe_labels.unsqueeze(-1),
-                         -torch.ones_like(safe_labels, dtype=s.dtype).unsqueeze(-1))
-    div, div_grad = _divergence_and_grad(s, t, spec)
-
-    a, T2 = spec.alpha, spec.temperature**2
-    ce_sum = (ce * mask).sum() / normalizer
-    kd_sum = (div * mask).sum() / normalizer
-    loss_sum = a * ce_sum + (1 - a) * T2 * kd_sum
-    grad = (a * ce_grad + (1 - a) * div_grad) * (mask / normalizer).unsqueeze(-1)
-    return loss_sum, ce_sum, kd_sum, grad
+    work = torch.float64 if s.dtype == torch.float64 else torch.float32
+    inv_n = torch.tensor(1.0 / normalizer, dtype=work, device=s.device)
+    return _chunk_math(s, t, labels, inv_n, spec.temperature, spec.alpha, spec.kind, spec.beta,
+                       True, work)
 
 
 def kd_loss_reference(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
@@ -136,8 +163,7 @@ def kd_loss_reference(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
         div = F.kl_div(log_p, log_q, log_target=True, reduction="sum")
     else:
         b = spec.beta
-        log_m = torch.logsumexp(torch.stack([log_p + torch.log(torch.tensor(b, dtype=s.dtype)),
-                                             log_q + torch.log(torch.tensor(1 - b, dtype=s.dtype))]), 0)
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(b), log_q + math.log(1 - b)]), 0)
         div = b * F.kl_div(log_m, log_p, log_target=True, reduction="sum") + (1 - b) * F.kl_div(
             log_m, log_q, log_target=True, reduction="sum")
     n = max(int(valid.sum()), 1)
@@ -150,7 +176,8 @@ class _KDLogitsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, t, labels, spec, normalizer):
-        loss, ce, kd, grad = kd_sums_and_grad(_at_least_fp32(s), _at_least_fp32(t), labels, spec, normalizer)
+        loss, ce, kd, grad = kd_sums_and_grad(_at_least_fp32(s), _at_least_fp32(t), labels, spec,
+                                              normalizer)
         ctx.save_for_backward(grad.to(s.dtype))
         ctx.parts = (float(ce), float(kd))
         return loss
@@ -177,31 +204,119 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return LossParts(loss, float(ce), float(kd))
 
 
-def _fused_chunks(h, w, th, tw, labels, spec, chunk, want_grad_h, want_grad_w, normalizer=None):
-    """The chunk loop: per chunk of tokens, project both lm-heads, take the loss and its logit
-    gradient, and fold that gradient into d/dh and d/dW at once."""
-    n = float(max(int((labels != IGNORE_INDEX).sum()), 1)) if normalizer is None else normalizer
+# -- the fused chunked lm-head + loss -----------------------------------------------------------
+
+_COMPILED_MATH: dict[str, object] = {}
+
+
+def compile_default(device: torch.device) -> bool:
+    """torch.compile the per-chunk math where it pays: CUDA, unless KDENGINE_COMPILE=0.
+
+    On the CPU the eager ops are used (no compiler toolchain needed, and CI stays fast)."""
+    return device.type == "cuda" and os.environ.get("KDENGINE_COMPILE", "1") != "0"
+
+
+def _math_fn(device: torch.device, compile_math: bool):
+    """The chunk math, compiled once per process on the first GPU call; eager if that fails."""
+    if not compile_math:
+        return _chunk_math
+    fn = _COMPILED_MATH.get("fn")
+    if fn is None:
+        fn = torch.compile(_chunk_math, fullgraph=True)
+        _COMPILED_MATH["fn"] = fn
+    return fn
+
+
+def _run_math(s, t, labels, inv_n, spec, want_grad, grad_dtype, compile_math):
+    if compile_math and _COMPILED_MATH.get("broken") is None:
+        # The row count varies (last chunk, other batch sizes): one graph for any row count
+        # instead of a recompile per shape.
+        torch._dynamo.maybe_mark_dynamic(s, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(labels, 0)
+        try:
+            return _math_fn(s.device, True)(s, t, labels, inv_n, spec.temperature, spec.alpha,
+                                            spec.kind, spec.beta, want_grad, grad_dtype)
+        except Exception as exc:  # a compiler failure must cost speed, never the run
+            _COMPILED_MATH["broken"] = repr(exc)
+            warnings.warn(f"torch.compile of the KD chunk math failed, running eager: {exc!r}",
+                          RuntimeWarning, stacklevel=2)
+    return _chunk_math(s, t, labels, inv_n, spec.temperature, spec.alpha, spec.kind, spec.beta,
+                       want_grad, grad_dtype)
+
+
+_MIXED_ADDMM: dict[str, bool] = {}
+
+
+def _mixed_addmm_works(device: torch.device) -> bool:
+    """Whether addmm(fp32 acc, bf16, bf16, out_dtype=fp32) runs and is right on this device
+    (CUDA, torch >= 2.8): then grad_w accumulates in fp32 inside the matmul's epilogue."""
+    key = str(device)
+    if key not in _MIXED_ADDMM:
+        ok = False
+        if device.type == "cuda":
+            try:
+                gen = torch.Generator(device=device).manual_seed(0)
+                acc = torch.randn(64, 32, device=device, generator=gen)
+                a = torch.randn(64, 48, device=device, generator=gen).to(torch.bfloat16)
+                b = torch.randn(48, 32, device=device, generator=gen).to(torch.bfloat16)
+                want = acc.double() + a.double() @ b.double()
+                got = acc.clone()
+                torch.addmm(got, a, b, out_dtype=torch.float32, out=got)
+                ok = bool(((got.double() - want).norm() / want.norm()) < 1e-3)
+            except (RuntimeError, TypeError):
+                ok = False
+        _MIXED_ADDMM[key] = ok
+    return _MIXED_ADDMM[key]
+
+
+def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -> None:
+    """grad_w += g^T x, accumulated in grad_w's dtype (fp32 for bf16 compute)."""
+    if g.dtype == grad_w.dtype:
+        grad_w.addmm_(g.t(), x)
+    elif _mixed_addmm_works(g.device):
+        torch.addmm(grad_w, g.t(), x, out_dtype=grad_w.dtype, out=grad_w)
+    else:
+        grad_w.add_(g.t() @ x)
+
+
+def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math,
+                  want_grad_h, want_grad_w):
+    """The chunk loop: per chunk of tokens, project both lm-heads in the compute dtype, take the
+    loss and its logit gradient in fp32, and fold that gradient into d/dh and d/dW at once.
+
+    Memory: one [chunk, vocab] block each of student logits, teacher logits and gradient, in the
+    compute dtype; grad_w accumulates in fp32 (fp64 for fp64 inputs)."""
+    _check_kind(spec)
     student_vocab = w.shape[0]
-    tw = tw[:student_vocab]  # padded teacher ids dropped before the projection
-    grad_h = torch.empty_like(h) if want_grad_h else None
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    cd = compute_dtype
+    acc = torch.float64 if cd == torch.float64 else torch.float32
+    # one cast of each operand per call (not per chunk); the teacher's padded ids are dropped
+    # before the projection, so they never get logits at all
+    hc, wc = h.to(cd), w.to(cd)
+    thc, twc = th.to(cd), tw[:student_vocab].to(cd)
+    valid_count = (labels != IGNORE_INDEX).sum().clamp_min(1)
+    inv_n = (1.0 / valid_count.to(acc))  # a device tensor: no host sync, no recompiles
+    want_grad = want_grad_h or want_grad_w
+    grad_h = torch.empty(h.shape, dtype=cd, device=h.device) if want_grad_h else None
     grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_grad_w else None
     loss = torch.zeros((), dtype=acc, device=h.device)
     ce_total = torch.zeros_like(loss)
     kd_total = torch.zeros_like(loss)
     for start in range(0, h.shape[0], chunk):
         sl = slice(start, start + chunk)
-        s = _at_least_fp32(h[sl] @ w.t())
-        t = _at_least_fp32(th[sl] @ tw.t())
-        part, ce, kd, g = kd_sums_and_grad(s, t, labels[sl], spec, n)
+        s = hc[sl] @ wc.t()
+        t = thc[sl] @ twc.t()
+        part, ce, kd, g = _run_math(s, t, labels[sl], inv_n, spec, want_grad, cd, compile_math)
+        del s, t  # free both logit blocks before the gradient matmuls
         loss += part
         ce_total += ce
         kd_total += kd
-        g = g.to(h.dtype)
         if grad_h is not None:
-            grad_h[sl] = g @ w
+            torch.mm(g, wc, out=grad_h[sl])
         if grad_w is not None:
-            grad_w += (g.t() @ h[sl]).to(acc)
+            _accumulate_grad_w(grad_w, g, hc[sl])
+        del g
     return loss, ce_total, kd_total, grad_h, grad_w
 
 
@@ -214,45 +329,68 @@ class _FusedLinearKDLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, th, tw, labels, spec, chunk, normalizer=None):
+    def forward(ctx, h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math):
         loss, ce, kd, grad_h, grad_w = _fused_chunks(
-            h, w, th, tw, labels, spec, chunk, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            normalizer)
+            h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math,
+            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         ctx.grads = (grad_h, grad_w)
-        ctx.w_dtype = w.dtype
+        ctx.dtypes = (h.dtype, w.dtype)
         ctx.parts = (ce, kd)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.grads
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(ctx.w_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None, None, None
+        ctx.grads = (None, None)
+        h_dtype, w_dtype = ctx.dtypes
+        gh = gw = None
+        if grad_h is not None:
+            gh = grad_h.to(h_dtype) * grad_out.to(h_dtype)
+        if grad_w is not None:
+            # in place: no second [vocab, hidden] fp32 buffer
+            gw = grad_w.mul_(grad_out.to(grad_w.dtype)).to(w_dtype)
+        return gh, gw, None, None, None, None, None, None, None
+
+
+def _default_compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """Inside an autocast region its dtype; otherwise the wider of the student's tensors."""
+    if torch.is_autocast_enabled(h.device.type) and h.dtype != torch.float64:
+        return torch.get_autocast_dtype(h.device.type)
+    return torch.promote_types(h.dtype, w.dtype)
 
 
 def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                   teacher_hidden: torch.Tensor, teacher_head: torch.Tensor,
-                  labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024,
-                  normalizer: float | None = None) -> LossParts:
+                  labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024, *,
+                  compute_dtype: torch.dtype | None = None,
+                  compile_math: bool | None = None) -> LossParts:
     """Batch-mean KD loss from final hidden states and lm-head weights, never materialising the
     full [tokens, vocab] logits. hidden [..., H]; head [vocab, H]; labels [...].
 
-    `normalizer` replaces the divisor (these labels' valid-token count): data-parallel ranks pass
-    one derived from the global batch's count (kdengine.distributed.Dist.normalizer)."""
+    The lm-head matmuls run in `compute_dtype` (default: the autocast dtype inside autocast,
+    else the student's dtype), the softmaxes in fp32, grad of the head in fp32 (the dtype of an
+    fp32 master weight). `compile_math` (default: on CUDA) runs the per-chunk math through
+    torch.compile; the CPU path is the same function, eager.
+    """
     if teacher_head.shape[0] < student_head.shape[0]:
         raise ValueError(
             f"teacher vocab ({teacher_head.shape[0]}) is smaller than the student's "
             f"({student_head.shape[0]}): they do not share a tokenizer")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
     h = student_hidden.reshape(-1, student_hidden.shape[-1])
     th = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
     flat = labels.reshape(-1)
     tw = teacher_head.detach()
-    if torch.is_grad_enabled() and (h.requires_grad or student_head.requires_grad):
-        loss = _FusedLinearKDLoss.apply(h, student_head, th, tw, flat, spec, chunk_tokens,
-                                        normalizer)
-        ce, kd = loss.grad_fn.parts
-    else:
-        loss, ce, kd, _, _ = _fused_chunks(h, student_head, th, tw, flat, spec, chunk_tokens,
-                                           False, False, normalizer)
+    cd = compute_dtype or _default_compute_dtype(h, student_head)
+    compile_math = compile_default(h.device) if compile_math is None else compile_math
+    # the loss's own autocast would re-cast per op; the casts are explicit below instead
+    with torch.autocast(h.device.type, enabled=False):
+        if torch.is_grad_enabled() and (h.requires_grad or student_head.requires_grad):
+            loss = _FusedLinearKDLoss.apply(h, student_head, th, tw, flat, spec, chunk_tokens,
+                                            cd, compile_math)
+            ce, kd = loss.grad_fn.parts
+        else:
+            loss, ce, kd, _, _ = _fused_chunks(h, student_head, th, tw, flat, spec, chunk_tokens,
+                                               cd, compile_math, False, False)
     return LossParts(loss, float(ce), float(kd))
