@@ -280,7 +280,7 @@ def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -
         grad_w.add_(g.t() @ x)
 
 
-def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math,
+def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
                   want_grad_h, want_grad_w):
     """The chunk loop: per chunk of tokens, project both lm-heads in the compute dtype, take the
     loss and its logit gradient in fp32, and fold that gradient into d/dh and d/dW at once.
@@ -295,8 +295,11 @@ def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math
     # before the projection, so they never get logits at all
     hc, wc = h.to(cd), w.to(cd)
     thc, twc = th.to(cd), tw[:student_vocab].to(cd)
-    valid_count = (labels != IGNORE_INDEX).sum().clamp_min(1)
-    inv_n = (1.0 / valid_count.to(acc))  # a device tensor: no host sync, no recompiles
+    if normalizer is None:
+        valid_count = (labels != IGNORE_INDEX).sum().clamp_min(1)
+        inv_n = 1.0 / valid_count.to(acc)  # a device tensor: no host sync, no recompiles
+    else:
+        inv_n = torch.tensor(1.0 / normalizer, dtype=acc, device=h.device)
     want_grad = want_grad_h or want_grad_w
     grad_h = torch.empty(h.shape, dtype=cd, device=h.device) if want_grad_h else None
     grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_grad_w else None
@@ -329,9 +332,9 @@ class _FusedLinearKDLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math):
+    def forward(ctx, h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer):
         loss, ce, kd, grad_h, grad_w = _fused_chunks(
-            h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math,
+            h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
             ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         ctx.grads = (grad_h, grad_w)
         ctx.dtypes = (h.dtype, w.dtype)
@@ -349,7 +352,7 @@ class _FusedLinearKDLoss(torch.autograd.Function):
         if grad_w is not None:
             # in place: no second [vocab, hidden] fp32 buffer
             gw = grad_w.mul_(grad_out.to(grad_w.dtype)).to(w_dtype)
-        return gh, gw, None, None, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None, None, None
 
 
 def _default_compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
@@ -363,14 +366,16 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                   teacher_hidden: torch.Tensor, teacher_head: torch.Tensor,
                   labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024, *,
                   compute_dtype: torch.dtype | None = None,
-                  compile_math: bool | None = None) -> LossParts:
+                  compile_math: bool | None = None,
+                  normalizer: float | None = None) -> LossParts:
     """Batch-mean KD loss from final hidden states and lm-head weights, never materialising the
     full [tokens, vocab] logits. hidden [..., H]; head [vocab, H]; labels [...].
 
     The lm-head matmuls run in `compute_dtype` (default: the autocast dtype inside autocast,
     else the student's dtype), the softmaxes in fp32, grad of the head in fp32 (the dtype of an
     fp32 master weight). `compile_math` (default: on CUDA) runs the per-chunk math through
-    torch.compile; the CPU path is the same function, eager.
+    torch.compile; the CPU path is the same function, eager. `normalizer` replaces the batch's
+    own valid-token count as the divisor (data parallel: the global count / world size).
     """
     if teacher_head.shape[0] < student_head.shape[0]:
         raise ValueError(
@@ -388,9 +393,9 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     with torch.autocast(h.device.type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or student_head.requires_grad):
             loss = _FusedLinearKDLoss.apply(h, student_head, th, tw, flat, spec, chunk_tokens,
-                                            cd, compile_math)
+                                            cd, compile_math, normalizer)
             ce, kd = loss.grad_fn.parts
         else:
             loss, ce, kd, _, _ = _fused_chunks(h, student_head, th, tw, flat, spec, chunk_tokens,
-                                               cd, compile_math, False, False)
+                                               cd, compile_math, normalizer, False, False)
     return LossParts(loss, float(ce), float(kd))

@@ -168,3 +168,15 @@ def test_teacher_with_smaller_vocab_is_refused_with_a_clear_error() -> None:
     h, w, th, tw, labels = make_case(10)
     with pytest.raises(ValueError, match="do not share a tokenizer"):
         fused_kd_loss(h, w, th, tw[:100], labels, KDLossSpec())
+
+
+def test_explicit_normalizer_divides_the_sums_instead_of_the_local_count() -> None:
+    h, w, th, tw, labels = make_case(11)
+    spec = KDLossSpec(2.0, 0.3, "forward_kl")
+    local, gh_local, gw_local = fused(h, w, th, tw, labels, spec, chunk=16)
+    n_local = float((labels != IGNORE_INDEX).sum())
+    hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    parts = fused_kd_loss(hh, ww, th, tw, labels, spec, 16, normalizer=2 * n_local)
+    parts.loss.backward()
+    assert rel(parts.loss, local.loss / 2) < 1e-6
+    assert rel(hh.grad, gh_local / 2) < 1e-6 and rel(ww.grad, gw_local / 2) < 1e-6
