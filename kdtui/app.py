@@ -1,0 +1,191 @@
+"""The kdtui App: screens, themes, bindings, command palette, and `run_app` for the CLI.
+
+Starts fast: nothing here (or in any screen) imports torch; the engine runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+from textual.theme import Theme
+
+from kdtui.settings import Settings
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DEFAULT_THEME = "kdtui-dark"
+
+
+def themes_dirs() -> list[Path]:
+    """Where theme files are: kdtui/themes in an installed wheel, themes/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "themes", here.parent / "themes") if d.is_dir()]
+
+
+def load_theme_file(path: Path) -> Theme:
+    """One TOML file -> a textual Theme (its keys are Theme's fields)."""
+    data = tomllib.loads(path.read_text())
+    data.setdefault("name", path.stem)
+    allowed = set(Theme.__dataclass_fields__)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown theme key {unknown[0]!r} (known: {sorted(allowed)})")
+    return Theme(**data)
+
+
+def load_themes() -> dict[str, Theme]:
+    themes: dict[str, Theme] = {}
+    for directory in reversed(themes_dirs()):  # the package's copy wins over a checkout's
+        for path in sorted(directory.glob("*.toml")):
+            theme = load_theme_file(path)
+            themes[theme.name] = theme
+    return themes
+
+
+class KDApp(App):
+    """The dashboard. `command`: None/'launch' opens the form, 'watch' opens one run."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "kdtui"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit",
+                tooltip="Quit (asks about a run still going)"),
+        Binding("f1", "help", "Help", id="app.help"),
+        Binding("f8", "screenshot", "Screenshot", id="app.screenshot",
+                tooltip="Save an SVG screenshot into the run's directory"),
+    ]
+
+    def __init__(self, *, runs_dir: Path | None = None, theme: str | None = None,
+                 command: str | None = None, watch_ref: str | None = None,
+                 prefill: dict[str, Any] | None = None, settings: Settings | None = None) -> None:
+        super().__init__()
+        from kdengine.config import default_runs_dir
+
+        self.settings = settings or Settings.load()
+        self.runs_dir = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+        self.command = command
+        self.watch_ref = watch_ref
+        self.prefill = prefill or {}
+        self.owned_runs: list[Any] = []  # handles of runs this dashboard started
+        self._theme_request = theme
+        for t in load_themes().values():
+            self.register_theme(t)
+        wanted = theme or self.settings.theme or DEFAULT_THEME
+        self._bad_theme = None if wanted in self.available_themes else wanted
+        self.theme = wanted if self._bad_theme is None else DEFAULT_THEME
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        if self._bad_theme:
+            names = ", ".join(sorted(self.available_themes))
+            self.notify(f"no theme {self._bad_theme!r}; themes: {names}", severity="error",
+                        timeout=8)
+        elif self._theme_request:
+            self._remember_theme(self.current_theme)
+        if self.command == "watch" and self.watch_ref:
+            self._open_watch(self.watch_ref)
+        else:
+            from kdtui.screens.launch import LaunchScreen
+
+            self.push_screen(LaunchScreen(self.prefill))
+
+    def _open_watch(self, ref: str) -> None:
+        from kdtui.launch.local import LocalRunHandle
+        from kdtui.runs import find_run
+        from kdtui.screens.launch import LaunchScreen
+        from kdtui.screens.run import RunScreen
+
+        run_dir = find_run(self.runs_dir, ref)
+        self.push_screen(LaunchScreen())
+        if run_dir is None:
+            self.notify(f"no run {ref!r} (give a run id in {self.runs_dir}, a run directory, "
+                        "or a dispatch.json)", severity="error", timeout=10)
+            return
+        handle = LocalRunHandle.attach(run_dir)
+        self.push_screen(RunScreen(handle=handle, title=f"{handle.run_id} on local"))
+
+    def _remember_theme(self, theme: Theme) -> None:
+        if self.settings.theme != theme.name:
+            self.settings.theme = theme.name
+            self.settings.save()
+
+    # -- actions ----------------------------------------------------------------------------
+    def action_help(self) -> None:
+        from kdtui.screens.dialogs import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_screenshot(self) -> None:
+        """An SVG of the dashboard into the run's directory (the runs dir when no run is open)."""
+        target = getattr(self.screen, "run_dir", None) or self.runs_dir
+        target = Path(target)
+        target.mkdir(parents=True, exist_ok=True)
+        name = time.strftime("kdtui-%Y%m%d-%H%M%S.svg")
+        path = self.save_screenshot(filename=name, path=str(target))
+        self.notify(f"screenshot saved: {path}", timeout=6)
+
+    def running_owned(self) -> list[Any]:
+        return [h for h in self.owned_runs if getattr(h, "is_alive", lambda: False)()]
+
+    async def action_quit(self) -> None:
+        going = self.running_owned()
+        if not going:
+            self.exit()
+            return
+        from kdtui.screens.dialogs import QuitScreen
+
+        async def decided(choice: str | None) -> None:
+            if choice == "stop":
+                for handle in going:
+                    await handle.cancel()
+                self.exit(message="Stopped " + ", ".join(h.run_id for h in going))
+            elif choice == "leave":
+                hints = "\n".join(f"{h.run_id} goes on; follow it: {h.reattach_hint()}"
+                                  for h in going)
+                self.exit(message=hints)
+
+        if not isinstance(self.screen, QuitScreen):
+            self.push_screen(QuitScreen([h.run_id for h in going]), decided)
+
+
+def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """`kdtui launch --teacher X ...` (without --headless): open the form with those values."""
+    from kdengine.config import FIELDS, ConfigError, load_config_file
+
+    values: dict[str, Any] = {}
+    if getattr(args, "demo", False):
+        values["demo"] = True
+    if getattr(args, "config", None):
+        try:
+            values.update(load_config_file(Path(args.config)))
+        except ConfigError as exc:
+            print(f"kdtui: error: {exc}", file=sys.stderr)
+    for f in FIELDS:
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    for key in ("host", "fallback_host", "dry_run"):
+        value = getattr(args, key, None)
+        if value:
+            values[key] = value
+    return values
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`."""
+    command = getattr(args, "command", None)
+    app = KDApp(runs_dir=getattr(args, "runs_dir", None), theme=getattr(args, "theme", None),
+                command=command, watch_ref=getattr(args, "run", None),
+                prefill=prefill_from_args(args) if command == "launch" else None)
+    app.run()
+    return app.return_code or 0

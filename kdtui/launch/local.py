@@ -1,0 +1,169 @@
+"""Run the embedded engine on this machine, as its own process group, detached from the UI.
+
+`python -m kdengine train <flags from RunConfig.to_args()> --run-dir DIR` starts in a new session
+with stdin from /dev/null and stdout+stderr appended to DIR/launch.log (the engine sees that its
+stdout already is launch.log and writes each line once). Its pid goes to DIR/engine.pid, so a
+later dashboard can list, reattach to and stop it. An engine crash cannot take the UI down, and
+the UI quitting does not stop the engine unless the user asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdengine.config import ConfigError, RunConfig, flag_of
+from kdengine.events import EVENTS_FILE, LOG_FILE
+from kdtui.launch.base import StageUpdate
+from kdtui.runs import PID_FILE, pid_alive, read_pid
+from kdtui.watch import LocalRunSource
+
+EARLY_EXIT_WINDOW = 1.0  # seconds: an engine that dies this fast refused its arguments
+
+
+class LaunchError(Exception):
+    """The run could not start; the message says why and what to change."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def stamp_run_name(config: RunConfig) -> RunConfig:
+    """Give a config without a run name the engine's own default form, kd-<UTC time>."""
+    if config.run_name:
+        return config
+    return config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
+
+
+def engine_command(config: RunConfig) -> list[str]:
+    """The exact command line the local launcher runs."""
+    return [sys.executable, "-m", "kdengine", "train", *config.to_args()]
+
+
+@dataclass
+class LocalRunHandle:
+    """A local run: started by this dashboard (`process` set) or found again by its pid file."""
+
+    run_id: str
+    run_dir: str
+    host: str = "local"
+    process: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    source: LocalRunSource = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = LocalRunSource(Path(self.run_dir))
+        if self.pid is None and self.process is not None:
+            self.pid = self.process.pid
+
+    @classmethod
+    def attach(cls, run_dir: Path) -> LocalRunHandle:
+        """A handle on a run already in run_dir (running or finished)."""
+        return cls(run_id=Path(run_dir).name, run_dir=str(run_dir), pid=read_pid(Path(run_dir)))
+
+    def is_alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
+    async def cancel(self) -> None:
+        """SIGTERM to the engine's process group; the engine records the run as cancelled."""
+        if self.pid is None or not self.is_alive():
+            return
+        try:
+            # start_new_session made the engine a group leader, so its pgid is its pid
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+
+    def reattach_hint(self) -> str:
+        return f"kdtui watch {self.run_dir}"
+
+    def extra(self) -> dict[str, Any]:
+        return {"pid": self.pid}
+
+
+class LocalLauncher:
+    """Check the config and sources as `kdengine train --check` does, then start the engine."""
+
+    stages: tuple[str, ...] = ("check", "start")
+
+    def __init__(self, config: RunConfig, runs_dir: Path) -> None:
+        self.config = stamp_run_name(config)
+        self.runs_dir = Path(runs_dir)
+        run_dir = Path(self.config.run_dir).expanduser() if self.config.run_dir else \
+            self.runs_dir / self.config.run_name
+        self.run_dir = run_dir
+        self.config = self.config.with_values(run_dir=str(run_dir))
+
+    def plan(self) -> list[str]:
+        """What `start` would do, for the dry run: nothing is touched."""
+        return [
+            "host: local (embedded engine)",
+            f"run dir: {self.run_dir}",
+            f"log: {self.run_dir / LOG_FILE}",
+            "command: " + shlex.join(engine_command(self.config)),
+        ]
+
+    def check(self) -> None:
+        """Cross-field rules and sources; raises ConfigError naming the field (no torch import)."""
+        self.config.validate()
+        from kdengine.sources import check_sources
+
+        check_sources(self.config)
+        if (self.run_dir / EVENTS_FILE).exists():
+            raise ConfigError("run_dir", f"{self.run_dir} already holds a run (pick another "
+                              f"{flag_of('run_name')})")
+
+    async def start(self, on_stage: Callable[[StageUpdate], None]) -> LocalRunHandle:
+        t0 = time.monotonic()
+        on_stage(StageUpdate("check", "running", host="local"))
+        try:
+            await asyncio.to_thread(self.check)
+        except ConfigError as exc:
+            message = f"{flag_of(exc.field)}: {exc.message}" if exc.field else exc.message
+            on_stage(StageUpdate("check", "failed", time.monotonic() - t0, message, host="local"))
+            raise LaunchError(message, exc.field) from None
+        on_stage(StageUpdate("check", "done", time.monotonic() - t0, host="local"))
+
+        t1 = time.monotonic()
+        on_stage(StageUpdate("start", "running", host="local"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        command = engine_command(self.config)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
+            process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, env=env, close_fds=True)
+        (self.run_dir / PID_FILE).write_text(f"{process.pid}\n")
+        handle = LocalRunHandle(self.config.run_name, str(self.run_dir), process=process)
+        # An engine that refuses its arguments exits at once with code 2: say so here, with
+        # the log's last lines, rather than leave a run screen waiting on nothing.
+        deadline = time.monotonic() + EARLY_EXIT_WINDOW
+        while time.monotonic() < deadline and process.poll() is None:
+            await asyncio.sleep(0.1)
+        code = process.poll()
+        if code is not None and code != 0 and not (self.run_dir / EVENTS_FILE).exists():
+            tail = _tail_lines(self.run_dir / LOG_FILE, 40)
+            detail = tail[-1] if tail else f"exit code {code}"
+            on_stage(StageUpdate("start", "failed", time.monotonic() - t1, detail, tail, "local"))
+            raise LaunchError(f"the engine exited at once (code {code}): {detail}")
+        on_stage(StageUpdate("start", "done", time.monotonic() - t1, f"pid {process.pid}",
+                             host="local"))
+        return handle
+
+
+def _tail_lines(path: Path, n: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []

@@ -1,0 +1,150 @@
+"""The index of runs in a runs dir: which exist, which still run, how each ended.
+
+Reads only the head and tail of each events.jsonl (a million-step run's stream is large), and
+asks the OS whether the pid in engine.pid is alive, so listing stays fast with many runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdengine.events import EVENTS_FILE, LOG_FILE
+
+PID_FILE = "engine.pid"
+_TAIL_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    run_dir: Path
+    status: str  # starting | running | completed | failed | cancelled | stopped
+    verdict: str | None  # pass | fail | inconclusive, once the engine wrote it
+    started: float | None  # unix time of the first event
+    updated: float  # mtime of the newest of the run's files
+    step: int | None
+    total_steps: int | None
+    pid: int | None
+
+    @property
+    def is_running(self) -> bool:
+        return self.status in ("starting", "running")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    # a zombie is dead for our purpose: it will never write another event
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_pid(run_dir: Path) -> int | None:
+    try:
+        return int((Path(run_dir) / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _head_event(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            line = fh.readline(1 << 20)
+        event = json.loads(line)
+        return event if isinstance(event, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _tail_events(path: Path) -> list[dict[str, Any]]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - _TAIL_BYTES))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if size > _TAIL_BYTES:
+        lines = lines[1:]  # the first piece is cut in half
+    out = []
+    for raw in lines:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "type" in event:
+            out.append(event)
+    return out
+
+
+def run_info(run_dir: Path) -> RunInfo | None:
+    """What one run directory holds, or None when it is not a run."""
+    run_dir = Path(run_dir)
+    events_path = run_dir / EVENTS_FILE
+    pid = read_pid(run_dir)
+    if not events_path.exists() and pid is None and not (run_dir / "config.json").exists():
+        return None
+    head = _head_event(events_path)
+    tail = _tail_events(events_path)
+    finished = next((e for e in reversed(tail) if e.get("type") == "run_finished"), None)
+    verdict = next((e for e in reversed(tail) if e.get("type") == "verdict"), None)
+    step_event = next((e for e in reversed(tail) if e.get("type") == "step"), None)
+    alive = pid is not None and pid_alive(pid)
+    if finished is not None:
+        status = str(finished.get("status", "completed"))
+    elif alive:
+        status = "running" if head else "starting"
+    else:
+        status = "stopped"  # no run_finished and no process: killed hard or never started
+    mtimes = [p.stat().st_mtime for p in (events_path, run_dir / LOG_FILE, run_dir / PID_FILE,
+                                           run_dir / "config.json") if p.exists()]
+    run_id = (head or {}).get("run_id") or run_dir.name
+    return RunInfo(
+        run_id=str(run_id), run_dir=run_dir, status=status,
+        verdict=str(verdict["status"]) if verdict and "status" in verdict else None,
+        started=head.get("t") if head else None,
+        updated=max(mtimes, default=0.0),
+        step=int(step_event["step"]) if step_event and "step" in step_event else None,
+        total_steps=(step_event or {}).get("total_steps"),
+        pid=pid if alive else None,
+    )
+
+
+def list_runs(runs_dir: Path) -> list[RunInfo]:
+    """Every run under runs_dir, newest first."""
+    try:
+        children = [p for p in Path(runs_dir).iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    runs = [info for p in children if (info := run_info(p)) is not None]
+    return sorted(runs, key=lambda r: r.updated, reverse=True)
+
+
+def find_run(runs_dir: Path, ref: str) -> Path | None:
+    """A run by directory path, run id (directory name), or dispatch.json path."""
+    path = Path(ref).expanduser()
+    if path.name == "dispatch.json" and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            local = data.get("run_dir") or data.get("local_run_dir")
+            if local and Path(local).is_dir():
+                return Path(local)
+        except (OSError, ValueError):
+            pass
+        return path.parent
+    if path.is_dir():
+        return path
+    candidate = Path(runs_dir) / ref
+    return candidate if candidate.is_dir() else None

@@ -1,0 +1,1 @@
+"""The dashboard's screens: launch form, run dashboard, runs list, help and confirmations."""

@@ -1,0 +1,295 @@
+"""The run dashboard: stages, loss chart, progress, verdict and the log, for one run.
+
+The engine runs in another process (or on another host); this screen only follows the run's
+files through a `RunFollower` in an async worker. New events and log lines collect in a pending
+batch that a 100 ms timer applies to the widgets, with a cap per tick, so a fast engine or a
+huge backlog never blocks a frame for long.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input
+
+from kdengine.verdict import verdict_from_events
+from kdtui.launch.base import Launcher, RunHandle, StageUpdate
+from kdtui.watch import RunFollower
+from kdtui.widgets.log_view import LogView
+from kdtui.widgets.loss_chart import LossChart
+from kdtui.widgets.run_panels import ENGINE_STAGES, RunProgress, StageTracker, VerdictPanel
+
+APPLY_EVERY_S = 0.1
+MAX_LINES_PER_TICK = 10_000
+MAX_EVENTS_PER_TICK = 2_000
+POLL_S = 0.1
+
+
+class RunState:
+    """What the screen knows about the run, reduced from its events: the verdict needs only the
+    evals, the last step, the first non-finite step and run_finished, not every step event."""
+
+    def __init__(self) -> None:
+        self.kept: list[dict[str, Any]] = []
+        self.last_step: dict[str, Any] | None = None
+        self.bad_step_seen = False
+        self.finished: dict[str, Any] | None = None
+        self.initial_val_loss: float | None = None
+        self.run_started: dict[str, Any] | None = None
+        self.event_count = 0
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.event_count += 1
+        kind = event.get("type")
+        if kind == "step":
+            self.last_step = event
+            loss = event.get("loss")
+            if not self.bad_step_seen and not (isinstance(loss, (int, float))
+                                               and math.isfinite(loss)):
+                self.bad_step_seen = True
+                self.kept.append(event)
+        elif kind == "eval":
+            self.kept.append(event)
+            if event.get("step") == 0 and isinstance(event.get("val_loss"), (int, float)):
+                self.initial_val_loss = float(event["val_loss"])
+        elif kind == "run_finished":
+            self.finished = event
+            self.kept.append(event)
+        elif kind == "run_started":
+            self.run_started = event
+
+    def verdict(self):
+        events = list(self.kept)
+        if self.last_step is not None:
+            events.append(self.last_step)
+        return verdict_from_events(events)
+
+
+class RunScreen(Screen):
+    """One run, live or finished. Give a launcher (start it here) or a handle (watch it)."""
+
+    BINDINGS = [
+        Binding("m", "toggle_smooth", "EMA", id="run.smooth", tooltip="Smooth the loss (EMA)"),
+        Binding("l", "toggle_log_y", "Log y", id="run.log_y", tooltip="Logarithmic loss axis"),
+        Binding("slash", "search", "Search", id="run.search", tooltip="Search the log"),
+        Binding("x", "stop_run", "Stop run", id="run.stop",
+                tooltip="SIGTERM to the engine's process group (asks first)"),
+        Binding("escape", "back", "Back", id="run.back"),
+    ]
+
+    def __init__(self, *, launcher: Launcher | None = None, handle: RunHandle | None = None,
+                 title: str = "") -> None:
+        super().__init__()
+        if (launcher is None) == (handle is None):
+            raise ValueError("give a launcher or a handle")
+        self.launcher = launcher
+        self.handle = handle
+        self.title_text = title
+        self.state = RunState()
+        self._pending_events: list[dict[str, Any]] = []
+        self._pending_lines: list[str] = []
+        self.launch_failed: str | None = None
+        self.ended = False
+        self._stages = tuple(getattr(launcher, "stages", ())) + ENGINE_STAGES
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The local directory of the run (where screenshots go), when there is one."""
+        if self.handle is None:
+            return None
+        local = getattr(self.handle.source, "run_dir", None) or self.handle.extra().get(
+            "local_run_dir")
+        return Path(local) if local else None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="run-top"):
+            with Vertical(id="run-side"):
+                yield StageTracker(self._stages, id="stages")
+                yield RunProgress(id="progress")
+                yield VerdictPanel(id="verdict")
+            yield LossChart(id="chart")
+        yield LogView(id="log")
+        yield Input(placeholder="search the log (Enter: find, n/N: next/previous, Esc: close)",
+                    id="search")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.title_text
+        self.query_one("#search", Input).display = False
+        self.query_one(LogView).border_title = "log"
+        self.set_interval(APPLY_EVERY_S, self.apply_pending)
+        if self.launcher is not None:
+            self._launch()
+        else:
+            self._watch()
+        self.query_one(LogView).focus()
+
+    # -- launching and following --------------------------------------------------------------
+    @work(exclusive=True, group="launch")
+    async def _launch(self) -> None:
+        assert self.launcher is not None
+        tracker = self.query_one(StageTracker)
+
+        def on_stage(update: StageUpdate) -> None:
+            detail = update.detail
+            if update.host and update.host != "local":
+                detail = f"{update.host}: {detail}" if detail else update.host
+            tracker.update_stage(update.stage, update.state, update.elapsed, detail)
+            if update.output:
+                self._pending_lines.extend(update.output)
+
+        try:
+            handle = await self.launcher.start(on_stage)
+        except Exception as exc:  # every launch failure is shown, never a crash of the UI
+            self.launch_failed = str(exc)
+            self._pending_lines.append(f"ERROR: launch failed: {exc}")
+            self.query_one(VerdictPanel).border_subtitle = "launch failed"
+            self.notify(str(exc), title="Launch failed", severity="error", timeout=10)
+            return
+        self.handle = handle
+        self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
+        self.sub_title = f"{handle.run_id} on {handle.host}"
+        self._watch()
+
+    @work(exclusive=True, group="follow")
+    async def _watch(self) -> None:
+        assert self.handle is not None
+        if not self.sub_title:
+            self.sub_title = f"{self.handle.run_id} on {self.handle.host}"
+        follower = RunFollower(self.handle.source)
+        quiet_since: float | None = None
+        async for update in _follow_with_idle(follower):
+            if update is not None:
+                self._pending_events.extend(update.events)
+                self._pending_lines.extend(update.log_lines)
+                quiet_since = None
+                continue
+            # nothing new: has the run ended without saying so (a killed engine)?
+            quiet_since = quiet_since or time.monotonic()
+            alive = getattr(self.handle, "is_alive", None)
+            if self.state.finished is None and alive is not None and not alive() \
+                    and time.monotonic() - quiet_since > 1.0 and not self._pending_events:
+                self._pending_lines.append(
+                    "ERROR: the engine process is gone and wrote no run_finished event")
+                self.ended = True
+                self.query_one(StageTracker).finish_running("failed")
+
+    # -- applying updates ---------------------------------------------------------------------
+    def apply_pending(self) -> None:
+        """Move at most a tick's worth of pending events and lines into the widgets."""
+        events = self._pending_events[:MAX_EVENTS_PER_TICK]
+        del self._pending_events[:MAX_EVENTS_PER_TICK]
+        lines = self._pending_lines[:MAX_LINES_PER_TICK]
+        del self._pending_lines[:MAX_LINES_PER_TICK]
+        if lines:
+            self.query_one(LogView).append_lines(lines)
+        if not events and not (self.ended and not self.state.finished):
+            return
+        chart = self.query_one(LossChart)
+        progress = self.query_one(RunProgress)
+        tracker = self.query_one(StageTracker)
+        state = self.state
+        for event in events:
+            state.add(event)
+            kind = event.get("type")
+            if kind == "step":
+                step = event.get("step")
+                if isinstance(step, (int, float)):
+                    chart.add_step(step, event)
+                    progress.add_step(event)
+            elif kind == "eval":
+                step = event.get("step")
+                if isinstance(step, (int, float)):
+                    chart.add_eval(step, event.get("val_loss"))
+            elif kind == "stage":
+                tracker.update_stage(str(event.get("stage")), str(event.get("state")),
+                                     event.get("elapsed") or 0.0, str(event.get("detail", "")))
+            elif kind == "run_started":
+                total = (event.get("config") or {}).get("steps")
+                if isinstance(total, int):
+                    progress.total = total
+        finished = state.finished is not None or self.ended
+        if state.finished is not None:
+            end = "done" if state.finished.get("status") == "completed" else "failed"
+            tracker.finish_running(end)
+        progress.refresh_view(finished=finished)
+        panel = self.query_one(VerdictPanel)
+        if finished:
+            if panel.verdict is None:
+                panel.show(state.verdict())
+        else:
+            panel.show(None, state.initial_val_loss)
+
+    # -- actions ------------------------------------------------------------------------------
+    def action_toggle_smooth(self) -> None:
+        chart = self.query_one(LossChart)
+        chart.smooth = not chart.smooth
+
+    def action_toggle_log_y(self) -> None:
+        chart = self.query_one(LossChart)
+        chart.log_y = not chart.log_y
+
+    def action_search(self) -> None:
+        box = self.query_one("#search", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        log = self.query_one(LogView)
+        log.search(event.value)
+        event.input.display = False
+        log.focus()
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#search", Input)
+        if event.key == "escape" and box.has_focus:
+            box.display = False
+            self.query_one(LogView).focus()
+            event.stop()
+
+    def action_stop_run(self) -> None:
+        handle = self.handle
+        if handle is None or self.state.finished is not None or self.ended:
+            self.notify("No running run to stop", timeout=3)
+            return
+        from kdtui.screens.dialogs import ConfirmScreen
+
+        def decided(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(handle.cancel(), group="cancel")
+                self.notify("SIGTERM sent: the engine ends the run as cancelled", timeout=5)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Stop run {handle.run_id}?", "The engine gets SIGTERM, saves nothing more, and "
+            "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            from kdtui.screens.launch import LaunchScreen
+
+            self.app.switch_screen(LaunchScreen())
+
+
+async def _follow_with_idle(follower: RunFollower):
+    """Like RunFollower.follow, but yields None when a poll found nothing (a heartbeat)."""
+    import asyncio
+
+    while True:
+        update = await follower.poll()
+        if update:
+            yield update
+            continue
+        yield None
+        await asyncio.sleep(POLL_S)

@@ -1,0 +1,70 @@
+"""The dashboard's remembered choices: theme and the launch form's last values per host.
+
+One JSON file in the user's config dir (platformdirs), or in $KDTUI_CONFIG_DIR when set (tests
+isolate themselves that way). A missing or unreadable file means defaults, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SETTINGS_FILE = "settings.json"
+
+
+def config_dir() -> Path:
+    """Where kdtui keeps its files: $KDTUI_CONFIG_DIR, else the platform's user config dir."""
+    env = os.environ.get("KDTUI_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_path
+
+    return user_config_path("kdtui")
+
+
+@dataclass
+class Settings:
+    theme: str = "kdtui-dark"
+    last_host: str = "local"
+    # host -> {field name or form key: the text the user typed}; text, so a value that did not
+    # validate last time comes back as typed and shows its error again
+    last_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Settings:
+        path = path or config_dir() / SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        values = data.get("last_values")
+        return cls(
+            theme=str(data.get("theme") or cls.theme),
+            last_host=str(data.get("last_host") or "local"),
+            last_values=values if isinstance(values, dict) else {},
+            path=path,
+        )
+
+    def save(self) -> None:
+        path = self.path or config_dir() / SETTINGS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"theme": self.theme, "last_host": self.last_host,
+                "last_values": self.last_values}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)  # atomic: a crash mid-write never leaves half a settings file
+
+    def values_for(self, host: str) -> dict[str, Any]:
+        values = self.last_values.get(host)
+        return dict(values) if isinstance(values, dict) else {}
+
+    def remember(self, host: str, values: dict[str, Any]) -> None:
+        self.last_host = host
+        self.last_values[host] = dict(values)
+        self.save()

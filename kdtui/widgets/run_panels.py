@@ -1,0 +1,220 @@
+"""The run screen's side panels: stage tracker, progress (step, tokens/s, ETA) and verdict."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from kdengine.verdict import Verdict
+
+ENGINE_STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval",
+                 "verdict")
+_ICONS = {"pending": "·", "running": "▶", "done": "✓", "failed": "✗", "skipped": "–",
+          "cancelled": "■"}
+
+
+@dataclass
+class StageRow:
+    name: str
+    state: str = "pending"
+    elapsed: float = 0.0
+    detail: str = ""
+    since: float | None = None  # monotonic time it started running, for a live clock
+    host: str = ""
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+class StageTracker(Static):
+    """Each stage with its state and elapsed time; a running stage's clock ticks."""
+
+    COMPONENT_CLASSES = {f"stage--{state}" for state in _ICONS}
+    DEFAULT_CSS = """
+    StageTracker {
+        border: round $panel-lighten-2; height: auto; padding: 0 1;
+        & > .stage--pending { color: $text-muted; }
+        & > .stage--running { color: $accent; text-style: bold; }
+        & > .stage--done { color: $text-success; }
+        & > .stage--failed { color: $text-error; text-style: bold; }
+        & > .stage--skipped { color: $text-muted; }
+        & > .stage--cancelled { color: $text-warning; }
+    }
+    """
+
+    def __init__(self, stages: tuple[str, ...] = ENGINE_STAGES, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rows: dict[str, StageRow] = {name: StageRow(name) for name in stages}
+        self.border_title = "stages"
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self._tick)
+        self._draw()
+
+    def set_stages(self, stages: tuple[str, ...]) -> None:
+        self.rows = {name: self.rows.get(name, StageRow(name)) for name in stages}
+        self._draw()
+
+    def update_stage(self, name: str, state: str, elapsed: float = 0.0, detail: str = "",
+                     host: str = "") -> None:
+        row = self.rows.setdefault(name, StageRow(name))
+        row.state = state
+        row.elapsed = float(elapsed or 0.0)
+        row.host = host or row.host
+        if detail:
+            row.detail = detail
+        row.since = time.monotonic() - row.elapsed if state == "running" else None
+        self._draw()
+
+    def finish_running(self, state: str) -> None:
+        """The run ended: a stage still marked running ended with it (a killed engine)."""
+        for row in self.rows.values():
+            if row.state == "running":
+                row.state = state
+                if row.since is not None:
+                    row.elapsed = time.monotonic() - row.since
+                row.since = None
+        self._draw()
+
+    def _tick(self) -> None:
+        if any(r.since is not None for r in self.rows.values()):
+            self._draw()
+
+    def _draw(self) -> None:
+        table = Table.grid(padding=(0, 1))
+        table.add_column(width=1)
+        table.add_column(min_width=12)
+        table.add_column(justify="right", min_width=6)
+        table.add_column(overflow="ellipsis", no_wrap=True)
+        styles = self._styles()
+        now = time.monotonic()
+        for row in self.rows.values():
+            elapsed = now - row.since if row.since is not None else row.elapsed
+            clock = format_seconds(elapsed) if row.state != "pending" else ""
+            style = styles.get(row.state, "")
+            table.add_row(Text(_ICONS.get(row.state, "?"), style=style),
+                          Text(row.name, style=style), Text(clock, style="dim"),
+                          Text(row.detail, style="dim"))
+        self.update(table)
+
+    def _styles(self) -> dict[str, object]:
+        return {state: self.get_component_rich_style(f"stage--{state}") for state in _ICONS}
+
+
+class RunProgress(Static):
+    """step N of M, tokens/s, ETA from the recent step rate."""
+
+    DEFAULT_CSS = """
+    RunProgress { border: round $panel-lighten-2; height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "progress"
+        self.step = 0
+        self.total: int | None = None
+        self.tokens_per_s: float | None = None
+        self.eta: float | None = None
+        self._marks: list[tuple[float, int]] = []  # (event time, step), a sliding window
+
+    def on_mount(self) -> None:
+        self._draw()
+
+    def add_step(self, event: dict) -> None:
+        step = int(event.get("step", 0))
+        self.step = max(self.step, step)
+        total = event.get("total_steps")
+        if isinstance(total, int):
+            self.total = total
+        tps = event.get("tokens_per_s")
+        if isinstance(tps, (int, float)):
+            self.tokens_per_s = float(tps)
+        t = event.get("t")
+        if isinstance(t, (int, float)):
+            self._marks.append((float(t), step))
+            if len(self._marks) > 50:
+                del self._marks[: len(self._marks) - 50]
+
+    def refresh_view(self, finished: bool = False) -> None:
+        if finished:
+            self.eta = 0.0 if self.total and self.step >= self.total else None
+        elif len(self._marks) >= 2 and self.total:
+            (t0, s0), (t1, s1) = self._marks[0], self._marks[-1]
+            rate = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+            self.eta = (self.total - self.step) / rate if rate > 0 else None
+        self._draw()
+
+    def _draw(self) -> None:
+        bar_width = 28
+        frac = min(1.0, self.step / self.total) if self.total else 0.0
+        filled = int(frac * bar_width)
+        bar = Text("█" * filled, style="bold") + Text("░" * (bar_width - filled), style="dim")
+        total = f"{self.total:,}" if self.total else "?"
+        tps = f"{self.tokens_per_s:,.0f}" if self.tokens_per_s is not None else "–"
+        text = Text.assemble(
+            bar, f" {frac:4.0%}\n",
+            ("step ", "dim"), f"{self.step:,} / {total}\n",
+            ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
+        )
+        self.update(text)
+
+
+class VerdictPanel(Static):
+    """pending, then PASS / FAIL / INCONCLUSIVE with the step-0 and final val loss and why."""
+
+    DEFAULT_CSS = """
+    VerdictPanel { border: round $panel-lighten-2; height: auto; padding: 0 1; }
+    VerdictPanel.pass { border: heavy $success; }
+    VerdictPanel.fail { border: heavy $error; }
+    VerdictPanel.inconclusive { border: heavy $warning; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "verdict F-DISTILL-SMOKE-001"
+        self.verdict: Verdict | None = None
+        self.status = "pending"
+
+    def on_mount(self) -> None:
+        self.show(None)
+
+    def show(self, verdict: Verdict | None, initial: float | None = None) -> None:
+        """verdict None: the run goes on (initial: the step-0 val loss, once known)."""
+        self.verdict = verdict
+        self.status = verdict.status if verdict else "pending"
+        self.set_class(self.status == "pass", "pass")
+        self.set_class(self.status == "fail", "fail")
+        self.set_class(self.status == "inconclusive", "inconclusive")
+        if verdict is None:
+            step0 = f"{initial:.4f}" if initial is not None else "–"
+            self.update(Text.assemble(("PENDING", "bold"), "\n", ("step-0 val loss ", "dim"),
+                                      step0))
+            return
+        def num(x: float | None) -> str:
+            return f"{x:.4f}" if x is not None else "–"
+        delta = verdict.delta
+        self.update(Text.assemble(
+            (verdict.status.upper(), "bold"), "\n",
+            ("step-0 val loss  ", "dim"), num(verdict.initial_val_loss), "\n",
+            ("final val loss   ", "dim"), num(verdict.final_val_loss),
+            (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),
+            "\n", ("delta            ", "dim"), f"{delta:+.4f}" if delta is not None else "–",
+            "\n", verdict.reason,
+        ))
