@@ -27,6 +27,7 @@ from kdengine import events as ev
 from kdengine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import BatchSampler, TokenSplits
+from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
 from kdengine.losses import KDLossSpec, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
@@ -115,8 +116,11 @@ class KDTrainer:
 
     def __init__(self, config: RunConfig, teacher: Teacher, student: Student, splits: TokenSplits,
                  log: RunLog, device: torch.device, dtype: torch.dtype,
-                 stop: _StopSignals | None = None, chunk_tokens: int = 2048) -> None:
+                 stop: _StopSignals | None = None, chunk_tokens: int = 2048,
+                 dist: Dist | None = None) -> None:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
+        self.dist = dist or Dist()  # torchrun: this rank's rows, global loss normalizer
+        self.dist.check_batch(config.batch_size)
         self.device, self.dtype = device, dtype
         self.stop = stop or _StopSignals()
         self.spec = KDLossSpec.from_config(config)
@@ -139,12 +143,15 @@ class KDTrainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        input_ids, labels = self.dist.rows(input_ids, labels)  # this rank's share of the batch
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
         with self._autocast():
             t_hidden = self.teacher.hidden_states(input_ids)
             s_hidden = self.student.hidden_states(input_ids)
-        return fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
-                             self.teacher.head_weight, labels, self.spec, self.chunk_tokens)
+        parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
+                              self.teacher.head_weight, labels, self.spec, self.chunk_tokens,
+                              normalizer=self.dist.normalizer(labels))
+        return self.dist.globalize(parts)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -197,8 +204,11 @@ class KDTrainer:
         torch.set_rng_state(state["torch_rng"])
 
     def checkpoint(self) -> Path:
-        path = save_checkpoint(self.log.run_dir, self.step, self.student.module, self.state(),
-                               {"config": self.config.to_dict()})
+        if self.dist.enabled:  # DCP shards, renamed into place by rank 0
+            path = self.dist.save_checkpoint(self)
+        else:
+            path = save_checkpoint(self.log.run_dir, self.step, self.student.module, self.state(),
+                                   {"config": self.config.to_dict()})
         self.log.emit(ev.CHECKPOINT, step=self.step, path=str(path))
         self.log.line(f"checkpoint saved at step {self.step}: {path}")
         return path
@@ -237,20 +247,22 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
     """Run every stage, writing events and launch.log into `run_dir` (which must exist)."""
     from kdengine.loading import load_data, load_student, load_teacher
 
-    log = RunLog(run_dir)
-    stop = _StopSignals()
+    dist = from_env(config.device)  # torchrun (WORLD_SIZE > 1): data parallel, FSDP2 student
+    log = dist.run_log(run_dir)  # rank 0 writes events; other ranks only their errors
+    stop = dist.agreed_stop(_StopSignals())
     stage = "prepare"
     trainer: KDTrainer | None = None
     try:
         with stop:
             torch.manual_seed(config.seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
-            device = pick_device(config)
+            device = dist.device(pick_device(config))
             dtype = pick_dtype(config, device)
             ckpt = latest_checkpoint(run_dir) if resume else None
             log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),
                      config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
-                     resumed_from=_step_of(ckpt) if resume else None, env=environment())
+                     resumed_from=_step_of(ckpt) if resume else None, env=environment(),
+                     **dist.describe())
             log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
                      f"{kdengine.__version__}, torch {torch.__version__}")
             log.stage(stage, "running")
@@ -258,13 +270,16 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
 
             stage = "load_teacher"
             log.stage(stage, "running")
-            teacher, tokenizer = load_teacher(config, device, dtype, log)
-            log.stage(stage, "done", f"{_count(teacher):,} parameters")
+            with dist.rank0_first():  # rank 0 fills the caches (hub, demo teacher) alone
+                teacher, tokenizer = load_teacher(config, device, dtype, log)
+            placed = dist.place_teacher(teacher, device)
+            log.stage(stage, "done", f"{_count(teacher):,} parameters" +
+                      (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))
             stop.check()
 
             stage = "load_student"
             log.stage(stage, "running")
-            student = load_student(config, device, tokenizer, teacher, log)
+            student = dist.shard_student(load_student(config, device, tokenizer, teacher, log))
             log.stage(stage, "done", f"{_count(student):,} trainable parameters")
             stop.check()
 
@@ -276,10 +291,14 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
 
             stage = "train"
             log.stage(stage, "running")
-            trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop)
-            if ckpt is not None:
+            trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop,
+                                dist=dist)
+            if ckpt is not None and (dist.enabled or is_sharded_checkpoint(ckpt)):
+                dist.load_checkpoint(ckpt, trainer)  # DCP shards
+            elif ckpt is not None:
                 state, _ = load_checkpoint(ckpt, student.module)
                 trainer.restore(state)
+            if ckpt is not None:
                 log.line(f"resumed from {ckpt} at step {trainer.step}")
             trainer.run(evaluate_start=ckpt is None)
             log.stage(stage, "done", f"{trainer.step} steps")
@@ -290,7 +309,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             trainer.checkpoint()
             from kdengine.loading import save_final_student
 
-            final = save_final_student(config, student, run_dir, tokenizer)
+            final = dist.save_final(save_final_student, config, student, run_dir, tokenizer)
             log.line(f"final student written to {final} (HF layout)")
             log.stage(stage, "done")
 
@@ -326,6 +345,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
         return RunResult("failed", EXIT_FAILED, run_dir)
     finally:
         log.close()
+        dist.close()
 
 
 def _step(trainer: KDTrainer | None) -> int:
