@@ -1,15 +1,17 @@
 """Resumable checkpoints, written atomically.
 
 RUN_DIR/checkpoints/step-NNNNNNNN/ holds student.safetensors (the trainable weights),
-trainer.pt (optimizer, scheduler and RNG state) and meta.json (step, config). A checkpoint is
-written into a temporary directory and renamed into place, so a kill at any moment leaves the
-previous checkpoint whole; `latest_checkpoint` only ever returns complete ones.
+trainer.pt (optimizer, scheduler, data position and RNG state) and meta.json (step, config).
+A checkpoint is written into a temporary directory, fsynced, and renamed into place, so a kill
+at any moment (kill -9 included) leaves the previous checkpoint whole; `latest_checkpoint` only
+ever returns complete ones, and the next save sweeps away what a killed writer left.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,10 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module,
                     trainer_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
     final = checkpoint_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(".tmp-*"):  # left by a writer that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     _dedupe_shared(state)
@@ -37,9 +41,13 @@ def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module,
     torch.save(trainer_state, tmp / "trainer.pt")
     (tmp / _DONE).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    if final.exists():  # the same step saved again: move the old one aside, never delete first
+        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
     _fsync_dir(final.parent)
     _prune(final.parent, keep)
     return final
@@ -82,8 +90,34 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load weights into `module`; return (trainer_state, meta)."""
-    state = load_file(str(path / "student.safetensors"))
-    module.load_state_dict(state, strict=True)
-    trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-    meta = json.loads((path / _DONE).read_text())
+    path = Path(path)
+    try:
+        meta = json.loads((path / _DONE).read_text())
+        state = load_file(str(path / "student.safetensors"))
+        trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: say which checkpoint and what to do
+        raise RuntimeError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                           "delete it to resume from the one before") from None
+    device = next(module.parameters()).device
+    module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return trainer_state, meta
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random stream a training step may draw from (CPU, each CUDA device, Python)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    # torch.save keeps Python's (version, tuple, gauss) state as is; be lenient about lists
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,5 +1,7 @@
 """Turn a config's teacher, student and data specs into providers, a tokenizer and token splits,
-with the checks the seed's runs lacked: a shared tokenizer, no silent teacher == student."""
+with the checks the seed's runs lacked: one shared tokenizer, a padded teacher vocab trimmed
+(never zero-padded), no silent teacher == student; and write the distilled student back out in
+HF layout with its tokenizer files."""
 
 from __future__ import annotations
 
@@ -12,13 +14,28 @@ import torch
 
 from kdengine import demo
 from kdengine.config import ConfigError, RunConfig
-from kdengine.data import ByteTokenizer, read_documents, split_documents
-from kdengine.models import load_decoder, save_decoder
+from kdengine.data import (
+    ByteTokenizer,
+    TokenSplits,
+    is_token_shards,
+    read_documents,
+    read_token_shards,
+    split_documents,
+    split_token_shards,
+)
+from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
 from kdengine.providers import ModelStudent, ModelTeacher
-from kdengine.sources import resolve_model_dir
-from kdengine.tokenizer import HFTokenizer, load_tokenizer
+from kdengine.sources import check_distinct, resolve_model_dir
+from kdengine.tokenizer import TOKENIZER_FILES, HFTokenizer, load_tokenizer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+def _load_model(path: Path, field: str, dtype: torch.dtype, device: Any):
+    try:
+        return load_decoder(path, dtype=dtype, device=device)
+    except UnsupportedArchitecture as exc:
+        raise ConfigError(field, str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(field, str(exc)) from None
 
 
 def load_teacher(config: RunConfig, device: torch.device, dtype: torch.dtype, log: Any):
@@ -27,10 +44,12 @@ def load_teacher(config: RunConfig, device: torch.device, dtype: torch.dtype, lo
         path = demo.teacher_path(log.line)
         tokenizer: Any = ByteTokenizer()
     else:
-        path = resolve_model_dir(config.teacher, "teacher")
+        path = resolve_model_dir(config.teacher, "teacher", log.line)
         tokenizer = load_tokenizer(path, "teacher")
-    model = load_decoder(path, dtype=dtype, device=device)
-    return ModelTeacher(model), tokenizer
+    model = _load_model(path, "teacher", dtype, device)
+    teacher = ModelTeacher(model)
+    teacher.source_dir = path  # type: ignore[attr-defined]
+    return teacher, tokenizer
 
 
 def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teacher: Any,
@@ -39,53 +58,94 @@ def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teache
     if config.student.startswith("demo://"):
         model = demo.fresh_student(config.seed)
         student_tokenizer: Any = ByteTokenizer()
+        path, saved_dtype = None, torch.float32
     else:
-        path = resolve_model_dir(config.student, "student")
-        model = load_decoder(path, dtype=torch.float32, device="cpu")
+        path = resolve_model_dir(config.student, "student", log.line)
+        teacher_dir = getattr(teacher, "source_dir", None)
+        if teacher_dir is not None:
+            check_distinct(teacher_dir, path, config.allow_same_teacher_student)
         student_tokenizer = load_tokenizer(path, "student")
+        saved_dtype = stored_dtype(path)
+        model = _load_model(path, "student", torch.float32, "cpu")
     check_same_tokenizer(tokenizer, student_tokenizer)
-    if model.config.vocab_size > teacher.vocab_size:
-        raise ConfigError("student", f"vocab ({model.config.vocab_size}) is larger than the "
-                          f"teacher's ({teacher.vocab_size}): they cannot share a tokenizer")
-    if model.config.vocab_size < teacher.vocab_size:
-        log.line(f"teacher vocab {teacher.vocab_size} > student vocab {model.config.vocab_size}:"
-                 " the teacher's padding ids are dropped")
-    return ModelStudent(model.to(device).train())
+    vocab = model.config.vocab_size
+    if vocab > teacher.vocab_size:
+        raise ConfigError("student", f"vocab ({vocab}) is larger than the teacher's "
+                          f"({teacher.vocab_size}): the teacher has no logits for ids "
+                          f"{teacher.vocab_size}..{vocab - 1}")
+    top = getattr(student_tokenizer, "max_id", student_tokenizer.vocab_size - 1)
+    if top >= vocab:
+        raise ConfigError("student", f"the tokenizer has ids up to {top}, beyond the model's "
+                          f"vocab_size ({vocab}): not this model's tokenizer")
+    if vocab < teacher.vocab_size:
+        log.line(f"teacher vocab {teacher.vocab_size} > student vocab {vocab}: the teacher's "
+                 f"padding ids {vocab}..{teacher.vocab_size - 1} are dropped from its logits")
+    student = ModelStudent(model.to(device).train())
+    student.source_dir = path  # type: ignore[attr-defined]
+    student.saved_dtype = saved_dtype  # type: ignore[attr-defined]
+    return student
 
 
 def check_same_tokenizer(a: Any, b: Any) -> None:
+    """Teacher and student must tokenize text into the same ids, or KD compares nonsense."""
     if isinstance(a, ByteTokenizer) and isinstance(b, ByteTokenizer):
         return
-    if isinstance(a, HFTokenizer) and isinstance(b, HFTokenizer) and a.fingerprint == b.fingerprint:
-        return
-    raise ConfigError("student", "does not share the teacher's tokenizer (its vocabulary or "
-                      "merges differ); KD needs one tokenizer for both")
+    if isinstance(a, HFTokenizer) and isinstance(b, HFTokenizer):
+        if a.fingerprint == b.fingerprint:
+            return
+        why = a.difference(b)
+    else:
+        why = f"one is {type(a).__name__}, the other {type(b).__name__}"
+    raise ConfigError("student", f"does not share the teacher's tokenizer ({why}); KD needs one "
+                      "tokenizer for both: pick a student of the teacher's family")
 
 
-def load_data(config: RunConfig, tokenizer: Any):
+def load_data(config: RunConfig, tokenizer: Any) -> TokenSplits:
+    """Train and validation token streams of config.data, checked to hold at least one batch."""
+    path = Path(config.data).expanduser()
+    if not config.data.startswith("demo://") and is_token_shards(path):
+        return split_token_shards(read_token_shards(config.data), config.val_fraction,
+                                  config.seq_len, config.batch_size,
+                                  vocab_size=tokenizer.vocab_size)
     docs = read_documents(config.data)
     encode = getattr(tokenizer, "encode_tensor", None) or (
         lambda text: torch.tensor(tokenizer.encode(text), dtype=torch.int64))
     return split_documents(docs, encode, tokenizer.eos_id, config.val_fraction,
-                           config.seq_len)
+                           config.seq_len, config.batch_size)
 
 
 def save_final_student(config: RunConfig, student: ModelStudent, run_dir: Path,
                        tokenizer: Any) -> Path:
-    """The distilled student in HF layout (config.json, model.safetensors, tokenizer files)."""
+    """The distilled student in HF layout (config.json, model.safetensors in the dtype the
+    student was stored in, tokenizer files), written beside and renamed into RUN_DIR/final."""
     final = Path(run_dir) / "final"
     tmp = final.with_name(".tmp-final")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_decoder(student.model, tmp)
+    save_decoder(student.model, tmp, dtype=getattr(student, "saved_dtype", torch.float32))
     if isinstance(tokenizer, HFTokenizer):
+        # the student's own files first (its chat template), the teacher's for what it lacks
+        sources = [d for d in (getattr(student, "source_dir", None), tokenizer.directory) if d]
         for name in TOKENIZER_FILES:
-            src = tokenizer.directory / name
-            if src.exists():
+            src = next((Path(d) / name for d in sources if (Path(d) / name).exists()), None)
+            if src is not None:
                 shutil.copy2(src, tmp / name)
+        written = HFTokenizer(tmp, "student")
+        if written.fingerprint != tokenizer.fingerprint:
+            raise RuntimeError(f"the tokenizer written to {tmp} differs from the run's "
+                               f"({tokenizer.difference(written)})")
+    for name in ("generation_config.json",):
+        src = getattr(student, "source_dir", None)
+        if src is not None and (Path(src) / name).exists():
+            shutil.copy2(Path(src) / name, tmp / name)
     (tmp / "kdengine.json").write_text(json.dumps(
         {"distilled_from": config.teacher, "student_init": config.student,
          "config": config.to_dict()}, indent=2) + "\n")
     if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+        old = final.with_name(".old-final")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
     return final

@@ -1,23 +1,39 @@
 """Where teacher, student and data come from: demo://, a local HF-layout directory, or a hub
-repo id resolved through huggingface_hub's cache (never by guessing cache paths)."""
+repo id resolved through huggingface_hub's own cache API (snapshot_download; never by guessing
+cache paths). Offline first: the local cache is asked before the network, HF_HUB_OFFLINE=1
+forbids the network, and a download prints its progress into the run's log."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kdengine.config import DEMO_DATA, DEMO_STUDENT, DEMO_TEACHER, ConfigError, RunConfig
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# what a KD run needs from a model repo: config, weights, tokenizer (no .bin/.pt, no GGUF)
+MODEL_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
 
 
 def is_repo_id(spec: str) -> bool:
     return bool(_REPO_ID.match(spec)) and not Path(spec).expanduser().exists()
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub itself reads it (read now, so tests may set it)."""
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def check_sources(config: RunConfig) -> None:
     """Fail fast, before any run directory exists, on a model or data source that cannot work."""
+    dirs: dict[str, Path] = {}
     for name, demo in (("teacher", DEMO_TEACHER), ("student", DEMO_STUDENT)):
         spec = getattr(config, name)
         if spec.startswith("demo://"):
@@ -25,6 +41,13 @@ def check_sources(config: RunConfig) -> None:
                 raise ConfigError(name, f"{spec} is not a demo model (use {demo})")
             continue
         if is_repo_id(spec):
+            cached = cached_snapshot(spec)
+            if cached is None and hub_offline():
+                raise ConfigError(name, f"{spec} is not in the local hub cache and "
+                                  "HF_HUB_OFFLINE=1 forbids downloading it (download it first, "
+                                  "or unset HF_HUB_OFFLINE)")
+            if cached is not None:
+                dirs[name] = cached
             continue
         path = Path(spec).expanduser()
         if not path.exists():
@@ -32,33 +55,112 @@ def check_sources(config: RunConfig) -> None:
                               "hub repo id like org/name)")
         if not (path / "config.json").exists():
             raise ConfigError(name, f"{spec} has no config.json (not an HF-layout model)")
+        dirs[name] = path
+    if len(dirs) == 2:
+        check_distinct(dirs["teacher"], dirs["student"], config.allow_same_teacher_student)
     if config.data.startswith("demo://"):
         if config.data != DEMO_DATA:
             raise ConfigError("data", f"{config.data} is not demo data (use {DEMO_DATA})")
     elif not Path(config.data).expanduser().exists():
         raise ConfigError("data", f"{config.data} does not exist (give a text/jsonl file, a "
-                          f"directory of them, or {DEMO_DATA})")
+                          f"directory of them, a pre-tokenized shard directory, or {DEMO_DATA})")
 
 
-def resolve_model_dir(spec: str, field: str) -> Path:
-    """A local directory for a model spec; hub ids come from the local cache first."""
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot directory of `repo_id` in the local hub cache, or None (no network)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=MODEL_FILES,
+                                      local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+
+
+def resolve_model_dir(spec: str, field: str,
+                      say: Callable[[str], None] | None = None) -> Path:
+    """A local directory for a model spec; hub ids come from the local cache first, then (when
+    online and allowed) from the hub, with progress lines through `say`."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
     if not is_repo_id(spec):
-        raise ConfigError(field, f"{spec} is neither a directory nor a hub repo id")
+        raise ConfigError(field, f"{spec} is neither a directory nor a hub repo id (org/name)")
+    cached = cached_snapshot(spec)
+    if cached is not None:
+        if say:
+            say(f"{field}: {spec} from the local hub cache ({cached})")
+        return cached
+    if hub_offline():
+        raise ConfigError(field, f"{spec} is not in the local hub cache and HF_HUB_OFFLINE=1 "
+                          "forbids downloading it (download it first, or unset HF_HUB_OFFLINE)")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
-                "generation_config.json", "special_tokens_map.json"]
+    if say:
+        say(f"{field}: downloading {spec} from the hub (config, safetensors, tokenizer)")
     try:
-        return Path(snapshot_download(spec, allow_patterns=patterns, local_files_only=True))
-    except LocalEntryNotFoundError:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ConfigError(field, f"{spec} is not in the local hub cache and HF_HUB_OFFLINE=1 "
-                              "forbids downloading it") from None
-    try:
-        return Path(snapshot_download(spec, allow_patterns=patterns))
+        got = Path(snapshot_download(spec, allow_patterns=MODEL_FILES,
+                                     tqdm_class=line_progress(field, say)))
     except Exception as exc:  # hub errors have many types; the message is what matters
         raise ConfigError(field, f"cannot download {spec}: {type(exc).__name__}: {exc}") from None
+    if say:
+        say(f"{field}: {spec} downloaded to {got}")
+    return got
+
+
+def line_progress(field: str, say: Callable[[str], None] | None) -> Any:
+    """A tqdm class for huggingface_hub that reports whole lines (every 10 %) through `say`
+    instead of redrawing a bar with carriage returns: launch.log stays readable."""
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class LineProgress(hub_tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = say is None
+            super().__init__(*args, **kwargs)
+            self._reported = -1
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            if say is None or not self.total:
+                return True
+            tenth = int(10 * self.n / self.total)
+            if tenth != self._reported:
+                self._reported = tenth
+                desc = f"{self.desc} " if self.desc else ""
+                say(f"{field}: download {desc}{100 * self.n / self.total:.0f}% "
+                    f"({self.n / 1e6:.1f} of {self.total / 1e6:.1f} MB)")
+            return True
+
+    return LineProgress
+
+
+def model_identity(path: Path) -> str:
+    """What makes two model directories the same model: their config.json and a sample of every
+    weight file's bytes (head and tail, 1 MiB each) with its size. Cheap for a 70B checkpoint."""
+    digest = hashlib.sha256()
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        config = None
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        digest.update(f"{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read())
+    return digest.hexdigest()
+
+
+def check_distinct(teacher: Path, student: Path, allowed: bool) -> None:
+    """Teacher == student (same directory, or the same weights under another name) gives a KD
+    signal of zero: refused unless allow_same_teacher_student is set."""
+    if allowed:
+        return
+    same_dir = teacher.resolve() == student.resolve()
+    if same_dir or model_identity(teacher) == model_identity(student):
+        how = "is the same directory as" if same_dir else "holds the same weights as"
+        raise ConfigError("student", f"{student} {how} the teacher {teacher}, so the KD signal "
+                          "is zero; pick another student or set allow_same_teacher_student")

@@ -1,34 +1,49 @@
-"""HF tokenizers (tokenizer.json) through the `tokenizers` library."""
+"""HF tokenizers (tokenizer.json) through the `tokenizers` library: encoding, the end-of-document
+id, and a fingerprint that says whether teacher and student tokenize text the same way."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from kdengine.config import ConfigError
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>")
+# the files that make up a tokenizer in HF layout, copied next to the final student
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
 class HFTokenizer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, field: str = "teacher") -> None:
         from tokenizers import Tokenizer
 
         self.directory = Path(directory)
-        raw = (self.directory / "tokenizer.json").read_text(encoding="utf-8")
-        self._tok = Tokenizer.from_str(raw)
-        model = json.loads(raw).get("model", {})
-        # Same vocabulary and merges = same tokenizer, whatever else the files say.
+        path = self.directory / "tokenizer.json"
+        try:
+            raw = path.read_text(encoding="utf-8")
+            self._tok = Tokenizer.from_str(raw)
+            spec = json.loads(raw)
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise ConfigError(field, f"{path} is not a readable tokenizer "
+                              f"({type(exc).__name__}: {exc})") from None
+        model = spec.get("model", {})
+        added = sorted((t.get("id"), t.get("content")) for t in spec.get("added_tokens") or [])
+        # The same ids for the same strings = the same tokenizer, whatever else the files say
+        # (chat templates, padding side): vocabulary, merges and added tokens.
+        self.identity: dict[str, Any] = {"vocab": model.get("vocab"), "merges": model.get("merges"),
+                                         "added": added}
         self.fingerprint = hashlib.sha256(
-            json.dumps([model.get("vocab"), model.get("merges")], sort_keys=True).encode()
-        ).hexdigest()
+            json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.eos_id = self._find_eos()
+        self.max_id = max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
+        self.eos_id = self._find_eos(field)
 
-    def _find_eos(self) -> int:
+    def _find_eos(self, field: str) -> int:
         names: list[str] = []
         cfg = self.directory / "tokenizer_config.json"
         if cfg.exists():
@@ -45,7 +60,8 @@ class HFTokenizer:
                 eos_id = eos_id[0] if eos_id else None
             if isinstance(eos_id, int):
                 return eos_id
-        raise ConfigError("data", f"{self.directory}: the tokenizer has no end-of-text token")
+        raise ConfigError(field, f"{self.directory}: the tokenizer has no end-of-text token "
+                          "(set eos_token in tokenizer_config.json)")
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -53,9 +69,23 @@ class HFTokenizer:
     def encode_tensor(self, text: str) -> torch.Tensor:
         return torch.tensor(self.encode(text), dtype=torch.int64)
 
+    def difference(self, other: HFTokenizer) -> str:
+        """In words, how `other` differs from this tokenizer ('' when they are the same)."""
+        for key, what in (("vocab", "vocabulary"), ("merges", "merges"),
+                          ("added", "added/special tokens")):
+            mine, theirs = self.identity[key], other.identity[key]
+            if mine != theirs:
+                size = (f" ({len(mine or [])} vs {len(theirs or [])} entries)"
+                        if len(mine or []) != len(theirs or []) else "")
+                return f"its {what} differ{size}"
+        return ""
+
 
 def load_tokenizer(directory: Path, field: str) -> HFTokenizer:
     if not (Path(directory) / "tokenizer.json").exists():
+        hint = (" (it has only a sentencepiece tokenizer.model: save it with transformers' "
+                "AutoTokenizer.save_pretrained to get tokenizer.json)"
+                if (Path(directory) / "tokenizer.model").exists() else "")
         raise ConfigError(field, f"{directory} has no tokenizer.json (KD needs the model's "
-                          "tokenizer to read the data)")
-    return HFTokenizer(directory)
+                          f"tokenizer to read the data){hint}")
+    return HFTokenizer(directory, field)
