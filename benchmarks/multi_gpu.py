@@ -1,0 +1,207 @@
+"""Data-parallel scaling of the KD train step: tokens/s on N GPUs over N x tokens/s on one.
+
+The pair of the GPU-speed benchmark: a teacher with Qwen2.5-1.5B's config and a student with
+Qwen2.5-0.5B's, random weights, random tokens, `--per-rank-batch` x `--seq-len` tokens per GPU.
+It drives the engine's own KDTrainer (FSDP2 student, teacher replicated or sharded by size), so
+it measures what `kdengine train` does under torchrun.
+
+    python benchmarks/multi_gpu.py --out one.json                       # 1 GPU
+    torchrun --nproc-per-node 2 benchmarks/multi_gpu.py --out two.json  # 2 GPUs
+    python benchmarks/multi_gpu.py --compare one.json two.json          # efficiency + check
+    benchmarks/multi_gpu.sh OUT_DIR                                      # all of the above
+
+`--tiny` runs small models on the CPU (gloo) to test the script itself. `--check-batch B` first
+trains a few steps at global batch B and records their losses: a one-process run and an N-rank
+run of the same global batch must agree (the data-parallel correctness check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kdengine.config import RunConfig  # noqa: E402
+from kdengine.data import TokenSplits  # noqa: E402
+from kdengine.distributed import from_env  # noqa: E402
+from kdengine.models import Decoder, DecoderConfig  # noqa: E402
+from kdengine.providers import ModelStudent, ModelTeacher  # noqa: E402
+from kdengine.trainer import KDTrainer  # noqa: E402
+
+QWEN_VOCAB = 151936
+# Qwen2.5-1.5B and Qwen2.5-0.5B config.json values (tied embeddings, q/k/v bias)
+TEACHER = dict(vocab_size=QWEN_VOCAB, hidden_size=1536, intermediate_size=8960,
+               num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)
+STUDENT = dict(vocab_size=QWEN_VOCAB, hidden_size=896, intermediate_size=4864,
+               num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)
+TINY_TEACHER = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+TINY_STUDENT = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+
+
+def build(shape: dict, device: torch.device, dtype: torch.dtype, seed: int) -> Decoder:
+    """A Qwen2-family decoder with seeded random weights, made on `device` (identical on every
+    rank: the same seed on the same kind of device)."""
+    config = DecoderConfig(**shape, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
+                           attention_bias=True, model_type="qwen2", max_position_embeddings=32768)
+    with torch.device(device):
+        model = Decoder(config)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model.to(dtype)
+
+
+def make_trainer(args: argparse.Namespace, dist, device: torch.device, batch: int,
+                 steps: int, run_dir: Path):
+
+    tiny = args.tiny
+    compute = torch.float32 if device.type == "cpu" else torch.bfloat16
+    teacher = ModelTeacher(build(TINY_TEACHER if tiny else TEACHER, device, compute, 1))
+    placed = dist.place_teacher(teacher, device, args.teacher)
+    student = dist.shard_student(
+        ModelStudent(build(TINY_STUDENT if tiny else STUDENT, device, torch.float32, 2).train()))
+    vocab = teacher.vocab_size
+    gen = torch.Generator().manual_seed(3)
+    stream = torch.randint(0, vocab, (max(4 * batch * args.seq_len, 200_000),), generator=gen)
+    splits = TokenSplits(train=stream, val=stream[: 4 * (args.seq_len + 1)], eos_id=0)
+    config = RunConfig.from_mapping(dict(
+        teacher="bench", student="bench", data="bench", steps=steps, batch_size=batch,
+        seq_len=args.seq_len, lr=1e-5, warmup_steps=0, lr_schedule="constant",
+        eval_batches=1, temperature=2.0, alpha=0.3, seed=0))
+    log = dist.run_log(run_dir)
+    kwargs = {}
+    if args.no_compile:
+        kwargs["compile_models"] = False
+    try:
+        trainer = KDTrainer(config, teacher, student, splits, log, device, compute, dist=dist,
+                            **kwargs)
+    except TypeError:  # an engine without the compile switch
+        trainer = KDTrainer(config, teacher, student, splits, log, device, compute, dist=dist)
+    return trainer, placed, log
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    dist = from_env("cpu" if args.tiny else "auto")
+    device = dist.device(torch.device("cpu" if args.tiny else "cuda"))
+    world = dist.world_size
+    result: dict = {"world_size": world, "device": str(device), "torch": torch.__version__,
+                    "per_rank_batch": args.per_rank_batch, "seq_len": args.seq_len,
+                    "teacher_mode": args.teacher}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)  # each rank's own: only rank 0 writes events there
+        (run_dir / "check").mkdir()
+        (run_dir / "speed").mkdir()
+        if args.check_batch:
+            trainer, _, log = make_trainer(args, dist, device, args.check_batch, args.check_steps,
+                                           run_dir / "check")
+            result["check_losses"] = [trainer.train_step()["loss"]
+                                      for _ in range(args.check_steps)]
+            log.close()
+            del trainer
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        batch = args.per_rank_batch * world
+        total = args.warmup + args.steps
+        trainer, placed, log = make_trainer(args, dist, device, batch, total, run_dir / "speed")
+        result["teacher_placed"] = placed
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rates, losses = [], []
+        for i in range(total):
+            metrics = trainer.train_step()
+            losses.append(metrics["loss"])
+            if i == args.warmup - 1:
+                dist.barrier()
+                t0 = time.perf_counter()
+            if i >= args.warmup:
+                rates.append(metrics["tokens_per_s"])
+        dist.barrier()
+        wall = time.perf_counter() - t0
+        log.close()
+    result.update(
+        tokens_per_step=batch * args.seq_len, steps_timed=args.steps,
+        tokens_per_s_median=statistics.median(rates), tokens_per_s_min=min(rates),
+        tokens_per_s_max=max(rates), tokens_per_s_wall=batch * args.seq_len * args.steps / wall,
+        losses=losses,
+        peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30
+                         if device.type == "cuda" else None))
+    if dist.enabled:  # every rank's peak memory, gathered to rank 0
+        peaks = [None] * world
+        torch.distributed.all_gather_object(peaks, result["peak_memory_gib"])
+        result["peak_memory_gib_per_rank"] = peaks
+    dist.close()
+    return result
+
+
+def compare(one: dict, many: dict, rtol: float) -> dict:
+    """Scaling efficiency and the loss check of two results (1 rank, N ranks)."""
+    n = many["world_size"]
+    out = {"world_size": n,
+           "tokens_per_s_1": one["tokens_per_s_median"],
+           "tokens_per_s_n": many["tokens_per_s_median"],
+           "efficiency": many["tokens_per_s_median"] / (n * one["tokens_per_s_median"]),
+           "efficiency_wall": many["tokens_per_s_wall"] / (n * one["tokens_per_s_wall"])}
+    a, b = one.get("check_losses"), many.get("check_losses")
+    if a and b:
+        rel = [abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b, strict=True)]
+        out.update(check_losses_1=a, check_losses_n=b, check_max_rel_diff=max(rel),
+                   check_ok=max(rel) <= rtol)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="write the result JSON here (rank 0)")
+    p.add_argument("--compare", nargs=2, metavar=("ONE", "MANY"),
+                   help="compare a one-GPU and an N-GPU result file")
+    p.add_argument("--rtol", type=float, default=2e-2,
+                   help="loss check tolerance (bf16 compute: rows are summed in other orders)")
+    p.add_argument("--tiny", action="store_true", help="small models on the CPU (tests the script)")
+    p.add_argument("--per-rank-batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--check-batch", type=int, default=0,
+                   help="first train --check-steps steps at this global batch, record losses")
+    p.add_argument("--check-steps", type=int, default=3)
+    p.add_argument("--teacher", default="auto", choices=("auto", "replicated", "sharded"))
+    p.add_argument("--no-compile", action="store_true", help="eager engine (no torch.compile)")
+    args = p.parse_args(argv)
+    if args.compare:
+        one, many = (json.loads(Path(f).read_text()) for f in args.compare)
+        result = compare(one, many, args.rtol)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0 if result.get("check_ok", True) else 1
+    result = run_bench(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: result[k] for k in ("world_size", "tokens_per_s_median", "peak_memory_gib",
+                                          "teacher_placed")}
+        print(json.dumps(summary))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
