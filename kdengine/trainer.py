@@ -24,7 +24,13 @@ import torch
 
 import kdengine
 from kdengine import events as ev
-from kdengine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from kdengine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import BatchSampler, TokenSplits
 from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
@@ -194,14 +200,21 @@ class KDTrainer:
                 "grad_norm": grad_norm, "tokens_per_s": input_ids.numel() / max(seconds, 1e-9)}
 
     def state(self) -> dict[str, Any]:
+        # data position: the sampler's batch k is a pure function of (seed, k), so the step plus
+        # a fingerprint of the stream pins it; rng: every stream, so a resume continues exactly
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "rng": rng_state(), "data": self.sampler.position(self.step)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        if "data" in state:
+            self.sampler.check_position(state["data"], self.step)
 
     def checkpoint(self) -> Path:
         if self.dist.enabled:  # DCP shards, renamed into place by rank 0
