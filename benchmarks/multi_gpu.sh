@@ -22,9 +22,9 @@ check=$((4 * n))
 
 pair() {  # $1: tag, rest: extra flags
     local tag=$1; shift
-    timeout 280 "$py" benchmarks/multi_gpu.py --check-batch "$check" $extra "$@" \
+    timeout 200 "$py" benchmarks/multi_gpu.py --check-batch "$check" $extra "$@" \
         --out "$out/one$tag.json" > "$out/one$tag.log" 2>&1 || return 1
-    timeout 280 "$py" -m torch.distributed.run --nproc-per-node "$n" benchmarks/multi_gpu.py \
+    timeout 200 "$py" -m torch.distributed.run --nproc-per-node "$n" benchmarks/multi_gpu.py \
         --check-batch "$check" $extra "$@" --out "$out/many$tag.json" \
         > "$out/many$tag.log" 2>&1 || return 1
     "$py" benchmarks/multi_gpu.py --compare "$out/one$tag.json" "$out/many$tag.json" \
