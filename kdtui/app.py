@@ -135,7 +135,19 @@ class KDApp(App):
         self.notify(f"screenshot saved: {path}", timeout=6)
 
     def running_owned(self) -> list[Any]:
-        return [h for h in self.owned_runs if getattr(h, "is_alive", lambda: False)()]
+        """Runs this dashboard started that are still going (an engine that already wrote
+        run_finished and is only exiting does not count)."""
+        from kdtui.runs import run_info
+
+        going = []
+        for handle in self.owned_runs:
+            if not getattr(handle, "is_alive", lambda: True)():
+                continue
+            local_dir = getattr(handle.source, "run_dir", None)
+            info = run_info(Path(local_dir)) if local_dir else None
+            if info is None or info.status in ("starting", "running"):
+                going.append(handle)
+        return going
 
     async def action_quit(self) -> None:
         going = self.running_owned()

@@ -30,7 +30,9 @@ FILTER_RE = re.compile(
     r"^\s*step\b|initial_loss|final_loss|panic|error|verdict|F-DISTILL", re.IGNORECASE)
 _TRACEBACK_START = "Traceback (most recent call last)"
 
-NORMAL, ERROR, WARNING = 0, 1, 2
+# ERROR_MORE: a line inside a Traceback block after its header: shown as an error, but a jump
+# lands on the block's head, so one traceback is one jump
+NORMAL, ERROR, WARNING, ERROR_MORE = 0, 1, 2, 3
 MAX_LINE_CELLS = 2000  # a giant line is cut for display (and for highlighting), never for search
 
 
@@ -125,7 +127,7 @@ class LogView(ScrollView, can_focus=True):
                 self._in_traceback = True
                 kind = ERROR
             elif self._in_traceback:
-                kind = ERROR
+                kind = ERROR_MORE
                 if line and not line[0].isspace() and not line.startswith("During handling") \
                         and not line.startswith("The above exception"):
                     self._in_traceback = False
@@ -159,7 +161,8 @@ class LogView(ScrollView, can_focus=True):
             self._view = [i - drop for i in self._view if i >= drop]
 
     def _keep(self, index: int) -> bool:
-        return self.kinds[index] == ERROR or bool(FILTER_RE.search(self.lines[index]))
+        return self.kinds[index] in (ERROR, ERROR_MORE) or bool(
+            FILTER_RE.search(self.lines[index]))
 
     def clear(self) -> None:
         self.lines.clear()
@@ -265,12 +268,7 @@ class LogView(ScrollView, can_focus=True):
         return (top if top is not None else 0) - 1
 
     def action_next_error(self) -> None:
-        start = self._start() + 1
-        # skip the rest of the block we are on, so one traceback is one jump
-        while start < len(self.kinds) and start > 0 and self.kinds[start] == ERROR \
-                and self.kinds[start - 1] == ERROR:
-            start += 1
-        found = self.kinds.find(ERROR, start)
+        found = self.kinds.find(ERROR, self._start() + 1)
         if found < 0:
             found = self.kinds.find(ERROR)  # wrap around
         if found < 0:
@@ -279,14 +277,8 @@ class LogView(ScrollView, can_focus=True):
         self._jump(found)
 
     def action_previous_error(self) -> None:
-        start = self._start()
-        while start > 0 and self.kinds[start - 1] == ERROR:
-            start -= 1  # to the head of the current block
-        found = self.kinds.rfind(ERROR, 0, max(start, 0))
-        if found >= 0:
-            while found > 0 and self.kinds[found - 1] == ERROR:
-                found -= 1
-        else:
+        found = self.kinds.rfind(ERROR, 0, max(self._start(), 0))
+        if found < 0:
             found = self.kinds.rfind(ERROR)
         if found < 0:
             self.notify("No errors in the log", timeout=2)
@@ -336,7 +328,7 @@ class LogView(ScrollView, can_focus=True):
         text = self.lines[index][:MAX_LINE_CELLS].expandtabs(4)
         kind = self.kinds[index]
         style = base
-        if kind == ERROR:
+        if kind == ERROR or kind == ERROR_MORE:
             style = base + self.get_component_rich_style("logview--error")
         elif kind == WARNING:
             style = base + self.get_component_rich_style("logview--warning")

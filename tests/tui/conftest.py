@@ -1,0 +1,120 @@
+"""Dashboard test setup: each test gets its own kdtui config dir, hosts file and ssh config (so
+remembered values and themes never leak between tests or from the user), and no cursor blink."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Input
+
+
+@pytest.fixture(autouse=True)
+def isolated_kdtui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    config = tmp_path / "kdtui-config"
+    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(config))
+    monkeypatch.setenv("KDTUI_HOSTS_FILE", str(config / "hosts.toml"))
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host gpu-box\n  HostName 127.0.0.1\nHost *\n  ServerAliveInterval 5\n")
+    monkeypatch.setenv("KDTUI_SSH_CONFIG", str(ssh_config))
+    # a blinking cursor makes screenshots depend on the moment they are taken
+    monkeypatch.setattr(Input, "cursor_blink", False)
+    return config
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    path = Path(os.environ["KDENGINE_RUNS_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0,
+                   step: float = 0.1) -> None:
+    """Let the app run until condition() holds; fail with the time it waited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await pilot.pause(step)
+
+
+T0 = 1_760_000_000.0  # a fixed clock for fixture runs: screenshots must not depend on "now"
+
+
+def write_run(run_dir: Path, *, steps: int = 200, upto: int | None = None, finished: bool = True,
+              log_extra: list[str] | None = None, pid: int | None = None) -> Path:
+    """A run directory as the engine leaves it (events.jsonl, launch.log, config.json), with
+    fixed times and a loss that goes down; `upto` < steps makes it a run still in progress."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    upto = steps if upto is None else upto
+    events: list[dict[str, Any]] = []
+    log: list[str] = []
+
+    def emit(type_: str, t: float, **payload: Any) -> None:
+        events.append({"v": 1, "seq": len(events), "t": round(T0 + t, 3), "type": type_,
+                       **payload})
+
+    config = {"steps": steps, "run_name": run_dir.name, "teacher": "demo://teacher",
+              "student": "demo://student", "data": "demo://python-stdlib"}
+    emit("run_started", 0, run_id=run_dir.name, run_dir=run_dir.name, config=config,
+         device="cpu", dtype="float32")
+    log.append(f"run {run_dir.name} on cpu (float32)")
+    for i, stage in enumerate(("prepare", "load_teacher", "load_student", "data")):
+        emit("stage", 0.1 * i, stage=stage, state="running", elapsed=0.0)
+        emit("stage", 0.1 * i + 0.1, stage=stage, state="done", elapsed=0.1)
+        log.append(f"[{stage}] done (0.1s)")
+    emit("stage", 1.0, stage="train", state="running", elapsed=0.0)
+    log.append("[train] running")
+
+    def val(step: int) -> float:
+        return 3.0 * (0.5 + 0.5 / (1 + step / 40))
+
+    emit("eval", 1.0, step=0, val_loss=val(0), val_ce=val(0) + 0.5, val_kd=0.4)
+    log.append(f"eval step 0 val_loss={val(0):.4f} (initial_loss)")
+    for step in range(1, upto + 1):
+        loss = 3.0 * (0.45 + 0.55 / (1 + step / 30)) + 0.05 * ((step * 7919) % 13 - 6) / 6
+        kd, ce = loss * 0.6, loss * 1.3
+        emit("step", 1.0 + step * 0.05, step=step, loss=loss, kd=kd, ce=ce, lr=1e-3,
+             grad_norm=0.5, tokens_per_s=2048.0, total_steps=steps)
+        log.append(f"step {step}/{steps} loss={loss:.4f} kd={kd:.4f} ce={ce:.4f}")
+        if step % 50 == 0 and step < steps:
+            emit("eval", 1.0 + step * 0.05, step=step, val_loss=val(step))
+            log.append(f"eval step {step} val_loss={val(step):.4f}")
+    log.extend(log_extra or [])
+    if finished and upto == steps:
+        end = 1.0 + steps * 0.05
+        emit("stage", end, stage="train", state="done", elapsed=steps * 0.05)
+        emit("stage", end, stage="final_eval", state="running", elapsed=0.0)
+        emit("eval", end + 0.5, step=steps, val_loss=val(steps))
+        emit("stage", end + 0.5, stage="final_eval", state="done", elapsed=0.5)
+        emit("stage", end + 0.5, stage="verdict", state="running", elapsed=0.0)
+        delta = val(steps) - val(0)
+        emit("verdict", end + 0.5, id="F-DISTILL-SMOKE-001", status="pass",
+             reason="the held-out validation loss went down", initial_val_loss=val(0),
+             final_val_loss=val(steps), final_step=steps, delta=delta)
+        emit("stage", end + 0.5, stage="verdict", state="done", elapsed=0.0, detail="pass")
+        emit("run_finished", end + 0.5, status="completed", exit_code=0, steps=steps)
+        log.append(f"eval step {steps} val_loss={val(steps):.4f} (final_loss)")
+        log.append(f"verdict F-DISTILL-SMOKE-001 PASS: delta {delta:+.4f}")
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "launch.log").write_text("\n".join(log) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    if pid is not None:
+        (run_dir / "engine.pid").write_text(f"{pid}\n")
+    return run_dir
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., Any]:
+    return wait_for
+
+
+@pytest.fixture(name="write_run")
+def write_run_fixture() -> Callable[..., Path]:
+    return write_run

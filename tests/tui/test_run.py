@@ -1,0 +1,283 @@
+"""The run screen, driven as a user drives it: real engine runs started from the form, the log
+pane's highlights, jumps, filter and follow, the runs list, and quitting with a run going."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from textual.widgets import Input, Switch
+
+from kdtui.app import KDApp
+from kdtui.runs import list_runs
+from kdtui.screens.dialogs import QuitScreen
+from kdtui.screens.run import RunScreen
+from kdtui.screens.runs import RunsScreen
+from kdtui.widgets.log_view import ERROR, ERROR_MORE, LogView
+from kdtui.widgets.loss_chart import LossChart
+from kdtui.widgets.run_panels import StageTracker, VerdictPanel
+
+SIZE = (160, 48)
+
+
+def _fill(screen, **values: str) -> None:
+    for name, value in values.items():
+        screen.query_one(f"#field-{name}", Input).value = value
+
+
+async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, write_run):
+    """F2, a shorter schedule, ctrl+r: the embedded engine trains the real demo to a PASS."""
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("f2")
+        _fill(app.screen, steps="120", eval_every="60", checkpoint_every="0", run_name="demo1")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        screen = app.screen
+        panel = screen.query_one(VerdictPanel)
+        await wait_for(pilot, lambda: panel.status != "pending", 280, 0.5)
+        await pilot.pause(0.3)
+        assert panel.status == "pass", screen.query_one(LogView).lines[-30:]
+        assert panel.verdict.final_val_loss < panel.verdict.initial_val_loss
+        tracker = screen.query_one(StageTracker)
+        assert {r.name: r.state for r in tracker.rows.values()} == {
+            s: "done" for s in ("check", "start", "prepare", "load_teacher", "load_student",
+                                "data", "train", "final_eval", "verdict")}
+        assert screen.query_one(LossChart).point_count > 10
+        # the engine's own verdict event agrees with the one the dashboard computed
+        events = [json.loads(x) for x in (runs_dir / "demo1" / "events.jsonl").open()]
+        engine = next(e for e in events if e["type"] == "verdict")
+        assert engine["status"] == panel.verdict.status
+        assert (runs_dir / "demo1" / "engine.pid").exists()
+
+
+async def test_tiny_run_then_quit_leaves_nothing_to_ask(runs_dir, wait_for, write_run, tiny_run_inputs):
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        _fill(app.screen, **tiny_run_inputs, steps="30", batch_size="4", seq_len="32",
+              lr="0.003", eval_every="10", eval_batches="2", log_every="1",
+              checkpoint_every="0", run_name="tiny")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        panel = app.screen.query_one(VerdictPanel)
+        await wait_for(pilot, lambda: panel.status != "pending", 120, 0.2)
+        assert panel.status == "pass"
+        # the launch.log holds each line once (the engine saw its stdout already is the log)
+        log = (runs_dir / "tiny" / "launch.log").read_text().splitlines()
+        assert sum(line.startswith("step 30/30") for line in log) == 1
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert not any(isinstance(s, QuitScreen) for s in app.screen_stack)
+    assert app.return_code == 0  # nothing running: quit without asking
+
+
+async def test_quit_with_a_run_going_asks_and_can_stop_it(runs_dir, wait_for, write_run, tiny_run_inputs):
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
+              eval_every="0", log_every="1", checkpoint_every="0", run_name="long")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.last_step is not None, 60)
+        handle = screen.handle
+        assert handle.is_alive()
+        assert os.getpgid(handle.pid) == handle.pid  # its own process group
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen), 5)
+        await pilot.click("#stop")
+        await wait_for(pilot, lambda: not handle.is_alive(), 30)
+    events = [json.loads(x) for x in (runs_dir / "long" / "events.jsonl").open()]
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
+
+
+async def test_leaving_a_run_going_keeps_it_running_for_reattach(runs_dir, wait_for, write_run, tiny_run_inputs):
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
+              eval_every="0", log_every="1", checkpoint_every="0", run_name="bg")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.last_step is not None, 60)
+        handle = screen.handle
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen), 5)
+        await pilot.click("#leave")
+        await pilot.pause()
+    try:
+        assert handle.is_alive()
+        [info] = list_runs(runs_dir)
+        assert info.status == "running" and info.pid == handle.pid
+        # a new dashboard reattaches from the runs list and sees new steps arrive
+        app = KDApp(runs_dir=runs_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("f3")
+            await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), 5)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 5)
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.state.last_step is not None, 30)
+            first = screen.state.last_step["step"]
+            await wait_for(pilot, lambda: screen.state.last_step["step"] > first, 30)
+            await pilot.press("x")
+            await pilot.pause()
+            await pilot.click("#yes")
+            await wait_for(pilot, lambda: screen.query_one(VerdictPanel).status != "pending", 30)
+            assert screen.query_one(VerdictPanel).status == "inconclusive"
+    finally:
+        if handle.is_alive():
+            os.killpg(handle.pid, 9)
+
+
+TRACEBACK = [
+    "step 3/10 loss=2.0",
+    "Traceback (most recent call last):",
+    '  File "kdengine/trainer.py", line 12, in run',
+    "    loss.backward()",
+    "RuntimeError: boom",
+    "step 4/10 loss=1.9",
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    "step 5/10 loss=NaN",
+    "thread 'main' PANICKED at src/lib.rs:1",
+    "all good here",
+]
+
+
+async def test_log_highlights_a_planted_traceback_and_jumps_to_each_error(runs_dir, wait_for, write_run):
+    run = write_run(runs_dir / "planted", steps=20, log_extra=TRACEBACK)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one(LogView)
+        await wait_for(pilot, lambda: log.line_count > 20)
+        at = {line: i for i, line in enumerate(log.lines)}
+        block = [at[line] for line in TRACEBACK[1:5]]
+        assert log.kinds[block[0]] == ERROR  # the whole Traceback block is one error
+        assert all(log.kinds[i] == ERROR_MORE for i in block[1:])
+        assert log.kinds[at["step 4/10 loss=1.9"]] != ERROR
+        assert log.kinds[at["all good here"]] != ERROR
+        log.focus()
+        await pilot.press("home")
+        jumps = []
+        for _ in range(4):
+            await pilot.press("e")
+            jumps.append(log.lines[log.cursor])
+        assert jumps == ["Traceback (most recent call last):", TRACEBACK[6], TRACEBACK[7],
+                         TRACEBACK[8]]
+        # the jumped-to line is on screen
+        assert TRACEBACK[8] in log.visible_lines()
+        await pilot.press("e")  # wraps around to the first error
+        assert log.lines[log.cursor] == TRACEBACK[1]
+
+
+async def test_filter_shows_only_the_seed_grep_lines(runs_dir, wait_for, write_run):
+    run = write_run(runs_dir / "filtered", steps=20, log_extra=TRACEBACK)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one(LogView)
+        await wait_for(pilot, lambda: log.line_count > 20)
+        log.focus()
+        await pilot.press("f")
+        await pilot.pause()
+        shown = [log.lines[i] for i in log._view]
+        assert "all good here" not in shown and "[prepare] done (0.1s)" not in shown
+        assert "step 4/10 loss=1.9" in shown and TRACEBACK[8] in shown
+        assert any("verdict F-DISTILL-SMOKE-001 PASS" in line for line in shown)
+        assert any("initial_loss" in line for line in shown)
+        assert set(log.visible_lines()) <= set(shown)
+        await pilot.press("f")
+        await pilot.pause()
+        assert log.visible_count == log.line_count
+
+
+async def test_search_jumps_to_matches_case_insensitively(runs_dir, wait_for, write_run):
+    run = write_run(runs_dir / "searched", steps=20, log_extra=TRACEBACK)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one(LogView)
+        await wait_for(pilot, lambda: log.line_count > 20)
+        await pilot.press("slash")
+        await pilot.press(*"ALL GOOD", "enter")
+        await pilot.pause()
+        assert log.lines[log.cursor] == "all good here"
+
+
+async def test_log_stops_following_when_scrolled_up_and_counts_new_lines(runs_dir, wait_for, write_run):
+    run = write_run(runs_dir / "follow", steps=200, finished=False, pid=os.getpid())
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one(LogView)
+        await wait_for(pilot, lambda: log.line_count > 200)
+        assert log.following and log.scroll_offset.y == log.max_scroll_y
+        log.scroll_to(y=0, animate=False, immediate=True)
+        await pilot.pause()
+        assert not log.following
+        with open(run / "launch.log", "a") as fh:
+            fh.write("".join(f"late line {i}\n" for i in range(7)))
+        await wait_for(pilot, lambda: log.new_lines == 7)
+        assert log.border_subtitle.startswith("+7 new lines")
+        assert log.scroll_offset.y == 0  # the user's place is kept
+        await pilot.press("end")
+        await pilot.pause()
+        assert log.following and log.new_lines == 0 and "late line 6" in log.visible_lines()
+
+
+async def test_reopen_a_finished_run_from_the_runs_list(runs_dir, wait_for, write_run):
+    write_run(runs_dir / "older", steps=100)
+    write_run(runs_dir / "finished", steps=200)
+    os.utime(runs_dir / "older" / "events.jsonl", (1, 1))
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), 5)
+        runs = app.screen
+        assert [r.run_id for r in runs.runs][0] == "finished"
+        assert runs.runs[0].status == "completed" and runs.runs[0].verdict == "pass"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 5)
+        screen = app.screen
+        panel = screen.query_one(VerdictPanel)
+        await wait_for(pilot, lambda: panel.status != "pending")
+        assert panel.status == "pass"
+        assert panel.verdict.final_step == 200
+        assert screen.query_one(LossChart).point_count == 200
+        assert screen.query_one(LogView).line_count > 200
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is runs
+
+
+async def test_screenshot_key_saves_an_svg_into_the_run_dir(runs_dir, wait_for, write_run):
+    run = write_run(runs_dir / "shot", steps=20)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="shot")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        await pilot.press("f8")
+        await pilot.pause()
+    svgs = list(Path(run).glob("kdtui-*.svg"))
+    assert len(svgs) == 1 and svgs[0].read_text().startswith("<svg")
+
+
+async def test_dry_run_switch_is_remembered_with_the_values(runs_dir, wait_for, write_run):
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("f2")
+        app.screen.query_one("#dry_run", Switch).value = True
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.3)
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.screen.query_one("#dry_run", Switch).value is True
