@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from kdengine.config import FIELDS, demo_config
 from textual.widgets import Input, Select, Switch
 
+from kdengine.config import FIELDS, demo_config
 from kdtui.app import KDApp
 from kdtui.screens.dialogs import PlanScreen
 from kdtui.screens.launch import FieldRow, LaunchScreen

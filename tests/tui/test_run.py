@@ -53,7 +53,8 @@ async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, wr
         assert (runs_dir / "demo1" / "engine.pid").exists()
 
 
-async def test_tiny_run_then_quit_leaves_nothing_to_ask(runs_dir, wait_for, write_run, tiny_run_inputs):
+async def test_tiny_run_then_quit_leaves_nothing_to_ask(
+        runs_dir, wait_for, write_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -74,7 +75,8 @@ async def test_tiny_run_then_quit_leaves_nothing_to_ask(runs_dir, wait_for, writ
     assert app.return_code == 0  # nothing running: quit without asking
 
 
-async def test_quit_with_a_run_going_asks_and_can_stop_it(runs_dir, wait_for, write_run, tiny_run_inputs):
+async def test_quit_with_a_run_going_asks_and_can_stop_it(
+        runs_dir, wait_for, write_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -95,7 +97,8 @@ async def test_quit_with_a_run_going_asks_and_can_stop_it(runs_dir, wait_for, wr
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
 
 
-async def test_leaving_a_run_going_keeps_it_running_for_reattach(runs_dir, wait_for, write_run, tiny_run_inputs):
+async def test_leaving_a_run_going_keeps_it_running_for_reattach(
+        runs_dir, wait_for, write_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
@@ -150,7 +153,8 @@ TRACEBACK = [
 ]
 
 
-async def test_log_highlights_a_planted_traceback_and_jumps_to_each_error(runs_dir, wait_for, write_run):
+async def test_log_highlights_a_planted_traceback_and_jumps_to_each_error(
+        runs_dir, wait_for, write_run):
     run = write_run(runs_dir / "planted", steps=20, log_extra=TRACEBACK)
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
     async with app.run_test(size=SIZE) as pilot:
@@ -211,7 +215,8 @@ async def test_search_jumps_to_matches_case_insensitively(runs_dir, wait_for, wr
         assert log.lines[log.cursor] == "all good here"
 
 
-async def test_log_stops_following_when_scrolled_up_and_counts_new_lines(runs_dir, wait_for, write_run):
+async def test_log_stops_following_when_scrolled_up_and_counts_new_lines(
+        runs_dir, wait_for, write_run):
     run = write_run(runs_dir / "follow", steps=200, finished=False, pid=os.getpid())
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
     async with app.run_test(size=SIZE) as pilot:
