@@ -1,0 +1,354 @@
+"""Headless `kdtui launch`, `kdtui watch` and `kdtui runs`, for scripts and CI.
+
+Plain lines on stdout: the dispatch stages, the run's log lines as they come, then the verdict.
+Exit code 0 pass, 1 fail, 2 error or inconclusive (or a run left going by --detach: 0 once it
+started). Settings come from, lowest first: defaults, --demo, --config FILE, the environment
+(KDTUI_<FIELD> such as KDTUI_STEPS, KDTUI_BATCH_SIZE, KDTUI_LR; KDTUI_HOST,
+KDTUI_FALLBACK_HOST; DRY_RUN=1), then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from kdengine.config import (
+    FIELDS,
+    ConfigError,
+    RunConfig,
+    default_runs_dir,
+    demo_config,
+    flag_of,
+    load_config_file,
+)
+from kdengine.events import RUN_FINISHED, RUN_STARTED
+from kdengine.verdict import verdict_from_events
+from kdtui.launch.base import StageUpdate
+from kdtui.remote.hosts import LOCAL, HostsFileError
+from kdtui.watch import LocalRunSource, RunFollower, RunSource
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+ALIVE_CHECK_EVERY = 5.0  # seconds without news before asking whether the engine still lives
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> RunConfig:
+    """defaults < --demo < --config < KDTUI_<FIELD> env < flags; then the cross-field rules."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = demo_config().to_dict() if getattr(args, "demo", False) else {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(Path(args.config)))
+    config = RunConfig.from_mapping(values)
+    from_env = {f.name: environ[f"KDTUI_{f.name.upper()}"] for f in FIELDS
+                if f"KDTUI_{f.name.upper()}" in environ}
+    config = config.with_values(**from_env)
+    given = {f.name: getattr(args, f.name) for f in FIELDS
+             if getattr(args, f.name, None) is not None}
+    return config.with_values(**given).validate()
+
+
+class StagePrinter:
+    """StageUpdates as plain lines: one per state change, output lines indented under it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._last: dict[tuple[str, str], str] = {}
+
+    def __call__(self, update: StageUpdate) -> None:
+        key = (update.host, update.stage)
+        for line in update.output:
+            self._print(f"  | {line}")
+        if self._last.get(key) == update.state and not update.detail:
+            return
+        self._last[key] = update.state
+        if update.state == "pending" and not update.detail:
+            return
+        timing = f" {update.elapsed:.1f}s" if update.state in ("done", "failed", "skipped") else ""
+        where = f" on {update.host}" if update.host else ""
+        detail = f": {update.detail}" if update.detail else ""
+        self._print(f"[{update.stage}] {update.state}{timing}{where}{detail}")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+async def follow_to_verdict(source: RunSource, *, out: TextIO,
+                            is_alive: Callable[[], Awaitable[bool]],
+                            asked: dict[str, Any] | None = None,
+                            interval: float = 0.3) -> tuple[int, dict[str, Any] | None,
+                                                            dict[str, Any] | None]:
+    """Print the run's log lines until it finishes; return (exit code, verdict, run_finished).
+
+    The whole history is read from offset 0, so attaching late still sees every event. A
+    difference between the config asked for and the one the engine echoes in run_started is an
+    error on screen and makes the exit code 2 whatever the verdict.
+    """
+    follower = RunFollower(source)
+    events: list[dict[str, Any]] = []
+    config_errors: list[str] = []
+    finished: dict[str, Any] | None = None
+    last_news = time.monotonic()
+    died = False
+
+    def take(update: Any) -> None:
+        nonlocal finished
+        for line in update.log_lines:
+            print(line, file=out, flush=True)
+        for event in update.events:
+            events.append(event)
+            if event.get("type") == RUN_STARTED and asked is not None:
+                from kdtui.remote.stages import config_differences
+
+                echoed = event.get("config")
+                diffs = config_differences(asked, echoed) if isinstance(echoed, dict) else \
+                    ["run_started carries no config"]
+                for diff in diffs:
+                    config_errors.append(diff)
+                    print(f"ERROR: effective config differs from what was asked: {diff}",
+                          file=out, flush=True)
+            if event.get("type") == RUN_FINISHED:
+                finished = event
+
+    while True:
+        update = await follower.poll()
+        take(update)
+        if finished is not None:
+            break
+        if update:
+            last_news = time.monotonic()
+            continue
+        if time.monotonic() - last_news > ALIVE_CHECK_EVERY:
+            last_news = time.monotonic()
+            if not await is_alive():
+                take(await follower.poll())  # what it wrote just before dying
+                died = finished is None
+                break
+        await asyncio.sleep(interval)
+    while (update := await follower.poll()):  # the log lines after run_finished
+        take(update)
+
+    verdict = verdict_from_events(events).to_event()
+    if died:
+        print("ERROR: the engine is gone without finishing the run (killed, or the box "
+              "rebooted); see the log above", file=out, flush=True)
+    summary = verdict_from_events(events).summary()
+    print(f"verdict {summary}", file=out, flush=True)
+    code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict["status"], EXIT_ERROR)
+    if config_errors:
+        code = EXIT_ERROR
+    if follower.events.gaps or follower.events.duplicates:
+        print(f"WARNING: event stream gaps {follower.events.gaps}, duplicates skipped "
+              f"{follower.events.duplicates}", file=out, flush=True)
+    return code, verdict, finished
+
+
+# -- launch ------------------------------------------------------------------------------------
+def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        flag = flag_of(exc.field) if exc.field and exc.field != "config" else exc.field
+        print(f"kdtui launch: error: {flag}: {exc.message}" if flag else
+              f"kdtui launch: error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    host = args.host or os.environ.get("KDTUI_HOST") or LOCAL
+    fallback = getattr(args, "fallback_host", None) or os.environ.get("KDTUI_FALLBACK_HOST")
+    runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
+    try:
+        if args.dry_run or env_flag("DRY_RUN") or env_flag("KDTUI_DRY_RUN"):
+            from kdtui.launch.plan import plan_lines
+
+            for line in plan_lines(config, host, fallback, runs_dir):
+                print(line, file=out)
+            return 0
+        if host == LOCAL:
+            if fallback:
+                print("kdtui launch: error: --fallback-host needs a remote --host",
+                      file=sys.stderr)
+                return EXIT_ERROR
+            return asyncio.run(_launch_local(config, runs_dir, args.detach, out))
+        return asyncio.run(_launch_remote(config, host, fallback, args.detach, out))
+    except HostsFileError as exc:
+        print(f"kdtui launch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("detached: the run goes on (kdtui runs lists it; `kdtui watch RUN` comes back)",
+              file=out)
+        return EXIT_ERROR
+
+
+async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: TextIO) -> int:
+    from kdtui.launch.local import LaunchError, LocalLauncher
+
+    launcher = LocalLauncher(config, runs_dir)
+    try:
+        handle = await launcher.start(StagePrinter(out))
+    except LaunchError as exc:
+        print(f"ERROR: {exc}", file=out, flush=True)
+        return EXIT_ERROR
+    if detach:
+        print(f"detached: run {handle.run_id} goes on; follow it with: {handle.reattach_hint()}",
+              file=out, flush=True)
+        return EXIT_PASS
+
+    async def alive() -> bool:
+        return handle.is_alive()
+    code, _, _ = await follow_to_verdict(handle.source, out=out, is_alive=alive,
+                                         asked=launcher.config.to_dict())
+    return code
+
+
+async def _launch_remote(config: RunConfig, host: str, fallback: str | None, detach: bool,
+                         out: TextIO) -> int:
+    from kdtui.launch.remote import DispatchError, RemoteLauncher
+    from kdtui.remote.connect import RemoteError
+
+    def status(text: str) -> None:
+        print(f"[watch] {text}", file=out, flush=True)
+
+    launcher = RemoteLauncher(config, host, fallback, on_status=status)
+    try:
+        handle = await launcher.start(StagePrinter(out))
+    except DispatchError as exc:
+        print(f"ERROR: dispatch failed: {exc}", file=out, flush=True)
+        print(f"manifest: {launcher.manifest_path}", file=out, flush=True)
+        return EXIT_ERROR
+    try:
+        print(f"run {handle.run_id} on {handle.host}: {handle.run_dir} (pid {handle.pid}); "
+              f"manifest {handle.manifest}", file=out, flush=True)
+        if detach:
+            print(f"detached: the run goes on; follow it with: {handle.reattach_hint()}",
+                  file=out, flush=True)
+            return EXIT_PASS
+        return await _watch_remote_handle(handle, out)
+    except RemoteError as exc:
+        print(f"ERROR: {exc}", file=out, flush=True)
+        return EXIT_ERROR
+    finally:
+        await handle.close()
+
+
+async def _watch_remote_handle(handle: Any, out: TextIO) -> int:
+    from kdtui.remote.manifest import record_verdict
+
+    async def alive() -> bool:
+        state = await handle.status()
+        return bool(state.get("alive"))
+
+    code, verdict, finished = await follow_to_verdict(handle.source, out=out, is_alive=alive,
+                                                      asked=handle.asked_config)
+    if handle.manifest is not None and verdict is not None:
+        record_verdict(handle.manifest, verdict, finished)
+    return code
+
+
+# -- watch -------------------------------------------------------------------------------------
+def headless_watch(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        return asyncio.run(_watch(args.run, getattr(args, "runs_dir", None), out))
+    except KeyboardInterrupt:
+        print(f"detached: the run goes on; come back with: kdtui watch {args.run}", file=out)
+        return EXIT_ERROR
+
+
+async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
+    from kdtui.remote.manifest import find_manifest
+
+    manifest = find_manifest(ref)
+    if manifest is not None:
+        from kdtui.launch.remote import DispatchError, RemoteRunHandle
+        from kdtui.remote.connect import RemoteError
+
+        def status(text: str) -> None:
+            print(f"[watch] {text}", file=out, flush=True)
+        try:
+            handle = RemoteRunHandle.from_manifest(manifest, on_status=status)
+        except (DispatchError, HostsFileError) as exc:
+            print(f"ERROR: {exc}", file=out, flush=True)
+            return EXIT_ERROR
+        print(f"watching {handle.run_id} on {handle.host}: {handle.run_dir}", file=out,
+              flush=True)
+        try:
+            return await _watch_remote_handle(handle, out)
+        except RemoteError as exc:
+            print(f"ERROR: {exc}", file=out, flush=True)
+            return EXIT_ERROR
+        finally:
+            await handle.close()
+    run_dir = _local_run_dir(ref, Path(runs_dir) if runs_dir else default_runs_dir())
+    if run_dir is None:
+        print(f"kdtui watch: error: no run {ref!r}: not a dispatch.json, a run directory, or a "
+              "run id in the runs or evidence dir (see `kdtui runs`)", file=sys.stderr)
+        return EXIT_ERROR
+    from kdtui.remote.agent import _status  # the same pid + finished check, run locally
+
+    async def alive() -> bool:
+        return bool(_status(str(run_dir))["alive"])
+    print(f"watching {run_dir.name} on local: {run_dir}", file=out, flush=True)
+    config = _local_config(run_dir)
+    code, _, _ = await follow_to_verdict(LocalRunSource(run_dir), out=out, is_alive=alive,
+                                         asked=config)
+    return code
+
+
+def _local_run_dir(ref: str, runs_dir: Path) -> Path | None:
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    candidate = runs_dir / ref
+    return candidate if candidate.is_dir() and "/" not in ref else None
+
+
+def _local_config(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- runs --------------------------------------------------------------------------------------
+def print_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Remote dispatches (from the evidence dir) and local runs, newest first."""
+    out = out or sys.stdout
+    from kdtui.remote.manifest import list_manifests
+
+    rows = []
+    for data in list_manifests():
+        verdict = (data.get("verdict") or {}).get("status") or "-"
+        state = "dispatch failed" if not data.get("launched") else \
+            (data.get("run_finished") or {}).get("status") or "dispatched"
+        rows.append((data.get("run_id", "?"), data.get("host", "?"), state, verdict,
+                     data.get("dispatched_at", ""), f"kdtui watch {data.get('run_id')}"))
+    runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
+    try:
+        from kdtui.runs import list_runs
+    except ImportError:  # pragma: no cover - the local runs index is another module's
+        list_runs = None
+    if list_runs is not None:
+        for info in list_runs(runs_dir):
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.started or info.updated))
+            rows.append((info.run_id, LOCAL, info.status, info.verdict or "-", when,
+                         f"kdtui watch {info.run_dir}"))
+    if not rows:
+        print("no runs yet: start one with `kdtui launch --demo --headless`", file=out)
+        return 0
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    header = ("RUN", "HOST", "STATE", "VERDICT", "STARTED (UTC)", "REATTACH")
+    widths = [max(w, len(h)) for w, h in zip(widths, header[:5], strict=True)]
+    for row in (header, *rows):
+        cells = "  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True))
+        print(f"{cells}  {row[5]}", file=out)
+    return 0

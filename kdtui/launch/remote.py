@@ -1,0 +1,282 @@
+"""The remote launcher: dispatch a run to a GPU host over SSH, with a fallback host.
+
+`RemoteLauncher.start` runs the stages of kdtui.remote.stages on the primary host; when the
+primary fails preflight (unreachable, refused key, no torch...), the same plan runs on the
+fallback, and both attempts are shown (each StageUpdate names its host) and recorded in
+dispatch.json. A run id that is already running on the host is reattached, never started twice.
+The handle it returns follows the run over SFTP (reconnecting by itself) and can cancel it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdengine.config import RunConfig
+from kdtui.launch.base import StageUpdate
+from kdtui.remote.connect import RemoteError
+from kdtui.remote.hosts import HostConfig, get_host
+from kdtui.remote.manifest import (
+    FALSIFIER,
+    local_git_commit,
+    manifest_path,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
+from kdtui.remote.source import SSHRunSource
+from kdtui.remote.stages import (
+    STAGES,
+    HostAttempt,
+    RemotePlan,
+    StageFailed,
+    StageRecord,
+    StageRunner,
+    agent_filename,
+    agent_source,
+    config_differences,
+)
+from kdtui.remote.wheel import WheelBuild, build_wheel
+
+
+class DispatchError(RemoteError):
+    """The dispatch failed on every host tried; the message says where and why."""
+
+
+def stamp_run_name(config: RunConfig) -> RunConfig:
+    """A run without a name gets the engine's own default form, kd-<UTC time>, here, so the
+    remote run dir and the manifest know it before the engine starts."""
+    if config.run_name:
+        return config
+    return config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
+
+
+@dataclass
+class RemoteRunHandle:
+    """A run on an SSH host: follow it, ask its status, cancel it."""
+
+    run_id: str
+    host: str
+    run_dir: str
+    plan: RemotePlan
+    source: SSHRunSource
+    pid: int | None = None
+    manifest: Path | None = None
+    attempts: list[HostAttempt] = field(default_factory=list)
+
+    @property
+    def asked_config(self) -> dict[str, Any]:
+        return self.plan.config.to_dict()
+
+    def config_errors(self, run_started: dict[str, Any]) -> list[str]:
+        """Differences between what was asked and what the engine echoed in run_started."""
+        echoed = run_started.get("config")
+        if not isinstance(echoed, dict):
+            return ["run_started carries no config: cannot confirm what the engine runs"]
+        return config_differences(self.asked_config, echoed)
+
+    async def _agent(self, command_name: str, **kwargs: Any) -> dict[str, Any]:
+        command = getattr(self.plan, command_name)(**kwargs)
+
+        async def action(conn: Any) -> dict[str, Any]:
+            # a newer kdtui has a new agent file name: upload it before first use
+            async with conn.start_sftp_client() as sftp:
+                if not await sftp.exists(self.plan.agent_path):
+                    await sftp.makedirs(self.plan.host.agent_dir, exist_ok=True)
+                    async with sftp.open(self.plan.agent_path, "wb") as fh:
+                        await fh.write(agent_source())
+            from kdtui.remote.connect import run_agent
+
+            return await run_agent(conn, command, timeout=60)
+        return await self.source.with_link(action)
+
+    async def status(self) -> dict[str, Any]:
+        """{pid, alive, finished (the run_finished event or None), events_bytes, log_bytes}."""
+        return await self._agent("status")
+
+    async def log_tail(self, lines: int = 40) -> list[str]:
+        return (await self._agent("tail", lines=lines)).get("lines", [])
+
+    async def cancel(self) -> None:
+        """SIGTERM to the run's process group: the engine ends it as cancelled."""
+        await self._agent("cancel")
+
+    def reattach_hint(self) -> str:
+        return f"kdtui watch {self.run_id}"
+
+    def extra(self) -> dict[str, Any]:
+        return {"pid": self.pid, "manifest": str(self.manifest) if self.manifest else None,
+                "remote_run_dir": self.run_dir, "reconnects": self.source.reconnects}
+
+    async def close(self) -> None:
+        await self.source.close()
+
+    @classmethod
+    def from_manifest(cls, path: Path, on_status: Callable[[str], None] | None = None,
+                      wheel: WheelBuild | None = None) -> RemoteRunHandle:
+        """Reattach to a dispatched run from its dispatch.json."""
+        data = read_manifest(path)
+        if not data.get("launched"):
+            raise DispatchError(f"{path}: this dispatch never started a run "
+                                f"({data.get('error') or 'no launch recorded'})")
+        host = get_host(data["host"])
+        config = RunConfig.from_mapping(data["config"])
+        plan = RemotePlan.make(host, config, wheel or build_wheel())
+        source = SSHRunSource(host, data["remote_run_dir"], on_status=on_status)
+        return cls(run_id=data["run_id"], host=host.alias, run_dir=data["remote_run_dir"],
+                   plan=plan, source=source, pid=data.get("pid"), manifest=path)
+
+
+class RemoteLauncher:
+    """Launcher over SSH. `stages` are shown as pending before start."""
+
+    stages: tuple[str, ...] = STAGES
+
+    def __init__(self, config: RunConfig, host: str | HostConfig,
+                 fallback: str | HostConfig | None = None, *, wheel: WheelBuild | None = None,
+                 evidence_dir: Path | None = None,
+                 on_status: Callable[[str], None] | None = None) -> None:
+        self.config = stamp_run_name(config)
+        hosts = [host] + ([fallback] if fallback else [])
+        self.hosts = [h if isinstance(h, HostConfig) else get_host(h) for h in hosts]
+        self.wheel = wheel or build_wheel()
+        self.plans = [RemotePlan.make(h, self.config, self.wheel) for h in self.hosts]
+        self.evidence_dir = evidence_dir
+        self.on_status = on_status
+        self.attempts: list[HostAttempt] = []
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_name
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path(self.run_id, self.evidence_dir)
+
+    def dry_run(self) -> list[str]:
+        """The whole plan, every remote command exactly as it will be sent; touches nothing."""
+        lines = [f"run {self.run_id}: kdengine {self.wheel.kdengine_version} "
+                 f"(build {self.wheel.build_id}), agent {agent_filename()}"]
+        for i, plan in enumerate(self.plans):
+            if i:
+                lines.append(f"fallback, only if {self.plans[0].host.alias} fails preflight:")
+            lines += plan.dry_run()
+        lines.append(f"manifest: {self.manifest_path}")
+        return lines
+
+    async def start(self, on_stage: Callable[[StageUpdate], None]) -> RemoteRunHandle:
+        for i, plan in enumerate(self.plans):
+            runner = StageRunner(plan, on_stage)
+            self.attempts.append(runner.attempt)
+            try:
+                probe = await runner.preflight()
+            except StageFailed as exc:
+                runner.attempt.error = str(exc)
+                await runner.close()
+                if exc.fallback_ok and i + 1 < len(self.plans):
+                    nxt = self.plans[i + 1].host.alias
+                    for stage in self.stages:
+                        on_stage(StageUpdate(stage, "pending", 0.0,
+                                             f"fallback to {nxt}" if stage == "preflight" else "",
+                                             [f"{plan.host.alias} failed preflight: {exc}; "
+                                              f"trying the fallback host {nxt}"], nxt))
+                    continue
+                self._write(plan, None, error=str(exc))
+                raise DispatchError(self._failure_text(str(exc))) from None
+            try:
+                handle = await self._rest(runner, probe, on_stage)
+            except (RemoteError, OSError) as exc:
+                runner.attempt.error = str(exc)
+                await runner.close()
+                self._write(plan, None, error=str(exc))
+                raise DispatchError(self._failure_text(str(exc))) from None
+            return handle
+        raise DispatchError("no host to try")  # pragma: no cover - plans is never empty
+
+    def _failure_text(self, last: str) -> str:
+        if len(self.attempts) > 1:
+            return "; ".join(f"{a.host}: {a.error}" for a in self.attempts)
+        return last
+
+    async def _rest(self, runner: StageRunner, probe: dict[str, Any],
+                    on_stage: Callable[[StageUpdate], None]) -> RemoteRunHandle:
+        plan = runner.plan
+        run = probe.get("run") or {}
+        if run.get("alive"):
+            # re-dispatch of a running run id: reattach, never a second copy
+            for stage in ("sync", "check", "models"):
+                runner.skip(stage, f"{plan.config.run_name} is already running")
+            runner.attempt.pid = pid = int(run["pid"])
+            runner.attempt.reattached = True
+            runner.skip("launch", f"already running as pid {pid}: reattached, no copy started")
+        else:
+            await runner.sync(probe)
+            await runner.check()
+            await runner.models()
+            pid = await runner.launch()
+        started = time.monotonic()
+        on_stage(StageUpdate("manifest", "running", host=plan.host.alias))
+        path = self._write(plan, pid, probe=probe)
+        on_stage(StageUpdate("manifest", "done", time.monotonic() - started, str(path),
+                             host=plan.host.alias))
+        runner.attempt.stages.append(
+            StageRecord("manifest", "done", time.monotonic() - started, str(path)))
+        write_manifest(path, {**read_manifest(path), "attempts": self._attempt_dicts()})
+        source = SSHRunSource(plan.host, plan.run_dir, conn=runner.conn, on_status=self.on_status)
+        runner.conn = None  # the source owns the connection from here on
+        return RemoteRunHandle(run_id=self.run_id, host=plan.host.alias, run_dir=plan.run_dir,
+                               plan=plan, source=source, pid=pid, manifest=path,
+                               attempts=self.attempts)
+
+    def _attempt_dicts(self) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.attempts]
+
+    def _write(self, plan: RemotePlan, pid: int | None, *, probe: dict[str, Any] | None = None,
+               error: str | None = None) -> Path:
+        path = self.manifest_path
+        previous: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                previous = read_manifest(path)
+            except (OSError, ValueError):
+                previous = {}
+        reattached = bool(self.attempts and self.attempts[-1].reattached)
+        if reattached and previous.get("launched"):
+            # keep the original dispatch's record; note that we came back to it
+            previous.setdefault("reattached_at", []).append(utc_now())
+            return write_manifest(path, previous)
+        probe = probe or {}
+        home = probe.get("home")
+        remote_run_dir = plan.run_dir if plan.run_dir.startswith("/") or not home else \
+            f"{home}/{plan.run_dir}"
+        git = local_git_commit()
+        data = {
+            "run_id": self.run_id,
+            "falsifier": FALSIFIER,
+            "launched": pid is not None,
+            "error": error,
+            "host": plan.host.alias,
+            "user": None,
+            "remote_host": probe.get("host"),
+            "remote_run_dir": remote_run_dir,
+            "remote_log": f"{remote_run_dir}/launch.log",
+            "remote_events": f"{remote_run_dir}/events.jsonl",
+            "pid": pid,
+            "kdengine_version": self.wheel.kdengine_version,
+            "build_id": plan.build_id,
+            "wheel_sha256": self.wheel.sha256 if plan.host.sync == "wheel" else None,
+            "git_commit": git["commit"],
+            "git_dirty": git["dirty"],
+            "remote_git_commit": self.attempts[-1].commit if self.attempts else None,
+            "engine_command": plan.engine_argv,
+            "config": plan.config.to_dict(),
+            "attempts": self._attempt_dicts(),
+            "dispatched_at": utc_now(),
+            "verdict": None,
+        }
+        if self.attempts and self.attempts[-1].probe:
+            data["user"] = self.attempts[-1].probe.get("user")
+        return write_manifest(path, data)

@@ -1,0 +1,136 @@
+"""A RunSource that reads a remote run's files over SFTP and outlives dropped connections.
+
+`read(name, offset, limit)` is a positioned SFTP read, so resuming after a reconnect is just
+reading from the same offset again: RunFollower only advances offsets past complete lines, and
+the files are append-only, so nothing is lost and nothing is shown twice. While the link is
+down, `read` waits and reconnects with exponential backoff (0.25 s doubling to 10 s), telling
+`on_status` what it is doing, and gives up with a RemoteError after `give_up_after` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncssh
+
+from kdtui.remote.command import RemoteCommand
+from kdtui.remote.connect import (
+    CONNECTION_ERRORS,
+    HostKeyRefused,
+    RemoteError,
+    open_connection,
+    run_agent,
+)
+from kdtui.remote.hosts import HostConfig
+
+T = TypeVar("T")
+LINK_ERRORS = (*CONNECTION_ERRORS, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
+
+
+class SSHRunSource:
+    """Follows RUN_DIR/{events.jsonl,launch.log} on `host` by byte offset."""
+
+    def __init__(self, host: HostConfig, run_dir: str, *,
+                 conn: asyncssh.SSHClientConnection | None = None,
+                 on_status: Callable[[str], None] | None = None,
+                 give_up_after: float = 600.0, max_backoff: float = 10.0) -> None:
+        self.host = host
+        self.run_dir = run_dir
+        self.label = host.alias
+        self.on_status = on_status
+        self.give_up_after = give_up_after
+        self.max_backoff = max_backoff
+        self.reconnects = 0  # how many times the link was re-established
+        self._conn = conn
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._files: dict[str, asyncssh.SFTPClientFile] = {}
+        self._lock = asyncio.Lock()
+
+    # -- the connection ------------------------------------------------------------------------
+    async def _ensure(self) -> asyncssh.SSHClientConnection:
+        if self._conn is None:
+            self._conn = await open_connection(self.host)
+        if self._sftp is None:
+            self._sftp = await self._conn.start_sftp_client()
+        return self._conn
+
+    def _drop(self) -> None:
+        self._files.clear()
+        if self._sftp is not None:
+            self._sftp.exit()
+            self._sftp = None
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
+
+    async def with_link(self, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]]) -> T:
+        """Run `action(conn)`, reconnecting with backoff as often as the link drops."""
+        first_failure: float | None = None
+        delay = 0.25
+        while True:
+            try:
+                async with self._lock:
+                    conn = await self._ensure()
+                    result = await action(conn)
+                if first_failure is not None:
+                    self.reconnects += 1
+                    self._say(f"reconnected to {self.host.alias}; resuming from the same offsets")
+                return result
+            except HostKeyRefused:
+                raise  # never retried: a changed key is not a flaky link
+            except (RemoteError, *LINK_ERRORS) as exc:
+                if isinstance(exc, RemoteError) and not _is_link_error(exc):
+                    raise
+                self._drop()
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if now - first_failure > self.give_up_after:
+                    raise RemoteError(f"lost {self.host.alias} for over {self.give_up_after:g}s "
+                                      f"({_reason(exc)}); the run may still be going: "
+                                      "try `kdtui watch` again later") from None
+                self._say(f"connection to {self.host.alias} lost ({_reason(exc)}); "
+                          f"reconnecting in {delay:g}s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def _say(self, text: str) -> None:
+        if self.on_status is not None:
+            self.on_status(text)
+
+    # -- RunSource -----------------------------------------------------------------------------
+    async def read(self, name: str, offset: int, limit: int) -> bytes:
+        async def action(conn: asyncssh.SSHClientConnection) -> bytes:
+            assert self._sftp is not None
+            handle = self._files.get(name)
+            if handle is None:
+                try:
+                    handle = await self._sftp.open(f"{self.run_dir}/{name}", "rb")
+                except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
+                    return b""  # not written yet
+                self._files[name] = handle
+            return await handle.read(limit, offset)
+        return await self.with_link(action)
+
+    async def agent(self, command: RemoteCommand, timeout: float = 60) -> dict[str, Any]:
+        """Run an agent subcommand (status, cancel, tail) over the same resilient link."""
+        return await self.with_link(lambda conn: run_agent(conn, command, timeout=timeout))
+
+    async def close(self) -> None:
+        conn = self._conn
+        self._drop()
+        if conn is not None:
+            await conn.wait_closed()
+
+
+def _is_link_error(exc: RemoteError) -> bool:
+    # ConnectFailed while reconnecting (sshd restarting, host rebooting) is worth retrying
+    from kdtui.remote.connect import ConnectFailed
+
+    return isinstance(exc, ConnectFailed)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,462 @@
+"""The remote dispatch, stage by stage, and the plan that names every command it sends.
+
+    preflight  connect (host key checked), upload the agent, probe python/torch/CUDA/disk/kdengine
+    sync       a venv holding exactly this kdengine build (wheel over SFTP, or a git ref)
+    check      `kdengine train --check <the exact args>` in that venv: bad args fail here
+    models     teacher and student into the remote huggingface_hub cache (no-op when cached)
+    launch     start the engine detached (own session, stdin /dev/null, output to launch.log),
+               record its pid, and check it is still alive a few seconds later
+
+`RemotePlan` builds every RemoteCommand from the host settings and the run config alone, so the
+dry run prints the very strings the stages send. Each stage is idempotent: run again, it finds
+its work done and says "skipped".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from kdengine.config import RunConfig
+from kdtui.launch.base import StageUpdate
+from kdtui.remote import agent as agent_module
+from kdtui.remote.command import RemoteCommand, remote_command
+from kdtui.remote.connect import RemoteError, open_connection, run_agent, run_command
+from kdtui.remote.hosts import HostConfig
+from kdtui.remote.wheel import WheelBuild
+
+STAGES = ("preflight", "sync", "check", "models", "launch", "manifest")
+MIN_PYTHON = (3, 10)
+TAIL_LINES = 40
+
+
+def agent_source() -> bytes:
+    return Path(agent_module.__file__).read_bytes()
+
+
+def agent_filename() -> str:
+    return f"agent-{hashlib.sha256(agent_source()).hexdigest()[:12]}.py"
+
+
+class StageFailed(RemoteError):
+    """A stage failed. `fallback_ok`: another host could do better (it was the host's fault)."""
+
+    def __init__(self, message: str, output: list[str] | None = None, *,
+                 fallback_ok: bool = False) -> None:
+        super().__init__(message, output)
+        self.fallback_ok = fallback_ok
+
+
+@dataclass(frozen=True)
+class RemotePlan:
+    """Every path and command of one run on one host; pure data, touches nothing."""
+
+    host: HostConfig
+    config: RunConfig  # effective: run_name and run_dir are set
+    wheel: WheelBuild
+
+    @classmethod
+    def make(cls, host: HostConfig, config: RunConfig, wheel: WheelBuild) -> RemotePlan:
+        if not config.run_name:
+            raise ValueError("the plan needs a run name (stamp it first)")
+        if not config.run_dir:
+            config = config.with_values(run_dir=host.run_dir(config.run_name))
+        return cls(host, config, wheel)
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def agent_path(self) -> str:
+        return self.host.path(".kdtui", agent_filename())
+
+    @property
+    def build_id(self) -> str:
+        if self.host.sync == "git":
+            key = hashlib.sha256(f"{self.host.git_url}\n{self.host.git_ref}".encode()).hexdigest()
+            return f"git-{key[:12]}"
+        return self.wheel.build_id
+
+    @property
+    def env_dir(self) -> str:
+        return self.host.env_dir(self.build_id)
+
+    @property
+    def engine_python(self) -> str:
+        return f"{self.env_dir}/bin/python"
+
+    @property
+    def wheel_path(self) -> str:
+        return self.host.path(".kdtui", "wheels", self.wheel.build_id, self.wheel.filename)
+
+    @property
+    def src_dir(self) -> str:
+        return self.host.path("src", self.build_id)
+
+    @property
+    def run_dir(self) -> str:
+        return self.config.run_dir
+
+    @property
+    def engine_argv(self) -> list[str]:
+        return [self.engine_python, "-m", "kdengine", "train", *self.config.to_args()]
+
+    # -- commands ------------------------------------------------------------------------------
+    def _agent(self, purpose: str, *args: str, python: str | None = None,
+               env: bool = False) -> RemoteCommand:
+        return remote_command(purpose, [python or self.host.python, self.agent_path, *args],
+                              setup=self.host.env_setup, env=dict(self.host.env) if env else None)
+
+    def probe(self) -> RemoteCommand:
+        return self._agent("probe the host", "probe", "--work-dir", self.host.work_dir,
+                           "--env-dir", self.env_dir, "--build", self.build_id,
+                           "--run-dir", self.run_dir)
+
+    def gitsync(self) -> RemoteCommand:
+        return self._agent(f"fetch {self.host.git_ref} of {self.host.git_url}", "gitsync",
+                           "--src-dir", self.src_dir, "--url", self.host.git_url,
+                           "--ref", self.host.git_ref)
+
+    def mkenv(self, build: str | None = None) -> RemoteCommand:
+        source = ["--source", self.src_dir] if self.host.sync == "git" else \
+            ["--wheel", self.wheel_path]
+        return self._agent("make the per-version venv", "mkenv", "--env-dir", self.env_dir,
+                           "--build", build or self.build_id, *source)
+
+    def check(self) -> RemoteCommand:
+        argv = [self.engine_python, "-m", "kdengine", "train", "--check", *self.config.to_args()]
+        return remote_command("check the engine's arguments", argv, setup=self.host.env_setup,
+                              env=dict(self.host.env))
+
+    def hub_models(self) -> list[tuple[str, str]]:
+        from kdengine.sources import _REPO_ID  # the engine's own notion of a repo id
+
+        return [(name, getattr(self.config, name)) for name in ("teacher", "student")
+                if _REPO_ID.match(getattr(self.config, name))]
+
+    def pull(self) -> RemoteCommand | None:
+        models = self.hub_models()
+        if not models:
+            return None
+        return self._agent("pull models into the hub cache", "pull",
+                           *(f"{name}={spec}" for name, spec in models),
+                           python=self.engine_python, env=True)
+
+    def launch(self) -> RemoteCommand:
+        return self._agent("start the engine detached", "launch", "--run-dir", self.run_dir,
+                           "--", *self._env_prefix(), *self.engine_argv)
+
+    def _env_prefix(self) -> list[str]:
+        return ["env", *(f"{k}={v}" for k, v in self.host.env)] if self.host.env else []
+
+    def status(self) -> RemoteCommand:
+        return self._agent("run status", "status", "--run-dir", self.run_dir)
+
+    def tail(self, lines: int = TAIL_LINES) -> RemoteCommand:
+        return self._agent("log tail", "tail", "--run-dir", self.run_dir, "--lines", str(lines))
+
+    def cancel(self) -> RemoteCommand:
+        return self._agent("cancel the run", "cancel", "--run-dir", self.run_dir)
+
+    def uploads(self) -> list[tuple[str, str]]:
+        """(what, remote path) of each SFTP upload, in order."""
+        out = [(f"kdtui agent ({agent_filename()})", self.agent_path)]
+        if self.host.sync == "wheel":
+            out.append((f"wheel {self.wheel.filename} (sha256 {self.wheel.sha256[:12]})",
+                        self.wheel_path))
+        return out
+
+    def dry_run(self) -> list[str]:
+        """The whole plan for this host, every remote command exactly as it will be sent."""
+        up = dict(self.uploads())
+        lines = [f"host {self.host.alias}: work dir {self.host.work_dir}, python "
+                 f"{self.host.python}, sync {self.host.sync}",
+                 f"  run {self.config.run_name} in {self.run_dir} (engine venv {self.env_dir})",
+                 "  [preflight] connect (host key checked against known_hosts)",
+                 f"  [preflight] sftp put {self.uploads()[0][0]} -> {self.agent_path}",
+                 f"  [preflight] $ {self.probe().text}"]
+        if self.host.sync == "git":
+            lines.append(f"  [sync] $ {self.gitsync().text}")
+        else:
+            wheel_desc = next(k for k in up if k.startswith("wheel"))
+            lines.append(f"  [sync] (when the venv is missing) sftp put {wheel_desc} -> "
+                         f"{self.wheel_path}")
+        lines.append(f"  [sync] (when the venv is missing) $ {self.mkenv().text}")
+        lines.append(f"  [check] $ {self.check().text}")
+        pull = self.pull()
+        lines.append(f"  [models] $ {pull.text}" if pull else
+                     "  [models] nothing to pull (no hub repo ids)")
+        lines.append(f"  [launch] $ {self.launch().text}")
+        lines.append(f"  [launch] after {self.host.alive_check_s:g}s: $ {self.status().text}")
+        lines.append(f"  [launch] if it died: $ {self.tail().text}")
+        return lines
+
+
+# -- running the stages ------------------------------------------------------------------------
+@dataclass
+class StageRecord:
+    stage: str
+    state: str
+    elapsed: float = 0.0
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "state": self.state, "elapsed": round(self.elapsed, 3),
+                "detail": self.detail}
+
+
+@dataclass
+class HostAttempt:
+    """Everything one host's attempt did: its stage results and what preflight learned."""
+
+    host: str
+    stages: list[StageRecord] = field(default_factory=list)
+    probe: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    pid: int | None = None
+    reattached: bool = False
+    commit: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        probe = {k: self.probe.get(k) for k in ("python", "executable", "torch", "cuda",
+                                                "cuda_devices", "disk_free_bytes", "kdengine",
+                                                "home", "host")}
+        return {"host": self.host, "ok": self.error is None, "error": self.error,
+                "stages": [s.to_dict() for s in self.stages], "probe": probe, "pid": self.pid,
+                "reattached": self.reattached}
+
+
+class StageRunner:
+    """Runs one host's stages, reporting each as StageUpdates and recording it."""
+
+    def __init__(self, plan: RemotePlan, on_stage: Callable[[StageUpdate], None]) -> None:
+        self.plan = plan
+        self.on_stage = on_stage
+        self.attempt = HostAttempt(plan.host.alias)
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self._current: tuple[str, float] | None = None
+
+    # -- reporting -----------------------------------------------------------------------------
+    def _emit(self, stage: str, state: str, detail: str = "", output: list[str] | None = None,
+              started: float | None = None) -> None:
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        self.on_stage(StageUpdate(stage, state, elapsed, detail, list(output or []),
+                                  self.plan.host.alias))
+        if state in ("done", "failed", "skipped"):
+            self.attempt.stages.append(StageRecord(stage, state, elapsed, detail))
+
+    def line_sink(self, stage: str, started: float) -> Callable[[str], None]:
+        def sink(line: str) -> None:
+            self._emit(stage, "running", "", [line], started)
+        return sink
+
+    async def stage(self, name: str, body: Callable[[float], Any]) -> Any:
+        """Run `body(started)`; it returns (state, detail[, value]) or raises StageFailed."""
+        started = time.monotonic()
+        self._emit(name, "running", started=started)
+        try:
+            state, detail, *value = await body(started)
+        except RemoteError as exc:
+            self._emit(name, "failed", str(exc), exc.output[-TAIL_LINES:], started)
+            raise
+        self._emit(name, state, detail, started=started)
+        return value[0] if value else None
+
+    # -- the stages ----------------------------------------------------------------------------
+    async def preflight(self) -> dict[str, Any]:
+        async def body(started: float):
+            sink = self.line_sink("preflight", started)
+            try:
+                self.conn = await open_connection(self.plan.host)
+            except RemoteError as exc:
+                raise StageFailed(str(exc), fallback_ok=True) from None
+            sink(f"connected to {self.plan.host.alias} as {self.conn.get_extra_info('username')}")
+            try:
+                async with self.conn.start_sftp_client() as sftp:
+                    await sftp.makedirs(self.plan.host.agent_dir, exist_ok=True)
+                    if not await sftp.exists(self.plan.agent_path):
+                        await _put_bytes(sftp, agent_source(), self.plan.agent_path)
+                probe = await run_agent(self.conn, self.plan.probe(), sink, timeout=180)
+            except (asyncssh.Error, OSError) as exc:
+                raise StageFailed(f"{self.plan.host.alias}: preflight failed: {exc}",
+                                  fallback_ok=True) from None
+            except RemoteError as exc:
+                raise StageFailed(str(exc), exc.output, fallback_ok=True) from None
+            self.attempt.probe = probe
+            for line in describe_probe(probe):
+                sink(line)
+            _require_usable(self.plan, probe)
+            return "done", summary_of_probe(probe), probe
+        return await self.stage("preflight", body)
+
+    async def sync(self, probe: dict[str, Any]) -> None:
+        async def body(started: float):
+            sink = self.line_sink("sync", started)
+            host = self.plan.host
+            build = self.plan.build_id
+            if host.sync == "git":
+                sink(f"$ {self.plan.gitsync().text}")
+                answer = await run_agent(self.conn, self.plan.gitsync(), sink, timeout=600)
+                build = answer["commit"]
+                self.attempt.commit = build
+                if probe.get("env_build") == build:
+                    return "skipped", f"{host.git_ref} = {build[:12]}, already installed"
+            elif probe.get("env_ready"):
+                return "skipped", f"{self.plan.build_id} already installed in {self.plan.env_dir}"
+            if host.sync == "wheel":
+                sink(f"sftp put {self.plan.wheel.filename} -> {self.plan.wheel_path}")
+                async with self.conn.start_sftp_client() as sftp:
+                    await sftp.makedirs(str(Path(self.plan.wheel_path).parent), exist_ok=True)
+                    await _put_bytes(sftp, self.plan.wheel.data, self.plan.wheel_path)
+            command = self.plan.mkenv(build)
+            sink(f"$ {command.text}")
+            answer = await run_agent(self.conn, command, sink, timeout=900)
+            return "done", f"kdengine {answer.get('kdengine')} in {self.plan.env_dir}"
+        await self.stage("sync", body)
+
+    async def check(self) -> dict[str, Any]:
+        async def body(started: float):
+            sink = self.line_sink("check", started)
+            command = self.plan.check()
+            sink(f"$ {command.text}")
+            result = await run_command(self.conn, command, sink, timeout=300)
+            if result.exit_status != 0:
+                why = result.stderr_lines[-1] if result.stderr_lines else \
+                    f"exit status {result.exit_status}"
+                raise StageFailed(f"the engine on {self.plan.host.alias} refused the run: {why}",
+                                  result.stderr_lines[-TAIL_LINES:])
+            try:
+                echoed = json.loads(result.stdout)["config"]
+            except (ValueError, KeyError, TypeError):
+                raise StageFailed("`kdengine train --check` printed no config JSON: the remote "
+                                  "engine is too old for this kdtui") from None
+            diffs = config_differences(self.plan.config.to_dict(), echoed)
+            if diffs:
+                raise StageFailed("the engine would not run what was asked: " + "; ".join(diffs))
+            return "done", "arguments accepted; the effective config matches", echoed
+        return await self.stage("check", body)
+
+    async def models(self) -> None:
+        async def body(started: float):
+            command = self.plan.pull()
+            if command is None:
+                return "skipped", "no hub models to pull (demo or local paths, checked above)"
+            sink = self.line_sink("models", started)
+            sink(f"$ {command.text}")
+            answer = await run_agent(self.conn, command, sink, timeout=None)
+            models = answer.get("models", [])
+            if all(m.get("cached") for m in models):
+                return "skipped", "already in the hub cache: " + ", ".join(
+                    m["spec"] for m in models)
+            return "done", "pulled " + ", ".join(m["spec"] for m in models if m.get("pulled"))
+        await self.stage("models", body)
+
+    async def launch(self) -> int:
+        async def body(started: float):
+            sink = self.line_sink("launch", started)
+            command = self.plan.launch()
+            sink(f"$ {command.text}")
+            answer = await run_agent(self.conn, command, sink, timeout=60)
+            pid = int(answer["pid"])
+            self.attempt.pid = pid
+            if answer.get("already_running"):
+                self.attempt.reattached = True
+                return "done", f"already running as pid {pid}: reattached, no copy started", pid
+            sink(f"engine pid {pid}; checking it is alive in {self.plan.host.alive_check_s:g}s")
+            await asyncio.sleep(self.plan.host.alive_check_s)
+            state = await run_agent(self.conn, self.plan.status(), timeout=60)
+            if state.get("alive") or state.get("finished"):
+                finished = state.get("finished")
+                detail = f"pid {pid}, alive after {self.plan.host.alive_check_s:g}s" if \
+                    state.get("alive") else f"pid {pid}, already {finished.get('status')}"
+                return "done", detail, pid
+            tail = (await run_agent(self.conn, self.plan.tail(), timeout=60)).get("lines", [])
+            last = next((line for line in reversed(tail) if line.strip()), "no output")
+            raise StageFailed(f"the engine exited within {self.plan.host.alive_check_s:g}s: "
+                              f"{last}", tail)
+        return await self.stage("launch", body)
+
+    def skip(self, stage: str, detail: str) -> None:
+        self._emit(stage, "skipped", detail)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            await self.conn.wait_closed()
+            self.conn = None
+
+
+async def _put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str) -> None:
+    # written under a temporary name and renamed: a dropped link never leaves half a file
+    tmp = f"{path}.part"
+    async with sftp.open(tmp, "wb") as fh:
+        await fh.write(data)
+    await sftp.posix_rename(tmp, path)
+
+
+def describe_probe(probe: dict[str, Any]) -> list[str]:
+    gpus = probe.get("cuda_devices") or []
+    return [
+        f"python {probe.get('python')} ({probe.get('executable')}) on {probe.get('host')}",
+        f"torch {probe.get('torch') or 'MISSING: ' + str(probe.get('torch_error'))}"
+        + (f", CUDA {probe.get('cuda')}" if probe.get("cuda") else ", no CUDA build"),
+        "CUDA devices: " + (", ".join(gpus) if gpus else "none"),
+        f"free disk at {probe.get('work_dir')}: {_gib(probe.get('disk_free_bytes'))}",
+        f"kdengine there: {probe.get('kdengine') or 'not installed'}"
+        + (" (this build's venv is ready)" if probe.get("env_ready") else ""),
+    ]
+
+
+def summary_of_probe(probe: dict[str, Any]) -> str:
+    gpus = probe.get("cuda_devices") or []
+    return (f"python {probe.get('python')}, torch {probe.get('torch')}, "
+            f"{len(gpus)} CUDA device{'s' if len(gpus) != 1 else ''}, "
+            f"{_gib(probe.get('disk_free_bytes'))} free, kdengine "
+            f"{probe.get('kdengine') or 'absent'}")
+
+
+def _gib(value: Any) -> str:
+    return f"{value / 2**30:.1f} GiB" if isinstance(value, (int, float)) else "?"
+
+
+def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
+    host = plan.host.alias
+    version = tuple(int(p) for p in str(probe.get("python", "0.0")).split(".")[:2])
+    if version < MIN_PYTHON:
+        raise StageFailed(f"{host}: python {probe.get('python')} is too old (kdengine needs "
+                          f"{'.'.join(map(str, MIN_PYTHON))}+): set python in the hosts file",
+                          fallback_ok=True)
+    if not probe.get("torch"):
+        raise StageFailed(f"{host}: {plan.host.python} has no torch ({probe.get('torch_error')}):"
+                          " install torch there, or point python/env_setup at one that has it",
+                          fallback_ok=True)
+    if probe.get("missing_modules"):
+        raise StageFailed(f"{host}: {plan.host.python} lacks {', '.join(probe['missing_modules'])}"
+                          " (pip install 'kdtui[engine]' there, or use a python that has them)",
+                          fallback_ok=True)
+    if plan.config.device.startswith("cuda") and not probe.get("cuda_devices"):
+        raise StageFailed(f"{host}: device={plan.config.device} asked for, but torch there sees "
+                          "no CUDA device", fallback_ok=True)
+    run = probe.get("run") or {}
+    if not run.get("alive") and run.get("events_bytes", -1) > 0:
+        finished = run.get("finished") or {}
+        raise StageFailed(f"{plan.run_dir} on {host} already holds a run "
+                          f"({finished.get('status', 'stopped')}): pick another --run-name, or "
+                          f"look at it with `kdtui watch {plan.config.run_name}`")
+
+
+def config_differences(asked: dict[str, Any], effective: dict[str, Any]) -> list[str]:
+    """Every field where what the engine runs differs from what was asked (missing counts)."""
+    out = []
+    for name, value in asked.items():
+        if name not in effective:
+            out.append(f"{name}: asked {value!r}, the engine does not know this field")
+        elif effective[name] != value:
+            out.append(f"{name}: asked {value!r}, the engine runs {effective[name]!r}")
+    return out
