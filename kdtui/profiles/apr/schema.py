@@ -1,0 +1,351 @@
+"""The declared schema of aprender's `apr distill` CLI, and how a kdengine run config maps onto it.
+
+Every kdengine.config field is in exactly one of three places: `FIELD_TO_FLAG` (it reaches apr
+as a flag), `NOT_APPLIED` (apr cannot take it: it is shown and recorded as NOT applied, never
+dropped quietly), or `LOCAL_ONLY` (kdtui itself uses it). A test pins that, so a new kdengine field
+cannot slip through. Preflight checks every declared flag against the remote's
+`apr distill --help` (`check_against_help`), so the seed's flag-drift defect cannot recur.
+
+Facts about `apr distill` come from aprender's crates/apr-cli/src/commands/distill.rs: backends
+`fixture` (CPU stubs, no learning signal) and `cuda` (needs `--features cuda,training`); teacher
+and student are `.apr` checkpoint files; `--output` is the directory the student is written to;
+`--json` replaces the final `✓ Distillation complete` line by one JSON object; the loss is
+`alpha*CE + (1-alpha)*T^2*KL(teacher||student)`, so alpha means what kdengine's alpha means.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from kdengine.config import FIELD_NAMES, FIELDS_BY_NAME, ConfigError, RunConfig
+
+DEFAULT_REPO_URL = "https://github.com/paiml/aprender.git"
+BACKENDS = ("cuda", "fixture")
+
+
+@dataclass(frozen=True)
+class AprFlag:
+    """One argument of `apr distill`: its name there, its type, and what feeds it."""
+
+    name: str  # "--student"; a positional is named in capitals ("TEACHER")
+    kind: type
+    source: str  # the kdengine.config field (or AprSettings field) whose value it carries
+    help: str
+    required: bool = True  # preflight fails when the remote's --help lacks it
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def positional(self) -> bool:
+        return not self.name.startswith("-")
+
+
+# The CLI as kdtui uses it, in the order of the command line.
+DISTILL_FLAGS: tuple[AprFlag, ...] = (
+    AprFlag("TEACHER", str, "teacher", "teacher checkpoint (.apr file on the host)"),
+    AprFlag("--student", str, "student", "student checkpoint to train (.apr file on the host)"),
+    AprFlag("--epochs", int, "steps", "whole passes over apr's batch source (kdtui maps steps)"),
+    AprFlag("--temperature", float, "temperature", "softmax temperature T of the KD term"),
+    AprFlag("--alpha", float, "alpha", "weight of the hard-label CE term (KD gets 1 - alpha)"),
+    AprFlag("--backend", str, "device", "compute backend", choices=BACKENDS),
+    AprFlag("--output", str, "run_dir", "directory the distilled student is written to"),
+    AprFlag("--json", bool, "json_summary", "end with one JSON object (losses, steps, status)",
+            required=False),
+)
+FLAGS_BY_NAME: dict[str, AprFlag] = {f.name: f for f in DISTILL_FLAGS}
+
+# kdengine field -> the apr argument it becomes.
+FIELD_TO_FLAG: dict[str, str] = {
+    f.source: f.name for f in DISTILL_FLAGS if f.source in FIELDS_BY_NAME
+}
+
+_NO_EVAL = ("apr distill has no held-out evaluation: its initial/final losses are "
+            "training-batch losses")
+# kdengine field -> why `apr distill` cannot take it.
+NOT_APPLIED: dict[str, str] = {
+    "data": "apr distill has no training-text flag: it trains on its own batch source "
+            "(synthetic smoke batches)",
+    "batch_size": "apr distill has no batch-size flag (its CUDA student trains one row a step)",
+    "seq_len": "apr distill has no sequence-length flag (APR_DISTILL_SMOKE_SEQ_LEN on the host "
+               "sets it)",
+    "lr": "apr distill has no learning-rate flag: it uses its built-in default",
+    "warmup_steps": "apr distill has no warm-up flag",
+    "lr_schedule": "apr distill has no learning-rate schedule flag",
+    "weight_decay": "apr distill has no weight-decay flag",
+    "grad_clip": "apr distill has no gradient-clipping flag",
+    "loss": "apr's KD term is always KL(teacher||student) (forward KL); it is not selectable",
+    "jsd_beta": "apr distill has no JSD loss",
+    "eval_every": _NO_EVAL,
+    "eval_batches": _NO_EVAL,
+    "val_fraction": _NO_EVAL,
+    "log_every": "apr logs every step itself",
+    "checkpoint_every": "apr decides itself when to save checkpoints",
+    "seed": "apr distill has no seed flag",
+    "dtype": "apr picks the compute dtype from each checkpoint",
+}
+
+# kdengine field -> what kdtui does with it (it never reaches apr as a flag).
+LOCAL_ONLY: dict[str, str] = {
+    "run_name": "names the run directory on the host",
+    "allow_same_teacher_student": "kdtui refuses teacher == student before launch unless set",
+}
+
+
+@dataclass(frozen=True)
+class AprSettings:
+    """What the apr profile needs beyond a run config: where apr comes from and how it counts."""
+
+    repo_url: str = DEFAULT_REPO_URL
+    git_ref: str = "main"
+    build: bool = True  # False: use apr_bin as installed on the host, no git, no cargo
+    cargo_package: str = "apr-cli"
+    cargo_features: str = "cuda,training"
+    apr_bin: str = ""  # empty: SRC/target/release/apr when building, else `apr` on PATH
+    steps_per_epoch: int = 31  # apr's epoch length in steps (the seed's 500 steps = 17 epochs)
+    json_summary: bool = True  # pass --json when the host's apr offers it
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1:
+            raise ConfigError("steps_per_epoch", "must be an integer >= 1 (apr's steps per epoch)")
+        for name in ("git_ref", "cargo_package"):
+            value = getattr(self, name)
+            if not value or value.startswith("-"):
+                raise ConfigError(name, f"must be a name that does not start with '-' "
+                                  f"(got {value!r})")
+        if self.cargo_features and not re.fullmatch(r"[A-Za-z0-9_,/-]+", self.cargo_features):
+            raise ConfigError("cargo_features", "must be feature names separated by commas "
+                              f"(got {self.cargo_features!r})")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> AprSettings:
+        """From a TOML/JSON table; an unknown key is an error naming it and the known ones."""
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(key, "is not an apr profile setting (known: "
+                                  f"{', '.join(known)})")
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            default = known[key].default
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(key, f"must be true or false (got {value!r})")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(key, f"must be an integer (got {value!r})")
+            elif not isinstance(value, str):
+                raise ConfigError(key, f"must be text (got {value!r})")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def with_values(self, **values: Any) -> AprSettings:
+        return replace(self, **values)
+
+
+# -- the mapping -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Applied:
+    field: str
+    value: Any
+    flag: str
+    arg: str  # the text that reaches apr
+    note: str = ""
+
+    def line(self) -> str:
+        shown = self.flag if self.flag.startswith("-") else f"{self.flag} (positional)"
+        text = f"applied  {self.field}={_show(self.value)} -> {shown} {self.arg}"
+        return text + (f"  ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
+class NotApplied:
+    field: str
+    value: Any
+    reason: str
+    changed: bool  # the value differs from kdengine's default: the user asked for something
+
+    def line(self) -> str:
+        mark = "  <- you set this; apr will not use it" if self.changed else ""
+        return f"NOT applied  {self.field}={_show(self.value)}: {self.reason}{mark}"
+
+
+@dataclass(frozen=True)
+class AprInvocation:
+    """`apr distill ...` for one run: the argument list, and the account of every field."""
+
+    args: tuple[str, ...]  # after the apr program: ("distill", TEACHER, "--student", ...)
+    applied: tuple[Applied, ...]
+    not_applied: tuple[NotApplied, ...]
+    notes: tuple[str, ...]  # visible notes: the steps->epochs mapping, omitted optional flags
+    epochs: int
+    effective_steps: int  # epochs * steps_per_epoch: what apr will actually train
+
+    def lines(self) -> list[str]:
+        """The whole account, for the dry run, the stage output and the log pane."""
+        return ([a.line() for a in self.applied] + [n.line() for n in self.not_applied]
+                + [f"note  {n}" for n in self.notes])
+
+    def manifest(self) -> dict[str, Any]:
+        """What dispatch.json records: applied and NOT-applied values, side by side."""
+        return {
+            "engine": "apr",
+            "apr_args": list(self.args),
+            "applied": {a.field: {"value": a.value, "flag": a.flag, "arg": a.arg,
+                                  **({"note": a.note} if a.note else {})} for a in self.applied},
+            "not_applied": {n.field: {"value": n.value, "reason": n.reason,
+                                      "changed_from_default": n.changed}
+                            for n in self.not_applied},
+            "notes": list(self.notes),
+            "epochs": self.epochs,
+            "effective_steps": self.effective_steps,
+        }
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def steps_to_epochs(steps: int, steps_per_epoch: int) -> tuple[int, str]:
+    """apr counts whole epochs: the fewest epochs covering `steps`, and the note that says so."""
+    epochs = max(1, math.ceil(steps / steps_per_epoch))
+    effective = epochs * steps_per_epoch
+    note = (f"steps={steps} -> --epochs {epochs}: apr counts whole epochs of {steps_per_epoch} "
+            f"steps (steps_per_epoch), so it trains {effective} steps")
+    if effective != steps:
+        note += f", {effective - steps} more than asked"
+    return epochs, note
+
+
+def backend_for_device(device: str) -> tuple[str, str]:
+    """kdengine's device -> apr's --backend, and a note when something does not carry over."""
+    if device in ("auto", "cuda"):
+        return "cuda", ""
+    if device.startswith("cuda:"):
+        return "cuda", (f"device={device}: apr has no GPU index flag; the index is NOT applied "
+                        "(set CUDA_VISIBLE_DEVICES in the host's env)")
+    raise ConfigError("device", f"apr distill has no {device} backend (its only CPU backend, "
+                      "fixture, is a stub with no learning signal): use device=cuda or auto")
+
+
+def build_invocation(config: RunConfig, settings: AprSettings, *, teacher: str | None = None,
+                     student: str | None = None, output: str | None = None,
+                     omit_optional: frozenset[str] = frozenset()) -> AprInvocation:
+    """Map `config` onto `apr distill`.
+
+    teacher/student: the checkpoint paths on the host (after `apr pull`), when they differ from
+    the config's values; output: apr's --output directory (default RUN_DIR/student);
+    omit_optional: optional flags the host's apr lacks (preflight found them missing).
+    """
+    if config.teacher and config.teacher == config.student and \
+            not config.allow_same_teacher_student:
+        raise ConfigError("student", "is the same model as the teacher, so the KD signal is zero; "
+                          "pick another student or set allow_same_teacher_student")
+    for name in ("teacher", "student"):
+        if not getattr(config, name):
+            raise ConfigError(name, "is required for apr distill "
+                              f"(give {FIELDS_BY_NAME[name].flag})")
+    if not config.run_dir:
+        raise ConfigError("run_dir", "the apr plan needs the run directory on the host")
+    epochs, epoch_note = steps_to_epochs(config.steps, settings.steps_per_epoch)
+    backend, backend_note = backend_for_device(config.device)
+    out_dir = output or f"{config.run_dir.rstrip('/')}/student"
+    values: dict[str, tuple[Any, str, str]] = {
+        # flag -> (config value, text passed to apr, note)
+        "TEACHER": (config.teacher, teacher or config.teacher,
+                    "" if not teacher or teacher == config.teacher else "resolved by apr pull"),
+        "--student": (config.student, student or config.student,
+                      "" if not student or student == config.student else "resolved by apr pull"),
+        "--epochs": (config.steps, str(epochs),
+                     f"{epochs} x {settings.steps_per_epoch} = {epochs * settings.steps_per_epoch}"
+                     " steps, see the note"),
+        "--temperature": (config.temperature, repr(config.temperature), ""),
+        "--alpha": (config.alpha, repr(config.alpha),
+                    "same meaning in apr: the weight of the hard-label CE term"),
+        "--backend": (config.device, backend, backend_note),
+        "--output": (config.run_dir, out_dir, "apr writes the distilled student here"),
+    }
+    args: list[str] = ["distill"]
+    applied: list[Applied] = []
+    notes: list[str] = [epoch_note]
+    if backend_note:
+        notes.append(backend_note)
+    for flag in DISTILL_FLAGS:
+        if flag.name in values:
+            value, arg, note = values[flag.name]
+            args += [arg] if flag.positional else [flag.name, arg]
+            applied.append(Applied(flag.source, value, flag.name, arg, note))
+        elif flag.name == "--json":
+            if not settings.json_summary:
+                continue
+            if flag.name in omit_optional:
+                notes.append("the host's apr distill has no --json: the final losses come from "
+                             "its '✓ Distillation complete' line instead")
+                continue
+            args.append(flag.name)
+    not_applied = tuple(
+        NotApplied(name, getattr(config, name), NOT_APPLIED[name],
+                   getattr(config, name) != FIELDS_BY_NAME[name].default)
+        for name in FIELD_NAMES if name in NOT_APPLIED)
+    return AprInvocation(tuple(args), tuple(applied), not_applied, tuple(notes), epochs,
+                         epochs * settings.steps_per_epoch)
+
+
+# -- checking the host's CLI ------------------------------------------------------------------
+@dataclass(frozen=True)
+class HelpCheck:
+    """Which declared flags the host's `apr distill --help` lacks."""
+
+    missing: tuple[str, ...]  # every declared flag it lacks, required or not
+    missing_required: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing_required
+
+    def message(self, where: str = "the host") -> str:
+        if self.ok:
+            extra = f" (optional, not passed: {', '.join(self.missing)})" if self.missing else ""
+            return f"apr distill on {where} offers every flag kdtui passes{extra}"
+        return (f"apr distill on {where} lacks {', '.join(self.missing_required)}: its --help "
+                "does not list "
+                + ("it" if len(self.missing_required) == 1 else "them")
+                + "; build a git_ref whose apr has "
+                + ("it" if len(self.missing_required) == 1 else "them")
+                + ", or update kdtui's apr schema (kdtui/profiles/apr/schema.py)")
+
+
+def _flag_pattern(flag: str) -> re.Pattern[str]:
+    # "--out" must not match "--output", nor "--student" match "--student-init"
+    return re.compile(r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])")
+
+
+def check_against_help(help_text: str) -> HelpCheck:
+    """Name every declared flag that `help_text` (the host's `apr distill --help`) lacks."""
+    missing = tuple(f.name for f in DISTILL_FLAGS
+                    if not f.positional and not _flag_pattern(f.name).search(help_text))
+    required = tuple(name for name in missing if FLAGS_BY_NAME[name].required)
+    return HelpCheck(missing, required)
+
+
+def classify_field(name: str) -> str:
+    """'applied', 'not_applied' or 'local' for a kdengine.config field (KeyError if none)."""
+    if name in FIELD_TO_FLAG:
+        return "applied"
+    if name in NOT_APPLIED:
+        return "not_applied"
+    if name in LOCAL_ONLY:
+        return "local"
+    raise KeyError(name)
+
+
+__all__ = [
+    "DISTILL_FLAGS", "FIELD_TO_FLAG", "NOT_APPLIED", "LOCAL_ONLY", "AprFlag", "AprSettings",
+    "AprInvocation", "Applied", "NotApplied", "HelpCheck", "build_invocation",
+    "check_against_help", "steps_to_epochs", "backend_for_device", "classify_field",
+]
