@@ -116,9 +116,10 @@ def line_progress(field: str, say: Callable[[str], None] | None) -> Any:
 
     class LineProgress(hub_tqdm):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = say is None
+            self._reported = -1  # display() runs inside tqdm's __init__ already
+            # every update reaches display(), which prints only when the tenth changes
+            kwargs.update(disable=say is None, mininterval=0, miniters=1)
             super().__init__(*args, **kwargs)
-            self._reported = -1
 
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:
             if say is None or not self.total:

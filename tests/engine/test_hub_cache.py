@@ -246,3 +246,16 @@ def test_student_vocab_larger_than_the_teachers_is_a_clear_error(hub: dict,
     teacher, tokenizer = load_teacher(config, torch.device("cpu"), torch.float32, Log())
     with pytest.raises(ConfigError, match=r"vocab \(400\) is larger than the teacher's \(320\)"):
         load_student(config, torch.device("cpu"), tokenizer, teacher, Log())
+
+
+def test_download_progress_is_whole_lines_every_ten_percent() -> None:
+    from kdengine.sources import line_progress
+
+    lines: list[str] = []
+    bar = line_progress("teacher", lines.append)(total=50_000_000, desc="Fetching 3 files")
+    for _ in range(50):
+        bar.update(1_000_000)
+    bar.close()
+    assert lines[0] == "teacher: download Fetching 3 files 0% (0.0 of 50.0 MB)"
+    assert lines[-1] == "teacher: download Fetching 3 files 100% (50.0 of 50.0 MB)"
+    assert len(lines) == 11 and not any("\r" in line for line in lines)
