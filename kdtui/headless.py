@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -81,12 +82,21 @@ class StagePrinter:
         print(line, file=self.out, flush=True)
 
 
+@dataclass
+class WatchResult:
+    code: int  # 0 pass, 1 fail, 2 error or inconclusive
+    verdict: dict[str, Any]
+    finished: dict[str, Any] | None  # the run_finished event, if the run wrote one
+    events: list[dict[str, Any]]  # every event seen, in order, each once
+    log_lines: int  # launch.log lines printed
+    config_errors: list[str]
+
+
 async def follow_to_verdict(source: RunSource, *, out: TextIO,
                             is_alive: Callable[[], Awaitable[bool]],
                             asked: dict[str, Any] | None = None,
-                            interval: float = 0.3) -> tuple[int, dict[str, Any] | None,
-                                                            dict[str, Any] | None]:
-    """Print the run's log lines until it finishes; return (exit code, verdict, run_finished).
+                            interval: float = 0.3) -> WatchResult:
+    """Print the run's log lines until it finishes, then the verdict.
 
     The whole history is read from offset 0, so attaching late still sees every event. A
     difference between the config asked for and the one the engine echoes in run_started is an
@@ -98,9 +108,11 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
     finished: dict[str, Any] | None = None
     last_news = time.monotonic()
     died = False
+    printed = 0
 
     def take(update: Any) -> None:
-        nonlocal finished
+        nonlocal finished, printed
+        printed += len(update.log_lines)
         for line in update.log_lines:
             print(line, file=out, flush=True)
         for event in update.events:
@@ -148,7 +160,7 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
     if follower.events.gaps or follower.events.duplicates:
         print(f"WARNING: event stream gaps {follower.events.gaps}, duplicates skipped "
               f"{follower.events.duplicates}", file=out, flush=True)
-    return code, verdict, finished
+    return WatchResult(code, verdict, finished, events, printed, config_errors)
 
 
 # -- launch ------------------------------------------------------------------------------------
@@ -203,9 +215,9 @@ async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: Te
 
     async def alive() -> bool:
         return handle.is_alive()
-    code, _, _ = await follow_to_verdict(handle.source, out=out, is_alive=alive,
-                                         asked=launcher.config.to_dict())
-    return code
+    result = await follow_to_verdict(handle.source, out=out, is_alive=alive,
+                                     asked=launcher.config.to_dict())
+    return result.code
 
 
 async def _launch_remote(config: RunConfig, host: str, fallback: str | None, detach: bool,
@@ -245,11 +257,11 @@ async def _watch_remote_handle(handle: Any, out: TextIO) -> int:
         state = await handle.status()
         return bool(state.get("alive"))
 
-    code, verdict, finished = await follow_to_verdict(handle.source, out=out, is_alive=alive,
-                                                      asked=handle.asked_config)
-    if handle.manifest is not None and verdict is not None:
-        record_verdict(handle.manifest, verdict, finished)
-    return code
+    result = await follow_to_verdict(handle.source, out=out, is_alive=alive,
+                                     asked=handle.asked_config)
+    if handle.manifest is not None:
+        record_verdict(handle.manifest, result.verdict, result.finished)
+    return result.code
 
 
 # -- watch -------------------------------------------------------------------------------------
@@ -297,9 +309,9 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
         return bool(_status(str(run_dir))["alive"])
     print(f"watching {run_dir.name} on local: {run_dir}", file=out, flush=True)
     config = _local_config(run_dir)
-    code, _, _ = await follow_to_verdict(LocalRunSource(run_dir), out=out, is_alive=alive,
-                                         asked=config)
-    return code
+    result = await follow_to_verdict(LocalRunSource(run_dir), out=out, is_alive=alive,
+                                     asked=config)
+    return result.code
 
 
 def _local_run_dir(ref: str, runs_dir: Path) -> Path | None:
