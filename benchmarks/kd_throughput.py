@@ -1,0 +1,541 @@
+"""KD training throughput on one GPU, three ways, side by side in one process:
+
+  naive     transformers' models, full [tokens, vocab] logits of both, fp32 log_softmax of both and
+            KL (as TRL's and DistillKit's trainers write it)
+  liger     transformers' models with Liger-Kernel's Qwen2 kernels (RMSNorm, RoPE, SwiGLU) and
+            its chunked LigerFusedLinearJSDLoss, beta=0 (forward KL)
+  kdengine  kdengine's KDTrainer.train_step: native decoder with compiled blocks, the fused
+            chunked lm-head + KD loss (kdengine.losses.fused_kd_loss)
+
+Same shapes (teacher: Qwen2.5-1.5B's config, student: Qwen2.5-0.5B's; random weights), same
+batch, same optimizer step (bf16 autocast over fp32 master weights, fused AdamW, clip 1.0), same
+loss (forward KL, T=1, no hard-label term). Reports the median step time after warm-up as
+tokens/s, the peak GPU memory of the timed steps, and MFU against a bf16 matmul measured in this
+run. Before timing, the fused loss and its gradients are checked against float64 autograd on the
+device (fp32 within 1e-5, bf16 within 1e-2, norm-relative).
+
+    benchmarks/run_kd_throughput.sh                 # on a GPU box: results under $OUT
+    python benchmarks/kd_throughput.py --small --device cpu   # the same code path, tiny, fp32
+
+liger-kernel and transformers are benchmark-only dependencies; a variant whose package is
+missing is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kdengine.losses import IGNORE_INDEX, KDLossSpec, fused_kd_loss, kd_loss_reference  # noqa: E402
+from kdengine.models import Decoder, DecoderConfig  # noqa: E402
+from kdengine.models.hf_layout import config_to_hf  # noqa: E402
+
+QWEN25_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                   num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)
+QWEN25_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                   num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)
+TINY_TEACHER = dict(vocab_size=512, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                    num_attention_heads=6, num_key_value_heads=2)
+TINY_STUDENT = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+QWEN2_COMMON = dict(rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                    attention_bias=True, model_type="qwen2", max_position_embeddings=32768)
+
+LR, BETAS, CLIP = 1e-5, (0.9, 0.95), 1.0
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- models and data ---------------------------------------------------------------------------
+
+def decoder_config(shape: dict[str, int]) -> DecoderConfig:
+    return DecoderConfig(**shape, **QWEN2_COMMON)
+
+
+def init_like_by_name(module: torch.nn.Module, seed: int) -> None:
+    """Deterministic random weights keyed by parameter name, so the native decoder and
+    transformers' Qwen2 (same names) get identical weights without holding both at once."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+                continue
+            gen = torch.Generator(device=p.device)
+            gen.manual_seed(seed * 7919 + zlib.crc32(name.encode()))
+            p.copy_(torch.randn(p.shape, generator=gen, device=p.device) * 0.02)
+
+
+def native_models(tshape, sshape, device, teacher_dtype):
+    with torch.device(device):
+        teacher = Decoder(decoder_config(tshape))
+        student = Decoder(decoder_config(sshape))
+    init_like_by_name(teacher, 1)
+    init_like_by_name(student, 2)
+    return teacher.to(teacher_dtype).eval().requires_grad_(False), student.train()
+
+
+def hf_models(tshape, sshape, device, teacher_dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    def build(shape, seed):
+        cfg = config_to_hf(decoder_config(shape))
+        cfg.pop("dtype", None)
+        config = Qwen2Config(**cfg, attn_implementation="sdpa", use_cache=False)
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+        init_like_by_name(model, seed)
+        return model
+
+    teacher = build(tshape, 1).to(teacher_dtype).eval().requires_grad_(False)
+    return teacher, build(sshape, 2).train()
+
+
+def random_batch(vocab: int, batch: int, seq: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1234)
+    stream = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
+    return stream[:, :-1].contiguous().to(device), stream[:, 1:].contiguous().to(device)
+
+
+# -- FLOPs and the matmul ceiling ---------------------------------------------------------------
+
+def model_flops(shape: dict[str, int], tokens: int, seq: int) -> float:
+    """Forward FLOPs of one pass: dense matmuls, causal attention scores, the lm head."""
+    h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    heads, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    hd = h // heads
+    per_layer = h * heads * hd * 2 + 2 * h * kv * hd + 3 * h * inter  # q, o, k, v, mlp
+    dense = 2 * per_layer * layers * tokens
+    attention = 2 * 2 * layers * tokens * (seq / 2) * heads * hd  # QK^T and AV, causal half
+    head = 2 * tokens * h * shape["vocab_size"]
+    return dense + attention + head
+
+
+def step_flops(tshape, sshape, tokens: int, seq: int) -> float:
+    """One KD training step: student forward + backward (3x), teacher forward."""
+    return 3 * model_flops(sshape, tokens, seq) + model_flops(tshape, tokens, seq)
+
+
+def matmul_ceiling(device: torch.device) -> float:
+    """FLOP/s of a large matmul in the compute dtype (bf16 on CUDA, fp32 on the CPU)."""
+    if device.type == "cuda":
+        n, dtype, reps = 8192, torch.bfloat16, 20
+    else:
+        n, dtype, reps = 512, torch.float32, 5
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    times = []
+    for i in range(reps + 3):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- correctness on the device -------------------------------------------------------------------
+
+def check_fused_loss(device: torch.device, small: bool) -> list[dict[str, Any]]:
+    """fused_kd_loss (compiled on CUDA) against float64 autograd on full logits, on the device:
+    every kind, fp32 and bf16 compute, padded teacher vocab, ignored labels, ragged last chunk."""
+    tokens, hs, ht, vocab = (37, 24, 40, 211) if small else (1000, 256, 384, 151936)
+    pad, chunk = 16, (16 if small else 384)
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 check means real fp32 matmuls
+    rows = []
+    try:
+        for kind in ("forward_kl", "reverse_kl", "jsd"):
+            for cd, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+                gen = torch.Generator(device=device).manual_seed(len(rows))
+                h = torch.randn(tokens, hs, device=device, generator=gen)
+                w = torch.randn(vocab, hs, device=device, generator=gen) * (2 / hs**0.5)
+                th = torch.randn(tokens, ht, device=device, generator=gen)
+                tw = torch.randn(vocab + pad, ht, device=device, generator=gen) * (2 / ht**0.5)
+                tw[vocab:] = 5.0  # padding ids with real-looking logits: must be dropped
+                if cd == torch.bfloat16:
+                    th, tw = th.bfloat16(), tw.bfloat16()
+                labels = torch.randint(0, vocab, (tokens,), device=device, generator=gen)
+                labels[::7] = IGNORE_INDEX
+                spec = KDLossSpec(2.0, 0.3, kind, beta=0.4)
+
+                h64, w64 = h.double().requires_grad_(True), w.double().requires_grad_(True)
+                ref = kd_loss_reference(h64 @ w64.t(), th.double() @ tw.double()[:vocab].t(),
+                                        labels, spec)
+                ref.backward()
+                hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+                parts = fused_kd_loss(hh, ww, th, tw, labels, spec, chunk, compute_dtype=cd)
+                parts.loss.backward()
+                errs = {"loss": rel(parts.loss, ref), "grad_h": rel(hh.grad, h64.grad),
+                        "grad_w": rel(ww.grad, w64.grad)}
+                ok = all(math.isfinite(e) and e < tol for e in errs.values())
+                rows.append({"kind": kind, "compute": str(cd)[6:], "tol": tol, **errs, "ok": ok})
+                log(f"check {kind:10s} {str(cd)[6:]:8s} loss {errs['loss']:.2e} grad_h "
+                    f"{errs['grad_h']:.2e} grad_w {errs['grad_w']:.2e} (tol {tol:g}) "
+                    f"{'ok' if ok else 'FAIL'}")
+                del h64, w64, ref, hh, ww, parts
+                free_memory()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    return rows
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# -- the three variants ------------------------------------------------------------------------
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def time_steps(step, device, warmup: int, steps: int) -> dict[str, Any]:
+    """Warm-up steps (compilation happens here), then timed steps; peak memory of those."""
+    losses = []
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        losses.append(step())
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        losses.append(step())
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "warmup_s": warm_s, "peak_gib": peak / 2**30, "first_loss": losses[0],
+            "last_loss": losses[-1], "step_times_s": times}
+
+
+def optimizer_step(loss: torch.Tensor, params, opt) -> float:
+    """What KDTrainer.train_step does after the loss: sync on the value, backward, clip, step."""
+    value = loss.item()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, CLIP)
+    opt.step()
+    return value
+
+
+def make_optimizer(params, device):
+    return torch.optim.AdamW(params, lr=LR, betas=BETAS, fused=device.type == "cuda")
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def run_naive(args, device, dtype, ids, labels, T: float):
+    teacher, student = hf_models(args.tshape, args.sshape, device, dtype)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = make_optimizer(params, device)
+    mask = labels != IGNORE_INDEX
+
+    def step() -> float:
+        with autocast(device, dtype):
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids, use_cache=False).logits
+            s_logits = student(input_ids=ids, use_cache=False).logits
+        s_logp = F.log_softmax(s_logits.float() / T, dim=-1)
+        t_logp = F.log_softmax(t_logits.float() / T, dim=-1)
+        kl = F.kl_div(s_logp, t_logp, reduction="none", log_target=True).sum(-1)
+        loss = (kl * mask).sum() / mask.sum().clamp_min(1) * T * T
+        return optimizer_step(loss, params, opt)
+
+    return time_steps(step, device, args.warmup, args.steps)
+
+
+def run_liger(args, device, dtype, ids, labels, T: float, notes: list[str]):
+    """Liger's kernels on transformers' Qwen2 (as Liger users run it); if they fail here, the
+    loss alone on plain models, with a note saying so."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    patched = ("apply_rotary_pos_emb", "Qwen2RMSNorm", "Qwen2MLP")
+    originals = {name: getattr(modeling_qwen2, name) for name in patched}
+    try:
+        result = _run_liger(args, device, dtype, ids, labels, T, patch=True)
+        notes.append("liger: Qwen2 RMSNorm/RoPE/SwiGLU kernels applied to both models")
+        return result
+    except (ModuleNotFoundError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - measure the loss alone rather than nothing
+        notes.append(f"liger: with its model kernels it failed ({type(exc).__name__}: "
+                     f"{str(exc)[:300]}); measured its loss on plain transformers models")
+        log(notes[-1])
+        for name, value in originals.items():
+            setattr(modeling_qwen2, name, value)
+        free_memory()
+        return _run_liger(args, device, dtype, ids, labels, T, patch=False)
+
+
+def _run_liger(args, device, dtype, ids, labels, T: float, patch: bool):
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+
+    teacher, student = hf_models(args.tshape, args.sshape, device, dtype)
+    if patch:
+        for model in (teacher, student):
+            apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True,
+                                        cross_entropy=False, fused_linear_cross_entropy=False,
+                                        model=model)
+    loss_fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=0.0,
+                                      temperature=T, chunk_size=args.liger_chunk)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = make_optimizer(params, device)
+    flat = labels.reshape(-1)
+
+    def step() -> float:
+        with autocast(device, dtype):
+            with torch.no_grad():
+                t_h = teacher.model(input_ids=ids, use_cache=False).last_hidden_state
+            s_h = student.model(input_ids=ids, use_cache=False).last_hidden_state
+        # Liger's loss takes one dtype: bf16 operands, the fp32 master weight cast by autograd
+        loss = loss_fn(s_h.reshape(-1, s_h.shape[-1]).to(dtype), student.lm_head.weight.to(dtype),
+                       t_h.reshape(-1, t_h.shape[-1]).to(dtype), teacher.lm_head.weight.to(dtype),
+                       flat)
+        return optimizer_step(loss, params, opt)
+
+    return time_steps(step, device, args.warmup, args.steps)
+
+
+class FixedBatch:
+    """Stands in for KDTrainer's sampler: the same batch every step, as the other variants."""
+
+    def __init__(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+        self.ids, self.labels = ids, labels
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ids, self.labels
+
+
+def make_trainer(args, device, dtype, ids, labels, spec: KDLossSpec, compile_models, run_dir):
+    from kdengine.config import RunConfig
+    from kdengine.data import TokenSplits
+    from kdengine.providers import ModelStudent, ModelTeacher
+    from kdengine.runlog import RunLog
+    from kdengine.trainer import KDTrainer
+
+    teacher, student = native_models(args.tshape, args.sshape, device, dtype)
+    batch, seq = ids.shape
+    config = RunConfig(teacher="bench://teacher", student="bench://student", data="bench://random",
+                       steps=10**6, batch_size=batch, seq_len=seq, lr=LR, grad_clip=CLIP,
+                       temperature=spec.temperature, alpha=spec.alpha, loss=spec.kind,
+                       eval_batches=1, device=str(device), dtype=str(dtype)[6:])
+    stream = torch.cat([ids.reshape(-1).cpu(), labels.reshape(-1)[-1:].cpu()])
+    splits = TokenSplits(stream, stream, 0)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    runlog = RunLog(Path(run_dir))
+    trainer = KDTrainer(config, ModelTeacher(teacher), ModelStudent(student), splits, runlog,
+                        device, dtype, compile_models=compile_models)
+    trainer.sampler = FixedBatch(ids.cpu(), labels.cpu())
+    return trainer, runlog
+
+
+def run_kdengine(args, device, dtype, ids, labels, spec, compile_models, chunks, run_dir,
+                 math_eager_too: bool = False) -> dict[str, dict[str, Any]]:
+    """One trainer (models compiled once); a timed round per chunk size."""
+    trainer, runlog = make_trainer(args, device, dtype, ids, labels, spec, compile_models, run_dir)
+    results = {}
+    try:
+        rounds = [(c, trainer.compile) for c in chunks]
+        if math_eager_too and trainer.compile:
+            rounds.append((chunks[0], False))
+        for chunk, compile_math in rounds:
+            trainer.chunk_tokens = chunk
+            trainer.compile = compile_math  # the loss math only: the blocks stay as they are
+            key = f"chunk={chunk}" + ("" if compile_math or not compile_models else ",math=eager")
+            try:
+                results[key] = time_steps(lambda: trainer.train_step()["loss"], device,
+                                          args.warmup, args.steps)
+            except torch.OutOfMemoryError as exc:
+                results[key] = {"error": f"OOM: {exc}"[:300]}
+            free_memory()
+    finally:
+        runlog.close()
+    return results
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="tiny models and batch (CI, CPU)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--seq", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--chunks", default=None, help="kdengine chunk sizes, comma separated")
+    parser.add_argument("--liger-chunk", type=int, default=1024)
+    parser.add_argument("--variants", default="check,kdengine,naive,liger,ablations")
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    small = args.small
+    # The checks compile the chunk math once per loss kind and dtype; the default limit (8
+    # graphs per function) would silently send the later variants to eager.
+    for knob in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 64)
+    args.tshape, args.sshape = (TINY_TEACHER, TINY_STUDENT) if small else (QWEN25_1_5B, QWEN25_0_5B)
+    batch = args.batch or (2 if small else 4)
+    seq = args.seq or (64 if small else 2048)
+    args.warmup = args.warmup if args.warmup is not None else (1 if small else 3)
+    args.steps = args.steps or (2 if small else 10)
+    chunks = [int(c) for c in (args.chunks or ("32,128" if small else "2048,4096,8192,1024"))
+              .split(",")]
+    variants = set(args.variants.split(","))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = batch * seq
+    T = 1.0
+    spec = KDLossSpec(temperature=T, alpha=0.0, kind="forward_kl")
+
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "cuda": torch.version.cuda, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    for pkg in ("transformers", "liger_kernel", "triton"):
+        try:
+            env[pkg] = __import__(pkg).__version__
+        except Exception:  # noqa: BLE001 - absent or broken: the variant says skipped
+            env[pkg] = None
+    log(f"env {json.dumps(env)}")
+    results: dict[str, Any] = {"env": env, "batch": batch, "seq": seq, "tokens": tokens,
+                               "dtype": str(dtype)[6:], "warmup": args.warmup,
+                               "steps": args.steps, "variants": {}, "notes": []}
+    flops = step_flops(args.tshape, args.sshape, tokens, seq)
+    results["step_flops"] = flops
+
+    def save() -> None:
+        (out / "kd_throughput.json").write_text(json.dumps(results, indent=1))
+
+    ceiling = matmul_ceiling(device)
+    results["matmul_ceiling_flops"] = ceiling
+    what = "bf16 8192^3" if device.type == "cuda" else "fp32 512^3"
+    log(f"matmul ceiling {ceiling / 1e12:.1f} TFLOP/s ({what}); step {flops / 1e12:.2f} TFLOP")
+    save()
+
+    failed_check = False
+    if "check" in variants:
+        rows = check_fused_loss(device, small)
+        results["check"] = rows
+        failed_check = not all(r["ok"] for r in rows)
+        save()
+
+    ids, labels = random_batch(args.sshape["vocab_size"], batch, seq, device)
+
+    def record(name: str, fn) -> None:
+        free_memory()
+        log(f"--- {name}")
+        try:
+            res = fn()
+        except ModuleNotFoundError as exc:
+            res = {"skipped": f"{exc}"}
+        except torch.OutOfMemoryError as exc:
+            res = {"error": f"OOM: {str(exc)[:300]}"}
+        except Exception as exc:  # noqa: BLE001 - one broken variant must not lose the others
+            res = {"error": f"{type(exc).__name__}: {exc}"[:2000],
+                   "traceback": traceback.format_exc()[-4000:]}
+        subs = res if res and all(isinstance(v, dict) for v in res.values()) else {"": res}
+        for sub, r in subs.items():
+            label = f"{name}[{sub}]" if sub else name
+            if "median_s" in r:
+                r["tokens_per_s"] = tokens / r["median_s"]
+                r["mfu"] = flops / r["median_s"] / ceiling
+                log(f"{label}: {r['tokens_per_s']:,.0f} tok/s, step {r['median_s'] * 1e3:.1f} "
+                    f"ms, peak {r['peak_gib']:.2f} GiB, MFU {r['mfu'] * 100:.1f}%, loss "
+                    f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}, "
+                    f"warm-up {r['warmup_s']:.1f} s")
+            else:
+                log(f"{label}: {r}")
+            results["variants"][label] = r
+        save()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if "kdengine" in variants:
+            record("kdengine", lambda: run_kdengine(args, device, dtype, ids, labels, spec, None,
+                                                    chunks, Path(tmp) / "k1",
+                                                    math_eager_too="ablations" in variants))
+        # naive before liger: Liger's patches replace transformers' Qwen2 classes process-wide
+        if "naive" in variants:
+            record("naive", lambda: run_naive(args, device, dtype, ids, labels, T))
+        if "liger" in variants:
+            record("liger", lambda: run_liger(args, device, dtype, ids, labels, T,
+                                              results["notes"]))
+        if "ablations" in variants:
+            if device.type == "cuda":
+                record("kdengine-eager", lambda: run_kdengine(
+                    args, device, dtype, ids, labels, spec, False, chunks[:1], Path(tmp) / "k2"))
+            mixed = KDLossSpec(temperature=2.0, alpha=0.3, kind="forward_kl")
+            record("kdengine-ce+kd(T=2,alpha=0.3)", lambda: run_kdengine(
+                args, device, dtype, ids, labels, mixed, None, chunks[:1], Path(tmp) / "k3"))
+
+    from kdengine import losses as kd_losses
+
+    if kd_losses._COMPILED_MATH.get("broken"):
+        broken = kd_losses._COMPILED_MATH["broken"]
+        results["notes"].append(f"kdengine chunk math ran eager: {broken}")
+    results["notes"].append(f"mixed-dtype addmm for grad_w: {kd_losses._MIXED_ADDMM}")
+    for note in results["notes"]:
+        log(f"note: {note}")
+    table = summary_table(results)
+    results["table"] = table
+    save()
+    (out / "kd_throughput.md").write_text(table + "\n")
+    log("\n" + table)
+    if failed_check:
+        log("CORRECTNESS CHECK FAILED")
+    return 1 if failed_check else 0
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    lines = ["| variant | tokens/s | step (ms) | peak GPU mem (GiB) | MFU |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in results["variants"].items():
+        if "median_s" in r:
+            lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['median_s'] * 1e3:.1f} | "
+                         f"{r['peak_gib']:.2f} | {r['mfu'] * 100:.1f}% |")
+        else:
+            why = r.get("skipped") or r.get("error", "?")
+            lines.append(f"| {name} | - | - | - | {why.splitlines()[0][:60]} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
