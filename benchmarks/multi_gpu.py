@@ -72,9 +72,11 @@ def make_trainer(args: argparse.Namespace, dist, device: torch.device, batch: in
                  steps: int, run_dir: Path):
 
     tiny = args.tiny
-    compute = torch.float32 if device.type == "cpu" else torch.bfloat16
+    compute = getattr(torch, args.cpu_dtype) if device.type == "cpu" else torch.bfloat16
     teacher = ModelTeacher(build(TINY_TEACHER if tiny else TEACHER, device, compute, 1))
     placed = dist.place_teacher(teacher, device, args.teacher)
+    dist.reshard_student = {"auto": None, "yes": True, "no": False}[args.reshard]
+    dist.mixed_precision = not args.no_mp
     student = dist.shard_student(
         ModelStudent(build(TINY_STUDENT if tiny else STUDENT, device, torch.float32, 2).train()))
     vocab = teacher.vocab_size
@@ -136,6 +138,10 @@ def run_bench(args: argparse.Namespace) -> dict:
                 rates.append(metrics["tokens_per_s"])
         dist.barrier()
         wall = time.perf_counter() - t0
+        try:
+            result["phases_s"] = phase_times(trainer, device, 3)
+        except Exception as exc:  # an engine whose step is built differently: no breakdown
+            result["phases_s"] = repr(exc)
         log.close()
     result.update(
         tokens_per_step=batch * args.seq_len, steps_timed=args.steps,
@@ -150,6 +156,31 @@ def run_bench(args: argparse.Namespace) -> dict:
         result["peak_memory_gib_per_rank"] = peaks
     dist.close()
     return result
+
+
+def phase_times(trainer, device: torch.device, steps: int) -> dict[str, float]:
+    """Median seconds of forward+loss, backward, clip and optimizer step (synchronized)."""
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    rows: list[list[float]] = []
+    for k in range(steps):
+        t0 = now()
+        parts = trainer._loss(*trainer.sampler.batch(10_000 + k))
+        parts.loss.item()
+        t1 = now()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        t2 = now()
+        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
+        t3 = now()
+        trainer.optimizer.step()
+        t4 = now()
+        rows.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+    names = ("forward_loss", "backward", "clip", "optimizer")
+    return {n: statistics.median(r[i] for r in rows) for i, n in enumerate(names)}
 
 
 def compare(one: dict, many: dict, rtol: float) -> dict:
@@ -185,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-steps", type=int, default=3)
     p.add_argument("--teacher", default="auto", choices=("auto", "replicated", "sharded"))
     p.add_argument("--no-compile", action="store_true", help="eager engine (no torch.compile)")
+    p.add_argument("--reshard", default="auto", choices=("auto", "yes", "no"),
+                   help="student layers resharded after forward (auto: by size)")
+    p.add_argument("--cpu-dtype", default="float32", help="compute dtype of --tiny runs")
+    p.add_argument("--no-mp", action="store_true",
+                   help="gather fp32 student params (no FSDP2 mixed precision)")
     args = p.parse_args(argv)
     if args.compare:
         one, many = (json.loads(Path(f).read_text()) for f in args.compare)

@@ -36,3 +36,13 @@ if ! pair ""; then
     tail -n 30 "$out/one.log" "$out/many.log" >&2 2>/dev/null
     pair "-eager" --no-compile
 fi
+# MANY_VARIANTS="tag:flags;tag:flags": more N-GPU runs against one.json (what each option buys)
+IFS=';' read -ra variants <<< "${MANY_VARIANTS:-}"
+for v in "${variants[@]}"; do
+    tag=${v%%:*}; flags=${v#*:}
+    # shellcheck disable=SC2086
+    timeout 200 "$py" -m torch.distributed.run --nproc-per-node "$n" benchmarks/multi_gpu.py \
+        $extra $flags --out "$out/many-$tag.json" > "$out/many-$tag.log" 2>&1 &&
+        "$py" benchmarks/multi_gpu.py --compare "$out/one.json" "$out/many-$tag.json" \
+            | grep -E '"efficiency"' | sed "s/^/$tag: /"
+done

@@ -39,6 +39,7 @@ SHARDED_MARK = "sharded"  # meta.json key of a DCP checkpoint
 # A teacher replicated on every GPU needs no all-gathers (fastest); one that would take more than
 # this share of a GPU's memory is sharded like the student.
 REPLICATE_TEACHER_UP_TO = 0.25
+KEEP_GATHERED_UP_TO = 0.1
 
 
 def torchrun_world_size(env: dict[str, str] | None = None) -> int:
@@ -58,6 +59,13 @@ class Dist:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.backend = backend
         self.failed = False  # set when this rank reports an error: then close() only exits
+        self.compute_dtype: torch.dtype | None = None  # the teacher's dtype (place_teacher)
+        # None: by size (a student under KEEP_GATHERED_UP_TO of a GPU stays gathered from
+        # forward to backward, saving the backward all-gather); True/False force it
+        self.reshard_student: bool | None = None
+        self.mixed_precision = True  # gather bf16/fp16 params when the run computes in them
+        self._global_valid: float | None = None
+        self._teacher: nn.Module | None = None
 
     # ---- who am I -------------------------------------------------------------------------
     @property
@@ -101,6 +109,8 @@ class Dist:
         if not self.enabled:
             return tensors
         n = tensors[0].shape[0] // self.world_size
+        if len(tensors) > 1:  # every rank holds the whole global batch: count it here, no comms
+            self._global_valid = float((tensors[-1] != IGNORE_INDEX).sum())
         return tuple(t[self.rank * n:(self.rank + 1) * n] for t in tensors)
 
     def normalizer(self, labels: torch.Tensor) -> float | None:
@@ -108,8 +118,10 @@ class Dist:
         one process: the loss counts its own tokens)."""
         if not self.enabled:
             return None
-        count = (labels != IGNORE_INDEX).sum().to(torch.float64).reshape(1)
-        total = float(self._sum(count)[0])
+        total, self._global_valid = self._global_valid, None
+        if total is None:  # labels that did not come through rows(): ask the other ranks
+            count = (labels != IGNORE_INDEX).sum().to(torch.float64).reshape(1)
+            total = float(self._sum(count)[0])
         return max(total, 1.0) / self.world_size
 
     def globalize(self, parts: LossParts) -> LossParts:
@@ -151,8 +163,22 @@ class Dist:
         """FSDP2 over each decoder layer and the root. The root keeps its parameters gathered
         after forward so the loss can use the (unsharded) lm-head weight; FSDP2 reshards it after
         backward."""
-        if self.enabled:
-            _fully_shard_decoder(student.module)
+        if not self.enabled:
+            return student
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        module = student.module
+        reshard = self.reshard_student
+        if reshard is None:
+            reshard = _bytes(module) > KEEP_GATHERED_UP_TO * _device_memory(module)
+        dtype = self.compute_dtype
+        policy = None
+        if self.mixed_precision and dtype in (torch.bfloat16, torch.float16):
+            # all-gather half the bytes; gradients are reduced and stored in fp32
+            policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        _fully_shard_decoder(module, reshard_layers=reshard, policy=policy)
+        if self._teacher is not None:
+            _prefetch_during(self._teacher, module)
         return student
 
     def place_teacher(self, teacher: Any, device: torch.device, mode: str = "auto") -> str:
@@ -161,6 +187,9 @@ class Dist:
         if not self.enabled:
             return "single"
         module = teacher.model
+        # the teacher is loaded in the run's compute dtype (kdengine.loading.load_teacher)
+        self.compute_dtype = next(module.parameters()).dtype
+        self._teacher = module
         if mode == "auto":
             size = sum(p.numel() * p.element_size() for p in module.parameters())
             mode = "replicated"
@@ -299,12 +328,35 @@ def _cuda_rng() -> torch.Tensor | None:
     return torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
 
-def _fully_shard_decoder(module: nn.Module) -> None:
+def _fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,
+                         policy: Any = None) -> None:
     from torch.distributed.fsdp import fully_shard
 
+    kwargs = {"mp_policy": policy} if policy is not None else {}
     for layer in module.model.layers:
-        fully_shard(layer)
-    fully_shard(module, reshard_after_forward=False)
+        fully_shard(layer, reshard_after_forward=reshard_layers, **kwargs)
+    fully_shard(module, reshard_after_forward=False, **kwargs)
+
+
+def _prefetch_during(teacher: nn.Module, student: nn.Module) -> None:
+    """Start gathering the student's root (embeddings, lm-head: the largest group) when the
+    teacher's forward starts, so it travels while the teacher computes."""
+    def start(module: nn.Module, args: Any) -> None:
+        if torch.is_grad_enabled():
+            student.unshard(async_op=True)  # the student's forward waits for it
+
+    teacher.register_forward_pre_hook(start)
+
+
+def _bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _device_memory(module: nn.Module) -> float:
+    device = next(module.parameters()).device
+    if device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    return float("inf")  # the CPU (gloo tests): keep gathered
 
 
 def is_sharded_checkpoint(path: Path) -> bool:
