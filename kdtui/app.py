@@ -54,7 +54,7 @@ def load_themes() -> dict[str, Theme]:
 class KDApp(App):
     """The dashboard. `command`: None/'launch' opens the form, 'watch' opens one run."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "kdtui"
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit",

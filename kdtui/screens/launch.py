@@ -15,13 +15,24 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, Switch
 
-from kdengine.config import FIELDS, ConfigError, Field, RunConfig, demo_config, flag_of, groups
+from kdengine.config import (
+    FIELDS,
+    FIELDS_BY_NAME,
+    ConfigError,
+    Field,
+    RunConfig,
+    demo_config,
+    flag_of,
+    groups,
+)
 
 LOCAL = "local"
+LAZY_FROM_GROUP = 2  # models and data are on the first screen; the rest mounts lazily
 NO_FALLBACK = ""
 
 
@@ -88,7 +99,14 @@ class FieldRow(Vertical):
                      classes="field-help")
         yield Static("", classes="field-error")
 
+    def on_mount(self) -> None:
+        screen = self.screen
+        if isinstance(screen, LaunchScreen):
+            screen.row_mounted(self.spec.name)
+
     def show_error(self, message: str) -> None:
+        if message == self.error:
+            return  # each update restyles the form: skip the no-ops (start-up validates all)
         self.error = message
         self.query_one(".field-error", Static).update(message)
         self.set_class(bool(message), "-invalid")
@@ -128,6 +146,7 @@ class LaunchScreen(Screen):
         super().__init__()
         self.prefill = prefill or {}
         self._loading = False
+        self._pending: dict[str, Any] = {}  # values for rows not mounted yet (Lazy)
 
     def compose(self) -> ComposeResult:
         hosts, self.hosts_problem = available_hosts()
@@ -161,10 +180,14 @@ class LaunchScreen(Screen):
                     yield Switch(value=False, id="dry_run", classes="field-input")
                 yield Static("Show the whole plan and every command; start and write nothing",
                              classes="field-help")
-            for group, specs in groups().items():
-                yield Label(group, classes="group-title")
-                for spec in specs:
-                    yield FieldRow(spec)
+            for i, (group, specs) in enumerate(groups().items()):
+                # groups below the fold mount just after the first frame (Lazy): the form
+                # shows sooner; their values wait in self._pending until their rows mount
+                with Lazy(Vertical(classes="field-group")) if i >= LAZY_FROM_GROUP else \
+                        Vertical(classes="field-group"):
+                    yield Label(group, classes="group-title")
+                    for spec in specs:
+                        yield FieldRow(spec)
         with Horizontal(id="form-buttons"):
             yield Button("Start (ctrl+r)", variant="success", id="start")
             yield Button("Demo preset (F2)", variant="primary", id="demo")
@@ -188,7 +211,8 @@ class LaunchScreen(Screen):
         if values.pop("demo", False):
             self.action_demo()
         self._load_values(values)
-        self.query_one("#field-teacher", Input).focus()
+        # focus after the first frame: a focus change restyles the whole form
+        self.call_after_refresh(self.query_one("#field-teacher", Input).focus)
 
     # -- values in and out ------------------------------------------------------------------
     def _set_host(self, host: str) -> None:
@@ -196,37 +220,58 @@ class LaunchScreen(Screen):
         self.query_one("#host", Select).value = host
         self._loading = False
 
+    @property
+    def form_ready(self) -> bool:
+        """Every field's row is mounted (the lazy groups arrive just after the first frame)."""
+        return len(self.query(FieldRow)) == len(FIELDS)
+
+    def row_mounted(self, name: str) -> None:
+        if name in self._pending:
+            self._apply_value(name, self._pending.pop(name))
+        self._validate_quietly(name)
+
     def _load_values(self, values: dict[str, Any]) -> None:
         """Put remembered or preset values into the widgets (text as typed), then validate."""
         for key, value in values.items():
             if key == "dry_run":
                 self.query_one("#dry_run", Switch).value = bool(value)
-                continue
-            if key == "fallback_host":
+            elif key == "fallback_host":
                 select = self.query_one("#fallback_host", Select)
                 select.value = value if value in self.hosts and value != LOCAL else NO_FALLBACK
-                continue
-            spec = next((f for f in FIELDS if f.name == key), None)
-            if spec is None:
-                continue
-            widget = self.query_one(f"#{field_widget_id(key)}")
-            if isinstance(widget, Switch):
-                try:
-                    widget.value = bool(spec.parse(value))
-                except ConfigError:
-                    pass
-            elif isinstance(widget, Select):
-                if value in (spec.choices or ()):
-                    widget.value = value
-            elif isinstance(widget, Input):
-                widget.value = _text(value)
-        for spec in FIELDS:
-            self.validate_field(spec.name)
+            elif key in FIELDS_BY_NAME:
+                if self.query(f"#row-{key}"):
+                    self._apply_value(key, value)
+                    self._validate_quietly(key)
+                else:
+                    self._pending[key] = value
+
+    def _apply_value(self, key: str, value: Any) -> None:
+        spec = FIELDS_BY_NAME[key]
+        widget = self.query_one(f"#{field_widget_id(key)}")
+        if isinstance(widget, Switch):
+            try:
+                widget.value = bool(spec.parse(value))
+            except ConfigError:
+                pass
+        elif isinstance(widget, Select):
+            if value in (spec.choices or ()):
+                widget.value = value
+        elif isinstance(widget, Input):
+            widget.value = _text(value)
+
+    def _validate_quietly(self, name: str) -> None:
+        try:
+            self.validate_field(name)
+        except ConfigError:
+            pass
 
     def raw_values(self) -> dict[str, Any]:
         """Every field's widget value as the user left it (text for text inputs)."""
         out: dict[str, Any] = {}
         for spec in FIELDS:
+            if spec.name in self._pending:
+                out[spec.name] = self._pending[spec.name]
+                continue
             widget = self.query_one(f"#{field_widget_id(spec.name)}")
             out[spec.name] = widget.value  # type: ignore[attr-defined]
         return out
@@ -322,6 +367,9 @@ class LaunchScreen(Screen):
         self.query_one("#form", VerticalScroll).scroll_to_widget(widget, animate=False)
 
     def action_start(self) -> None:
+        if not self.form_ready:
+            self.notify("The form is still loading", timeout=2)
+            return
         config = self.collect_config()
         if config is None:
             return

@@ -93,7 +93,7 @@ class LossChart(PlotextPlot):
     """Train loss, KD and CE parts, val loss; `smooth` (EMA) and `log_y` toggle how it is drawn."""
 
     DEFAULT_CSS = """
-    LossChart { border: round $panel-lighten-2; height: 1fr; }
+    LossChart { border: round $foreground 35%; height: 1fr; }
     """
 
     smooth: var[bool] = var(False)

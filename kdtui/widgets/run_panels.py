@@ -49,7 +49,7 @@ class StageTracker(Static):
     COMPONENT_CLASSES = {f"stage--{state}" for state in _ICONS}
     DEFAULT_CSS = """
     StageTracker {
-        border: round $panel-lighten-2; height: auto; padding: 0 1;
+        border: round $foreground 35%; height: auto; padding: 0 1;
         & > .stage--pending { color: $text-muted; }
         & > .stage--running { color: $accent; text-style: bold; }
         & > .stage--done { color: $text-success; }
@@ -122,7 +122,7 @@ class RunProgress(Static):
     """step N of M, tokens/s, ETA from the recent step rate."""
 
     DEFAULT_CSS = """
-    RunProgress { border: round $panel-lighten-2; height: auto; padding: 0 1; }
+    RunProgress { border: round $foreground 35%; height: auto; padding: 0 1; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -180,7 +180,7 @@ class VerdictPanel(Static):
     """pending, then PASS / FAIL / INCONCLUSIVE with the step-0 and final val loss and why."""
 
     DEFAULT_CSS = """
-    VerdictPanel { border: round $panel-lighten-2; height: auto; padding: 0 1; }
+    VerdictPanel { border: round $foreground 35%; height: auto; padding: 0 1; }
     VerdictPanel.pass { border: heavy $success; }
     VerdictPanel.fail { border: heavy $error; }
     VerdictPanel.inconclusive { border: heavy $warning; }

@@ -30,7 +30,7 @@ async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, wr
     """F2, a shorter schedule, ctrl+r: the embedded engine trains the real demo to a PASS."""
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.screen.form_ready, 10)
         await pilot.press("f2")
         _fill(app.screen, steps="120", eval_every="60", checkpoint_every="0", run_name="demo1")
         await pilot.press("ctrl+r")
@@ -57,7 +57,7 @@ async def test_tiny_run_then_quit_leaves_nothing_to_ask(
         runs_dir, wait_for, write_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.screen.form_ready, 10)
         _fill(app.screen, **tiny_run_inputs, steps="30", batch_size="4", seq_len="32",
               lr="0.003", eval_every="10", eval_batches="2", log_every="1",
               checkpoint_every="0", run_name="tiny")
@@ -79,7 +79,7 @@ async def test_quit_with_a_run_going_asks_and_can_stop_it(
         runs_dir, wait_for, write_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.screen.form_ready, 10)
         _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
               eval_every="0", log_every="1", checkpoint_every="0", run_name="long")
         await pilot.press("ctrl+r")
@@ -101,7 +101,7 @@ async def test_leaving_a_run_going_keeps_it_running_for_reattach(
         runs_dir, wait_for, write_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.screen.form_ready, 10)
         _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
               eval_every="0", log_every="1", checkpoint_every="0", run_name="bg")
         await pilot.press("ctrl+r")
