@@ -232,8 +232,10 @@ async def _launch_remote(config: RunConfig, host: str, fallback: str | None, det
     try:
         handle = await launcher.start(StagePrinter(out))
     except DispatchError as exc:
-        print(f"ERROR: dispatch failed: {exc}", file=out, flush=True)
-        print(f"manifest: {launcher.manifest_path}", file=out, flush=True)
+        # the failed stage above already said why; a fallback's summary names every host
+        summary = str(exc) if len(launcher.attempts) > 1 else "see the failed stage above"
+        print(f"ERROR: dispatch failed: {summary}; evidence in {launcher.manifest_path}",
+              file=out, flush=True)
         return EXIT_ERROR
     try:
         print(f"run {handle.run_id} on {handle.host}: {handle.run_dir} (pid {handle.pid}); "
@@ -343,7 +345,9 @@ def print_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
         state = "dispatch failed" if not data.get("launched") else \
             (data.get("run_finished") or {}).get("status") or "dispatched"
         rows.append((data.get("run_id", "?"), data.get("host", "?"), state, verdict,
-                     data.get("dispatched_at", ""), f"kdtui watch {data.get('run_id')}"))
+                     data.get("dispatched_at", ""),
+                     f"kdtui watch {data.get('run_id')}" if data.get("launched") else
+                     f"see {data.get('_path')}"))
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
     try:
         from kdtui.runs import list_runs

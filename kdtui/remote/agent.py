@@ -136,7 +136,9 @@ def cmd_mkenv(args: argparse.Namespace) -> None:
         fh.write("".join(d + "\n" for d in dirs))
     env_python = os.path.join(env_dir, "bin", "python")
     target = args.wheel or args.source
-    pip = [env_python, "-m", "pip", "install", "--no-deps", "--force-reinstall",
+    # --ignore-installed: the base python may have a kdtui of its own (seen through the .pth);
+    # it must neither satisfy the install nor be uninstalled
+    pip = [env_python, "-m", "pip", "install", "--no-deps", "--ignore-installed",
            "--no-warn-script-location", "--disable-pip-version-check"]
     if args.wheel:
         pip.append("--no-index")

@@ -30,7 +30,7 @@ from kdtui.launch.base import StageUpdate
 from kdtui.remote import agent as agent_module
 from kdtui.remote.command import RemoteCommand, remote_command
 from kdtui.remote.connect import RemoteError, open_connection, run_agent, run_command
-from kdtui.remote.hosts import HostConfig
+from kdtui.remote.hosts import HostConfig, hosts_file
 from kdtui.remote.wheel import WheelBuild
 
 STAGES = ("preflight", "sync", "check", "models", "launch", "manifest")
@@ -434,7 +434,8 @@ def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
                           fallback_ok=True)
     if not probe.get("torch"):
         raise StageFailed(f"{host}: {plan.host.python} has no torch ({probe.get('torch_error')}):"
-                          " install torch there, or point python/env_setup at one that has it",
+                          " install torch there, or point python/env_setup at one that has it "
+                          f"in [hosts.{host}] of {hosts_file()}",
                           fallback_ok=True)
     if probe.get("missing_modules"):
         raise StageFailed(f"{host}: {plan.host.python} lacks {', '.join(probe['missing_modules'])}"
