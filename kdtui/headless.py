@@ -153,10 +153,11 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
         print("ERROR: the engine is gone without finishing the run (killed, or the box "
               "rebooted); see the log above", file=out, flush=True)
     summary = verdict_from_events(events).summary()
-    print(f"verdict {summary}", file=out, flush=True)
     code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict["status"], EXIT_ERROR)
     if config_errors:
         code = EXIT_ERROR
+    # kdtui's own last line (the engine's log has its own "verdict ..." line above)
+    print(f"result: {summary} (exit {code})", file=out, flush=True)
     if follower.events.gaps or follower.events.duplicates:
         print(f"WARNING: event stream gaps {follower.events.gaps}, duplicates skipped "
               f"{follower.events.duplicates}", file=out, flush=True)

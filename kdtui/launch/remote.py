@@ -244,9 +244,12 @@ class RemoteLauncher:
             except (OSError, ValueError):
                 previous = {}
         reattached = bool(self.attempts and self.attempts[-1].reattached)
-        if reattached and previous.get("launched"):
-            # keep the original dispatch's record; note that we came back to it
-            previous.setdefault("reattached_at", []).append(utc_now())
+        if previous.get("launched") and (reattached or pid is None):
+            # the evidence of a run that was started is never overwritten: a reattach or a
+            # refused re-dispatch is noted beside it
+            key = "reattached_at" if reattached else "refused_redispatches"
+            previous.setdefault(key, []).append(
+                utc_now() if reattached else {"at": utc_now(), "error": error})
             return write_manifest(path, previous)
         probe = probe or {}
         home = probe.get("home")

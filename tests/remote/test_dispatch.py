@@ -46,7 +46,7 @@ def test_full_dispatch_runs_to_verdict_and_writes_manifest(remote_env, tiny_run_
     assert "[models] skipped" in out  # local paths: nothing to pull
     run_dir = remote_env["work"] / "runs" / "full-1"
     verdict = verdict_for_run(str(run_dir))
-    assert f"verdict {verdict.summary()}" in out
+    assert f"result: {verdict.summary()} (exit {verdict.exit_code})" in out
     assert code == verdict.exit_code, out
     # every log line of the run was printed, in order
     log_lines = (run_dir / "launch.log").read_text().splitlines()
@@ -187,6 +187,22 @@ def test_watch_by_run_id_reattaches_from_the_manifest(remote_env, tiny_run_input
     out = capsys.readouterr().out
     verdict = verdict_for_run(str(remote_env["work"] / "runs" / "later-1"))
     assert code == verdict.exit_code
-    assert f"verdict {verdict.summary()}" in out
+    assert f"result: {verdict.summary()} (exit {verdict.exit_code})" in out
     handle = RemoteRunHandle.from_manifest(remote_env["evidence"] / "later-1" / "dispatch.json")
     assert handle.run_dir == str(remote_env["work"] / "runs" / "later-1")
+
+
+def test_redispatch_of_a_finished_run_is_refused_and_keeps_its_manifest(remote_env,
+                                                                       tiny_run_inputs, capsys):
+    flags = ["--host", "kdtest", "--run-name", "done-1", *tiny_flags(tiny_run_inputs)]
+    first = kdtui_main(["launch", "--headless", *flags])
+    manifest_file = remote_env["evidence"] / "done-1" / "dispatch.json"
+    before = json.loads(manifest_file.read_text())
+    assert kdtui_main(["launch", "--headless", *flags]) == 2
+    out = capsys.readouterr().out
+    assert "already holds a run (completed)" in out and "kdtui watch done-1" in out
+    after = json.loads(manifest_file.read_text())
+    assert after["launched"] and after["pid"] == before["pid"]
+    assert after["verdict"] == before["verdict"]
+    assert first in (0, 1)
+    assert len(after["refused_redispatches"]) == 1
