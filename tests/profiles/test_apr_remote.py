@@ -163,3 +163,51 @@ def test_dry_run_lists_every_remote_command_and_the_not_applied_values(apr_host,
     assert "[launch] $ " in text and "kdtui-apr-run" in text
     assert "NOT applied  batch_size=8" in text
     assert os.environ["KDTUI_HOSTS_FILE"]
+
+
+async def test_reconnect_mid_run_resumes_the_log_without_duplicate_steps(
+        apr_host, apr_repo, tmp_path, sshd):
+    import asyncio
+
+    from kdtui.profiles.apr.watch import follow_apr_to_verdict
+
+    host = apr_host("normal", step_delay=0.4)
+    launcher = AprLauncher(run_config(unique("apr-cut")), host, settings(apr_repo),
+                           evidence_dir=tmp_path)
+    handle = await launcher.start(lambda update: None)
+    out = io.StringIO()
+    try:
+        watch = asyncio.create_task(follow_apr_to_verdict(handle, out=out, alive_every=1.0))
+        while "Step 2/4" not in out.getvalue():
+            await asyncio.sleep(0.05)
+        assert sshd.kill_connections() >= 1  # a network cut, mid-run
+        result = await asyncio.wait_for(watch, 60)
+    finally:
+        await handle.close()
+    steps = [e["step"] for e in result.events if e["type"] == "step"]
+    assert steps == list(range(1, 9))
+    assert result.code == 0 and handle.source.reconnects >= 1
+
+
+async def test_cancel_stops_apr_and_the_watch_ends_inconclusive(apr_host, apr_repo, tmp_path):
+    import asyncio
+
+    from kdtui.profiles.apr.watch import follow_apr_to_verdict
+
+    host = apr_host("normal", step_delay=0.5)
+    launcher = AprLauncher(run_config(unique("apr-cancel"), steps=40), host, settings(apr_repo),
+                           evidence_dir=tmp_path)
+    handle = await launcher.start(lambda update: None)
+    out = io.StringIO()
+    try:
+        watch = asyncio.create_task(follow_apr_to_verdict(handle, out=out, alive_every=1.0))
+        while "Step 1/4" not in out.getvalue():
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        result = await asyncio.wait_for(watch, 60)
+        state = await handle.status()
+    finally:
+        await handle.close()
+    assert state["alive"] is False and state["exit_code"] is None  # killed, not exited
+    assert result.code == 2 and result.finished["status"] == "failed"
+    assert "apr is gone without an exit code" in out.getvalue()

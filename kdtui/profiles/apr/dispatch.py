@@ -87,7 +87,9 @@ if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
   fi
 fi
 sent=0
-if [ "$2" = cancel ] && [ "$alive" = 1 ]; then kill -TERM -- "-$pid" 2>/dev/null && sent=1; fi
+# the wrapper leads its process group (the agent starts it in a new session); dash's kill takes
+# no "--", and "-PID" names the group
+if [ "$2" = cancel ] && [ "$alive" = 1 ]; then kill -TERM "-$pid" 2>/dev/null && sent=1; fi
 printf 'pid=%s\nalive=%s\nexit=%s\nlog_bytes=%s\nsent=%s\n' "$pid" "$alive" \
   "$(cat "$d/apr.exit" 2>/dev/null)" "$(wc -c < "$d/launch.log" 2>/dev/null | tr -d ' ')" "$sent"
 """
@@ -464,9 +466,12 @@ class AprRunHandle:
         """{pid, alive, exit_code (None while running or when killed), log_bytes}."""
         return await self._sh(self.plan.status())
 
-    async def cancel(self) -> None:
-        """SIGTERM to apr's process group (the wrapper leads it)."""
-        await self._sh(self.plan.status(cancel=True))
+    async def cancel(self) -> dict[str, Any]:
+        """SIGTERM to apr's process group (the wrapper leads it); answers the status before."""
+        state = await self._sh(self.plan.status(cancel=True))
+        if state["alive"] and not state["sent"]:
+            raise RemoteError(f"could not signal apr (pid {state['pid']}) on {self.host}")
+        return state
 
     async def log_tail(self, lines: int = TAIL_LINES) -> list[str]:
         answer = await self.source.with_link(
