@@ -123,7 +123,7 @@ class KDTrainer:
     def __init__(self, config: RunConfig, teacher: Teacher, student: Student, splits: TokenSplits,
                  log: RunLog, device: torch.device, dtype: torch.dtype,
                  stop: _StopSignals | None = None, chunk_tokens: int = 2048,
-                 dist: Dist | None = None) -> None:
+                 dist: Dist | None = None, compile_models: bool | None = None) -> None:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
         self.dist = dist or Dist()  # torchrun: this rank's rows, global loss normalizer
         self.dist.check_batch(config.batch_size)
@@ -131,11 +131,21 @@ class KDTrainer:
         self.stop = stop or _StopSignals()
         self.spec = KDLossSpec.from_config(config)
         self.chunk_tokens = chunk_tokens
+        # torch.compile where it pays: on CUDA each decoder block (norms, rope, SwiGLU fused
+        # around the matmuls) and the loss's per-chunk math; the CPU runs eager.
+        self.compile = device.type == "cuda" if compile_models is None else compile_models
+        if self.compile:
+            compile_decoder_layers(teacher)
+            if not self.dist.enabled:  # FSDP2-wrapped blocks are compiled before sharding, or not
+                compile_decoder_layers(student)
+        self._compile_proven = not self.compile
         self.sampler = BatchSampler(splits.train, config.batch_size, config.seq_len, config.seed)
         self.val_batches = BatchSampler(splits.val, config.batch_size, config.seq_len,
                                         config.seed).fixed_batches(config.eval_batches)
         params = [p for p in student.module.parameters() if p.requires_grad]
         self.params = params
+        # fp32 master weights and optimizer state (the student loads in fp32; autocast gives
+        # the compute dtype); the fused CUDA kernel updates every tensor in one launch
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95),
                                            weight_decay=config.weight_decay, fused=fused)
@@ -144,20 +154,44 @@ class KDTrainer:
         self.step = 0
 
     def _autocast(self):
-        if self.dtype == torch.float32:
+        """bf16/fp16 compute over fp32 master weights; fp32 runs need no autocast."""
+        if self.dtype in (torch.float32, torch.float64):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
         input_ids, labels = self.dist.rows(input_ids, labels)  # this rank's share of the batch
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+        if not self._compile_proven:
+            return self._first_compiled_loss(input_ids, labels)
+        return self._loss_on_device(input_ids, labels)
+
+    def _loss_on_device(self, input_ids: torch.Tensor, labels: torch.Tensor):
         with self._autocast():
-            t_hidden = self.teacher.hidden_states(input_ids)
+            # no autograd state at all for the frozen teacher
+            with torch.inference_mode():
+                t_hidden = self.teacher.hidden_states(input_ids)
             s_hidden = self.student.hidden_states(input_ids)
+        # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
         parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
                               self.teacher.head_weight, labels, self.spec, self.chunk_tokens,
-                              normalizer=self.dist.normalizer(labels))
+                              normalizer=self.dist.normalizer(labels),
+                              compute_dtype=self.dtype, compile_math=self.compile)
         return self.dist.globalize(parts)
+
+    def _first_compiled_loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        """The first compiled call compiles; a compiler failure costs speed, never the run."""
+        try:
+            parts = self._loss_on_device(input_ids, labels)
+        except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
+            self.log.message("warning", f"torch.compile failed ({type(exc).__name__}: {exc}); "
+                             "training eager instead")
+            self.compile = False
+            uncompile_decoder_layers(self.teacher)
+            uncompile_decoder_layers(self.student)
+            parts = self._loss_on_device(input_ids, labels)
+        self._compile_proven = True
+        return parts
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -181,12 +215,14 @@ class KDTrainer:
         self.step += 1
         t0 = time.perf_counter()
         input_ids, labels = batch if batch is not None else self.sampler.batch(self.step)
+        # last step's gradients freed before the forward, not after it: they are not needed
+        # and would sit beside the activations at the step's memory peak
+        self.optimizer.zero_grad(set_to_none=True)
         parts = self._loss(input_ids, labels)
         loss = parts.loss.item()
         if not math.isfinite(loss):
             raise LossNotFinite(f"loss is {loss} at step {self.step} "
                                 f"(ce={parts.ce}, kd={parts.kd}); the update was not applied")
-        self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
@@ -245,6 +281,27 @@ class KDTrainer:
                 self.evaluate()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.checkpoint()
+
+
+def _decoder_layers(provider: Any) -> Any:
+    model = getattr(provider, "model", None)
+    return getattr(getattr(model, "model", None), "layers", None)
+
+
+def compile_decoder_layers(provider: Any) -> int:
+    """torch.compile each block of a native decoder in place (parameter names, and so
+    checkpoints, unchanged); returns how many blocks. Providers without blocks are left alone."""
+    layers = _decoder_layers(provider)
+    if layers is None:
+        return 0
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def uncompile_decoder_layers(provider: Any) -> None:
+    for layer in _decoder_layers(provider) or ():
+        layer._compiled_call_impl = None  # what nn.Module.compile set: back to eager
 
 
 def environment() -> dict[str, Any]:
