@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--detach", action="store_true",
                         help="Headless: return once the run is started, do not watch it")
     add_run_fields(launch)
+    from kdtui.profiles.apr.cli import add_apr_arguments  # --profile apr and apr's settings
+
+    add_apr_arguments(launch)
 
     watch = sub.add_parser("watch", help="Follow a run", allow_abbrev=False)
     watch.add_argument("run", help="Run id, run directory, or dispatch.json")
@@ -72,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         args, unknown = build_parser().parse_known_args(argv)
         if unknown:
             raise UsageError(f"unknown argument {unknown[0]} (see `kdtui --help`)")
+        if args.command == "launch" and args.profile == "apr":
+            # apr distill on an SSH host; its lines print as `--headless` does
+            from kdtui.profiles.apr.cli import launch_from_args
+
+            return launch_from_args(args)
+        if args.command == "watch" and args.headless:
+            from kdtui.profiles.apr.cli import apr_manifest, watch_from_ref
+
+            if apr_manifest(args.run) is not None:
+                return watch_from_ref(args.run)
         if args.command == "launch" and args.headless:
             from kdtui.headless import headless_launch
 

@@ -1,0 +1,132 @@
+"""`kdtui launch --profile apr` and `kdtui watch` of an apr run, from parsed CLI arguments.
+
+Run fields come as for every launch (defaults < --config < KDTUI_<FIELD> env < flags); apr's own
+settings (repo, git ref, cargo features, steps per epoch...) from --apr-settings FILE (a TOML or
+JSON table of AprSettings), then --apr-repo / --apr-ref. `data` is not required: apr distill
+cannot take it (it is listed as NOT applied like every other field apr lacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from kdengine.config import (
+    FIELDS,
+    FIELDS_BY_NAME,
+    ConfigError,
+    RunConfig,
+    flag_of,
+    load_config_file,
+)
+from kdtui.profiles.apr.schema import AprSettings
+from kdtui.profiles.apr.watch import EXIT_ERROR
+
+
+def add_apr_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launch parser's profile choice and apr's settings (a hook for kdtui.cli)."""
+    parser.add_argument("--profile", choices=("kdengine", "apr"), default="kdengine",
+                        help="Engine to run: kdengine (default) or aprender's `apr distill` "
+                             "on an SSH host (see docs/apr-profile.md)")
+    parser.add_argument("--apr-settings", metavar="FILE",
+                        help="apr profile: TOML/JSON table of repo_url, git_ref, build, "
+                             "cargo_package, cargo_features, apr_bin, steps_per_epoch, "
+                             "json_summary")
+    parser.add_argument("--apr-repo", metavar="URL", help="apr profile: aprender git URL")
+    parser.add_argument("--apr-ref", metavar="REF", help="apr profile: git ref to build")
+
+
+def apr_config_from_args(args: argparse.Namespace,
+                         environ: dict[str, str] | None = None) -> RunConfig:
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(Path(args.config)))
+    config = RunConfig.from_mapping(values)
+    config = config.with_values(**{f.name: environ[f"KDTUI_{f.name.upper()}"] for f in FIELDS
+                                   if f"KDTUI_{f.name.upper()}" in environ})
+    config = config.with_values(**{f.name: getattr(args, f.name) for f in FIELDS
+                                   if getattr(args, f.name, None) is not None})
+    return config.validate(require_models=False)
+
+
+def apr_settings_from_args(args: argparse.Namespace) -> AprSettings:
+    values: dict[str, Any] = {}
+    if getattr(args, "apr_settings", None):
+        values.update(load_config_file(Path(args.apr_settings)))
+    if getattr(args, "apr_repo", None):
+        values["repo_url"] = args.apr_repo
+    if getattr(args, "apr_ref", None):
+        values["git_ref"] = args.apr_ref
+    return AprSettings.from_mapping(values)
+
+
+def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    from kdtui.remote.hosts import LOCAL, HostsFileError
+
+    try:
+        config = apr_config_from_args(args)
+        settings = apr_settings_from_args(args)
+        host = args.host or os.environ.get("KDTUI_HOST") or LOCAL
+        if host == LOCAL:
+            raise ConfigError("host", "the apr profile runs apr distill on an SSH host: give "
+                              "--host ALIAS (from ~/.ssh/config or the kdtui hosts file)")
+        from kdtui.profiles.apr.dispatch import AprLauncher
+
+        launcher = AprLauncher(config, host, settings)
+        dry = args.dry_run or os.environ.get("DRY_RUN", "").lower() in ("1", "true", "yes")
+        if dry:
+            for line in ["DRY RUN: nothing is connected to, uploaded or started",
+                         *launcher.dry_run()]:
+                print(line, file=out)
+            return 0
+    except ConfigError as exc:
+        name = flag_of(exc.field) if exc.field in FIELDS_BY_NAME else exc.field
+        print(f"kdtui launch: error: {name}: {exc.message}" if name else
+              f"kdtui launch: error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except HostsFileError as exc:
+        print(f"kdtui launch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    from kdtui.profiles.apr.headless import launch_apr
+
+    try:
+        return asyncio.run(launch_apr(config, launcher.host, settings, out=out,
+                                      detach=args.detach))
+    except KeyboardInterrupt:
+        print(f"detached: the run goes on; come back with: kdtui watch {launcher.run_id}",
+              file=out)
+        return EXIT_ERROR
+
+
+def apr_manifest(ref: str) -> Path | None:
+    """The dispatch.json of `ref` when it is an apr run's, else None (kdengine handles it)."""
+    from kdtui.remote.manifest import find_manifest, read_manifest
+
+    path = find_manifest(ref)
+    if path is None:
+        return None
+    try:
+        return path if read_manifest(path).get("profile") == "apr" else None
+    except (OSError, ValueError):
+        return None
+
+
+def watch_from_ref(ref: str, out: TextIO | None = None) -> int:
+    from kdtui.profiles.apr.headless import watch_apr_manifest
+
+    path = apr_manifest(ref)
+    if path is None:
+        print(f"kdtui watch: error: {ref!r} is not an apr run's dispatch.json", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return asyncio.run(watch_apr_manifest(path, out=out or sys.stdout))
+    except KeyboardInterrupt:
+        print(f"detached: the run goes on; come back with: kdtui watch {ref}",
+              file=out or sys.stdout)
+        return EXIT_ERROR
