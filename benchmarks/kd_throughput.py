@@ -242,9 +242,9 @@ def time_steps(step, device, warmup: int, steps: int) -> dict[str, Any]:
 
 
 def optimizer_step(loss: torch.Tensor, params, opt) -> float:
-    """What KDTrainer.train_step does after the loss: sync on the value, backward, clip, step."""
+    """What KDTrainer.train_step does after the loss: sync on the value, backward, clip, step.
+    (Each step starts with zero_grad(set_to_none=True), as the trainer's does.)"""
     value = loss.item()
-    opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, CLIP)
     opt.step()
@@ -266,6 +266,7 @@ def run_naive(args, device, dtype, ids, labels, T: float):
     mask = labels != IGNORE_INDEX
 
     def step() -> float:
+        opt.zero_grad(set_to_none=True)
         with autocast(device, dtype):
             with torch.no_grad():
                 t_logits = teacher(input_ids=ids, use_cache=False).logits
@@ -319,6 +320,7 @@ def _run_liger(args, device, dtype, ids, labels, T: float, patch: bool):
     flat = labels.reshape(-1)
 
     def step() -> float:
+        opt.zero_grad(set_to_none=True)
         with autocast(device, dtype):
             with torch.no_grad():
                 t_h = teacher.model(input_ids=ids, use_cache=False).last_hidden_state
@@ -329,7 +331,10 @@ def _run_liger(args, device, dtype, ids, labels, T: float, patch: bool):
                        flat)
         return optimizer_step(loss, params, opt)
 
-    return time_steps(step, device, args.warmup, args.steps)
+    result = time_steps(step, device, args.warmup, args.steps)
+    if getattr(args, "profile", False) and device.type == "cuda":
+        profile_steps(step, device, Path(args.out) / "profile_liger.txt")
+    return result
 
 
 class FixedBatch:
@@ -365,28 +370,80 @@ def make_trainer(args, device, dtype, ids, labels, spec: KDLossSpec, compile_mod
     return trainer, runlog
 
 
-def run_kdengine(args, device, dtype, ids, labels, spec, compile_models, chunks, run_dir,
-                 math_eager_too: bool = False) -> dict[str, dict[str, Any]]:
-    """One trainer (models compiled once); a timed round per chunk size."""
+def run_kdengine(args, device, dtype, ids, labels, spec, compile_models, rounds, run_dir,
+                 profile: bool = False) -> dict[str, dict[str, Any]]:
+    """One trainer (blocks compiled once); a timed round per (chunk, compiled math, gradient
+    written into the logit block) setting."""
+    from kdengine import losses as kd_losses
+
     trainer, runlog = make_trainer(args, device, dtype, ids, labels, spec, compile_models, run_dir)
+    blocks_compiled = trainer.compile
     results = {}
     try:
-        rounds = [(c, trainer.compile) for c in chunks]
-        if math_eager_too and trainer.compile:
-            rounds.append((chunks[0], False))
-        for chunk, compile_math in rounds:
+        for chunk, compile_math, into_logits in rounds:
             trainer.chunk_tokens = chunk
-            trainer.compile = compile_math  # the loss math only: the blocks stay as they are
-            key = f"chunk={chunk}" + ("" if compile_math or not compile_models else ",math=eager")
+            trainer.compile = compile_math and blocks_compiled  # the loss math only
+            kd_losses.GRAD_INTO_LOGITS = into_logits
+            key = f"chunk={chunk}"
+            if blocks_compiled and not compile_math:
+                key += ",math=eager"
+            if into_logits:
+                key += ",grad-into-logits"
             try:
                 results[key] = time_steps(lambda: trainer.train_step()["loss"], device,
                                           args.warmup, args.steps)
             except torch.OutOfMemoryError as exc:
                 results[key] = {"error": f"OOM: {exc}"[:300]}
             free_memory()
+        if profile and device.type == "cuda":
+            chunk, _, into_logits = rounds[0]
+            trainer.chunk_tokens, trainer.compile = chunk, blocks_compiled
+            kd_losses.GRAD_INTO_LOGITS = into_logits
+            profile_steps(lambda: trainer.train_step()["loss"], device,
+                          Path(args.out) / "profile_kdengine.txt")
     finally:
         runlog.close()
+        kd_losses.GRAD_INTO_LOGITS = False
     return results
+
+
+KERNEL_KINDS = (("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "Kernel2")),
+                ("attention", ("flash", "fmha", "attention", "attn")),
+                ("optimizer", ("adam", "Adam", "multi_tensor", "foreach", "norm_kernel")),
+                ("triton (inductor/liger)", ("triton",)),
+                ("copy/cast", ("copy", "Memcpy", "Memset", "cast", "fill")))
+
+
+def profile_steps(step, device, path: Path, steps: int = 2) -> None:
+    """GPU time of `steps` steps by kernel, and grouped by kind, into `path` (and a summary)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    rows = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None)
+        if us is None:
+            us = getattr(evt, "self_cuda_time_total", 0)
+        if us > 0:
+            rows.append((us / 1e3 / steps, evt.count // steps, evt.key))
+    rows.sort(reverse=True)
+    groups: dict[str, float] = {}
+    for ms, _, name in rows:
+        kind = next((k for k, keys in KERNEL_KINDS if any(x in name for x in keys)), "other")
+        groups[kind] = groups.get(kind, 0.0) + ms
+    total = sum(groups.values())
+    lines = [f"GPU kernel time per step: {total:.1f} ms"]
+    lines += [f"  {k:26s} {v:7.1f} ms" for k, v in sorted(groups.items(), key=lambda x: -x[1])]
+    lines += ["", "top kernels (ms/step, launches/step, name):"]
+    lines += [f"{ms:8.2f} {n:5d}  {name[:150]}" for ms, n, name in rows[:60]]
+    path.write_text("\n".join(lines) + "\n")
+    log(f"profile {path.name}:\n" + "\n".join(lines[: len(groups) + 1] + lines[len(groups) + 2:
+                                                                           len(groups) + 15]))
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -401,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--chunks", default=None, help="kdengine chunk sizes, comma separated")
     parser.add_argument("--liger-chunk", type=int, default=1024)
-    parser.add_argument("--variants", default="check,kdengine,naive,liger,ablations")
+    parser.add_argument("--variants",
+                        default="check,kdengine,naive,liger,ablations,profile")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
     args = parser.parse_args(argv)
 
@@ -416,10 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (2 if small else 4)
     seq = args.seq or (64 if small else 2048)
     args.warmup = args.warmup if args.warmup is not None else (1 if small else 3)
-    args.steps = args.steps or (2 if small else 10)
-    chunks = [int(c) for c in (args.chunks or ("32,128" if small else "2048,4096,8192,1024"))
+    args.steps = args.steps or (2 if small else 20)
+    # the first entry is the headline setting (and the one the ablations and profile use)
+    chunks = [c.strip() for c in (args.chunks or ("32+,128" if small else
+                                                   "4096+,2048+,8192+,1024,2048,4096,8192"))
               .split(",")]
+    # "N+": chunk N with the gradient written into the logit block
+    rounds = [(int(c.rstrip("+")), True, c.endswith("+")) for c in chunks]
     variants = set(args.variants.split(","))
+    args.profile = "profile" in variants
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if "kdengine" in variants:
+            ablate = [(rounds[0][0], False, False)] if "ablations" in variants else []
             record("kdengine", lambda: run_kdengine(args, device, dtype, ids, labels, spec, None,
-                                                    chunks, Path(tmp) / "k1",
-                                                    math_eager_too="ablations" in variants))
+                                                    rounds + ablate, Path(tmp) / "k1",
+                                                    profile="profile" in variants))
         # naive before liger: Liger's patches replace transformers' Qwen2 classes process-wide
         if "naive" in variants:
             record("naive", lambda: run_naive(args, device, dtype, ids, labels, T))
@@ -500,11 +564,12 @@ def main(argv: list[str] | None = None) -> int:
                                               results["notes"]))
         if "ablations" in variants:
             if device.type == "cuda":
+                eager = [(rounds[0][0], False, False)]
                 record("kdengine-eager", lambda: run_kdengine(
-                    args, device, dtype, ids, labels, spec, False, chunks[:1], Path(tmp) / "k2"))
+                    args, device, dtype, ids, labels, spec, False, eager, Path(tmp) / "k2"))
             mixed = KDLossSpec(temperature=2.0, alpha=0.3, kind="forward_kl")
             record("kdengine-ce+kd(T=2,alpha=0.3)", lambda: run_kdengine(
-                args, device, dtype, ids, labels, mixed, None, chunks[:1], Path(tmp) / "k3"))
+                args, device, dtype, ids, labels, mixed, None, rounds[:1], Path(tmp) / "k3"))
 
     from kdengine import losses as kd_losses
 

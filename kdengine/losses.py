@@ -216,14 +216,26 @@ def compile_default(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("KDENGINE_COMPILE", "1") != "0"
 
 
-def _math_fn(device: torch.device, compile_math: bool):
-    """The chunk math, compiled once per process on the first GPU call; eager if that fails."""
-    if not compile_math:
-        return _chunk_math
-    fn = _COMPILED_MATH.get("fn")
+def _chunk_math_into_logits(s, t, labels, inv_n, temperature, alpha, kind, beta):
+    """_chunk_math whose gradient overwrites the student's logit block `s` (same dtype): one
+    [chunk, vocab] buffer fewer at the loss's memory peak."""
+    loss_sum, ce_sum, kd_sum, grad = _chunk_math(s, t, labels, inv_n, temperature, alpha, kind,
+                                                 beta, True, s.dtype)
+    s.copy_(grad)
+    return loss_sum, ce_sum, kd_sum
+
+
+# Where the compiled math writes the gradient into the logit block instead of a new buffer.
+GRAD_INTO_LOGITS = os.environ.get("KDENGINE_GRAD_INTO_LOGITS", "0") == "1"
+
+
+def _math_fn(name: str):
+    """The chunk math, compiled once per process on the first GPU call."""
+    fn = _COMPILED_MATH.get(name)
     if fn is None:
-        fn = torch.compile(_chunk_math, fullgraph=True)
-        _COMPILED_MATH["fn"] = fn
+        target = _chunk_math if name == "math" else _chunk_math_into_logits
+        fn = torch.compile(target, fullgraph=True)
+        _COMPILED_MATH[name] = fn
     return fn
 
 
@@ -234,9 +246,12 @@ def _run_math(s, t, labels, inv_n, spec, want_grad, grad_dtype, compile_math):
         torch._dynamo.maybe_mark_dynamic(s, 0)
         torch._dynamo.maybe_mark_dynamic(t, 0)
         torch._dynamo.maybe_mark_dynamic(labels, 0)
+        args = (spec.temperature, spec.alpha, spec.kind, spec.beta)
         try:
-            return _math_fn(s.device, True)(s, t, labels, inv_n, spec.temperature, spec.alpha,
-                                            spec.kind, spec.beta, want_grad, grad_dtype)
+            if GRAD_INTO_LOGITS and want_grad and s.dtype == grad_dtype:
+                loss_sum, ce_sum, kd_sum = _math_fn("into_logits")(s, t, labels, inv_n, *args)
+                return loss_sum, ce_sum, kd_sum, s
+            return _math_fn("math")(s, t, labels, inv_n, *args, want_grad, grad_dtype)
         except Exception as exc:  # a compiler failure must cost speed, never the run
             _COMPILED_MATH["broken"] = repr(exc)
             warnings.warn(f"torch.compile of the KD chunk math failed, running eager: {exc!r}",
