@@ -184,6 +184,9 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
             for line in plan_lines(config, host, fallback, runs_dir):
                 print(line, file=out)
             return 0
+        from kdtui.launch.remote import stamp_run_name
+
+        config = stamp_run_name(config)  # known now, so a Ctrl-C can say how to come back
         if host == LOCAL:
             if fallback:
                 print("kdtui launch: error: --fallback-host needs a remote --host",
@@ -195,7 +198,7 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("detached: the run goes on (kdtui runs lists it; `kdtui watch RUN` comes back)",
+        print(f"detached: the run goes on; come back with: kdtui watch {config.run_name}",
               file=out)
         return EXIT_ERROR
 
