@@ -211,3 +211,27 @@ async def test_cancel_stops_apr_and_the_watch_ends_inconclusive(apr_host, apr_re
     assert state["alive"] is False and state["exit_code"] is None  # killed, not exited
     assert result.code == 2 and result.finished["status"] == "failed"
     assert "apr is gone without an exit code" in out.getvalue()
+
+
+async def test_relaunching_a_running_run_reattaches_instead_of_starting_a_copy(
+        apr_host, apr_repo, tmp_path):
+    host = apr_host("normal", step_delay=0.5)
+    config = run_config(unique("apr-again"), steps=40)
+    first = io.StringIO()
+    assert await launch_apr(config, host, settings(apr_repo), out=first, detach=True,
+                            evidence_dir=tmp_path) == 0
+    again = io.StringIO()
+    launcher = AprLauncher(config, host, settings(apr_repo), evidence_dir=tmp_path)
+    from kdtui.headless import StagePrinter
+
+    handle = await launcher.start(StagePrinter(again))
+    try:
+        text = again.getvalue()
+        assert "[launch] skipped" in text and "reattached, no copy started" in text
+        assert "[sync]" in text and "[models] skipped" in text
+        manifest = json.loads(handle.manifest.read_text())
+        assert manifest["launched"] is True and manifest["reattached_at"]
+        assert f"(pid {manifest['pid']})" in first.getvalue()
+        await handle.cancel()
+    finally:
+        await handle.close()

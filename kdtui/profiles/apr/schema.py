@@ -76,7 +76,8 @@ NOT_APPLIED: dict[str, str] = {
     "lr_schedule": "apr distill has no learning-rate schedule flag",
     "weight_decay": "apr distill has no weight-decay flag",
     "grad_clip": "apr distill has no gradient-clipping flag",
-    "loss": "apr's KD term is always KL(teacher||student) (forward KL); it is not selectable",
+    "loss": "apr's KD term is fixed (its kd_step computes KL(teacher||student)); it is not "
+            "selectable",
     "jsd_beta": "apr distill has no JSD loss",
     "eval_every": _NO_EVAL,
     "eval_batches": _NO_EVAL,
