@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,18 @@ class StageFailed(RemoteError):
         self.fallback_ok = fallback_ok
 
 
+def engine_launcher(python: str, gpus: int, config: RunConfig) -> list[str]:
+    """`python` alone, or `python -m torch.distributed.run --standalone --nproc-per-node N`
+    (torchrun from the engine's venv) when the run may take every GPU (device auto or cuda)
+    and the host has several: N is the most GPUs that divide the global batch (rows per rank)."""
+    if gpus < 2 or config.device not in ("auto", "cuda"):
+        return [python]
+    n = max(d for d in range(1, gpus + 1) if config.batch_size % d == 0)
+    if n < 2:
+        return [python]
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
+
+
 @dataclass(frozen=True)
 class RemotePlan:
     """Every path and command of one run on one host; pure data, touches nothing."""
@@ -62,6 +74,7 @@ class RemotePlan:
     host: HostConfig
     config: RunConfig  # effective: run_name and run_dir are set
     wheel: WheelBuild
+    gpus: int = 1  # CUDA devices preflight found: more than one launches under torchrun
 
     @classmethod
     def make(cls, host: HostConfig, config: RunConfig, wheel: WheelBuild) -> RemotePlan:
@@ -105,7 +118,8 @@ class RemotePlan:
 
     @property
     def engine_argv(self) -> list[str]:
-        return [self.engine_python, "-m", "kdengine", "train", *self.config.to_args()]
+        return [*engine_launcher(self.engine_python, self.gpus, self.config),
+                "-m", "kdengine", "train", *self.config.to_args()]
 
     # -- commands ------------------------------------------------------------------------------
     def _agent(self, purpose: str, *args: str, python: str | None = None,
@@ -292,6 +306,7 @@ class StageRunner:
             for line in describe_probe(probe):
                 sink(line)
             _require_usable(self.plan, probe)
+            self.plan = replace(self.plan, gpus=len(probe.get("cuda_devices") or []) or 1)
             return "done", summary_of_probe(probe), probe
         return await self.stage("preflight", body)
 

@@ -1,0 +1,204 @@
+"""Data parallel under torchrun on the CPU (gloo, 2 ranks): the same loss curve as one process
+with the same global batch, one event stream written by rank 0, an HF-layout final student, exact
+resume from a sharded (DCP) checkpoint, and a failed rank named in the events."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdengine.events import read_events
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", "2"]
+STEPS = 8
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
+    # the repository first: the subprocesses import the engine under test
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + \
+        env.get("PYTHONPATH", "")
+    return env
+
+
+def _run(cmd: list[str], tmp_path: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                         env=_env(tmp_path))
+    return out
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_events(run_dir / "events.jsonl")
+            if e["type"] == "step"}
+
+
+def _val_losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["val_loss"] for e in read_events(run_dir / "events.jsonl")
+            if e["type"] == "eval"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One 8-step run with one process and the same run under torchrun with 2 ranks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import TINY_TEXT, tiny_run_args, write_tiny_model
+
+    tmp = tmp_path_factory.mktemp("dp")
+    inputs = {"teacher": str(write_tiny_model(tmp / "teacher", hidden=32, layers=2, seed=1)),
+              "student": str(write_tiny_model(tmp / "student", hidden=16, layers=2, seed=2)),
+              "data": str(tmp / "data")}
+    (tmp / "data").mkdir()
+    for i in range(6):
+        (tmp / "data" / f"doc{i}.txt").write_text(TINY_TEXT[i * 3000:(i + 1) * 3000 + 2000])
+    dirs = {"one": tmp / "one", "two": tmp / "two"}
+    for name, prefix in (("one", [sys.executable]), ("two", TORCHRUN)):
+        args = tiny_run_args(inputs, dirs[name], steps=STEPS, eval_every=4, checkpoint_every=4,
+                             log_every=1)
+        out = _run([*prefix, "-m", "kdengine", *args], tmp)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    dirs["tmp"] = tmp
+    return dirs
+
+
+def test_two_ranks_follow_the_one_process_loss_curve(runs: dict[str, Path]) -> None:
+    one, two = _losses(runs["one"]), _losses(runs["two"])
+    assert sorted(two) == list(range(1, STEPS + 1))
+    assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
+    assert _val_losses(runs["two"]) == pytest.approx(_val_losses(runs["one"]), rel=1e-5)
+    # the loss must move, or equal curves would prove nothing
+    assert two[STEPS] < two[1]
+
+
+def test_only_rank_0_writes_events_and_the_final_student(runs: dict[str, Path]) -> None:
+    events = read_events(runs["two"] / "events.jsonl")
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    started = [e for e in events if e["type"] == "run_started"]
+    assert len(started) == 1 and started[0]["world_size"] == 2
+    assert started[0]["backend"] == "gloo"
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed"
+    log = (runs["two"] / "launch.log").read_text()
+    assert log.count(f"step {STEPS}/{STEPS} ") == 1
+    assert "replicated over 2 ranks" in log
+    one = load_file(str(runs["one"] / "final" / "model.safetensors"))
+    two = load_file(str(runs["two"] / "final" / "model.safetensors"))
+    assert sorted(one) == sorted(two)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+    assert (runs["two"] / "final" / "tokenizer.json").exists()
+
+
+def _interrupted_copy(run_dir: Path, dest: Path, step: int) -> Path:
+    """The run as a kill right after its step-`step` checkpoint would have left it."""
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copy2(run_dir / "config.json", dest / "config.json")
+    name = f"step-{step:08d}"
+    shutil.copytree(run_dir / "checkpoints" / name, dest / "checkpoints" / name)
+    lines = []
+    for line in (run_dir / "events.jsonl").read_text().splitlines(keepends=True):
+        lines.append(line)
+        event = json.loads(line)
+        if event["type"] == "checkpoint" and event["step"] == step:
+            break
+    (dest / "events.jsonl").write_text("".join(lines))
+    return dest
+
+
+def test_a_sharded_checkpoint_resumes_exactly(runs: dict[str, Path]) -> None:
+    ckpt = runs["two"] / "checkpoints" / "step-00000004"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["sharded"] is True and meta["world_size"] == 2
+    assert (ckpt / ".metadata").exists() and not list(ckpt.parent.glob(".tmp-*"))
+    resumed = _interrupted_copy(runs["two"], runs["tmp"] / "resumed2", 4)
+    out = _run([*TORCHRUN, "-m", "kdengine", "train", "--resume", str(resumed)], runs["tmp"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    whole, again = _losses(runs["two"]), _losses(resumed)
+    assert sorted(again) == list(range(1, STEPS + 1))
+    assert [again[s] for s in range(5, STEPS + 1)] == [whole[s] for s in range(5, STEPS + 1)]
+    assert "resumed from" in (resumed / "launch.log").read_text()
+
+
+def test_one_process_resumes_a_two_rank_checkpoint(runs: dict[str, Path]) -> None:
+    resumed = _interrupted_copy(runs["two"], runs["tmp"] / "resumed1", 4)
+    out = _run([sys.executable, "-m", "kdengine", "train", "--resume", str(resumed)],
+               runs["tmp"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    whole, again = _losses(runs["two"]), _losses(resumed)
+    assert [again[s] for s in range(5, STEPS + 1)] == pytest.approx(
+        [whole[s] for s in range(5, STEPS + 1)], rel=1e-5)
+
+
+# A rank that fails while rank 0 waits: in a collective (gloo raises when the peer's connection
+# closes) or stuck beyond what a collective reports (NCCL waits; rank 0's watcher ends the run).
+FAILING_RANK = textwrap.dedent("""
+    import signal, sys, time, traceback
+    from pathlib import Path
+    import torch.distributed as tdist
+    from kdengine import events as ev
+    from kdengine.distributed import from_env
+
+    run_dir, mode = Path(sys.argv[1]), sys.argv[2]
+    # torchrun sends SIGTERM when a rank dies; the trainer's _StopSignals only notes it
+    signal.signal(signal.SIGTERM, lambda *args: None)
+    dist = from_env("cpu")
+    log = dist.run_log(run_dir)
+    try:
+        if dist.rank == 1:
+            raise FileNotFoundError("/data/shard-7.bin is missing on this node")
+        if mode == "collective":
+            tdist.barrier()
+        else:
+            time.sleep(60)
+    except Exception as exc:  # what kdengine.trainer.run does with any failure
+        log.emit(ev.LOG, level="error", message=f"{type(exc).__name__}: {exc}",
+                 traceback=traceback.format_exc())
+        log.emit(ev.RUN_FINISHED, status="failed", exit_code=1)
+    finally:
+        log.close()
+        dist.close()
+    sys.exit(1)
+""")
+
+
+@pytest.mark.parametrize("mode", ["collective", "stuck"])
+def test_a_failed_rank_is_named_in_rank_0s_events(tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = _run([*TORCHRUN, str(script), str(run_dir), mode], tmp_path, timeout=60)
+    assert out.returncode != 0
+    events = read_events(run_dir / "events.jsonl")
+    errors = [e for e in events if e["type"] == "log" and e["level"] == "error"]
+    assert errors[0]["rank"] == 1
+    assert "shard-7.bin is missing" in errors[0]["message"]
+    assert "FileNotFoundError" in errors[0]["traceback"]
+    finished = [e for e in events if e["type"] == "run_finished"]
+    assert len(finished) == 1 and finished[0]["status"] == "failed"
+    if mode == "stuck":
+        assert finished[0]["failed_ranks"] == [1]
+    log = (run_dir / "launch.log").read_text()
+    assert "[rank 1] ERROR: FileNotFoundError: /data/shard-7.bin is missing" in log
+
+
+def test_the_remote_launcher_starts_torchrun_on_a_multi_gpu_host() -> None:
+    from kdengine.config import RunConfig
+    from kdtui.remote.stages import engine_launcher
+
+    py = "/env/bin/python"
+    torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    assert engine_launcher(py, 1, RunConfig(batch_size=8)) == [py]
+    assert engine_launcher(py, 2, RunConfig(batch_size=8)) == [*torchrun, "2"]
+    assert engine_launcher(py, 8, RunConfig(batch_size=12)) == [*torchrun, "6"]
+    assert engine_launcher(py, 4, RunConfig(batch_size=8, device="cuda:1")) == [py]
+    assert engine_launcher(py, 2, RunConfig(batch_size=3)) == [py]
