@@ -23,7 +23,7 @@ class DecimatedSeries:
     """A series downsampled into at most `cap` equal-count buckets (their means), plus the last
     raw point, which is always kept so the chart's end is the run's latest value."""
 
-    cap: int = 512
+    cap: int = 256
     bucket: int = 1  # raw points per bucket; doubles when the buckets are full
     xs: list[float] = field(default_factory=list)
     ys: list[float] = field(default_factory=list)
@@ -99,7 +99,7 @@ class LossChart(PlotextPlot):
     smooth: var[bool] = var(False)
     log_y: var[bool] = var(False)
 
-    def __init__(self, *, cap: int = 512, id: str | None = None,
+    def __init__(self, *, cap: int = 256, id: str | None = None,
                  classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.raw = {name: DecimatedSeries(cap) for name in SERIES}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rich.table import Table
 from rich.text import Text
+from textual.widget import Widget
 from textual.widgets import Static
 
 from kdengine.verdict import Verdict
@@ -43,8 +44,11 @@ def format_seconds(seconds: float | None) -> str:
     return f"{days}d{hours:02d}h"
 
 
-class StageTracker(Static):
-    """Each stage with its state and elapsed time; a running stage's clock ticks."""
+class StageTracker(Widget):
+    """Each stage with its state and elapsed time; a running stage's clock ticks.
+
+    Drawn by render() with a height fixed to its rows, so a tick repaints this widget alone
+    instead of re-laying-out the screen (Static.update would)."""
 
     COMPONENT_CLASSES = {f"stage--{state}" for state in _ICONS}
     DEFAULT_CSS = """
@@ -63,6 +67,7 @@ class StageTracker(Static):
         super().__init__(id=id)
         self.rows: dict[str, StageRow] = {name: StageRow(name) for name in stages}
         self.border_title = "stages"
+        self._table: Table | None = None
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self._tick)
@@ -72,9 +77,18 @@ class StageTracker(Static):
         self.rows = {name: self.rows.get(name, StageRow(name)) for name in stages}
         self._draw()
 
+    def render(self) -> Table:
+        if self._table is None:
+            self._draw()
+        assert self._table is not None
+        return self._table
+
     def update_stage(self, name: str, state: str, elapsed: float = 0.0, detail: str = "",
                      host: str = "") -> None:
-        row = self.rows.setdefault(name, StageRow(name))
+        if name not in self.rows:
+            self.rows[name] = StageRow(name)
+            self.styles.height = len(self.rows) + 2
+        row = self.rows[name]
         row.state = state
         row.elapsed = float(elapsed or 0.0)
         row.host = host or row.host
@@ -112,17 +126,21 @@ class StageTracker(Static):
             table.add_row(Text(_ICONS.get(row.state, "?"), style=style),
                           Text(row.name, style=style), Text(clock, style="dim"),
                           Text(row.detail, style="dim"))
-        self.update(table)
+        self._table = table
+        if self.is_attached:
+            self.styles.height = len(self.rows) + 2
+        self.refresh()
 
     def _styles(self) -> dict[str, object]:
         return {state: self.get_component_rich_style(f"stage--{state}") for state in _ICONS}
 
 
-class RunProgress(Static):
-    """step N of M, tokens/s, ETA from the recent step rate."""
+class RunProgress(Widget):
+    """step N of M, tokens/s, ETA from the recent step rate (render(), fixed height: an
+    update repaints this widget only)."""
 
     DEFAULT_CSS = """
-    RunProgress { border: round $foreground 35%; height: auto; padding: 0 1; }
+    RunProgress { border: round $foreground 35%; height: 6; padding: 0 1; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -133,6 +151,10 @@ class RunProgress(Static):
         self.tokens_per_s: float | None = None
         self.eta: float | None = None
         self._marks: list[tuple[float, int]] = []  # (event time, step), a sliding window
+        self._text = Text("")
+
+    def render(self) -> Text:
+        return self._text
 
     def on_mount(self) -> None:
         self._draw()
@@ -173,7 +195,9 @@ class RunProgress(Static):
             ("step ", "dim"), f"{self.step:,} / {total}\n",
             ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
         )
-        self.update(text)
+        if text.plain != self._text.plain:
+            self._text = text
+            self.refresh()
 
 
 class VerdictPanel(Static):

@@ -27,6 +27,8 @@ def frozen_stage_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_launch_form(snap_compare, runs_dir):
     async def demo_preset(pilot):
+        while not pilot.app.screen.form_ready:
+            await pilot.pause(0.05)
         await pilot.press("f2")
         await pilot.pause()
         pilot.app.clear_notifications()
@@ -37,6 +39,8 @@ def test_launch_form(snap_compare, runs_dir):
 
 def test_launch_form_with_an_invalid_value(snap_compare, runs_dir):
     async def type_bad_steps(pilot):
+        while not pilot.app.screen.form_ready:
+            await pilot.pause(0.05)
         pilot.app.screen.query_one("#field-steps").value = "-3"
         await pilot.pause()
 
