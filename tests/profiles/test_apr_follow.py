@@ -44,3 +44,32 @@ async def test_finish_after_a_silent_death_ends_the_run_once(tmp_path: Path):
     assert [e["type"] for e in events] == ["verdict", "run_finished"]
     assert events[1]["error"] == "apr is gone without an exit code"
     assert follower.finish(None) == []
+
+
+async def test_the_plain_run_follower_sees_apr_events_through_the_events_source(tmp_path: Path):
+    from kdtui.profiles.apr.watch import AprEventsSource
+    from kdtui.watch import RunFollower
+
+    (tmp_path / "launch.log").write_text(
+        "  Step 1/2: loss: 5.0\n  Step 2/2: loss: NaN\nCUDA_ERROR_LAUNCH_FAILED\n")
+    follower = RunFollower(AprEventsSource(LocalRunSource(tmp_path)))  # what the run screen uses
+    update = await follower.poll()
+    assert [e["type"] for e in update.events] == ["stage", "step", "step", "log"]
+    assert update.log_lines[2] == "CUDA_ERROR_LAUNCH_FAILED"
+    assert not follower.events.bad_lines and not follower.events.gaps
+
+
+async def test_a_silent_death_is_found_by_the_status_check_and_ends_the_run(tmp_path: Path):
+    (tmp_path / "launch.log").write_text("  Step 1/9: loss: 5.0\n")
+    asked = []
+
+    async def status() -> dict:
+        asked.append(1)
+        return {"alive": False, "exit_code": None}
+
+    follower = AprRunFollower(LocalRunSource(tmp_path), status=status, alive_every=0.0)
+    first = await follower.poll()
+    assert [e["type"] for e in first.events] == ["stage", "step"] and not asked
+    second = await follower.poll()  # quiet: asks, learns apr is gone
+    assert asked and [e["type"] for e in second.events] == ["verdict", "run_finished"]
+    assert "without an exit code" in second.events[1]["error"]

@@ -186,7 +186,7 @@ async def test_reconnect_mid_run_resumes_the_log_without_duplicate_steps(
         await handle.close()
     steps = [e["step"] for e in result.events if e["type"] == "step"]
     assert steps == list(range(1, 9))
-    assert result.code == 0 and handle.source.reconnects >= 1
+    assert result.code == 0 and handle.link.reconnects >= 1
 
 
 async def test_cancel_stops_apr_and_the_watch_ends_inconclusive(apr_host, apr_repo, tmp_path):

@@ -38,6 +38,7 @@ from kdtui.profiles.apr.schema import (
     build_invocation,
     check_against_help,
 )
+from kdtui.profiles.apr.watch import ALIVE_CHECK_EVERY, AprEventsSource, AprRunFollower
 from kdtui.remote.command import RemoteCommand, remote_command
 from kdtui.remote.connect import RemoteError, open_connection, run_agent, run_command
 from kdtui.remote.hosts import HostConfig, get_host
@@ -452,14 +453,18 @@ class AprRunHandle:
     host: str
     run_dir: str
     plan: AprPlan
-    source: SSHRunSource
+    link: SSHRunSource  # SFTP reads and commands, reconnecting by itself
     epochs: int
     pid: int | None = None
     manifest: Path | None = None
     attempts: list[HostAttempt] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # what the run screen and RunFollower read: launch.log as is, events.jsonl parsed from it
+        self.source = AprEventsSource(self.link, epochs=self.epochs, status=self.status)
+
     async def _sh(self, command: RemoteCommand) -> dict[str, Any]:
-        result = await self.source.with_link(lambda conn: run_command(conn, command, timeout=60))
+        result = await self.link.with_link(lambda conn: run_command(conn, command, timeout=60))
         return status_from_text(result.stdout)
 
     async def status(self) -> dict[str, Any]:
@@ -474,25 +479,25 @@ class AprRunHandle:
         return state
 
     async def log_tail(self, lines: int = TAIL_LINES) -> list[str]:
-        answer = await self.source.with_link(
+        answer = await self.link.with_link(
             lambda conn: run_agent(conn, self.plan.tail(lines), timeout=60))
         return answer.get("lines", [])
 
-    def follower(self):
-        from kdtui.profiles.apr.watch import AprRunFollower
-
-        return AprRunFollower(self.source, epochs=self.epochs)
+    def follower(self, alive_every: float = ALIVE_CHECK_EVERY) -> AprRunFollower:
+        """A fresh follower of the whole run (its own parse of launch.log from the start)."""
+        return AprRunFollower(self.link, epochs=self.epochs, status=self.status,
+                              alive_every=alive_every)
 
     def reattach_hint(self) -> str:
         return f"kdtui watch {self.run_id}"
 
     def extra(self) -> dict[str, Any]:
         return {"pid": self.pid, "manifest": str(self.manifest) if self.manifest else None,
-                "remote_run_dir": self.run_dir, "reconnects": self.source.reconnects,
+                "remote_run_dir": self.run_dir, "reconnects": self.link.reconnects,
                 "profile": PROFILE}
 
     async def close(self) -> None:
-        await self.source.close()
+        await self.link.close()
 
     @classmethod
     def from_manifest(cls, path: Path,
@@ -509,7 +514,7 @@ class AprRunHandle:
                             AprSettings.from_mapping(data["apr_settings"]))
         source = SSHRunSource(host, data["remote_run_dir"], on_status=on_status)
         return cls(run_id=data["run_id"], host=host.alias, run_dir=data["remote_run_dir"],
-                   plan=plan, source=source, epochs=int(data.get("epochs") or 0) or 1,
+                   plan=plan, link=source, epochs=int(data.get("epochs") or 0) or 1,
                    pid=data.get("pid"), manifest=path)
 
 
@@ -585,7 +590,7 @@ class AprLauncher:
                               on_status=self.on_status)
         runner.conn = None  # the source owns the connection from here on
         return AprRunHandle(run_id=self.run_id, host=self.host.alias, run_dir=self.plan.run_dir,
-                            plan=self.plan, source=source, epochs=self.invocation.epochs,
+                            plan=self.plan, link=source, epochs=self.invocation.epochs,
                             pid=pid, manifest=path, attempts=self.attempts)
 
     def _write(self, runner: AprStageRunner, pid: int | None, *,

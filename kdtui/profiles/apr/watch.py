@@ -1,63 +1,127 @@
-"""Follow an apr run: its launch.log through any RunSource, turned into kdengine events.
+"""Follow an apr run: its launch.log, turned into the events.jsonl apr never writes.
 
-`AprRunFollower` has RunFollower's interface (poll, follow, offsets, rewind_partial), so the run
-screen and headless mode can follow an apr run as they follow a kdengine one; the events come
-from AprLogParser instead of events.jsonl. `follow_apr_to_verdict` is the headless watch: the log
-lines as they come, errors (panics, CUDA) called out, then the training-batch verdict.
+`AprEventsSource` wraps any RunSource (a local directory, SFTP with reconnect). It passes
+`launch.log` through and serves `events.jsonl` as a byte stream it writes itself: every complete
+log line goes through AprLogParser, every event it yields becomes one JSON line. So whatever
+follows kdengine runs (RunFollower, the run screen, headless watch) follows an apr run unchanged,
+by the same byte offsets. When the log has been quiet for `alive_every` seconds it asks
+`status()` whether apr still lives; if not, the run is ended from what the log showed
+(AprLogParser.finish), so a killed apr still gets its run_finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from kdengine.events import LOG, RUN_FINISHED
+from kdengine.events import EVENTS_FILE, LOG, LOG_FILE, RUN_FINISHED
 from kdtui.profiles.apr.parser import AprLogParser
-from kdtui.watch import RunFollower, RunSource, RunUpdate
+from kdtui.watch import READ_LIMIT, LineReader, RunFollower, RunSource
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 ALIVE_CHECK_EVERY = 5.0  # seconds without a new line before asking whether apr still lives
 
+StatusFn = Callable[[], Awaitable[dict[str, Any]]]
 
-class AprRunFollower:
-    """launch.log by byte offset -> RunUpdates whose events are parsed from the log lines."""
 
-    def __init__(self, source: RunSource, *, epochs: int | None = None) -> None:
-        self.source = source
-        # events.jsonl is followed too: apr writes none, so it stays empty
-        self._inner = RunFollower(source)
+class AprEventsSource:
+    """A RunSource whose events.jsonl is parsed from the wrapped source's launch.log."""
+
+    def __init__(self, inner: RunSource, *, epochs: int | None = None,
+                 status: StatusFn | None = None,
+                 alive_every: float = ALIVE_CHECK_EVERY) -> None:
+        self.inner = inner
+        self.label = inner.label
         self.parser = AprLogParser(epochs=epochs)
+        self.status = status
+        self.alive_every = alive_every
+        self._log = LineReader()  # our own pass over launch.log, apart from the follower's
+        self._events = bytearray()  # the synthesized events.jsonl: append-only, like a file
+        self._quiet_since: float | None = None
+        self._lock = asyncio.Lock()
 
-    @property
-    def offsets(self) -> tuple[int, int]:
-        return self._inner.offsets
+    async def read(self, name: str, offset: int, limit: int) -> bytes:
+        if name == EVENTS_FILE:
+            async with self._lock:
+                await self._pump()
+            return bytes(self._events[offset:offset + limit])
+        return await self.inner.read(name, offset, limit)
 
-    def rewind_partial(self) -> None:
-        self._inner.rewind_partial()
+    def _append(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self._events += (json.dumps(event, allow_nan=True, separators=(",", ":"))
+                             + "\n").encode()
 
-    async def poll(self) -> RunUpdate:
-        update = await self._inner.poll()
-        events = list(update.events)
-        for line in update.log_lines:
-            events += self.parser.feed(line)
-        if not update.log_lines:
-            events += self.parser.flush()  # a panic's block is complete once the log pauses
-        return RunUpdate(events, update.log_lines)
+    async def _pump(self) -> None:
+        lines = await self._read_lines()
+        if lines:
+            self._quiet_since = None
+            return
+        self._append(self.parser.flush())  # a panic's block is complete once the log pauses
+        if self.parser.finished is not None or self.status is None:
+            return
+        now = time.monotonic()
+        self._quiet_since = self._quiet_since or now
+        if now - self._quiet_since < self.alive_every:
+            return
+        self._quiet_since = now
+        state = await self.status()
+        if state.get("alive"):
+            return
+        await self._read_lines()  # what it wrote just before it went
+        if self.parser.finished is None:
+            code = state.get("exit_code")
+            why = (f"apr exited (code {code}) without its completion line" if code is not None
+                   else "apr is gone without an exit code (killed, or the host rebooted)")
+            self._append(self.parser.finish(code, why))
+
+    async def _read_lines(self) -> list[str]:
+        out: list[str] = []
+        while True:
+            chunk = await self.inner.read(LOG_FILE, self._log.offset + len(self._log._pending),
+                                          READ_LIMIT)
+            if not chunk:
+                return out
+            lines = self._log.feed(chunk)
+            for line in lines:
+                self._append(self.parser.feed(line))
+            out += lines
+            if len(chunk) < READ_LIMIT:
+                return out
 
     def finish(self, exit_code: int | None, why: str = "") -> list[dict[str, Any]]:
-        """apr is gone: end the run from what the log showed (see AprLogParser.finish)."""
-        return self.parser.finish(exit_code, why)
+        """End the run now (apr is known to be gone); the events also go into the stream."""
+        events = self.parser.finish(exit_code, why)
+        self._append(events)
+        return events
 
-    async def follow(self, interval: float = 0.2) -> AsyncIterator[RunUpdate]:
-        while True:
-            update = await self.poll()
-            if update:
-                yield update
-                continue
-            await asyncio.sleep(interval)
+
+class AprRunFollower(RunFollower):
+    """RunFollower over AprEventsSource: launch.log lines in, kdengine events out."""
+
+    def __init__(self, source: RunSource, *, epochs: int | None = None,
+                 status: StatusFn | None = None,
+                 alive_every: float = ALIVE_CHECK_EVERY) -> None:
+        self.apr = source if isinstance(source, AprEventsSource) else AprEventsSource(
+            source, epochs=epochs, status=status, alive_every=alive_every)
+        super().__init__(self.apr)
+
+    @property
+    def parser(self) -> AprLogParser:
+        return self.apr.parser
+
+    def finish(self, exit_code: int | None, why: str = "") -> list[dict[str, Any]]:
+        """apr is gone: end the run from what the log showed (see AprLogParser.finish). The
+        events are returned, and also delivered by the next poll's events.jsonl read, where the
+        reader's seq check drops them as already seen when they were returned here first."""
+        events = self.apr.finish(exit_code, why)
+        if events:
+            self.events.last_seq = max(self.events.last_seq, events[-1]["seq"])
+        return events
 
 
 @dataclass
@@ -84,50 +148,34 @@ def verdict_line(verdict: dict[str, Any] | None) -> str:
 async def follow_apr_to_verdict(handle: Any, *, out: TextIO,
                                 alive_every: float = ALIVE_CHECK_EVERY,
                                 interval: float = 0.3) -> AprWatchResult:
-    """Print the run's log lines until it ends, then the verdict; `handle` is an AprRunHandle
-    (or anything with `follower()` and an async `status()` giving alive and exit_code)."""
-    follower: AprRunFollower = handle.follower()
+    """Print the run's log lines until it ends, then the verdict. `handle` is an AprRunHandle
+    (anything with `follower(alive_every=...)` giving an AprRunFollower)."""
+    follower: AprRunFollower = handle.follower(alive_every=alive_every)
     events: list[dict[str, Any]] = []
     finished: dict[str, Any] | None = None
     printed = 0
-    last_news = time.monotonic()
-
-    def take(update_events: list[dict[str, Any]], lines: list[str]) -> None:
-        nonlocal finished, printed
-        printed += len(lines)
-        for line in lines:
+    while finished is None:
+        update = await follower.poll()
+        printed += len(update.log_lines)
+        for line in update.log_lines:
             print(line, file=out, flush=True)
-        for event in update_events:
+        for event in update.events:
             events.append(event)
             if event.get("type") == LOG and event.get("level") == "error":
                 print(f"ERROR [{event.get('kind')}] {event.get('message')}", file=out,
                       flush=True)
             if event.get("type") == RUN_FINISHED and finished is None:
                 finished = event
-
-    while finished is None:
-        update = await follower.poll()
-        take(update.events, update.log_lines)
-        if update:
-            last_news = time.monotonic()
-            continue
-        if time.monotonic() - last_news > alive_every:
-            last_news = time.monotonic()
-            state = await handle.status()
-            if not state.get("alive"):
-                update = await follower.poll()  # what it wrote just before it went
-                take(update.events, update.log_lines)
-                if finished is None:
-                    code = state.get("exit_code")
-                    why = (f"apr exited (code {code}) without its completion line" if
-                           code is not None else "apr is gone without an exit code (killed, "
-                           "or the host rebooted)")
-                    take(follower.finish(code, why), [])
-                    print(f"ERROR: {why}; see the log above", file=out, flush=True)
-                break
-        await asyncio.sleep(interval)
+                if event.get("status") != "completed" and event.get("error") and \
+                        event.get("exit_code") != 101:  # a panic was reported above
+                    print(f"ERROR: {event['error']}; see the log above", file=out, flush=True)
+        if not update:
+            await asyncio.sleep(interval)
     while (update := await follower.poll()):  # lines after the end (the output path, say)
-        take(update.events, update.log_lines)
+        printed += len(update.log_lines)
+        for line in update.log_lines:
+            print(line, file=out, flush=True)
+        events += update.events
 
     verdict = follower.parser.verdict
     print(verdict_line(verdict), file=out, flush=True)
