@@ -106,7 +106,7 @@ async def test_normal_apr_run_fills_the_chart_and_ends_completed(tmp_path, runs_
 
 async def test_panic_in_the_dashboard_is_an_error_line_and_fails_the_run(tmp_path, runs_dir):
     from kdtui.widgets.log_view import ERROR, LogView, classify
-    from kdtui.widgets.run_panels import StageTracker
+    from kdtui.widgets.run_panels import StageTracker, VerdictPanel
 
     assert run_standin(tmp_path / "panic", "panic") == 101
 
