@@ -23,13 +23,14 @@ from kdengine.config import (
     flag_of,
     load_config_file,
 )
+from kdtui.profiles import PROFILES
 from kdtui.profiles.apr.schema import AprSettings
 from kdtui.profiles.apr.watch import EXIT_ERROR
 
 
 def add_apr_arguments(parser: argparse.ArgumentParser) -> None:
     """The launch parser's profile choice and apr's settings (a hook for kdtui.cli)."""
-    parser.add_argument("--profile", choices=("kdengine", "apr"), default="kdengine",
+    parser.add_argument("--profile", choices=PROFILES, default="kdengine",
                         help="Engine to run: kdengine (default) or aprender's `apr distill` "
                              "on an SSH host (see docs/apr-profile.md)")
     parser.add_argument("--apr-settings", metavar="FILE",
