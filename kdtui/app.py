@@ -105,8 +105,8 @@ class KDApp(App):
         from kdtui.screens.run import RunScreen
 
         run_dir = find_run(self.runs_dir, ref)
-        self.push_screen(LaunchScreen())
         if run_dir is None:
+            self.push_screen(LaunchScreen())
             self.notify(f"no run {ref!r} (give a run id in {self.runs_dir}, a run directory, "
                         "or a dispatch.json)", severity="error", timeout=10)
             return
