@@ -8,6 +8,7 @@ on the field it names. The last values are remembered per host in the user's con
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -387,8 +388,6 @@ class LaunchScreen(Screen):
 
         runs_dir = self.app.runs_dir  # type: ignore[attr-defined]
         if host == LOCAL:
-            import asyncio
-
             from kdtui.launch.local import LocalLauncher
 
             launcher = LocalLauncher(config, runs_dir)
@@ -406,31 +405,31 @@ class LaunchScreen(Screen):
             self.app.push_screen(RunScreen(launcher=launcher,
                                            title=f"{launcher.config.run_name} on local"))
             return
-        launcher = remote_launcher(config, host, fallback, dry_run, runs_dir)
+        try:
+            # building the engine wheel for the host can take seconds: off the UI thread
+            launcher = await asyncio.to_thread(remote_launcher, config, host, fallback)
+        except Exception as exc:  # a bad hosts entry, no wheel: say so, keep the form
+            self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
+                        timeout=10)
+            return
         if launcher is None:
-            self.notify(f"Remote launch is not available yet in this build: choose host "
-                        f"'local' (or use `kdtui launch --headless --host {host}`)",
+            self.notify(f"Remote launch is not available in this build: choose host 'local' "
+                        f"(or use `kdtui launch --headless --host {host}`)",
                         title="Remote launch", severity="warning", timeout=8)
             return
-        if dry_run and hasattr(launcher, "plan"):
+        if dry_run:
             from kdtui.screens.dialogs import PlanScreen
 
-            plan = launcher.plan()
-            if hasattr(plan, "__await__"):
-                plan = await plan
-            self.app.push_screen(PlanScreen([str(line) for line in plan]))
+            self.app.push_screen(PlanScreen([str(line) for line in launcher.dry_run()]))
             return
-        self.app.push_screen(RunScreen(launcher=launcher, title=f"{config.run_name} on {host}"))
+        self.app.push_screen(RunScreen(launcher=launcher,
+                                       title=f"{launcher.run_id} on {host}"))
 
 
-def remote_launcher(config: RunConfig, host: str, fallback: str, dry_run: bool,
-                    runs_dir: Path) -> Any | None:
-    """The remote engineer's launcher for `host`, or None while kdtui.launch.remote is missing."""
+def remote_launcher(config: RunConfig, host: str, fallback: str) -> Any | None:
+    """kdtui.launch.remote's launcher for `host` (and the fallback), or None without it."""
     try:
-        from kdtui.launch import remote
+        from kdtui.launch.remote import RemoteLauncher
     except ImportError:
         return None
-    factory = getattr(remote, "RemoteLauncher", None)
-    if factory is None:
-        return None
-    return factory(config, host=host, fallback_host=fallback or None, dry_run=dry_run)
+    return RemoteLauncher(config, host, fallback or None)

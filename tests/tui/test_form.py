@@ -133,3 +133,19 @@ async def test_hosts_come_from_ssh_config_without_wildcards(runs_dir):
     async with app.run_test(size=(140, 48)) as pilot:
         await pilot.pause()
         assert app.screen.hosts == ["local", "gpu-box"]
+
+
+async def test_remote_host_dry_run_shows_the_remote_plan(runs_dir, wait_for):
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(140, 48)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 10)
+        screen = app.screen
+        await pilot.press("f2")
+        screen.query_one("#host", Select).value = "gpu-box"
+        screen.query_one("#field-run_name", Input).value = "remote-dry"
+        screen.query_one("#dry_run", Switch).value = True
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), 120)
+        plan = "\n".join(app.screen.lines)
+        assert "gpu-box" in plan and "remote-dry" in plan
+        assert not (runs_dir / "remote-dry").exists()
