@@ -46,13 +46,32 @@ class KDLossSpec:
         return cls(config.temperature, config.alpha, config.loss, config.jsd_beta)
 
 
-@dataclass
 class LossParts:
-    """The batch-mean loss and its two terms (ce and kd are the unweighted means)."""
+    """The batch-mean loss and its two terms (ce and kd are the unweighted means, floats).
 
-    loss: torch.Tensor
-    ce: float
-    kd: float
+    ce and kd may be given as 0-dim device tensors: they become floats when first read, so a
+    training step can queue its backward before it waits for the GPU."""
+
+    __slots__ = ("loss", "_ce", "_kd")
+
+    def __init__(self, loss: torch.Tensor, ce: float | torch.Tensor,
+                 kd: float | torch.Tensor) -> None:
+        self.loss, self._ce, self._kd = loss, ce, kd
+
+    @property
+    def ce(self) -> float:
+        if isinstance(self._ce, torch.Tensor):
+            self._ce = float(self._ce)
+        return self._ce
+
+    @property
+    def kd(self) -> float:
+        if isinstance(self._kd, torch.Tensor):
+            self._kd = float(self._kd)
+        return self._kd
+
+    def __repr__(self) -> str:
+        return f"LossParts(loss={self.loss!r}, ce={self.ce}, kd={self.kd})"
 
 
 def align_teacher_vocab(teacher_logits: torch.Tensor, student_vocab: int) -> torch.Tensor:
@@ -413,4 +432,4 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
         else:
             loss, ce, kd, _, _ = _fused_chunks(h, student_head, th, tw, flat, spec, chunk_tokens,
                                                cd, compile_math, normalizer, False, False)
-    return LossParts(loss, float(ce), float(kd))
+    return LossParts(loss, ce.detach(), kd.detach())  # floats on first read: no sync here

@@ -219,16 +219,20 @@ class KDTrainer:
         # and would sit beside the activations at the step's memory peak
         self.optimizer.zero_grad(set_to_none=True)
         parts = self._loss(input_ids, labels)
+        # Backward and clipping are queued before the host waits for the loss value, so the GPU
+        # never idles between forward and backward; a non-finite loss still stops the run
+        # before the update is applied.
+        parts.loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm_t = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         loss = parts.loss.item()
         if not math.isfinite(loss):
             raise LossNotFinite(f"loss is {loss} at step {self.step} "
                                 f"(ce={parts.ce}, kd={parts.kd}); the update was not applied")
-        parts.loss.backward()
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
+        grad_norm = float(grad_norm_t)  # read after the update is queued
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
