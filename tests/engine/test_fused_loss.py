@@ -9,6 +9,8 @@ same checks run on the GPU inside benchmarks/kd_throughput.py.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -180,3 +182,29 @@ def test_explicit_normalizer_divides_the_sums_instead_of_the_local_count() -> No
     parts.loss.backward()
     assert rel(parts.loss, local.loss / 2) < 1e-6
     assert rel(hh.grad, gh_local / 2) < 1e-6 and rel(ww.grad, gw_local / 2) < 1e-6
+
+
+def test_loss_terms_read_as_floats() -> None:
+    h, w, th, tw, labels = make_case(12)
+    parts, _, _ = fused(h, w, th, tw, labels, KDLossSpec(2.0, 0.3, "jsd"), chunk=16)
+    assert isinstance(parts.ce, float) and isinstance(parts.kd, float)
+    assert parts.ce > 0 and parts.kd > 0
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_chunk_math_is_the_same_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path the GPU takes (torch.compile of the chunk math, dynamic row count, gradient
+    written into the logit block), here through Inductor's CPU backend."""
+    from kdengine import losses
+
+    monkeypatch.setattr(losses, "GRAD_INTO_LOGITS", True)
+    h, w, th, tw, labels = make_case(13)
+    spec = KDLossSpec(2.0, 0.3, "jsd", beta=0.3)
+    ref_loss, ref_gh, ref_gw = reference(h, w, th, tw, labels, spec)
+    hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    parts = fused_kd_loss(hh, ww, th, tw, labels, spec, 16, compile_math=True)
+    parts.loss.backward()
+    assert losses._COMPILED_MATH.get("broken") is None
+    assert rel(parts.loss, ref_loss) < 1e-5
+    assert rel(hh.grad, ref_gh) < 1e-5 and rel(ww.grad, ref_gw) < 1e-5
