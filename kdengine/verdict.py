@@ -2,8 +2,12 @@
 
 Pass: the held-out validation loss at the end is below the one at step 0. Fail: it is not.
 Inconclusive, with the reason: an eval is missing, the run crashed or was cancelled, or a loss was
-NaN/inf. The engine writes it as its last-but-one event; `kdengine verdict RUN_DIR` and the
+NaN/inf. kdengine writes it as its last-but-one event; `kdengine verdict RUN_DIR` and the
 dashboard recompute it from the same events, so all three always agree. Imports no torch.
+
+An engine without held-out evaluation (aprender's `apr distill`, through its profile) writes its
+own verdict from training-batch losses, marked `loss_kind: "train_batch"`; in a stream with no
+eval events that verdict stands, labelled as what its losses are.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from kdengine import events as ev
 
 VERDICT_ID = "F-DISTILL-SMOKE-001"
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+VAL_LOSS, TRAIN_BATCH = "val", "train_batch"  # what the verdict's two losses are
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
 
 
@@ -24,29 +29,54 @@ EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
 class Verdict:
     status: str
     reason: str
-    initial_val_loss: float | None = None
-    final_val_loss: float | None = None
+    initial_loss: float | None = None  # at step 0
+    final_loss: float | None = None  # at final_step
     final_step: int | None = None
     id: str = VERDICT_ID
+    loss_kind: str = VAL_LOSS  # TRAIN_BATCH: the two losses are training-batch losses
+
+    @property
+    def loss_label(self) -> str:
+        return "val loss" if self.loss_kind == VAL_LOSS else "train-batch loss"
+
+    @property
+    def initial_val_loss(self) -> float | None:
+        return self.initial_loss if self.loss_kind == VAL_LOSS else None
+
+    @property
+    def final_val_loss(self) -> float | None:
+        return self.final_loss if self.loss_kind == VAL_LOSS else None
 
     @property
     def delta(self) -> float | None:
-        if self.initial_val_loss is None or self.final_val_loss is None:
+        if self.initial_loss is None or self.final_loss is None:
             return None
-        return self.final_val_loss - self.initial_val_loss
+        return self.final_loss - self.initial_loss
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.status]
 
     def to_event(self) -> dict[str, Any]:
-        return {**asdict(self), "delta": self.delta}
+        """The `verdict` event's payload (docs/events.md): val-loss keys for held-out losses."""
+        out = asdict(self)
+        if self.loss_kind == VAL_LOSS:
+            out["initial_val_loss"] = out.pop("initial_loss")
+            out["final_val_loss"] = out.pop("final_loss")
+        return {**out, "delta": self.delta}
+
+    @classmethod
+    def from_train_batch_event(cls, event: dict[str, Any]) -> Verdict:
+        return cls(event.get("status", INCONCLUSIVE), event.get("reason", ""),
+                   initial_loss=event.get("initial_loss"), final_loss=event.get("final_loss"),
+                   final_step=event.get("final_step"),
+                   loss_kind=TRAIN_BATCH)
 
     def summary(self) -> str:
         head = f"{self.id} {self.status.upper()}"
-        if self.initial_val_loss is not None and self.final_val_loss is not None:
-            head += (f": val loss {self.initial_val_loss:.4f} (step 0) -> "
-                     f"{self.final_val_loss:.4f} (step {self.final_step}), "
+        if self.initial_loss is not None and self.final_loss is not None:
+            head += (f": {self.loss_label} {self.initial_loss:.4f} (step 0) -> "
+                     f"{self.final_loss:.4f} (step {self.final_step}), "
                      f"delta {self.delta:+.4f}")
         return f"{head}. {self.reason}"
 
@@ -60,6 +90,7 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     finished: dict[str, Any] | None = None
     bad_loss: dict[str, Any] | None = None
     last_step = 0
+    engine_verdict: dict[str, Any] | None = None
     for event in events:
         kind = event.get("type")
         if kind == ev.STEP:
@@ -72,6 +103,11 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
                 bad_loss = event
         elif kind == ev.RUN_FINISHED:
             finished = event
+        elif kind == ev.VERDICT and event.get("loss_kind") == TRAIN_BATCH:
+            engine_verdict = event
+
+    if engine_verdict is not None and not evals:
+        return Verdict.from_train_batch_event(engine_verdict)
 
     initial = next((e for e in evals if e.get("step") == 0), None)
     later = [e for e in evals if e.get("step", 0) > 0]
@@ -79,8 +115,8 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     init_loss = initial.get("val_loss") if initial else None
     final_loss = final.get("val_loss") if final else None
     known = dict(
-        initial_val_loss=init_loss if _finite(init_loss) else None,
-        final_val_loss=final_loss if _finite(final_loss) else None,
+        initial_loss=init_loss if _finite(init_loss) else None,
+        final_loss=final_loss if _finite(final_loss) else None,
         final_step=final.get("step") if final else None,
     )
 

@@ -65,6 +65,8 @@ class RunState:
         elif kind == "run_finished":
             self.finished = event
             self.kept.append(event)
+        elif kind == "verdict" and event.get("loss_kind") == "train_batch":
+            self.kept.append(event)  # an engine without held-out eval gives its own verdict
         elif kind == "run_started":
             self.run_started = event
 

@@ -236,8 +236,8 @@ class VerdictPanel(Static):
         delta = verdict.delta
         self.update(Text.assemble(
             (verdict.status.upper(), "bold"), "\n",
-            ("step-0 val loss  ", "dim"), num(verdict.initial_val_loss), "\n",
-            ("final val loss   ", "dim"), num(verdict.final_val_loss),
+            (f"{'step-0 ' + verdict.loss_label:<17}", "dim"), num(verdict.initial_loss), "\n",
+            (f"{'final ' + verdict.loss_label:<17}", "dim"), num(verdict.final_loss),
             (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),
             "\n", ("delta            ", "dim"), f"{delta:+.4f}" if delta is not None else "–",
             "\n", verdict.reason,

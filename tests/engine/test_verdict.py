@@ -66,3 +66,22 @@ def test_verdict_command_on_a_dir_without_events_is_a_usage_error(tmp_path, engi
     out = subprocess.run([*engine_cmd, "verdict", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "not a kdengine run dir" in out.stderr
+
+
+def test_an_engine_verdict_from_training_batch_losses_stands_and_says_so() -> None:
+    # apr distill has no held-out eval: its profile writes a verdict marked train_batch
+    engine = ev("verdict", id="F-DISTILL-SMOKE-001", loss_kind="train_batch", status="pass",
+                initial_loss=9.1, final_loss=7.5, final_step=20,
+                reason="the training-batch loss went down; not a held-out validation loss")
+    v = verdict_from_events([ev("step", step=20, loss=7.5), engine, DONE])
+    assert (v.status, v.loss_kind, v.initial_loss, v.final_loss) == ("pass", "train_batch",
+                                                                     9.1, 7.5)
+    assert v.initial_val_loss is None and "train-batch loss 9.1000" in v.summary()
+
+
+def test_held_out_evals_outrank_an_engine_verdict() -> None:
+    engine = ev("verdict", loss_kind="train_batch", status="pass", initial_loss=9.0,
+                final_loss=1.0)
+    v = verdict_from_events([ev("eval", step=0, val_loss=5.0), ev("eval", step=9, val_loss=6.0),
+                             engine, DONE])
+    assert v.status == "fail" and v.loss_kind == "val"

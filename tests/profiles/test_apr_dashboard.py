@@ -91,9 +91,10 @@ async def open_run(app_runs_dir: Path, handle: LocalAprHandle, check) -> Any:
         return check(screen)
 
 
-async def test_normal_apr_run_fills_the_chart_and_ends_completed(tmp_path, runs_dir):
+async def test_normal_apr_run_fills_the_chart_and_passes_on_training_batch_losses(tmp_path,
+                                                                                   runs_dir):
     from kdtui.widgets.loss_chart import LossChart
-    from kdtui.widgets.run_panels import StageTracker
+    from kdtui.widgets.run_panels import StageTracker, VerdictPanel
 
     assert run_standin(tmp_path / "ok", "normal") == 0
 
@@ -101,6 +102,10 @@ async def test_normal_apr_run_fills_the_chart_and_ends_completed(tmp_path, runs_
         assert screen.query_one(LossChart).point_count == 8
         assert screen.state.finished["status"] == "completed"
         assert screen.query_one(StageTracker).rows["train"].state == "done"
+        panel = screen.query_one(VerdictPanel)
+        assert panel.status == "pass"
+        assert panel.verdict.loss_kind == "train_batch"
+        assert "train-batch loss" in str(panel.render())
     await open_run(runs_dir, LocalAprHandle(tmp_path / "ok"), check)
 
 
