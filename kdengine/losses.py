@@ -258,7 +258,49 @@ def _math_fn(name: str):
     return fn
 
 
+# The hand-written Triton kernels (kdengine.kd_kernels) for forward/reverse KL on CUDA:
+# KDENGINE_KD_KERNEL=0 sends those kinds to the torch.compile'd math instead.
+KD_KERNEL = os.environ.get("KDENGINE_KD_KERNEL", "1") != "0"
+_KD_KERNELS: dict[str, object] = {}
+
+
+def _kd_kernels(s: torch.Tensor):
+    """kdengine.kd_kernels if the chunk can use it here (CUDA, Triton importable, not broken;
+    the CPU only under the Triton interpreter, for tests), else None."""
+    if not KD_KERNEL or "broken" in _KD_KERNELS:
+        return None
+    if s.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    if "module" not in _KD_KERNELS:
+        try:
+            from kdengine import kd_kernels
+        except Exception as exc:  # noqa: BLE001 - no Triton: the compiled math does the work
+            _KD_KERNELS["broken"] = f"import: {exc!r}"
+            return None
+        _KD_KERNELS["module"] = kd_kernels
+    return _KD_KERNELS["module"]
+
+
+def kd_kernel_status() -> str:
+    """What ran the forward/reverse-KL chunk math in this process (for benchmarks and logs)."""
+    if "broken" in _KD_KERNELS:
+        return f"compiled math (Triton kernel unavailable: {_KD_KERNELS['broken']})"
+    return "triton kernels" if _KD_KERNELS.get("used") else "compiled math"
+
+
 def _run_math(s, t, labels, inv_n, spec, want_grad, grad_dtype, compile_math):
+    kernels = _kd_kernels(s) if compile_math else None
+    if kernels is not None and kernels.supported(s, t, spec.kind) and s.dtype != torch.float64:
+        into = GRAD_INTO_LOGITS and want_grad and s.dtype == grad_dtype
+        try:
+            out = kernels.kd_chunk(s, t, labels, inv_n, spec.temperature, spec.alpha, spec.kind,
+                                   want_grad, grad_dtype, out=s if into else None)
+            _KD_KERNELS["used"] = True
+            return out
+        except Exception as exc:  # noqa: BLE001 - a kernel failure costs speed, never the run
+            _KD_KERNELS["broken"] = repr(exc)[:500]
+            warnings.warn(f"the Triton KD kernel failed, using the compiled math: {exc!r}",
+                          RuntimeWarning, stacklevel=2)
     if compile_math and _COMPILED_MATH.get("broken") is None:
         # The row count varies (last chunk, other batch sizes): one graph for any row count
         # instead of a recompile per shape.
