@@ -99,19 +99,23 @@ class KDApp(App):
             self.push_screen(LaunchScreen(self.prefill))
 
     def _open_watch(self, ref: str) -> None:
-        from kdtui.launch.local import LocalRunHandle
-        from kdtui.runs import find_run
+        from kdtui.launch.reattach import describe, reattach
         from kdtui.screens.launch import LaunchScreen
         from kdtui.screens.run import RunScreen
 
-        run_dir = find_run(self.runs_dir, ref)
-        if run_dir is None:
+        try:
+            handle = reattach(ref, Path(self.runs_dir))
+        except Exception as exc:  # a manifest whose run never started, a host no longer known
+            handle = None
+            why = str(exc)
+        else:
+            why = (f"no run {ref!r} (give a run id in {self.runs_dir} or the evidence dir, a "
+                   "run directory, or a dispatch.json)")
+        if handle is None:
             self.push_screen(LaunchScreen())
-            self.notify(f"no run {ref!r} (give a run id in {self.runs_dir}, a run directory, "
-                        "or a dispatch.json)", severity="error", timeout=10)
+            self.notify(why, severity="error", timeout=10)
             return
-        handle = LocalRunHandle.attach(run_dir)
-        self.push_screen(RunScreen(handle=handle, title=f"{handle.run_id} on local"))
+        self.push_screen(RunScreen(handle=handle, title=describe(handle)))
 
     def _remember_theme(self, theme: Theme) -> None:
         if self.settings.theme != theme.name:

@@ -1,8 +1,12 @@
-"""The runs list: past and running runs in the runs dir; open one to see (or reattach to) it."""
+"""The runs list: local runs from the runs dir and remote dispatches from the evidence dir, past
+and running; open one to see it, or to reattach to it while it runs."""
 
 from __future__ import annotations
 
+import calendar
 import time
+from pathlib import Path
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -17,7 +21,7 @@ REFRESH_S = 2.0
 
 
 class RunsScreen(Screen):
-    """Every run under the runs dir, newest first; Enter opens it (live ones are followed)."""
+    """Every local run and remote dispatch, newest first; Enter opens it (live ones followed)."""
 
     BINDINGS = [
         Binding("enter", "open", "Open", id="runs.open"),
@@ -28,7 +32,7 @@ class RunsScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.runs: list[RunInfo] = []
+        self.runs: list[RunInfo | dict[str, Any]] = []  # a local run, or a remote manifest
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -39,26 +43,27 @@ class RunsScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = "runs"
         table = self.query_one(DataTable)
-        table.add_columns("run", "status", "verdict", "step", "started", "updated")
+        table.add_columns("run", "host", "status", "verdict", "step", "started", "updated")
         self.query_one("#runs-where", Static).update(f"runs in {self.app.runs_dir}")  # type: ignore
         self.action_refresh()
         self.set_interval(REFRESH_S, self.action_refresh)
         table.focus()
 
     def action_refresh(self) -> None:
-        runs = list_runs(self.app.runs_dir)  # type: ignore[attr-defined]
+        from kdtui.remote.manifest import list_manifests
+
+        runs: list[RunInfo | dict[str, Any]] = [*list_runs(self.app.runs_dir),  # type: ignore
+                                                 *list_manifests()]
+        runs.sort(key=_newest_first)
         table = self.query_one(DataTable)
         keep = table.cursor_row
         table.clear()
         now = time.time()
-        for info in runs:
-            step = f"{info.step:,}" if info.step is not None else "–"
-            if info.total_steps:
-                step += f" / {info.total_steps:,}"
-            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) \
-                if info.started else "–"
-            table.add_row(info.run_id, info.status, (info.verdict or "–").upper(), step, started,
-                          format_seconds(now - info.updated) + " ago", key=str(info.run_dir))
+        for run in runs:
+            if isinstance(run, RunInfo):
+                table.add_row(*_local_row(run, now), key=str(run.run_dir))
+            else:
+                table.add_row(*_remote_row(run, now), key=run["_path"])
         self.runs = runs
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
@@ -77,13 +82,22 @@ class RunsScreen(Screen):
         if not 0 <= row < len(self.runs):
             return
         from kdtui.launch.local import LocalRunHandle
+        from kdtui.launch.reattach import describe, manifest_handle
         from kdtui.screens.run import RunScreen
 
-        info = self.runs[row]
-        handle = LocalRunHandle.attach(info.run_dir)
-        handle.run_id = info.run_id
-        state = "reattached (running)" if info.is_running else info.status
-        self.app.push_screen(RunScreen(handle=handle, title=f"{info.run_id} on local · {state}"))
+        run = self.runs[row]
+        if isinstance(run, RunInfo):
+            handle: Any = LocalRunHandle.attach(run.run_dir)
+            handle.run_id = run.run_id
+            state = "reattached (running)" if run.is_running else run.status
+        else:
+            try:
+                handle = manifest_handle(Path(run["_path"]))
+            except Exception as exc:  # never launched, or its host is gone from the hosts
+                self.app.notify(str(exc), severity="error", timeout=10)
+                return
+            state = _remote_status(run)
+        self.app.push_screen(RunScreen(handle=handle, title=f"{describe(handle)} · {state}"))
 
     def action_new(self) -> None:
         from kdtui.screens.launch import LaunchScreen
@@ -95,3 +109,36 @@ class RunsScreen(Screen):
 
     def action_back(self) -> None:
         self.action_new()
+
+
+def _newest_first(run: RunInfo | dict[str, Any]) -> float:
+    if isinstance(run, RunInfo):
+        return -(run.started or run.updated)
+    when = run.get("dispatched_at") or ""
+    try:
+        return -calendar.timegm(time.strptime(when[:19], "%Y-%m-%dT%H:%M:%S"))  # UTC
+    except ValueError:
+        return 0.0
+
+
+def _local_row(info: RunInfo, now: float) -> tuple[str, ...]:
+    step = f"{info.step:,}" if info.step is not None else "–"
+    if info.total_steps:
+        step += f" / {info.total_steps:,}"
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) \
+        if info.started else "–"
+    return (info.run_id, "local", info.status, (info.verdict or "–").upper(), step, started,
+            format_seconds(now - info.updated) + " ago")
+
+
+def _remote_status(manifest: dict[str, Any]) -> str:
+    if not manifest.get("launched"):
+        return "dispatch failed"
+    return (manifest.get("run_finished") or {}).get("status") or "dispatched"
+
+
+def _remote_row(manifest: dict[str, Any], now: float) -> tuple[str, ...]:
+    verdict = (manifest.get("verdict") or {}).get("status") or "–"
+    when = (manifest.get("dispatched_at") or "–")[:16].replace("T", " ")
+    return (str(manifest.get("run_id", "?")), str(manifest.get("host", "?")),
+            _remote_status(manifest), verdict.upper(), "–", when + " UTC", "–")

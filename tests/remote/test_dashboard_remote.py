@@ -1,0 +1,56 @@
+"""A remote run in the dashboard: dispatched over real SSH and detached, then found in the runs
+list beside local runs and reopened, its events followed over SSH to the verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from kdtui.cli import main as kdtui_main
+
+pytestmark = pytest.mark.ssh
+
+FLAGS = dict(steps=20, batch_size=4, seq_len=32, lr=3e-3, eval_every=10, eval_batches=2,
+             log_every=1, checkpoint_every=10, temperature=2.0)
+
+
+async def wait_for(pilot, condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.2)
+
+
+async def test_a_detached_remote_run_reopens_from_the_runs_list_to_its_verdict(
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch) -> None:
+    from textual.widgets import DataTable
+
+    from kdtui.app import KDApp
+    from kdtui.screens.run import RunScreen
+    from kdtui.screens.runs import RunsScreen
+    from kdtui.widgets.run_panels import VerdictPanel
+
+    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
+    flags = [x for k, v in FLAGS.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    argv = ["launch", "--headless", "--detach", "--host", "kdtest", "--run-name", "tui-remote-1",
+            "--teacher", tiny_run_inputs["teacher"], "--student", tiny_run_inputs["student"],
+            "--data", tiny_run_inputs["data"], *flags]
+    code = await asyncio.to_thread(kdtui_main, argv)  # headless runs its own event loop
+    assert code == 0
+
+    app = KDApp(runs_dir=tmp_path / "local-runs")
+    async with app.run_test(size=(150, 44)) as pilot:
+        app.push_screen(RunsScreen())
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.runs, 10)
+        table = app.screen.query_one(DataTable)
+        row = [str(cell) for cell in table.get_row_at(0)]
+        assert row[:2] == ["tui-remote-1", "kdtest"]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.query_one(VerdictPanel).status != "pending", 120)
+        panel = screen.query_one(VerdictPanel)
+        assert panel.status == "pass", panel.verdict
+        assert "tui-remote-1 on kdtest" in screen.sub_title
