@@ -52,7 +52,8 @@ def load_themes() -> dict[str, Theme]:
 
 
 class KDApp(App):
-    """The dashboard. `command`: None/'launch' opens the form, 'watch' opens one run."""
+    """The dashboard. `command`: None opens the form, 'launch' opens it and starts the run,
+    'watch' opens one run."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "kdtui"
@@ -96,7 +97,8 @@ class KDApp(App):
         else:
             from kdtui.screens.launch import LaunchScreen
 
-            self.push_screen(LaunchScreen(self.prefill))
+            # `kdtui launch ...` starts the run at once (errors stay inline in the form)
+            self.push_screen(LaunchScreen(self.prefill, autostart=self.command == "launch"))
 
     def _open_watch(self, ref: str) -> None:
         from kdtui.launch.reattach import describe, reattach

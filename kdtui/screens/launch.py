@@ -143,9 +143,12 @@ class LaunchScreen(Screen):
         Binding("f3", "runs", "Runs", id="launch.runs", tooltip="Past and running runs"),
     ]
 
-    def __init__(self, prefill: dict[str, Any] | None = None) -> None:
+    def __init__(self, prefill: dict[str, Any] | None = None, *, autostart: bool = False) -> None:
+        """prefill: values to show; autostart: start as soon as the form is filled
+        (`kdtui launch ...`), leaving it open with the errors inline if it is not valid."""
         super().__init__()
         self.prefill = prefill or {}
+        self._autostart = autostart
         self._loading = False
         self._pending: dict[str, Any] = {}  # values for rows not mounted yet (Lazy)
 
@@ -214,6 +217,7 @@ class LaunchScreen(Screen):
         self._load_values(values)
         # focus after the first frame: a focus change restyles the whole form
         self.call_after_refresh(self.query_one("#field-teacher", Input).focus)
+        self._maybe_autostart()
 
     # -- values in and out ------------------------------------------------------------------
     def _set_host(self, host: str) -> None:
@@ -230,6 +234,12 @@ class LaunchScreen(Screen):
         if name in self._pending:
             self._apply_value(name, self._pending.pop(name))
         self._validate_quietly(name)
+        self._maybe_autostart()
+
+    def _maybe_autostart(self) -> None:
+        if self._autostart and self.form_ready and self.is_mounted:
+            self._autostart = False
+            self.call_after_refresh(self.action_start)
 
     def _load_values(self, values: dict[str, Any]) -> None:
         """Put remembered or preset values into the widgets (text as typed), then validate."""
@@ -412,11 +422,6 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
-        if launcher is None:
-            self.notify(f"Remote launch is not available in this build: choose host 'local' "
-                        f"(or use `kdtui launch --headless --host {host}`)",
-                        title="Remote launch", severity="warning", timeout=8)
-            return
         if dry_run:
             from kdtui.screens.dialogs import PlanScreen
 
@@ -426,10 +431,9 @@ class LaunchScreen(Screen):
                                        title=f"{launcher.run_id} on {host}"))
 
 
-def remote_launcher(config: RunConfig, host: str, fallback: str) -> Any | None:
-    """kdtui.launch.remote's launcher for `host` (and the fallback), or None without it."""
-    try:
-        from kdtui.launch.remote import RemoteLauncher
-    except ImportError:
-        return None
+def remote_launcher(config: RunConfig, host: str, fallback: str) -> Any:
+    """The SSH launcher for `host` (and the fallback); imported here, on first use, so the
+    form opens without loading asyncssh."""
+    from kdtui.launch.remote import RemoteLauncher
+
     return RemoteLauncher(config, host, fallback or None)
