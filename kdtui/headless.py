@@ -227,7 +227,6 @@ async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: Te
 async def _launch_remote(config: RunConfig, host: str, fallback: str | None, detach: bool,
                          out: TextIO) -> int:
     from kdtui.launch.remote import DispatchError, RemoteLauncher
-    from kdtui.remote.connect import RemoteError
 
     def status(text: str) -> None:
         print(f"[watch] {text}", file=out, flush=True)
@@ -241,6 +240,15 @@ async def _launch_remote(config: RunConfig, host: str, fallback: str | None, det
         print(f"ERROR: dispatch failed: {summary}; evidence in {launcher.manifest_path}",
               file=out, flush=True)
         return EXIT_ERROR
+    return await after_dispatch(handle, out, detach, lambda: _watch_remote_handle(handle, out))
+
+
+async def after_dispatch(handle: Any, out: TextIO, detach: bool,
+                         watch: Callable[[], Awaitable[int]]) -> int:
+    """Say where a dispatched run is, then detach or watch it to its verdict; the handle's
+    connection is closed either way. Shared by every remote engine profile."""
+    from kdtui.remote.connect import RemoteError
+
     try:
         print(f"run {handle.run_id} on {handle.host}: {handle.run_dir} (pid {handle.pid}); "
               f"manifest {handle.manifest}", file=out, flush=True)
@@ -248,7 +256,7 @@ async def _launch_remote(config: RunConfig, host: str, fallback: str | None, det
             print(f"detached: the run goes on; follow it with: {handle.reattach_hint()}",
                   file=out, flush=True)
             return EXIT_PASS
-        return await _watch_remote_handle(handle, out)
+        return await watch()
     except RemoteError as exc:
         print(f"ERROR: {exc}", file=out, flush=True)
         return EXIT_ERROR

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TextIO
 
 from kdengine.config import RunConfig
+from kdtui.headless import after_dispatch
 from kdtui.profiles.apr.dispatch import AprDispatchError, AprLauncher, AprRunHandle
 from kdtui.profiles.apr.schema import AprSettings
-from kdtui.profiles.apr.watch import ALIVE_CHECK_EVERY, EXIT_ERROR, EXIT_PASS, follow_apr_to_verdict
+from kdtui.profiles.apr.watch import ALIVE_CHECK_EVERY, EXIT_ERROR, follow_apr_to_verdict
 from kdtui.remote.connect import RemoteError
 from kdtui.remote.manifest import record_verdict
 
@@ -34,19 +35,8 @@ async def launch_apr(config: RunConfig, host: str, settings: AprSettings | None 
         print(f"ERROR: dispatch failed: {exc}", file=out, flush=True)
         print(f"manifest: {launcher.manifest_path}", file=out, flush=True)
         return EXIT_ERROR
-    try:
-        print(f"run {handle.run_id} on {handle.host}: {handle.run_dir} (pid {handle.pid}); "
-              f"manifest {handle.manifest}", file=out, flush=True)
-        if detach:
-            print(f"detached: the run goes on; follow it with: {handle.reattach_hint()}",
-                  file=out, flush=True)
-            return EXIT_PASS
-        return await watch_apr_handle(handle, out=out, alive_every=alive_every)
-    except RemoteError as exc:
-        print(f"ERROR: {exc}", file=out, flush=True)
-        return EXIT_ERROR
-    finally:
-        await handle.close()
+    return await after_dispatch(
+        handle, out, detach, lambda: watch_apr_handle(handle, out=out, alive_every=alive_every))
 
 
 async def watch_apr_handle(handle: AprRunHandle, *, out: TextIO,
