@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kdengine.config import RunConfig  # noqa: E402
 from kdengine.data import TokenSplits  # noqa: E402
-from kdengine.distributed import from_env  # noqa: E402
+from kdengine.distributed import PARAM_GATHERS, Dist, from_env  # noqa: E402
 from kdengine.models import Decoder, DecoderConfig  # noqa: E402
 from kdengine.providers import ModelStudent, ModelTeacher  # noqa: E402
 from kdengine.trainer import KDTrainer  # noqa: E402
@@ -76,7 +76,9 @@ def make_trainer(args: argparse.Namespace, dist, device: torch.device, batch: in
     teacher = ModelTeacher(build(TINY_TEACHER if tiny else TEACHER, device, compute, 1))
     placed = dist.place_teacher(teacher, device, args.teacher)
     dist.reshard_student = {"auto": None, "yes": True, "no": False}[args.reshard]
-    dist.mixed_precision = not args.no_mp
+    dist.param_gather = args.param_gather
+    dist.prefetch_student = not args.no_prefetch
+    dist.local_optim = not args.dtensor_optim
     student = dist.shard_student(
         ModelStudent(build(TINY_STUDENT if tiny else STUDENT, device, torch.float32, 2).train()))
     vocab = teacher.vocab_size
@@ -119,12 +121,23 @@ def run_bench(args: argparse.Namespace) -> dict:
                                       for _ in range(args.check_steps)]
             log.close()
             del trainer
+            # forget the check's shapes: the timed run compiles for its own batch, as a run
+            # that never saw another would (no dynamic-shape graphs in one run and not the other)
+            torch._dynamo.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if dist.enabled and args.comm_probe:
+            result["comm"] = comm_probe(device)
         batch = args.per_rank_batch * world
         total = args.warmup + args.steps
         trainer, placed, log = make_trainer(args, dist, device, batch, total, run_dir / "speed")
         result["teacher_placed"] = placed
+        result["engine"] = {"fused_update": trainer._fused_update, "compile": trainer.compile,
+                            "compile_options": repr(getattr(trainer, "compile_options", None)),
+                            "param_gather": dist.param_gather if dist.enabled else None,
+                            "prefetch": dist.prefetch_student if dist.enabled else None,
+                            "local_optim": dist.local_optim if dist.enabled else None,
+                            "optimizer": type(trainer.optimizer).__name__}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rates, losses = [], []
@@ -159,28 +172,65 @@ def run_bench(args: argparse.Namespace) -> dict:
 
 
 def phase_times(trainer, device: torch.device, steps: int) -> dict[str, float]:
-    """Median seconds of forward+loss, backward, clip and optimizer step (synchronized)."""
+    """Median seconds of forward+loss, backward and the update (clip + AdamW, as train_step
+    does it), each synchronized: where the time goes, not the step time (syncs add gaps)."""
+    from kdengine.trainer import fused_clipped_step
+
     def now() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        trainer.dist.barrier()
         return time.perf_counter()
 
     rows: list[list[float]] = []
     for k in range(steps):
+        trainer.optimizer.zero_grad(set_to_none=True)
         t0 = now()
         parts = trainer._loss(*trainer.sampler.batch(10_000 + k))
         parts.loss.item()
         t1 = now()
-        trainer.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         t2 = now()
-        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
+        if trainer._fused_update:
+            fused_clipped_step(trainer.optimizer, trainer.params, parts.loss, 1.0,
+                               trainer.dist.grad_norm)
+        else:
+            trainer.dist.clip_grad_norm_(trainer.params, 1.0)
+            trainer.optimizer.step()
         t3 = now()
-        trainer.optimizer.step()
-        t4 = now()
-        rows.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
-    names = ("forward_loss", "backward", "clip", "optimizer")
+        rows.append([t1 - t0, t2 - t1, t3 - t2])
+    names = ("forward_loss", "backward", "update")
     return {n: statistics.median(r[i] for r in rows) for i, n in enumerate(names)}
+
+
+def comm_probe(device: torch.device, mib: int = 256, reps: int = 5) -> dict[str, float]:
+    """Bus bandwidth (GB/s, NCCL-tests' definition) of an all-gather and a reduce-scatter of
+    `mib` MiB of output per rank: what the student's gathers and gradient reductions move."""
+    import torch.distributed as tdist
+
+    world = tdist.get_world_size()
+    numel = mib * 2**20 // 4
+    out = torch.empty(numel, device=device)
+    shard = torch.randn(numel // world, device=device)
+    full = torch.randn(numel, device=device)
+    result = {}
+    for name, op in (("all_gather", lambda: tdist.all_gather_into_tensor(out, shard)),
+                     ("reduce_scatter", lambda: tdist.reduce_scatter_tensor(shard, full))):
+        op()
+        times = []
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            op()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times)
+        result[f"{name}_busbw_GBps"] = numel * 4 * (world - 1) / world / seconds / 1e9
+        result[f"{name}_ms"] = seconds * 1e3
+    result["MiB"] = mib
+    return result
 
 
 def compare(one: dict, many: dict, rtol: float) -> dict:
@@ -197,6 +247,44 @@ def compare(one: dict, many: dict, rtol: float) -> dict:
         out.update(check_losses_1=a, check_losses_n=b, check_max_rel_diff=max(rel),
                    check_ok=max(rel) <= rtol)
     return out
+
+
+def summary_table(out_dir: Path) -> str:
+    """A markdown table of every result in `out_dir` (one*.json against many*.json)."""
+    one_files = sorted(out_dir.glob("one*.json"))
+    if not one_files:
+        return "no one-GPU result"
+    one = json.loads(one_files[0].read_text())
+    rows = ["| run | tokens/s | efficiency | peak GiB/GPU | fwd+loss / bwd / update (ms) |",
+            "| --- | ---: | ---: | ---: | --- |"]
+
+    def row(name: str, r: dict) -> str:
+        n = r["world_size"]
+        eff = r["tokens_per_s_median"] / (n * one["tokens_per_s_median"])
+        ph = r.get("phases_s")
+        phases = " / ".join(f"{v * 1e3:.0f}" for v in ph.values()) if isinstance(ph, dict) \
+            else "-"
+        peak = r.get("peak_memory_gib_per_rank") or [r.get("peak_memory_gib")]
+        peak_s = "/".join(f"{p:.1f}" for p in peak if p is not None) or "-"
+        return (f"| {name} | {r['tokens_per_s_median']:,.0f} | "
+                f"{'-' if n == 1 else f'{eff:.3f}'} | {peak_s} | {phases} |")
+
+    rows.append(row(one_files[0].stem, one))
+    for f in sorted(out_dir.glob("many*.json")):
+        rows.append(row(f.stem, json.loads(f.read_text())))
+    lines = rows
+    for f in sorted(out_dir.glob("compare*.json")):
+        c = json.loads(f.read_text())
+        lines.append(f"\n{f.stem}: efficiency {c['efficiency']:.3f} "
+                     f"(wall {c['efficiency_wall']:.3f})"
+                     f", loss check max rel diff {c.get('check_max_rel_diff')}"
+                     f" {c.get('check_losses_1')} vs {c.get('check_losses_n')}")
+    for f in sorted(out_dir.glob("many*.json")):
+        r = json.loads(f.read_text())
+        if "comm" in r:
+            lines.append(f"{f.stem} comm: {r['comm']}")
+        lines.append(f"{f.stem} engine: {r.get('engine')}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,9 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reshard", default="auto", choices=("auto", "yes", "no"),
                    help="student layers resharded after forward (auto: by size)")
     p.add_argument("--cpu-dtype", default="float32", help="compute dtype of --tiny runs")
-    p.add_argument("--no-mp", action="store_true",
-                   help="gather fp32 student params (no FSDP2 mixed precision)")
+    p.add_argument("--param-gather", default=Dist().param_gather, choices=PARAM_GATHERS,
+                   help="dtype of the student's all-gathers (kdengine.distributed)")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="no gathers during the teacher's forward (FSDP2's own order)")
+    p.add_argument("--dtensor-optim", action="store_true",
+                   help="torch's clip_grad_norm_ and AdamW on the DTensors")
+    p.add_argument("--comm-probe", action="store_true",
+                   help="N ranks: time an all-gather and a reduce-scatter first")
+    p.add_argument("--summary", metavar="DIR", help="print the table of a multi_gpu.sh OUT_DIR")
     args = p.parse_args(argv)
+    if args.summary:
+        print(summary_table(Path(args.summary)))
+        return 0
     if args.compare:
         one, many = (json.loads(Path(f).read_text()) for f in args.compare)
         result = compare(one, many, args.rtol)

@@ -40,6 +40,14 @@ SHARDED_MARK = "sharded"  # meta.json key of a DCP checkpoint
 # this share of a GPU's memory is sharded like the student.
 REPLICATE_TEACHER_UP_TO = 0.25
 KEEP_GATHERED_UP_TO = 0.1
+# How the student's parameters travel in the all-gathers (Dist.param_gather):
+#   "fp32"        fp32, as stored; autocast casts each matmul's weight, as with one process
+#   "compute"     the decoder layers in the compute dtype (what autocast would cast them to),
+#                 inputs not cast: residual stream, embeddings and final norm stay fp32; the
+#                 only difference to one process is the layers' norm gains, rounded to bf16
+#   "compute-all" MixedPrecisionPolicy(param_dtype) on every group, inputs cast: the residual
+#                 stream in bf16 too; faster in eager mode, but not the one-process function
+PARAM_GATHERS = ("fp32", "compute", "compute-all")
 
 
 def torchrun_world_size(env: dict[str, str] | None = None) -> int:
@@ -63,7 +71,12 @@ class Dist:
         # None: by size (a student under KEEP_GATHERED_UP_TO of a GPU stays gathered from
         # forward to backward, saving the backward all-gather); True/False force it
         self.reshard_student: bool | None = None
-        self.mixed_precision = True  # gather bf16/fp16 params when the run computes in them
+        self.param_gather = "fp32"  # one of PARAM_GATHERS
+        # gather every student group while the teacher computes (off: FSDP2's own order)
+        self.prefetch_student = True
+        # clip and AdamW on each rank's local shards (off: torch's own, through DTensor)
+        self.local_optim = True
+        self.teacher_placement = "single"  # place_teacher: single | replicated | sharded
         self._global_valid: float | None = None
         self._teacher: nn.Module | None = None
 
@@ -129,12 +142,16 @@ class Dist:
         gradient (its value is shifted by a constant), so a NaN on any rank stops every rank."""
         if not self.enabled:
             return parts
+        # ce and kd stay device tensors (read lazily by LossParts): no host sync before the
+        # backward is queued, as with one process
+        device = parts.loss.device
+        ce, kd = parts.raw_terms()
         local = torch.stack([parts.loss.detach().to(torch.float64),
-                             torch.tensor(parts.ce, dtype=torch.float64, device=parts.loss.device),
-                             torch.tensor(parts.kd, dtype=torch.float64, device=parts.loss.device)])
-        total = self._sum(local.clone()) / self.world_size
+                             torch.as_tensor(ce, device=device).to(torch.float64),
+                             torch.as_tensor(kd, device=device).to(torch.float64)])
+        total = self._sum(local) / self.world_size
         loss = parts.loss + (total[0].to(parts.loss.dtype) - parts.loss.detach())
-        return LossParts(loss, float(total[1]), float(total[2]))
+        return LossParts(loss, total[1], total[2])
 
     def any_rank(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when `flag` is true on any one."""
@@ -160,26 +177,68 @@ class Dist:
 
     # ---- sharding -------------------------------------------------------------------------
     def shard_student(self, student: Any) -> Any:
-        """FSDP2 over each decoder layer and the root. The root keeps its parameters gathered
-        after forward so the loss can use the (unsharded) lm-head weight; FSDP2 reshards it after
-        backward."""
+        """FSDP2 over each decoder layer and the root (embeddings, lm head, final norm).
+
+        The root keeps its parameters gathered after forward (the loss reads the lm-head
+        weight); a small student keeps its layers gathered from forward to backward too, so each
+        step has one all-gather per group, started while the teacher computes, and one
+        reduce-scatter per group, overlapped with the rest of the backward. Compiled blocks
+        (KDTrainer compiles them in place, before or after this: `Module.compile` is lazy) stay
+        whole graphs: FSDP2's hooks run eagerly at the block's boundary.
+        """
         if not self.enabled:
             return student
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
+        if self.param_gather not in PARAM_GATHERS:
+            raise ValueError(f"param_gather {self.param_gather!r} is not one of "
+                             f"{', '.join(PARAM_GATHERS)}")
         module = student.module
         reshard = self.reshard_student
         if reshard is None:
             reshard = _bytes(module) > KEEP_GATHERED_UP_TO * _device_memory(module)
-        dtype = self.compute_dtype
-        policy = None
-        if self.mixed_precision and dtype in (torch.bfloat16, torch.float16):
-            # all-gather half the bytes; gradients are reduced and stored in fp32
-            policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        _fully_shard_decoder(module, reshard_layers=reshard, policy=policy)
-        if self._teacher is not None:
+        _fully_shard_decoder(module, reshard_layers=reshard,
+                             **_gather_policies(self.param_gather, self.compute_dtype))
+        if self._teacher is not None and self.prefetch_student:
             _prefetch_during(self._teacher, module)
         return student
+
+    def optimizer(self, params: list[torch.Tensor], **kwargs: Any) -> torch.optim.AdamW:
+        """The run's AdamW (kwargs as torch.optim.AdamW's). Sharded: the same update on each
+        rank's local shards (ShardAdamW)."""
+        return (ShardAdamW if self.local_update else torch.optim.AdamW)(params, **kwargs)
+
+    def student_compile_options(self, options: Any) -> Any:
+        """The trainer's CompileOptions for this student: under FSDP2 the student is compiled
+        block by block (the groups' hooks sit at the blocks' edges; a whole-model graph would
+        break there), with every other option as one process has it."""
+        if self.enabled and getattr(options, "student", "layers") == "model":
+            import dataclasses
+
+            return dataclasses.replace(options, student="layers")
+        return options
+
+    @property
+    def local_update(self) -> bool:
+        """Whether norms and the AdamW update run on local shards (else torch's own code)."""
+        return self.enabled and self.local_optim
+
+    def grad_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """The L2 norm of the whole model's gradients (sharded: local squares, one all-reduce
+        of a scalar, no host sync), as torch.nn.utils.get_total_norm computes it."""
+        if not self.local_update:
+            return torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        return sharded_grad_norm(grads, self)
+
+    def clip_grad_norm_(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """torch.nn.utils.clip_grad_norm_ of the whole model's gradients; returns the total
+        norm as a device tensor (read it after the optimizer step is queued)."""
+        if not self.local_update:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grads = [_local(p.grad) for p in params if p.grad is not None]
+        total = sharded_grad_norm(grads, self)
+        if grads:
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+        return total
 
     def place_teacher(self, teacher: Any, device: torch.device, mode: str = "auto") -> str:
         """Replicate a teacher that fits comfortably on one device, else shard it.
@@ -200,6 +259,7 @@ class Dist:
             _fully_shard_decoder(module)
         elif mode != "replicated":
             raise ValueError(f"teacher placement {mode!r} is not one of auto, sharded, replicated")
+        self.teacher_placement = mode
         return mode
 
     # ---- outputs --------------------------------------------------------------------------
@@ -329,23 +389,115 @@ def _cuda_rng() -> torch.Tensor | None:
 
 
 def _fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,
-                         policy: Any = None) -> None:
+                         layer_policy: Any = None, root_policy: Any = None) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    kwargs = {"mp_policy": policy} if policy is not None else {}
     for layer in module.model.layers:
+        kwargs = {"mp_policy": layer_policy} if layer_policy is not None else {}
         fully_shard(layer, reshard_after_forward=reshard_layers, **kwargs)
+    kwargs = {"mp_policy": root_policy} if root_policy is not None else {}
     fully_shard(module, reshard_after_forward=False, **kwargs)
 
 
-def _prefetch_during(teacher: nn.Module, student: nn.Module) -> None:
-    """Start gathering the student's root (embeddings, lm-head: the largest group) when the
-    teacher's forward starts, so it travels while the teacher computes."""
-    def start(module: nn.Module, args: Any) -> None:
-        if torch.is_grad_enabled():
-            student.unshard(async_op=True)  # the student's forward waits for it
+def _gather_policies(mode: str, dtype: torch.dtype | None) -> dict[str, Any]:
+    """FSDP2 MixedPrecisionPolicy of the layers and the root for a Dist.param_gather mode.
+    Gradients are always reduced in fp32; fp32 runs gather fp32 whatever the mode."""
+    if mode == "fp32" or dtype not in (torch.bfloat16, torch.float16):
+        return {}
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    teacher.register_forward_pre_hook(start)
+    if mode == "compute":
+        # inputs not cast: the fp32 residual stream of autocast over fp32 weights is kept
+        return {"layer_policy": MixedPrecisionPolicy(param_dtype=dtype,
+                                                     reduce_dtype=torch.float32,
+                                                     cast_forward_inputs=False)}
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    return {"layer_policy": policy, "root_policy": policy}
+
+
+def _prefetch_during(teacher: nn.Module, student: nn.Module) -> None:
+    """Start the all-gathers of every student group (root first, then the layers in forward
+    order) when the teacher's forward starts, so they travel while the teacher computes. The
+    student's own forward then only waits for them. Training steps only (the student is in
+    train mode), and from the second step on: the first forward sets FSDP2's state up."""
+    from torch.distributed.fsdp import FSDPModule
+
+    groups = [m for m in student.modules() if isinstance(m, FSDPModule)]
+    started = {"ready": False}
+
+    def ready(module: nn.Module, args: Any, output: Any) -> None:
+        started["ready"] = True
+
+    def start(module: nn.Module, args: Any) -> None:
+        if started["ready"] and student.training:
+            # the teacher runs under inference_mode: buffers made for the student must be
+            # normal tensors (autograd uses them in the student's forward)
+            with torch.inference_mode(False), torch.no_grad():
+                for group in groups:
+                    group.unshard(async_op=True)  # the group's forward waits for it
+
+    # eager even when the teacher's whole forward is compiled (the hook is then inside
+    # nn.Module.compile's frame): FSDP2's unshard is not something to trace
+    student.register_forward_hook(torch._dynamo.disable(ready))
+    teacher.register_forward_pre_hook(torch._dynamo.disable(start))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rank's own shard of a DTensor (a view: updating it updates the DTensor), or `t`."""
+    return getattr(t, "_local_tensor", t)
+
+
+class ShardAdamW(torch.optim.AdamW):
+    """torch's AdamW whose update runs on each rank's local shards.
+
+    The state (exp_avg, exp_avg_sq as DTensors, step) and state_dict are torch's own, so DCP
+    checkpoints and one-process resumes see a plain AdamW; the update is the same fused (CUDA)
+    or for-each kernel, handed the local tensors: AdamW is elementwise, so no communication is
+    needed, and the DTensor dispatch over hundreds of tensors (several ms a step) is skipped.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        from torch.optim.adamw import adamw
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            exp_avgs: list[torch.Tensor] = []
+            exp_avg_sqs: list[torch.Tensor] = []
+            max_exp_avg_sqs: list[torch.Tensor] = []
+            steps: list[torch.Tensor] = []
+            # torch's own lazy state initialisation (DTensor state, step on the right device)
+            has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs,
+                                           max_exp_avg_sqs, steps)
+            beta1, beta2 = group["betas"]
+            adamw([_local(t) for t in params], [_local(t) for t in grads],
+                  [_local(t) for t in exp_avgs], [_local(t) for t in exp_avg_sqs],
+                  [_local(t) for t in max_exp_avg_sqs], steps,
+                  foreach=group["foreach"], capturable=group["capturable"],
+                  differentiable=group["differentiable"], fused=group["fused"],
+                  grad_scale=getattr(self, "grad_scale", None),
+                  found_inf=getattr(self, "found_inf", None), has_complex=has_complex,
+                  amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
+                  weight_decay=group["weight_decay"], eps=group["eps"],
+                  maximize=group["maximize"])
+        return loss
+
+
+def sharded_grad_norm(grads: list[torch.Tensor], dist: Dist) -> torch.Tensor:
+    """L2 norm over every rank's shards: the local shards' squared norms summed across ranks
+    (FSDP2 shards are disjoint, so nothing is counted twice)."""
+    local = [_local(g) for g in grads]
+    if local:
+        square = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local, 2.0)),
+                                          2.0).square()
+    else:
+        square = torch.zeros(())
+    return dist._sum(square.to(torch.float32).reshape(1))[0].sqrt()
 
 
 def _bytes(module: nn.Module) -> int:

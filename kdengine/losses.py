@@ -70,6 +70,10 @@ class LossParts:
             self._kd = float(self._kd)
         return self._kd
 
+    def raw_terms(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """ce and kd as held (device tensors stay tensors: reading them does not sync)."""
+        return self._ce, self._kd
+
     def __repr__(self) -> str:
         return f"LossParts(loss={self.loss!r}, ce={self.ce}, kd={self.kd})"
 

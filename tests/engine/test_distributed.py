@@ -202,3 +202,31 @@ def test_the_remote_launcher_starts_torchrun_on_a_multi_gpu_host() -> None:
     assert engine_launcher(py, 8, RunConfig(batch_size=12)) == [*torchrun, "6"]
     assert engine_launcher(py, 4, RunConfig(batch_size=8, device="cuda:1")) == [py]
     assert engine_launcher(py, 2, RunConfig(batch_size=3)) == [py]
+
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "multi_gpu.py"
+BENCH_TINY = ["--tiny", "--cpu-dtype", "bfloat16", "--seq-len", "32", "--per-rank-batch", "2",
+              "--warmup", "1", "--steps", "1", "--check-batch", "4", "--check-steps", "2"]
+
+
+def test_bf16_ranks_compute_the_one_process_function(tmp_path: Path) -> None:
+    """bf16 autocast over fp32 master weights on both paths: with the student's layers gathered
+    in fp32 or in bf16 (what autocast casts them to), two ranks' first loss is the one-process
+    loss up to the order of the cross-rank sum; later steps differ only by gradient rounding.
+    (FSDP2's usual MixedPrecisionPolicy, inputs cast to bf16, would change the function.)"""
+    one = tmp_path / "one.json"
+    out = _run([sys.executable, str(BENCH), *BENCH_TINY, "--out", str(one)], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    first = json.loads(one.read_text())["check_losses"]
+    for gather in ("fp32", "compute"):
+        two = tmp_path / f"two-{gather}.json"
+        _run([*TORCHRUN, str(BENCH), *BENCH_TINY, "--param-gather", gather, "--out", str(two)],
+             tmp_path)
+        # (a rank may abort at gloo's teardown after the result is written: the file counts)
+        assert two.exists(), f"no result for {gather}"
+        result = json.loads(two.read_text())
+        assert result["engine"]["optimizer"] == "ShardAdamW"
+        losses = result["check_losses"]
+        assert losses[0] == pytest.approx(first[0], rel=1e-6), gather
+        assert losses[1] == pytest.approx(first[1], rel=1e-4), gather
+        assert losses[1] != first[0]  # the step changed the weights
