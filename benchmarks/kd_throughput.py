@@ -4,8 +4,10 @@
             KL (as TRL's and DistillKit's trainers write it)
   liger     transformers' models with Liger-Kernel's Qwen2 kernels (RMSNorm, RoPE, SwiGLU) and
             its chunked LigerFusedLinearJSDLoss, beta=0 (forward KL)
-  kdengine  kdengine's KDTrainer.train_step: native decoder with compiled blocks, the fused
-            chunked lm-head + KD loss (kdengine.losses.fused_kd_loss)
+  kdengine  kdengine's KDTrainer.train_step: native decoder (teacher fused and compiled whole,
+            student blocks compiled), the fused chunked lm-head + KD loss
+            (kdengine.losses.fused_kd_loss, Triton KD kernels), clip folded into fused AdamW;
+            kdengine-attempt3 is the same trainer set up as before issue 6's attempt 4
 
 Same shapes (teacher: Qwen2.5-1.5B's config, student: Qwen2.5-0.5B's; random weights), same
 batch, same optimizer step (bf16 autocast over fp32 master weights, fused AdamW, clip 1.0), same
@@ -235,9 +237,13 @@ def time_steps(step, device, warmup: int, steps: int) -> dict[str, Any]:
         losses.append(step())
         sync(device)
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    cuda = device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(device) if cuda else 0
+    reserved = torch.cuda.max_memory_reserved(device) if cuda else 0
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "warmup_s": warm_s, "peak_gib": peak / 2**30, "first_loss": losses[0],
+            "p25_s": q[0], "p75_s": q[2], "warmup_s": warm_s, "peak_gib": peak / 2**30,
+            "reserved_gib": reserved / 2**30, "first_loss": losses[0],
             "last_loss": losses[-1], "step_times_s": times}
 
 
@@ -250,22 +256,6 @@ def optimizer_step(loss: torch.Tensor, params, opt) -> float:
     value = loss.item()
     opt.step()
     float(norm)
-    return value
-
-
-def sync_first_step(trainer) -> float:
-    """KDTrainer.train_step as it was before attempt 3: the host waits for the loss value before
-    queueing backward, and for the gradient norm before queueing the update."""
-    trainer.step += 1
-    ids, labels = trainer.sampler.batch(trainer.step)
-    trainer.optimizer.zero_grad(set_to_none=True)
-    parts = trainer._loss(ids, labels)
-    value = parts.loss.item()
-    parts.loss.backward()
-    float(torch.nn.utils.clip_grad_norm_(trainer.params, CLIP))
-    trainer.optimizer.step()
-    trainer.scheduler.step()
-    sync(trainer.device)
     return value
 
 
@@ -365,7 +355,8 @@ class FixedBatch:
         return self.ids, self.labels
 
 
-def make_trainer(args, device, dtype, ids, labels, spec: KDLossSpec, compile_models, run_dir):
+def make_trainer(args, device, dtype, ids, labels, spec: KDLossSpec, compile_models, run_dir,
+                 compile_options=None):
     from kdengine.config import RunConfig
     from kdengine.data import TokenSplits
     from kdengine.providers import ModelStudent, ModelTeacher
@@ -383,48 +374,57 @@ def make_trainer(args, device, dtype, ids, labels, spec: KDLossSpec, compile_mod
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     runlog = RunLog(Path(run_dir))
     trainer = KDTrainer(config, ModelTeacher(teacher), ModelStudent(student), splits, runlog,
-                        device, dtype, compile_models=compile_models)
+                        device, dtype, compile_models=compile_models,
+                        compile_options=compile_options)
     trainer.sampler = FixedBatch(ids.cpu(), labels.cpu())
     return trainer, runlog
 
 
 def run_kdengine(args, device, dtype, ids, labels, spec, compile_models, rounds, run_dir,
-                 profile: bool = False) -> dict[str, dict[str, Any]]:
-    """One trainer (blocks compiled once); a timed round per (chunk, compiled math, gradient
-    written into the logit block) setting."""
+                 profile: bool = False, compile_options=None) -> dict[str, dict[str, Any]]:
+    """One trainer (models compiled once per setting); a timed round per entry of `rounds`:
+    dicts of name, chunk, and optionally kernel (the Triton KD kernels, default on), fused_clip
+    (clip folded into fused AdamW, default on), into_logits, deterministic, concat (the
+    student's concatenated projections), math (compiled chunk math, default on)."""
     from kdengine import losses as kd_losses
 
-    trainer, runlog = make_trainer(args, device, dtype, ids, labels, spec, compile_models, run_dir)
+    trainer, runlog = make_trainer(args, device, dtype, ids, labels, spec, compile_models, run_dir,
+                                   compile_options)
     blocks_compiled = trainer.compile
+    fused_update = trainer._fused_update
+    student = trainer.student.model
     results = {}
+
+    def apply(r: dict[str, Any]) -> None:
+        trainer.chunk_tokens = r.get("chunk", 2048)
+        trainer.compile = r.get("math", True) and blocks_compiled  # the loss math only
+        kd_losses.KD_KERNEL = r.get("kernel", True)
+        kd_losses.GRAD_INTO_LOGITS = r.get("into_logits", False)
+        trainer._fused_update = fused_update and r.get("fused_clip", True)
+        torch.use_deterministic_algorithms(r.get("deterministic", False), warn_only=True)
+        if "concat" in r and blocks_compiled:
+            student.concat_projections(r["concat"])
+
     try:
-        for chunk, compile_math, into_logits, *sync_first in rounds:
-            trainer.chunk_tokens = chunk
-            trainer.compile = compile_math and blocks_compiled  # the loss math only
-            kd_losses.GRAD_INTO_LOGITS = into_logits
-            key = f"chunk={chunk}"
-            if blocks_compiled and not compile_math:
-                key += ",math=eager"
-            if into_logits:
-                key += ",grad-into-logits"
-            if sync_first:
-                key += ",sync-before-backward"
+        for r in rounds:
+            apply(r)
             try:
-                results[key] = time_steps(
-                    (lambda: sync_first_step(trainer)) if sync_first
-                    else (lambda: trainer.train_step()["loss"]), device, args.warmup, args.steps)
+                results[r["name"]] = time_steps(lambda: trainer.train_step()["loss"], device,
+                                                args.warmup, args.steps)
+                results[r["name"]]["kd_math"] = kd_losses.kd_kernel_status()
+                kd_losses._KD_KERNELS.pop("used", None)
             except torch.OutOfMemoryError as exc:
-                results[key] = {"error": f"OOM: {exc}"[:300]}
+                results[r["name"]] = {"error": f"OOM: {exc}"[:300]}
             free_memory()
         if profile and device.type == "cuda":
-            chunk, _, into_logits = rounds[0][:3]
-            trainer.chunk_tokens, trainer.compile = chunk, blocks_compiled
-            kd_losses.GRAD_INTO_LOGITS = into_logits
+            apply(rounds[0])
             profile_steps(lambda: trainer.train_step()["loss"], device,
-                          Path(args.out) / "profile_kdengine.txt")
+                          Path(args.out) / "profile_kdengine.txt", trace=True)
     finally:
         runlog.close()
         kd_losses.GRAD_INTO_LOGITS = False
+        kd_losses.KD_KERNEL = True
+        torch.use_deterministic_algorithms(False)
     return results
 
 
@@ -435,13 +435,15 @@ KERNEL_KINDS = (("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_
                 ("copy/cast", ("copy", "Memcpy", "Memset", "cast", "fill")))
 
 
-def profile_steps(step, device, path: Path, steps: int = 2) -> None:
-    """GPU time of `steps` steps by kernel, and grouped by kind, into `path` (and a summary)."""
+def profile_steps(step, device, path: Path, steps: int = 2, trace: bool = False) -> None:
+    """GPU time of `steps` steps by kernel, and grouped by kind, into `path` (and a summary);
+    with `trace`, the whole timeline (host and GPU) as a gzipped Chrome trace beside it."""
     from torch.profiler import ProfilerActivity, profile
 
     step()
     sync(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if trace else [])
+    with profile(activities=acts) as prof:
         for _ in range(steps):
             step()
         sync(device)
@@ -463,6 +465,14 @@ def profile_steps(step, device, path: Path, steps: int = 2) -> None:
     lines += ["", "top kernels (ms/step, launches/step, name):"]
     lines += [f"{ms:8.2f} {n:5d}  {name[:150]}" for ms, n, name in rows[:60]]
     path.write_text("\n".join(lines) + "\n")
+    if trace:
+        import gzip
+
+        raw = path.with_suffix(".trace.json")
+        prof.export_chrome_trace(str(raw))
+        with open(raw, "rb") as src, gzip.open(str(raw) + ".gz", "wb") as dst:
+            dst.write(src.read())
+        raw.unlink()
     log(f"profile {path.name}:\n" + "\n".join(lines[: len(groups) + 1] + lines[len(groups) + 2:
                                                                            len(groups) + 15]))
 
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liger-chunk", type=int, default=1024)
     parser.add_argument("--variants",
                         default="check,kdengine,naive,liger,ablations,profile")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time kdengine (headline setting), naive and liger this many more "
+                             "times, interleaved, to see the run-to-run scatter of the ratios")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
     args = parser.parse_args(argv)
 
@@ -497,11 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if small else 3)
     args.steps = args.steps or (2 if small else 20)
     # the first entry is the headline setting (and the one the ablations and profile use)
-    chunks = [c.strip() for c in (args.chunks or ("32+,128" if small else
-                                                   "2048,1024,4096,8192,2048+"))
-              .split(",")]
-    # "N+": chunk N with the gradient written into the logit block
-    rounds = [(int(c.rstrip("+")), True, c.endswith("+")) for c in chunks]
+    chunks = [int(c) for c in (args.chunks or ("32,128" if small else "2048,4096")).split(",")]
     variants = set(args.variants.split(","))
     args.profile = "profile" in variants
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -572,12 +581,32 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     with tempfile.TemporaryDirectory() as tmp:
+        from kdengine.trainer import PER_BLOCK_COMPILE, CompileOptions
+
+        c0 = chunks[0]
         if "kdengine" in variants:
-            ablate = [(rounds[0][0], False, False), (rounds[0][0], True, False, True)
-                      ] if "ablations" in variants else []
+            rounds = [{"name": f"chunk={c}", "chunk": c, "concat": True} for c in chunks]
+            if "ablations" in variants:  # one change at a time, off the default
+                rounds += [
+                    {"name": f"chunk={c0}, compiled chunk math (no Triton kernel)", "chunk": c0,
+                     "kernel": False},
+                    {"name": f"chunk={c0}, clip as its own pass", "chunk": c0,
+                     "fused_clip": False},
+                    {"name": f"chunk={c0}, gradient written into the logit block", "chunk": c0,
+                     "into_logits": True},
+                    {"name": f"chunk={c0}, deterministic algorithms on", "chunk": c0,
+                     "deterministic": True},
+                    {"name": f"chunk={c0}, student projections not concatenated", "chunk": c0,
+                     "concat": False},
+                ]
             record("kdengine", lambda: run_kdengine(args, device, dtype, ids, labels, spec, None,
-                                                    rounds + ablate, Path(tmp) / "k1",
+                                                    rounds, Path(tmp) / "k1",
                                                     profile="profile" in variants))
+            # attempt 3's engine: blocks compiled one by one, compiled chunk math, clip pass
+            before = [{"name": f"chunk={c0}", "chunk": c0, "kernel": False, "fused_clip": False}]
+            record("kdengine-attempt3", lambda: run_kdengine(
+                args, device, dtype, ids, labels, spec, None, before, Path(tmp) / "k0",
+                compile_options=PER_BLOCK_COMPILE))
         # naive before liger: Liger's patches replace transformers' Qwen2 classes process-wide
         if "naive" in variants:
             record("naive", lambda: run_naive(args, device, dtype, ids, labels, T))
@@ -585,13 +614,30 @@ def main(argv: list[str] | None = None) -> int:
             record("liger", lambda: run_liger(args, device, dtype, ids, labels, T,
                                               results["notes"]))
         if "ablations" in variants:
+            one = [{"name": f"chunk={c0}", "chunk": c0}]
             if device.type == "cuda":
-                eager = [(rounds[0][0], False, False)]
+                record("kdengine-teacher-cudagraphs", lambda: run_kdengine(
+                    args, device, dtype, ids, labels, spec, None, one, Path(tmp) / "k4",
+                    compile_options=CompileOptions(teacher_cudagraphs=True)))
+                record("kdengine-student-whole-model", lambda: run_kdengine(
+                    args, device, dtype, ids, labels, spec, None, one, Path(tmp) / "k5",
+                    compile_options=CompileOptions(student="model")))
                 record("kdengine-eager", lambda: run_kdengine(
-                    args, device, dtype, ids, labels, spec, False, eager, Path(tmp) / "k2"))
+                    args, device, dtype, ids, labels, spec, False, one, Path(tmp) / "k2"))
             mixed = KDLossSpec(temperature=2.0, alpha=0.3, kind="forward_kl")
             record("kdengine-ce+kd(T=2,alpha=0.3)", lambda: run_kdengine(
-                args, device, dtype, ids, labels, mixed, None, rounds[:1], Path(tmp) / "k3"))
+                args, device, dtype, ids, labels, mixed, None, one, Path(tmp) / "k3"))
+
+        for i in range(2, args.repeat + 2 if args.repeat > 1 else 0):
+            one = [{"name": f"chunk={c0}", "chunk": c0}]
+            if "kdengine" in variants:
+                record(f"kdengine#{i}", lambda one=one, i=i: run_kdengine(
+                    args, device, dtype, ids, labels, spec, None, one, Path(tmp) / f"r{i}"))
+            if "naive" in variants:
+                record(f"naive#{i}", lambda: run_naive(args, device, dtype, ids, labels, T))
+            if "liger" in variants:
+                record(f"liger#{i}", lambda: run_liger(args, device, dtype, ids, labels, T,
+                                                       results["notes"]))
 
     from kdengine import losses as kd_losses
 
@@ -612,15 +658,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    lines = ["| variant | tokens/s | step (ms) | peak GPU mem (GiB) | MFU |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | tokens/s | step (ms) | p25-p75 (ms) | peak GPU mem (GiB) | reserved "
+             "(GiB) | MFU |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results["variants"].items():
         if "median_s" in r:
             lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['median_s'] * 1e3:.1f} | "
-                         f"{r['peak_gib']:.2f} | {r['mfu'] * 100:.1f}% |")
+                         f"{r['p25_s'] * 1e3:.1f}-{r['p75_s'] * 1e3:.1f} | "
+                         f"{r['peak_gib']:.2f} | {r['reserved_gib']:.2f} | {r['mfu'] * 100:.1f}% |")
         else:
             why = r.get("skipped") or r.get("error", "?")
-            lines.append(f"| {name} | - | - | - | {why.splitlines()[0][:60]} |")
+            lines.append(f"| {name} | - | - | - | - | - | {why.splitlines()[0][:60]} |")
     return "\n".join(lines)
 
 

@@ -117,13 +117,38 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+@dataclass(frozen=True)
+class CompileOptions:
+    """What torch.compile covers when the trainer compiles (CUDA by default; the CPU runs eager).
+
+    teacher: "model" fuses the frozen teacher's q/k/v and gate/up weights at load time
+    (Decoder.fuse_for_inference; its HF parameter names and values stay) and compiles its whole
+    forward as one graph; "layers" compiles each block. teacher_cudagraphs: the whole-model
+    teacher replays as a CUDA graph (static shapes, no autograd: mode="reduce-overhead").
+    student: "layers" compiles each block, "model" the whole forward (and its backward) as one
+    graph. concat_projections: the student runs one matmul over its concatenated q/k/v and one
+    over gate/up weights (parameters unchanged).
+    """
+
+    teacher: str = "model"
+    teacher_cudagraphs: bool = False
+    student: str = "layers"
+    concat_projections: bool = True
+
+
+# Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).
+PER_BLOCK_COMPILE = CompileOptions(teacher="layers", teacher_cudagraphs=False, student="layers",
+                                   concat_projections=False)
+
+
 class KDTrainer:
     """The train loop over already-loaded providers and token splits."""
 
     def __init__(self, config: RunConfig, teacher: Teacher, student: Student, splits: TokenSplits,
                  log: RunLog, device: torch.device, dtype: torch.dtype,
                  stop: _StopSignals | None = None, chunk_tokens: int = 2048,
-                 dist: Dist | None = None, compile_models: bool | None = None) -> None:
+                 dist: Dist | None = None, compile_models: bool | None = None,
+                 compile_options: CompileOptions | None = None) -> None:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
         self.dist = dist or Dist()  # torchrun: this rank's rows, global loss normalizer
         self.dist.check_batch(config.batch_size)
@@ -134,10 +159,18 @@ class KDTrainer:
         # torch.compile where it pays: on CUDA each decoder block (norms, rope, SwiGLU fused
         # around the matmuls) and the loss's per-chunk math; the CPU runs eager.
         self.compile = device.type == "cuda" if compile_models is None else compile_models
+        self.compile_options = compile_options or CompileOptions()
+        self._teacher_graphs = False
         if self.compile:
-            compile_decoder_layers(teacher)
-            if not self.dist.enabled:  # FSDP2-wrapped blocks are compiled before sharding, or not
-                compile_decoder_layers(student)
+            opts = self.compile_options
+            if self.dist.teacher_placement == "sharded":  # FSDP2 groups: block by block
+                compile_decoder_layers(teacher)
+            else:  # one process or a replicated teacher: the same compile
+                self._teacher_graphs = compile_teacher(teacher, opts) == "model+cudagraphs"
+            # Under FSDP2 the same blocks are compiled (Module.compile is lazy and in place, so
+            # before or after fully_shard is the same; FSDP2's hooks run eagerly at each
+            # block's edge); a whole-model student graph would break at every block's hooks.
+            compile_student(student, self.dist.student_compile_options(opts))
         self._compile_proven = not self.compile
         self.sampler = BatchSampler(splits.train, config.batch_size, config.seq_len, config.seed)
         self.val_batches = BatchSampler(splits.val, config.batch_size, config.seq_len,
@@ -147,8 +180,12 @@ class KDTrainer:
         # fp32 master weights and optimizer state (the student loads in fp32; autocast gives
         # the compute dtype); the fused CUDA kernel updates every tensor in one launch
         fused = device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95),
-                                           weight_decay=config.weight_decay, fused=fused)
+        # (data parallel: the same update on each rank's local shards, kdengine.distributed)
+        self.optimizer = self.dist.optimizer(params, lr=config.lr, betas=(0.9, 0.95),
+                                             weight_decay=config.weight_decay, fused=fused)
+        # the fused kernel: clipping folded into the update (no extra pass); data parallel,
+        # the norm is the all-reduced one of the local shards
+        self._fused_update = fused and (self.dist.local_update or not self.dist.enabled)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i + 1, config))
         self.step = 0
@@ -170,6 +207,8 @@ class KDTrainer:
         with self._autocast():
             # no autograd state at all for the frozen teacher
             with torch.inference_mode():
+                if self._teacher_graphs:  # a new step for CUDA-graph trees: last outputs done
+                    torch.compiler.cudagraph_mark_step_begin()
                 t_hidden = self.teacher.hidden_states(input_ids)
             s_hidden = self.student.hidden_states(input_ids)
         # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
@@ -186,7 +225,7 @@ class KDTrainer:
         except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
             self.log.message("warning", f"torch.compile failed ({type(exc).__name__}: {exc}); "
                              "training eager instead")
-            self.compile = False
+            self.compile = self._teacher_graphs = False
             uncompile_decoder_layers(self.teacher)
             uncompile_decoder_layers(self.student)
             parts = self._loss_on_device(input_ids, labels)
@@ -224,15 +263,28 @@ class KDTrainer:
         # before the update is applied.
         parts.loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        grad_norm_t = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        fused = self._fused_update
+        if fused:
+            # fused AdamW (CUDA): the clip factor and the non-finite guard ride in the update
+            # kernel, so the update is queued before the host waits for anything
+            grad_norm_t = fused_clipped_step(self.optimizer, self.params, parts.loss, max_norm,
+                                             self.dist.grad_norm)
+        else:
+            grad_norm_t = self.dist.clip_grad_norm_(self.params, max_norm)
         loss = parts.loss.item()
         if not math.isfinite(loss):
             raise LossNotFinite(f"loss is {loss} at step {self.step} "
                                 f"(ce={parts.ce}, kd={parts.kd}); the update was not applied")
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if fused:
+            grad_norm = float(grad_norm_t)
+            if not math.isfinite(grad_norm):
+                raise LossNotFinite(f"gradient norm is {grad_norm} at step {self.step} (loss "
+                                    f"{loss}); the update was not applied")
+        else:
+            self.optimizer.step()
+            grad_norm = float(grad_norm_t)  # read after the update is queued
         self.scheduler.step()
-        grad_norm = float(grad_norm_t)  # read after the update is queued
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
@@ -303,9 +355,76 @@ def compile_decoder_layers(provider: Any) -> int:
     return len(layers)
 
 
+def fused_clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                       loss: torch.Tensor, max_norm: float,
+                       grad_norm: Any = None) -> torch.Tensor:
+    """clip_grad_norm_(params, max_norm) + optimizer.step() for a fused Adam/AdamW, with no
+    host sync and no extra pass over the gradients: the fused kernel divides each gradient by
+    `grad_scale` = max(1, (norm + 1e-6) / max_norm) (clip_grad_norm_'s factor) as it reads it,
+    and skips the whole update on the device (`found_inf`, as for AMP's GradScaler) when the loss
+    or the gradient norm is not finite. Returns the total gradient norm before clipping.
+    `grad_norm(grads)` computes the norm (default: torch's get_total_norm; data parallel:
+    Dist.grad_norm over the shards)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = (grad_norm(grads) if grad_norm is not None
+            else torch.nn.utils.get_total_norm(grads, 2.0, foreach=True))
+    finite = torch.isfinite(norm) & torch.isfinite(loss.detach())
+    optimizer.found_inf = (~finite).to(torch.float32)
+    optimizer.grad_scale = (((norm.float() + 1e-6) / max_norm).clamp_min(1.0)
+                            if math.isfinite(max_norm) else None)
+    try:
+        optimizer.step()
+    finally:
+        optimizer.found_inf = optimizer.grad_scale = None
+    return norm
+
+
+def _place_rope(model: Any) -> None:
+    """The rotary frequencies onto the model's device before tracing (a graph that copies them
+    from the host would be recompiled on the second call, and CUDA graphs skip host inputs)."""
+    inv_freq = getattr(model, "inv_freq", None)
+    if isinstance(inv_freq, torch.Tensor) and isinstance(model, torch.nn.Module):
+        param = next(model.parameters(), None)
+        if param is not None and param.device.type != "meta":
+            model.inv_freq = inv_freq.to(param.device)
+
+
+def compile_teacher(provider: Any, options: CompileOptions) -> str:
+    """Compile a frozen teacher per `options`; returns what was done ("model",
+    "model+cudagraphs", "layers" or "none")."""
+    model = getattr(provider, "model", None)
+    _place_rope(model)
+    if options.teacher == "model" and hasattr(model, "fuse_for_inference"):
+        model.fuse_for_inference()
+        if options.teacher_cudagraphs:
+            model.compile(mode="reduce-overhead")
+            return "model+cudagraphs"
+        model.compile()
+        return "model"
+    return "layers" if compile_decoder_layers(provider) else "none"
+
+
+def compile_student(provider: Any, options: CompileOptions) -> str:
+    """Compile a trained native decoder per `options` (parameters and names unchanged)."""
+    model = getattr(provider, "model", None)
+    _place_rope(model)
+    if options.concat_projections and hasattr(model, "concat_projections"):
+        model.concat_projections()
+    if options.student == "model" and hasattr(model, "concat_projections"):
+        model.compile()
+        return "model"
+    return "layers" if compile_decoder_layers(provider) else "none"
+
+
 def uncompile_decoder_layers(provider: Any) -> None:
+    """Back to eager: the blocks and the whole model (what nn.Module.compile set)."""
     for layer in _decoder_layers(provider) or ():
-        layer._compiled_call_impl = None  # what nn.Module.compile set: back to eager
+        layer._compiled_call_impl = None
+    model = getattr(provider, "model", None)
+    if isinstance(model, torch.nn.Module):
+        model._compiled_call_impl = None
+    if hasattr(model, "concat_projections"):
+        model.concat_projections(False)  # eager: the cat would be a copy per forward
 
 
 def environment() -> dict[str, Any]:
@@ -329,8 +448,10 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
     try:
         with stop:
             torch.manual_seed(config.seed)
-            torch.use_deterministic_algorithms(True, warn_only=True)
             device = dist.device(pick_device(config))
+            # Deterministic kernels on the CPU, where they cost nothing; CUDA runs take the fast
+            # (not bit-reproducible) kernels, e.g. atomics in some backward kernels
+            torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
             dtype = pick_dtype(config, device)
             ckpt = latest_checkpoint(run_dir) if resume else None
             log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),

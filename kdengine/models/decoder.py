@@ -137,14 +137,36 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        # Runtime-only fusion (never saved; the HF names above stay the parameters):
+        # `qkv_weight`/`qkv_bias` are set by Decoder.fuse_for_inference (frozen models), and
+        # `concat_qkv` makes a trainable model run one matmul over the concatenated weights.
+        self.qkv_weight: torch.Tensor | None = None
+        self.qkv_bias: torch.Tensor | None = None
+        self.concat_qkv = False
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_weight is not None:
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+        elif self.concat_qkv:
+            # under torch.compile the concatenation fuses with autocast's weight cast: one
+            # kernel and one matmul instead of three of each (and one d/dx matmul in backward)
+            projs = (self.q_proj, self.k_proj, self.v_proj)
+            bias = (torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None
+                    else None)
+            qkv = F.linear(x, torch.cat([p.weight for p in projs]), bias)
+        else:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        return qkv.split((nq, nkv, nkv), dim=-1)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim)
+        q, k, v = self._qkv(x)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv, self.head_dim)
+        v = v.view(b, t, self.n_kv, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
@@ -162,9 +184,22 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hs, inter, bias=bias)
         self.up_proj = nn.Linear(hs, inter, bias=bias)
         self.down_proj = nn.Linear(inter, hs, bias=bias)
+        # runtime-only fusion, as Attention's: set by Decoder.fuse_for_inference / concat
+        self.gate_up_weight: torch.Tensor | None = None
+        self.gate_up_bias: torch.Tensor | None = None
+        self.concat_gate_up = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is not None:
+            gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
+        elif self.concat_gate_up:
+            projs = (self.gate_proj, self.up_proj)
+            bias = (torch.cat([p.bias for p in projs]) if self.gate_proj.bias is not None
+                    else None)
+            gate, up = F.linear(x, torch.cat([p.weight for p in projs]), bias).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:
@@ -220,8 +255,12 @@ class Decoder(nn.Module):
     def rope(self, seq_len: int, device: torch.device,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [seq, head_dim], computed in float32 and cast to the activations' dtype."""
+        inv_freq = self.inv_freq
+        if inv_freq.device != device:
+            # kept where the model runs: a host-to-device copy per forward waits for the stream
+            inv_freq = self.inv_freq = inv_freq.to(device)
         pos = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(pos, self.inv_freq.to(device))
+        freqs = torch.outer(pos, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -239,6 +278,48 @@ class Decoder(nn.Module):
                 mask = masks[layer.window]
             x = layer(x, cos, sin, mask)
         return self.model.norm(x)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> Decoder:
+        """For a frozen model: q/k/v and gate/up become one weight each (fewer, larger matmuls).
+
+        The fused weights are non-persistent buffers and the HF-named parameters become views
+        into them (no extra memory), so `state_dict()` and anything saved keep the HF layout and
+        values. Only for models that are not trained (the fused buffers take no gradient)."""
+        if any(p.requires_grad for p in self.parameters()):
+            raise ValueError("fuse_for_inference is for frozen models: call requires_grad_(False) "
+                             "first (a trained model uses concat_projections instead)")
+
+        def fuse(owner: nn.Module, name: str, projs: tuple[nn.Linear, ...]) -> None:
+            weight = torch.cat([p.weight for p in projs])
+            bias = (torch.cat([p.bias for p in projs]) if projs[0].bias is not None else None)
+            delattr(owner, f"{name}_weight")  # the plain None attributes become buffers
+            delattr(owner, f"{name}_bias")
+            owner.register_buffer(f"{name}_weight", weight, persistent=False)
+            owner.register_buffer(f"{name}_bias", bias, persistent=False)
+            start = 0
+            for p in projs:  # the parameters become views: one copy of the numbers
+                rows = p.weight.shape[0]
+                p.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
+                if bias is not None:
+                    p.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
+                start += rows
+
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            if attn.qkv_weight is None:
+                fuse(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
+            if mlp.gate_up_weight is None:
+                fuse(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
+        return self
+
+    def concat_projections(self, on: bool = True) -> Decoder:
+        """For a trained model under torch.compile: each forward concatenates q/k/v and
+        gate/up weights and runs one matmul for each group (the parameters are unchanged)."""
+        for layer in self.model.layers:
+            layer.self_attn.concat_qkv = on
+            layer.mlp.concat_gate_up = on
+        return self
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Full logits [batch, seq, vocab]: for evaluation and tests, not the training path."""

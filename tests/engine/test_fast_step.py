@@ -1,0 +1,115 @@
+"""The GPU fast paths of the trainer, checked on the CPU: the clip folded into fused AdamW,
+the frozen teacher's fused projections, the student's concatenated projections, and the
+compile options leaving parameter names (and so HF-layout checkpoints) unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kdengine.models import Decoder, DecoderConfig
+from kdengine.trainer import CompileOptions, compile_student, compile_teacher, fused_clipped_step
+
+
+def tiny_decoder(seed: int = 0) -> Decoder:
+    cfg = DecoderConfig(vocab_size=101, hidden_size=48, intermediate_size=96,
+                        num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                        attention_bias=True, tie_word_embeddings=True, model_type="qwen2")
+    model = Decoder(cfg)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model
+
+
+def params_and_grads(seed: int, scale: float = 1.0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (7, 33, 128)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * scale
+    return params
+
+
+@pytest.mark.parametrize("scale,max_norm", [(10.0, 1.0), (0.01, 1.0), (3.0, float("inf"))])
+def test_fused_clipped_step_equals_clip_grad_norm_then_step(scale, max_norm) -> None:
+    want = params_and_grads(0, scale)
+    got = [torch.nn.Parameter(p.detach().clone()) for p in want]
+    for g, w in zip(got, want, strict=True):
+        g.grad = w.grad.clone()
+    opt_want = torch.optim.AdamW(want, lr=0.1, weight_decay=0.1, fused=True)
+    opt_got = torch.optim.AdamW(got, lr=0.1, weight_decay=0.1, fused=True)
+    for _ in range(3):  # several steps: the moments carry the clipped gradients
+        norm_want = torch.nn.utils.clip_grad_norm_(want, max_norm)
+        opt_want.step()
+        norm_got = fused_clipped_step(opt_got, got, torch.tensor(1.5), max_norm)
+        assert torch.allclose(norm_got, norm_want, rtol=1e-6)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+        for g, w, p in zip(got, want, params_and_grads(1, scale), strict=True):
+            g.grad, w.grad = p.grad.clone(), p.grad.clone()
+
+
+@pytest.mark.parametrize("bad", ["loss", "grad"])
+def test_fused_clipped_step_skips_the_update_on_a_non_finite_loss_or_gradient(bad) -> None:
+    params = params_and_grads(0)
+    opt = torch.optim.AdamW(params, lr=0.1, fused=True)
+    fused_clipped_step(opt, params, torch.tensor(1.0), 1.0)  # one good step: state exists
+    before = [p.detach().clone() for p in params]
+    step_before = [opt.state[p]["step"].clone() for p in params]
+    for p, q in zip(params, params_and_grads(2), strict=True):
+        p.grad = q.grad
+    loss = torch.tensor(float("nan") if bad == "loss" else 1.0)
+    if bad == "grad":
+        params[1].grad[3] = float("inf")
+    norm = fused_clipped_step(opt, params, loss, 1.0)
+    assert torch.isfinite(norm) == (bad == "loss")
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), b)
+    for p, s in zip(params, step_before, strict=True):
+        assert torch.equal(opt.state[p]["step"], s)  # the step count does not move either
+
+
+def test_fused_teacher_computes_the_same_and_keeps_hf_names_and_values() -> None:
+    model = tiny_decoder().requires_grad_(False)
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    want = model(ids)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = copy.deepcopy(model).fuse_for_inference()
+    torch.testing.assert_close(fused(ids), want, rtol=1e-5, atol=1e-6)
+    state = fused.state_dict()
+    assert list(state) == list(saved)  # the fused buffers are not saved
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+    # the HF-named parameters are views into the fused weight: no second copy
+    attn = fused.model.layers[0].self_attn
+    nq = attn.q_proj.weight.shape[0]
+    assert attn.k_proj.weight.data_ptr() == attn.qkv_weight[nq:].data_ptr()
+    assert (sum(p.numel() for p in fused.parameters())
+            == sum(p.numel() for p in model.parameters()))
+    with pytest.raises(ValueError, match="frozen"):
+        tiny_decoder().fuse_for_inference()
+
+
+def test_concatenated_projections_give_the_same_output_and_gradients() -> None:
+    model = tiny_decoder()
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    other = copy.deepcopy(model).concat_projections()
+    out_a, out_b = model(ids), other(ids)
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
+    (out_a ** 2).mean().backward()
+    (out_b ** 2).mean().backward()
+    for (name, a), (_, b) in zip(model.named_parameters(), other.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_options_keep_the_student_parameter_names() -> None:
+    from kdengine.providers import ModelStudent, ModelTeacher
+
+    student, teacher = tiny_decoder(1), tiny_decoder(2).requires_grad_(False)
+    names = [n for n, _ in student.named_parameters()]
+    keys = list(student.state_dict())
+    teacher_keys = list(teacher.state_dict())
+    opts = CompileOptions(teacher="model", student="model", concat_projections=True)
+    assert compile_teacher(ModelTeacher(teacher), opts) == "model"
+    assert compile_student(ModelStudent(student), opts) == "model"
+    assert [n for n, _ in student.named_parameters()] == names
+    assert list(student.state_dict()) == keys and list(teacher.state_dict()) == teacher_keys
