@@ -30,7 +30,7 @@ from kdengine.config import (
 )
 from kdengine.events import RUN_FINISHED, RUN_STARTED
 from kdengine.verdict import verdict_from_events
-from kdtui.launch.base import StageUpdate
+from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.remote.hosts import LOCAL, HostsFileError
 from kdtui.watch import LocalRunSource, RunFollower, RunSource
 
@@ -118,8 +118,6 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
         for event in update.events:
             events.append(event)
             if event.get("type") == RUN_STARTED and asked is not None:
-                from kdtui.remote.stages import config_differences
-
                 echoed = event.get("config")
                 diffs = config_differences(asked, echoed) if isinstance(echoed, dict) else \
                     ["run_started carries no config"]

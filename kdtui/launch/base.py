@@ -31,6 +31,7 @@ class RunHandle(Protocol):
     host: str  # "local" or the SSH host alias
     run_dir: str  # on the host that runs it
     source: RunSource
+    asked_config: dict[str, Any] | None  # what the run was asked to be (None: not known)
 
     async def cancel(self) -> None:
         """SIGTERM to the run's process group: the engine ends it as cancelled."""
@@ -45,3 +46,15 @@ class Launcher(Protocol):
     stages: tuple[str, ...]  # shown as pending before start
 
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> RunHandle: ...
+
+
+def config_differences(asked: dict[str, Any], effective: dict[str, Any]) -> list[str]:
+    """Every field where the config the engine echoes in run_started differs from what was
+    asked (a field the engine does not know counts): the seed's engine dropped values silently."""
+    out = []
+    for name, value in asked.items():
+        if name not in effective:
+            out.append(f"{name}: asked {value!r}, the engine does not know this field")
+        elif effective[name] != value:
+            out.append(f"{name}: asked {value!r}, the engine runs {effective[name]!r}")
+    return out

@@ -10,6 +10,7 @@ the UI quitting does not stop the engine unless the user asks.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -59,6 +60,7 @@ class LocalRunHandle:
     host: str = "local"
     process: subprocess.Popen[bytes] | None = None
     pid: int | None = None
+    asked_config: dict[str, Any] | None = None
     source: LocalRunSource = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +71,8 @@ class LocalRunHandle:
     @classmethod
     def attach(cls, run_dir: Path) -> LocalRunHandle:
         """A handle on a run already in run_dir (running or finished)."""
-        return cls(run_id=Path(run_dir).name, run_dir=str(run_dir), pid=read_pid(Path(run_dir)))
+        return cls(run_id=Path(run_dir).name, run_dir=str(run_dir), pid=read_pid(Path(run_dir)),
+                   asked_config=_read_config(Path(run_dir)))
 
     def is_alive(self) -> bool:
         if self.process is not None:
@@ -91,6 +94,15 @@ class LocalRunHandle:
 
     def extra(self) -> dict[str, Any]:
         return {"pid": self.pid}
+
+
+def _read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run was started with (the engine writes it before its first event)."""
+    try:
+        data = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class LocalLauncher:
@@ -145,7 +157,8 @@ class LocalLauncher:
             process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True, env=env, close_fds=True)
         (self.run_dir / PID_FILE).write_text(f"{process.pid}\n")
-        handle = LocalRunHandle(self.config.run_name, str(self.run_dir), process=process)
+        handle = LocalRunHandle(self.config.run_name, str(self.run_dir), process=process,
+                                asked_config=self.config.to_dict())
         # An engine that refuses its arguments exits at once with code 2: say so here, with
         # the log's last lines, rather than leave a run screen waiting on nothing.
         deadline = time.monotonic() + EARLY_EXIT_WINDOW

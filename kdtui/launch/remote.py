@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.config import RunConfig
-from kdtui.launch.base import StageUpdate
+from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.remote.connect import RemoteError
 from kdtui.remote.hosts import HostConfig, get_host
 from kdtui.remote.manifest import (
@@ -37,7 +37,6 @@ from kdtui.remote.stages import (
     StageRunner,
     agent_filename,
     agent_source,
-    config_differences,
 )
 from kdtui.remote.wheel import WheelBuild, build_wheel
 

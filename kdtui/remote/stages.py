@@ -26,7 +26,7 @@ from typing import Any
 import asyncssh
 
 from kdengine.config import RunConfig
-from kdtui.launch.base import StageUpdate
+from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.remote import agent as agent_module
 from kdtui.remote.command import RemoteCommand, remote_command
 from kdtui.remote.connect import RemoteError, open_connection, run_agent, run_command
@@ -465,14 +465,3 @@ def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
         raise StageFailed(f"{plan.run_dir} on {host} already holds a run "
                           f"({finished.get('status', 'stopped')}): pick another --run-name, or "
                           f"look at it with `kdtui watch {plan.config.run_name}`")
-
-
-def config_differences(asked: dict[str, Any], effective: dict[str, Any]) -> list[str]:
-    """Every field where what the engine runs differs from what was asked (missing counts)."""
-    out = []
-    for name, value in asked.items():
-        if name not in effective:
-            out.append(f"{name}: asked {value!r}, the engine does not know this field")
-        elif effective[name] != value:
-            out.append(f"{name}: asked {value!r}, the engine runs {effective[name]!r}")
-    return out

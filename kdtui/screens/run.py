@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 
 from kdengine.verdict import verdict_from_events
-from kdtui.launch.base import Launcher, RunHandle, StageUpdate
+from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
 from kdtui.watch import RunFollower
 from kdtui.widgets.log_view import LogView
 from kdtui.widgets.loss_chart import LossChart
@@ -228,6 +228,11 @@ class RunScreen(Screen):
                 total = (event.get("config") or {}).get("steps")
                 if isinstance(total, int):
                     progress.total = total
+                self._check_effective_config(event)
+            elif kind == "log" and event.get("level") == "error":
+                where = f"rank {event['rank']}" if "rank" in event else "the engine"
+                self.notify(str(event.get("message", ""))[:300], title=f"Error on {where}",
+                            severity="error", timeout=15)
         finished = state.finished is not None or self.ended
         if state.finished is not None:
             end = "done" if state.finished.get("status") == "completed" else "failed"
@@ -239,6 +244,20 @@ class RunScreen(Screen):
                 panel.show(state.verdict())
         else:
             panel.show(None, state.initial_val_loss)
+
+    def _check_effective_config(self, run_started: dict[str, Any]) -> None:
+        """What the engine says it runs must be what was asked: a difference is an error."""
+        asked = getattr(self.handle, "asked_config", None)
+        if not asked:
+            return
+        echoed = run_started.get("config")
+        diffs = config_differences(asked, echoed) if isinstance(echoed, dict) else \
+            ["run_started carries no config: cannot confirm what the engine runs"]
+        if diffs:
+            self.query_one(LogView).append_lines(
+                [f"ERROR: effective config differs from what was asked: {d}" for d in diffs])
+            self.notify("; ".join(diffs)[:300], title="The engine runs another config",
+                        severity="error", timeout=20)
 
     # -- actions ------------------------------------------------------------------------------
     def action_toggle_smooth(self) -> None:

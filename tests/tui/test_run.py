@@ -286,3 +286,23 @@ async def test_dry_run_switch_is_remembered_with_the_values(runs_dir, wait_for, 
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert app.screen.query_one("#dry_run", Switch).value is True
+
+
+async def test_an_engine_that_runs_another_config_than_asked_is_an_error_on_screen(
+        runs_dir, wait_for, write_run):
+    # the seed's engine silently dropped batch size and LR: the dashboard must say so
+    import json
+
+    run = write_run(runs_dir / "drifted", steps=10)
+    asked = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**asked, "batch_size": 8, "lr": 1.5e-5}))
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one(LogView)
+        await wait_for(pilot, lambda: any("effective config differs" in x for x in log.lines))
+        errors = [x for x in log.lines if "effective config differs" in x]
+        assert any("batch_size: asked 8, the engine does not know this field" in x
+                   for x in errors)
+        assert any("lr: asked 1.5e-05" in x for x in errors)
+        assert log.kinds[log.lines.index(errors[0])] == ERROR
