@@ -54,3 +54,26 @@ async def test_a_detached_remote_run_reopens_from_the_runs_list_to_its_verdict(
         panel = screen.query_one(VerdictPanel)
         assert panel.status == "pass", panel.verdict
         assert "tui-remote-1 on kdtest" in screen.sub_title
+
+
+async def test_a_remote_run_launched_from_the_dashboard_shows_its_dispatch_stages(
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch) -> None:
+    from kdtui.app import KDApp
+    from kdtui.screens.run import RunScreen
+    from kdtui.widgets.run_panels import StageTracker, VerdictPanel
+
+    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
+    prefill = {**{k: str(v) for k, v in FLAGS.items()}, **tiny_run_inputs,
+               "run_name": "tui-remote-2", "host": "kdtest"}
+    app = KDApp(runs_dir=tmp_path / "local-runs", command="launch", prefill=prefill)
+    async with app.run_test(size=(150, 44)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 60)
+        screen = app.screen
+        panel = screen.query_one(VerdictPanel)
+        await wait_for(pilot, lambda: panel.status != "pending", 180)
+        assert panel.status == "pass", panel.verdict
+        rows = screen.query_one(StageTracker).rows
+        for stage in ("preflight", "sync", "check", "launch", "manifest", "train", "verdict"):
+            assert rows[stage].state in ("done", "skipped"), (stage, rows[stage].state)
+        assert rows["preflight"].state == "done" and rows["train"].state == "done"
+    assert (remote_env["evidence"] / "tui-remote-2" / "dispatch.json").exists()
