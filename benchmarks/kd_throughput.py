@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     with tempfile.TemporaryDirectory() as tmp:
-        from kdengine.trainer import PER_BLOCK_COMPILE, CompileOptions
+        from kdengine.compiled import PER_BLOCK_COMPILE, CompileOptions
 
         c0 = chunks[0]
         if "kdengine" in variants:

@@ -174,7 +174,7 @@ def run_bench(args: argparse.Namespace) -> dict:
 def phase_times(trainer, device: torch.device, steps: int) -> dict[str, float]:
     """Median seconds of forward+loss, backward and the update (clip + AdamW, as train_step
     does it), each synchronized: where the time goes, not the step time (syncs add gaps)."""
-    from kdengine.trainer import fused_clipped_step
+    from kdengine.compiled import fused_clipped_step
 
     def now() -> float:
         if device.type == "cuda":

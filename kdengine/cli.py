@@ -19,8 +19,8 @@ from kdengine.config import (
     ConfigError,
     RunConfig,
     default_runs_dir,
-    flag_of,
     demo_config,
+    flag_of,
     load_config_file,
 )
 

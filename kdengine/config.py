@@ -237,7 +237,8 @@ class RunConfig:
         """Build from a dict (JSON, TOML, form); unknown keys are an error, never ignored."""
         unknown = sorted(set(values) - set(FIELDS_BY_NAME))
         if unknown:
-            raise ConfigError(unknown[0], f"is not a field of a run (known: {', '.join(FIELD_NAMES)})")
+            raise ConfigError(unknown[0],
+                              f"is not a field of a run (known: {', '.join(FIELD_NAMES)})")
         return cls(**{k: FIELDS_BY_NAME[k].parse(v) for k, v in values.items()})
 
     @classmethod
@@ -328,14 +329,15 @@ def load_config_file(path: Path) -> dict[str, Any]:
         else:
             raise ConfigError("config", f"{path} must end in .toml or .json")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError("config", f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+        kind = path.suffix[1:].upper()
+        raise ConfigError("config", f"{path} is not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("config", f"{path} must hold a table of fields")
     return data
 
 
 def default_runs_dir() -> Path:
-    """Where runs live unless run_dir says otherwise: $KDENGINE_RUNS_DIR, else the user's data dir."""
+    """Where runs live unless run_dir says: $KDENGINE_RUNS_DIR, else the user's data dir."""
     import os
 
     env = os.environ.get("KDENGINE_RUNS_DIR")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdengine.data import ByteTokenizer, BatchSampler, demo_documents, split_documents
+from kdengine.data import BatchSampler, ByteTokenizer, demo_documents, split_documents
 from kdengine.models import Decoder, DecoderConfig, load_decoder, save_decoder
 
 TEACHER = DecoderConfig(vocab_size=257, hidden_size=128, intermediate_size=384,

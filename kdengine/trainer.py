@@ -31,6 +31,14 @@ from kdengine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kdengine.compiled import (
+    CompileOptions,
+    compile_decoder_layers,
+    compile_student,
+    compile_teacher,
+    fused_clipped_step,
+    uncompile_decoder_layers,
+)
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import BatchSampler, TokenSplits
 from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
@@ -115,30 +123,6 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    """What torch.compile covers when the trainer compiles (CUDA by default; the CPU runs eager).
-
-    teacher: "model" fuses the frozen teacher's q/k/v and gate/up weights at load time
-    (Decoder.fuse_for_inference; its HF parameter names and values stay) and compiles its whole
-    forward as one graph; "layers" compiles each block. teacher_cudagraphs: the whole-model
-    teacher replays as a CUDA graph (static shapes, no autograd: mode="reduce-overhead").
-    student: "layers" compiles each block, "model" the whole forward (and its backward) as one
-    graph. concat_projections: the student runs one matmul over its concatenated q/k/v and one
-    over gate/up weights (parameters unchanged).
-    """
-
-    teacher: str = "model"
-    teacher_cudagraphs: bool = False
-    student: str = "layers"
-    concat_projections: bool = True
-
-
-# Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).
-PER_BLOCK_COMPILE = CompileOptions(teacher="layers", teacher_cudagraphs=False, student="layers",
-                                   concat_projections=False)
 
 
 class KDTrainer:
@@ -337,94 +321,6 @@ class KDTrainer:
                 self.evaluate()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.checkpoint()
-
-
-def _decoder_layers(provider: Any) -> Any:
-    model = getattr(provider, "model", None)
-    return getattr(getattr(model, "model", None), "layers", None)
-
-
-def compile_decoder_layers(provider: Any) -> int:
-    """torch.compile each block of a native decoder in place (parameter names, and so
-    checkpoints, unchanged); returns how many blocks. Providers without blocks are left alone."""
-    layers = _decoder_layers(provider)
-    if layers is None:
-        return 0
-    for layer in layers:
-        layer.compile()
-    return len(layers)
-
-
-def fused_clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-                       loss: torch.Tensor, max_norm: float,
-                       grad_norm: Any = None) -> torch.Tensor:
-    """clip_grad_norm_(params, max_norm) + optimizer.step() for a fused Adam/AdamW, with no
-    host sync and no extra pass over the gradients: the fused kernel divides each gradient by
-    `grad_scale` = max(1, (norm + 1e-6) / max_norm) (clip_grad_norm_'s factor) as it reads it,
-    and skips the whole update on the device (`found_inf`, as for AMP's GradScaler) when the loss
-    or the gradient norm is not finite. Returns the total gradient norm before clipping.
-    `grad_norm(grads)` computes the norm (default: torch's get_total_norm; data parallel:
-    Dist.grad_norm over the shards)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = (grad_norm(grads) if grad_norm is not None
-            else torch.nn.utils.get_total_norm(grads, 2.0, foreach=True))
-    finite = torch.isfinite(norm) & torch.isfinite(loss.detach())
-    optimizer.found_inf = (~finite).to(torch.float32)
-    optimizer.grad_scale = (((norm.float() + 1e-6) / max_norm).clamp_min(1.0)
-                            if math.isfinite(max_norm) else None)
-    try:
-        optimizer.step()
-    finally:
-        optimizer.found_inf = optimizer.grad_scale = None
-    return norm
-
-
-def _place_rope(model: Any) -> None:
-    """The rotary frequencies onto the model's device before tracing (a graph that copies them
-    from the host would be recompiled on the second call, and CUDA graphs skip host inputs)."""
-    inv_freq = getattr(model, "inv_freq", None)
-    if isinstance(inv_freq, torch.Tensor) and isinstance(model, torch.nn.Module):
-        param = next(model.parameters(), None)
-        if param is not None and param.device.type != "meta":
-            model.inv_freq = inv_freq.to(param.device)
-
-
-def compile_teacher(provider: Any, options: CompileOptions) -> str:
-    """Compile a frozen teacher per `options`; returns what was done ("model",
-    "model+cudagraphs", "layers" or "none")."""
-    model = getattr(provider, "model", None)
-    _place_rope(model)
-    if options.teacher == "model" and hasattr(model, "fuse_for_inference"):
-        model.fuse_for_inference()
-        if options.teacher_cudagraphs:
-            model.compile(mode="reduce-overhead")
-            return "model+cudagraphs"
-        model.compile()
-        return "model"
-    return "layers" if compile_decoder_layers(provider) else "none"
-
-
-def compile_student(provider: Any, options: CompileOptions) -> str:
-    """Compile a trained native decoder per `options` (parameters and names unchanged)."""
-    model = getattr(provider, "model", None)
-    _place_rope(model)
-    if options.concat_projections and hasattr(model, "concat_projections"):
-        model.concat_projections()
-    if options.student == "model" and hasattr(model, "concat_projections"):
-        model.compile()
-        return "model"
-    return "layers" if compile_decoder_layers(provider) else "none"
-
-
-def uncompile_decoder_layers(provider: Any) -> None:
-    """Back to eager: the blocks and the whole model (what nn.Module.compile set)."""
-    for layer in _decoder_layers(provider) or ():
-        layer._compiled_call_impl = None
-    model = getattr(provider, "model", None)
-    if isinstance(model, torch.nn.Module):
-        model._compiled_call_impl = None
-    if hasattr(model, "concat_projections"):
-        model.concat_projections(False)  # eager: the cat would be a copy per forward
 
 
 def environment() -> dict[str, Any]:

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
+from kdengine.compiled import CompileOptions, compile_student, compile_teacher, fused_clipped_step
 from kdengine.models import Decoder, DecoderConfig
-from kdengine.trainer import CompileOptions, compile_student, compile_teacher, fused_clipped_step
 
 
 def tiny_decoder(seed: int = 0) -> Decoder:
