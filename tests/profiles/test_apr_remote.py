@@ -235,3 +235,26 @@ async def test_relaunching_a_running_run_reattaches_instead_of_starting_a_copy(
         await handle.cancel()
     finally:
         await handle.close()
+
+
+async def test_a_finished_apr_run_reopens_in_the_dashboard_by_its_run_id(
+        apr_host, apr_repo, tmp_path, monkeypatch):
+    from kdtui.app import KDApp
+    from kdtui.screens.run import RunScreen
+    from kdtui.widgets.run_panels import VerdictPanel
+
+    name = unique("apr-tui")
+    code, text = await launch(run_config(name), apr_host("normal"), apr_repo, tmp_path)
+    assert code == 0, text
+    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(tmp_path))
+    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
+    app = KDApp(runs_dir=tmp_path / "local-runs", command="watch", watch_ref=name)
+    async with app.run_test(size=(150, 44)) as pilot:
+        for _ in range(300):
+            if isinstance(app.screen, RunScreen) and \
+                    app.screen.query_one(VerdictPanel).status != "pending":
+                break
+            await pilot.pause(0.1)
+        panel = app.screen.query_one(VerdictPanel)
+        assert (panel.status, panel.verdict.loss_kind) == ("pass", "train_batch")
+        assert app.screen.sub_title.startswith(f"{name} on ")
