@@ -67,7 +67,8 @@ class KDApp(App):
 
     def __init__(self, *, runs_dir: Path | None = None, theme: str | None = None,
                  command: str | None = None, watch_ref: str | None = None,
-                 prefill: dict[str, Any] | None = None, settings: Settings | None = None) -> None:
+                 prefill: dict[str, Any] | None = None, settings: Settings | None = None,
+                 launcher: Any = None) -> None:
         super().__init__()
         from kdengine.config import default_runs_dir
 
@@ -76,6 +77,7 @@ class KDApp(App):
         self.command = command
         self.watch_ref = watch_ref
         self.prefill = prefill or {}
+        self.launcher = launcher  # a launcher built outside the form (an engine profile's)
         self.owned_runs: list[Any] = []  # handles of runs this dashboard started
         self._theme_request = theme
         for t in load_themes().values():
@@ -92,7 +94,13 @@ class KDApp(App):
                         timeout=8)
         elif self._theme_request:
             self._remember_theme(self.current_theme)
-        if self.command == "watch" and self.watch_ref:
+        if self.launcher is not None:
+            from kdtui.screens.run import RunScreen
+
+            host = getattr(self.launcher.host, "alias", self.launcher.host)
+            self.push_screen(RunScreen(launcher=self.launcher,
+                                       title=f"{self.launcher.run_id} on {host}"))
+        elif self.command == "watch" and self.watch_ref:
             self._open_watch(self.watch_ref)
         else:
             from kdtui.screens.launch import LaunchScreen
@@ -199,11 +207,13 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def run_app(args: argparse.Namespace) -> int:
-    """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`."""
+def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
+    """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`, or on a run that
+    `launcher` (an engine profile's) starts."""
     command = getattr(args, "command", None)
     app = KDApp(runs_dir=getattr(args, "runs_dir", None), theme=getattr(args, "theme", None),
                 command=command, watch_ref=getattr(args, "run", None),
-                prefill=prefill_from_args(args) if command == "launch" else None)
+                prefill=prefill_from_args(args) if command == "launch" and not launcher
+                else None, launcher=launcher)
     app.run()
     return app.return_code or 0

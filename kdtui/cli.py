@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise UsageError(f"unknown argument {unknown[0]} (see `kdtui --help`)")
         if args.command == "launch" and args.profile == "apr":
-            # apr distill on an SSH host; its lines print as `--headless` does
+            # apr distill on an SSH host: in the dashboard, or plain lines with --headless
             from kdtui.profiles.apr.cli import launch_from_args
 
             return launch_from_args(args)

@@ -12,9 +12,9 @@ from kdtui.cli import main
 
 def test_dry_run_prints_the_plan_and_needs_no_data(apr_host, apr_repo, capsys):
     host = apr_host("normal")
-    code = main(["launch", "--profile", "apr", "--host", host, "--teacher", "/m/t.apr",
-                 "--student", "/m/s.apr", "--batch-size", "16", "--dry-run",
-                 "--apr-repo", str(apr_repo), "--apr-ref", "v-test"])
+    code = main(["launch", "--headless", "--profile", "apr", "--host", host,
+                 "--teacher", "/m/t.apr", "--student", "/m/s.apr", "--batch-size", "16",
+                 "--dry-run", "--apr-repo", str(apr_repo), "--apr-ref", "v-test"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "DRY RUN" in out and "--ref v-test" in out
@@ -43,7 +43,7 @@ def test_cli_launch_then_watch_by_run_id(apr_host, apr_repo, tmp_path, monkeypat
     settings = tmp_path / "apr.toml"
     settings.write_text(f'repo_url = "{apr_repo}"\ngit_ref = "v-test"\nsteps_per_epoch = 4\n')
     name = f"apr-cli-{uuid.uuid4().hex[:8]}"
-    code = main(["launch", "--profile", "apr", "--host", host, "--teacher",
+    code = main(["launch", "--headless", "--profile", "apr", "--host", host, "--teacher",
                  "hf://org/t/model.apr", "--student", "org/s", "--steps", "8", "--run-name",
                  name, "--apr-settings", str(settings)])
     out = capsys.readouterr().out

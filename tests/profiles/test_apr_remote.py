@@ -258,3 +258,34 @@ async def test_a_finished_apr_run_reopens_in_the_dashboard_by_its_run_id(
         panel = app.screen.query_one(VerdictPanel)
         assert (panel.status, panel.verdict.loss_kind) == ("pass", "train_batch")
         assert app.screen.sub_title.startswith(f"{name} on ")
+
+
+async def test_launch_profile_apr_without_headless_runs_in_the_dashboard(
+        apr_host, apr_repo, tmp_path, monkeypatch):
+    from kdtui.app import KDApp
+    from kdtui.cli import build_parser
+    from kdtui.profiles.apr.cli import apr_launcher_from_args
+    from kdtui.screens.run import RunScreen
+    from kdtui.widgets.run_panels import StageTracker, VerdictPanel
+
+    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(tmp_path))
+    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
+    name = unique("apr-form")
+    args = build_parser().parse_args([
+        "launch", "--profile", "apr", "--host", apr_host("normal"), "--apr-repo", str(apr_repo),
+        "--apr-ref", "v-test", "--run-name", name, "--teacher", "hf://org/teacher/model.apr",
+        "--student", "org/student", "--steps", "8", "--temperature", "2.0"])
+    launcher = apr_launcher_from_args(args)
+    app = KDApp(runs_dir=tmp_path / "local-runs", command="launch", launcher=launcher)
+    async with app.run_test(size=(150, 44)) as pilot:
+        for _ in range(1200):
+            if isinstance(app.screen, RunScreen) and \
+                    app.screen.query_one(VerdictPanel).status != "pending":
+                break
+            await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        assert screen.query_one(VerdictPanel).status == "pass"
+        rows = screen.query_one(StageTracker).rows
+        assert all(rows[s].state == "done" for s in ("preflight", "sync", "launch", "manifest"))
+    assert (tmp_path / name / "dispatch.json").exists()

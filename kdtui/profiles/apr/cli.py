@@ -66,26 +66,27 @@ def apr_settings_from_args(args: argparse.Namespace) -> AprSettings:
     return AprSettings.from_mapping(values)
 
 
+def apr_launcher_from_args(args: argparse.Namespace) -> Any:
+    """The AprLauncher the arguments describe (raises ConfigError / HostsFileError)."""
+    from kdtui.profiles.apr.dispatch import AprLauncher
+    from kdtui.remote.hosts import LOCAL
+
+    config = apr_config_from_args(args)
+    settings = apr_settings_from_args(args)
+    host = args.host or os.environ.get("KDTUI_HOST") or LOCAL
+    if host == LOCAL:
+        raise ConfigError("host", "the apr profile runs apr distill on an SSH host: give "
+                          "--host ALIAS (from ~/.ssh/config or the kdtui hosts file)")
+    return AprLauncher(config, host, settings)
+
+
 def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """`kdtui launch --profile apr`: in the dashboard, or as plain lines with --headless."""
     out = out or sys.stdout
-    from kdtui.remote.hosts import LOCAL, HostsFileError
+    from kdtui.remote.hosts import HostsFileError
 
     try:
-        config = apr_config_from_args(args)
-        settings = apr_settings_from_args(args)
-        host = args.host or os.environ.get("KDTUI_HOST") or LOCAL
-        if host == LOCAL:
-            raise ConfigError("host", "the apr profile runs apr distill on an SSH host: give "
-                              "--host ALIAS (from ~/.ssh/config or the kdtui hosts file)")
-        from kdtui.profiles.apr.dispatch import AprLauncher
-
-        launcher = AprLauncher(config, host, settings)
-        dry = args.dry_run or os.environ.get("DRY_RUN", "").lower() in ("1", "true", "yes")
-        if dry:
-            for line in ["DRY RUN: nothing is connected to, uploaded or started",
-                         *launcher.dry_run()]:
-                print(line, file=out)
-            return 0
+        launcher = apr_launcher_from_args(args)
     except ConfigError as exc:
         name = flag_of(exc.field) if exc.field in FIELDS_BY_NAME else exc.field
         print(f"kdtui launch: error: {name}: {exc.message}" if name else
@@ -94,11 +95,20 @@ def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int
     except HostsFileError as exc:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if args.dry_run or os.environ.get("DRY_RUN", "").lower() in ("1", "true", "yes"):
+        for line in ["DRY RUN: nothing is connected to, uploaded or started",
+                     *launcher.dry_run()]:
+            print(line, file=out)
+        return 0
+    if not args.headless:
+        from kdtui.app import run_app
+
+        return run_app(args, launcher=launcher)
     from kdtui.profiles.apr.headless import launch_apr
 
     try:
-        return asyncio.run(launch_apr(config, launcher.host, settings, out=out,
-                                      detach=args.detach))
+        return asyncio.run(launch_apr(launcher.config, launcher.host, launcher.settings,
+                                      out=out, detach=args.detach))
     except KeyboardInterrupt:
         print(f"detached: the run goes on; come back with: kdtui watch {launcher.run_id}",
               file=out)
