@@ -42,8 +42,10 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> RunConfig:
-    """defaults < --demo < --config < KDTUI_<FIELD> env < flags; then the cross-field rules."""
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None, *,
+                     require_models: bool = True) -> RunConfig:
+    """defaults < --demo < --config < KDTUI_<FIELD> env < flags; then the cross-field rules
+    (require_models=False: an engine that takes no data field, such as apr distill)."""
     environ = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = demo_config().to_dict() if getattr(args, "demo", False) else {}
     if getattr(args, "config", None):
@@ -54,7 +56,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     config = config.with_values(**from_env)
     given = {f.name: getattr(args, f.name) for f in FIELDS
              if getattr(args, f.name, None) is not None}
-    return config.with_values(**given).validate()
+    return config.with_values(**given).validate(require_models=require_models)
 
 
 class StagePrinter:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kdengine.config import (
-    FIELDS,
     FIELDS_BY_NAME,
     ConfigError,
     RunConfig,
@@ -43,16 +42,10 @@ def add_apr_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apr_config_from_args(args: argparse.Namespace,
                          environ: dict[str, str] | None = None) -> RunConfig:
-    environ = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_config_file(Path(args.config)))
-    config = RunConfig.from_mapping(values)
-    config = config.with_values(**{f.name: environ[f"KDTUI_{f.name.upper()}"] for f in FIELDS
-                                   if f"KDTUI_{f.name.upper()}" in environ})
-    config = config.with_values(**{f.name: getattr(args, f.name) for f in FIELDS
-                                   if getattr(args, f.name, None) is not None})
-    return config.validate(require_models=False)
+    """As every launch's (kdtui.headless.config_from_args), but `data` is not required."""
+    from kdtui.headless import config_from_args
+
+    return config_from_args(args, environ, require_models=False)
 
 
 def apr_settings_from_args(args: argparse.Namespace) -> AprSettings:
@@ -95,7 +88,9 @@ def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int
     except HostsFileError as exc:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    if args.dry_run or os.environ.get("DRY_RUN", "").lower() in ("1", "true", "yes"):
+    from kdtui.headless import env_flag
+
+    if args.dry_run or env_flag("DRY_RUN"):
         for line in ["DRY RUN: nothing is connected to, uploaded or started",
                      *launcher.dry_run()]:
             print(line, file=out)
