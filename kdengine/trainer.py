@@ -364,21 +364,21 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             with dist.rank0_first():  # rank 0 fills the caches (hub, demo teacher) alone
                 teacher, tokenizer = load_teacher(config, device, dtype, log)
             placed = dist.place_teacher(teacher, device)
-            log.stage(stage, "done", f"{_count(teacher):,} parameters" +
+            log.stage(stage, "done", f"{_si(_count(teacher))} params" +
                       (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))
             stop.check()
 
             stage = "load_student"
             log.stage(stage, "running")
             student = dist.shard_student(load_student(config, device, tokenizer, teacher, log))
-            log.stage(stage, "done", f"{_count(student):,} trainable parameters")
+            log.stage(stage, "done", f"{_si(_count(student))} trainable params")
             stop.check()
 
             stage = "data"
             log.stage(stage, "running")
             splits = load_data(config, tokenizer)
-            log.stage(stage, "done", f"{len(splits.train):,} train / {len(splits.val):,} "
-                      "validation tokens")
+            log.stage(stage, "done", f"{_si(len(splits.train))} train / "
+                      f"{_si(len(splits.val))} val tokens")
 
             stage = "train"
             log.stage(stage, "running")
@@ -445,6 +445,14 @@ def _step(trainer: KDTrainer | None) -> int:
 
 def _step_of(ckpt: Path | None) -> int | None:
     return int(ckpt.name.split("-")[1]) if ckpt is not None else None
+
+
+def _si(n: int) -> str:
+    """1234567 -> '1.23M': short enough for the dashboard's stage tracker."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def _count(provider: Any) -> int:
