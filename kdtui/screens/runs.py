@@ -24,7 +24,7 @@ class RunsScreen(Screen):
     """Every local run and remote dispatch, newest first; Enter opens it (live ones followed)."""
 
     BINDINGS = [
-        Binding("enter", "open", "Open", id="runs.open"),
+        Binding("enter", "open", "Open", id="runs.open", priority=True),  # shown in the footer
         Binding("r", "refresh", "Refresh", id="runs.refresh"),
         Binding("n", "new", "New run", id="runs.new"),
         Binding("escape", "back", "Back", id="runs.back"),
