@@ -107,12 +107,18 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        below = self.app.screen_stack[-1] if self.app.screen_stack else None
+        # this screen is already on the stack while it composes: the one beneath is before it
+        beneath = [screen for screen in self.app.screen_stack if screen is not self]
+        below = beneath[-1] if beneath else None
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
         seen: set[tuple[str, str]] = set()
-        sources = [below, *(below.query("*") if below is not None else []), self.app]
+        # the screen's keys, then its kdtui widgets' (the log view's e/f/n...), then the app's;
+        # Textual's own widgets' keys (scrolling, text editing) are left to the footer
+        ours = [w for w in (below.query("*") if below is not None else [])
+                if type(w).__module__.startswith("kdtui.")]
+        sources = [below, *ours, self.app]
         for node in sources:
             for binding in getattr(node, "BINDINGS", []):
                 if not isinstance(binding, Binding) or not binding.description:

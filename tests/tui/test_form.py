@@ -149,3 +149,19 @@ async def test_remote_host_dry_run_shows_the_remote_plan(runs_dir, wait_for):
         plan = "\n".join(app.screen.lines)
         assert "gpu-box" in plan and "remote-dry" in plan
         assert not (runs_dir / "remote-dry").exists()
+
+
+async def test_help_lists_the_keys_of_the_screen_beneath_and_of_the_app(runs_dir):
+    from kdtui.app import KDApp
+    from kdtui.screens.dialogs import HelpScreen
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(150, 44)) as pilot:
+        await pilot.pause()
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = app.export_screenshot().replace("&#160;", " ")
+        for key, what in (("ctrl+r", "Start"), ("f2", "Demo preset"), ("f3", "Runs"),
+                          ("ctrl+q", "Quit"), ("f8", "Screenshot")):
+            assert key in text and what in text, (key, what)
