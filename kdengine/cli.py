@@ -18,6 +18,7 @@ from kdengine.config import (
     FIELDS,
     ConfigError,
     RunConfig,
+    add_field_flags,
     default_runs_dir,
     demo_config,
     flag_of,
@@ -50,17 +51,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="Validate the arguments and sources, print the effective config, exit")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="Continue a run from its latest checkpoint, with its own config")
-    for group_name in dict.fromkeys(f.group for f in FIELDS):
-        group = p.add_argument_group(group_name)
-        for f in (f for f in FIELDS if f.group == group_name):
-            default = f"default: {f.default!r}" if f.default != "" else "default: none"
-            help_text = f"{f.help} ({f.bounds_text()}; {default})"
-            if f.kind is bool:
-                group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                   default=None, help=help_text)
-            else:
-                group.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), default=None,
-                                   help=help_text)
+    add_field_flags(p)
     return p
 
 

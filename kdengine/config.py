@@ -7,6 +7,7 @@ takes and a value cannot be silently dropped. Imports no torch.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -308,6 +309,22 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 assert FIELD_NAMES == tuple(f.name for f in fields(RunConfig) ), (
     "FIELDS and RunConfig disagree"
 )
+
+
+def add_field_flags(parser: argparse.ArgumentParser) -> None:
+    """Every field as a flag, grouped as the form groups them. Values stay text: the schema,
+    not argparse, parses and checks them, so the CLI and the form give the same messages."""
+    for group_name, specs in groups().items():
+        group = parser.add_argument_group(group_name)
+        for f in specs:
+            default = f"default: {f.default!r}" if f.default != "" else "default: none"
+            help_text = f"{f.help} ({f.bounds_text()}; {default})"
+            if f.kind is bool:
+                group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=None, help=help_text)
+            else:
+                group.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), default=None,
+                                   help=help_text)
 
 
 def flag_of(name: str) -> str:

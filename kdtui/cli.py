@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kdengine.config import FIELDS
+from kdengine.config import add_field_flags
 
 
 class UsageError(Exception):
@@ -24,18 +24,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(message)
-
-
-def add_run_fields(parser: argparse.ArgumentParser) -> None:
-    """Every kdengine.config field as a flag (all strings: validation is the schema's)."""
-    group = parser.add_argument_group("run fields (as `kdengine train`)")
-    for f in FIELDS:
-        if f.kind is bool:
-            group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=f.help)
-        else:
-            group.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), default=None,
-                               help=f.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--demo", action="store_true", help="Start from the demo preset")
     launch.add_argument("--detach", action="store_true",
                         help="Headless: return once the run is started, do not watch it")
-    add_run_fields(launch)
+    add_field_flags(launch)  # every run field, as `kdengine train` takes it
     from kdtui.profiles.apr.cli import add_apr_arguments  # --profile apr and apr's settings
 
     add_apr_arguments(launch)
