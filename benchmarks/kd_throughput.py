@@ -244,7 +244,26 @@ def time_steps(step, device, warmup: int, steps: int) -> dict[str, Any]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
             "p25_s": q[0], "p75_s": q[2], "warmup_s": warm_s, "peak_gib": peak / 2**30,
             "reserved_gib": reserved / 2**30, "first_loss": losses[0],
-            "last_loss": losses[-1], "step_times_s": times}
+            "last_loss": losses[-1], "step_times_s": times,
+            "kernel_s": kernel_seconds(step, device) if cuda else None}
+
+
+def kernel_seconds(step, device, steps: int = 3) -> float:
+    """GPU time a step's kernels take, summed (one stream: the time the step would take on a
+    host infinitely fast at queueing work). The wall-clock step minus this is the time the GPU
+    waited for the host; it tells a GPU-bound variant from a host-bound one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    total_us = 0.0
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None)
+        total_us += us if us is not None else getattr(evt, "self_cuda_time_total", 0)
+    return total_us / 1e6 / steps
 
 
 def optimizer_step(loss: torch.Tensor, params, opt) -> float:
@@ -572,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["tokens_per_s"] = tokens / r["median_s"]
                 r["mfu"] = flops / r["median_s"] / ceiling
                 log(f"{label}: {r['tokens_per_s']:,.0f} tok/s, step {r['median_s'] * 1e3:.1f} "
-                    f"ms, peak {r['peak_gib']:.2f} GiB, MFU {r['mfu'] * 100:.1f}%, loss "
+                    f"ms (kernels {(r.get('kernel_s') or 0) * 1e3:.1f} ms), peak "
+                    f"{r['peak_gib']:.2f} GiB, MFU {r['mfu'] * 100:.1f}%, loss "
                     f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}, "
                     f"warm-up {r['warmup_s']:.1f} s")
             else:
@@ -628,6 +648,15 @@ def main(argv: list[str] | None = None) -> int:
             record("kdengine-ce+kd(T=2,alpha=0.3)", lambda: run_kdengine(
                 args, device, dtype, ids, labels, mixed, None, one, Path(tmp) / "k3"))
 
+        if "sdpa" in variants and device.type == "cuda":
+            # attention backends other than cuDNN's (SDPA's pick on an H100) for both models:
+            # compiled afresh, so the graphs lower to the kernel asked for
+            one = [{"name": f"chunk={c0}", "chunk": c0}]
+            for backend in ("flash", "mem_efficient"):
+                record(f"kdengine-sdpa-{backend}", lambda backend=backend: with_sdpa_backend(
+                    backend, lambda: run_kdengine(args, device, dtype, ids, labels, spec, None,
+                                                  one, Path(tmp) / f"sdpa-{backend}")))
+
         for i in range(2, args.repeat + 2 if args.repeat > 1 else 0):
             one = [{"name": f"chunk={c0}", "chunk": c0}]
             if "kdengine" in variants:
@@ -657,17 +686,34 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed_check else 0
 
 
+def with_sdpa_backend(backend: str, fn):
+    """fn() with only `backend` of SDPA's CUDA kernels enabled (math stays as the fallback)."""
+    flags = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+             for name in ("cudnn", "flash", "mem_efficient")}
+    torch._dynamo.reset()
+    try:
+        for name in flags:
+            getattr(torch.backends.cuda, f"enable_{name}_sdp")(name == backend)
+        return fn()
+    finally:
+        for name, on in flags.items():
+            getattr(torch.backends.cuda, f"enable_{name}_sdp")(on)
+        torch._dynamo.reset()
+
+
 def summary_table(results: dict[str, Any]) -> str:
-    lines = ["| variant | tokens/s | step (ms) | p25-p75 (ms) | peak GPU mem (GiB) | reserved "
-             "(GiB) | MFU |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | tokens/s | step (ms) | p25-p75 (ms) | GPU kernels (ms) | peak GPU mem "
+             "(GiB) | reserved (GiB) | MFU |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results["variants"].items():
         if "median_s" in r:
+            kernels = f"{r['kernel_s'] * 1e3:.1f}" if r.get("kernel_s") else "-"
             lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['median_s'] * 1e3:.1f} | "
-                         f"{r['p25_s'] * 1e3:.1f}-{r['p75_s'] * 1e3:.1f} | "
+                         f"{r['p25_s'] * 1e3:.1f}-{r['p75_s'] * 1e3:.1f} | {kernels} | "
                          f"{r['peak_gib']:.2f} | {r['reserved_gib']:.2f} | {r['mfu'] * 100:.1f}% |")
         else:
             why = r.get("skipped") or r.get("error", "?")
-            lines.append(f"| {name} | - | - | - | - | - | {why.splitlines()[0][:60]} |")
+            lines.append(f"| {name} | - | - | - | - | - | - | {why.splitlines()[0][:60]} |")
     return "\n".join(lines)
 
 
