@@ -1,14 +1,23 @@
 """A virtual view of a run's launch.log that keeps up with a fast engine.
 
-Only the visible lines are rendered (a ScrollView over a plain list of lines), each line is
-classified once on arrival (error / warning / filter match), and following stops as soon as the
-user scrolls up, counting the lines that arrived since ("+N new lines"). Highlights panics,
-errors, whole Python Traceback blocks, CUDA out-of-memory and NaN lines, case-insensitively.
+Only the visible rows are rendered (a ScrollView over a plain list of lines), each line is
+classified and measured once on arrival (error / warning / filter match, width in cells), and
+following stops as soon as the user scrolls up, counting the lines that arrived since ("+N new
+lines"). Highlights panics, errors, whole Python Traceback blocks, CUDA out-of-memory and NaN
+lines, case-insensitively.
+
+Long lines wrap (soft: at the pane's edge, continuation rows marked with "↪"), or with wrap off
+(`w`) run on and scroll sideways. Wrapping maps visual rows to lines through `_starts`, the first
+row of each shown line, built once per width from the cached cell widths and extended as lines
+arrive; while every line fits, there is no map at all (row == line).
 """
 
 from __future__ import annotations
 
 import re
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -34,6 +43,33 @@ _TRACEBACK_START = "Traceback (most recent call last)"
 # lands on the block's head, so one traceback is one jump
 NORMAL, ERROR, WARNING, ERROR_MORE = 0, 1, 2, 3
 MAX_LINE_CELLS = 2000  # a giant line is cut for display (and for highlighting), never for search
+WRAP_MARK = "↪ "  # starts each continuation row of a wrapped line
+_MARK_CELLS = 2
+_MARK_MIN_WIDTH = 12  # narrower than this, continuation rows get no mark (it would crowd them)
+
+
+def display_text(line: str) -> str:
+    """What a line shows: cut to MAX_LINE_CELLS, tabs expanded (what is measured and drawn)."""
+    text = line[:MAX_LINE_CELLS]
+    return text.expandtabs(4) if "\t" in text else text
+
+
+def display_cells(text: str) -> int:
+    # printable ASCII is one cell per character: skip rich's per-character table for it
+    return len(text) if text.isascii() and text.isprintable() else cell_len(text)
+
+
+def wrap_chunks(width: int) -> tuple[int, int]:
+    """Cells of a wrapped line's first row and of each continuation row (after the mark)."""
+    return width, (width - _MARK_CELLS if width >= _MARK_MIN_WIDTH else width)
+
+
+def wrapped_rows(cells: int, width: int) -> int:
+    """Visual rows of a line `cells` wide in a pane `width` cells wide."""
+    if cells <= width:
+        return 1
+    first, rest = wrap_chunks(width)
+    return 1 + -(-(cells - first) // rest)
 
 
 def classify(line: str) -> int:
@@ -53,6 +89,8 @@ class LogView(ScrollView, can_focus=True):
         Binding("E", "previous_error", "Prev error", show=False, id="log.previous_error"),
         Binding("f", "toggle_filter", "Filter", id="log.filter",
                 tooltip="Show only step, loss, panic, error and verdict lines"),
+        Binding("w", "toggle_wrap", "Wrap", id="log.wrap",
+                tooltip="Wrap long lines at the edge, or let them run on (scroll sideways)"),
         Binding("n", "next_match", "Next match", show=False, id="log.next_match"),
         Binding("N", "previous_match", "Prev match", show=False, id="log.previous_match"),
         Binding("end,G", "follow", "Follow", show=False, id="log.follow"),
@@ -60,7 +98,7 @@ class LogView(ScrollView, can_focus=True):
     ]
 
     COMPONENT_CLASSES = {"logview--error", "logview--warning", "logview--match",
-                         "logview--cursor"}
+                         "logview--cursor", "logview--wrap-mark"}
 
     DEFAULT_CSS = """
     LogView {
@@ -74,12 +112,14 @@ class LogView(ScrollView, can_focus=True):
         & > .logview--warning { color: $text-warning; }
         & > .logview--match { background: $accent; color: $text; }
         & > .logview--cursor { background: $primary-muted; }
+        & > .logview--wrap-mark { color: $text-muted; text-style: not bold; }
         &:focus { border: round $primary; }
     }
     """
 
     filtered: var[bool] = var(False)
     following: var[bool] = var(True)
+    wrap: var[bool] = var(True)
 
     class Jumped(Message):
         """The view moved its cursor to a line (an error or a search match)."""
@@ -95,9 +135,14 @@ class LogView(ScrollView, can_focus=True):
         self.max_lines = max_lines
         self.lines: list[str] = []
         self.kinds = bytearray()
+        self.cells = array("I")  # each line's display width in cells, measured once
         self._in_traceback = False
         self._view: list[int] | None = None  # line indices shown while filtered
-        self._width = 0
+        self._widest = 0  # cells of the widest line seen (not lowered by pruning: only a bound)
+        # Wrap layout, valid for _layout_width (0: not wrapping, or no size yet): the first
+        # visual row of each shown line, then the total; None while every line fits in one row.
+        self._layout_width = 0
+        self._starts: array[int] | None = None
         self.new_lines = 0  # arrived since the user stopped following
         self.cursor: int | None = None  # a line index (in self.lines)
         self.search_term = ""
@@ -119,6 +164,7 @@ class LogView(ScrollView, can_focus=True):
             return
         start = len(self.lines)
         kinds = self.kinds
+        widths = array("I", [display_cells(display_text(line)) for line in new])
         for line in new:
             kind = classify(line)
             # A Traceback block is an error as a whole: the header, its indented frames, and
@@ -133,13 +179,21 @@ class LogView(ScrollView, can_focus=True):
                     self._in_traceback = False
             kinds.append(kind)
         self.lines.extend(new)
-        widest = max(map(len, new))  # characters, not cells: cheap, and close enough for scroll
-        if widest > self._width:
-            self._width = min(widest, MAX_LINE_CELLS)
+        self.cells.extend(widths)
+        widest = max(widths)
+        if widest > self._widest:
+            self._widest = widest
         if self._view is not None:
-            self._view.extend(i for i in range(start, len(self.lines)) if self._keep(i))
+            kept = [i for i in range(start, len(self.lines)) if self._keep(i)]
+            self._view.extend(kept)
+            shown: Iterable[int] = [widths[i - start] for i in kept]
+        else:
+            shown = widths
         if len(self.lines) > self.max_lines:
             self._prune()
+            self._layout()
+        else:
+            self._extend_layout(shown)
         added = len(new) if self._view is None else None
         self._update_virtual_size()
         if self.following:
@@ -154,6 +208,7 @@ class LogView(ScrollView, can_focus=True):
         drop = len(self.lines) - self.max_lines + self.max_lines // 10
         del self.lines[:drop]
         del self.kinds[:drop]
+        del self.cells[:drop]
         self._dropped += drop
         if self.cursor is not None:
             self.cursor = self.cursor - drop if self.cursor >= drop else None
@@ -167,38 +222,144 @@ class LogView(ScrollView, can_focus=True):
     def clear(self) -> None:
         self.lines.clear()
         self.kinds = bytearray()
+        self.cells = array("I")
+        self._widest = 0
+        self._starts = None
         self._view = [] if self._view is not None else None
         self.cursor = None
         self.new_lines = 0
         self._update_virtual_size()
         self.refresh()
 
-    def _update_virtual_size(self) -> None:
-        rows = len(self._view) if self._view is not None else len(self.lines)
-        self.virtual_size = Size(self._width, rows)
-
+    # -- rows: shown lines (positions in the view) and the visual rows they take --------------
     @property
     def visible_count(self) -> int:
+        """Lines shown (all, or the filter's), whatever rows they take."""
         return len(self._view) if self._view is not None else len(self.lines)
 
-    def _index_at_row(self, row: int) -> int | None:
+    @property
+    def row_count(self) -> int:
+        """Visual rows of the shown lines (more than visible_count when long lines wrap)."""
+        return self._starts[-1] if self._starts is not None else self.visible_count
+
+    def _update_virtual_size(self) -> None:
+        # wrapped, nothing is wider than the pane: no sideways scrolling
+        width = self._layout_width if self.wrap else self._widest
+        self.virtual_size = Size(width, self.row_count)
+
+    def _wrap_width(self) -> int:
+        """Cells per row to wrap at now: 0 when not wrapping or before the first layout."""
+        return max(self.scrollable_content_region.width, 0) if self.wrap else 0
+
+    def _layout(self) -> None:
+        """Rebuild the row map for the current width (on resize, wrap toggle, filter, prune)."""
+        width = self._layout_width = self._wrap_width()
+        if width <= 0 or self._widest <= width:
+            self._starts = None
+        else:
+            shown = self.cells if self._view is None else [self.cells[i] for i in self._view]
+            self._starts = _row_starts(shown, width)
+        self._update_virtual_size()
+
+    def _extend_layout(self, shown: Iterable[int]) -> None:
+        """Newly shown lines (their widths) were appended: extend the row map, O(new lines)."""
+        width = self._layout_width
+        if width <= 0:
+            return
+        starts = self._starts
+        if starts is None:
+            if self._widest > width:
+                self._layout()  # the first line that wraps: from now on there is a map
+            return
+        end = starts[-1]
+        for cells in shown:
+            end += 1 if cells <= width else wrapped_rows(cells, width)
+            starts.append(end)
+
+    def _line_at_pos(self, pos: int) -> int | None:
         if self._view is not None:
-            return self._view[row] if 0 <= row < len(self._view) else None
-        return row if 0 <= row < len(self.lines) else None
+            return self._view[pos] if 0 <= pos < len(self._view) else None
+        return pos if 0 <= pos < len(self.lines) else None
 
-    def _row_of_index(self, index: int) -> int | None:
+    def _pos_of_index(self, index: int) -> int | None:
         if self._view is None:
-            return index
-        from bisect import bisect_left
-
+            return index if 0 <= index < len(self.lines) else None
         pos = bisect_left(self._view, index)
         return pos if pos < len(self._view) and self._view[pos] == index else None
 
+    def _pos_at_row(self, row: int) -> int | None:
+        starts = self._starts
+        if starts is None:
+            return row if 0 <= row < self.visible_count else None
+        if not 0 <= row < starts[-1]:
+            return None
+        return bisect_right(starts, row) - 1
+
+    def _first_row(self, pos: int) -> int:
+        return self._starts[pos] if self._starts is not None else pos
+
+    def _index_at_row(self, row: int) -> int | None:
+        pos = self._pos_at_row(row)
+        return None if pos is None else self._line_at_pos(pos)
+
+    def _row_of_index(self, index: int) -> int | None:
+        pos = self._pos_of_index(index)
+        return None if pos is None else self._first_row(pos)
+
+    def rows_of(self, index: int) -> range:
+        """The visual rows line `index` takes now (empty when the filter hides it)."""
+        pos = self._pos_of_index(index)
+        if pos is None:
+            return range(0)
+        return range(self._first_row(pos), self._first_row(pos + 1)
+                     if self._starts is not None else pos + 1)
+
     def visible_lines(self) -> list[str]:
-        """The lines on screen now, top to bottom (what a user would read)."""
+        """The lines on screen now, top to bottom (what a user would read), each once."""
         top = self.scroll_offset.y
-        rows = range(top, min(top + self.size.height, self.visible_count))
-        return [self.lines[i] for r in rows if (i := self._index_at_row(r)) is not None]
+        out: list[int] = []
+        for row in range(top, min(top + self.size.height, self.row_count)):
+            index = self._index_at_row(row)
+            if index is not None and (not out or out[-1] != index):
+                out.append(index)
+        return [self.lines[i] for i in out]
+
+    # -- wrapping -----------------------------------------------------------------------------
+    def on_resize(self) -> None:
+        # only a new width changes the rows; a new height does not
+        if self._wrap_width() != self._layout_width:
+            self._relayout_keeping_place()
+
+    def watch_wrap(self, wrap: bool) -> None:
+        self._retitle()
+        if self.is_mounted:
+            self._relayout_keeping_place()
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+
+    def _relayout_keeping_place(self) -> None:
+        """New rows for a new width or wrap mode; the line at the top (or the followed end)
+        stays where the user was reading."""
+        anchor = None if self.following else self._index_at_row(self.scroll_offset.y)
+        following = self.following
+        self._layout()
+        if self.wrap and self.scroll_x:
+            self.scroll_to(x=0, animate=False, immediate=True)  # wrapped: nothing to the right
+        if following:
+            self.following = True
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        elif anchor is not None:
+            row = self._row_of_index(anchor)
+            if row is not None:
+                self.scroll_to(y=row, animate=False, immediate=True)
+                self.following = False
+        self.refresh()
+
+    def _retitle(self) -> None:
+        notes = (["filtered: step, loss, panic, error, verdict"] if self.filtered else []) + (
+            [] if self.wrap else ["no wrap"])
+        self.border_title = f"log ({'; '.join(notes)})" if notes else "log"
 
     # -- following ----------------------------------------------------------------------------
     def watch_scroll_y(self, old: float, new: float) -> None:
@@ -234,9 +395,8 @@ class LogView(ScrollView, can_focus=True):
             self._view = [i for i in range(len(self.lines)) if self._keep(i)]
         else:
             self._view = None
-        self.border_title = "log (filtered: step, loss, panic, error, verdict)" if filtered \
-            else "log"
-        self._update_virtual_size()
+        self._retitle()
+        self._layout()
         if self.following:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         elif anchor is not None:
@@ -322,10 +482,12 @@ class LogView(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
         base = self.rich_style
-        index = self._index_at_row(scroll_y + y)
-        if index is None:
+        row = scroll_y + y
+        pos = self._pos_at_row(row)
+        index = None if pos is None else self._line_at_pos(pos)
+        if pos is None or index is None:
             return Strip.blank(width, base)
-        text = self.lines[index][:MAX_LINE_CELLS].expandtabs(4)
+        text = display_text(self.lines[index])
         kind = self.kinds[index]
         style = base
         if kind == ERROR or kind == ERROR_MORE:
@@ -334,9 +496,22 @@ class LogView(ScrollView, can_focus=True):
             style = base + self.get_component_rich_style("logview--warning")
         if index == self.cursor:
             style = style + self.get_component_rich_style("logview--cursor")
-        segments = self._segments(text, style)
-        strip = Strip(segments, cell_len(text))
-        return strip.crop_extend(scroll_x, scroll_x + width, style)
+        strip = Strip(self._segments(text, style), self.cells[index])
+        wrap_at = self._layout_width
+        if wrap_at <= 0:
+            return strip.crop_extend(scroll_x, scroll_x + width, style)
+        # a wrapped line: every row gets the line's style (error band, cursor), the
+        # continuation rows a dim mark first
+        sub_row = row - self._first_row(pos)
+        first, rest = wrap_chunks(wrap_at)
+        if sub_row == 0:
+            return strip.crop(0, first).extend_cell_length(width, style)
+        start = first + (sub_row - 1) * rest
+        piece = strip.crop(start, start + rest)
+        if rest < wrap_at:
+            mark = style + self.get_component_rich_style("logview--wrap-mark", partial=True)
+            piece = Strip.join([Strip([Segment(WRAP_MARK, mark)], _MARK_CELLS), piece])
+        return piece.extend_cell_length(width, style)
 
     def _segments(self, text: str, style: Style) -> list[Segment]:
         if self._search_re is None:
@@ -352,3 +527,22 @@ class LogView(ScrollView, can_focus=True):
         if pos < len(text):
             out.append(Segment(text[pos:], style))
         return out or [Segment("", style)]
+
+
+def _row_starts(widths: Iterable[int], width: int) -> array[int]:
+    """First visual row of each line, then the total, for lines `widths` cells wide.
+
+    Lines that fit (most of a log) are one row each: their run of starts is a range, added at C
+    speed; only the wide lines are looked at one by one."""
+    widths = widths if isinstance(widths, (list, array)) else list(widths)
+    starts = array("q", [0])
+    extra = 0  # rows added so far by wrapped lines
+    done = 0  # lines whose end is in starts
+    for pos, cells in enumerate(widths):
+        if cells > width:
+            starts.extend(range(done + 1 + extra, pos + 1 + extra))
+            extra += wrapped_rows(cells, width) - 1
+            starts.append(pos + 1 + extra)
+            done = pos + 1
+    starts.extend(range(done + 1 + extra, len(widths) + 1 + extra))
+    return starts
