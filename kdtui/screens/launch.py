@@ -1,9 +1,12 @@
-"""The launch form, what `kdtui` opens: host, fallback host, and every field of kdengine.config.
+"""The launch form, what `kdtui` opens: the engine (profile), host, and that engine's fields.
 
-Each field's widget, label, help text and validator is generated from `kdengine.config.FIELDS`,
-and an invalid value shows the very message the CLI prints (`--steps: must be ...`). Cross-field
-rules come from `RunConfig.validate()` and the sources check from `kdengine.sources`, each shown
-on the field it names. The last values are remembered per host in the user's config dir.
+kdengine's fields (widget, label, help text, validator) are generated from
+`kdengine.config.FIELDS`; apr distill's from its schema (`kdtui.profiles.apr.schema.form_fields`).
+An invalid value shows the very message the engine's CLI prints (`--steps: must be ...`).
+Cross-field rules come from `RunConfig.validate()`, the sources check from `kdengine.sources`, and
+apr's plan (`AprLauncher`), each shown on the field it names. Each profile keeps its own values
+while the user switches between them. The last values are remembered per host in the user's
+config dir, with the profile last started there.
 """
 
 from __future__ import annotations
@@ -31,10 +34,40 @@ from kdengine.config import (
     flag_of,
     groups,
 )
+from kdtui.profiles.apr.schema import (
+    NOT_APPLIED,
+    AprFormField,
+    AprSettings,
+    form_error_text,
+    form_fields,
+)
 
 LOCAL = "local"
 LAZY_FROM_GROUP = 2  # models and data are on the first screen; the rest mounts lazily
 NO_FALLBACK = ""
+NO_HOST = ""  # the apr profile's host before one is picked
+
+KDENGINE, APR = "kdengine", "apr"  # kdtui.profiles.PROFILES
+PROFILE_LABELS = {KDENGINE: "kdengine", APR: "apr distill"}
+ID_PREFIX = {KDENGINE: "", APR: "apr-"}  # kdengine keeps the ids it always had (field-steps)
+APR_FIELDS: tuple[AprFormField, ...] = form_fields()
+APR_FIELDS_BY_NAME = {f.name: f for f in APR_FIELDS}
+
+PROFILE_HELP = ("kdengine: the embedded PyTorch engine, on this machine or an SSH host. "
+                "apr distill: aprender's Rust engine, built and run on an SSH GPU host "
+                "(docs/apr-profile.md)")
+HOST_HELP = {
+    KDENGINE: "'local' runs the embedded engine on this machine; other hosts come from "
+              "~/.ssh/config and the kdtui hosts file",
+    APR: "apr distill runs on an SSH host only; 'local' cannot run it: the apr profile "
+         "builds apr with cargo and runs `--backend cuda` on a GPU box over SSH (apr's CPU "
+         "backend, fixture, is a stub with no learning signal). Hosts come from ~/.ssh/config "
+         "and the kdtui hosts file (a GPU in this machine: add a Host for localhost there)",
+}
+APR_HOST_MISSING = ("host: the apr profile runs apr distill on an SSH host: pick one "
+                    "(from ~/.ssh/config or the kdtui hosts file)")
+APR_NOT_IN_FORM = ("Not in this form: " + ", ".join(NOT_APPLIED) + ". apr distill has no flag "
+                   "for them; the dry run and dispatch.json list them as NOT applied.")
 
 
 def ssh_config_hosts(path: Path | None = None) -> list[str]:
@@ -78,23 +111,40 @@ def available_hosts() -> tuple[list[str], str]:
     return out, problem
 
 
-def field_widget_id(name: str) -> str:
-    return f"field-{name}"
+def field_widget_id(name: str, profile: str = KDENGINE) -> str:
+    return f"{ID_PREFIX[profile]}field-{name}"
+
+
+def row_id(name: str, profile: str = KDENGINE) -> str:
+    return f"{ID_PREFIX[profile]}row-{name}"
+
+
+def split_widget_id(widget_id: str) -> tuple[str, str] | None:
+    """'apr-field-steps' -> ('apr', 'steps'); None for an id that is no field's."""
+    for profile in (APR, KDENGINE):  # apr's prefix first: it is the longer one
+        prefix = field_widget_id("", profile)
+        if widget_id.startswith(prefix):
+            return profile, widget_id[len(prefix):]
+    return None
+
+
+FormSpec = Field | AprFormField  # the same shape: name, kind, default, help, choices, parse
 
 
 class FieldRow(Vertical):
     """One schema field: label, input, help text, and the inline error (the CLI's message)."""
 
-    def __init__(self, spec: Field) -> None:
-        super().__init__(classes="field-row", id=f"row-{spec.name}")
+    def __init__(self, spec: FormSpec, profile: str = KDENGINE) -> None:
+        super().__init__(classes="field-row", id=row_id(spec.name, profile))
         self.spec = spec
+        self.profile = profile
         self.error = ""
 
     def compose(self) -> ComposeResult:
         spec = self.spec
         with Horizontal(classes="field-line"):
             yield Label(spec.name, classes="field-label")
-            yield make_input(spec)
+            yield make_input(spec, self.profile)
         bounds = spec.bounds_text()
         yield Static(spec.help + (f" ({bounds})" if bounds != "a value" else ""),
                      classes="field-help")
@@ -103,7 +153,7 @@ class FieldRow(Vertical):
     def on_mount(self) -> None:
         screen = self.screen
         if isinstance(screen, LaunchScreen):
-            screen.row_mounted(self.spec.name)
+            screen.row_mounted(self.spec.name, self.profile)
 
     def show_error(self, message: str) -> None:
         if message == self.error:
@@ -113,8 +163,8 @@ class FieldRow(Vertical):
         self.set_class(bool(message), "-invalid")
 
 
-def make_input(spec: Field) -> Widget:
-    wid = field_widget_id(spec.name)
+def make_input(spec: FormSpec, profile: str = KDENGINE) -> Widget:
+    wid = field_widget_id(spec.name, profile)
     if spec.kind is bool:
         return Switch(value=bool(spec.default), id=wid, classes="field-input")
     if spec.choices:
@@ -133,6 +183,20 @@ def error_text(exc: ConfigError) -> str:
     return f"{flag_of(exc.field)}: {exc.message}" if exc.field else exc.message
 
 
+def profile_error_text(profile: str, exc: ConfigError) -> str:
+    """The message as the profile's CLI prints it after 'error: ' (kdengine train, or
+    `kdtui launch --profile apr`, which names apr's settings by their names)."""
+    return form_error_text(exc) if profile == APR else error_text(exc)
+
+
+def profile_specs(profile: str) -> tuple[FormSpec, ...]:
+    return APR_FIELDS if profile == APR else FIELDS
+
+
+def profile_spec(profile: str, name: str) -> FormSpec:
+    return APR_FIELDS_BY_NAME[name] if profile == APR else FIELDS_BY_NAME[name]
+
+
 class LaunchScreen(Screen):
     """Fill in a run and start it (or dry-run it)."""
 
@@ -149,8 +213,13 @@ class LaunchScreen(Screen):
         super().__init__()
         self.prefill = prefill or {}
         self._autostart = autostart
-        self._loading = False
-        self._pending: dict[str, Any] = {}  # values for rows not mounted yet (Lazy)
+        self.profile = KDENGINE
+        # values for rows not mounted yet: kdengine's lazy groups, apr's form before first shown
+        self._pending: dict[str, Any] = {}
+        self._apr_pending: dict[str, Any] = {}
+        self._apr_mounted = False
+        self._host_of = {KDENGINE: LOCAL, APR: NO_HOST}  # each profile keeps its own host
+        self._row_errors: dict[str, str] = {}  # rows that are not FieldRows (host)
 
     def compose(self) -> ComposeResult:
         hosts, self.hosts_problem = available_hosts()
@@ -159,15 +228,21 @@ class LaunchScreen(Screen):
         with VerticalScroll(id="form"):
             yield Static("Fill in a run, or press F2 for the demo preset, then ctrl+r to start.",
                          id="form-intro")
+            yield Label("engine", classes="group-title")
+            with Vertical(classes="field-row", id="row-profile"):
+                with Horizontal(classes="field-line"):
+                    yield Label("profile", classes="field-label")
+                    yield Select([(label, name) for name, label in PROFILE_LABELS.items()],
+                                 value=KDENGINE, allow_blank=False, id="profile",
+                                 classes="field-input", compact=True)
+                yield Static(PROFILE_HELP, classes="field-help")
             yield Label("where", classes="group-title")
             with Vertical(classes="field-row", id="row-host"):
                 with Horizontal(classes="field-line"):
                     yield Label("host", classes="field-label")
-                    yield Select([(h, h) for h in hosts], value=LOCAL, allow_blank=False,
+                    yield Select(self._host_options(KDENGINE), value=LOCAL, allow_blank=False,
                                  id="host", classes="field-input", compact=True)
-                yield Static("'local' runs the embedded engine on this machine; other hosts "
-                             "come from ~/.ssh/config and the kdtui hosts file",
-                             classes="field-help")
+                yield Static(HOST_HELP[KDENGINE], classes="field-help", id="host-help")
                 yield Static("", classes="field-error")
             with Vertical(classes="field-row", id="row-fallback_host"):
                 with Horizontal(classes="field-line"):
@@ -184,19 +259,32 @@ class LaunchScreen(Screen):
                     yield Switch(value=False, id="dry_run", classes="field-input")
                 yield Static("Show the whole plan and every command; start and write nothing",
                              classes="field-help")
-            for i, (group, specs) in enumerate(groups().items()):
-                # groups below the fold mount just after the first frame (Lazy): the form
-                # shows sooner; their values wait in self._pending until their rows mount
-                with Lazy(Vertical(classes="field-group")) if i >= LAZY_FROM_GROUP else \
-                        Vertical(classes="field-group"):
-                    yield Label(group, classes="group-title")
-                    for spec in specs:
-                        yield FieldRow(spec)
+            with Vertical(id="kdengine-form", classes="profile-form"):
+                for i, (group, specs) in enumerate(groups().items()):
+                    # groups below the fold mount just after the first frame (Lazy): the form
+                    # shows sooner; their values wait in self._pending until their rows mount
+                    with Lazy(Vertical(classes="field-group")) if i >= LAZY_FROM_GROUP else \
+                            Vertical(classes="field-group"):
+                        yield Label(group, classes="group-title")
+                        for spec in specs:
+                            yield FieldRow(spec)
+            # apr's rows mount the first time apr is picked (_mount_apr_form): most users never
+            # pick it, and the form's first frame stays as fast as it was
+            yield Vertical(id="apr-form", classes="profile-form")
         with Horizontal(id="form-buttons"):
             yield Button("Start (ctrl+r)", variant="success", id="start")
             yield Button("Demo preset (F2)", variant="primary", id="demo")
             yield Button("Runs (F3)", id="runs")
         yield Footer()
+
+    def _host_options(self, profile: str) -> list[tuple[str, str]]:
+        """kdengine: every host, 'local' first; apr: the SSH hosts only (apr needs one)."""
+        if profile == KDENGINE:
+            return [(h, h) for h in self.hosts]
+        remote = [h for h in self.hosts if h != LOCAL]
+        none = "none: pick an SSH host" if remote else \
+            "none: no SSH host known (add one to ~/.ssh/config or the kdtui hosts file)"
+        return [(none, NO_HOST)] + [(h, h) for h in remote]
 
     def on_mount(self) -> None:
         self.sub_title = "launch a run"
@@ -210,30 +298,101 @@ class LaunchScreen(Screen):
                             severity="error")
             host = LOCAL
         self._set_host(host)
-        self._load_values(settings.values_for(host))
+        self._host_of[KDENGINE] = host
+        remembered = settings.values_for(host)
+        self._load_values(remembered)
+        apr_values = remembered.get(APR)
+        if isinstance(apr_values, dict):
+            self._load_apr_values(apr_values)
+        self._host_of[APR] = host if host != LOCAL else NO_HOST
         values = {k: v for k, v in self.prefill.items() if k != "host"}
         if values.pop("demo", False):
             self.action_demo()
         self._load_values(values)
+        # `kdtui launch` flags are kdengine's (the apr CLI never opens the form); otherwise the
+        # form opens on the profile last started on this host
+        if not self.prefill and not self._autostart and remembered.get("profile") == APR:
+            self.select_profile(APR)
         # focus after the first frame: a focus change restyles the whole form
-        self.call_after_refresh(self.query_one("#field-teacher", Input).focus)
+        self.call_after_refresh(self._focus_first_field)
         self._maybe_autostart()
+
+    def _focus_first_field(self) -> None:
+        found = self.query(f"#{field_widget_id('teacher', self.profile)}")
+        if found:
+            found.first().focus()
+
+    # -- the profile ------------------------------------------------------------------------
+    def select_profile(self, profile: str) -> None:
+        """Show `profile`'s form (as picking it in the engine select does)."""
+        select = self.query_one("#profile", Select)
+        if select.value != profile:
+            with self.prevent(Select.Changed):
+                select.value = profile
+        self._apply_profile(profile)
+
+    @on(Select.Changed, "#profile")
+    def _profile_changed(self, event: Select.Changed) -> None:
+        if event.value != event.select.value:
+            return  # stale: the select's own mount posts its first value after on_mount
+        self._apply_profile(str(event.value))
+
+    def _apply_profile(self, profile: str) -> None:
+        host_select = self.query_one("#host", Select)
+        if profile == self.profile and (profile == KDENGINE or self._apr_mounted):
+            return
+        self._host_of[self.profile] = str(host_select.value)
+        self.profile = profile
+        if profile == APR:
+            self._mount_apr_form()
+        self.query_one("#kdengine-form").display = profile == KDENGINE
+        self.query_one("#apr-form").display = profile == APR
+        self.query_one("#row-fallback_host").display = profile == KDENGINE  # apr has none
+        self.query_one("#host-help", Static).update(HOST_HELP[profile])
+        self._show_row_error("row-host", "")
+        host = self._host_of[profile]
+        options = self._host_options(profile)
+        if host not in {value for _, value in options}:
+            host = options[0][1]
+        with self.prevent(Select.Changed):  # a profile switch is not a host pick
+            host_select.set_options(options)
+            host_select.value = host
+
+    def _mount_apr_form(self) -> None:
+        if self._apr_mounted:
+            return
+        self._apr_mounted = True
+        parts: list[Widget] = [Static(APR_NOT_IN_FORM, classes="form-note")]
+        for group, specs in groups(APR_FIELDS).items():  # type: ignore[arg-type]
+            parts.append(Vertical(Label(group, classes="group-title"),
+                                  *(FieldRow(spec, APR) for spec in specs),
+                                  classes="field-group"))
+        self.query_one("#apr-form", Vertical).mount_all(parts)
 
     # -- values in and out ------------------------------------------------------------------
     def _set_host(self, host: str) -> None:
-        self._loading = True
-        self.query_one("#host", Select).value = host
-        self._loading = False
+        select = self.query_one("#host", Select)
+        with self.prevent(Select.Changed):  # setting it is not the user picking it
+            select.value = host
+
+    def profile_ready(self, profile: str) -> bool:
+        """Every field's row of `profile` is mounted."""
+        if profile == APR and not self._apr_mounted:
+            return False
+        mounted = sum(1 for row in self.query(FieldRow) if row.profile == profile)
+        return mounted == len(profile_specs(profile))
 
     @property
     def form_ready(self) -> bool:
-        """Every field's row is mounted (the lazy groups arrive just after the first frame)."""
-        return len(self.query(FieldRow)) == len(FIELDS)
+        """Every kdengine field's row is mounted (the lazy groups arrive just after the first
+        frame)."""
+        return self.profile_ready(KDENGINE)
 
-    def row_mounted(self, name: str) -> None:
-        if name in self._pending:
-            self._apply_value(name, self._pending.pop(name))
-        self._validate_quietly(name)
+    def row_mounted(self, name: str, profile: str = KDENGINE) -> None:
+        pending = self._apr_pending if profile == APR else self._pending
+        if name in pending:
+            self._apply_value(name, pending.pop(name), profile)
+        self._validate_quietly(name, profile)
         self._maybe_autostart()
 
     def _maybe_autostart(self) -> None:
@@ -242,7 +401,8 @@ class LaunchScreen(Screen):
             self.call_after_refresh(self.action_start)
 
     def _load_values(self, values: dict[str, Any]) -> None:
-        """Put remembered or preset values into the widgets (text as typed), then validate."""
+        """Put remembered or preset kdengine values into the widgets (text as typed), then
+        validate."""
         for key, value in values.items():
             if key == "dry_run":
                 self.query_one("#dry_run", Switch).value = bool(value)
@@ -250,15 +410,26 @@ class LaunchScreen(Screen):
                 select = self.query_one("#fallback_host", Select)
                 select.value = value if value in self.hosts and value != LOCAL else NO_FALLBACK
             elif key in FIELDS_BY_NAME:
-                if self.query(f"#row-{key}"):
+                if self.query(f"#{row_id(key)}"):
                     self._apply_value(key, value)
                     self._validate_quietly(key)
                 else:
                     self._pending[key] = value
 
-    def _apply_value(self, key: str, value: Any) -> None:
-        spec = FIELDS_BY_NAME[key]
-        widget = self.query_one(f"#{field_widget_id(key)}")
+    def _load_apr_values(self, values: dict[str, Any]) -> None:
+        """The same for apr's form (its rows may not be mounted yet)."""
+        for key, value in values.items():
+            if key not in APR_FIELDS_BY_NAME:
+                continue
+            if self.query(f"#{row_id(key, APR)}"):
+                self._apply_value(key, value, APR)
+                self._validate_quietly(key, APR)
+            else:
+                self._apr_pending[key] = value
+
+    def _apply_value(self, key: str, value: Any, profile: str = KDENGINE) -> None:
+        spec = profile_spec(profile, key)
+        widget = self.query_one(f"#{field_widget_id(key, profile)}")
         if isinstance(widget, Switch):
             try:
                 widget.value = bool(spec.parse(value))
@@ -270,56 +441,79 @@ class LaunchScreen(Screen):
         elif isinstance(widget, Input):
             widget.value = _text(value)
 
-    def _validate_quietly(self, name: str) -> None:
+    def _validate_quietly(self, name: str, profile: str = KDENGINE) -> None:
         try:
-            self.validate_field(name)
+            self.validate_field(name, profile)
         except ConfigError:
             pass
 
-    def raw_values(self) -> dict[str, Any]:
+    def raw_values(self, profile: str = KDENGINE) -> dict[str, Any]:
         """Every field's widget value as the user left it (text for text inputs)."""
+        pending = self._apr_pending if profile == APR else self._pending
         out: dict[str, Any] = {}
-        for spec in FIELDS:
-            if spec.name in self._pending:
-                out[spec.name] = self._pending[spec.name]
+        for spec in profile_specs(profile):
+            if spec.name in pending or (profile == APR and not self._apr_mounted):
+                if spec.name in pending:
+                    out[spec.name] = pending[spec.name]
                 continue
-            widget = self.query_one(f"#{field_widget_id(spec.name)}")
+            widget = self.query_one(f"#{field_widget_id(spec.name, profile)}")
             out[spec.name] = widget.value  # type: ignore[attr-defined]
         return out
 
-    def validate_field(self, name: str) -> Any:
-        """Parse one field with the schema; show its error inline. Returns the value or raises."""
-        spec = next(f for f in FIELDS if f.name == name)
-        widget = self.query_one(f"#{field_widget_id(name)}")
-        row = self.query_one(f"#row-{name}", FieldRow)
+    def validate_field(self, name: str, profile: str = KDENGINE) -> Any:
+        """Parse one field with the profile's schema; show its error inline. Returns the value
+        or raises."""
+        spec = profile_spec(profile, name)
+        widget = self.query_one(f"#{field_widget_id(name, profile)}")
+        row = self.query_one(f"#{row_id(name, profile)}", FieldRow)
         try:
             value = spec.parse(widget.value)  # type: ignore[attr-defined]
         except ConfigError as exc:
-            row.show_error(error_text(exc))
+            row.show_error(profile_error_text(profile, exc))
             raise
         row.show_error("")
         return value
 
-    def field_error(self, name: str) -> str:
-        return self.query_one(f"#row-{name}", FieldRow).error
+    def field_error(self, name: str, profile: str = KDENGINE) -> str:
+        return self.query_one(f"#{row_id(name, profile)}", FieldRow).error
+
+    def host_error(self) -> str:
+        return self._row_errors.get("row-host", "")
+
+    def _show_row_error(self, row: str, message: str) -> None:
+        self._row_errors[row] = message
+        widget = self.query_one(f"#{row}")
+        widget.query_one(".field-error", Static).update(message)
+        widget.set_class(bool(message), "-invalid")
 
     # -- events -----------------------------------------------------------------------------
     @on(Input.Changed, ".field-input")
     def _input_changed(self, event: Input.Changed) -> None:
-        name = (event.input.id or "").removeprefix("field-")
+        found = split_widget_id(event.input.id or "")
+        if found is None:
+            return
         try:
-            self.validate_field(name)
+            self.validate_field(found[1], found[0])
         except ConfigError:
             pass
 
     @on(Select.Changed, "#host")
     def _host_changed(self, event: Select.Changed) -> None:
-        if self._loading:
-            return
-        remembered = self.app.settings.values_for(str(event.value))  # type: ignore[attr-defined]
-        if remembered:
+        host = str(event.value)
+        if event.value != event.select.value or host == self._host_of[self.profile]:
+            return  # stale (the select's mount posts its first value late), or no change
+        self._host_of[self.profile] = host
+        self._show_row_error("row-host", "")
+        remembered = self.app.settings.values_for(host)  # type: ignore[attr-defined]
+        if self.profile == APR:  # only this profile's values: the other form stays as typed
+            apr_values = remembered.get(APR)
+            remembered = apr_values if isinstance(apr_values, dict) else {}
+            self._load_apr_values(remembered)
+        else:
+            remembered = {k: v for k, v in remembered.items() if k not in (APR, "profile")}
             self._load_values(remembered)
-            self.notify(f"last values used on {event.value}", timeout=2)
+        if remembered:
+            self.notify(f"last values used on {host}", timeout=2)
 
     @on(Button.Pressed, "#start")
     def _start_pressed(self) -> None:
@@ -335,6 +529,8 @@ class LaunchScreen(Screen):
 
     # -- actions ----------------------------------------------------------------------------
     def action_demo(self) -> None:
+        if self.profile != KDENGINE:  # the demo is kdengine's; apr's values stay as typed
+            self.select_profile(KDENGINE)
         values = demo_config().to_dict()
         self._load_values(values)
         self.notify("Demo preset: a tiny teacher trained once on this machine, distilled on "
@@ -365,19 +561,47 @@ class LaunchScreen(Screen):
             self._show_config_error(exc)
             return None
 
-    def _show_config_error(self, exc: ConfigError) -> None:
-        message = error_text(exc)
-        if exc.field and self.query(f"#row-{exc.field}"):
-            self.query_one(f"#row-{exc.field}", FieldRow).show_error(message)
-            self._focus_field(exc.field)
+    def collect_apr(self) -> tuple[RunConfig, AprSettings] | None:
+        """The apr form as the run config and apr settings `kdtui launch --profile apr` would
+        build from the same values, or None after showing every error inline."""
+        values: dict[str, Any] = {}
+        first_bad: str | None = None
+        for spec in APR_FIELDS:
+            try:
+                values[spec.name] = self.validate_field(spec.name, APR)
+            except ConfigError:
+                first_bad = first_bad or spec.name
+        if first_bad is not None:
+            self._focus_field(first_bad, APR)
+            self.notify(f"Fix {self.field_error(first_bad, APR)}", title="Invalid run",
+                        severity="error")
+            return None
+        run = {f.name: values[f.name] for f in APR_FIELDS if not f.setting}
+        settings = {f.name: values[f.name] for f in APR_FIELDS if f.setting}
+        try:
+            # as kdtui.profiles.apr.cli.apr_config_from_args: no data field to require
+            config = RunConfig.from_mapping(run).validate(require_models=False)
+            return config, AprSettings.from_mapping(settings)
+        except ConfigError as exc:
+            self._show_config_error(exc, APR)
+            return None
+
+    def _show_config_error(self, exc: ConfigError, profile: str = KDENGINE) -> None:
+        message = profile_error_text(profile, exc)
+        if exc.field and self.query(f"#{row_id(exc.field, profile)}"):
+            self.query_one(f"#{row_id(exc.field, profile)}", FieldRow).show_error(message)
+            self._focus_field(exc.field, profile)
         self.notify(message, title="Invalid run", severity="error")
 
-    def _focus_field(self, name: str) -> None:
-        widget = self.query_one(f"#{field_widget_id(name)}")
+    def _focus_field(self, name: str, profile: str = KDENGINE) -> None:
+        widget = self.query_one(f"#{field_widget_id(name, profile)}")
         widget.focus()
         self.query_one("#form", VerticalScroll).scroll_to_widget(widget, animate=False)
 
     def action_start(self) -> None:
+        if self.profile == APR:
+            self._start_apr_form()
+            return
         if not self.form_ready:
             self.notify("The form is still loading", timeout=2)
             return
@@ -388,9 +612,33 @@ class LaunchScreen(Screen):
         fallback = str(self.query_one("#fallback_host", Select).value or "")
         dry_run = self.query_one("#dry_run", Switch).value
         raw = self.raw_values()
-        self.app.settings.remember(host, {**raw, "fallback_host": fallback,  # type: ignore
-                                          "dry_run": dry_run})
+        settings = self.app.settings  # type: ignore[attr-defined]
+        kept = {k: v for k, v in settings.values_for(host).items() if k == APR}
+        settings.remember(host, {**raw, "fallback_host": fallback, "dry_run": dry_run,
+                                 "profile": KDENGINE, **kept})
         self._start(config, host, fallback, dry_run)
+
+    def _start_apr_form(self) -> None:
+        if not self.profile_ready(APR):
+            self.notify("The form is still loading", timeout=2)
+            return
+        host = str(self.query_one("#host", Select).value)
+        if host in (NO_HOST, LOCAL):
+            self._show_row_error("row-host", APR_HOST_MISSING)
+            self.query_one("#host", Select).focus()
+            self.notify(APR_HOST_MISSING, title="Invalid run", severity="error")
+            return
+        collected = self.collect_apr()
+        if collected is None:
+            return
+        config, apr_settings = collected
+        dry_run = self.query_one("#dry_run", Switch).value
+        settings = self.app.settings  # type: ignore[attr-defined]
+        # this host's kdengine values stay as they were remembered; apr's are the form's
+        kept = {k: v for k, v in settings.values_for(host).items() if k not in (APR, "profile")}
+        settings.remember(host, {**kept, "dry_run": dry_run, "profile": APR,
+                                 APR: self.raw_values(APR)})
+        self._start_apr(config, apr_settings, host, dry_run)
 
     @work(exclusive=True, group="start")
     async def _start(self, config: RunConfig, host: str, fallback: str, dry_run: bool) -> None:
@@ -430,6 +678,29 @@ class LaunchScreen(Screen):
         self.app.push_screen(RunScreen(launcher=launcher,
                                        title=f"{launcher.run_id} on {host}"))
 
+    @work(exclusive=True, group="start")
+    async def _start_apr(self, config: RunConfig, settings: AprSettings, host: str,
+                         dry_run: bool) -> None:
+        from kdtui.screens.run import RunScreen
+
+        try:
+            # importing the dispatch loads asyncssh: off the UI thread
+            launcher = await asyncio.to_thread(apr_launcher, config, host, settings)
+        except ConfigError as exc:  # the plan's own checks: teacher == student, device=cpu...
+            self._show_config_error(exc, APR)
+            return
+        except Exception as exc:  # a bad hosts entry: say so, keep the form
+            self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
+                        timeout=10)
+            return
+        if dry_run:
+            from kdtui.screens.dialogs import PlanScreen
+
+            self.app.push_screen(PlanScreen(apr_dry_run_lines(launcher)))
+            return
+        # as KDApp does with the launcher `kdtui launch --profile apr` built
+        self.app.push_screen(RunScreen(launcher=launcher, title=f"{launcher.run_id} on {host}"))
+
 
 def remote_launcher(config: RunConfig, host: str, fallback: str) -> Any:
     """The SSH launcher for `host` (and the fallback); imported here, on first use, so the
@@ -437,3 +708,17 @@ def remote_launcher(config: RunConfig, host: str, fallback: str) -> Any:
     from kdtui.launch.remote import RemoteLauncher
 
     return RemoteLauncher(config, host, fallback or None)
+
+
+def apr_launcher(config: RunConfig, host: str, settings: AprSettings) -> Any:
+    """The apr profile's launcher: the AprLauncher that `kdtui launch --profile apr` builds
+    (kdtui.profiles.apr.cli.apr_launcher_from_args) for the same values; its stages, plan and
+    manifest are all its own. Raises ConfigError naming the field the plan refuses."""
+    from kdtui.profiles.apr.dispatch import AprLauncher
+
+    return AprLauncher(config, host, settings)
+
+
+def apr_dry_run_lines(launcher: Any) -> list[str]:
+    """The lines `kdtui launch --profile apr --dry-run` prints."""
+    return ["DRY RUN: nothing is connected to, uploaded or started", *launcher.dry_run()]

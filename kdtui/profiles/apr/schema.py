@@ -345,8 +345,113 @@ def classify_field(name: str) -> str:
     raise KeyError(name)
 
 
+# -- the dashboard's launch form ----------------------------------------------------------------
+# kdtui.screens.launch generates the apr form from these: the kdengine fields apr takes or kdtui
+# uses (the NOT_APPLIED ones are not shown: apr would ignore them), then AprSettings. Each field
+# parses and checks its text as `kdtui launch --profile apr` does, and `form_error_text` words a
+# ConfigError as that command prints it after "error: ".
+SETTING_HELP: dict[str, str] = {
+    "repo_url": "The aprender git repository apr is built from",
+    "git_ref": "Branch, tag or commit of it to build (--apr-ref)",
+    "build": "Build apr on the host with git and cargo (off: use apr_bin as installed)",
+    "cargo_package": "The Cargo package whose apr binary is built",
+    "cargo_features": "Cargo features of the build (--backend cuda needs cuda,training)",
+    "apr_bin": "The apr to run (empty: SRC/target/release/apr when building, else apr on PATH)",
+    "steps_per_epoch": "apr's steps per epoch: steps are mapped to whole epochs of this length",
+    "json_summary": "Pass --json when the host's apr offers it (the final losses as JSON)",
+}
+assert set(SETTING_HELP) == {f.name for f in fields(AprSettings)}, (
+    "every AprSettings field needs its help line in SETTING_HELP (the launch form shows it)"
+)
+SETTINGS_GROUP = "apr build"
+FORM_RUN_FIELDS: tuple[str, ...] = tuple(n for n in FIELD_NAMES if n not in NOT_APPLIED)
+_FORM_BOUNDS = {"device": "auto, cuda or cuda:N (apr has no cpu or mps backend)"}
+# where kdengine's own help says what only kdengine does with the value (HF directories, RUNS_DIR)
+_FORM_HELP = {
+    "teacher": "Teacher checkpoint: a .apr file on the host (/, ./ or ~/ path), or a ref "
+               "that `apr pull` fetches (hf://org/name/model.apr)",
+    "student": "Student checkpoint to train: a .apr file on the host, or a ref `apr pull` "
+               "fetches",
+    "steps": "Steps to train, rounded up to whole epochs of steps_per_epoch",
+    "device": "GPU to train on: auto and cuda are apr's cuda backend; cuda:N is noted, not "
+              "applied",
+    "run_dir": "Run directory on the host (empty: WORK_DIR/runs/<run_name>); apr writes the "
+               "student into RUN_DIR/student",
+}
+
+
+@dataclass(frozen=True)
+class AprFormField:
+    """One input of the dashboard's apr launch form: a run field or an AprSettings field."""
+
+    name: str
+    kind: type  # str, int, float or bool
+    default: Any
+    help: str
+    group: str
+    setting: bool  # an AprSettings field (else a kdengine.config field)
+    choices: tuple[str, ...] | None = None
+    bounds: str = ""
+
+    def bounds_text(self) -> str:
+        return self.bounds
+
+    def parse(self, raw: Any) -> Any:
+        """The checked value of the form's text, or ConfigError with the message
+        `kdtui launch --profile apr` gives for the same value."""
+        if not self.setting:
+            value = FIELDS_BY_NAME[self.name].parse(raw)
+            if self.name == "device":
+                backend_for_device(value)  # cpu/mps: the plan refuses them, say so at once
+            return value
+        value = raw
+        if isinstance(raw, str):
+            value = raw.strip()
+            if self.kind is int:
+                try:
+                    value = int(value.replace("_", ""))
+                except ValueError:
+                    value = raw  # AprSettings says "must be an integer (got ...)"
+        return getattr(AprSettings.from_mapping({self.name: value}), self.name)
+
+
+def _run_form_field(name: str) -> AprFormField:
+    spec = FIELDS_BY_NAME[name]
+    help_text = _FORM_HELP.get(name, spec.help)
+    if name in FIELD_TO_FLAG:
+        help_text += f" -> apr {FIELD_TO_FLAG[name]}"
+    else:
+        help_text += f"; kdtui only: {LOCAL_ONLY[name]}"
+    return AprFormField(name, spec.kind, spec.default, help_text, spec.group, False,
+                        spec.choices, _FORM_BOUNDS.get(name, spec.bounds_text()))
+
+
+def _setting_form_field(name: str) -> AprFormField:
+    default = AprSettings.__dataclass_fields__[name].default
+    kind = type(default)
+    bounds = {bool: "true or false", int: "an integer >= 1"}.get(kind, "text")
+    return AprFormField(name, kind, default, SETTING_HELP[name], SETTINGS_GROUP, True,
+                        bounds=bounds)
+
+
+def form_fields() -> tuple[AprFormField, ...]:
+    """The apr launch form, in order: the run fields apr takes, then apr's settings."""
+    return (tuple(_run_form_field(n) for n in FORM_RUN_FIELDS)
+            + tuple(_setting_form_field(f.name) for f in fields(AprSettings)))
+
+
+def form_error_text(exc: ConfigError) -> str:
+    """A ConfigError worded as `kdtui launch --profile apr` prints it after "error: ": a run
+    field by its flag (--steps), an apr setting by its name (git_ref)."""
+    if not exc.field:
+        return exc.message
+    name = FIELDS_BY_NAME[exc.field].flag if exc.field in FIELDS_BY_NAME else exc.field
+    return f"{name}: {exc.message}"
+
+
 __all__ = [
     "DISTILL_FLAGS", "FIELD_TO_FLAG", "NOT_APPLIED", "LOCAL_ONLY", "AprFlag", "AprSettings",
     "AprInvocation", "Applied", "NotApplied", "HelpCheck", "build_invocation",
     "check_against_help", "steps_to_epochs", "backend_for_device", "classify_field",
+    "AprFormField", "FORM_RUN_FIELDS", "SETTING_HELP", "form_fields", "form_error_text",
 ]
