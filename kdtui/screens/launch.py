@@ -53,9 +53,8 @@ ID_PREFIX = {KDENGINE: "", APR: "apr-"}  # kdengine keeps the ids it always had 
 APR_FIELDS: tuple[AprFormField, ...] = form_fields()
 APR_FIELDS_BY_NAME = {f.name: f for f in APR_FIELDS}
 
-PROFILE_HELP = ("kdengine: the embedded PyTorch engine, on this machine or an SSH host. "
-                "apr distill: aprender's Rust engine, built and run on an SSH GPU host "
-                "(docs/apr-profile.md)")
+PROFILE_HELP = ("kdengine: the embedded PyTorch engine, here or over SSH; apr distill: "
+                "aprender's Rust engine on an SSH GPU host")
 HOST_HELP = {
     KDENGINE: "'local' runs the embedded engine on this machine; other hosts come from "
               "~/.ssh/config and the kdtui hosts file",
@@ -228,7 +227,7 @@ class LaunchScreen(Screen):
         with VerticalScroll(id="form"):
             yield Static("Fill in a run, or press F2 for the demo preset, then ctrl+r to start.",
                          id="form-intro")
-            yield Label("engine", classes="group-title")
+            yield Label("engine and host", classes="group-title")
             with Vertical(classes="field-row", id="row-profile"):
                 with Horizontal(classes="field-line"):
                     yield Label("profile", classes="field-label")
@@ -236,7 +235,6 @@ class LaunchScreen(Screen):
                                  value=KDENGINE, allow_blank=False, id="profile",
                                  classes="field-input", compact=True)
                 yield Static(PROFILE_HELP, classes="field-help")
-            yield Label("where", classes="group-title")
             with Vertical(classes="field-row", id="row-host"):
                 with Horizontal(classes="field-line"):
                     yield Label("host", classes="field-label")

@@ -286,3 +286,16 @@ async def test_start_with_apr_on_the_test_sshd_runs_it_in_the_run_screen(
     data = json.loads(manifest.read_text())
     assert data["profile"] == "apr" and data["apr_settings"]["steps_per_epoch"] == 4
     assert data["engine_command"][1:4] == ["distill", data["models"]["teacher"], "--student"]
+
+
+def test_apr_form_snapshot_with_a_bad_value(snap_compare, runs_dir):
+    async def apr_with_bad_steps(pilot):
+        screen = await open_form(pilot.app, pilot)
+        await pick_profile(screen, pilot, APR)
+        apr_input(screen, "steps").value = "0"
+        await pilot.pause()
+        pilot.app.clear_notifications()
+        await pilot.pause()
+
+    assert snap_compare(KDApp(runs_dir=runs_dir), terminal_size=(150, 44),
+                        run_before=apr_with_bad_steps)
