@@ -170,6 +170,8 @@ class RunScreen(Screen):
         assert self.handle is not None
         if not self.sub_title:
             self.sub_title = f"{self.handle.run_id} on {self.handle.host}"
+        # an apr handle knows its epochs before the first one ends
+        self.query_one(RunProgress).expect_epochs(getattr(self.handle, "epochs", None))
         follower = RunFollower(self.handle.source)
         quiet_since: float | None = None
         async for update in _follow_with_idle(follower):
@@ -221,6 +223,11 @@ class RunScreen(Screen):
                 step = event.get("step")
                 if isinstance(step, (int, float)):
                     chart.add_eval(step, event.get("val_loss"))
+            elif kind == "epoch":  # an engine with epochs (apr): the loss at each epoch's end
+                step = event.get("step")
+                if isinstance(step, (int, float)):
+                    chart.add_epoch(step, event.get("loss"), event.get("epoch"))
+                progress.add_epoch(event)
             elif kind == "stage":
                 tracker.update_stage(str(event.get("stage")), str(event.get("state")),
                                      event.get("elapsed") or 0.0, str(event.get("detail", "")))

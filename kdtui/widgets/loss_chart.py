@@ -1,4 +1,5 @@
-"""The live loss chart: train loss with its KD and CE parts, and the val-loss points, by step.
+"""The live loss chart: train loss with its KD and CE parts, the val-loss points, and the
+epoch-end losses of an engine that reports epochs (apr), by step.
 
 Points go into `DecimatedSeries`, which keeps at most `cap` buckets by merging neighbours pairwise
 when full (O(1) per point), so a million-step run costs the plot the same as a short one; the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from textual.app import RenderResult
 from textual.reactive import var
 from textual_plotext import PlotextPlot
 
@@ -87,10 +89,15 @@ class EMA:
 
 SERIES = ("loss", "kd", "ce")
 COLORS = {"loss": "cyan", "kd": "magenta", "ce": "green", "val_loss": "orange"}
+# epoch-end points: yellow reads well on a dark background, not on a light one
+EPOCH_COLOR = {True: "yellow", False: "blue"}
+EPOCH_LABEL = "epoch loss"
+MAX_EPOCH_TAGS = 12  # more epochs than this: the points are drawn, their "eN" tags are not
 
 
 class LossChart(PlotextPlot):
-    """Train loss, KD and CE parts, val loss; `smooth` (EMA) and `log_y` toggle how it is drawn."""
+    """Train loss, KD and CE parts, val loss, epoch-end loss; `smooth` (EMA) and `log_y` toggle
+    how it is drawn (the EMA smooths the step series only: an epoch's loss is already a mean)."""
 
     DEFAULT_CSS = """
     LossChart { border: round $foreground 35%; height: 1fr; }
@@ -106,7 +113,10 @@ class LossChart(PlotextPlot):
         self.ema = {name: DecimatedSeries(cap) for name in SERIES}
         self._ema = {name: EMA() for name in SERIES}
         self.val = DecimatedSeries(cap)
+        self.epoch = DecimatedSeries(cap)
+        self.epoch_numbers: dict[float, int] = {}  # step -> the epoch that ended there
         self._dirty = True
+        self._built = False  # built (plotext build()) since the last _replot
         self.border_title = "loss"
 
     def on_mount(self) -> None:
@@ -128,6 +138,36 @@ class LossChart(PlotextPlot):
             self.val.add(step, float(val_loss))
             self._dirty = True
 
+    def add_epoch(self, step: float, loss: float, epoch: int | None = None) -> None:
+        """An epoch ended at `step` with mean training loss `loss`."""
+        if isinstance(loss, (int, float)) and math.isfinite(loss):
+            self.epoch.add(step, float(loss))
+            if isinstance(epoch, int) and len(self.epoch_numbers) <= MAX_EPOCH_TAGS:
+                self.epoch_numbers[step] = epoch
+            self._dirty = True
+
+    def _tag_epochs(self, xs: list[float], ys: list[float], color: str,
+                    drawn_xs: list[float]) -> None:
+        """"eN" beside each epoch point: plotext draws text over markers, so the tag goes two
+        columns right of its point (left of it near the right edge), in data units."""
+        low, high = min(drawn_xs), max(drawn_xs)
+        columns = max(10, self.size.width - 8)  # less the y axis' labels and ticks
+        per_column = (high - low) / columns if high > low else 1.0
+        plt = self.plt
+        for x, y in zip(xs, ys, strict=True):
+            epoch = self.epoch_numbers.get(x)
+            if epoch is None:
+                continue
+            tag = f"e{epoch}"
+            right = x + 2 * per_column
+            if right + len(tag) * per_column > high:
+                right = x - (len(tag) + 1.5) * per_column
+            plt.text(tag, right, y, color=color, alignment="left")
+
+    @property
+    def epoch_point_count(self) -> int:
+        return self.epoch.count
+
     @property
     def point_count(self) -> int:
         return self.raw["loss"].count
@@ -140,6 +180,14 @@ class LossChart(PlotextPlot):
         self._dirty = True
         self._redraw_if_dirty()
 
+    def render(self) -> RenderResult:
+        if self.log_y and self._built:
+            # plotext's build() takes the log of its stored data in place: building the same
+            # data again (a resize, a screen switch) took the log of a log and crashed the app
+            self._replot()
+        self._built = True
+        return super().render()
+
     def _redraw_if_dirty(self) -> None:
         if self._dirty and self.is_mounted:
             self._replot()
@@ -147,14 +195,17 @@ class LossChart(PlotextPlot):
 
     def _replot(self) -> None:
         self._dirty = False
+        self._built = False
         plt = self.plt
         plt.clear_data()
         source = self.ema if self.smooth else self.raw
         drawn = False
+        drawn_xs: list[float] = []  # the x range plotext will scale to (for placing tags)
         for name in SERIES:
             xs, ys = source[name].points()
             if self.log_y:
                 xs, ys = _positive(xs, ys)
+            drawn_xs += xs[:1] + xs[-1:]
             if xs:
                 plt.plot(xs, ys, label=name + (" (EMA)" if self.smooth else ""),
                          color=COLORS[name], marker="braille")
@@ -162,8 +213,20 @@ class LossChart(PlotextPlot):
         vx, vy = self.val.points()
         if self.log_y:
             vx, vy = _positive(vx, vy)
+        drawn_xs += vx[:1] + vx[-1:]
         if vx:
             plt.scatter(vx, vy, label="val_loss", color=COLORS["val_loss"], marker="●")
+            drawn = True
+        ex, ey = self.epoch.points()
+        if self.log_y:
+            ex, ey = _positive(ex, ey)
+        drawn_xs += ex[:1] + ex[-1:]
+        if ex:
+            color = EPOCH_COLOR[bool(self.app.current_theme.dark)] if self.is_attached \
+                else EPOCH_COLOR[True]
+            plt.scatter(ex, ey, label=EPOCH_LABEL, color=color, marker="◆")
+            if self.epoch.count <= MAX_EPOCH_TAGS:
+                self._tag_epochs(ex, ey, color, drawn_xs)
             drawn = True
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("step")

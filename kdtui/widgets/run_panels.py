@@ -1,4 +1,5 @@
-"""The run screen's side panels: stage tracker, progress (step, tokens/s, ETA) and verdict."""
+"""The run screen's side panels: stage tracker, progress (step, epoch, tokens/s, ETA) and
+verdict."""
 
 from __future__ import annotations
 
@@ -136,8 +137,8 @@ class StageTracker(Widget):
 
 
 class RunProgress(Widget):
-    """step N of M, tokens/s, ETA from the recent step rate (render(), fixed height: an
-    update repaints this widget only)."""
+    """step N of M (and epoch N/M when the engine has epochs), tokens/s, ETA from the recent
+    step rate (render(), fixed height: an update repaints this widget only)."""
 
     DEFAULT_CSS = """
     RunProgress { border: round $foreground 35%; height: 6; padding: 0 1; }
@@ -150,6 +151,10 @@ class RunProgress(Widget):
         self.total: int | None = None
         self.tokens_per_s: float | None = None
         self.eta: float | None = None
+        self.epoch: int | None = None  # the epoch in progress, or the last one that ended
+        self.epochs: int | None = None
+        self._epochs_done = 0
+        self._epoch_end_step: int | None = None
         self._marks: list[tuple[float, int]] = []  # (event time, step), a sliding window
         self._text = Text("")
 
@@ -168,11 +173,34 @@ class RunProgress(Widget):
         tps = event.get("tokens_per_s")
         if isinstance(tps, (int, float)):
             self.tokens_per_s = float(tps)
+        epoch = event.get("epoch")
+        if isinstance(epoch, int) and epoch > 0:
+            self.epoch = max(self.epoch or 0, epoch)
+        elif self.epochs and (self._epoch_end_step is None or step > self._epoch_end_step):
+            # a step with no epoch of its own (apr numbering steps across epochs): it belongs
+            # to the epoch after the last one that ended
+            self.epoch = max(self.epoch or 0, min(self._epochs_done + 1, self.epochs))
         t = event.get("t")
         if isinstance(t, (int, float)):
             self._marks.append((float(t), step))
             if len(self._marks) > 50:
                 del self._marks[: len(self._marks) - 50]
+
+    def expect_epochs(self, epochs: int | None) -> None:
+        """The run was asked for this many epochs (known before its first epoch ends)."""
+        if isinstance(epochs, int) and epochs > 0:
+            self.epochs = epochs
+
+    def add_epoch(self, event: dict) -> None:
+        """An `epoch` event: epoch N of M ended (at step `step`)."""
+        epoch, epochs, step = event.get("epoch"), event.get("epochs"), event.get("step")
+        if isinstance(epochs, int) and epochs > 0:
+            self.epochs = epochs
+        if isinstance(epoch, int) and epoch > 0:
+            self._epochs_done = max(self._epochs_done, epoch)
+            self.epoch = max(self.epoch or 0, epoch)
+        if isinstance(step, int):
+            self._epoch_end_step = step
 
     def refresh_view(self, finished: bool = False) -> None:
         if finished:
@@ -190,9 +218,12 @@ class RunProgress(Widget):
         bar = Text("█" * filled, style="bold") + Text("░" * (bar_width - filled), style="dim")
         total = f"{self.total:,}" if self.total else "?"
         tps = f"{self.tokens_per_s:,.0f}" if self.tokens_per_s is not None else "–"
+        epoch = Text("")
+        if self.epoch is not None:
+            epoch = Text.assemble(("   epoch ", "dim"), f"{self.epoch}/{self.epochs or '?'}")
         text = Text.assemble(
             bar, f" {frac:4.0%}\n",
-            ("step ", "dim"), f"{self.step:,} / {total}\n",
+            ("step ", "dim"), f"{self.step:,} / {total}", epoch, "\n",
             ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
         )
         if text.plain != self._text.plain:
