@@ -175,6 +175,12 @@ async def test_switching_profiles_back_and_forth_keeps_what_was_typed_even_if_ba
             assert screen.field_error("steps", APR) == apr_error
             assert apr_input(screen, "git_ref").value == "v-test"
             assert screen.query_one("#host", Select).value == "gpu-box"
+        # the demo preset is kdengine's: F2 switches to it, and apr's values stay as typed
+        await pilot.press("f2")
+        await pilot.pause()
+        assert screen.profile == KDENGINE
+        assert screen.query_one("#field-teacher", Input).value == "demo://teacher"
+        assert apr_input(screen, "teacher").value == "/models/t.apr"
 
 
 async def test_apr_needs_an_ssh_host_and_start_without_one_says_why(runs_dir):
