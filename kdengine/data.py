@@ -4,7 +4,9 @@ Sources: a text file, a .jsonl file (one `text` field a line), a directory of th
 directory of pre-tokenized uint16/uint32 shards (`tokens.json` + `*.bin`, see docs/data.md).
 Documents are split into train and validation by a hash of their name, so the split is the same
 on every machine and run. Each split is one packed token stream with an end-of-document token
-after each document. The batch of step k is a pure function of (seed, k): the data position a
+after each document: an int64 tensor for text (tokenized in memory anyway), and for shards a
+TokenStream, ranges of documents over the memory-mapped shards that reads the same tokens without
+holding them in RAM. The batch of step k is a pure function of (seed, k): the data position a
 checkpoint saves is the step, plus a fingerprint of the stream so a resume on changed data fails.
 """
 
@@ -112,17 +114,82 @@ def is_token_shards(path: Path) -> bool:
     return path.is_dir() and (path / SHARD_META).is_file()
 
 
+# how many tokens a sequential scan (eos index, vocab max, fingerprint) reads at a time: bounds
+# the scan's memory to a few tens of MB whatever the corpus size (8 MB of int64 a chunk)
+SCAN_TOKENS = 1 << 20
+
+
+@dataclass
+class MappedShard:
+    """One `*.bin` shard, memory-mapped in its own dtype (never converted as a whole).
+
+    `tokens` is a private, copy-on-write mapping: the file is opened read-only and nothing is ever
+    written back to it. When the file's last token is not `eos_id`, the shard reads as if it had
+    one more token, an eos at position `size` (`eos_added`): the file is not copied or changed."""
+
+    name: str
+    path: Path
+    tokens: torch.Tensor  # 1-D, uint16 or uint32, mapped from the file
+    ends: torch.Tensor  # int64 position of every document's last token (its eos)
+    eos_added: bool
+    max_id: int  # the largest token id, the added eos included
+    eos_id: int
+
+    @property
+    def size(self) -> int:
+        """Tokens in the file."""
+        return len(self.tokens)
+
+    def __len__(self) -> int:
+        return self.size + self.eos_added
+
+    def read(self, start: int, stop: int, out: torch.Tensor | None = None,
+             scratch: bytearray | None = None) -> torch.Tensor:
+        """Tokens [start, stop) as int64, read with plain file reads: a sequential scan then
+        goes through the page cache and does not fault the whole mapping into this process.
+        Scans pass `out` (int64) and `scratch` buffers to reuse: no allocation per chunk."""
+        out = torch.empty(stop - start, dtype=torch.int64) if out is None else out[:stop - start]
+        count = max(min(stop, self.size) - start, 0)
+        width = self.tokens.element_size()
+        if count:
+            if scratch is None or len(scratch) < count * width:
+                scratch = bytearray(count * width)
+            view, done = memoryview(scratch)[:count * width], 0
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(start * width)
+                while done < len(view):  # readinto may return short counts
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise ConfigError("data", f"{self.path} shrank while being read "
+                                          "(rewritten during training?)")
+                    done += got
+            out[:count].copy_(torch.frombuffer(scratch, dtype=self.tokens.dtype, count=count))
+        out[count:] = self.eos_id  # the added eos, when the range reaches it
+        return out
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """Tokens at `positions` (int64, 0 <= p < len(self)) as int64, from the mapping."""
+        inside = positions < self.size
+        if bool(inside.all()):
+            return self.tokens[positions].to(torch.int64)
+        out = torch.full_like(positions, self.eos_id)
+        out[inside] = self.tokens[positions[inside]].to(torch.int64)
+        return out
+
+
 @dataclass
 class TokenShards:
-    """A pre-tokenized corpus: one int64 stream per shard, each document ended by `eos_id`."""
+    """A pre-tokenized corpus: its mapped shards in name order, each document ended by `eos_id`."""
 
-    streams: dict[str, torch.Tensor]
+    shards: list[MappedShard]
     eos_id: int
 
 
 def read_token_shards(spec: str) -> TokenShards:
     """Read `tokens.json` ({"format": "kdengine-tokens", "dtype": "uint16"|"uint32",
-    "eos_id": N}) and every `*.bin` beside it: raw little-endian token ids."""
+    "eos_id": N}) and map every `*.bin` beside it: raw little-endian token ids. One sequential
+    pass per shard (in chunks) finds the document ends and the largest id; the tokens stay on
+    disk, mapped, until a batch gathers them."""
     path = Path(spec).expanduser()
     meta_path = path / SHARD_META
     try:
@@ -146,7 +213,7 @@ def read_token_shards(spec: str) -> TokenShards:
     files = sorted(path.glob("*.bin"))
     if not files:
         raise ConfigError("data", f"{spec} has {SHARD_META} but no *.bin shards")
-    streams: dict[str, torch.Tensor] = {}
+    shards: list[MappedShard] = []
     for file in files:
         size = file.stat().st_size
         if size % width:
@@ -155,16 +222,37 @@ def read_token_shards(spec: str) -> TokenShards:
         if size == 0:
             continue
         try:
-            raw = torch.from_file(str(file), shared=False, size=size // width, dtype=dtype)
+            # shared=False: a private copy-on-write mapping of a file opened read-only.
+            # shared=True would open it read-write (failing on read-only data), write any change
+            # to the tensor back into the corpus, and grow the file if `size` were too large.
+            tokens = torch.from_file(str(file), shared=False, size=size // width, dtype=dtype)
         except (OSError, RuntimeError) as exc:
             raise ConfigError("data", f"cannot read {file}: {exc}") from None
-        stream = raw.to(torch.int64)
-        if stream[-1].item() != eos_id:  # the last document ends at the end of the shard
-            stream = torch.cat([stream, torch.tensor([eos_id])])
-        streams[file.name] = stream
-    if not streams:
+        shards.append(_index_shard(file, tokens, eos_id))
+    if not shards:
         raise ConfigError("data", f"{spec} is empty: every *.bin shard has 0 tokens")
-    return TokenShards(streams, eos_id)
+    return TokenShards(shards, eos_id)
+
+
+def _index_shard(file: Path, tokens: torch.Tensor, eos_id: int) -> MappedShard:
+    """Document ends and largest id of one shard, scanned in chunks through reused buffers."""
+    shard = MappedShard(file.name, file, tokens, torch.empty(0, dtype=torch.int64), False, 0,
+                        eos_id)
+    size = min(SCAN_TOKENS, shard.size)
+    chunk, is_eos = torch.empty(size, dtype=torch.int64), torch.empty(size, dtype=torch.bool)
+    scratch = bytearray(size * tokens.element_size())
+    ends, max_id = [], 0
+    for start in range(0, shard.size, SCAN_TOKENS):
+        stop = min(start + SCAN_TOKENS, shard.size)
+        part = shard.read(start, stop, chunk, scratch)
+        ends.append(torch.eq(part, eos_id, out=is_eos[:stop - start]).nonzero().flatten() + start)
+        max_id = max(max_id, int(part.max()))
+    shard.eos_added = int(part[-1]) != eos_id  # the last document ends at the end of the shard
+    if shard.eos_added:
+        ends.append(torch.tensor([shard.size]))
+        max_id = max(max_id, eos_id)
+    shard.ends, shard.max_id = torch.cat(ends), max_id
+    return shard
 
 
 def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Document]:
@@ -188,39 +276,66 @@ def is_validation(name: str, val_fraction: float) -> bool:
 def split_token_shards(shards: TokenShards, val_fraction: float, window: int,
                        batch_size: int = 1, vocab_size: int | None = None) -> TokenSplits:
     """Hold out whole documents (named `shard.bin:i`, i-th document of the shard) by the same
-    name hash as text documents; keep the rest as the packed train stream."""
-    train_parts, val_parts, docs = [], [], []
-    for name, stream in shards.streams.items():
-        if vocab_size is not None and (bad := int(stream.max())) >= vocab_size:
-            raise ConfigError("data", f"{name} holds token id {bad}, beyond the model's vocab "
-                              f"({vocab_size}): tokenized with another tokenizer?")
-        ends = (stream == shards.eos_id).nonzero().flatten()
-        held = torch.tensor([is_validation(f"{name}:{i}", val_fraction)
-                             for i in range(len(ends))], dtype=torch.bool)
-        # document index of every token: the eos closes its own document
-        doc_of = torch.zeros(len(stream), dtype=torch.int64)
-        doc_of[ends[:-1] + 1] = 1
-        doc_of = doc_of.cumsum(0)
-        mask = held[doc_of]
-        train_parts.append(stream[~mask])
-        val_parts.append(stream[mask])
-        docs.append(len(ends))
-    train, val = torch.cat(train_parts), torch.cat(val_parts)
+    name hash as text documents; keep the rest as the train stream. Both are TokenStreams over
+    the mapped shards: ranges of documents, never copies of the tokens."""
+    bases = _cumulative([len(s) for s in shards.shards])
+    train_parts, val_parts = [], []
+    for shard, base in zip(shards.shards, bases.tolist(), strict=False):
+        if vocab_size is not None and (bad := shard.max_id) >= vocab_size:
+            raise ConfigError("data", f"{shard.name} holds token id {bad}, beyond the model's "
+                              f"vocab ({vocab_size}): tokenized with another tokenizer?")
+        held = _held_documents(shard.name, len(shard.ends), val_fraction)
+        # runs of consecutive documents on the same side become one range each
+        first = torch.ones(len(held), dtype=torch.bool)
+        first[1:] = held[1:] != held[:-1]
+        run_first = first.nonzero().flatten()
+        run_last = torch.cat([run_first[1:] - 1, torch.tensor([len(held) - 1])])
+        doc_start = torch.cat([torch.tensor([0]), shard.ends[:-1] + 1])
+        starts = doc_start[run_first] + base
+        stops = shard.ends[run_last] + 1 + base
+        side = held[run_first]
+        train_parts.append(torch.stack([starts[~side], stops[~side]], 1))
+        val_parts.append(torch.stack([starts[side], stops[side]], 1))
+    train = TokenStream(shards.shards, torch.cat(train_parts))
+    val = TokenStream(shards.shards, torch.cat(val_parts))
     if len(val) < window + 1:  # few documents: hold out the tail instead
-        stream = torch.cat(list(shards.streams.values()))
-        train, val = _tail_split(stream, val_fraction, window)
+        total = int(bases[-1])
+        cut, _ = _tail_cut(total, val_fraction, window)
+        train = TokenStream(shards.shards, torch.tensor([[0, cut]]))
+        val = TokenStream(shards.shards, torch.tensor([[cut, total]]))
     _check_sizes(train, val, window, batch_size)
     return TokenSplits(train, val, shards.eos_id)
 
 
+def _held_documents(name: str, count: int, val_fraction: float) -> torch.Tensor:
+    """is_validation(f"{name}:{i}") for i < count, with the crc of the name's prefix computed
+    once (zlib.crc32 continues from a running value: the same number, a few times faster)."""
+    prefix, limit = zlib.crc32(f"{name}:".encode()), val_fraction * 10_000
+    return torch.tensor([zlib.crc32(str(i).encode(), prefix) % 10_000 < limit
+                         for i in range(count)], dtype=torch.bool)
+
+
+def _cumulative(lengths: list[int]) -> torch.Tensor:
+    """[0, l0, l0 + l1, ...]: start offsets, one more than lengths."""
+    out = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    if lengths:
+        out[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
+    return out
+
+
+def _tail_cut(length: int, val_fraction: float, window: int) -> tuple[int, int]:
+    cut = int(length * (1 - max(val_fraction, 0.05)))
+    cut = min(cut, length - (window + 1))
+    return max(cut, 0), length
+
+
 def _tail_split(stream: torch.Tensor, val_fraction: float,
                 window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    cut = int(len(stream) * (1 - max(val_fraction, 0.05)))
-    cut = min(cut, len(stream) - (window + 1))
-    return stream[:max(cut, 0)], stream[max(cut, 0):]
+    cut, _ = _tail_cut(len(stream), val_fraction, window)
+    return stream[:cut], stream[cut:]
 
 
-def _check_sizes(train: torch.Tensor, val: torch.Tensor, window: int, batch_size: int) -> None:
+def _check_sizes(train: Stream, val: Stream, window: int, batch_size: int) -> None:
     """One training batch of distinct windows and one validation sequence, at least."""
     need = batch_size * (window - 1) + 2  # batch_size windows of window tokens, hop window-1
     if len(train) < need or len(val) < window + 1:
@@ -240,10 +355,105 @@ def pack(token_lists: Iterable[torch.Tensor], eos_id: int) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
 
+class TokenStream:
+    """A 1-D token stream over mapped shards, without a copy: the concatenation of `ranges`
+    ([start, stop) rows in the shards' joint coordinates: shard 0's tokens, then shard 1's, ...,
+    an added eos counted in its shard). It reads exactly like the int64 tensor that packing those
+    ranges would give: len(), stream[positions] (an int64 tensor of the same shape), stream[a:b]
+    and stream[i]; only the tokens asked for are read and converted to int64."""
+
+    def __init__(self, shards: list[MappedShard], ranges: torch.Tensor) -> None:
+        ranges = ranges.reshape(-1, 2).to(torch.int64)
+        ranges = ranges[ranges[:, 1] > ranges[:, 0]]  # empty ranges would confuse the search
+        self.shards = shards
+        self.shard_starts = _cumulative([len(s) for s in shards])
+        self.range_starts = ranges[:, 0].contiguous()
+        self.offsets = _cumulative((ranges[:, 1] - ranges[:, 0]).tolist())
+        self._length = int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __repr__(self) -> str:
+        return (f"TokenStream({self._length} tokens in {len(self.range_starts)} ranges of "
+                f"{len(self.shards)} shards)")
+
+    def __getitem__(self, key: int | slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            return self.take(key)
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._length)
+            if step != 1:
+                raise IndexError("a TokenStream slices with step 1 only")
+            return self.read(start, max(start, stop))
+        index = int(key) + (self._length if int(key) < 0 else 0)
+        if not 0 <= index < self._length:
+            raise IndexError(f"position {key} outside a stream of {self._length} tokens")
+        return self.take(torch.tensor(index))
+
+    def _locate(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shard index and position inside it of each stream position."""
+        rng = torch.searchsorted(self.offsets, positions, right=True) - 1
+        joint = self.range_starts[rng] + (positions - self.offsets[rng])
+        shard = torch.searchsorted(self.shard_starts, joint, right=True) - 1
+        return shard, joint - self.shard_starts[shard]
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """Tokens at `positions` (any shape, 0 <= p < len) as int64: the random-access path,
+        through the mappings, a handful of searchsorted and one gather per shard touched."""
+        flat = positions.reshape(-1).to(torch.int64)
+        if len(flat) and (int(flat.min()) < 0 or int(flat.max()) >= self._length):
+            raise IndexError(f"positions outside a stream of {self._length} tokens")
+        shard, local = self._locate(flat)
+        out = torch.empty_like(flat)
+        for s in shard.unique().tolist():
+            mask = shard == s
+            out[mask] = self.shards[s].take(local[mask])
+        return out.reshape(positions.shape)
+
+    def read(self, start: int, stop: int, out: torch.Tensor | None = None,
+             scratch: bytearray | None = None) -> torch.Tensor:
+        """Tokens [start, stop) as int64, by sequential file reads (for scans and tests), into
+        `out` when given (see MappedShard.read)."""
+        out = torch.empty(stop - start, dtype=torch.int64) if out is None else out[:stop - start]
+        done = 0
+        while start + done < stop:
+            at = start + done
+            rng = int(torch.searchsorted(self.offsets, torch.tensor(at), right=True)) - 1
+            joint = int(self.range_starts[rng]) + at - int(self.offsets[rng])
+            s = int(torch.searchsorted(self.shard_starts, torch.tensor(joint), right=True)) - 1
+            local = joint - int(self.shard_starts[s])
+            # up to the end of this range, of this shard and of the request
+            count = min(stop, int(self.offsets[rng + 1])) - at
+            count = min(count, len(self.shards[s]) - local)
+            self.shards[s].read(local, local + count, out[done:done + count], scratch)
+            done += count
+        return out
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(offset, int64 tokens) pieces of at most `size` (SCAN_TOKENS) tokens, in order. Each
+        piece is a view of one reused buffer, valid until the next: use it, don't keep it."""
+        size = min(size or SCAN_TOKENS, max(self._length, 1))
+        out = torch.empty(size, dtype=torch.int64)
+        scratch = bytearray(size * 4)  # room for uint32
+        for start in range(0, self._length, size):
+            yield start, self.read(start, min(start + size, self._length), out, scratch)
+
+    def tensor(self) -> torch.Tensor:
+        """The whole stream as one int64 tensor: 8 bytes a token, for small data and tests."""
+        return self.read(0, self._length)
+
+
+Stream = torch.Tensor | TokenStream
+
+
 @dataclass
 class TokenSplits:
-    train: torch.Tensor  # 1-D int64 stream
-    val: torch.Tensor
+    """Train and validation streams: 1-D int64 tensors (text, built in memory) or TokenStreams
+    (pre-tokenized shards, mapped); both give len(), stream[positions] and a fingerprint."""
+
+    train: Stream
+    val: Stream
     eos_id: int
 
 
@@ -265,19 +475,32 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
     return TokenSplits(train, val, eos_id)
 
 
-def stream_fingerprint(stream: torch.Tensor) -> str:
-    """crc32 and length of a token stream: a resume on other data is caught, not trained on."""
-    data = stream.to(torch.int64)
-    # position-weighted sum in wrapping int64 arithmetic: torch only, no numpy, order-sensitive
-    weights = torch.arange(len(data), dtype=torch.int64) * 2654435761 + 97
-    return f"{len(data)}:{int(((data + 1) * weights).sum()) & 0xFFFFFFFFFFFF:012x}"
+def stream_fingerprint(stream: Stream) -> str:
+    """crc32 and length of a token stream: a resume on other data is caught, not trained on.
+
+    A position-weighted sum in wrapping int64 arithmetic (torch only, no numpy,
+    order-sensitive), taken in chunks: wrapping sums are sums modulo 2**64, so the chunked total
+    equals the one-pass sum of the whole stream and the fingerprint of checkpoints written before
+    streams were chunked."""
+    pieces = (stream.chunks() if isinstance(stream, TokenStream) else
+              ((start, stream[start:start + SCAN_TOKENS])
+               for start in range(0, len(stream), SCAN_TOKENS)))
+    size = min(SCAN_TOKENS, max(len(stream), 1))
+    weights, data = torch.empty(size, dtype=torch.int64), torch.empty(size, dtype=torch.int64)
+    total = 0
+    for start, piece in pieces:
+        # (piece + 1) * ((start + i) * 2654435761 + 97), wrapping, in two reused buffers
+        w = torch.arange(start, start + len(piece), dtype=torch.int64, out=weights[:len(piece)])
+        d = data[:len(piece)].copy_(piece).add_(1)
+        total += int(w.mul_(2654435761).add_(97).mul_(d).sum())
+    return f"{len(stream)}:{total & 0xFFFFFFFFFFFF:012x}"
 
 
 class BatchSampler:
     """Random windows of `seq_len + 1` tokens from a stream; step k's batch depends on (seed, k)
     only. Returns (input_ids, labels) [batch, seq_len], labels shifted by one."""
 
-    def __init__(self, stream: torch.Tensor, batch_size: int, seq_len: int, seed: int) -> None:
+    def __init__(self, stream: Stream, batch_size: int, seq_len: int, seed: int) -> None:
         self.stream, self.batch_size, self.seq_len, self.seed = stream, batch_size, seq_len, seed
         self.max_start = len(stream) - (seq_len + 1)
         self._fingerprint: str | None = None
@@ -316,6 +539,6 @@ class BatchSampler:
                 for i in range(count)]
 
 
-__all__ = ["IGNORE_INDEX", "BatchSampler", "ByteTokenizer", "Document", "TokenShards",
-           "TokenSplits", "is_token_shards", "read_documents", "read_token_shards",
-           "split_documents", "split_token_shards", "stream_fingerprint"]
+__all__ = ["IGNORE_INDEX", "BatchSampler", "ByteTokenizer", "Document", "MappedShard",
+           "TokenShards", "TokenSplits", "TokenStream", "is_token_shards", "read_documents",
+           "read_token_shards", "split_documents", "split_token_shards", "stream_fingerprint"]
