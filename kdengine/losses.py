@@ -361,12 +361,17 @@ def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -
 
 
 def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
-                  want_grad_h, want_grad_w):
+                  want_grad_h, want_grad_w, loss_scale=None):
     """The chunk loop: per chunk of tokens, project both lm-heads in the compute dtype, take the
     loss and its logit gradient in fp32, and fold that gradient into d/dh and d/dW at once.
 
     Memory: one [chunk, vocab] block each of student logits, teacher logits and gradient, in the
-    compute dtype; grad_w accumulates in fp32 (fp64 for fp64 inputs)."""
+    compute dtype; grad_w accumulates in fp32 (fp64 for fp64 inputs).
+
+    `loss_scale` (fp16's dynamic loss scale, a power of two): the logit gradient
+    is computed for the scaled loss before it is rounded to the compute dtype, or fp16 would
+    flush its small entries (about 1/tokens each) to zero; grad_h and grad_w come back scaled,
+    the loss terms do not."""
     _check_kind(spec)
     student_vocab = w.shape[0]
     cd = compute_dtype
@@ -380,6 +385,8 @@ def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math
         inv_n = 1.0 / valid_count.to(acc)  # a device tensor: no host sync, no recompiles
     else:
         inv_n = torch.tensor(1.0 / normalizer, dtype=acc, device=h.device)
+    if loss_scale is not None:  # powers of two: exact, the same numbers scaled
+        inv_n = inv_n * loss_scale
     want_grad = want_grad_h or want_grad_w
     grad_h = torch.empty(h.shape, dtype=cd, device=h.device) if want_grad_h else None
     grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_grad_w else None
@@ -400,6 +407,9 @@ def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math
         if grad_w is not None:
             _accumulate_grad_w(grad_w, g, hc[sl])
         del g
+    if loss_scale is not None:
+        unscale = 1.0 / loss_scale
+        loss, ce_total, kd_total = loss * unscale, ce_total * unscale, kd_total * unscale
     return loss, ce_total, kd_total, grad_h, grad_w
 
 
@@ -412,11 +422,13 @@ class _FusedLinearKDLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer):
+    def forward(ctx, h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
+                loss_scale):
         loss, ce, kd, grad_h, grad_w = _fused_chunks(
             h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
-            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            ctx.needs_input_grad[0], ctx.needs_input_grad[1], loss_scale)
         ctx.grads = (grad_h, grad_w)
+        ctx.loss_scale = loss_scale
         ctx.dtypes = (h.dtype, w.dtype)
         ctx.parts = (ce, kd)
         return loss
@@ -426,13 +438,15 @@ class _FusedLinearKDLoss(torch.autograd.Function):
         grad_h, grad_w = ctx.grads
         ctx.grads = (None, None)
         h_dtype, w_dtype = ctx.dtypes
+        if ctx.loss_scale is not None:  # the stored gradients are of the scaled loss already
+            grad_out = grad_out / ctx.loss_scale
         gh = gw = None
         if grad_h is not None:
             gh = grad_h.to(h_dtype) * grad_out.to(h_dtype)
         if grad_w is not None:
             # in place: no second [vocab, hidden] fp32 buffer
             gw = grad_w.mul_(grad_out.to(grad_w.dtype)).to(w_dtype)
-        return gh, gw, None, None, None, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None, None, None, None
 
 
 def _default_compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
@@ -447,7 +461,8 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                   labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024, *,
                   compute_dtype: torch.dtype | None = None,
                   compile_math: bool | None = None,
-                  normalizer: float | None = None) -> LossParts:
+                  normalizer: float | None = None,
+                  loss_scale: float | None = None) -> LossParts:
     """Batch-mean KD loss from final hidden states and lm-head weights, never materialising the
     full [tokens, vocab] logits. hidden [..., H]; head [vocab, H]; labels [...].
 
@@ -456,6 +471,8 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     fp32 master weight). `compile_math` (default: on CUDA) runs the per-chunk math through
     torch.compile; the CPU path is the same function, eager. `normalizer` replaces the batch's
     own valid-token count as the divisor (data parallel: the global count / world size).
+    `loss_scale` (fp16 training: GradScaler's scale, a power of two) is the factor the
+    caller will scale the loss's backward by; see _fused_chunks.
     """
     if teacher_head.shape[0] < student_head.shape[0]:
         raise ValueError(
@@ -473,7 +490,7 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     with torch.autocast(h.device.type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or student_head.requires_grad):
             loss = _FusedLinearKDLoss.apply(h, student_head, th, tw, flat, spec, chunk_tokens,
-                                            cd, compile_math, normalizer)
+                                            cd, compile_math, normalizer, loss_scale)
             ce, kd = loss.grad_fn.parts
         else:
             loss, ce, kd, _, _ = _fused_chunks(h, student_head, th, tw, flat, spec, chunk_tokens,

@@ -5,7 +5,8 @@
 AdamW with warm-up and cosine/linear decay, global gradient clipping, held-out evaluation at step
 0, every eval_every steps and at the end. Seeded and deterministic on the CPU. A NaN or inf loss
 stops the run as failed before the bad update is applied; SIGINT/SIGTERM end it as cancelled after
-the current step. Checkpoints are atomic and `resume=True` continues exactly.
+the current step. Checkpoints are atomic and `resume=True` continues exactly. float16 runs scale
+the loss dynamically and skip a step whose gradients overflow (docs/models.md, "Dtypes").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import platform
 import signal
 import time
 import traceback
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +138,9 @@ class KDTrainer:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
         self.dist = dist or Dist()  # torchrun: this rank's rows, global loss normalizer
         self.dist.check_batch(config.batch_size)
+        if dtype == torch.float16 and self.dist.enabled:  # (loss scaling below)
+            raise ConfigError("dtype", "float16 needs loss scaling, which kdengine does not do "
+                              "across torchrun ranks yet: use dtype=bfloat16 (or float32)")
         self.device, self.dtype = device, dtype
         self.stop = stop or _StopSignals()
         self.spec = KDLossSpec.from_config(config)
@@ -172,6 +177,11 @@ class KDTrainer:
         self._fused_update = fused and (self.dist.local_update or not self.dist.enabled)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i + 1, config))
+        # fp16 needs dynamic loss scaling (bf16 has fp32's range and does not): the backward
+        # runs on the loss times GradScaler's scale, the fused loss takes its logit gradient for
+        # the scaled loss, and a step whose gradients overflow is skipped with the scale halved
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.overflows_in_a_row = 0
         self.step = 0
 
     def _autocast(self):
@@ -196,10 +206,12 @@ class KDTrainer:
                 t_hidden = self.teacher.hidden_states(input_ids)
             s_hidden = self.student.hidden_states(input_ids)
         # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
+        scaled = self.scaler.is_enabled() and torch.is_grad_enabled()
         parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
                               self.teacher.head_weight, labels, self.spec, self.chunk_tokens,
                               normalizer=self.dist.normalizer(labels),
-                              compute_dtype=self.dtype, compile_math=self.compile)
+                              compute_dtype=self.dtype, compile_math=self.compile,
+                              loss_scale=self.scaler.get_scale() if scaled else None)
         return self.dist.globalize(parts)
 
     def _first_compiled_loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
@@ -245,7 +257,10 @@ class KDTrainer:
         # Backward and clipping are queued before the host waits for the loss value, so the GPU
         # never idles between forward and backward; a non-finite loss still stops the run
         # before the update is applied.
-        parts.loss.backward()
+        scaling = self.scaler.is_enabled()
+        self.scaler.scale(parts.loss).backward()  # the loss itself unless fp16
+        if scaling:
+            self.scaler.unscale_(self.optimizer)  # true gradients again; notes an overflow
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         lr = self.optimizer.param_groups[0]["lr"]
         fused = self._fused_update
@@ -260,27 +275,55 @@ class KDTrainer:
         if not math.isfinite(loss):
             raise LossNotFinite(f"loss is {loss} at step {self.step} "
                                 f"(ce={parts.ce}, kd={parts.kd}); the update was not applied")
-        if fused:
-            grad_norm = float(grad_norm_t)
-            if not math.isfinite(grad_norm):
-                raise LossNotFinite(f"gradient norm is {grad_norm} at step {self.step} (loss "
-                                    f"{loss}); the update was not applied")
-        else:
+        grad_norm = float(grad_norm_t)  # fused: read after the update is queued
+        if not fused and math.isfinite(grad_norm):
             self.optimizer.step()
-            grad_norm = float(grad_norm_t)  # read after the update is queued
-        self.scheduler.step()
+        scale = self.scaler.get_scale() if scaling else None
+        if math.isfinite(grad_norm):
+            self.overflows_in_a_row = 0
+        elif scaling:
+            self._skip_overflowed_step(scale, loss)
+        else:
+            raise LossNotFinite(f"gradient norm is {grad_norm} at step {self.step} (loss "
+                                f"{loss}); the update was not applied")
+        if scaling:
+            self.scaler.update()  # halves the scale after an overflow, grows it when quiet
+        with warnings.catch_warnings():  # the schedule follows steps, skipped ones included
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
-        return {"step": self.step, "loss": loss, "kd": parts.kd, "ce": parts.ce, "lr": lr,
-                "grad_norm": grad_norm, "tokens_per_s": input_ids.numel() / max(seconds, 1e-9)}
+        metrics = {"step": self.step, "loss": loss, "kd": parts.kd, "ce": parts.ce, "lr": lr,
+                   "grad_norm": grad_norm,
+                   "tokens_per_s": input_ids.numel() / max(seconds, 1e-9)}
+        if scaling:
+            metrics["loss_scale"] = scale
+        return metrics
+
+    # fp16: halving from 2^16, 30 overflows in a row reach 2^-14, where no gradient of a
+    # working model overflows any more
+    MAX_OVERFLOWS_IN_A_ROW = 30
+
+    def _skip_overflowed_step(self, scale: float, loss: float) -> None:
+        """An fp16 step whose scaled gradients overflowed: no update (the fused kernel or the
+        guard above skipped it), a warning, and a failed run if it keeps happening."""
+        self.overflows_in_a_row += 1
+        if self.overflows_in_a_row >= self.MAX_OVERFLOWS_IN_A_ROW:
+            raise LossNotFinite(
+                f"float16 gradients overflowed at every loss scale down to {scale:g} "
+                f"({self.overflows_in_a_row} steps in a row, last at step {self.step}, loss "
+                f"{loss}): the model's values do not fit float16; use dtype=bfloat16 or float32")
+        self.log.message("warning", f"step {self.step}: float16 gradients overflowed at loss "
+                         f"scale {scale:g}; update skipped, scale halved")
 
     def state(self) -> dict[str, Any]:
         # data position: the sampler's batch k is a pure function of (seed, k), so the step plus
         # a fingerprint of the stream pins it; rng: every stream, so a resume continues exactly
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "rng": rng_state(), "data": self.sampler.position(self.step)}
+                "rng": rng_state(), "data": self.sampler.position(self.step),
+                **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
@@ -291,6 +334,8 @@ class KDTrainer:
             set_rng_state(state["rng"])
         if "data" in state:
             self.sampler.check_position(state["data"], self.step)
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
 
     def checkpoint(self) -> Path:
         if self.dist.enabled:  # DCP shards, renamed into place by rank 0
