@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable
+from itertools import compress, count
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -46,6 +48,7 @@ MAX_LINE_CELLS = 2000  # a giant line is cut for display (and for highlighting),
 WRAP_MARK = "↪ "  # starts each continuation row of a wrapped line
 _MARK_CELLS = 2
 _MARK_MIN_WIDTH = 12  # narrower than this, continuation rows get no mark (it would crowd them)
+MAPS_KEPT = 4  # row maps cached (by width and filter)
 
 
 def display_text(line: str) -> str:
@@ -64,12 +67,53 @@ def wrap_chunks(width: int) -> tuple[int, int]:
     return width, (width - _MARK_CELLS if width >= _MARK_MIN_WIDTH else width)
 
 
-def wrapped_rows(cells: int, width: int) -> int:
-    """Visual rows of a line `cells` wide in a pane `width` cells wide."""
+def row_breaks(text: str, cells: int, width: int) -> list[int]:
+    """Where each visual row of a display text `cells` wide starts, in cells (the first at 0),
+    in a pane `width` cells wide.
+
+    A row ends after its last space when that leaves it at least half full (words stay whole:
+    `tok/s=3083`, a path), else at the pane's edge (a long token is cut). Text with wide or
+    zero-width characters is cut by cells only."""
+    if cells <= width:
+        return [0]
+    first, rest = wrap_chunks(width)
+    if len(text) != cells:
+        return [0, *range(first, cells, rest)]
+    breaks = [0]
+    pos, room = 0, first
+    while cells - pos > room:
+        end = pos + room
+        # a space just past the edge counts too: the row is full and the space is the break
+        cut = text.rfind(" ", pos + (room >> 1), end + 1)
+        pos = cut + 1 if cut >= 0 else end
+        breaks.append(pos)
+        room = rest
+    return breaks
+
+
+def count_rows(text: str, cells: int, width: int) -> int:
+    """len(row_breaks(text, cells, width)) without the list: the layout's hot path (about
+    1 us for a 300-character line)."""
     if cells <= width:
         return 1
     first, rest = wrap_chunks(width)
-    return 1 + -(-(cells - first) // rest)
+    if len(text) != cells:
+        return 1 + -(-(cells - first) // rest)
+    rows, pos, room = 1, 0, first
+    rfind = text.rfind
+    while cells - pos > room:
+        end = pos + room
+        cut = rfind(" ", pos + (room >> 1), end + 1)
+        pos = cut + 1 if cut >= 0 else end
+        rows += 1
+        room = rest
+    return rows
+
+
+def wrapped_rows(line: str, width: int) -> int:
+    """Visual rows a log line takes in a pane `width` cells wide."""
+    text = display_text(line)
+    return count_rows(text, display_cells(text), width)
 
 
 def classify(line: str) -> int:
@@ -143,6 +187,9 @@ class LogView(ScrollView, can_focus=True):
         # visual row of each shown line, then the total; None while every line fits in one row.
         self._layout_width = 0
         self._starts: array[int] | None = None
+        # row maps by (width, filtered), the current one among them, kept up to date lazily:
+        # wrap off and on again, or a pane back to a width it had, costs no rebuild
+        self._maps: OrderedDict[tuple[int, bool], array[int]] = OrderedDict()
         self.new_lines = 0  # arrived since the user stopped following
         self.cursor: int | None = None  # a line index (in self.lines)
         self.search_term = ""
@@ -186,14 +233,14 @@ class LogView(ScrollView, can_focus=True):
         if self._view is not None:
             kept = [i for i in range(start, len(self.lines)) if self._keep(i)]
             self._view.extend(kept)
-            shown: Iterable[int] = [widths[i - start] for i in kept]
+            shown: list[int] | array[int] = [widths[i - start] for i in kept]
         else:
             shown = widths
         if len(self.lines) > self.max_lines:
             self._prune()
             self._layout()
         else:
-            self._extend_layout(shown)
+            self._extend_layout(shown, self.visible_count - len(shown))
         added = len(new) if self._view is None else None
         self._update_virtual_size()
         if self.following:
@@ -209,6 +256,7 @@ class LogView(ScrollView, can_focus=True):
         del self.lines[:drop]
         del self.kinds[:drop]
         del self.cells[:drop]
+        self._maps.clear()  # every position moved
         self._dropped += drop
         if self.cursor is not None:
             self.cursor = self.cursor - drop if self.cursor >= drop else None
@@ -225,6 +273,7 @@ class LogView(ScrollView, can_focus=True):
         self.cells = array("I")
         self._widest = 0
         self._starts = None
+        self._maps.clear()
         self._view = [] if self._view is not None else None
         self.cursor = None
         self.new_lines = 0
@@ -252,17 +301,39 @@ class LogView(ScrollView, can_focus=True):
         return max(self.scrollable_content_region.width, 0) if self.wrap else 0
 
     def _layout(self) -> None:
-        """Rebuild the row map for the current width (on resize, wrap toggle, filter, prune)."""
+        """The row map for the current width (on resize, wrap toggle, filter, prune): from the
+        cache when this width (and filter) had one, brought up to date with the lines that came
+        since; else built in one pass over the wide lines."""
         width = self._layout_width = self._wrap_width()
         if width <= 0 or self._widest <= width:
             self._starts = None
         else:
-            shown = self.cells if self._view is None else [self.cells[i] for i in self._view]
-            self._starts = _row_starts(shown, width)
+            key = (width, self._view is not None)
+            starts = self._maps.pop(key, None)
+            if starts is None:
+                shown = self.cells if self._view is None else \
+                    [self.cells[i] for i in self._view]
+                starts = _row_starts(shown, width, self._text_at_pos)
+            else:
+                first = len(starts) - 1
+                self._extend_starts(starts, width, first, self._cells_from(first))
+            self._maps[key] = starts
+            while len(self._maps) > MAPS_KEPT:
+                del self._maps[next(iter(self._maps))]
+            self._starts = starts
         self._update_virtual_size()
 
-    def _extend_layout(self, shown: Iterable[int]) -> None:
-        """Newly shown lines (their widths) were appended: extend the row map, O(new lines)."""
+    def _cells_from(self, pos: int) -> list[int] | array[int]:
+        return self.cells[pos:] if self._view is None else \
+            [self.cells[i] for i in self._view[pos:]]
+
+    def _text_at_pos(self, pos: int) -> str:
+        index = self._view[pos] if self._view is not None else pos
+        return display_text(self.lines[index])
+
+    def _extend_layout(self, shown: list[int] | array[int], first_pos: int) -> None:
+        """Lines `shown` cells wide were appended at view positions first_pos...: extend the
+        row map, O(new lines) (only a line wider than the pane is looked at more closely)."""
         width = self._layout_width
         if width <= 0:
             return
@@ -271,9 +342,13 @@ class LogView(ScrollView, can_focus=True):
             if self._widest > width:
                 self._layout()  # the first line that wraps: from now on there is a map
             return
+        self._extend_starts(starts, width, first_pos, shown)
+
+    def _extend_starts(self, starts: array[int], width: int, first_pos: int,
+                       shown: list[int] | array[int]) -> None:
         end = starts[-1]
-        for cells in shown:
-            end += 1 if cells <= width else wrapped_rows(cells, width)
+        for pos, cells in enumerate(shown, first_pos):
+            end += 1 if cells <= width else count_rows(self._text_at_pos(pos), cells, width)
             starts.append(end)
 
     def _line_at_pos(self, pos: int) -> int | None:
@@ -503,11 +578,16 @@ class LogView(ScrollView, can_focus=True):
         # a wrapped line: every row gets the line's style (error band, cursor), the
         # continuation rows a dim mark first
         sub_row = row - self._first_row(pos)
+        cells = self.cells[index]
+        breaks = row_breaks(text, cells, wrap_at)
+        if sub_row >= len(breaks):  # cannot happen while the map is current; draw nothing
+            return Strip.blank(width, style)
         first, rest = wrap_chunks(wrap_at)
+        start = breaks[sub_row]
+        end = breaks[sub_row + 1] if sub_row + 1 < len(breaks) else cells
         if sub_row == 0:
-            return strip.crop(0, first).extend_cell_length(width, style)
-        start = first + (sub_row - 1) * rest
-        piece = strip.crop(start, start + rest)
+            return strip.crop(0, min(end, first)).extend_cell_length(width, style)
+        piece = strip.crop(start, min(end, start + rest))
         if rest < wrap_at:
             mark = style + self.get_component_rich_style("logview--wrap-mark", partial=True)
             piece = Strip.join([Strip([Segment(WRAP_MARK, mark)], _MARK_CELLS), piece])
@@ -529,20 +609,22 @@ class LogView(ScrollView, can_focus=True):
         return out or [Segment("", style)]
 
 
-def _row_starts(widths: Iterable[int], width: int) -> array[int]:
-    """First visual row of each line, then the total, for lines `widths` cells wide.
+def _row_starts(widths: list[int] | array[int], width: int,
+                text_at: Callable[[int], str]) -> array[int]:
+    """First visual row of each line, then the total, for lines `widths` cells wide
+    (`text_at(pos)`: the display text of line pos, asked for the lines wider than the pane).
 
     Lines that fit (most of a log) are one row each: their run of starts is a range, added at C
     speed; only the wide lines are looked at one by one."""
-    widths = widths if isinstance(widths, (list, array)) else list(widths)
     starts = array("q", [0])
     extra = 0  # rows added so far by wrapped lines
     done = 0  # lines whose end is in starts
-    for pos, cells in enumerate(widths):
-        if cells > width:
-            starts.extend(range(done + 1 + extra, pos + 1 + extra))
-            extra += wrapped_rows(cells, width) - 1
-            starts.append(pos + 1 + extra)
-            done = pos + 1
+    # the positions of the wide lines, found without a Python-level step per line
+    wide = compress(count(), map(width.__lt__, widths))
+    for pos in wide:
+        starts.extend(range(done + 1 + extra, pos + 1 + extra))
+        extra += count_rows(text_at(pos), widths[pos], width) - 1
+        starts.append(pos + 1 + extra)
+        done = pos + 1
     starts.extend(range(done + 1 + extra, len(widths) + 1 + extra))
     return starts

@@ -13,7 +13,15 @@ from textual.app import App, ComposeResult
 from kdtui.app import KDApp
 from kdtui.screens.run import RunScreen
 from kdtui.widgets import log_view
-from kdtui.widgets.log_view import WRAP_MARK, LogView, wrapped_rows
+from kdtui.widgets.log_view import (
+    WRAP_MARK,
+    LogView,
+    count_rows,
+    display_cells,
+    display_text,
+    row_breaks,
+    wrapped_rows,
+)
 
 SIZE = (100, 40)  # the log pane spans the screen: 96 cells of text (border and scrollbar off)
 LONG = "apr: " + " ".join(f"w{i:03d}" for i in range(60))  # 5 + 60*5 - 1 = 304 cells
@@ -34,11 +42,12 @@ def _rows_text(log: LogView, rows: range) -> list[str]:
     return [log.render_line(row - top).text for row in rows]
 
 
-def _unwrap(texts: list[str], width: int) -> str:
-    """The line back from its rows (`width` cells of text a row; the rest is padding)."""
-    first, *rest = (t[:width] for t in texts)
+def _unwrap(texts: list[str]) -> str:
+    """The line back from its rows, for a line of words one space apart (each row of it
+    ends with a word and padding: a break falls on a space)."""
+    first, *rest = texts
     assert all(t.startswith(WRAP_MARK) for t in rest), rest
-    return (first + "".join(t[len(WRAP_MARK):] for t in rest)).rstrip()
+    return " ".join([first.strip()] + [t[len(WRAP_MARK):].strip() for t in rest])
 
 
 async def test_a_300_char_line_takes_four_rows_at_width_100_and_reads_whole(
@@ -50,12 +59,13 @@ async def test_a_300_char_line_takes_four_rows_at_width_100_and_reads_whole(
         assert log.wrap and log._layout_width == 96
         index = log.lines.index(LONG)
         rows = log.rows_of(index)
-        assert len(rows) == 4  # 96 cells, then 94 after the mark: 96 + 94 + 94 + 20
+        assert len(rows) == 4  # 96 cells, then 94 after the mark, each ending at a word
         assert log.row_count == log.line_count + 3
         log.scroll_to(y=rows[0], animate=False, immediate=True)
         await pilot.pause()
         texts = _rows_text(log, rows)
-        assert _unwrap(texts, 96) == LONG  # nothing lost or repeated at the breaks
+        assert _unwrap(texts) == LONG  # whole words, nothing lost or repeated at the breaks
+        assert [len(t.rstrip()) for t in texts] == [94, 2 + 94, 2 + 94, 2 + 19]
         assert all(len(t) <= log.size.width for t in texts)
         assert log.max_scroll_x == 0  # wrapped: nothing runs off to the right
         assert LONG in log.visible_lines() and "short after" in log.visible_lines()
@@ -201,7 +211,7 @@ async def test_a_new_width_rewraps_and_keeps_the_line_the_user_reads_at_the_top(
         await pilot.pause()
         await pilot.pause()
         assert log._layout_width == 156
-        assert len(log.rows_of(index)) == wrapped_rows(len(LONG), 156) == 2
+        assert len(log.rows_of(index)) == wrapped_rows(LONG, 156) == 2
         assert log.row_count == log.line_count + 60
         assert log._index_at_row(log.scroll_offset.y) == index
 
@@ -212,14 +222,15 @@ class _LogOnly(App):
 
 
 async def test_200k_lines_wrap_without_remeasuring_every_line_per_frame(monkeypatch):
-    """The row map is built once per width and extended as lines come; frames, scrolling and a
-    new height never rebuild it, and one rebuild of 200,000 lines is quick."""
+    """The row map is built once per width and extended as lines come; frames, scrolling, a
+    new height, wrap off and on, a width it had before never rebuild it; one rebuild of 200,000
+    lines is one pass over the wide ones."""
     rebuilds: list[int] = []
     real = log_view._row_starts
 
-    def counted(widths, width):
+    def counted(widths, width, text_at):
         rebuilds.append(width)
-        return real(widths, width)
+        return real(widths, width, text_at)
 
     monkeypatch.setattr(log_view, "_row_starts", counted)
     rng = random.Random(7)
@@ -235,7 +246,7 @@ async def test_200k_lines_wrap_without_remeasuring_every_line_per_frame(monkeypa
             await pilot.pause()
         assert log.line_count == 200_000
         assert rebuilds == [96]  # once, when the first long line came; extended since
-        expected = sum(wrapped_rows(c, 96) for c in log.cells)
+        expected = sum(wrapped_rows(line, 96) for line in log.lines)
         assert log.row_count == expected == log.virtual_size.height
         assert log.following and log.scroll_offset.y == log.max_scroll_y
         for y in (0, 50_000, 150_000):
@@ -250,16 +261,54 @@ async def test_200k_lines_wrap_without_remeasuring_every_line_per_frame(monkeypa
         await pilot.pause()
         assert rebuilds == [96, 136]
         assert time.perf_counter() - started < 2.0  # one O(lines) pass (tens of ms), not more
-        assert log.row_count == sum(wrapped_rows(c, 136) for c in log.cells)
+        assert log.row_count == sum(wrapped_rows(line, 136) for line in log.lines)
+        # back to a width it had, and wrap off and on: the cached maps, brought up to date
+        log.append_lines([LONG] * 10)
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        log.focus()
+        await pilot.press("w")
+        await pilot.pause()
+        assert log.virtual_size.height == log.line_count
+        await pilot.press("w")
+        await pilot.pause()
+        assert rebuilds == [96, 136]
+        assert log.row_count == sum(wrapped_rows(line, 96) for line in log.lines)
+        assert log.virtual_size.height == log.row_count
 
 
 def test_row_starts_match_a_line_by_line_count():
     rng = random.Random(3)
     for width in (20, 96, 157):
-        widths = [rng.choice((0, 5, width - 1, width, width + 1, 3 * width, 2000))
-                  for _ in range(500)]
-        starts = log_view._row_starts(widths, width)
+        lines = ["".join(rng.choice("ab  c/=.") for _ in range(n)) for n in (
+            rng.choice((0, 5, width - 1, width, width + 1, 3 * width, 2500)) for _ in range(500))]
+        lines += ["日本語のログ行" * 40, "tab\tseparated\t" * 30]
+        texts = [display_text(line) for line in lines]
+        widths = [display_cells(text) for text in texts]
+        starts = log_view._row_starts(widths, width, texts.__getitem__)
         expected = [0]
-        for cells in widths:
-            expected.append(expected[-1] + wrapped_rows(cells, width))
+        for line in lines:
+            expected.append(expected[-1] + wrapped_rows(line, width))
         assert list(starts) == expected
+
+
+def test_count_rows_agrees_with_row_breaks():
+    rng = random.Random(5)
+    for _ in range(3000):
+        width = rng.randint(4, 120)
+        text = "".join(rng.choice("xy  /") for _ in range(rng.randint(0, 4 * width)))
+        cells = display_cells(text)
+        assert count_rows(text, cells, width) == len(row_breaks(text, cells, width))
+
+
+def test_rows_break_after_a_space_and_cut_only_a_token_longer_than_half_a_row():
+    width = 20  # rows of 20 cells, then 18 after the mark
+    text = "alpha beta gamma delta epsilon zeta"
+    breaks = row_breaks(text, len(text), width)
+    rows = [text[a:b] for a, b in zip(breaks, [*breaks[1:], len(text)], strict=True)]
+    assert rows == ["alpha beta gamma ", "delta epsilon zeta"]
+    token = "x" * 50
+    assert row_breaks(token, 50, width) == [0, 20, 38]  # no space: cut at the edge
+    assert row_breaks("ab " + token, 53, width) == [0, 20, 38]  # a space too early: cut
+    assert row_breaks("a" * 20 + " tail", 25, width) == [0, 21]  # the space after a full row
+    assert row_breaks("日本" * 20, 80, width) == [0, 20, 38, 56, 74]  # wide: by cells
