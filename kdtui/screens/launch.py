@@ -450,12 +450,12 @@ class LaunchScreen(Screen):
         pending = self._apr_pending if profile == APR else self._pending
         out: dict[str, Any] = {}
         for spec in profile_specs(profile):
-            if spec.name in pending or (profile == APR and not self._apr_mounted):
-                if spec.name in pending:
-                    out[spec.name] = pending[spec.name]
+            if spec.name in pending:
+                out[spec.name] = pending[spec.name]
                 continue
-            widget = self.query_one(f"#{field_widget_id(spec.name, profile)}")
-            out[spec.name] = widget.value  # type: ignore[attr-defined]
+            found = self.query(f"#{field_widget_id(spec.name, profile)}")
+            if found:  # apr's rows exist only once apr has been picked
+                out[spec.name] = found.first().value  # type: ignore[attr-defined]
         return out
 
     def validate_field(self, name: str, profile: str = KDENGINE) -> Any:
