@@ -411,6 +411,27 @@ class TokenStream:
             out[mask] = self.shards[s].take(local[mask])
         return out.reshape(positions.shape)
 
+    def windows(self, starts: torch.Tensor, length: int) -> torch.Tensor:
+        """[len(starts), length] int64: row i is stream[starts[i]:starts[i] + length]. The same
+        tokens as take(starts[:, None] + arange(length)), faster: a row inside one range of
+        one shard's file (most rows) is one slice of the mapping; only rows that cross a range
+        or shard boundary (or reach an added eos) go through take()."""
+        starts = starts.to(torch.int64)
+        if len(starts) and (int(starts.min()) < 0 or int(starts.max()) + length > self._length):
+            raise IndexError(f"windows outside a stream of {self._length} tokens")
+        rng = torch.searchsorted(self.offsets, starts, right=True) - 1
+        inside = starts + length <= self.offsets[rng + 1]
+        shard, local = self._locate(starts)
+        out = torch.empty(len(starts), length, dtype=torch.int64)
+        for i, (s, at, fits) in enumerate(zip(shard.tolist(), local.tolist(), inside.tolist(),
+                                              strict=True)):
+            tokens = self.shards[s].tokens
+            if fits and at + length <= len(tokens):
+                out[i].copy_(tokens[at:at + length])
+            else:
+                out[i] = self.take(starts[i] + torch.arange(length))
+        return out
+
     def read(self, start: int, stop: int, out: torch.Tensor | None = None,
              scratch: bytearray | None = None) -> torch.Tensor:
         """Tokens [start, stop) as int64, by sequential file reads (for scans and tests), into
@@ -527,8 +548,10 @@ class BatchSampler:
         return self._windows(starts)
 
     def _windows(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = starts.unsqueeze(1) + torch.arange(self.seq_len + 1)
-        rows = self.stream[idx]
+        if isinstance(self.stream, TokenStream):
+            rows = self.stream.windows(starts, self.seq_len + 1)
+        else:
+            rows = self.stream[starts.unsqueeze(1) + torch.arange(self.seq_len + 1)]
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
     def fixed_batches(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
