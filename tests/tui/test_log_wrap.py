@@ -312,3 +312,19 @@ def test_rows_break_after_a_space_and_cut_only_a_token_longer_than_half_a_row():
     assert row_breaks("ab " + token, 53, width) == [0, 20, 38]  # a space too early: cut
     assert row_breaks("a" * 20 + " tail", 25, width) == [0, 21]  # the space after a full row
     assert row_breaks("日本" * 20, 80, width) == [0, 20, 38, 56, 74]  # wide: by cells
+
+
+def test_classify_keeps_the_error_and_warning_words_case_insensitively():
+    import re
+
+    # the pattern classify had before it went to substring tests: the same answers
+    error_re = re.compile(r"panic|error|traceback|exception|out of memory|out-of-memory|"
+                          r"\bnan\b|fatal", re.IGNORECASE)
+    lines = ["step 3 loss=NaN", "loss=nan,", "nano-gpt finance", "FATAL: x", "Out-Of-Memory",
+             "CUDA out of memory", "thread 'main' PANICKED", "Traceback (most recent call",
+             "ValueError: bad", "UserWarning: deprecated", "WARN x", "all good", "", "nan",
+             "banana", "NaN!", "exceptional", "step 4/10 loss=1.9"]
+    for line in lines:
+        expected = log_view.ERROR if error_re.search(line) else (
+            log_view.WARNING if re.search("warn", line, re.I) else log_view.NORMAL)
+        assert log_view.classify(line) == expected, line
