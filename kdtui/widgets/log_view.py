@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from itertools import compress, count
 
-from rich.cells import cell_len
+from rich.cells import cell_len, get_character_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
@@ -75,12 +75,12 @@ def row_breaks(text: str, cells: int, width: int) -> list[int]:
 
     A row ends after its last space when that leaves it at least half full (words stay whole:
     `tok/s=3083`, a path), else at the pane's edge (a long token is cut). Text with wide or
-    zero-width characters is cut by cells only."""
+    zero-width characters (CJK, emoji) is cut where the row is full, never inside a character."""
     if cells <= width:
         return [0]
     first, rest = wrap_chunks(width)
     if len(text) != cells:
-        return [0, *range(first, cells, rest)]
+        return _cell_breaks(text, first, rest)
     breaks = [0]
     pos, room = 0, first
     while cells - pos > room:
@@ -100,7 +100,7 @@ def count_rows(text: str, cells: int, width: int) -> int:
         return 1
     first, rest = wrap_chunks(width)
     if len(text) != cells:
-        return 1 + -(-(cells - first) // rest)
+        return len(_cell_breaks(text, first, rest))
     rows, pos, room = 1, 0, first
     rfind = text.rfind
     while cells - pos > room:
@@ -110,6 +110,21 @@ def count_rows(text: str, cells: int, width: int) -> int:
         rows += 1
         room = rest
     return rows
+
+
+def _cell_breaks(text: str, first: int, rest: int) -> list[int]:
+    """Row starts (in cells) of text whose characters are not all one cell wide: a step per
+    character, so only for such lines (rare in a training log)."""
+    breaks = [0]
+    room, used, at = first, 0, 0  # at: cells before the current character
+    for char in text:
+        size = get_character_cell_size(char)
+        if used + size > room:
+            breaks.append(at)
+            room, used = rest, 0
+        used += size
+        at += size
+    return breaks
 
 
 def wrapped_rows(line: str, width: int) -> int:

@@ -312,6 +312,9 @@ def test_rows_break_after_a_space_and_cut_only_a_token_longer_than_half_a_row():
     assert row_breaks("ab " + token, 53, width) == [0, 20, 38]  # a space too early: cut
     assert row_breaks("a" * 20 + " tail", 25, width) == [0, 21]  # the space after a full row
     assert row_breaks("日本" * 20, 80, width) == [0, 20, 38, 56, 74]  # wide: by cells
+    # never inside a wide character: a row one cell short rather than half a character
+    assert row_breaks("a" + "日" * 20, 41, width) == [0, 19, 37]
+    assert row_breaks("✓ done → " * 5, 45, width) == [0, 20, 38]  # one-cell symbols: words
 
 
 def test_classify_keeps_the_error_and_warning_words_case_insensitively():
