@@ -296,7 +296,7 @@ def test_count_rows_agrees_with_row_breaks():
     rng = random.Random(5)
     for _ in range(3000):
         width = rng.randint(4, 120)
-        text = "".join(rng.choice("xy  /") for _ in range(rng.randint(0, 4 * width)))
+        text = "".join(rng.choice("xy  /日✓") for _ in range(rng.randint(0, 4 * width)))
         cells = display_cells(text)
         assert count_rows(text, cells, width) == len(row_breaks(text, cells, width))
 
