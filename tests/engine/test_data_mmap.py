@@ -318,3 +318,81 @@ def test_loading_and_sampling_a_large_shard_corpus_stays_far_below_its_int64_siz
     assert anon < int64_size / 16, report
     assert peak < file_size + int64_size / 16 < int64_size / 3, report
     assert seconds < 30, report
+
+
+# -- through the real CLI: a checkpoint of an in-memory run resumes on the mapped shards ------
+
+KILL_IN_MEMORY = r"""
+import os, signal, sys
+import kdengine.loading as loading
+import kdengine.trainer as trainer
+from kdengine.data import TokenSplits
+mapped = loading.split_token_shards
+def in_memory(*args, **kwargs):  # the int64 tensors the engine packed before shards were mapped
+    splits = mapped(*args, **kwargs)
+    return TokenSplits(splits.train.tensor(), splits.val.tensor(), splits.eos_id)
+loading.split_token_shards = in_memory
+train_step = trainer.KDTrainer.train_step
+def killing_step(self, batch=None):
+    if self.step + 1 == int(os.environ["KD_KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self, batch)
+trainer.KDTrainer.train_step = killing_step
+from kdengine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _tiny_model(directory: Path, hidden: int, seed: int) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from kdengine.models import Decoder, DecoderConfig, save_decoder
+
+    config = DecoderConfig(vocab_size=257, hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                           tie_word_embeddings=True)
+    model = Decoder(config)
+    model.init_weights(torch.Generator().manual_seed(seed), std=0.1)
+    save_decoder(model, directory)
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = 256
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}\n')
+    return str(directory)
+
+
+def test_a_checkpoint_of_the_in_memory_stream_resumes_on_the_mapped_shards(
+        tmp_path: Path) -> None:
+    from kdengine.events import read_events
+
+    data_dir = _write_corpus(tmp_path / "data", 8, eos=256, shards=3, docs=120, top=256,
+                             drop_last_eos=(1,), empty=())
+    argv = ["train", "--teacher", _tiny_model(tmp_path / "teacher", 32, 1),
+            "--student", _tiny_model(tmp_path / "student", 16, 2), "--data", str(data_dir),
+            "--steps", "12", "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3",
+            "--eval-every", "6", "--eval-batches", "2", "--log-every", "1",
+            "--checkpoint-every", "6", "--device", "cpu", "--seed", "5"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "KD_KILL_AT": "9"}
+
+    def train(args: list[str], script: str | None = None) -> None:
+        cmd = [sys.executable, *(["-c", script] if script else ["-m", "kdengine"]), *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == (-9 if script else 0), out.stdout[-2000:] + out.stderr[-2000:]
+
+    def losses(run_dir: Path) -> dict[int, float]:
+        """Train loss by step, validation loss by -step; a step trained twice keeps the last."""
+        events = read_events(run_dir / "events.jsonl")
+        return {**{e["step"]: e["loss"] for e in events if e["type"] == "step"},
+                **{-e["step"]: e["val_loss"] for e in events if e["type"] == "eval"}}
+
+    train([*argv, "--run-dir", str(tmp_path / "mapped")])
+    # killed at step 9 with the checkpoint of step 6 written from the in-memory stream ...
+    train([*argv, "--run-dir", str(tmp_path / "resumed")], KILL_IN_MEMORY)
+    # ... and resumed on the mapped stream: the fingerprint matches, the batches continue
+    train(["train", "--resume", str(tmp_path / "resumed")])
+    expected = losses(tmp_path / "mapped")
+    assert set(range(1, 13)) | {-6, -12} <= set(expected)
+    assert losses(tmp_path / "resumed") == expected  # exact, float equality
