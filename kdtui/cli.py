@@ -3,7 +3,8 @@
     kdtui [--theme NAME]                      open the dashboard (launch form first)
     kdtui launch [--headless] [--host H] ...  dispatch a run (engine flags as `kdengine train`)
     kdtui watch RUN [--headless]              follow a run by id, run dir or dispatch.json
-    kdtui runs                                list past and running runs
+    kdtui runs [--plain]                      list past and running runs (--plain: for scripts)
+    kdtui cancel RUN [--timeout S]            cancel a run and wait until it ended
 
 Headless commands print plain lines and exit 0 pass / 1 fail / 2 error or inconclusive.
 Nothing here imports torch.
@@ -53,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("run", help="Run id, run directory, or dispatch.json")
     watch.add_argument("--headless", action="store_true", help="Plain lines, no dashboard")
 
-    sub.add_parser("runs", help="List past and running runs", allow_abbrev=False)
+    runs = sub.add_parser("runs", help="List past and running runs", allow_abbrev=False)
+    runs.add_argument("--plain", action="store_true",
+                      help="One run a line, tab-separated, newest first: id, where (local or "
+                           "host), status, step/total, verdict, started (UTC)")
+
+    from kdtui.control import DEFAULT_TIMEOUT
+
+    cancel = sub.add_parser("cancel", help="Cancel a run and wait until it ended",
+                            allow_abbrev=False)
+    cancel.add_argument("run", help="Run id, run directory, or dispatch.json (as `kdtui watch`)")
+    cancel.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                        help=f"Seconds to wait for the run to end (default {DEFAULT_TIMEOUT:g})")
     return p
 
 
@@ -81,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             from kdtui.headless import headless_watch
 
             return headless_watch(args)
+        if args.command == "runs" and args.plain:
+            from kdtui.control import print_plain_runs
+
+            return print_plain_runs(args)
+        if args.command == "cancel":
+            from kdtui.control import cancel_command
+
+            return cancel_command(args)
         if args.command == "runs":
             from kdtui.headless import print_runs
 
