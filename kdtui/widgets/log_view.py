@@ -19,7 +19,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
-from itertools import compress, count
+from itertools import accumulate, compress, count, islice
 
 from rich.cells import cell_len, get_character_cell_size
 from rich.segment import Segment
@@ -365,10 +365,8 @@ class LogView(ScrollView, can_focus=True):
 
     def _extend_starts(self, starts: array[int], width: int, first_pos: int,
                        shown: list[int] | array[int]) -> None:
-        end = starts[-1]
-        for pos, cells in enumerate(shown, first_pos):
-            end += 1 if cells <= width else count_rows(self._text_at_pos(pos), cells, width)
-            starts.append(end)
+        rows = _rows(shown, width, lambda i: self._text_at_pos(first_pos + i))
+        starts.extend(islice(accumulate(rows, initial=starts[-1]), 1, None))
 
     def _line_at_pos(self, pos: int) -> int | None:
         if self._view is not None:
@@ -628,22 +626,18 @@ class LogView(ScrollView, can_focus=True):
         return out or [Segment("", style)]
 
 
+def _rows(widths: list[int] | array[int], width: int,
+          text_at: Callable[[int], str]) -> array[int]:
+    """Visual rows of each line, for lines `widths` cells wide (`text_at(i)`: the display text
+    of line i, asked only for the lines wider than the pane). Lines that fit (most of a log)
+    are one row each: found and filled at C speed, only the wide ones looked at one by one."""
+    rows = array("I", [1]) * len(widths)
+    for i in compress(count(), map(width.__lt__, widths)):
+        rows[i] = count_rows(text_at(i), widths[i], width)
+    return rows
+
+
 def _row_starts(widths: list[int] | array[int], width: int,
                 text_at: Callable[[int], str]) -> array[int]:
-    """First visual row of each line, then the total, for lines `widths` cells wide
-    (`text_at(pos)`: the display text of line pos, asked for the lines wider than the pane).
-
-    Lines that fit (most of a log) are one row each: their run of starts is a range, added at C
-    speed; only the wide lines are looked at one by one."""
-    starts = array("q", [0])
-    extra = 0  # rows added so far by wrapped lines
-    done = 0  # lines whose end is in starts
-    # the positions of the wide lines, found without a Python-level step per line
-    wide = compress(count(), map(width.__lt__, widths))
-    for pos in wide:
-        starts.extend(range(done + 1 + extra, pos + 1 + extra))
-        extra += count_rows(text_at(pos), widths[pos], width) - 1
-        starts.append(pos + 1 + extra)
-        done = pos + 1
-    starts.extend(range(done + 1 + extra, len(widths) + 1 + extra))
-    return starts
+    """First visual row of each line, then the total (a running sum of _rows)."""
+    return array("q", accumulate(_rows(widths, width, text_at), initial=0))
