@@ -220,8 +220,9 @@ async def _wait_until_ended(control: _Control, where: str, ref: str, timeout: fl
         "no exit code"
     if status is None:
         return CancelResult(EXIT_NOT_ENDED, f"{where}: the engine is gone without recording how "
-                                            "the run ended (no run_finished event); see its "
-                                            "launch.log"), state
+                                            "the run ended (no run_finished event: a SIGTERM "
+                                            "during its start-up ends it before it can); see "
+                                            "its launch.log"), state
     if status == "cancelled":
         return CancelResult(EXIT_CANCELLED, f"{where}: cancelled ({code_text})"), state
     # it finished on its own between our look and the signal

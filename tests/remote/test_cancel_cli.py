@@ -1,0 +1,101 @@
+"""`kdtui cancel` of a run on the test sshd, and of a run whose host is down, as a script runs
+it (a real kdtui process); `kdtui runs --plain` then lists the remote run beside a local one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdengine.events import read_events
+from kdtui.cli import main as kdtui_main
+
+pytestmark = pytest.mark.ssh
+
+LONG = dict(steps=100000, batch_size=4, seq_len=32, lr=3e-3, eval_every=0, eval_batches=2,
+            log_every=1, checkpoint_every=0, temperature=2.0)
+
+
+def long_flags(inputs: dict[str, str], run_name: str) -> list[str]:
+    flags = ["--teacher", inputs["teacher"], "--student", inputs["student"],
+             "--data", inputs["data"], "--run-name", run_name]
+    for key, value in LONG.items():
+        flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags
+
+
+def kdtui(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kdtui", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def wait_for_steps(run_dir: Path, timeout: float = 60) -> None:
+    """The engine trains (and so has its SIGTERM handler in place)."""
+    deadline = time.monotonic() + timeout
+    while not any(e.get("type") == "step" for e in read_events(run_dir / "events.jsonl")):
+        assert time.monotonic() < deadline, (run_dir / "launch.log").read_text()
+        time.sleep(0.1)
+
+
+def test_cancel_ends_a_remote_run_as_cancelled_and_runs_plain_lists_it_beside_a_local_one(
+        remote_env, tiny_run_inputs, capsys):
+    assert kdtui_main(["launch", "--headless", "--detach", "--host", "kdtest",
+                       *long_flags(tiny_run_inputs, "cx-remote")]) == 0, capsys.readouterr()
+    runs_dir = Path(os.environ["KDENGINE_RUNS_DIR"])
+    local = kdtui("--runs-dir", str(runs_dir), "launch", "--headless", "--detach",
+                  *long_flags(tiny_run_inputs, "cx-local"))
+    assert local.returncode == 0, local.stdout + local.stderr
+    remote_dir = remote_env["work"] / "runs" / "cx-remote"
+    done = None
+    try:
+        wait_for_steps(remote_dir)
+        done = kdtui("cancel", "cx-remote", "--timeout", "30")
+    finally:
+        wait_for_steps(runs_dir / "cx-local")
+        kdtui("--runs-dir", str(runs_dir), "cancel", "cx-local", "--timeout", "30")
+        if done is None or done.returncode != 0:  # never leave an engine behind a failed test
+            kdtui("cancel", "cx-remote", "--timeout", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["cx-remote on kdtest: cancelled (exit code 143)"]
+    finished = read_events(remote_dir / "events.jsonl")[-1]
+    assert (finished["type"], finished["status"]) == ("run_finished", "cancelled")
+    manifest = json.loads((remote_env["evidence"] / "cx-remote" / "dispatch.json").read_text())
+    assert manifest["run_finished"]["status"] == "cancelled"
+
+    listed = kdtui("--runs-dir", str(runs_dir), "runs", "--plain")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split("\t")[0]: line.split("\t") for line in listed.stdout.splitlines()}
+    assert rows["cx-remote"][1:3] == ["kdtest", "cancelled"]
+    assert rows["cx-local"][1:3] == ["local", "cancelled"]
+    assert all(len(row) == 6 for row in rows.values())
+
+
+def test_cancel_of_a_run_whose_host_is_down_names_the_host_and_exits_1(remote_env,
+                                                                       tiny_run_inputs, capsys):
+    # a real dispatch's evidence, pointed at a host nothing answers on
+    assert kdtui_main(["launch", "--headless", "--detach", "--host", "kdtest",
+                       *long_flags(tiny_run_inputs, "cx-down")]) == 0, capsys.readouterr()
+    try:
+        source = remote_env["evidence"] / "cx-down" / "dispatch.json"
+        data = json.loads(source.read_text())
+        moved = remote_env["evidence"] / "cx-gone" / "dispatch.json"
+        moved.parent.mkdir()
+        moved.write_text(json.dumps({**data, "run_id": "cx-gone", "host": "kdtest-down"}))
+        started = time.monotonic()
+        done = kdtui("cancel", "cx-gone", "--timeout", "30")
+        took = time.monotonic() - started
+    finally:
+        wait_for_steps(remote_env["work"] / "runs" / "cx-down")  # then SIGTERM ends it cleanly
+        kdtui("cancel", "cx-down", "--timeout", "30")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # one line, never a traceback
+    assert lines[0].startswith("kdtui cancel: error: cannot cancel cx-gone on kdtest-down: ")
+    assert "cannot reach kdtest-down" in lines[0] and "not cancelled" in lines[0]
+    assert took < 15, took  # a refused connection is reported at once, not retried for minutes
