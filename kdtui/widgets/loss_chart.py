@@ -231,7 +231,9 @@ class LossChart(PlotextPlot):
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("step")
         modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
-        self.border_title = "loss" + (f" [{', '.join(modes)}]" if modes else "")
+        # parentheses, not brackets: a border title is markup, "[log y]" was read as a style tag
+        # and never shown
+        self.border_title = "loss" + (f" ({', '.join(modes)})" if modes else "")
         if not drawn:
             plt.title("waiting for the first step…")
         else:
