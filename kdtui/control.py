@@ -108,8 +108,18 @@ class _AprControl(_Control):
         if state.get("alive"):
             return RunState(True, None, None)
         if code is None:
-            return RunState(False, None, None)
+            # killed: only a `kdtui cancel` that saw it go (and noted it in the manifest) knows
+            return RunState(False, self._recorded_status(), None)
         return RunState(False, "completed" if code == 0 else "failed", int(code))
+
+    def _recorded_status(self) -> str | None:
+        from kdtui.remote.manifest import read_manifest
+
+        try:
+            finished = read_manifest(self.handle.manifest).get("run_finished") or {}
+        except (OSError, ValueError, TypeError):
+            return None
+        return finished.get("status")
 
     def cancelled_status(self, state: RunState) -> str | None:
         return state.status or "cancelled"
