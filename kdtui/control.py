@@ -87,6 +87,11 @@ class _LocalControl(_Control):
         state = await asyncio.to_thread(_status, str(self.handle.run_dir))
         return _from_finished(bool(state["alive"]), state["finished"])
 
+    def pid(self) -> int | None:
+        from kdtui.runs import read_pid
+
+        return read_pid(Path(self.handle.run_dir))
+
 
 class _RemoteControl(_Control):
     poll_s = REMOTE_POLL_S
@@ -188,6 +193,12 @@ async def cancel_run(ref: str, runs_dir: Path, timeout: float = DEFAULT_TIMEOUT,
             # link is retried for as long as we wait anyway
             source.give_up_after = FIRST_CONTACT_GIVE_UP_S
         before = await control.state()
+        if not before.alive and before.status is None and isinstance(control, _LocalControl) \
+                and control.pid() is None:
+            return CancelResult(EXIT_NOT_ENDED, (
+                f"{where}: {handle.run_dir} has no engine.pid (a run kdtui did not start) and no "
+                "run_finished: if its engine still runs, stop it with `kill -TERM PID`; "
+                "nothing cancelled"))
         if not before.alive:
             _record_end(handle, before, None)
             return CancelResult(EXIT_CANCELLED, _nothing_to_cancel(where, before))

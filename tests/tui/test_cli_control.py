@@ -126,3 +126,14 @@ def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir,
         ["newer", "local", "stopped", "10/40", "-", "2025-10-09T08:53:20Z"],
         ["older", "local", "completed", "50/50", "pass", "2025-10-09T07:53:20Z"],
     ]
+
+
+def test_cancel_of_a_run_kdtui_did_not_start_says_it_cannot_and_exits_1(runs_dir, write_run):
+    # a run dir with events but no engine.pid: its engine, if any, is not ours to find
+    write_run(runs_dir / "by-hand", steps=40, upto=10, finished=False)
+    done = kdtui("--runs-dir", str(runs_dir), "cancel", "by-hand")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"by-hand on local: {runs_dir / 'by-hand'} has no engine.pid (a run kdtui did not "
+        "start) and no run_finished: if its engine still runs, stop it with `kill -TERM PID`; "
+        "nothing cancelled"]
