@@ -606,7 +606,9 @@ class LogView(ScrollView, can_focus=True):
             return strip.crop(0, min(end, first)).extend_cell_length(width, style)
         piece = strip.crop(start, min(end, start + rest))
         if rest < wrap_at:
-            mark = style + self.get_component_rich_style("logview--wrap-mark", partial=True)
+            # only the mark's colour (blended against the pane, so muted), on the row's band
+            muted = self.get_component_rich_style("logview--wrap-mark").color
+            mark = style + Style(color=muted, bold=False)
             piece = Strip.join([Strip([Segment(WRAP_MARK, mark)], _MARK_CELLS), piece])
         return piece.extend_cell_length(width, style)
 
