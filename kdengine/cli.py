@@ -24,6 +24,7 @@ from kdengine.config import (
     flag_of,
     load_config_file,
 )
+from kdengine.stop import catch_early
 
 EXIT_USAGE = 2
 PROG = "kdengine"
@@ -94,6 +95,8 @@ def run_dir_for(config: RunConfig) -> Path:
 
 
 def cmd_train(argv: list[str]) -> int:
+    # a cancel while the engine starts (torch's import takes seconds) ends the run as cancelled
+    catch_early()
     config, args = parse_train_args(argv)
     try:
         from kdengine.sources import check_sources

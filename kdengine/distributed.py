@@ -699,7 +699,7 @@ class RelayLog:
 
 
 class AgreedStop:
-    """A stop flag (kdengine.trainer._StopSignals) whose check() raises on every rank when any rank
+    """A stop flag (kdengine.stop.StopSignals) whose check() raises on every rank when any rank
     received a signal: one small all-reduce at each check."""
 
     def __init__(self, stop: Any, dist: Dist) -> None:

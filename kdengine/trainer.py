@@ -47,14 +47,11 @@ from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
 from kdengine.losses import KDLossSpec, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
+from kdengine.stop import RunCancelled, StopSignals
 from kdengine.verdict import verdict_from_events
 
 EXIT_COMPLETED, EXIT_FAILED = 0, 1
 STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval", "verdict")
-
-
-class RunCancelled(Exception):
-    pass
 
 
 class LossNotFinite(Exception):
@@ -98,41 +95,12 @@ def lr_factor(step: int, config: RunConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10%
 
 
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (a second SIGINT interrupts)."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (tests): rely on check() not firing
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def check(self) -> None:
-        if self.received:
-            raise RunCancelled(self.received)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 class KDTrainer:
     """The train loop over already-loaded providers and token splits."""
 
     def __init__(self, config: RunConfig, teacher: Teacher, student: Student, splits: TokenSplits,
                  log: RunLog, device: torch.device, dtype: torch.dtype,
-                 stop: _StopSignals | None = None, chunk_tokens: int = 2048,
+                 stop: StopSignals | None = None, chunk_tokens: int = 2048,
                  dist: Dist | None = None, compile_models: bool | None = None,
                  compile_options: CompileOptions | None = None) -> None:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
@@ -142,7 +110,7 @@ class KDTrainer:
             raise ConfigError("dtype", "float16 needs loss scaling, which kdengine does not do "
                               "across torchrun ranks yet: use dtype=bfloat16 (or float32)")
         self.device, self.dtype = device, dtype
-        self.stop = stop or _StopSignals()
+        self.stop = stop or StopSignals()
         self.spec = KDLossSpec.from_config(config)
         self.chunk_tokens = chunk_tokens
         # torch.compile where it pays: on CUDA each decoder block (norms, rope, SwiGLU fused
@@ -383,7 +351,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
 
     dist = from_env(config.device)  # torchrun (WORLD_SIZE > 1): data parallel, FSDP2 student
     log = dist.run_log(run_dir)  # rank 0 writes events; other ranks only their errors
-    stop = dist.agreed_stop(_StopSignals())
+    stop = dist.agreed_stop(StopSignals())
     stage = "prepare"
     trainer: KDTrainer | None = None
     try:
@@ -402,6 +370,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
                      f"{kdengine.__version__}, torch {torch.__version__}")
             log.stage(stage, "running")
+            stop.check()  # a cancel that came while the engine started
             log.stage(stage, "done")
 
             stage = "load_teacher"

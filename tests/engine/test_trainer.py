@@ -130,3 +130,31 @@ def test_a_signal_ends_the_run_cleanly_as_cancelled(tmp_path, tiny_run_inputs, t
     events = _events(run_dir)
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
     assert "Traceback" not in proc.stderr.read()
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (the SigCgt mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_a_cancel_while_the_engine_starts_ends_the_run_as_cancelled(
+        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not _catches(proc.pid, signal.SIGTERM):  # the engine's first moments, torch unloaded
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    events = _events(run_dir)
+    assert not [e for e in events if e["type"] == "step"]
+    stages = [(e["stage"], e["state"]) for e in events if e["type"] == "stage"]
+    assert stages == [("prepare", "running"), ("prepare", "cancelled")]
+    assert events[-1] == {**events[-1], "type": "run_finished", "status": "cancelled",
+                          "exit_code": 143}
+    assert "Traceback" not in proc.stderr.read()
