@@ -148,7 +148,7 @@ FAILING_RANK = textwrap.dedent("""
     from kdengine.distributed import from_env
 
     run_dir, mode = Path(sys.argv[1]), sys.argv[2]
-    # torchrun sends SIGTERM when a rank dies; the trainer's _StopSignals only notes it
+    # torchrun sends SIGTERM when a rank dies; the trainer's StopSignals only notes it
     signal.signal(signal.SIGTERM, lambda *args: None)
     dist = from_env("cpu")
     log = dist.run_log(run_dir)
