@@ -391,8 +391,8 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             stage = "data"
             log.stage(stage, "running")
             splits = load_data(config, tokenizer)
-            log.stage(stage, "done", f"{_si(len(splits.train))} train / "
-                      f"{_si(len(splits.val))} val tokens")
+            log.stage(stage, "done", f"{_si(len(splits.train))} train, "
+                      f"{_si(len(splits.val))} val tok")  # fits the stage tracker
 
             stage = "train"
             log.stage(stage, "running")
