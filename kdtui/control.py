@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from kdtui.runs import RunEntry, all_runs
 
 EXIT_CANCELLED, EXIT_NOT_ENDED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_TIMEOUT = 60.0
@@ -315,58 +316,6 @@ def cancel_command(args: argparse.Namespace, out: TextIO | None = None,
 
 
 # -- runs --plain -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunRow:
-    """One line of `kdtui runs --plain`: what the dashboard's runs list shows for a run."""
-
-    run_id: str
-    where: str  # "local" or the SSH host alias
-    status: str
-    steps: str  # "step/total", "step", or "-"
-    verdict: str
-    started: float | None  # unix time; None when unknown
-
-    def line(self) -> str:
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)) \
-            if self.started is not None else "-"
-        return "\t".join((self.run_id, self.where, self.status, self.steps, self.verdict,
-                          started))
-
-
-def _local_row(info: Any) -> RunRow:
-    steps = "-" if info.step is None else str(info.step)
-    if info.step is not None and info.total_steps:
-        steps += f"/{info.total_steps}"
-    return RunRow(info.run_id, "local", info.status, steps, info.verdict or "-",
-                  info.started or info.updated)
-
-
-def _remote_row(manifest: dict[str, Any]) -> RunRow:
-    if not manifest.get("launched"):
-        status = "dispatch-failed"
-    else:
-        status = (manifest.get("run_finished") or {}).get("status") or "dispatched"
-    verdict = (manifest.get("verdict") or {}).get("status") or "-"
-    when = manifest.get("dispatched_at") or ""
-    try:
-        started: float | None = float(calendar.timegm(time.strptime(when[:19],
-                                                                    "%Y-%m-%dT%H:%M:%S")))
-    except ValueError:
-        started = None
-    return RunRow(str(manifest.get("run_id", "?")), str(manifest.get("host", "?")), status, "-",
-                  str(verdict), started)
-
-
-def plain_rows(runs_dir: Path) -> list[RunRow]:
-    """Local runs (kdtui.runs) and remote dispatches (the evidence dir), newest first."""
-    from kdtui.remote.manifest import list_manifests
-    from kdtui.runs import list_runs
-
-    rows = [*(_local_row(info) for info in list_runs(runs_dir)),
-            *(_remote_row(data) for data in list_manifests())]
-    return sorted(rows, key=lambda r: r.started or 0.0, reverse=True)
-
-
 def print_plain_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`kdtui runs --plain`: one run a line, tab-separated: id, where, status, step/total,
     verdict, started (UTC); nothing at all when there are no runs."""
@@ -374,6 +323,18 @@ def print_plain_runs(args: argparse.Namespace, out: TextIO | None = None) -> int
 
     out = out or sys.stdout
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
-    for row in plain_rows(runs_dir):
-        print(row.line(), file=out)
+    for entry in all_runs(runs_dir):
+        print(plain_line(entry), file=out)
     return 0
+
+
+def plain_line(entry: RunEntry) -> str:
+    """Tab-separated, no field with a space in it: id, where, status, step[/total], verdict,
+    started (UTC)."""
+    steps = "-" if entry.step is None else str(entry.step)
+    if entry.step is not None and entry.total_steps:
+        steps += f"/{entry.total_steps}"
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.started)) \
+        if entry.started is not None else "-"
+    return "\t".join((entry.run_id, entry.where, entry.status.replace(" ", "-"), steps,
+                      entry.verdict or "-", started))

@@ -347,35 +347,20 @@ def _local_config(run_dir: Path) -> dict[str, Any] | None:
 
 # -- runs --------------------------------------------------------------------------------------
 def print_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Remote dispatches (from the evidence dir) and local runs, newest first."""
-    out = out or sys.stdout
-    from kdtui.remote.manifest import list_manifests
+    """Local runs and remote dispatches, newest first, in padded columns with how to reattach
+    (`kdtui runs --plain` prints the same runs for scripts)."""
+    from kdtui.runs import all_runs
 
-    rows = []
-    for data in list_manifests():
-        verdict = (data.get("verdict") or {}).get("status") or "-"
-        state = "dispatch failed" if not data.get("launched") else \
-            (data.get("run_finished") or {}).get("status") or "dispatched"
-        rows.append((data.get("run_id", "?"), data.get("host", "?"), state, verdict,
-                     data.get("dispatched_at", ""),
-                     f"kdtui watch {data.get('run_id')}" if data.get("launched") else
-                     f"see {data.get('_path')}"))
+    out = out or sys.stdout
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
-    try:
-        from kdtui.runs import list_runs
-    except ImportError:  # pragma: no cover - the local runs index is another module's
-        list_runs = None
-    if list_runs is not None:
-        for info in list_runs(runs_dir):
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.started or info.updated))
-            rows.append((info.run_id, LOCAL, info.status, info.verdict or "-", when,
-                         f"kdtui watch {info.run_dir}"))
+    rows = [(e.run_id, e.where, e.status, e.verdict or "-",
+             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.started)) if e.started else "-",
+             e.reattach) for e in all_runs(runs_dir)]
     if not rows:
         print("no runs yet: start one with `kdtui launch --demo --headless`", file=out)
         return 0
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     header = ("RUN", "HOST", "STATE", "VERDICT", "STARTED (UTC)", "REATTACH")
-    widths = [max(w, len(h)) for w, h in zip(widths, header[:5], strict=True)]
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(5)]
     for row in (header, *rows):
         cells = "  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True))
         print(f"{cells}  {row[5]}", file=out)

@@ -148,3 +148,72 @@ def find_run(runs_dir: Path, ref: str) -> Path | None:
         return path
     candidate = Path(runs_dir) / ref
     return candidate if candidate.is_dir() else None
+
+
+# -- every run: local ones and remote dispatches ---------------------------------------------------
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One row of every runs list (the dashboard's, `kdtui runs`, `kdtui runs --plain`): a local
+    run (`info`) or a remote dispatch (`manifest`, its dispatch.json's content)."""
+
+    run_id: str
+    where: str  # "local" or the SSH host alias
+    status: str  # a local RunInfo.status, or dispatched | dispatch failed | how it finished
+    verdict: str | None  # pass | fail | inconclusive
+    step: int | None  # local runs only: remote steps live on the host
+    total_steps: int | None
+    started: float | None  # unix time
+    info: RunInfo | None = None
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def manifest_path(self) -> Path | None:
+        return Path(self.manifest["_path"]) if self.manifest else None
+
+    @property
+    def reattach(self) -> str:
+        """What to type to come back to it."""
+        if self.info is not None:
+            return f"kdtui watch {self.info.run_dir}"
+        if self.status == "dispatch failed":
+            return f"see {self.manifest_path}"
+        return f"kdtui watch {self.run_id}"
+
+
+def local_entry(info: RunInfo) -> RunEntry:
+    return RunEntry(info.run_id, LOCAL, info.status, info.verdict, info.step, info.total_steps,
+                    info.started or info.updated, info=info)
+
+
+def remote_entry(manifest: dict[str, Any]) -> RunEntry:
+    if not manifest.get("launched"):
+        status = "dispatch failed"
+    else:
+        status = str((manifest.get("run_finished") or {}).get("status") or "dispatched")
+    verdict = (manifest.get("verdict") or {}).get("status")
+    return RunEntry(str(manifest.get("run_id", "?")), str(manifest.get("host", "?")), status,
+                    str(verdict) if verdict else None, None, None,
+                    _utc_seconds(manifest.get("dispatched_at") or ""), manifest=manifest)
+
+
+def _utc_seconds(stamp: str) -> float | None:
+    """'2026-11-24T09:30:00Z' (a manifest's dispatched_at) as unix time."""
+    import calendar
+    import time
+
+    try:
+        return float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def all_runs(runs_dir: Path) -> list[RunEntry]:
+    """Local runs under runs_dir and remote dispatches in the evidence dir, newest first."""
+    from kdtui.remote.manifest import list_manifests
+
+    entries = [*(local_entry(info) for info in list_runs(runs_dir)),
+               *(remote_entry(data) for data in list_manifests())]
+    return sorted(entries, key=lambda e: e.started or 0.0, reverse=True)

@@ -3,9 +3,7 @@ and running; open one to see it, or to reattach to it while it runs."""
 
 from __future__ import annotations
 
-import calendar
 import time
-from pathlib import Path
 from typing import Any
 
 from textual import on
@@ -14,7 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from kdtui.runs import RunInfo, list_runs
+from kdtui.runs import RunEntry, all_runs
 from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
@@ -32,7 +30,7 @@ class RunsScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.runs: list[RunInfo | dict[str, Any]] = []  # a local run, or a remote manifest
+        self.runs: list[RunEntry] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -50,20 +48,14 @@ class RunsScreen(Screen):
         table.focus()
 
     def action_refresh(self) -> None:
-        from kdtui.remote.manifest import list_manifests
-
-        runs: list[RunInfo | dict[str, Any]] = [*list_runs(self.app.runs_dir),  # type: ignore
-                                                 *list_manifests()]
-        runs.sort(key=_newest_first)
+        runs = all_runs(self.app.runs_dir)  # type: ignore[attr-defined]
         table = self.query_one(DataTable)
         keep = table.cursor_row
         table.clear()
         now = time.time()
         for run in runs:
-            if isinstance(run, RunInfo):
-                table.add_row(*_local_row(run, now), key=str(run.run_dir))
-            else:
-                table.add_row(*_remote_row(run, now), key=run["_path"])
+            key = str(run.info.run_dir if run.info is not None else run.manifest_path)
+            table.add_row(*_cells(run, now), key=key)
         self.runs = runs
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
@@ -86,17 +78,17 @@ class RunsScreen(Screen):
         from kdtui.screens.run import RunScreen
 
         run = self.runs[row]
-        if isinstance(run, RunInfo):
-            handle: Any = LocalRunHandle.attach(run.run_dir)
+        if run.info is not None:
+            handle: Any = LocalRunHandle.attach(run.info.run_dir)
             handle.run_id = run.run_id
-            state = "reattached (running)" if run.is_running else run.status
+            state = "reattached (running)" if run.info.is_running else run.status
         else:
             try:
-                handle = manifest_handle(Path(run["_path"]))
+                handle = manifest_handle(run.manifest_path)
             except Exception as exc:  # never launched, or its host is gone from the hosts
                 self.app.notify(str(exc), severity="error", timeout=10)
                 return
-            state = _remote_status(run)
+            state = run.status
         self.app.push_screen(RunScreen(handle=handle, title=f"{describe(handle)} · {state}"))
 
     def action_new(self) -> None:
@@ -111,34 +103,19 @@ class RunsScreen(Screen):
         self.action_new()
 
 
-def _newest_first(run: RunInfo | dict[str, Any]) -> float:
-    if isinstance(run, RunInfo):
-        return -(run.started or run.updated)
-    when = run.get("dispatched_at") or ""
-    try:
-        return -calendar.timegm(time.strptime(when[:19], "%Y-%m-%dT%H:%M:%S"))  # UTC
-    except ValueError:
-        return 0.0
-
-
-def _local_row(info: RunInfo, now: float) -> tuple[str, ...]:
-    step = f"{info.step:,}" if info.step is not None else "–"
-    if info.total_steps:
-        step += f" / {info.total_steps:,}"
-    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) \
-        if info.started else "–"
-    return (info.run_id, "local", info.status, (info.verdict or "–").upper(), step, started,
-            format_seconds(now - info.updated) + " ago")
-
-
-def _remote_status(manifest: dict[str, Any]) -> str:
-    if not manifest.get("launched"):
-        return "dispatch failed"
-    return (manifest.get("run_finished") or {}).get("status") or "dispatched"
-
-
-def _remote_row(manifest: dict[str, Any], now: float) -> tuple[str, ...]:
-    verdict = (manifest.get("verdict") or {}).get("status") or "–"
-    when = (manifest.get("dispatched_at") or "–")[:16].replace("T", " ")
-    return (str(manifest.get("run_id", "?")), str(manifest.get("host", "?")),
-            _remote_status(manifest), verdict.upper(), "–", when + " UTC", "–")
+def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
+    """run, host, status, verdict, step, started, updated (local started times in local time,
+    remote ones as their manifest's UTC)."""
+    step = f"{run.step:,}" if run.step is not None else "–"
+    if run.step is not None and run.total_steps:
+        step += f" / {run.total_steps:,}"
+    verdict = (run.verdict or "–").upper()
+    if run.info is not None:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.started)) \
+            if run.info.started else "–"
+        updated = format_seconds(now - run.info.updated) + " ago"
+    else:
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.started)) \
+            if run.started else "– UTC"
+        updated = "–"
+    return (run.run_id, run.where, run.status, verdict, step, started, updated)

@@ -126,6 +126,14 @@ def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir,
         ["newer", "local", "stopped", "10/40", "-", "2025-10-09T08:53:20Z"],
         ["older", "local", "completed", "50/50", "pass", "2025-10-09T07:53:20Z"],
     ]
+    # the same runs, in the same order, for people: padded columns and how to come back
+    table = kdtui("--runs-dir", str(runs_dir), "runs")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["RUN", "HOST", "STATE"]
+    assert [row.split()[:4] for row in rows] == [["newer", "local", "stopped", "-"],
+                                                 ["older", "local", "completed", "pass"]]
+    assert rows[1].endswith(f"kdtui watch {runs_dir / 'older'}")
 
 
 def test_cancel_of_a_run_kdtui_did_not_start_says_it_cannot_and_exits_1(runs_dir, write_run):
