@@ -158,7 +158,8 @@ class RunScreen(Screen):
             self.launch_failed = str(exc)
             self._pending_lines.append(f"ERROR: launch failed: {exc}")
             self.query_one(VerdictPanel).border_subtitle = "launch failed"
-            self.notify(str(exc), title="Launch failed", severity="error", timeout=10)
+            self.notify(str(exc), title="Launch failed", severity="error", timeout=10,
+                        markup=False)
             return
         self.handle = handle
         self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
@@ -236,14 +237,21 @@ class RunScreen(Screen):
                 if isinstance(total, int):
                     progress.total = total
                 self._check_effective_config(event)
+                progress.set_ranks(event.get("world_size"), event.get("backend"))
             elif kind == "log" and event.get("level") == "error":
+                if "rank" in event:
+                    progress.rank_failed(event["rank"], event.get("message", ""))
                 where = f"rank {event['rank']}" if "rank" in event else "the engine"
+                # markup=False: engine messages hold brackets ("[/.../pair.cc:553] Connection
+                # closed by peer" from gloo), which as markup crashed the dashboard
                 self.notify(str(event.get("message", ""))[:300], title=f"Error on {where}",
-                            severity="error", timeout=15)
+                            severity="error", timeout=15, markup=False)
         finished = state.finished is not None or self.ended
         if state.finished is not None:
             end = "done" if state.finished.get("status") == "completed" else "failed"
             tracker.finish_running(end)
+            if progress.ranks is not None and not progress.ranks.ended:
+                progress.ranks_ended(state.finished)
         progress.refresh_view(finished=finished)
         panel = self.query_one(VerdictPanel)
         if finished:
@@ -264,7 +272,7 @@ class RunScreen(Screen):
             self.query_one(LogView).append_lines(
                 [f"ERROR: effective config differs from what was asked: {d}" for d in diffs])
             self.notify("; ".join(diffs)[:300], title="The engine runs another config",
-                        severity="error", timeout=20)
+                        severity="error", timeout=20, markup=False)
 
     # -- actions ------------------------------------------------------------------------------
     def action_toggle_smooth(self) -> None:

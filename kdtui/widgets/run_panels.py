@@ -4,7 +4,7 @@ verdict."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.table import Table
 from rich.text import Text
@@ -108,6 +108,9 @@ class StageTracker(Widget):
                 row.since = None
         self._draw()
 
+    def on_resize(self) -> None:
+        self._draw()
+
     def _tick(self) -> None:
         if any(r.since is not None for r in self.rows.values()):
             self._draw()
@@ -117,7 +120,12 @@ class StageTracker(Widget):
         table.add_column(width=1)
         table.add_column(min_width=12)
         table.add_column(justify="right", min_width=6)
-        table.add_column(overflow="ellipsis", no_wrap=True)
+        # the detail gets what the other columns leave: a long one (gloo's "[/.../pair.cc:553]
+        # Connection closed by peer ...") otherwise squeezed the icons and names to nothing
+        name_width = max([12, *(len(name) for name in self.rows)])
+        room = self.content_size.width - (1 + name_width + 6 + 3)
+        table.add_column(overflow="ellipsis", no_wrap=True,
+                         max_width=max(room, 4) if self.content_size.width else None)
         styles = self._styles()
         now = time.monotonic()
         for row in self.rows.values():
@@ -136,17 +144,64 @@ class StageTracker(Widget):
         return {state: self.get_component_rich_style(f"stage--{state}") for state in _ICONS}
 
 
+MAX_RANK_BADGES = 16  # more ranks than this: a count instead of a badge each
+
+
+@dataclass
+class RankStatus:
+    """The ranks of a torchrun run (world_size > 1), from rank 0's events: each is ok until a
+    `log` error event with its `rank` arrives (or run_finished names it in `failed_ranks`)."""
+
+    world_size: int
+    backend: str = ""
+    failed: dict[int, str] = field(default_factory=dict)  # rank -> first line of its message
+    ended: str = ""  # "", or how the run ended: completed, failed, cancelled
+
+    @property
+    def title(self) -> str:
+        backend = f" ({self.backend})" if self.backend else ""
+        return f"torchrun · {self.world_size} ranks{backend}"
+
+    def fail(self, rank: int, message: str) -> None:
+        """The first error of a rank is its cause; a later one (often an echo) is kept out."""
+        if rank not in self.failed:
+            self.failed[rank] = first_line(message)
+
+    def summary(self) -> str:
+        """Plain words, for the tooltip and tests: 'rank 1 failed: FileNotFoundError: ...'."""
+        if not self.failed:
+            return f"all {self.world_size} ranks ok"
+        return "\n".join(f"rank {rank} failed: {msg}" for rank, msg in sorted(self.failed.items()))
+
+
+def first_line(message: str) -> str:
+    """The first non-empty line of a message, without the relay's own 'rank N failed: '."""
+    line = next((ln.strip() for ln in str(message).splitlines() if ln.strip()), "")
+    head, sep, rest = line.partition(" failed: ")
+    if sep and head.startswith("rank ") and head[5:].isdigit():
+        return rest
+    return line
+
+
 class RunProgress(Widget):
     """step N of M (and epoch N/M when the engine has epochs), tokens/s, ETA from the recent
     step rate (render(), fixed height: an update repaints this widget only)."""
 
+    COMPONENT_CLASSES = {"rank--ok", "rank--failed", "rank--stopped"}
     DEFAULT_CSS = """
-    RunProgress { border: round $foreground 35%; height: 6; padding: 0 1; }
+    RunProgress {
+        border: round $foreground 35%; height: 6; padding: 0 1;
+        & > .rank--ok { color: $text-success; }
+        & > .rank--failed { color: $text-error; text-style: bold; }
+        & > .rank--stopped { color: $text-muted; }
+    }
+    RunProgress.-rank-failed { border-subtitle-color: $text-error; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.border_title = "progress"
+        self.ranks: RankStatus | None = None  # a torchrun run's ranks; None: one process
         self.step = 0
         self.total: int | None = None
         self.tokens_per_s: float | None = None
@@ -163,6 +218,10 @@ class RunProgress(Widget):
 
     def on_mount(self) -> None:
         self._draw()
+
+    def on_resize(self) -> None:
+        if self.ranks is not None:  # a failed rank's message is cut to the width
+            self._draw()
 
     def add_step(self, event: dict) -> None:
         step = int(event.get("step", 0))
@@ -202,6 +261,30 @@ class RunProgress(Widget):
         if isinstance(step, int):
             self._epoch_end_step = step
 
+    def set_ranks(self, world_size: object, backend: object = "") -> None:
+        """run_started said how many ranks there are; one process (or none said) shows none."""
+        if isinstance(world_size, int) and world_size > 1:
+            self.ranks = RankStatus(world_size, str(backend or ""))
+            self.border_subtitle = self.ranks.title
+            self._draw()
+
+    def rank_failed(self, rank: object, message: object) -> None:
+        """A `log` error event with a `rank` field: that rank is marked failed."""
+        if self.ranks is None or not isinstance(rank, int) or isinstance(rank, bool):
+            return
+        self.ranks.fail(rank, str(message or ""))
+        self._draw()
+
+    def ranks_ended(self, finished: dict) -> None:
+        """run_finished: its `failed_ranks` (rank 0's watcher ended the run) count as failed."""
+        if self.ranks is None:
+            return
+        for rank in finished.get("failed_ranks") or ():
+            if isinstance(rank, int):
+                self.ranks.fail(rank, "failed (named in run_finished)")
+        self.ranks.ended = str(finished.get("status") or "failed")
+        self._draw()
+
     def refresh_view(self, finished: bool = False) -> None:
         if finished:
             self.eta = 0.0 if self.total and self.step >= self.total else None
@@ -226,9 +309,54 @@ class RunProgress(Widget):
             ("step ", "dim"), f"{self.step:,} / {total}", epoch, "\n",
             ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
         )
-        if text.plain != self._text.plain:
+        if self.ranks is not None:
+            text.append("\n")
+            text.append_text(self._rank_lines())
+        if text.plain != self._text.plain or text.spans != self._text.spans:
             self._text = text
+            if self.ranks is not None:
+                self.styles.height = 6 + text.plain.count("\n") - 3
+                self.set_class(bool(self.ranks.failed), "-rank-failed")
+                self.tooltip = f"{self.ranks.title}\n{self.ranks.summary()}"
             self.refresh()
+
+    def _rank_lines(self) -> Text:
+        """'ranks ✓0 ✗1   1 failed', then the lowest failed rank's message (every failed rank's
+        is in the tooltip). Ranks that did not fail show as stopped once the run ended badly."""
+        ranks = self.ranks
+        assert ranks is not None
+        ok, bad, stopped = (self.get_component_rich_style(f"rank--{name}")
+                            for name in ("ok", "failed", "stopped"))
+        halted = ranks.ended in ("failed", "cancelled")
+        calm_icon, calm = ("■", stopped) if halted else ("✓", ok)
+        line = Text("ranks ", style="dim")
+        if ranks.world_size <= MAX_RANK_BADGES:
+            for rank in range(ranks.world_size):
+                if rank in ranks.failed:
+                    line.append(f"✗{rank}", style=bad)
+                else:
+                    line.append(f"{calm_icon}{rank}", style=calm)
+                line.append(" ")
+        else:  # too many for a badge each: how many are fine, and which failed
+            fine = ranks.world_size - len(ranks.failed)
+            line.append(f"{fine} {'stopped' if halted else 'ok'} ", style=calm)
+        if not ranks.failed:
+            if not halted:
+                line.append(" all ok", style=ok)
+            return line
+        failed = sorted(ranks.failed)
+        if ranks.world_size <= MAX_RANK_BADGES:
+            line.append(f" {len(failed)} failed", style=bad)
+        else:
+            line.append(f" failed: {', '.join(map(str, failed))}", style=bad)
+        more = f" +{len(failed) - 1} more" if len(failed) > 1 else ""
+        detail = Text(f"rank {failed[0]}: {ranks.failed[failed[0]]}", style=bad)
+        width = self.content_size.width
+        detail.truncate(max(width - len(more), 8) if width else 200, overflow="ellipsis")
+        line.append("\n")
+        line.append_text(detail)
+        line.append(more, style="dim")
+        return line
 
 
 class VerdictPanel(Static):
