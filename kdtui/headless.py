@@ -28,7 +28,7 @@ from kdengine.config import (
     flag_of,
     load_config_file,
 )
-from kdengine.events import RUN_FINISHED, RUN_STARTED
+from kdengine.events import LOG, RUN_FINISHED, RUN_STARTED
 from kdengine.verdict import verdict_from_events
 from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.remote.hosts import LOCAL, HostsFileError
@@ -112,10 +112,29 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
     died = False
     printed = 0
 
+    # rank 0 writes a failed rank's `log` event, then the same error as a launch.log line; the
+    # event is read first (events before log in a poll), so the line can be printed with its rank
+    # engine's line -> "ERROR (rank N): ..." to print in its place ("": printed already)
+    rank_lines: dict[str, str] = {}
+
     def take(update: Any) -> None:
         nonlocal finished, printed
         printed += len(update.log_lines)
+        for event in update.events:
+            if event.get("type") == LOG and event.get("level") == "error" and "rank" in event:
+                message = str(event.get("message", ""))
+                ours = f"ERROR (rank {event['rank']}): {_rank_message(message)}"
+                engine_line = f"ERROR: {message}"
+                if engine_line in update.log_lines:
+                    rank_lines[engine_line] = ours
+                else:  # its log line comes in a later poll, or never: print it now
+                    rank_lines[engine_line] = ""
+                    print(ours, file=out, flush=True)
         for line in update.log_lines:
+            if line in rank_lines:
+                line = rank_lines.pop(line)
+                if not line:
+                    continue
             print(line, file=out, flush=True)
         for event in update.events:
             events.append(event)
@@ -162,6 +181,12 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
         print(f"WARNING: event stream gaps {follower.events.gaps}, duplicates skipped "
               f"{follower.events.duplicates}", file=out, flush=True)
     return WatchResult(code, verdict, finished, events, printed, config_errors)
+
+
+def _rank_message(message: str) -> str:
+    """A relayed rank error's message without its 'rank N failed: ' (the rank is printed)."""
+    head, sep, rest = message.partition(" failed: ")
+    return rest if sep and head.startswith("rank ") and head[5:].isdigit() else message
 
 
 # -- launch ------------------------------------------------------------------------------------
