@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -101,6 +102,36 @@ async def test_the_progress_panel_names_the_ranks_and_the_failed_one(
         assert progress.outer_size.height == 8  # two lines more than a one-process run's
     finally:
         await cm.__aexit__(None, None, None)
+
+
+async def test_the_ranks_are_ok_while_running_then_the_failure_arrives(
+        runs_dir, wait_for, write_run):
+    """The recorded run followed live: its events up to step 4 (every rank ok), then the rest
+    appended as the engine wrote them (rank 1 failed, the run ended)."""
+    lines = (FIXTURES / "rank-failure" / "events.jsonl").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"type": "log"' in line)
+    run_dir = runs_dir / "live"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text("".join(lines[:cut]))
+    (run_dir / "launch.log").write_text("")
+    (run_dir / "engine.pid").write_text(f"{os.getpid()}\n")  # a live engine
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="live")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: bool(app.screen.query(RunProgress)) and
+                       app.screen.query_one(RunProgress).step == 4, 20)
+        progress = app.screen.query_one(RunProgress)
+        await pilot.pause(0.2)
+        assert progress.render().plain.splitlines()[4] == "ranks ✓0 ✓1  all ok"
+        assert progress.border_subtitle == "torchrun · 2 ranks (gloo)"
+        assert _hex(_span_style(progress.render(), "✓1").color) == \
+            app.theme_variables["text-success"].lower()
+        with open(run_dir / "events.jsonl", "a") as fh:
+            fh.write("".join(lines[cut:]))
+        await wait_for(pilot, lambda: bool(progress.ranks.ended), 20)
+        await pilot.pause(0.2)
+        assert "ranks ■0 ✗1  1 failed" in progress.render().plain
+        assert progress.ranks.failed == {
+            1: "FileNotFoundError: /data/shard-7.bin is missing on this node"}
 
 
 async def test_several_failed_ranks_are_all_marked(two_ranks_failed, runs_dir, wait_for):
