@@ -1,6 +1,7 @@
 """Can the run screen keep up with a fast engine? 20,000 log lines/s and 2,000 step events/s.
 
     .venv/bin/python benchmarks/tui_throughput.py [--seconds 10] [--lines 20000] [--steps 2000]
+        [--long-every 10]     # every 10th log line ~380 characters: the log pane wraps them
 
 A separate writer process appends to events.jsonl and launch.log at those rates (as the engine
 would); the dashboard (headless, 160x48, in this process) follows the run. Measured: the longest
@@ -25,6 +26,8 @@ WRITER = r"""
 import json, sys, time
 run_dir, seconds = sys.argv[1], float(sys.argv[2])
 lines_per_s, steps_per_s = int(sys.argv[3]), int(sys.argv[4])
+long_every = int(sys.argv[5])  # 0: no long lines
+LONG = " ".join(f"detail{k}=value{k}" for k in range(22))  # ~380 characters with its prefix
 tick = 0.01
 ev = open(f"{run_dir}/events.jsonl", "a")
 log = open(f"{run_dir}/launch.log", "a")
@@ -48,7 +51,9 @@ while time.perf_counter() - start < seconds:
              grad_norm=0.5, tokens_per_s=123456.0, total_steps=10**6)
     out = []
     for i in range(int(lines_per_s * tick)):
-        if i % 97 == 0:
+        if long_every and i % long_every == 0:
+            out.append(f"step {step} long line: {LONG}")
+        elif i % 97 == 0:
             out.append(f"WARNING: something at step {step} (line {i})")
         elif i % 211 == 0:
             out.append(f"RuntimeError: planted error at step {step}")
@@ -64,7 +69,8 @@ print(step, flush=True)
 """
 
 
-async def measure(run_dir: Path, seconds: float, lines: int, steps: int) -> dict[str, float]:
+async def measure(run_dir: Path, seconds: float, lines: int, steps: int,
+                  long_every: int = 0) -> dict[str, float]:
     if os.environ.get("KDTUI_BENCH_NOGC"):
         import gc
 
@@ -139,6 +145,7 @@ async def measure(run_dir: Path, seconds: float, lines: int, steps: int) -> dict
         asyncio.events.Handle._run = timed_run
         writer = await asyncio.create_subprocess_exec(
             sys.executable, "-c", WRITER, str(run_dir), str(seconds), str(lines), str(steps),
+            str(long_every),
             stdout=subprocess.PIPE)
         out, _ = await writer.communicate()
         total_steps = int(out.decode().split()[-1])
@@ -203,14 +210,17 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--lines", type=int, default=20_000, help="log lines per second")
     p.add_argument("--steps", type=int, default=2_000, help="step events per second")
+    p.add_argument("--long-every", type=int, default=0,
+                   help="make every Nth log line ~380 characters (wrapped by the log pane)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KDTUI_CONFIG_DIR"] = tmp
         run_dir = Path(tmp) / "runs" / "bench"
         run_dir.mkdir(parents=True)
-        r = asyncio.run(measure(run_dir, args.seconds, args.lines, args.steps))
-    print(f"follow {args.lines:,} lines/s + {args.steps:,} step events/s for {args.seconds:g}s: "
-          f"{r['lines']:,} lines, {r['steps']:,} steps")
+        r = asyncio.run(measure(run_dir, args.seconds, args.lines, args.steps, args.long_every))
+    long = f" (every {args.long_every}th ~380 characters)" if args.long_every else ""
+    print(f"follow {args.lines:,} lines/s{long} + {args.steps:,} step events/s for "
+          f"{args.seconds:g}s: {r['lines']:,} lines, {r['steps']:,} steps")
     print(f"  event-loop stalls (wall): max {r['max_stall_ms']:.1f} ms, p99 "
           f"{r['p99_stall_ms']:.1f} ms, {r['stalls_over_50ms']} over 50 ms")
     print(f"  longest single UI callback (frame, update or poll) of {r['cb_count']:,}: "
