@@ -154,7 +154,9 @@ def test_a_cancel_while_the_engine_starts_ends_the_run_as_cancelled(
     events = _events(run_dir)
     assert not [e for e in events if e["type"] == "step"]
     stages = [(e["stage"], e["state"]) for e in events if e["type"] == "stage"]
-    assert stages == [("prepare", "running"), ("prepare", "cancelled")]
+    # the signal lands while torch imports, so the first stage is where it is noticed (a
+    # descheduled test process could send it later: then a later stage, never a step)
+    assert stages[-1][1] == "cancelled" and ("train", "running") not in stages
     assert events[-1] == {**events[-1], "type": "run_finished", "status": "cancelled",
                           "exit_code": 143}
     assert "Traceback" not in proc.stderr.read()
