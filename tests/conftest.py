@@ -69,16 +69,21 @@ TINY_TEXT = "\n".join(
     f"def function_{i}(x):\n    return x * {i} + {i % 7}  # line {i}\n" for i in range(400))
 
 
-@pytest.fixture
-def tiny_run_inputs(tmp_path: Path) -> dict[str, str]:
-    """Teacher, student and data for a real run that takes seconds: flags for `kdengine train`."""
-    teacher = write_tiny_model(tmp_path / "teacher", hidden=32, layers=2, seed=1)
-    student = write_tiny_model(tmp_path / "student", hidden=16, layers=1, seed=2)
-    data = tmp_path / "data"
+def write_tiny_inputs(directory: Path, *, student_layers: int = 1) -> dict[str, str]:
+    """Teacher, student and data for a real run that takes seconds, written into `directory`:
+    the values of `kdengine train`'s --teacher, --student and --data."""
+    teacher = write_tiny_model(directory / "teacher", hidden=32, layers=2, seed=1)
+    student = write_tiny_model(directory / "student", hidden=16, layers=student_layers, seed=2)
+    data = directory / "data"
     data.mkdir()
     for i in range(6):
         (data / f"doc{i}.txt").write_text(TINY_TEXT[i * 3000:(i + 1) * 3000 + 2000])
     return {"teacher": str(teacher), "student": str(student), "data": str(data)}
+
+
+@pytest.fixture
+def tiny_run_inputs(tmp_path: Path) -> dict[str, str]:
+    return write_tiny_inputs(tmp_path)
 
 
 def tiny_run_args(inputs: dict[str, str], run_dir: Path, **overrides) -> list[str]:

@@ -52,15 +52,10 @@ def _val_losses(run_dir: Path) -> dict[int, float]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One 8-step run with one process and the same run under torchrun with 2 ranks."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import TINY_TEXT, tiny_run_args, write_tiny_model
+    from conftest import tiny_run_args, write_tiny_inputs
 
     tmp = tmp_path_factory.mktemp("dp")
-    inputs = {"teacher": str(write_tiny_model(tmp / "teacher", hidden=32, layers=2, seed=1)),
-              "student": str(write_tiny_model(tmp / "student", hidden=16, layers=2, seed=2)),
-              "data": str(tmp / "data")}
-    (tmp / "data").mkdir()
-    for i in range(6):
-        (tmp / "data" / f"doc{i}.txt").write_text(TINY_TEXT[i * 3000:(i + 1) * 3000 + 2000])
+    inputs = write_tiny_inputs(tmp, student_layers=2)
     dirs = {"one": tmp / "one", "two": tmp / "two"}
     for name, prefix in (("one", [sys.executable]), ("two", TORCHRUN)):
         args = tiny_run_args(inputs, dirs[name], steps=STEPS, eval_every=4, checkpoint_every=4,
