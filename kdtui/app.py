@@ -207,9 +207,18 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal and stdout is not one: run it in "
+               "a terminal, or use --headless (`kdtui launch --headless`, `kdtui watch RUN "
+               "--headless`, `kdtui runs --plain`)")
+
+
 def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
     """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`, or on a run that
     `launcher` (an engine profile's) starts."""
+    if not sys.stdout.isatty():
+        # Textual would draw escape codes into the pipe, forever, for no one to see
+        print(NO_TERMINAL, file=sys.stderr)
+        return 2
     command = getattr(args, "command", None)
     app = KDApp(runs_dir=getattr(args, "runs_dir", None), theme=getattr(args, "theme", None),
                 command=command, watch_ref=getattr(args, "run", None),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from kdengine.config import add_field_flags
 
@@ -105,9 +106,27 @@ def main(argv: list[str] | None = None) -> int:
             from kdtui.headless import print_runs
 
             return print_runs(args)
+        if args.command == "watch":
+            missing = missing_run(args.run, getattr(args, "runs_dir", None))
+            if missing:
+                raise UsageError(missing)
         from kdtui.app import run_app
 
         return run_app(args)
     except UsageError as exc:
         print(f"kdtui: error: {exc}", file=sys.stderr)
         return 2
+
+
+def missing_run(ref: str, runs_dir: str | None) -> str | None:
+    """Why `kdtui watch REF` has nothing to open (None when there is a run or a dispatch by that
+    name): said before the dashboard starts, as `kdtui watch --headless` says it."""
+    from kdengine.config import default_runs_dir
+    from kdtui.remote.manifest import find_manifest
+    from kdtui.runs import find_run
+
+    where = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+    if find_run(where, ref) is not None or find_manifest(ref) is not None:
+        return None
+    return (f"no run {ref!r}: not a dispatch.json, a run directory, or a run id in {where} or "
+            "the evidence dir (see `kdtui runs`)")

@@ -49,3 +49,38 @@ async def test_launch_command_with_a_bad_value_stays_on_the_form(runs_dir, tiny_
         assert isinstance(app.screen, LaunchScreen)
         assert "must be a number >= 0 and <= 1 (got 2)" in app.screen.field_error("alpha")
     assert not (runs_dir / "from-cli").exists()
+
+
+def _kdtui(*argv: str, env_extra: dict[str, str] | None = None):
+    """`python -m kdtui ARGV` in a real subprocess whose stdout is a pipe (not a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "kdtui", *argv], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_watch_of_an_unknown_run_is_one_line_and_exit_2_before_any_dashboard(runs_dir):
+    done = _kdtui("watch", "nope")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("kdtui: error: no run 'nope'")
+    assert str(runs_dir) in lines[0]
+    assert done.stdout == ""  # no escape codes: the dashboard never started
+
+
+def test_dashboard_with_stdout_not_a_terminal_refuses_and_names_headless(runs_dir, write_run):
+    write_run(runs_dir / "done-run", steps=20)
+    for argv in ([], ["launch", "--demo"], ["watch", "done-run"]):
+        done = _kdtui(*argv)  # a dashboard drawing into the pipe would never exit: timeout
+        assert done.returncode == 2, (argv, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, (argv, done.stderr)
+        assert "needs a terminal" in lines[0] and "--headless" in lines[0]
+        assert done.stdout == ""
+    # what needs no terminal still works into a pipe
+    plain = _kdtui("runs", "--plain")
+    assert plain.returncode == 0 and plain.stdout.startswith("done-run\t")
