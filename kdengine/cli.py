@@ -109,8 +109,9 @@ def cmd_train(argv: list[str]) -> int:
                          indent=2))
         return 0
     if not args.resume and (run_dir / "events.jsonl").exists():
-        raise ConfigError("run_dir", f"{run_dir} already holds a run (continue it with --resume "
-                          f"{run_dir}, or pick another --run-name)")
+        field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
+        raise ConfigError(field, f"{run_dir} already holds a run (continue it with --resume "
+                          f"{run_dir}, or pick another {flag_of(field)})")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (run_dir / "config.json").write_text(config.to_json())

@@ -116,6 +116,8 @@ class LocalLauncher:
         run_dir = Path(self.config.run_dir).expanduser() if self.config.run_dir else \
             self.runs_dir / self.config.run_name
         self.run_dir = run_dir
+        # the field that picked the directory: the one to change when it already holds a run
+        self.run_dir_field = "run_dir" if self.config.run_dir else "run_name"
         self.config = self.config.with_values(run_dir=str(run_dir))
 
     def plan(self) -> list[str]:
@@ -134,8 +136,8 @@ class LocalLauncher:
 
         check_sources(self.config)
         if (self.run_dir / EVENTS_FILE).exists():
-            raise ConfigError("run_dir", f"{self.run_dir} already holds a run (pick another "
-                              f"{flag_of('run_name')})")
+            raise ConfigError(self.run_dir_field, f"{self.run_dir} already holds a run (pick "
+                              f"another {flag_of(self.run_dir_field)})")
 
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> LocalRunHandle:
         t0 = time.monotonic()
