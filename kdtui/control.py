@@ -200,7 +200,9 @@ async def cancel_run(ref: str, runs_dir: Path, timeout: float = DEFAULT_TIMEOUT,
                 f"{where}: {handle.run_dir} has no engine.pid (a run kdtui did not start) and no "
                 "run_finished: if its engine still runs, stop it with `kill -TERM PID`; "
                 "nothing cancelled"))
-        if not before.alive:
+        if before.status is not None or not before.alive:
+            # a run_finished on record ends it, even while its process is still exiting (a
+            # second cancel right after the first must not signal it, nor claim to cancel it)
             _record_end(handle, before, None)
             return CancelResult(EXIT_CANCELLED, _nothing_to_cancel(where, before))
         if source is not None:

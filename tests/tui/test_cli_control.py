@@ -95,6 +95,48 @@ def test_cancel_ends_a_running_local_run_as_cancelled_then_has_nothing_to_cancel
         "c-local on local: already finished: cancelled (exit code 143): nothing to cancel"]
 
 
+def test_a_second_cancel_right_after_the_first_says_already_finished(runs_dir, tiny_run_inputs):
+    """The first cancel returns once run_finished is written, while the engine may still be
+    exiting: a second one at once must say the run already finished, not cancel it again."""
+    run_dir = start_detached(runs_dir, tiny_run_inputs, "c-twice")
+    pid = engine_pid(run_dir)
+    try:
+        first = kdtui("--runs-dir", str(runs_dir), "cancel", "c-twice", "--timeout", "30")
+        second = kdtui("--runs-dir", str(runs_dir), "cancel", "c-twice", "--timeout", "30")
+    finally:
+        if not process_gone(pid, 0):
+            os.killpg(pid, 9)
+    assert first.stdout.splitlines() == ["c-twice on local: cancelled (exit code 143)"], \
+        first.stdout + first.stderr
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [
+        "c-twice on local: already finished: cancelled (exit code 143): nothing to cancel"]
+    assert [e["type"] for e in read_events(run_dir / "events.jsonl")].count("run_finished") == 1
+
+
+def test_cancel_of_a_run_that_recorded_its_end_while_its_engine_exits_signals_nothing(
+        runs_dir, write_run):
+    """run_finished is on record but the engine's process is still there (CUDA teardown takes
+    seconds on a GPU box): the run is finished, and the process is left to exit on its own."""
+    run_dir = write_run(runs_dir / "exiting", steps=40, upto=10, finished=False)
+    with open(run_dir / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"v": 1, "seq": 999, "t": 1_760_000_100.0, "type": "run_finished",
+                             "status": "cancelled", "exit_code": 143, "steps": 10}) + "\n")
+    # a process named like the engine stands for one that has not exited yet
+    exiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                                "kdengine"], start_new_session=True)
+    (run_dir / "engine.pid").write_text(f"{exiting.pid}\n")
+    try:
+        again = kdtui("--runs-dir", str(runs_dir), "cancel", "exiting", "--timeout", "5")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines() == [
+            "exiting on local: already finished: cancelled (exit code 143): nothing to cancel"]
+        assert exiting.poll() is None, "a finished run's exiting engine was signalled again"
+    finally:
+        exiting.kill()
+        exiting.wait()
+
+
 def test_cancel_of_an_unknown_run_is_one_line_naming_it_and_the_fix(runs_dir):
     done = kdtui("--runs-dir", str(runs_dir), "cancel", "xyz")
     assert done.returncode == 2
