@@ -23,10 +23,12 @@ from kdengine.data import (
     split_documents,
     split_token_shards,
 )
+from kdengine.diskspace import DiskFull, is_disk_full
 from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
+from kdengine.preflight import check_vocab
 from kdengine.providers import ModelStudent, ModelTeacher
 from kdengine.sources import check_distinct, resolve_model_dir
-from kdengine.tokenizer import TOKENIZER_FILES, HFTokenizer, load_tokenizer
+from kdengine.tokenizer import TOKENIZER_FILES, HFTokenizer, check_same_tokenizer, load_tokenizer
 
 
 def _load_model(path: Path, field: str, dtype: torch.dtype, device: Any):
@@ -67,16 +69,11 @@ def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teache
         student_tokenizer = load_tokenizer(path, "student")
         saved_dtype = stored_dtype(path)
         model = _load_model(path, "student", torch.float32, "cpu")
+    # the preflight's rules (kdengine.preflight), again on what was loaded: a hub model may
+    # have been downloaded after the preflight ran
     check_same_tokenizer(tokenizer, student_tokenizer)
     vocab = model.config.vocab_size
-    if vocab > teacher.vocab_size:
-        raise ConfigError("student", f"vocab ({vocab}) is larger than the teacher's "
-                          f"({teacher.vocab_size}): the teacher has no logits for ids "
-                          f"{teacher.vocab_size}..{vocab - 1}")
-    top = getattr(student_tokenizer, "max_id", student_tokenizer.vocab_size - 1)
-    if top >= vocab:
-        raise ConfigError("student", f"the tokenizer has ids up to {top}, beyond the model's "
-                          f"vocab_size ({vocab}): not this model's tokenizer")
+    check_vocab(teacher.vocab_size, vocab, student_tokenizer)
     if vocab < teacher.vocab_size:
         log.line(f"teacher vocab {teacher.vocab_size} > student vocab {vocab}: the teacher's "
                  f"padding ids {vocab}..{teacher.vocab_size - 1} are dropped from its logits")
@@ -84,20 +81,6 @@ def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teache
     student.source_dir = path  # type: ignore[attr-defined]
     student.saved_dtype = saved_dtype  # type: ignore[attr-defined]
     return student
-
-
-def check_same_tokenizer(a: Any, b: Any) -> None:
-    """Teacher and student must tokenize text into the same ids, or KD compares nonsense."""
-    if isinstance(a, ByteTokenizer) and isinstance(b, ByteTokenizer):
-        return
-    if isinstance(a, HFTokenizer) and isinstance(b, HFTokenizer):
-        if a.fingerprint == b.fingerprint:
-            return
-        why = a.difference(b)
-    else:
-        why = f"one is {type(a).__name__}, the other {type(b).__name__}"
-    raise ConfigError("student", f"does not share the teacher's tokenizer ({why}); KD needs one "
-                      "tokenizer for both: pick a student of the teacher's family")
 
 
 def load_data(config: RunConfig, tokenizer: Any) -> TokenSplits:
@@ -121,7 +104,33 @@ def save_final_student(config: RunConfig, student: ModelStudent, run_dir: Path,
     final = Path(run_dir) / "final"
     tmp = final.with_name(".tmp-final")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_decoder(student.model, tmp, dtype=getattr(student, "saved_dtype", torch.float32))
+    dtype = getattr(student, "saved_dtype", torch.float32)
+    try:
+        _write_final_student(config, student, tmp, tokenizer, dtype)
+    except Exception as exc:  # nothing half-written is left; a full disk says its numbers
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            from kdengine.checkpoint import latest_checkpoint
+
+            sizes = {t.untyped_storage().data_ptr(): t.numel()  # a tied head once
+                     for t in student.model.state_dict().values()}
+            raise DiskFull(final.parent, "the final student", sum(sizes.values()) * dtype.itemsize,
+                           latest_checkpoint(run_dir), Path(run_dir)) from exc
+        raise
+    if final.exists():
+        old = final.with_name(".old-final")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def _write_final_student(config: RunConfig, student: ModelStudent, tmp: Path, tokenizer: Any,
+                         dtype: torch.dtype) -> None:
+    save_decoder(student.model, tmp, dtype=dtype)
     if isinstance(tokenizer, HFTokenizer):
         # the student's own files first (its chat template), the teacher's for what it lacks
         sources = [d for d in (getattr(student, "source_dir", None), tokenizer.directory) if d]
@@ -140,12 +149,3 @@ def save_final_student(config: RunConfig, student: ModelStudent, run_dir: Path,
     (tmp / "kdengine.json").write_text(json.dumps(
         {"distilled_from": config.teacher, "student_init": config.student,
          "config": config.to_dict()}, indent=2) + "\n")
-    if final.exists():
-        old = final.with_name(".old-final")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    return final

@@ -31,8 +31,10 @@ def hub_offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def check_sources(config: RunConfig) -> None:
-    """Fail fast, before any run directory exists, on a model or data source that cannot work."""
+def check_sources(config: RunConfig) -> dict[str, Path]:
+    """The teacher's and student's directories that exist here now (hub ids from the local
+    cache; demo models and hub ids still to download are left out), refusing a source that
+    cannot work: the first step of kdengine.preflight.check_run_inputs."""
     dirs: dict[str, Path] = {}
     for name, demo in (("teacher", DEMO_TEACHER), ("student", DEMO_STUDENT)):
         spec = getattr(config, name)
@@ -64,6 +66,7 @@ def check_sources(config: RunConfig) -> None:
     elif not Path(config.data).expanduser().exists():
         raise ConfigError("data", f"{config.data} does not exist (give a text/jsonl file, a "
                           f"directory of them, a pre-tokenized shard directory, or {DEMO_DATA})")
+    return dirs
 
 
 def cached_snapshot(repo_id: str) -> Path | None:

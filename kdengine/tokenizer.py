@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from kdengine.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>", "<eos>")
 # the files that make up a tokenizer in HF layout, copied next to the final student
@@ -67,6 +68,8 @@ class HFTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_tensor(self, text: str) -> torch.Tensor:
+        import torch  # here, not at the top: the run's preflight reads tokenizers without torch
+
         return torch.tensor(self.encode(text), dtype=torch.int64)
 
     def difference(self, other: HFTokenizer) -> str:
@@ -89,3 +92,17 @@ def load_tokenizer(directory: Path, field: str) -> HFTokenizer:
         raise ConfigError(field, f"{directory} has no tokenizer.json (KD needs the model's "
                           f"tokenizer to read the data){hint}")
     return HFTokenizer(directory, field)
+
+
+def check_same_tokenizer(a: Any, b: Any) -> None:
+    """Teacher and student must tokenize text into the same ids, or KD compares nonsense."""
+    if isinstance(a, HFTokenizer) and isinstance(b, HFTokenizer):
+        if a.fingerprint == b.fingerprint:
+            return
+        why = a.difference(b)
+    elif type(a) is type(b):  # the demo's byte tokenizer on both sides
+        return
+    else:
+        why = f"one is {type(a).__name__}, the other {type(b).__name__}"
+    raise ConfigError("student", f"does not share the teacher's tokenizer ({why}); KD needs one "
+                      "tokenizer for both: pick a student of the teacher's family")

@@ -80,6 +80,15 @@ def read_documents(spec: str, text_field: str = "text") -> list[Document]:
     """Documents of a text file, a .jsonl file (one `text_field` per line) or a directory."""
     if spec == DEMO_DATA:
         return demo_documents()
+    docs = list(iter_documents(spec, text_field))
+    if not docs:
+        raise ConfigError("data", f"{spec} is empty: no text to train on")
+    return docs
+
+
+def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
+    """read_documents' documents one file at a time, in the same order (the run's preflight
+    reads every file through this and stops tokenizing once it has seen enough)."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError("data", f"{spec} does not exist (give a file, a directory or "
@@ -92,7 +101,6 @@ def read_documents(spec: str, text_field: str = "text") -> list[Document]:
     if not files:
         raise ConfigError("data", f"{spec} holds no {', '.join(TEXT_SUFFIXES)} or .jsonl files "
                           f"(or, for pre-tokenized data, a {SHARD_META} beside *.bin shards)")
-    docs: list[Document] = []
     for file in files:
         try:
             text = file.read_text(encoding="utf-8")
@@ -102,12 +110,9 @@ def read_documents(spec: str, text_field: str = "text") -> list[Document]:
             raise ConfigError("data", f"cannot read {file}: not UTF-8 text (byte {exc.start}); "
                               "give UTF-8 text, or pre-tokenized shards") from None
         if file.suffix == ".jsonl":
-            docs.extend(_jsonl_documents(file, text, text_field))
+            yield from _jsonl_documents(file, text, text_field)
         elif text.strip():
-            docs.append(Document(str(file.relative_to(path) if path.is_dir() else file.name), text))
-    if not docs:
-        raise ConfigError("data", f"{spec} is empty: no text to train on")
-    return docs
+            yield Document(str(file.relative_to(path) if path.is_dir() else file.name), text)
 
 
 def is_token_shards(path: Path) -> bool:
@@ -190,6 +195,29 @@ def read_token_shards(spec: str) -> TokenShards:
     "eos_id": N}) and map every `*.bin` beside it: raw little-endian token ids. One sequential
     pass per shard (in chunks) finds the document ends and the largest id; the tokens stay on
     disk, mapped, until a batch gathers them."""
+    files, dtype, eos_id = shard_files(spec)
+    width = torch.empty(0, dtype=dtype).element_size()
+    shards: list[MappedShard] = []
+    for file in files:
+        size = file.stat().st_size
+        if size == 0:
+            continue
+        try:
+            # shared=False: a private copy-on-write mapping of a file opened read-only.
+            # shared=True would open it read-write (failing on read-only data), write any change
+            # to the tensor back into the corpus, and grow the file if `size` were too large.
+            tokens = torch.from_file(str(file), shared=False, size=size // width, dtype=dtype)
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError("data", f"cannot read {file}: {exc}") from None
+        shards.append(_index_shard(file, tokens, eos_id))
+    if not shards:
+        raise ConfigError("data", f"{spec} is empty: every *.bin shard has 0 tokens")
+    return TokenShards(shards, eos_id)
+
+
+def shard_files(spec: str) -> tuple[list[Path], torch.dtype, int]:
+    """The `*.bin` shards of a pre-tokenized directory, their dtype and eos id, with
+    `tokens.json` and every file's size checked; nothing is mapped or scanned."""
     path = Path(spec).expanduser()
     meta_path = path / SHARD_META
     try:
@@ -213,25 +241,12 @@ def read_token_shards(spec: str) -> TokenShards:
     files = sorted(path.glob("*.bin"))
     if not files:
         raise ConfigError("data", f"{spec} has {SHARD_META} but no *.bin shards")
-    shards: list[MappedShard] = []
     for file in files:
         size = file.stat().st_size
         if size % width:
             raise ConfigError("data", f"{file} has {size} bytes, not a whole number of "
                               f"{meta['dtype']} tokens (truncated or the wrong dtype?)")
-        if size == 0:
-            continue
-        try:
-            # shared=False: a private copy-on-write mapping of a file opened read-only.
-            # shared=True would open it read-write (failing on read-only data), write any change
-            # to the tensor back into the corpus, and grow the file if `size` were too large.
-            tokens = torch.from_file(str(file), shared=False, size=size // width, dtype=dtype)
-        except (OSError, RuntimeError) as exc:
-            raise ConfigError("data", f"cannot read {file}: {exc}") from None
-        shards.append(_index_shard(file, tokens, eos_id))
-    if not shards:
-        raise ConfigError("data", f"{spec} is empty: every *.bin shard has 0 tokens")
-    return TokenShards(shards, eos_id)
+    return files, dtype, eos_id
 
 
 def _index_shard(file: Path, tokens: torch.Tensor, eos_id: int) -> MappedShard:
@@ -336,14 +351,23 @@ def _tail_split(stream: torch.Tensor, val_fraction: float,
 
 
 def _check_sizes(train: Stream, val: Stream, window: int, batch_size: int) -> None:
-    """One training batch of distinct windows and one validation sequence, at least."""
-    need = batch_size * (window - 1) + 2  # batch_size windows of window tokens, hop window-1
-    if len(train) < need or len(val) < window + 1:
-        raise ConfigError("data", f"has {len(train) + len(val)} tokens ({len(train)} train, "
-                          f"{len(val)} validation), shorter than one batch: batch_size x "
-                          f"(seq_len + 1) needs about {need} train tokens and one "
-                          f"validation sequence {window + 1} (give more data, or a smaller "
-                          "seq_len or batch_size)")
+    check_split_sizes(len(train), len(val), window, batch_size)
+
+
+def enough_tokens(window: int, batch_size: int) -> tuple[int, int]:
+    """(train, validation) tokens a run needs at least: one training batch of distinct windows
+    and one validation sequence."""
+    return batch_size * (window - 1) + 2, window + 1  # batch_size windows, hop window - 1
+
+
+def check_split_sizes(train: int, val: int, window: int, batch_size: int) -> None:
+    """Refuse splits of `train` and `val` tokens shorter than enough_tokens()."""
+    need, need_val = enough_tokens(window, batch_size)
+    if train < need or val < need_val:
+        raise ConfigError("data", f"has {train + val} tokens ({train} train, {val} validation), "
+                          f"shorter than one batch: batch_size x (seq_len + 1) needs about "
+                          f"{need} train tokens and one validation sequence {need_val} (give "
+                          "more data, or a smaller seq_len or batch_size)")
 
 
 def pack(token_lists: Iterable[torch.Tensor], eos_id: int) -> torch.Tensor:
@@ -482,18 +506,34 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
                     window: int, batch_size: int = 1) -> TokenSplits:
     """Tokenize and split; the validation split always gets at least one window of tokens.
     `window` is seq_len; a ConfigError says so when the data is shorter than one batch."""
-    held = [d for d in docs if is_validation(d.name, val_fraction)]
-    kept = [d for d in docs if not is_validation(d.name, val_fraction)]
-    if not held and len(kept) > 1:  # tiny corpora: hold out the last document
-        held, kept = kept[-1:], kept[:-1]
-    train = pack((tokenize(d.text) for d in kept), eos_id)
-    val = pack((tokenize(d.text) for d in held), eos_id)
-    if len(val) < window + 1 or len(kept) == 0:
-        # too few documents to hold some out whole: hold out the tail of the stream instead
-        stream = pack((tokenize(d.text) for d in docs), eos_id)
-        train, val = _tail_split(stream, val_fraction, window)
+    tokens = [tokenize(d.text) for d in docs]
+    held, _, _ = plan_split([(d.name, len(t)) for d, t in zip(docs, tokens, strict=True)],
+                            val_fraction, window)
+    if held is None:
+        train, val = _tail_split(pack(tokens, eos_id), val_fraction, window)
+    else:
+        train = pack((t for t, h in zip(tokens, held, strict=True) if not h), eos_id)
+        val = pack((t for t, h in zip(tokens, held, strict=True) if h), eos_id)
     _check_sizes(train, val, window, batch_size)
     return TokenSplits(train, val, eos_id)
+
+
+def plan_split(docs: list[tuple[str, int]], val_fraction: float,
+               window: int) -> tuple[list[bool] | None, int, int]:
+    """How split_documents splits documents of these (name, token count)s: which are held out
+    whole for validation (None: the stream's tail is held out instead), and the train and
+    validation lengths, end-of-document tokens included. Sizes only, so the run's preflight
+    applies the same rule to counts without building the streams."""
+    held = [is_validation(name, val_fraction) for name, _ in docs]
+    if not any(held) and len(docs) > 1:  # tiny corpora: hold out the last document
+        held[-1] = True
+    val = sum(n + 1 for (_, n), h in zip(docs, held, strict=True) if h)
+    train = sum(n + 1 for (_, n), h in zip(docs, held, strict=True) if not h)
+    if val < window + 1 or all(held):
+        # too few documents to hold some out whole: hold out the tail of the stream instead
+        cut, total = _tail_cut(train + val, val_fraction, window)
+        return None, cut, total - cut
+    return held, train, val
 
 
 def stream_fingerprint(stream: Stream) -> str:
@@ -563,5 +603,7 @@ class BatchSampler:
 
 
 __all__ = ["IGNORE_INDEX", "BatchSampler", "ByteTokenizer", "Document", "MappedShard",
-           "TokenShards", "TokenSplits", "TokenStream", "is_token_shards", "read_documents",
-           "read_token_shards", "split_documents", "split_token_shards", "stream_fingerprint"]
+           "TokenShards", "TokenSplits", "TokenStream", "check_split_sizes", "enough_tokens",
+           "is_token_shards", "iter_documents", "plan_split", "read_documents",
+           "read_token_shards", "shard_files", "split_documents", "split_token_shards",
+           "stream_fingerprint"]

@@ -24,6 +24,8 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
 _KV_HEADS_DEFAULT = {"mistral": 8, "qwen2": 32, "qwen3": 32}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX_FILE = "model.safetensors.index.json"
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads")
 
 
 class UnsupportedArchitecture(ValueError):
@@ -43,6 +45,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
     if hf.get("architectures") and wanted not in hf["architectures"]:
         raise UnsupportedArchitecture(f"{where}: architecture {arch} is not a causal LM of "
                                       f"{model_type} (kdengine runs {wanted})")
+
+    absent = [k for k in _REQUIRED_KEYS if not isinstance(hf.get(k), int)]
+    if absent:
+        raise UnsupportedArchitecture(f"{where}: {', '.join(absent)} missing or not an integer "
+                                      "(not a complete config.json)")
 
     def refuse(key: str, why: str) -> UnsupportedArchitecture:
         return UnsupportedArchitecture(f"{where}: {key} = {hf.get(key)!r} is not supported "
@@ -246,7 +253,7 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32,
     model.to(dtype)
     expected = {k for k in model.state_dict()
                 if not (k == "lm_head.weight" and config.tie_word_embeddings)}
-    files = _weight_files(path)
+    files = weight_files(path)
     seen: set[str] = set()
     params = dict(model.state_dict())
     with torch.no_grad():
@@ -275,7 +282,10 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32,
     return model
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an HF-layout directory: model.safetensors, or the shards its
+    index names (each present). No weights are read; the run's preflight checks this too."""
+    path = Path(path)
     single = path / "model.safetensors"
     if single.exists():
         return [single]
@@ -292,5 +302,6 @@ def _weight_files(path: Path) -> list[Path]:
                                     f"{', '.join(absent[:3])}")
         return files
     others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-    hint = f" (found {', '.join(others[:3])}: convert them to safetensors)" if others else ""
+    hint = (f" (found {', '.join(others[:3])}: convert to safetensors, e.g. load it with "
+            "transformers and save_pretrained(safe_serialization=True))" if others else "")
     raise FileNotFoundError(f"{path} has neither model.safetensors nor {INDEX_FILE}{hint}")

@@ -1,0 +1,214 @@
+"""One validation of a run's inputs, before any run directory exists: what the run would refuse
+and can be known without loading weights. `kdengine train` and `kdengine train --check` call it
+(so the dashboard's pre-start check and the remote check stage, which run `--check`, do too);
+the engine's loading code applies the same rules again to what it loads.
+
+Checked: the sources (demo, local directory, hub cache), each model's config.json (family and
+features, as `config_from_hf` reads it), its weight files (safetensors, every shard an index
+names), tokenizer.json present and readable, one tokenizer for teacher and student, vocab sizes
+(student <= teacher, tokenizer ids inside the vocab), the device, and the data: every file
+readable, UTF-8, every JSONL line parsed, and enough tokens for one training batch and one
+validation window (counted with the run's tokenizer and split rule, stopping once both sides
+have enough). Not checked here (it needs the weights or a download): tensor names, shapes and
+dtypes against config.json, a hub model that is not in the local cache yet, and the token ids
+of pre-tokenized shards against the vocab (their document split and largest id need a scan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdengine.config import DEMO_DATA, ConfigError, RunConfig
+from kdengine.sources import check_sources
+
+DEMO_VOCAB = 257  # the demo's byte tokenizer and models (kdengine.demo, kdengine.data)
+
+
+@dataclass
+class ModelFacts:
+    """What the preflight learnt of one model without loading its weights."""
+
+    role: str  # teacher or student: the field a refusal names
+    spec: str
+    directory: str | None = None  # None: a demo model, or a hub id still to download
+    model_type: str | None = None
+    vocab_size: int | None = None
+    weight_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Preflight:
+    """The facts a passed preflight found; `unchecked` says what it could not look at here."""
+
+    teacher: ModelFacts
+    student: ModelFacts
+    device: str
+    train_tokens: int | None = None  # at least this many: counting stops once there are enough
+    val_tokens: int | None = None
+    unchecked: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_run_inputs(config: RunConfig) -> Preflight:
+    """Refuse (ConfigError naming the field and the fix) every input the run would refuse that
+    can be known without loading weights; return what was found."""
+    dirs = check_sources(config)
+    unchecked: list[str] = []
+    teacher, teacher_tok = _check_model(config.teacher, "teacher", dirs.get("teacher"),
+                                        unchecked)
+    student, student_tok = _check_model(config.student, "student", dirs.get("student"),
+                                        unchecked)
+    if teacher_tok is not None and student_tok is not None:
+        from kdengine.tokenizer import check_same_tokenizer
+
+        check_same_tokenizer(teacher_tok, student_tok)
+    tokenizer = teacher_tok if teacher_tok is not None else student_tok
+    if tokenizer is not None:
+        if teacher.vocab_size is not None and student.vocab_size is not None:
+            check_vocab(teacher.vocab_size, student.vocab_size, tokenizer)
+        else:
+            for facts in (teacher, student):
+                if facts.vocab_size is not None:
+                    check_tokenizer_fits(tokenizer, facts.vocab_size, facts.role)
+    device = check_device(config.device)
+    facts = Preflight(teacher, student, device, unchecked=unchecked)
+    facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked)
+    return facts
+
+
+def _check_model(spec: str, name: str, directory: Path | None,
+                 unchecked: list[str]) -> tuple[ModelFacts, Any]:
+    """(facts, tokenizer or None) of one model: its config, weight files and tokenizer."""
+    facts = ModelFacts(name, spec)
+    if spec.startswith("demo://"):
+        facts.model_type, facts.vocab_size = "demo", DEMO_VOCAB
+        return facts, DemoByteTokenizer()
+    if directory is None:
+        unchecked.append(f"{name}: {spec} is downloaded by the run; its config, weights and "
+                         "tokenizer are checked when it loads")
+        return facts, None
+    from kdengine.models.hf_layout import config_from_hf, read_hf_config, weight_files
+    from kdengine.tokenizer import load_tokenizer
+
+    facts.directory = str(directory)
+    try:
+        hf = read_hf_config(directory)
+        decoder = config_from_hf(hf, str(directory / "config.json"))
+        files = weight_files(directory)
+    except (FileNotFoundError, ValueError) as exc:  # UnsupportedArchitecture is a ValueError
+        raise ConfigError(name, f"{exc}") from None
+    facts.model_type, facts.vocab_size = decoder.model_type, decoder.vocab_size
+    facts.weight_files = [f.name for f in files]
+    return facts, load_tokenizer(directory, name)
+
+
+class DemoByteTokenizer:
+    """Stands for the demo's ByteTokenizer without importing kdengine.data (and torch): a
+    `--demo --check` stays instant. Swapped for the real one where data is counted."""
+
+    vocab_size = DEMO_VOCAB
+    max_id = DEMO_VOCAB - 1
+
+
+def check_vocab(teacher_vocab: int, student_vocab: int, tokenizer: Any) -> None:
+    """The student's vocab fits in the teacher's, and the tokenizer's ids in the student's."""
+    if student_vocab > teacher_vocab:
+        raise ConfigError("student", f"vocab ({student_vocab}) is larger than the teacher's "
+                          f"({teacher_vocab}): the teacher has no logits for ids "
+                          f"{teacher_vocab}..{student_vocab - 1}; pick a student of the "
+                          "teacher's family")
+    check_tokenizer_fits(tokenizer, student_vocab, "student")
+
+
+def check_tokenizer_fits(tokenizer: Any, vocab: int, name: str) -> None:
+    top = getattr(tokenizer, "max_id", tokenizer.vocab_size - 1)
+    if top >= vocab:
+        raise ConfigError(name, f"the tokenizer has ids up to {top}, beyond the model's "
+                          f"vocab_size ({vocab}): not this model's tokenizer")
+
+
+def check_device(spec: str) -> str:
+    """The device a run asks for exists here (auto and cpu always do). Imports torch for the
+    others: availability is torch's answer, not a guess from the driver files."""
+    if spec in ("auto", "cpu"):
+        return spec
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise ConfigError("device", f"{spec} needs torch: pip install 'kdtui[engine]'") from None
+    kind, _, index = spec.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"{spec} asked for, but torch sees no CUDA device here "
+                              "(use cpu or auto)")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise ConfigError("device", f"{spec} asked for, but this machine has {count} CUDA "
+                              f"device(s): cuda:0..cuda:{count - 1} (or auto)")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", "mps asked for, but torch sees no MPS device here (Apple "
+                          "silicon only; use cpu or auto)")
+    return spec
+
+
+def check_data(config: RunConfig, tokenizer: Any,
+               unchecked: list[str]) -> tuple[int | None, int | None]:
+    """Every file of the data readable (UTF-8, JSONL lines parsed) and at least one training
+    batch and one validation window of tokens: (train, val) tokens seen, at least."""
+    if config.data == DEMO_DATA:
+        return None, None
+    from kdengine.data import (
+        ByteTokenizer,
+        check_split_sizes,
+        enough_tokens,
+        is_token_shards,
+        is_validation,
+        iter_documents,
+        plan_split,
+        shard_files,
+    )
+
+    if isinstance(tokenizer, DemoByteTokenizer):
+        tokenizer = ByteTokenizer()
+    need, need_val = enough_tokens(config.seq_len, config.batch_size)
+    if is_token_shards(Path(config.data).expanduser()):
+        files, dtype, eos_id = shard_files(config.data)
+        total = sum(f.stat().st_size // dtype.itemsize for f in files)
+        if total < need + need_val:
+            check_split_sizes(0, total, config.seq_len, config.batch_size)
+        if tokenizer is not None and eos_id >= tokenizer.vocab_size:
+            raise ConfigError("data", f"tokens.json: eos_id {eos_id} is beyond the tokenizer's "
+                              f"vocab ({tokenizer.vocab_size}): tokenized with another "
+                              "tokenizer?")
+        unchecked.append("data: the shards' document split and token ids are checked when the "
+                         "run reads them")
+        return None, None
+    counts: list[tuple[str, int]] = []
+    train = val = 0
+    counting = tokenizer is not None
+    for doc in iter_documents(config.data):  # reads every file: each must decode and parse
+        if not counting:
+            counts.append((doc.name, 0))
+            continue
+        n = len(tokenizer.encode(doc.text))
+        counts.append((doc.name, n))
+        if is_validation(doc.name, config.val_fraction):
+            val += n + 1
+        else:
+            train += n + 1
+        # enough on both sides of the run's own split: whatever follows only adds tokens
+        counting = train < need or val < need_val
+    if not counts:
+        raise ConfigError("data", f"{config.data} is empty: no text to train on")
+    if tokenizer is None:
+        unchecked.append("data: tokens are counted when the run has its tokenizer")
+        return None, None
+    if train >= need and val >= need_val:
+        return train, val
+    _, train, val = plan_split(counts, config.val_fraction, config.seq_len)
+    check_split_sizes(train, val, config.seq_len, config.batch_size)
+    return train, val
