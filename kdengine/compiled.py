@@ -81,12 +81,17 @@ def fused_clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tens
 
 def _place_rope(model: Any) -> None:
     """The rotary frequencies onto the model's device before tracing (a graph that copies them
-    from the host would be recompiled on the second call, and CUDA graphs skip host inputs)."""
+    from the host would be recompiled on the second call, and CUDA graphs skip host inputs).
+    Packed rows' attention masks stay eager: they depend on the data (varlen's spans need a
+    host sync), and are built once per batch outside the graphs."""
     inv_freq = getattr(model, "inv_freq", None)
     if isinstance(inv_freq, torch.Tensor) and isinstance(model, torch.nn.Module):
         param = next(model.parameters(), None)
         if param is not None and param.device.type != "meta":
             model.inv_freq = inv_freq.to(param.device)
+    masks = getattr(model, "attention_masks", None)
+    if callable(masks) and "attention_masks" not in vars(model):
+        model.attention_masks = torch.compiler.disable(masks)
 
 
 def compile_teacher(provider: Any, options: CompileOptions) -> str:

@@ -1,8 +1,10 @@
 """Teacher and student providers: what the trainer asks of each model.
 
 Both give final hidden states [batch, seq, hidden] and an lm-head weight [vocab, hidden], so the
-loss can project chunk by chunk (kdengine.losses.fused_kd_loss). The model-backed providers wrap
-the native decoder; the bigram fixtures are tiny exact models for tests.
+loss can project chunk by chunk (kdengine.losses.fused_kd_loss). `position_ids` [batch, seq], when
+a batch of packed rows carries them, restart at each example: attention stays inside examples.
+The model-backed providers wrap the native decoder; the bigram fixtures are tiny exact models for
+tests.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from kdengine.models.decoder import Decoder
 class Teacher(Protocol):
     vocab_size: int
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, seq, hidden], computed without autograd."""
 
     @property
@@ -29,7 +32,8 @@ class Student(Protocol):
     vocab_size: int
     module: nn.Module  # the trainable parameters, saved in checkpoints
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def hidden_states(self, input_ids: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor: ...
 
     @property
     def head_weight(self) -> torch.Tensor: ...
@@ -41,8 +45,9 @@ class ModelTeacher:
         self.vocab_size = model.config.vocab_size
 
     @torch.no_grad()
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
+    def hidden_states(self, input_ids: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, position_ids)
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -54,8 +59,9 @@ class ModelStudent:
         self.module = self.model = model
         self.vocab_size = model.config.vocab_size
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
+    def hidden_states(self, input_ids: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, position_ids)
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -81,8 +87,9 @@ class BigramTeacher:
         self.module = Bigram(vocab_size, hidden, seed).requires_grad_(False)
         self.vocab_size = vocab_size
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.module(input_ids)
+    def hidden_states(self, input_ids: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.module(input_ids)  # each token alone: nothing crosses an example
 
     @property
     def head_weight(self) -> torch.Tensor:

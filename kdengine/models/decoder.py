@@ -8,13 +8,20 @@ an HF safetensors checkpoint loads with `load_state_dict` as is.
 
 `forward` returns the final hidden states [batch, seq, hidden], not logits: the KD loss projects
 through `lm_head_weight` chunk by chunk and never holds all [tokens, vocab] logits at once.
+
+Packed rows (several examples in one row): `forward(input_ids, position_ids)` takes position ids
+[batch, seq] that restart at each example (kdengine.data.packing's rows); the rotary positions
+come from them and attention stays inside each example (block-diagonal causal, with the sliding
+window inside an example). Without position ids nothing of this runs: the kernels are today's.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -160,8 +167,10 @@ class Attention(nn.Module):
         return qkv.split((nq, nkv, nkv), dim=-1)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window)."""
+                mask: Any = None) -> torch.Tensor:
+        """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window).
+        Packed rows (Decoder.attention_masks): a bool [b, 1, t, t] tensor (SDPA), a flex
+        BlockMask or VarlenSpans; cos/sin are then [b, 1, t, head_dim]."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x)
         q = q.view(b, t, self.n_heads, self.head_dim)
@@ -171,9 +180,17 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             enable_gqa=self.n_kv != self.n_heads)
+        gqa = self.n_kv != self.n_heads
+        if isinstance(mask, VarlenSpans):  # packed rows, flash varlen: [b*t, heads, d]
+            q, k, v = (y.transpose(1, 2).reshape(b * t, -1, self.head_dim) for y in (q, k, v))
+            out = _varlen_attention(q, k, v, mask, gqa)
+            return self.o_proj(out.reshape(b, t, -1))
+        if mask is not None and not isinstance(mask, torch.Tensor):  # packed rows, a BlockMask
+            out = _FLEX[mask.kv_indices.device.type](q, k, v, block_mask=mask, enable_gqa=gqa)
+        else:
+            # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -210,6 +227,101 @@ def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torc
     return (j <= i) & (j > i - window)
 
 
+# --- packed rows: attention that never crosses an example boundary -------------------------
+
+PACKED_ATTENTION = ("auto", "sdpa", "flex", "varlen")
+
+
+class VarlenSpans(NamedTuple):
+    """The examples of packed rows for flash varlen attention: the rows flattened to
+    batch*seq tokens, `cu_seqlens` [examples + 1] int32 the start of each example (and the
+    end), `max_len` a bound on an example's length (the row length: no host sync, one shape),
+    `window` the sliding window or None."""
+
+    cu_seqlens: torch.Tensor
+    max_len: int
+    window: int | None
+
+
+def example_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] int64: which example of its row each token belongs to (0, 1, ...). An
+    example starts at the row's first token and wherever the position does not continue the
+    previous token's by one (packed rows restart at 0)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts.long().cumsum(1) - 1
+
+
+def packed_causal_mask(examples: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[batch, 1, seq, seq] bool for SDPA, True where query i may see key j: the same example,
+    j <= i, and j > i - window with a window."""
+    seq = examples.shape[1]
+    i = torch.arange(seq, device=examples.device).unsqueeze(1)
+    j = torch.arange(seq, device=examples.device).unsqueeze(0)
+    allowed = j <= i
+    if window is not None:
+        allowed = allowed & (j > i - window)
+    return ((examples.unsqueeze(2) == examples.unsqueeze(1)) & allowed).unsqueeze(1)
+
+
+_FLEX: dict[str, Any] = {}  # device type -> flex_attention (compiled on CUDA: its fast kernel)
+
+
+def packed_block_mask(examples: torch.Tensor, window: int | None) -> Any:
+    """The same mask as packed_causal_mask as a FlexAttention BlockMask: blocks of 128x128
+    that no query may see are skipped, not computed."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    device = examples.device
+    if device.type not in _FLEX:
+        # eager flex_attention is a slow reference; on CUDA it must run compiled
+        _FLEX[device.type] = (torch.compile(flex_attention, dynamic=False)
+                              if device.type == "cuda" else flex_attention)
+
+    def same_example_causal(b, h, q, kv):
+        keep = (examples[b, q] == examples[b, kv]) & (kv <= q)
+        if window is not None:
+            keep = keep & (kv > q - window)
+        return keep
+
+    batch, seq = examples.shape
+    return create_block_mask(same_example_causal, batch, None, seq, seq, device=device,
+                             _compile=device.type == "cuda")
+
+
+def packed_varlen_spans(examples: torch.Tensor, window: int | None) -> VarlenSpans:
+    """The examples of `examples` [batch, seq] as flat spans for varlen attention (one host
+    sync per batch, for the number of examples)."""
+    batch, seq = examples.shape
+    starts = torch.ones_like(examples, dtype=torch.bool)
+    starts[:, 1:] = examples[:, 1:] != examples[:, :-1]
+    flat = starts.flatten().nonzero().squeeze(1)
+    end = torch.tensor([batch * seq], device=examples.device, dtype=flat.dtype)
+    return VarlenSpans(torch.cat([flat, end]).to(torch.int32), seq, window)
+
+
+def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: VarlenSpans,
+                      gqa: bool) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    if gqa and not _varlen_takes_gqa():  # torch < 2.13: each kv head repeated for its q heads
+        repeat = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        gqa = False
+    extra = {"enable_gqa": True} if gqa else {}
+    # flash's window (left, 0) sees left+1 keys, ours `window` keys (j > i - window)
+    window = (-1, 0) if spans.window is None else (spans.window - 1, 0)
+    return varlen_attn(q, k, v, spans.cu_seqlens, spans.cu_seqlens, spans.max_len,
+                       spans.max_len, window_size=window, **extra)
+
+
+@functools.cache
+def _varlen_takes_gqa() -> bool:
+    from torch.nn.attention.varlen import varlen_attn  # (slow to import: only when used)
+
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: DecoderConfig, index: int = 0) -> None:
         super().__init__()
@@ -220,7 +332,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: Any = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -247,6 +359,9 @@ class Decoder(nn.Module):
         # A plain attribute, not a buffer: `.to(bfloat16)` must not round the frequencies, and a
         # model built on the meta device still gets real ones.
         self.inv_freq = rope_inv_freq(config)
+        # packed rows' attention kernel (PACKED_ATTENTION): "auto" is SDPA with a boolean mask
+        # on the CPU, flash varlen on CUDA in bf16/fp16, FlexAttention on CUDA in fp32
+        self.packed_attention = "auto"
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -264,9 +379,52 @@ class Decoder(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final hidden states [batch, seq, hidden] of `input_ids` [batch, seq]."""
+    def packed_rope(self, position_ids: torch.Tensor,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [batch, 1, seq, head_dim] at `position_ids` [batch, seq] (float32 math)."""
+        inv_freq = self.inv_freq
+        if inv_freq.device != position_ids.device:
+            inv_freq = self.inv_freq = inv_freq.to(position_ids.device)
+        freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def packed_backend(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The kernel that packed rows run with here (see `packed_attention`)."""
+        backend = self.packed_attention
+        if backend not in PACKED_ATTENTION:
+            raise ValueError(f"packed_attention {backend!r} is not one of "
+                             f"{', '.join(PACKED_ATTENTION)}")
+        if backend != "auto":
+            return backend
+        if device.type != "cuda":
+            return "sdpa"
+        if torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+        return "varlen" if dtype in (torch.bfloat16, torch.float16) else "flex"
+
+    def attention_masks(self, position_ids: torch.Tensor,
+                        dtype: torch.dtype) -> dict[int | None, Any]:
+        """Per sliding window (None: full), the mask that keeps packed rows' attention inside
+        each example, in the form the chosen kernel takes; built once per batch for all layers.
+        (Data-dependent: kdengine.compiled keeps it out of compiled graphs.)"""
+        build = {"sdpa": packed_causal_mask, "flex": packed_block_mask,
+                 "varlen": packed_varlen_spans}[self.packed_backend(position_ids.device, dtype)]
+        examples = example_ids(position_ids)
+        return {w: build(examples, w) for w in {layer.window for layer in self.model.layers}}
+
+    def forward(self, input_ids: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [batch, seq, hidden] of `input_ids` [batch, seq]. With
+        `position_ids` [batch, seq] (restarting at each packed example) the rotary positions
+        come from them and no token attends across an example boundary."""
         x = self.model.embed_tokens(input_ids)
+        if position_ids is not None:
+            cos, sin = self.packed_rope(position_ids, x.dtype)
+            packed = self.attention_masks(position_ids, x.dtype)
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, packed[layer.window])
+            return self.model.norm(x)
         seq = input_ids.shape[1]
         cos, sin = self.rope(seq, x.device, x.dtype)
         masks: dict[int, torch.Tensor] = {}
@@ -321,9 +479,10 @@ class Decoder(nn.Module):
             layer.mlp.concat_gate_up = on
         return self
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Full logits [batch, seq, vocab]: for evaluation and tests, not the training path."""
-        return self.lm_head(self(input_ids))
+        return self.lm_head(self(input_ids, position_ids))
 
     def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
         """Fresh random init (normal(0, std) matrices, unit norms), seeded through `generator`."""
