@@ -161,7 +161,8 @@ def _compile(text: str):
     except Exception as exc:  # jinja2.TemplateSyntaxError, without importing jinja2 here
         line = getattr(exc, "lineno", None)
         where = f" (template line {line})" if line else ""
-        raise ConfigError("data", f"the chat template does not compile{where}: {exc}") from None
+        raise ConfigError("teacher", f"its chat template does not compile{where}: "
+                          f"{exc}") from None
 
 
 @lru_cache(maxsize=1)

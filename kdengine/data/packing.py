@@ -16,3 +16,159 @@ only (block-diagonal causal mask: query i sees key j iff j <= i and no example s
 ("padding-free") collators and flash-attn's varlen kernels do. Rows are built once and stored
 (kdengine.data.store); this module only lays examples into rows.
 """
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from kdengine.config import ConfigError
+from kdengine.data.store import TokenStore
+from kdengine.losses import IGNORE_INDEX
+
+ON_LONG = ("truncate", "drop")
+
+
+class PackedBatch(NamedTuple):
+    input_ids: torch.Tensor  # [batch, seq_len] int64
+    labels: torch.Tensor  # [batch, seq_len] int64, IGNORE_INDEX where nothing trains
+    position_ids: torch.Tensor  # [batch, seq_len] int64, 0 at each example's first token
+
+
+@dataclass
+class PackedRows:
+    """Examples of a store laid into rows of `seq_len` tokens, best fit, longest first.
+
+    `segments` is [n, 2] int64 (example index, tokens taken), grouped by row: row r is
+    segments[row_starts[r]:row_starts[r + 1]]. Nothing is copied: a row is gathered from the
+    mapped store when a batch asks for it."""
+
+    store: TokenStore
+    seq_len: int
+    segments: torch.Tensor
+    row_starts: torch.Tensor
+    truncated: int
+    dropped: int
+
+    def __len__(self) -> int:
+        return len(self.row_starts) - 1
+
+    @property
+    def filled(self) -> int:
+        """Tokens in rows that are not padding."""
+        return int(self.segments[:, 1].sum()) if len(self.segments) else 0
+
+    def rows(self, indices: torch.Tensor | list[int]) -> PackedBatch:
+        """The rows at `indices` as a batch (padding: eos ids, no labels, positions counting
+        on from the row's last example)."""
+        indices = torch.as_tensor(indices, dtype=torch.int64).tolist()
+        shape = (len(indices), self.seq_len)
+        inputs = torch.full(shape, self.store.meta.get("eos_id", 0), dtype=torch.int64)
+        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.int64)
+        positions = torch.empty(shape, dtype=torch.int64)
+        offsets, tokens, trains = self.store.offsets, self.store.tokens, self.store.trains
+        for b, r in enumerate(indices):
+            at = 0
+            for example, take in self.segments[self.row_starts[r]:self.row_starts[r + 1]].tolist():
+                start, stop = int(offsets[example]), int(offsets[example + 1])
+                ids = tokens[start:min(stop, start + take + 1)].to(torch.int64)
+                target = ids[1:]  # a truncated example keeps the target of its last input
+                keep = trains[start + 1:start + 1 + len(target)].bool()
+                inputs[b, at:at + take] = ids[:take]
+                labels[b, at:at + len(target)] = torch.where(keep, target, IGNORE_INDEX)
+                positions[b, at:at + take] = torch.arange(take)
+                at += take
+            last = int(positions[b, at - 1]) + 1 if at else 0
+            positions[b, at:] = torch.arange(last, last + self.seq_len - at)
+        return PackedBatch(inputs, labels, positions)
+
+
+def pack_rows(store: TokenStore, examples: torch.Tensor, seq_len: int,
+              on_long: str = "truncate") -> PackedRows:
+    """Lay `examples` (indices into the store) into rows: longest first, each into the row
+    with the least room that fits it (best fit decreasing: rows come out nearly full, and the
+    same examples always give the same rows). An example longer than seq_len is cut to
+    seq_len (`truncate`) or left out (`drop`); both are counted."""
+    if on_long not in ON_LONG:
+        raise ConfigError("on_long", f"must be one of {', '.join(ON_LONG)}")
+    lengths = store.lengths()[examples]
+    too_long = lengths > seq_len
+    if on_long == "drop":
+        examples, lengths = examples[~too_long], lengths[~too_long]
+    takes = lengths.clamp(max=seq_len)
+    order = torch.argsort(-takes, stable=True)
+    room: list[tuple[int, int]] = []  # (free tokens, row) of rows with room, sorted
+    members: list[list[int]] = []  # positions in `order` of each row's examples
+    for k, take in enumerate(takes[order].tolist()):
+        if take == 0:
+            continue
+        at = bisect.bisect_left(room, (take, -1))
+        if at == len(room):
+            members.append([k])
+            free, row = seq_len - take, len(members) - 1
+        else:
+            free, row = room.pop(at)
+            members[row].append(k)
+            free -= take
+        if free:
+            bisect.insort(room, (free, row))
+    picked = torch.tensor([k for row in members for k in row], dtype=torch.int64)
+    chosen = order[picked] if len(picked) else picked
+    segments = torch.stack([examples[chosen], takes[chosen]], 1) if len(chosen) else \
+        torch.empty(0, 2, dtype=torch.int64)
+    row_starts = torch.zeros(len(members) + 1, dtype=torch.int64)
+    if members:
+        row_starts[1:] = torch.tensor([len(m) for m in members]).cumsum(0)
+    return PackedRows(store, seq_len, segments, row_starts,
+                      truncated=int(too_long.sum()) if on_long == "truncate" else 0,
+                      dropped=int(too_long.sum()) if on_long == "drop" else 0)
+
+
+class PackedSampler:
+    """BatchSampler's interface over packed rows: step k's batch depends on (seed, k) only
+    (rows in a fresh permutation each epoch), so resume needs no data cursor; `batch` returns
+    a PackedBatch (input_ids, labels, position_ids)."""
+
+    def __init__(self, rows: PackedRows, batch_size: int, seed: int) -> None:
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.seq_len = rows.seq_len
+
+    def position(self, step: int) -> dict[str, object]:
+        """The data position after `step` optimizer steps, for a checkpoint."""
+        return {"next_step": step + 1, "seed": self.seed, "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "stream": f"{self.rows.store.key}:{len(self.rows)}"}
+
+    def check_position(self, saved: dict[str, object], step: int) -> None:
+        """Refuse to resume on data or sampling that differ from the checkpoint's."""
+        now = self.position(step)
+        changed = [k for k in now if saved.get(k) != now[k]]
+        if changed:
+            raise ConfigError("data", f"differs from the checkpoint's ({', '.join(changed)}: "
+                              f"saved {[saved.get(k) for k in changed]}, now "
+                              f"{[now[k] for k in changed]}); resume on the same data")
+
+    def batch(self, step: int) -> PackedBatch:
+        n = len(self.rows)
+        first = step * self.batch_size
+        picks = []
+        for i in range(first, first + self.batch_size):
+            epoch, at = divmod(i, n)
+            picks.append(int(self._permutation(epoch)[at]))
+        return self.rows.rows(picks)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if getattr(self, "_epoch", None) != epoch:
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
+            self._epoch, self._perm = epoch, torch.randperm(len(self.rows), generator=gen)
+        return self._perm
+
+    def fixed_batches(self, count: int) -> list[PackedBatch]:
+        """Up to `count` batches of the rows in order, always the same: the held-out set."""
+        n = len(self.rows)
+        batches = []
+        for start in range(0, min(count * self.batch_size, n), self.batch_size):
+            batches.append(self.rows.rows(list(range(start, min(start + self.batch_size, n)))))
+        return batches

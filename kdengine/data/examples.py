@@ -1,0 +1,83 @@
+"""Example data for a run, in one call: sources -> token store (cached) -> packed train and
+validation rows -> samplers, with the counts the data stage reports.
+
+Validation holds out whole examples by the hash of their name, as kdengine.data does for
+documents (is_validation); when none is held out, the last example is. Evaluation sees the
+held-out examples' trained tokens only (their labels are IGNORE_INDEX elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdengine.config import ConfigError
+from kdengine.data.chat import ChatTemplate
+from kdengine.data.packing import PackedRows, PackedSampler, pack_rows
+from kdengine.data.store import DataOptions, TokenStore, open_store
+
+
+@dataclass
+class DataStats:
+    """What the data stage reports (its event's fields)."""
+
+    examples: int
+    train_examples: int
+    val_examples: int
+    tokens: int
+    trained_tokens: int
+    truncated: int
+    dropped: int
+    skipped_files: int
+    skipped: list[list[str]]  # [file, reason] of the first few skipped files
+    train_rows: int
+    val_rows: int
+    fill: float  # share of the train rows' tokens that are not padding
+    cached: bool  # the token store was reused, nothing tokenized
+
+    def to_event(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExampleData:
+    store: TokenStore
+    train: PackedRows
+    val: PackedRows
+    stats: DataStats
+
+    def samplers(self, batch_size: int, seed: int) -> tuple[PackedSampler, PackedSampler]:
+        return PackedSampler(self.train, batch_size, seed), PackedSampler(self.val, batch_size,
+                                                                         seed)
+
+
+def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, *,
+                      seq_len: int, batch_size: int, val_fraction: float,
+                      options: DataOptions | None = None, on_long: str = "truncate",
+                      root: Path | None = None,
+                      progress: Callable[[int, str], None] | None = None) -> ExampleData:
+    store = open_store(spec, tokenizer, template, options, root, progress)
+    held = store.names % 10_000 < val_fraction * 10_000
+    if not bool(held.any()) and len(store) > 1:
+        held[-1] = True
+    every = torch.arange(len(store))
+    train = pack_rows(store, every[~held], seq_len, on_long)
+    val = pack_rows(store, every[held], seq_len, on_long)
+    if len(train) < batch_size or len(val) < 1:
+        raise ConfigError("data", f"has {len(store)} examples, packed into {len(train)} "
+                          f"train and {len(val)} validation rows of seq_len {seq_len}: "
+                          f"batch_size {batch_size} needs {batch_size} train rows and one "
+                          "validation row (give more data, or a smaller batch_size)")
+    meta = store.meta
+    stats = DataStats(
+        examples=meta["examples"], train_examples=int((~held).sum()),
+        val_examples=int(held.sum()), tokens=meta["tokens"],
+        trained_tokens=meta["trained_tokens"], truncated=train.truncated + val.truncated,
+        dropped=train.dropped + val.dropped, skipped_files=meta["skipped_files"],
+        skipped=meta["skipped"], train_rows=len(train), val_rows=len(val),
+        fill=round(train.filled / max(len(train) * seq_len, 1), 4), cached=store.tokenized == 0)
+    return ExampleData(store, train, val, stats)

@@ -1,0 +1,333 @@
+"""Training examples from files, saved datasets and hub datasets, detected per record.
+
+A record is one of (TRL's conventions):
+    {"text": "..."}                                        plain text, every token trains
+    {"messages": [{"role": ..., "content": ...}, ...]}     a conversation (system, user,
+                                                           assistant, tool turns)
+    {"prompt": ..., "completion": ...}                     both strings, or both message lists
+A field mapping renames columns first ({"messages": "conversations"}).
+
+Sources: .jsonl, .json (an array of records), .parquet, .arrow (IPC stream or file), text files
+(one `text` record each), a folder of them, a `datasets` save_to_disk folder, and a hub dataset
+id resolved through huggingface_hub's cache (offline first; HF_HUB_OFFLINE=1 never downloads).
+pyarrow and `datasets` (the `data` extra) are imported only when such data is given. Every bad
+record is a BadRecord naming its file and line (or row); the caller decides to skip or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdengine.config import ConfigError
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+SPLITS = ("train", "validation", "valid", "val", "test", "dev")
+KINDS = ("text", "messages", "prompt_completion")
+ROLES = ("system", "user", "assistant", "tool")
+DATA_EXTRA = "pip install 'kdtui[data]' (the datasets library and pyarrow)"
+
+
+class BadRecord(Exception):
+    """One record (or a whole file) that cannot be read; `where` is "file:line" or "file:row N"."""
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where, self.message = where, message
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example. `name` is where it came from ("chat.jsonl:12", "part.parquet:row
+    3"): errors name it, and its hash decides the validation split. `record` holds the keys of
+    its kind only: text; messages; prompt and completion."""
+
+    name: str
+    kind: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file (or saved dataset) of records; `examples()` reads it lazily."""
+
+    path: Path
+    name: str  # as shown in errors and example names: relative to the data root
+    split: str
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def examples(self) -> Iterator[Example]:
+        for where, row in self._rows():
+            yield to_example(where, row, dict(self.fields))
+
+    def _rows(self) -> Iterator[tuple[str, Any]]:
+        suffix = self.path.suffix
+        if self.path.is_dir():
+            return _saved_dataset_rows(self.path, self.name, self.split)
+        if suffix == ".jsonl":
+            return _jsonl_rows(self.path, self.name)
+        if suffix == ".json":
+            return _json_rows(self.path, self.name)
+        if suffix == ".parquet":
+            return _parquet_rows(self.path, self.name)
+        if suffix == ".arrow":
+            return _arrow_rows(self.path, self.name)
+        return _text_rows(self.path, self.name)
+
+
+def parse_fields(text: str) -> tuple[tuple[str, str], ...]:
+    """"messages=conversations,prompt=question" -> (("messages", "conversations"), ...): our
+    name, then the column that holds it."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        ours, sep, theirs = part.partition("=")
+        if not sep or ours.strip() not in ("text", "messages", "prompt", "completion") \
+                or not theirs.strip():
+            raise ConfigError("data_fields", f"{part!r} is not NAME=COLUMN with NAME one of "
+                              "text, messages, prompt, completion (e.g. messages=conversations)")
+        pairs.append((ours.strip(), theirs.strip()))
+    return tuple(pairs)
+
+
+def find_sources(spec: str, split: str = "train",
+                 fields: tuple[tuple[str, str], ...] = ()) -> list[Source]:
+    """The sources of `spec`: a file, a folder (its files, or a saved dataset), or a hub id."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        from kdengine.sources import is_repo_id
+
+        if is_repo_id(spec):
+            path = hub_dataset_dir(spec)
+        else:
+            raise ConfigError("data", f"{spec} does not exist (give a file, a folder, a saved "
+                              "dataset or a hub dataset id like org/name)")
+    if path.is_file():
+        return [Source(path, path.name, split, fields)]
+    if is_saved_dataset(path):
+        return [Source(path, path.name, split, fields)]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
+                   and p.suffix in RECORD_SUFFIXES + TEXT_SUFFIXES)
+    files = _of_split(files, path, split)
+    if not files:
+        raise ConfigError("data", f"{spec} holds no {', '.join(RECORD_SUFFIXES)} or text files"
+                          + (f" of split {split!r}" if split != "train" else ""))
+    return [Source(f, str(f.relative_to(path)), split, fields) for f in files]
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _of_split(files: list[Path], root: Path, split: str) -> list[Path]:
+    """Files named for `split` (train.jsonl, data/train-00000-of-00002.parquet, train/...)
+    when any file is named for a split, as hub datasets lay them out; else all of them (one
+    split, "train")."""
+    def named(path: Path) -> str | None:
+        for part in path.relative_to(root).with_suffix("").parts:
+            if (m := re.match(r"^([a-z]+)(?:[-_.]|$)", part)) and m.group(1) in SPLITS:
+                return m.group(1)
+        return None
+
+    splits = {f: named(f) for f in files}
+    if not any(splits.values()):
+        return files if split == "train" else []
+    return [f for f in files if splits[f] == split]
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").is_file() or
+                              (path / "dataset_dict.json").is_file())
+
+
+def hub_dataset_dir(repo_id: str) -> Path:
+    """The local snapshot of a hub dataset repo: from the cache, else downloaded (unless
+    HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from kdengine.sources import hub_offline
+
+    patterns = [f"*{s}" for s in RECORD_SUFFIXES] + ["*.txt", "**/*.json"]
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=patterns,
+                                      local_files_only=True))
+    except LocalEntryNotFoundError:
+        if hub_offline():
+            raise ConfigError("data", f"{repo_id} is not in the local hub cache and "
+                              "HF_HUB_OFFLINE=1 forbids downloading it (download it first, or "
+                              "unset HF_HUB_OFFLINE)") from None
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=patterns))
+    except Exception as exc:  # network, auth, not found: one line
+        raise ConfigError("data", f"cannot download the dataset {repo_id}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
+    """The record `row` as an Example of its kind, or a BadRecord saying what is wrong."""
+    if not isinstance(row, dict):
+        raise BadRecord(where, f"is a {type(row).__name__}, not a record (an object of fields)")
+    for ours, theirs in fields.items():
+        if theirs in row:
+            row = {**row, ours: row[theirs]}
+    if row.get("messages") is not None:
+        return Example(where, "messages", {"messages": _messages(where, row["messages"],
+                                                                 "messages")})
+    if row.get("prompt") is not None or row.get("completion") is not None:
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return Example(where, "prompt_completion", {"prompt": prompt,
+                                                        "completion": completion})
+        if isinstance(prompt, list) and isinstance(completion, list):
+            return Example(where, "prompt_completion", {
+                "prompt": _messages(where, prompt, "prompt"),
+                "completion": _messages(where, completion, "completion")})
+        raise BadRecord(where, "prompt and completion must both be strings or both be message "
+                        f"lists (got {type(prompt).__name__} and {type(completion).__name__})")
+    if row.get("text") is not None:
+        if not isinstance(row["text"], str):
+            raise BadRecord(where, f"text is a {type(row['text']).__name__}, not a string")
+        return Example(where, "text", {"text": row["text"]})
+    keys = ", ".join(sorted(map(str, row))[:8]) or "none"
+    raise BadRecord(where, f"has no text, messages or prompt+completion field (its fields: "
+                    f"{keys}); name the columns with --data-fields, e.g. messages=conversations")
+
+
+def _messages(where: str, value: Any, name: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise BadRecord(where, f"{name} must be a non-empty list of {{role, content}} messages")
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRecord(where, f"{name}[{i}] is not a {{role, content}} message")
+        if message["role"] not in ROLES:
+            raise BadRecord(where, f"{name}[{i}] has role {message['role']!r}; roles are "
+                            f"{', '.join(ROLES)}")
+        content = message.get("content")
+        if not (isinstance(content, (str, list)) or
+                (content is None and message.get("tool_calls"))):
+            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has no text content")
+    return value
+
+
+def _decoded_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BadRecord(f"{name}:{number}", f"is not UTF-8 text (byte {exc.start} "
+                                    "of the line)") from None
+    except OSError as exc:
+        raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
+
+
+def _jsonl_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    for number, line in _decoded_lines(path, name):
+        if not line.strip():
+            continue
+        try:
+            yield f"{name}:{number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadRecord(f"{name}:{number}", f"is not JSON ({exc.msg})") from None
+
+
+def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except OSError as exc:
+        raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BadRecord(f"{name}:{exc.lineno}", f"is not JSON ({exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # {"data": [...]}, as some exporters write it
+    if not isinstance(data, list):
+        raise BadRecord(name, "must hold a JSON array of records (or use .jsonl, one a line)")
+    for i, row in enumerate(data):
+        yield f"{name}:record {i}", row
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise ConfigError("data", f"parquet and arrow data need pyarrow: {DATA_EXTRA}") from None
+    return pyarrow
+
+
+def _batches_rows(batches, name: str) -> Iterator[tuple[str, Any]]:
+    row = 0
+    for batch in batches:
+        for record in batch.to_pylist():
+            yield f"{name}:row {row}", record
+            row += 1
+
+
+def _parquet_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    pa = _pyarrow()
+    try:
+        batches = pa.parquet.ParquetFile(path).iter_batches(batch_size=1024)
+        yield from _batches_rows(batches, name)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadRecord(name, f"is not a readable parquet file ({exc})") from None
+
+
+def _arrow_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    """Arrow IPC: the stream format (what `datasets` writes) or the file format (feather v2)."""
+    pa = _pyarrow()
+    try:
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                source.seek(0)
+                file_reader = pa.ipc.open_file(source)
+                reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+            yield from _batches_rows(reader, name)
+    except (OSError, pa.ArrowException) as exc:
+        raise BadRecord(name, f"is not a readable arrow file ({exc})") from None
+
+
+def _saved_dataset_rows(path: Path, name: str, split: str) -> Iterator[tuple[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("data", f"a saved dataset needs the datasets library: "
+                          f"{DATA_EXTRA}") from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises several kinds for a damaged folder
+        raise BadRecord(name, f"is not a readable saved dataset ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ConfigError("data_split", f"{path} has no split {split!r} (it has "
+                              f"{', '.join(loaded)})")
+        loaded, name = loaded[split], f"{name}[{split}]"
+    for start in range(0, len(loaded), 1024):
+        rows = loaded[start:start + 1024]  # a dict of columns
+        columns = list(rows)
+        for i, values in enumerate(zip(*(rows[c] for c in columns), strict=True)):
+            yield f"{name}:row {start + i}", dict(zip(columns, values, strict=True))
+
+
+def _text_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start})") from None
+    if text.strip():
+        yield name, {"text": text}

@@ -1,0 +1,224 @@
+"""The tokenized examples of a dataset, written once and memory-mapped after.
+
+A store is a folder under KDENGINE_CACHE/data/<key>: `tokens.bin` (every example's ids,
+uint32, one after another), `trains.bin` (uint8: 1 where the token is a training target),
+`offsets.bin` (int64, example i is tokens[offsets[i]:offsets[i + 1]]), `names.bin` (uint32
+crc32 of each example's name: the validation split's hash, as kdengine.data.is_validation) and
+`meta.json` (counts, the skipped files). The key is a hash of the data's fingerprint (each
+file's path, size and mtime), the tokenizer's fingerprint, the chat template and the options
+that change the tokens, so a second run, a resume and another seq_len reuse it; it is built in
+a temporary folder and renamed into place, so a killed build leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdengine.config import ConfigError
+from kdengine.data.chat import ChatTemplate
+from kdengine.data.encode import TRAIN_ON, encode_example
+from kdengine.data.formats import BadRecord, Source, find_sources
+
+STORE_FORMAT = "kdengine-examples-1"
+ON_BAD_FILE = ("fail", "skip")
+NAMED_SKIPS = 5  # skipped files named in the stats; the rest only counted
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """What decides the tokens: where the data is and how it is read and labelled."""
+
+    split: str = "train"
+    fields: tuple[tuple[str, str], ...] = ()
+    train_on: str = "completion"
+    on_bad_file: str = "fail"
+
+
+@dataclass
+class TokenStore:
+    """A built store, mapped: tokens, trains and names are read from disk as batches ask."""
+
+    directory: Path
+    tokens: torch.Tensor  # uint32 [total tokens]
+    trains: torch.Tensor  # uint8 [total tokens]
+    offsets: torch.Tensor  # int64 [examples + 1]
+    names: torch.Tensor  # int64 crc32 of each example's name [examples]
+    meta: dict[str, Any]
+    tokenized: int = 0  # examples tokenized by this call: 0 when the cache was reused
+
+    @property
+    def key(self) -> str:
+        return self.directory.name
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+
+@dataclass
+class _Writer:
+    """Appends examples to the store's files; a bad source's examples are rolled back."""
+
+    directory: Path
+    files: dict[str, Any] = field(default_factory=dict)
+    offsets: array = field(default_factory=lambda: array("q", [0]))
+    names: array = field(default_factory=lambda: array("I"))
+    tokens: int = 0
+    trained: int = 0
+
+    def __post_init__(self) -> None:
+        self.files = {n: open(self.directory / f"{n}.bin", "wb") for n in ("tokens", "trains")}
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.names), self.tokens, self.trained
+
+    def add(self, name: str, ids: list[int], trains: list[bool]) -> None:
+        self.files["tokens"].write(array("I", ids).tobytes())
+        self.files["trains"].write(bytes(trains))
+        self.tokens += len(ids)
+        self.trained += sum(trains)
+        self.offsets.append(self.tokens)
+        self.names.append(zlib.crc32(name.encode()))
+
+    def rollback(self, mark: tuple[int, int, int]) -> None:
+        count, self.tokens, self.trained = mark
+        del self.names[count:]
+        del self.offsets[count + 1:]
+        self.files["tokens"].truncate(self.tokens * 4)
+        self.files["tokens"].seek(self.tokens * 4)
+        self.files["trains"].truncate(self.tokens)
+        self.files["trains"].seek(self.tokens)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        (self.directory / "offsets.bin").write_bytes(self.offsets.tobytes())
+        (self.directory / "names.bin").write_bytes(self.names.tobytes())
+
+
+def cache_dir() -> Path:
+    from kdengine.demo import cache_root
+
+    return cache_root() / "data"
+
+
+def store_key(sources: list[Source], tokenizer: Any, template: ChatTemplate | None,
+              options: DataOptions) -> str:
+    """The hash a store is found by: data, tokenizer, template and token-changing options."""
+    identity = {
+        "format": STORE_FORMAT,
+        "data": [_file_identity(s.path) for s in sources],
+        "names": [s.name for s in sources],
+        "tokenizer": [getattr(tokenizer, "fingerprint", type(tokenizer).__name__),
+                      tokenizer.eos_id, tokenizer.vocab_size],
+        "template": [template.text, sorted(template.special_tokens.items())] if template else
+                    None,
+        "options": [options.split, list(options.fields), options.train_on, options.on_bad_file],
+    }
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:24]
+
+
+def _file_identity(path: Path) -> list[Any]:
+    """Path, size and mtime of a file, or of every file in a saved dataset's folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    out: list[Any] = []
+    for p in files:
+        st = p.stat()
+        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
+               options: DataOptions | None = None, root: Path | None = None,
+               progress: Callable[[int, str], None] | None = None) -> TokenStore:
+    """The store of `spec`: reused when one with the same key exists, else built (tokenizing
+    every example once). `progress(examples_done, source_name)` is called as it goes."""
+    options = options or DataOptions()
+    if options.train_on not in TRAIN_ON:
+        raise ConfigError("train_on", f"must be one of {', '.join(TRAIN_ON)}")
+    if options.on_bad_file not in ON_BAD_FILE:
+        raise ConfigError("on_bad_file", f"must be one of {', '.join(ON_BAD_FILE)}")
+    sources = find_sources(spec, options.split, options.fields)
+    root = Path(root) if root is not None else cache_dir()
+    directory = root / store_key(sources, tokenizer, template, options)
+    if (directory / "meta.json").is_file():
+        return _map(directory, 0)
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        count = _build(building, spec, sources, tokenizer, template, options, progress)
+        try:
+            os.replace(building, directory)
+        except OSError:  # another run built the same store first: theirs is as good
+            shutil.rmtree(building, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return _map(directory, count)
+
+
+def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
+           template: ChatTemplate | None, options: DataOptions,
+           progress: Callable[[int, str], None] | None) -> int:
+    writer = _Writer(directory)
+    skipped: list[list[str]] = []
+    kinds: dict[str, int] = {}
+    try:
+        for source in sources:
+            mark, seen = writer.mark(), dict(kinds)
+            try:
+                for example in source.examples():
+                    ids, trains = encode_example(example, tokenizer, template, options.train_on)
+                    writer.add(example.name, ids, trains)
+                    kinds[example.kind] = kinds.get(example.kind, 0) + 1
+                    if progress and len(writer.names) % 1000 == 0:
+                        progress(len(writer.names), source.name)
+            except BadRecord as exc:
+                if options.on_bad_file == "fail":
+                    raise ConfigError("data", f"{exc} (skip bad files with --on-bad-file "
+                                      "skip)") from None
+                writer.rollback(mark)
+                kinds = seen
+                skipped.append([source.name, str(exc)])
+    finally:
+        writer.close()
+    if not writer.names:
+        why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
+        raise ConfigError("data", f"{spec} holds no examples{why}")
+    meta = {"format": STORE_FORMAT, "spec": spec, "eos_id": tokenizer.eos_id,
+            "examples": len(writer.names),
+            "tokens": writer.tokens, "trained_tokens": writer.trained, "kinds": kinds,
+            "skipped_files": len(skipped), "skipped": skipped[:NAMED_SKIPS],
+            "files": len(sources)}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return len(writer.names)
+
+
+def _map(directory: Path, tokenized: int) -> TokenStore:
+    meta = json.loads((directory / "meta.json").read_text())
+
+    def mapped(name: str, dtype: torch.dtype) -> torch.Tensor:
+        path = directory / f"{name}.bin"
+        count = path.stat().st_size // torch.empty(0, dtype=dtype).element_size()
+        if count == 0:
+            return torch.empty(0, dtype=dtype)
+        # private copy-on-write mapping of a file opened read-only (see kdengine.data)
+        return torch.from_file(str(path), shared=False, size=count, dtype=dtype)
+
+    names = mapped("names", torch.uint32).to(torch.int64)
+    return TokenStore(directory, mapped("tokens", torch.uint32), mapped("trains", torch.uint8),
+                      mapped("offsets", torch.int64).clone(), names, meta, tokenized)
