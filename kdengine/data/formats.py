@@ -119,6 +119,34 @@ def find_sources(spec: str, split: str = "train",
     return [Source(f, str(f.relative_to(path)), split, fields) for f in files]
 
 
+def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool:
+    """Whether `spec` goes through examples (this module) rather than kdengine.data's packed
+    document stream, which raw text keeps: a hub id, a saved dataset, a .json, .parquet or
+    .arrow file, or JSONL whose first record is a conversation or a prompt/completion pair."""
+    from kdengine.sources import is_repo_id
+
+    path = Path(spec).expanduser()
+    if spec.startswith("demo://") or (path / "tokens.json").is_file():  # pre-tokenized shards
+        return False
+    if is_repo_id(spec) or is_saved_dataset(path):
+        return True
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)) if path.is_dir() \
+        else []
+    if any(f.suffix in (".json", ".parquet", ".arrow") for f in files):
+        return True
+    ours = {ours: theirs for ours, theirs in fields}
+    for f in (f for f in files if f.suffix == ".jsonl"):
+        try:
+            _, row = next(_jsonl_rows(f, f.name), ("", None))
+        except BadRecord:
+            continue  # the reader that takes it names the error
+        if isinstance(row, dict):
+            keys = set(row) | {k for k, v in ours.items() if v in row}
+            return bool(keys & {"messages", "prompt", "completion"})
+    return False
+
+
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 

@@ -16,7 +16,7 @@ import pytest
 
 from kdengine.config import ConfigError
 from kdengine.data.chat import load_chat_template
-from kdengine.data.formats import find_sources, parse_fields
+from kdengine.data.formats import find_sources, is_example_data, parse_fields
 from kdengine.data.store import DataOptions, open_store
 from kdengine.tokenizer import load_tokenizer
 
@@ -277,3 +277,20 @@ def test_text_data_loads_neither_datasets_nor_jinja2(tmp_path: Path, tok_dir: Pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_raw_text_keeps_the_document_stream_and_examples_take_the_rest(tmp_path: Path) -> None:
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": "a"}, {"messages": chat(1)}])
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat(1)}])
+    mapped = write_jsonl(tmp_path / "mapped.jsonl", [{"conversations": chat(1)}])
+    (tmp_path / "doc.txt").write_text("plain")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "tokens.json").write_text("{}")
+    assert not is_example_data(str(text)) and not is_example_data(str(tmp_path / "doc.txt"))
+    assert not is_example_data("demo://python-stdlib")
+    assert not is_example_data(str(tmp_path / "shards"))
+    assert is_example_data(str(chats))
+    assert not is_example_data(str(mapped))
+    assert is_example_data(str(mapped), parse_fields("messages=conversations"))
+    (tmp_path / "x.json").write_text("[]")
+    assert is_example_data(str(tmp_path / "x.json"))
