@@ -4,7 +4,9 @@ RUN_DIR/checkpoints/step-NNNNNNNN/ holds student.safetensors (the trainable weig
 trainer.pt (optimizer, scheduler, data position and RNG state) and meta.json (step, config).
 A checkpoint is written into a temporary directory, fsynced, and renamed into place, so a kill
 at any moment (kill -9 included) leaves the previous checkpoint whole; `latest_checkpoint` only
-ever returns complete ones, and the next save sweeps away what a killed writer left.
+ever returns complete ones, and the next save sweeps away what a killed writer left. A write that
+fails (a full disk above all) removes its temporary directory and raises; a full disk is
+`DiskFull`, one line with the directory, the bytes needed and free.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from kdengine.diskspace import DiskFull, is_disk_full
 
 CHECKPOINTS = "checkpoints"
 _DONE = "meta.json"  # written last: its presence marks a complete checkpoint
@@ -34,13 +38,22 @@ def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module,
     for stale in final.parent.glob(".tmp-*"):  # left by a writer that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     _dedupe_shared(state)
-    save_file(state, str(tmp / "student.safetensors"))
-    torch.save(trainer_state, tmp / "trainer.pt")
-    (tmp / _DONE).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        save_file(state, str(tmp / "student.safetensors"))
+        torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / _DONE).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
+        _fsync_dir(tmp)
+    except BaseException as exc:
+        # a failed write leaves nothing half-made behind, and the kept checkpoints untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise DiskFull(final.parent, f"the checkpoint of step {step}",
+                           tensor_bytes(state) + tensor_bytes(trainer_state),
+                           latest_checkpoint(run_dir), Path(run_dir)) from exc
+        raise
     if final.exists():  # the same step saved again: move the old one aside, never delete first
         old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
         os.rename(final, old)
@@ -51,6 +64,17 @@ def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module,
     _fsync_dir(final.parent)
     _prune(final.parent, keep)
     return final
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) state: what writing it takes, give or take."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> None:
@@ -82,9 +106,14 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
-    done = sorted(p for p in root.glob("step-*") if (p / _DONE).exists())
+    return sorted(p for p in root.glob("step-*") if (p / _DONE).exists())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
     return done[-1] if done else None
 
 

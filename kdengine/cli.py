@@ -86,7 +86,33 @@ def _resume_config(run_dir: Path) -> RunConfig:
     path = run_dir / "config.json"
     if not path.exists():
         raise ConfigError("resume", f"{run_dir} holds no config.json: not a kdengine run dir")
-    return RunConfig.from_mapping(json.loads(path.read_text())).with_values(run_dir=str(run_dir))
+    config = RunConfig.from_mapping(json.loads(path.read_text())).with_values(run_dir=str(run_dir))
+    _check_resumable(run_dir, config)
+    return config
+
+
+def _check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """--resume continues from a complete checkpoint of an unfinished run; anything else is
+    refused before a byte is written (a restart at step 0 in the same directory would write a
+    second curve over the first, and a finished run has nothing left to do)."""
+    from kdengine.events import RUN_FINISHED, STEP, read_events
+
+    seen = read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").exists() else []
+    finished = [e for e in seen if e.get("type") == RUN_FINISHED]
+    if finished and finished[-1].get("status") == "completed":
+        raise ConfigError("resume", f"{run_dir} already completed ({config.steps} steps): "
+                          "nothing to continue (to train its student further, start a new run "
+                          f"with --student {run_dir / 'final'})")
+    # a complete checkpoint is a step-N directory whose meta.json (written last) exists
+    # (kdengine.checkpoint.complete_checkpoints; that module loads torch)
+    if not any((run_dir / "checkpoints").glob("step-*/meta.json")):
+        last = max((e.get("step", 0) for e in seen if e.get("type") == STEP), default=0)
+        why = ("checkpoint_every=0 keeps none" if not config.checkpoint_every else
+               f"it stopped at step {last}, before its first checkpoint at step "
+               f"{config.checkpoint_every}")
+        raise ConfigError("resume", f"{run_dir} has no complete checkpoint to continue from "
+                          f"({why}); start it again under a new directory with `{PROG} train "
+                          f"--config {run_dir / 'config.json'} --run-dir NEW_DIR`")
 
 
 def run_dir_for(config: RunConfig) -> Path:
@@ -104,6 +130,7 @@ def cmd_train(argv: list[str]) -> int:
         raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
     check_sources(config)
     run_dir = run_dir_for(config)
+    _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict()},
                          indent=2))
@@ -118,7 +145,34 @@ def cmd_train(argv: list[str]) -> int:
     from kdengine.trainer import run
 
     result = run(config, run_dir, resume=bool(args.resume))
+    if result.status == "failed":  # the details and the traceback are in launch.log
+        reason = result.error.strip().splitlines()[0] if result.error.strip() else "error"
+        print(f"{PROG} train: error: [{result.stage}] failed: {reason} (traceback in "
+              f"{run_dir / 'launch.log'})", file=sys.stderr, flush=True)
     return result.exit_code
+
+
+def _check_disk_space(config: RunConfig, run_dir: Path, resumed: bool) -> None:
+    """Refuse, before a run directory exists, a run whose checkpoints and final student will
+    not fit, sized from the student's config.json and safetensors headers (the trainer checks
+    again with the loaded student, and warns when it is tight)."""
+    from kdengine.diskspace import model_footprint, saves_left, space_verdict
+    from kdengine.sources import cached_snapshot, is_repo_id
+
+    spec = config.student
+    if spec.startswith("demo://"):
+        return  # a few hundred kB; the trainer's check covers it
+    path = cached_snapshot(spec) if is_repo_id(spec) else Path(spec).expanduser()
+    footprint = model_footprint(path) if path is not None else None
+    if footprint is None:  # not downloaded yet, or not safetensors: the trainer checks
+        return
+    done = sorted((run_dir / "checkpoints").glob("step-*/meta.json")) if resumed else []
+    start = int(done[-1].parent.name.split("-")[1]) if done else 0
+    state, text = space_verdict(run_dir, footprint,
+                                saves_left(config.steps, config.checkpoint_every, start),
+                                len(done))
+    if state == "short":
+        raise ConfigError("run_dir", text)
 
 
 def cmd_verdict(argv: list[str]) -> int:

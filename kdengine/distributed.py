@@ -546,10 +546,10 @@ class RankLog:
             dist.barrier()  # rank 0 clears the old notes first
         self.events = _EventsPath(self.run_dir / ev.EVENTS_FILE)
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, *, terminal: bool = True) -> None:
         pass
 
-    def stage(self, name: str, state: str, detail: str = "") -> None:
+    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True) -> None:
         pass
 
     def message(self, level: str, text: str) -> None:
@@ -616,18 +616,18 @@ class RelayLog:
                                         daemon=True)
         self._thread.start()
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, *, terminal: bool = True) -> None:
         with self._lock:
-            self._log.line(text)
+            self._log.line(text, terminal=terminal)
 
     def message(self, level: str, text: str) -> None:
         with self._lock:
             self._log.message(level, text)
 
-    def stage(self, name: str, state: str, detail: str = "") -> None:
+    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True) -> None:
         with self._lock:
             self._stage = name
-            self._log.stage(name, state, detail)
+            self._log.stage(name, state, detail, terminal=terminal)
 
     def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
         with self._lock:

@@ -2,7 +2,9 @@
 
 Every human line goes to stdout and RUN_DIR/launch.log, unless stdout already *is* launch.log (a
 launcher redirected it there), in which case it is written once. Python-level stderr is teed the
-same way, so warnings and tracebacks land in the log when the engine runs in a terminal too.
+same way, so warnings and tracebacks land in the log when the engine runs in a terminal too. A
+failed run's details and traceback go to launch.log only (`terminal=False`): the terminal gets
+one line from the CLI.
 """
 
 from __future__ import annotations
@@ -55,11 +57,16 @@ class RunLog:
             sys.stderr = _Tee(sys.stderr, self._file)  # type: ignore[assignment]
         self._stage_started: dict[str, float] = {}
 
-    def line(self, text: str) -> None:
-        print(text, flush=True)
-        if self._file is not None:
-            self._file.write(text + "\n")
-            self._file.flush()
+    def line(self, text: str, *, terminal: bool = True) -> None:
+        """A human line into launch.log and, unless `terminal` is False, onto stdout too (a
+        failure's details and traceback: the terminal gets the CLI's one-line summary)."""
+        if self._file is None:  # stdout is launch.log: one write, whatever `terminal` says
+            print(text, flush=True)
+            return
+        if terminal:
+            print(text, flush=True)
+        self._file.write(text + "\n")
+        self._file.flush()
 
     def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
         return self.events.emit(type_, **payload)
@@ -70,7 +77,7 @@ class RunLog:
         prefix = "" if level == "info" else f"{level.upper()}: "
         self.line(prefix + text)
 
-    def stage(self, name: str, state: str, detail: str = "") -> None:
+    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True) -> None:
         now = time.monotonic()
         if state == "running":
             self._stage_started[name] = now
@@ -80,7 +87,7 @@ class RunLog:
             payload["detail"] = detail
         self.emit(STAGE, **payload)
         self.line(f"[{name}] {state}" + (f" ({elapsed:.1f}s)" if state != "running" else "")
-                  + (f": {detail}" if detail else ""))
+                  + (f": {detail}" if detail else ""), terminal=terminal)
 
     def close(self) -> None:
         sys.stderr = self._saved_stderr

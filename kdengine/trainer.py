@@ -27,6 +27,7 @@ import torch
 import kdengine
 from kdengine import events as ev
 from kdengine.checkpoint import (
+    complete_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -43,6 +44,16 @@ from kdengine.compiled import (
 )
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import BatchSampler, TokenSplits
+from kdengine.diskspace import (
+    DiskFull,
+    Footprint,
+    free_bytes,
+    human,
+    is_disk_full,
+    saves_left,
+    side_files,
+    space_verdict,
+)
 from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
 from kdengine.losses import KDLossSpec, fused_kd_loss
 from kdengine.providers import Student, Teacher
@@ -64,6 +75,8 @@ class RunResult:
     exit_code: int
     run_dir: Path
     verdict: Any = None
+    error: str = ""  # a failed run: the reason, one line as the CLI prints it
+    stage: str = ""  # ... and the stage it failed in
 
 
 def pick_device(config: RunConfig) -> torch.device:
@@ -354,6 +367,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
     stop = dist.agreed_stop(StopSignals())
     stage = "prepare"
     trainer: KDTrainer | None = None
+    footprint: Footprint | None = None
     try:
         with stop:
             torch.manual_seed(config.seed)
@@ -386,6 +400,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             log.stage(stage, "running")
             student = dist.shard_student(load_student(config, device, tokenizer, teacher, log))
             log.stage(stage, "done", f"{_si(_count(student))} trainable params")
+            footprint = _check_disk_space(config, run_dir, student, ckpt, log)
             stop.check()
 
             stage = "data"
@@ -440,17 +455,44 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
         kind = "loss" if isinstance(exc, LossNotFinite) else type(exc).__name__
         if isinstance(exc, LossNotFinite) and trainer is not None:
             log.emit(ev.STEP, step=trainer.step, loss=float("nan"), total_steps=config.steps)
-        log.stage(stage, "failed", str(exc))
+        reason = str(exc) or kind
+        if not isinstance(exc, DiskFull) and is_disk_full(exc):  # a save outside checkpoint.py
+            need = f", a checkpoint needs {human(footprint.checkpoint)}" if footprint else ""
+            reason = f"disk full under {run_dir} ({human(free_bytes(run_dir))} free{need}): " \
+                     + reason
+        # the details go to launch.log (and the error event) only: the terminal gets the CLI's
+        # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
+        log.stage(stage, "failed", reason, terminal=False)
         tb = "".join(traceback.format_exception(exc))
-        log.emit(ev.LOG, level="error", message=f"{kind}: {exc}", traceback=tb)
-        log.line(f"ERROR: {kind}: {exc}")
-        log.line(tb.rstrip())
-        log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=str(exc),
+        log.emit(ev.LOG, level="error", message=f"{kind}: {reason}", traceback=tb)
+        log.line(f"ERROR: {kind}: {reason}", terminal=False)
+        log.line(tb.rstrip(), terminal=False)
+        log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=reason,
                  stage=stage, steps=_step(trainer))
-        return RunResult("failed", EXIT_FAILED, run_dir)
+        return RunResult("failed", EXIT_FAILED, run_dir, error=reason, stage=stage)
     finally:
         log.close()
         dist.close()
+
+
+def _check_disk_space(config: RunConfig, run_dir: Path, student: Student, ckpt: Path | None,
+                      log: RunLog) -> Footprint:
+    """Refuse a run whose checkpoints and final student cannot fit on its file system (before
+    a step is trained), warn with the numbers when it is tight; the sizes are the loaded
+    student's own (kdengine.diskspace says what a checkpoint holds)."""
+    module = student.module
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    weights = sum(v.numel() for v in module.state_dict().values())  # a tied head twice
+    saved = getattr(student, "saved_dtype", torch.float32)
+    source = getattr(student, "source_dir", None)  # tokenizer files travel with the final
+    footprint = Footprint.of(params, max(weights - params, 0), saved.itemsize, side_files(source))
+    saves = saves_left(config.steps, config.checkpoint_every, _step_of(ckpt) or 0)
+    state, text = space_verdict(run_dir, footprint, saves, len(complete_checkpoints(run_dir)))
+    if state == "short":
+        raise ConfigError("run_dir", text)
+    if state == "tight":
+        log.message("warning", text)
+    return footprint
 
 
 def _step(trainer: KDTrainer | None) -> int:
