@@ -34,7 +34,7 @@ async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, wr
         await pilot.press("f2")
         _fill(app.screen, steps="120", eval_every="60", checkpoint_every="0", run_name="demo1")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
         screen = app.screen
         panel = screen.query_one(VerdictPanel)
         await wait_for(pilot, lambda: panel.status != "pending", 280, 0.5)
@@ -62,7 +62,7 @@ async def test_tiny_run_then_quit_leaves_nothing_to_ask(
               lr="0.003", eval_every="10", eval_batches="2", log_every="1",
               checkpoint_every="0", run_name="tiny")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
         panel = app.screen.query_one(VerdictPanel)
         await wait_for(pilot, lambda: panel.status != "pending", 120, 0.2)
         assert panel.status == "pass"
@@ -83,7 +83,7 @@ async def test_quit_with_a_run_going_asks_and_can_stop_it(
         _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
               eval_every="0", log_every="1", checkpoint_every="0", run_name="long")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
         screen = app.screen
         await wait_for(pilot, lambda: screen.state.last_step is not None, 60)
         handle = screen.handle
@@ -105,7 +105,7 @@ async def test_leaving_a_run_going_keeps_it_running_for_reattach(
         _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
               eval_every="0", log_every="1", checkpoint_every="0", run_name="bg")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
         screen = app.screen
         await wait_for(pilot, lambda: screen.state.last_step is not None, 60)
         handle = screen.handle
