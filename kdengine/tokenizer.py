@@ -74,13 +74,13 @@ class HFTokenizer:
 
     def difference(self, other: HFTokenizer) -> str:
         """In words, how `other` differs from this tokenizer ('' when they are the same)."""
-        for key, what in (("vocab", "vocabulary"), ("merges", "merges"),
-                          ("added", "added/special tokens")):
+        for key, what in (("vocab", "vocabulary differs"), ("merges", "merges differ"),
+                          ("added", "added/special tokens differ")):
             mine, theirs = self.identity[key], other.identity[key]
             if mine != theirs:
                 size = (f" ({len(mine or [])} vs {len(theirs or [])} entries)"
                         if len(mine or []) != len(theirs or []) else "")
-                return f"its {what} differ{size}"
+                return f"its {what}{size}"
         return ""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import ConfigError, RunConfig, flag_of
+from kdengine.config import FIELDS, ConfigError, RunConfig, flag_of
 from kdengine.events import EVENTS_FILE, LOG_FILE
 from kdtui.launch.base import StageUpdate
 from kdtui.runs import PID_FILE, pid_alive, read_pid
@@ -106,7 +107,7 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 class LocalLauncher:
-    """Check the config and sources as `kdengine train --check` does, then start the engine."""
+    """Check the run with the engine's own `kdengine train --check`, then start the engine."""
 
     stages: tuple[str, ...] = ("check", "start")
 
@@ -119,6 +120,7 @@ class LocalLauncher:
         # the field that picked the directory: the one to change when it already holds a run
         self.run_dir_field = "run_dir" if self.config.run_dir else "run_name"
         self.config = self.config.with_values(run_dir=str(run_dir))
+        self._checked: RunConfig | None = None  # the config the engine's --check accepted
 
     def plan(self) -> list[str]:
         """What `start` would do, for the dry run: nothing is touched."""
@@ -130,14 +132,26 @@ class LocalLauncher:
         ]
 
     def check(self) -> None:
-        """Cross-field rules and sources; raises ConfigError naming the field (no torch import)."""
+        """The engine's own preflight, `kdengine train --check` with the exact command line
+        `start` runs, in a child process: the dashboard never imports torch, and the form
+        refuses what the run would. Raises ConfigError naming the field. Blocking (seconds with
+        real models: the child imports torch): call it off the UI thread."""
         self.config.validate()
-        from kdengine.sources import check_sources
+        from kdengine.sources import check_sources  # no torch: the quick refusals stay quick
 
         check_sources(self.config)
         if (self.run_dir / EVENTS_FILE).exists():
             raise ConfigError(self.run_dir_field, f"{self.run_dir} already holds a run (pick "
                               f"another {flag_of(self.run_dir_field)})")
+        if self._checked == self.config:
+            return  # the form checked it; start() need not wait for the same answer again
+        with open(os.devnull, "rb") as null:
+            done = subprocess.run([*engine_command(self.config), "--check"], stdin=null,
+                                  capture_output=True, text=True, errors="replace",
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if done.returncode != 0:
+            raise engine_refusal(done.stderr, done.returncode)
+        self._checked = self.config
 
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> LocalRunHandle:
         t0 = time.monotonic()
@@ -175,6 +189,24 @@ class LocalLauncher:
         on_stage(StageUpdate("start", "done", time.monotonic() - t1, f"pid {process.pid}",
                              host="local"))
         return handle
+
+
+_REFUSAL = re.compile(r"^kdengine \w+: error: (?:(--[\w-]+): )?(.*)$")
+
+
+def engine_refusal(stderr: str, code: int) -> ConfigError:
+    """The engine's one-line refusal (`kdengine train: error: --flag: message`) as the
+    ConfigError of its field, for the form to show on that field."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else f"`kdengine train --check` exited with code {code}"
+    match = _REFUSAL.match(last)
+    if match is None:  # not a refusal: a crash, or an engine this kdtui does not know
+        return ConfigError(None, f"`kdengine train --check` failed (code {code}): {last}")
+    flag, message = match.groups()
+    name = next((f.name for f in FIELDS if f.flag == flag), None) if flag else None
+    if flag and name is None:
+        message = f"{flag}: {message}"
+    return ConfigError(name, message)
 
 
 def _tail_lines(path: Path, n: int) -> list[str]:

@@ -1,0 +1,224 @@
+"""The run's preflight (kdengine.preflight): every input the run would refuse and that is known
+without weights is refused by `kdengine train --check` and by `kdengine train` alike, as real
+processes: exit 2, one stderr line naming the field, no traceback, no run directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdengine.config import ConfigError
+from kdengine.data import ByteTokenizer, Document, plan_split, split_documents
+
+_spec = importlib.util.spec_from_file_location(  # by path: "conftest" may be another one
+    "kd_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+_shared = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shared)
+TINY_TEXT, write_tiny_inputs, write_tiny_model = (_shared.TINY_TEXT, _shared.write_tiny_inputs,
+                                                  _shared.write_tiny_model)
+
+Inputs = dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    """Good teacher, student and data, written once; each case edits its own copy."""
+    return write_tiny_inputs(tmp_path_factory.mktemp("pristine"))
+
+
+@pytest.fixture
+def inputs(pristine: Inputs, tmp_path: Path) -> Inputs:
+    copy = tmp_path / "inputs"
+    shutil.copytree(Path(pristine["teacher"]).parent, copy)
+    return {k: str(copy / Path(v).name) for k, v in pristine.items()}
+
+
+def _edit_config(model: str, **changes) -> None:
+    path = Path(model) / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def gemma_teacher(i: Inputs) -> list[str]:
+    _edit_config(i["teacher"], model_type="gemma", architectures=["GemmaForCausalLM"],
+                 hidden_act="gelu_pytorch_tanh")
+    return []
+
+
+def gpt2_teacher(i: Inputs) -> list[str]:
+    (Path(i["teacher"]) / "config.json").write_text(json.dumps(
+        {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 257,
+         "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256}))
+    return []
+
+
+def yarn_teacher(i: Inputs) -> list[str]:
+    _edit_config(i["teacher"], rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                             "original_max_position_embeddings": 64})
+    return []
+
+
+def student_tokenizer_differs(i: Inputs) -> list[str]:
+    path = Path(i["student"]) / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # same size, other ids
+    path.write_text(json.dumps(spec))
+    return []
+
+
+def no_tokenizer_json(i: Inputs) -> list[str]:
+    (Path(i["teacher"]) / "tokenizer.json").unlink()
+    (Path(i["teacher"]) / "tokenizer.model").write_bytes(b"sentencepiece")
+    return []
+
+
+def only_pytorch_model_bin(i: Inputs) -> list[str]:
+    (Path(i["teacher"]) / "model.safetensors").rename(Path(i["teacher"]) / "pytorch_model.bin")
+    return []
+
+
+def a_shard_missing(i: Inputs) -> list[str]:
+    student = Path(i["student"])
+    (student / "model.safetensors").rename(student / "model-00001-of-00002.safetensors")
+    (student / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.norm.weight": "model-00002-of-00002.safetensors"}}))
+    return []
+
+
+def student_vocab_larger(i: Inputs) -> list[str]:
+    shutil.rmtree(i["student"])
+    write_tiny_model(Path(i["student"]), hidden=16, layers=1, seed=2, vocab=300)
+    return []
+
+
+def only_csv_data(i: Inputs) -> list[str]:
+    shutil.rmtree(i["data"])
+    Path(i["data"]).mkdir()
+    (Path(i["data"]) / "table.csv").write_text("a,b\n1,2\n" * 500)
+    return []
+
+
+def forty_one_tokens(i: Inputs) -> list[str]:
+    shutil.rmtree(i["data"])
+    Path(i["data"]).mkdir()
+    (Path(i["data"]) / "tiny.txt").write_text("x" * 41)  # a byte tokenizer: 41 tokens
+    return []
+
+
+def bad_jsonl_line(i: Inputs) -> list[str]:
+    # plenty of good lines first: counting stops early, parsing goes on to the end
+    lines = [json.dumps({"text": TINY_TEXT[k:k + 500]}) for k in range(0, 20000, 500)]
+    (Path(i["data"]) / "more.jsonl").write_text("\n".join([*lines, "{not json"]) + "\n")
+    return []
+
+
+def latin1_text(i: Inputs) -> list[str]:
+    (Path(i["data"]) / "zz-latin1.txt").write_bytes("café crème, déjà vu\n".encode("latin-1"))
+    return []
+
+
+def cuda_without_cuda(i: Inputs) -> list[str]:
+    return ["--device", "cuda"]
+
+
+CASES: list[tuple[Callable[[Inputs], list[str]], str, list[str]]] = [
+    (gemma_teacher, "--teacher", ["gemma", "not supported"]),
+    (gpt2_teacher, "--teacher", ["gpt2", "not supported"]),
+    (yarn_teacher, "--teacher", ["'yarn'", "not supported"]),
+    (student_tokenizer_differs, "--student", ["does not share the teacher's tokenizer"]),
+    (no_tokenizer_json, "--teacher", ["no tokenizer.json", "save_pretrained"]),
+    (only_pytorch_model_bin, "--teacher", ["pytorch_model.bin", "convert to safetensors"]),
+    (a_shard_missing, "--student", ["model-00002-of-00002.safetensors", "missing"]),
+    (student_vocab_larger, "--student", ["vocab (300) is larger than the teacher's (257)"]),
+    (only_csv_data, "--data", ["holds no", ".jsonl"]),
+    (forty_one_tokens, "--data", ["has 42 tokens", "shorter than one batch"]),
+    (bad_jsonl_line, "--data", ["more.jsonl:41 is not JSON"]),
+    (latin1_text, "--data", ["zz-latin1.txt", "not UTF-8"]),
+    (cuda_without_cuda, "--device", ["no CUDA device"]),
+]
+IDS = [case[0].__name__ for case in CASES]
+
+
+def _engine(i: Inputs, extra: list[str], *check: str) -> subprocess.CompletedProcess[str]:
+    args = ["train", *check, "--teacher", i["teacher"], "--student", i["student"],
+            "--data", i["data"], "--run-name", "refused", "--steps", "4", "--batch-size", "4",
+            "--seq-len", "32", "--device", "cpu", *extra]
+    return subprocess.run([sys.executable, "-m", "kdengine", *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _assert_refused(out: subprocess.CompletedProcess[str], flag: str, words: list[str]) -> None:
+    lines = out.stderr.splitlines()
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"kdengine train: error: {flag}: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in out.stderr + out.stdout
+    runs = Path(os.environ["KDENGINE_RUNS_DIR"])
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize(("make", "flag", "words"), CASES, ids=IDS)
+def test_check_refuses_what_the_run_would(inputs: Inputs, make, flag, words) -> None:
+    if make is cuda_without_cuda and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _assert_refused(_engine(inputs, make(inputs), "--check"), flag, words)
+
+
+@pytest.mark.parametrize(("make", "flag", "words"), CASES, ids=IDS)
+def test_train_refuses_before_any_run_directory(inputs: Inputs, make, flag, words) -> None:
+    if make is cuda_without_cuda and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _assert_refused(_engine(inputs, make(inputs)), flag, words)
+
+
+def test_check_passes_good_inputs_and_says_what_it_found(inputs: Inputs) -> None:
+    out = _engine(inputs, [], "--check")
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)["preflight"]
+    assert facts["teacher"]["model_type"] == "llama"
+    assert facts["student"]["weight_files"] == ["model.safetensors"]
+    assert facts["train_tokens"] >= 4 * 31 + 2 and facts["val_tokens"] >= 33
+    assert facts["unchecked"] == []
+    assert not Path(os.environ["KDENGINE_RUNS_DIR"]).exists()
+
+
+def test_counting_stops_once_both_sides_have_enough(inputs: Inputs) -> None:
+    from kdengine.config import RunConfig
+    from kdengine.preflight import check_run_inputs
+
+    data = Path(inputs["data"])
+    for k in range(200):  # a large corpus: the count must not reach its end
+        (data / f"extra{k:03d}.txt").write_text(TINY_TEXT)
+    config = RunConfig(teacher=inputs["teacher"], student=inputs["student"], data=str(data),
+                       batch_size=4, seq_len=32)
+    facts = check_run_inputs(config)
+    assert facts.train_tokens + facts.val_tokens < 201 * len(TINY_TEXT) // 4
+
+
+@pytest.mark.parametrize("sizes", [[5, 7], [40], [300, 2, 2], [50] * 30, [1000, 10, 10, 10]])
+def test_plan_split_gives_the_lengths_split_documents_builds(sizes: list[int]) -> None:
+    docs = [Document(f"doc{i}.txt", "y" * n) for i, n in enumerate(sizes)]
+    held, train, val = plan_split([(d.name, len(d.text)) for d in docs], 0.1, 16)
+    tok = ByteTokenizer()
+    try:
+        splits = split_documents(docs, tok.encode_tensor, tok.eos_id, 0.1, 16, 1)
+    except ConfigError:
+        assert train < 1 * 15 + 2 or val < 17
+        return
+    assert (len(splits.train), len(splits.val)) == (train, val)
+    assert isinstance(splits.train, torch.Tensor)
