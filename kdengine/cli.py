@@ -125,15 +125,17 @@ def cmd_train(argv: list[str]) -> int:
     catch_early()
     config, args = parse_train_args(argv)
     try:
-        from kdengine.sources import check_sources
+        # kdengine.preflight: everything the run would refuse that is known without weights
+        from kdengine.preflight import check_run_inputs
+
+        preflight = check_run_inputs(config)
     except ModuleNotFoundError as exc:
         raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
-    check_sources(config)
     run_dir = run_dir_for(config)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
-        print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict()},
-                         indent=2))
+        print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),
+                          "preflight": preflight.to_dict()}, indent=2))
         return 0
     if not args.resume and (run_dir / "events.jsonl").exists():
         field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
