@@ -574,8 +574,8 @@ class RankLog:
         if _same_file(sys.stdout, log_path):
             sys.stdout.write(text)
             sys.stdout.flush()
-        else:
-            sys.stderr.write(text)
+        else:  # the terminal gets the one line, launch.log the traceback too
+            sys.stderr.write(prefix + "ERROR: " + message + "\n")
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(text)
         notes = self.run_dir / RANK_NOTES
