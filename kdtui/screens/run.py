@@ -33,6 +33,14 @@ MAX_LINES_PER_TICK = 10_000
 MAX_EVENTS_PER_TICK = 2_000
 POLL_S = 0.1
 FREEZE_EVERY_TICKS = 50  # 5 s
+# The top band (side column and chart) and the log share the screen. The side column is 52
+# cells from WIDE_AT columns up, 38 below (the chart keeps 42 at 80 columns); the top band takes
+# 60% of the height, more when the side column needs it, never so much that the log has fewer
+# than MIN_LOG_ROWS rows. What still does not fit goes compact: the stage tracker becomes one
+# line, then the progress panel two, so the whole verdict shows even at 80x24.
+SIDE_WIDE, SIDE_NARROW, WIDE_AT = 52, 38, 110
+TOP_SHARE, TOP_MIN = 0.6, 16
+MIN_LOG_ROWS = 5
 
 
 class RunState:
@@ -42,6 +50,7 @@ class RunState:
     def __init__(self) -> None:
         self.kept: list[dict[str, Any]] = []
         self.last_step: dict[str, Any] | None = None
+        self.last_t: float | None = None  # the unix time of the newest event
         self.bad_step_seen = False
         self.finished: dict[str, Any] | None = None
         self.initial_val_loss: float | None = None
@@ -50,6 +59,9 @@ class RunState:
 
     def add(self, event: dict[str, Any]) -> None:
         self.event_count += 1
+        t = event.get("t")
+        if isinstance(t, (int, float)) and (self.last_t is None or t > self.last_t):
+            self.last_t = float(t)
         kind = event.get("type")
         if kind == "step":
             self.last_step = event
@@ -90,13 +102,16 @@ class RunScreen(Screen):
     ]
 
     def __init__(self, *, launcher: Launcher | None = None, handle: RunHandle | None = None,
-                 title: str = "") -> None:
+                 title: str = "", status: str = "") -> None:
+        """status: how the run stood when it was opened ("reattached (running)"), shown after
+        the title until the run ends, then replaced by how it ended."""
         super().__init__()
         if (launcher is None) == (handle is None):
             raise ValueError("give a launcher or a handle")
         self.launcher = launcher
         self.handle = handle
         self.title_text = title
+        self.status_text = status
         self.state = RunState()
         self._pending_events: list[dict[str, Any]] = []
         self._pending_lines: list[str] = []
@@ -128,8 +143,11 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = self.title_text
+        self.sub_title = self._sub_title()
         self.query_one("#search", Input).display = False
+        # the steps asked for are known before the engine's first event (a form run's config)
+        self.query_one(RunProgress).expect_total(_asked_steps(self.launcher, self.handle))
+        self._fit_layout()
         self.query_one(LogView).border_title = "log"
         self.apply_timer = self.set_interval(APPLY_EVERY_S, self.apply_pending)
         if self.launcher is not None:
@@ -163,16 +181,19 @@ class RunScreen(Screen):
             return
         self.handle = handle
         self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
-        self.sub_title = f"{handle.run_id} on {handle.host}"
+        self.title_text = f"{handle.run_id} on {handle.host}"
+        self.sub_title = self._sub_title()
         self._watch()
 
     @work(exclusive=True, group="follow")
     async def _watch(self) -> None:
         assert self.handle is not None
-        if not self.sub_title:
-            self.sub_title = f"{self.handle.run_id} on {self.handle.host}"
+        if not self.title_text:
+            self.title_text = f"{self.handle.run_id} on {self.handle.host}"
+            self.sub_title = self._sub_title()
         # an apr handle knows its epochs before the first one ends
         self.query_one(RunProgress).expect_epochs(getattr(self.handle, "epochs", None))
+        self.query_one(RunProgress).expect_total(_asked_steps(None, self.handle))
         follower = RunFollower(self.handle.source)
         quiet_since: float | None = None
         async for update in _follow_with_idle(follower):
@@ -189,7 +210,8 @@ class RunScreen(Screen):
                 self._pending_lines.append(
                     "ERROR: the engine process is gone and wrote no run_finished event")
                 self.ended = True
-                self.query_one(StageTracker).finish_running("failed")
+                self.query_one(StageTracker).finish_running("failed", self.state.last_t)
+                self._show_end("stopped")
 
     # -- applying updates ---------------------------------------------------------------------
     def apply_pending(self) -> None:
@@ -231,7 +253,8 @@ class RunScreen(Screen):
                 progress.add_epoch(event)
             elif kind == "stage":
                 tracker.update_stage(str(event.get("stage")), str(event.get("state")),
-                                     event.get("elapsed") or 0.0, str(event.get("detail", "")))
+                                     event.get("elapsed") or 0.0, str(event.get("detail", "")),
+                                     started_at=event.get("t"))
             elif kind == "run_started":
                 total = (event.get("config") or {}).get("steps")
                 if isinstance(total, int):
@@ -249,7 +272,8 @@ class RunScreen(Screen):
         finished = state.finished is not None or self.ended
         if state.finished is not None:
             end = "done" if state.finished.get("status") == "completed" else "failed"
-            tracker.finish_running(end)
+            tracker.finish_running(end, state.finished.get("t"))
+            self._show_end(str(state.finished.get("status") or "finished"))
             if progress.ranks is not None and not progress.ranks.ended:
                 progress.ranks_ended(state.finished)
         progress.refresh_view(finished=finished)
@@ -259,6 +283,50 @@ class RunScreen(Screen):
                 panel.show(state.verdict())
         else:
             panel.show(None, state.initial_val_loss)
+        self._fit_layout()
+
+    def _sub_title(self) -> str:
+        return " · ".join(part for part in (self.title_text, self.status_text) if part)
+
+    def _show_end(self, status: str) -> None:
+        """The run ended: a status shown since it was opened ("reattached (running)") says how."""
+        if self.status_text and self.status_text != status:
+            self.status_text = status
+            self.sub_title = self._sub_title()
+
+    # -- layout -------------------------------------------------------------------------------
+    def on_resize(self) -> None:
+        self._fit_layout()
+
+    def _fit_layout(self) -> None:
+        """Size the side column and the top band for this terminal (see SIDE_WIDE and TOP_SHARE):
+        every panel whole where it can be, compact where it must."""
+        width, height = self.size
+        if not width or not height or not self.is_mounted:
+            return
+        top = self.query_one("#run-top")
+        side = self.query_one("#run-side")
+        tracker = self.query_one(StageTracker)
+        progress = self.query_one(RunProgress)
+        side_width = SIDE_WIDE if width >= WIDE_AT else SIDE_NARROW
+        rows = height - 2  # header and footer
+        share = max(TOP_MIN, int(rows * TOP_SHARE))
+        room = max(TOP_MIN, rows - MIN_LOG_ROWS)
+        verdict = self.query_one(VerdictPanel).height_for(side_width)
+        compact_stages = tracker.full_height + progress.full_height + verdict > room
+        compact_progress = compact_stages and 3 + progress.full_height + verdict > room
+        needed = (3 if compact_stages else tracker.full_height) + verdict + (
+            progress.full_height - 2 if compact_progress else progress.full_height)
+        tracker.set_compact(compact_stages)
+        progress.set_compact(compact_progress)
+        want_width = None if side_width == SIDE_WIDE else side_width
+        if side.styles.width != want_width:
+            side.styles.width = want_width
+        want_height = None if needed <= share else min(needed, room)
+        if top.styles.height != want_height:
+            top.styles.height = want_height
+        # still too tall (a tiny terminal): scroll the side column rather than cut it
+        side.styles.overflow_y = "auto" if needed > room else "hidden"
 
     def _check_effective_config(self, run_started: dict[str, Any]) -> None:
         """What the engine says it runs must be what was asked: a difference is an error."""
@@ -325,6 +393,16 @@ class RunScreen(Screen):
             from kdtui.screens.launch import LaunchScreen
 
             self.app.switch_screen(LaunchScreen())
+
+
+def _asked_steps(launcher: Launcher | None, handle: RunHandle | None) -> int | None:
+    """The steps the run was asked for: the launcher's config, or the handle's asked config
+    (a local run's config.json)."""
+    steps = getattr(getattr(launcher, "config", None), "steps", None)
+    if steps is None and handle is not None:
+        asked = getattr(handle, "asked_config", None)
+        steps = asked.get("steps") if isinstance(asked, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 async def _follow_with_idle(follower: RunFollower):

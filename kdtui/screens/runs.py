@@ -89,7 +89,7 @@ class RunsScreen(Screen):
                 self.app.notify(str(exc), severity="error", timeout=10)
                 return
             state = run.status
-        self.app.push_screen(RunScreen(handle=handle, title=f"{describe(handle)} · {state}"))
+        self.app.push_screen(RunScreen(handle=handle, title=describe(handle), status=state))
 
     def action_new(self) -> None:
         from kdtui.screens.launch import LaunchScreen

@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -27,6 +29,15 @@ class StageRow:
     detail: str = ""
     since: float | None = None  # monotonic time it started running, for a live clock
     host: str = ""
+    started_at: float | None = None  # unix time it started running (its event's `t`)
+
+
+def foreground(style: Style) -> Style:
+    """A component class's colour and emphasis without its background: a background baked into
+    a Text keeps the theme it was drawn in (a dark block in the light theme after a switch) and
+    covers the widget's own background."""
+    return Style(color=style.color, bold=style.bold, dim=style.dim, italic=style.italic,
+                 underline=style.underline)
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -68,7 +79,22 @@ class StageTracker(Widget):
         super().__init__(id=id)
         self.rows: dict[str, StageRow] = {name: StageRow(name) for name in stages}
         self.border_title = "stages"
-        self._table: Table | None = None
+        self._table: Table | Text | None = None
+        self.compact = False  # one line (where the run is) instead of a row a stage
+
+    @property
+    def full_height(self) -> int:
+        """Its height with a row a stage (borders included)."""
+        return len(self.rows) + 2
+
+    def set_compact(self, compact: bool) -> None:
+        if compact != self.compact:
+            self.compact = compact
+            self._draw()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._table = None  # the theme changed: draw again in its colours
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self._tick)
@@ -78,32 +104,41 @@ class StageTracker(Widget):
         self.rows = {name: self.rows.get(name, StageRow(name)) for name in stages}
         self._draw()
 
-    def render(self) -> Table:
+    def render(self) -> Table | Text:
         if self._table is None:
             self._draw()
         assert self._table is not None
         return self._table
 
     def update_stage(self, name: str, state: str, elapsed: float = 0.0, detail: str = "",
-                     host: str = "") -> None:
+                     host: str = "", started_at: float | None = None) -> None:
+        """started_at: the unix time of the stage's event; a running stage's clock counts from
+        it, so a dashboard that attaches late shows how long the stage has really run."""
         if name not in self.rows:
             self.rows[name] = StageRow(name)
-            self.styles.height = len(self.rows) + 2
         row = self.rows[name]
         row.state = state
         row.elapsed = float(elapsed or 0.0)
         row.host = host or row.host
         if detail:
             row.detail = detail
-        row.since = time.monotonic() - row.elapsed if state == "running" else None
+        row.since = None
+        if state == "running":
+            if isinstance(started_at, (int, float)):
+                row.started_at = float(started_at)
+                row.elapsed = max(row.elapsed, time.time() - row.started_at)
+            row.since = time.monotonic() - row.elapsed
         self._draw()
 
-    def finish_running(self, state: str) -> None:
-        """The run ended: a stage still marked running ended with it (a killed engine)."""
+    def finish_running(self, state: str, ended_at: float | None = None) -> None:
+        """The run ended: a stage still marked running ended with it (a killed engine); ended_at:
+        the unix time of the run's last event, when known (the stage ran until then)."""
         for row in self.rows.values():
             if row.state == "running":
                 row.state = state
-                if row.since is not None:
+                if row.started_at is not None and isinstance(ended_at, (int, float)):
+                    row.elapsed = max(0.0, ended_at - row.started_at)
+                elif row.since is not None:
                     row.elapsed = time.monotonic() - row.since
                 row.since = None
         self._draw()
@@ -116,6 +151,12 @@ class StageTracker(Widget):
             self._draw()
 
     def _draw(self) -> None:
+        if self.compact:
+            self._table = self._summary()
+            if self.is_attached:
+                self.styles.height = 3
+            self.refresh()
+            return
         table = Table.grid(padding=(0, 1))
         table.add_column(width=1)
         table.add_column(min_width=12)
@@ -137,11 +178,38 @@ class StageTracker(Widget):
                           Text(row.detail, style="dim"))
         self._table = table
         if self.is_attached:
-            self.styles.height = len(self.rows) + 2
+            self.styles.height = self.full_height
         self.refresh()
 
-    def _styles(self) -> dict[str, object]:
-        return {state: self.get_component_rich_style(f"stage--{state}") for state in _ICONS}
+    def _summary(self) -> Text:
+        """One line for a short terminal: the stage that matters now (running, failed,
+        cancelled, else the last one with news) with its clock, and how many are done."""
+        styles = self._styles()
+        rows = list(self.rows.values())
+        done = sum(row.state in ("done", "skipped") for row in rows)
+        now = time.monotonic()
+        focus = next((r for r in rows if r.state in ("failed", "cancelled")), None) or next(
+            (r for r in rows if r.state == "running"), None)
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if focus is None and done == len(rows):
+            text.append(f"{_ICONS['done']} all {len(rows)} stages done", style=styles["done"])
+            return text
+        if focus is None:
+            focus = next((r for r in rows if r.state == "pending"), rows[0]) if rows else None
+        if focus is not None:
+            style = styles.get(focus.state, "")
+            elapsed = now - focus.since if focus.since is not None else focus.elapsed
+            text.append(f"{_ICONS.get(focus.state, '?')} {focus.name}", style=style)
+            if focus.state != "pending":
+                text.append(f" {format_seconds(elapsed)}", style="dim")
+            if focus.state != "running" and focus.state != "pending":
+                text.append(f" {focus.state}", style=style)
+        text.append(f"  {done}/{len(rows)} done", style="dim")
+        return text
+
+    def _styles(self) -> dict[str, Style]:
+        return {state: foreground(self.get_component_rich_style(f"stage--{state}"))
+                for state in _ICONS}
 
 
 MAX_RANK_BADGES = 16  # more ranks than this: a count instead of a badge each
@@ -212,6 +280,34 @@ class RunProgress(Widget):
         self._epoch_end_step: int | None = None
         self._marks: list[tuple[float, int]] = []  # (event time, step), a sliding window
         self._text = Text("")
+        self.compact = False  # two lines (bar; step and ETA) for a short terminal
+
+    @property
+    def full_height(self) -> int:
+        """Its height with every line (borders included)."""
+        return self._lines(compact=False) + 2
+
+    def set_compact(self, compact: bool) -> None:
+        if compact != self.compact:
+            self.compact = compact
+            self._draw()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        if self.ranks is not None:  # the rank badges' colours come from the theme
+            self._text = Text("")
+            self._draw()
+
+    def expect_total(self, steps: object) -> None:
+        """The steps the run was asked for (its config), known before the first step event."""
+        if self.total is None and isinstance(steps, int) and not isinstance(steps, bool) \
+                and steps > 0:
+            self.total = steps
+            self._draw()
+
+    def _lines(self, compact: bool) -> int:
+        rank_lines = 0 if self.ranks is None else 1 + bool(self.ranks.failed)
+        return (2 if compact else 4) + rank_lines
 
     def render(self) -> Text:
         return self._text
@@ -220,8 +316,7 @@ class RunProgress(Widget):
         self._draw()
 
     def on_resize(self) -> None:
-        if self.ranks is not None:  # a failed rank's message is cut to the width
-            self._draw()
+        self._draw()  # the bar and a failed rank's message are cut to the width
 
     def add_step(self, event: dict) -> None:
         step = int(event.get("step", 0))
@@ -295,7 +390,8 @@ class RunProgress(Widget):
         self._draw()
 
     def _draw(self) -> None:
-        bar_width = 28
+        width = self.content_size.width
+        bar_width = max(8, min(28, width - 6)) if width else 28
         frac = min(1.0, self.step / self.total) if self.total else 0.0
         filled = int(frac * bar_width)
         bar = Text("█" * filled, style="bold") + Text("░" * (bar_width - filled), style="dim")
@@ -304,18 +400,25 @@ class RunProgress(Widget):
         epoch = Text("")
         if self.epoch is not None:
             epoch = Text.assemble(("   epoch ", "dim"), f"{self.epoch}/{self.epochs or '?'}")
-        text = Text.assemble(
-            bar, f" {frac:4.0%}\n",
-            ("step ", "dim"), f"{self.step:,} / {total}", epoch, "\n",
-            ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
-        )
+        if self.compact:
+            text = Text.assemble(
+                bar, f" {frac:4.0%}\n",
+                ("step ", "dim"), f"{self.step:,} / {total}", epoch,
+                ("  ETA ", "dim"), format_seconds(self.eta),
+            )
+        else:
+            text = Text.assemble(
+                bar, f" {frac:4.0%}\n",
+                ("step ", "dim"), f"{self.step:,} / {total}", epoch, "\n",
+                ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
+            )
         if self.ranks is not None:
             text.append("\n")
             text.append_text(self._rank_lines())
         if text.plain != self._text.plain or text.spans != self._text.spans:
             self._text = text
+            self.styles.height = text.plain.count("\n") + 3
             if self.ranks is not None:
-                self.styles.height = 6 + text.plain.count("\n") - 3
                 self.set_class(bool(self.ranks.failed), "-rank-failed")
                 self.tooltip = f"{self.ranks.title}\n{self.ranks.summary()}"
             self.refresh()
@@ -325,7 +428,7 @@ class RunProgress(Widget):
         is in the tooltip). Ranks that did not fail show as stopped once the run ended badly."""
         ranks = self.ranks
         assert ranks is not None
-        ok, bad, stopped = (self.get_component_rich_style(f"rank--{name}")
+        ok, bad, stopped = (foreground(self.get_component_rich_style(f"rank--{name}"))
                             for name in ("ok", "failed", "stopped"))
         halted = ranks.ended in ("failed", "cancelled")
         calm_icon, calm = ("■", stopped) if halted else ("✓", ok)
@@ -377,6 +480,13 @@ class VerdictPanel(Static):
 
     def on_mount(self) -> None:
         self.show(None)
+
+    def height_for(self, width: int) -> int:
+        """Its height (borders included) in a column `width` cells wide: what the run screen
+        must leave it so that no line of the verdict is cut."""
+        content = max(1, width - 4)  # borders and padding
+        size = Size(content, 1000)
+        return self.get_content_height(size, size, content) + 2
 
     def show(self, verdict: Verdict | None, initial: float | None = None) -> None:
         """verdict None: the run goes on (initial: the step-0 val loss, once known)."""

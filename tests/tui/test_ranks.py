@@ -208,7 +208,9 @@ def test_headless_watch_prints_the_failed_rank(one_rank_failed, runs_dir, capsys
 def test_snapshot_of_a_two_rank_run_whose_rank_1_failed(snap_compare, runs_dir, monkeypatch):
     """The recorded real run (tests/tui/fixtures/rank-failure, see make_rank_failure_run.py)."""
     # a running stage's clock ticks; a picture must not depend on when it was taken
-    monkeypatch.setattr(run_panels, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+    # (a wall clock at 0 adds nothing to a stage's clock counted from its event's time)
+    monkeypatch.setattr(run_panels, "time", SimpleNamespace(monotonic=lambda: 1000.0,
+                                                            time=lambda: 0.0))
     shutil.copytree(FIXTURES / "rank-failure", runs_dir / "rank-failure")
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="rank-failure")
 

@@ -22,7 +22,9 @@ SIZE = (150, 44)
 @pytest.fixture(autouse=True)
 def frozen_stage_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     # a running stage's clock ticks; a picture must not depend on when it was taken
-    monkeypatch.setattr(run_panels, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+    # (and counts from its event's unix time: write_run's clock starts at 1_760_000_000)
+    monkeypatch.setattr(run_panels, "time", SimpleNamespace(monotonic=lambda: 1000.0,
+                                                            time=lambda: 1_760_001_000.0))
 
 
 def test_launch_form(snap_compare, runs_dir):
