@@ -80,7 +80,7 @@ def assistant_spans(template: ChatTemplate, messages: list[dict[str, Any]],
         if messages[i]["role"] != "assistant":
             continue
         before = template.render(messages[:i], add_generation_prompt=True) if i else ""
-        through = template.render(messages[:i + 1])
+        through = text if i == len(messages) - 1 else template.render(messages[:i + 1])
         if text.startswith(before) and text.startswith(through):
             span = (_common_prefix_len(before, through), len(through))
         elif (span := _marked_span(template, messages, i, text, before)) is None:

@@ -20,6 +20,7 @@ import tempfile
 import zlib
 from array import array
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ import torch
 
 from kdengine.config import ConfigError
 from kdengine.data.chat import ChatTemplate
-from kdengine.data.encode import TRAIN_ON, encode_example
+from kdengine.data.encode import TRAIN_ON
 from kdengine.data.formats import BadRecord, Source, find_sources
+from kdengine.data.parallel import default_workers, encode_all, start_pool
 
 STORE_FORMAT = "kdengine-examples-1"
 ON_BAD_FILE = ("fail", "skip")
@@ -86,11 +88,12 @@ class _Writer:
     def mark(self) -> tuple[int, int, int]:
         return len(self.names), self.tokens, self.trained
 
-    def add(self, name: str, ids: list[int], trains: list[bool]) -> None:
-        self.files["tokens"].write(array("I", ids).tobytes())
-        self.files["trains"].write(bytes(trains))
-        self.tokens += len(ids)
-        self.trained += sum(trains)
+    def add(self, name: str, ids: bytes, trains: bytes, trained: int) -> None:
+        """One example: its ids as uint32 bytes, its trains as uint8 bytes."""
+        self.files["tokens"].write(ids)
+        self.files["trains"].write(trains)
+        self.tokens += len(trains)
+        self.trained += trained
         self.offsets.append(self.tokens)
         self.names.append(zlib.crc32(name.encode()))
 
@@ -144,9 +147,11 @@ def _file_identity(path: Path) -> list[Any]:
 
 def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
                options: DataOptions | None = None, root: Path | None = None,
-               progress: Callable[[int, str], None] | None = None) -> TokenStore:
+               progress: Callable[[int, str], None] | None = None,
+               workers: int | None = None) -> TokenStore:
     """The store of `spec`: reused when one with the same key exists, else built (tokenizing
-    every example once). `progress(examples_done, source_name)` is called as it goes."""
+    every example once, on `workers` processes: by default none for small data, the cores
+    for large). `progress(examples_done, source_name)` is called every 1000 examples."""
     options = options or DataOptions()
     if options.train_on not in TRAIN_ON:
         raise ConfigError("train_on", f"must be one of {', '.join(TRAIN_ON)}")
@@ -160,7 +165,15 @@ def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        count = _build(building, spec, sources, tokenizer, template, options, progress)
+        if workers is None:
+            workers = default_workers(sum(_size(s.path) for s in sources))
+        pool = start_pool(workers, tokenizer, template) if workers > 0 else None
+        try:
+            count = _build(building, spec, sources, tokenizer, template, options, progress,
+                           pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         try:
             os.replace(building, directory)
         except OSError:  # another run built the same store first: theirs is as good
@@ -173,7 +186,8 @@ def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
 
 def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
            template: ChatTemplate | None, options: DataOptions,
-           progress: Callable[[int, str], None] | None) -> int:
+           progress: Callable[[int, str], None] | None,
+           pool: ProcessPoolExecutor | None = None) -> int:
     writer = _Writer(directory)
     skipped: list[list[str]] = []
     kinds: dict[str, int] = {}
@@ -181,9 +195,9 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
         for source in sources:
             mark, seen = writer.mark(), dict(kinds)
             try:
-                for example in source.examples():
-                    ids, trains = encode_example(example, tokenizer, template, options.train_on)
-                    writer.add(example.name, ids, trains)
+                for example, ids, trains, trained in encode_all(
+                        source.examples(), tokenizer, template, options.train_on, pool):
+                    writer.add(example.name, ids, trains, trained)
                     kinds[example.kind] = kinds.get(example.kind, 0) + 1
                     if progress and len(writer.names) % 1000 == 0:
                         progress(len(writer.names), source.name)
@@ -206,6 +220,11 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
             "files": len(sources)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return len(writer.names)
+
+
+def _size(path: Path) -> int:
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files if p.is_file())
 
 
 def _map(directory: Path, tokenized: int) -> TokenStore:

@@ -230,3 +230,36 @@ def test_data_shorter_than_a_batch_is_a_clear_error(tmp_path: Path, tok_dir: Pat
     path.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(2)))
     with pytest.raises(ConfigError, match="batch_size 4 needs 4 train rows"):
         data_of(path, tok_dir, tmp_path / "cache")
+
+
+def test_workers_build_the_same_store_and_name_the_same_first_error(
+        tmp_path: Path, tok_dir: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    lines = [json.dumps(chat(i)) + "\n" for i in range(700)]
+    path.write_text("".join(lines))
+    tok, template = load_tokenizer(tok_dir, "teacher"), load_chat_template(tok_dir)
+    alone = open_store(str(path), tok, template, root=tmp_path / "alone", workers=0)
+    pooled = open_store(str(path), tok, template, root=tmp_path / "pooled", workers=2)
+    for name in ("tokens", "trains", "offsets", "names"):
+        assert (alone.directory / f"{name}.bin").read_bytes() == \
+            (pooled.directory / f"{name}.bin").read_bytes(), name
+    assert alone.meta == pooled.meta
+    # a record the template refuses (in a worker's chunk) comes before a line that is not JSON
+    bad_turn = {"messages": [{"role": "tool", "content": "x"}]}
+    lines[300] = json.dumps(bad_turn) + "\n"
+    lines[650] = "{not json\n"
+    path.write_text("".join(lines))
+    (tok_dir / "strict").mkdir(exist_ok=True)
+    for f in tok_dir.iterdir():
+        if f.is_file():
+            (tok_dir / "strict" / f.name).write_bytes(f.read_bytes())
+    (tok_dir / "strict" / "chat_template.jinja").write_text(
+        "{% if messages[0].role == 'tool' %}{{ raise_exception('no tool first') }}{% endif %}"
+        + CHATML)
+    strict = load_chat_template(tok_dir / "strict")
+    for workers in (0, 2):
+        with pytest.raises(ConfigError, match=r"^data: many.jsonl:301: the chat template "
+                           r"cannot render it \(TemplateError: no tool first\)"):
+            open_store(str(path), tok, strict, root=tmp_path / f"bad{workers}",
+                       workers=workers)
+        assert not list((tmp_path / f"bad{workers}").iterdir())  # no half-built store left
