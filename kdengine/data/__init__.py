@@ -8,6 +8,9 @@ after each document: an int64 tensor for text (tokenized in memory anyway), and 
 TokenStream, ranges of documents over the memory-mapped shards that reads the same tokens without
 holding them in RAM. The batch of step k is a pure function of (seed, k): the data position a
 checkpoint saves is the step, plus a fingerprint of the stream so a resume on changed data fails.
+
+Conversations and prompt/completion examples (chat templates, completion-only labels, a cached
+token store, packed rows with example boundaries) live beside this: kdengine.data.examples.
 """
 
 from __future__ import annotations
