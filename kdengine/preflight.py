@@ -187,28 +187,31 @@ def check_data(config: RunConfig, tokenizer: Any,
         unchecked.append("data: the shards' document split and token ids are checked when the "
                          "run reads them")
         return None, None
-    counts: list[tuple[str, int]] = []
-    train = val = 0
-    counting = tokenizer is not None
+    # Tokenize a document only while its side of the run's split (is_validation) still lacks
+    # tokens: a big corpus is read and parsed to its end, but tokenized only as far as needed.
+    counts: list[tuple[str, int | None]] = []  # None: not tokenized, its side had enough
+    seen = {False: 0, True: 0}  # tokens (eos included) per side: train, validation
+    want = {False: need, True: need_val}
     for doc in iter_documents(config.data):  # reads every file: each must decode and parse
-        if not counting:
-            counts.append((doc.name, 0))
+        side = is_validation(doc.name, config.val_fraction)
+        if tokenizer is None or seen[side] >= want[side]:
+            counts.append((doc.name, None))
             continue
         n = len(tokenizer.encode(doc.text))
         counts.append((doc.name, n))
-        if is_validation(doc.name, config.val_fraction):
-            val += n + 1
-        else:
-            train += n + 1
-        # enough on both sides of the run's own split: whatever follows only adds tokens
-        counting = train < need or val < need_val
+        seen[side] += n + 1
     if not counts:
         raise ConfigError("data", f"{config.data} is empty: no text to train on")
     if tokenizer is None:
         unchecked.append("data: tokens are counted when the run has its tokenizer")
         return None, None
-    if train >= need and val >= need_val:
-        return train, val
-    _, train, val = plan_split(counts, config.val_fraction, config.seq_len)
+    if seen[False] >= need and seen[True] >= need_val:
+        return seen[False], seen[True]
+    # short on one side: the run falls back to other splits, which need every count (rare:
+    # small or nearly too small data, so a second reading is cheap)
+    if any(n is None for _, n in counts):
+        counts = [(doc.name, n if n is not None else len(tokenizer.encode(doc.text)))
+                  for doc, (_, n) in zip(iter_documents(config.data), counts, strict=True)]
+    _, train, val = plan_split(counts, config.val_fraction, config.seq_len)  # type: ignore[arg-type]
     check_split_sizes(train, val, config.seq_len, config.batch_size)
     return train, val

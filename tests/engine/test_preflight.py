@@ -222,3 +222,31 @@ def test_plan_split_gives_the_lengths_split_documents_builds(sizes: list[int]) -
         return
     assert (len(splits.train), len(splits.val)) == (train, val)
     assert isinstance(splits.train, torch.Tensor)
+
+
+@pytest.mark.parametrize("sizes", [[5000], [30] * 10, [2000, 20, 20], [60] * 200, [100, 100],
+                                   [120, 40], [90] * 3, [30] * 3, [20]])
+def test_preflight_and_the_runs_data_stage_agree(inputs: Inputs, sizes: list[int]) -> None:
+    """Pass or refuse alike, whichever split the run falls back to (the preflight's second
+    reading counts what its first skipped)."""
+    from kdengine.config import RunConfig
+    from kdengine.loading import load_data
+    from kdengine.preflight import check_run_inputs
+    from kdengine.tokenizer import load_tokenizer
+
+    data = Path(inputs["data"])
+    shutil.rmtree(data)
+    data.mkdir()
+    for k, n in enumerate(sizes):
+        (data / f"d{k:03d}.txt").write_text(("abcdefghij" * (n // 10 + 1))[:n])
+    config = RunConfig(teacher=inputs["teacher"], student=inputs["student"], data=str(data),
+                       batch_size=4, seq_len=32)
+    try:
+        splits = load_data(config, load_tokenizer(Path(inputs["teacher"]), "teacher"))
+    except ConfigError as exc:
+        with pytest.raises(ConfigError) as refused:
+            check_run_inputs(config)
+        assert refused.value.message == exc.message
+        return
+    facts = check_run_inputs(config)
+    assert facts.train_tokens <= len(splits.train) and facts.val_tokens <= len(splits.val)
