@@ -117,14 +117,16 @@ class Dist:
             tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
         return values
 
-    def rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """This rank's contiguous share of the global batch's rows."""
+    def rows(self, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """This rank's contiguous share of the global batch's rows, the same rows of each of
+        `tensors`: input ids, labels, then (packed rows) position ids; a None stays None."""
         if not self.enabled:
             return tensors
         n = tensors[0].shape[0] // self.world_size
         if len(tensors) > 1:  # every rank holds the whole global batch: count it here, no comms
-            self._global_valid = float((tensors[-1] != IGNORE_INDEX).sum())
-        return tuple(t[self.rank * n:(self.rank + 1) * n] for t in tensors)
+            self._global_valid = float((tensors[1] != IGNORE_INDEX).sum())
+        return tuple(None if t is None else t[self.rank * n:(self.rank + 1) * n]
+                     for t in tensors)
 
     def normalizer(self, labels: torch.Tensor) -> float | None:
         """What this rank divides its loss sums by: global valid tokens / world size (None with

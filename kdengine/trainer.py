@@ -171,21 +171,27 @@ class KDTrainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
-        input_ids, labels = self.dist.rows(input_ids, labels)  # this rank's share of the batch
+    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
+              position_ids: torch.Tensor | None = None):
+        """`position_ids` (packed rows, kdengine.data.packing): attention stays in examples."""
+        # this rank's share of the batch
+        input_ids, labels, position_ids = self.dist.rows(input_ids, labels, position_ids)
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+        if position_ids is not None:
+            position_ids = position_ids.to(self.device)
         if not self._compile_proven:
-            return self._first_compiled_loss(input_ids, labels)
-        return self._loss_on_device(input_ids, labels)
+            return self._first_compiled_loss(input_ids, labels, position_ids)
+        return self._loss_on_device(input_ids, labels, position_ids)
 
-    def _loss_on_device(self, input_ids: torch.Tensor, labels: torch.Tensor):
+    def _loss_on_device(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                        position_ids: torch.Tensor | None = None):
         with self._autocast():
             # no autograd state at all for the frozen teacher
             with torch.inference_mode():
                 if self._teacher_graphs:  # a new step for CUDA-graph trees: last outputs done
                     torch.compiler.cudagraph_mark_step_begin()
-                t_hidden = self.teacher.hidden_states(input_ids)
-            s_hidden = self.student.hidden_states(input_ids)
+                t_hidden = self.teacher.hidden_states(input_ids, position_ids)
+            s_hidden = self.student.hidden_states(input_ids, position_ids)
         # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
         scaled = self.scaler.is_enabled() and torch.is_grad_enabled()
         parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
@@ -195,17 +201,18 @@ class KDTrainer:
                               loss_scale=self.scaler.get_scale() if scaled else None)
         return self.dist.globalize(parts)
 
-    def _first_compiled_loss(self, input_ids: torch.Tensor, labels: torch.Tensor):
+    def _first_compiled_loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                             position_ids: torch.Tensor | None = None):
         """The first compiled call compiles; a compiler failure costs speed, never the run."""
         try:
-            parts = self._loss_on_device(input_ids, labels)
+            parts = self._loss_on_device(input_ids, labels, position_ids)
         except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
             self.log.message("warning", f"torch.compile failed ({type(exc).__name__}: {exc}); "
                              "training eager instead")
             self.compile = self._teacher_graphs = False
             uncompile_decoder_layers(self.teacher)
             uncompile_decoder_layers(self.student)
-            parts = self._loss_on_device(input_ids, labels)
+            parts = self._loss_on_device(input_ids, labels, position_ids)
         self._compile_proven = True
         return parts
 
@@ -213,8 +220,8 @@ class KDTrainer:
     def evaluate(self) -> dict[str, float]:
         self.student.module.eval()
         total = ce = kd = 0.0
-        for input_ids, labels in self.val_batches:
-            parts = self._loss(input_ids, labels)
+        for batch in self.val_batches:  # (input_ids, labels[, position_ids])
+            parts = self._loss(*batch)
             total, ce, kd = total + parts.loss.item(), ce + parts.ce, kd + parts.kd
         self.student.module.train()
         n = len(self.val_batches)
@@ -225,16 +232,18 @@ class KDTrainer:
                       f"val_ce={result['val_ce']:.4f} val_kd={result['val_kd']:.4f}{tag}")
         return result
 
-    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    def train_step(self, batch: tuple[torch.Tensor, ...] | None = None
                    ) -> dict[str, float]:
         """One optimizer step on `batch` (default: this step's batch from the sampler)."""
         self.step += 1
         t0 = time.perf_counter()
-        input_ids, labels = batch if batch is not None else self.sampler.batch(self.step)
+        # (input_ids, labels), or (input_ids, labels, position_ids) for packed rows
+        batch = batch if batch is not None else self.sampler.batch(self.step)
+        input_ids = batch[0]
         # last step's gradients freed before the forward, not after it: they are not needed
         # and would sit beside the activations at the step's memory peak
         self.optimizer.zero_grad(set_to_none=True)
-        parts = self._loss(input_ids, labels)
+        parts = self._loss(*batch)
         # Backward and clipping are queued before the host waits for the loss value, so the GPU
         # never idles between forward and backward; a non-finite loss still stops the run
         # before the update is applied.

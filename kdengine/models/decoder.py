@@ -181,6 +181,8 @@ class Attention(nn.Module):
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.n_kv != self.n_heads
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            q, k, v = _autocast_inputs(q, k, v)
         if isinstance(mask, VarlenSpans):  # packed rows, flash varlen: [b*t, heads, d]
             q, k, v = (y.transpose(1, 2).reshape(b * t, -1, self.head_dim) for y in (q, k, v))
             out = _varlen_attention(q, k, v, mask, gqa)
@@ -292,6 +294,8 @@ def packed_block_mask(examples: torch.Tensor, window: int | None) -> Any:
 def packed_varlen_spans(examples: torch.Tensor, window: int | None) -> VarlenSpans:
     """The examples of `examples` [batch, seq] as flat spans for varlen attention (one host
     sync per batch, for the number of examples)."""
+    if "gqa" not in _VARLEN:
+        _VARLEN["gqa"] = _varlen_gqa_mode() or "native"
     batch, seq = examples.shape
     starts = torch.ones_like(examples, dtype=torch.bool)
     starts[:, 1:] = examples[:, 1:] != examples[:, :-1]
@@ -300,15 +304,32 @@ def packed_varlen_spans(examples: torch.Tensor, window: int | None) -> VarlenSpa
     return VarlenSpans(torch.cat([flat, end]).to(torch.int32), seq, window)
 
 
+def _autocast_inputs(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v in autocast's dtype, as SDPA gets them: autocast does not know flex or varlen
+    (and the fp32 rotary tables would otherwise keep them in fp32)."""
+    device = xs[0].device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return tuple(x.to(dtype) for x in xs)
+    return xs
+
+
+# "gqa": how varlen_attn gets fewer kv heads than q heads, set eagerly (packed_varlen_spans):
+# "kwarg" (enable_gqa=True, torch 2.13), "native" (passed as they are: flash's own GQA; torch
+# 2.11's wrapper lets them through, checked on the H200 to give the "repeat" results, 0.8 GiB
+# less), "repeat" (each kv head repeated for its q heads: the benchmark's comparison)
+_VARLEN: dict[str, str] = {}
+
+
 def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: VarlenSpans,
                       gqa: bool) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
-    if gqa and not _varlen_takes_gqa():  # torch < 2.13: each kv head repeated for its q heads
+    mode = _VARLEN.get("gqa", "repeat") if gqa else "none"
+    if mode == "repeat":
         repeat = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        gqa = False
-    extra = {"enable_gqa": True} if gqa else {}
+    extra = {"enable_gqa": True} if mode == "kwarg" else {}
     # flash's window (left, 0) sees left+1 keys, ours `window` keys (j > i - window)
     window = (-1, 0) if spans.window is None else (spans.window - 1, 0)
     return varlen_attn(q, k, v, spans.cu_seqlens, spans.cu_seqlens, spans.max_len,
@@ -316,10 +337,17 @@ def _varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: 
 
 
 @functools.cache
-def _varlen_takes_gqa() -> bool:
-    from torch.nn.attention.varlen import varlen_attn  # (slow to import: only when used)
-
-    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+def _varlen_gqa_mode() -> str | None:
+    """"kwarg" or "native" where this torch's varlen_attn serves the decoder (it needs
+    `window_size`: torch >= 2.11), else None (auto falls back to flex)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # (slow to import: only when used)
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" not in params:
+        return None
+    return "kwarg" if "enable_gqa" in params else "native"
 
 
 class DecoderLayer(nn.Module):
@@ -401,7 +429,8 @@ class Decoder(nn.Module):
             return "sdpa"
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
-        return "varlen" if dtype in (torch.bfloat16, torch.float16) else "flex"
+        half = dtype in (torch.bfloat16, torch.float16)
+        return "varlen" if half and _varlen_gqa_mode() is not None else "flex"
 
     def attention_masks(self, position_ids: torch.Tensor,
                         dtype: torch.dtype) -> dict[int | None, Any]:
