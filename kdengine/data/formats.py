@@ -30,6 +30,8 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 SPLITS = ("train", "validation", "valid", "val", "test", "dev")
 KINDS = ("text", "messages", "prompt_completion")
 ROLES = ("system", "user", "assistant", "tool")
+# metadata that hub repos and save_to_disk folders keep beside the data: never records
+METADATA = ("dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json")
 DATA_EXTRA = "pip install 'kdtui[data]' (the datasets library and pyarrow)"
 
 
@@ -111,7 +113,8 @@ def find_sources(spec: str, split: str = "train",
     if is_saved_dataset(path):
         return [Source(path, path.name, split, fields)]
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
-                   and p.suffix in RECORD_SUFFIXES + TEXT_SUFFIXES)
+                   and p.suffix in RECORD_SUFFIXES + TEXT_SUFFIXES and p.name not in METADATA
+                   and p.stem.upper() != "README")  # a dataset card, not data
     files = _of_split(files, path, split)
     if not files:
         raise ConfigError("data", f"{spec} holds no {', '.join(RECORD_SUFFIXES)} or text files"

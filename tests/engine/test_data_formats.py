@@ -128,6 +128,8 @@ def test_a_folder_reads_every_file_and_picks_the_split(tmp_path: Path) -> None:
     write_jsonl(data / "sub" / "b.jsonl", RECORDS[2:])
     (data / "notes.txt").write_text("plain text file\n")
     (data / ".hidden.jsonl").write_text("not json\n")
+    (data / "README.md").write_text("# a dataset card\n")
+    (data / "dataset_info.json").write_text("{}")
     assert [n for n, _ in kinds_of(data)] == ["a.jsonl:1", "a.jsonl:2", "notes.txt",
                                               "sub/b.jsonl:1", "sub/b.jsonl:2"]
     hub_style = tmp_path / "hub_style"
@@ -169,7 +171,9 @@ def test_hub_dataset_id_from_the_cache_offline(tmp_path: Path, tok_dir: Path,
     cache = tmp_path / "hub"
     lines = "".join(json.dumps({"messages": chat(i)}) + "\n" for i in range(4))
     put_dataset_in_hub_cache(cache, "kd-test/chats", {"data/train.jsonl": lines,
-                                                      "data/test.jsonl": lines[:200] + "\n"})
+                                                      "data/test.jsonl": lines[:200] + "\n",
+                                                      "dataset_infos.json": "{}",
+                                                      "README.md": "# chats\n"})
     import huggingface_hub.constants as constants
 
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
