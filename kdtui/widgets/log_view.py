@@ -38,9 +38,13 @@ _ERROR_WORDS = ("error", "panic", "traceback", "exception", "out of memory", "ou
                 "fatal")
 _NAN_RE = re.compile(r"\bnan\b")  # a word: not "nano", "finance"
 # The seed's watch grep (`^step|initial_loss|final_loss|panic|error|F-DISTILL`), made
-# case-insensitive and indentation-tolerant (its `^step` missed `  Step N/M`), plus verdict lines.
+# case-insensitive and indentation-tolerant (its `^step` missed `  Step N/M`), widened to what a
+# run's outline needs: every eval (not only step 0's, tagged initial_loss), every stage line
+# (`[train] failed (0.1s): ...` names no error), and verdict lines; warnings and errors are kept
+# by their class (LogView._keep).
 FILTER_RE = re.compile(
-    r"^\s*step\b|initial_loss|final_loss|panic|error|verdict|F-DISTILL", re.IGNORECASE)
+    r"^\s*(?:step|eval)\b|^\[[\w.-]+\] (?:running|done|failed|skipped|cancelled)\b"
+    r"|initial_loss|final_loss|panic|error|verdict|F-DISTILL", re.IGNORECASE)
 _TRACEBACK_START = "Traceback (most recent call last)"
 
 # ERROR_MORE: a line inside a Traceback block after its header: shown as an error, but a jump
@@ -283,7 +287,7 @@ class LogView(ScrollView, can_focus=True):
             self._view = [i - drop for i in self._view if i >= drop]
 
     def _keep(self, index: int) -> bool:
-        return self.kinds[index] in (ERROR, ERROR_MORE) or bool(
+        return self.kinds[index] in (ERROR, ERROR_MORE, WARNING) or bool(
             FILTER_RE.search(self.lines[index]))
 
     def clear(self) -> None:
@@ -449,8 +453,8 @@ class LogView(ScrollView, can_focus=True):
         self.refresh()
 
     def _retitle(self) -> None:
-        notes = (["filtered: step, loss, panic, error, verdict"] if self.filtered else []) + (
-            [] if self.wrap else ["no wrap"])
+        notes = (["filtered: steps, evals, stages, errors, warnings, verdict"]
+                 if self.filtered else []) + ([] if self.wrap else ["no wrap"])
         self.border_title = f"log ({'; '.join(notes)})" if notes else "log"
 
     # -- following ----------------------------------------------------------------------------

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from textual.widgets import Input, Switch
 
 from kdtui.app import KDApp
@@ -16,7 +20,7 @@ from kdtui.screens.run import RunScreen
 from kdtui.screens.runs import RunsScreen
 from kdtui.widgets.log_view import ERROR, ERROR_MORE, LogView
 from kdtui.widgets.loss_chart import LossChart
-from kdtui.widgets.run_panels import StageTracker, VerdictPanel
+from kdtui.widgets.run_panels import RunProgress, StageTracker, VerdictPanel
 
 SIZE = (160, 48)
 
@@ -117,6 +121,13 @@ async def test_leaving_a_run_going_keeps_it_running_for_reattach(
         assert handle.is_alive()
         [info] = list_runs(runs_dir)
         assert info.status == "running" and info.pid == handle.pid
+        # the train stage has run a while before the new dashboard comes (its clock must say so)
+        events = [json.loads(x) for x in (runs_dir / "bg" / "events.jsonl").open()]
+        train_t = next(e["t"] for e in events if e["type"] == "stage"
+                       and e["stage"] == "train" and e["state"] == "running")
+        while time.time() - train_t < 3:
+            assert handle.is_alive()
+            time.sleep(0.1)
         # a new dashboard reattaches from the runs list and sees new steps arrive
         app = KDApp(runs_dir=runs_dir)
         async with app.run_test(size=SIZE) as pilot:
@@ -129,11 +140,18 @@ async def test_leaving_a_run_going_keeps_it_running_for_reattach(
             await wait_for(pilot, lambda: screen.state.last_step is not None, 30)
             first = screen.state.last_step["step"]
             await wait_for(pilot, lambda: screen.state.last_step["step"] > first, 30)
+            assert screen.sub_title == "bg on local · reattached (running)"
+            # the running stage's clock continues from the stage's start, not from 0
+            train = screen.query_one(StageTracker).rows["train"]
+            assert train.state == "running"
+            assert time.monotonic() - train.since >= time.time() - train_t - 1.0 >= 2.0
             await pilot.press("x")
             await pilot.pause()
             await pilot.click("#yes")
             await wait_for(pilot, lambda: screen.query_one(VerdictPanel).status != "pending", 30)
             assert screen.query_one(VerdictPanel).status == "inconclusive"
+            # the title says how the run ended, not how it stood when it was opened
+            assert screen.sub_title == "bg on local · cancelled"
     finally:
         if handle.is_alive():
             os.killpg(handle.pid, 9)
@@ -181,25 +199,128 @@ async def test_log_highlights_a_planted_traceback_and_jumps_to_each_error(
         assert log.lines[log.cursor] == TRACEBACK[1]
 
 
-async def test_filter_shows_only_the_seed_grep_lines(runs_dir, wait_for, write_run):
-    run = write_run(runs_dir / "filtered", steps=20, log_extra=TRACEBACK)
+async def test_filter_keeps_steps_evals_stages_warnings_errors_and_the_verdict(
+        runs_dir, wait_for, write_run):
+    run = write_run(runs_dir / "filtered", steps=120,
+                    log_extra=[*TRACEBACK, "WARNING: the data is smaller than one epoch"])
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
         log = app.screen.query_one(LogView)
-        await wait_for(pilot, lambda: log.line_count > 20)
+        await wait_for(pilot, lambda: log.line_count > 120)
         log.focus()
         await pilot.press("f")
         await pilot.pause()
         shown = [log.lines[i] for i in log._view]
-        assert "all good here" not in shown and "[prepare] done (0.1s)" not in shown
+        assert "all good here" not in shown and "run filtered on cpu (float32)" not in shown
         assert "step 4/10 loss=1.9" in shown and TRACEBACK[8] in shown
+        assert "[prepare] done (0.1s)" in shown and "[train] running" in shown
+        # every eval, not only step 0's (the seed's grep kept those tagged initial_loss only)
+        assert [line.split()[2] for line in shown if line.startswith("eval step")] == \
+            ["0", "50", "100", "120"]
+        assert "WARNING: the data is smaller than one epoch" in shown
         assert any("verdict F-DISTILL-SMOKE-001 PASS" in line for line in shown)
-        assert any("initial_loss" in line for line in shown)
+        assert log.border_title == \
+            "log (filtered: steps, evals, stages, errors, warnings, verdict)"
         assert set(log.visible_lines()) <= set(shown)
         await pilot.press("f")
         await pilot.pause()
         assert log.visible_count == log.line_count
+
+
+@pytest.fixture(scope="module")
+def real_failed_run(tmp_path_factory) -> Path:
+    """A real engine run whose train stage fails after evals at steps 0, 10, 20 and 30: its
+    checkpoint directory's name is taken by a file, so the step-30 checkpoint cannot be saved."""
+    import importlib.util
+
+    # tests/conftest.py by path: "conftest" may name tests/tui/conftest.py here
+    spec = importlib.util.spec_from_file_location(
+        "kd_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    shared = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shared)
+    write_tiny_inputs, tiny_run_args = shared.write_tiny_inputs, shared.tiny_run_args
+    base = tmp_path_factory.mktemp("failed")
+    inputs = write_tiny_inputs(base / "inputs")
+    run_dir = base / "runs" / "broke"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints").write_text("not a directory\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kdengine", *tiny_run_args(inputs, run_dir, steps=60,
+                                                          eval_every=10, checkpoint_every=30)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "KDENGINE_RUNS_DIR": str(base / "runs")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    return run_dir
+
+
+async def test_filter_of_a_real_failed_run_keeps_every_eval_and_the_failed_stage(
+        real_failed_run, wait_for):
+    log_lines = (real_failed_run / "launch.log").read_text().splitlines()
+    failed = next(line for line in log_lines if line.startswith("[train] failed"))
+    app = KDApp(runs_dir=real_failed_run.parent, command="watch", watch_ref=str(real_failed_run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one(LogView)
+        await wait_for(pilot, lambda: log.line_count >= len(log_lines))
+        log.focus()
+        await pilot.press("f")
+        await pilot.pause()
+        shown = [log.lines[i] for i in log._view]
+        evals = [line.split()[2] for line in shown if line.startswith("eval step")]
+        assert evals == ["0", "10", "20", "30"]
+        assert failed in shown and "[train] running" in shown
+        assert any(line.startswith("ERROR: FileExistsError") for line in shown)
+        assert not any(line.startswith("run ") and " on cpu" in line for line in shown)
+
+
+async def test_a_failed_run_has_one_verdict_on_its_screen_and_in_the_runs_list(
+        real_failed_run, wait_for):
+    """No verdict event (the run failed before its verdict stage): the run screen and the runs
+    list both say what kdengine.verdict says of it, INCONCLUSIVE, and the screen says why."""
+    from kdengine.verdict import verdict_for_run
+
+    expected = verdict_for_run(str(real_failed_run))
+    assert expected.status == "inconclusive"
+    events = [json.loads(x) for x in (real_failed_run / "events.jsonl").open()]
+    assert not any(e["type"] == "verdict" for e in events)
+    app = KDApp(runs_dir=real_failed_run.parent)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), 5)
+        runs = app.screen
+        [entry] = runs.runs
+        assert (entry.status, entry.verdict) == ("failed", "inconclusive")
+        table = runs.query_one("#runs-table")
+        assert table.get_row_at(0)[2:4] == ["failed", "INCONCLUSIVE"]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 5)
+        panel = app.screen.query_one(VerdictPanel)
+        await wait_for(pilot, lambda: panel.status != "pending")
+        assert panel.status == "inconclusive" and panel.verdict == expected
+        assert panel.verdict.reason.startswith("the run failed at step 30: ")
+        assert app.screen.sub_title.endswith(" · failed")
+    listed = subprocess.run([sys.executable, "-m", "kdtui", "--runs-dir",
+                             str(real_failed_run.parent), "runs", "--plain"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.stdout.split("\t")[2:5] == ["failed", "30/60", "inconclusive"]
+
+
+async def test_progress_knows_the_total_steps_before_the_first_event(
+        runs_dir, wait_for, write_run):
+    """An engine still importing torch has written only its config.json: `step 0 / 500`."""
+    run = runs_dir / "starting"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"steps": 500, "run_name": "starting"}))
+    (run / "engine.pid").write_text(f"{os.getpid()}\n")
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+        progress = app.screen.query_one(RunProgress)
+        await wait_for(pilot, lambda: progress.total == 500)
+        assert "step 0 / 500" in progress.render().plain
 
 
 async def test_search_jumps_to_matches_case_insensitively(runs_dir, wait_for, write_run):
