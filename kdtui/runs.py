@@ -111,15 +111,32 @@ def run_info(run_dir: Path) -> RunInfo | None:
     mtimes = [p.stat().st_mtime for p in (events_path, run_dir / LOG_FILE, run_dir / PID_FILE,
                                            run_dir / "config.json") if p.exists()]
     run_id = (head or {}).get("run_id") or run_dir.name
+    verdict_status = str(verdict["status"]) if verdict and "status" in verdict else None
+    if verdict_status is None and status not in ("starting", "running"):
+        verdict_status = derived_verdict(events_path, head, tail, finished)
     return RunInfo(
         run_id=str(run_id), run_dir=run_dir, status=status,
-        verdict=str(verdict["status"]) if verdict and "status" in verdict else None,
+        verdict=verdict_status,
         started=head.get("t") if head else None,
         updated=max(mtimes, default=0.0),
         step=int(step_event["step"]) if step_event and "step" in step_event else None,
         total_steps=(step_event or {}).get("total_steps"),
         pid=pid if alive else None,
     )
+
+
+def derived_verdict(events_path: Path, head: dict[str, Any] | None,
+                    tail: list[dict[str, Any]], finished: dict[str, Any] | None) -> str:
+    """The verdict of an ended run that wrote none (it failed, was cancelled or killed), as the
+    run screen and `kdengine verdict` compute it (kdengine.verdict): inconclusive, with their
+    reason. Only a completed run without a verdict event needs its whole stream (its evals)."""
+    from kdengine.verdict import verdict_from_events
+
+    if finished is not None and finished.get("status") == "completed":
+        from kdengine.events import iter_run_events
+
+        return verdict_from_events(iter_run_events(str(events_path.parent))).status
+    return verdict_from_events([*([head] if head else []), *tail]).status
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
@@ -194,6 +211,10 @@ def remote_entry(manifest: dict[str, Any]) -> RunEntry:
     else:
         status = str((manifest.get("run_finished") or {}).get("status") or "dispatched")
     verdict = (manifest.get("verdict") or {}).get("status")
+    if not verdict and status in ("failed", "cancelled"):
+        from kdengine.verdict import verdict_from_events
+
+        verdict = verdict_from_events([manifest["run_finished"]]).status
     return RunEntry(str(manifest.get("run_id", "?")), str(manifest.get("host", "?")), status,
                     str(verdict) if verdict else None, None, None,
                     _utc_seconds(manifest.get("dispatched_at") or ""), manifest=manifest)

@@ -83,7 +83,9 @@ def test_cancel_ends_a_running_local_run_as_cancelled_then_has_nothing_to_cancel
     listed = kdtui("--runs-dir", str(runs_dir), "runs", "--plain")
     assert listed.returncode == 0, listed.stderr
     run_id, where, status, steps, verdict, started = listed.stdout.splitlines()[0].split("\t")
-    assert (run_id, where, status, verdict) == ("c-local", "local", "cancelled", "-")
+    # no verdict event (it ended before its verdict stage): inconclusive, as the run screen and
+    # `kdengine verdict` say (kdengine.verdict)
+    assert (run_id, where, status, verdict) == ("c-local", "local", "cancelled", "inconclusive")
     step, total = steps.split("/")
     assert int(step) >= 1 and total == "100000"
     assert started.endswith("Z") and started[:4].isdigit()
@@ -165,7 +167,7 @@ def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir,
     listed = kdtui("--runs-dir", str(runs_dir), "runs", "--plain")
     assert listed.returncode == 0, listed.stderr
     assert [line.split("\t") for line in listed.stdout.splitlines()] == [
-        ["newer", "local", "stopped", "10/40", "-", "2025-10-09T08:53:20Z"],
+        ["newer", "local", "stopped", "10/40", "inconclusive", "2025-10-09T08:53:20Z"],
         ["older", "local", "completed", "50/50", "pass", "2025-10-09T07:53:20Z"],
     ]
     # the same runs, in the same order, for people: padded columns and how to come back
@@ -173,7 +175,7 @@ def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir,
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split()[:3] == ["RUN", "HOST", "STATE"]
-    assert [row.split()[:4] for row in rows] == [["newer", "local", "stopped", "-"],
+    assert [row.split()[:4] for row in rows] == [["newer", "local", "stopped", "inconclusive"],
                                                  ["older", "local", "completed", "pass"]]
     assert rows[1].endswith(f"kdtui watch {runs_dir / 'older'}")
 
