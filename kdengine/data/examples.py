@@ -59,8 +59,11 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                       seq_len: int, batch_size: int, val_fraction: float,
                       options: DataOptions | None = None, on_long: str = "truncate",
                       root: Path | None = None,
-                      progress: Callable[[int, str], None] | None = None) -> ExampleData:
-    store = open_store(spec, tokenizer, template, options, root, progress)
+                      progress: Callable[[int, str], None] | None = None,
+                      workers: int | None = None) -> ExampleData:
+    """Everything a run needs of example data (see open_store for `progress` and
+    `workers`); ConfigError, one line, for data that cannot train."""
+    store = open_store(spec, tokenizer, template, options, root, progress, workers)
     held = store.names % 10_000 < val_fraction * 10_000
     if not bool(held.any()) and len(store) > 1:
         held[-1] = True
