@@ -74,8 +74,9 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
         values.update(load_config_file(Path(args.config)))
     try:
         base = RunConfig.from_mapping(values)
-    except ConfigError as exc:
-        raise ConfigError(exc.field, f"{exc.message} (in {args.config})") from None
+    except ConfigError as exc:  # a key of the file, named as the file spells it, not a --flag
+        raise UsageError(f"{exc.field} in {args.config}: {exc.message}" if exc.field else
+                         f"{args.config}: {exc.message}") from None
     config = base.with_values(**given)
     if not config.run_name:
         config = config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))

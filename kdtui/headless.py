@@ -50,10 +50,17 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     values: dict[str, Any] = demo_config().to_dict() if getattr(args, "demo", False) else {}
     if getattr(args, "config", None):
         values.update(load_config_file(Path(args.config)))
-    config = RunConfig.from_mapping(values)
-    from_env = {f.name: environ[f"KDTUI_{f.name.upper()}"] for f in FIELDS
-                if f"KDTUI_{f.name.upper()}" in environ}
-    config = config.with_values(**from_env)
+    try:
+        config = RunConfig.from_mapping(values)
+    except ConfigError as exc:  # a key of the file: named as the file spells it, not a --flag
+        raise ConfigError(None, f"{exc.field} in {args.config}: {exc.message}") from None
+    for f in FIELDS:  # one variable at a time: an error names the variable the user set
+        var = f"KDTUI_{f.name.upper()}"
+        if var in environ:
+            try:
+                config = config.with_values(**{f.name: environ[var]})
+            except ConfigError as exc:
+                raise ConfigError(None, f"{var}: {exc.message}") from None
     given = {f.name: getattr(args, f.name) for f in FIELDS
              if getattr(args, f.name, None) is not None}
     return config.with_values(**given).validate(require_models=require_models)

@@ -22,7 +22,7 @@ TINY = dict(steps=10, batch_size=4, seq_len=32, lr=3e-3, eval_every=5, eval_batc
 
 
 async def test_launch_command_starts_the_run_in_the_dashboard(runs_dir, tiny_run_inputs,
-                                                             wait_for):
+                                                             wait_for, wait_for_run):
     from kdtui.screens.run import RunScreen
     from kdtui.widgets.run_panels import VerdictPanel
 
@@ -31,7 +31,8 @@ async def test_launch_command_starts_the_run_in_the_dashboard(runs_dir, tiny_run
     async with app.run_test(size=(150, 44)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 30)
         panel = app.screen.query_one(VerdictPanel)
-        await wait_for(pilot, lambda: panel.status != "pending", 180)
+        await wait_for_run(pilot, runs_dir / "from-cli", lambda: panel.status != "pending",
+                           "the verdict")
         assert panel.status == "pass"
     assert (runs_dir / "from-cli" / "events.jsonl").exists()
 
@@ -84,3 +85,30 @@ def test_dashboard_with_stdout_not_a_terminal_refuses_and_names_headless(runs_di
     # what needs no terminal still works into a pipe
     plain = _kdtui("runs", "--plain")
     assert plain.returncode == 0 and plain.stdout.startswith("done-run\t")
+
+
+def test_config_file_keys_and_kdtui_variables_are_named_as_the_user_wrote_them(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "run.toml"
+    bad.write_text("steps = 0\n")
+    unknown = tmp_path / "typo.toml"
+    unknown.write_text("stepz = 3\n")
+    engine = subprocess.run([sys.executable, "-m", "kdengine", "train", "--demo", "--config",
+                             str(bad), "--check"], capture_output=True, text=True, timeout=120)
+    assert engine.returncode == 2
+    assert engine.stderr == f"kdengine train: error: steps in {bad}: must be an integer >= 1 " \
+        "and <= 1000000000 (got 0)\n"
+    cases = [
+        (["--config", str(bad)], {}, f"steps in {bad}: must be an integer"),
+        (["--config", str(unknown)], {}, f"stepz in {unknown}: is not a field of a run"),
+        ([], {"KDTUI_STEPS": "-4"}, "KDTUI_STEPS: must be an integer"),
+        ([], {"KDTUI_TEMPERATURE": "hot"}, "KDTUI_TEMPERATURE: must be a number (got 'hot')"),
+    ]
+    for argv, env, said in cases:
+        done = _kdtui("launch", "--headless", "--demo", "--dry-run", *argv, env_extra=env)
+        assert done.returncode == 2, (argv, env, done.stderr)
+        assert done.stderr.startswith(f"kdtui launch: error: {said}"), done.stderr
+        assert "--steps" not in done.stderr and "--temperature" not in done.stderr
+        assert len(done.stderr.splitlines()) == 1
