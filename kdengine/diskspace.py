@@ -171,6 +171,18 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+def full_directory(exc: BaseException | None, default: Path) -> Path:
+    """The directory a disk-full error was writing into, when the error names its file."""
+    seen = 0
+    while exc is not None and seen < 8:
+        name = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+        if name:
+            return Path(name).parent
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return Path(default)
+
+
 class DiskFull(RuntimeError):
     """A save that ran out of space, already cleaned up: one line with the numbers."""
 

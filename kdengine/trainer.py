@@ -48,6 +48,7 @@ from kdengine.diskspace import (
     DiskFull,
     Footprint,
     free_bytes,
+    full_directory,
     human,
     is_disk_full,
     saves_left,
@@ -466,9 +467,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             log.emit(ev.STEP, step=trainer.step, loss=float("nan"), total_steps=config.steps)
         reason = str(exc) or kind
         if not isinstance(exc, DiskFull) and is_disk_full(exc):  # a save outside checkpoint.py
+            where = full_directory(exc, run_dir)  # the run dir, or e.g. the demo teacher's cache
             need = f", a checkpoint needs {human(footprint.checkpoint)}" if footprint else ""
-            reason = f"disk full under {run_dir} ({human(free_bytes(run_dir))} free{need}): " \
-                     + reason
+            reason = f"disk full under {where} ({human(free_bytes(where))} free{need}): " + reason
         # the details go to launch.log (and the error event) only: the terminal gets the CLI's
         # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
         log.stage(stage, "failed", reason, terminal=False)
