@@ -34,11 +34,11 @@ MAX_EVENTS_PER_TICK = 2_000
 POLL_S = 0.1
 FREEZE_EVERY_TICKS = 50  # 5 s
 # The top band (side column and chart) and the log share the screen. The side column is 52
-# cells from WIDE_AT columns up, 38 below (the chart keeps 42 at 80 columns); the top band takes
+# cells from WIDE_AT columns up, 40 below (the chart keeps 40 at 80 columns); the top band takes
 # 60% of the height, more when the side column needs it, never so much that the log has fewer
 # than MIN_LOG_ROWS rows. What still does not fit goes compact: the stage tracker becomes one
 # line, then the progress panel two, so the whole verdict shows even at 80x24.
-SIDE_WIDE, SIDE_NARROW, WIDE_AT = 52, 38, 110
+SIDE_WIDE, SIDE_NARROW, WIDE_AT = 52, 40, 110
 TOP_SHARE, TOP_MIN = 0.6, 16
 MIN_LOG_ROWS = 5
 
