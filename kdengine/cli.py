@@ -108,9 +108,10 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
     # (kdengine.checkpoint.complete_checkpoints; that module loads torch)
     if not any((run_dir / "checkpoints").glob("step-*/meta.json")):
         last = max((e.get("step", 0) for e in seen if e.get("type") == STEP), default=0)
-        why = ("checkpoint_every=0 keeps none" if not config.checkpoint_every else
-               f"it stopped at step {last}, before its first checkpoint at step "
-               f"{config.checkpoint_every}")
+        every = config.checkpoint_every
+        why = ("checkpoint_every=0 keeps none" if not every else
+               f"it stopped at step {last}, before its first checkpoint at step {every}"
+               if last < every else f"it stopped at step {last} with no checkpoint complete")
         raise ConfigError("resume", f"{run_dir} has no complete checkpoint to continue from "
                           f"({why}); start it again under a new directory with `{PROG} train "
                           f"--config {run_dir / 'config.json'} --run-dir NEW_DIR`")
