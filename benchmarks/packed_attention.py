@@ -47,7 +47,7 @@ def packed_positions(batch: int, seq: int, mean_len: float,
         lens, filled = [], 0
         while filled < seq:
             n = int(torch.empty(1).log_normal_(mu, sigma, generator=gen).item())
-            n = max(8, min(n, seq - filled))
+            n = min(max(8, n), seq - filled)
             lens.append(n)
             filled += n
         rows.append(torch.cat([torch.arange(n) for n in lens]))
@@ -243,6 +243,62 @@ def timing(device: torch.device, args: argparse.Namespace, report: dict) -> None
     report["timing"] = rows
 
 
+def trainer_check(device: torch.device, report: dict) -> bool:
+    """KDTrainer on packed batches as a run does it on CUDA (teacher compiled whole, student per
+    block, auto kernel): its first losses equal an eager trainer's, and nothing fell back."""
+    import tempfile
+
+    from kdengine.config import RunConfig
+    from kdengine.data import TokenSplits
+    from kdengine.providers import ModelTeacher
+    from kdengine.runlog import RunLog
+    from kdengine.trainer import KDTrainer
+
+    def pair(seed: int) -> tuple[Decoder, Decoder]:
+        models = []
+        for hidden, layers in ((256, 3), (128, 2)):
+            cfg = DecoderConfig(vocab_size=512, hidden_size=hidden, intermediate_size=2 * hidden,
+                                num_hidden_layers=layers, num_attention_heads=4,
+                                num_key_value_heads=2, sliding_window=64,
+                                layer_types=["sliding_attention"] + ["full_attention"] * (
+                                    layers - 1))
+            model = Decoder(cfg)
+            model.init_weights(torch.Generator().manual_seed(seed + layers), std=0.05)
+            models.append(model.to(device))
+        return models[0], models[1]
+
+    gen = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(3):
+        pos, _ = packed_positions(4, 512, 120, gen)
+        ids = torch.randint(0, 512, (4, 512), generator=gen)
+        labels = torch.roll(ids, -1, 1)
+        labels[torch.roll(pos, -1, 1) == 0] = -100  # no target across examples
+        batches.append((ids, labels, pos))
+    config = RunConfig.from_mapping(dict(teacher="t", student="s", data="d", steps=3,
+                                         batch_size=4, seq_len=512, lr=1e-3, eval_batches=1))
+    stream = torch.arange(10_000) % 512
+    losses = {}
+    for compiled in (False, True):
+        run_dir = Path(tempfile.mkdtemp())
+        teacher, student = pair(0)
+        trainer = KDTrainer(config, ModelTeacher(teacher), ModelStudent(student),
+                            TokenSplits(train=stream, val=stream, eos_id=0), RunLog(run_dir),
+                            device, torch.bfloat16, compile_models=compiled)
+        losses[compiled] = [trainer.train_step(b)["loss"] for b in batches]
+        log = (run_dir / "launch.log").read_text() if (run_dir / "launch.log").exists() else ""
+        fell_back = "torch.compile failed" in log
+        report[f"trainer_{'compiled' if compiled else 'eager'}"] = {
+            "losses": losses[compiled], "fell_back_to_eager": fell_back,
+            "backend": student.packed_backend(device, torch.bfloat16)}
+    worst = max(abs(a - b) / abs(b) for a, b in zip(losses[True], losses[False], strict=True))
+    fell_back = report["trainer_compiled"]["fell_back_to_eager"]
+    ok = worst < 2e-2 and not fell_back
+    print(f"trainer on packed batches: eager {losses[False]}, compiled {losses[True]} "
+          f"(worst rel {worst:.1e}; fell back to eager: {fell_back}) {'ok' if ok else 'FAIL'}")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=24)
@@ -256,6 +312,8 @@ def main() -> int:
     parser.add_argument("--time-budget", type=float, default=300.0,
                         help="seconds of timing after which the remaining variants are skipped")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--trainer-check", action="store_true",
+                        help="only: KDTrainer steps on packed batches, compiled vs eager")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,6 +324,8 @@ def main() -> int:
     print(f"torch {torch.__version__} on {report['device']}", flush=True)
     ok = True
     try:
+        if args.trainer_check:
+            return 0 if trainer_check(device, report) else 1
         if not args.skip_correctness:
             ok = correctness(device, report)
             print(f"correctness: {'PASS' if ok else 'FAIL'}", flush=True)
