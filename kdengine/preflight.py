@@ -165,6 +165,7 @@ def check_data(config: RunConfig, tokenizer: Any,
         ByteTokenizer,
         check_split_sizes,
         enough_tokens,
+        held_out,
         is_token_shards,
         is_validation,
         iter_documents,
@@ -189,29 +190,61 @@ def check_data(config: RunConfig, tokenizer: Any,
         return None, None
     # Tokenize a document only while its side of the run's split (is_validation) still lacks
     # tokens: a big corpus is read and parsed to its end, but tokenized only as far as needed.
-    counts: list[tuple[str, int | None]] = []  # None: not tokenized, its side had enough
+    names: list[str] = []
+    counts: list[int] = []  # tokens of each document, or a lower bound where not `exact`
+    exact: list[bool] = []
     seen = {False: 0, True: 0}  # tokens (eos included) per side: train, validation
     want = {False: need, True: need_val}
     for doc in iter_documents(config.data):  # reads every file: each must decode and parse
         side = is_validation(doc.name, config.val_fraction)
-        if tokenizer is None or seen[side] >= want[side]:
-            counts.append((doc.name, None))
-            continue
-        n = len(tokenizer.encode(doc.text))
-        counts.append((doc.name, n))
-        seen[side] += n + 1
-    if not counts:
+        n, whole = 0, False
+        if tokenizer is not None and seen[side] < want[side]:
+            n, whole = count_tokens(tokenizer, doc.text, want[side] - seen[side])
+            seen[side] += n + 1
+        names.append(doc.name)
+        counts.append(n)
+        exact.append(whole)
+    if not names:
         raise ConfigError("data", f"{config.data} is empty: no text to train on")
     if tokenizer is None:
         unchecked.append("data: tokens are counted when the run has its tokenizer")
         return None, None
     if seen[False] >= need and seen[True] >= need_val:
         return seen[False], seen[True]
-    # short on one side: the run falls back to other splits, which need every count (rare:
-    # small or nearly too small data, so a second reading is cheap)
-    if any(n is None for _, n in counts):
-        counts = [(doc.name, n if n is not None else len(tokenizer.encode(doc.text)))
-                  for doc, (_, n) in zip(iter_documents(config.data), counts, strict=True)]
-    _, train, val = plan_split(counts, config.val_fraction, config.seq_len)  # type: ignore[arg-type]
+    # Short on one side: the run falls back to other splits. Which one depends on the counts of
+    # the held-out documents only, and its sizes grow with every count: when those counts are
+    # exact, lower bounds for the rest that pass mean the run passes. Else every count is made
+    # exact by a second reading (rare: small data, or data too short anyway).
+    held = held_out(names, config.val_fraction)
+    if all(whole for whole, h in zip(exact, held, strict=True) if h):
+        _, train, val = plan_split(list(zip(names, counts, strict=True)), config.val_fraction,
+                                   config.seq_len)
+        if train >= need and val >= need_val:
+            return train, val
+    if not all(exact):
+        counts = [n if whole else len(tokenizer.encode(doc.text)) for doc, n, whole in
+                  zip(iter_documents(config.data), counts, exact, strict=True)]
+    _, train, val = plan_split(list(zip(names, counts, strict=True)), config.val_fraction,
+                               config.seq_len)
     check_split_sizes(train, val, config.seq_len, config.batch_size)
     return train, val
+
+
+# A prefix of a long text is tokenized in place of the whole when it already holds enough: the
+# tokens of the lines before the cut are the tokens the whole text has there, up to a few at the
+# cut (a merge or pre-token that spans it), which this margin covers.
+_CUT_MARGIN = 64
+
+
+def count_tokens(tokenizer: Any, text: str, enough: int) -> tuple[int, bool]:
+    """(tokens, exact) of `text`: exact, or for a text far longer than `enough` tokens need, a
+    lower bound >= enough from a prefix cut at a line end (one huge file is one document: the
+    check must not tokenize all of it before the run does it again)."""
+    limit = max(16 * enough, 1 << 16)  # characters: >= 4 of them per token for most text
+    if len(text) > 2 * limit:
+        cut = text.rfind("\n", 0, limit)
+        if cut > 0:
+            bound = len(tokenizer.encode(text[:cut + 1])) - _CUT_MARGIN
+            if bound >= enough:
+                return bound, False
+    return len(tokenizer.encode(text)), True

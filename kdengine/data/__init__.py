@@ -521,15 +521,22 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
     return TokenSplits(train, val, eos_id)
 
 
+def held_out(names: list[str], val_fraction: float) -> list[bool]:
+    """Which documents the validation split holds out whole, by name: is_validation, or the
+    last document when a small corpus has none."""
+    held = [is_validation(name, val_fraction) for name in names]
+    if not any(held) and len(names) > 1:  # tiny corpora: hold out the last document
+        held[-1] = True
+    return held
+
+
 def plan_split(docs: list[tuple[str, int]], val_fraction: float,
                window: int) -> tuple[list[bool] | None, int, int]:
     """How split_documents splits documents of these (name, token count)s: which are held out
     whole for validation (None: the stream's tail is held out instead), and the train and
     validation lengths, end-of-document tokens included. Sizes only, so the run's preflight
     applies the same rule to counts without building the streams."""
-    held = [is_validation(name, val_fraction) for name, _ in docs]
-    if not any(held) and len(docs) > 1:  # tiny corpora: hold out the last document
-        held[-1] = True
+    held = held_out([name for name, _ in docs], val_fraction)
     val = sum(n + 1 for (_, n), h in zip(docs, held, strict=True) if h)
     train = sum(n + 1 for (_, n), h in zip(docs, held, strict=True) if not h)
     if val < window + 1 or all(held):
@@ -607,6 +614,6 @@ class BatchSampler:
 
 __all__ = ["IGNORE_INDEX", "BatchSampler", "ByteTokenizer", "Document", "MappedShard",
            "TokenShards", "TokenSplits", "TokenStream", "check_split_sizes", "enough_tokens",
-           "is_token_shards", "iter_documents", "plan_split", "read_documents",
+           "held_out", "is_token_shards", "iter_documents", "plan_split", "read_documents",
            "read_token_shards", "shard_files", "split_documents", "split_token_shards",
            "stream_fingerprint"]

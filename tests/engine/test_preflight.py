@@ -209,6 +209,13 @@ def test_counting_stops_once_both_sides_have_enough(inputs: Inputs) -> None:
     facts = check_run_inputs(config)
     assert facts.train_tokens + facts.val_tokens < 201 * len(TINY_TEXT) // 4
 
+    # one huge file is one document: a prefix of it is counted, not all of it
+    shutil.rmtree(data)
+    data.mkdir()
+    (data / "corpus.txt").write_text(TINY_TEXT * 40)
+    facts = check_run_inputs(config)
+    assert facts.train_tokens < len(TINY_TEXT) * 40 // 4
+
 
 @pytest.mark.parametrize("sizes", [[5, 7], [40], [300, 2, 2], [50] * 30, [1000, 10, 10, 10]])
 def test_plan_split_gives_the_lengths_split_documents_builds(sizes: list[int]) -> None:
@@ -225,7 +232,8 @@ def test_plan_split_gives_the_lengths_split_documents_builds(sizes: list[int]) -
 
 
 @pytest.mark.parametrize("sizes", [[5000], [30] * 10, [2000, 20, 20], [60] * 200, [100, 100],
-                                   [120, 40], [90] * 3, [30] * 3, [20]])
+                                   [120, 40], [90] * 3, [30] * 3, [20], [200_000],
+                                   [200_000, 40, 40], [40, 200_000], [300_000] * 3])
 def test_preflight_and_the_runs_data_stage_agree(inputs: Inputs, sizes: list[int]) -> None:
     """Pass or refuse alike, whichever split the run falls back to (the preflight's second
     reading counts what its first skipped)."""
