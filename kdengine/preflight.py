@@ -9,10 +9,10 @@ names), tokenizer.json present and readable, one tokenizer for teacher and stude
 (student <= teacher, tokenizer ids inside the vocab), the device, and the data: every file
 readable, UTF-8, every JSONL line parsed, and enough tokens for one training batch and one
 validation window (counted with the run's tokenizer and split rule, stopping once both sides
-have enough). Not checked here (it needs the weights or a download): tensor names, shapes and
-dtypes against config.json, a hub model that is not in the local cache yet, and the token ids
-of pre-tokenized shards against the vocab (their document split and largest id need a scan).
-"""
+have enough; one huge file is counted on a prefix). Not checked here (it needs the weights or
+a download): tensor names, shapes and dtypes against config.json, a hub model that is not in
+the local cache yet, and the token ids of pre-tokenized shards against the vocab (their
+document split and largest id need a scan)."""
 
 from __future__ import annotations
 
@@ -71,9 +71,9 @@ def check_run_inputs(config: RunConfig) -> Preflight:
         if teacher.vocab_size is not None and student.vocab_size is not None:
             check_vocab(teacher.vocab_size, student.vocab_size, tokenizer)
         else:
-            for facts in (teacher, student):
-                if facts.vocab_size is not None:
-                    check_tokenizer_fits(tokenizer, facts.vocab_size, facts.role)
+            for model in (teacher, student):
+                if model.vocab_size is not None:
+                    check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
     facts = Preflight(teacher, student, device, unchecked=unchecked)
     facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked)
