@@ -2,16 +2,21 @@
 
 kdengine's fields (widget, label, help text, validator) are generated from
 `kdengine.config.FIELDS`; apr distill's from its schema (`kdtui.profiles.apr.schema.form_fields`).
-An invalid value shows the very message the engine's CLI prints (`--steps: must be ...`).
+An invalid value shows the engine's own message, worded for the form: the field by its label
+and what to do here (`steps: must be ...`, `teacher: is required: ... or press F2`), where the
+CLI names flags.
 Cross-field rules come from `RunConfig.validate()`, the sources check from `kdengine.sources`, and
 apr's plan (`AprLauncher`), each shown on the field it names. Each profile keeps its own values
 while the user switches between them. The last values are remembered per host in the user's
-config dir, with the profile last started there.
+config dir, with the profile last started there; a run's own identity (run_name, run_dir) is
+not: the next start gets a fresh run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, Switch
+from textual.widgets.input import Selection
 
 from kdengine.config import (
     FIELDS,
@@ -38,7 +44,6 @@ from kdtui.profiles.apr.schema import (
     NOT_APPLIED,
     AprFormField,
     AprSettings,
-    form_error_text,
     form_fields,
 )
 
@@ -65,6 +70,11 @@ HOST_HELP = {
 }
 APR_HOST_MISSING = ("host: the apr profile runs apr distill on an SSH host: pick one "
                     "(from ~/.ssh/config or the kdtui hosts file)")
+# a run's identity: never remembered for the next start, cleared once a run has started
+RUN_IDENTITY = ("run_name", "run_dir")
+# what to type into a required field that is empty (the engine's CLI says --teacher/--demo)
+REQUIRED_HINT = {"teacher": "type a model folder or hub id", "student": "type a model folder "
+                 "or hub id", "data": "type a data file or folder"}
 APR_NOT_IN_FORM = ("Not in this form: " + ", ".join(NOT_APPLIED) + ". apr distill has no flag "
                    "for them; the dry run and dispatch.json list them as NOT applied.")
 
@@ -169,23 +179,90 @@ def make_input(spec: FormSpec, profile: str = KDENGINE) -> Widget:
     if spec.choices:
         return Select([(c, c) for c in spec.choices], value=spec.default, allow_blank=False,
                       id=wid, classes="field-input", compact=True)
-    return Input(value=_text(spec.default), placeholder=spec.bounds_text(), id=wid,
-                 classes="field-input", compact=True)
+    return FieldInput(value=_text(spec.default), placeholder=spec.bounds_text(), id=wid,
+                      classes="field-input", compact=True)
+
+
+class FieldInput(Input):
+    """A text field that selects its text on focus only when the user moved focus there (Tab,
+    a click): when the form focuses it (first field, a field to fix) the cursor goes to the end,
+    so the first key typed adds to the text instead of replacing it."""
+
+    _quiet_focus = False
+
+    def focus_quietly(self) -> None:
+        self._quiet_focus = True
+        self.focus()
+
+    def _on_focus(self, event: Any) -> None:
+        # runs before Input's own handler (the one that selects): undo its selection after it
+        if self._quiet_focus:
+            self._quiet_focus = False
+            self.call_later(self.cursor_to_end)
+
+    def cursor_to_end(self) -> None:
+        self.selection = Selection.cursor(len(self.value))
 
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def focus_quietly(widget: Widget) -> None:
+    """Focus a field for the user without selecting its text (FieldInput), others plainly."""
+    if isinstance(widget, FieldInput):
+        widget.focus_quietly()
+    else:
+        widget.focus()
+
+
+def forget_identity(values: dict[str, Any]) -> dict[str, Any]:
+    """The values without the run's identity (RUN_IDENTITY): remembering run_dir made the next
+    start collide with the run just started."""
+    return {k: v for k, v in values.items() if k not in RUN_IDENTITY}
+
+
 def error_text(exc: ConfigError) -> str:
-    """The message exactly as `kdengine train` prints it after 'error: '."""
+    """The message exactly as `kdengine train` prints it after 'error: ' (flags)."""
     return f"{flag_of(exc.field)}: {exc.message}" if exc.field else exc.message
 
 
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+_FLAG_TO_LABEL = {f.flag: f.name for f in FIELDS}
+
+
+def _form_words(message: str) -> str:
+    """A CLI message's flags as the form's field labels (`--run-name` -> `run_name`)."""
+    return _FLAG.sub(lambda m: _FLAG_TO_LABEL.get(m.group(0), m.group(0)), message)
+
+
+def form_error_text(exc: ConfigError, profile: str = KDENGINE) -> str:
+    """The engine's message for a field the user typed into: named by the field's label (as the
+    form shows it), with flags in the message turned into labels, and, for an empty required
+    field, what to do in the form (the CLI says `give --teacher or use --demo`)."""
+    message = _form_words(exc.message)
+    if not exc.field:
+        return message
+    if exc.message.startswith("is required") and exc.field in REQUIRED_HINT:
+        demo = ", or press F2 for the demo preset" if profile == KDENGINE else ""
+        message = f"is required: {REQUIRED_HINT[exc.field]}{demo}"
+    return f"{exc.field}: {message}"
+
+
 def profile_error_text(profile: str, exc: ConfigError) -> str:
-    """The message as the profile's CLI prints it after 'error: ' (kdengine train, or
-    `kdtui launch --profile apr`, which names apr's settings by their names)."""
-    return form_error_text(exc) if profile == APR else error_text(exc)
+    """The message shown in the form (both profiles name fields by their labels)."""
+    return form_error_text(exc, profile)
+
+
+def fresh_run_name(runs_dir: Path) -> str:
+    """The engine's default name (kd-<UTC time>), made unique in runs_dir: two starts in the
+    same second must not share a run directory."""
+    base = time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime())
+    name, n = base, 1
+    while (Path(runs_dir) / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def profile_specs(profile: str) -> tuple[FormSpec, ...]:
@@ -297,11 +374,11 @@ class LaunchScreen(Screen):
             host = LOCAL
         self._set_host(host)
         self._host_of[KDENGINE] = host
-        remembered = settings.values_for(host)
+        remembered = forget_identity(settings.values_for(host))
         self._load_values(remembered)
         apr_values = remembered.get(APR)
         if isinstance(apr_values, dict):
-            self._load_apr_values(apr_values)
+            self._load_apr_values(forget_identity(apr_values))
         self._host_of[APR] = host if host != LOCAL else NO_HOST
         values = {k: v for k, v in self.prefill.items() if k != "host"}
         if values.pop("demo", False):
@@ -318,7 +395,7 @@ class LaunchScreen(Screen):
     def _focus_first_field(self) -> None:
         found = self.query(f"#{field_widget_id('teacher', self.profile)}")
         if found:
-            found.first().focus()
+            focus_quietly(found.first())
 
     # -- the profile ------------------------------------------------------------------------
     def select_profile(self, profile: str) -> None:
@@ -438,6 +515,8 @@ class LaunchScreen(Screen):
                 widget.value = value
         elif isinstance(widget, Input):
             widget.value = _text(value)
+            # a selection made before (the focus selected the old text) would eat the first key
+            widget.cursor_position = len(widget.value)
 
     def _validate_quietly(self, name: str, profile: str = KDENGINE) -> None:
         try:
@@ -505,10 +584,11 @@ class LaunchScreen(Screen):
         remembered = self.app.settings.values_for(host)  # type: ignore[attr-defined]
         if self.profile == APR:  # only this profile's values: the other form stays as typed
             apr_values = remembered.get(APR)
-            remembered = apr_values if isinstance(apr_values, dict) else {}
+            remembered = forget_identity(apr_values) if isinstance(apr_values, dict) else {}
             self._load_apr_values(remembered)
         else:
-            remembered = {k: v for k, v in remembered.items() if k not in (APR, "profile")}
+            remembered = {k: v for k, v in forget_identity(remembered).items()
+                          if k not in (APR, "profile")}
             self._load_values(remembered)
         if remembered:
             self.notify(f"last values used on {host}", timeout=2)
@@ -540,39 +620,48 @@ class LaunchScreen(Screen):
         self.app.push_screen(RunsScreen())
 
     def collect_config(self) -> RunConfig | None:
-        """The form as a checked RunConfig, or None after showing every error inline."""
+        """The form as a checked RunConfig, or None after marking every invalid field (each
+        value's own error, then every cross-field rule broken) and naming them all."""
         values: dict[str, Any] = {}
-        first_bad: str | None = None
+        bad: list[str] = []
         for spec in FIELDS:
             try:
                 values[spec.name] = self.validate_field(spec.name)
             except ConfigError:
-                first_bad = first_bad or spec.name
-        if first_bad is not None:
-            self._focus_field(first_bad)
-            self.notify(f"Fix {self.field_error(first_bad)}", title="Invalid run",
-                        severity="error")
-            return None
-        try:
+                bad.append(spec.name)
+        for exc in cross_field_errors(values, skip=bad):
+            self.query_one(f"#{row_id(exc.field)}", FieldRow).show_error(
+                form_error_text(exc))
+            bad.append(exc.field)
+        if not bad:
             return RunConfig.from_mapping(values).validate()
-        except ConfigError as exc:
-            self._show_config_error(exc)
-            return None
+        self._report_invalid(bad)
+        return None
+
+    def _report_invalid(self, bad: list[str], profile: str = KDENGINE) -> None:
+        """Focus the first invalid field (in form order) and name them all in one toast."""
+        order = [spec.name for spec in profile_specs(profile)]
+        bad = sorted(set(bad), key=order.index)
+        self._focus_field(bad[0], profile)
+        if len(bad) == 1:
+            text = self.field_error(bad[0], profile)
+        else:
+            text = f"{len(bad)} fields to fix: {', '.join(bad)} (first: " \
+                   f"{self.field_error(bad[0], profile)})"
+        self.notify(text, title="Invalid run", severity="error", markup=False)
 
     def collect_apr(self) -> tuple[RunConfig, AprSettings] | None:
         """The apr form as the run config and apr settings `kdtui launch --profile apr` would
         build from the same values, or None after showing every error inline."""
         values: dict[str, Any] = {}
-        first_bad: str | None = None
+        bad: list[str] = []
         for spec in APR_FIELDS:
             try:
                 values[spec.name] = self.validate_field(spec.name, APR)
             except ConfigError:
-                first_bad = first_bad or spec.name
-        if first_bad is not None:
-            self._focus_field(first_bad, APR)
-            self.notify(f"Fix {self.field_error(first_bad, APR)}", title="Invalid run",
-                        severity="error")
+                bad.append(spec.name)
+        if bad:
+            self._report_invalid(bad, APR)
             return None
         run = {f.name: values[f.name] for f in APR_FIELDS if not f.setting}
         settings = {f.name: values[f.name] for f in APR_FIELDS if f.setting}
@@ -593,7 +682,7 @@ class LaunchScreen(Screen):
 
     def _focus_field(self, name: str, profile: str = KDENGINE) -> None:
         widget = self.query_one(f"#{field_widget_id(name, profile)}")
-        widget.focus()
+        focus_quietly(widget)
         self.query_one("#form", VerticalScroll).scroll_to_widget(widget, animate=False)
 
     def action_start(self) -> None:
@@ -609,7 +698,7 @@ class LaunchScreen(Screen):
         host = str(self.query_one("#host", Select).value)
         fallback = str(self.query_one("#fallback_host", Select).value or "")
         dry_run = self.query_one("#dry_run", Switch).value
-        raw = self.raw_values()
+        raw = forget_identity(self.raw_values())
         settings = self.app.settings  # type: ignore[attr-defined]
         kept = {k: v for k, v in settings.values_for(host).items() if k == APR}
         settings.remember(host, {**raw, "fallback_host": fallback, "dry_run": dry_run,
@@ -635,7 +724,7 @@ class LaunchScreen(Screen):
         # this host's kdengine values stay as they were remembered; apr's are the form's
         kept = {k: v for k, v in settings.values_for(host).items() if k not in (APR, "profile")}
         settings.remember(host, {**kept, "dry_run": dry_run, "profile": APR,
-                                 APR: self.raw_values(APR)})
+                                 APR: forget_identity(self.raw_values(APR))})
         self._start_apr(config, apr_settings, host, dry_run)
 
     @work(exclusive=True, group="start")
@@ -646,6 +735,8 @@ class LaunchScreen(Screen):
         if host == LOCAL:
             from kdtui.launch.local import LocalLauncher
 
+            if not config.run_name and not config.run_dir:
+                config = config.with_values(run_name=fresh_run_name(runs_dir))
             launcher = LocalLauncher(config, runs_dir)
             try:
                 # the `kdengine train --check` semantics, here, so errors land on their field
@@ -660,6 +751,7 @@ class LaunchScreen(Screen):
                 return
             self.app.push_screen(RunScreen(launcher=launcher,
                                            title=f"{launcher.config.run_name} on local"))
+            self._clear_identity()
             return
         try:
             # building the engine wheel for the host can take seconds: off the UI thread
@@ -675,6 +767,7 @@ class LaunchScreen(Screen):
             return
         self.app.push_screen(RunScreen(launcher=launcher,
                                        title=f"{launcher.run_id} on {host}"))
+        self._clear_identity()
 
     @work(exclusive=True, group="start")
     async def _start_apr(self, config: RunConfig, settings: AprSettings, host: str,
@@ -698,6 +791,41 @@ class LaunchScreen(Screen):
             return
         # as KDApp does with the launcher `kdtui launch --profile apr` built
         self.app.push_screen(RunScreen(launcher=launcher, title=f"{launcher.run_id} on {host}"))
+        self._clear_identity(APR)
+
+    def _clear_identity(self, profile: str = KDENGINE) -> None:
+        """A run has started from the form: back here, the next Start is a new run (its name
+        and directory were that run's)."""
+        for name in RUN_IDENTITY:
+            found = self.query(f"#{field_widget_id(name, profile)}")
+            if found and isinstance(found.first(), Input):
+                found.first().value = ""
+
+
+def cross_field_errors(values: dict[str, Any], skip: list[str]) -> list[ConfigError]:
+    """Every cross-field rule (RunConfig.validate) the values break, not only the first: after
+    each error, its field is set aside (a stand-in that passes, or its default) and the rules
+    run again. Fields in `skip` already have an error of their own."""
+    trial = {k: v for k, v in values.items() if k not in skip}
+    errors: list[ConfigError] = []
+    seen = set(skip)
+    for _ in range(len(FIELDS)):
+        try:
+            RunConfig.from_mapping(trial).validate()
+            break
+        except ConfigError as exc:
+            if not exc.field or exc.field not in FIELDS_BY_NAME:
+                break
+            if exc.field not in seen:
+                errors.append(exc)
+                seen.add(exc.field)
+            # required models get a distinct stand-in, so `student == teacher` cannot fire on it
+            stand_in = f"<{exc.field}>" if exc.message.startswith("is required") else \
+                FIELDS_BY_NAME[exc.field].default
+            if trial.get(exc.field) == stand_in:
+                break
+            trial[exc.field] = stand_in
+    return errors
 
 
 def remote_launcher(config: RunConfig, host: str, fallback: str) -> Any:
