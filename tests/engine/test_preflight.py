@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
@@ -258,3 +259,26 @@ def test_preflight_and_the_runs_data_stage_agree(inputs: Inputs, sizes: list[int
         return
     facts = check_run_inputs(config)
     assert facts.train_tokens <= len(splits.train) and facts.val_tokens <= len(splits.val)
+
+
+def test_pre_tokenized_shards_are_sized_without_a_scan(inputs: Inputs) -> None:
+    from kdengine.config import RunConfig
+    from kdengine.preflight import check_run_inputs
+
+    shards = Path(inputs["data"]).with_name("shards")
+    shards.mkdir()
+    (shards / "tokens.json").write_text(json.dumps(
+        {"format": "kdengine-tokens", "dtype": "uint16", "eos_id": 256}))
+    (shards / "a.bin").write_bytes(array("H", range(100)).tobytes())
+    config = RunConfig(teacher=inputs["teacher"], student=inputs["student"], data=str(shards),
+                       batch_size=4, seq_len=32)
+    with pytest.raises(ConfigError, match="has 100 tokens") as info:
+        check_run_inputs(config)
+    assert info.value.field == "data"
+    (shards / "b.bin").write_bytes(array("H", [i % 256 for i in range(1000)]).tobytes())
+    facts = check_run_inputs(config)
+    assert any("shards" in line for line in facts.unchecked)
+    (shards / "tokens.json").write_text(json.dumps(
+        {"format": "kdengine-tokens", "dtype": "uint16", "eos_id": 400}))
+    with pytest.raises(ConfigError, match="eos_id 400 is beyond the tokenizer's vocab"):
+        check_run_inputs(config)
