@@ -181,18 +181,18 @@ class Attention(nn.Module):
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.n_kv != self.n_heads
-        if mask is not None and not isinstance(mask, torch.Tensor):
-            q, k, v = _autocast_inputs(q, k, v)
-        if isinstance(mask, VarlenSpans):  # packed rows, flash varlen: [b*t, heads, d]
-            q, k, v = (y.transpose(1, 2).reshape(b * t, -1, self.head_dim) for y in (q, k, v))
-            out = _varlen_attention(q, k, v, mask, gqa)
-            return self.o_proj(out.reshape(b, t, -1))
-        if mask is not None and not isinstance(mask, torch.Tensor):  # packed rows, a BlockMask
-            out = _FLEX[mask.kv_indices.device.type](q, k, v, block_mask=mask, enable_gqa=gqa)
-        else:
+        if mask is None or isinstance(mask, torch.Tensor):
             # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                  enable_gqa=gqa)
+        else:  # packed rows through varlen or flex, which autocast does not cast
+            q, k, v = _autocast_inputs(q, k, v)
+            if isinstance(mask, VarlenSpans):  # flash varlen: [b*t, heads, d]
+                q, k, v = (y.transpose(1, 2).reshape(b * t, -1, self.head_dim)
+                           for y in (q, k, v))
+                out = _varlen_attention(q, k, v, mask, gqa)
+                return self.o_proj(out.reshape(b, t, -1))
+            out = _FLEX[mask.kv_indices.device.type](q, k, v, block_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -237,8 +237,8 @@ PACKED_ATTENTION = ("auto", "sdpa", "flex", "varlen")
 class VarlenSpans(NamedTuple):
     """The examples of packed rows for flash varlen attention: the rows flattened to
     batch*seq tokens, `cu_seqlens` [examples + 1] int32 the start of each example (and the
-    end), `max_len` a bound on an example's length (the row length: no host sync, one shape),
-    `window` the sliding window or None."""
+    end), `max_len` a bound on an example's length (the row length: no second host sync, and
+    one compiled shape), `window` the sliding window or None."""
 
     cu_seqlens: torch.Tensor
     max_len: int
