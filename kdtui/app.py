@@ -8,11 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.screen import Screen
 from textual.theme import Theme
 
 from kdtui.settings import Settings
@@ -51,17 +56,86 @@ def load_themes() -> dict[str, Theme]:
     return themes
 
 
+@dataclass(frozen=True)
+class PaletteCommand:
+    name: str
+    help: str
+    run: Callable[[], Any]
+
+
+def kdtui_bindings(node: Any) -> Iterator[Binding]:
+    """The bindings kdtui's own classes give `node` (a kdtui text field inherits Input's cursor
+    keys: those are Textual's, left to the footer)."""
+    for cls in type(node).__mro__:
+        if cls.__module__.startswith("kdtui."):
+            for binding in cls.__dict__.get("BINDINGS", []):
+                if isinstance(binding, Binding) and binding.description:
+                    yield binding
+
+
+def bindings_for(screen: Screen | None, app: App) -> Iterator[tuple[Any, Binding]]:
+    """(node, binding) for the keys of `screen`, of its kdtui widgets (the log view's filter,
+    next error...) and of the app: what the help lists and the palette offers."""
+    ours = [w for w in screen.query("*") if type(w).__module__.startswith("kdtui.")] \
+        if screen is not None else []
+    for node in (screen, *ours, app):
+        if node is not None:
+            for binding in kdtui_bindings(node):
+                yield node, binding
+
+
+def binding_commands(screen: Screen, app: App) -> Iterator[PaletteCommand]:
+    """The palette's commands for `screen`: its keys (bindings_for), each running its own action
+    on its own node, so the palette and the keys cannot drift apart."""
+    for node, binding in bindings_for(screen, app):
+            key = binding.key_display or app.get_key_display(binding)
+            what = binding.tooltip or binding.description
+            yield PaletteCommand(binding.description, f"{what} ({key})",
+                                 partial(app.run_action, binding.action, node))
+
+
+class KDCommands(Provider):
+    """kdtui's own actions in the command palette (ctrl+p), for the screen it was opened on: that
+    screen's keys (start, demo, stop, chart modes, log filter and search...), the way to the
+    launch form and the runs list, and, when searching, every run by name to open it."""
+
+    def commands(self) -> list[PaletteCommand]:
+        app = self.app
+        assert isinstance(app, KDApp)
+        found: dict[str, PaletteCommand] = {}
+        for command in (*binding_commands(self.screen, app), *app.navigation(self.screen)):
+            found.setdefault(command.name.lower(), command)  # the screen's own comes first
+        return list(found.values())
+
+    async def discover(self) -> Hits:
+        for command in self.commands():
+            yield DiscoveryHit(command.name, command.run, help=command.help)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        app = self.app
+        assert isinstance(app, KDApp)
+        for command in (*self.commands(), *app.run_commands()):
+            score = matcher.match(command.name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(command.name), command.run, help=command.help)
+            elif (score := matcher.match(command.help)) > 0:  # 'log' finds Filter: Show only...
+                yield Hit(score / 2, command.name, command.run, help=command.help)
+
+
 class KDApp(App):
     """The dashboard. `command`: None opens the form, 'launch' opens it and starts the run,
     'watch' opens one run."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "kdtui"
+    COMMANDS = App.COMMANDS | {KDCommands}
+    # the footer shows Quit and Help; F8 lives in the help and the palette (80 columns are few)
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit",
                 tooltip="Quit (asks about a run still going)"),
-        Binding("f1", "help", "Help", id="app.help"),
-        Binding("f8", "screenshot", "Screenshot", id="app.screenshot",
+        Binding("f1", "help", "Help", id="app.help", tooltip="Every key of this screen"),
+        Binding("f8", "screenshot", "Screenshot", show=False, id="app.screenshot",
                 tooltip="Save an SVG screenshot into the run's directory"),
     ]
 
@@ -109,8 +183,15 @@ class KDApp(App):
             self.push_screen(LaunchScreen(self.prefill, autostart=self.command == "launch"))
 
     def _open_watch(self, ref: str) -> None:
-        from kdtui.launch.reattach import describe, reattach
         from kdtui.screens.launch import LaunchScreen
+
+        if not self.open_run(ref):  # `kdtui watch` checked the name: a dispatch that failed
+            self.push_screen(LaunchScreen())
+
+    def open_run(self, ref: str) -> bool:
+        """Open the run screen on run `ref` (an id, a run dir or a dispatch.json); False after
+        saying why when there is nothing to open."""
+        from kdtui.launch.reattach import describe, reattach
         from kdtui.screens.run import RunScreen
 
         try:
@@ -122,10 +203,38 @@ class KDApp(App):
             why = (f"no run {ref!r} (give a run id in {self.runs_dir} or the evidence dir, a "
                    "run directory, or a dispatch.json)")
         if handle is None:
-            self.push_screen(LaunchScreen())
-            self.notify(why, severity="error", timeout=10)
-            return
+            self.notify(why, severity="error", timeout=10, markup=False)
+            return False
         self.push_screen(RunScreen(handle=handle, title=describe(handle)))
+        return True
+
+    # -- the command palette -----------------------------------------------------------------
+    def navigation(self, screen: Screen) -> Iterable[PaletteCommand]:
+        """Where the palette can go from `screen`: a new run, the runs list."""
+        from kdtui.screens.launch import LaunchScreen
+        from kdtui.screens.runs import RunsScreen
+
+        if not isinstance(screen, LaunchScreen):
+            yield PaletteCommand("New run", "Open the launch form", self.action_new_run)
+        if not isinstance(screen, RunsScreen):
+            yield PaletteCommand("Runs", "Past and running runs: open one to watch it",
+                                 self.action_runs)
+
+    def run_commands(self) -> Iterable[PaletteCommand]:
+        """'Open run ID' for every run the runs list shows (searched, not listed up front)."""
+        from kdtui.runs import all_runs
+
+        for run in all_runs(self.runs_dir):
+            ref = str(run.info.run_dir) if run.info is not None else str(run.manifest_path)
+            yield PaletteCommand(f"Open run {run.run_id}", f"{run.where} · {run.status}",
+                                 partial(self.open_run, ref))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        # kdtui's own Quit (asks about runs going) and Screenshot (F8: into the run's directory,
+        # not the working dir) come from KDCommands
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Screenshot", "Quit"):
+                yield command
 
     def _remember_theme(self, theme: Theme) -> None:
         if self.settings.theme != theme.name:
@@ -133,6 +242,16 @@ class KDApp(App):
             self.settings.save()
 
     # -- actions ----------------------------------------------------------------------------
+    def action_new_run(self) -> None:
+        from kdtui.screens.launch import LaunchScreen
+
+        self.push_screen(LaunchScreen())
+
+    def action_runs(self) -> None:
+        from kdtui.screens.runs import RunsScreen
+
+        self.push_screen(RunsScreen())
+
     def action_help(self) -> None:
         from kdtui.screens.dialogs import HelpScreen
 
@@ -207,7 +326,7 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal and stdout is not one: run it in "
+NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal (stdout and stderr): run it in "
                "a terminal, or use --headless (`kdtui launch --headless`, `kdtui watch RUN "
                "--headless`, `kdtui runs --plain`)")
 
@@ -215,8 +334,9 @@ NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal and stdout is not o
 def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
     """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`, or on a run that
     `launcher` (an engine profile's) starts."""
-    if not sys.stdout.isatty():
-        # Textual would draw escape codes into the pipe, forever, for no one to see
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Textual draws on stderr; either one a pipe or a file: it would draw escape codes into
+        # it, forever, for no one to see
         print(NO_TERMINAL, file=sys.stderr)
         return 2
     command = getattr(args, "command", None)

@@ -90,23 +90,28 @@ class PlanScreen(ModalScreen[None]):
         self.dismiss()
 
 
-HELP_TEXT = """\
-Log pane: follows the run; scroll up to stop following ("+N new lines" counts what arrived),
-End to follow again. Lines with panic, error, Traceback blocks, CUDA out-of-memory and NaN
-are highlighted (case-insensitive); `e` / `E` jump to the next / previous one.
-`f` shows only step, initial_loss / final_loss, panic, error and verdict lines.
-`/` searches, `n` / `N` go to the next / previous match.
-Chart: train loss with its KD and CE parts, val loss as points; `m` EMA smoothing, `l` log y.
-Themes: ctrl+p, then "theme" (or `kdtui --theme NAME`); the choice is remembered.
-F8 saves an SVG screenshot into the run's directory."""
+# one paragraph an item: the help wraps them at whatever width the terminal has (what each key
+# does is in the table above them, from the bindings' own tooltips)
+HELP_TEXT = "\n".join((
+    'Log pane: follows the run; scroll up to stop following ("+N new lines" counts what '
+    "arrived), End to follow again.",
+    "Highlighted: panic, error, Traceback blocks, CUDA out-of-memory and NaN (any case).",
+    "Chart: train loss with its KD and CE parts, val loss as points.",
+    "ctrl+p: every action of this screen by name, the runs list, a run to open by its name, "
+    "the theme (remembered; or kdtui --theme NAME).",
+    "F8 saves an SVG screenshot into the run's directory.",
+))
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every binding of the screen below and of the app, and what the panes do."""
+    """Every key of the screen below (its own and its kdtui widgets') and of the app, with what
+    each does, and what the panes do: scrollable, so it fits 80x24."""
 
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
+        from kdtui.app import bindings_for
+
         # this screen is already on the stack while it composes: the one beneath is before it
         beneath = [screen for screen in self.app.screen_stack if screen is not self]
         below = beneath[-1] if beneath else None
@@ -114,28 +119,25 @@ class HelpScreen(ModalScreen[None]):
         table.add_column(style="bold", no_wrap=True)
         table.add_column()
         seen: set[tuple[str, str]] = set()
-        # the screen's keys, then its kdtui widgets' (the log view's e/f/n...), then the app's;
         # Textual's own widgets' keys (scrolling, text editing) are left to the footer
-        ours = [w for w in (below.query("*") if below is not None else [])
-                if type(w).__module__.startswith("kdtui.")]
-        sources = [below, *ours, self.app]
-        for node in sources:
-            for binding in getattr(node, "BINDINGS", []):
-                if not isinstance(binding, Binding) or not binding.description:
-                    continue
-                key = binding.key_display or binding.key
-                if (key, binding.description) in seen:
-                    continue
-                seen.add((key, binding.description))
-                table.add_row(key.replace(",", " / "), binding.description)
-        with Vertical(classes="dialog wide"):
+        for _, binding in bindings_for(below, self.app):
+            key = binding.key_display or binding.key
+            if (key, binding.description) in seen:
+                continue
+            seen.add((key, binding.description))
+            what = Text(binding.description)
+            tip = binding.tooltip
+            if tip.lower().startswith(binding.description.lower()):
+                what = Text(tip)  # 'Quit (asks about a run still going)' says it all
+            elif tip:
+                what.append(f": {tip}", style="dim")
+            table.add_row(key.replace(",", " / "), what)
+        with Vertical(classes="dialog help"):
             yield Label("Keys", classes="dialog-title")
-            with VerticalScroll(classes="dialog-scroll"):
+            with VerticalScroll(classes="dialog-scroll", id="help-scroll"):
                 yield Static(table)
                 yield Static("\n" + HELP_TEXT, classes="dialog-body")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Close", variant="primary", id="close")
+            yield Static("Esc, F1 or q closes · ↑ ↓ PgUp PgDn scroll", classes="dialog-hint")
 
-    @on(Button.Pressed)
-    def _pressed(self) -> None:
-        self.dismiss()
+    def on_mount(self) -> None:
+        self.query_one("#help-scroll", VerticalScroll).focus()  # the arrows scroll at once
