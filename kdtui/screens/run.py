@@ -95,10 +95,13 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("m", "toggle_smooth", "EMA", id="run.smooth", tooltip="Smooth the loss (EMA)"),
         Binding("l", "toggle_log_y", "Log y", id="run.log_y", tooltip="Logarithmic loss axis"),
-        Binding("slash", "search", "Search", id="run.search", tooltip="Search the log"),
+        # '/' and Esc are off the footer so it fits 80 columns: F1 and ctrl+p list them
+        Binding("slash", "search", "Search", show=False, id="run.search",
+                tooltip="Search the log"),
         Binding("x", "stop_run", "Stop run", id="run.stop",
                 tooltip="SIGTERM to the engine's process group (asks first)"),
-        Binding("escape", "back", "Back", id="run.back"),
+        Binding("escape", "back", "Back", show=False, id="run.back",
+                tooltip="Back to the form or the runs list"),
     ]
 
     def __init__(self, *, launcher: Launcher | None = None, handle: RunHandle | None = None,
