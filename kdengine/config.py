@@ -27,6 +27,12 @@ DEMO_DATA = "demo://python-stdlib"
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRAIN_ON = ("completion", "all")  # kdengine.data.encode
+ON_LONG = ("truncate", "drop")  # kdengine.data.packing
+ON_BAD_FILE = ("fail", "skip")  # kdengine.data.store, kdengine.data
+_DATA_FIELDS_RE = re.compile(
+    r"^$|^\s*(text|messages|prompt|completion)\s*=\s*[^,=\s][^,=]*"
+    r"(,\s*(text|messages|prompt|completion)\s*=\s*[^,=\s][^,=]*)*,?\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -143,8 +149,26 @@ FIELDS: tuple[Field, ...] = (
           "(org/name), or demo://teacher", "models"),
     Field("student", str, "", "Student model to distil into: a local HF-layout directory, a hub "
           "repo id, or demo://student", "models"),
-    Field("data", str, "", "Training text: a .txt/.jsonl file, a directory of them, a "
-          "pre-tokenized .bin shard directory, or demo://python-stdlib", "data"),
+    Field("data", str, "", "Training data: text (.txt/.jsonl), conversations or "
+          "prompt/completion pairs (.jsonl/.json/.parquet/.arrow), a directory of them, a saved "
+          "dataset, a hub dataset id, pre-tokenized .bin shards, or demo://python-stdlib", "data"),
+    Field("data_split", str, "train", "Split to train on where the data has several (a saved "
+          "DatasetDict, hub or folder files named train/test)", "data",
+          pattern=re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+          pattern_hint="a split name: letters, digits, '.', '_' and '-'"),
+    Field("data_fields", str, "", "Column names where they differ: NAME=COLUMN,... with NAME "
+          "text, messages, prompt or completion (e.g. messages=conversations)", "data",
+          pattern=_DATA_FIELDS_RE,
+          pattern_hint="NAME=COLUMN,... with NAME text, messages, prompt or completion "
+          "(e.g. messages=conversations)"),
+    Field("train_on", str, "completion", "Tokens that train in conversations and prompt/"
+          "completion pairs: completion (the assistant's) or all", "data",
+          choices=TRAIN_ON),
+    Field("on_long", str, "truncate", "An example longer than seq_len: truncate it to seq_len, "
+          "or drop it (both counted)", "data", choices=ON_LONG),
+    Field("on_bad_file", str, "fail", "A file that cannot be read (not UTF-8, a bad line or "
+          "record): fail the run, or skip the file (counted, the first few named)", "data",
+          choices=ON_BAD_FILE),
     Field("steps", int, 500, "Optimizer steps to train", "schedule", minimum=1, maximum=10**9),
     Field("batch_size", int, 4, "Sequences per optimizer step (every row trains)", "schedule",
           minimum=1, maximum=65536),
@@ -204,6 +228,11 @@ class RunConfig:
     teacher: str = ""
     student: str = ""
     data: str = ""
+    data_split: str = "train"
+    data_fields: str = ""
+    train_on: str = "completion"
+    on_long: str = "truncate"
+    on_bad_file: str = "fail"
     steps: int = 500
     batch_size: int = 4
     seq_len: int = 512

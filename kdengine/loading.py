@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from kdengine.data import (
     split_documents,
     split_token_shards,
 )
+from kdengine.data.examples import ExampleData, load_example_data
+from kdengine.data.formats import is_example_data, parse_fields
+from kdengine.data.store import DataOptions
 from kdengine.diskspace import DiskFull, is_disk_full
 from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
 from kdengine.preflight import check_vocab
@@ -83,18 +87,49 @@ def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teache
     return student
 
 
-def load_data(config: RunConfig, tokenizer: Any) -> TokenSplits:
-    """Train and validation token streams of config.data, checked to hold at least one batch."""
+def load_data(config: RunConfig, tokenizer: Any, template_dir: Path | None = None,
+              progress: Callable[[str], None] | None = None) -> TokenSplits | ExampleData:
+    """config.data, checked to hold at least one batch: train and validation token streams of
+    raw text (or pre-tokenized shards), or, for conversations, prompt/completion pairs and
+    columnar datasets (kdengine.data.formats.is_example_data), packed rows of whole examples
+    from the cached token store, with the chat template of the tokenizer in `template_dir`
+    (the teacher's). `progress(line)` hears of a long tokenization."""
+    if is_example_data(config.data, parse_fields(config.data_fields)):
+        return load_examples(config, tokenizer, template_dir, progress)
     path = Path(config.data).expanduser()
     if not config.data.startswith("demo://") and is_token_shards(path):
         return split_token_shards(read_token_shards(config.data), config.val_fraction,
                                   config.seq_len, config.batch_size,
                                   vocab_size=tokenizer.vocab_size)
-    docs = read_documents(config.data)
+    skipped: list[list[str]] = []
+    docs = read_documents(config.data, on_bad_file=config.on_bad_file, skipped=skipped)
     encode = getattr(tokenizer, "encode_tensor", None) or (
         lambda text: torch.tensor(tokenizer.encode(text), dtype=torch.int64))
-    return split_documents(docs, encode, tokenizer.eos_id, config.val_fraction,
-                           config.seq_len, config.batch_size)
+    splits = split_documents(docs, encode, tokenizer.eos_id, config.val_fraction,
+                             config.seq_len, config.batch_size)
+    splits.skipped = skipped
+    return splits
+
+
+def load_examples(config: RunConfig, tokenizer: Any, template_dir: Path | None,
+                  progress: Callable[[str], None] | None = None,
+                  workers: int | None = None) -> ExampleData:
+    """Example data (kdengine.data.examples) as config asks for it: the store built or reused,
+    packed into seq_len rows; ConfigError naming the field for what cannot train."""
+    from kdengine.data.chat import load_chat_template
+
+    template = load_chat_template(template_dir) if template_dir is not None else None
+    options = DataOptions(split=config.data_split, fields=parse_fields(config.data_fields),
+                          train_on=config.train_on, on_bad_file=config.on_bad_file)
+
+    def tokenized(done: int, source: str) -> None:
+        if progress is not None:
+            progress(f"data: {done} examples tokenized (at {source})")
+
+    return load_example_data(config.data, tokenizer, template, seq_len=config.seq_len,
+                             batch_size=config.batch_size, val_fraction=config.val_fraction,
+                             options=options, on_long=config.on_long, progress=tokenized,
+                             workers=workers)
 
 
 def save_final_student(config: RunConfig, student: ModelStudent, run_dir: Path,

@@ -76,7 +76,9 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
     facts = Preflight(teacher, student, device, unchecked=unchecked)
-    facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked)
+    teacher_dir = Path(teacher.directory) if teacher.directory else None
+    facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked,
+                                                      teacher_dir, teacher_tok)
     return facts
 
 
@@ -155,12 +157,21 @@ def check_device(spec: str) -> str:
     return spec
 
 
-def check_data(config: RunConfig, tokenizer: Any,
-               unchecked: list[str]) -> tuple[int | None, int | None]:
+def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
+               teacher_dir: Path | None = None,
+               teacher_tok: Any = None) -> tuple[int | None, int | None]:
     """Every file of the data readable (UTF-8, JSONL lines parsed) and at least one training
-    batch and one validation window of tokens: (train, val) tokens seen, at least."""
+    batch and one validation window of tokens: (train, val) tokens seen, at least. Example
+    data (conversations, prompt/completion, datasets) is tokenized whole with the teacher's
+    tokenizer and chat template into the token store the run then reuses: every record, the
+    template on every conversation, bad files (failed or skipped as on_bad_file says) and
+    one batch of packed rows; (train, val) are then its rows' tokens."""
     if config.data == DEMO_DATA:
         return None, None
+    from kdengine.data.formats import is_example_data, parse_fields
+
+    if is_example_data(config.data, parse_fields(config.data_fields)):
+        return _check_examples(config, teacher_tok, teacher_dir, unchecked)
     from kdengine.data import (
         ByteTokenizer,
         check_split_sizes,
@@ -195,7 +206,10 @@ def check_data(config: RunConfig, tokenizer: Any,
     exact: list[bool] = []
     seen = {False: 0, True: 0}  # tokens (eos included) per side: train, validation
     want = {False: need, True: need_val}
-    for doc in iter_documents(config.data):  # reads every file: each must decode and parse
+    # reads every file: each must decode and parse (or, on_bad_file=skip, is skipped as the run
+    # skips it)
+    skipped: list[list[str]] = []
+    for doc in iter_documents(config.data, on_bad_file=config.on_bad_file, skipped=skipped):
         side = is_validation(doc.name, config.val_fraction)
         n, whole = 0, False
         if tokenizer is not None and seen[side] < want[side]:
@@ -205,7 +219,8 @@ def check_data(config: RunConfig, tokenizer: Any,
         counts.append(n)
         exact.append(whole)
     if not names:
-        raise ConfigError("data", f"{config.data} is empty: no text to train on")
+        why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
+        raise ConfigError("data", f"{config.data} is empty: no text to train on{why}")
     if tokenizer is None:
         unchecked.append("data: tokens are counted when the run has its tokenizer")
         return None, None
@@ -223,11 +238,31 @@ def check_data(config: RunConfig, tokenizer: Any,
             return train, val
     if not all(exact):
         counts = [n if whole else len(tokenizer.encode(doc.text)) for doc, n, whole in
-                  zip(iter_documents(config.data), counts, exact, strict=True)]
+                  zip(iter_documents(config.data, on_bad_file=config.on_bad_file), counts,
+                      exact, strict=True)]
     _, train, val = plan_split(list(zip(names, counts, strict=True)), config.val_fraction,
                                config.seq_len)
     check_split_sizes(train, val, config.seq_len, config.batch_size)
     return train, val
+
+
+def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
+                    unchecked: list[str]) -> tuple[int | None, int | None]:
+    if isinstance(tokenizer, DemoByteTokenizer):
+        from kdengine.data import ByteTokenizer
+
+        tokenizer = ByteTokenizer()
+    if tokenizer is None:  # a hub teacher the run downloads: its tokenizer and template then
+        unchecked.append("data: the examples are tokenized with the teacher's tokenizer and "
+                         "chat template when the run has them")
+        return None, None
+    import sys
+
+    from kdengine.loading import load_examples
+
+    data = load_examples(config, tokenizer, teacher_dir,
+                         lambda line: print(line, file=sys.stderr, flush=True))
+    return data.stats.train_rows * config.seq_len, data.stats.val_rows * config.seq_len
 
 
 # A prefix of a long text is tokenized in place of the whole when it already holds enough: the

@@ -77,7 +77,9 @@ class RunLog:
         prefix = "" if level == "info" else f"{level.upper()}: "
         self.line(prefix + text)
 
-    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True) -> None:
+    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True,
+              **fields: Any) -> None:
+        """A stage event (`fields` ride in it: the data stage's counts) and its human line."""
         now = time.monotonic()
         if state == "running":
             self._stage_started[name] = now
@@ -85,7 +87,7 @@ class RunLog:
         payload: dict[str, Any] = {"stage": name, "state": state, "elapsed": elapsed}
         if detail:
             payload["detail"] = detail
-        self.emit(STAGE, **payload)
+        self.emit(STAGE, **fields, **payload)
         self.line(f"[{name}] {state}" + (f" ({elapsed:.1f}s)" if state != "running" else "")
                   + (f": {detail}" if detail else ""), terminal=terminal)
 

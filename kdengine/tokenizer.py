@@ -67,6 +67,12 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of `text` and each id's [start, end) character span (completion-only labels:
+        the tokens that overlap an assistant turn train, kdengine.data.encode)."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
     def encode_tensor(self, text: str) -> torch.Tensor:
         import torch  # here, not at the top: the run's preflight reads tokenizers without torch
 

@@ -44,6 +44,9 @@ from kdengine.compiled import (
 )
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import BatchSampler, TokenSplits
+from kdengine.data.examples import ExampleData
+from kdengine.data.formats import is_example_data, parse_fields
+from kdengine.data.store import NAMED_SKIPS
 from kdengine.diskspace import (
     DiskFull,
     Footprint,
@@ -56,7 +59,7 @@ from kdengine.diskspace import (
     space_verdict,
 )
 from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
-from kdengine.losses import KDLossSpec, fused_kd_loss
+from kdengine.losses import IGNORE_INDEX, KDLossSpec, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
@@ -110,9 +113,11 @@ def lr_factor(step: int, config: RunConfig) -> float:
 
 
 class KDTrainer:
-    """The train loop over already-loaded providers and token splits."""
+    """The train loop over already-loaded providers and data: token splits of raw text
+    (random windows) or example data (packed rows of whole examples, with position ids)."""
 
-    def __init__(self, config: RunConfig, teacher: Teacher, student: Student, splits: TokenSplits,
+    def __init__(self, config: RunConfig, teacher: Teacher, student: Student,
+                 splits: TokenSplits | ExampleData,
                  log: RunLog, device: torch.device, dtype: torch.dtype,
                  stop: StopSignals | None = None, chunk_tokens: int = 2048,
                  dist: Dist | None = None, compile_models: bool | None = None,
@@ -143,9 +148,13 @@ class KDTrainer:
             # block's edge); a whole-model student graph would break at every block's hooks.
             compile_student(student, self.dist.student_compile_options(opts))
         self._compile_proven = not self.compile
-        self.sampler = BatchSampler(splits.train, config.batch_size, config.seq_len, config.seed)
-        self.val_batches = BatchSampler(splits.val, config.batch_size, config.seq_len,
-                                        config.seed).fixed_batches(config.eval_batches)
+        if isinstance(splits, ExampleData):  # batches of (input_ids, labels, position_ids)
+            self.sampler, val = splits.samplers(config.batch_size, config.seed)
+        else:
+            self.sampler = BatchSampler(splits.train, config.batch_size, config.seq_len,
+                                        config.seed)
+            val = BatchSampler(splits.val, config.batch_size, config.seq_len, config.seed)
+        self.val_batches = val.fixed_batches(config.eval_batches)
         params = [p for p in student.module.parameters() if p.requires_grad]
         self.params = params
         # fp32 master weights and optimizer state (the student loads in fp32; autocast gives
@@ -221,11 +230,19 @@ class KDTrainer:
     def evaluate(self) -> dict[str, float]:
         self.student.module.eval()
         total = ce = kd = 0.0
+        n = 0
         for batch in self.val_batches:  # (input_ids, labels[, position_ids])
+            # each batch's mean weighted by its trained tokens: packed rows of conversations
+            # hold different numbers (raw-text windows the same), and a row's prompt tokens
+            # (labels IGNORE_INDEX) count in neither the CE nor the KD term
+            weight = int((batch[1] != IGNORE_INDEX).sum())
+            if weight == 0:
+                continue
             parts = self._loss(*batch)
-            total, ce, kd = total + parts.loss.item(), ce + parts.ce, kd + parts.kd
+            total += parts.loss.item() * weight
+            ce, kd, n = ce + parts.ce * weight, kd + parts.kd * weight, n + weight
         self.student.module.train()
-        n = len(self.val_batches)
+        n = max(n, 1)
         result = {"step": self.step, "val_loss": total / n, "val_ce": ce / n, "val_kd": kd / n}
         self.log.emit(ev.EVAL, **result)
         tag = " (initial_loss)" if self.step == 0 else ""
@@ -415,9 +432,16 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
 
             stage = "data"
             log.stage(stage, "running")
-            splits = load_data(config, tokenizer)
-            log.stage(stage, "done", f"{_si(len(splits.train))} train, "
-                      f"{_si(len(splits.val))} val tok")  # fits the stage tracker
+            # example data: rank 0 builds the token store (or finds it: --check built it), the
+            # other ranks map it
+            first = dist.rank0_first() if is_example_data(
+                config.data, parse_fields(config.data_fields)) else nullcontext()
+            with first:
+                splits = load_data(config, tokenizer, getattr(teacher, "source_dir", None),
+                                   log.line)
+            detail, counts = data_summary(splits)
+            _report_data(splits, log)
+            log.stage(stage, "done", detail, **counts)  # the detail fits the stage tracker
 
             stage = "train"
             log.stage(stage, "running")
@@ -503,6 +527,38 @@ def _check_disk_space(config: RunConfig, run_dir: Path, student: Student, ckpt: 
     if state == "tight":
         log.message("warning", text)
     return footprint
+
+
+def data_summary(data: TokenSplits | ExampleData) -> tuple[str, dict[str, Any]]:
+    """The data stage's detail, short enough for the dashboard's stage tracker, and its counts
+    (the fields of its `done` event, docs/events.md)."""
+    if isinstance(data, ExampleData):
+        stats = data.stats
+        share = stats.trained_tokens / max(stats.tokens, 1)
+        return (f"{_si(stats.examples)} ex, {_si(stats.tokens)} tok ({share:.0%} trained)",
+                {"kind": "examples", **stats.to_event()})
+    return (f"{_si(len(data.train))} train, {_si(len(data.val))} val tok",
+            {"kind": "text", "train_tokens": len(data.train), "val_tokens": len(data.val),
+             "skipped_files": len(data.skipped), "skipped": data.skipped[:NAMED_SKIPS]})
+
+
+def _report_data(data: TokenSplits | ExampleData, log: RunLog) -> None:
+    """The data's counts in words in the log, and a warning naming skipped files."""
+    if isinstance(data, ExampleData):
+        s = data.stats
+        share = s.trained_tokens / max(s.tokens, 1)
+        log.line(f"data: {s.examples} examples ({s.train_examples} train, {s.val_examples} "
+                 f"validation) in {s.train_rows} + {s.val_rows} rows ({s.fill:.0%} filled), "
+                 f"{s.tokens} tokens, {s.trained_tokens} trained ({share:.0%}), {s.truncated} "
+                 f"truncated, {s.dropped} dropped"
+                 + (", token store reused" if s.cached else ", token store built"))
+        count, named = s.skipped_files, s.skipped
+    else:
+        count, named = len(data.skipped), data.skipped[:NAMED_SKIPS]
+    if count:
+        more = f" and {count - len(named)} more" if count > len(named) else ""
+        log.message("warning", f"data: {count} bad file(s) skipped (on_bad_file=skip): "
+                    + "; ".join(why for _, why in named) + more)
 
 
 def _step(trainer: KDTrainer | None) -> int:

@@ -20,7 +20,7 @@ import sys
 import sysconfig
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -79,19 +79,27 @@ def demo_documents(max_bytes: int = 6_000_000) -> list[Document]:
     return docs
 
 
-def read_documents(spec: str, text_field: str = "text") -> list[Document]:
-    """Documents of a text file, a .jsonl file (one `text_field` per line) or a directory."""
+def read_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail",
+                   skipped: list[list[str]] | None = None) -> list[Document]:
+    """Documents of a text file, a .jsonl file (one `text_field` per line) or a directory.
+    `on_bad_file="skip"` leaves out a file that cannot be read, is not UTF-8 or has a bad JSONL
+    line (all of it), appending [file, reason] to `skipped`; "fail" stops at it."""
     if spec == DEMO_DATA:
         return demo_documents()
-    docs = list(iter_documents(spec, text_field))
+    skipped = [] if skipped is None else skipped
+    docs = list(iter_documents(spec, text_field, on_bad_file, skipped))
     if not docs:
-        raise ConfigError("data", f"{spec} is empty: no text to train on")
+        why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
+        raise ConfigError("data", f"{spec} is empty: no text to train on{why}")
     return docs
 
 
-def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
+def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail",
+                   skipped: list[list[str]] | None = None) -> Iterator[Document]:
     """read_documents' documents one file at a time, in the same order (the run's preflight
     reads every file through this and stops tokenizing once it has seen enough)."""
+    if on_bad_file not in ("fail", "skip"):
+        raise ConfigError("on_bad_file", f"must be fail or skip (got {on_bad_file!r})")
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError("data", f"{spec} does not exist (give a file, a directory or "
@@ -105,17 +113,38 @@ def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
         raise ConfigError("data", f"{spec} holds no {', '.join(TEXT_SUFFIXES)} or .jsonl files "
                           f"(or, for pre-tokenized data, a {SHARD_META} beside *.bin shards)")
     for file in files:
+        name = str(file.relative_to(path) if path.is_dir() else file.name)
         try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("data", f"cannot read {file}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError("data", f"cannot read {file}: not UTF-8 text (byte {exc.start}); "
-                              "give UTF-8 text, or pre-tokenized shards") from None
-        if file.suffix == ".jsonl":
-            yield from _jsonl_documents(file, text, text_field)
-        elif text.strip():
-            yield Document(str(file.relative_to(path) if path.is_dir() else file.name), text)
+            docs = _file_documents(file, name, text_field)
+        except _BadFile as exc:
+            if on_bad_file == "fail":
+                raise ConfigError("data", f"{exc.where} {exc.reason}; {exc.fix}, or skip bad "
+                                  "files with --on-bad-file skip") from None
+            if skipped is not None:
+                skipped.append([name, f"{exc.where} {exc.reason}"])
+            continue
+        yield from docs
+
+
+class _BadFile(Exception):
+    def __init__(self, where: str, reason: str, fix: str) -> None:
+        super().__init__(f"{where} {reason}")
+        self.where, self.reason, self.fix = where, reason, fix
+
+
+def _file_documents(file: Path, name: str, text_field: str) -> list[Document]:
+    """The documents of one file, all or none: a bad JSONL line anywhere makes it a _BadFile."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _BadFile(f"cannot read {file}:", exc.strerror or str(exc),
+                       "check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise _BadFile(f"cannot read {file}:", f"not UTF-8 text (byte {exc.start})",
+                       "give UTF-8 text, or pre-tokenized shards") from None
+    if file.suffix == ".jsonl":
+        return list(_jsonl_documents(file, text, text_field))
+    return [Document(name, text)] if text.strip() else []
 
 
 def is_token_shards(path: Path) -> bool:
@@ -280,9 +309,11 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigError("data", f"{file}:{number} is not JSON: {exc.msg}") from None
+            raise _BadFile(f"{file}:{number}", f"is not JSON: {exc.msg}",
+                           "fix the line") from None
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise ConfigError("data", f"{file}:{number} has no text field {text_field!r}")
+            raise _BadFile(f"{file}:{number}", f"has no text field {text_field!r}",
+                           "give each line a text field")
         if record[text_field].strip():
             yield Document(f"{file.name}:{number}", record[text_field])
 
@@ -503,6 +534,7 @@ class TokenSplits:
     train: Stream
     val: Stream
     eos_id: int
+    skipped: list[list[str]] = field(default_factory=list)  # [file, reason], on_bad_file=skip
 
 
 def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: float,

@@ -20,15 +20,18 @@ from kdengine.config import ConfigError
 from kdengine.data.chat import ChatTemplate, Span, render_error
 from kdengine.data.formats import BadRecord, Example
 
-TRAIN_ON = ("completion", "all")
-
 
 def encode_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Ids of `text` (no special tokens added) and each id's character span."""
-    if hasattr(tokenizer, "encode_offsets"):
+    if hasattr(tokenizer, "encode_offsets"):  # HFTokenizer
         return tokenizer.encode_offsets(text)
-    encoding = tokenizer._tok.encode(text, add_special_tokens=False)  # HFTokenizer's tokenizers
-    return encoding.ids, encoding.offsets
+    ids, offsets, at = [], [], 0  # a byte tokenizer: each character's UTF-8 bytes
+    for char in text:
+        for byte in char.encode("utf-8"):
+            ids.append(byte)
+            offsets.append((at, at + 1))
+        at += 1
+    return ids, offsets
 
 
 def encode_example(example: Example, tokenizer: Any, template: ChatTemplate | None,

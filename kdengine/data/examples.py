@@ -75,6 +75,10 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                           f"train and {len(val)} validation rows of seq_len {seq_len}: "
                           f"batch_size {batch_size} needs {batch_size} train rows and one "
                           "validation row (give more data, or a smaller batch_size)")
+    if not _trains_any(store, val):
+        raise ConfigError("data", f"the {len(val)} validation rows hold no trained tokens (every "
+                          "held-out example lost its completion to truncation, or has none): "
+                          "give a larger seq_len or val_fraction, or --train-on all")
     meta = store.meta
     stats = DataStats(
         examples=meta["examples"], train_examples=int((~held).sum()),
@@ -84,3 +88,14 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
         skipped=meta["skipped"], train_rows=len(train), val_rows=len(val),
         fill=round(train.filled / max(len(train) * seq_len, 1), 4), cached=store.tokenized == 0)
     return ExampleData(store, train, val, stats)
+
+
+def _trains_any(store: TokenStore, rows: PackedRows) -> bool:
+    """Whether some example in `rows` has a target that trains (the label of a token is the
+    next token's, so an example's first token is never a target; a truncated one keeps its
+    last input's target, PackedRows.rows): stops at the first."""
+    for example, take in rows.segments.tolist():
+        start, end = int(store.offsets[example]), int(store.offsets[example + 1])
+        if bool(store.trains[start + 1:min(start + take + 1, end)].any()):
+            return True
+    return False

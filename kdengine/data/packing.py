@@ -25,11 +25,9 @@ from typing import NamedTuple
 
 import torch
 
-from kdengine.config import ConfigError
+from kdengine.config import ON_LONG, ConfigError
 from kdengine.data.store import TokenStore
 from kdengine.losses import IGNORE_INDEX
-
-ON_LONG = ("truncate", "drop")
 
 
 class PackedBatch(NamedTuple):
@@ -187,9 +185,10 @@ class PackedSampler:
         return self._perm
 
     def fixed_batches(self, count: int) -> list[PackedBatch]:
-        """Up to `count` batches of the rows in order, always the same: the held-out set."""
-        n = len(self.rows)
-        batches = []
-        for start in range(0, min(count * self.batch_size, n), self.batch_size):
-            batches.append(self.rows.rows(list(range(start, min(start + self.batch_size, n)))))
-        return batches
+        """Up to `count` batches of the rows in order, always the same: the held-out set. Every
+        batch is full (batch_size rows: the same shapes as training, for compiled graphs and
+        torchrun's split by rows); the last wraps around to the first rows when the rows run
+        out before it is full."""
+        n, size = len(self.rows), self.batch_size
+        wanted = -(-min(count * size, n) // size)  # batches to show every row once, at most count
+        return [self.rows.rows([(b * size + i) % n for i in range(size)]) for b in range(wanted)]

@@ -27,14 +27,12 @@ from typing import Any
 
 import torch
 
-from kdengine.config import ConfigError
+from kdengine.config import ON_BAD_FILE, TRAIN_ON, ConfigError
 from kdengine.data.chat import ChatTemplate
-from kdengine.data.encode import TRAIN_ON
 from kdengine.data.formats import BadRecord, Source, find_sources
 from kdengine.data.parallel import default_workers, encode_all, start_pool
 
 STORE_FORMAT = "kdengine-examples-1"
-ON_BAD_FILE = ("fail", "skip")
 NAMED_SKIPS = 5  # skipped files named in the stats; the rest only counted
 
 
