@@ -92,11 +92,13 @@ class PlanScreen(ModalScreen[None]):
 
 # one paragraph an item: the help wraps them at whatever width the terminal has (what each key
 # does is in the table above them, from the bindings' own tooltips)
-HELP_TEXT = "\n".join((
+RUN_HELP = (  # on a screen with the log pane
     'Log pane: follows the run; scroll up to stop following ("+N new lines" counts what '
     "arrived), End to follow again.",
     "Highlighted: panic, error, Traceback blocks, CUDA out-of-memory and NaN (any case).",
     "Chart: train loss with its KD and CE parts, val loss as points.",
+)
+HELP_TEXT = "\n".join((  # everywhere
     "ctrl+p: every action of this screen by name, the runs list, a run to open by its name, "
     "the theme (remembered; or kdtui --theme NAME).",
     "F8 saves an SVG screenshot into the run's directory.",
@@ -121,7 +123,7 @@ class HelpScreen(ModalScreen[None]):
         seen: set[tuple[str, str]] = set()
         # Textual's own widgets' keys (scrolling, text editing) are left to the footer
         for _, binding in bindings_for(below, self.app):
-            key = binding.key_display or binding.key
+            key = binding.key_display or self.app.get_key_display(binding)  # as the footer
             if (key, binding.description) in seen:
                 continue
             seen.add((key, binding.description))
@@ -136,8 +138,15 @@ class HelpScreen(ModalScreen[None]):
             yield Label("Keys", classes="dialog-title")
             with VerticalScroll(classes="dialog-scroll", id="help-scroll"):
                 yield Static(table)
-                yield Static("\n" + HELP_TEXT, classes="dialog-body")
+                panes = RUN_HELP if below is not None and below.query("LogView") else ()
+                yield Static("\n" + "\n".join((*panes, HELP_TEXT)), classes="dialog-body")
             yield Static("Esc, F1 or q closes · ↑ ↓ PgUp PgDn scroll", classes="dialog-hint")
 
     def on_mount(self) -> None:
         self.query_one("#help-scroll", VerticalScroll).focus()  # the arrows scroll at once
+
+    def on_resize(self) -> None:
+        # as tall as its text, at most the terminal less the frame, title and hint: the rest
+        # scrolls (a percentage of an auto-height dialog cannot say that)
+        scroll = self.query_one("#help-scroll", VerticalScroll)
+        scroll.styles.max_height = max(3, self.size.height - 4)

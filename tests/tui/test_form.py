@@ -165,9 +165,33 @@ async def test_help_lists_the_keys_of_the_screen_beneath_and_of_the_app(runs_dir
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
         text = app.export_screenshot().replace("&#160;", " ")
-        for key, what in (("ctrl+r", "Start"), ("f2", "Demo preset"), ("f3", "Runs"),
-                          ("ctrl+q", "Quit"), ("f8", "Screenshot")):
+        for key, what in (("^r", "Start"), ("f2", "Demo preset"), ("f3", "Runs"),
+                          ("^q", "Quit"), ("f8", "Screenshot")):
             assert key in text and what in text, (key, what)
+        assert "Move cursor" not in text  # Textual's text-field keys are not kdtui's
+
+
+async def test_help_fits_80x24_and_scrolls_to_its_end(runs_dir, write_run, wait_for):
+    from kdtui.screens.dialogs import HelpScreen
+
+    write_run(runs_dir / "helped", steps=40)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="helped")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query("LogView"), 30)
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), 10)
+        await pilot.pause()
+        dialog = app.screen.query_one(".dialog")
+        assert dialog.region.width <= 80 and dialog.region.height <= 24
+        text = app.export_screenshot().replace("&#160;", " ")
+        assert "Esc, F1 or q closes" in text  # the whole frame is on screen
+        assert "F8 saves an SVG" not in text  # the end is below: scroll to it with the keys
+        await pilot.press("pagedown", "pagedown")
+        await pilot.pause()
+        text = app.export_screenshot().replace("&#160;", " ")
+        assert "F8 saves an SVG" in text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), 10)
 
 
 async def _type(pilot, text: str) -> None:

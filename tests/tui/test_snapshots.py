@@ -85,3 +85,64 @@ def test_each_theme(snap_compare, runs_dir, write_run, theme):
     write_run(runs_dir / "themed", steps=300, log_extra=["RuntimeError: planted for the colours"])
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="themed", theme=theme)
     assert snap_compare(app, terminal_size=SIZE, run_before=_settled(_finished))
+
+
+# -- the form, its errors and the help at the sizes people have: 80x24 and 120x40 ----------------
+SMALL, LARGE = (80, 24), (120, 40)
+
+
+def _form_ready(then=None):
+    async def run_before(pilot):
+        while not pilot.app.screen.form_ready:
+            await pilot.pause(0.05)
+        await pilot.pause()
+        if then is not None:
+            await then(pilot)
+        pilot.app.clear_notifications()
+        await pilot.pause()
+    return run_before
+
+
+async def _demo(pilot):
+    await pilot.press("f2")
+    await pilot.pause()
+
+
+async def _start_empty(pilot):
+    await pilot.press("ctrl+r")  # every required field empty: each one marked
+    await pilot.pause()
+
+
+async def _help(pilot):
+    await pilot.press("f1")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_launch_form_at_common_sizes(snap_compare, runs_dir, size):
+    assert snap_compare(KDApp(runs_dir=runs_dir), terminal_size=size,
+                        run_before=_form_ready(_demo))
+
+
+@pytest.mark.parametrize("theme", ["kdtui-light", "kdtui-high-contrast"])
+def test_launch_form_errors_at_80x24(snap_compare, runs_dir, theme):
+    assert snap_compare(KDApp(runs_dir=runs_dir, theme=theme), terminal_size=SMALL,
+                        run_before=_form_ready(_start_empty))
+
+
+def test_help_over_the_form_at_120x40(snap_compare, runs_dir):
+    assert snap_compare(KDApp(runs_dir=runs_dir), terminal_size=LARGE,
+                        run_before=_form_ready(_help))
+
+
+@pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "kdtui-high-contrast"])
+def test_help_over_a_run_at_80x24(snap_compare, runs_dir, write_run, theme):
+    # at 80x24 the help covers the screen: the run beneath does not show through
+    write_run(runs_dir / "helped", steps=60)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="helped", theme=theme)
+
+    async def run_before(pilot):
+        await _settled(_finished)(pilot)
+        await _help(pilot)
+
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
