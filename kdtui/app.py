@@ -219,6 +219,11 @@ class KDApp(App):
         if not isinstance(screen, RunsScreen):
             yield PaletteCommand("Runs", "Past and running runs: open one to watch it",
                                  self.action_runs)
+        run_dir = resumable_run_dir(screen)
+        if run_dir is not None:
+            yield PaletteCommand("Resume run", f"Continue {run_dir.name} from its last complete "
+                                 "checkpoint (kdengine train --resume)",
+                                 partial(self.resume_run, run_dir))
 
     def run_commands(self) -> Iterable[PaletteCommand]:
         """'Open run ID' for every run the runs list shows (searched, not listed up front)."""
@@ -228,6 +233,22 @@ class KDApp(App):
             ref = str(run.info.run_dir) if run.info is not None else str(run.manifest_path)
             yield PaletteCommand(f"Open run {run.run_id}", f"{run.where} · {run.status}",
                                  partial(self.open_run, ref))
+
+    def resume_run(self, run_dir: Path) -> None:
+        """`kdengine train --resume RUN_DIR` as the local launcher starts the engine (own
+        session, output appended to launch.log), then the run screen on it."""
+        from kdtui.launch.local import LocalRunHandle
+        from kdtui.screens.run import RunScreen
+
+        try:
+            process = start_resume(run_dir)
+        except OSError as exc:
+            self.notify(f"cannot resume {run_dir.name}: {exc}", severity="error", markup=False)
+            return
+        handle = LocalRunHandle.attach(run_dir)
+        handle.process, handle.pid = process, process.pid
+        self.owned_runs.append(handle)
+        self.push_screen(RunScreen(handle=handle, title=f"{run_dir.name} on local · resumed"))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # kdtui's own Quit (asks about runs going) and Screenshot (F8: into the run's directory,
@@ -324,6 +345,43 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if value:
             values[key] = value
     return values
+
+
+def start_resume(run_dir: Path) -> Any:
+    """Start `kdengine train --resume RUN_DIR` detached, as LocalLauncher starts a run: its own
+    session (a stop signals the group), output appended to launch.log, its pid in engine.pid.
+    The engine refuses (one line in the log, exit 2) what it cannot resume."""
+    import os
+    import subprocess
+
+    from kdengine.events import LOG_FILE
+    from kdtui.runs import PID_FILE
+
+    command = [sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)]
+    with open(run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
+        process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (run_dir / PID_FILE).write_text(f"{process.pid}\n")
+    return process
+
+
+def resumable_run_dir(screen: Screen) -> Path | None:
+    """The local run shown on `screen` when resuming applies: it ended without completing and
+    left a complete checkpoint (the engine's own rule, kdengine.checkpoint, read without torch)."""
+    from kdtui.runs import run_info
+
+    handle = getattr(screen, "handle", None)
+    local = getattr(getattr(handle, "source", None), "run_dir", None)
+    if local is None or getattr(handle, "host", "local") != "local":
+        return None
+    run_dir = Path(local)
+    info = run_info(run_dir)
+    if info is None or info.status not in ("failed", "cancelled", "stopped"):
+        return None
+    if not any((step / "meta.json").exists() for step in (run_dir / "checkpoints").glob("step-*")):
+        return None
+    return run_dir
 
 
 NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal (stdout and stderr): run it in "

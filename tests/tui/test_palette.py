@@ -127,3 +127,50 @@ async def test_palette_commands_are_the_keys_of_the_screen(runs_dir):
             assert commands[binding.description].endswith(f"({app.get_key_display(binding)})")
         # Textual's text-editing keys are no kdtui actions
         assert not any("cursor" in name.lower() for name in commands)
+
+
+async def test_palette_resumes_a_cancelled_run_from_its_checkpoint(runs_dir, tiny_run_inputs,
+                                                                   tiny_args, wait_for):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kdtui.runs import run_info
+
+    run_dir = runs_dir / "to-resume"
+    engine = subprocess.Popen([sys.executable, "-m", "kdengine",
+                               *tiny_args(tiny_run_inputs, run_dir, steps=100000,
+                                          checkpoint_every=2, eval_every=100000)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: any(run_dir.glob("checkpoints/step-*/meta.json")), 240)
+        os.killpg(engine.pid, signal.SIGTERM)  # a stopped run with a complete checkpoint
+        await wait_for(pilot, lambda: engine.poll() is not None, 120)
+        assert run_info(run_dir).status == "cancelled"
+        before = _events(run_dir).count(b'"run_started"')
+        assert app.open_run(str(run_dir))
+        await wait_for(pilot, lambda: bool(app.screen.query(LogView)), 10)
+        await run_command(pilot, wait_for, "resume")
+        assert "resumed" in app.screen.title_text
+        await wait_for(pilot, lambda: _events(run_dir).count(b'"run_started"') > before, 240)
+        handle = app.owned_runs[-1]
+        await handle.cancel()
+        await wait_for(pilot, lambda: not handle.is_alive(), 120)
+
+
+async def test_palette_offers_no_resume_for_a_completed_run(runs_dir, write_run, wait_for):
+    write_run(runs_dir / "completed", steps=40)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="completed")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: bool(app.screen.query(LogView)), 10)
+        assert "Resume run" not in await palette_names(pilot, wait_for)
+
+
+def _events(run_dir) -> bytes:
+    try:
+        return (run_dir / "events.jsonl").read_bytes()
+    except OSError:
+        return b""
