@@ -646,8 +646,7 @@ class LaunchScreen(Screen):
         if len(bad) == 1:
             text = self.field_error(bad[0], profile)
         else:
-            text = f"{len(bad)} fields to fix: {', '.join(bad)} (first: " \
-                   f"{self.field_error(bad[0], profile)})"
+            text = f"{len(bad)} fields to fix: {', '.join(bad)} (each says why, under it)"
         self.notify(text, title="Invalid run", severity="error", markup=False)
 
     def collect_apr(self) -> tuple[RunConfig, AprSettings] | None:
