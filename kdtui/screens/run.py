@@ -399,9 +399,11 @@ class RunScreen(Screen):
 
 
 def _asked_steps(launcher: Launcher | None, handle: RunHandle | None) -> int | None:
-    """The steps the run was asked for: the launcher's config, or the handle's asked config
-    (a local run's config.json)."""
-    steps = getattr(getattr(launcher, "config", None), "steps", None)
+    """The steps the run was asked for: a kdengine launcher's config, or the handle's asked
+    config (a local run's config.json). A profile's launcher maps steps to its own units (apr:
+    epochs), so its config's steps are not what it will count."""
+    engine_launcher = type(launcher).__module__.startswith("kdtui.launch.")
+    steps = getattr(getattr(launcher, "config", None), "steps", None) if engine_launcher else None
     if steps is None and handle is not None:
         asked = getattr(handle, "asked_config", None)
         steps = asked.get("steps") if isinstance(asked, dict) else None

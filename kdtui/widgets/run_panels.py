@@ -477,6 +477,8 @@ class VerdictPanel(Static):
         self.border_title = "verdict F-DISTILL-SMOKE-001"
         self.verdict: Verdict | None = None
         self.status = "pending"
+        self._heights: dict[tuple[int, str], int] = {}  # (width, text) -> height_for
+        self._plain = ""
 
     def on_mount(self) -> None:
         self.show(None)
@@ -484,9 +486,12 @@ class VerdictPanel(Static):
     def height_for(self, width: int) -> int:
         """Its height (borders included) in a column `width` cells wide: what the run screen
         must leave it so that no line of the verdict is cut."""
-        content = max(1, width - 4)  # borders and padding
-        size = Size(content, 1000)
-        return self.get_content_height(size, size, content) + 2
+        key = (width, self._plain)
+        if key not in self._heights:  # asked on every update tick: measured once per text
+            content = max(1, width - 4)  # borders and padding
+            size = Size(content, 1000)
+            self._heights = {key: self.get_content_height(size, size, content) + 2}
+        return self._heights[key]
 
     def show(self, verdict: Verdict | None, initial: float | None = None) -> None:
         """verdict None: the run goes on (initial: the step-0 val loss, once known)."""
@@ -497,13 +502,13 @@ class VerdictPanel(Static):
         self.set_class(self.status == "inconclusive", "inconclusive")
         if verdict is None:
             step0 = f"{initial:.4f}" if initial is not None else "–"
-            self.update(Text.assemble(("PENDING", "bold"), "\n", ("step-0 val loss ", "dim"),
-                                      step0))
+            self._show_text(Text.assemble(("PENDING", "bold"), "\n",
+                                          ("step-0 val loss ", "dim"), step0))
             return
         def num(x: float | None) -> str:
             return f"{x:.4f}" if x is not None else "–"
         delta = verdict.delta
-        self.update(Text.assemble(
+        self._show_text(Text.assemble(
             (verdict.status.upper(), "bold"), "\n",
             (f"{'step-0 ' + verdict.loss_label:<17}", "dim"), num(verdict.initial_loss), "\n",
             (f"{'final ' + verdict.loss_label:<17}", "dim"), num(verdict.final_loss),
@@ -511,3 +516,7 @@ class VerdictPanel(Static):
             "\n", ("delta            ", "dim"), f"{delta:+.4f}" if delta is not None else "–",
             "\n", verdict.reason,
         ))
+
+    def _show_text(self, text: Text) -> None:
+        self._plain = text.plain
+        self.update(text)
