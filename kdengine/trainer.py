@@ -533,9 +533,8 @@ def data_summary(data: TokenSplits | ExampleData) -> tuple[str, dict[str, Any]]:
     """The data stage's detail, short enough for the dashboard's stage tracker, and its counts
     (the fields of its `done` event, docs/events.md)."""
     if isinstance(data, ExampleData):
-        stats = data.stats
-        share = stats.trained_tokens / max(stats.tokens, 1)
-        return (f"{_si(stats.examples)} ex, {_si(stats.tokens)} tok ({share:.0%} trained)",
+        stats = data.stats  # 26 characters fit the tracker beside a 52-wide side column
+        return (f"{_si(stats.examples)} ex, {_si(stats.trained_tokens)} trained tok",
                 {"kind": "examples", **stats.to_event()})
     return (f"{_si(len(data.train))} train, {_si(len(data.val))} val tok",
             {"kind": "text", "train_tokens": len(data.train), "val_tokens": len(data.val),

@@ -136,9 +136,17 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
     files = [path] if path.is_file() else sorted(
         p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)) if path.is_dir() \
         else []
-    if any(f.suffix in (".json", ".parquet", ".arrow") for f in files):
+    if any(f.suffix in (".parquet", ".arrow") for f in files):
         return True
+    if path.is_file() and path.suffix == ".json":
+        return True
+    # in a folder, a .json file is data when it holds records (a raw-text folder, the stdlib
+    # say, may hold .json files of other kinds: its text stays the document stream)
     ours = {ours: theirs for ours, theirs in fields}
+    keys = {"text", "messages", "prompt", "completion", *ours.values()}
+    if any(_holds_records(f, keys) for f in files
+           if f.suffix == ".json" and f.name not in METADATA):
+        return True
     for f in (f for f in files if f.suffix == ".jsonl"):
         try:
             _, row = next(_jsonl_rows(f, f.name), ("", None))
@@ -148,6 +156,27 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
             keys = set(row) | {k for k, v in ours.items() if v in row}
             return bool(keys & {"messages", "prompt", "completion"})
     return False
+
+
+_RECORDS_START = re.compile(r'^\s*(\{\s*"data"\s*:\s*)?\[\s*')
+
+
+def _holds_records(path: Path, keys: set[str]) -> bool:
+    """Whether a .json file starts as an array of records (or {"data": [...]}) whose first
+    record has one of `keys`, from its first 64 kB (a longer first record: a key in them)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    start = _RECORDS_START.match(head)
+    if start is None:
+        return False
+    try:
+        first, _ = json.JSONDecoder().raw_decode(head, start.end())
+    except json.JSONDecodeError:
+        return any(f'"{key}"' in head for key in keys)
+    return isinstance(first, dict) and bool(set(first) & keys)
 
 
 def _hidden(path: Path, root: Path) -> bool:

@@ -112,8 +112,8 @@ def test_messages_jsonl_distils_to_a_verdict_training_on_assistant_tokens(
     # only the assistant's answers (and their end token) train: well under half the tokens
     assert 0 < stage["trained_tokens"] < stage["tokens"] / 2
     assert stage["truncated"] == stage["dropped"] == stage["skipped_files"] == 0
-    assert stage["detail"].startswith("160 ex, ") and "% trained)" in stage["detail"]
-    assert len(stage["detail"]) <= 32  # the stage tracker's detail column
+    assert stage["detail"].startswith("160 ex, ") and stage["detail"].endswith(" trained tok")
+    assert len(stage["detail"]) <= 26  # the stage tracker's detail column, side column 52 wide
     # the preflight (run before the run by `kdengine train`) built the store; the run reused it
     assert stage["cached"] is True
     log = (tmp_path / "run" / "launch.log").read_text()
@@ -217,6 +217,17 @@ def test_raw_text_folder_with_a_non_utf8_file_fails_or_skips_it(models: dict[str
     assert stage["kind"] == "text" and stage["skipped_files"] == 1
     assert stage["skipped"][0][0] == "latin1.txt" and "not UTF-8" in stage["skipped"][0][1]
     assert stage["detail"].endswith(" val tok")  # raw text's data stage as before
+
+
+def test_a_text_folder_holding_other_json_files_stays_raw_text(tmp_path: Path) -> None:
+    from kdengine.data.formats import is_example_data
+
+    (tmp_path / "module.py").write_text("def f(x):\n    return x\n")
+    (tmp_path / "config.json").write_text(json.dumps({"vocab": 3}))
+    (tmp_path / "patch.json").write_text(json.dumps([{"op": "add", "path": "/a"}]))
+    assert not is_example_data(str(tmp_path))  # the .py files are its documents
+    (tmp_path / "chats.json").write_text(json.dumps([{"messages": chat(1)}]))
+    assert is_example_data(str(tmp_path))
 
 
 # SIGKILLs the CLI's own process before training step KD_KILL_AT (as tests/engine/test_resume.py)

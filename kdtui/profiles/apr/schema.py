@@ -86,6 +86,11 @@ NOT_APPLIED: dict[str, str] = {
     "checkpoint_every": "apr decides itself when to save checkpoints",
     "seed": "apr distill has no seed flag",
     "dtype": "apr picks the compute dtype from each checkpoint",
+    "data_split": "apr distill has no training-data flag, so no split of it",
+    "data_fields": "apr distill has no training-data flag, so no column mapping",
+    "train_on": "apr distill has no training-data flag: its batch source decides what trains",
+    "on_long": "apr distill has no sequence-length or example packing flag",
+    "on_bad_file": "apr distill reads no data files",
 }
 
 # kdengine field -> what kdtui does with it (it never reaches apr as a flag).
