@@ -230,6 +230,17 @@ def test_a_text_folder_holding_other_json_files_stays_raw_text(tmp_path: Path) -
     assert is_example_data(str(tmp_path))
 
 
+def test_validation_rows_without_trained_tokens_are_refused(models: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    # every user turn longer than seq_len: truncation leaves no assistant token to evaluate on
+    rows = [{"messages": [{"role": "user", "content": f"{i} " + "x" * 200},
+                          {"role": "assistant", "content": "ok"}]} for i in range(40)]
+    line = refusal(train(models, write_jsonl(tmp_path / "long.jsonl", rows), None, check=True))
+    assert "validation rows hold no trained tokens" in line and "seq_len" in line
+    stage_ok = train(models, tmp_path / "long.jsonl", None, "--train-on", "all", check=True)
+    assert stage_ok.returncode == 0, stage_ok.stderr
+
+
 # SIGKILLs the CLI's own process before training step KD_KILL_AT (as tests/engine/test_resume.py)
 KILLER = r"""
 import os, signal, sys
