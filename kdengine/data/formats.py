@@ -166,11 +166,12 @@ def _holds_records(path: Path, keys: set[str]) -> bool:
     record has one of `keys`, from its first 64 kB (a longer first record: a key in them)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16).decode("utf-8", errors="replace")
+            head = f.read(4096).decode("utf-8", errors="replace")
+            start = _RECORDS_START.match(head)
+            if start is None:  # most JSON that is not data: read no further
+                return False
+            head += f.read((1 << 16) - 4096).decode("utf-8", errors="replace")
     except OSError:
-        return False
-    start = _RECORDS_START.match(head)
-    if start is None:
         return False
     try:
         first, _ = json.JSONDecoder().raw_decode(head, start.end())
