@@ -551,7 +551,8 @@ class RankLog:
     def line(self, text: str, *, terminal: bool = True) -> None:
         pass
 
-    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True) -> None:
+    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True,
+              **fields: Any) -> None:
         pass
 
     def message(self, level: str, text: str) -> None:
@@ -626,10 +627,11 @@ class RelayLog:
         with self._lock:
             self._log.message(level, text)
 
-    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True) -> None:
+    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True,
+              **fields: Any) -> None:
         with self._lock:
             self._stage = name
-            self._log.stage(name, state, detail, terminal=terminal)
+            self._log.stage(name, state, detail, terminal=terminal, **fields)
 
     def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
         with self._lock:

@@ -59,20 +59,25 @@ def env() -> dict[str, str]:
             "OMP_NUM_THREADS": "1"}
 
 
-def kdengine(*argv: str, killer: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", killer] if killer else [sys.executable, "-m", "kdengine"]
-    return subprocess.run([*cmd, *argv], capture_output=True, text=True, timeout=300, env=env())
+ENGINE = [sys.executable, "-m", "kdengine"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", "-m", "kdengine"]
+
+
+def kdengine(*argv: str, launcher: list[str] = ENGINE) -> subprocess.CompletedProcess:
+    return subprocess.run([*launcher, *argv], capture_output=True, text=True, timeout=300,
+                          env=env())
 
 
 def train(models: dict[str, str], data: Path, run_dir: Path | None, *extra: str,
           check: bool = False, plain: bool = False,
-          killer: str | None = None) -> subprocess.CompletedProcess:
+          launcher: list[str] = ENGINE) -> subprocess.CompletedProcess:
     prefix = "plain_" if plain else ""
     argv = ["train", "--teacher", models[prefix + "teacher"],
             "--student", models[prefix + "student"], "--data", str(data), *RUN, *extra]
     if run_dir is not None:
         argv += ["--run-dir", str(run_dir)]
-    return kdengine(*argv, *(["--check"] if check else []), killer=killer)
+    return kdengine(*argv, *(["--check"] if check else []), launcher=launcher)
 
 
 def data_stage(run_dir: Path) -> dict:
@@ -241,6 +246,24 @@ def test_validation_rows_without_trained_tokens_are_refused(models: dict[str, st
     assert stage_ok.returncode == 0, stage_ok.stderr
 
 
+def test_two_torchrun_ranks_on_messages_follow_the_one_process_losses(
+        models: dict[str, str], tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat(i)} for i in range(160)])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train(models, data, one, "--steps", "6", "--eval-every", "3").returncode == 0
+    out = train(models, data, two, "--steps", "6", "--eval-every", "3", launcher=TORCHRUN)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    def losses(run_dir: Path, kind: str, key: str) -> dict[int, float]:
+        return {e["step"]: e[key] for e in read_events(run_dir / "events.jsonl")
+                if e["type"] == kind}
+
+    assert losses(two, "step", "loss") == pytest.approx(losses(one, "step", "loss"), rel=1e-5)
+    assert losses(two, "eval", "val_loss") == pytest.approx(losses(one, "eval", "val_loss"),
+                                                            rel=1e-5)
+    assert data_stage(two)["examples"] == 160
+
+
 # SIGKILLs the CLI's own process before training step KD_KILL_AT (as tests/engine/test_resume.py)
 KILLER = r"""
 import os, signal, sys
@@ -264,7 +287,7 @@ def test_a_killed_run_on_messages_resumes_to_the_same_losses(models: dict[str, s
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert train(models, data, reference).returncode == 0
     monkeypatch.setenv("KD_KILL_AT", "9")
-    out = train(models, data, killed, killer=KILLER)
+    out = train(models, data, killed, launcher=[sys.executable, "-c", KILLER])
     assert out.returncode == -9, out.stderr[-2000:]
     monkeypatch.delenv("KD_KILL_AT")
     out = kdengine("train", "--resume", str(killed))
