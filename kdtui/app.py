@@ -8,18 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 from textual.theme import Theme
 
+from kdtui.palette import KDCommands, PaletteCommand
 from kdtui.settings import Settings
 
 try:  # Python 3.11+
@@ -54,73 +53,6 @@ def load_themes() -> dict[str, Theme]:
             theme = load_theme_file(path)
             themes[theme.name] = theme
     return themes
-
-
-@dataclass(frozen=True)
-class PaletteCommand:
-    name: str
-    help: str
-    run: Callable[[], Any]
-
-
-def kdtui_bindings(node: Any) -> Iterator[Binding]:
-    """The bindings kdtui's own classes give `node` (a kdtui text field inherits Input's cursor
-    keys: those are Textual's, left to the footer)."""
-    for cls in type(node).__mro__:
-        if cls.__module__.startswith("kdtui."):
-            for binding in cls.__dict__.get("BINDINGS", []):
-                if isinstance(binding, Binding) and binding.description:
-                    yield binding
-
-
-def bindings_for(screen: Screen | None, app: App) -> Iterator[tuple[Any, Binding]]:
-    """(node, binding) for the keys of `screen`, of its kdtui widgets (the log view's filter,
-    next error...) and of the app: what the help lists and the palette offers."""
-    ours = [w for w in screen.query("*") if type(w).__module__.startswith("kdtui.")] \
-        if screen is not None else []
-    for node in (screen, *ours, app):
-        if node is not None:
-            for binding in kdtui_bindings(node):
-                yield node, binding
-
-
-def binding_commands(screen: Screen, app: App) -> Iterator[PaletteCommand]:
-    """The palette's commands for `screen`: its keys (bindings_for), each running its own action
-    on its own node, so the palette and the keys cannot drift apart."""
-    for node, binding in bindings_for(screen, app):
-            key = binding.key_display or app.get_key_display(binding)
-            what = binding.tooltip or binding.description
-            yield PaletteCommand(binding.description, f"{what} ({key})",
-                                 partial(app.run_action, binding.action, node))
-
-
-class KDCommands(Provider):
-    """kdtui's own actions in the command palette (ctrl+p), for the screen it was opened on: that
-    screen's keys (start, demo, stop, chart modes, log filter and search...), the way to the
-    launch form and the runs list, and, when searching, every run by name to open it."""
-
-    def commands(self) -> list[PaletteCommand]:
-        app = self.app
-        assert isinstance(app, KDApp)
-        found: dict[str, PaletteCommand] = {}
-        for command in (*binding_commands(self.screen, app), *app.navigation(self.screen)):
-            found.setdefault(command.name.lower(), command)  # the screen's own comes first
-        return list(found.values())
-
-    async def discover(self) -> Hits:
-        for command in self.commands():
-            yield DiscoveryHit(command.name, command.run, help=command.help)
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        app = self.app
-        assert isinstance(app, KDApp)
-        for command in (*self.commands(), *app.run_commands()):
-            score = matcher.match(command.name)
-            if score > 0:
-                yield Hit(score, matcher.highlight(command.name), command.run, help=command.help)
-            elif (score := matcher.match(command.help)) > 0:  # 'log' finds Filter: Show only...
-                yield Hit(score / 2, command.name, command.run, help=command.help)
 
 
 class KDApp(App):
@@ -169,11 +101,8 @@ class KDApp(App):
         elif self._theme_request:
             self._remember_theme(self.current_theme)
         if self.launcher is not None:
-            from kdtui.screens.run import RunScreen
-
             host = getattr(self.launcher.host, "alias", self.launcher.host)
-            self.push_screen(RunScreen(launcher=self.launcher,
-                                       title=f"{self.launcher.run_id} on {host}"))
+            self.show_run(launcher=self.launcher, title=f"{self.launcher.run_id} on {host}")
         elif self.command == "watch" and self.watch_ref:
             self._open_watch(self.watch_ref)
         else:
@@ -192,7 +121,6 @@ class KDApp(App):
         """Open the run screen on run `ref` (an id, a run dir or a dispatch.json); False after
         saying why when there is nothing to open."""
         from kdtui.launch.reattach import describe, reattach
-        from kdtui.screens.run import RunScreen
 
         try:
             handle = reattach(ref, Path(self.runs_dir))
@@ -205,8 +133,32 @@ class KDApp(App):
         if handle is None:
             self.notify(why, severity="error", timeout=10, markup=False)
             return False
-        self.push_screen(RunScreen(handle=handle, title=describe(handle)))
+        self.show_run(handle=handle, title=describe(handle))
         return True
+
+    # -- navigation: screens ask the app to move; they never import each other -------------
+    def show_run(self, *, title: str, launcher: Any = None, handle: Any = None,
+                 status: str = "") -> None:
+        """The run screen over the current one: a run to start (`launcher`) or one to follow
+        (`handle`)."""
+        from kdtui.screens.run import RunScreen
+
+        self.push_screen(RunScreen(launcher=launcher, handle=handle, title=title, status=status))
+
+    def show_plan(self, lines: list[str]) -> None:
+        """A dry run's commands, as they would be sent."""
+        from kdtui.screens.dialogs import PlanScreen
+
+        self.push_screen(PlanScreen(lines))
+
+    def back_to_form(self) -> None:
+        """Leave the current screen for the launch form: the one under it, else a new one."""
+        if len(self.screen_stack) > 2:
+            self.pop_screen()
+        else:
+            from kdtui.screens.launch import LaunchScreen
+
+            self.switch_screen(LaunchScreen())
 
     # -- the command palette -----------------------------------------------------------------
     def navigation(self, screen: Screen) -> Iterable[PaletteCommand]:
@@ -238,7 +190,6 @@ class KDApp(App):
         """`kdengine train --resume RUN_DIR` as the local launcher starts the engine (own
         session, output appended to launch.log), then the run screen on it."""
         from kdtui.launch.local import LocalRunHandle
-        from kdtui.screens.run import RunScreen
 
         try:
             process = start_resume(run_dir)
@@ -248,7 +199,7 @@ class KDApp(App):
         handle = LocalRunHandle.attach(run_dir)
         handle.process, handle.pid = process, process.pid
         self.owned_runs.append(handle)
-        self.push_screen(RunScreen(handle=handle, title=f"{run_dir.name} on local · resumed"))
+        self.show_run(handle=handle, title=f"{run_dir.name} on local", status="resumed")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # kdtui's own Quit (asks about runs going) and Screenshot (F8: into the run's directory,

@@ -112,7 +112,7 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        from kdtui.app import bindings_for
+        from kdtui.palette import bindings_for
 
         # this screen is already on the stack while it composes: the one beneath is before it
         beneath = [screen for screen in self.app.screen_stack if screen is not self]

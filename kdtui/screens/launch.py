@@ -615,9 +615,7 @@ class LaunchScreen(Screen):
                     "the Python stdlib; ctrl+r to start", timeout=4)
 
     def action_runs(self) -> None:
-        from kdtui.screens.runs import RunsScreen
-
-        self.app.push_screen(RunsScreen())
+        self.app.action_runs()
 
     def collect_config(self) -> RunConfig | None:
         """The form as a checked RunConfig, or None after marking every invalid field (each
@@ -728,8 +726,6 @@ class LaunchScreen(Screen):
 
     @work(exclusive=True, group="start")
     async def _start(self, config: RunConfig, host: str, fallback: str, dry_run: bool) -> None:
-        from kdtui.screens.run import RunScreen
-
         runs_dir = self.app.runs_dir  # type: ignore[attr-defined]
         if host == LOCAL:
             from kdtui.launch.local import LocalLauncher
@@ -744,12 +740,9 @@ class LaunchScreen(Screen):
                 self._show_config_error(exc)
                 return
             if dry_run:
-                from kdtui.screens.dialogs import PlanScreen
-
-                self.app.push_screen(PlanScreen(launcher.plan()))
+                self.app.show_plan(launcher.plan())
                 return
-            self.app.push_screen(RunScreen(launcher=launcher,
-                                           title=f"{launcher.config.run_name} on local"))
+            self.app.show_run(launcher=launcher, title=f"{launcher.config.run_name} on local")
             self._clear_identity()
             return
         try:
@@ -760,19 +753,14 @@ class LaunchScreen(Screen):
                         timeout=10)
             return
         if dry_run:
-            from kdtui.screens.dialogs import PlanScreen
-
-            self.app.push_screen(PlanScreen([str(line) for line in launcher.dry_run()]))
+            self.app.show_plan([str(line) for line in launcher.dry_run()])
             return
-        self.app.push_screen(RunScreen(launcher=launcher,
-                                       title=f"{launcher.run_id} on {host}"))
+        self.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}")
         self._clear_identity()
 
     @work(exclusive=True, group="start")
     async def _start_apr(self, config: RunConfig, settings: AprSettings, host: str,
                          dry_run: bool) -> None:
-        from kdtui.screens.run import RunScreen
-
         try:
             # importing the dispatch loads asyncssh: off the UI thread
             launcher = await asyncio.to_thread(apr_launcher, config, host, settings)
@@ -784,12 +772,10 @@ class LaunchScreen(Screen):
                         timeout=10)
             return
         if dry_run:
-            from kdtui.screens.dialogs import PlanScreen
-
-            self.app.push_screen(PlanScreen(apr_dry_run_lines(launcher)))
+            self.app.show_plan(apr_dry_run_lines(launcher))
             return
         # as KDApp does with the launcher `kdtui launch --profile apr` built
-        self.app.push_screen(RunScreen(launcher=launcher, title=f"{launcher.run_id} on {host}"))
+        self.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}")
         self._clear_identity(APR)
 
     def _clear_identity(self, profile: str = KDENGINE) -> None:

@@ -81,6 +81,9 @@ class RunState:
             self.kept.append(event)  # an engine without held-out eval gives its own verdict
         elif kind == "run_started":
             self.run_started = event
+            if self.finished is not None:  # a resume continues the run that had ended
+                self.kept.remove(self.finished)
+                self.finished = None
 
     def verdict(self):
         events = list(self.kept)
@@ -263,6 +266,9 @@ class RunScreen(Screen):
                 if isinstance(total, int):
                     progress.total = total
                 self._check_effective_config(event)
+                if event.get("resumed_from") is not None and self.status_text:
+                    self.status_text = "resumed"  # not how the run's earlier part ended
+                    self.sub_title = self._sub_title()
                 progress.set_ranks(event.get("world_size"), event.get("backend"))
             elif kind == "log" and event.get("level") == "error":
                 if "rank" in event:
@@ -390,12 +396,7 @@ class RunScreen(Screen):
             "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
 
     def action_back(self) -> None:
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-        else:
-            from kdtui.screens.launch import LaunchScreen
-
-            self.app.switch_screen(LaunchScreen())
+        self.app.back_to_form()
 
 
 def _asked_steps(launcher: Launcher | None, handle: RunHandle | None) -> int | None:

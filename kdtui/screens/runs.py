@@ -75,7 +75,6 @@ class RunsScreen(Screen):
             return
         from kdtui.launch.local import LocalRunHandle
         from kdtui.launch.reattach import describe, manifest_handle
-        from kdtui.screens.run import RunScreen
 
         run = self.runs[row]
         if run.info is not None:
@@ -89,15 +88,10 @@ class RunsScreen(Screen):
                 self.app.notify(str(exc), severity="error", timeout=10)
                 return
             state = run.status
-        self.app.push_screen(RunScreen(handle=handle, title=describe(handle), status=state))
+        self.app.show_run(handle=handle, title=describe(handle), status=state)
 
     def action_new(self) -> None:
-        from kdtui.screens.launch import LaunchScreen
-
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-        else:
-            self.app.switch_screen(LaunchScreen())
+        self.app.back_to_form()
 
     def action_back(self) -> None:
         self.action_new()

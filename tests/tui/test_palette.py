@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from textual.command import CommandPalette
 
-from kdtui.app import KDApp, binding_commands
+from kdtui.app import KDApp
+from kdtui.palette import binding_commands
 from kdtui.screens.launch import LaunchScreen
 from kdtui.screens.runs import RunsScreen
 from kdtui.widgets.log_view import LogView
@@ -154,8 +155,10 @@ async def test_palette_resumes_a_cancelled_run_from_its_checkpoint(runs_dir, tin
         assert app.open_run(str(run_dir))
         await wait_for(pilot, lambda: bool(app.screen.query(LogView)), 10)
         await run_command(pilot, wait_for, "resume")
-        assert "resumed" in app.screen.title_text
         await wait_for(pilot, lambda: _events(run_dir).count(b'"run_started"') > before, 240)
+        # the earlier part's run_finished no longer ends the screen: it follows the resumed run
+        await wait_for(pilot, lambda: app.screen._sub_title().endswith("· resumed"), 30)
+        assert app.screen.state.finished is None
         handle = app.owned_runs[-1]
         await handle.cancel()
         await wait_for(pilot, lambda: not handle.is_alive(), 120)
