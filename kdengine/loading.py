@@ -24,9 +24,8 @@ from kdengine.data import (
     split_documents,
     split_token_shards,
 )
-from kdengine.data.examples import ExampleData, load_example_data
+from kdengine.data.examples import ExampleData, load_examples
 from kdengine.data.formats import is_example_data, parse_fields
-from kdengine.data.store import DataOptions
 from kdengine.diskspace import DiskFull, is_disk_full
 from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
 from kdengine.preflight import check_vocab
@@ -109,27 +108,6 @@ def load_data(config: RunConfig, tokenizer: Any, template_dir: Path | None = Non
                              config.seq_len, config.batch_size)
     splits.skipped = skipped
     return splits
-
-
-def load_examples(config: RunConfig, tokenizer: Any, template_dir: Path | None,
-                  progress: Callable[[str], None] | None = None,
-                  workers: int | None = None) -> ExampleData:
-    """Example data (kdengine.data.examples) as config asks for it: the store built or reused,
-    packed into seq_len rows; ConfigError naming the field for what cannot train."""
-    from kdengine.data.chat import load_chat_template
-
-    template = load_chat_template(template_dir) if template_dir is not None else None
-    options = DataOptions(split=config.data_split, fields=parse_fields(config.data_fields),
-                          train_on=config.train_on, on_bad_file=config.on_bad_file)
-
-    def tokenized(done: int, source: str) -> None:
-        if progress is not None:
-            progress(f"data: {done} examples tokenized (at {source})")
-
-    return load_example_data(config.data, tokenizer, template, seq_len=config.seq_len,
-                             batch_size=config.batch_size, val_fraction=config.val_fraction,
-                             options=options, on_long=config.on_long, progress=tokenized,
-                             workers=workers)
 
 
 def save_final_student(config: RunConfig, student: ModelStudent, run_dir: Path,

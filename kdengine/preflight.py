@@ -258,7 +258,7 @@ def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
         return None, None
     import sys
 
-    from kdengine.loading import load_examples
+    from kdengine.data.examples import load_examples
 
     data = load_examples(config, tokenizer, teacher_dir,
                          lambda line: print(line, file=sys.stderr, flush=True))

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from kdengine.config import ConfigError
+from kdengine.config import ConfigError, RunConfig
 from kdengine.data.chat import ChatTemplate
+from kdengine.data.formats import parse_fields
 from kdengine.data.packing import PackedRows, PackedSampler, pack_rows
 from kdengine.data.store import DataOptions, TokenStore, open_store
 
@@ -99,3 +100,24 @@ def _trains_any(store: TokenStore, rows: PackedRows) -> bool:
         if bool(store.trains[start + 1:min(start + take + 1, end)].any()):
             return True
     return False
+
+
+def load_examples(config: RunConfig, tokenizer: Any, template_dir: Path | None,
+                  progress: Callable[[str], None] | None = None,
+                  workers: int | None = None) -> ExampleData:
+    """Example data as a run's config asks for it: the store built or reused,
+    packed into seq_len rows; ConfigError naming the field for what cannot train."""
+    from kdengine.data.chat import load_chat_template
+
+    template = load_chat_template(template_dir) if template_dir is not None else None
+    options = DataOptions(split=config.data_split, fields=parse_fields(config.data_fields),
+                          train_on=config.train_on, on_bad_file=config.on_bad_file)
+
+    def tokenized(done: int, source: str) -> None:
+        if progress is not None:
+            progress(f"data: {done} examples tokenized (at {source})")
+
+    return load_example_data(config.data, tokenizer, template, seq_len=config.seq_len,
+                             batch_size=config.batch_size, val_fraction=config.val_fraction,
+                             options=options, on_long=config.on_long, progress=tokenized,
+                             workers=workers)
