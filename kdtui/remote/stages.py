@@ -340,7 +340,9 @@ class StageRunner:
             sink = self.line_sink("check", started)
             command = self.plan.check()
             sink(f"$ {command.text}")
-            result = await run_command(self.conn, command, sink, timeout=300)
+            # an hour: on conversation data the check tokenizes the examples into the store the
+            # run then reuses (its progress lines come through the sink), which takes a while
+            result = await run_command(self.conn, command, sink, timeout=3600)
             if result.exit_status != 0:
                 why = result.stderr_lines[-1] if result.stderr_lines else \
                     f"exit status {result.exit_status}"
