@@ -3,12 +3,90 @@ session into a session cache (never the user's), so tests touch nothing outside 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# How long a live run may go without a new event or log line before a test calls it stuck. A run
+# says something every few seconds when idle (steps, evals, stages, the demo teacher every 50 of
+# its steps); the quietest stretches (the engine's start-up, 50 teacher steps) took up to 240s
+# on a 2-core machine loaded 5-fold. Tests wait on the run's own progress, never on a wall-clock
+# total: a run that is slow but moving is waited for; the pytest timeout is the backstop.
+QUIET_S = 300.0
+AFTER_FINISH_S = 60.0  # once run_finished is on disk, what the waiter still allows
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """The run's events so far (complete lines only: the engine may be mid-write)."""
+    try:
+        text = (Path(run_dir) / "events.jsonl").read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+class RunWatch:
+    """A run's progress as its files show it, for a test waiting on it: `check()` fails only
+    when the run has gone QUIET_S without a new event or log line, or AFTER_FINISH_S past its
+    run_finished event, with what the run said last."""
+
+    def __init__(self, run_dir: Path, what: str = "condition", quiet: float = QUIET_S) -> None:
+        self.run_dir, self.what, self.quiet = Path(run_dir), what, quiet
+        self.started = self.last_news = time.monotonic()
+        self.seen: tuple[int, int] = (-1, -1)
+        self.finished_at: float | None = None
+
+    def _sizes(self) -> tuple[int, int]:
+        sizes = []
+        for name in ("events.jsonl", "launch.log"):
+            try:
+                sizes.append((self.run_dir / name).stat().st_size)
+            except FileNotFoundError:
+                sizes.append(0)
+        return sizes[0], sizes[1]
+
+    def check(self) -> None:
+        now = time.monotonic()
+        sizes = self._sizes()
+        if sizes != self.seen:
+            self.seen, self.last_news = sizes, now
+            if self.finished_at is None and any(e.get("type") == "run_finished"
+                                                for e in read_events(self.run_dir)):
+                self.finished_at = now
+        if self.finished_at is not None and now - self.finished_at > AFTER_FINISH_S:
+            self._fail(f"the run finished {AFTER_FINISH_S:.0f}s ago")
+        if now - self.last_news > self.quiet:
+            self._fail(f"the run went {self.quiet:.0f}s without a new event or log line")
+
+    def _fail(self, why: str) -> None:
+        try:
+            tail = (self.run_dir / "launch.log").read_text().splitlines()[-25:]
+        except FileNotFoundError:
+            tail = ["(no launch.log)"]
+        events = read_events(self.run_dir)
+        raise AssertionError(
+            f"{self.what} not met after {time.monotonic() - self.started:.0f}s: {why} "
+            f"({self.run_dir}); last event: {events[-1] if events else None}; launch.log ends:\n"
+            + "\n".join(tail))
+
+
+def wait_on_run(run_dir: Path, condition: Callable[[], bool], what: str = "condition",
+                step: float = 0.2, quiet: float = QUIET_S) -> None:
+    """Block until condition() holds, for as long as the run in run_dir makes progress."""
+    watch = RunWatch(run_dir, what, quiet)
+    while not condition():
+        watch.check()
+        time.sleep(step)
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +96,36 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_engine_dirs(tmp_path: Path, session_cache: Path,
-                         monkeypatch: pytest.MonkeyPatch) -> None:
+                         monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("KDENGINE_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("KDENGINE_CACHE", str(session_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    # One torch thread per engine: with two threads and one other busy process on 2 cores, every
+    # parallel op waits on the descheduled thread (30 demo steps: 65s with 2 threads, 13s with 1,
+    # measured with one busy loop); idle, the tiny models the tests train hardly gain from two.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    stop_left_engines(tmp_path)
+
+
+def stop_left_engines(root: Path) -> None:
+    """Kill the engines a test left going under root (a failed or timed-out test that started
+    a run from the dashboard): each runs in its own process group and would otherwise train on,
+    slowing every later test on a 2-core machine. Only a live process whose command line names
+    its run dir is touched (an engine.pid may be stale)."""
+    for pid_file in root.glob("**/engine.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if "kdengine" in cmdline and str(pid_file.parent) in cmdline:
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -100,3 +203,24 @@ def tiny_run_args(inputs: dict[str, str], run_dir: Path, **overrides) -> list[st
 @pytest.fixture
 def tiny_args():
     return tiny_run_args
+
+
+@pytest.fixture(name="wait_on_run")
+def wait_on_run_fixture() -> Callable[..., None]:
+    return wait_on_run
+
+
+async def wait_for_run(pilot: Any, run_dir: Path, condition: Callable[[], bool],
+                       what: str = "condition", step: float = 0.2,
+                       quiet: float = QUIET_S) -> None:
+    """Let a dashboard (Textual pilot) run until condition() holds, for as long as the run in
+    run_dir makes progress (RunWatch): no wall-clock total."""
+    watch = RunWatch(run_dir, what, quiet)
+    while not condition():
+        watch.check()
+        await pilot.pause(step)
+
+
+@pytest.fixture(name="wait_for_run")
+def wait_for_run_fixture() -> Callable[..., Any]:
+    return wait_for_run

@@ -24,7 +24,7 @@ async def wait_for(pilot, condition, timeout: float) -> None:
 
 
 async def test_a_detached_remote_run_reopens_from_the_runs_list_to_its_verdict(
-        remote_env, tiny_run_inputs, tmp_path, monkeypatch) -> None:
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for_run) -> None:
     from textual.widgets import DataTable
 
     from kdtui.app import KDApp
@@ -48,16 +48,20 @@ async def test_a_detached_remote_run_reopens_from_the_runs_list_to_its_verdict(
         row = [str(cell) for cell in table.get_row_at(0)]
         assert row[:2] == ["tui-remote-1", "kdtest"]
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and bool(app.screen.query(VerdictPanel)), 60)
         screen = app.screen
-        await wait_for(pilot, lambda: screen.query_one(VerdictPanel).status != "pending", 120)
+        await wait_for_run(pilot, remote_env["work"] / "runs" / "tui-remote-1",
+                           lambda: screen.query_one(VerdictPanel).status != "pending",
+                           "the verdict")
         panel = screen.query_one(VerdictPanel)
         assert panel.status == "pass", panel.verdict
         assert "tui-remote-1 on kdtest" in screen.sub_title
 
 
+@pytest.mark.timeout(600)
 async def test_a_remote_run_launched_from_the_dashboard_shows_its_dispatch_stages(
-        remote_env, tiny_run_inputs, tmp_path, monkeypatch) -> None:
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for_run) -> None:
     from kdtui.app import KDApp
     from kdtui.screens.run import RunScreen
     from kdtui.widgets.run_panels import StageTracker, VerdictPanel
@@ -67,10 +71,14 @@ async def test_a_remote_run_launched_from_the_dashboard_shows_its_dispatch_stage
                "run_name": "tui-remote-2", "host": "kdtest"}
     app = KDApp(runs_dir=tmp_path / "local-runs", command="launch", prefill=prefill)
     async with app.run_test(size=(150, 44)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 60)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and bool(app.screen.query(VerdictPanel)), 60)
         screen = app.screen
         panel = screen.query_one(VerdictPanel)
-        await wait_for(pilot, lambda: panel.status != "pending", 180)
+        # the dispatch before the run (the sync builds the per-version venv once a session)
+        # writes nothing into the run dir: QUIET_S (300s) covers it
+        await wait_for_run(pilot, remote_env["work"] / "runs" / "tui-remote-2",
+                           lambda: panel.status != "pending", "the verdict")
         assert panel.status == "pass", panel.verdict
         rows = screen.query_one(StageTracker).rows
         for stage in ("preflight", "sync", "check", "launch", "manifest", "train", "verdict"):

@@ -39,7 +39,7 @@ def start_detached(runs_dir: Path, inputs: dict[str, str], run_name: str) -> Pat
                     *long_run_flags(inputs, run_name))
     assert started.returncode == 0, started.stdout + started.stderr
     run_dir = runs_dir / run_name
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 150  # an engine's start-up on a busy 2-core machine (QUIET_S)
     while not any(e.get("type") == "step" for e in read_events(run_dir / "events.jsonl")):
         assert time.monotonic() < deadline, (run_dir / "launch.log").read_text()
         time.sleep(0.1)

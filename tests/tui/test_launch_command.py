@@ -29,7 +29,8 @@ async def test_launch_command_starts_the_run_in_the_dashboard(runs_dir, tiny_run
     args = launch_args(**tiny_run_inputs, **TINY)
     app = KDApp(runs_dir=runs_dir, command="launch", prefill=prefill_from_args(args))
     async with app.run_test(size=(150, 44)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 30)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and bool(app.screen.query(VerdictPanel)), 120)
         panel = app.screen.query_one(VerdictPanel)
         await wait_for_run(pilot, runs_dir / "from-cli", lambda: panel.status != "pending",
                            "the verdict")

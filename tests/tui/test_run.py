@@ -25,23 +25,30 @@ from kdtui.widgets.run_panels import RunProgress, StageTracker, VerdictPanel
 SIZE = (160, 48)
 
 
+def _run_screen_up(app: KDApp) -> bool:
+    """The run screen is shown and composed (under load, its panels come a moment after it)."""
+    return isinstance(app.screen, RunScreen) and bool(app.screen.query(VerdictPanel))
+
+
 def _fill(screen, **values: str) -> None:
     for name, value in values.items():
         screen.query_one(f"#field-{name}", Input).value = value
 
 
-async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, write_run):
+@pytest.mark.timeout(900)  # the demo teacher may be trained here (once a session); see QUIET_S
+async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, wait_for_run):
     """F2, a shorter schedule, ctrl+r: the embedded engine trains the real demo to a PASS."""
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.screen.form_ready, 10)
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
         await pilot.press("f2")
-        _fill(app.screen, steps="120", eval_every="60", checkpoint_every="0", run_name="demo1")
+        _fill(app.screen, steps="60", eval_every="30", checkpoint_every="0", run_name="demo1")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
+        await wait_for(pilot, lambda: _run_screen_up(app), 120)
         screen = app.screen
         panel = screen.query_one(VerdictPanel)
-        await wait_for(pilot, lambda: panel.status != "pending", 280, 0.5)
+        await wait_for_run(pilot, runs_dir / "demo1", lambda: panel.status != "pending",
+                           "the verdict", 0.5)
         await pilot.pause(0.3)
         assert panel.status == "pass", screen.query_one(LogView).lines[-30:]
         assert panel.verdict.final_val_loss < panel.verdict.initial_val_loss
@@ -58,17 +65,18 @@ async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, wr
 
 
 async def test_tiny_run_then_quit_leaves_nothing_to_ask(
-        runs_dir, wait_for, write_run, tiny_run_inputs):
+        runs_dir, wait_for, wait_for_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.screen.form_ready, 10)
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
         _fill(app.screen, **tiny_run_inputs, steps="30", batch_size="4", seq_len="32",
               lr="0.003", eval_every="10", eval_batches="2", log_every="1",
               checkpoint_every="0", run_name="tiny")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
+        await wait_for(pilot, lambda: _run_screen_up(app), 120)
         panel = app.screen.query_one(VerdictPanel)
-        await wait_for(pilot, lambda: panel.status != "pending", 120, 0.2)
+        await wait_for_run(pilot, runs_dir / "tiny", lambda: panel.status != "pending",
+                           "the verdict")
         assert panel.status == "pass"
         # the launch.log holds each line once (the engine saw its stdout already is the log)
         log = (runs_dir / "tiny" / "launch.log").read_text().splitlines()
@@ -80,38 +88,41 @@ async def test_tiny_run_then_quit_leaves_nothing_to_ask(
 
 
 async def test_quit_with_a_run_going_asks_and_can_stop_it(
-        runs_dir, wait_for, write_run, tiny_run_inputs):
+        runs_dir, wait_for, wait_for_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.screen.form_ready, 10)
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
         _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
               eval_every="0", log_every="1", checkpoint_every="0", run_name="long")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
+        await wait_for(pilot, lambda: _run_screen_up(app), 120)
         screen = app.screen
-        await wait_for(pilot, lambda: screen.state.last_step is not None, 60)
+        await wait_for_run(pilot, runs_dir / "long", lambda: screen.state.last_step is not None,
+                           "a first step")
         handle = screen.handle
         assert handle.is_alive()
         assert os.getpgid(handle.pid) == handle.pid  # its own process group
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen), 5)
         await pilot.click("#stop")
-        await wait_for(pilot, lambda: not handle.is_alive(), 30)
+        await wait_for_run(pilot, runs_dir / "long", lambda: not handle.is_alive(),
+                           "the engine's exit")
     events = [json.loads(x) for x in (runs_dir / "long" / "events.jsonl").open()]
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
 
 
 async def test_leaving_a_run_going_keeps_it_running_for_reattach(
-        runs_dir, wait_for, write_run, tiny_run_inputs):
+        runs_dir, wait_for, wait_for_run, tiny_run_inputs):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.screen.form_ready, 10)
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
         _fill(app.screen, **tiny_run_inputs, steps="1000000", seq_len="32", batch_size="2",
               eval_every="0", log_every="1", checkpoint_every="0", run_name="bg")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 120)
+        await wait_for(pilot, lambda: _run_screen_up(app), 120)
         screen = app.screen
-        await wait_for(pilot, lambda: screen.state.last_step is not None, 60)
+        await wait_for_run(pilot, runs_dir / "bg", lambda: screen.state.last_step is not None,
+                           "a first step")
         handle = screen.handle
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen), 5)
@@ -135,11 +146,13 @@ async def test_leaving_a_run_going_keeps_it_running_for_reattach(
             await pilot.press("f3")
             await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), 5)
             await pilot.press("enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 5)
+            await wait_for(pilot, lambda: _run_screen_up(app), 30)
             screen = app.screen
-            await wait_for(pilot, lambda: screen.state.last_step is not None, 30)
+            await wait_for_run(pilot, runs_dir / "bg",
+                               lambda: screen.state.last_step is not None, "a step")
             first = screen.state.last_step["step"]
-            await wait_for(pilot, lambda: screen.state.last_step["step"] > first, 30)
+            await wait_for_run(pilot, runs_dir / "bg",
+                               lambda: screen.state.last_step["step"] > first, "a new step")
             assert screen.sub_title == "bg on local · reattached (running)"
             # the running stage's clock continues from the stage's start, not from 0
             train = screen.query_one(StageTracker).rows["train"]
@@ -148,7 +161,9 @@ async def test_leaving_a_run_going_keeps_it_running_for_reattach(
             await pilot.press("x")
             await pilot.pause()
             await pilot.click("#yes")
-            await wait_for(pilot, lambda: screen.query_one(VerdictPanel).status != "pending", 30)
+            await wait_for_run(pilot, runs_dir / "bg",
+                               lambda: screen.query_one(VerdictPanel).status != "pending",
+                               "the verdict after the stop")
             assert screen.query_one(VerdictPanel).status == "inconclusive"
             # the title says how the run ended, not how it stood when it was opened
             assert screen.sub_title == "bg on local · cancelled"
