@@ -126,6 +126,11 @@ def cmd_train(argv: list[str]) -> int:
     # a cancel while the engine starts (torch's import takes seconds) ends the run as cancelled
     catch_early()
     config, args = parse_train_args(argv)
+    run_dir = run_dir_for(config)
+    if not args.resume and (run_dir / "events.jsonl").exists():  # --check refuses it too
+        field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
+        raise ConfigError(field, f"{run_dir} already holds a run (continue it with --resume "
+                          f"{run_dir}, or pick another {flag_of(field)})")
     try:
         # kdengine.preflight: everything the run would refuse that is known without weights
         from kdengine.preflight import check_run_inputs
@@ -133,16 +138,11 @@ def cmd_train(argv: list[str]) -> int:
         preflight = check_run_inputs(config)
     except ModuleNotFoundError as exc:
         raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
-    run_dir = run_dir_for(config)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),
                           "preflight": preflight.to_dict()}, indent=2))
         return 0
-    if not args.resume and (run_dir / "events.jsonl").exists():
-        field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
-        raise ConfigError(field, f"{run_dir} already holds a run (continue it with --resume "
-                          f"{run_dir}, or pick another {flag_of(field)})")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (run_dir / "config.json").write_text(config.to_json())

@@ -56,6 +56,12 @@ def test_a_second_run_into_the_same_dir_is_refused(tmp_path, tiny_run_inputs, ti
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2
     assert "already holds a run" in again.stderr
+    # --check says the same before anything else (the remote check stage runs it)
+    check = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=2),
+                            "--check"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2 and check.stdout == ""
+    assert check.stderr.count("\n") == 1 and "--run-dir" in check.stderr
+    assert "already holds a run" in check.stderr
 
 
 def test_import_boundaries_hold_in_a_fresh_interpreter() -> None:
