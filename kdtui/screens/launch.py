@@ -395,7 +395,14 @@ class LaunchScreen(Screen):
     def _focus_first_field(self) -> None:
         found = self.query(f"#{field_widget_id('teacher', self.profile)}")
         if found:
-            focus_quietly(found.first())
+            field = found.first()
+            focus_quietly(field)
+            # the field's group title at the top: 'models' above teacher, student and data (on
+            # 24 rows the focus alone scrolled to the teacher and cut the form mid-help)
+            group = next((a for a in field.ancestors if a.has_class("field-group")), None)
+            if group is not None:
+                self.call_after_refresh(self.query_one("#form", VerticalScroll).scroll_to_widget,
+                                        group, animate=False, top=True)
 
     # -- the profile ------------------------------------------------------------------------
     def select_profile(self, profile: str) -> None:
