@@ -108,7 +108,10 @@ def check_same_tokenizer(a: Any, b: Any) -> None:
         why = a.difference(b)
     elif type(a) is type(b):  # the demo's byte tokenizer on both sides
         return
-    else:
-        why = f"one is {type(a).__name__}, the other {type(b).__name__}"
+    else:  # one side is a demo model: the demo's byte tokenizer, the other an HF tokenizer
+        demo = "teacher" if not isinstance(a, HFTokenizer) else "student"
+        raise ConfigError("student", f"the {demo} is a demo model, which reads bytes with the "
+                          "demo's own tokenizer, and the other model has an HF tokenizer; pair "
+                          "demo://teacher with demo://student, or two models of one family")
     raise ConfigError("student", f"does not share the teacher's tokenizer ({why}); KD needs one "
                       "tokenizer for both: pick a student of the teacher's family")

@@ -135,6 +135,10 @@ def cuda_without_cuda(i: Inputs) -> list[str]:
     return ["--device", "cuda"]
 
 
+def demo_teacher_hf_student(i: Inputs) -> list[str]:
+    return ["--teacher", "demo://teacher"]  # the last --teacher wins
+
+
 CASES: list[tuple[Callable[[Inputs], list[str]], str, list[str]]] = [
     (gemma_teacher, "--teacher", ["gemma", "not supported"]),
     (gpt2_teacher, "--teacher", ["gpt2", "not supported"]),
@@ -149,6 +153,7 @@ CASES: list[tuple[Callable[[Inputs], list[str]], str, list[str]]] = [
     (bad_jsonl_line, "--data", ["more.jsonl:41 is not JSON"]),
     (latin1_text, "--data", ["zz-latin1.txt", "not UTF-8"]),
     (cuda_without_cuda, "--device", ["no CUDA device"]),
+    (demo_teacher_hf_student, "--student", ["demo model", "demo://student"]),
 ]
 IDS = [case[0].__name__ for case in CASES]
 
