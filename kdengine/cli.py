@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,31 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
                           f"--config {run_dir / 'config.json'} --run-dir NEW_DIR`")
 
 
+LOCK_FILE = "engine.lock"
+
+
+def _hold_run_dir(run_dir: Path) -> Any:
+    """An exclusive lock on RUN_DIR/engine.lock for this engine's life (the kernel drops it when
+    the process ends, however it ends): a second engine on the same directory, such as a
+    --resume while the run still goes, is refused instead of writing into it too. Under torchrun
+    rank 0 holds it for all ranks."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # pragma: no cover - not POSIX: no lock, as before
+        return None
+    handle = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 - open for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError("resume", f"{run_dir} is being trained by another engine right "
+                          f"now; wait for it to end, or stop it first (kdtui cancel {run_dir})"
+                          ) from None
+    return handle
+
+
 def run_dir_for(config: RunConfig) -> Path:
     return Path(config.run_dir).expanduser() if config.run_dir else \
         default_runs_dir() / config.run_name
@@ -144,6 +170,7 @@ def cmd_train(argv: list[str]) -> int:
                           "preflight": preflight.to_dict()}, indent=2))
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits
     if not args.resume:
         (run_dir / "config.json").write_text(config.to_json())
     from kdengine.trainer import run

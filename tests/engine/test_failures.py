@@ -164,6 +164,34 @@ def test_resume_without_a_complete_checkpoint_refuses_and_changes_nothing(
     assert _snapshot(run_dir) == before
 
 
+def test_resume_while_the_run_still_goes_refuses_and_the_run_goes_on(
+        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    engine = subprocess.Popen([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=100000,
+                                                       checkpoint_every=2, eval_every=100000)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT  # the first complete checkpoint: resumable
+        while not any(run_dir.glob("checkpoints/step-*/meta.json")):
+            assert engine.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        out = _run([*engine_cmd, "train", "--resume", str(run_dir)])
+        assert out.returncode == 2
+        line = _one_error_line(out)
+        assert f"--resume: {run_dir} is being trained by another engine right now" in line
+        assert engine.poll() is None  # the run goes on, alone in its directory
+        started = [e for e in read_events(run_dir / "events.jsonl")
+                   if e["type"] == "run_started"]
+        assert len(started) == 1
+    finally:
+        os.killpg(engine.pid, signal.SIGTERM)
+        engine.wait(timeout=TIMEOUT)
+
+
 def test_resume_of_a_completed_run_refuses_and_changes_nothing(
         tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
     run_dir = tmp_path / "run"
