@@ -599,6 +599,16 @@ def stream_fingerprint(stream: Stream) -> str:
     return f"{len(stream)}:{total & 0xFFFFFFFFFFFF:012x}"
 
 
+def refuse_changed_position(saved: dict[str, object], now: dict[str, object]) -> None:
+    """Refuse to resume on data or sampling that differ from the checkpoint's (a sampler's
+    `position` then and now)."""
+    changed = [k for k in now if saved.get(k) != now[k]]
+    if changed:
+        raise ConfigError("data", f"differs from the checkpoint's ({', '.join(changed)}: "
+                          f"saved {[saved.get(k) for k in changed]}, now "
+                          f"{[now[k] for k in changed]}); resume on the same data")
+
+
 class BatchSampler:
     """Random windows of `seq_len + 1` tokens from a stream; step k's batch depends on (seed, k)
     only. Returns (input_ids, labels) [batch, seq_len], labels shifted by one."""
@@ -616,13 +626,7 @@ class BatchSampler:
                 "seq_len": self.seq_len, "stream": self._fingerprint}
 
     def check_position(self, saved: dict[str, object], step: int) -> None:
-        """Refuse to resume on data or sampling that differ from the checkpoint's."""
-        now = self.position(step)
-        changed = [k for k in now if saved.get(k) != now[k]]
-        if changed:
-            raise ConfigError("data", f"differs from the checkpoint's ({', '.join(changed)}: "
-                              f"saved {[saved.get(k) for k in changed]}, now "
-                              f"{[now[k] for k in changed]}); resume on the same data")
+        refuse_changed_position(saved, self.position(step))
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) % (2**63))

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from kdengine.config import ON_LONG, ConfigError
+from kdengine.data import refuse_changed_position
 from kdengine.data.store import TokenStore
 from kdengine.losses import IGNORE_INDEX
 
@@ -162,12 +163,7 @@ class PackedSampler:
 
     def check_position(self, saved: dict[str, object], step: int) -> None:
         """Refuse to resume on data or sampling that differ from the checkpoint's."""
-        now = self.position(step)
-        changed = [k for k in now if saved.get(k) != now[k]]
-        if changed:
-            raise ConfigError("data", f"differs from the checkpoint's ({', '.join(changed)}: "
-                              f"saved {[saved.get(k) for k in changed]}, now "
-                              f"{[now[k] for k in changed]}); resume on the same data")
+        refuse_changed_position(saved, self.position(step))
 
     def batch(self, step: int) -> PackedBatch:
         n = len(self.rows)
