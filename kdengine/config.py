@@ -191,6 +191,30 @@ FIELDS: tuple[Field, ...] = (
           choices=LOSS_KINDS),
     Field("jsd_beta", float, 0.5, "Mixture weight beta of the generalized JSD (loss=jsd only)",
           "loss", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Field("lmbda", float, 0.0, "On-policy share: the chance that a step's batch is completions "
+          "the student samples for the data's prompts, graded token by token by the teacher "
+          "(0: off-policy KD on the data's text; 1: always on-policy; TRL GKD's lmbda)",
+          "on-policy", minimum=0.0, maximum=1.0),
+    Field("seq_kd", bool, False, "Sequence-level KD: the batches that are not on-policy train on "
+          "completions the teacher samples instead of the data's (TRL GKD's seq_kd)",
+          "on-policy"),
+    Field("max_new_tokens", int, 128, "Longest completion sampled for a prompt (the prompt keeps "
+          "at most seq_len - max_new_tokens tokens)", "on-policy", minimum=1, maximum=1 << 20),
+    Field("gen_temperature", float, 1.0, "Sampling temperature of completions (0: greedy); "
+          "separate from the KD temperature", "on-policy", minimum=0.0, maximum=100.0),
+    Field("top_p", float, 1.0, "Nucleus sampling: keep the fewest tokens whose probability "
+          "reaches top_p (1: off)", "on-policy", minimum=0.0, maximum=1.0,
+          exclusive_minimum=True),
+    Field("top_k", int, 0, "Sample from the k likeliest tokens only (0: off)", "on-policy",
+          minimum=0, maximum=1 << 24),
+    Field("stop", str, "", "Text that ends a completion besides the tokenizer's EOS, e.g. "
+          "\\n\\n (escapes \\n \\t \\\\ are read)", "on-policy"),
+    Field("sample_every", int, 50, "Emit a sample event (prompt, completion, the teacher's "
+          "log-prob of it) every N on-policy steps (0: only at evaluations)", "on-policy",
+          minimum=0, maximum=10**9),
+    Field("eval_prompts", int, 16, "Held-out prompts the student completes at each evaluation "
+          "of an on-policy run (the same prompts and seed every time)", "on-policy", minimum=1,
+          maximum=100000),
     Field("eval_every", int, 100, "Held-out validation every N steps (0: only at step 0 and the "
           "end)", "eval", minimum=0, maximum=10**9),
     Field("eval_batches", int, 8, "Validation batches per evaluation", "eval", minimum=1,
@@ -243,6 +267,15 @@ class RunConfig:
     alpha: float = 0.3
     loss: str = "forward_kl"
     jsd_beta: float = 0.5
+    lmbda: float = 0.0
+    seq_kd: bool = False
+    max_new_tokens: int = 128
+    gen_temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: str = ""
+    sample_every: int = 50
+    eval_prompts: int = 16
     eval_every: int = 100
     eval_batches: int = 8
     val_fraction: float = 0.05
@@ -319,7 +352,28 @@ class RunConfig:
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError("warmup_steps", f"must be below steps ({self.steps}) "
                               f"(got {self.warmup_steps})")
+        if self.samples_completions and self.max_new_tokens >= self.seq_len:
+            raise ConfigError("max_new_tokens", f"must be below seq_len ({self.seq_len}) so a "
+                              f"prompt keeps a token (got {self.max_new_tokens}): lower it or "
+                              "raise seq_len")
         return self
+
+    @property
+    def samples_completions(self) -> bool:
+        """Whether the run samples completions (on-policy, or sequence-level KD)."""
+        return self.lmbda > 0 or self.seq_kd
+
+    @property
+    def stop_text(self) -> str:
+        """`stop` with its escapes read: \\n newline, \\t tab, \\\\ a backslash."""
+        out, chars = [], iter(self.stop)
+        for ch in chars:
+            if ch == "\\":
+                nxt = next(chars, "")
+                out.append({"n": "\n", "t": "\t", "\\": "\\"}.get(nxt, "\\" + nxt))
+            else:
+                out.append(ch)
+        return "".join(out)
 
     @property
     def is_demo(self) -> bool:
