@@ -32,6 +32,7 @@ from kdengine.events import LOG, RUN_FINISHED, RUN_STARTED
 from kdengine.verdict import verdict_from_events
 from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.remote.hosts import LOCAL, HostsFileError
+from kdtui.samples import SAMPLE_EVENT, Sample, StepLineSplits, sample_line
 from kdtui.watch import LocalRunSource, RunFollower, RunSource
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -123,11 +124,13 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
     # event is read first (events before log in a poll), so the line can be printed with its rank
     # engine's line -> "ERROR (rank N): ..." to print in its place ("": printed already)
     rank_lines: dict[str, str] = {}
+    splits = StepLineSplits()  # an on-policy step's time split, for the engine's step line
 
     def take(update: Any) -> None:
         nonlocal finished, printed
         printed += len(update.log_lines)
         for event in update.events:
+            splits.note(event)
             if event.get("type") == LOG and event.get("level") == "error" and "rank" in event:
                 message = str(event.get("message", ""))
                 ours = f"ERROR (rank {event['rank']}): {_rank_message(message)}"
@@ -142,9 +145,11 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
                 line = rank_lines.pop(line)
                 if not line:
                     continue
-            print(line, file=out, flush=True)
+            print(splits.line(line), file=out, flush=True)
         for event in update.events:
             events.append(event)
+            if event.get("type") == SAMPLE_EVENT and (sample := Sample.from_event(event)):
+                print(sample_line(sample), file=out, flush=True)
             if event.get("type") == RUN_STARTED and asked is not None:
                 echoed = event.get("config")
                 diffs = config_differences(asked, echoed) if isinstance(echoed, dict) else \
