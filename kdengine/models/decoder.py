@@ -13,6 +13,9 @@ Packed rows (several examples in one row): `forward(input_ids, position_ids)` ta
 [batch, seq] that restart at each example (kdengine.data.packing's rows); the rotary positions
 come from them and attention stays inside each example (block-diagonal causal, with the sliding
 window inside an example). Without position ids nothing of this runs: the kernels are today's.
+
+Generation (kdengine.generation) runs `forward_cached`: new tokens at given positions, their keys
+and values written into a static KV cache that the queries attend over; training never runs it.
 """
 
 from __future__ import annotations
@@ -166,11 +169,9 @@ class Attention(nn.Module):
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         return qkv.split((nq, nkv, nkv), dim=-1)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: Any = None) -> torch.Tensor:
-        """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window).
-        Packed rows (Decoder.attention_masks): a bool [b, 1, t, t] tensor (SDPA), a flex
-        BlockMask or VarlenSpans; cos/sin are then [b, 1, t, head_dim]."""
+    def _heads(self, x: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [b, heads, t, head_dim] of `x` [b, t, hidden], q and k normed and rotated."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x)
         q = q.view(b, t, self.n_heads, self.head_dim)
@@ -179,7 +180,15 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: Any = None) -> torch.Tensor:
+        """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window).
+        Packed rows (Decoder.attention_masks): a bool [b, 1, t, t] tensor (SDPA), a flex
+        BlockMask or VarlenSpans; cos/sin are then [b, 1, t, head_dim]."""
+        b, t, _ = x.shape
+        q, k, v = self._heads(x, cos, sin)
         gqa = self.n_kv != self.n_heads
         if mask is None or isinstance(mask, torch.Tensor):
             # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
@@ -193,6 +202,28 @@ class Attention(nn.Module):
                 out = _varlen_attention(q, k, v, mask, gqa)
                 return self.o_proj(out.reshape(b, t, -1))
             out = _FLEX[mask.kv_indices.device.type](q, k, v, block_mask=mask, enable_gqa=gqa)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                       slots: torch.Tensor) -> torch.Tensor:
+        """Generation: the keys and values of the new tokens `x` [b, t, hidden] are written into
+        `cache` (k, v: [b, kv_heads, cache_slots, head_dim]) at `slots` [t], and the queries
+        attend to the whole cache through `mask` [b, 1, t, cache_slots] (True = may attend)."""
+        b, t, _ = x.shape
+        q, k, v = self._heads(x, cos, sin)
+        k_cache, v_cache = cache
+        k_cache.index_copy_(2, slots, k)
+        v_cache.index_copy_(2, slots, v)
+        # The q heads that share a kv head (heads kv*g .. kv*g+g-1) become one query of g*t rows:
+        # plain attention over the cache as it is, no repeated kv copies, any SDPA kernel.
+        group = self.n_heads // self.n_kv
+        q = q.reshape(b, self.n_kv, group * t, self.head_dim)
+        if group > 1:
+            mask = mask.unsqueeze(2).expand(b, 1, group, t, mask.shape[-1]).reshape(
+                b, 1, group * t, mask.shape[-1])
+        out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+        out = out.view(b, self.n_heads, t, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -364,6 +395,13 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                       slots: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, mask, cache,
+                                              slots)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
 
 class DecoderBody(nn.Module):
     """`model.*` of the HF layout: embeddings, layers, final norm."""
@@ -464,6 +502,20 @@ class Decoder(nn.Module):
                     masks[layer.window] = sliding_window_mask(seq, layer.window, x.device)
                 mask = masks[layer.window]
             x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
+    def forward_cached(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                       cache: list[tuple[torch.Tensor, torch.Tensor]], slots: torch.Tensor,
+                       masks: dict[int | None, torch.Tensor]) -> torch.Tensor:
+        """Generation (kdengine.generation): final hidden states [batch, t, hidden] of new tokens
+        `input_ids` [batch, t] at rotary positions `position_ids` [batch, t], attending over a
+        KV cache. Their keys and values go into `cache` (per layer k, v [batch, kv_heads,
+        cache_slots, head_dim]) at `slots` [t]; `masks` holds, per sliding window (None: full),
+        which cache slots each token may see ([batch, 1, t, cache_slots], True = may attend)."""
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.packed_rope(position_ids, x.dtype)
+        for layer, layer_cache in zip(self.model.layers, cache, strict=True):
+            x = layer.forward_cached(x, cos, sin, masks[layer.window], layer_cache, slots)
         return self.model.norm(x)
 
     @torch.no_grad()
