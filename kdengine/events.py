@@ -30,8 +30,9 @@ CHECKPOINT = "checkpoint"
 LOG = "log"
 VERDICT = "verdict"
 RUN_FINISHED = "run_finished"
+SAMPLE = "sample"  # a completion an on-policy run sampled, and what the teacher thinks of it
 KNOWN_TYPES = frozenset(
-    {RUN_STARTED, STAGE, STEP, EVAL, CHECKPOINT, LOG, VERDICT, RUN_FINISHED}
+    {RUN_STARTED, STAGE, STEP, EVAL, CHECKPOINT, LOG, VERDICT, RUN_FINISHED, SAMPLE}
 )
 
 

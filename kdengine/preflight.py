@@ -262,6 +262,10 @@ def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
 
     data = load_examples(config, tokenizer, teacher_dir,
                          lambda line: print(line, file=sys.stderr, flush=True))
+    if config.samples_completions:  # on-policy / seq_kd: the examples must hold prompts
+        from kdengine.onpolicy.prompts import prompt_source
+
+        prompt_source(config, data)
     return data.stats.train_rows * config.seq_len, data.stats.val_rows * config.seq_len
 
 

@@ -73,6 +73,10 @@ class HFTokenizer:
         encoding = self._tok.encode(text, add_special_tokens=False)
         return encoding.ids, encoding.offsets
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of `ids`, special tokens included (a sample shows what was written)."""
+        return self._tok.decode(ids, skip_special_tokens=False)
+
     def encode_tensor(self, text: str) -> torch.Tensor:
         import torch  # here, not at the top: the run's preflight reads tokenizers without torch
 

@@ -18,9 +18,9 @@ import time
 import traceback
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -64,6 +64,9 @@ from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
 from kdengine.verdict import verdict_from_events
+
+if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that sample
+    from kdengine.onpolicy import Rollout
 
 EXIT_COMPLETED, EXIT_FAILED = 0, 1
 STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval", "verdict")
@@ -121,7 +124,8 @@ class KDTrainer:
                  log: RunLog, device: torch.device, dtype: torch.dtype,
                  stop: StopSignals | None = None, chunk_tokens: int = 2048,
                  dist: Dist | None = None, compile_models: bool | None = None,
-                 compile_options: CompileOptions | None = None) -> None:
+                 compile_options: CompileOptions | None = None,
+                 rollout: Rollout | None = None) -> None:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
         self.dist = dist or Dist()  # torchrun: this rank's rows, global loss normalizer
         self.dist.check_batch(config.batch_size)
@@ -155,6 +159,13 @@ class KDTrainer:
                                         config.seed)
             val = BatchSampler(splits.val, config.batch_size, config.seq_len, config.seed)
         self.val_batches = val.fixed_batches(config.eval_batches)
+        # runs that sample completions (on-policy, seq_kd): kdengine.onpolicy draws them
+        self.rollout = rollout
+        if rollout is not None and self.dist.enabled:
+            raise ConfigError("lmbda", "on-policy and seq_kd runs train on one process for now: "
+                              "run them without torchrun")
+        self.timing: dict[str, float] | None = None  # a sampled step's teacher seconds
+        self.last_sampled = None  # the step's sampled batch, for its sample event
         params = [p for p in student.module.parameters() if p.requires_grad]
         self.params = params
         # fp32 master weights and optimizer state (the student loads in fp32; autocast gives
@@ -182,49 +193,62 @@ class KDTrainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
-              position_ids: torch.Tensor | None = None):
-        """`position_ids` (packed rows, kdengine.data.packing): attention stays in examples."""
+              position_ids: torch.Tensor | None = None, spec: KDLossSpec | None = None):
+        """`position_ids` (packed rows, kdengine.data.packing): attention stays in examples;
+        `spec` replaces the run's loss (a batch the student wrote trains on the KD term only)."""
         # this rank's share of the batch
         input_ids, labels, position_ids = self.dist.rows(input_ids, labels, position_ids)
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
         if position_ids is not None:
             position_ids = position_ids.to(self.device)
         if not self._compile_proven:
-            return self._first_compiled_loss(input_ids, labels, position_ids)
-        return self._loss_on_device(input_ids, labels, position_ids)
+            return self._first_compiled_loss(input_ids, labels, position_ids, spec)
+        return self._loss_on_device(input_ids, labels, position_ids, spec)
 
     def _loss_on_device(self, input_ids: torch.Tensor, labels: torch.Tensor,
-                        position_ids: torch.Tensor | None = None):
+                        position_ids: torch.Tensor | None = None,
+                        spec: KDLossSpec | None = None):
         with self._autocast():
+            start = self._clock() if self.timing is not None else 0.0
             # no autograd state at all for the frozen teacher
             with torch.inference_mode():
                 if self._teacher_graphs:  # a new step for CUDA-graph trees: last outputs done
                     torch.compiler.cudagraph_mark_step_begin()
                 t_hidden = self.teacher.hidden_states(input_ids, position_ids)
+            if self.timing is not None:  # sampled steps report their time split
+                self.timing["teacher_s"] = self._clock() - start
             s_hidden = self.student.hidden_states(input_ids, position_ids)
         # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
         scaled = self.scaler.is_enabled() and torch.is_grad_enabled()
         parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
-                              self.teacher.head_weight, labels, self.spec, self.chunk_tokens,
+                              self.teacher.head_weight, labels, spec or self.spec,
+                              self.chunk_tokens,
                               normalizer=self.dist.normalizer(labels),
                               compute_dtype=self.dtype, compile_math=self.compile,
                               loss_scale=self.scaler.get_scale() if scaled else None)
         return self.dist.globalize(parts)
 
     def _first_compiled_loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
-                             position_ids: torch.Tensor | None = None):
+                             position_ids: torch.Tensor | None = None,
+                             spec: KDLossSpec | None = None):
         """The first compiled call compiles; a compiler failure costs speed, never the run."""
         try:
-            parts = self._loss_on_device(input_ids, labels, position_ids)
+            parts = self._loss_on_device(input_ids, labels, position_ids, spec)
         except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
             self.log.message("warning", f"torch.compile failed ({type(exc).__name__}: {exc}); "
                              "training eager instead")
             self.compile = self._teacher_graphs = False
             uncompile_decoder_layers(self.teacher)
             uncompile_decoder_layers(self.student)
-            parts = self._loss_on_device(input_ids, labels, position_ids)
+            parts = self._loss_on_device(input_ids, labels, position_ids, spec)
         self._compile_proven = True
         return parts
+
+    def _clock(self) -> float:
+        """perf_counter after the device's queued work is done (a time split that is true)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -244,10 +268,23 @@ class KDTrainer:
         self.student.module.train()
         n = max(n, 1)
         result = {"step": self.step, "val_loss": total / n, "val_ce": ce / n, "val_kd": kd / n}
+        samples: list[dict[str, Any]] = []
+        if self.rollout is not None:  # the student's own writing on held-out prompts, graded
+            from kdengine.onpolicy import evaluate_generations
+
+            gen, samples = evaluate_generations(self.rollout, self.student, self.teacher,
+                                                self._autocast, self.step)
+            result.update(gen)
         self.log.emit(ev.EVAL, **result)
+        for sample in samples:
+            self.log.emit(ev.SAMPLE, **sample)
         tag = " (initial_loss)" if self.step == 0 else ""
+        gen_text = (f" val_gen_kl={result['val_gen_kl']:.4f} val_gen_teacher_logp="
+                    f"{result['val_gen_teacher_logp']:.4f}" if samples or "val_gen_kl" in result
+                    else "")
         self.log.line(f"eval step {self.step} val_loss={result['val_loss']:.4f} "
-                      f"val_ce={result['val_ce']:.4f} val_kd={result['val_kd']:.4f}{tag}")
+                      f"val_ce={result['val_ce']:.4f} val_kd={result['val_kd']:.4f}"
+                      f"{gen_text}{tag}")
         return result
 
     def train_step(self, batch: tuple[torch.Tensor, ...] | None = None
@@ -255,13 +292,25 @@ class KDTrainer:
         """One optimizer step on `batch` (default: this step's batch from the sampler)."""
         self.step += 1
         t0 = time.perf_counter()
+        sampled = spec = None
+        if batch is None and self.rollout is not None:
+            source = self.rollout.source_of(self.step)
+            if source is not None:  # this step trains on completions sampled now
+                sampled = self.rollout.batch(self.step, source, self.student, self.teacher)
+                batch = (sampled.input_ids, sampled.labels)
+                if source == "student":  # the KD term alone (kdengine.onpolicy.rollout)
+                    spec = replace(self.spec, alpha=0.0)
+                self.timing = {}
         # (input_ids, labels), or (input_ids, labels, position_ids) for packed rows
         batch = batch if batch is not None else self.sampler.batch(self.step)
         input_ids = batch[0]
         # last step's gradients freed before the forward, not after it: they are not needed
         # and would sit beside the activations at the step's memory peak
         self.optimizer.zero_grad(set_to_none=True)
-        parts = self._loss(*batch)
+        try:
+            parts = self._loss(*batch, spec=spec)
+        finally:
+            timing, self.timing = self.timing, None
         # Backward and clipping are queued before the host waits for the loss value, so the GPU
         # never idles between forward and backward; a non-finite loss still stops the run
         # before the update is applied.
@@ -307,6 +356,16 @@ class KDTrainer:
                    "tokens_per_s": input_ids.numel() / max(seconds, 1e-9)}
         if scaling:
             metrics["loss_scale"] = scale
+        if self.rollout is not None:
+            metrics["on_policy"] = sampled is not None and sampled.source == "student"
+        if sampled is not None:  # the step's time split (docs/on-policy.md)
+            gen = sampled.generated
+            teacher_s = (timing or {}).get("teacher_s", 0.0)
+            metrics.update(source=sampled.source, gen_s=gen.seconds, teacher_s=teacher_s,
+                           student_s=max(seconds - gen.seconds - teacher_s, 0.0),
+                           gen_tokens_per_s=gen.new_tokens / max(gen.seconds, 1e-9),
+                           gen_len=gen.new_tokens / max(len(sampled.prompts), 1))
+            self.last_sampled = sampled
         return metrics
 
     # fp16: halving from 2^16, 30 overflows in a row reach 2^-14, where no gradient of a
@@ -362,14 +421,25 @@ class KDTrainer:
             self.evaluate()
         while self.step < cfg.steps:
             self.stop.check()
+            self.last_sampled = None
             metrics = self.train_step()
             step = self.step
             if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
                 self.log.emit(ev.STEP, **metrics, total_steps=cfg.steps)
+                split = (f" gen={metrics['gen_s']:.2f}s teacher={metrics['teacher_s']:.2f}s "
+                         f"student={metrics['student_s']:.2f}s "
+                         f"gen_tok/s={metrics['gen_tokens_per_s']:.0f}"
+                         if "gen_s" in metrics else "")
                 self.log.line(
                     f"step {step}/{cfg.steps} loss={metrics['loss']:.4f} kd={metrics['kd']:.4f} "
                     f"ce={metrics['ce']:.4f} lr={metrics['lr']:.3e} "
-                    f"grad_norm={metrics['grad_norm']:.3f} tok/s={metrics['tokens_per_s']:.0f}")
+                    f"grad_norm={metrics['grad_norm']:.3f} tok/s={metrics['tokens_per_s']:.0f}"
+                    + split)
+            if (self.last_sampled is not None and cfg.sample_every
+                    and step % cfg.sample_every == 0):
+                sample = self.rollout.sample_event(step, self.last_sampled, 0, self.teacher,
+                                                   self._autocast)
+                self.log.emit(ev.SAMPLE, **sample)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 self.evaluate()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
@@ -445,8 +515,14 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
 
             stage = "train"
             log.stage(stage, "running")
+            rollout = None
+            if config.samples_completions:  # on-policy / seq_kd: kdengine.onpolicy
+                from kdengine.onpolicy import make_rollout
+
+                rollout = make_rollout(config, splits, tokenizer, teacher, student, device,
+                                       dtype)
             trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop,
-                                dist=dist)
+                                dist=dist, rollout=rollout)
             if ckpt is not None and (dist.enabled or is_sharded_checkpoint(ckpt)):
                 dist.load_checkpoint(ckpt, trainer)  # DCP shards
             elif ckpt is not None:

@@ -5,6 +5,10 @@ Inconclusive, with the reason: an eval is missing, the run crashed or was cancel
 NaN/inf. kdengine writes it as its last-but-one event; `kdengine verdict RUN_DIR` and the
 dashboard recompute it from the same events, so all three always agree. Imports no torch.
 
+An on-policy run (one whose evaluations carry `val_gen_kl`) is judged on what the student writes:
+the held-out reverse KL of its own completions to fixed prompts, graded by the teacher, must go
+down (`loss_kind: "val_gen_kl"`); val_loss, the data's completions, is only reported beside it.
+
 An engine without held-out evaluation (aprender's `apr distill`, through its profile) writes its
 own verdict from training-batch losses, marked `loss_kind: "train_batch"`; in a stream with no
 eval events that verdict stands, labelled as what its losses are.
@@ -21,7 +25,10 @@ from kdengine import events as ev
 
 VERDICT_ID = "F-DISTILL-SMOKE-001"
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-VAL_LOSS, TRAIN_BATCH = "val", "train_batch"  # what the verdict's two losses are
+# what the verdict's two losses are: held-out val_loss, the held-out reverse KL of an on-policy
+# run's own completions, or (apr) training-batch losses
+VAL_LOSS, GEN_KL, TRAIN_BATCH = "val", "val_gen_kl", "train_batch"
+_LABELS = {VAL_LOSS: "val loss", GEN_KL: "val gen KL", TRAIN_BATCH: "train-batch loss"}
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
 
 
@@ -37,7 +44,7 @@ class Verdict:
 
     @property
     def loss_label(self) -> str:
-        return "val loss" if self.loss_kind == VAL_LOSS else "train-batch loss"
+        return _LABELS.get(self.loss_kind, self.loss_kind)
 
     @property
     def initial_val_loss(self) -> float | None:
@@ -112,12 +119,14 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     initial = next((e for e in evals if e.get("step") == 0), None)
     later = [e for e in evals if e.get("step", 0) > 0]
     final = later[-1] if later else None
-    init_loss = initial.get("val_loss") if initial else None
-    final_loss = final.get("val_loss") if final else None
+    key = GEN_KL if any(GEN_KL in e for e in evals) else "val_loss"
+    init_loss = initial.get(key) if initial else None
+    final_loss = final.get(key) if final else None
     known = dict(
         initial_loss=init_loss if _finite(init_loss) else None,
         final_loss=final_loss if _finite(final_loss) else None,
         final_step=final.get("step") if final else None,
+        **({"loss_kind": GEN_KL} if key == GEN_KL else {}),
     )
 
     if bad_loss is not None:
@@ -134,10 +143,25 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
         return Verdict(INCONCLUSIVE, "no validation loss at step 0", **known)
     if final is None:
         return Verdict(INCONCLUSIVE, "no validation loss after step 0", **known)
+    if key == GEN_KL:  # on-policy: the student's own writing, graded by the teacher
+        beside = _val_loss_beside(initial, final)
+        if final_loss < init_loss:
+            return Verdict(PASS, "the teacher's reverse KL of the student's own completions to "
+                           f"held-out prompts went down (on-policy run; {beside})", **known)
+        return Verdict(FAIL, "the teacher's reverse KL of the student's own completions to "
+                       f"held-out prompts did not go below its step-0 value (on-policy run; "
+                       f"{beside})", **known)
     if final_loss < init_loss:
         return Verdict(PASS, "the held-out validation loss went down", **known)
     return Verdict(FAIL, "the held-out validation loss did not go below its step-0 value",
                    **known)
+
+
+def _val_loss_beside(initial: dict[str, Any], final: dict[str, Any]) -> str:
+    a, b = initial.get("val_loss"), final.get("val_loss")
+    if _finite(a) and _finite(b):
+        return f"val_loss on the data's completions {a:.4f} -> {b:.4f}"
+    return "val_loss on the data's completions not known"
 
 
 def verdict_for_run(run_dir: str) -> Verdict:

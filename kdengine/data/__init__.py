@@ -51,6 +51,11 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of byte ids; the end-of-document id reads as nothing, a cut character as
+        U+FFFD."""
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
     def encode_tensor(self, text: str) -> torch.Tensor:
         raw = bytearray(text.encode("utf-8"))
         return torch.frombuffer(raw, dtype=torch.uint8).to(torch.int64) if raw else \

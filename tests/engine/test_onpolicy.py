@@ -1,0 +1,198 @@
+"""On-policy distillation end to end: the student samples completions for the data's prompts,
+the teacher grades them token by token, and the run reaches a verdict judged on the student's own
+held-out writing; a killed on-policy run resumes to exactly the same losses (every draw comes
+from (seed, step)); inputs an on-policy run cannot use are refused before any run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdengine.config import RunConfig
+from kdengine.events import read_events
+
+# small and quick: 12 steps, 4 prompts a step, 24 new tokens, on the CPU
+RUN = ["--steps", "12", "--batch-size", "4", "--seq-len", "64", "--lr", "3e-3",
+       "--eval-every", "6", "--eval-batches", "2", "--log-every", "1", "--checkpoint-every", "6",
+       "--temperature", "1", "--alpha", "0.3", "--device", "cpu", "--seed", "5",
+       "--lmbda", "0.75", "--max-new-tokens", "24", "--eval-prompts", "6",
+       "--sample-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_tiny_model
+
+    root = tmp_path_factory.mktemp("onpolicy")
+    teacher = write_tiny_model(root / "teacher", hidden=32, layers=2, seed=1)
+    student = write_tiny_model(root / "student", hidden=16, layers=1, seed=2)
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q: what is {i} times 3?\nA:",
+                                        "completion": f" {i * 3}."}) + "\n"
+                            for i in range(120)))
+    return {"teacher": str(teacher), "student": str(student), "data": str(data)}
+
+
+def kdengine(*argv: str, launcher: tuple[str, ...] = (sys.executable, "-m", "kdengine"),
+             **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*launcher, *argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                               **env})
+
+
+def train(inputs: dict[str, str], run_dir: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
+    return kdengine("train", "--teacher", inputs["teacher"], "--student", inputs["student"],
+                    "--data", inputs["data"], *RUN, "--run-dir", str(run_dir), *extra, **kw)
+
+
+def events(run_dir: Path, kind: str) -> list[dict]:
+    return [e for e in read_events(run_dir / "events.jsonl") if e["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def reference(inputs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    out = train(inputs, run_dir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return run_dir
+
+
+def test_an_on_policy_run_reaches_a_verdict_on_the_students_own_writing(
+        reference: Path) -> None:
+    steps = events(reference, "step")
+    assert [e["step"] for e in steps] == list(range(1, 13))
+    sampled = [e for e in steps if e["on_policy"]]
+    # lmbda 0.75: some steps sampled by the student, the others the data's own completions
+    assert 0 < len(sampled) < 12
+    for e in sampled:
+        assert e["source"] == "student" and e["gen_len"] >= 1
+        assert e["gen_s"] > 0 and e["gen_tokens_per_s"] > 0
+        assert e["teacher_s"] >= 0 and e["student_s"] >= 0
+    assert all("gen_s" not in e for e in steps if not e["on_policy"])
+    evals = events(reference, "eval")
+    assert [e["step"] for e in evals] == [0, 6, 12]
+    for e in evals:  # the student's completions to the same held-out prompts, graded
+        assert e["val_gen_kl"] >= 0 and e["val_gen_teacher_logp"] < 0
+        assert 1 <= e["val_gen_len"] <= 24
+    samples = events(reference, "sample")
+    val = [s for s in samples if s["split"] == "val"]
+    assert [(s["step"], s["index"]) for s in val] == [(0, 0), (0, 1), (6, 0), (6, 1),
+                                                     (12, 0), (12, 1)]
+    assert val[0]["prompt"].endswith("times 3?\nA:")  # the prompt, without its completion
+    for s in samples:
+        assert 1 <= s["tokens"] <= 24 and isinstance(s["finished"], bool)
+        assert s["teacher_logp"] < 0 and s["source"] == "student"
+    train_samples = [s["step"] for s in samples if s["split"] == "train"]
+    assert train_samples and all(step % 3 == 0 for step in train_samples)
+    verdict = events(reference, "verdict")[-1]
+    assert verdict["loss_kind"] == "val_gen_kl" and verdict["status"] in ("pass", "fail")
+    assert verdict["initial_loss"] == evals[0]["val_gen_kl"]
+    assert verdict["final_loss"] == evals[-1]["val_gen_kl"]
+    assert "on-policy run" in verdict["reason"] and "val_loss" in verdict["reason"]
+    log = (reference / "launch.log").read_text()
+    assert "val_gen_kl=" in log and "gen_tok/s=" in log
+
+
+# SIGKILLs the CLI's own process before training step KD_KILL_AT (as tests/engine/test_resume.py)
+KILLER = r"""
+import os, signal, sys
+import kdengine.trainer as T
+kill_at = int(os.environ["KD_KILL_AT"])
+train_step = T.KDTrainer.train_step
+def killing_step(self, batch=None):
+    if self.step + 1 == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self, batch)
+T.KDTrainer.train_step = killing_step
+from kdengine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_on_policy_run_resumes_to_exactly_the_same_losses(
+        inputs: dict[str, str], reference: Path, tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
+    out = train(inputs, killed, launcher=(sys.executable, "-c", KILLER), KD_KILL_AT="9")
+    assert out.returncode == -9, out.stderr[-2000:]
+    out = kdengine("train", "--resume", str(killed))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    def by_step(run_dir: Path, kind: str, *keys: str) -> dict[int, tuple]:
+        return {e["step"]: tuple(e.get(k) for k in keys) for e in events(run_dir, kind)}
+
+    keys = ("loss", "kd", "ce", "on_policy", "gen_len")
+    assert by_step(killed, "step", *keys) == by_step(reference, "step", *keys)  # exact
+    assert by_step(killed, "eval", "val_loss", "val_gen_kl") == \
+        by_step(reference, "eval", "val_loss", "val_gen_kl")
+    texts = {(s["step"], s["split"], s["index"]): s["completion"]
+             for s in events(reference, "sample")}
+    assert {(s["step"], s["split"], s["index"]): s["completion"]
+            for s in events(killed, "sample")} == texts
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--max-new-tokens", "64"], "--max-new-tokens"),  # no room left for a prompt
+    (["--train-on", "all"], "--lmbda"),  # every token trains: no prompts
+])
+def test_inputs_an_on_policy_run_cannot_use_are_refused_before_any_run_directory(
+        inputs: dict[str, str], tmp_path: Path, extra: list[str], field: str) -> None:
+    run_dir = tmp_path / "run"
+    out = train(inputs, run_dir, *extra, "--check")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert field in lines[-1] and "Traceback" not in out.stderr
+    assert not run_dir.exists()
+
+
+def test_prompts_of_conversations_end_before_the_last_assistant_turn(tmp_path: Path) -> None:
+    from kdengine.data.chat import ChatTemplate
+    from kdengine.data.examples import load_example_data
+    from kdengine.data.store import DataOptions
+    from kdengine.onpolicy.prompts import prompt_source
+    from kdengine.tokenizer import HFTokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_byte_tokenizer
+
+    write_byte_tokenizer(tmp_path / "tok")
+    tokenizer = HFTokenizer(tmp_path / "tok")
+    template = ChatTemplate(
+        "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}"
+        "{{ m.content }}<|endoftext|>{% endgeneration %}{% else %}{{ m.content }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": f"sum {i}+{i}?"},
+        {"role": "assistant", "content": f"{2 * i}"}]}) + "\n" for i in range(40)))
+    examples = load_example_data(str(data), tokenizer, template, seq_len=64, batch_size=2,
+                                 val_fraction=0.1, options=DataOptions())
+    config = RunConfig(seq_len=64, max_new_tokens=16, batch_size=2, lmbda=1.0)
+    source = prompt_source(config, examples)
+    prompts = source.train(1) + source.held_out(4)
+    texts = [tokenizer.decode(p.tolist()) for p in prompts]
+    for text in texts:  # the whole conversation up to the last answer, which the student writes
+        assert text.startswith("<user>hi ") and "<assistant>hello<|endoftext|>" in text
+        assert text.endswith("?<assistant>")
+    assert all(len(p) <= 64 - 16 for p in prompts)
+    assert [p.tolist() for p in source.train(3)] == [p.tolist() for p in source.train(3)]
+
+
+def test_the_lmbda_coin_is_a_function_of_seed_and_step() -> None:
+    from kdengine.onpolicy.rollout import stream_seed
+
+    def coin(seed: int, step: int) -> float:
+        gen = torch.Generator().manual_seed(stream_seed(seed, f"lmbda:{step}"))
+        return float(torch.rand((), generator=gen))
+
+    draws = [coin(0, s) for s in range(1, 2001)]
+    assert draws == [coin(0, s) for s in range(1, 2001)]
+    assert abs(sum(d < 0.25 for d in draws) / len(draws) - 0.25) < 0.04
+    assert draws != [coin(1, s) for s in range(1, 2001)]
