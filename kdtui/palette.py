@@ -37,13 +37,17 @@ def kdtui_bindings(node: Any) -> Iterator[Binding]:
 
 def bindings_for(screen: Screen | None, app: App) -> Iterator[tuple[Any, Binding]]:
     """(node, binding) for the keys of `screen`, of its kdtui widgets (the log view's filter,
-    next error...) and of the app: what the help lists and the palette offers."""
+    next error...) and of the app that are available now (`check_action`): what the help lists
+    and the palette offers."""
     ours = [w for w in screen.query("*") if type(w).__module__.startswith("kdtui.")] \
         if screen is not None else []
     for node in (screen, *ours, app):
         if node is not None:
             for binding in kdtui_bindings(node):
-                yield node, binding
+                # a key its node says is not available here (the samples key of a run without
+                # a samples pane) is not offered
+                if node.check_action(binding.action.partition("(")[0], ()) is not False:
+                    yield node, binding
 
 
 def binding_commands(screen: Screen, app: App) -> Iterator[PaletteCommand]:

@@ -23,10 +23,12 @@ from textual.widgets import Footer, Header, Input
 
 from kdengine.verdict import verdict_from_events
 from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
+from kdtui.samples import SAMPLE_EVENT, HeldOutGeneration, Sample, wants_samples
 from kdtui.watch import RunFollower
 from kdtui.widgets.log_view import LogView
 from kdtui.widgets.loss_chart import LossChart
 from kdtui.widgets.run_panels import ENGINE_STAGES, RunProgress, StageTracker, VerdictPanel
+from kdtui.widgets.samples import SamplesView
 
 APPLY_EVERY_S = 0.1
 MAX_LINES_PER_TICK = 10_000
@@ -101,6 +103,10 @@ class RunScreen(Screen):
         # '/' and Esc are off the footer so it fits 80 columns: F1 and ctrl+p list them
         Binding("slash", "search", "Search", show=False, id="run.search",
                 tooltip="Search the log"),
+        # an on-policy run's samples pane (off the footer: 80 columns; F1 and ctrl+p list it)
+        Binding("s", "samples", "Samples", show=False, id="run.samples",
+                tooltip="Focus the samples pane (up/down/pgup/pgdn scroll it, v by prompt, "
+                        "z zoom)"),
         Binding("x", "stop_run", "Stop run", id="run.stop",
                 tooltip="SIGTERM to the engine's process group (asks first)"),
         Binding("escape", "back", "Back", show=False, id="run.back",
@@ -143,7 +149,8 @@ class RunScreen(Screen):
                 yield RunProgress(id="progress")
                 yield VerdictPanel(id="verdict")
             yield LossChart(id="chart")
-        yield LogView(id="log")
+        with Horizontal(id="run-bottom"):  # an on-policy run's samples pane mounts left of the log
+            yield LogView(id="log")
         yield Input(placeholder="search the log (Enter: find, n/N: next/previous, Esc: close)",
                     id="search")
         yield Footer()
@@ -240,10 +247,15 @@ class RunScreen(Screen):
         progress = self.query_one(RunProgress)
         tracker = self.query_one(StageTracker)
         state = self.state
+        samples: list[Sample] = []
         for event in events:
             state.add(event)
             kind = event.get("type")
-            if kind == "step":
+            if kind == SAMPLE_EVENT:
+                sample = Sample.from_event(event)
+                if sample is not None:
+                    samples.append(sample)
+            elif kind == "step":
                 step = event.get("step")
                 if isinstance(step, (int, float)):
                     chart.add_step(step, event)
@@ -252,6 +264,9 @@ class RunScreen(Screen):
                 step = event.get("step")
                 if isinstance(step, (int, float)):
                     chart.add_eval(step, event.get("val_loss"))
+                held_out = HeldOutGeneration.from_event(event)
+                if held_out is not None:
+                    self._samples_pane().add_held_out(held_out)
             elif kind == "epoch":  # an engine with epochs (apr): the loss at each epoch's end
                 step = event.get("step")
                 if isinstance(step, (int, float)):
@@ -266,6 +281,8 @@ class RunScreen(Screen):
                 if isinstance(total, int):
                     progress.total = total
                 self._check_effective_config(event)
+                if wants_samples(event.get("config")):
+                    self._samples_pane()
                 if event.get("resumed_from") is not None and self.status_text:
                     self.status_text = "resumed"  # not how the run's earlier part ended
                     self.sub_title = self._sub_title()
@@ -278,6 +295,8 @@ class RunScreen(Screen):
                 # closed by peer" from gloo), which as markup crashed the dashboard
                 self.notify(str(event.get("message", ""))[:300], title=f"Error on {where}",
                             severity="error", timeout=15, markup=False)
+        if samples:
+            self._samples_pane().add_samples(samples)
         finished = state.finished is not None or self.ended
         if state.finished is not None:
             end = "done" if state.finished.get("status") == "completed" else "failed"
@@ -293,6 +312,17 @@ class RunScreen(Screen):
         else:
             panel.show(None, state.initial_val_loss)
         self._fit_layout()
+
+    def _samples_pane(self) -> SamplesView:
+        """The samples pane, mounted the first time an on-policy run needs it (an off-policy
+        run's screen has none: it looks and behaves as it always did)."""
+        found = self.query(SamplesView)
+        if found:
+            return found.first()
+        pane = SamplesView(id="samples")
+        self.query_one("#run-bottom").mount(pane, before=self.query_one(LogView))
+        self._fit_layout()
+        return pane
 
     def _sub_title(self) -> str:
         return " · ".join(part for part in (self.title_text, self.status_text) if part)
@@ -331,6 +361,9 @@ class RunScreen(Screen):
         want_width = None if side_width == SIDE_WIDE else side_width
         if side.styles.width != want_width:
             side.styles.width = want_width
+        for pane in self.query(SamplesView):  # under the side column, as wide
+            if pane.styles.width is None or pane.styles.width.value != side_width:
+                pane.styles.width = side_width
         want_height = None if needed <= share else min(needed, room)
         if top.styles.height != want_height:
             top.styles.height = want_height
@@ -359,6 +392,16 @@ class RunScreen(Screen):
     def action_toggle_log_y(self) -> None:
         chart = self.query_one(LossChart)
         chart.log_y = not chart.log_y
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "samples":
+            return bool(self.query(SamplesView))  # no pane (an off-policy run): no key
+        return True
+
+    def action_samples(self) -> None:
+        found = self.query(SamplesView)
+        if found:
+            found.first().focus()
 
     def action_search(self) -> None:
         box = self.query_one("#search", Input)
@@ -396,6 +439,9 @@ class RunScreen(Screen):
             "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
 
     def action_back(self) -> None:
+        if self.maximized is not None:  # a zoomed pane: Esc puts it back first
+            self.minimize()
+            return
         self.app.back_to_form()
 
 

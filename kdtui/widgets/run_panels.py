@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from kdengine.verdict import Verdict
+from kdtui.samples import generation_rate, step_split
 
 ENGINE_STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval",
                  "verdict")
@@ -279,6 +280,8 @@ class RunProgress(Widget):
         self._epochs_done = 0
         self._epoch_end_step: int | None = None
         self._marks: list[tuple[float, int]] = []  # (event time, step), a sliding window
+        self.split = ""  # an on-policy step's time split (kdtui.samples.step_split); "": none
+        self.gen_rate: float | None = None  # an on-policy step's generated tokens/s
         self._text = Text("")
         self.compact = False  # two lines (bar; step and ETA) for a short terminal
 
@@ -307,7 +310,8 @@ class RunProgress(Widget):
 
     def _lines(self, compact: bool) -> int:
         rank_lines = 0 if self.ranks is None else 1 + bool(self.ranks.failed)
-        return (2 if compact else 4) + rank_lines
+        split_lines = 1 if self.split and not compact else 0
+        return (2 if compact else 4) + rank_lines + split_lines
 
     def render(self) -> Text:
         return self._text
@@ -327,6 +331,8 @@ class RunProgress(Widget):
         tps = event.get("tokens_per_s")
         if isinstance(tps, (int, float)):
             self.tokens_per_s = float(tps)
+        self.split = step_split(event) or self.split
+        self.gen_rate = generation_rate(event) or self.gen_rate
         epoch = event.get("epoch")
         if isinstance(epoch, int) and epoch > 0:
             self.epoch = max(self.epoch or 0, epoch)
@@ -397,6 +403,9 @@ class RunProgress(Widget):
         bar = Text("█" * filled, style="bold") + Text("░" * (bar_width - filled), style="dim")
         total = f"{self.total:,}" if self.total else "?"
         tps = f"{self.tokens_per_s:,.0f}" if self.tokens_per_s is not None else "–"
+        generated = Text("")  # an on-policy run's generation rate, beside the trained rate
+        if self.gen_rate is not None:
+            generated = Text.assemble(("   gen tok/s ", "dim"), f"{self.gen_rate:,.0f}")
         epoch = Text("")
         if self.epoch is not None:
             epoch = Text.assemble(("   epoch ", "dim"), f"{self.epoch}/{self.epochs or '?'}")
@@ -410,8 +419,15 @@ class RunProgress(Widget):
             text = Text.assemble(
                 bar, f" {frac:4.0%}\n",
                 ("step ", "dim"), f"{self.step:,} / {total}", epoch, "\n",
-                ("tokens/s ", "dim"), tps, "\n", ("ETA ", "dim"), format_seconds(self.eta),
+                ("tokens/s ", "dim"), tps, generated, "\n", ("ETA ", "dim"),
+                format_seconds(self.eta),
             )
+            if self.split:  # an on-policy run: where the step's time went
+                split = Text(self.split, style="dim", no_wrap=True, overflow="ellipsis")
+                if width:
+                    split.truncate(width, overflow="ellipsis")
+                text.append("\n")
+                text.append_text(split)
         if self.ranks is not None:
             text.append("\n")
             text.append_text(self._rank_lines())
