@@ -147,6 +147,9 @@ def _fmt(number: float) -> str:
 FIELDS: tuple[Field, ...] = (
     Field("teacher", str, "", "Teacher model: a local HF-layout directory, a hub repo id "
           "(org/name), or demo://teacher", "models"),
+    Field("teacher_cache", str, "", "A teacher cache written by `kdengine cache-teacher` "
+          "(its top-K log-probs on this data): no teacher is loaded, the KD term uses the cache "
+          "(forward_kl only; docs/teacher-cache.md)", "models"),
     Field("student", str, "", "Student model to distil into: a local HF-layout directory, a hub "
           "repo id, or demo://student", "models"),
     Field("data", str, "", "Training data: text (.txt/.jsonl), conversations or "
@@ -248,6 +251,7 @@ class RunConfig:
     """The effective configuration of one run (every field of `FIELDS`, checked)."""
 
     teacher: str = ""
+    teacher_cache: str = ""
     student: str = ""
     data: str = ""
     data_split: str = "train"
@@ -343,7 +347,7 @@ class RunConfig:
         """Checks that involve more than one field. Returns self so calls chain."""
         if require_models:
             for name in ("teacher", "student", "data"):
-                if not getattr(self, name):
+                if not getattr(self, name) and not (name == "teacher" and self.teacher_cache):
                     raise ConfigError(name, f"is required (give {FIELDS_BY_NAME[name].flag} "
                                       "or use --demo)")
         if self.teacher and self.teacher == self.student and not self.allow_same_teacher_student:
