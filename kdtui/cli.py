@@ -5,6 +5,8 @@
     kdtui watch RUN [--headless]              follow a run by id, run dir or dispatch.json
     kdtui runs [--plain]                      list past and running runs (--plain: for scripts)
     kdtui cancel RUN [--timeout S]            cancel a run and wait until it ended
+    kdtui resume RUN [--headless] [--detach]  continue a stopped/failed/cancelled run from its
+                                              newest checkpoint, local or on its own host
 
 Headless commands print plain lines and exit 0 pass / 1 fail / 2 error or inconclusive.
 Nothing here imports torch.
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run", help="Run id, run directory, or dispatch.json (as `kdtui watch`)")
     cancel.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"Seconds to wait for the run to end (default {DEFAULT_TIMEOUT:g})")
+
+    resume = sub.add_parser("resume", help="Continue a stopped, failed or cancelled run from "
+                            "its newest checkpoint", allow_abbrev=False)
+    resume.add_argument("run", help="Run id, run directory, or dispatch.json (as `kdtui watch`)")
+    resume.add_argument("--headless", action="store_true", help="Plain lines, no dashboard")
+    resume.add_argument("--detach", action="store_true",
+                        help="Headless: return once the engine runs again, do not watch it")
     return p
 
 
@@ -102,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             from kdtui.control import cancel_command
 
             return cancel_command(args)
+        if args.command == "resume" and args.headless:
+            from kdtui.headless import headless_resume
+
+            return headless_resume(args)
+        if args.command == "resume":
+            return _resume_in_dashboard(args)
         if args.command == "runs":
             from kdtui.headless import print_runs
 
@@ -130,3 +145,18 @@ def missing_run(ref: str, runs_dir: str | None) -> str | None:
         return None
     return (f"no run {ref!r}: not a dispatch.json, a run directory, or a run id in {where} or "
             "the evidence dir (see `kdtui runs`)")
+
+
+def _resume_in_dashboard(args: argparse.Namespace) -> int:
+    """The dashboard on the resumed run (its stages, then the run); a run that cannot resume is
+    one line before the dashboard starts, exit 2."""
+    from kdengine.config import default_runs_dir
+    from kdtui.app import run_app
+    from kdtui.launch.resume import ResumeRefused, resumer_for
+
+    where = Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_dir()
+    try:
+        resumer = resumer_for(args.run, where)
+    except ResumeRefused as exc:
+        raise UsageError(str(exc)) from None
+    return run_app(args, launcher=resumer)

@@ -14,6 +14,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +29,17 @@ from kdengine.config import (
     flag_of,
     load_config_file,
 )
-from kdengine.events import LOG, RUN_FINISHED, RUN_STARTED
+from kdengine.events import LOG, RUN_STARTED
 from kdengine.verdict import verdict_from_events
 from kdtui.launch.base import StageUpdate, config_differences
+from kdtui.launch.outcome import WatchedRun
 from kdtui.remote.hosts import LOCAL, HostsFileError
 from kdtui.samples import SAMPLE_EVENT, Sample, StepLineSplits, sample_line
 from kdtui.watch import LocalRunSource, RunFollower, RunSource
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 ALIVE_CHECK_EVERY = 5.0  # seconds without news before asking whether the engine still lives
+DEAD_ENGINE_LINES = 8  # log lines repeated when the engine died without a word
 
 
 def env_flag(name: str) -> bool:
@@ -100,19 +103,25 @@ class WatchResult:
     events: list[dict[str, Any]]  # every event seen, in order, each once
     log_lines: int  # launch.log lines printed
     config_errors: list[str]
+    watched: WatchedRun | None = None  # what the manifest records (kdtui.launch.outcome)
 
 
 async def follow_to_verdict(source: RunSource, *, out: TextIO,
                             is_alive: Callable[[], Awaitable[bool]],
                             asked: dict[str, Any] | None = None,
-                            interval: float = 0.3) -> WatchResult:
+                            interval: float = 0.3, log_offset: int = 0,
+                            resuming: str | None = None) -> WatchResult:
     """Print the run's log lines until it finishes, then the verdict.
 
     The whole history is read from offset 0, so attaching late still sees every event. A
     difference between the config asked for and the one the engine echoes in run_started is an
-    error on screen and makes the exit code 2 whatever the verdict.
+    error on screen and makes the exit code 2 whatever the verdict. `resuming` (the run's
+    name): a resume was just started, so the end of the run's earlier part is not the end, and
+    log lines before `log_offset` (that part's) are not printed again.
     """
-    follower = RunFollower(source)
+    follower = RunFollower(source, log_offset=log_offset)
+    watched = WatchedRun()
+    last_lines: deque[str] = deque(maxlen=DEAD_ENGINE_LINES)
     events: list[dict[str, Any]] = []
     config_errors: list[str] = []
     finished: dict[str, Any] | None = None
@@ -145,9 +154,12 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
                 line = rank_lines.pop(line)
                 if not line:
                     continue
+            if line.strip():
+                last_lines.append(line)
             print(splits.line(line), file=out, flush=True)
         for event in update.events:
             events.append(event)
+            watched.add(event)
             if event.get("type") == SAMPLE_EVENT and (sample := Sample.from_event(event)):
                 print(sample_line(sample), file=out, flush=True)
             if event.get("type") == RUN_STARTED and asked is not None:
@@ -158,8 +170,8 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
                     config_errors.append(diff)
                     print(f"ERROR: effective config differs from what was asked: {diff}",
                           file=out, flush=True)
-            if event.get("type") == RUN_FINISHED:
-                finished = event
+        # a resumed run's earlier part ended with a run_finished that its resume makes moot
+        finished = watched.finished if not resuming or watched.resumed_from else None
 
     while True:
         update = await follower.poll()
@@ -174,16 +186,24 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
             if not await is_alive():
                 take(await follower.poll())  # what it wrote just before dying
                 died = finished is None
+                watched.gone = died
+                watched.log_tail = list(last_lines)
                 break
         await asyncio.sleep(interval)
     while (update := await follower.poll()):  # the log lines after run_finished
         take(update)
 
-    verdict = verdict_from_events(events).to_event()
+    verdict_of = verdict_from_events(watched.verdict_events(events))
+    verdict = verdict_of.to_event()
     if died:
         print("ERROR: the engine is gone without finishing the run (killed, or the box "
-              "rebooted); see the log above", file=out, flush=True)
-    summary = verdict_from_events(events).summary()
+              "rebooted); its last log lines:", file=out, flush=True)
+        for line in last_lines:
+            print(f"  | {line}", file=out, flush=True)
+        if watched.checkpoint_step is not None and (name := resuming or _run_name(events)):
+            print(f"resume it from its checkpoint at step {watched.checkpoint_step}: "
+                  f"kdtui resume {name}", file=out, flush=True)
+    summary = verdict_of.summary()
     code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict["status"], EXIT_ERROR)
     if config_errors:
         code = EXIT_ERROR
@@ -192,7 +212,12 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
     if follower.events.gaps or follower.events.duplicates:
         print(f"WARNING: event stream gaps {follower.events.gaps}, duplicates skipped "
               f"{follower.events.duplicates}", file=out, flush=True)
-    return WatchResult(code, verdict, finished, events, printed, config_errors)
+    return WatchResult(code, verdict, finished, events, printed, config_errors, watched)
+
+
+def _run_name(events: list[dict[str, Any]]) -> str | None:
+    started = next((e for e in events if e.get("type") == RUN_STARTED), None)
+    return str(started["run_id"]) if started and started.get("run_id") else None
 
 
 def _rank_message(message: str) -> str:
@@ -301,18 +326,67 @@ async def after_dispatch(handle: Any, out: TextIO, detach: bool,
         await handle.close()
 
 
-async def _watch_remote_handle(handle: Any, out: TextIO) -> int:
-    from kdtui.remote.manifest import record_verdict
-
+async def _watch_remote_handle(handle: Any, out: TextIO, log_offset: int = 0,
+                               resuming: str | None = None) -> int:
     async def alive() -> bool:
         state = await handle.status()
         return bool(state.get("alive"))
 
     result = await follow_to_verdict(handle.source, out=out, is_alive=alive,
-                                     asked=handle.asked_config)
-    if handle.manifest is not None:
-        record_verdict(handle.manifest, result.verdict, result.finished)
+                                     asked=handle.asked_config, log_offset=log_offset,
+                                     resuming=resuming)
+    if result.watched is not None:  # the one code path the dashboard records through too
+        result.watched.record(handle.manifest, result.verdict)
     return result.code
+
+
+# -- resume ------------------------------------------------------------------------------------
+def headless_resume(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """`kdtui resume RUN --headless`: the resume's stages, then the run to its verdict (or
+    --detach); a run that cannot resume is one line, exit 2."""
+    from kdtui.launch.resume import ResumeRefused, resumer_for
+
+    out = out or sys.stdout
+    runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
+
+    def status(text: str) -> None:
+        print(f"[watch] {text}", file=out, flush=True)
+    try:
+        resumer = resumer_for(args.run, runs_dir, on_status=status)
+    except ResumeRefused as exc:
+        print(f"kdtui resume: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return asyncio.run(_resume(resumer, args.detach, out))
+    except KeyboardInterrupt:
+        print(f"detached: the run goes on; come back with: kdtui watch {resumer.run_id}",
+              file=out)
+        return EXIT_ERROR
+
+
+async def _resume(resumer: Any, detach: bool, out: TextIO) -> int:
+    from kdtui.launch.local import LaunchError
+    from kdtui.launch.resume import ResumeRefused
+
+    try:
+        handle = await resumer.start(StagePrinter(out))
+    except (ResumeRefused, LaunchError) as exc:
+        print(f"ERROR: resume failed: {exc}", file=out, flush=True)
+        return EXIT_ERROR
+    if getattr(handle, "manifest", None) is None:  # local
+        if detach:
+            print(f"detached: run {handle.run_id} goes on; follow it with: "
+                  f"{handle.reattach_hint()}", file=out, flush=True)
+            return EXIT_PASS
+
+        async def alive() -> bool:
+            return handle.is_alive()
+        result = await follow_to_verdict(handle.source, out=out, is_alive=alive,
+                                         asked=handle.asked_config, resuming=handle.run_id,
+                                         log_offset=resumer.log_offset)
+        return result.code
+    return await after_dispatch(handle, out, detach, lambda: _watch_remote_handle(
+        handle, out, log_offset=resumer.log_offset, resuming=handle.run_id))
 
 
 # -- watch -------------------------------------------------------------------------------------

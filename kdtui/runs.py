@@ -89,6 +89,16 @@ def _tail_events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def last_finished(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run_finished of the run's latest part: none when a resume started after it."""
+    for event in reversed(events):
+        if event.get("type") == "run_finished":
+            return event
+        if event.get("type") == "run_started":
+            return None
+    return None
+
+
 def run_info(run_dir: Path) -> RunInfo | None:
     """What one run directory holds, or None when it is not a run."""
     run_dir = Path(run_dir)
@@ -98,7 +108,7 @@ def run_info(run_dir: Path) -> RunInfo | None:
         return None
     head = _head_event(events_path)
     tail = _tail_events(events_path)
-    finished = next((e for e in reversed(tail) if e.get("type") == "run_finished"), None)
+    finished = last_finished(tail)
     verdict = next((e for e in reversed(tail) if e.get("type") == "verdict"), None)
     step_event = next((e for e in reversed(tail) if e.get("type") == "step"), None)
     alive = pid is not None and pid_alive(pid)

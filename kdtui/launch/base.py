@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kdtui.watch import RunSource
+
+if TYPE_CHECKING:
+    from kdengine.config import RunConfig
 
 STAGE_STATES = ("pending", "running", "done", "failed", "skipped")
 
@@ -57,4 +60,21 @@ def config_differences(asked: dict[str, Any], effective: dict[str, Any]) -> list
             out.append(f"{name}: asked {value!r}, the engine does not know this field")
         elif effective[name] != value:
             out.append(f"{name}: asked {value!r}, the engine runs {effective[name]!r}")
+    return out
+
+
+def engine_args(config: RunConfig) -> list[str]:
+    """`config.to_args()` with every value that starts with '-' joined to its flag
+    (`--teacher=-rf`): argparse reads a separate '-rf' as an option of its own."""
+    from kdengine.config import FIELDS
+
+    takes_value = {f.flag for f in FIELDS if f.kind is not bool}
+    words = iter(config.to_args())
+    out: list[str] = []
+    for word in words:
+        if word in takes_value:
+            value = next(words)
+            out += [f"{word}={value}"] if value.startswith("-") else [word, value]
+        else:
+            out.append(word)
     return out

@@ -25,7 +25,7 @@ from typing import Any
 
 from kdengine.config import FIELDS, ConfigError, RunConfig, flag_of
 from kdengine.events import EVENTS_FILE, LOG_FILE
-from kdtui.launch.base import StageUpdate
+from kdtui.launch.base import StageUpdate, engine_args
 from kdtui.runs import PID_FILE, pid_alive, read_pid
 from kdtui.watch import LocalRunSource
 
@@ -49,7 +49,7 @@ def stamp_run_name(config: RunConfig) -> RunConfig:
 
 def engine_command(config: RunConfig) -> list[str]:
     """The exact command line the local launcher runs."""
-    return [sys.executable, "-m", "kdengine", "train", *config.to_args()]
+    return [sys.executable, "-m", "kdengine", "train", *engine_args(config)]
 
 
 @dataclass

@@ -17,18 +17,20 @@ from typing import Any
 
 from kdengine.config import RunConfig
 from kdtui.launch.base import StageUpdate, config_differences
-from kdtui.remote.connect import RemoteError
+from kdtui.remote.connect import RemoteError, link_reason
 from kdtui.remote.hosts import HostConfig, get_host
 from kdtui.remote.manifest import (
     FALSIFIER,
     local_git_commit,
     manifest_path,
+    merge_attempts,
     read_manifest,
     utc_now,
     write_manifest,
 )
 from kdtui.remote.source import SSHRunSource
 from kdtui.remote.stages import (
+    LINK_ERRORS,
     STAGES,
     HostAttempt,
     RemotePlan,
@@ -99,6 +101,11 @@ class RemoteRunHandle:
     async def log_tail(self, lines: int = 40) -> list[str]:
         return (await self._agent("tail", lines=lines)).get("lines", [])
 
+    async def engine_alive(self) -> bool:
+        """Whether the engine process still runs on the host (one agent status over the
+        resilient link)."""
+        return bool((await self.status()).get("alive"))
+
     async def cancel(self) -> None:
         """SIGTERM to the run's process group: the engine ends it as cancelled."""
         await self._agent("cancel")
@@ -146,6 +153,8 @@ class RemoteLauncher:
         self.evidence_dir = evidence_dir
         self.on_status = on_status
         self.attempts: list[HostAttempt] = []
+        self._token: str | None = None  # this dispatch's launch token, once it has one
+        self._started_unconfirmed = False  # the start was sent, its answer not yet had
 
     @property
     def run_id(self) -> str:
@@ -167,6 +176,8 @@ class RemoteLauncher:
         return lines
 
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> RemoteRunHandle:
+        """The stages on the primary host, then the fallback if the primary fails preflight.
+        Every failure is a DispatchError with one line; the manifest says what happened."""
         for i, plan in enumerate(self.plans):
             runner = StageRunner(plan, on_stage)
             self.attempts.append(runner.attempt)
@@ -177,22 +188,32 @@ class RemoteLauncher:
                 await runner.close()
                 if exc.fallback_ok and i + 1 < len(self.plans):
                     nxt = self.plans[i + 1].host.alias
-                    for stage in self.stages:
+                    note = [f"{plan.host.alias} failed preflight: {exc}; trying the fallback "
+                            f"host {nxt}"]
+                    for stage in self.stages:  # the note once, not under every stage
                         on_stage(StageUpdate(stage, "pending", 0.0,
                                              f"fallback to {nxt}" if stage == "preflight" else "",
-                                             [f"{plan.host.alias} failed preflight: {exc}; "
-                                              f"trying the fallback host {nxt}"], nxt))
+                                             note if stage == self.stages[0] else [], nxt))
                     continue
                 self._write(plan, None, error=str(exc))
                 raise DispatchError(self._failure_text(str(exc))) from None
             try:
-                handle = await self._rest(runner, probe, on_stage)
-            except (RemoteError, OSError) as exc:
-                runner.attempt.error = str(exc)
+                return await self._rest(runner, probe, on_stage)
+            except (RemoteError, *LINK_ERRORS) as exc:
+                text = str(exc) if isinstance(exc, RemoteError) else \
+                    f"{plan.host.alias}: the link dropped ({link_reason(exc)})"
+                runner.attempt.error = text
                 await runner.close()
-                self._write(plan, None, error=str(exc))
-                raise DispatchError(self._failure_text(str(exc))) from None
-            return handle
+                if self._started_unconfirmed and (getattr(exc, "link_lost", False)
+                                                  or not isinstance(exc, RemoteError)):
+                    # the detached start was sent and its answer lost: the engine may run.
+                    # The manifest (written before the start) lets watch/cancel/runs find it.
+                    self._record_attempts()
+                    raise DispatchError(
+                        f"{text}; the engine may have started: `kdtui watch {self.run_id}` "
+                        f"follows it, `kdtui cancel {self.run_id}` stops it") from None
+                self._write(plan, None, error=text)
+                raise DispatchError(self._failure_text(text)) from None
         raise DispatchError("no host to try")  # pragma: no cover - plans is never empty
 
     def _failure_text(self, last: str) -> str:
@@ -215,26 +236,41 @@ class RemoteLauncher:
             await runner.sync(probe)
             await runner.check()
             await runner.models()
-            pid = await runner.launch()
+            # the manifest exists before the detached start: whatever happens to this session
+            # from here on, `kdtui watch/cancel/runs` find the run
+            token = f"{self.run_id}-{runner.attempt.id}"
+            self._write(plan, None, probe=probe, starting=token)
+            self._started_unconfirmed = True
+            pid = await runner.launch(token)
         started = time.monotonic()
         on_stage(StageUpdate("manifest", "running", host=plan.host.alias))
         path = self._write(plan, pid, probe=probe)
+        self._started_unconfirmed = False
         on_stage(StageUpdate("manifest", "done", time.monotonic() - started, str(path),
                              host=plan.host.alias))
         runner.attempt.stages.append(
             StageRecord("manifest", "done", time.monotonic() - started, str(path)))
-        write_manifest(path, {**read_manifest(path), "attempts": self._attempt_dicts()})
+        self._record_attempts()
         source = SSHRunSource(plan.host, plan.run_dir, conn=runner.conn, on_status=self.on_status)
         runner.conn = None  # the source owns the connection from here on
         return RemoteRunHandle(run_id=self.run_id, host=plan.host.alias, run_dir=plan.run_dir,
                                plan=plan, source=source, pid=pid, manifest=path,
                                attempts=self.attempts)
 
+    def _record_attempts(self) -> None:
+        path = self.manifest_path
+        if path.is_file():
+            data = read_manifest(path)
+            data["attempts"] = merge_attempts(data, self._attempt_dicts())
+            write_manifest(path, data)
+
     def _attempt_dicts(self) -> list[dict[str, Any]]:
         return [a.to_dict() for a in self.attempts]
 
     def _write(self, plan: RemotePlan, pid: int | None, *, probe: dict[str, Any] | None = None,
-               error: str | None = None) -> Path:
+               error: str | None = None, starting: str | None = None) -> Path:
+        """The manifest: `starting` (the launch token) just before the detached start, the pid
+        once it started, `error` when the dispatch failed."""
         path = self.manifest_path
         previous: dict[str, Any] = {}
         if path.is_file():
@@ -243,13 +279,17 @@ class RemoteLauncher:
             except (OSError, ValueError):
                 previous = {}
         reattached = bool(self.attempts and self.attempts[-1].reattached)
-        if previous.get("launched") and (reattached or pid is None):
+        ours = previous.get("launch_token") and previous.get("launch_token") == self._token
+        if previous.get("launched") and not ours and (reattached or pid is None):
             # the evidence of a run that was started is never overwritten: a reattach or a
-            # refused re-dispatch is noted beside it
+            # refused re-dispatch is noted beside it, its attempts appended
             key = "reattached_at" if reattached else "refused_redispatches"
             previous.setdefault(key, []).append(
                 utc_now() if reattached else {"at": utc_now(), "error": error})
+            previous["attempts"] = merge_attempts(previous, self._attempt_dicts())
             return write_manifest(path, previous)
+        if starting:
+            self._token = starting
         probe = probe or {}
         home = probe.get("home")
         remote_run_dir = plan.run_dir if plan.run_dir.startswith("/") or not home else \
@@ -258,7 +298,10 @@ class RemoteLauncher:
         data = {
             "run_id": self.run_id,
             "falsifier": FALSIFIER,
-            "launched": pid is not None,
+            # true from just before the detached start: an engine may run from then on
+            "launched": pid is not None or starting is not None or bool(ours and not error),
+            "launch_confirmed": pid is not None,
+            "launch_token": self._token,
             "error": error,
             "host": plan.host.alias,
             "user": None,
@@ -275,9 +318,11 @@ class RemoteLauncher:
             "remote_git_commit": self.attempts[-1].commit if self.attempts else None,
             "engine_command": plan.engine_argv,
             "config": plan.config.to_dict(),
-            "attempts": self._attempt_dicts(),
-            "dispatched_at": utc_now(),
+            "attempts": merge_attempts(previous, self._attempt_dicts()),
+            "dispatched_at": previous.get("dispatched_at") if ours else utc_now(),
             "verdict": None,
+            "segments": [{"kind": "dispatch", "pid": pid, "at": utc_now(),
+                          "from_step": None}] if pid is not None else [],
         }
         if self.attempts and self.attempts[-1].probe:
             data["user"] = self.attempts[-1].probe.get("user")

@@ -22,6 +22,7 @@ import sys
 import sysconfig
 
 PID_FILE = "engine.pid"
+TOKEN_FILE = "launch.token"  # which launch started the engine in engine.pid
 LOG_FILE = "launch.log"
 EVENTS_FILE = "events.jsonl"
 BUILD_MARKER = ".kdtui-build"
@@ -124,9 +125,25 @@ def cmd_mkenv(args: argparse.Namespace) -> None:
     lists this python's own site-packages dirs, after the venv's own: the venv's kdengine wins,
     torch and friends come from the configured python, and nothing is downloaded.
     """
-    import venv
+    import fcntl
 
     env_dir = os.path.abspath(args.env_dir)
+    os.makedirs(os.path.dirname(env_dir), exist_ok=True)
+    # one mkenv per venv at a time: a mkenv cut off by a dropped link may still be running
+    # when the stage sends it again; the second waits, then finds the venv made
+    with open(env_dir + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _read(os.path.join(env_dir, BUILD_MARKER)) == args.build and \
+                os.path.exists(os.path.join(env_dir, "bin", "python")):
+            answer({"ok": True, "env_dir": env_dir, "kdengine": _module_version(
+                "kdengine", os.path.join(env_dir, "bin", "python")), "already_made": True})
+            return
+        _make_env(args, env_dir)
+
+
+def _make_env(args: argparse.Namespace, env_dir: str) -> None:
+    import venv
+
     venv.EnvBuilder(clear=True, symlinks=os.name != "nt", with_pip=False).create(env_dir)
     purelib = sysconfig.get_path("purelib", vars={"base": env_dir, "platbase": env_dir})
     dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
@@ -218,6 +235,8 @@ def _last_finished(run_dir: str) -> dict | None:
             continue
         if isinstance(event, dict) and event.get("type") == "run_finished":
             return event
+        if isinstance(event, dict) and event.get("type") == "run_started":
+            return None  # a resumed run: the earlier part's end is not this part's
     return None
 
 
@@ -228,20 +247,41 @@ def _size(path: str) -> int:
         return -1
 
 
+def _checkpoint_step(run_dir: str) -> int | None:
+    """The step of the run's newest complete checkpoint (meta.json is written last), or None:
+    what `kdengine train --resume` would continue from."""
+    try:
+        names = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:
+        return None
+    steps = [int(n[5:]) for n in names if n.startswith("step-") and n[5:].isdigit()
+             and os.path.exists(os.path.join(run_dir, "checkpoints", n, "meta.json"))]
+    return max(steps) if steps else None
+
+
 def _status(run_dir: str) -> dict:
     pid_text = _read(os.path.join(run_dir, PID_FILE))
     pid = int(pid_text) if pid_text and pid_text.isdigit() else None
     return {"pid": pid, "alive": bool(pid and _pid_alive(pid)),
             "finished": _last_finished(run_dir),
+            "checkpoint_step": _checkpoint_step(run_dir),
             "events_bytes": _size(os.path.join(run_dir, EVENTS_FILE)),
             "log_bytes": _size(os.path.join(run_dir, LOG_FILE))}
 
 
 def cmd_launch(args: argparse.Namespace) -> None:
-    """Start the engine in its own session, stdin from /dev/null, output into launch.log."""
+    """Start the engine in its own session, stdin from /dev/null, output into launch.log.
+
+    `--token` makes a launch idempotent: the token is written beside engine.pid once the engine
+    is started, so the same launch sent again after a dropped link answers the engine it
+    already started (alive or not) instead of starting another one."""
     run_dir = os.path.abspath(args.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     state = _status(run_dir)
+    if args.token and _read(os.path.join(run_dir, TOKEN_FILE)) == args.token:
+        answer({"ok": True, "pid": state["pid"], "already_running": False,
+                "already_started": True, "alive": state["alive"]})
+        return
     if state["alive"]:
         answer({"ok": True, "pid": state["pid"], "already_running": True})
         return
@@ -252,6 +292,9 @@ def cmd_launch(args: argparse.Namespace) -> None:
                                    start_new_session=True, close_fds=True, env=env)
     with open(os.path.join(run_dir, PID_FILE), "w") as fh:
         fh.write(f"{process.pid}\n")
+    if args.token:
+        with open(os.path.join(run_dir, TOKEN_FILE), "w") as fh:
+            fh.write(args.token + "\n")
     answer({"ok": True, "pid": process.pid, "already_running": False})
 
 
@@ -358,6 +401,7 @@ def main(argv: list | None = None) -> None:
     git.add_argument("--ref", required=True)
     launch = sub.add_parser("launch")
     launch.add_argument("--run-dir", required=True)
+    launch.add_argument("--token", default="")
     launch.add_argument("argv", nargs=argparse.REMAINDER)
     for name in ("status", "cancel"):
         sub.add_parser(name).add_argument("--run-dir", required=True)

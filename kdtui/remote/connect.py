@@ -26,6 +26,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def link_reason(exc: BaseException) -> str:
+    """A dropped link's error as a few words ('ChannelOpenError: SSH connection closed')."""
+    text = str(getattr(exc, "reason", "") or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 class RemoteError(Exception):
     """A remote step failed; the message is one line that says what and what to do."""
 

@@ -67,13 +67,60 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def record_verdict(path: Path, verdict: dict[str, Any], finished: dict[str, Any] | None) -> None:
-    """Add the verdict (and how the run finished) to an existing manifest."""
+def record_watch(path: Path, *, verdict: dict[str, Any], finished: dict[str, Any] | None,
+                 engine_last_step: int | None, checkpoint_step: int | None,
+                 status: str | None, log_tail: list[str] | None = None) -> None:
+    """What a watch saw at the run's end (kdtui.launch.outcome.WatchedRun.record, for the
+    dashboard and headless watch alike): the verdict, run_finished, the engine's last step, the
+    newest checkpoint, and `state` (completed, failed, cancelled, or stopped: the engine died
+    without run_finished, `engine_gone` holding the log's last lines). The current segment
+    (the dispatch's start, or the latest resume) gets the same end."""
     data = read_manifest(path)
     data["verdict"] = verdict
     data["run_finished"] = finished
+    data["engine_last_step"] = engine_last_step
+    data["checkpoint_step"] = checkpoint_step
+    data["state"] = status
     data["verdict_recorded_at"] = utc_now()
+    if status == "stopped":
+        data["engine_gone"] = {"at": utc_now(), "log_tail": list(log_tail or [])}
+    segments = data.get("segments") or []
+    if segments:
+        segments[-1].update(ended=status, last_step=engine_last_step, ended_at=utc_now())
     write_manifest(path, data)
+
+
+def record_verdict(path: Path, verdict: dict[str, Any], finished: dict[str, Any] | None) -> None:
+    """record_watch for a watcher that kept only the verdict and run_finished (apr's)."""
+    steps = (finished or {}).get("steps")
+    record_watch(path, verdict=verdict, finished=finished,
+                 engine_last_step=steps if isinstance(steps, int) else None,
+                 checkpoint_step=None,
+                 status=str(finished.get("status") or "completed") if finished else None)
+
+
+def merge_attempts(data: dict[str, Any], attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifest's attempts with `attempts` in: one with a known `id` is that attempt's
+    newer record, any other is appended. Attempts are never dropped or replaced by another."""
+    merged = list(data.get("attempts") or [])
+    index = {a.get("id"): i for i, a in enumerate(merged) if a.get("id")}
+    for attempt in attempts:
+        if attempt.get("id") in index:
+            merged[index[attempt["id"]]] = attempt
+        else:
+            merged.append(attempt)
+    return merged
+
+
+def add_segment(path: Path, segment: dict[str, Any]) -> dict[str, Any]:
+    """A new part of the run (a resume): appended to `segments`, the run no longer ended."""
+    data = read_manifest(path)
+    data.setdefault("segments", []).append(segment)
+    for key in ("run_finished", "state", "engine_gone"):
+        data[key] = None
+    data["verdict"] = None
+    write_manifest(path, data)
+    return data
 
 
 def find_manifest(ref: str) -> Path | None:

@@ -25,6 +25,7 @@ from kdtui.remote.connect import (
     run_agent,
 )
 from kdtui.remote.hosts import HostConfig
+from kdtui.remote.link import CONNECTED, GIVEN_UP, LOST, RECONNECTED, LinkState
 
 T = TypeVar("T")
 LINK_ERRORS = (*CONNECTION_ERRORS, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
@@ -44,6 +45,8 @@ class SSHRunSource:
         self.give_up_after = give_up_after
         self.max_backoff = max_backoff
         self.reconnects = 0  # how many times the link was re-established
+        self.link: LinkState | None = None  # None until the first connection
+        self.link_listeners: list[Callable[[LinkState], None]] = []
         self._conn = conn
         self._sftp: asyncssh.SFTPClient | None = None
         self._files: dict[str, asyncssh.SFTPClientFile] = {}
@@ -55,7 +58,18 @@ class SSHRunSource:
             self._conn = await open_connection(self.host)
         if self._sftp is None:
             self._sftp = await self._conn.start_sftp_client()
+        if self.link is None:
+            self._set_link(LinkState(CONNECTED, self.host.alias, time.monotonic()))
         return self._conn
+
+    def _set_link(self, state: LinkState) -> None:
+        """Tell the listeners (every retry of a loss: its countdown moves); `on_status` hears
+        only changes of state, in words."""
+        before, self.link = self.link, state
+        for listener in list(self.link_listeners):
+            listener(state)
+        if state.changed(before) and state.state != CONNECTED:
+            self._say(state.line())
 
     def _drop(self) -> None:
         self._files.clear()
@@ -77,7 +91,8 @@ class SSHRunSource:
                     result = await action(conn)
                 if first_failure is not None:
                     self.reconnects += 1
-                    self._say(f"reconnected to {self.host.alias}; resuming from the same offsets")
+                    self._set_link(LinkState(RECONNECTED, self.host.alias, time.monotonic(),
+                                             reconnects=self.reconnects))
                 return result
             except HostKeyRefused:
                 raise  # never retried: a changed key is not a flaky link
@@ -88,11 +103,15 @@ class SSHRunSource:
                 now = time.monotonic()
                 first_failure = first_failure or now
                 if now - first_failure > self.give_up_after:
+                    self._set_link(LinkState(GIVEN_UP, self.host.alias, first_failure,
+                                             _reason(exc), reconnects=self.reconnects))
                     raise RemoteError(f"lost {self.host.alias} for over {self.give_up_after:g}s "
                                       f"({_reason(exc)}); the run may still be going: "
                                       "try `kdtui watch` again later") from None
-                self._say(f"connection to {self.host.alias} lost ({_reason(exc)}); "
-                          f"reconnecting in {delay:g}s")
+                self._set_link(LinkState(LOST, self.host.alias, first_failure, _reason(exc),
+                                         retry_at=now + delay,
+                                         give_up_at=first_failure + self.give_up_after,
+                                         reconnects=self.reconnects))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
@@ -107,7 +126,11 @@ class SSHRunSource:
             handle = self._files.get(name)
             if handle is None:
                 try:
-                    handle = await self._sftp.open(f"{self.run_dir}/{name}", "rb")
+                    # block_size=0: one SFTP request per read. asyncssh splits a larger read
+                    # into up to 16 parallel tasks, and when the link dies under them, those
+                    # it no longer awaits print "Task exception was never retrieved"
+                    handle = await self._sftp.open(f"{self.run_dir}/{name}", "rb",
+                                                   block_size=0)
                 except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
                     return b""  # not written yet
                 self._files[name] = handle
@@ -133,4 +156,6 @@ def _is_link_error(exc: RemoteError) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    from kdtui.remote.connect import link_reason
+
+    return str(exc) if isinstance(exc, RemoteError) else link_reason(exc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,14 +27,24 @@ from typing import Any
 import asyncssh
 
 from kdengine.config import RunConfig
-from kdtui.launch.base import StageUpdate, config_differences
+from kdtui.launch.base import StageUpdate, config_differences, engine_args
 from kdtui.remote import agent as agent_module
 from kdtui.remote.command import RemoteCommand, remote_command
-from kdtui.remote.connect import RemoteError, open_connection, run_agent, run_command
+from kdtui.remote.connect import (
+    HostKeyRefused,
+    RemoteError,
+    link_reason,
+    open_connection,
+    run_agent,
+    run_command,
+)
 from kdtui.remote.hosts import HostConfig, hosts_file
 from kdtui.remote.wheel import WheelBuild
 
 STAGES = ("preflight", "sync", "check", "models", "launch", "manifest")
+STAGE_RETRIES = 3  # reconnects within one stage before it fails
+RECONNECT_S = 30.0  # how long one reconnect keeps trying
+LINK_ERRORS = (asyncssh.Error, OSError, asyncio.TimeoutError, EOFError)
 MIN_PYTHON = (3, 10)
 TAIL_LINES = 40
 
@@ -50,9 +61,10 @@ class StageFailed(RemoteError):
     """A stage failed. `fallback_ok`: another host could do better (it was the host's fault)."""
 
     def __init__(self, message: str, output: list[str] | None = None, *,
-                 fallback_ok: bool = False) -> None:
+                 fallback_ok: bool = False, link_lost: bool = False) -> None:
         super().__init__(message, output)
         self.fallback_ok = fallback_ok
+        self.link_lost = link_lost  # the link dropped and did not come back: outcome unknown
 
 
 def engine_launcher(python: str, gpus: int, config: RunConfig) -> list[str]:
@@ -119,7 +131,7 @@ class RemotePlan:
     @property
     def engine_argv(self) -> list[str]:
         return [*engine_launcher(self.engine_python, self.gpus, self.config),
-                "-m", "kdengine", "train", *self.config.to_args()]
+                "-m", "kdengine", "train", *engine_args(self.config)]
 
     # -- commands ------------------------------------------------------------------------------
     def _agent(self, purpose: str, *args: str, python: str | None = None,
@@ -144,7 +156,8 @@ class RemotePlan:
                            "--build", build or self.build_id, *source)
 
     def check(self) -> RemoteCommand:
-        argv = [self.engine_python, "-m", "kdengine", "train", "--check", *self.config.to_args()]
+        argv = [self.engine_python, "-m", "kdengine", "train", "--check",
+                *engine_args(self.config)]
         return remote_command("check the engine's arguments", argv, setup=self.host.env_setup,
                               env=dict(self.host.env))
 
@@ -162,9 +175,13 @@ class RemotePlan:
                            *(f"{name}={spec}" for name, spec in models),
                            python=self.engine_python, env=True)
 
-    def launch(self) -> RemoteCommand:
+    def launch(self, token: str = "", argv: list[str] | None = None) -> RemoteCommand:
+        """The detached start; `token` names this launch (sent again after a dropped link, it
+        answers the engine it started), `argv` another engine command (a resume's)."""
+        token_args = ["--token", token] if token else []
         return self._agent("start the engine detached", "launch", "--run-dir", self.run_dir,
-                           "--", *self._env_prefix(), *self.engine_argv)
+                           *token_args, "--", *self._env_prefix(),
+                           *(argv if argv is not None else self.engine_argv))
 
     def _env_prefix(self) -> list[str]:
         return ["env", *(f"{k}={v}" for k, v in self.host.env)] if self.host.env else []
@@ -230,6 +247,9 @@ class HostAttempt:
     """Everything one host's attempt did: its stage results and what preflight learned."""
 
     host: str
+    kind: str = "dispatch"  # or "resume"
+    # names this attempt in the manifest: its record is updated, others are never replaced
+    id: str = field(default_factory=lambda: f"{time.time():.6f}-{os.getpid()}")
     stages: list[StageRecord] = field(default_factory=list)
     probe: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -241,7 +261,8 @@ class HostAttempt:
         probe = {k: self.probe.get(k) for k in ("python", "executable", "torch", "cuda",
                                                 "cuda_devices", "disk_free_bytes", "kdengine",
                                                 "home", "host")}
-        return {"host": self.host, "ok": self.error is None, "error": self.error,
+        return {"id": self.id, "kind": self.kind, "host": self.host, "ok": self.error is None,
+                "error": self.error,
                 "stages": [s.to_dict() for s in self.stages], "probe": probe, "pid": self.pid,
                 "reattached": self.reattached}
 
@@ -249,10 +270,11 @@ class HostAttempt:
 class StageRunner:
     """Runs one host's stages, reporting each as StageUpdates and recording it."""
 
-    def __init__(self, plan: RemotePlan, on_stage: Callable[[StageUpdate], None]) -> None:
+    def __init__(self, plan: RemotePlan, on_stage: Callable[[StageUpdate], None],
+                 kind: str = "dispatch") -> None:
         self.plan = plan
         self.on_stage = on_stage
-        self.attempt = HostAttempt(plan.host.alias)
+        self.attempt = HostAttempt(plan.host.alias, kind)
         self.conn: asyncssh.SSHClientConnection | None = None
         self._current: tuple[str, float] | None = None
 
@@ -267,20 +289,67 @@ class StageRunner:
 
     def line_sink(self, stage: str, started: float) -> Callable[[str], None]:
         def sink(line: str) -> None:
-            self._emit(stage, "running", "", [line], started)
+            # a value may hold a newline (a quoted path): shown as \n, the line stays one line
+            self._emit(stage, "running", "", [one_line(line)], started)
         return sink
 
     async def stage(self, name: str, body: Callable[[float], Any]) -> Any:
-        """Run `body(started)`; it returns (state, detail[, value]) or raises StageFailed."""
+        """Run `body(started)`; it returns (state, detail[, value]) or raises StageFailed.
+
+        A dropped link (any asyncssh or OS error) reconnects and runs the body again, up to
+        STAGE_RETRIES times: every body is idempotent (the launch by its token), so a stage
+        cut in the middle finishes as if it had not been. What still fails is a StageFailed
+        with one line, never a traceback."""
         started = time.monotonic()
         self._emit(name, "running", started=started)
-        try:
-            state, detail, *value = await body(started)
-        except RemoteError as exc:
-            self._emit(name, "failed", str(exc), exc.output[-TAIL_LINES:], started)
-            raise
+        retries = 0
+        while True:
+            try:
+                state, detail, *value = await body(started)
+                break
+            except RemoteError as exc:
+                self._emit(name, "failed", str(exc), exc.output[-TAIL_LINES:], started)
+                raise
+            except LINK_ERRORS as exc:
+                reason = link_reason(exc)
+                if self.conn is None or retries >= STAGE_RETRIES:
+                    failed = StageFailed(f"{self.plan.host.alias}: the link dropped during "
+                                         f"{name} ({reason})", link_lost=True)
+                    self._emit(name, "failed", str(failed), started=started)
+                    raise failed from None
+                retries += 1
+                self.line_sink(name, started)(
+                    f"the link to {self.plan.host.alias} dropped ({reason}); reconnecting to "
+                    f"finish {name}")
+                try:
+                    await self.reconnect()
+                except RemoteError as again:
+                    failed = StageFailed(f"{self.plan.host.alias}: the link dropped during "
+                                         f"{name} and did not come back: {again}",
+                                         link_lost=True)
+                    self._emit(name, "failed", str(failed), started=started)
+                    raise failed from None
         self._emit(name, state, detail, started=started)
         return value[0] if value else None
+
+    async def reconnect(self) -> None:
+        """A new connection after a drop: a few tries over RECONNECT_S (sshd restarting)."""
+        if self.conn is not None:
+            self.conn.abort()
+            self.conn = None
+        deadline = time.monotonic() + RECONNECT_S
+        delay = 0.25
+        while True:
+            try:
+                self.conn = await open_connection(self.plan.host)
+                return
+            except HostKeyRefused:
+                raise
+            except RemoteError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # -- the stages ----------------------------------------------------------------------------
     async def preflight(self) -> dict[str, Any]:
@@ -295,7 +364,7 @@ class StageRunner:
                 async with self.conn.start_sftp_client() as sftp:
                     await sftp.makedirs(self.plan.host.agent_dir, exist_ok=True)
                     if not await sftp.exists(self.plan.agent_path):
-                        await _put_bytes(sftp, agent_source(), self.plan.agent_path)
+                        await put_bytes(sftp, agent_source(), self.plan.agent_path)
                 probe = await run_agent(self.conn, self.plan.probe(), sink, timeout=180)
             except (asyncssh.Error, OSError) as exc:
                 raise StageFailed(f"{self.plan.host.alias}: preflight failed: {exc}",
@@ -328,7 +397,7 @@ class StageRunner:
                 sink(f"sftp put {self.plan.wheel.filename} -> {self.plan.wheel_path}")
                 async with self.conn.start_sftp_client() as sftp:
                     await sftp.makedirs(str(Path(self.plan.wheel_path).parent), exist_ok=True)
-                    await _put_bytes(sftp, self.plan.wheel.data, self.plan.wheel_path)
+                    await put_bytes(sftp, self.plan.wheel.data, self.plan.wheel_path)
             command = self.plan.mkenv(build)
             sink(f"$ {command.text}")
             answer = await run_agent(self.conn, command, sink, timeout=900)
@@ -344,8 +413,7 @@ class StageRunner:
             # run then reuses (its progress lines come through the sink), which takes a while
             result = await run_command(self.conn, command, sink, timeout=3600)
             if result.exit_status != 0:
-                why = result.stderr_lines[-1] if result.stderr_lines else \
-                    f"exit status {result.exit_status}"
+                why = refusal_line(result.stderr_lines) or f"exit status {result.exit_status}"
                 raise StageFailed(f"the engine on {self.plan.host.alias} refused the run: {why}",
                                   result.stderr_lines[-TAIL_LINES:])
             try:
@@ -374,10 +442,13 @@ class StageRunner:
             return "done", "pulled " + ", ".join(m["spec"] for m in models if m.get("pulled"))
         await self.stage("models", body)
 
-    async def launch(self) -> int:
+    async def launch(self, token: str = "", argv: list[str] | None = None,
+                     name: str = "launch") -> int:
+        """Start the engine detached (`argv`: another engine command, a resume's); `token`
+        makes it idempotent: sent again after a drop, it finds the engine it started."""
         async def body(started: float):
-            sink = self.line_sink("launch", started)
-            command = self.plan.launch()
+            sink = self.line_sink(name, started)
+            command = self.plan.launch(token, argv)
             sink(f"$ {command.text}")
             answer = await run_agent(self.conn, command, sink, timeout=60)
             pid = int(answer["pid"])
@@ -385,6 +456,9 @@ class StageRunner:
             if answer.get("already_running"):
                 self.attempt.reattached = True
                 return "done", f"already running as pid {pid}: reattached, no copy started", pid
+            if answer.get("already_started"):
+                sink(f"this launch had already started the engine (pid {pid}) before the link "
+                     "dropped: not started again")
             sink(f"engine pid {pid}; checking it is alive in {self.plan.host.alive_check_s:g}s")
             await asyncio.sleep(self.plan.host.alive_check_s)
             state = await run_agent(self.conn, self.plan.status(), timeout=60)
@@ -397,7 +471,7 @@ class StageRunner:
             last = next((line for line in reversed(tail) if line.strip()), "no output")
             raise StageFailed(f"the engine exited within {self.plan.host.alive_check_s:g}s: "
                               f"{last}", tail)
-        return await self.stage("launch", body)
+        return await self.stage(name, body)
 
     def skip(self, stage: str, detail: str) -> None:
         self._emit(stage, "skipped", detail)
@@ -409,7 +483,23 @@ class StageRunner:
             self.conn = None
 
 
-async def _put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str) -> None:
+def one_line(text: str) -> str:
+    """`text` on one line: newlines shown as \\n (a value may hold one)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def refusal_line(stderr_lines: list[str]) -> str:
+    """The engine's refusal from its stderr, whole: `kdengine train: error: ...` and any lines
+    after it (a value with a newline in the message), joined with \\n; else the last line."""
+    start = next((i for i in range(len(stderr_lines) - 1, -1, -1)
+                  if stderr_lines[i].startswith("kdengine ") and ": error: " in stderr_lines[i]),
+                 None)
+    if start is None:
+        return stderr_lines[-1] if stderr_lines else ""
+    return "\\n".join(stderr_lines[start:])
+
+
+async def put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str) -> None:
     # written under a temporary name and renamed: a dropped link never leaves half a file
     tmp = f"{path}.part"
     async with sftp.open(tmp, "wb") as fh:
@@ -467,3 +557,6 @@ def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
         raise StageFailed(f"{plan.run_dir} on {host} already holds a run "
                           f"({finished.get('status', 'stopped')}): pick another --run-name, or "
                           f"look at it with `kdtui watch {plan.config.run_name}`")
+
+
+_put_bytes = put_bytes  # the apr profile's name for it

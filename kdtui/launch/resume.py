@@ -1,0 +1,265 @@
+"""Resume a run that stopped, failed or was cancelled, from its newest complete checkpoint.
+
+`kdengine train --resume RUN_DIR` is exact (weights, optimizer, scheduler, every RNG stream): the
+run continues in its own directory, its events appended with `seq` continuing after a
+`run_started` that names `resumed_from`. Here it is started the way the run itself was:
+
+- `LocalResumer`: on this machine, detached in its own session, as `LocalLauncher` starts one;
+- `RemoteResumer`: on the run's own host and in its own run directory (from its dispatch.json),
+  through the dispatch's agent, with a launch token, so a dropped link never starts it twice,
+  and a new segment in the manifest. (Resuming on the fallback host when the primary is down is
+  not done: the run directory and its checkpoints live on the host that ran it.)
+
+Both are Launchers: the run screen shows their stages, then follows the whole run from its first
+event, so the chart and progress continue from the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdengine.events import EVENTS_FILE, LOG_FILE
+from kdtui.launch.base import StageUpdate
+from kdtui.launch.outcome import RESUMABLE
+
+EARLY_EXIT_WINDOW = 1.5  # seconds: an engine that exits this fast refused the resume
+
+
+class ResumeRefused(Exception):
+    """The run cannot be resumed; one line that says why and what to do."""
+
+
+# -- local ---------------------------------------------------------------------------------------
+def local_checkpoint_step(run_dir: Path) -> int | None:
+    """The newest complete checkpoint's step (the engine's rule: meta.json written last)."""
+    steps = [int(p.name[5:]) for p in Path(run_dir, "checkpoints").glob("step-*")
+             if p.name[5:].isdigit() and (p / "meta.json").exists()]
+    return max(steps) if steps else None
+
+
+def local_refusal(run_dir: Path) -> str | None:
+    """Why `run_dir` cannot be resumed (None: it can)."""
+    from kdtui.runs import run_info
+
+    info = run_info(run_dir)
+    if info is None:
+        return f"{run_dir} is not a run directory"
+    if info.status not in RESUMABLE:
+        return (f"{info.run_id} is {info.status}: only a stopped, failed or cancelled run "
+                "resumes")
+    if local_checkpoint_step(run_dir) is None:
+        return (f"{info.run_id} has no complete checkpoint to continue from (set "
+                "--checkpoint-every and start it again)")
+    return None
+
+
+def start_local_resume(run_dir: Path) -> subprocess.Popen[bytes]:
+    """`kdengine train --resume RUN_DIR` detached, as LocalLauncher starts a run: its own
+    session (a stop signals the group), output appended to launch.log, its pid in engine.pid."""
+    from kdtui.runs import PID_FILE
+
+    command = [sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)]
+    with open(run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
+        process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (run_dir / PID_FILE).write_text(f"{process.pid}\n")
+    return process
+
+
+class LocalResumer:
+    """Resume a local run; `start` returns the handle the run screen follows."""
+
+    stages: tuple[str, ...] = ("check", "resume")
+    host = "local"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = self.run_dir.name
+        self.log_offset = 0  # the log's size when the resume started: headless prints after it
+
+    async def start(self, on_stage: Callable[[StageUpdate], None]) -> Any:
+        from kdtui.launch.local import LaunchError, LocalRunHandle, _tail_lines
+
+        t0 = time.monotonic()
+        on_stage(StageUpdate("check", "running", host="local"))
+        why = local_refusal(self.run_dir)
+        if why:
+            on_stage(StageUpdate("check", "failed", time.monotonic() - t0, why, host="local"))
+            raise LaunchError(why)
+        step = local_checkpoint_step(self.run_dir)
+        on_stage(StageUpdate("check", "done", time.monotonic() - t0,
+                             f"checkpoint at step {step}", host="local"))
+        t1 = time.monotonic()
+        on_stage(StageUpdate("resume", "running", host="local"))
+        log = self.run_dir / LOG_FILE
+        self.log_offset = log.stat().st_size if log.exists() else 0
+        process = start_local_resume(self.run_dir)
+        deadline = time.monotonic() + EARLY_EXIT_WINDOW
+        while time.monotonic() < deadline and process.poll() is None:
+            await asyncio.sleep(0.1)
+        code = process.poll()
+        if code not in (None, 0) and not _resumed_in(self.run_dir):
+            tail = _tail_lines(self.run_dir / LOG_FILE, 40)
+            detail = tail[-1] if tail else f"exit code {code}"
+            on_stage(StageUpdate("resume", "failed", time.monotonic() - t1, detail, tail,
+                                 "local"))
+            raise LaunchError(f"the engine refused the resume (code {code}): {detail}")
+        on_stage(StageUpdate("resume", "done", time.monotonic() - t1,
+                             f"pid {process.pid}, from step {step}", host="local"))
+        handle = LocalRunHandle.attach(self.run_dir)
+        handle.process, handle.pid = process, process.pid
+        return handle
+
+
+def _resumed_in(run_dir: Path) -> bool:
+    """Whether the engine got as far as its run_started (then its own events say how it ended)."""
+    from kdtui.runs import _tail_events
+
+    tail = _tail_events(run_dir / EVENTS_FILE)
+    return any(e.get("type") == "run_started" and e.get("resumed_from") is not None
+               for e in tail[-50:])
+
+
+# -- remote --------------------------------------------------------------------------------------
+class RemoteResumer:
+    """Resume a remote run on its own host, from its dispatch.json."""
+
+    stages: tuple[str, ...] = ("connect", "resume", "manifest")
+
+    def __init__(self, manifest: Path, on_status: Callable[[str], None] | None = None) -> None:
+        from kdengine.config import RunConfig
+        from kdtui.remote.hosts import get_host
+        from kdtui.remote.manifest import read_manifest
+
+        self.manifest = Path(manifest)
+        self.data = read_manifest(self.manifest)
+        if not self.data.get("launched"):
+            raise ResumeRefused(f"{self.data.get('run_id')} never started (its dispatch "
+                                f"failed: {self.data.get('error')}): launch it again")
+        self.run_id = str(self.data["run_id"])
+        self.host = get_host(self.data["host"])
+        self.config = RunConfig.from_mapping(self.data["config"])
+        self.on_status = on_status
+        self.log_offset = 0  # the log's size when the resume started: headless prints after it
+
+    def resume_argv(self) -> list[str]:
+        """The dispatch's engine command up to `kdengine train` (its python, torchrun if it
+        had it), then `--resume RUN_DIR`: the run's own config.json says the rest."""
+        argv = list(self.data.get("engine_command") or [])
+        if "train" not in argv:
+            raise ResumeRefused(f"{self.manifest} holds no engine command to resume with")
+        return [*argv[:argv.index("train") + 1], "--resume", self.config.run_dir]
+
+    async def start(self, on_stage: Callable[[StageUpdate], None]) -> Any:
+        from kdtui.launch.remote import RemoteRunHandle
+        from kdtui.remote.connect import RemoteError, open_connection, run_agent
+        from kdtui.remote.manifest import add_segment, read_manifest, utc_now, write_manifest
+        from kdtui.remote.source import SSHRunSource
+        from kdtui.remote.stages import (
+            RemotePlan,
+            StageFailed,
+            StageRunner,
+            agent_source,
+            put_bytes,
+        )
+        from kdtui.remote.wheel import build_wheel
+
+        plan = RemotePlan.make(self.host, self.config, build_wheel())
+        runner = StageRunner(plan, on_stage, kind="resume")
+        argv = self.resume_argv()
+
+        async def connect(started: float):
+            try:
+                runner.conn = await open_connection(plan.host)
+            except RemoteError as exc:
+                raise StageFailed(str(exc)) from None
+            async with runner.conn.start_sftp_client() as sftp:
+                if not await sftp.exists(plan.agent_path):
+                    await sftp.makedirs(plan.host.agent_dir, exist_ok=True)
+                    await put_bytes(sftp, agent_source(), plan.agent_path)
+            state = await run_agent(runner.conn, plan.status(), timeout=60)
+            finished = state.get("finished") or {}
+            if state.get("alive"):
+                raise StageFailed(f"{self.run_id} is still running on {plan.host.alias} (pid "
+                                  f"{state.get('pid')}): watch it with `kdtui watch "
+                                  f"{self.run_id}`")
+            if finished.get("status") == "completed":
+                raise StageFailed(f"{self.run_id} completed: nothing to resume (train the "
+                                  f"student further with --student {plan.run_dir}/final)")
+            if state.get("checkpoint_step") is None:
+                raise StageFailed(f"{self.run_id} has no complete checkpoint on "
+                                  f"{plan.host.alias} to continue from")
+            self.log_offset = max(0, int(state.get("log_bytes") or 0))
+            return "done", (f"{plan.host.alias}: {finished.get('status') or 'stopped'}, "
+                            f"checkpoint at step {state['checkpoint_step']}"), state
+
+        try:
+            state = await runner.stage("connect", connect)
+            token = f"{self.run_id}-resume-{runner.attempt.id}"
+            # the segment is in the manifest before the start, as a dispatch's manifest is
+            add_segment(self.manifest, {"kind": "resume", "pid": None, "at": utc_now(),
+                                        "from_step": state["checkpoint_step"], "token": token})
+            pid = await runner.launch(token, argv, name="resume")
+        except (RemoteError, OSError) as exc:
+            runner.attempt.error = str(exc)
+            await runner.close()
+            self._record(runner)
+            raise ResumeRefused(str(exc)) from None
+        started = time.monotonic()
+        on_stage(StageUpdate("manifest", "running", host=plan.host.alias))
+        data = read_manifest(self.manifest)
+        data["segments"][-1]["pid"] = pid
+        data["pid"] = pid
+        write_manifest(self.manifest, data)
+        self._record(runner)
+        on_stage(StageUpdate("manifest", "done", time.monotonic() - started, str(self.manifest),
+                             host=plan.host.alias))
+        source = SSHRunSource(plan.host, plan.run_dir, conn=runner.conn,
+                              on_status=self.on_status)
+        runner.conn = None
+        return RemoteRunHandle(run_id=self.run_id, host=plan.host.alias, run_dir=plan.run_dir,
+                               plan=plan, source=source, pid=pid, manifest=self.manifest,
+                               attempts=[runner.attempt])
+
+    def _record(self, runner: Any) -> None:
+        """This resume's attempt (its stages) appended to the manifest's attempts."""
+        from kdtui.remote.manifest import merge_attempts, read_manifest, write_manifest
+
+        data = read_manifest(self.manifest)
+        data["attempts"] = merge_attempts(data, [runner.attempt.to_dict()])
+        write_manifest(self.manifest, data)
+
+
+# -- which one ------------------------------------------------------------------------------------
+def resumer_for(ref: str | Path, runs_dir: Path,
+                on_status: Callable[[str], None] | None = None) -> LocalResumer | RemoteResumer:
+    """The resumer of run `ref` (an id, a run directory or a dispatch.json), resolved as
+    `kdtui watch` resolves it; ResumeRefused with the reason when there is nothing to resume."""
+    from kdtui.remote.manifest import find_manifest
+    from kdtui.runs import find_run
+
+    ref = str(ref)
+    run_dir = find_run(runs_dir, ref)
+    if run_dir is not None and (run_dir / EVENTS_FILE).exists():
+        why = local_refusal(run_dir)
+        if why:
+            raise ResumeRefused(why)
+        return LocalResumer(run_dir)
+    manifest = find_manifest(ref)
+    if manifest is not None:
+        from kdtui.remote.hosts import HostsFileError
+
+        try:
+            return RemoteResumer(manifest, on_status)
+        except (KeyError, ValueError, HostsFileError) as exc:
+            raise ResumeRefused(f"{manifest}: {exc}") from None
+    raise ResumeRefused(f"no run {ref!r}: not a dispatch.json, a run directory, or a run id in "
+                        f"{runs_dir} or the evidence dir (see `kdtui runs`)")
