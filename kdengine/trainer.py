@@ -63,6 +63,7 @@ from kdengine.losses import IGNORE_INDEX, KDLossSpec, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
+from kdengine.teacher.provider import open_cached_teacher, teacher_cache_fields
 from kdengine.verdict import verdict_from_events
 
 if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that sample
@@ -152,7 +153,9 @@ class KDTrainer:
             # block's edge); a whole-model student graph would break at every block's hooks.
             compile_student(student, self.dist.student_compile_options(opts))
         self._compile_proven = not self.compile
-        if isinstance(splits, ExampleData):  # batches of (input_ids, labels, position_ids)
+        if hasattr(teacher, "samplers"):  # a teacher cache: the rows it holds targets for
+            self.sampler, val = teacher.samplers(splits, config.batch_size, config.seed)
+        elif isinstance(splits, ExampleData):  # batches of (input_ids, labels, position_ids)
             self.sampler, val = splits.samplers(config.batch_size, config.seed)
         else:
             self.sampler = BatchSampler(splits.train, config.batch_size, config.seq_len,
@@ -193,21 +196,32 @@ class KDTrainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
-              position_ids: torch.Tensor | None = None, spec: KDLossSpec | None = None):
+              position_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+              spec: KDLossSpec | None = None):
         """`position_ids` (packed rows, kdengine.data.packing): attention stays in examples;
-        `spec` replaces the run's loss (a batch the student wrote trains on the KD term only)."""
+        `rows`: the batch's rows of a teacher cache (kdengine.teacher); `spec` replaces the
+        run's loss (a batch the student wrote trains on the KD term only)."""
         # this rank's share of the batch
         input_ids, labels, position_ids = self.dist.rows(input_ids, labels, position_ids)
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
         if position_ids is not None:
             position_ids = position_ids.to(self.device)
         if not self._compile_proven:
-            return self._first_compiled_loss(input_ids, labels, position_ids, spec)
-        return self._loss_on_device(input_ids, labels, position_ids, spec)
+            return self._first_compiled_loss(input_ids, labels, position_ids, spec, rows)
+        return self._loss_on_device(input_ids, labels, position_ids, spec, rows)
 
     def _loss_on_device(self, input_ids: torch.Tensor, labels: torch.Tensor,
                         position_ids: torch.Tensor | None = None,
-                        spec: KDLossSpec | None = None):
+                        spec: KDLossSpec | None = None, rows: torch.Tensor | None = None):
+        scaled = self.scaler.is_enabled() and torch.is_grad_enabled()
+        if rows is not None:  # a teacher cache: its stored targets, no teacher forward
+            with self._autocast():
+                s_hidden = self.student.hidden_states(input_ids, position_ids)
+            return self.dist.globalize(self.teacher.loss(
+                s_hidden, self.student.head_weight, labels, rows, spec or self.spec,
+                self.chunk_tokens, normalizer=self.dist.normalizer(labels),
+                compute_dtype=self.dtype, compile_math=self.compile,
+                loss_scale=self.scaler.get_scale() if scaled else None))
         with self._autocast():
             start = self._clock() if self.timing is not None else 0.0
             # no autograd state at all for the frozen teacher
@@ -219,7 +233,6 @@ class KDTrainer:
                 self.timing["teacher_s"] = self._clock() - start
             s_hidden = self.student.hidden_states(input_ids, position_ids)
         # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
-        scaled = self.scaler.is_enabled() and torch.is_grad_enabled()
         parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
                               self.teacher.head_weight, labels, spec or self.spec,
                               self.chunk_tokens,
@@ -230,17 +243,17 @@ class KDTrainer:
 
     def _first_compiled_loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
                              position_ids: torch.Tensor | None = None,
-                             spec: KDLossSpec | None = None):
+                             spec: KDLossSpec | None = None, rows: torch.Tensor | None = None):
         """The first compiled call compiles; a compiler failure costs speed, never the run."""
         try:
-            parts = self._loss_on_device(input_ids, labels, position_ids, spec)
+            parts = self._loss_on_device(input_ids, labels, position_ids, spec, rows)
         except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
             self.log.message("warning", f"torch.compile failed ({type(exc).__name__}: {exc}); "
                              "training eager instead")
             self.compile = self._teacher_graphs = False
             uncompile_decoder_layers(self.teacher)
             uncompile_decoder_layers(self.student)
-            parts = self._loss_on_device(input_ids, labels, position_ids, spec)
+            parts = self._loss_on_device(input_ids, labels, position_ids, spec, rows)
         self._compile_proven = True
         return parts
 
@@ -477,7 +490,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
             log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),
                      config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
                      resumed_from=_step_of(ckpt) if resume else None, env=environment(),
-                     **dist.describe())
+                     **dist.describe(), **teacher_cache_fields(config))
             log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
                      f"{kdengine.__version__}, torch {torch.__version__}")
             log.stage(stage, "running")
@@ -486,11 +499,15 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
 
             stage = "load_teacher"
             log.stage(stage, "running")
-            with dist.rank0_first():  # rank 0 fills the caches (hub, demo teacher) alone
-                teacher, tokenizer = load_teacher(config, device, dtype, log)
-            placed = dist.place_teacher(teacher, device)
-            log.stage(stage, "done", f"{_si(_count(teacher))} params" +
-                      (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))
+            if config.teacher_cache:  # no teacher loaded: its cached targets (kdengine.teacher)
+                teacher, tokenizer = open_cached_teacher(config, log)
+                log.stage(stage, "done", teacher.describe())
+            else:
+                with dist.rank0_first():  # rank 0 fills the caches (hub, demo teacher) alone
+                    teacher, tokenizer = load_teacher(config, device, dtype, log)
+                placed = dist.place_teacher(teacher, device)
+                log.stage(stage, "done", f"{_si(_count(teacher))} params" +
+                          (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))
             stop.check()
 
             stage = "load_student"

@@ -1,0 +1,91 @@
+"""A run's refusals of a teacher cache that does not fit it, before a run directory exists
+(kdengine.preflight calls these for `kdengine train` and `--check`): each names what differs
+and the fix, in one line."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kdengine.config import DEMO_TEACHER, ConfigError, RunConfig
+from kdengine.teacher.cache import read_manifest
+from kdengine.teacher.identity import ROW_FIELDS, data_identity
+
+FIELD = "teacher_cache"
+
+
+def cached_teacher_facts(config: RunConfig) -> tuple[dict[str, Path], Any, Any, Path | None]:
+    """(the student's and data's source dirs, the cache's teacher facts, its tokenizer, the
+    directory of its chat template): the cache stands for the teacher, which need not be on
+    this machine, so only the student and the data are checked as sources."""
+    from kdengine.preflight import DemoByteTokenizer, ModelFacts
+    from kdengine.sources import check_sources
+
+    directory = Path(config.teacher_cache).expanduser()
+    manifest = read_manifest(directory)
+    if not manifest.get("complete"):
+        raise ConfigError(FIELD, f"{directory} is not complete (its writer was stopped or "
+                          "still goes): run the same `kdengine cache-teacher` command again to "
+                          "finish it")
+    from kdengine.teacher.sparse import check_kind
+
+    check_kind(config.loss)
+    spec = manifest["teacher"].get("spec")
+    if config.teacher and config.teacher != spec and not _same_dir(config.teacher, spec):
+        raise ConfigError("teacher", f"is {config.teacher}, but the cache {directory} was written "
+                          f"from {spec}: drop --teacher (the cache stands for it) or give a cache "
+                          "of this teacher")
+    for name in ROW_FIELDS:
+        written, now = manifest["options"].get(name), getattr(config, name)
+        if written != now:
+            raise ConfigError(FIELD, f"{directory} was written for {name}={written}, the run "
+                              f"has {name}={now}: set {name} to {written}, or write a cache "
+                              f"for this run (kdengine cache-teacher ... --{name.replace('_', '-')}"
+                              f" {now})")
+    dirs = check_sources(replace(config, teacher=DEMO_TEACHER))  # the student and the data
+    sub = manifest["tokenizer"].get("dir")
+    template_dir = directory / sub if sub else None
+    if template_dir is not None:
+        from kdengine.tokenizer import load_tokenizer
+
+        tokenizer: Any = load_tokenizer(template_dir, FIELD)
+    else:
+        tokenizer = DemoByteTokenizer()
+    facts = ModelFacts("teacher", spec, str(directory), "cache", int(manifest["vocab"]))
+    return dirs, facts, tokenizer, template_dir
+
+
+def check_cache_fits(config: RunConfig, tokenizer: Any, template_dir: Path | None,
+                     student_vocab: int | None) -> None:
+    """The student's vocab and the data are the cache's (its tokenizer was checked against
+    the student's as a teacher's is)."""
+    directory = Path(config.teacher_cache).expanduser()
+    manifest = read_manifest(directory)
+    vocab = int(manifest["vocab"])
+    if student_vocab is not None and student_vocab != vocab:
+        raise ConfigError(FIELD, f"{directory} holds targets over {vocab} ids, the student's "
+                          f"vocab is {student_vocab}: write the cache with --vocab "
+                          f"{student_vocab}")
+    from kdengine.preflight import DemoByteTokenizer
+
+    if isinstance(tokenizer, DemoByteTokenizer):
+        from kdengine.data import ByteTokenizer
+
+        tokenizer = ByteTokenizer()
+    written = manifest["data"]["identity"]
+    now = data_identity(config, tokenizer, template_dir)
+    if written != now:
+        how = ("its files' paths, sizes or times differ" if now.startswith("files:") else
+               "its files, tokenization or chat template differ" if now.startswith("store:")
+               else "another kind of data")
+        raise ConfigError(FIELD, f"{directory} was written from {manifest['data'].get('spec')}, "
+                          f"which is not the run's data {config.data} now ({how}): write the "
+                          "cache again for this data")
+
+
+def _same_dir(a: str, b: str | None) -> bool:
+    if not b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()

@@ -1,0 +1,326 @@
+"""`kdengine cache-teacher`: run the teacher once over every train and validation row of the
+data and write its top-K (or sampled) targets as a teacher cache (kdengine.teacher.cache).
+
+Stages as a run's (`prepare -> load_teacher -> data -> score`), `step` events with the rows
+scored (`step`/`total_steps`), tokens/s, the ETA and the teacher's own CE on the scored rows,
+so `kdtui watch DIR` follows it. A rerun of the same command continues a killed one: finished
+shards are kept, the others are written again, byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdengine import events as ev
+from kdengine.config import ConfigError, RunConfig
+from kdengine.runlog import RunLog
+from kdengine.stop import RunCancelled, StopSignals
+from kdengine.teacher.cache import (
+    CACHE_FORMAT,
+    STORE_DTYPES,
+    bytes_per_token,
+    id_dtype_for,
+    read_manifest,
+    shard_done,
+    write_manifest,
+    write_shard,
+)
+from kdengine.teacher.identity import (
+    data_identity,
+    row_options,
+    teacher_identity,
+    tokenizer_identity,
+)
+from kdengine.teacher.rows import cache_rows, describe_rows, row_hash
+from kdengine.teacher.sparse import SAMPLED, TARGET_KINDS
+
+SHARD_BYTES = 512 << 20  # a shard's size on disk, about: small enough to redo after a kill
+
+
+@dataclass
+class CacheJob:
+    config: RunConfig  # teacher, data and the row fields (identity.ROW_FIELDS), device, dtype
+    top_k: int = 64
+    targets: str = "topk"
+    store_dtype: str = "float16"
+    vocab: int | None = None  # default: the teacher's lm-head rows
+    rows_per_batch: int = 8  # teacher inference batch
+    shard_rows: int | None = None  # default: about SHARD_BYTES a shard
+    seed: int = 0  # sampled targets' draws
+
+    def check(self) -> None:
+        if self.targets not in TARGET_KINDS:
+            raise ConfigError("cache_targets", f"must be one of {', '.join(TARGET_KINDS)}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ConfigError("store_dtype", f"must be one of {', '.join(STORE_DTYPES)}")
+        for name in ("top_k", "rows_per_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1 (got {getattr(self, name)})")
+        if self.shard_rows is not None and self.shard_rows < 1:
+            raise ConfigError("shard_rows", f"must be at least 1 (got {self.shard_rows})")
+
+
+def default_cache_dir(key: str) -> Path:
+    from kdengine.demo import cache_root
+
+    return cache_root() / "teacher" / key
+
+
+def _teacher_dir(config: RunConfig) -> Path | None:
+    """The teacher's directory here, without downloading or training anything."""
+    if config.teacher.startswith("demo://"):
+        return None
+    from kdengine.sources import cached_snapshot, is_repo_id
+
+    return cached_snapshot(config.teacher) if is_repo_id(config.teacher) else \
+        Path(config.teacher).expanduser()
+
+
+def plan_identity(job: CacheJob, tokenizer: Any, template_dir: Path | None,
+                  teacher_vocab: int, teacher_dir: Path | None) -> dict[str, Any]:
+    """Everything the cache's bytes depend on (hashed into its key)."""
+    cfg = job.config
+    vocab = job.vocab or teacher_vocab
+    return {"format": CACHE_FORMAT, "teacher": teacher_identity(cfg.teacher, teacher_dir),
+            "tokenizer": tokenizer_identity(tokenizer),
+            "data": data_identity(cfg, tokenizer, template_dir), "options": row_options(cfg),
+            "k": job.top_k, "targets": job.targets, "dtype": job.store_dtype, "vocab": vocab,
+            "teacher_dtype": cfg.dtype, "seed": job.seed if job.targets == SAMPLED else None}
+
+
+@torch.no_grad()
+def score_rows(teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
+               position_ids: torch.Tensor | None, *, vocab: int, top_k: int, targets: str,
+               compute_dtype: torch.dtype, generator: torch.Generator | None = None,
+               chunk_tokens: int = 4096) -> dict[str, torch.Tensor]:
+    """The teacher's targets for a batch of rows: ids and log-probs [b, seq, K] and the tail's
+    log-mass [b, seq] (log_softmax at T = 1 over the first `vocab` ids, as the live path drops a
+    padded teacher's extra ids), plus its summed NLL on the labels and their count."""
+    device = teacher.head_weight.device
+    pos = position_ids.to(device) if position_ids is not None else None
+    autocast = nullcontext() if compute_dtype in (torch.float32, torch.float64) else \
+        torch.autocast(device.type, dtype=compute_dtype)
+    with autocast:
+        hidden = teacher.hidden_states(input_ids.to(device), pos)
+    b, seq = input_ids.shape
+    h = hidden.reshape(b * seq, -1).to(compute_dtype)
+    w = teacher.head_weight[:vocab].to(compute_dtype)
+    flat_labels = labels.reshape(-1).to(device)
+    ids, logp, tail = [], [], []
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, h.shape[0], chunk_tokens):
+        lp = torch.log_softmax((h[start:start + chunk_tokens] @ w.t()).float(), -1)
+        if targets == SAMPLED:
+            i = torch.multinomial(lp.exp(), top_k, replacement=True, generator=generator)
+            v = lp.gather(-1, i)
+            t = torch.zeros(len(lp), device=device)  # no tail bucket for draws
+        else:
+            v, i = lp.topk(min(top_k, vocab), -1)
+            t = torch.logsumexp(lp.scatter(-1, i, -math.inf), -1)
+        lab = flat_labels[start:start + chunk_tokens]
+        valid = lab >= 0
+        nll += -(lp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)[valid]).double().sum()
+        ids.append(i)
+        logp.append(v)
+        tail.append(t)
+    k = ids[0].shape[-1]
+    return {"ids": torch.cat(ids).reshape(b, seq, k), "logp": torch.cat(logp).reshape(b, seq, k),
+            "tail": torch.cat(tail).reshape(b, seq), "nll": nll,
+            "count": (flat_labels >= 0).sum()}
+
+
+def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) -> int:
+    """Write (or finish) the cache in `out` (which exists); events and launch.log there."""
+    from kdengine.loading import load_data, load_teacher
+    from kdengine.trainer import environment, pick_device, pick_dtype
+
+    cfg = job.config
+    log = RunLog(out)
+    stop = StopSignals()
+    stage, rows_done, total_rows = "prepare", 0, 0
+    try:
+        with stop:
+            torch.manual_seed(0)
+            device, dtype = pick_device(cfg), pick_dtype(cfg, pick_device(cfg))
+            torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+            previous = read_manifest(out) if (out / "manifest.json").exists() else None
+            log.emit(ev.RUN_STARTED, run_id=f"cache-{key[:12]}", run_dir=str(out),
+                     config=cfg.to_dict(), device=str(device), dtype=str(dtype)[6:],
+                     resumed_from=0 if previous else None, env=environment(),
+                     job="cache-teacher", cache={"key": key, "k": job.top_k,
+                                                 "targets": job.targets,
+                                                 "dtype": job.store_dtype})
+            log.line(f"teacher cache {key} of {cfg.teacher} into {out}")
+            log.stage(stage, "running")
+            log.stage(stage, "done")
+
+            stage = "load_teacher"
+            log.stage(stage, "running")
+            teacher, tokenizer = load_teacher(cfg, device, dtype, log)
+            vocab = job.vocab or teacher.vocab_size
+            if vocab > teacher.vocab_size:
+                raise ConfigError("vocab", f"{vocab} is beyond the teacher's "
+                                  f"{teacher.vocab_size} ids")
+            template_dir = getattr(teacher, "source_dir", None)
+            _save_tokenizer(out, tokenizer)
+            log.stage(stage, "done", f"vocab {vocab}")
+            stop.check()
+
+            stage = "data"
+            log.stage(stage, "running")
+            data = load_data(cfg, tokenizer, template_dir, log.line)
+            train, val = cache_rows(data, cfg.seq_len)
+            total_rows = len(train) + len(val)
+            per_token = bytes_per_token(job.top_k, job.store_dtype, vocab, cfg.seq_len)
+            shard_rows = job.shard_rows or max(1, int(SHARD_BYTES // (per_token * cfg.seq_len)))
+            shards = -(-total_rows // shard_rows)
+            manifest = {
+                "format": CACHE_FORMAT, "key": key, "complete": False, "identity": identity,
+                "teacher": {"spec": cfg.teacher, "identity": identity["teacher"],
+                            "dir": str(template_dir) if template_dir else None,
+                            "vocab_size": teacher.vocab_size, "dtype": str(dtype)[6:]},
+                "tokenizer": {"identity": identity["tokenizer"], "eos_id": tokenizer.eos_id,
+                              "vocab_size": tokenizer.vocab_size,
+                              "dir": "tokenizer" if (out / "tokenizer").is_dir() else None},
+                "data": {"spec": cfg.data, "identity": identity["data"],
+                         "train_rows": describe_rows(train, val)["train"]},
+                "options": row_options(cfg), "rows": describe_rows(train, val),
+                "k": job.top_k, "targets": job.targets, "dtype": job.store_dtype,
+                "id_dtype": id_dtype_for(vocab), "vocab": vocab, "seed": identity["seed"],
+                "bytes_per_token": round(per_token, 3), "shard_rows": shard_rows,
+                "shards": shards, "bytes": None}
+            if previous is not None and previous.get("shard_rows") != shard_rows:
+                raise ConfigError("shard_rows", f"{out} was started with "
+                                  f"{previous.get('shard_rows')} rows a shard: give the same "
+                                  "--shard-rows to finish it")
+            write_manifest(out, manifest)
+            log.stage(stage, "done", f"{total_rows} rows ({len(train)} train, {len(val)} val) "
+                      f"x {cfg.seq_len}")
+            stop.check()
+
+            stage = "score"
+            log.stage(stage, "running")
+            views = [(train, 0), (val, len(train))]
+            done = [i for i in range(shards) if shard_done(out, i)]
+            rows_done = sum(min(shard_rows, total_rows - i * shard_rows) for i in done)
+            if done:
+                log.line(f"resuming: {len(done)} of {shards} shards already written")
+            t0, tokens_since, nll, count = time.perf_counter(), 0, 0.0, 0
+            for index in range(shards):
+                if index in done:
+                    continue
+                first = index * shard_rows
+                rows = list(range(first, min(first + shard_rows, total_rows)))
+                parts: dict[str, list[torch.Tensor]] = {"ids": [], "logp": [], "tail": [],
+                                                        "rowhash": []}
+                for b, at in enumerate(range(0, len(rows), job.rows_per_batch)):
+                    stop.check()
+                    batch_rows = rows[at:at + job.rows_per_batch]
+                    input_ids, labels, positions = _gather(views, batch_rows)
+                    gen = None
+                    if job.targets == SAMPLED:
+                        gen = torch.Generator(device=device).manual_seed(
+                            (job.seed * 1_000_003 + index * 65_537 + b) % (2**63))
+                    scored = score_rows(teacher, input_ids, labels, positions, vocab=vocab,
+                                        top_k=job.top_k, targets=job.targets,
+                                        compute_dtype=dtype, generator=gen)
+                    parts["ids"].append(scored["ids"].to("cpu", STORE_IDS[id_dtype_for(vocab)]))
+                    parts["logp"].append(scored["logp"].to("cpu", STORE_DTYPES[job.store_dtype]))
+                    parts["tail"].append(scored["tail"].to("cpu", torch.float32))
+                    parts["rowhash"].append(row_hash(input_ids, positions))
+                    nll += float(scored["nll"])
+                    count += int(scored["count"])
+                    tokens_since += input_ids.numel()
+                rows_done += len(rows)
+                write_shard(out, index, {k: torch.cat(v) for k, v in parts.items()})
+                seconds = time.perf_counter() - t0
+                rate = tokens_since / max(seconds, 1e-9)
+                left = (total_rows - rows_done) * cfg.seq_len / max(rate, 1e-9)
+                teacher_ce = nll / max(count, 1)
+                log.emit(ev.STEP, step=rows_done, total_steps=total_rows, loss=teacher_ce,
+                         ce=teacher_ce, tokens_per_s=rate, eta_s=round(left, 1),
+                         shard=index, shards=shards)
+                log.line(f"shard {index + 1}/{shards}: {rows_done}/{total_rows} rows, "
+                         f"teacher ce={teacher_ce:.4f}, tok/s={rate:.0f}, eta {left:.0f}s")
+            size = sum(p.stat().st_size for p in out.glob("shard-*") if p.suffix != ".done")
+            manifest.update(complete=True, bytes=size)
+            write_manifest(out, manifest)
+            log.stage(stage, "done", f"{_human(size)}, {manifest['bytes_per_token']:.0f} B/token")
+            log.emit(ev.RUN_FINISHED, status="completed", exit_code=0, steps=rows_done,
+                     cache=str(out), bytes=size)
+            log.line(f"teacher cache complete: {out} ({_human(size)}); train from it with "
+                     f"`kdengine train --teacher-cache {out} ...`")
+            return 0
+    except (RunCancelled, KeyboardInterrupt) as exc:
+        name = str(exc) or "SIGINT"
+        log.stage(stage, "cancelled", f"{name} received")
+        log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=130, steps=rows_done)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure ends the job with its reason
+        reason = str(exc) or type(exc).__name__
+        log.stage(stage, "failed", reason, terminal=False)
+        tb = "".join(traceback.format_exception(exc))
+        log.emit(ev.LOG, level="error", message=f"{type(exc).__name__}: {reason}", traceback=tb)
+        log.line(tb.rstrip(), terminal=False)
+        log.emit(ev.RUN_FINISHED, status="failed", exit_code=1, error=reason, stage=stage,
+                 steps=rows_done)
+        print(f"kdengine cache-teacher: error: [{stage}] failed: {reason} (traceback in "
+              f"{out / 'launch.log'})", flush=True)
+        return 1
+    finally:
+        log.close()
+
+
+STORE_IDS = {"uint16": torch.uint16, "int32": torch.int32}
+
+
+def _gather(views: list[tuple[Any, int]], rows: list[int]):
+    """input_ids, labels and position_ids (or None) of a run of consecutive cache rows (train
+    rows first, then validation rows)."""
+    (train, _), (val, offset) = views
+    picked = [view.rows(part) for view, part in
+              ((train, [r for r in rows if r < offset]),
+               (val, [r - offset for r in rows if r >= offset])) if part]
+    input_ids = torch.cat([p[0] for p in picked])
+    labels = torch.cat([p[1] for p in picked])
+    positions = None if picked[0][2] is None else torch.cat([p[2] for p in picked])
+    return input_ids, labels, positions
+
+
+def _save_tokenizer(out: Path, tokenizer: Any) -> None:
+    """The teacher's tokenizer files and chat template beside the shards: a cached run reads
+    the data with them, and needs no teacher directory."""
+    directory = getattr(tokenizer, "directory", None)
+    if directory is None:
+        return
+    import shutil
+
+    from kdengine.tokenizer import TOKENIZER_FILES
+
+    target = out / "tokenizer"
+    target.mkdir(exist_ok=True)
+    from kdengine.data.chat import TEMPLATE_DIR, TEMPLATE_FILE
+
+    for name in (*TOKENIZER_FILES, TEMPLATE_FILE, "generation_config.json"):
+        if (Path(directory) / name).is_file():
+            shutil.copy2(Path(directory) / name, target / name)
+    extra = Path(directory) / TEMPLATE_DIR
+    if extra.is_dir():
+        shutil.copytree(extra, target / extra.name, dirs_exist_ok=True)
+    (target / "source.json").write_text(json.dumps({"teacher_dir": str(directory)}) + "\n")
+
+
+def _human(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
