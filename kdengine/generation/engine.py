@@ -126,11 +126,12 @@ class GenerationEngine:
     def _prefill(self, prompts: list[torch.Tensor], pad_id: int) -> torch.Tensor:
         """Run the left-padded prompts into the cache; float32 logits [batch, vocab] of each
         row's last prompt token. Leaves the step inputs at the first new token's slot."""
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        width = int(max(len(p) for p in prompts))
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.int64, device=self.device)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.int64)
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = prompt.to(self.device)
+            ids[row, width - len(prompt):] = prompt.cpu()
+        ids = ids.to(self.device)  # one copy to the device, not one per row
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         first_real = width - lengths
         self.cache.first_real.copy_(first_real)
         slots = torch.arange(width, device=self.device)

@@ -11,8 +11,11 @@ from kdengine.models.decoder import Decoder
 
 
 def unwrap(model: torch.nn.Module) -> Decoder:
-    """The Decoder under a torch.compile wrapper (its parameters are the same tensors)."""
+    """The Decoder under a torch.compile or DistributedDataParallel wrapper (its parameters are
+    the same tensors)."""
     model = getattr(model, "_orig_mod", model)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     if not isinstance(model, Decoder):
         raise TypeError(f"generation needs a kdengine Decoder, not {type(model).__name__}")
     return model
