@@ -171,11 +171,11 @@ class KDApp(App):
         if not isinstance(screen, RunsScreen):
             yield PaletteCommand("Runs", "Past and running runs: open one to watch it",
                                  self.action_runs)
-        run_dir = resumable_run_dir(screen)
-        if run_dir is not None:
-            yield PaletteCommand("Resume run", f"Continue {run_dir.name} from its last complete "
-                                 "checkpoint (kdengine train --resume)",
-                                 partial(self.resume_run, run_dir))
+        ref = resumable_ref(screen)
+        if ref is not None:
+            yield PaletteCommand("Resume run", f"Continue {screen.handle.run_id} from its "  # type: ignore[attr-defined]
+                                 "last complete checkpoint (kdtui resume)",
+                                 partial(self.resume_run, ref))
 
     def run_commands(self) -> Iterable[PaletteCommand]:
         """'Open run ID' for every run the runs list shows (searched, not listed up front)."""
@@ -186,20 +186,18 @@ class KDApp(App):
             yield PaletteCommand(f"Open run {run.run_id}", f"{run.where} · {run.status}",
                                  partial(self.open_run, ref))
 
-    def resume_run(self, run_dir: Path) -> None:
-        """`kdengine train --resume RUN_DIR` as the local launcher starts the engine (own
-        session, output appended to launch.log), then the run screen on it."""
-        from kdtui.launch.local import LocalRunHandle
+    def resume_run(self, ref: str | Path) -> None:
+        """Resume run `ref` (a local run dir or a dispatch.json; kdtui.launch.resume), then the
+        run screen on it: the resume's stages, then the whole run from its first event."""
+        from kdtui.launch.resume import ResumeRefused, resumer_for
 
         try:
-            process = start_resume(run_dir)
-        except OSError as exc:
-            self.notify(f"cannot resume {run_dir.name}: {exc}", severity="error", markup=False)
+            resumer = resumer_for(ref, Path(self.runs_dir))
+        except ResumeRefused as exc:
+            self.notify(f"cannot resume: {exc}", severity="error", markup=False, timeout=8)
             return
-        handle = LocalRunHandle.attach(run_dir)
-        handle.process, handle.pid = process, process.pid
-        self.owned_runs.append(handle)
-        self.show_run(handle=handle, title=f"{run_dir.name} on local", status="resumed")
+        host = getattr(resumer.host, "alias", resumer.host)
+        self.show_run(launcher=resumer, title=f"{resumer.run_id} on {host}", status="resuming")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         # kdtui's own Quit (asks about runs going) and Screenshot (F8: into the run's directory,
@@ -298,41 +296,19 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def start_resume(run_dir: Path) -> Any:
-    """Start `kdengine train --resume RUN_DIR` detached, as LocalLauncher starts a run: its own
-    session (a stop signals the group), output appended to launch.log, its pid in engine.pid.
-    The engine refuses (one line in the log, exit 2) what it cannot resume."""
-    import os
-    import subprocess
-
-    from kdengine.events import LOG_FILE
-    from kdtui.runs import PID_FILE
-
-    command = [sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)]
-    with open(run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
-        process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, close_fds=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    (run_dir / PID_FILE).write_text(f"{process.pid}\n")
-    return process
-
-
-def resumable_run_dir(screen: Screen) -> Path | None:
-    """The local run shown on `screen` when resuming applies: it ended without completing and
-    left a complete checkpoint (the engine's own rule, kdengine.checkpoint, read without torch)."""
-    from kdtui.runs import run_info
-
+def resumable_ref(screen: Screen) -> str | None:
+    """The run shown on `screen` when resuming applies (kdtui.launch.resume): it ended without
+    completing and left a complete checkpoint, as the screen's watch saw it. Its ref for
+    `resume_run`: the local run dir or the remote run's dispatch.json."""
+    watched = getattr(screen, "watched", None)
     handle = getattr(screen, "handle", None)
+    if watched is None or handle is None or not watched.resumable:
+        return None
+    manifest = getattr(handle, "manifest", None)
+    if manifest is not None:
+        return str(manifest)
     local = getattr(getattr(handle, "source", None), "run_dir", None)
-    if local is None or getattr(handle, "host", "local") != "local":
-        return None
-    run_dir = Path(local)
-    info = run_info(run_dir)
-    if info is None or info.status not in ("failed", "cancelled", "stopped"):
-        return None
-    if not any((step / "meta.json").exists() for step in (run_dir / "checkpoints").glob("step-*")):
-        return None
-    return run_dir
+    return str(local) if local is not None and getattr(handle, "host", "") == "local" else None
 
 
 NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal (stdout and stderr): run it in "

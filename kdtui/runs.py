@@ -201,6 +201,19 @@ class RunEntry:
         return Path(self.manifest["_path"]) if self.manifest else None
 
     @property
+    def ref(self) -> str:
+        """What `kdtui watch/resume` take for it: the local run dir, or the dispatch.json."""
+        return str(self.info.run_dir) if self.info is not None else str(self.manifest_path)
+
+    @property
+    def may_resume(self) -> bool:
+        """Ended without completing (or a dispatch no watcher saw end: its host says): the
+        resume itself checks the rest (a checkpoint, the engine not running)."""
+        if self.info is not None:
+            return self.status in ("failed", "cancelled", "stopped")
+        return self.status in ("failed", "cancelled", "stopped", "dispatched", "unconfirmed")
+
+    @property
     def reattach(self) -> str:
         """What to type to come back to it."""
         if self.info is not None:
@@ -216,17 +229,26 @@ def local_entry(info: RunInfo) -> RunEntry:
 
 
 def remote_entry(manifest: dict[str, Any]) -> RunEntry:
+    """A dispatch as its manifest tells it: how a watcher saw it end (`state`: completed,
+    failed, cancelled, stopped), else dispatched, or unconfirmed when the session that started
+    it was cut before the start's answer came (the engine may run: watch or cancel it)."""
     if not manifest.get("launched"):
         status = "dispatch failed"
     else:
-        status = str((manifest.get("run_finished") or {}).get("status") or "dispatched")
+        status = str(manifest.get("state")
+                     or (manifest.get("run_finished") or {}).get("status")
+                     or ("unconfirmed" if manifest.get("launch_confirmed") is False
+                         else "dispatched"))
     verdict = (manifest.get("verdict") or {}).get("status")
-    if not verdict and status in ("failed", "cancelled"):
+    if not verdict and status in ("failed", "cancelled") and manifest.get("run_finished"):
         from kdengine.verdict import verdict_from_events
 
         verdict = verdict_from_events([manifest["run_finished"]]).status
+    step = manifest.get("engine_last_step")
+    total = (manifest.get("config") or {}).get("steps")
     return RunEntry(str(manifest.get("run_id", "?")), str(manifest.get("host", "?")), status,
-                    str(verdict) if verdict else None, None, None,
+                    str(verdict) if verdict else None, step if isinstance(step, int) else None,
+                    total if isinstance(total, int) else None,
                     _utc_seconds(manifest.get("dispatched_at") or ""), manifest=manifest)
 
 

@@ -25,6 +25,8 @@ class RunsScreen(Screen):
         Binding("enter", "open", "Open", id="runs.open", priority=True),  # shown in the footer
         Binding("r", "refresh", "Refresh", id="runs.refresh"),
         Binding("n", "new", "New run", id="runs.new"),
+        Binding("R", "resume", "Resume", id="runs.resume",
+                tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
         Binding("escape", "back", "Back", id="runs.back"),
     ]
 
@@ -89,6 +91,17 @@ class RunsScreen(Screen):
                 return
             state = run.status
         self.app.show_run(handle=handle, title=describe(handle), status=state)
+
+    def action_resume(self) -> None:
+        row = self.query_one(DataTable).cursor_row
+        if not 0 <= row < len(self.runs):
+            return
+        run = self.runs[row]
+        if not run.may_resume:
+            self.app.notify(f"{run.run_id} is {run.status}: only a stopped, failed or "
+                            "cancelled run resumes", timeout=5)
+            return
+        self.app.resume_run(run.ref)  # type: ignore[attr-defined]
 
     def action_new(self) -> None:
         self.app.back_to_form()
