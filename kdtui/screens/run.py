@@ -361,14 +361,18 @@ class RunScreen(Screen):
         want_width = None if side_width == SIDE_WIDE else side_width
         if side.styles.width != want_width:
             side.styles.width = want_width
-        for pane in self.query(SamplesView):  # under the side column, as wide
-            if pane.styles.width is None or pane.styles.width.value != side_width:
-                pane.styles.width = side_width
+        for pane in self.query(SamplesView):  # under the side column, as wide (zoomed: all)
+            pane_width = "100%" if self.maximized is pane else side_width
+            if pane.layout_width != pane_width:
+                pane.layout_width = pane.styles.width = pane_width
         want_height = None if needed <= share else min(needed, room)
         if top.styles.height != want_height:
             top.styles.height = want_height
         # still too tall (a tiny terminal): scroll the side column rather than cut it
         side.styles.overflow_y = "auto" if needed > room else "hidden"
+
+    def watch_maximized(self) -> None:
+        self._fit_layout()  # the samples pane zoomed (z) or back
 
     def _check_effective_config(self, run_started: dict[str, Any]) -> None:
         """What the engine says it runs must be what was asked: a difference is an error."""

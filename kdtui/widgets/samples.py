@@ -83,6 +83,7 @@ class SamplesView(ScrollView, can_focus=True):
         self._rendered: dict[tuple[int, int, bool], list[Strip]] = {}  # (serial, width, prompt)
         self._rows: list[Strip] = []
         self._rows_width = -1
+        self.layout_width: int | str | None = None  # what the run screen last made its width
         self.border_title = "samples"
 
     # -- content ------------------------------------------------------------------------------
