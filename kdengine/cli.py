@@ -223,14 +223,21 @@ def cmd_verdict(argv: list[str]) -> int:
     return verdict.exit_code
 
 
-COMMANDS = {"train": cmd_train, "verdict": cmd_verdict}
+def cmd_cache_teacher(argv: list[str]) -> int:
+    from kdengine.teacher.command import cmd_cache_teacher as run
+
+    return run(argv)
+
+
+COMMANDS = {"train": cmd_train, "verdict": cmd_verdict, "cache-teacher": cmd_cache_teacher}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {PROG} {{train,verdict,version}} ...\n\n"
+        print(f"usage: {PROG} {{train,cache-teacher,verdict,version}} ...\n\n"
               "  train    distil a teacher into a student (`kdengine train --demo` to try it)\n"
+              "  cache-teacher  score the data with the teacher once, for --teacher-cache\n"
               "  verdict  print a run's smoke verdict; exit 0 pass, 1 fail, 2 inconclusive\n"
               "  version  print the version")
         return 0 if argv else EXIT_USAGE
@@ -239,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdengine {kdengine.__version__}")
         return 0
     if command not in COMMANDS:
-        print(f"{PROG}: error: unknown command {command!r} (train, verdict, version)",
+        print(f"{PROG}: error: unknown command {command!r} (train, cache-teacher, verdict, "
+              "version)",
               file=sys.stderr)
         return EXIT_USAGE
     try:

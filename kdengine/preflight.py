@@ -56,10 +56,15 @@ class Preflight:
 def check_run_inputs(config: RunConfig) -> Preflight:
     """Refuse (ConfigError naming the field and the fix) every input the run would refuse that
     can be known without loading weights; return what was found."""
-    dirs = check_sources(config)
     unchecked: list[str] = []
-    teacher, teacher_tok = _check_model(config.teacher, "teacher", dirs.get("teacher"),
-                                        unchecked)
+    if config.teacher_cache:  # the cache stands for the teacher (kdengine.teacher.checks)
+        from kdengine.teacher.checks import cached_teacher_facts
+
+        dirs, teacher, teacher_tok, cache_template = cached_teacher_facts(config)
+    else:
+        dirs = check_sources(config)
+        teacher, teacher_tok = _check_model(config.teacher, "teacher", dirs.get("teacher"),
+                                            unchecked)
     student, student_tok = _check_model(config.student, "student", dirs.get("student"),
                                         unchecked)
     if teacher_tok is not None and student_tok is not None:
@@ -77,8 +82,14 @@ def check_run_inputs(config: RunConfig) -> Preflight:
     device = check_device(config.device)
     facts = Preflight(teacher, student, device, unchecked=unchecked)
     teacher_dir = Path(teacher.directory) if teacher.directory else None
+    if config.teacher_cache:
+        teacher_dir = cache_template
     facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked,
                                                       teacher_dir, teacher_tok)
+    if config.teacher_cache:
+        from kdengine.teacher.checks import check_cache_fits
+
+        check_cache_fits(config, teacher_tok, teacher_dir, student.vocab_size)
     return facts
 
 

@@ -31,6 +31,10 @@ def cached_teacher_facts(config: RunConfig) -> tuple[dict[str, Path], Any, Any, 
     from kdengine.teacher.sparse import check_kind
 
     check_kind(config.loss)
+    if config.samples_completions:
+        raise ConfigError("lmbda", "on-policy and seq_kd runs have the teacher grade or write "
+                          "completions sampled during the run, which a teacher cache cannot "
+                          "hold: drop --teacher-cache, or set lmbda 0 and no seq_kd")
     spec = manifest["teacher"].get("spec")
     if config.teacher and config.teacher != spec and not _same_dir(config.teacher, spec):
         raise ConfigError("teacher", f"is {config.teacher}, but the cache {directory} was written "

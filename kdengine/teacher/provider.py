@@ -4,6 +4,7 @@ for the samplers (the rows the cache holds, kdengine.teacher.rows) and for the l
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ def open_cached_teacher(config: RunConfig, log: Any) -> tuple[CachedTeacher, Any
     """The cache of config.teacher_cache as the run's teacher, and the tokenizer it was
     written with (the run reads its data with it)."""
     check_kind(config.loss)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("teacher_cache", "runs from a teacher cache train on one process for "
+                          "now: run them without torchrun")
     cache = TeacherCache(Path(config.teacher_cache))
     tokenizer = cache_tokenizer(cache.directory, cache.manifest)
     teacher = CachedTeacher(cache)

@@ -94,7 +94,15 @@ def plan_identity(job: CacheJob, tokenizer: Any, template_dir: Path | None,
             "tokenizer": tokenizer_identity(tokenizer),
             "data": data_identity(cfg, tokenizer, template_dir), "options": row_options(cfg),
             "k": job.top_k, "targets": job.targets, "dtype": job.store_dtype, "vocab": vocab,
-            "teacher_dtype": cfg.dtype, "seed": job.seed if job.targets == SAMPLED else None}
+            "teacher_dtype": _resolved_dtype(cfg),
+            "seed": job.seed if job.targets == SAMPLED else None}
+
+
+def _resolved_dtype(config: RunConfig) -> str:
+    """The teacher's compute dtype as the job will run it (auto: bfloat16 on CUDA, else fp32)."""
+    from kdengine.trainer import pick_device, pick_dtype
+
+    return str(pick_dtype(config, pick_device(config)))[6:]
 
 
 @torch.no_grad()
@@ -186,7 +194,7 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             manifest = {
                 "format": CACHE_FORMAT, "key": key, "complete": False, "identity": identity,
                 "teacher": {"spec": cfg.teacher, "identity": identity["teacher"],
-                            "dir": str(template_dir) if template_dir else None,
+                            "dir": str(Path(template_dir).resolve()) if template_dir else None,
                             "vocab_size": teacher.vocab_size, "dtype": str(dtype)[6:]},
                 "tokenizer": {"identity": identity["tokenizer"], "eos_id": tokenizer.eos_id,
                               "vocab_size": tokenizer.vocab_size,
