@@ -91,6 +91,7 @@ NOT_APPLIED: dict[str, str] = {
     "train_on": "apr distill has no training-data flag: its batch source decides what trains",
     "on_long": "apr distill has no sequence-length or example packing flag",
     "on_bad_file": "apr distill reads no data files",
+    "teacher_cache": "apr distill runs its teacher live: it has no teacher-cache flag",
     **dict.fromkeys(("lmbda", "seq_kd", "max_new_tokens", "gen_temperature", "top_p", "top_k",
                      "stop", "sample_every", "eval_prompts"),
                     "apr distill trains off-policy only: it cannot sample completions"),
