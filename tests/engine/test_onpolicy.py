@@ -172,17 +172,19 @@ def test_prompts_of_conversations_end_before_the_last_assistant_turn(tmp_path: P
         {"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": f"sum {i}+{i}?"},
         {"role": "assistant", "content": f"{2 * i}"}]}) + "\n" for i in range(40)))
-    examples = load_example_data(str(data), tokenizer, template, seq_len=64, batch_size=2,
+    examples = load_example_data(str(data), tokenizer, template, seq_len=128, batch_size=2,
                                  val_fraction=0.1, options=DataOptions())
-    config = RunConfig(seq_len=64, max_new_tokens=16, batch_size=2, lmbda=1.0)
+    config = RunConfig(seq_len=128, max_new_tokens=16, batch_size=2, lmbda=1.0)
     source = prompt_source(config, examples)
     prompts = source.train(1) + source.held_out(4)
     texts = [tokenizer.decode(p.tolist()) for p in prompts]
     for text in texts:  # the whole conversation up to the last answer, which the student writes
         assert text.startswith("<user>hi ") and "<assistant>hello<|endoftext|>" in text
         assert text.endswith("?<assistant>")
-    assert all(len(p) <= 64 - 16 for p in prompts)
     assert [p.tolist() for p in source.train(3)] == [p.tolist() for p in source.train(3)]
+    # a long conversation keeps its end: the prompt is cut to seq_len - max_new_tokens
+    short = prompt_source(config.with_values(seq_len=48), examples).held_out(1)[0]
+    assert len(short) == 32 and tokenizer.decode(short.tolist()).endswith("?<assistant>")
 
 
 def test_the_lmbda_coin_is_a_function_of_seed_and_step() -> None:
