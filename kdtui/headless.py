@@ -298,7 +298,8 @@ async def _launch_remote(config: RunConfig, host: str, fallback: str | None, det
         handle = await launcher.start(StagePrinter(out))
     except DispatchError as exc:
         # the failed stage above already said why; a fallback's summary names every host
-        summary = str(exc) if len(launcher.attempts) > 1 else "see the failed stage above"
+        summary = str(exc) if len(launcher.attempts) > 1 or exc.engine_may_run else \
+            "see the failed stage above"
         print(f"ERROR: dispatch failed: {summary}; evidence in {launcher.manifest_path}",
               file=out, flush=True)
         return EXIT_ERROR
@@ -464,7 +465,8 @@ def print_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
-    rows = [(e.run_id, e.where, e.status, e.verdict or "-",
+    rows = [(e.run_id + (f" ({e.teacher})" if e.teacher else ""), e.where, e.status,
+             e.verdict or "-",
              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.started)) if e.started else "-",
              e.reattach) for e in all_runs(runs_dir)]
     if not rows:

@@ -29,6 +29,7 @@ class RunInfo:
     step: int | None
     total_steps: int | None
     pid: int | None
+    teacher: str | None = None  # "cached K=64 topk" when it trains from a teacher cache
 
     @property
     def is_running(self) -> bool:
@@ -132,7 +133,19 @@ def run_info(run_dir: Path) -> RunInfo | None:
         step=int(step_event["step"]) if step_event and "step" in step_event else None,
         total_steps=(step_event or {}).get("total_steps"),
         pid=pid if alive else None,
+        teacher=cached_teacher_label(head),
     )
+
+
+def cached_teacher_label(run_started: dict[str, Any] | None) -> str | None:
+    """'cached K=64 topk, 1.2 GB' for a run that trains from a teacher cache (run_started's
+    teacher_cache, kdengine.teacher), else None: the teacher was live."""
+    cache = (run_started or {}).get("teacher_cache")
+    if not isinstance(cache, dict):
+        return None
+    size = cache.get("bytes")
+    return (f"cached K={cache.get('k')} {cache.get('targets', 'topk')}"
+            + (f", {size / 1e9:.3g} GB" if isinstance(size, (int, float)) else ""))
 
 
 def derived_verdict(events_path: Path, head: dict[str, Any] | None,
@@ -195,6 +208,7 @@ class RunEntry:
     started: float | None  # unix time
     info: RunInfo | None = None
     manifest: dict[str, Any] | None = None
+    teacher: str | None = None  # local runs: RunInfo.teacher
 
     @property
     def manifest_path(self) -> Path | None:
@@ -225,7 +239,7 @@ class RunEntry:
 
 def local_entry(info: RunInfo) -> RunEntry:
     return RunEntry(info.run_id, LOCAL, info.status, info.verdict, info.step, info.total_steps,
-                    info.started or info.updated, info=info)
+                    info.started or info.updated, info=info, teacher=info.teacher)
 
 
 def remote_entry(manifest: dict[str, Any]) -> RunEntry:

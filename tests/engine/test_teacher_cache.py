@@ -88,6 +88,10 @@ def test_cached_run_follows_the_live_teacher_with_k_equal_to_vocab(runs) -> None
     loaded = next(e for e in events if e["type"] == "stage" and e["stage"] == "load_teacher"
                   and e["state"] == "done")
     assert loaded["detail"].startswith("cached: K=257 topk")
+    from kdtui.runs import run_info  # `kdtui runs` shows it
+
+    assert run_info(runs["cached"]).teacher.startswith("cached K=257 topk")
+    assert run_info(runs["live"]).teacher is None
 
 
 def test_cached_loss_equals_the_live_loss_on_raw_text_windows(inputs, tmp_path) -> None:
