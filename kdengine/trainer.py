@@ -282,7 +282,8 @@ class KDTrainer:
         n = max(n, 1)
         result = {"step": self.step, "val_loss": total / n, "val_ce": ce / n, "val_kd": kd / n}
         samples: list[dict[str, Any]] = []
-        if self.rollout is not None:  # the student's own writing on held-out prompts, graded
+        if self.rollout is not None and self.config.lmbda > 0:
+            # on-policy: the student's own writing on held-out prompts, graded (the verdict's)
             from kdengine.onpolicy import evaluate_generations
 
             gen, samples = evaluate_generations(self.rollout, self.student, self.teacher,

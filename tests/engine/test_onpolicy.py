@@ -75,6 +75,7 @@ def test_an_on_policy_run_reaches_a_verdict_on_the_students_own_writing(
         assert e["source"] == "student" and e["gen_len"] >= 1
         assert e["gen_s"] > 0 and e["gen_tokens_per_s"] > 0
         assert e["teacher_s"] >= 0 and e["student_s"] >= 0
+        assert abs(e["loss"] - e["kd"]) < 1e-6  # T^2 KD alone on the student's own text
     assert all("gen_s" not in e for e in steps if not e["on_policy"])
     evals = events(reference, "eval")
     assert [e["step"] for e in evals] == [0, 6, 12]
@@ -198,3 +199,18 @@ def test_the_lmbda_coin_is_a_function_of_seed_and_step() -> None:
     assert draws == [coin(0, s) for s in range(1, 2001)]
     assert abs(sum(d < 0.25 for d in draws) / len(draws) - 0.25) < 0.04
     assert draws != [coin(1, s) for s in range(1, 2001)]
+
+
+def test_seq_kd_trains_on_the_teachers_completions_and_is_judged_on_val_loss(
+        inputs: dict[str, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "seqkd"
+    out = train(inputs, run_dir, "--lmbda", "0", "--seq-kd", "--steps", "4", "--eval-every",
+                "0", "--sample-every", "2", "--stop", r"\n")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    steps = events(run_dir, "step")
+    assert all(e["source"] == "teacher" and not e["on_policy"] for e in steps)
+    # the CE term trains on the teacher's text: loss = alpha CE + (1 - alpha) T^2 KD
+    assert all(abs(e["loss"] - (0.3 * e["ce"] + 0.7 * e["kd"])) < 1e-4 for e in steps)
+    assert [s["source"] for s in events(run_dir, "sample")] == ["teacher", "teacher"]
+    assert all("val_gen_kl" not in e for e in events(run_dir, "eval"))
+    assert events(run_dir, "verdict")[-1]["loss_kind"] == "val"
