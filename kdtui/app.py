@@ -297,18 +297,10 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resumable_ref(screen: Screen) -> str | None:
-    """The run shown on `screen` when resuming applies (kdtui.launch.resume): it ended without
-    completing and left a complete checkpoint, as the screen's watch saw it. Its ref for
-    `resume_run`: the local run dir or the remote run's dispatch.json."""
-    watched = getattr(screen, "watched", None)
-    handle = getattr(screen, "handle", None)
-    if watched is None or handle is None or not watched.resumable:
-        return None
-    manifest = getattr(handle, "manifest", None)
-    if manifest is not None:
-        return str(manifest)
-    local = getattr(getattr(handle, "source", None), "run_dir", None)
-    return str(local) if local is not None and getattr(handle, "host", "") == "local" else None
+    """The run shown on `screen` when resuming applies (kdtui.launch.resume.resume_ref)."""
+    from kdtui.launch.resume import resume_ref
+
+    return resume_ref(getattr(screen, "handle", None), getattr(screen, "watched", None))
 
 
 NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal (stdout and stderr): run it in "

@@ -80,3 +80,54 @@ class WatchedRun:
                      engine_last_step=self.engine_last_step,
                      checkpoint_step=self.checkpoint_step, status=self.status,
                      log_tail=self.log_tail)
+
+
+class EngineLiveness:
+    """Whether the engine a quiet run belongs to is gone without a word (killed, OOM, the box
+    rebooted): a local handle's pid is asked at once, a remote one's through the agent once
+    every REMOTE_CHECK_S of quiet (an SSH exec each), so a dead remote engine is noticed within
+    seconds, not left looking like a stalled run."""
+
+    LOCAL_QUIET_S = 1.0
+    REMOTE_CHECK_S = 5.0
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._last_check = 0.0
+
+    async def gone(self, quiet_for: float) -> bool:
+        import time
+
+        is_alive = getattr(self.handle, "is_alive", None)
+        if is_alive is not None:
+            return quiet_for > self.LOCAL_QUIET_S and not is_alive()
+        engine_alive = getattr(self.handle, "engine_alive", None)
+        now = time.monotonic()
+        if engine_alive is None or quiet_for < self.REMOTE_CHECK_S or \
+                now - self._last_check < self.REMOTE_CHECK_S:
+            return False
+        self._last_check = now
+        try:
+            return not await engine_alive()
+        except Exception:  # the link is down: the link state says so; the engine may live
+            return False
+
+    async def last_lines(self, n: int = 8) -> list[str]:
+        """The log's last non-empty lines (what the engine said before it died)."""
+        tail = getattr(self.handle, "log_tail", None)
+        if tail is not None:
+            try:
+                lines = await tail(n * 2)
+            except Exception:
+                lines = []
+        else:
+            from pathlib import Path
+
+            from kdengine.events import LOG_FILE
+
+            run_dir = getattr(getattr(self.handle, "source", None), "run_dir", None)
+            try:
+                lines = Path(run_dir, LOG_FILE).read_text(errors="replace").splitlines()
+            except (OSError, TypeError):
+                lines = []
+        return [line for line in lines if line.strip()][-n:]

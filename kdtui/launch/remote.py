@@ -44,7 +44,10 @@ from kdtui.remote.wheel import WheelBuild, build_wheel
 
 
 class DispatchError(RemoteError):
-    """The dispatch failed on every host tried; the message says where and why."""
+    """The dispatch failed on every host tried; the message says where and why.
+    `engine_may_run`: the link dropped after the detached start was sent (watch or cancel it)."""
+
+    engine_may_run = False
 
 
 def stamp_run_name(config: RunConfig) -> RunConfig:
@@ -209,9 +212,11 @@ class RemoteLauncher:
                     # the detached start was sent and its answer lost: the engine may run.
                     # The manifest (written before the start) lets watch/cancel/runs find it.
                     self._record_attempts()
-                    raise DispatchError(
+                    error = DispatchError(
                         f"{text}; the engine may have started: `kdtui watch {self.run_id}` "
-                        f"follows it, `kdtui cancel {self.run_id}` stops it") from None
+                        f"follows it, `kdtui cancel {self.run_id}` stops it")
+                    error.engine_may_run = True
+                    raise error from None
                 self._write(plan, None, error=text)
                 raise DispatchError(self._failure_text(text)) from None
         raise DispatchError("no host to try")  # pragma: no cover - plans is never empty

@@ -263,3 +263,16 @@ def resumer_for(ref: str | Path, runs_dir: Path,
             raise ResumeRefused(f"{manifest}: {exc}") from None
     raise ResumeRefused(f"no run {ref!r}: not a dispatch.json, a run directory, or a run id in "
                         f"{runs_dir} or the evidence dir (see `kdtui runs`)")
+
+
+def resume_ref(handle: Any, watched: Any) -> str | None:
+    """What `resumer_for` takes to resume the run `handle` follows, when its watch (a
+    kdtui.launch.outcome.WatchedRun) saw it end without completing, with a checkpoint: the
+    remote run's dispatch.json, or the local run dir. None when resuming does not apply."""
+    if handle is None or watched is None or not watched.resumable:
+        return None
+    manifest = getattr(handle, "manifest", None)
+    if manifest is not None:
+        return str(manifest)
+    local = getattr(getattr(handle, "source", None), "run_dir", None)
+    return str(local) if local is not None and getattr(handle, "host", "") == "local" else None

@@ -88,6 +88,7 @@ def test_down_primary_falls_back_to_the_fallback_host(remote_env, tiny_run_input
     assert code == 0, out
     assert "[preflight] failed" in out and "on kdtest-down" in out
     assert "cannot reach kdtest-down" in out
+    assert out.count("trying the fallback host kdtest") == 1  # the note once, not per stage
     manifest = json.loads((remote_env["evidence"] / "fb-1" / "dispatch.json").read_text())
     assert manifest["host"] == "kdtest"
     first, second = manifest["attempts"]
