@@ -95,15 +95,23 @@ def _seconds(value: float) -> str:
     return f"{value:.2f}s" if value < 1 else f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
 
 
+def _sampled(event: dict[str, Any]) -> bool:
+    """Whether the step's batch was generated: by the student (`on_policy`), or by the teacher
+    (seq_kd: `on_policy` false, but it spent time generating)."""
+    gen = _number(event.get("gen_s"))
+    return event.get("on_policy") is True or (gen is not None and gen > 0)
+
+
 def step_split(event: dict[str, Any]) -> str:
     """An on-policy step's time split, 'gen 1.2s teacher 0.31s student 0.52s' ('' for an
     off-policy step, which has none of these fields). A step trained on the dataset's
-    completions (lmbda < 1) generated nothing: 'dataset: teacher 0.31s student 0.52s'."""
+    completions (lmbda < 1) generated nothing: 'dataset: teacher 0.31s student 0.52s' when it
+    timed its parts, else ''."""
     gen, teacher, student = (_number(event.get(k)) for k in ("gen_s", "teacher_s", "student_s"))
     if gen is None and teacher is None and student is None:
         return ""
     parts = []
-    if event.get("on_policy") is False:
+    if not _sampled(event):
         parts.append("dataset:")
     elif gen is not None:
         parts.append(f"gen {_seconds(gen)}")
@@ -116,7 +124,7 @@ def step_split(event: dict[str, Any]) -> str:
 
 def generation_rate(event: dict[str, Any]) -> float | None:
     """The step's generated tokens per second (None off-policy, or on a dataset batch)."""
-    if event.get("on_policy") is False:
+    if not _sampled(event):
         return None
     return _number(event.get("gen_tokens_per_s"))
 
@@ -127,7 +135,7 @@ def headless_split(event: dict[str, Any]) -> str:
     teacher_s=... student_s=...' for a dataset batch; '' for an off-policy step)."""
     if not step_split(event):
         return ""
-    sampled = event.get("on_policy") is not False
+    sampled = _sampled(event)
     parts = [] if sampled else ["batch=dataset"]
     for key in ("gen_s", "teacher_s", "student_s") if sampled else ("teacher_s", "student_s"):
         value = _number(event.get(key))
@@ -215,6 +223,6 @@ class StepLineSplits:
             return line
         head = line[5:].split("/", 1)[0]
         split = self._waiting.pop(int(head), "") if head.isdigit() else ""
-        if not split or "gen_s=" in line or "teacher_s=" in line:  # the engine said it itself
+        if not split or " gen=" in line or "gen_s=" in line:  # the engine said it itself
             return line
         return f"{line} {split}"

@@ -16,7 +16,7 @@ import pytest
 from kdtui.app import KDApp
 from kdtui.headless import follow_to_verdict
 from kdtui.palette import binding_commands
-from kdtui.samples import Sample
+from kdtui.samples import Sample, StepLineSplits
 from kdtui.screens.run import RunScreen
 from kdtui.watch import LocalRunSource
 from kdtui.widgets.run_panels import RunProgress, VerdictPanel
@@ -148,4 +148,9 @@ async def test_headless_watch_prints_a_line_per_sample_and_the_steps_time_split(
         "tok/s=1850 gen_s=0.41 teacher_s=0.12 student_s=0.19 gen_tok/s=2496 gen_len=32")
     dataset_line = next(line for line in lines if line.startswith("step 30/120 "))
     assert dataset_line.endswith("batch=dataset teacher_s=0.12 student_s=0.19")
+    # an engine whose step line carries the split itself (kdengine's ' gen=0.41s ...') keeps it
+    splits = StepLineSplits()
+    splits.note(next(e for e in events if e["type"] == "step" and e["step"] == 20))
+    own = "step 20/120 loss=1.0 tok/s=1850 gen=0.41s teacher=0.12s student=0.19s"
+    assert splits.line(own) == own
     assert result.code == 0
