@@ -3,8 +3,8 @@ cache, then one token per step until every row has stopped or max_new_tokens.
 
 On CUDA the decode step (one token for the whole batch -> logits) is compiled and captured as a
 CUDA graph once per cache shape; each step is then one graph replay plus a few eager kernels that
-choose the token. Should compiling or capturing fail, the step runs eager (with a warning). The
-CPU runs eager. `GenerationEngine` keeps the weights, cache and graph between calls; `generate`
+choose the token. Should compiling or capturing fail, or the result differ from the eager step's,
+the step falls back to a slower way (with a warning). The CPU runs eager. `GenerationEngine` keeps the weights, cache and graph between calls; `generate`
 keeps one engine per model and compute dtype, so a training loop calling it each step pays the
 compile and capture once.
 """
@@ -92,8 +92,8 @@ class GenerationEngine:
                                                                dynamic=False)))
         for kind, build in attempts:
             try:
-                step = build()
-                step()  # a compiled step compiles here, a graph replays once
+                step = build()  # (a compiled step compiles at its first call)
+                self._check_against_eager(step)
             except Exception as error:  # noqa: BLE001 - any failure falls back to a slower step
                 warnings.warn(f"generation: the decode step as {kind} failed, falling back "
                               f"({type(error).__name__}: {str(error)[:300]})", stacklevel=3)
@@ -102,6 +102,17 @@ class GenerationEngine:
             return step
         self.step_kind = "eager"
         return self._decode_step
+
+    def _check_against_eager(self, step: Callable[[], torch.Tensor]) -> None:
+        """Raise unless `step` gives the eager step's logits for the current inputs (both write
+        the same keys and values into the same cache slot, so the order does not matter)."""
+        fast = step().clone()
+        eager = self._decode_step()
+        limit = 1e-4 if self.dtype == torch.float32 else 5e-2
+        error = ((fast - eager).abs().max() / eager.abs().max().clamp_min(1e-6)).item()
+        if not error <= limit:  # (NaN fails too)
+            raise RuntimeError(f"its logits differ from the eager step's by {error:.3g} "
+                               f"(relative, limit {limit})")
 
     def _captured(self, step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         """`step` captured as a CUDA graph: warm-up runs on a side stream (compiles, picks
