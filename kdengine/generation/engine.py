@@ -4,9 +4,9 @@ cache, then one token per step until every row has stopped or max_new_tokens.
 On CUDA the decode step (one token for the whole batch -> logits) is compiled and captured as a
 CUDA graph once per cache shape; each step is then one graph replay plus a few eager kernels that
 choose the token. Should compiling or capturing fail, or the result differ from the eager step's,
-the step falls back to a slower way (with a warning). The CPU runs eager. `GenerationEngine` keeps the weights, cache and graph between calls; `generate`
-keeps one engine per model and compute dtype, so a training loop calling it each step pays the
-compile and capture once.
+the step falls back to a slower way (with a warning). The CPU runs eager. `GenerationEngine`
+keeps the weights, cache and graph between calls; `generate` keeps one engine per model and
+compute dtype, so a training loop calling it each step pays the compile and capture once.
 """
 
 from __future__ import annotations
