@@ -23,8 +23,10 @@ from textual.widgets import Footer, Header, Input
 
 from kdengine.verdict import verdict_from_events
 from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
+from kdtui.launch.outcome import EngineLiveness, WatchedRun
 from kdtui.samples import SAMPLE_EVENT, HeldOutGeneration, Sample, wants_samples
 from kdtui.watch import RunFollower
+from kdtui.widgets.link_status import LinkStatus
 from kdtui.widgets.log_view import LogView
 from kdtui.widgets.loss_chart import LossChart
 from kdtui.widgets.run_panels import ENGINE_STAGES, RunProgress, StageTracker, VerdictPanel
@@ -107,6 +109,8 @@ class RunScreen(Screen):
         Binding("s", "samples", "Samples", show=False, id="run.samples",
                 tooltip="Focus the samples pane (up/down/pgup/pgdn scroll it, v by prompt, "
                         "z zoom)"),
+        Binding("R", "resume", "Resume", show=False, id="run.resume",
+                tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
         Binding("x", "stop_run", "Stop run", id="run.stop",
                 tooltip="SIGTERM to the engine's process group (asks first)"),
         Binding("escape", "back", "Back", show=False, id="run.back",
@@ -131,6 +135,9 @@ class RunScreen(Screen):
         self.ended = False
         self._stages = tuple(getattr(launcher, "stages", ())) + ENGINE_STAGES
         self._ticks = 0
+        self.watched = WatchedRun()  # what the manifest records, and whether Resume applies
+        self._drawn_to = {"step": -1, "eval": -1}  # a resume redoes steps: drawn once
+        self._recorded = False
 
     @property
     def run_dir(self) -> Path | None:
@@ -149,6 +156,7 @@ class RunScreen(Screen):
                 yield RunProgress(id="progress")
                 yield VerdictPanel(id="verdict")
             yield LossChart(id="chart")
+        yield LinkStatus(id="link")
         with Horizontal(id="run-bottom"):  # an on-policy run's samples pane mounts left of the log
             yield LogView(id="log")
         yield Input(placeholder="search the log (Enter: find, n/N: next/previous, Esc: close)",
@@ -208,6 +216,9 @@ class RunScreen(Screen):
         self.query_one(RunProgress).expect_epochs(getattr(self.handle, "epochs", None))
         self.query_one(RunProgress).expect_total(_asked_steps(None, self.handle))
         follower = RunFollower(self.handle.source)
+        self.query_one(LinkStatus).follow(self.handle)
+        self._fit_layout()
+        liveness = EngineLiveness(self.handle)
         quiet_since: float | None = None
         async for update in _follow_with_idle(follower):
             if update is not None:
@@ -217,14 +228,24 @@ class RunScreen(Screen):
                 continue
             # nothing new: has the run ended without saying so (a killed engine)?
             quiet_since = quiet_since or time.monotonic()
-            alive = getattr(self.handle, "is_alive", None)
-            if self.state.finished is None and alive is not None and not alive() \
-                    and time.monotonic() - quiet_since > 1.0 and not self._pending_events:
-                self._pending_lines.append(
-                    "ERROR: the engine process is gone and wrote no run_finished event")
-                self.ended = True
-                self.query_one(StageTracker).finish_running("failed", self.state.last_t)
-                self._show_end("stopped")
+            if self.state.finished is None and not self.ended and not self._pending_events \
+                    and await liveness.gone(time.monotonic() - quiet_since):
+                await self._engine_gone(liveness)
+
+    async def _engine_gone(self, liveness: EngineLiveness) -> None:
+        """The engine died without run_finished: say so with its last lines, offer resume."""
+        tail = await liveness.last_lines()
+        self._pending_lines.append("ERROR: the engine is gone without finishing the run "
+                                   "(killed, or the box rebooted); its last log lines:")
+        self._pending_lines.extend(f"  | {line}" for line in tail)
+        self.watched.gone, self.watched.log_tail = True, tail
+        self.ended = True
+        self.query_one(StageTracker).finish_running("failed", self.state.last_t)
+        self._show_end("stopped")
+        if self.watched.checkpoint_step is not None:
+            self.notify(f"Press R to resume it from its checkpoint at step "
+                        f"{self.watched.checkpoint_step}", title="The engine is gone",
+                        severity="error", timeout=30)
 
     # -- applying updates ---------------------------------------------------------------------
     def apply_pending(self) -> None:
@@ -250,6 +271,7 @@ class RunScreen(Screen):
         samples: list[Sample] = []
         for event in events:
             state.add(event)
+            self.watched.add(event)
             kind = event.get("type")
             if kind == SAMPLE_EVENT:
                 sample = Sample.from_event(event)
@@ -258,11 +280,12 @@ class RunScreen(Screen):
             elif kind == "step":
                 step = event.get("step")
                 if isinstance(step, (int, float)):
-                    chart.add_step(step, event)
+                    if self._first_drawing("step", step):
+                        chart.add_step(step, event)
                     progress.add_step(event)
             elif kind == "eval":
                 step = event.get("step")
-                if isinstance(step, (int, float)):
+                if isinstance(step, (int, float)) and self._first_drawing("eval", step):
                     chart.add_eval(step, event.get("val_loss"))
                 held_out = HeldOutGeneration.from_event(event)
                 if held_out is not None:
@@ -277,6 +300,7 @@ class RunScreen(Screen):
                                      event.get("elapsed") or 0.0, str(event.get("detail", "")),
                                      started_at=event.get("t"))
             elif kind == "run_started":
+                self._recorded = False  # a resumed part: its end is recorded again
                 total = (event.get("config") or {}).get("steps")
                 if isinstance(total, int):
                     progress.total = total
@@ -298,6 +322,8 @@ class RunScreen(Screen):
         if samples:
             self._samples_pane().add_samples(samples)
         finished = state.finished is not None or self.ended
+        if finished and not self._recorded:
+            self._record_end()
         if state.finished is not None:
             end = "done" if state.finished.get("status") == "completed" else "failed"
             tracker.finish_running(end, state.finished.get("t"))
@@ -324,6 +350,28 @@ class RunScreen(Screen):
         self._fit_layout()
         return pane
 
+    def _first_drawing(self, series: str, step: float) -> bool:
+        """Whether `step` is new to the chart: the steps a resume redoes after its checkpoint
+        (the same values: the resume is exact) were drawn when first run."""
+        if step <= self._drawn_to[series]:
+            return False
+        self._drawn_to[series] = step
+        return True
+
+    def _record_end(self) -> None:
+        """What the watch saw, into the run's manifest (the path headless watch records by),
+        and Resume offered when it applies."""
+        self._recorded = True
+        verdict = self.state.verdict().to_event()
+        try:
+            self.watched.record(getattr(self.handle, "manifest", None), verdict)
+        except (OSError, ValueError) as exc:
+            self.notify(f"could not record the end in the manifest: {exc}", severity="warning",
+                        markup=False)
+        if self.watched.resumable and not self.watched.gone:
+            self.notify(f"Press R to resume it from its checkpoint at step "
+                        f"{self.watched.checkpoint_step}", timeout=10)
+
     def _sub_title(self) -> str:
         return " · ".join(part for part in (self.title_text, self.status_text) if part)
 
@@ -348,7 +396,7 @@ class RunScreen(Screen):
         tracker = self.query_one(StageTracker)
         progress = self.query_one(RunProgress)
         side_width = SIDE_WIDE if width >= WIDE_AT else SIDE_NARROW
-        rows = height - 2  # header and footer
+        rows = height - 2 - (1 if self.query_one(LinkStatus).display else 0)  # header, footer
         share = max(TOP_MIN, int(rows * TOP_SHARE))
         room = max(TOP_MIN, rows - MIN_LOG_ROWS)
         verdict = self.query_one(VerdictPanel).height_for(side_width)
@@ -441,6 +489,16 @@ class RunScreen(Screen):
         self.app.push_screen(ConfirmScreen(
             f"Stop run {handle.run_id}?", "The engine gets SIGTERM, saves nothing more, and "
             "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
+
+    def action_resume(self) -> None:
+        from kdtui.launch.resume import resume_ref
+
+        ref = resume_ref(self.handle, self.watched)
+        if ref is None:
+            self.notify("Resume applies to a stopped, failed or cancelled run with a checkpoint",
+                        timeout=4)
+            return
+        self.app.resume_run(ref)  # type: ignore[attr-defined]
 
     def action_back(self) -> None:
         if self.maximized is not None:  # a zoomed pane: Esc puts it back first
