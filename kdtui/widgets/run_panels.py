@@ -526,8 +526,10 @@ class VerdictPanel(Static):
         delta = verdict.delta
         self._show_text(Text.assemble(
             (verdict.status.upper(), "bold"), "\n",
-            (f"{'step-0 ' + verdict.loss_label:<17}", "dim"), num(verdict.initial_loss), "\n",
-            (f"{'final ' + verdict.loss_label:<17}", "dim"), num(verdict.final_loss),
+            # labels padded to one column, with at least one space before the number
+            (f"{'step-0 ' + verdict.loss_label + ' ':<17}", "dim"), num(verdict.initial_loss),
+            "\n",
+            (f"{'final ' + verdict.loss_label + ' ':<17}", "dim"), num(verdict.final_loss),
             (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),
             "\n", ("delta            ", "dim"), f"{delta:+.4f}" if delta is not None else "–",
             "\n", verdict.reason,

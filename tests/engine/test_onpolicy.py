@@ -96,7 +96,7 @@ def test_an_on_policy_run_reaches_a_verdict_on_the_students_own_writing(
     assert verdict["loss_kind"] == "val_gen_kl" and verdict["status"] in ("pass", "fail")
     assert verdict["initial_loss"] == evals[0]["val_gen_kl"]
     assert verdict["final_loss"] == evals[-1]["val_gen_kl"]
-    assert "on-policy run" in verdict["reason"] and "val_loss" in verdict["reason"]
+    assert verdict["reason"].startswith("on-policy val_gen_kl") and "val_loss" in verdict["reason"]
     log = (reference / "launch.log").read_text()
     assert "val_gen_kl=" in log and "gen_tok/s=" in log
 
