@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import traceback
 from contextlib import nullcontext
@@ -180,6 +181,7 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                                   f"{teacher.vocab_size} ids")
             template_dir = getattr(teacher, "source_dir", None)
             _save_tokenizer(out, tokenizer)
+            forward = TeacherForward(teacher, device)
             log.stage(stage, "done", f"vocab {vocab}")
             stop.check()
 
@@ -238,9 +240,9 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                     if job.targets == SAMPLED:
                         gen = torch.Generator(device=device).manual_seed(
                             (job.seed * 1_000_003 + index * 65_537 + b) % (2**63))
-                    scored = score_rows(teacher, input_ids, labels, positions, vocab=vocab,
-                                        top_k=job.top_k, targets=job.targets,
-                                        compute_dtype=dtype, generator=gen)
+                    scored = forward(input_ids, labels, positions, vocab=vocab,
+                                     top_k=job.top_k, targets=job.targets,
+                                     compute_dtype=dtype, generator=gen)
                     parts["ids"].append(scored["ids"].to("cpu", STORE_IDS[id_dtype_for(vocab)]))
                     parts["logp"].append(scored["logp"].to("cpu", STORE_DTYPES[job.store_dtype]))
                     parts["tail"].append(scored["tail"].to("cpu", torch.float32))
@@ -286,6 +288,37 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
         return 1
     finally:
         log.close()
+
+
+class TeacherForward:
+    """score_rows with the teacher compiled as the trainer compiles it (CUDA): the first call
+    compiles, and a compiler failure costs speed, never the cache (eager from then on)."""
+
+    def __init__(self, teacher: Any, device: torch.device) -> None:
+        self.teacher, self.graphs, self.proven = teacher, False, True
+        if device.type == "cuda" and os.environ.get("KDENGINE_COMPILE", "1") != "0":
+            from kdengine.compiled import CompileOptions, compile_teacher
+
+            self.graphs = compile_teacher(teacher, CompileOptions()) == "model+cudagraphs"
+            self.proven = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if self.graphs:  # CUDA-graph trees: the last call's outputs are consumed
+            torch.compiler.cudagraph_mark_step_begin()
+        if self.proven:
+            return score_rows(self.teacher, *args, **kwargs)
+        try:
+            out = score_rows(self.teacher, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler error: eager instead
+            from kdengine.compiled import uncompile_decoder_layers
+
+            print(f"WARNING: torch.compile of the teacher failed ({exc!r:.300}); scoring eager",
+                  flush=True)
+            uncompile_decoder_layers(self.teacher)
+            self.graphs = False
+            out = score_rows(self.teacher, *args, **kwargs)
+        self.proven = True
+        return out
 
 
 STORE_IDS = {"uint16": torch.uint16, "int32": torch.int32}
