@@ -13,7 +13,8 @@ class SamplingConfig:
     """max_new_tokens: tokens to generate at most per row. temperature: 0.0 = greedy (argmax).
     top_p: nucleus (1.0 = off). top_k: 0 = off. eos_ids: a row stops after emitting one (the EOS
     token is kept in the completion). stop_strings: a row stops once its decoded completion
-    contains one (needs `decode`)."""
+    contains one (needs `decode`). vocab_limit: ids at or above it are never drawn (a teacher
+    whose embedding is padded beyond the student's vocab writes only ids the student has)."""
 
     max_new_tokens: int
     temperature: float = 1.0
@@ -21,6 +22,7 @@ class SamplingConfig:
     top_k: int = 0
     eos_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
+    vocab_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -62,6 +64,8 @@ def warp_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
 def next_tokens(logits: torch.Tensor, config: SamplingConfig,
                 generator: torch.Generator) -> torch.Tensor:
     """The next token of each row [batch] int64 from its logits [batch, vocab]."""
+    if config.vocab_limit is not None and config.vocab_limit < logits.shape[-1]:
+        logits = logits[:, :config.vocab_limit]
     if config.greedy:
         return logits.argmax(dim=-1)
     probs = warp_logits(logits, config).softmax(dim=-1)

@@ -58,7 +58,8 @@ class Rollout:
         stop = (config.stop_text,) if config.stop else ()
         self.sampling = SamplingConfig(
             max_new_tokens=config.max_new_tokens, temperature=config.gen_temperature,
-            top_p=config.top_p, top_k=config.top_k, eos_ids=eos_ids, stop_strings=stop)
+            top_p=config.top_p, top_k=config.top_k, eos_ids=eos_ids, stop_strings=stop,
+            vocab_limit=vocab)
 
     def source_of(self, step: int) -> str | None:
         """Who writes step's completions: "student" (on-policy), "teacher" (seq_kd), or None

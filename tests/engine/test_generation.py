@@ -249,3 +249,15 @@ def test_warped_logits_equal_transformers_warpers(temperature: float, top_k: int
     ours = warp_logits(logits, SamplingConfig(max_new_tokens=1, temperature=temperature,
                                               top_k=top_k, top_p=top_p))
     assert torch.equal(ours, theirs)
+
+
+def test_ids_beyond_vocab_limit_are_never_drawn() -> None:
+    """A teacher padded beyond the student's vocab (seq_kd) writes only ids the student has."""
+    from kdengine.generation import SamplingConfig, next_tokens
+
+    logits = torch.zeros(64, 10)
+    logits[:, 8:] = 50.0  # the padding ids would win every draw and every argmax
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 0.0):
+        config = SamplingConfig(max_new_tokens=1, temperature=temperature, vocab_limit=8)
+        assert int(next_tokens(logits, config, gen).max()) < 8
