@@ -28,21 +28,22 @@ class LinkState:
         """A new state, not another retry of the same loss."""
         return before is None or before.state != self.state
 
-    def line(self, now: float | None = None) -> str:
+    def line(self, now: float | None = None, *, short: bool = False) -> str:
         """One line: 'link to gpu1 lost 12s ago (ConnectionLost); retry in 4s, gives up in
-        9m48s'."""
+        9m48s'. `short`: without the reason and the advice (an 80-column screen)."""
         now = time.monotonic() if now is None else now
+        why = "" if short or not self.reason else f" ({self.reason})"
         if self.state == LOST:
             retry = max(0.0, (self.retry_at or now) - now)
             give_up = max(0.0, (self.give_up_at or now) - now)
-            return (f"link to {self.host} lost {_span(now - self.since)} ago ({self.reason}); "
+            return (f"link to {self.host} lost {_span(now - self.since)} ago{why}; "
                     f"retry in {_span(retry)}, gives up in {_span(give_up)}")
         if self.state == RECONNECTED:
             return (f"link to {self.host} reconnected ({self.reconnects} "
                     f"reconnect{'s' if self.reconnects != 1 else ''}); nothing lost")
         if self.state == GIVEN_UP:
-            return (f"link to {self.host} given up after {_span(now - self.since)} "
-                    f"({self.reason}); the run may still be going: watch it again later")
+            advice = "" if short else "; the run may still be going: watch it again later"
+            return f"link to {self.host} given up after {_span(now - self.since)}{why}{advice}"
         return f"link to {self.host} connected"
 
 

@@ -53,5 +53,11 @@ class LinkStatus(Static):
             return
         from rich.text import Text
 
+        line = state.line()
+        if len(line) + 2 > self.size.width - 2:  # the reason and advice give way, not the counts
+            line = state.line(short=True)
         self.update(Text.assemble((f"{MARK[state.state]} ", STYLE[state.state]),
-                                  (state.line(), STYLE[state.state])))
+                                  (line, STYLE[state.state])))
+
+    def on_resize(self) -> None:
+        self._show()
