@@ -134,7 +134,9 @@ class SSHRunSource:
                 except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
                     return b""  # not written yet
                 self._files[name] = handle
-            return await handle.read(limit, offset)
+            # one request asks no more than the server answers in one (its limits; 0: unknown)
+            most = getattr(self._sftp.limits, "max_read_len", 0) or limit
+            return await handle.read(min(limit, most), offset)
         return await self.with_link(action)
 
     async def agent(self, command: RemoteCommand, timeout: float = 60) -> dict[str, Any]:
