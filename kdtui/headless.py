@@ -177,7 +177,12 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
         update = await follower.poll()
         take(update)
         if finished is not None:
-            break
+            # a poll reads a slice: a resumed run's earlier end may close it, its resume next
+            more = await follower.poll()
+            take(more)
+            if finished is not None:
+                break
+            continue
         if update:
             last_news = time.monotonic()
             continue

@@ -29,6 +29,8 @@ from kdtui.remote.link import CONNECTED, GIVEN_UP, LOST, RECONNECTED, LinkState
 
 T = TypeVar("T")
 LINK_ERRORS = (*CONNECTION_ERRORS, asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)
+BLOCK = 256 << 10  # bytes a request, when the server does not say its limit
+PARALLEL_BLOCKS = 15  # more requests at once while a backlog lasts
 
 
 class SSHRunSource:
@@ -126,17 +128,17 @@ class SSHRunSource:
             handle = self._files.get(name)
             if handle is None:
                 try:
-                    # block_size=0: one SFTP request per read. asyncssh splits a larger read
-                    # into up to 16 parallel tasks, and when the link dies under them, those
-                    # it no longer awaits print "Task exception was never retrieved"
+                    # block_size=0: one SFTP request per read (_read_blocks parallelizes).
+                    # asyncssh's own split into parallel tasks leaves those it no longer
+                    # awaits when the link dies: "Task exception was never retrieved"
                     handle = await self._sftp.open(f"{self.run_dir}/{name}", "rb",
                                                    block_size=0)
                 except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath):
                     return b""  # not written yet
                 self._files[name] = handle
             # one request asks no more than the server answers in one (its limits; 0: unknown)
-            most = getattr(self._sftp.limits, "max_read_len", 0) or limit
-            return await handle.read(min(limit, most), offset)
+            block = min(limit, getattr(self._sftp.limits, "max_read_len", 0) or BLOCK)
+            return await _read_blocks(handle, offset, limit, block)
         return await self.with_link(action)
 
     async def agent(self, command: RemoteCommand, timeout: float = 60) -> dict[str, Any]:
@@ -148,6 +150,28 @@ class SSHRunSource:
         self._drop()
         if conn is not None:
             await conn.wait_closed()
+
+
+async def _read_blocks(handle: asyncssh.SFTPClientFile, offset: int, limit: int,
+                       block: int) -> bytes:
+    """Up to `limit` bytes from `offset`: one request, then (a backlog: it came back full) up to
+    PARALLEL_BLOCKS more at once. Every request's outcome is awaited (gather with
+    return_exceptions), so a link that dies under them leaves no task unread; the data stops at
+    the first short block, so it is always contiguous."""
+    data = await handle.read(block, offset)
+    if len(data) < block or limit <= block:
+        return data
+    count = min(PARALLEL_BLOCKS, limit // block - 1)
+    rest = await asyncio.gather(*(handle.read(block, offset + block * (i + 1))
+                                  for i in range(count)), return_exceptions=True)
+    for part in rest:
+        if isinstance(part, BaseException):
+            raise part
+    for part in rest:
+        data += part
+        if len(part) < block:
+            break
+    return data
 
 
 def _is_link_error(exc: RemoteError) -> bool:

@@ -23,7 +23,8 @@ async def test_a_hung_link_reconnects_and_leaves_no_unretrieved_task_errors(
         remote_env, sshd, tmp_path):
     run_dir = tmp_path / "hung"
     run_dir.mkdir()
-    (run_dir / "launch.log").write_bytes(b"x" * 100 + b"\n" * 1 + b"y" * (2 << 20))
+    log = b"".join(b"line %07d\n" % i for i in range(200_000))  # 2.4 MB: parallel blocks
+    (run_dir / "launch.log").write_bytes(log)
     host = replace(get_host("kdtest"), keepalive_interval=0.2, keepalive_count_max=2)
     source = SSHRunSource(host, str(run_dir), max_backoff=0.5)
     states: list[str] = []
@@ -46,7 +47,8 @@ async def test_a_hung_link_reconnects_and_leaves_no_unretrieved_task_errors(
         for pid in stopped:
             os.kill(pid, signal.SIGKILL)
         stopped = []
-        assert await asyncio.wait_for(reader, 60)  # the same read, over a new connection
+        # the same read, over a new connection, whole and in order
+        assert await asyncio.wait_for(reader, 60) == log
         assert states[-1] == RECONNECTED
         for _ in range(3):
             gc.collect()
