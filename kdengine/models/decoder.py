@@ -223,7 +223,8 @@ class Attention(nn.Module):
             mask = mask.unsqueeze(2).expand(b, 1, group, t, mask.shape[-1]).reshape(
                 b, 1, group * t, mask.shape[-1])
         out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
-        out = out.view(b, self.n_heads, t, self.head_dim)
+        # (reshape: SDPA's fp32 kernels on CUDA may return it with strides a view cannot take)
+        out = out.reshape(b, self.n_heads, t, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

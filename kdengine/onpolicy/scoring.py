@@ -55,6 +55,8 @@ def completion_scores(s_hidden: torch.Tensor, s_head: torch.Tensor, t_hidden: to
 def score_rows(student: Any, teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
                autocast: Callable[[], AbstractContextManager]) -> Scores:
     """completion_scores of rows through the two providers (student: no autograd)."""
+    device = student.head_weight.device
+    input_ids, labels = input_ids.to(device), labels.to(device)
     with torch.no_grad(), autocast():
         s_hidden = student.hidden_states(input_ids)
         t_hidden = teacher.hidden_states(input_ids)
