@@ -24,6 +24,7 @@ from typing import Any
 from kdengine import events as ev
 
 VERDICT_ID = "F-DISTILL-SMOKE-001"
+CACHE_JOB = "cache-teacher"  # run_started's `job` of `kdengine cache-teacher` (no verdict applies)
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 # what the verdict's two losses are: held-out val_loss, the held-out reverse KL of an on-policy
 # run's own completions, or (apr) training-batch losses
@@ -98,8 +99,11 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     bad_loss: dict[str, Any] | None = None
     last_step = 0
     engine_verdict: dict[str, Any] | None = None
+    job = None
     for event in events:
         kind = event.get("type")
+        if kind == ev.RUN_STARTED:
+            job = event.get("job", job)
         if kind == ev.STEP:
             last_step = max(last_step, int(event.get("step", 0)))
             if bad_loss is None and not _finite(event.get("loss")):
@@ -113,6 +117,8 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
         elif kind == ev.VERDICT and event.get("loss_kind") == TRAIN_BATCH:
             engine_verdict = event
 
+    if job == CACHE_JOB:
+        return _cache_job_verdict(finished, last_step)
     if engine_verdict is not None and not evals:
         return Verdict.from_train_batch_event(engine_verdict)
 
@@ -153,6 +159,20 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
         return Verdict(PASS, "the held-out validation loss went down", **known)
     return Verdict(FAIL, "the held-out validation loss did not go below its step-0 value",
                    **known)
+
+
+def _cache_job_verdict(finished: dict[str, Any] | None, rows: int) -> Verdict:
+    """`kdengine cache-teacher` trains nothing, so the smoke verdict does not apply: its end is
+    the job's own (done, or why not), under its own id."""
+    if finished is None:
+        return Verdict(INCONCLUSIVE, f"the cache job has not finished ({rows} rows scored)",
+                       id=CACHE_JOB)
+    if finished.get("status") != "completed":
+        why = finished.get("error") or f"exit code {finished.get('exit_code')}"
+        return Verdict(INCONCLUSIVE, f"the cache job {finished.get('status')} after {rows} rows: "
+                       f"{why}", id=CACHE_JOB)
+    return Verdict(PASS, f"the teacher cache is complete ({rows} rows); a cache job trains "
+                   "nothing, so no smoke verdict applies", id=CACHE_JOB)
 
 
 def _val_loss_beside(initial: dict[str, Any], final: dict[str, Any]) -> str:

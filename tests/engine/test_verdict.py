@@ -85,3 +85,16 @@ def test_held_out_evals_outrank_an_engine_verdict() -> None:
     v = verdict_from_events([ev("eval", step=0, val_loss=5.0), ev("eval", step=9, val_loss=6.0),
                              engine, DONE])
     assert v.status == "fail" and v.loss_kind == "val"
+
+
+def test_a_teacher_cache_job_ends_with_its_own_result_not_the_smoke_verdict() -> None:
+    started = {"type": "run_started", "job": "cache-teacher"}
+    steps = [{"type": "step", "step": n, "loss": 2.0} for n in (10, 20)]
+    done = verdict_from_events([started, *steps, {"type": "run_finished",
+                                                  "status": "completed", "exit_code": 0}])
+    assert (done.id, done.status, done.exit_code) == ("cache-teacher", "pass", 0)
+    assert "20 rows" in done.reason and "no smoke verdict" in done.reason
+    killed = verdict_from_events([started, *steps, {"type": "run_finished",
+                                                    "status": "cancelled", "exit_code": 130}])
+    assert (killed.id, killed.status) == ("cache-teacher", "inconclusive")
+    assert verdict_from_events([started]).status == "inconclusive"
