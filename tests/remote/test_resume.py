@@ -19,8 +19,10 @@ from kdtui.cli import main as kdtui_main
 
 pytestmark = pytest.mark.ssh
 
-FLAGS = dict(steps=30, batch_size=2, seq_len=16, lr=3e-3, eval_every=10, eval_batches=1,
-             log_every=1, checkpoint_every=10, temperature=2.0, dtype="float32", device="cpu")
+# a tiny step takes milliseconds: checkpoints 50 steps apart leave the kill room to land
+# between the step it waits for and the next checkpoint
+FLAGS = dict(steps=200, batch_size=2, seq_len=16, lr=3e-3, eval_every=50, eval_batches=1,
+             log_every=1, checkpoint_every=50, temperature=2.0, dtype="float32", device="cpu")
 BUDGET_S = 180.0  # per condition: generous, the runs take seconds
 
 
@@ -32,21 +34,32 @@ def flags(inputs: dict[str, str]) -> list[str]:
     return out
 
 
-def steps_of(run_dir: Path) -> list[int]:
-    return [e["step"] for e in read_events(run_dir / "events.jsonl") if e.get("type") == "step"]
+def steps_of(run_dir: Path, part: int = 0) -> list[int]:
+    """The steps of the run's `part`-th engine (0: the dispatch's, 1: the first resume's...)."""
+    steps, started = [], -1
+    for event in read_events(run_dir / "events.jsonl"):
+        started += event.get("type") == "run_started"
+        if event.get("type") == "step" and started == part:
+            steps.append(event["step"])
+    return steps
 
 
-async def until(condition, what: str) -> None:
+def resumed_from(run_dir: Path) -> list[int | None]:
+    return [e.get("resumed_from") for e in read_events(run_dir / "events.jsonl")
+            if e.get("type") == "run_started"]
+
+
+async def until(condition, what: str, poll: float = 0.1) -> None:
     deadline = time.monotonic() + BUDGET_S
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll)
 
 
-async def kill_engine_past(run_dir: Path, step: int) -> None:
-    """SIGKILL the engine's process group once it has logged `step` (no run_finished)."""
+async def kill_engine_past(run_dir: Path, step: int, part: int) -> None:
+    """SIGKILL the engine's process group once its `part` has logged `step` (no run_finished)."""
     await until(lambda: (run_dir / "events.jsonl").exists() and
-                max(steps_of(run_dir), default=-1) >= step, f"step {step}")
+                max(steps_of(run_dir, part), default=-1) >= step, f"step {step}", poll=0.01)
     pid = int((run_dir / "engine.pid").read_text())
     os.killpg(pid, signal.SIGKILL)
     await until(lambda: not Path(f"/proc/{pid}").exists() or
@@ -89,26 +102,25 @@ async def test_a_killed_remote_run_resumes_from_the_cli_and_the_dashboard_exactl
             *flags(tiny_run_inputs)]
     assert await asyncio.to_thread(kdtui_main, argv) == 0
     run_dir = remote_env["work"] / "runs" / "resume-1"
-    await kill_engine_past(run_dir, 13)  # past the checkpoint at step 10
+    await kill_engine_past(run_dir, 55, part=0)  # past the checkpoint at step 50
 
     # `kdtui resume`, watched headless; its engine killed again past step 20's checkpoint: the
     # watch says the engine is gone, with its last lines and how to resume
     capsys.readouterr()
     resumed = asyncio.create_task(asyncio.to_thread(
         kdtui_main, ["resume", "resume-1", "--headless"]))
-    await until(lambda: b'"resumed_from": 10' in (run_dir / "events.jsonl").read_bytes()
-                or b'"resumed_from":10' in (run_dir / "events.jsonl").read_bytes(),
-                "the resumed engine")
-    await kill_engine_past(run_dir, 23)
+    await kill_engine_past(run_dir, 105, part=1)  # past the checkpoint at step 100
     code = await resumed
     out = capsys.readouterr().out
-    assert code == 2, out
-    assert "[resume] done" in out and "from step 10" not in out.split("[resume] done")[0][-5:]
-    assert "ERROR: the engine is gone without finishing the run" in out, out
-    assert "resume it from its checkpoint at step 20: kdtui resume resume-1" in out, out
+    first = resumed_from(run_dir)[1]
     manifest_path = remote_env["evidence"] / "resume-1" / "dispatch.json"
+    second = json.loads(manifest_path.read_text())["checkpoint_step"]
+    assert code == 2, out
+    assert "[resume] done" in out and f"checkpoint at step {first}" in out
+    assert "ERROR: the engine is gone without finishing the run" in out, out
+    assert f"resume it from its checkpoint at step {second}: kdtui resume resume-1" in out, out
     manifest = json.loads(manifest_path.read_text())
-    assert manifest["state"] == "stopped" and manifest["checkpoint_step"] == 20
+    assert manifest["state"] == "stopped" and manifest["checkpoint_step"] == second
     assert manifest["engine_gone"]["log_tail"]
 
     # the dashboard: the runs list's R on the stopped run
@@ -125,14 +137,14 @@ async def test_a_killed_remote_run_resumes_from_the_cli_and_the_dashboard_exactl
         assert screen.query_one(VerdictPanel).status == "pass"
         link = screen.query_one(LinkStatus)
         assert link.display and "link to kdtest connected" in str(link.render())
-        # steps 21-23 were run twice: drawn once
-        assert screen.query_one(LossChart).raw["loss"].count == len(set(steps_of(run_dir)))
+        # the steps after each checkpoint were run twice: drawn once
+        logged = [step for part in range(3) for step in steps_of(run_dir, part)]
+        assert screen.query_one(LossChart).raw["loss"].count == len(set(logged)) < len(logged)
     assert alone.wait(BUDGET_S) == 0
 
     events = read_events(run_dir / "events.jsonl")
     assert [e["seq"] for e in events] == list(range(len(events)))
-    assert [e.get("resumed_from") for e in events if e["type"] == "run_started"] == \
-        [None, 10, 20]
+    assert resumed_from(run_dir) == [None, first, second] and 50 <= first <= second
     assert losses(run_dir) == losses(reference)
     manifest = json.loads(manifest_path.read_text())
     assert manifest["state"] == "completed" and manifest["verdict"]["status"] == "pass"
