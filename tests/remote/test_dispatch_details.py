@@ -77,3 +77,22 @@ def test_the_link_state_reads_as_an_outage_with_its_countdowns():
                                     "gives up in 9m48s")
     again = LinkState(LOST, "gpu1", since=100.0, retry_at=130.0)
     assert not again.changed(lost) and LinkState(RECONNECTED, "gpu1", 131.0).changed(lost)
+
+
+def test_kdtui_resume_refuses_what_cannot_resume_in_one_line(tmp_path, capsys, monkeypatch):
+    from kdtui.cli import main as kdtui_main
+
+    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(tmp_path / "evidence"))
+    runs = tmp_path / "runs"
+    for name, status in (("done-1", "completed"), ("stop-1", "cancelled")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (
+            {"v": 1, "seq": 0, "t": 1.0, "type": "run_started", "run_id": name},
+            {"v": 1, "seq": 1, "t": 2.0, "type": "run_finished", "status": status})))
+    for ref, said in (("done-1", "done-1 is completed: only a stopped, failed or cancelled"),
+                      ("stop-1", "stop-1 has no complete checkpoint to continue from"),
+                      ("nope", "no run 'nope'")):
+        assert kdtui_main(["--runs-dir", str(runs), "resume", ref, "--headless"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kdtui resume: error: ") and err.count("\n") == 1, err
+        assert said in err, err
