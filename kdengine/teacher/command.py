@@ -42,6 +42,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="Seed of the sampled targets' draws")
     p.add_argument("--out", metavar="DIR", default=None, help="Where to write it (default: "
                    "KDENGINE_CACHE/teacher/<key>)")
+    p.add_argument("--check", action="store_true", help="Check everything, print the job as "
+                   "JSON and write nothing (the dashboard's pre-start check)")
     return p
 
 
@@ -124,6 +126,11 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             return 0
     elif out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise ConfigError("out", f"{out} exists and is not a teacher cache: pick another --out")
+    if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
+        print(json.dumps({"ok": True, "run_dir": str(out), "config": job.config.to_dict(),
+                          "cache": {"key": key, "k": job.top_k, "targets": job.targets,
+                                    "dtype": job.store_dtype}}, indent=2))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(job.config.to_dict(), indent=2) + "\n")
     from kdengine.teacher.writer import run_cache_job
