@@ -59,6 +59,7 @@ from kdengine.diskspace import (
     space_verdict,
 )
 from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
+from kdengine.gauges import Gauges, describe_gauges
 from kdengine.losses import IGNORE_INDEX, KDLossSpec, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
@@ -188,6 +189,9 @@ class KDTrainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.overflows_in_a_row = 0
         self.step = 0
+        # memory, utilization, power, MFU in step events (kdengine.gauges)
+        self.gauges = Gauges.for_run(device, dtype, student.module, teacher, config.seq_len,
+                                     self.dist.world_size)
 
     def _autocast(self):
         """bf16/fp16 compute over fp32 master weights; fp32 runs need no autocast."""
@@ -281,6 +285,10 @@ class KDTrainer:
         self.student.module.train()
         n = max(n, 1)
         result = {"step": self.step, "val_loss": total / n, "val_ce": ce / n, "val_kd": kd / n}
+        if self.step == 0:  # what the student could reach: the verdict's "gap closed"
+            teacher_ce = self.teacher_val_ce()
+            if teacher_ce is not None:
+                result["val_teacher_ce"] = teacher_ce
         samples: list[dict[str, Any]] = []
         if self.rollout is not None and self.config.lmbda > 0:
             # on-policy: the student's own writing on held-out prompts, graded (the verdict's)
@@ -298,8 +306,34 @@ class KDTrainer:
                     else "")
         self.log.line(f"eval step {self.step} val_loss={result['val_loss']:.4f} "
                       f"val_ce={result['val_ce']:.4f} val_kd={result['val_kd']:.4f}"
-                      f"{gen_text}{tag}")
+                      + (f" val_teacher_ce={result['val_teacher_ce']:.4f}"
+                         if "val_teacher_ce" in result else "")
+                      + f"{gen_text}{tag}")
         return result
+
+    @torch.no_grad()
+    def teacher_val_ce(self) -> float | None:
+        """The teacher's own CE on the held-out batches (once, at step 0): the floor a student
+        distilled from it aims at; a teacher no better than a fresh student is a wrong one. None
+        for a teacher cache (no model) and a teacher sharded over ranks."""
+        if hasattr(self.teacher, "samplers") or self.dist.teacher_placement == "sharded":
+            return None
+        total, n = 0.0, 0
+        for batch in self.val_batches:
+            input_ids, labels = batch[0].to(self.device), batch[1].to(self.device)
+            position_ids = batch[2].to(self.device) if len(batch) > 2 else None
+            with self._autocast(), torch.inference_mode():
+                if self._teacher_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                hidden = self.teacher.hidden_states(input_ids, position_ids).flatten(0, 1)
+            head, flat = self.teacher.head_weight, labels.flatten()
+            for i in range(0, flat.numel(), self.chunk_tokens):  # never all logits at once
+                logits = (hidden[i:i + self.chunk_tokens] @ head.T.to(hidden.dtype)).float()
+                total += float(torch.nn.functional.cross_entropy(
+                    logits, flat[i:i + self.chunk_tokens], ignore_index=IGNORE_INDEX,
+                    reduction="sum"))
+            n += int((flat != IGNORE_INDEX).sum())
+        return total / n if n else None
 
     def train_step(self, batch: tuple[torch.Tensor, ...] | None = None
                    ) -> dict[str, float]:
@@ -439,7 +473,8 @@ class KDTrainer:
             metrics = self.train_step()
             step = self.step
             if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
-                self.log.emit(ev.STEP, **metrics, total_steps=cfg.steps)
+                gauges = self.gauges.read(metrics["tokens_per_s"])
+                self.log.emit(ev.STEP, **metrics, **gauges, total_steps=cfg.steps)
                 split = (f" gen={metrics['gen_s']:.2f}s teacher={metrics['teacher_s']:.2f}s "
                          f"student={metrics['student_s']:.2f}s "
                          f"gen_tok/s={metrics['gen_tokens_per_s']:.0f}"
@@ -448,7 +483,7 @@ class KDTrainer:
                     f"step {step}/{cfg.steps} loss={metrics['loss']:.4f} kd={metrics['kd']:.4f} "
                     f"ce={metrics['ce']:.4f} lr={metrics['lr']:.3e} "
                     f"grad_norm={metrics['grad_norm']:.3f} tok/s={metrics['tokens_per_s']:.0f}"
-                    + split)
+                    + split + describe_gauges(gauges))
             if (self.last_sampled is not None and cfg.sample_every
                     and step % cfg.sample_every == 0):
                 sample = self.rollout.sample_event(step, self.last_sampled, 0, self.teacher,
