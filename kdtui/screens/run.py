@@ -58,6 +58,7 @@ class RunState:
         self.bad_step_seen = False
         self.finished: dict[str, Any] | None = None
         self.initial_val_loss: float | None = None
+        self.initial_label = "val loss"
         self.run_started: dict[str, Any] | None = None
         self.event_count = 0
 
@@ -76,8 +77,11 @@ class RunState:
                 self.kept.append(event)
         elif kind == "eval":
             self.kept.append(event)
-            if event.get("step") == 0 and isinstance(event.get("val_loss"), (int, float)):
-                self.initial_val_loss = float(event["val_loss"])
+            # the step-0 number the verdict will judge by: an on-policy run's val_gen_kl
+            key = "val_gen_kl" if "val_gen_kl" in event else "val_loss"
+            if event.get("step") == 0 and isinstance(event.get(key), (int, float)):
+                self.initial_val_loss = float(event[key])
+                self.initial_label = "val gen KL" if key == "val_gen_kl" else "val loss"
         elif kind == "run_finished":
             self.finished = event
             self.kept.append(event)
@@ -336,7 +340,7 @@ class RunScreen(Screen):
             if panel.verdict is None:
                 panel.show(state.verdict())
         else:
-            panel.show(None, state.initial_val_loss)
+            panel.show(None, state.initial_val_loss, state.initial_label)
         self._fit_layout()
 
     def _samples_pane(self) -> SamplesView:

@@ -509,8 +509,10 @@ class VerdictPanel(Static):
             self._heights = {key: self.get_content_height(size, size, content) + 2}
         return self._heights[key]
 
-    def show(self, verdict: Verdict | None, initial: float | None = None) -> None:
-        """verdict None: the run goes on (initial: the step-0 val loss, once known)."""
+    def show(self, verdict: Verdict | None, initial: float | None = None,
+             label: str = "val loss") -> None:
+        """verdict None: the run goes on (initial: the step-0 number the verdict will judge by,
+        once known: `label` says which, val loss or an on-policy run's val gen KL)."""
         self.verdict = verdict
         self.status = verdict.status if verdict else "pending"
         self.set_class(self.status == "pass", "pass")
@@ -519,7 +521,7 @@ class VerdictPanel(Static):
         if verdict is None:
             step0 = f"{initial:.4f}" if initial is not None else "–"
             self._show_text(Text.assemble(("PENDING", "bold"), "\n",
-                                          ("step-0 val loss ", "dim"), step0))
+                                          (f"step-0 {label} ", "dim"), step0))
             return
         def num(x: float | None) -> str:
             return f"{x:.4f}" if x is not None else "–"
