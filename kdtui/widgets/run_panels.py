@@ -13,7 +13,7 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Static
 
-from kdengine.verdict import Verdict
+from kdengine.verdict import DistillReport, Verdict
 from kdtui.samples import generation_rate, step_split
 
 ENGINE_STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval",
@@ -486,7 +486,9 @@ class VerdictPanel(Static):
     VerdictPanel.pass { border: heavy $success; }
     VerdictPanel.fail { border: heavy $error; }
     VerdictPanel.inconclusive { border: heavy $warning; }
+    VerdictPanel > .verdict--warning { color: $text-warning; text-style: bold; }
     """
+    COMPONENT_CLASSES = {"verdict--warning"}
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -495,6 +497,8 @@ class VerdictPanel(Static):
         self.status = "pending"
         self._heights: dict[tuple[int, str], int] = {}  # (width, text) -> height_for
         self._plain = ""
+        self.report: DistillReport | None = None  # val CE/KD apart, teacher CE, warnings
+        self._base = Text()
 
     def on_mount(self) -> None:
         self.show(None)
@@ -526,17 +530,62 @@ class VerdictPanel(Static):
         def num(x: float | None) -> str:
             return f"{x:.4f}" if x is not None else "–"
         delta = verdict.delta
+        # labels padded to one column, with at least one space before the numbers
+        col = max(17, len("step-0 " + verdict.loss_label) + 1)
         self._show_text(Text.assemble(
             (verdict.status.upper(), "bold"), "\n",
-            # labels padded to one column, with at least one space before the number
-            (f"{'step-0 ' + verdict.loss_label + ' ':<17}", "dim"), num(verdict.initial_loss),
+            (f"{'step-0 ' + verdict.loss_label:<{col}}", "dim"), num(verdict.initial_loss),
             "\n",
-            (f"{'final ' + verdict.loss_label + ' ':<17}", "dim"), num(verdict.final_loss),
+            (f"{'final ' + verdict.loss_label:<{col}}", "dim"), num(verdict.final_loss),
             (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),
-            "\n", ("delta            ", "dim"), f"{delta:+.4f}" if delta is not None else "–",
+            "\n", (f"{'delta':<{col}}", "dim"), f"{delta:+.4f}" if delta is not None else "–",
             "\n", verdict.reason,
         ))
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        if self.report is not None and self.report.warnings:
+            self._show_text(self._base)  # the warning's colour is the theme's
+
+    def show_report(self, report: DistillReport | None) -> None:
+        """Under the verdict: val CE and val KD apart (step 0 -> latest), the teacher's CE, the
+        share of the CE gap closed, and a warning where the objective misleads."""
+        if report != self.report:
+            self.report = report
+            self._show_text(self._base)
+
     def _show_text(self, text: Text) -> None:
+        self._base = text
+        if self.report is not None:
+            text = text.copy()
+            warn = foreground(self.get_component_rich_style("verdict--warning"))
+            text.append_text(distill_lines(self.report, warn))
         self._plain = text.plain
         self.update(text)
+
+
+def distill_lines(report: DistillReport, warn: Style | str = "bold") -> Text:
+    """'val CE 5.304 → 2.962 teacher 1.643' / 'val KD 1.933 → 0.567 gap closed 64%', then the
+    warnings: each line fits the 36 cells of the panel at 80 columns."""
+    def num(x: float | None) -> str:
+        return f"{x:.3f}" if x is not None else "–"
+
+    text = Text()
+    if report.initial_ce is None:
+        return text
+    text.append("\n")
+    text.append("val CE ", "dim")
+    text.append(f"{num(report.initial_ce)} → {num(report.latest_ce)}")
+    if report.teacher_ce is not None:
+        text.append(" teacher ", "dim")
+        text.append(num(report.teacher_ce))
+    text.append("\n")
+    text.append("val KD ", "dim")
+    text.append(f"{num(report.initial_kd)} → {num(report.latest_kd)}")
+    if report.gap_closed is not None:
+        text.append(" gap closed ", "dim")
+        text.append(f"{report.gap_closed:.0%}")
+    for warning in report.warnings:
+        text.append("\n")
+        text.append(f"⚠ {warning}", warn)
+    return text

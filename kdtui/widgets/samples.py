@@ -27,7 +27,8 @@ from kdtui.samples import HeldOutGeneration, Sample, held_out_summary, one_line
 from kdtui.widgets.run_panels import foreground
 
 MAX_SAMPLES = 1000  # the oldest go first; at a few rows every sample_every steps, a long run
-NARROW_BELOW = 48  # content cells: below, a sample's header is terse, so it stays one row
+NARROW_BELOW = 64  # content cells: below, a sample's header is terse, so it stays one row (the
+# full one, "step 40 · train #0 · 48 tok · truncated · teacher logp -5.661", needs ~62)
 SHORT_BELOW = 10  # content rows: below, the prompt's tail gets one row, not two
 
 
@@ -223,7 +224,7 @@ class SamplesView(ScrollView, can_focus=True):
             if fact.startswith("by the "):
                 style = self._style("samples--teacher")
             if terse:  # one row at 80 columns: 'step 120 val #1 20 tok ✓ logp -0.90'
-                fact = {"finished": "✓", "truncated": "✂ cut"}.get(fact, fact)
+                fact = {"finished": "✓", "truncated": "✂"}.get(fact, fact)
                 if fact.startswith("teacher logp ") and sample.teacher_logp is not None:
                     fact = f"logp {sample.teacher_logp:.2f}"
             text.append(" " if terse else " · ", style=facts)

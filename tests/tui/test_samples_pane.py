@@ -52,8 +52,7 @@ async def test_samples_pane_shows_the_newest_first_and_follows_one_prompt_across
         assert [(s.step, s.split, s.index) for s in pane.shown[:3]] == [
             (120, "train", 0), (120, "val", 0), (120, "val", 1)]
         rows = _plain_rows(pane)
-        assert " ".join(rows[:2]).startswith(  # the header wraps in a 52-cell pane
-            "step 120 · train #0 · 18 tok · finished · teacher logp -1.450")
+        assert rows[0] == "step 120 train #0 18 tok ✓ logp -1.45"  # terse, one row
         assert any("Use `with open(path) as fh:`" in row for row in rows[:6])
         # indentation of a completion (code) is kept; the prompt is on one line, newlines as ⏎
         assert "    return sum(x * x for x in numbers)" in rows
