@@ -9,6 +9,10 @@ An on-policy run (one whose evaluations carry `val_gen_kl`) is judged on what th
 the held-out reverse KL of its own completions to fixed prompts, graded by the teacher, must go
 down (`loss_kind: "val_gen_kl"`); val_loss, the data's completions, is only reported beside it.
 
+`distill_report` reads the same evals for what the smoke verdict cannot say: val CE and val KD
+apart, the teacher's own CE, the share of the student-teacher CE gap closed, and warnings when
+the objective misleads (CE up while val_loss went down; a teacher no better than the student).
+
 An engine without held-out evaluation (aprender's `apr distill`, through its profile) writes its
 own verdict from training-batch losses, marked `loss_kind: "train_batch"`; in a stream with no
 eval events that verdict stands, labelled as what its losses are.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from kdengine import events as ev
@@ -184,3 +188,70 @@ def _val_loss_beside(initial: dict[str, Any], final: dict[str, Any]) -> str:
 
 def verdict_for_run(run_dir: str) -> Verdict:
     return verdict_from_events(ev.iter_run_events(run_dir))
+
+
+# -- whether distillation helped: beside the smoke verdict, never instead of it ------------------
+
+CE_UP_WHILE_OBJECTIVE_DOWN = "val CE up while val loss went down"
+TEACHER_NO_BETTER = "teacher's CE ≥ student's at step 0"
+
+
+@dataclass(frozen=True)
+class DistillReport:
+    """What the evals say about the student's language modelling, apart from the objective.
+
+    val_loss is alpha*CE + (1-alpha)*T^2*KD: it falls with the KD term whatever happens to the
+    student's CE, and it cannot be compared across alphas. This reads val_ce and val_kd apart,
+    with the teacher's own held-out CE (`val_teacher_ce`, measured at step 0), and says when the
+    objective misleads: CE went up while val_loss went down, or the teacher is no better than
+    the untrained student (a random or wrong teacher)."""
+
+    initial_ce: float | None = None
+    latest_ce: float | None = None
+    initial_kd: float | None = None
+    latest_kd: float | None = None
+    teacher_ce: float | None = None
+    latest_step: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def gap_closed(self) -> float | None:
+        """The share of the step-0 student-teacher CE gap the student closed (1: it reached the
+        teacher; negative: it moved away)."""
+        if None in (self.initial_ce, self.latest_ce, self.teacher_ce):
+            return None
+        gap = self.initial_ce - self.teacher_ce  # type: ignore[operator]
+        if gap <= 0:
+            return None
+        return (self.initial_ce - self.latest_ce) / gap  # type: ignore[operator]
+
+
+def distill_report(events: Iterable[dict[str, Any]]) -> DistillReport:
+    initial: dict[str, Any] | None = None
+    latest: dict[str, Any] | None = None
+    for event in events:
+        if event.get("type") != ev.EVAL:
+            continue
+        if event.get("step") == 0 and initial is None:
+            initial = event
+        elif event.get("step", 0) > 0:
+            latest = event
+
+    def num(event: dict[str, Any] | None, key: str) -> float | None:
+        value = event.get(key) if event else None
+        return float(value) if _finite(value) else None
+
+    report = DistillReport(
+        initial_ce=num(initial, "val_ce"), latest_ce=num(latest, "val_ce"),
+        initial_kd=num(initial, "val_kd"), latest_kd=num(latest, "val_kd"),
+        teacher_ce=num(initial, "val_teacher_ce"),
+        latest_step=latest.get("step") if latest else None)
+    warnings = []
+    loss0, loss1 = num(initial, "val_loss"), num(latest, "val_loss")
+    if (report.initial_ce is not None and report.latest_ce is not None and loss0 is not None
+            and loss1 is not None and report.latest_ce > report.initial_ce and loss1 < loss0):
+        warnings.append(CE_UP_WHILE_OBJECTIVE_DOWN)
+    if (report.teacher_ce is not None and report.initial_ce is not None
+            and report.teacher_ce >= report.initial_ce):
+        warnings.append(TEACHER_NO_BETTER)
+    return replace(report, warnings=tuple(warnings))
