@@ -155,8 +155,11 @@ class GenerationEngine:
 
     def generate(self, prompts: list[torch.Tensor], config: SamplingConfig, *,
                  generator: torch.Generator | None = None, pad_id: int = 0,
-                 decode: Callable[[list[int]], str] | None = None) -> Generated:
-        """Completions of `prompts` (1-D int64 token tensors, any lengths) under `config`."""
+                 decode: Callable[[list[int]], str] | None = None,
+                 min_cache_len: int = 0) -> Generated:
+        """Completions of `prompts` (1-D int64 token tensors, any lengths) under `config`.
+        `min_cache_len`: allocate at least this many cache slots, so calls whose prompts differ
+        in length share one cache shape (one compile and graph, not one per length)."""
         model = self._model()
         if model is None:
             raise RuntimeError("the model of this GenerationEngine no longer exists")
@@ -179,7 +182,8 @@ class GenerationEngine:
             refresh_twin(self.weights, model)
             batch, steps = len(prompts), config.max_new_tokens
             width = max(len(p) for p in prompts)
-            self._buffers(batch, math.ceil((width + steps) / SLOT_MULTIPLE) * SLOT_MULTIPLE)
+            slots = max(width + steps, min_cache_len)
+            self._buffers(batch, math.ceil(slots / SLOT_MULTIPLE) * SLOT_MULTIPLE)
             tokens = torch.full((batch, steps), pad_id, dtype=torch.int64, device=self.device)
             stops = RowStops(tokens, config, pad_id, decode)
             logits = self._prefill(prompts, pad_id)
@@ -227,13 +231,16 @@ def release_engines(model: torch.nn.Module) -> None:
 def generate(model: Decoder, prompts: list[torch.Tensor], config: SamplingConfig, *,
              generator: torch.Generator | None = None, pad_id: int = 0,
              decode: Callable[[list[int]], str] | None = None,
-             dtype: torch.dtype | None = None) -> Generated:
+             dtype: torch.dtype | None = None, min_cache_len: int = 0) -> Generated:
     """Sample completions of `prompts` (1-D int64 token tensors of any lengths; left-padded
     together, positions from 0 at each row's first real token) from `model` under `config`.
 
     `generator` is the only source of randomness (pass one seeded per step for exact resumes;
     it must be on the model's device). `dtype` is the compute dtype (default: the parameters'):
     the weights are kept once in it, refreshed from the model at each call. The model's
-    parameters, gradients and train/eval mode are left as they were."""
+    parameters, gradients and train/eval mode are left as they were. `min_cache_len` (see
+    GenerationEngine.generate): a training loop passes its row length, so every step's
+    prompts, whatever their lengths, reuse one compiled step and CUDA graph."""
     return engine_for(model, dtype).generate(prompts, config, generator=generator,
-                                             pad_id=pad_id, decode=decode)
+                                             pad_id=pad_id, decode=decode,
+                                             min_cache_len=min_cache_len)

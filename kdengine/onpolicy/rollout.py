@@ -78,9 +78,11 @@ class Rollout:
                  source: str) -> RolloutBatch:
         gen = torch.Generator(device=self.device).manual_seed(
             stream_seed(self.config.seed, seed_stream))
+        # one cache shape for every step (prompt + completion fit seq_len): on CUDA one
+        # compiled decode step and graph per batch size, not one per prompt length
         generated = generate(model, [p.to(self.device) for p in prompts], self.sampling,
                              generator=gen, pad_id=self.pad_id, decode=self.decode,
-                             dtype=self.dtype)
+                             dtype=self.dtype, min_cache_len=self.config.seq_len)
         input_ids, labels = completion_rows(prompts, generated, self.config.seq_len,
                                             self.pad_id)
         return RolloutBatch(input_ids, labels, prompts, generated, source)
