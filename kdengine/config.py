@@ -192,8 +192,9 @@ FIELDS: tuple[Field, ...] = (
     Field("loss", str, "forward_kl", "KD divergence: forward_kl = KL(teacher||student), "
           "reverse_kl = KL(student||teacher), jsd = generalized JSD(beta)", "loss",
           choices=LOSS_KINDS),
-    Field("jsd_beta", float, 0.5, "Mixture weight beta of the generalized JSD (loss=jsd only)",
-          "loss", minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Field("beta", float, 0.5, "Generalized JSD's beta, as TRL's GKD: the mixture "
+          "m = beta*teacher + (1-beta)*student; 0 is forward KL, 1 reverse KL (loss=jsd only)",
+          "loss", minimum=0.0, maximum=1.0),
     Field("lmbda", float, 0.0, "On-policy share: the chance that a step's batch is completions "
           "the student samples for the data's prompts, graded token by token by the teacher "
           "(0: off-policy KD on the data's text; 1: always on-policy; TRL GKD's lmbda)",
@@ -244,6 +245,8 @@ FIELDS: tuple[Field, ...] = (
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+# old name -> field: a run directory, checkpoint or run.toml written before a rename still reads
+RENAMED: dict[str, str] = {"jsd_beta": "beta"}
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,7 @@ class RunConfig:
     temperature: float = 4.0
     alpha: float = 0.3
     loss: str = "forward_kl"
-    jsd_beta: float = 0.5
+    beta: float = 0.5
     lmbda: float = 0.0
     seq_kd: bool = False
     max_new_tokens: int = 128
@@ -300,6 +303,7 @@ class RunConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from a dict (JSON, TOML, form); unknown keys are an error, never ignored."""
+        values = {RENAMED.get(k, k): v for k, v in values.items()}  # older run files
         unknown = sorted(set(values) - set(FIELDS_BY_NAME))
         if unknown:
             raise ConfigError(unknown[0],

@@ -43,7 +43,11 @@ class KDLossSpec:
 
     @classmethod
     def from_config(cls, config) -> KDLossSpec:
-        return cls(config.temperature, config.alpha, config.loss, config.jsd_beta)
+        kind = config.loss
+        if kind == "jsd" and config.beta in (0.0, 1.0):
+            # the JSD's limits, as TRL's GKD takes them (the formula itself is 0 there)
+            kind = "forward_kl" if config.beta == 0.0 else "reverse_kl"
+        return cls(config.temperature, config.alpha, kind, config.beta)
 
 
 class LossParts:

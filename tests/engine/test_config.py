@@ -37,7 +37,7 @@ def test_every_field_has_help_a_default_that_parses_and_a_cli_flag() -> None:
 
 
 def test_config_round_trips_through_json_toml_and_cli_args(tmp_path) -> None:
-    cfg = demo_config(steps=123, lr=2.5e-4, loss="jsd", jsd_beta=0.25, run_name="rt-1",
+    cfg = demo_config(steps=123, lr=2.5e-4, loss="jsd", beta=0.25, run_name="rt-1",
                       allow_same_teacher_student=True)
     assert RunConfig.from_mapping(json.loads(cfg.to_json())) == cfg
     toml_path = tmp_path / "run.toml"
@@ -74,3 +74,14 @@ def test_missing_models_and_data_are_required() -> None:
     with pytest.raises(ConfigError) as err:
         RunConfig().validate()
     assert err.value.field == "teacher"
+
+
+def test_beta_is_trls_gkd_beta_and_the_old_jsd_beta_name_still_reads() -> None:
+    from kdengine.losses import KDLossSpec
+
+    # a run directory or run.toml written before the rename
+    assert RunConfig.from_mapping({"jsd_beta": 0.25}).beta == 0.25
+    kinds = {b: KDLossSpec.from_config(RunConfig(loss="jsd", beta=b)).kind
+             for b in (0.0, 0.5, 1.0)}
+    # TRL's limits: beta 0 is forward KL, 1 reverse KL (the JSD formula itself is 0 there)
+    assert kinds == {0.0: "forward_kl", 0.5: "jsd", 1.0: "reverse_kl"}

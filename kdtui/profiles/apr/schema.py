@@ -78,7 +78,7 @@ NOT_APPLIED: dict[str, str] = {
     "grad_clip": "apr distill has no gradient-clipping flag",
     "loss": "apr's KD term is fixed (its kd_step computes KL(teacher||student)); it is not "
             "selectable",
-    "jsd_beta": "apr distill has no JSD loss",
+    "beta": "apr distill has no JSD loss",
     "eval_every": _NO_EVAL,
     "eval_batches": _NO_EVAL,
     "val_fraction": _NO_EVAL,
