@@ -21,11 +21,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 
-from kdengine.verdict import verdict_from_events
+from kdengine.verdict import distill_report, verdict_from_events
 from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
 from kdtui.launch.outcome import EngineLiveness, WatchedRun
 from kdtui.samples import SAMPLE_EVENT, HeldOutGeneration, Sample, wants_samples
 from kdtui.watch import RunFollower
+from kdtui.widgets.gauges import GaugeRow
 from kdtui.widgets.link_status import LinkStatus
 from kdtui.widgets.log_view import LogView
 from kdtui.widgets.loss_chart import LossChart
@@ -113,6 +114,9 @@ class RunScreen(Screen):
         Binding("s", "samples", "Samples", show=False, id="run.samples",
                 tooltip="Focus the samples pane (up/down/pgup/pgdn scroll it, v by prompt, "
                         "z zoom)"),
+        Binding("g", "toggle_gauges", "Gauges", show=False, id="run.gauges",
+                tooltip="Show or hide the gauge row (GPU memory, utilization, power, MFU, host "
+                        "memory)"),
         Binding("R", "resume", "Resume", show=False, id="run.resume",
                 tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
         Binding("x", "stop_run", "Stop run", id="run.stop",
@@ -161,6 +165,7 @@ class RunScreen(Screen):
                 yield VerdictPanel(id="verdict")
             yield LossChart(id="chart")
         yield LinkStatus(id="link")
+        yield GaugeRow(id="gauges")
         with Horizontal(id="run-bottom"):  # an on-policy run's samples pane mounts left of the log
             yield LogView(id="log")
         yield Input(placeholder="search the log (Enter: find, n/N: next/previous, Esc: close)",
@@ -287,6 +292,7 @@ class RunScreen(Screen):
                     if self._first_drawing("step", step):
                         chart.add_step(step, event)
                     progress.add_step(event)
+                    self.query_one(GaugeRow).add_step(event)
             elif kind == "eval":
                 step = event.get("step")
                 if isinstance(step, (int, float)) and self._first_drawing("eval", step):
@@ -341,6 +347,8 @@ class RunScreen(Screen):
                 panel.show(state.verdict())
         else:
             panel.show(None, state.initial_val_loss, state.initial_label)
+        # val CE and KD apart, the teacher's CE, warnings where the objective misleads
+        panel.show_report(distill_report(state.kept))
         self._fit_layout()
 
     def _samples_pane(self) -> SamplesView:
@@ -401,9 +409,15 @@ class RunScreen(Screen):
         progress = self.query_one(RunProgress)
         side_width = SIDE_WIDE if width >= WIDE_AT else SIDE_NARROW
         rows = height - 2 - (1 if self.query_one(LinkStatus).display else 0)  # header, footer
+        rows -= 1 if self.query_one(GaugeRow).display else 0
         share = max(TOP_MIN, int(rows * TOP_SHARE))
         room = max(TOP_MIN, rows - MIN_LOG_ROWS)
-        verdict = self.query_one(VerdictPanel).height_for(side_width)
+        panel = self.query_one(VerdictPanel)
+        verdict = panel.height_for(side_width) + panel.folded_lines
+        # the val CE/KD lines fold away (warnings stay) where even compact panels leave no room
+        brief = panel.report_lines > 0 and 3 + progress.full_height - 2 + verdict > room
+        panel.set_brief(brief)
+        verdict -= panel.report_lines if brief else 0
         compact_stages = tracker.full_height + progress.full_height + verdict > room
         compact_progress = compact_stages and 3 + progress.full_height + verdict > room
         needed = (3 if compact_stages else tracker.full_height) + verdict + (
@@ -444,6 +458,10 @@ class RunScreen(Screen):
     def action_toggle_smooth(self) -> None:
         chart = self.query_one(LossChart)
         chart.smooth = not chart.smooth
+
+    def action_toggle_gauges(self) -> None:
+        self.query_one(GaugeRow).toggle()
+        self._fit_layout()
 
     def action_toggle_log_y(self) -> None:
         chart = self.query_one(LossChart)

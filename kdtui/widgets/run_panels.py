@@ -499,6 +499,7 @@ class VerdictPanel(Static):
         self._plain = ""
         self.report: DistillReport | None = None  # val CE/KD apart, teacher CE, warnings
         self._base = Text()
+        self.brief = False  # val CE/KD lines folded away: the run screen is short
 
     def on_mount(self) -> None:
         self.show(None)
@@ -547,6 +548,21 @@ class VerdictPanel(Static):
         if self.report is not None and self.report.warnings:
             self._show_text(self._base)  # the warning's colour is the theme's
 
+    @property
+    def report_lines(self) -> int:
+        """The val CE and val KD lines it shows, or would show unfolded (0 or 2)."""
+        return 2 if self.report is not None and _ce_known(self.report) else 0
+
+    @property
+    def folded_lines(self) -> int:
+        return self.report_lines if self.brief else 0
+
+    def set_brief(self, brief: bool) -> None:
+        """Fold the val CE/KD lines away (a short terminal); warnings always show."""
+        if brief != self.brief:
+            self.brief = brief
+            self._show_text(self._base)
+
     def show_report(self, report: DistillReport | None) -> None:
         """Under the verdict: val CE and val KD apart (step 0 -> latest), the teacher's CE, the
         share of the CE gap closed, and a warning where the objective misleads."""
@@ -559,19 +575,29 @@ class VerdictPanel(Static):
         if self.report is not None:
             text = text.copy()
             warn = foreground(self.get_component_rich_style("verdict--warning"))
-            text.append_text(distill_lines(self.report, warn))
+            text.append_text(distill_lines(self.report, warn, numbers=not self.brief))
         self._plain = text.plain
         self.update(text)
 
 
-def distill_lines(report: DistillReport, warn: Style | str = "bold") -> Text:
+def _ce_known(report: DistillReport) -> bool:
+    """Step 0's val CE, and the latest eval's when there is one (an engine that reports
+    val_loss alone has nothing for these lines)."""
+    return report.initial_ce is not None and (report.latest_step is None
+                                              or report.latest_ce is not None)
+
+
+def distill_lines(report: DistillReport, warn: Style | str = "bold", numbers: bool = True
+                  ) -> Text:
     """'val CE 5.304 → 2.962 teacher 1.643' / 'val KD 1.933 → 0.567 gap closed 64%', then the
     warnings: each line fits the 36 cells of the panel at 80 columns."""
     def num(x: float | None) -> str:
         return f"{x:.3f}" if x is not None else "–"
 
     text = Text()
-    if report.initial_ce is None:
+    if not _ce_known(report) or not numbers:
+        for warning in report.warnings:
+            text.append(f"\n⚠ {warning}", warn)
         return text
     text.append("\n")
     text.append("val CE ", "dim")
