@@ -74,7 +74,7 @@ class KDApp(App):
     def __init__(self, *, runs_dir: Path | None = None, theme: str | None = None,
                  command: str | None = None, watch_ref: str | None = None,
                  prefill: dict[str, Any] | None = None, settings: Settings | None = None,
-                 launcher: Any = None) -> None:
+                 launcher: Any = None, compare_dirs: list[Path] | None = None) -> None:
         super().__init__()
         from kdengine.config import default_runs_dir
 
@@ -85,6 +85,9 @@ class KDApp(App):
         self.prefill = prefill or {}
         self.launcher = launcher  # a launcher built outside the form (an engine profile's)
         self.owned_runs: list[Any] = []  # handles of runs this dashboard started
+        self.compare_dirs = compare_dirs or []  # `kdtui compare RUN...`
+        self.announced: set[str] = set()  # runs whose end was notified (once each)
+        self._seen: Any = None  # kdtui.seen.SeenRuns, read when first needed
         self._theme_request = theme
         for t in load_themes().values():
             self.register_theme(t)
@@ -105,6 +108,8 @@ class KDApp(App):
             self.show_run(launcher=self.launcher, title=f"{self.launcher.run_id} on {host}")
         elif self.command == "watch" and self.watch_ref:
             self._open_watch(self.watch_ref)
+        elif self.command == "compare" and self.compare_dirs:
+            self.show_compare(self.compare_dirs)
         else:
             from kdtui.screens.launch import LaunchScreen
 
@@ -145,6 +150,54 @@ class KDApp(App):
 
         self.push_screen(RunScreen(launcher=launcher, handle=handle, title=title, status=status))
 
+    def show_compare(self, run_dirs: list[Path]) -> None:
+        """Runs side by side (kdtui/screens/compare.py)."""
+        from kdtui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(run_dirs))
+
+    def back_from_compare(self) -> None:
+        """To the screen under the compare screen, or the runs list (`kdtui compare` opened it
+        first)."""
+        if len(self.screen_stack) > 2:
+            self.pop_screen()
+        else:
+            from kdtui.screens.runs import RunsScreen
+
+            self.switch_screen(RunsScreen())
+
+    # -- a run ended: tell the user, remember what they looked at ---------------------------
+    @property
+    def seen(self) -> Any:
+        if self._seen is None:
+            from kdtui.seen import SeenRuns
+
+            self._seen = SeenRuns()
+        return self._seen
+
+    def run_ended(self, run_id: str, status: str, verdict: str | None = None,
+                  run_dir: Path | str | None = None, looking: bool = False) -> None:
+        """A run finished (its verdict is in) or failed: a terminal notification once per run,
+        unless switched off; `looking`: the user has it on screen, so it is seen."""
+        if looking and run_dir is not None:
+            self.seen.mark(run_dir)
+        key = str(run_dir or run_id)
+        if key in self.announced:
+            return
+        self.announced.add(key)
+        if not self.settings.notifications:
+            return
+        from kdtui.notify import send
+
+        send(self, "kdtui", f"{run_id}: {status}" + (f", verdict {verdict.upper()}"
+                                                     if verdict else ""))
+
+    def toggle_notifications(self) -> None:
+        self.settings.notifications = not self.settings.notifications
+        self.settings.save()
+        self.notify("terminal notifications " + ("on" if self.settings.notifications
+                                                 else "off"), timeout=4)
+
     def show_plan(self, lines: list[str]) -> None:
         """A dry run's commands, as they would be sent."""
         from kdtui.screens.dialogs import PlanScreen
@@ -171,6 +224,10 @@ class KDApp(App):
         if not isinstance(screen, RunsScreen):
             yield PaletteCommand("Runs", "Past and running runs: open one to watch it",
                                  self.action_runs)
+        on = self.settings.notifications
+        yield PaletteCommand(f"Notifications {'off' if on else 'on'}",
+                             "A terminal notification (OSC 9/777, else the bell) when a run "
+                             f"ends: now {'on' if on else 'off'}", self.toggle_notifications)
         ref = resumable_ref(screen)
         if ref is not None:
             yield PaletteCommand("Resume run", f"Continue {screen.handle.run_id} from its "  # type: ignore[attr-defined]
@@ -320,6 +377,6 @@ def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
     app = KDApp(runs_dir=getattr(args, "runs_dir", None), theme=getattr(args, "theme", None),
                 command=command, watch_ref=getattr(args, "run", None),
                 prefill=prefill_from_args(args) if command == "launch" and not launcher
-                else None, launcher=launcher)
+                else None, launcher=launcher, compare_dirs=getattr(args, "compare_dirs", None))
     app.run()
     return app.return_code or 0

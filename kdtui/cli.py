@@ -4,6 +4,7 @@
     kdtui launch [--headless] [--host H] ...  dispatch a run (engine flags as `kdengine train`)
     kdtui watch RUN [--headless]              follow a run by id, run dir or dispatch.json
     kdtui runs [--plain]                      list past and running runs (--plain: for scripts)
+    kdtui compare RUN RUN... [--plain]        runs side by side: curves, differing fields, val CE
     kdtui cancel RUN [--timeout S]            cancel a run and wait until it ended
     kdtui resume RUN [--headless] [--detach]  continue a stopped/failed/cancelled run from its
                                               newest checkpoint, local or on its own host
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="One run a line, tab-separated, newest first: id, where (local or "
                            "host), status, step/total, verdict, started (UTC)")
 
+    compare = sub.add_parser("compare", help="Runs side by side: val CE, val KD and train "
+                             "loss overlaid, the fields that differ, final val CE, verdict",
+                             allow_abbrev=False)
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="Run ids or run directories (two or more)")
+    compare.add_argument("--plain", action="store_true",
+                         help="Print the table (differing fields, final val CE, verdict, "
+                              "tokens/s) instead of opening the dashboard")
+
     from kdtui.control import DEFAULT_TIMEOUT
 
     cancel = sub.add_parser("cancel", help="Cancel a run and wait until it ended",
@@ -117,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             return headless_resume(args)
         if args.command == "resume":
             return _resume_in_dashboard(args)
+        if args.command == "compare":
+            dirs = compare_dirs(args.runs, getattr(args, "runs_dir", None))
+            if args.plain:
+                from kdtui.compare import load_summary, plain_table
+
+                print(plain_table([load_summary(d) for d in dirs]))
+                return 0
+            args.compare_dirs = dirs
         if args.command == "runs":
             from kdtui.headless import print_runs
 
@@ -145,6 +163,26 @@ def missing_run(ref: str, runs_dir: str | None) -> str | None:
         return None
     return (f"no run {ref!r}: not a dispatch.json, a run directory, or a run id in {where} or "
             "the evidence dir (see `kdtui runs`)")
+
+
+def compare_dirs(refs: list[str], runs_dir: str | None) -> list[Path]:
+    """The local run directories of `kdtui compare`'s RUNs; a name that is no run, or fewer than
+    two, is one line before anything opens."""
+    from kdengine.config import default_runs_dir
+    from kdtui.runs import find_run
+
+    where = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+    dirs = []
+    for ref in refs:
+        found = find_run(where, ref)
+        if found is None or not (found / "events.jsonl").exists():
+            raise UsageError(f"compare: no run {ref!r} with events in {where} (see `kdtui "
+                             "runs`; give run ids or run directories)")
+        if found not in dirs:
+            dirs.append(found)
+    if len(dirs) < 2:
+        raise UsageError("compare: give two or more runs (`kdtui compare RUN RUN...`)")
+    return dirs
 
 
 def _resume_in_dashboard(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""The dashboard's remembered choices: theme and the launch form's last values per host.
+"""The dashboard's remembered choices: theme, the launch form's last values per host, and
+whether a run's end is a terminal notification.
 
 One JSON file in the user's config dir (platformdirs), or in $KDTUI_CONFIG_DIR when set (tests
 isolate themselves that way). A missing or unreadable file means defaults, never a crash.
@@ -32,6 +33,8 @@ class Settings:
     # host -> {field name or form key: the text the user typed}; text, so a value that did not
     # validate last time comes back as typed and shows its error again
     last_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # a terminal notification (OSC 9/777, else the bell) when a run ends: kdtui/notify.py
+    notifications: bool = True
     path: Path | None = None
 
     @classmethod
@@ -48,6 +51,7 @@ class Settings:
             theme=str(data.get("theme") or cls.theme),
             last_host=str(data.get("last_host") or "local"),
             last_values=values if isinstance(values, dict) else {},
+            notifications=data.get("notifications", True) is not False,
             path=path,
         )
 
@@ -55,7 +59,7 @@ class Settings:
         path = self.path or config_dir() / SETTINGS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"theme": self.theme, "last_host": self.last_host,
-                "last_values": self.last_values}
+                "last_values": self.last_values, "notifications": self.notifications}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)  # atomic: a crash mid-write never leaves half a settings file

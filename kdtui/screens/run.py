@@ -114,7 +114,7 @@ class RunScreen(Screen):
         Binding("s", "samples", "Samples", show=False, id="run.samples",
                 tooltip="Focus the samples pane (up/down/pgup/pgdn scroll it, v by prompt, "
                         "z zoom)"),
-        Binding("g", "toggle_gauges", "Gauges", show=False, id="run.gauges",
+        Binding("u", "toggle_gauges", "Gauges", show=False, id="run.gauges",
                 tooltip="Show or hide the gauge row (GPU memory, utilization, power, MFU, host "
                         "memory)"),
         Binding("R", "resume", "Resume", show=False, id="run.resume",
@@ -375,6 +375,14 @@ class RunScreen(Screen):
         and Resume offered when it applies."""
         self._recorded = True
         verdict = self.state.verdict().to_event()
+        finished = self.state.finished or {}
+        ended_at = finished.get("t") if isinstance(finished.get("t"), (int, float)) else None
+        if self.handle is not None and (ended_at is None or time.time() - ended_at < 30):
+            # an end seen as it happened (not an old run opened): the app tells the user
+            status = str(finished.get("status") or "stopped")
+            self.app.run_ended(self.handle.run_id, status,  # type: ignore[attr-defined]
+                               verdict.get("status") if status == "completed" else None,
+                               self.run_dir, looking=self.app.screen is self)
         try:
             self.watched.record(getattr(self.handle, "manifest", None), verdict)
         except (OSError, ValueError) as exc:

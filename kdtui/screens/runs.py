@@ -25,6 +25,10 @@ class RunsScreen(Screen):
         Binding("enter", "open", "Open", id="runs.open", priority=True),  # shown in the footer
         Binding("r", "refresh", "Refresh", id="runs.refresh"),
         Binding("n", "new", "New run", id="runs.new"),
+        Binding("space", "select", "Select", id="runs.select",
+                tooltip="Select or unselect the run under the cursor, to compare"),
+        Binding("c", "compare", "Compare", id="runs.compare",
+                tooltip="Compare the selected runs (space selects; two or more)"),
         Binding("R", "resume", "Resume", id="runs.resume",
                 tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
         Binding("escape", "back", "Back", id="runs.back"),
@@ -33,6 +37,8 @@ class RunsScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.runs: list[RunEntry] = []
+        self.selected: list[str] = []  # row keys (run dirs), in the order chosen: their colours
+        self._statuses: dict[str, str] = {}  # key -> status at the last refresh
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -55,9 +61,15 @@ class RunsScreen(Screen):
         keep = table.cursor_row
         table.clear()
         now = time.time()
+        seen = self.app.seen  # type: ignore[attr-defined]
+        if seen.fresh:  # the first list: what ended before counts as seen
+            seen.mark(*(r.info.run_dir for r in runs if r.info and not r.info.is_running))
         for run in runs:
             key = str(run.info.run_dir if run.info is not None else run.manifest_path)
-            table.add_row(*_cells(run, now), key=key)
+            cells = list(_cells(run, now))
+            cells[0] = _marks(run, key in self.selected, seen) + cells[0]
+            table.add_row(*cells, key=key)
+            self._note_end(run, key)
         self.runs = runs
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
@@ -80,6 +92,8 @@ class RunsScreen(Screen):
 
         run = self.runs[row]
         if run.info is not None:
+            if not run.info.is_running:
+                self.app.seen.mark(run.info.run_dir)  # type: ignore[attr-defined]
             handle: Any = LocalRunHandle.attach(run.info.run_dir)
             handle.run_id = run.run_id
             state = "reattached (running)" if run.info.is_running else run.status
@@ -103,11 +117,54 @@ class RunsScreen(Screen):
             return
         self.app.resume_run(run.ref)  # type: ignore[attr-defined]
 
+    def _note_end(self, run: RunEntry, key: str) -> None:
+        """A run seen running at the last refresh that has ended since: the app tells the user."""
+        before = self._statuses.get(key)
+        self._statuses[key] = run.status
+        if before in ("starting", "running") and run.status not in ("starting", "running"):
+            self.app.run_ended(run.run_id, run.status, run.verdict,  # type: ignore[attr-defined]
+                               run.info.run_dir if run.info else key)
+
+    def action_select(self) -> None:
+        row = self.query_one(DataTable).cursor_row
+        if not 0 <= row < len(self.runs):
+            return
+        run = self.runs[row]
+        if run.info is None:
+            self.app.notify(f"{run.run_id} runs on {run.where}: compare takes local runs",
+                            timeout=5)
+            return
+        key = str(run.info.run_dir)
+        if key in self.selected:
+            self.selected.remove(key)
+        else:
+            self.selected.append(key)
+        self.action_refresh()
+        self.query_one(DataTable).move_cursor(row=min(row + 1, len(self.runs) - 1))
+
+    def action_compare(self) -> None:
+        from pathlib import Path
+
+        chosen = [Path(k) for k in self.selected if Path(k).is_dir()]
+        if len(chosen) < 2:
+            self.app.notify("Select two or more runs with space, then c to compare them",
+                            timeout=5)
+            return
+        self.app.show_compare(chosen)  # type: ignore[attr-defined]
+
     def action_new(self) -> None:
         self.app.back_to_form()
 
     def action_back(self) -> None:
         self.action_new()
+
+
+def _marks(run: RunEntry, selected: bool, seen) -> str:
+    """'✓ ' a run selected to compare; '• ' a run that ended and has not been looked at."""
+    marks = "✓ " if selected else ""
+    if run.info is not None and not run.info.is_running and not seen.is_seen(run.info.run_dir):
+        marks += "• "
+    return marks
 
 
 def _cells(run: RunEntry, now: float) -> tuple[str, ...]:

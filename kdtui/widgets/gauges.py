@@ -21,11 +21,15 @@ GAUGE_FIELDS = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak", "gpu_ut
 
 
 def sparkline(values: list[float], top: float | None = None) -> str:
-    """Block characters scaled from 0 to `top` (default: the largest value)."""
+    """Block characters: from 0 to `top` where the scale is known (utilization), else from the
+    values' own low to their high (memory moves little against its total: the change shows)."""
     if not values:
         return ""
-    high = top or max(values) or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, max(0, int(v / high * (len(SPARK) - 1) + 0.5)))]
+    low, high = (0.0, top) if top else (min(values), max(values))
+    if high - low <= 1e-9 * max(abs(high), 1.0):
+        return SPARK[3] * len(values)  # flat
+    top_index = len(SPARK) - 1
+    return "".join(SPARK[min(top_index, max(0, round((v - low) / (high - low) * top_index)))]
                    for v in values)
 
 
@@ -81,7 +85,7 @@ class GaugeRow(Static):
         if "gpu_mem_allocated" in g:
             total = g.get("gpu_mem_total")
             part("GPU", f"{g['gpu_mem_allocated'] / GIB:.1f}"
-                 + (f"/{total / GIB:.0f}G" if total else "G"), "gpu_mem_allocated", total)
+                 + (f"/{total / GIB:.0f}G" if total else "G"), "gpu_mem_allocated")
             if "gpu_mem_peak" in g:
                 text.append(" peak ", "dim")
                 text.append(f"{g['gpu_mem_peak'] / GIB:.1f}G")

@@ -1,0 +1,93 @@
+"""The compare screen's chart: one metric (val CE, val KD or train loss) of several runs overlaid,
+each run in its own colour (kdtui.compare.RUN_COLORS, by its place in the selection), with the
+run screen's EMA and log-y modes."""
+
+from __future__ import annotations
+
+from textual.reactive import var
+from textual_plotext import PlotextPlot
+
+from kdtui.compare import METRIC_LABELS, METRICS, RUN_COLORS, RunSummary
+from kdtui.widgets.loss_chart import EMA, _positive
+
+REDRAW_S = 0.25
+MAX_POINTS = 400  # per run: a long run's train loss is thinned to this many points
+
+
+class CompareChart(PlotextPlot):
+    DEFAULT_CSS = """
+    CompareChart { border: round $foreground 35%; height: 1fr; min-height: 8; }
+    """
+
+    metric: var[str] = var("val_ce")
+    smooth: var[bool] = var(False)
+    log_y: var[bool] = var(False)
+
+    def __init__(self, summaries: list[RunSummary], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.summaries = summaries
+        self._dirty = True
+        self._built = False
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.set_interval(REDRAW_S, self._redraw_if_dirty)
+        self._replot()
+
+    def changed(self) -> None:
+        """New events arrived: redraw at the next tick."""
+        self._dirty = True
+
+    def next_metric(self) -> None:
+        self.metric = METRICS[(METRICS.index(self.metric) + 1) % len(METRICS)]
+
+    def watch_metric(self) -> None:
+        self._dirty = True
+        self._redraw_if_dirty()
+
+    watch_smooth = watch_log_y = watch_metric
+
+    def render(self):
+        if self.log_y and self._built:
+            self._replot()  # plotext takes the log of its data in place (see LossChart.render)
+        self._built = True
+        return super().render()
+
+    def _redraw_if_dirty(self) -> None:
+        if self._dirty and self.is_mounted:
+            self._replot()
+            self.refresh()
+
+    def points(self, summary: RunSummary) -> tuple[list[float], list[float]]:
+        series = summary.series[self.metric]
+        if len(series) > MAX_POINTS:
+            stride = -(-len(series) // MAX_POINTS)
+            series = series[::stride] + series[-1:]
+        xs = [x for x, _ in series]
+        ys = [y for _, y in series]
+        if self.smooth:
+            ema = EMA()
+            ys = [ema.add(y) for y in ys]
+        if self.log_y:
+            xs, ys = _positive(xs, ys)
+        return xs, ys
+
+    def _replot(self) -> None:
+        self._dirty = False
+        self._built = False
+        plt = self.plt
+        plt.clear_data()
+        drawn = False
+        for i, summary in enumerate(self.summaries):
+            xs, ys = self.points(summary)
+            if xs:
+                marker = "braille" if self.metric == "loss" else "dot"
+                plt.plot(xs, ys, label=summary.run_id, color=RUN_COLORS[i % len(RUN_COLORS)],
+                         marker=marker)
+                drawn = True
+        plt.yscale("log" if self.log_y else "linear")
+        plt.xlabel("step")
+        plt.title("" if drawn else "no points yet")
+        modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
+        self.border_title = METRIC_LABELS[self.metric] + (f" ({', '.join(modes)})"
+                                                          if modes else "")
