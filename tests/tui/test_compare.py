@@ -177,8 +177,11 @@ def test_plain_compare_of_a_real_cpu_run_and_a_recorded_one(runs_dir, engine_cmd
     head = out[0].split()
     assert head[0] == "run" and "alpha" in head and "steps" in head and "val" in head
     final = [e for e in events if e["type"] == "eval"][-1]["val_ce"]
-    assert out[1].startswith("real ") and f"{final:.4f}" in out[1]
-    assert out[2].startswith("recorded ") and "1.7200" in out[2]
+    real_row, recorded_row = out[1], out[2]  # the engine names its run (kd-<time>)
+    assert f" {final:.4f} " in real_row and recorded_row.startswith("recorded ")
+    assert "1.7200" in recorded_row
+    # a tiny random teacher is no better than the student: the table says so
+    assert "⚠" in real_row and out[-1].endswith(TEACHER_NO_BETTER)
 
 
 # -- the verdict panel's warnings --------------------------------------------------------------
