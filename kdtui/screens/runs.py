@@ -23,15 +23,17 @@ class RunsScreen(Screen):
 
     BINDINGS = [
         Binding("enter", "open", "Open", id="runs.open", priority=True),  # shown in the footer
-        Binding("r", "refresh", "Refresh", id="runs.refresh"),
+        # Refresh and Back are off the footer so Select and Compare fit 80 columns (the list
+        # refreshes itself every 2 s; F1 and ctrl+p list both)
+        Binding("r", "refresh", "Refresh", show=False, id="runs.refresh"),
         Binding("n", "new", "New run", id="runs.new"),
-        Binding("space", "select", "Select", id="runs.select",
+        Binding("space", "select", "Select", id="runs.select", key_display="␣",
                 tooltip="Select or unselect the run under the cursor, to compare"),
         Binding("c", "compare", "Compare", id="runs.compare",
                 tooltip="Compare the selected runs (space selects; two or more)"),
         Binding("R", "resume", "Resume", id="runs.resume",
                 tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
-        Binding("escape", "back", "Back", id="runs.back"),
+        Binding("escape", "back", "Back", show=False, id="runs.back"),
     ]
 
     def __init__(self) -> None:
