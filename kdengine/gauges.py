@@ -45,7 +45,8 @@ def flops_per_token(student: torch.nn.Module, teacher: Any, seq_len: int) -> flo
 
     n_s, layers_s, hidden_s = shape(student)
     n_t, layers_t, hidden_t = shape(getattr(teacher, "model", None))  # none for a cache
-    attention = 2 * seq_len  # QK^T and AV: 2 matmuls of seq_len x hidden per layer per token
+    # attention's forward per token and layer: QK^T and AV, seq_len x hidden multiply-adds each
+    attention = 4 * seq_len
     return (6 * n_s + 3 * attention * layers_s * hidden_s
             + 2 * n_t + attention * layers_t * hidden_t)
 
