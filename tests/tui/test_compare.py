@@ -18,6 +18,7 @@ from kdengine.verdict import CE_UP_WHILE_OBJECTIVE_DOWN, TEACHER_NO_BETTER, dist
 from kdtui.app import KDApp
 from kdtui.compare import differing, load_summary, plain_table
 from kdtui.notify import notification_sequence
+from kdtui.palette import binding_commands
 from kdtui.screens.compare import CompareScreen, run_color
 from kdtui.screens.run import RunScreen
 from kdtui.screens.runs import RunsScreen
@@ -239,6 +240,7 @@ async def test_gauge_row_shows_recorded_gpu_step_events_and_u_hides_it(runs_dir)
         assert "util 88%" in text and "power 560W" in text and "MFU 38.0%" in text
         assert "host 6.3G" in text and "▁" in text and "█" in text
         assert row.display
+        assert "Gauges" in [c.name for c in binding_commands(app.screen, app)]
         await pilot.press("u")
         assert not row.display
 
@@ -258,6 +260,8 @@ async def test_runs_list_selects_with_space_opens_compare_and_marks_unlooked_end
         app.action_runs()
         await _wait(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.runs)
         screen = app.screen
+        palette = [c.name for c in (*binding_commands(screen, app), *app.navigation(screen))]
+        assert {"Select", "Compare", "Notifications off"} <= set(palette)
         # the first list counts every run that had already ended as seen
         assert all(app.seen.is_seen(d) for d in dirs)
         write_kd_run(runs_dir / "new", ce=(5.3, 2.0), val_loss=(7.0, 1.0), t0=time.time())
