@@ -2,6 +2,7 @@
 
     kdtui [--theme NAME]                      open the dashboard (launch form first)
     kdtui launch [--headless] [--host H] ...  dispatch a run (engine flags as `kdengine train`)
+    kdtui launch --cache-teacher [--top-k K]  a teacher-cache job instead (kdengine cache-teacher)
     kdtui watch RUN [--headless]              follow a run by id, run dir or dispatch.json
     kdtui runs [--plain]                      list past and running runs (--plain: for scripts)
     kdtui compare RUN RUN... [--plain]        runs side by side: curves, differing fields, val CE
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kdtui.profiles.apr.cli import add_apr_arguments  # --profile apr and apr's settings
 
     add_apr_arguments(launch)
+    from kdtui.launch.cache_cli import add_cache_arguments  # --cache-teacher, --top-k...
+
+    add_cache_arguments(launch)
 
     watch = sub.add_parser("watch", help="Follow a run", allow_abbrev=False)
     watch.add_argument("run", help="Run id, run directory, or dispatch.json")
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if apr_manifest(args.run) is not None:
                 return watch_from_ref(args.run)
+        if args.command == "launch" and args.cache_teacher:
+            # a teacher-cache job instead of a run: the dashboard on it, or --headless lines
+            from kdtui.launch.cache_cli import launch_cache_from_args
+
+            return launch_cache_from_args(args)
         if args.command == "launch" and args.headless:
             from kdtui.headless import headless_launch
 

@@ -139,8 +139,12 @@ def run_info(run_dir: Path) -> RunInfo | None:
 
 def cached_teacher_label(run_started: dict[str, Any] | None) -> str | None:
     """'cached K=64 topk, 1.2 GB' for a run that trains from a teacher cache (run_started's
-    teacher_cache, kdengine.teacher), else None: the teacher was live."""
+    teacher_cache, kdengine.teacher), "writes a teacher cache K=64 topk" for a cache job
+    (kdengine cache-teacher), else None: the teacher was live."""
     cache = (run_started or {}).get("teacher_cache")
+    job = (run_started or {}).get("cache")
+    if (run_started or {}).get("job") == "cache-teacher" and isinstance(job, dict):
+        return f"writes a teacher cache K={job.get('k')} {job.get('targets', 'topk')}"
     if not isinstance(cache, dict):
         return None
     size = cache.get("bytes")

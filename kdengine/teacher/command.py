@@ -14,6 +14,8 @@ from kdengine.teacher.identity import ROW_FIELDS
 
 # the run fields the writer takes: what to score, how the data becomes rows, where it runs
 JOB_FIELDS = ("teacher", "data", *ROW_FIELDS, "device", "dtype")
+# what a launcher (kdtui, local or over SSH) writes into the directory before the job starts
+LAUNCHER_FILES = ("launch.log", "engine.pid", "launch.token")
 
 
 def build_parser():
@@ -124,7 +126,8 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             print(f"teacher cache {out} is complete already ({previous.get('bytes')} bytes); "
                   "nothing to do")
             return 0
-    elif out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+    elif out.exists() and any(p.name not in LAUNCHER_FILES for p in out.iterdir()) and \
+            not (out / "config.json").is_file():
         raise ConfigError("out", f"{out} exists and is not a teacher cache: pick another --out")
     if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
         print(json.dumps({"ok": True, "run_dir": str(out), "config": job.config.to_dict(),

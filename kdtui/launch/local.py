@@ -122,13 +122,17 @@ class LocalLauncher:
         self.config = self.config.with_values(run_dir=str(run_dir))
         self._checked: RunConfig | None = None  # the config the engine's --check accepted
 
+    def command(self) -> list[str]:
+        """The engine command line this launcher runs (a cache job's is another)."""
+        return engine_command(self.config)
+
     def plan(self) -> list[str]:
         """What `start` would do, for the dry run: nothing is touched."""
         return [
             "host: local (embedded engine)",
             f"run dir: {self.run_dir}",
             f"log: {self.run_dir / LOG_FILE}",
-            "command: " + shlex.join(engine_command(self.config)),
+            "command: " + shlex.join(self.command()),
         ]
 
     def check(self) -> None:
@@ -146,7 +150,7 @@ class LocalLauncher:
         if self._checked == self.config:
             return  # the form checked it; start() need not wait for the same answer again
         with open(os.devnull, "rb") as null:
-            done = subprocess.run([*engine_command(self.config), "--check"], stdin=null,
+            done = subprocess.run([*self.command(), "--check"], stdin=null,
                                   capture_output=True, text=True, errors="replace",
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if done.returncode != 0:
@@ -167,7 +171,7 @@ class LocalLauncher:
         t1 = time.monotonic()
         on_stage(StageUpdate("start", "running", host="local"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        command = engine_command(self.config)
+        command = self.command()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
             process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
@@ -191,7 +195,7 @@ class LocalLauncher:
         return handle
 
 
-_REFUSAL = re.compile(r"^kdengine \w+: error: (?:(--[\w-]+): )?(.*)$")
+_REFUSAL = re.compile(r"^kdengine [\w-]+: error: (?:(--[\w-]+): )?(.*)$")  # cache-teacher too
 
 
 def engine_refusal(stderr: str, code: int) -> ConfigError:

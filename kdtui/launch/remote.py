@@ -143,6 +143,7 @@ class RemoteLauncher:
     """Launcher over SSH. `stages` are shown as pending before start."""
 
     stages: tuple[str, ...] = STAGES
+    stage_runner = StageRunner  # a cache job's checks its own command (kdtui.launch.cache)
 
     def __init__(self, config: RunConfig, host: str | HostConfig,
                  fallback: str | HostConfig | None = None, *, wheel: WheelBuild | None = None,
@@ -182,7 +183,7 @@ class RemoteLauncher:
         """The stages on the primary host, then the fallback if the primary fails preflight.
         Every failure is a DispatchError with one line; the manifest says what happened."""
         for i, plan in enumerate(self.plans):
-            runner = StageRunner(plan, on_stage)
+            runner = self.stage_runner(plan, on_stage)
             self.attempts.append(runner.attempt)
             try:
                 probe = await runner.preflight()

@@ -281,6 +281,10 @@ class LaunchScreen(Screen):
         Binding("f2", "demo", "Demo preset", id="launch.demo",
                 tooltip="Fill the form with the first-use demo (no GPU, no network)"),
         Binding("f3", "runs", "Runs", id="launch.runs", tooltip="Past and running runs"),
+        # off the footer (80 columns): F1 and the palette list it
+        Binding("f4", "cache_teacher", "Cache the teacher", show=False,
+                id="launch.cache_teacher", tooltip="Score the data with this teacher once, for "
+                "teacher_cache: a run then loads no teacher (asks K)"),
     ]
 
     def __init__(self, prefill: dict[str, Any] | None = None, *, autostart: bool = False) -> None:
@@ -623,6 +627,15 @@ class LaunchScreen(Screen):
 
     def action_runs(self) -> None:
         self.app.action_runs()
+
+    def action_cache_teacher(self) -> None:
+        from kdtui.screens.cache_teacher import start_cache_job  # the form's cache-job part
+
+        start_cache_job(self)
+
+    def fill_values(self, values: dict[str, Any]) -> None:
+        """Set fields from outside the form (a complete cache's teacher_cache)."""
+        self._load_values(values)
 
     def collect_config(self) -> RunConfig | None:
         """The form as a checked RunConfig, or None after marking every invalid field (each

@@ -23,9 +23,19 @@ from textual.widgets import Footer, Header, Input
 
 from kdengine.verdict import distill_report, verdict_from_events
 from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
+from kdtui.launch.cache import is_cache_launch, job_values
 from kdtui.launch.outcome import EngineLiveness, WatchedRun
 from kdtui.samples import SAMPLE_EVENT, HeldOutGeneration, Sample, wants_samples
 from kdtui.watch import RunFollower
+from kdtui.widgets.cache_job import (
+    CACHE_STAGES,
+    CacheJobPanel,
+    TeacherCEChart,
+    cache_dir_of,
+    cached_teacher_badge,
+    cached_teacher_line,
+    is_cache_job,
+)
 from kdtui.widgets.gauges import GaugeRow
 from kdtui.widgets.link_status import LinkStatus
 from kdtui.widgets.log_view import LogView
@@ -95,7 +105,9 @@ class RunState:
                 self.finished = None
 
     def verdict(self):
-        events = list(self.kept)
+        # run_started first: a cache job's (job cache-teacher) end is judged as a job's
+        events = [self.run_started] if self.run_started else []
+        events += self.kept
         if self.last_step is not None:
             events.append(self.last_step)
         return verdict_from_events(events)
@@ -119,6 +131,9 @@ class RunScreen(Screen):
                         "memory)"),
         Binding("R", "resume", "Resume", show=False, id="run.resume",
                 tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
+        Binding("t", "train_from_cache", "Train from cache", show=False,
+                id="run.train_from_cache", tooltip="A complete teacher cache: back to the form "
+                "with teacher_cache set to it"),
         Binding("x", "stop_run", "Stop run", id="run.stop",
                 tooltip="SIGTERM to the engine's process group (asks first)"),
         Binding("escape", "back", "Back", show=False, id="run.back",
@@ -141,7 +156,10 @@ class RunScreen(Screen):
         self._pending_lines: list[str] = []
         self.launch_failed: str | None = None
         self.ended = False
-        self._stages = tuple(getattr(launcher, "stages", ())) + ENGINE_STAGES
+        # a teacher-cache job trains nothing: its own stages, chart and result panel
+        self.cache_job = is_cache_launch(launcher, handle)
+        self._stages = tuple(getattr(launcher, "stages", ())) + (
+            CACHE_STAGES if self.cache_job else ENGINE_STAGES)
         self._ticks = 0
         self.watched = WatchedRun()  # what the manifest records, and whether Resume applies
         self._drawn_to = {"step": -1, "eval": -1}  # a resume redoes steps: drawn once
@@ -162,8 +180,8 @@ class RunScreen(Screen):
             with Vertical(id="run-side"):
                 yield StageTracker(self._stages, id="stages")
                 yield RunProgress(id="progress")
-                yield VerdictPanel(id="verdict")
-            yield LossChart(id="chart")
+                yield (CacheJobPanel if self.cache_job else VerdictPanel)(id="verdict")
+            yield (TeacherCEChart if self.cache_job else LossChart)(id="chart")
         yield LinkStatus(id="link")
         yield GaugeRow(id="gauges")
         with Horizontal(id="run-bottom"):  # an on-policy run's samples pane mounts left of the log
@@ -176,7 +194,10 @@ class RunScreen(Screen):
         self.sub_title = self._sub_title()
         self.query_one("#search", Input).display = False
         # the steps asked for are known before the engine's first event (a form run's config)
-        self.query_one(RunProgress).expect_total(_asked_steps(self.launcher, self.handle))
+        if not self.cache_job:  # a cache job's total is its rows, known from its first shard
+            self.query_one(RunProgress).expect_total(_asked_steps(self.launcher, self.handle))
+        else:
+            self.query_one(RunProgress).border_title = "progress (rows scored)"
         self._fit_layout()
         self.query_one(LogView).border_title = "log"
         self.apply_timer = self.set_interval(APPLY_EVERY_S, self.apply_pending)
@@ -223,7 +244,8 @@ class RunScreen(Screen):
             self.sub_title = self._sub_title()
         # an apr handle knows its epochs before the first one ends
         self.query_one(RunProgress).expect_epochs(getattr(self.handle, "epochs", None))
-        self.query_one(RunProgress).expect_total(_asked_steps(None, self.handle))
+        if not self.cache_job:
+            self.query_one(RunProgress).expect_total(_asked_steps(None, self.handle))
         follower = RunFollower(self.handle.source)
         self.query_one(LinkStatus).follow(self.handle)
         self._fit_layout()
@@ -278,9 +300,12 @@ class RunScreen(Screen):
         tracker = self.query_one(StageTracker)
         state = self.state
         samples: list[Sample] = []
+        cache_panel = next(iter(self.query(CacheJobPanel)), None)
         for event in events:
             state.add(event)
             self.watched.add(event)
+            if cache_panel is not None:
+                cache_panel.observe(event)
             kind = event.get("type")
             if kind == SAMPLE_EVENT:
                 sample = Sample.from_event(event)
@@ -312,8 +337,9 @@ class RunScreen(Screen):
             elif kind == "run_started":
                 self._recorded = False  # a resumed part: its end is recorded again
                 total = (event.get("config") or {}).get("steps")
-                if isinstance(total, int):
+                if isinstance(total, int) and not is_cache_job(event):  # a job's are rows
                     progress.total = total
+                self._teacher_note(event)
                 self._check_effective_config(event)
                 if wants_samples(event.get("config")):
                     self._samples_pane()
@@ -448,11 +474,25 @@ class RunScreen(Screen):
     def watch_maximized(self) -> None:
         self._fit_layout()  # the samples pane zoomed (z) or back
 
+    def _teacher_note(self, run_started: dict[str, Any]) -> None:
+        """A run from a teacher cache says so (K, size, the teacher) in the chart's border and
+        the log; a cache job not known as one before its first event gets its stages."""
+        line = cached_teacher_line(run_started)
+        if line is not None:
+            self.query_one(LossChart).border_subtitle = cached_teacher_badge(run_started)
+            self._pending_lines.append(line)
+        if is_cache_job(run_started) and not self.cache_job:
+            self.cache_job = True
+            self.query_one(StageTracker).set_stages(
+                tuple(getattr(self.launcher, "stages", ())) + CACHE_STAGES)
+
     def _check_effective_config(self, run_started: dict[str, Any]) -> None:
         """What the engine says it runs must be what was asked: a difference is an error."""
         asked = getattr(self.handle, "asked_config", None)
         if not asked:
             return
+        if is_cache_job(run_started):  # a cache job runs the job's fields, not a run's
+            asked = job_values(asked)
         echoed = run_started.get("config")
         diffs = config_differences(asked, echoed) if isinstance(echoed, dict) else \
             ["run_started carries no config: cannot confirm what the engine runs"]
@@ -478,7 +518,18 @@ class RunScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "samples":
             return bool(self.query(SamplesView))  # no pane (an off-policy run): no key
+        if action == "train_from_cache":  # a complete cache job's screen only
+            return cache_dir_of(next(iter(self.query(CacheJobPanel)), None)) is not None
         return True
+
+    def action_train_from_cache(self) -> None:
+        directory = cache_dir_of(next(iter(self.query(CacheJobPanel)), None))
+        if directory is None:
+            self.notify("Train from cache applies to a complete teacher-cache job", timeout=4)
+            return
+        from kdtui.screens.cache_teacher import fill_teacher_cache
+
+        fill_teacher_cache(self.app, str(directory))
 
     def action_samples(self) -> None:
         found = self.query(SamplesView)

@@ -184,4 +184,6 @@ def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.started)) \
             if run.started else "– UTC"
         updated = "–"
-    return (run.run_id, run.where, run.status, verdict, step, started, updated)
+    # a run from a teacher cache, or a cache job, says so beside its id (as `kdtui runs`)
+    name = run.run_id + (f" ({run.teacher})" if run.teacher else "")
+    return (name, run.where, run.status, verdict, step, started, updated)

@@ -1,0 +1,94 @@
+"""A teacher-cache job dispatched over SSH: the run's stages (kdtui.remote.stages) with
+`kdengine cache-teacher` as the engine argv and its `--check` as the check stage; every word of
+both goes through kdtui.remote.command's quoting, as a run's. Imports asyncssh (the form loads
+it only when a job goes to a host)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from kdengine.config import RunConfig
+from kdtui.launch.base import config_differences
+from kdtui.launch.cache import (
+    CACHE_JOB,
+    CacheOptions,
+    cache_args,
+    check_job_fields,
+    job_values,
+    stamp_cache_name,
+)
+from kdtui.launch.remote import RemoteLauncher
+from kdtui.remote.stages import RemotePlan, StageFailed, StageRunner, refusal_line
+
+
+@dataclass(frozen=True)
+class CachePlan(RemotePlan):
+    """A run's remote plan with `kdengine cache-teacher` as the engine (one process: no
+    torchrun) and its `--check` as the check; every other command is the run's."""
+
+    options: CacheOptions = CacheOptions()
+
+    @classmethod
+    def of(cls, plan: RemotePlan, options: CacheOptions) -> CachePlan:
+        return cls(**{f.name: getattr(plan, f.name) for f in fields(RemotePlan)},
+                   options=options)
+
+    @property
+    def engine_argv(self) -> list[str]:
+        return [self.engine_python, "-m", "kdengine", "cache-teacher",
+                *cache_args(self.config, self.options, self.run_dir)]
+
+    def check(self):  # noqa: ANN201 - a RemoteCommand, as RemotePlan.check
+        from kdtui.remote.command import remote_command
+
+        return remote_command("check the cache job's arguments",
+                              [*self.engine_argv, "--check"], setup=self.host.env_setup,
+                              env=dict(self.host.env))
+
+    def hub_models(self) -> list[tuple[str, str]]:
+        return [pair for pair in super().hub_models() if pair[0] == "teacher"]
+
+
+class CacheStageRunner(StageRunner):
+    """The run's stages; the check compares the job's fields only (a cache job echoes a config
+    with no student, steps or run name of its own)."""
+
+    async def check(self) -> dict[str, Any]:
+        from kdtui.remote.connect import run_command
+        from kdtui.remote.stages import TAIL_LINES
+
+        async def body(started: float):
+            sink = self.line_sink("check", started)
+            command = self.plan.check()
+            sink(f"$ {command.text}")
+            result = await run_command(self.conn, command, sink, timeout=3600)
+            if result.exit_status != 0:
+                why = refusal_line(result.stderr_lines) or f"exit status {result.exit_status}"
+                raise StageFailed(f"the engine on {self.plan.host.alias} refused the cache "
+                                  f"job: {why}", result.stderr_lines[-TAIL_LINES:])
+            try:
+                echoed = json.loads(result.stdout)["config"]
+            except (ValueError, KeyError, TypeError):  # the cache there is complete already
+                return "done", (result.stdout.strip().splitlines() or ["accepted"])[-1], {}
+            diffs = config_differences(job_values(self.plan.config), echoed)
+            if diffs:
+                raise StageFailed("the engine would not run what was asked: " + "; ".join(diffs))
+            return "done", "arguments accepted; the job's config matches", echoed
+        return await self.stage("check", body)
+
+
+class RemoteCacheLauncher(RemoteLauncher):
+    """The run's dispatch (preflight, sync, check, models, launch, manifest) for a cache job."""
+
+    job = CACHE_JOB
+    stage_runner = CacheStageRunner
+
+    def __init__(self, config: RunConfig, options: CacheOptions, host: Any,
+                 fallback: Any = None, **kwargs: Any) -> None:
+        options.check()
+        check_job_fields(config)
+        super().__init__(stamp_cache_name(config), host, fallback, **kwargs)
+        self.options = options
+        self.plans = [CachePlan.of(plan, options) for plan in self.plans]

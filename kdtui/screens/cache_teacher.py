@@ -1,0 +1,176 @@
+"""Cache the teacher from the launch form: F4 (or the palette's "Cache the teacher") asks for K
+and the targets kind, then starts `kdengine cache-teacher` with the form's teacher, data, row
+fields, device and dtype, on the form's host, and opens the run screen on it (kdtui.launch.cache
+builds the launcher). A complete job's screen fills the form's teacher_cache back
+(`fill_teacher_cache`). `kdtui launch --cache-teacher` is kdtui.launch.cache_cli.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static, Switch
+
+from kdengine.config import ConfigError, RunConfig
+from kdengine.teacher.command import JOB_FIELDS
+from kdtui.launch.cache import TARGET_KINDS, CacheOptions, cache_launcher
+
+# the form's fields a cache job reads: what to score and how, and where it goes
+FORM_FIELDS = (*JOB_FIELDS, "run_name", "run_dir")
+TARGETS_HELP = {"topk": "topk: the K likeliest ids and a tail bucket",
+                "sampled": "sampled: K ids drawn from the teacher (unbiased)"}
+
+
+class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
+    """K and the targets kind for a cache job of the form's teacher and data; Esc cancels."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, summary: str, options: CacheOptions | None = None) -> None:
+        super().__init__()
+        self.summary = summary
+        self.options = options or CacheOptions()
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="cache-dialog"):
+            yield Label("Cache the teacher", classes="dialog-title")
+            yield Static(self.summary, classes="dialog-body")
+            with Horizontal(classes="field-line"):
+                yield Label("top_k", classes="field-label")
+                yield Input(str(self.options.top_k), id="cache-top-k", classes="field-input",
+                            compact=True)
+            with Horizontal(classes="field-line"):
+                yield Label("targets", classes="field-label")
+                yield Select([(TARGETS_HELP[k], k) for k in TARGET_KINDS],
+                             value=self.options.targets, allow_blank=False, id="cache-targets",
+                             classes="field-input", compact=True)
+            yield Static("", id="cache-error", classes="field-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Start the cache job", variant="success", id="cache-start")
+                yield Button("Cancel", id="cache-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#cache-top-k", Input).focus()
+
+    def collect(self) -> CacheOptions | None:
+        text = self.query_one("#cache-top-k", Input).value.strip()
+        try:
+            options = CacheOptions(int(text) if text.isdigit() else text,  # type: ignore[arg-type]
+                                   str(self.query_one("#cache-targets", Select).value)).check()
+        except ConfigError as exc:
+            self.query_one("#cache-error", Static).update(f"{exc.field}: {exc.message}")
+            return None
+        return options
+
+    @on(Input.Submitted, "#cache-top-k")
+    @on(Button.Pressed, "#cache-start")
+    def _start(self) -> None:
+        options = self.collect()
+        if options is not None:
+            self.dismiss(options)
+
+    @on(Button.Pressed, "#cache-cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+
+def collect_job(form: Any) -> RunConfig | None:
+    """The form's cache-job fields as a RunConfig (the rest default), or None after marking each
+    invalid one inline as Start does (a student is not needed)."""
+    from kdtui.screens.launch import FieldRow, form_error_text, row_id
+
+    values: dict[str, Any] = {}
+    bad: list[str] = []
+    for name in FORM_FIELDS:
+        try:
+            values[name] = form.validate_field(name)
+        except ConfigError:
+            bad.append(name)
+    for name in ("teacher", "data"):
+        if name not in bad and not values.get(name):
+            form.query_one(f"#{row_id(name)}", FieldRow).show_error(
+                form_error_text(ConfigError(name, "is required")))
+            bad.append(name)
+    if bad:
+        form._report_invalid(bad)
+        return None
+    return RunConfig.from_mapping(values)
+
+
+def start_cache_job(form: Any) -> None:
+    """F4 on the form: check its job fields, ask K and the targets, then start the job on the
+    form's host."""
+    from kdtui.screens.launch import APR, KDENGINE
+
+    if form.profile == APR:
+        form.select_profile(KDENGINE)  # a cache job is kdengine's
+    if not form.form_ready:
+        form.notify("The form is still loading", timeout=2)
+        return
+    config = collect_job(form)
+    if config is None:
+        return
+    host = str(form.query_one("#host", Select).value)
+    fallback = str(form.query_one("#fallback_host", Select).value or "")
+    dry_run = form.query_one("#dry_run", Switch).value
+
+    def chosen(picked: CacheOptions | None) -> None:
+        if picked is not None:
+            form.run_worker(_start(form, config, picked, host, fallback, dry_run),
+                            exclusive=True, group="start")
+
+    where = "this machine" if host == "local" else host
+    summary = (f"Score {config.data} with {config.teacher} once (seq_len {config.seq_len}, "
+               f"on {where}), for runs that train with teacher_cache and no teacher loaded.")
+    form.app.push_screen(CacheTeacherDialog(summary), chosen)
+
+
+async def _start(form: Any, config: RunConfig, options: CacheOptions, host: str, fallback: str,
+                 dry_run: bool) -> None:
+    runs_dir = form.app.runs_dir
+    try:
+        # remote: builds the engine wheel and loads asyncssh; local: nothing slow
+        launcher = await asyncio.to_thread(cache_launcher, config, options, host, fallback,
+                                           runs_dir)
+        if host == "local":
+            # `kdengine cache-teacher --check` in a child: errors land on their field
+            await asyncio.to_thread(launcher.check)
+    except ConfigError as exc:
+        if exc.field in FORM_FIELDS:
+            form._show_config_error(exc)
+        else:  # top_k, cache_targets, out: the dialog's or the engine's own
+            form.notify(f"{exc.field}: {exc.message}" if exc.field else exc.message,
+                        title="Cannot cache the teacher", severity="error", markup=False)
+        return
+    except Exception as exc:  # a bad hosts entry, no wheel: say so, keep the form
+        form.notify(str(exc), title=f"Cannot launch on {host}", severity="error", timeout=10,
+                    markup=False)
+        return
+    if dry_run:
+        form.app.show_plan(launcher.plan() if host == "local" else launcher.dry_run())
+        return
+    form.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}")
+    form._clear_identity()
+
+
+def fill_teacher_cache(app: App, directory: str) -> None:
+    """Back to the form with `teacher_cache` set to a complete cache (the run screen's t): the
+    form under the run screen when there is one, else a new form."""
+    from kdtui.screens.launch import LaunchScreen
+
+    stack = app.screen_stack
+    under = stack[-2] if len(stack) > 2 else None
+    message = (f"teacher_cache = {directory}: fill in a student and start (no teacher is "
+               "loaded; the data and row fields must be the cache's)")
+    if isinstance(under, LaunchScreen):
+        app.pop_screen()
+        under.fill_values({"teacher_cache": directory})
+    else:
+        app.switch_screen(LaunchScreen({"teacher_cache": directory}))
+    app.notify(message, timeout=8, markup=False)

@@ -1,0 +1,157 @@
+"""The run screen's pieces for the offline teacher cache (docs/teacher-cache.md).
+
+A cache job (`kdengine cache-teacher`, run_started `job: "cache-teacher"`) trains nothing: its
+`step` events carry rows scored and the teacher's own CE on them, and its end is the job's result
+(kdengine.verdict id cache-teacher), not a smoke verdict. `TeacherCEChart` draws that CE by rows
+scored; `CacheJobPanel` stands where the verdict would, and at the end names the
+`--teacher-cache DIR` to train from. A run that trains from a cache says which cache in one line
+(`cached_teacher_line`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+
+from kdengine.verdict import CACHE_JOB, PASS, Verdict
+from kdtui.widgets.loss_chart import COLORS, LossChart, _positive
+from kdtui.widgets.run_panels import VerdictPanel
+
+# the writer's stages (kdengine.teacher.writer), in place of a run's
+CACHE_STAGES = ("prepare", "load_teacher", "data", "score")
+CE = "ce"  # the series a cache job's step events fill: the teacher's CE on the rows scored
+
+
+def is_cache_job(run_started: dict[str, Any] | None) -> bool:
+    return (run_started or {}).get("job") == CACHE_JOB
+
+
+def human_bytes(n: float | None) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def cached_teacher_line(run_started: dict[str, Any] | None) -> str | None:
+    """'teacher: cache DIR, K=64 topk, 1.2 GB (388 B/token), of Qwen/Qwen3-4B (ab12cd34ef56)'
+    for a run that trains from a teacher cache (run_started's teacher_cache), else None."""
+    cache = (run_started or {}).get("teacher_cache")
+    if not isinstance(cache, dict):
+        return None
+    per_token = cache.get("bytes_per_token")
+    per_token = f" ({per_token:.0f} B/token)" if isinstance(per_token, (int, float)) else ""
+    identity = str(cache.get("teacher_identity") or "")
+    identity = f" ({identity[-12:]})" if identity else ""
+    return (f"teacher: cache {cache.get('dir')}, K={cache.get('k')} "
+            f"{cache.get('targets', 'topk')}, {human_bytes(cache.get('bytes'))}{per_token}, of "
+            f"{cache.get('teacher') or '?'}{identity}")
+
+
+def cached_teacher_badge(run_started: dict[str, Any] | None) -> str | None:
+    """The short form, for a border: 'teacher cached · K=64 topk · 1.2 GB'."""
+    cache = (run_started or {}).get("teacher_cache")
+    if not isinstance(cache, dict):
+        return None
+    return (f"teacher cached · K={cache.get('k')} {cache.get('targets', 'topk')} · "
+            f"{human_bytes(cache.get('bytes'))}")
+
+
+class TeacherCEChart(LossChart):
+    """A cache job's chart: the teacher's CE on the rows scored so far (each step event is a
+    finished shard), by rows scored. Nothing is trained, so there is no loss, KD or val point."""
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.border_subtitle = "nothing is trained: the teacher scores the data once"
+
+    def add_step(self, step: float, values: dict[str, Any]) -> None:
+        ce = values.get(CE)
+        super().add_step(step, {CE: ce} if isinstance(ce, (int, float)) else {})
+
+    def add_eval(self, step: float, val_loss: float) -> None:
+        return  # a cache job has no evaluation
+
+    def _replot(self) -> None:
+        self._dirty = False
+        self._built = False
+        plt = self.plt
+        plt.clear_data()
+        xs, ys = (self.ema if self.smooth else self.raw)[CE].points()
+        if self.log_y:
+            xs, ys = _positive(xs, ys)
+        if xs:
+            plt.plot(xs, ys, label="teacher CE" + (" (EMA)" if self.smooth else ""),
+                     color=COLORS[CE], marker="braille")
+        plt.yscale("log" if self.log_y else "linear")
+        plt.xlabel("rows scored")
+        modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
+        self.border_title = "teacher CE on the rows scored" + (
+            f" ({', '.join(modes)})" if modes else "")
+        plt.title("" if xs else "waiting for the first shard…")
+
+
+class CacheJobPanel(VerdictPanel):
+    """Where a run's verdict goes: the cache being written (K, targets, dtype), then its end: the
+    directory to train from (`--teacher-cache DIR`) with its size, or why it is not complete."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "teacher cache"
+        self.cache: dict[str, Any] = {}  # run_started's `cache`: key, k, targets, dtype
+        self.directory: str | None = None
+        self.teacher = ""
+        self.cache_bytes: float | None = None
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """What the panel says comes from run_started and run_finished."""
+        kind = event.get("type")
+        if kind == "run_started":
+            self.cache = event.get("cache") if isinstance(event.get("cache"), dict) else {}
+            self.directory = event.get("run_dir") or self.directory
+            self.teacher = str((event.get("config") or {}).get("teacher") or "")
+        elif kind == "run_finished":
+            self.directory = event.get("cache") or self.directory
+            self.cache_bytes = event.get("bytes") if isinstance(event.get("bytes"), (int, float)) \
+                else self.cache_bytes
+
+    @property
+    def complete_dir(self) -> str | None:
+        """The cache's directory once the job completed (the `--teacher-cache` to give)."""
+        return self.directory if self.verdict is not None and self.verdict.status == PASS \
+            else None
+
+    def show(self, verdict: Verdict | None, initial: float | None = None,
+             label: str = "") -> None:
+        self.verdict = verdict
+        self.status = verdict.status if verdict else "pending"
+        for status in ("pass", "fail", "inconclusive"):
+            self.set_class(self.status == status, status)
+        what = Text.assemble(("K ", "dim"), str(self.cache.get("k", "?")), " ",
+                             str(self.cache.get("targets", "")), "  ",
+                             ("store ", "dim"), str(self.cache.get("dtype", "?")))
+        if self.teacher:
+            what.append_text(Text.assemble("\n", ("teacher ", "dim"), self.teacher))
+        if verdict is None:
+            self._show_text(Text.assemble(("WRITING", "bold"), "\n", what))
+            return
+        if verdict.status == PASS:
+            self._show_text(Text.assemble(
+                ("COMPLETE", "bold"), "  ", (f"{human_bytes(self.cache_bytes)} on disk", "dim"),
+                "\n",
+                what, "\n", ("train from it: t, or", "dim"), "\n",
+                f"--teacher-cache {self.directory}"))
+            return
+        self._show_text(Text.assemble(
+            ("NOT COMPLETE", "bold"), "\n", what, "\n", verdict.reason, "\n",
+            ("the same job again finishes it (finished shards are kept)", "dim")))
+
+
+def cache_dir_of(panel: Any) -> Path | None:
+    """The complete cache a run screen's panel names, if any."""
+    directory = getattr(panel, "complete_dir", None)
+    return Path(directory) if directory else None
