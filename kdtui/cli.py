@@ -2,7 +2,7 @@
 
     kdtui [--theme NAME]                      open the dashboard (launch form first)
     kdtui launch [--headless] [--host H] ...  dispatch a run (engine flags as `kdengine train`)
-    kdtui launch --cache-teacher [--top-k K]  a teacher-cache job instead (kdengine cache-teacher)
+    kdtui launch --cache-teacher ...          a teacher-cache job instead (kdengine cache-teacher)
     kdtui watch RUN [--headless]              follow a run by id, run dir or dispatch.json
     kdtui runs [--plain]                      list past and running runs (--plain: for scripts)
     kdtui compare RUN RUN... [--plain]        runs side by side: curves, differing fields, val CE

@@ -1,4 +1,4 @@
-"""`kdtui launch --cache-teacher [--top-k K] [--cache-targets topk|sampled]`: a teacher-cache job
+"""`kdtui launch --cache-teacher [--cache-top-k K] [--cache-targets topk|sampled]`: a cache job
 from the command line, with the run's teacher, data and row flags, on `--host` (local by
 default): the dashboard on it, or plain lines with `--headless` (`--detach`, `--dry-run` as for
 a run). Bad input is one line, exit 2, before anything starts."""
@@ -23,7 +23,8 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Score the data with the teacher once into a teacher cache "
                         "(kdengine cache-teacher) instead of training; train from it with "
                         "--teacher-cache DIR")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+    # not --top-k: that is the run's sampling field (on-policy rollouts)
+    parser.add_argument("--cache-top-k", type=int, default=None, metavar="K",
                         help=f"With --cache-teacher: teacher ids kept per token (default "
                         f"{DEFAULT_TOP_K})")
     parser.add_argument("--cache-targets", choices=("topk", "sampled"), default=None,
@@ -36,7 +37,8 @@ def launch_cache_from_args(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args, require_models=False)
-        options = CacheOptions(args.top_k if args.top_k is not None else DEFAULT_TOP_K,
+        options = CacheOptions(args.cache_top_k if args.cache_top_k is not None else
+                               DEFAULT_TOP_K,
                                args.cache_targets or "topk").check()
         check_job_fields(config)
     except ConfigError as exc:
@@ -69,7 +71,7 @@ def launch_cache_from_args(args: argparse.Namespace) -> int:
 
 
 def _refused(exc: ConfigError) -> int:
-    names = {"top_k": "--top-k", "cache_targets": "--cache-targets"}
+    names = {"top_k": "--cache-top-k", "cache_targets": "--cache-targets"}
     flag = names.get(exc.field or "") or (flag_of(exc.field) if exc.field else None)
     print(f"kdtui launch: error: {flag}: {exc.message}" if flag else
           f"kdtui launch: error: {exc.message}", file=sys.stderr)

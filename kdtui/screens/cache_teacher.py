@@ -42,7 +42,7 @@ class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
             yield Label("Cache the teacher", classes="dialog-title")
             yield Static(self.summary, classes="dialog-body")
             with Horizontal(classes="field-line"):
-                yield Label("top_k", classes="field-label")
+                yield Label("K", classes="field-label")
                 yield Input(str(self.options.top_k), id="cache-top-k", classes="field-input",
                             compact=True)
             with Horizontal(classes="field-line"):
