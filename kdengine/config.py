@@ -147,11 +147,11 @@ def _fmt(number: float) -> str:
 FIELDS: tuple[Field, ...] = (
     Field("teacher", str, "", "Teacher model: a local HF-layout directory, a hub repo id "
           "(org/name), or demo://teacher", "models"),
+    Field("student", str, "", "Student model to distil into: a local HF-layout directory, a hub "
+          "repo id, or demo://student", "models"),
     Field("teacher_cache", str, "", "A teacher cache written by `kdengine cache-teacher` "
           "(its top-K log-probs on this data): no teacher is loaded, the KD term uses the cache "
           "(forward_kl only; docs/teacher-cache.md)", "models"),
-    Field("student", str, "", "Student model to distil into: a local HF-layout directory, a hub "
-          "repo id, or demo://student", "models"),
     Field("data", str, "", "Training data: text (.txt/.jsonl), conversations or "
           "prompt/completion pairs (.jsonl/.json/.parquet/.arrow), a directory of them, a saved "
           "dataset, a hub dataset id, pre-tokenized .bin shards, or demo://python-stdlib", "data"),
@@ -254,8 +254,8 @@ class RunConfig:
     """The effective configuration of one run (every field of `FIELDS`, checked)."""
 
     teacher: str = ""
-    teacher_cache: str = ""
     student: str = ""
+    teacher_cache: str = ""
     data: str = ""
     data_split: str = "train"
     data_fields: str = ""
