@@ -185,7 +185,9 @@ FIELDS: tuple[Field, ...] = (
           maximum=1.0),
     Field("grad_clip", float, 1.0, "Clip the global gradient norm to this (0 turns it off)",
           "optimizer", minimum=0.0, maximum=1e6),
-    Field("temperature", float, 4.0, "Softmax temperature T of the KD term (scaled by T^2)",
+    # T=2: held-out CE beat T=4 by 0.09-0.31 nats in every seed of the demo sweep
+    # (docs/hyperparameters.md)
+    Field("temperature", float, 2.0, "Softmax temperature T of the KD term (scaled by T^2)",
           "loss", minimum=0.0, maximum=100.0, exclusive_minimum=True),
     Field("alpha", float, 0.3, "Weight of the hard-label CE term; the KD term gets 1 - alpha",
           "loss", minimum=0.0, maximum=1.0),
@@ -270,7 +272,7 @@ class RunConfig:
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    temperature: float = 4.0
+    temperature: float = 2.0
     alpha: float = 0.3
     loss: str = "forward_kl"
     beta: float = 0.5

@@ -23,7 +23,7 @@ from kdengine.config import (
     load_config_file,
 )
 from kdtui.profiles import PROFILES
-from kdtui.profiles.apr.schema import AprSettings
+from kdtui.profiles.apr.schema import APR_DEFAULTS, AprSettings
 from kdtui.profiles.apr.watch import EXIT_ERROR
 
 
@@ -42,10 +42,18 @@ def add_apr_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apr_config_from_args(args: argparse.Namespace,
                          environ: dict[str, str] | None = None) -> RunConfig:
-    """As every launch's (kdtui.headless.config_from_args), but `data` is not required."""
+    """As every launch's (kdtui.headless.config_from_args), but `data` is not required, and
+    a field of APR_DEFAULTS that nothing set (flag, --config, KDTUI_ variable, --demo) takes
+    apr's default, not kdengine's."""
     from kdtui.headless import config_from_args
 
-    return config_from_args(args, environ, require_models=False)
+    config = config_from_args(args, environ, require_models=False)
+    env = os.environ if environ is None else environ
+    from_file = load_config_file(Path(args.config)) if getattr(args, "config", None) else {}
+    unset = {name: value for name, value in APR_DEFAULTS.items()
+             if getattr(args, name, None) is None and name not in from_file
+             and f"KDTUI_{name.upper()}" not in env and not getattr(args, "demo", False)}
+    return config.with_values(**unset) if unset else config
 
 
 def apr_settings_from_args(args: argparse.Namespace) -> AprSettings:

@@ -58,6 +58,10 @@ DISTILL_FLAGS: tuple[AprFlag, ...] = (
 FLAGS_BY_NAME: dict[str, AprFlag] = {f.name: f for f in DISTILL_FLAGS}
 
 # kdengine field -> the apr argument it becomes.
+# Run fields whose default for apr differs from kdengine's: kdengine's KD defaults come from a
+# sweep of kdengine's own loss (docs/hyperparameters.md); an apr run keeps what it had
+APR_DEFAULTS: dict[str, Any] = {"temperature": 4.0}
+
 FIELD_TO_FLAG: dict[str, str] = {
     f.source: f.name for f in DISTILL_FLAGS if f.source in FIELDS_BY_NAME
 }
@@ -431,8 +435,9 @@ def _run_form_field(name: str) -> AprFormField:
         help_text += f" -> apr {FIELD_TO_FLAG[name]}"
     else:
         help_text += f"; kdtui only: {LOCAL_ONLY[name]}"
-    return AprFormField(name, spec.kind, spec.default, help_text, spec.group, False,
-                        spec.choices, _FORM_BOUNDS.get(name, spec.bounds_text()))
+    return AprFormField(name, spec.kind, APR_DEFAULTS.get(name, spec.default), help_text,
+                        spec.group, False, spec.choices,
+                        _FORM_BOUNDS.get(name, spec.bounds_text()))
 
 
 def _setting_form_field(name: str) -> AprFormField:
