@@ -33,6 +33,9 @@ class CompareScreen(Screen):
     """Two or more local runs; opened from the runs list (space selects, c compares) or by
     `kdtui compare RUN RUN...`."""
 
+    DEFAULT_CSS = """
+    CompareScreen #compare-table { height: auto; max-height: 45%; }
+    """
     BINDINGS = [
         Binding("c", "next_metric", "Metric", id="compare.metric",
                 tooltip="Chart the next metric: val CE, val KD, train loss"),
@@ -51,7 +54,8 @@ class CompareScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield CompareChart(self.summaries, id="compare-chart")
-        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+        # no cursor: a highlighted row would hide its run's colour
+        yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -87,14 +91,11 @@ class CompareScreen(Screen):
         self._table_dirty = False
         table = self.query_one(DataTable)
         head, rows = table_rows(self.summaries)
-        cursor = table.cursor_row
         table.clear(columns=True)
         table.add_columns(*head)
         for i, row in enumerate(rows):
             name = Text.assemble(("■ ", run_color(i)), row[0])
             table.add_row(name, *row[1:], key=str(self.run_dirs[i]))
-        if rows:
-            table.move_cursor(row=min(cursor, len(rows) - 1))
 
     def action_next_metric(self) -> None:
         self.query_one(CompareChart).next_metric()

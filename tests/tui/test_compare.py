@@ -33,9 +33,10 @@ BASE = {"teacher": "demo://teacher", "student": "demo://student", "data": "demo:
 
 def write_kd_run(run_dir: Path, *, ce: tuple[float, float], val_loss: tuple[float, float],
                  teacher_ce: float = 1.6, upto: int = 200, finished: bool = True,
-                 gpu: bool = False, t0: float = T0, **config: Any) -> Path:
-    """A recorded KD run: val CE and val loss go linearly from their step-0 to their final
-    values (so either can go up while the other goes down), evals every 50 steps."""
+                 gpu: bool = False, t0: float = T0, shape: float = 1.0, **config: Any) -> Path:
+    """A recorded KD run: val CE and val loss go from their step-0 to their final values
+    (so either can go up while the other goes down; CE as (step/steps)**shape), evals every
+    50 steps."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = {**BASE, **config, "run_name": run_dir.name, "run_dir": str(run_dir)}
     steps = cfg["steps"]
@@ -45,8 +46,8 @@ def write_kd_run(run_dir: Path, *, ce: tuple[float, float], val_loss: tuple[floa
         events.append({"v": 1, "seq": len(events), "t": round(t0 + t, 3), "type": type_,
                        **payload})
 
-    def at(pair: tuple[float, float], step: int) -> float:
-        return pair[0] + (pair[1] - pair[0]) * step / steps
+    def at(pair: tuple[float, float], step: int, power: float = 1.0) -> float:
+        return pair[0] + (pair[1] - pair[0]) * (step / steps) ** power
 
     emit("run_started", 0, run_id=run_dir.name, run_dir=str(run_dir), config=cfg,
          device="cuda:0" if gpu else "cpu", dtype="bfloat16" if gpu else "float32")
@@ -59,13 +60,13 @@ def write_kd_run(run_dir: Path, *, ce: tuple[float, float], val_loss: tuple[floa
                           gpu_power_w=540.0 + step % 9 * 10, mfu=0.38 + step % 5 * 0.01,
                           host_rss=int(6.3 * GIB)) if gpu else {"host_rss": int(0.4 * GIB)}
             if step % 5 == 0:
-                emit("step", step * 0.1, step=step, loss=loss, kd=loss * 0.5, ce=at(ce, step),
-                     lr=1e-3, grad_norm=0.5, tokens_per_s=2000.0 + 10 * (step % 3),
-                     total_steps=steps, **gauges)
+                emit("step", step * 0.1, step=step, loss=loss, kd=loss * 0.5,
+                     ce=at(ce, step, shape), lr=1e-3, grad_norm=0.5,
+                     tokens_per_s=2000.0 + 10 * (step % 3), total_steps=steps, **gauges)
         if step % 50 == 0:
             extra = {"val_teacher_ce": teacher_ce} if step == 0 else {}
             emit("eval", step * 0.1, step=step, val_loss=at(val_loss, step),
-                 val_ce=at(ce, step), val_kd=0.4 * (1 - step / steps / 2), **extra)
+                 val_ce=at(ce, step, shape), val_kd=0.4 * (1 - step / steps / 2), **extra)
     if finished and upto == steps:
         end = steps * 0.1 + 1
         status = "pass" if val_loss[1] < val_loss[0] else "fail"
@@ -79,8 +80,9 @@ def write_kd_run(run_dir: Path, *, ce: tuple[float, float], val_loss: tuple[floa
 
 def three_runs(runs_dir: Path) -> list[Path]:
     return [
-        write_kd_run(runs_dir / "fkl-t2", ce=(5.3, 1.72), val_loss=(7.0, 1.2)),
-        write_kd_run(runs_dir / "fkl-t4", ce=(5.3, 2.03), val_loss=(7.0, 1.0), temperature=4.0),
+        write_kd_run(runs_dir / "fkl-t2", ce=(5.3, 1.72), val_loss=(7.0, 1.2), shape=0.3),
+        write_kd_run(runs_dir / "fkl-t4", ce=(5.3, 2.03), val_loss=(7.0, 1.0), temperature=4.0,
+                     shape=0.6),
         write_kd_run(runs_dir / "ce-only", ce=(5.3, 1.78), val_loss=(5.3, 1.78), alpha=1.0),
     ]
 
