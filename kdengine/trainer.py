@@ -321,7 +321,8 @@ class KDTrainer:
         total, n = 0.0, 0
         for batch in self.val_batches:
             input_ids, labels = batch[0].to(self.device), batch[1].to(self.device)
-            position_ids = batch[2].to(self.device) if len(batch) > 2 else None
+            position_ids = batch[2] if len(batch) > 2 else None  # packed rows only
+            position_ids = position_ids.to(self.device) if position_ids is not None else None
             with self._autocast(), torch.inference_mode():
                 if self._teacher_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
