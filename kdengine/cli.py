@@ -26,24 +26,11 @@ from kdengine.config import (
     load_config_file,
 )
 from kdengine.stop import catch_early
-
-EXIT_USAGE = 2
-PROG = "kdengine"
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but every error is one line and exit code 2 (no usage dump)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UsageError(message)
+from kdengine.usage import EXIT_USAGE, PROG, OneLineParser, UsageError
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} train", allow_abbrev=False,
+    p = OneLineParser(prog=f"{PROG} train", allow_abbrev=False,
                 description="Distil a teacher into a student. Flags override --config, which "
                 "overrides --demo, which overrides the defaults.")
     p.add_argument("--config", metavar="FILE", help="Read fields from a .toml or .json file")
@@ -209,7 +196,7 @@ def _check_disk_space(config: RunConfig, run_dir: Path, resumed: bool) -> None:
 def cmd_verdict(argv: list[str]) -> int:
     from kdengine.verdict import verdict_for_run
 
-    p = _Parser(prog=f"{PROG} verdict", allow_abbrev=False,
+    p = OneLineParser(prog=f"{PROG} verdict", allow_abbrev=False,
                 description="F-DISTILL-SMOKE-001 from a run's events: exit 0 pass, 1 fail, "
                 "2 inconclusive")
     p.add_argument("run_dir")

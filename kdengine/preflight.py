@@ -21,21 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.config import DEMO_DATA, ConfigError, RunConfig
+from kdengine.model_facts import DEMO_VOCAB, DemoByteTokenizer, ModelFacts
 from kdengine.sources import check_sources
-
-DEMO_VOCAB = 257  # the demo's byte tokenizer and models (kdengine.demo, kdengine.data)
-
-
-@dataclass
-class ModelFacts:
-    """What the preflight learnt of one model without loading its weights."""
-
-    role: str  # teacher or student: the field a refusal names
-    spec: str
-    directory: str | None = None  # None: a demo model, or a hub id still to download
-    model_type: str | None = None
-    vocab_size: int | None = None
-    weight_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,14 +104,6 @@ def _check_model(spec: str, name: str, directory: Path | None,
     facts.model_type, facts.vocab_size = decoder.model_type, decoder.vocab_size
     facts.weight_files = [f.name for f in files]
     return facts, load_tokenizer(directory, name)
-
-
-class DemoByteTokenizer:
-    """Stands for the demo's ByteTokenizer without importing kdengine.data (and torch): a
-    `--demo --check` stays instant. Swapped for the real one where data is counted."""
-
-    vocab_size = DEMO_VOCAB
-    max_id = DEMO_VOCAB - 1
 
 
 def check_vocab(teacher_vocab: int, student_vocab: int, tokenizer: Any) -> None:

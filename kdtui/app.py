@@ -204,6 +204,28 @@ class KDApp(App):
 
         self.push_screen(PlanScreen(lines))
 
+    def cache_teacher(self, form: Any) -> None:
+        """The form's F4: its teacher and data scored once into a teacher cache (asks K)."""
+        from kdtui.screens.cache_teacher import start_cache_job
+
+        start_cache_job(form)
+
+    def train_from_cache(self, directory: str) -> None:
+        """A complete teacher-cache job's t: back to the form with `teacher_cache` set, the
+        form under the run screen when there is one, else a new form."""
+        from kdtui.screens.launch import LaunchScreen
+
+        stack = self.screen_stack
+        under = stack[-2] if len(stack) > 2 else None
+        if isinstance(under, LaunchScreen):
+            self.pop_screen()
+            under.fill_values({"teacher_cache": directory})
+        else:
+            self.switch_screen(LaunchScreen({"teacher_cache": directory}))
+        self.notify(f"teacher_cache = {directory}: fill in a student and start (no teacher is "
+                    "loaded; the data and row fields must be the cache's)", timeout=8,
+                    markup=False)
+
     def back_to_form(self) -> None:
         """Leave the current screen for the launch form: the one under it, else a new one."""
         if len(self.screen_stack) > 2:

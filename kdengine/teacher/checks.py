@@ -19,7 +19,7 @@ def cached_teacher_facts(config: RunConfig) -> tuple[dict[str, Path], Any, Any, 
     """(the student's and data's source dirs, the cache's teacher facts, its tokenizer, the
     directory of its chat template): the cache stands for the teacher, which need not be on
     this machine, so only the student and the data are checked as sources."""
-    from kdengine.preflight import DemoByteTokenizer, ModelFacts
+    from kdengine.model_facts import DemoByteTokenizer, ModelFacts
     from kdengine.sources import check_sources
 
     directory = Path(config.teacher_cache).expanduser()
@@ -71,7 +71,7 @@ def check_cache_fits(config: RunConfig, tokenizer: Any, template_dir: Path | Non
         raise ConfigError(FIELD, f"{directory} holds targets over {vocab} ids, the student's "
                           f"vocab is {student_vocab}: write the cache with --vocab "
                           f"{student_vocab}")
-    from kdengine.preflight import DemoByteTokenizer
+    from kdengine.model_facts import DemoByteTokenizer
 
     if isinstance(tokenizer, DemoByteTokenizer):
         from kdengine.data import ByteTokenizer

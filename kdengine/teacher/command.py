@@ -19,9 +19,9 @@ LAUNCHER_FILES = ("launch.log", "engine.pid", "launch.token")
 
 
 def build_parser():
-    from kdengine.cli import PROG, _Parser
+    from kdengine.usage import PROG, OneLineParser
 
-    p = _Parser(prog=f"{PROG} cache-teacher", allow_abbrev=False,
+    p = OneLineParser(prog=f"{PROG} cache-teacher", allow_abbrev=False,
                 description="Run the teacher once over the data's train and validation rows "
                 "and store its top-K log-probs, for `kdengine train --teacher-cache DIR`. "
                 "Rerun the same command to finish a stopped one.")
@@ -52,9 +52,9 @@ def build_parser():
 def plan(argv: list[str]):
     """(job, identity, key, out) from the command line, everything checked that can be known
     without loading the teacher's weights or the data."""
-    from kdengine.cli import UsageError
     from kdengine.teacher.cache import cache_key
     from kdengine.teacher.writer import CacheJob, default_cache_dir, plan_identity
+    from kdengine.usage import UsageError
 
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
@@ -92,7 +92,7 @@ def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
                                    data=config.data))
     if config.teacher.startswith("demo://"):
         from kdengine.data import ByteTokenizer
-        from kdengine.preflight import DEMO_VOCAB
+        from kdengine.model_facts import DEMO_VOCAB
 
         return ByteTokenizer(), None, DEMO_VOCAB
     directory = dirs.get("teacher")

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from kdengine.config import ConfigError, default_runs_dir, flag_of
-from kdtui.launch.cache import DEFAULT_TOP_K, CacheOptions, cache_launcher, check_job_fields
+from kdtui.launch.cache import cache_launcher
+from kdtui.launch.cache_job import DEFAULT_TOP_K, CacheOptions, check_job_fields
 
 EXIT_ERROR = 2
 LOCAL = "local"
@@ -80,7 +81,7 @@ def _refused(exc: ConfigError) -> int:
 
 async def _headless(launcher, detach: bool) -> int:
     from kdtui.headless import StagePrinter, follow_to_verdict
-    from kdtui.launch.cache import job_values
+    from kdtui.launch.cache_job import job_values
 
     out = sys.stdout
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from kdengine.config import RunConfig
 from kdtui.launch.base import config_differences
-from kdtui.launch.cache import (
+from kdtui.launch.cache_job import (
     CACHE_JOB,
     CacheOptions,
     cache_args,

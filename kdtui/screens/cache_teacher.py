@@ -1,8 +1,9 @@
 """Cache the teacher from the launch form: F4 (or the palette's "Cache the teacher") asks for K
 and the targets kind, then starts `kdengine cache-teacher` with the form's teacher, data, row
 fields, device and dtype, on the form's host, and opens the run screen on it (kdtui.launch.cache
-builds the launcher). A complete job's screen fills the form's teacher_cache back
-(`fill_teacher_cache`). `kdtui launch --cache-teacher` is kdtui.launch.cache_cli.
+builds the launcher). A complete job's screen sends the user back to the form with
+teacher_cache filled (KDApp.train_from_cache). `kdtui launch --cache-teacher` is
+kdtui.launch.cache_cli.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 from typing import Any
 
 from textual import on
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
@@ -19,7 +20,8 @@ from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from kdengine.config import ConfigError, RunConfig
 from kdengine.teacher.command import JOB_FIELDS
-from kdtui.launch.cache import TARGET_KINDS, CacheOptions, cache_launcher
+from kdtui.launch.cache import cache_launcher
+from kdtui.launch.cache_job import TARGET_KINDS, CacheOptions
 
 # the form's fields a cache job reads: what to score and how, and where it goes
 FORM_FIELDS = (*JOB_FIELDS, "run_name", "run_dir")
@@ -157,20 +159,3 @@ async def _start(form: Any, config: RunConfig, options: CacheOptions, host: str,
         return
     form.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}")
     form._clear_identity()
-
-
-def fill_teacher_cache(app: App, directory: str) -> None:
-    """Back to the form with `teacher_cache` set to a complete cache (the run screen's t): the
-    form under the run screen when there is one, else a new form."""
-    from kdtui.screens.launch import LaunchScreen
-
-    stack = app.screen_stack
-    under = stack[-2] if len(stack) > 2 else None
-    message = (f"teacher_cache = {directory}: fill in a student and start (no teacher is "
-               "loaded; the data and row fields must be the cache's)")
-    if isinstance(under, LaunchScreen):
-        app.pop_screen()
-        under.fill_values({"teacher_cache": directory})
-    else:
-        app.switch_screen(LaunchScreen({"teacher_cache": directory}))
-    app.notify(message, timeout=8, markup=False)

@@ -629,9 +629,7 @@ class LaunchScreen(Screen):
         self.app.action_runs()
 
     def action_cache_teacher(self) -> None:
-        from kdtui.screens.cache_teacher import start_cache_job  # the form's cache-job part
-
-        start_cache_job(self)
+        self.app.cache_teacher(self)
 
     def fill_values(self, values: dict[str, Any]) -> None:
         """Set fields from outside the form (a complete cache's teacher_cache)."""

@@ -23,7 +23,7 @@ from textual.widgets import Footer, Header, Input
 
 from kdengine.verdict import distill_report, verdict_from_events
 from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
-from kdtui.launch.cache import is_cache_launch, job_values
+from kdtui.launch.cache_job import is_cache_launch, job_values
 from kdtui.launch.outcome import EngineLiveness, WatchedRun
 from kdtui.samples import SAMPLE_EVENT, HeldOutGeneration, Sample, wants_samples
 from kdtui.watch import RunFollower
@@ -527,9 +527,7 @@ class RunScreen(Screen):
         if directory is None:
             self.notify("Train from cache applies to a complete teacher-cache job", timeout=4)
             return
-        from kdtui.screens.cache_teacher import fill_teacher_cache
-
-        fill_teacher_cache(self.app, str(directory))
+        self.app.train_from_cache(str(directory))
 
     def action_samples(self) -> None:
         found = self.query(SamplesView)

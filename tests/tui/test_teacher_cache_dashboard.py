@@ -13,7 +13,7 @@ from pathlib import Path
 from textual.widgets import Input
 
 from kdtui.app import KDApp
-from kdtui.launch.cache import CacheOptions, cache_args
+from kdtui.launch.cache_job import CacheOptions, cache_args
 from kdtui.screens.cache_teacher import CacheTeacherDialog
 from kdtui.screens.launch import LaunchScreen
 from kdtui.screens.run import RunScreen

@@ -1,0 +1,102 @@
+"""A teacher-cache job's definition, as the dashboard launches it: its options (K, targets), the
+run fields it takes, the engine arguments, and how a run screen knows it is following one.
+The launchers are kdtui.launch.cache (this machine) and kdtui.launch.cache_remote (an SSH
+host); both build on this module, so neither imports the other."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdengine.config import ConfigError, RunConfig
+from kdengine.teacher.command import JOB_FIELDS
+from kdengine.verdict import CACHE_JOB
+from kdtui.launch.base import engine_args
+
+TARGET_KINDS = ("topk", "sampled")  # kdengine.teacher.sparse.TARGET_KINDS (that module: torch)
+DEFAULT_TOP_K = 64
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """What a cache job adds to the run's fields (the engine's defaults)."""
+
+    top_k: int = DEFAULT_TOP_K
+    targets: str = "topk"
+
+    def check(self) -> CacheOptions:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ConfigError("top_k", f"must be a whole number of at least 1 (got "
+                              f"{self.top_k!r})")
+        if self.targets not in TARGET_KINDS:
+            raise ConfigError("cache_targets", f"must be one of {', '.join(TARGET_KINDS)} "
+                              f"(got {self.targets!r})")
+        return self
+
+    def args(self) -> list[str]:
+        return ["--top-k", str(self.top_k), "--cache-targets", self.targets]
+
+
+def stamp_cache_name(config: RunConfig) -> RunConfig:
+    """A job without a name is `cache-<UTC time>` (a run's is kd-<UTC time>)."""
+    if config.run_name:
+        return config
+    return config.with_values(run_name=time.strftime("cache-%Y%m%d-%H%M%S", time.gmtime()))
+
+
+def job_values(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """The fields a cache job takes, as the engine echoes them in its run_started: what a cache
+    job's effective config is compared on (its other fields are defaults, not asked)."""
+    values = config.to_dict() if isinstance(config, RunConfig) else config
+    return {name: values[name] for name in JOB_FIELDS if name in values}
+
+
+def check_job_fields(config: RunConfig) -> None:
+    """The job's own cross-field rules: a teacher and data (a student is not needed)."""
+    for name in ("teacher", "data"):
+        if not getattr(config, name):
+            raise ConfigError(name, "is required")
+
+
+def cache_args(config: RunConfig, options: CacheOptions, out: str | Path) -> list[str]:
+    """`kdengine cache-teacher`'s arguments: the job's fields (each value one word; one that
+    starts with '-' joined to its flag, as engine_args does), K, the targets and --out."""
+    from kdengine.config import FIELDS, FIELDS_BY_NAME
+
+    job = RunConfig.from_mapping(job_values(config))
+    takes_value = {f.flag for f in FIELDS if f.kind is not bool}
+    keep = {FIELDS_BY_NAME[name].flag for name in JOB_FIELDS}
+    words = iter(engine_args(job))  # every run field: keep the job's
+    out_args: list[str] = []
+    for word in words:
+        pair = [word, next(words)] if word in takes_value else [word]
+        flag = word.split("=", 1)[0]
+        if flag in keep or flag.replace("--no-", "--", 1) in keep:
+            out_args += pair
+    return [*out_args, *options.args(), "--out", str(out)]
+
+
+def is_cache_launch(launcher: Any, handle: Any) -> bool:
+    """Whether a run screen's launcher or handle is a cache job (known before its first event):
+    a cache launcher, a local run dir whose first event says so, a dispatch whose engine
+    command is cache-teacher."""
+    if getattr(launcher, "job", None) == CACHE_JOB:
+        return True
+    if handle is None:
+        return False
+    run_dir = getattr(getattr(handle, "source", None), "run_dir", None)
+    if run_dir is not None:
+        from kdtui.runs import _head_event
+
+        return (_head_event(Path(run_dir) / "events.jsonl") or {}).get("job") == CACHE_JOB
+    manifest = getattr(handle, "manifest", None)
+    if manifest:
+        try:
+            command = json.loads(Path(manifest).read_text()).get("engine_command") or []
+        except (OSError, ValueError):
+            return False
+        return "cache-teacher" in command
+    return False
