@@ -118,6 +118,8 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
                 bad_loss = event
         elif kind == ev.RUN_FINISHED:
             finished = event
+            if isinstance(event.get("steps"), int):  # the engine's last step, logged or not
+                last_step = max(last_step, event["steps"])
         elif kind == ev.VERDICT and event.get("loss_kind") == TRAIN_BATCH:
             engine_verdict = event
 

@@ -98,3 +98,11 @@ def test_a_teacher_cache_job_ends_with_its_own_result_not_the_smoke_verdict() ->
                                                     "status": "cancelled", "exit_code": 130}])
     assert (killed.id, killed.status) == ("cache-teacher", "inconclusive")
     assert verdict_from_events([started]).status == "inconclusive"
+
+
+def test_a_failed_run_is_named_at_the_engines_last_step_not_the_last_logged_one() -> None:
+    events = [{"type": "eval", "step": 0, "val_loss": 3.0},
+              {"type": "step", "step": 145, "loss": 2.0},  # log_every 5: 149 was not logged
+              {"type": "run_finished", "status": "failed", "exit_code": 1, "steps": 149,
+               "error": "boom"}]
+    assert "at step 149" in verdict_from_events(events).reason
