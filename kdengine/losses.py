@@ -364,26 +364,22 @@ def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, x: torch.Tensor) -
         grad_w.add_(g.t() @ x)
 
 
-def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
-                  want_grad_h, want_grad_w, loss_scale=None):
-    """The chunk loop: per chunk of tokens, project both lm-heads in the compute dtype, take the
-    loss and its logit gradient in fp32, and fold that gradient into d/dh and d/dW at once.
+def chunk_loop(h, w, labels, chunk, compute_dtype, normalizer, want_grad_h, want_grad_w,
+               loss_scale, chunk_math):
+    """The chunk loop every fused lm-head loss shares: per chunk of tokens, project the student's
+    lm-head in the compute dtype, let `chunk_math(sl, s, inv_n, want_grad)` take the loss terms
+    and the logit gradient (in fp32) of those rows, and fold that gradient into d/dh and d/dW at
+    once. Returns (loss, ce, kd, grad_h, grad_w).
 
-    Memory: one [chunk, vocab] block each of student logits, teacher logits and gradient, in the
-    compute dtype; grad_w accumulates in fp32 (fp64 for fp64 inputs).
-
-    `loss_scale` (fp16's dynamic loss scale, a power of two): the logit gradient
-    is computed for the scaled loss before it is rounded to the compute dtype, or fp16 would
-    flush its small entries (about 1/tokens each) to zero; grad_h and grad_w come back scaled,
-    the loss terms do not."""
-    _check_kind(spec)
-    student_vocab = w.shape[0]
+    Memory: one [chunk, vocab] block of student logits and of gradient (plus what chunk_math
+    holds: the teacher's block) in the compute dtype; grad_w accumulates in fp32 (fp64 for fp64
+    inputs). `loss_scale` (fp16's dynamic loss scale, a power of two): the logit gradient is
+    computed for the scaled loss before it is rounded to the compute dtype, or fp16 would flush
+    its small entries (about 1/tokens each) to zero; grad_h and grad_w come back scaled, the
+    loss terms do not."""
     cd = compute_dtype
     acc = torch.float64 if cd == torch.float64 else torch.float32
-    # one cast of each operand per call (not per chunk); the teacher's padded ids are dropped
-    # before the projection, so they never get logits at all
-    hc, wc = h.to(cd), w.to(cd)
-    thc, twc = th.to(cd), tw[:student_vocab].to(cd)
+    hc, wc = h.to(cd), w.to(cd)  # one cast of each operand per call (not per chunk)
     if normalizer is None:
         valid_count = (labels != IGNORE_INDEX).sum().clamp_min(1)
         inv_n = 1.0 / valid_count.to(acc)  # a device tensor: no host sync, no recompiles
@@ -400,9 +396,8 @@ def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math
     for start in range(0, h.shape[0], chunk):
         sl = slice(start, start + chunk)
         s = hc[sl] @ wc.t()
-        t = thc[sl] @ twc.t()
-        part, ce, kd, g = _run_math(s, t, labels[sl], inv_n, spec, want_grad, cd, compile_math)
-        del s, t  # free both logit blocks before the gradient matmuls
+        part, ce, kd, g = chunk_math(sl, s, inv_n, want_grad)
+        del s  # free the logit block before the gradient matmuls
         loss += part
         ce_total += ce
         kd_total += kd
@@ -415,6 +410,22 @@ def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math
         unscale = 1.0 / loss_scale
         loss, ce_total, kd_total = loss * unscale, ce_total * unscale, kd_total * unscale
     return loss, ce_total, kd_total, grad_h, grad_w
+
+
+def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math, normalizer,
+                  want_grad_h, want_grad_w, loss_scale=None):
+    """chunk_loop with the live teacher: each chunk's teacher logits are projected beside the
+    student's (its padded ids dropped before the projection, so they never get logits)."""
+    _check_kind(spec)
+    cd = compute_dtype
+    thc, twc = th.to(cd), tw[:w.shape[0]].to(cd)
+
+    def chunk_math(sl, s, inv_n, want_grad):
+        t = thc[sl] @ twc.t()
+        return _run_math(s, t, labels[sl], inv_n, spec, want_grad, cd, compile_math)
+
+    return chunk_loop(h, w, labels, chunk, cd, normalizer, want_grad_h, want_grad_w,
+                      loss_scale, chunk_math)
 
 
 class _FusedLinearKDLoss(torch.autograd.Function):

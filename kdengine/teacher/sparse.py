@@ -41,9 +41,9 @@ from kdengine.losses import (
     IGNORE_INDEX,
     KDLossSpec,
     LossParts,
-    _accumulate_grad_w,
     _at_least_fp32,
     _default_compute_dtype,
+    chunk_loop,
     compile_default,
 )
 
@@ -149,16 +149,7 @@ def _run_math(compile_math: bool, *args):
 def _sparse_chunks(h, w, targets: SparseTargets, labels, spec: KDLossSpec, chunk: int,
                    compute_dtype, compile_math, normalizer, want_grad_h, want_grad_w,
                    loss_scale=None):
-    """kdengine.losses._fused_chunks with cached targets in place of the teacher's logits."""
-    cd = compute_dtype
-    acc = torch.float64 if cd == torch.float64 else torch.float32
-    hc, wc = h.to(cd), w.to(cd)
-    if normalizer is None:
-        inv_n = 1.0 / (labels != IGNORE_INDEX).sum().clamp_min(1).to(acc)
-    else:
-        inv_n = torch.tensor(1.0 / normalizer, dtype=acc, device=h.device)
-    if loss_scale is not None:
-        inv_n = inv_n * loss_scale
+    """kdengine.losses.chunk_loop with cached targets in place of the teacher's logits."""
     log_pt, log_pt_tail = tempered(targets, spec.temperature)
     if targets.kind == SAMPLED:  # the KD value's estimate of log p_T at each draw
         logp = _at_least_fp32(targets.logp)
@@ -168,30 +159,14 @@ def _sparse_chunks(h, w, targets: SparseTargets, labels, spec: KDLossSpec, chunk
     else:
         teacher_logp_t = log_pt
     ids = targets.ids
-    want_grad = want_grad_h or want_grad_w
-    grad_h = torch.empty(h.shape, dtype=cd, device=h.device) if want_grad_h else None
-    grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_grad_w else None
-    loss = torch.zeros((), dtype=acc, device=h.device)
-    ce_total, kd_total = torch.zeros_like(loss), torch.zeros_like(loss)
-    for start in range(0, h.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        s = hc[sl] @ wc.t()
-        part, ce, kd, g = _run_math(compile_math, s, ids[sl], log_pt[sl], log_pt_tail[sl],
-                                    teacher_logp_t[sl], labels[sl], inv_n, spec.temperature,
-                                    spec.alpha, want_grad, cd)
-        del s
-        loss += part
-        ce_total += ce
-        kd_total += kd
-        if grad_h is not None:
-            torch.mm(g, wc, out=grad_h[sl])
-        if grad_w is not None:
-            _accumulate_grad_w(grad_w, g, hc[sl])
-        del g
-    if loss_scale is not None:
-        unscale = 1.0 / loss_scale
-        loss, ce_total, kd_total = loss * unscale, ce_total * unscale, kd_total * unscale
-    return loss, ce_total, kd_total, grad_h, grad_w
+
+    def chunk_math(sl, s, inv_n, want_grad):
+        return _run_math(compile_math, s, ids[sl], log_pt[sl], log_pt_tail[sl],
+                         teacher_logp_t[sl], labels[sl], inv_n, spec.temperature, spec.alpha,
+                         want_grad, compute_dtype)
+
+    return chunk_loop(h, w, labels, chunk, compute_dtype, normalizer, want_grad_h, want_grad_w,
+                      loss_scale, chunk_math)
 
 
 class _SparseFusedKDLoss(torch.autograd.Function):
