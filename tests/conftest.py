@@ -128,6 +128,29 @@ def stop_left_engines(root: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
 
 
+# The engine's CLI, SIGKILLed by itself before training step KD_KILL_AT (a kill -9 mid-run)
+KILL_BEFORE_STEP = r"""
+import os, signal, sys
+import kdengine.trainer as T
+kill_at = int(os.environ["KD_KILL_AT"])
+train_step = T.KDTrainer.train_step
+def killing_step(self, batch=None):
+    if self.step + 1 == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self, batch)
+T.KDTrainer.train_step = killing_step
+from kdengine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def killed_at_step() -> list[str]:
+    """A launcher for `kdengine ...` argv that kills the engine before step KD_KILL_AT (set it
+    in the environment the engine gets)."""
+    return [sys.executable, "-c", KILL_BEFORE_STEP]
+
+
 @pytest.fixture
 def engine_cmd() -> list[str]:
     """The engine's CLI as a user runs it (the same interpreter as the tests)."""

@@ -264,30 +264,14 @@ def test_two_torchrun_ranks_on_messages_follow_the_one_process_losses(
     assert data_stage(two)["examples"] == 160
 
 
-# SIGKILLs the CLI's own process before training step KD_KILL_AT (as tests/engine/test_resume.py)
-KILLER = r"""
-import os, signal, sys
-import kdengine.trainer as T
-kill_at = int(os.environ["KD_KILL_AT"])
-train_step = T.KDTrainer.train_step
-def killing_step(self, batch=None):
-    if self.step + 1 == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self, batch)
-T.KDTrainer.train_step = killing_step
-from kdengine.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_a_killed_run_on_messages_resumes_to_the_same_losses(models: dict[str, str],
-                                                             tmp_path: Path,
-                                                             monkeypatch) -> None:
+                                                             tmp_path: Path, monkeypatch,
+                                                             killed_at_step) -> None:
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat(i)} for i in range(160)])
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert train(models, data, reference).returncode == 0
     monkeypatch.setenv("KD_KILL_AT", "9")
-    out = train(models, data, killed, launcher=[sys.executable, "-c", KILLER])
+    out = train(models, data, killed, launcher=killed_at_step)
     assert out.returncode == -9, out.stderr[-2000:]
     monkeypatch.delenv("KD_KILL_AT")
     out = kdengine("train", "--resume", str(killed))

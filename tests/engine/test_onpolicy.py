@@ -101,26 +101,10 @@ def test_an_on_policy_run_reaches_a_verdict_on_the_students_own_writing(
     assert "val_gen_kl=" in log and "gen_tok/s=" in log
 
 
-# SIGKILLs the CLI's own process before training step KD_KILL_AT (as tests/engine/test_resume.py)
-KILLER = r"""
-import os, signal, sys
-import kdengine.trainer as T
-kill_at = int(os.environ["KD_KILL_AT"])
-train_step = T.KDTrainer.train_step
-def killing_step(self, batch=None):
-    if self.step + 1 == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self, batch)
-T.KDTrainer.train_step = killing_step
-from kdengine.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_a_killed_on_policy_run_resumes_to_exactly_the_same_losses(
-        inputs: dict[str, str], reference: Path, tmp_path: Path) -> None:
+        inputs: dict[str, str], reference: Path, tmp_path: Path, killed_at_step) -> None:
     killed = tmp_path / "killed"
-    out = train(inputs, killed, launcher=(sys.executable, "-c", KILLER), KD_KILL_AT="9")
+    out = train(inputs, killed, launcher=killed_at_step, KD_KILL_AT="9")
     assert out.returncode == -9, out.stderr[-2000:]
     out = kdengine("train", "--resume", str(killed))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
