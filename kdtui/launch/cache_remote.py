@@ -5,12 +5,10 @@ it only when a job goes to a host)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from typing import Any
 
 from kdengine.config import RunConfig
-from kdtui.launch.base import config_differences
 from kdtui.launch.cache_job import (
     CACHE_JOB,
     CacheOptions,
@@ -20,7 +18,7 @@ from kdtui.launch.cache_job import (
     stamp_cache_name,
 )
 from kdtui.launch.remote import RemoteLauncher
-from kdtui.remote.stages import RemotePlan, StageFailed, StageRunner, refusal_line
+from kdtui.remote.stages import RemotePlan, StageRunner
 
 
 @dataclass(frozen=True)
@@ -55,28 +53,15 @@ class CacheStageRunner(StageRunner):
     """The run's stages; the check compares the job's fields only (a cache job echoes a config
     with no student, steps or run name of its own)."""
 
-    async def check(self) -> dict[str, Any]:
-        from kdtui.remote.connect import run_command
-        from kdtui.remote.stages import TAIL_LINES
+    checked = "the cache job"
+    checked_config = "the job's config"
 
-        async def body(started: float):
-            sink = self.line_sink("check", started)
-            command = self.plan.check()
-            sink(f"$ {command.text}")
-            result = await run_command(self.conn, command, sink, timeout=3600)
-            if result.exit_status != 0:
-                why = refusal_line(result.stderr_lines) or f"exit status {result.exit_status}"
-                raise StageFailed(f"the engine on {self.plan.host.alias} refused the cache "
-                                  f"job: {why}", result.stderr_lines[-TAIL_LINES:])
-            try:
-                echoed = json.loads(result.stdout)["config"]
-            except (ValueError, KeyError, TypeError):  # the cache there is complete already
-                return "done", (result.stdout.strip().splitlines() or ["accepted"])[-1], {}
-            diffs = config_differences(job_values(self.plan.config), echoed)
-            if diffs:
-                raise StageFailed("the engine would not run what was asked: " + "; ".join(diffs))
-            return "done", "arguments accepted; the job's config matches", echoed
-        return await self.stage("check", body)
+    def asked_config(self) -> dict[str, Any]:
+        return job_values(self.plan.config)
+
+    def without_config(self, stdout: str) -> tuple[str, str, dict[str, Any]]:
+        # the cache there is complete already: the engine says so instead of a config
+        return "done", (stdout.strip().splitlines() or ["accepted"])[-1], {}
 
 
 class RemoteCacheLauncher(RemoteLauncher):

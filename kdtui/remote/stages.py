@@ -404,6 +404,19 @@ class StageRunner:
             return "done", f"kdengine {answer.get('kdengine')} in {self.plan.env_dir}"
         await self.stage("sync", body)
 
+    # what the check stage says of the engine's job (a teacher-cache job's runner changes them)
+    checked = "the run"
+    checked_config = "the effective config"
+
+    def asked_config(self) -> dict[str, Any]:
+        """The config the engine's --check must echo back."""
+        return self.plan.config.to_dict()
+
+    def without_config(self, stdout: str) -> tuple[str, str, dict[str, Any]]:
+        """The check's outcome when the engine printed no config JSON."""
+        raise StageFailed("`kdengine train --check` printed no config JSON: the remote engine "
+                          "is too old for this kdtui")
+
     async def check(self) -> dict[str, Any]:
         async def body(started: float):
             sink = self.line_sink("check", started)
@@ -414,17 +427,16 @@ class StageRunner:
             result = await run_command(self.conn, command, sink, timeout=3600)
             if result.exit_status != 0:
                 why = refusal_line(result.stderr_lines) or f"exit status {result.exit_status}"
-                raise StageFailed(f"the engine on {self.plan.host.alias} refused the run: {why}",
-                                  result.stderr_lines[-TAIL_LINES:])
+                raise StageFailed(f"the engine on {self.plan.host.alias} refused {self.checked}: "
+                                  f"{why}", result.stderr_lines[-TAIL_LINES:])
             try:
                 echoed = json.loads(result.stdout)["config"]
             except (ValueError, KeyError, TypeError):
-                raise StageFailed("`kdengine train --check` printed no config JSON: the remote "
-                                  "engine is too old for this kdtui") from None
-            diffs = config_differences(self.plan.config.to_dict(), echoed)
+                return self.without_config(result.stdout)
+            diffs = config_differences(self.asked_config(), echoed)
             if diffs:
                 raise StageFailed("the engine would not run what was asked: " + "; ".join(diffs))
-            return "done", "arguments accepted; the effective config matches", echoed
+            return "done", f"arguments accepted; {self.checked_config} matches", echoed
         return await self.stage("check", body)
 
     async def models(self) -> None:
