@@ -27,6 +27,7 @@ DEMO_DATA = "demo://python-stdlib"
 LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TEACHER_DTYPES = ("auto", "float8")
 TRAIN_ON = ("completion", "all")  # kdengine.data.encode
 ON_LONG = ("truncate", "drop")  # kdengine.data.packing
 ON_BAD_FILE = ("fail", "skip")  # kdengine.data.store, kdengine.data
@@ -237,6 +238,10 @@ FIELDS: tuple[Field, ...] = (
           pattern=_DEVICE_RE, pattern_hint="auto, cpu, cuda, cuda:N or mps"),
     Field("dtype", str, "auto", "Compute dtype (auto: bfloat16 on CUDA, float32 elsewhere)",
           "run", choices=DTYPES),
+    Field("teacher_dtype", str, "auto", "The frozen teacher's linear layers: auto (the compute "
+          "dtype) or float8 (rowwise-scaled e4m3 weights and FP8 matmuls: about half the "
+          "teacher's memory and a faster forward on H100/H200-class GPUs; docs/performance.md "
+          "has the measured drift)", "run", choices=TEACHER_DTYPES),
     Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>); letters, digits, . _ -",
           "run", pattern=re.compile(r"^$|" + _RUN_NAME_RE.pattern),
           pattern_hint="letters, digits, '.', '_' and '-' (up to 128, not starting with . _ -)"),
@@ -293,6 +298,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    teacher_dtype: str = "auto"
     run_name: str = ""
     run_dir: str = ""
     allow_same_teacher_student: bool = False
@@ -362,6 +368,9 @@ class RunConfig:
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError("warmup_steps", f"must be below steps ({self.steps}) "
                               f"(got {self.warmup_steps})")
+        if self.teacher_dtype == "float8" and self.teacher_cache:
+            raise ConfigError("teacher_dtype", "float8 is for a live teacher; a run from a "
+                              "teacher cache computes no teacher forward: leave it auto")
         if self.samples_completions and self.max_new_tokens >= self.seq_len:
             raise ConfigError("max_new_tokens", f"must be below seq_len ({self.seq_len}) so a "
                               f"prompt keeps a token (got {self.max_new_tokens}): lower it or "

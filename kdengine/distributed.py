@@ -251,6 +251,12 @@ class Dist:
         # the teacher is loaded in the run's compute dtype (kdengine.loading.load_teacher)
         self.compute_dtype = next(module.parameters()).dtype
         self._teacher = module
+        if getattr(module, "fp8", False):
+            # FSDP2 does not shard e4m3 weights with their scales; an FP8 teacher is half the
+            # size of its bf16 self, so it is replicated
+            if mode == "sharded":
+                raise ValueError("a float8 teacher is replicated on every GPU, not sharded")
+            mode = "replicated"
         if mode == "auto":
             size = sum(p.numel() * p.element_size() for p in module.parameters())
             mode = "replicated"

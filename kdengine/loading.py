@@ -26,7 +26,7 @@ from kdengine.data import (
 )
 from kdengine.data.examples import ExampleData, load_examples
 from kdengine.data.formats import is_example_data, parse_fields
-from kdengine.diskspace import DiskFull, is_disk_full
+from kdengine.diskspace import DiskFull, human, is_disk_full
 from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
 from kdengine.preflight import check_vocab
 from kdengine.providers import ModelStudent, ModelTeacher
@@ -53,8 +53,30 @@ def load_teacher(config: RunConfig, device: torch.device, dtype: torch.dtype, lo
         tokenizer = load_tokenizer(path, "teacher")
     model = _load_model(path, "teacher", dtype, device)
     teacher = ModelTeacher(model)
+    if config.teacher_dtype == "float8":
+        _to_fp8(model, device, log)
     teacher.source_dir = path  # type: ignore[attr-defined]
     return teacher, tokenizer
+
+
+def _to_fp8(model: Any, device: torch.device, log: Any) -> None:
+    """The teacher's block projections in rowwise-scaled e4m3 (kdengine.models.fp8)."""
+    from kdengine.models.fp8 import fp8_supported, quantize_teacher
+
+    if not fp8_supported(device):
+        where = (f"{torch.cuda.get_device_name(device)} (compute capability "
+                 f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+                 if device.type == "cuda" else device.type)
+        raise ConfigError("teacher_dtype", f"float8 needs FP8 matmuls (a GPU of compute "
+                          f"capability 8.9 or later: L4, L40S, RTX 40xx, H100, H200); {where} "
+                          "has none: use teacher_dtype auto")
+    before = sum(t.numel() * t.element_size() for t in model.parameters())
+    layers = quantize_teacher(model)
+    after = sum(t.numel() * t.element_size() for t in model.parameters())
+    note = (" (on the CPU through torch's reference FP8 matmul: the same numbers, no speed-up)"
+            if device.type == "cpu" else "")
+    log.line(f"teacher: {layers} linear layers in float8 e4m3 (rowwise scales), weights "
+             f"{human(before)} -> {human(after)}{note}")
 
 
 def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teacher: Any,

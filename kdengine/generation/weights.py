@@ -25,7 +25,11 @@ def unwrap(model: torch.nn.Module) -> Decoder:
 def compute_twin(model: Decoder, dtype: torch.dtype, *, fuse: bool) -> Decoder:
     """A Decoder in eval mode, without gradients, whose weights are `model`'s in `dtype`. Where
     `dtype` is already the model's, the twin shares the model's tensors (no copy) unless `fuse`:
-    then q/k/v and gate/up are concatenated into one weight each (fewer matmuls per step)."""
+    then q/k/v and gate/up are concatenated into one weight each (fewer matmuls per step).
+    A teacher with FP8 weights (kdengine.models.fp8) is frozen and fused already: it is its own
+    twin."""
+    if getattr(model, "fp8", False):
+        return model.requires_grad_(False).eval()
     with torch.device("meta"):
         twin = Decoder(model.config)
     casts: dict[tuple, torch.Tensor] = {}  # tied weights stay one tensor

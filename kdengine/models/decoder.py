@@ -153,9 +153,13 @@ class Attention(nn.Module):
         self.qkv_weight: torch.Tensor | None = None
         self.qkv_bias: torch.Tensor | None = None
         self.concat_qkv = False
+        # a frozen model's fused projection as a module of its own (kdengine.models.fp8)
+        self.qkv_linear: nn.Module | None = None
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.qkv_weight is not None:
+        if self.qkv_linear is not None:
+            qkv = self.qkv_linear(x)
+        elif self.qkv_weight is not None:
             qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
         elif self.concat_qkv:
             # under torch.compile the concatenation fuses with autocast's weight cast: one
@@ -239,9 +243,12 @@ class MLP(nn.Module):
         self.gate_up_weight: torch.Tensor | None = None
         self.gate_up_bias: torch.Tensor | None = None
         self.concat_gate_up = False
+        self.gate_up_linear: nn.Module | None = None  # as Attention.qkv_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_weight is not None:
+        if self.gate_up_linear is not None:
+            gate, up = self.gate_up_linear(x).chunk(2, dim=-1)
+        elif self.gate_up_weight is not None:
             gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
         elif self.concat_gate_up:
             projs = (self.gate_proj, self.up_proj)
@@ -547,9 +554,9 @@ class Decoder(nn.Module):
 
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            if attn.qkv_weight is None:
+            if attn.qkv_weight is None and attn.qkv_linear is None:
                 fuse(attn, "qkv", (attn.q_proj, attn.k_proj, attn.v_proj))
-            if mlp.gate_up_weight is None:
+            if mlp.gate_up_weight is None and mlp.gate_up_linear is None:
                 fuse(mlp, "gate_up", (mlp.gate_proj, mlp.up_proj))
         return self
 

@@ -103,7 +103,8 @@ def _resolved_dtype(config: RunConfig) -> str:
     """The teacher's compute dtype as the job will run it (auto: bfloat16 on CUDA, else fp32)."""
     from kdengine.trainer import pick_device, pick_dtype
 
-    return str(pick_dtype(config, pick_device(config)))[6:]
+    dtype = str(pick_dtype(config, pick_device(config)))[6:]
+    return f"float8_e4m3+{dtype}" if config.teacher_dtype == "float8" else dtype
 
 
 @torch.no_grad()
@@ -297,8 +298,12 @@ class TeacherForward:
     def __init__(self, teacher: Any, device: torch.device) -> None:
         self.teacher, self.graphs, self.proven = teacher, False, True
         if device.type == "cuda" and os.environ.get("KDENGINE_COMPILE", "1") != "0":
+            from kdengine.compile_cache import keep_compiled_artifacts
             from kdengine.compiled import CompileOptions, compile_teacher
 
+            kept = keep_compiled_artifacts()  # the trainer's compiled teacher, shared both ways
+            if kept.warning:
+                print(f"WARNING: {kept.warning}", flush=True)
             self.graphs = compile_teacher(teacher, CompileOptions()) == "model+cudagraphs"
             self.proven = False
 

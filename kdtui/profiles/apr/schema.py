@@ -90,6 +90,7 @@ NOT_APPLIED: dict[str, str] = {
     "checkpoint_every": "apr decides itself when to save checkpoints",
     "seed": "apr distill has no seed flag",
     "dtype": "apr picks the compute dtype from each checkpoint",
+    "teacher_dtype": "apr picks the teacher's dtype from its checkpoint (no FP8 teacher flag)",
     "data_split": "apr distill has no training-data flag, so no split of it",
     "data_fields": "apr distill has no training-data flag, so no column mapping",
     "train_on": "apr distill has no training-data flag: its batch source decides what trains",

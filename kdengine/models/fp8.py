@@ -1,0 +1,151 @@
+"""FP8 weights for a frozen teacher: rowwise-scaled e4m3 linear layers (`teacher_dtype float8`).
+
+A linear layer's weight W [out, in] is kept as float8 e4m3 with one fp32 scale per output row,
+s_w = amax|W_row| / 448 (e4m3's largest finite value), so every row uses the format's whole
+range. Each activation row is quantized the same way as it enters the matmul (s_x = amax|x_row| /
+448) and `torch._scaled_mm` multiplies the e4m3 operands with fp32 accumulation, applying both
+scales in its epilogue: y = (x_q @ W_q^T) * s_x * s_w^T, in the activations' dtype.
+
+Why rowwise: one scale for a whole tensor lets a single outlier row flatten every other row
+into a few e4m3 values; per-row scales cost one fp32 number a row and nothing per element.
+Why the activation's quantization needs no pass of its own: the teacher's whole forward is one
+torch.compile graph (kdengine.compiled.compile_teacher), so Inductor folds the row amax and the
+cast into the kernel that makes the activation (the RMSNorm before q/k/v and gate/up, SwiGLU
+before down, attention's output before o). Eager (the CPU, tests) runs the same ops unfused.
+
+What stays in the compute dtype: embeddings, norms, attention itself, and the lm head (the
+logits feed the KD loss directly; docs/performance.md has the measured drift). The teacher's
+parameter count is unchanged (the e4m3 weights are frozen parameters), so FLOP counts and MFU
+count FP8 matmuls as bf16-equivalent.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
+_TINY = 1e-12  # an all-zero row gets a positive scale (and quantizes to zeros)
+
+
+def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 values, fp32 scales [..., 1]) with x ~= values * scales, one scale per row of the
+    last dimension; amax maps to 448 exactly, so nothing saturates."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(_TINY)
+    scale = amax / E4M3_MAX
+    values = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return values, scale
+
+
+def dequantize(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return values.float() * scale
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """Whether `device` multiplies e4m3 matrices natively (CUDA compute capability 8.9+: Ada,
+    Hopper and later). The CPU runs the same op through torch's reference kernel: the same
+    numbers, for tests, without the speed."""
+    if device.type != "cuda":
+        return device.type == "cpu"
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def quantizable(weight: torch.Tensor) -> bool:
+    """`torch._scaled_mm` needs both dimensions of the weight to be multiples of 16."""
+    out_features, in_features = weight.shape
+    return out_features % 16 == 0 and in_features % 16 == 0
+
+
+class Fp8Linear(nn.Module):
+    """y = x @ W^T + b with W in rowwise-scaled e4m3 (frozen) and x quantized per row on the fly.
+
+    `weight` is an e4m3 parameter that takes no gradient (the teacher is frozen), `weight_scale`
+    [1, out] its per-row scales laid out as `_scaled_mm` takes them; the bias (if any) stays in
+    the compute dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not quantizable(weight):
+            raise ValueError(f"an FP8 weight needs both dimensions divisible by 16, not "
+                             f"{tuple(weight.shape)}")
+        values, scale = quantize_rowwise(weight.detach())
+        self.weight = nn.Parameter(values, requires_grad=False)
+        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())
+        self.bias = (nn.Parameter(bias.detach().clone(), requires_grad=False)
+                     if bias is not None else None)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        count = rows.shape[0]
+        if count % 16:  # some FP8 GEMM kernels want 16-aligned rows (decode steps): zero rows
+            rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
+        values, scale = quantize_rowwise(rows)
+        out = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
+                               out_dtype=x.dtype, use_fast_accum=True)[:count]
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        # `.to(dtype)`, `.half()` and the like cast every floating tensor: the e4m3 values come
+        # back exactly (any 16/32-bit float holds every e4m3 number), the fp32 scales are kept
+        # as they were (a bf16 scale would move each row by up to 0.4%)
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight.dtype != E4M3:
+            self.weight.data = self.weight.data.to(E4M3)
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = scale.to(self.weight_scale.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, e4m3 rowwise")
+
+
+def reference_linear(x: torch.Tensor, layer: Fp8Linear) -> torch.Tensor:
+    """What `layer` computes, written out in fp32 from the dequantized operands (tests)."""
+    values, scale = quantize_rowwise(x.reshape(-1, x.shape[-1]))
+    w = dequantize(layer.weight, layer.weight_scale.reshape(-1, 1))
+    out = dequantize(values, scale) @ w.T
+    if layer.bias is not None:
+        out = out + layer.bias.float()
+    return out.reshape(*x.shape[:-1], layer.out_features)
+
+
+@torch.no_grad()
+def quantize_teacher(model: nn.Module) -> int:
+    """Replace a frozen Decoder's block projections by `Fp8Linear`s, in place; returns how many.
+
+    q/k/v and gate/up are fused first (Decoder.fuse_for_inference: one FP8 matmul each). The
+    compute-dtype copies are released, so the teacher's weights take about half the memory. The
+    model is inference-only afterwards: its state_dict no longer has the HF layout."""
+    model.fuse_for_inference()
+    count = 0
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if attn.qkv_weight is not None and quantizable(attn.qkv_weight):
+            attn.qkv_linear = Fp8Linear(attn.qkv_weight, attn.qkv_bias)
+            attn.qkv_weight = attn.qkv_bias = None
+            attn.q_proj = attn.k_proj = attn.v_proj = None  # views of the fused copy: freed
+            count += 1
+        if mlp.gate_up_weight is not None and quantizable(mlp.gate_up_weight):
+            mlp.gate_up_linear = Fp8Linear(mlp.gate_up_weight, mlp.gate_up_bias)
+            mlp.gate_up_weight = mlp.gate_up_bias = None
+            mlp.gate_proj = mlp.up_proj = None
+            count += 1
+        for owner, name in ((attn, "o_proj"), (mlp, "down_proj")):
+            linear = getattr(owner, name)
+            if isinstance(linear, nn.Linear) and quantizable(linear.weight):
+                setattr(owner, name, Fp8Linear(linear.weight, linear.bias))
+                count += 1
+    model.fp8 = True
+    return count
+
+
+def is_fp8(model: nn.Module) -> bool:
+    return bool(getattr(model, "fp8", False))

@@ -1,0 +1,128 @@
+"""The FP8 teacher (kdengine.models.fp8): the quantization math on the CPU, the quantized
+teacher against its full-precision self, and a real run with `--teacher-dtype float8`. The GPU
+side (torch._scaled_mm on an H200, under torch.compile) is checked by benchmarks/kd_pairs.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import pytest
+import torch
+
+from kdengine.config import ConfigError, RunConfig
+from kdengine.events import read_events
+from kdengine.models import Decoder, DecoderConfig
+from kdengine.models.fp8 import (
+    E4M3,
+    E4M3_MAX,
+    Fp8Linear,
+    dequantize,
+    quantize_rowwise,
+    quantize_teacher,
+    reference_linear,
+)
+
+# e4m3 keeps 3 mantissa bits: a value in the normal range rounds to within 2^-4 of itself
+E4M3_REL = 2.0 ** -4
+
+
+def test_rowwise_quantization_maps_each_rows_amax_to_448_and_rounds_within_e4m3_precision():
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(0))
+    x[3] *= 1000.0  # an outlier row does not flatten the others: each row has its own scale
+    x[5] = 0.0  # and an all-zero row stays zero
+    values, scale = quantize_rowwise(x)
+    assert values.dtype == E4M3 and scale.dtype == torch.float32 and scale.shape == (64, 1)
+    assert torch.equal(values.float().abs().amax(dim=1)[x.abs().amax(dim=1) > 0],
+                       torch.full((63,), E4M3_MAX))
+    back = dequantize(values, scale)
+    assert torch.equal(back[5], torch.zeros(96))
+    normal = x.abs() >= scale * 2.0 ** -6  # e4m3's smallest normal, in each row's units
+    rel = ((back - x).abs() / x.abs().clamp_min(1e-30))[normal]
+    assert rel.max() <= E4M3_REL + 1e-6
+    # below the normal range the error is at most half of the smallest subnormal step
+    assert ((back - x).abs()[~normal] <= (scale * 2.0 ** -10).expand_as(x)[~normal]).all()
+
+
+def test_fp8_linear_computes_the_dequantized_product_and_stays_near_the_full_precision_one():
+    gen = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(48, 64, generator=gen), torch.randn(48, generator=gen)
+    layer = Fp8Linear(weight, bias)
+    assert layer.weight.dtype == E4M3 and not layer.weight.requires_grad
+    x = torch.randn(2, 13, 64, generator=gen)  # 26 rows: not a multiple of 16 (padded inside)
+    out = layer(x)
+    assert out.shape == (2, 13, 48) and out.dtype == torch.float32
+    torch.testing.assert_close(out, reference_linear(x, layer), rtol=1e-5, atol=1e-4)
+    exact = x @ weight.T + bias
+    assert (out - exact).norm() / exact.norm() < 0.05  # two e4m3 roundings, 64 terms a dot
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Fp8Linear(torch.randn(40, 64))
+
+
+def test_casting_the_model_keeps_e4m3_weights_and_fp32_scales():
+    layer = Fp8Linear(torch.randn(32, 32))
+    values, scale = layer.weight.clone(), layer.weight_scale.clone()
+    layer.to(torch.bfloat16)
+    assert layer.weight.dtype == E4M3 and torch.equal(layer.weight.float(), values.float())
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, scale)
+    assert layer(torch.randn(16, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def _peaked_decoder() -> Decoder:
+    config = DecoderConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           attention_bias=True, tie_word_embeddings=True)
+    model = Decoder(config)
+    model.init_weights(torch.Generator().manual_seed(3), std=0.1)  # logits far from uniform
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    return model.requires_grad_(False).eval()
+
+
+def test_a_quantized_teacher_keeps_its_distribution_its_parameter_count_and_halves_its_weights():
+    full = _peaked_decoder()
+    fp8 = copy.deepcopy(full)
+    params = sum(p.numel() for p in fp8.parameters())
+    assert quantize_teacher(fp8) == 2 * 4  # q/k/v, o, gate/up, down in each block
+    assert sum(p.numel() for p in fp8.parameters()) == params  # MFU counts stay bf16-equivalent
+    assert not any(isinstance(m, torch.nn.Linear) for m in fp8.model.layers.modules())
+    ids = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        p_full = full.logits(ids).float().log_softmax(-1)
+        p_fp8 = fp8.logits(ids).float().log_softmax(-1)
+    kl = (p_full.exp() * (p_full - p_fp8)).sum(-1).mean()
+    spread = (p_full.exp() * -p_full).sum(-1).mean()  # the teacher's own entropy, for scale
+    assert kl < 0.01 * spread, (kl, spread)
+
+
+def test_a_quantized_teacher_generates(tmp_path):
+    from kdengine.generation import SamplingConfig, generate
+
+    teacher = _peaked_decoder()
+    quantize_teacher(teacher)
+    prompts = [torch.tensor([5, 6, 7]), torch.tensor([9, 10])]
+    out = generate(teacher, prompts, SamplingConfig(max_new_tokens=4, temperature=0.0))
+    first = teacher.logits(torch.tensor([[5, 6, 7]]))[0, -1].argmax()
+    assert out.tokens.shape == (2, 4) and int(out.tokens[0, 0]) == int(first)
+
+
+def test_a_run_with_a_float8_teacher_trains_and_passes(tmp_path, tiny_run_inputs, tiny_args,
+                                                       engine_cmd):
+    run_dir = tmp_path / "run"
+    done = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir,
+                                                   teacher_dtype="float8", steps=10,
+                                                   checkpoint_every=0)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "linear layers in float8 e4m3" in done.stdout
+    verdict = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "verdict"][-1]
+    assert verdict["status"] == "pass"
+    assert json.loads((run_dir / "config.json").read_text())["teacher_dtype"] == "float8"
+
+
+def test_float8_with_a_teacher_cache_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="teacher_dtype.*live teacher"):
+        RunConfig(teacher_cache="/x", student="s", data="d", teacher_dtype="float8").validate()
