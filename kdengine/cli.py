@@ -28,6 +28,11 @@ from kdengine.config import (
 from kdengine.stop import catch_early
 from kdengine.usage import EXIT_USAGE, PROG, OneLineParser, UsageError
 
+# The engine process's start, which the first step event's startup_s counts from
+# (kdengine.trainer): taken as this module loads, before torch (the interpreter's own start and
+# these light imports, under 0.1 s, come before it)
+STARTED = time.monotonic()
+
 
 def build_train_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"{PROG} train", allow_abbrev=False,
@@ -162,7 +167,7 @@ def cmd_train(argv: list[str]) -> int:
         (run_dir / "config.json").write_text(config.to_json())
     from kdengine.trainer import run
 
-    result = run(config, run_dir, resume=bool(args.resume))
+    result = run(config, run_dir, resume=bool(args.resume), started=STARTED)
     if result.status == "failed":  # the details and the traceback are in launch.log
         reason = result.error.strip().splitlines()[0] if result.error.strip() else "error"
         print(f"{PROG} train: error: [{result.stage}] failed: {reason} (traceback in "

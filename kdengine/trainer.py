@@ -34,6 +34,7 @@ from kdengine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kdengine.compile_cache import cache_lookups, describe_lookups, keep_compiled_artifacts
 from kdengine.compiled import (
     CompileOptions,
     compile_decoder_layers,
@@ -127,7 +128,7 @@ class KDTrainer:
                  stop: StopSignals | None = None, chunk_tokens: int = 2048,
                  dist: Dist | None = None, compile_models: bool | None = None,
                  compile_options: CompileOptions | None = None,
-                 rollout: Rollout | None = None) -> None:
+                 rollout: Rollout | None = None, started: float | None = None) -> None:
         self.config, self.teacher, self.student, self.log = config, teacher, student, log
         self.dist = dist or Dist()  # torchrun: this rank's rows, global loss normalizer
         self.dist.check_batch(config.batch_size)
@@ -143,6 +144,17 @@ class KDTrainer:
         self.compile = device.type == "cuda" if compile_models is None else compile_models
         self.compile_options = compile_options or CompileOptions()
         self._teacher_graphs = False
+        # compiled artifacts kept in the engine's cache dir for the next run of these shapes
+        # (kdengine.compile_cache): pointed there before the first forward compiles anything
+        self.compile_cache = None
+        if self.compile or device.type == "cuda":
+            self.compile_cache = keep_compiled_artifacts()
+            if self.compile_cache.warning:
+                log.message("warning", self.compile_cache.warning)
+        # the first step event's startup_s counts from the engine process's start (the CLI's
+        # clock, time.monotonic), else from this trainer's
+        self.started = time.monotonic() if started is None else started
+        self.startup_s: float | None = None
         if self.compile:
             opts = self.compile_options
             if self.dist.teacher_placement == "sharded":  # FSDP2 groups: block by block
@@ -417,6 +429,22 @@ class KDTrainer:
             self.last_sampled = sampled
         return metrics
 
+    def _startup(self) -> dict[str, Any]:
+        """The first step's `startup_s` (process start to this step's end: imports, loading,
+        the step-0 eval and compiling included) and the compile cache's lookups, for its step
+        event; the same in words in the log."""
+        self.startup_s = time.monotonic() - self.started
+        fields: dict[str, Any] = {"startup_s": round(self.startup_s, 3)}
+        if self.compile_cache is None:
+            how = "eager: nothing compiled"
+        else:
+            fields.update(cache_lookups())
+            hits, misses = fields["compile_cache_hits"], fields["compile_cache_misses"]
+            how = (f"compile cache {describe_lookups(hits, misses)}: {hits} of {hits + misses} "
+                   f"lookups hit, {self.compile_cache.where()}")
+        self.log.line(f"first step {self.startup_s:.1f} s after start ({how})")
+        return fields
+
     # fp16: halving from 2^16, 30 overflows in a row reach 2^-14, where no gradient of a
     # working model overflows any more
     MAX_OVERFLOWS_IN_A_ROW = 30
@@ -473,7 +501,10 @@ class KDTrainer:
             self.last_sampled = None
             metrics = self.train_step()
             step = self.step
-            if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
+            first = self.startup_s is None  # this process's first step (a resume's too)
+            if first:
+                metrics.update(self._startup())
+            if step % cfg.log_every == 0 or step == cfg.steps or step == 1 or first:
                 gauges = self.gauges.read(metrics["tokens_per_s"])
                 self.log.emit(ev.STEP, **metrics, **gauges, total_steps=cfg.steps)
                 split = (f" gen={metrics['gen_s']:.2f}s teacher={metrics['teacher_s']:.2f}s "
@@ -505,10 +536,14 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
-    """Run every stage, writing events and launch.log into `run_dir` (which must exist)."""
+def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
+        started: float | None = None) -> RunResult:
+    """Run every stage, writing events and launch.log into `run_dir` (which must exist).
+    `started`: the engine process's start (time.monotonic), which the first step's startup_s
+    counts from (default: this call)."""
     from kdengine.loading import load_data, load_student, load_teacher
 
+    started = time.monotonic() if started is None else started
     dist = from_env(config.device)  # torchrun (WORLD_SIZE > 1): data parallel, FSDP2 student
     log = dist.run_log(run_dir)  # rank 0 writes events; other ranks only their errors
     stop = dist.agreed_stop(StopSignals())
@@ -576,7 +611,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
                 rollout = make_rollout(config, splits, tokenizer, teacher, student, device,
                                        dtype)
             trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop,
-                                dist=dist, rollout=rollout)
+                                dist=dist, rollout=rollout, started=started)
             if ckpt is not None and (dist.enabled or is_sharded_checkpoint(ckpt)):
                 dist.load_checkpoint(ckpt, trainer)  # DCP shards
             elif ckpt is not None:
