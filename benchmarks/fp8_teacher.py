@@ -1,0 +1,206 @@
+"""The FP8 teacher on a GPU: is it right, how far does it drift, how much faster is it.
+
+1. check: `Fp8Linear` (torch._scaled_mm, rowwise e4m3) against the same product written out in
+   fp32 from the dequantized operands, and against the bf16 linear, on each teacher's block
+   shapes at 8192 rows; eager and compiled.
+2. drift on real text: the demo teacher (trained on the Python stdlib, kdengine.demo) in bf16
+   against its FP8 self, both compiled as a run compiles them, on held-out stdlib text: mean
+   per-token KL(bf16 || FP8), held-out CE of each, top-1 agreement; and, for scale, the same
+   numbers for fp32 against bf16.
+3. speed: each pair's teacher (public config, random weights) forward at 4 x 2048 tokens, fused
+   and compiled whole as `kdengine train` runs it, in bf16 and in FP8: median ms, tokens/s,
+   speed-up, peak memory, and the KL between the two (random weights: near-uniform
+   distributions, so that KL is a lower bound of what a trained model shows).
+
+    python3 benchmarks/fp8_teacher.py --out DIR [--teachers Qwen2.5-1.5B,Llama-3.2-3B,Qwen3-4B]
+
+Prints one JSON line per measurement and writes DIR/fp8_teacher.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pairs import MODELS  # noqa: E402
+
+from kdengine.models import Decoder, DecoderConfig  # noqa: E402
+from kdengine.models.fp8 import Fp8Linear, quantize_teacher, reference_linear  # noqa: E402
+
+RESULTS: list[dict] = []
+
+
+def emit(**row) -> None:
+    RESULTS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def timed(fn, steps: int = 10, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def check_ops(names: list[str], device: torch.device) -> None:
+    gen = torch.Generator(device=device).manual_seed(0)
+    for name in names:
+        cfg = MODELS[name]
+        h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+        hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+        qkv = (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * hd
+        shapes = {"qkv": (qkv, h), "o": (h, cfg["num_attention_heads"] * hd),
+                  "gate_up": (2 * inter, h), "down": (h, inter)}
+        for part, (out_f, in_f) in shapes.items():
+            w = torch.randn(out_f, in_f, device=device, generator=gen, dtype=torch.bfloat16) * 0.02
+            x = torch.randn(8192, in_f, device=device, generator=gen, dtype=torch.bfloat16)
+            layer = Fp8Linear(w)
+            eager = layer(x)
+            compiled = torch.compile(layer)(x)  # compiled: the quantization fused
+            ref = reference_linear(x, layer)
+            bf16 = F.linear(x, w)
+            t_bf16 = statistics.median(timed(lambda x=x, w=w: F.linear(x, w)))
+            fn = torch.compile(layer)
+            t_fp8 = statistics.median(timed(lambda fn=fn, x=x: fn(x)))
+            flops = 2 * 8192 * out_f * in_f
+            emit(phase="check", model=name, part=part, shape=[8192, in_f, out_f],
+                 err_vs_dequantized=rel(eager, ref), err_compiled_vs_eager=rel(compiled, eager),
+                 err_vs_bf16=rel(eager, bf16), bf16_tflops=flops / t_bf16 / 1e12,
+                 fp8_tflops_with_quant=flops / t_fp8 / 1e12, speedup=t_bf16 / t_fp8,
+                 ok=rel(eager, ref) < 2e-2 and rel(compiled, eager) < 2e-2)
+
+
+def kl_stats(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    lp, lq = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return {"kl_mean": float(kl.mean()), "kl_p99": float(kl.flatten().quantile(0.99)),
+            "ce_p": float(F.cross_entropy(lp[:, :-1].flatten(0, 1), labels.flatten())),
+            "ce_q": float(F.cross_entropy(lq[:, :-1].flatten(0, 1), labels.flatten())),
+            "top1_agree": float((lp.argmax(-1) == lq.argmax(-1)).float().mean())}
+
+
+@torch.inference_mode()
+def drift_on_real_text(device: torch.device) -> None:
+    from kdengine import demo
+    from kdengine.data import ByteTokenizer, demo_documents, split_documents
+
+    tok = ByteTokenizer()
+    splits = split_documents(demo_documents(), tok.encode_tensor, tok.eos_id, 0.05, 512)
+    rows = splits.val[: 64 * 512].view(64, 512).to(device)
+    base = demo.load_teacher_model().requires_grad_(False).eval()
+    fp32 = copy.deepcopy(base).to(device)
+    bf16 = copy.deepcopy(base).to(device, torch.bfloat16).fuse_for_inference()
+    fp8 = copy.deepcopy(base).to(device, torch.bfloat16)
+    quantize_teacher(fp8)
+    logits = {}
+    for name, model in (("fp32", fp32), ("bf16", bf16), ("fp8", fp8)):
+        if name != "fp32":
+            model.compile()
+        logits[name] = model.lm_head(model(rows)).float()
+    labels = rows[:, 1:]
+    emit(phase="drift", text="held-out Python stdlib (the demo teacher's own split)",
+         tokens=rows.numel(), bf16_vs_fp8=kl_stats(logits["bf16"], logits["fp8"], labels),
+         fp32_vs_bf16=kl_stats(logits["fp32"], logits["bf16"], labels))
+
+
+@torch.inference_mode()
+def teacher_speed(names: list[str], device: torch.device, steps: int) -> None:
+    for name in names:
+        config = DecoderConfig(**{k: v for k, v in MODELS[name].items() if k != "model_type"})
+        with torch.device(device):
+            model = Decoder(config).to(torch.bfloat16)
+        gen = torch.Generator(device=device).manual_seed(1)
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif pname.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        model.requires_grad_(False).eval()
+        ids = torch.randint(0, config.vocab_size, (4, 2048), device=device, generator=gen)
+        out = {}
+        for variant in ("bf16", "fp8"):
+            m = copy.deepcopy(model) if variant == "bf16" else model
+            if variant == "fp8":
+                quantize_teacher(m)
+            else:
+                m.fuse_for_inference()
+            m.compile()
+            torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            m(ids)
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - start
+            times = timed(lambda m=m, ids=ids: m(ids), steps)
+            hidden = m(ids)
+            out[variant] = {"ms": 1e3 * statistics.median(times), "compile_s": compile_s,
+                            "tokens_per_s": ids.numel() / statistics.median(times),
+                            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                            "logits": (hidden[:, -256:] @ m.lm_head_weight.T).float()}
+            if variant == "bf16":
+                del m
+                torch.cuda.empty_cache()
+        labels = ids[:, -255:]
+        drift = kl_stats(out["bf16"].pop("logits"), out["fp8"].pop("logits"), labels)
+        emit(phase="speed", model=name, tokens=ids.numel(), bf16=out["bf16"], fp8=out["fp8"],
+             speedup=out["bf16"]["ms"] / out["fp8"]["ms"], drift_random_weights=drift)
+        del model
+        torch.cuda.empty_cache()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--teachers", default="Qwen2.5-1.5B,Llama-3.2-3B,Qwen3-4B")
+    parser.add_argument("--phases", default="check,drift,speed")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    names = [n for n in args.teachers.split(",") if n]
+    phases = args.phases.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    emit(phase="env", torch=torch.__version__, gpu=torch.cuda.get_device_name(device))
+    status = 0
+    for phase, fn in (("check", lambda: check_ops(names, device)),
+                      ("drift", lambda: drift_on_real_text(device)),
+                      ("speed", lambda: teacher_speed(names, device, args.steps))):
+        if phase not in phases:
+            continue
+        start = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - one failing phase must not hide the others
+            emit(phase=phase, error=f"{type(exc).__name__}: {exc}"[-2000:])
+            status = 1
+        print(f"# {phase}: {time.perf_counter() - start:.1f}s", flush=True)
+    (args.out / "fp8_teacher.json").write_text(json.dumps(RESULTS, indent=1) + "\n")
+    if any(r.get("phase") == "check" and not r.get("ok", True) for r in RESULTS):
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
