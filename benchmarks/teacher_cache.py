@@ -29,12 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-QWEN3_COMMON = dict(rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, qk_norm=True,
-                    head_dim=128, model_type="qwen3", max_position_embeddings=40960)
-QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728,
-                num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8)
-QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-                  num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8)
+from pairs import QWEN3_0_6B, QWEN3_4B, QWEN3_COMMON  # noqa: E402 - benchmarks/pairs.py
+
 TINY_TEACHER = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=32)
 TINY_STUDENT = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
