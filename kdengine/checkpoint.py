@@ -6,7 +6,9 @@ A checkpoint is written into a temporary directory, fsynced, and renamed into pl
 at any moment (kill -9 included) leaves the previous checkpoint whole; `latest_checkpoint` only
 ever returns complete ones, and the next save sweeps away what a killed writer left. A write that
 fails (a full disk above all) removes its temporary directory and raises; a full disk is
-`DiskFull`, one line with the directory, the bytes needed and free.
+`DiskFull`, one line with the directory, the bytes needed and free. `write_checkpoint` is that
+write, for the synchronous `save_checkpoint` and the trainer's background writer alike
+(kdengine.checkpoint_writer).
 """
 
 from __future__ import annotations
@@ -33,12 +35,25 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module,
                     trainer_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
+    """Write the checkpoint of `step` now, the caller waiting (the trainer's background writer,
+    kdengine.checkpoint_writer, snapshots the same state and writes it with `write_checkpoint`)."""
+    return write_checkpoint(run_dir, step, host_weights(module), trainer_state, meta, keep)
+
+
+def host_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's weights by name, on the host (CPU tensors are the live ones, not copies)."""
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def write_checkpoint(run_dir: Path, step: int, state: dict[str, torch.Tensor],
+                     trainer_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
+    """Write host tensors (`state`: the student's weights by name) as the checkpoint of `step`:
+    temporary directory, meta.json last, fsync, rename, prune to the newest `keep`."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(".tmp-*"):  # left by a writer that was killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     _dedupe_shared(state)
     try:
         tmp.mkdir(parents=True)

@@ -31,9 +31,9 @@ from kdengine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
+from kdengine.checkpoint_writer import CheckpointWriter, WrittenCheckpoint
 from kdengine.compile_cache import cache_lookups, describe_lookups, keep_compiled_artifacts
 from kdengine.compiled import (
     CompileOptions,
@@ -204,6 +204,8 @@ class KDTrainer:
         # memory, utilization, power, MFU in step events (kdengine.gauges)
         self.gauges = Gauges.for_run(device, dtype, student.module, teacher, config.seq_len,
                                      self.dist.world_size)
+        # one process: checkpoints snapshotted to host and written in the background
+        self.checkpoints = CheckpointWriter(log.run_dir)
 
     def _autocast(self):
         """bf16/fp16 compute over fp32 master weights; fp32 runs need no autocast."""
@@ -382,6 +384,7 @@ class KDTrainer:
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         lr = self.optimizer.param_groups[0]["lr"]
         fused = self._fused_update
+        self.checkpoints.before_update()  # the last checkpoint's copies done (a GPU-side wait)
         if fused:
             # fused AdamW (CUDA): the clip factor and the non-finite guard ride in the update
             # kernel, so the update is queued before the host waits for anything
@@ -482,22 +485,49 @@ class KDTrainer:
             self.scaler.load_state_dict(state["scaler"])
 
     def checkpoint(self) -> Path:
-        if self.dist.enabled:  # DCP shards, renamed into place by rank 0
+        """Save this step's checkpoint; one process writes it in the background (its event comes
+        once it is on disk: `report_checkpoints`)."""
+        if self.dist.enabled:  # DCP shards, renamed into place by rank 0: written synchronously,
+            # every rank in step (kdengine.distributed), not by the background writer
+            start = time.perf_counter()
             path = self.dist.save_checkpoint(self)
-        else:
-            path = save_checkpoint(self.log.run_dir, self.step, self.student.module, self.state(),
-                                   {"config": self.config.to_dict()})
-        self.log.emit(ev.CHECKPOINT, step=self.step, path=str(path))
-        self.log.line(f"checkpoint saved at step {self.step}: {path}")
+            took = time.perf_counter() - start
+            self._checkpoint_written(WrittenCheckpoint(self.step, path, took, took))
+            return path
+        path = self.checkpoints.save(self.step, self.student.module, self.state(),
+                                     {"config": self.config.to_dict()})
+        self.report_checkpoints()
         return path
 
+    def report_checkpoints(self, *, wait: bool = False) -> None:
+        """The event of each checkpoint now complete on disk; a failed background write (a full
+        disk: DiskFull) raises here and fails the run as a failed save always has."""
+        for written in self.checkpoints.finished(wait=wait):
+            self._checkpoint_written(written)
+
+    def _checkpoint_written(self, written: WrittenCheckpoint) -> None:
+        self.log.emit(ev.CHECKPOINT, step=written.step, path=str(written.path),
+                      stall_s=round(written.stall_s, 4), write_s=round(written.write_s, 4))
+        self.log.line(f"checkpoint saved at step {written.step}: {written.path} (training held "
+                      f"{written.stall_s:.2f} s, written in {written.write_s:.2f} s)")
+
     def run(self, *, evaluate_start: bool = True) -> None:
-        """Train from self.step to config.steps with evals, step events and checkpoints."""
+        """Train from self.step to config.steps with evals, step events and checkpoints; returns
+        (or raises) only once the last checkpoint's write has ended."""
+        try:
+            self._train_loop(evaluate_start)
+        finally:
+            # also on a cancel or a failure: the last checkpoint whole on disk, its event, or
+            # its write's error (which then fails the run: without it that save failed first)
+            self.report_checkpoints(wait=True)
+
+    def _train_loop(self, evaluate_start: bool) -> None:
         cfg = self.config
         if evaluate_start:
             self.evaluate()
         while self.step < cfg.steps:
             self.stop.check()
+            self.report_checkpoints()  # a background write that ended: its event or its error
             self.last_sampled = None
             metrics = self.train_step()
             step = self.step
@@ -626,6 +656,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
             log.stage(stage, "running")
             trainer.evaluate()
             trainer.checkpoint()
+            # on disk before the final student is written beside it (the disk space check
+            # counts one at a time) and before the run can complete
+            trainer.report_checkpoints(wait=True)
             from kdengine.loading import save_final_student
 
             final = dist.save_final(save_final_student, config, student, run_dir, tokenizer)

@@ -128,7 +128,8 @@ def stop_left_engines(root: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
 
 
-# The engine's CLI, SIGKILLed by itself before training step KD_KILL_AT (a kill -9 mid-run)
+# The engine's CLI, SIGKILLed by itself before training step KD_KILL_AT (a kill -9 mid-run, once
+# the checkpoints saved before it are whole: the engine writes them in the background)
 KILL_BEFORE_STEP = r"""
 import os, signal, sys
 import kdengine.trainer as T
@@ -136,6 +137,7 @@ kill_at = int(os.environ["KD_KILL_AT"])
 train_step = T.KDTrainer.train_step
 def killing_step(self, batch=None):
     if self.step + 1 == kill_at:
+        self.report_checkpoints(wait=True)  # the checkpoints saved so far, whole on disk
         os.kill(os.getpid(), signal.SIGKILL)
     return train_step(self, batch)
 T.KDTrainer.train_step = killing_step

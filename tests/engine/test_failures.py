@@ -31,8 +31,8 @@ TIMEOUT = 240  # one tiny run takes seconds; generous for a loaded 2-core machin
 # step, or "final"), a file fills the run's file system up to KD_LEAVE free bytes.
 FILLING_CLI = r"""
 import os, shutil, sys
+import kdengine.checkpoint_writer as W
 import kdengine.loading as L
-import kdengine.trainer as T
 
 where, leave = os.environ["KD_FILL_BEFORE"], int(os.environ["KD_LEAVE"])
 filler = os.environ["KD_FILLER"]
@@ -45,16 +45,16 @@ def fill(run_dir):
     except OSError:
         pass
 
-save_checkpoint, save_final = T.save_checkpoint, L.save_final_student
+write_checkpoint, save_final = W.write_checkpoint, L.save_final_student
 def filling_checkpoint(run_dir, step, *args, **kwargs):
     if where == str(step):
         fill(run_dir)
-    return save_checkpoint(run_dir, step, *args, **kwargs)
+    return write_checkpoint(run_dir, step, *args, **kwargs)
 def filling_final(config, student, run_dir, tokenizer):
     if where == "final":
         fill(run_dir)
     return save_final(config, student, run_dir, tokenizer)
-T.save_checkpoint, L.save_final_student = filling_checkpoint, filling_final
+W.write_checkpoint, L.save_final_student = filling_checkpoint, filling_final
 from kdengine.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -20,7 +20,8 @@ from kdengine.models import Decoder, DecoderConfig, load_decoder, save_decoder
 
 STEPS, EVERY = 24, 8
 # A wrapper around the real CLI that SIGKILLs its own process at a chosen moment: before
-# training step KILL_AT, or halfway through writing the checkpoint of step KILL_AT.
+# training step KILL_AT (once the checkpoints saved before it, written in the background, are
+# whole), or halfway through writing the checkpoint of step KILL_AT.
 KILLER = r"""
 import os, signal, sys
 import torch
@@ -30,6 +31,7 @@ if mode == "step":
     train_step = T.KDTrainer.train_step
     def killing_step(self, batch=None):
         if self.step + 1 == kill_at:
+            self.report_checkpoints(wait=True)  # the checkpoints saved so far, whole on disk
             os.kill(os.getpid(), signal.SIGKILL)
         return train_step(self, batch)
     T.KDTrainer.train_step = killing_step

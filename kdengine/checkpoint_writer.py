@@ -1,0 +1,168 @@
+"""Checkpoints that do not stall training: snapshot the state now, write it in the background.
+
+`CheckpointWriter.save` copies every tensor of the student's weights and of the trainer's state
+to host memory and hands the copy to one background thread, which writes it exactly as a
+synchronous save does (`kdengine.checkpoint.write_checkpoint`: temporary directory, meta.json
+last, fsync, rename, prune), so a kill at any moment still leaves the last checkpoint whole and a
+resume is still exact. On CUDA the copies go into pinned host buffers (allocated at the first
+save, reused by the next ones) on a side stream: the host returns at once and the GPU goes on
+training; only the next optimizer update waits, on the GPU, for the copies (`before_update`).
+
+One write at a time: a save waits for the one before it. A write's end, or its error (a full disk
+above all: `DiskFull`), reaches the training loop through `finished()`, which it polls between
+steps and calls with `wait=True` before the run ends. KDENGINE_SYNC_CHECKPOINTS=1 writes each
+checkpoint in the save call itself, as before (no pinned copy of the whole state on the host).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdengine.checkpoint import checkpoint_dir, host_weights, write_checkpoint
+
+SYNC_ENV = "KDENGINE_SYNC_CHECKPOINTS"
+
+
+@dataclass(frozen=True)
+class WrittenCheckpoint:
+    """A checkpoint complete on disk, and what it cost."""
+
+    step: int
+    path: Path
+    stall_s: float  # the training loop held by `save` (the snapshot, a wait for the last write)
+    write_s: float  # the write: copies to host done, files written, fsynced, renamed
+
+
+class CheckpointWriter:
+    """The trainer's checkpoints, written by one background thread from host snapshots.
+
+    `write` is the function that puts a snapshot on disk (`write_checkpoint`'s signature); tests
+    pass one that blocks or fails to see the trainer's side of a slow or failing disk."""
+
+    def __init__(self, run_dir: Path, *, keep: int = 2,
+                 write: Callable[..., Path] | None = None, sync: bool | None = None) -> None:
+        self.run_dir, self.keep = Path(run_dir), keep
+        self._write = write or write_checkpoint
+        self.sync = os.environ.get(SYNC_ENV) == "1" if sync is None else sync
+        self._thread: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+        self._pending_step, self._pending_stall = 0, 0.0
+        self._written: list[WrittenCheckpoint] = []
+        self._buffers: dict[tuple, torch.Tensor] = {}  # pinned host copies, by place in the state
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._side: torch.cuda.Stream | None = None  # the side stream of the snapshot under way
+        self._copied: tuple[torch.device, torch.cuda.Event] | None = None
+
+    def save(self, step: int, module: torch.nn.Module, trainer_state: dict[str, Any],
+             meta: dict[str, Any]) -> Path:
+        """Snapshot `module`'s weights and `trainer_state` now and write them as the checkpoint of
+        `step` in the background; returns the directory it will have. Raises the error of the
+        write before it (waited for first: one write at a time)."""
+        start = time.perf_counter()
+        if self._pending is not None:
+            self._collect()
+        if self.sync:  # the escape hatch: written here, the loop waiting, as before
+            path = self._write(self.run_dir, step, host_weights(module), trainer_state, meta,
+                               keep=self.keep)
+            took = time.perf_counter() - start
+            self._written.append(WrittenCheckpoint(step, path, took, took))
+            return path
+        self._side = None
+        weights = {name: self._host_copy(t, ("weights", name), contiguous=True)
+                   for name, t in module.state_dict().items()}
+        state = self._copy_tree(trainer_state, ("state",))
+        copied = None
+        if self._side is not None:  # the GPU's copies, for the writer and the next update
+            copied = torch.cuda.Event()
+            copied.record(self._side)
+            self._copied = (self._side.device, copied)
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="kdengine-checkpoint")
+        self._pending = self._thread.submit(self._write_when_copied, copied, step, weights,
+                                            state, meta)
+        self._pending_step, self._pending_stall = step, time.perf_counter() - start
+        return checkpoint_dir(self.run_dir, step)
+
+    def before_update(self) -> None:
+        """Call before the training loop changes the saved tensors in place (the optimizer
+        update): on CUDA the GPU, not the host, waits for the last snapshot's copies."""
+        if self._copied is not None:
+            device, event = self._copied
+            torch.cuda.current_stream(device).wait_event(event)
+            self._copied = None
+
+    def finished(self, *, wait: bool = False) -> list[WrittenCheckpoint]:
+        """The checkpoints complete on disk since the last call, oldest first; `wait` waits for
+        the write under way. A failed write raises its error here (once)."""
+        if self._pending is not None and (wait or self._pending.done()):
+            self._collect()
+        written, self._written = self._written, []
+        return written
+
+    def _collect(self) -> None:
+        pending, self._pending = self._pending, None
+        path, write_s = pending.result()  # the write's own error, raised on the caller's thread
+        self._written.append(WrittenCheckpoint(self._pending_step, path, self._pending_stall,
+                                               write_s))
+
+    def _write_when_copied(self, copied: torch.cuda.Event | None, step: int,
+                           weights: dict[str, torch.Tensor], state: dict[str, Any],
+                           meta: dict[str, Any]) -> tuple[Path, float]:
+        start = time.perf_counter()
+        if copied is not None:
+            copied.synchronize()  # this thread waits for the copies to host, not the GPU
+        path = self._write(self.run_dir, step, weights, state, meta, keep=self.keep)
+        return path, time.perf_counter() - start
+
+    # ---- the snapshot ------------------------------------------------------------------------
+    def _copy_tree(self, obj: Any, where: tuple) -> Any:
+        """`obj` with every tensor copied to the host, and its containers new: the training loop
+        changes the optimizer's tensors (and its per-parameter dicts) in place before the write
+        reads them."""
+        if isinstance(obj, torch.Tensor):
+            return self._host_copy(obj, where)
+        if type(obj) in (dict, OrderedDict):
+            return type(obj)((k, self._copy_tree(v, (*where, k))) for k, v in obj.items())
+        if type(obj) in (list, tuple):
+            return type(obj)(self._copy_tree(v, (*where, i)) for i, v in enumerate(obj))
+        return copy.deepcopy(obj)
+
+    def _host_copy(self, tensor: torch.Tensor, where: tuple, contiguous: bool = False
+                   ) -> torch.Tensor:
+        tensor = tensor.detach()
+        if not tensor.is_cuda:  # the CPU: a copy the training loop cannot change
+            return tensor.clone(memory_format=torch.contiguous_format if contiguous
+                                else torch.preserve_format)
+        side = self._side_stream(tensor.device)
+        if side is None:  # a tensor on another GPU than the student's: copied now
+            return tensor.to("cpu")
+        buffer = self._buffers.get(where)
+        if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+            # the same shapes at every checkpoint: pinned once, reused (the write before this
+            # one is done, so nothing still reads them)
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._buffers[where] = buffer
+        with torch.cuda.stream(side):
+            buffer.copy_(tensor, non_blocking=True)
+        return buffer
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
+        """The stream this snapshot's copies from `device` run on, beside the training."""
+        if self._side is None:
+            side = self._streams.get(device)
+            if side is None:
+                side = self._streams[device] = torch.cuda.Stream(device)
+            # the copies start once the work queued so far (the last update) is done
+            side.wait_stream(torch.cuda.current_stream(device))
+            self._side = side
+        return self._side if self._side.device == device else None
