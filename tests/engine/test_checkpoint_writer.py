@@ -8,6 +8,7 @@ import errno
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
 import kdengine.checkpoint_writer as writer_module
@@ -22,6 +23,7 @@ from kdengine.config import RunConfig
 from kdengine.events import read_events
 from kdengine.loading import load_data, load_student, load_teacher
 from kdengine.runlog import RunLog
+from kdengine.stop import RunCancelled, StopSignals
 from kdengine.trainer import KDTrainer, run
 
 WAIT = 120  # seconds a test waits for the writer thread at most (a loaded CI machine)
@@ -36,7 +38,8 @@ def tiny_config(inputs: dict[str, str], **overrides) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
-def tiny_trainer(config: RunConfig, run_dir: Path) -> KDTrainer:
+def tiny_trainer(config: RunConfig, run_dir: Path, stop: StopSignals | None = None
+                 ) -> KDTrainer:
     """A real trainer: the tiny HF-layout teacher and student (tied embeddings), real data."""
     run_dir.mkdir(parents=True)
     log = RunLog(run_dir)
@@ -45,7 +48,7 @@ def tiny_trainer(config: RunConfig, run_dir: Path) -> KDTrainer:
     teacher, tokenizer = load_teacher(config, cpu, torch.float32, log)
     student = load_student(config, cpu, tokenizer, teacher, log)
     return KDTrainer(config, teacher, student, load_data(config, tokenizer), log, cpu,
-                     torch.float32)
+                     torch.float32, stop)
 
 
 def _same(a, b) -> bool:
@@ -137,3 +140,32 @@ def test_a_full_disk_in_the_background_fails_the_run_and_leaves_no_half_checkpoi
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2]
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
     assert not (run_dir / "final").exists()
+
+
+def test_a_stop_during_a_write_ends_the_run_with_that_checkpoint_whole(
+        tiny_run_inputs, tmp_path: Path) -> None:
+    written = threading.Event()
+
+    class StopSeenDuringTheWrite(StopSignals):
+        def check(self) -> None:
+            if self.received:  # the loop sees the stop: only now may the write go on
+                written.set()
+            super().check()
+
+    stop = StopSeenDuringTheWrite()
+    trainer = tiny_trainer(tiny_config(tiny_run_inputs, steps=1000), tmp_path / "run", stop)
+
+    def signalled_disk(*args, **kwargs) -> Path:  # a SIGTERM comes while the write is going
+        stop.received = "SIGTERM"
+        assert written.wait(WAIT)
+        return write_checkpoint(*args, **kwargs)
+
+    trainer.checkpoints = CheckpointWriter(trainer.log.run_dir, write=signalled_disk)
+    with pytest.raises(RunCancelled):
+        trainer.run(evaluate_start=False)
+    assert trainer.step < 1000
+    # the run did not end before the write did: the checkpoint is whole and reported
+    assert [p.name for p in complete_checkpoints(trainer.log.run_dir)] == ["step-00000002"]
+    assert not list((trainer.log.run_dir / "checkpoints").glob(".tmp-*"))
+    assert [e["step"] for e in read_events(trainer.log.events.path)
+            if e["type"] == "checkpoint"] == [2]
