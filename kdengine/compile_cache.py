@@ -18,7 +18,8 @@ before the first; it is for carrying caches to another machine, which copying co
 Several processes may share the directory (torchrun ranks, two runs at once): torch writes each
 entry to a temporary file named by pid and thread, then renames it into place (write_atomic),
 and serializes C++ builds with file locks (`locks/`); Triton renames each kernel's files into
-place too. A user's own TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR wins.
+place too. A user's own TORCHINDUCTOR_CACHE_DIR or TRITON_CACHE_DIR wins (set to anything but
+torch's default, which torch itself writes into the environment once it has looked).
 """
 
 from __future__ import annotations
@@ -51,8 +52,18 @@ class CompileCache:
 
 
 def _users(name: str) -> str | None:
+    """The user's own value of `name`: set, not by us, and not torch's default, which torch
+    writes back into TORCHINDUCTOR_CACHE_DIR the first time it looks (importing torch._dynamo
+    does, e.g. through torch.use_deterministic_algorithms in the run's prepare stage)."""
     value = os.environ.get(name)
-    return value if value and _SET_HERE.get(name) != value else None
+    if not value or _SET_HERE.get(name) == value:
+        return None
+    if name == INDUCTOR_ENV:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.path.abspath(value) == os.path.abspath(default_cache_dir()):
+            return None
+    return value
 
 
 def _writable(directory: Path) -> OSError | None:

@@ -92,6 +92,17 @@ def test_the_users_own_cache_dirs_win(tmp_path: Path, monkeypatch: pytest.Monkey
     assert os.environ[TRITON_ENV] == str(tmp_path / "my-triton")
 
 
+def test_torchs_own_default_in_the_environment_is_not_the_users(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_user_cache_dirs: None) -> None:
+    """Importing torch._dynamo writes torch's default dir into TORCHINDUCTOR_CACHE_DIR (the
+    engine's prepare stage does, before the trainer compiles): still ours to choose."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("KDENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(INDUCTOR_ENV, default_cache_dir())
+    assert keep_compiled_artifacts().directory == str(tmp_path / "cache" / "compile")
+
+
 def test_an_unwritable_cache_dir_warns_once_and_leaves_torchs_default(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_user_cache_dirs: None) -> None:
     blocked = tmp_path / "a-file"  # not a directory: no compile/ can be made under it (as root too)
