@@ -18,9 +18,9 @@ clip 1.0. Variants, in the order they run:
   bare       kdengine's KDTrainer.train_step in this process (no CLI, no data pipeline)
 
 The CLI runs are stopped with SIGTERM (a cancel) once they have logged the steps needed, so no
-final checkpoint is written. Each pair gets its own KDENGINE_CACHE, TORCHINDUCTOR_CACHE_DIR and
-TRITON_CACHE_DIR under the work dir, so `cli` starts cold and the later runs of the pair share
-its caches. A phase prints its estimate before and its elapsed time after; with --budget-s,
+final checkpoint is written. Each pair gets its own KDENGINE_CACHE under the work dir (the
+engine keeps its compiled artifacts there), so `cli` starts cold and the later runs of the pair
+share its caches. A phase prints its estimate before and its elapsed time after; with --budget-s,
 a phase that would not fit (keeping the first two variants of the later pairs) is skipped with
 a note. A failing variant records its error tail and the others go on.
 
@@ -97,9 +97,9 @@ class Pair:
         return 4 * (s + self.student_cfg["vocab_size"] * self.student_cfg["hidden_size"]) + 8 * s
 
     def env(self) -> dict[str, str]:
-        return {"KDENGINE_CACHE": str(self.caches / "kdengine"),
-                "TORCHINDUCTOR_CACHE_DIR": str(self.caches / "inductor"),
-                "TRITON_CACHE_DIR": str(self.caches / "triton")}
+        """The engine keeps its data stores and compiled artifacts (Inductor, AOTAutograd,
+        Triton) under KDENGINE_CACHE unless TORCHINDUCTOR_CACHE_DIR is set: one per pair."""
+        return {"KDENGINE_CACHE": str(self.caches)}
 
 
 class Plan:
@@ -176,9 +176,14 @@ def cli_flags_known() -> str:
     return out.stdout + out.stderr
 
 
+# this process's environment as it started: the in-process bare step's engine points
+# TORCHINDUCTOR_CACHE_DIR at its pair's cache, which must not leak into the next pair's runs
+START_ENV = dict(os.environ)
+
+
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+    path = START_ENV.get("PYTHONPATH")
+    return {**START_ENV, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""), **extra}
 
 
@@ -281,6 +286,8 @@ def summarize_steps(events, args, launched: float, needed: int,
                            "first_loss": first.get("loss")}
     if "startup_s" in first:
         out.update(startup_s=first["startup_s"], startup_from="the step event's startup_s")
+        out.update({k: first[k] for k in ("compile_cache_hits", "compile_cache_misses")
+                    if k in first})
     else:
         out.update(startup_s=round(first["t"] - launched, 2),
                    startup_from="launch to the first step event")
