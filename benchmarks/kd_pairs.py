@@ -82,19 +82,24 @@ class Pair:
         self.ps = P.matmul_params(self.student_cfg)
         self.dense_flops_per_token = 2 * self.pt + 6 * self.ps
 
-    def params(self, cfg: dict[str, Any]) -> int:  # every weight, the embedding included
-        embed = cfg["vocab_size"] * cfg["hidden_size"]
-        head = 0 if cfg["tie_word_embeddings"] else embed
-        return P.matmul_params(cfg) - cfg["vocab_size"] * cfg["hidden_size"] + embed + head
+    @staticmethod
+    def params(cfg: dict[str, Any]) -> int:
+        """Every weight but norms and biases: the blocks' and the head's matmuls, and the
+        embedding's own table where the head does not share it."""
+        untied_embed = 0 if cfg["tie_word_embeddings"] else cfg["vocab_size"] * cfg["hidden_size"]
+        return P.matmul_params(cfg) + untied_embed
 
     @property
     def weight_bytes(self) -> int:  # the bf16 checkpoints
         return 2 * (self.params(self.teacher_cfg) + self.params(self.student_cfg))
 
     @property
-    def checkpoint_bytes(self) -> int:  # fp32 weights (tied head written again) + AdamW moments
-        s = self.params(self.student_cfg)
-        return 4 * (s + self.student_cfg["vocab_size"] * self.student_cfg["hidden_size"]) + 8 * s
+    def checkpoint_bytes(self) -> int:
+        """fp32 weights (a tied head written again) and AdamW's two moments
+        (kdengine.diskspace.Footprint)."""
+        cfg = self.student_cfg
+        s, tied = self.params(cfg), cfg["tie_word_embeddings"]
+        return 4 * (s + (cfg["vocab_size"] * cfg["hidden_size"] if tied else 0)) + 8 * s
 
     def env(self) -> dict[str, str]:
         """The engine keeps its data stores and compiled artifacts (Inductor, AOTAutograd,
@@ -412,6 +417,8 @@ def run_liger(args, pair: Pair, device, dtype, ids, labels) -> dict[str, Any]:
         for key, value in saved.items():
             if vars(modeling).get(key) is not value:
                 setattr(modeling, key, value)
+        for key in set(vars(modeling)) - set(saved):
+            delattr(modeling, key)
 
     # beta=0 is forward KL, KL(teacher || student), in Liger 0.8.5's jsd_loss.py; Liger does not
     # scale by T^2, so the soft weight carries it: the same objective as the other variants
