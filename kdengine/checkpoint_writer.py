@@ -1,12 +1,15 @@
 """Checkpoints that do not stall training: snapshot the state now, write it in the background.
 
 `CheckpointWriter.save` copies every tensor of the student's weights and of the trainer's state
-to host memory and hands the copy to one background thread, which writes it exactly as a
-synchronous save does (`kdengine.checkpoint.write_checkpoint`: temporary directory, meta.json
-last, fsync, rename, prune), so a kill at any moment still leaves the last checkpoint whole and a
-resume is still exact. On CUDA the copies go into pinned host buffers (allocated at the first
-save, reused by the next ones) on a side stream: the host returns at once and the GPU goes on
-training; only the next optimizer update waits, on the GPU, for the copies (`before_update`).
+and hands the copy to one background thread, which writes it exactly as a synchronous save does
+(`kdengine.checkpoint.write_checkpoint`: temporary directory, meta.json last, fsync, rename,
+prune), so a kill at any moment still leaves the last checkpoint whole and a resume is still
+exact. On CUDA, where the GPU has room for a second copy of the state, the snapshot is a copy on
+the GPU itself, queued on the training stream (a 1B student's 15 GB of weights and AdamW moments:
+~10 ms at device bandwidth), and the background thread moves it to the host on a side stream and
+frees it before writing. Where it has no room, the copies go into pinned host buffers (allocated
+at the first save, which pays for pinning them, and reused) on a side stream; only the next
+optimizer update waits, on the GPU, for those copies (`before_update`). The CPU clones.
 
 One write at a time: a save waits for the one before it. A write's end, or its error (a full disk
 above all: `DiskFull`), reaches the training loop through `finished()`, which it polls between
@@ -31,6 +34,7 @@ import torch
 from kdengine.checkpoint import checkpoint_dir, host_weights, write_checkpoint
 
 SYNC_ENV = "KDENGINE_SYNC_CHECKPOINTS"
+PINNED_ENV = "KDENGINE_PINNED_CHECKPOINTS"  # 1: never snapshot on the GPU (tests, tight memory)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class CheckpointWriter:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._side: torch.cuda.Stream | None = None  # the side stream of the snapshot under way
         self._copied: tuple[torch.device, torch.cuda.Event] | None = None
+        self._on_gpu: torch.device | None = None  # this snapshot is a copy on that GPU
 
     def save(self, step: int, module: torch.nn.Module, trainer_state: dict[str, Any],
              meta: dict[str, Any]) -> Path:
@@ -78,11 +83,16 @@ class CheckpointWriter:
             self._written.append(WrittenCheckpoint(step, path, took, took))
             return path
         self._side = None
+        module_state = module.state_dict()
+        self._on_gpu = _fits_on_device(module_state, trainer_state)
         weights = {name: self._host_copy(t, ("weights", name), contiguous=True)
-                   for name, t in module.state_dict().items()}
+                   for name, t in module_state.items()}
         state = self._copy_tree(trainer_state, ("state",))
         copied = None
-        if self._side is not None:  # the GPU's copies, for the writer and the next update
+        if self._on_gpu is not None:  # the copies on the training stream, for the writer
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(self._on_gpu))
+        elif self._side is not None:  # the pinned copies, for the writer and the next update
             copied = torch.cuda.Event()
             copied.record(self._side)
             self._copied = (self._side.device, copied)
@@ -119,7 +129,14 @@ class CheckpointWriter:
                            weights: dict[str, torch.Tensor], state: dict[str, Any],
                            meta: dict[str, Any]) -> tuple[Path, float]:
         start = time.perf_counter()
-        if copied is not None:
+        if any(t.is_cuda for t in _tensors(weights)):  # a snapshot on the GPU: to the host
+            device = next(t.device for t in _tensors(weights) if t.is_cuda)
+            side = torch.cuda.Stream(device)
+            side.wait_event(copied)  # after the snapshot's copies on the training stream
+            with torch.cuda.stream(side):  # beside the training, not in its stream
+                weights, state = _to_host(weights), _to_host(state)
+            side.synchronize()  # the host has it all: the GPU copies are freed on return
+        elif copied is not None:
             copied.synchronize()  # this thread waits for the copies to host, not the GPU
         path = self._write(self.run_dir, step, weights, state, meta, keep=self.keep)
         return path, time.perf_counter() - start
@@ -140,7 +157,9 @@ class CheckpointWriter:
     def _host_copy(self, tensor: torch.Tensor, where: tuple, contiguous: bool = False
                    ) -> torch.Tensor:
         tensor = tensor.detach()
-        if not tensor.is_cuda:  # the CPU: a copy the training loop cannot change
+        if not tensor.is_cuda or self._on_gpu is not None:
+            # a copy the training loop cannot change: on the CPU, or on the GPU (queued on the
+            # training stream, so it sees this step's values and the next update waits for none)
             return tensor.clone(memory_format=torch.contiguous_format if contiguous
                                 else torch.preserve_format)
         side = self._side_stream(tensor.device)
@@ -166,3 +185,41 @@ class CheckpointWriter:
             side.wait_stream(torch.cuda.current_stream(device))
             self._side = side
         return self._side if self._side.device == device else None
+
+
+# Room kept free beside a snapshot on the GPU: the training step's own peak must still fit
+GPU_SNAPSHOT_HEADROOM = 0.10  # of the device's memory
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _to_host(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to("cpu") if obj.is_cuda else obj
+    if type(obj) in (dict, OrderedDict):
+        return type(obj)((k, _to_host(v)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_to_host(v) for v in obj)
+    return obj
+
+
+def _fits_on_device(*states: Any) -> torch.device | None:
+    """The GPU that holds every CUDA tensor of `states`, if a second copy of them fits there
+    with GPU_SNAPSHOT_HEADROOM to spare (counting the caching allocator's free blocks); else
+    None (the snapshot goes to pinned host memory)."""
+    cuda = [t for state in states for t in _tensors(state) if t.is_cuda]
+    if not cuda or len({t.device for t in cuda}) > 1 or os.environ.get(PINNED_ENV) == "1":
+        return None
+    device = cuda[0].device
+    need = sum(t.numel() * t.element_size() for t in cuda)
+    free, total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return device if need + GPU_SNAPSHOT_HEADROOM * total <= free + cached else None
