@@ -115,6 +115,16 @@ def cache_lookups() -> dict[str, int]:
             "compile_cache_misses": inductor["fxgraph_cache_miss"] + aot["autograd_cache_miss"]}
 
 
+def compile_seconds() -> dict[str, float]:
+    """Seconds this process has spent in torch.compile so far (`compile_s`: Dynamo's tracing,
+    Inductor's compiling or loading from the caches, autotuning) and the part of it that was
+    Dynamo tracing Python (`trace_s`: no cache keeps that), from torch's own timers."""
+    from torch._dynamo.utils import compilation_time_metrics as metrics
+
+    return {"compile_s": round(sum(metrics.get("_compile.compile_inner", ())), 3),
+            "trace_s": round(sum(metrics.get("bytecode_tracing", ())), 3)}
+
+
 def describe_lookups(hits: int, misses: int) -> str:
     """`hit` (everything loaded), `miss` (everything compiled), `partial`, or `unused`."""
     if not hits and not misses:

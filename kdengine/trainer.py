@@ -34,7 +34,12 @@ from kdengine.checkpoint import (
     set_rng_state,
 )
 from kdengine.checkpoint_writer import CheckpointWriter, WrittenCheckpoint
-from kdengine.compile_cache import cache_lookups, describe_lookups, keep_compiled_artifacts
+from kdengine.compile_cache import (
+    cache_lookups,
+    compile_seconds,
+    describe_lookups,
+    keep_compiled_artifacts,
+)
 from kdengine.compiled import (
     CompileOptions,
     compile_decoder_layers,
@@ -441,10 +446,11 @@ class KDTrainer:
         if self.compile_cache is None:
             how = "eager: nothing compiled"
         else:
-            fields.update(cache_lookups())
+            fields.update(cache_lookups(), **compile_seconds())
             hits, misses = fields["compile_cache_hits"], fields["compile_cache_misses"]
             how = (f"compile cache {describe_lookups(hits, misses)}: {hits} of {hits + misses} "
-                   f"lookups hit, {self.compile_cache.where()}")
+                   f"lookups hit, {self.compile_cache.where()}; torch.compile "
+                   f"{fields['compile_s']:.1f} s, of it tracing {fields['trace_s']:.1f} s")
         self.log.line(f"first step {self.startup_s:.1f} s after start ({how})")
         return fields
 
