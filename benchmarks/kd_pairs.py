@@ -291,8 +291,8 @@ def summarize_steps(events, args, launched: float, needed: int,
                            "first_loss": first.get("loss")}
     if "startup_s" in first:
         out.update(startup_s=first["startup_s"], startup_from="the step event's startup_s")
-        out.update({k: first[k] for k in ("compile_cache_hits", "compile_cache_misses")
-                    if k in first})
+        out.update({k: first[k] for k in ("compile_cache_hits", "compile_cache_misses",
+                                          "compile_s", "trace_s") if k in first})
     else:
         out.update(startup_s=round(first["t"] - launched, 2),
                    startup_from="launch to the first step event")
@@ -726,7 +726,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", default=",".join(P.PAIRS), help=f"of {', '.join(P.PAIRS)}")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     p.add_argument("--ckpt-pairs", default="llama3.2", help="pairs that run cli-ckpt")
-    p.add_argument("--ckpt-every", type=int, default=5)
+    p.add_argument("--ckpt-every", type=int, default=110,
+                   help="steps between checkpoints: longer than a write (a 1B student: ~20 s), "
+                   "or each save waits for the one before")
     p.add_argument("--fp8-flags", default="--teacher-dtype float8",
                    help="what cli-fp8 adds to the command line")
     p.add_argument("--batch", type=int, default=None)
@@ -809,6 +811,9 @@ def describe(out: dict[str, Any]) -> str:
         parts.append(f"kernels {out['kernel_ms']:.1f} ms")
     if "startup_s" in out:
         parts.append(f"first step {out['startup_s']:.1f} s after start")
+    if "compile_s" in out:
+        parts.append(f"(torch.compile {out['compile_s']:.1f} s, tracing {out['trace_s']:.1f} s, "
+                     f"stages {out.get('stages_s')})")
     if out.get("first_loss") is not None:
         parts.append(f"loss {out['first_loss']:.4f}")
     for c in out.get("checkpoints", []):
