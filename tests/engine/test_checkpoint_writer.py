@@ -169,3 +169,23 @@ def test_a_stop_during_a_write_ends_the_run_with_that_checkpoint_whole(
     assert not list((trainer.log.run_dir / "checkpoints").glob(".tmp-*"))
     assert [e["step"] for e in read_events(trainer.log.events.path)
             if e["type"] == "checkpoint"] == [2]
+
+
+def test_the_stager_moves_every_dtype_and_shape_bit_for_bit_in_chunks_of_any_size():
+    # the chunking that moves a GPU snapshot to the host through two small pinned buffers, run
+    # on the CPU (no stream): whole chunks, a ragged last one, one byte, nothing, a 0-d tensor
+    gen = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(37, 11, generator=gen),
+             "h": torch.randn(5, 3, generator=gen).to(torch.bfloat16),
+             "t": torch.randn(6, 4, generator=gen).t(),  # not contiguous
+             "step": torch.tensor(7.0), "mask": torch.rand(9, generator=gen) > 0.5,
+             "ids": torch.arange(13, dtype=torch.int64), "none": torch.empty(0, 4),
+             "nested": [{"m": torch.randn(3, generator=gen)}, 4, "text"]}
+    for chunk in (1, 7, 64, 1 << 20):
+        host = writer_module.Stager(chunk).tree(state, None)
+        assert host["nested"][1:] == [4, "text"]
+        for key in ("w", "h", "t", "step", "mask", "ids", "none"):
+            assert host[key].dtype == state[key].dtype and host[key].shape == state[key].shape
+            assert torch.equal(host[key], state[key]), (chunk, key)
+        assert torch.equal(host["nested"][0]["m"], state["nested"][0]["m"])
+        assert host["w"].untyped_storage().data_ptr() != state["w"].untyped_storage().data_ptr()
