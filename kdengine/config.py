@@ -239,9 +239,9 @@ FIELDS: tuple[Field, ...] = (
     Field("dtype", str, "auto", "Compute dtype (auto: bfloat16 on CUDA, float32 elsewhere)",
           "run", choices=DTYPES),
     Field("teacher_dtype", str, "auto", "The frozen teacher's linear layers: auto (the compute "
-          "dtype) or float8 (rowwise-scaled e4m3 weights and FP8 matmuls: about half the "
-          "teacher's memory and a faster forward on H100/H200-class GPUs; docs/performance.md "
-          "has the measured drift)", "run", choices=TEACHER_DTYPES),
+          "dtype) or float8 (e4m3 weights, FP8 matmuls on H100/H200-class GPUs: half the "
+          "memory, a faster teacher, a small drift; docs/models.md)", "run",
+          choices=TEACHER_DTYPES),
     Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>); letters, digits, . _ -",
           "run", pattern=re.compile(r"^$|" + _RUN_NAME_RE.pattern),
           pattern_hint="letters, digits, '.', '_' and '-' (up to 128, not starting with . _ -)"),
