@@ -33,6 +33,7 @@ from textual.widgets.input import Selection
 from kdengine.config import (
     FIELDS,
     FIELDS_BY_NAME,
+    RENAMED,
     ConfigError,
     Field,
     RunConfig,
@@ -488,8 +489,10 @@ class LaunchScreen(Screen):
 
     def _load_values(self, values: dict[str, Any]) -> None:
         """Put remembered or preset kdengine values into the widgets (text as typed), then
-        validate."""
+        validate. A field remembered under its old name (kdengine.config.RENAMED) keeps its
+        value under the new one."""
         for key, value in values.items():
+            key = RENAMED.get(key, key)
             if key == "dry_run":
                 self.query_one("#dry_run", Switch).value = bool(value)
             elif key == "fallback_host":

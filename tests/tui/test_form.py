@@ -309,3 +309,14 @@ def _events(run_dir) -> bytes:
         return (run_dir / "events.jsonl").read_bytes()
     except OSError:
         return b""
+
+
+async def test_a_value_remembered_under_a_fields_old_name_comes_back_under_the_new(runs_dir,
+                                                                                  wait_for):
+    Settings.load().remember("local", {"jsd_beta": "0.7"})  # beta's name before the rename
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(140, 48)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        await wait_for(pilot, lambda: bool(app.screen.query("#field-beta")), 30)
+        await wait_for(pilot, lambda: app.screen.query_one("#field-beta", Input).value == "0.7",
+                       30)
