@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pairs import MODELS  # noqa: E402
+from pairs import MODELS, random_model  # noqa: E402
 
-from kdengine.models import Decoder, DecoderConfig  # noqa: E402
 from kdengine.models.fp8 import (  # noqa: E402
     Fp8Linear,
     quantize_rowwise,
@@ -146,19 +145,10 @@ def drift_on_real_text(device: torch.device) -> None:
 @torch.inference_mode()
 def teacher_speed(names: list[str], device: torch.device, steps: int) -> None:
     for name in names:
-        config = DecoderConfig(**{k: v for k, v in MODELS[name].items() if k != "model_type"})
-        with torch.device(device):
-            model = Decoder(config).to(torch.bfloat16)
-        gen = torch.Generator(device=device).manual_seed(1)
-        for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif pname.endswith(".bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
+        model = random_model(MODELS[name], seed=1, device=str(device))
         model.requires_grad_(False).eval()
-        ids = torch.randint(0, config.vocab_size, (4, 2048), device=device, generator=gen)
+        gen = torch.Generator(device=device).manual_seed(2)
+        ids = torch.randint(0, model.config.vocab_size, (4, 2048), device=device, generator=gen)
         out = {}
         for variant in ("bf16", "fp8"):
             m = copy.deepcopy(model) if variant == "bf16" else model

@@ -28,12 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-QWEN2_COMMON = dict(rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                    attention_bias=True, model_type="qwen2", max_position_embeddings=32768)
-QWEN25_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                   num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)
-QWEN25_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                   num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from pairs import QWEN2_COMMON, QWEN25_0_5B, QWEN25_1_5B  # noqa: E402
+
 TINY_TEACHER = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2)
 TINY_STUDENT = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

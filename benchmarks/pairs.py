@@ -105,14 +105,13 @@ def write_byte_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}\n')
 
 
-def write_model(path: Path, config: dict[str, Any], seed: int, device: str = "cpu") -> int:
-    """An HF-layout bf16 checkpoint of `config` with random weights (normal(0, 0.02), unit
-    norms; built on `device`, which is much faster on a GPU for billions of weights). Returns
-    the parameter count."""
+def random_model(config: dict[str, Any], seed: int, device: str = "cpu") -> Any:
+    """A bf16 Decoder of `config` with random weights (normal(0, 0.02) matrices, unit norms,
+    zero biases), built on `device` (much faster on a GPU for billions of weights)."""
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from kdengine.models import Decoder, DecoderConfig, save_decoder
+    from kdengine.models import Decoder, DecoderConfig
 
     with torch.device(device):
         model = Decoder(DecoderConfig(**config)).to(torch.bfloat16)
@@ -125,6 +124,17 @@ def write_model(path: Path, config: dict[str, Any], seed: int, device: str = "cp
                 p.zero_()
             else:
                 p.normal_(0.0, 0.02, generator=gen)
+    return model
+
+
+def write_model(path: Path, config: dict[str, Any], seed: int, device: str = "cpu") -> int:
+    """An HF-layout bf16 checkpoint of `random_model(config, seed, device)` with a byte-level
+    tokenizer. Returns the parameter count."""
+    import torch
+
+    from kdengine.models import save_decoder
+
+    model = random_model(config, seed, device)
     params = sum(p.numel() for p in model.parameters())
     save_decoder(model, path, dtype=torch.bfloat16)
     write_byte_tokenizer(path)
