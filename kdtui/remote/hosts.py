@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kdtui.settings import config_dir
+
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -63,15 +65,6 @@ class HostConfig:
 
     def run_dir(self, run_name: str) -> str:
         return self.path("runs", run_name)
-
-
-def config_dir() -> Path:
-    env = os.environ.get("KDTUI_CONFIG_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_config_path
-
-    return user_config_path("kdtui")
 
 
 def hosts_file() -> Path:
