@@ -78,6 +78,9 @@ class CheckpointWriter:
         start = time.perf_counter()
         if self._pending is not None:
             self._collect()
+        # a run directory that cannot take checkpoints at all fails this step, not a later one
+        # (cheap; what only the write can find, a full disk above all, comes when it ends)
+        checkpoint_dir(self.run_dir, step).parent.mkdir(parents=True, exist_ok=True)
         if self.sync:  # the escape hatch: written here, the loop waiting, as before
             path = self._write(self.run_dir, step, host_weights(module), trainer_state, meta,
                                keep=self.keep)
