@@ -441,8 +441,8 @@ class KDTrainer:
         """The first step's `startup_s` (process start to this step's end: imports, loading,
         the step-0 eval and compiling included) and the compile cache's lookups, for its step
         event; the same in words in the log."""
-        self.startup_s = time.monotonic() - self.started
-        fields: dict[str, Any] = {"startup_s": round(self.startup_s, 3)}
+        self.startup_s = round(time.monotonic() - self.started, 3)  # the log says the same
+        fields: dict[str, Any] = {"startup_s": self.startup_s}
         if self.compile_cache is None:
             how = "eager: nothing compiled"
         else:

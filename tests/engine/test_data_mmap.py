@@ -335,6 +335,7 @@ loading.split_token_shards = in_memory
 train_step = trainer.KDTrainer.train_step
 def killing_step(self, batch=None):
     if self.step + 1 == int(os.environ["KD_KILL_AT"]):
+        self.report_checkpoints(wait=True)  # the checkpoints saved so far, whole on disk
         os.kill(os.getpid(), signal.SIGKILL)
     return train_step(self, batch)
 trainer.KDTrainer.train_step = killing_step
