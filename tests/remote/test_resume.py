@@ -34,12 +34,13 @@ def flags(inputs: dict[str, str]) -> list[str]:
     return out
 
 
-def steps_of(run_dir: Path, part: int = 0) -> list[int]:
-    """The steps of the run's `part`-th engine (0: the dispatch's, 1: the first resume's...)."""
+def steps_of(run_dir: Path, part: int = 0, kind: str = "step") -> list[int]:
+    """The steps of the run's `part`-th engine (0: the dispatch's, 1: the first resume's...)
+    that have a `kind` event (step, or checkpoint: whole on disk)."""
     steps, started = [], -1
     for event in read_events(run_dir / "events.jsonl"):
         started += event.get("type") == "run_started"
-        if event.get("type") == "step" and started == part:
+        if event.get("type") == kind and started == part:
             steps.append(event["step"])
     return steps
 
@@ -57,9 +58,13 @@ async def until(condition, what: str, poll: float = 0.1) -> None:
 
 
 async def kill_engine_past(run_dir: Path, step: int, part: int) -> None:
-    """SIGKILL the engine's process group once its `part` has logged `step` (no run_finished)."""
+    """SIGKILL the engine's process group once its `part` has logged `step` and the checkpoint
+    before it is whole (checkpoints are written in the background: the event says so)."""
+    every = FLAGS["checkpoint_every"]
     await until(lambda: (run_dir / "events.jsonl").exists() and
-                max(steps_of(run_dir, part), default=-1) >= step, f"step {step}", poll=0.01)
+                max(steps_of(run_dir, part), default=-1) >= step and
+                max(steps_of(run_dir, part, "checkpoint"), default=-1) >= step // every * every,
+                f"step {step} and its checkpoint", poll=0.01)
     pid = int((run_dir / "engine.pid").read_text())
     os.killpg(pid, signal.SIGKILL)
     await until(lambda: not Path(f"/proc/{pid}").exists() or
