@@ -292,7 +292,8 @@ def summarize_steps(events, args, launched: float, needed: int,
     if "startup_s" in first:
         out.update(startup_s=first["startup_s"], startup_from="the step event's startup_s")
         out.update({k: first[k] for k in ("compile_cache_hits", "compile_cache_misses",
-                                          "compile_s", "trace_s") if k in first})
+                                          "compile_s", "trace_s", "setup_s", "eval0_s",
+                                          "first_step_s") if k in first})
     else:
         out.update(startup_s=round(first["t"] - launched, 2),
                    startup_from="launch to the first step event")
@@ -812,7 +813,9 @@ def describe(out: dict[str, Any]) -> str:
     if "startup_s" in out:
         parts.append(f"first step {out['startup_s']:.1f} s after start")
     if "compile_s" in out:
-        parts.append(f"(torch.compile {out['compile_s']:.1f} s, tracing {out['trace_s']:.1f} s, "
+        parts.append(f"(set-up {out.get('setup_s', 0):.1f} s, step-0 eval "
+                     f"{out.get('eval0_s', 0):.1f} s, first step {out.get('first_step_s', 0):.1f} "
+                     f"s; torch.compile {out['compile_s']:.1f} s, tracing {out['trace_s']:.1f} s; "
                      f"stages {out.get('stages_s')})")
     if out.get("first_loss") is not None:
         parts.append(f"loss {out['first_loss']:.4f}")

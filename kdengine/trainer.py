@@ -437,12 +437,13 @@ class KDTrainer:
             self.last_sampled = sampled
         return metrics
 
-    def _startup(self) -> dict[str, Any]:
+    def _startup(self, **parts: float) -> dict[str, Any]:
         """The first step's `startup_s` (process start to this step's end: imports, loading,
-        the step-0 eval and compiling included) and the compile cache's lookups, for its step
-        event; the same in words in the log."""
+        the step-0 eval and compiling included), its `parts` (setup_s, eval0_s, first_step_s)
+        and the compile cache's lookups, for its step event; the same in words in the log."""
         self.startup_s = round(time.monotonic() - self.started, 3)  # the log says the same
-        fields: dict[str, Any] = {"startup_s": self.startup_s}
+        fields: dict[str, Any] = {"startup_s": self.startup_s,
+                                  **{k: round(v, 3) for k, v in parts.items()}}
         if self.compile_cache is None:
             how = "eager: nothing compiled"
         else:
@@ -451,7 +452,10 @@ class KDTrainer:
             how = (f"compile cache {describe_lookups(hits, misses)}: {hits} of {hits + misses} "
                    f"lookups hit, {self.compile_cache.where()}; torch.compile "
                    f"{fields['compile_s']:.1f} s, of it tracing {fields['trace_s']:.1f} s")
-        self.log.line(f"first step {self.startup_s:.1f} s after start ({how})")
+        split = ", ".join(f"{label} {fields[key]:.1f} s" for key, label in (
+            ("setup_s", "set-up"), ("eval0_s", "step-0 eval"), ("first_step_s", "first step"))
+            if key in fields)
+        self.log.line(f"first step {self.startup_s:.1f} s after start: {split} ({how})")
         return fields
 
     # fp16: halving from 2^16, 30 overflows in a row reach 2^-14, where no gradient of a
@@ -529,8 +533,12 @@ class KDTrainer:
 
     def _train_loop(self, evaluate_start: bool) -> None:
         cfg = self.config
+        # the start's parts, for the first step event: set-up (imports, loading, data, this
+        # trainer), the step-0 evaluation, the first step (torch.compile runs inside the last two)
+        loop_started = time.monotonic()
         if evaluate_start:
             self.evaluate()
+        evaluated = time.monotonic()
         while self.step < cfg.steps:
             self.stop.check()
             self.report_checkpoints()  # a background write that ended: its event or its error
@@ -539,7 +547,9 @@ class KDTrainer:
             step = self.step
             first = self.startup_s is None  # this process's first step (a resume's too)
             if first:
-                metrics.update(self._startup())
+                metrics.update(self._startup(setup_s=loop_started - self.started,
+                                             eval0_s=evaluated - loop_started,
+                                             first_step_s=time.monotonic() - evaluated))
             if step % cfg.log_every == 0 or step == cfg.steps or step == 1 or first:
                 gauges = self.gauges.read(metrics["tokens_per_s"])
                 self.log.emit(ev.STEP, **metrics, **gauges, total_steps=cfg.steps)

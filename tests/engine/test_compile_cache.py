@@ -132,6 +132,10 @@ def test_the_first_step_event_says_how_long_the_start_took(
     assert steps[0]["step"] == 1 and steps[0]["startup_s"] > 0
     assert "startup_s" not in steps[1]
     assert "compile_cache_hits" not in steps[0]  # the CPU runs eager: no cache to tell of
+    first = steps[0]
+    parts = [first["setup_s"], first["eval0_s"], first["first_step_s"]]
+    assert all(p > 0 for p in parts) and sum(parts) <= first["startup_s"] + 0.01
     log = (run_dir / "launch.log").read_text()
-    assert f"first step {steps[0]['startup_s']:.1f} s after start (eager: nothing compiled)" \
-        in log
+    assert (f"first step {first['startup_s']:.1f} s after start: set-up {first['setup_s']:.1f} s,"
+            f" step-0 eval {first['eval0_s']:.1f} s, first step {first['first_step_s']:.1f} s "
+            "(eager: nothing compiled)") in log
