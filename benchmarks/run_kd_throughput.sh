@@ -5,15 +5,6 @@
 #   benchmarks/run_kd_throughput.sh [kd_throughput.py options]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/out}
-mkdir -p "$OUT"
-if ls .whl/liger_kernel-*.whl >/dev/null 2>&1; then
-  "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/kd-bench-site .whl/liger_kernel-*.whl || exit 1
-  export PYTHONPATH=/tmp/kd-bench-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit \
-  --format=csv > "$OUT/gpu.csv" 2>&1 || true
+. benchmarks/gpu_env.sh
 "${PYTHON:-python3}" benchmarks/kd_throughput.py --out "$OUT" "$@" 2>&1 | tee "$OUT/log.txt"
 exit "${PIPESTATUS[0]}"
