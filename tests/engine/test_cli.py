@@ -19,6 +19,9 @@ BAD_ARGS = [
      "--student: is the same model as the teacher"),
     (["--demo", "--warmup-steps", "600"], "--warmup-steps: must be below steps (500)"),
     (["--teacher", "demo://teacher"], "--student: is required"),
+    (["--demo", "--teacher-dtype", "float4"], "--teacher-dtype: must be one of auto, float8"),
+    (["--student", "demo://student", "--data", "demo://python-stdlib", "--teacher-cache",
+      "/no/cache", "--teacher-dtype", "float8"], "--teacher-dtype: float8 is for a live teacher"),
 ]
 
 

@@ -1,6 +1,7 @@
 """The FP8 teacher (kdengine.models.fp8): the quantization math on the CPU, the quantized
 teacher against its full-precision self, and a real run with `--teacher-dtype float8`. The GPU
-side (torch._scaled_mm on an H200, under torch.compile) is checked by benchmarks/kd_pairs.py."""
+side (torch._scaled_mm on an H200, under torch.compile) is checked by benchmarks/fp8_teacher.py
+(and timed end to end by benchmarks/kd_pairs.py)."""
 
 from __future__ import annotations
 
