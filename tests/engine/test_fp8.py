@@ -127,3 +127,13 @@ def test_a_run_with_a_float8_teacher_trains_and_passes(tmp_path, tiny_run_inputs
 def test_float8_with_a_teacher_cache_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match="teacher_dtype.*live teacher"):
         RunConfig(teacher_cache="/x", student="s", data="d", teacher_dtype="float8").validate()
+
+
+def test_a_device_without_fp8_matmuls_is_refused_naming_the_field_and_the_way_out():
+    from kdengine.loading import _to_fp8
+
+    with pytest.raises(ConfigError) as refused:
+        _to_fp8(_peaked_decoder(), torch.device("mps"), log=None)
+    assert refused.value.field == "teacher_dtype"
+    assert "compute capability 8.9" in str(refused.value) and "teacher_dtype auto" in \
+        str(refused.value)
