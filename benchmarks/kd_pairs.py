@@ -52,7 +52,6 @@ from typing import Any
 import kd_throughput as kt  # benchmarks/: the ceiling, the timing and optimizer helpers
 import pairs as P
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("cli", "cli-warm", "cli-ckpt", "cli-fp8", "liger", "naive", "bare")
@@ -391,13 +390,8 @@ def run_naive(args, pair: Pair, device, dtype, ids, labels) -> dict[str, Any]:
             with torch.no_grad():
                 t_logits = teacher(input_ids=ids, use_cache=False).logits
             s_logits = student(input_ids=ids, use_cache=False).logits
-        s_logp = F.log_softmax(s_logits.float() / T, dim=-1)
-        t_logp = F.log_softmax(t_logits.float() / T, dim=-1)
-        kl = F.kl_div(s_logp, t_logp, reduction="none", log_target=True).sum(-1)
-        kd = (kl * mask).sum() / mask.sum().clamp_min(1)
-        ce = F.cross_entropy(s_logits.float().flatten(0, 1), labels.flatten(),
-                             ignore_index=kt.IGNORE_INDEX)
-        return kt.optimizer_step(alpha * ce + (1 - alpha) * T * T * kd, params, opt)
+        loss = kt.naive_kd_loss(s_logits, t_logits, labels, mask, T, alpha)
+        return kt.optimizer_step(loss, params, opt)
 
     return timed_steps(step, args, device)
 

@@ -282,6 +282,21 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+def naive_kd_loss(s_logits, t_logits, labels, mask, T: float, alpha: float = 0.0):
+    """The KD objective as TRL's and DistillKit's trainers compute it: full logits of both,
+    log_softmax in fp32, KL(teacher || student) over the tokens that train, scaled by T^2, plus
+    alpha x CE (skipped at alpha 0, as this benchmark's runs have it)."""
+    s_logp = F.log_softmax(s_logits.float() / T, dim=-1)
+    t_logp = F.log_softmax(t_logits.float() / T, dim=-1)
+    kl = F.kl_div(s_logp, t_logp, reduction="none", log_target=True).sum(-1)
+    kd = (kl * mask).sum() / mask.sum().clamp_min(1) * T * T
+    if not alpha:
+        return kd
+    ce = F.cross_entropy(s_logits.float().flatten(0, 1), labels.flatten(),
+                         ignore_index=IGNORE_INDEX)
+    return alpha * ce + (1 - alpha) * kd
+
+
 def run_naive(args, device, dtype, ids, labels, T: float):
     teacher, student = hf_models(args.tshape, args.sshape, device, dtype)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -294,11 +309,7 @@ def run_naive(args, device, dtype, ids, labels, T: float):
             with torch.no_grad():
                 t_logits = teacher(input_ids=ids, use_cache=False).logits
             s_logits = student(input_ids=ids, use_cache=False).logits
-        s_logp = F.log_softmax(s_logits.float() / T, dim=-1)
-        t_logp = F.log_softmax(t_logits.float() / T, dim=-1)
-        kl = F.kl_div(s_logp, t_logp, reduction="none", log_target=True).sum(-1)
-        loss = (kl * mask).sum() / mask.sum().clamp_min(1) * T * T
-        return optimizer_step(loss, params, opt)
+        return optimizer_step(naive_kd_loss(s_logits, t_logits, labels, mask, T), params, opt)
 
     return time_steps(step, device, args.warmup, args.steps)
 
