@@ -1,12 +1,13 @@
-# Sourced by the benchmarks' run_*.sh from the repo's root: $OUT made, the carried liger-kernel
-# wheel (.whl/, the benchmark-only dependency; transformers comes with the GPU box's image)
-# installed into /tmp and put on PYTHONPATH with the repo, and the GPU recorded in $OUT/gpu.csv.
+# Sourced by the benchmarks' run_*.sh from the repo's root: $OUT made, the carried wheels (.whl/:
+# liger-kernel, the benchmark-only dependency, and py-spy for kd_pairs' --start-profile;
+# transformers comes with the GPU box's image) installed into /tmp and put on PYTHONPATH and PATH
+# with the repo, and the GPU recorded in $OUT/gpu.csv.
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
-if ls .whl/liger_kernel-*.whl >/dev/null 2>&1; then
+if ls .whl/*.whl >/dev/null 2>&1; then
   "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/kd-bench-site .whl/liger_kernel-*.whl || exit 1
-  export PYTHONPATH=/tmp/kd-bench-site${PYTHONPATH:+:$PYTHONPATH}
+    --target /tmp/kd-bench-site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/kd-bench-site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/kd-bench-site/bin:$PATH
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit \

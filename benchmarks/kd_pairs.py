@@ -16,6 +16,7 @@ clip 1.0. Variants, in the order they run:
              LigerFusedLinearJSDLoss(beta=0: forward KL) on the last hidden states
   naive      transformers' models, full logits of both, fp32 log_softmax of both, KL + CE
   bare       kdengine's KDTrainer.train_step in this process (no CLI, no data pipeline)
+  bare-fp8   the same with the teacher quantized to FP8 (kdengine.models.fp8.quantize_teacher)
 
 The CLI runs are stopped with SIGTERM (a cancel) once they have logged the steps needed, so no
 final checkpoint is written. Each pair gets its own KDENGINE_CACHE under the work dir (the
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -54,7 +57,7 @@ import pairs as P
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("cli", "cli-warm", "cli-ckpt", "cli-fp8", "liger", "naive", "bare")
+VARIANTS = ("cli", "cli-warm", "cli-ckpt", "cli-fp8", "liger", "naive", "bare", "bare-fp8")
 ESSENTIAL = ("cli", "cli-fp8", "liger")  # kept in the budget for the pairs still to come
 GIB = 2**30
 
@@ -113,7 +116,7 @@ class Plan:
     # share of the matmul ceiling each step reaches (issue 16's H200 numbers, rounded; only the
     # estimates use it)
     EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-fp8": 0.65, "cli-ckpt": 0.55, "bare": 0.55,
-                  "liger": 0.45, "naive": 0.3}
+                  "bare-fp8": 0.65, "liger": 0.45, "naive": 0.3}
 
     def __init__(self, args: argparse.Namespace, ceiling: float) -> None:
         self.args, self.ceiling = args, ceiling
@@ -128,7 +131,7 @@ class Plan:
         a = self.args
         if a.tiny:
             return {"write": 1, "cli": 8, "cli-warm": 8, "cli-fp8": 8, "cli-ckpt": 8,
-                    "liger": 3, "naive": 3, "bare": 3}[phase]
+                    "liger": 3, "naive": 3, "bare": 3, "bare-fp8": 3}[phase]
         if phase == "write":
             return 2 + pair.weight_bytes / 1.5e9
         load = pair.weight_bytes / 2e9
@@ -141,7 +144,8 @@ class Plan:
         step = self.step_s(pair, phase)
         cli_steps = a.cli_warmup + a.cli_steps + 1  # + the step-0 eval batch
         ckpt_steps = 2 * a.ckpt_every + 2
-        inproc_steps = a.warmup + a.steps + (3 if a.kernel_time else 0)
+        inproc_steps = (a.warmup + a.steps + (3 if a.kernel_time else 0)
+                        + (3 if a.profile else 0))
         return {
             "cli": cold + cli_steps * step + 3,
             "cli-warm": warm + cli_steps * step + 3,
@@ -150,6 +154,7 @@ class Plan:
             "liger": 6 + 1.5 * load + 12 + inproc_steps * step,
             "naive": 4 + 1.5 * load + inproc_steps * step,
             "bare": 4 + load + 8 + 0.1 * (lt + ls) + inproc_steps * step,
+            "bare-fp8": 4 + load + 8 + 0.4 * lt + inproc_steps * step,
         }[phase]
 
     def estimate(self, pair: Pair, phase: str) -> float:
@@ -204,11 +209,14 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: float,
-            ckpt_every: int = 0, checkpoints: int = 0) -> dict[str, Any]:
+            ckpt_every: int = 0, checkpoints: int = 0, profile_start: bool = False
+            ) -> dict[str, Any]:
     """One `kdengine train` subprocess, stopped with SIGTERM once it has logged what is needed:
     warm-up + timed steps, or `checkpoints` checkpoints every `ckpt_every` steps and the step
     after the last. With one checkpoint the run's --steps ends right after it, so the CLI
-    plans for two checkpoints on disk (that one and the final), not three."""
+    plans for two checkpoints on disk (that one and the final), not three. `profile_start`:
+    py-spy samples the engine from just after its launch to its first step event
+    (StartProfile)."""
     run_dir = pair.work / f"run-{name}"
     needed = checkpoints * ckpt_every + 1 if checkpoints else args.cli_warmup + args.cli_steps
     argv = [sys.executable, "-m", "kdengine", "train",
@@ -226,10 +234,14 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env=subprocess_env(pair.env()), start_new_session=True)
     deadline, stopped, timed_out = time.monotonic() + timeout, False, False
+    sampler = StartProfile.attach(proc.pid, args.out / f"start_{pair.name}") if profile_start \
+        else None
     events: list[dict[str, Any]] = []
     while proc.poll() is None:
         time.sleep(0.25)
         events = read_events(run_dir / "events.jsonl")
+        if sampler is not None and any(e.get("type") == "step" for e in events):
+            sampler.stop()
         if not stopped and enough(events, needed, checkpoints):
             proc.send_signal(signal.SIGTERM)  # a cancel: the engine stops between steps
             stopped, deadline = True, time.monotonic() + 120
@@ -241,6 +253,8 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     events = read_events(run_dir / "events.jsonl")
     result: dict[str, Any] = {"argv": " ".join(argv[1:]), "exit_code": proc.returncode,
                               "wall_s": round(wall, 1)}
+    if sampler is not None:
+        result["start_profile"] = sampler.stop()
     if timed_out or not enough(events, needed, checkpoints):
         tail = output.read_text()[-2500:] if output.exists() else ""
         launch = run_dir / "launch.log"
@@ -256,8 +270,126 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     result.update(summarize_steps(events, args, launched, needed, ckpt_every))
     if checkpoints:
         result["checkpoints_planned"] = checkpoints
+        result["resume"] = resume_check(run_dir, events, pair, timeout)
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of a 1B student: ~15 GB each
     return result
+
+
+def resume_check(run_dir: Path, events: list[dict[str, Any]], pair: Pair,
+                 timeout: float) -> dict[str, Any]:
+    """`kdengine train --resume` from the run's last checkpoint (written in the background from
+    a snapshot): the loss of its first step against the first run's same step (bit for bit
+    would need deterministic CUDA kernels, which runs leave off: within 1e-3 relative)."""
+    losses = {e["step"]: e["loss"] for e in events if e.get("type") == "step"}
+    ckpts = [e["step"] for e in events if e.get("type") == "checkpoint"]
+    if not ckpts or ckpts[-1] + 1 not in losses:  # --resume takes the newest on disk
+        return {"error": "the first run logged no step after its last checkpoint to compare"}
+    step = ckpts[-1] + 1
+    argv = [sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)]
+    launched = time.monotonic()
+    with open(pair.work / "resume.out", "w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env=subprocess_env(pair.env()), start_new_session=True)
+    seen: dict[str, Any] | None = None
+    while proc.poll() is None and time.monotonic() - launched < min(timeout, 240):
+        time.sleep(0.25)
+        later = read_events(run_dir / "events.jsonl")[len(events):]
+        seen = next((e for e in later if e.get("type") == "step"), None)
+        if seen is not None:
+            break
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if seen is None or seen["step"] != step:
+        tail = (pair.work / "resume.out").read_text()[-1500:]
+        return {"error": f"no step {step} after --resume (exit {proc.returncode}): {tail}"}
+    rel = abs(seen["loss"] - losses[step]) / max(abs(losses[step]), 1e-9)
+    return {"from_step": ckpts[-1], "step": step, "loss_first_run": losses[step],
+            "loss_resumed": seen["loss"], "relative_difference": rel, "ok": rel <= 1e-3,
+            "seconds_to_step": round(time.monotonic() - launched, 1)}
+
+
+class StartProfile:
+    """py-spy (the carried wheel, benchmarks/gpu_env.sh) attached to a starting engine, idle
+    time included, stopped at the engine's first step event: where a start's seconds go.
+    Attached by pid (a py-spy parent would take the engine down when it stops); where it cannot
+    attach (no ptrace), the run goes on unprofiled and says why."""
+
+    RATE = 100  # samples a second
+
+    def __init__(self, proc: subprocess.Popen | None, path: Path, why: str = "") -> None:
+        self.proc, self.path, self.why, self.result = proc, path, why, None
+
+    @classmethod
+    def attach(cls, pid: int, path: Path) -> StartProfile:
+        spy = shutil.which("py-spy")
+        if spy is None:
+            return cls(None, path, "py-spy not installed")
+        raw = path.parent / f"{path.name}.raw"
+        proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--idle", "--threads",
+                                 "--nonblocking", "-r", str(cls.RATE), "-f", "raw",
+                                 "-o", str(raw)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return cls(proc, path)
+
+    def stop(self) -> dict[str, Any]:
+        if self.result is not None:
+            return self.result
+        if self.proc is None:
+            self.result = {"error": self.why}
+            return self.result
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its samples and detaches
+        try:
+            said = self.proc.communicate(timeout=60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            said = self.proc.communicate()[0].decode(errors="replace")
+        raw = self.path.parent / f"{self.path.name}.raw"
+        if not raw.exists():
+            self.result = {"error": f"py-spy wrote nothing: {said.strip()[-500:]}"}
+            return self.result
+        text = summarize_stacks(raw.read_text(), self.RATE)
+        summary = self.path.parent / f"{self.path.name}.txt"
+        summary.write_text(text)
+        self.result = {"file": summary.name,
+                       "top": text.splitlines()[:3]}
+        return self.result
+
+
+def summarize_stacks(raw: str, rate: int, top: int = 90) -> str:
+    """py-spy's raw output (`thread;frame;frame... count` lines, outermost first) as seconds
+    per frame, inclusive, for the thread with the most samples (the engine's main thread)."""
+    threads: dict[str, list[tuple[list[str], int]]] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        threads.setdefault(frames[0], []).append((frames[1:], int(count)))
+    if not threads:
+        return "no samples\n"
+    name, stacks = max(threads.items(), key=lambda kv: sum(c for _, c in kv[1]))
+    total = sum(c for _, c in stacks)
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for frames, count in stacks:
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+    lines = [f"{name}: {total / rate:.1f} s sampled at {rate}/s (idle included)",
+             "", "inclusive s  frame"]
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{count / rate:10.2f}  {frame[:200]}")
+    lines += ["", "own s       frame (innermost)"]
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:40]:
+        lines.append(f"{count / rate:10.2f}  {frame[:200]}")
+    return "\n".join(lines) + "\n"
 
 
 def last_line(text: str) -> str:
@@ -465,9 +597,11 @@ def _liger_steps(args, pair, device, dtype, ids, labels, loss_fn, apply) -> dict
     return timed_steps(step, args, device)
 
 
-def run_bare(args, pair: Pair, device, dtype, ids, labels) -> dict[str, Any]:
+def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False) -> dict[str, Any]:
     """KDTrainer.train_step on the pair's checkpoints, the batch fixed (kd_throughput's
-    kdengine variant, on these models and this objective)."""
+    kdengine variant, on these models and this objective); `fp8`: the teacher quantized as
+    --teacher-dtype float8 does. With --profile, its GPU kernel time by kind goes to
+    OUT/profile_<pair>_<variant>.txt."""
     from kdengine.config import RunConfig
     from kdengine.data import TokenSplits
     from kdengine.models.hf_layout import load_decoder
@@ -476,6 +610,10 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels) -> dict[str, Any]:
     from kdengine.trainer import KDTrainer
 
     teacher = load_decoder(pair.teacher_dir, dtype, device)
+    if fp8:
+        from kdengine.models.fp8 import quantize_teacher
+
+        quantize_teacher(teacher.requires_grad_(False).eval())  # frozen, as load_teacher's
     student = load_decoder(pair.student_dir, torch.float32, device).train()
     config = RunConfig(teacher="bench://teacher", student="bench://student",
                        data="bench://random", steps=10**6, batch_size=args.batch,
@@ -490,7 +628,12 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels) -> dict[str, Any]:
         trainer = KDTrainer(config, ModelTeacher(teacher), ModelStudent(student),
                             TokenSplits(stream, stream, 0), runlog, device, dtype)
         trainer.sampler = kt.FixedBatch(ids.cpu(), labels.cpu())
-        return timed_steps(lambda: trainer.train_step()["loss"], args, device)
+        out = timed_steps(lambda: trainer.train_step()["loss"], args, device)
+        if args.profile and device.type == "cuda":
+            name = f"profile_{pair.name}_{'bare-fp8' if fp8 else 'bare'}.txt"
+            kt.profile_steps(lambda: trainer.train_step()["loss"], device, args.out / name)
+            out["profile"] = name
+        return out
     finally:
         runlog.close()
 
@@ -558,10 +701,11 @@ class Bench:
                "work": str(self.work),
                "work_free_gib": round(shutil.disk_usage(self.work).free / GIB, 1)}
         for pkg in ("transformers", "liger_kernel", "triton"):
-            try:
-                env[pkg] = importlib.import_module(pkg).__version__
-            except Exception:  # noqa: BLE001 - absent or broken: the variant says skipped
-                env[pkg] = None
+            try:  # the distribution's metadata: liger_kernel has no __version__
+                env[pkg] = importlib.metadata.version(pkg.replace("_", "-"))
+            except importlib.metadata.PackageNotFoundError:
+                env[pkg] = getattr(importlib.util.find_spec(pkg) and importlib.import_module(pkg),
+                                   "__version__", None)
         return env
 
     def save(self) -> None:
@@ -605,7 +749,8 @@ class Bench:
         ids, labels = kt.random_batch(pair.student_cfg["vocab_size"], args.batch, args.seq,
                                       self.device)
         os.environ.update(pair.env())  # in-process compiles share the pair's caches
-        in_process = {"liger": run_liger, "naive": run_naive, "bare": run_bare}
+        in_process = {"liger": run_liger, "naive": run_naive, "bare": run_bare,
+                      "bare-fp8": partial(run_bare, fp8=True)}
         for v in self.variants_of(pair):
             skip = self.precondition(pair, v)
             if skip:
@@ -619,7 +764,8 @@ class Bench:
                              self.fp8_flags if v == "cli-fp8" else [],
                              ckpt_every=args.ckpt_every if v == "cli-ckpt" else 0,
                              checkpoints=self.checkpoints_that_fit(pair)[0]
-                             if v == "cli-ckpt" else 0)
+                             if v == "cli-ckpt" else 0,
+                             profile_start=args.start_profile and v in ("cli-warm", "cli-ckpt"))
             out = self.phase(pair, later, v, fn)
             res["variants"][v] = out
             self.save()
@@ -631,7 +777,7 @@ class Bench:
 
     def precondition(self, pair: Pair, variant: str) -> str | None:
         """Why `variant` cannot run on this box, or None."""
-        if variant == "cli-fp8":
+        if variant in ("cli-fp8", "bare-fp8"):
             return self.fp8_missing
         if variant == "cli-ckpt":
             count, why = self.checkpoints_that_fit(pair)
@@ -737,6 +883,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--liger-chunk", type=int, default=1024)
     p.add_argument("--kernel-time", action="store_true",
                    help="also profile the in-process variants' GPU kernel time (3 steps more)")
+    p.add_argument("--profile", action="store_true",
+                   help="the bare variants' GPU kernel time by kind: OUT/profile_<pair>_<v>.txt")
+    p.add_argument("--start-profile", action="store_true",
+                   help="sample the warm CLI run's start with py-spy (the carried wheel): "
+                   "OUT/start_<pair>.txt, its frames by time")
     p.add_argument("--data-bytes", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None,
                    help="skip phases that would not fit (default 540 on CUDA, none on the CPU)")
@@ -784,7 +935,7 @@ def first_losses(res: dict[str, Any]) -> None:
     """The in-process variants start from the same weights and batch with the same objective:
     their first losses agree (bf16) unless one of them computes something else."""
     seen = {k: v["first_loss"] for k, v in res["variants"].items()
-            if k in ("liger", "naive", "bare") and isinstance(v.get("first_loss"), float)}
+            if k in ("liger", "naive", "bare", "bare-fp8") and isinstance(v.get("first_loss"), float)}
     if len(seen) > 1:
         lo, hi = min(seen.values()), max(seen.values())
         res["first_loss_spread"] = (hi - lo) / max(abs(hi), 1e-9)
