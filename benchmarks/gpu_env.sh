@@ -10,5 +10,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/kd-bench-site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/kd-bench-site/bin:$PATH
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# Bytecode for what the engine imports, as pip compiles it at install time: the box's image may
+# ship none, and then each process compiles torch's sources again (7 of a 19 s start). Kept
+# under /tmp (the image's site-packages stay as they are).
+export PYTHONPYCACHEPREFIX=/tmp/kd-pycache
+unset PYTHONDONTWRITEBYTECODE
+"${PYTHON:-python3}" benchmarks/bytecode.py 2>&1 | tee "$OUT/bytecode.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit \
   --format=csv > "$OUT/gpu.csv" 2>&1 || true
