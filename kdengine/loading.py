@@ -19,13 +19,13 @@ from kdengine.data import (
     ByteTokenizer,
     TokenSplits,
     is_token_shards,
-    read_documents,
     read_token_shards,
-    split_documents,
     split_token_shards,
+    split_tokens,
 )
 from kdengine.data.examples import ExampleData, load_examples
 from kdengine.data.formats import is_example_data, parse_fields
+from kdengine.data.text_cache import document_tokens
 from kdengine.diskspace import DiskFull, human, is_disk_full
 from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
 from kdengine.preflight import check_vocab
@@ -123,11 +123,11 @@ def load_data(config: RunConfig, tokenizer: Any, template_dir: Path | None = Non
                                   config.seq_len, config.batch_size,
                                   vocab_size=tokenizer.vocab_size)
     skipped: list[list[str]] = []
-    docs = read_documents(config.data, on_bad_file=config.on_bad_file, skipped=skipped)
-    encode = getattr(tokenizer, "encode_tensor", None) or (
-        lambda text: torch.tensor(tokenizer.encode(text), dtype=torch.int64))
-    splits = split_documents(docs, encode, tokenizer.eos_id, config.val_fraction,
-                             config.seq_len, config.batch_size)
+    # tokenized once, then read back from KDENGINE_CACHE by every later run and resume
+    names, tokens = document_tokens(config.data, tokenizer, on_bad_file=config.on_bad_file,
+                                    skipped=skipped, progress=progress)
+    splits = split_tokens(names, tokens, tokenizer.eos_id, config.val_fraction,
+                          config.seq_len, config.batch_size)
     splits.skipped = skipped
     return splits
 

@@ -546,8 +546,15 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
                     window: int, batch_size: int = 1) -> TokenSplits:
     """Tokenize and split; the validation split always gets at least one window of tokens.
     `window` is seq_len; a ConfigError says so when the data is shorter than one batch."""
-    tokens = [tokenize(d.text) for d in docs]
-    held, _, _ = plan_split([(d.name, len(t)) for d, t in zip(docs, tokens, strict=True)],
+    return split_tokens([d.name for d in docs], [tokenize(d.text) for d in docs], eos_id,
+                        val_fraction, window, batch_size)
+
+
+def split_tokens(names: list[str], tokens: list[torch.Tensor], eos_id: int, val_fraction: float,
+                 window: int, batch_size: int = 1) -> TokenSplits:
+    """split_documents of documents already tokenized: `tokens[i]` holds document `names[i]`'s
+    ids (kdengine.data.text_cache keeps them across runs)."""
+    held, _, _ = plan_split(list(zip(names, (len(t) for t in tokens), strict=True)),
                             val_fraction, window)
     if held is None:
         train, val = _tail_split(pack(tokens, eos_id), val_fraction, window)
