@@ -124,9 +124,9 @@ def load_data(config: RunConfig, tokenizer: Any, template_dir: Path | None = Non
                                   vocab_size=tokenizer.vocab_size)
     skipped: list[list[str]] = []
     # tokenized once, then read back from KDENGINE_CACHE by every later run and resume
-    names, tokens = document_tokens(config.data, tokenizer, on_bad_file=config.on_bad_file,
-                                    skipped=skipped, progress=progress)
-    splits = split_tokens(names, tokens, tokenizer.eos_id, config.val_fraction,
+    names, ids, offsets = document_tokens(config.data, tokenizer, on_bad_file=config.on_bad_file,
+                                          skipped=skipped, progress=progress)
+    splits = split_tokens(names, ids, offsets, tokenizer.eos_id, config.val_fraction,
                           config.seq_len, config.batch_size)
     splits.skipped = skipped
     return splits

@@ -418,6 +418,31 @@ def pack(token_lists: Iterable[torch.Tensor], eos_id: int) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
 
+# Documents this long on average are packed from a view of each (cheap per token), shorter ones
+# all at once through masks (cheap per document: a view costs microseconds, a million seconds).
+VIEW_TOKENS = 256
+
+
+def pack_flat(ids: torch.Tensor, lengths: torch.Tensor, eos_id: int,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
+    """pack() of documents laid end to end in `ids` (document i has lengths[i] of them), or of
+    those `keep` (bool, a document) marks: each followed by the end-of-document token."""
+    if len(ids) >= VIEW_TOKENS * max(len(lengths), 1):
+        docs = ids.split(lengths.tolist())
+        return pack(docs if keep is None else
+                    (d for d, k in zip(docs, keep.tolist(), strict=True) if k), eos_id)
+    if keep is not None:
+        ids, lengths = ids[keep.repeat_interleave(lengths)], lengths[keep]
+    # document i's eos comes after its own and all earlier ids, and the i earlier eos tokens
+    ends = lengths.cumsum(0) + torch.arange(len(lengths))
+    out = torch.empty(len(ids) + len(lengths), dtype=torch.int64)
+    is_eos = torch.zeros(len(out), dtype=torch.bool)
+    is_eos[ends] = True
+    out[ends] = eos_id
+    out[~is_eos] = ids
+    return out
+
+
 class TokenStream:
     """A 1-D token stream over mapped shards, without a copy: the concatenation of `ranges`
     ([start, stop) rows in the shards' joint coordinates: shard 0's tokens, then shard 1's, ...,
@@ -546,21 +571,33 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
                     window: int, batch_size: int = 1) -> TokenSplits:
     """Tokenize and split; the validation split always gets at least one window of tokens.
     `window` is seq_len; a ConfigError says so when the data is shorter than one batch."""
-    return split_tokens([d.name for d in docs], [tokenize(d.text) for d in docs], eos_id,
-                        val_fraction, window, batch_size)
-
-
-def split_tokens(names: list[str], tokens: list[torch.Tensor], eos_id: int, val_fraction: float,
-                 window: int, batch_size: int = 1) -> TokenSplits:
-    """split_documents of documents already tokenized: `tokens[i]` holds document `names[i]`'s
-    ids (kdengine.data.text_cache keeps them across runs)."""
-    held, _, _ = plan_split(list(zip(names, (len(t) for t in tokens), strict=True)),
+    tokens = [tokenize(d.text) for d in docs]
+    held, _, _ = plan_split([(d.name, len(t)) for d, t in zip(docs, tokens, strict=True)],
                             val_fraction, window)
     if held is None:
         train, val = _tail_split(pack(tokens, eos_id), val_fraction, window)
     else:
         train = pack((t for t, h in zip(tokens, held, strict=True) if not h), eos_id)
         val = pack((t for t, h in zip(tokens, held, strict=True) if h), eos_id)
+    _check_sizes(train, val, window, batch_size)
+    return TokenSplits(train, val, eos_id)
+
+
+def split_tokens(names: list[str], ids: torch.Tensor, offsets: torch.Tensor, eos_id: int,
+                 val_fraction: float, window: int, batch_size: int = 1) -> TokenSplits:
+    """split_documents of documents already tokenized and laid end to end (document i, named
+    names[i], is ids[offsets[i]:offsets[i + 1]]; kdengine.data.text_cache keeps them across
+    runs): the same streams, packed without a tensor per document (millions of them cost
+    seconds)."""
+    lengths = offsets.diff()
+    held, _, _ = plan_split(list(zip(names, lengths.tolist(), strict=True)), val_fraction,
+                            window)
+    if held is None:
+        train, val = _tail_split(pack_flat(ids, lengths, eos_id), val_fraction, window)
+    else:
+        val_docs = torch.tensor(held, dtype=torch.bool)
+        train = pack_flat(ids, lengths, eos_id, ~val_docs)
+        val = pack_flat(ids, lengths, eos_id, val_docs)
     _check_sizes(train, val, window, batch_size)
     return TokenSplits(train, val, eos_id)
 

@@ -33,7 +33,7 @@ import torch
 from kdengine.data.store import _file_identity, cache_dir
 
 TEXT_FORMAT = "kdengine-text-1"
-WRITE_DOCS = 4096  # documents converted to uint32 and written at a time
+WRITE_TOKENS = 1 << 24  # tokens converted to uint32 and written at a time
 
 Line = Callable[[str], None]
 
@@ -41,11 +41,13 @@ Line = Callable[[str], None]
 def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
                     on_bad_file: str = "fail", skipped: list[list[str]] | None = None,
                     progress: Line | None = None,
-                    root: Path | None = None) -> tuple[list[str], list[torch.Tensor]]:
-    """The names of `spec`'s documents and their ids (int64 tensors: exactly what the
-    tokenizer's encode_tensor gives each document's text), from the cache when it holds them,
-    else read, tokenized and cached. The files on_bad_file="skip" left out are appended to
-    `skipped` either way; `progress(line)` hears where the tokens came from."""
+                    root: Path | None = None) \
+        -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The names of `spec`'s documents, their ids end to end (int64: exactly what the
+    tokenizer's encode_tensor gives each document's text) and offsets (document i is
+    ids[offsets[i]:offsets[i + 1]]), from the cache when it holds them, else read, tokenized
+    and cached. The files on_bad_file="skip" left out are appended to `skipped` either way;
+    `progress(line)` hears where the tokens came from."""
     from kdengine.data import DEMO_DATA, read_documents
 
     skipped = [] if skipped is None else skipped
@@ -60,11 +62,11 @@ def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
     if directory is not None:
         cached = _read(directory)
         if cached is not None:
-            names, tokens, skips = cached
+            names, ids, offsets, skips = cached
             skipped.extend(skips)
             if progress:
                 progress(f"data: tokens of {len(names)} documents from the cache ({directory})")
-            return names, tokens
+            return names, ids, offsets
         broken = directory.exists()  # there but refused: replaced once rebuilt
     start = time.perf_counter()
     found: list[list[str]] = []
@@ -73,20 +75,23 @@ def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
     names = [d.name for d in docs]
     encode = _encoder(tokenizer)
     tokens = [encode(d.text) for d in docs]
+    offsets = torch.tensor([0, *accumulate(len(t) for t in tokens)], dtype=torch.int64)
+    ids = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.int64)
+    del tokens
     if directory is None:
-        return names, tokens
+        return names, ids, offsets
     seconds = time.perf_counter() - start
     try:
-        _write(directory, names, tokens, found, tokenizer.eos_id, replace=broken)
+        _write(directory, names, ids, offsets, found, tokenizer.eos_id, replace=broken)
     except (OSError, ValueError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         (progress or _stderr)(f"WARNING: data: cannot cache the tokens in {directory.parent} "
                               f"({why}); this run goes on uncached")
-        return names, tokens
+        return names, ids, offsets
     if progress:
-        progress(f"data: tokenized {len(docs)} documents ({sum(len(t) for t in tokens)} "
-                 f"tokens) in {seconds:.1f} s; cached for the next run")
-    return names, tokens
+        progress(f"data: tokenized {len(names)} documents ({len(ids)} tokens) in "
+                 f"{seconds:.1f} s; cached for the next run")
+    return names, ids, offsets
 
 
 def text_key(path: Path, tokenizer: Any, text_field: str, on_bad_file: str) -> str:
@@ -106,8 +111,9 @@ def _encoder(tokenizer: Any) -> Callable[[str], torch.Tensor]:
         lambda text: torch.tensor(tokenizer.encode(text), dtype=torch.int64))
 
 
-def _read(directory: Path) -> tuple[list[str], list[torch.Tensor], list[list[str]]] | None:
-    """An entry's names, tokens and skipped files; None when there is none or it does not
+def _read(directory: Path) \
+        -> tuple[list[str], torch.Tensor, torch.Tensor, list[list[str]]] | None:
+    """An entry's names, ids, offsets and skipped files; None when there is none or it does not
     match its meta (then it is rebuilt)."""
     try:
         meta = json.loads((directory / "meta.json").read_text())
@@ -118,19 +124,18 @@ def _read(directory: Path) -> tuple[list[str], list[torch.Tensor], list[list[str
             return None
         offsets = torch.frombuffer(bytearray((directory / "offsets.bin").read_bytes()),
                                    dtype=torch.int64)
-        lengths = offsets.diff()
-        if int(offsets[0]) != 0 or int(offsets[-1]) != total or bool((lengths < 0).any()):
+        if int(offsets[0]) != 0 or int(offsets[-1]) != total or bool((offsets.diff() < 0).any()):
             return None
         # a private copy-on-write mapping of a file opened read-only, widened to int64 once
         ids = torch.from_file(str(directory / "tokens.bin"), shared=False, size=total,
                               dtype=torch.uint32).to(torch.int64) if total else \
             torch.empty(0, dtype=torch.int64)
-        return names, list(ids.split(lengths.tolist())), meta["skipped"]
+        return names, ids, offsets, meta["skipped"]
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None
 
 
-def _write(directory: Path, names: list[str], tokens: list[torch.Tensor],
+def _write(directory: Path, names: list[str], ids: torch.Tensor, offsets: torch.Tensor,
            skipped: list[list[str]], eos_id: int, replace: bool) -> None:
     """The entry, built beside and renamed into place; `replace`: a broken one (_read refused
     it) is there to take the place of."""
@@ -138,12 +143,11 @@ def _write(directory: Path, names: list[str], tokens: list[torch.Tensor],
     building = Path(tempfile.mkdtemp(prefix=".build-", dir=directory.parent))
     try:
         with open(building / "tokens.bin", "wb") as out:
-            for start in range(0, len(tokens), WRITE_DOCS):
-                ids = torch.cat(tokens[start:start + WRITE_DOCS])
-                if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= 1 << 32):
+            for start in range(0, len(ids), WRITE_TOKENS):
+                part = ids[start:start + WRITE_TOKENS]
+                if int(part.min()) < 0 or int(part.max()) >= 1 << 32:
                     raise ValueError("token ids beyond uint32")
-                out.write(ids.to(torch.uint32).view(torch.uint8).numpy())
-        offsets = torch.tensor([0, *accumulate(len(t) for t in tokens)], dtype=torch.int64)
+                out.write(part.to(torch.uint32).view(torch.uint8).numpy())
         (building / "offsets.bin").write_bytes(offsets.view(torch.uint8).numpy().tobytes())
         meta = {"format": TEXT_FORMAT, "documents": len(names), "tokens": int(offsets[-1]),
                 "eos_id": eos_id, "skipped": skipped, "names": names}

@@ -15,9 +15,13 @@ import torch
 from kdengine.config import RunConfig
 from kdengine.data import (
     ByteTokenizer,
+    Document,
     TokenSplits,
+    pack,
+    pack_flat,
     read_documents,
     split_documents,
+    split_tokens,
     stream_fingerprint,
 )
 from kdengine.loading import load_data
@@ -89,12 +93,35 @@ def _uncached(data: Path, tokenizer) -> TokenSplits:
     return splits
 
 
-def _assert_same(a: TokenSplits, b: TokenSplits) -> None:
+def _assert_same(a: TokenSplits, b: TokenSplits, skipped: int = 1) -> None:
     assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
-    assert a.train.dtype == b.train.dtype == torch.int64
+    assert a.train.dtype == b.train.dtype == a.val.dtype == torch.int64
     assert stream_fingerprint(a.train) == stream_fingerprint(b.train)
     assert stream_fingerprint(a.val) == stream_fingerprint(b.val)
-    assert a.skipped == b.skipped and len(a.skipped) == 1
+    assert a.skipped == b.skipped and len(a.skipped) == skipped
+
+
+def test_documents_laid_end_to_end_pack_and_split_as_one_tensor_each_did() -> None:
+    gen = torch.Generator().manual_seed(0)
+    short, long = ([torch.randint(0, 1000, (int(n),), generator=gen)
+                    for n in torch.randint(low, high, (50,), generator=gen)]
+                   for low, high in ((0, 9), (200, 900)))  # empty documents too
+    keep = torch.rand(50, generator=gen) < 0.3
+    for docs in (short, long):  # packed through masks, and from a view of each
+        ids, lengths = torch.cat(docs), torch.tensor([len(d) for d in docs])
+        assert torch.equal(pack_flat(ids, lengths, 7), pack(docs, 7))
+        assert torch.equal(pack_flat(ids, lengths, 7, keep),
+                           pack((d for d, k in zip(docs, keep, strict=True) if k), 7))
+    # documents (some held out whole), and one long one (the stream's tail held out)
+    for docs, window in ((short, 4), (long, 64), ([torch.arange(600)], 16)):
+        names = [f"doc{i}" for i in range(len(docs))]
+        lengths = torch.tensor([len(d) for d in docs])
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        by_name = dict(zip(names, docs, strict=True))
+        split = split_documents([Document(n, n) for n in names], by_name.__getitem__, 7, 0.1,
+                                window, 1)
+        _assert_same(split_tokens(names, torch.cat(docs), offsets, 7, 0.1, window, 1), split,
+                     skipped=0)
 
 
 def test_second_load_tokenizes_nothing_and_gives_the_same_streams(
