@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from kdengine.data import DEMO_DATA, read_documents
 from kdengine.data.store import _file_identity, cache_dir
 
 TEXT_FORMAT = "kdengine-text-1"
@@ -48,8 +49,6 @@ def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
     ids[offsets[i]:offsets[i + 1]]), from the cache when it holds them, else read, tokenized
     and cached. The files on_bad_file="skip" left out are appended to `skipped` either way;
     `progress(line)` hears where the tokens came from."""
-    from kdengine.data import DEMO_DATA, read_documents
-
     skipped = [] if skipped is None else skipped
     path = Path(spec).expanduser()
     directory, broken = None, False
