@@ -321,8 +321,9 @@ class StartProfile:
 
     RATE = 100  # samples a second
 
-    def __init__(self, proc: subprocess.Popen | None, path: Path, why: str = "") -> None:
-        self.proc, self.path, self.why, self.result = proc, path, why, None
+    def __init__(self, proc: subprocess.Popen | None, path: Path, why: str = "",
+                 pid: int = 0) -> None:
+        self.proc, self.path, self.why, self.result, self.pid = proc, path, why, None, pid
 
     @classmethod
     def attach(cls, pid: int, path: Path) -> StartProfile:
@@ -334,7 +335,7 @@ class StartProfile:
                                  "--nonblocking", "-r", str(cls.RATE), "-f", "raw",
                                  "-o", str(raw)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        return cls(proc, path)
+        return cls(proc, path, pid=pid)
 
     def stop(self) -> dict[str, Any]:
         if self.result is not None:
@@ -342,6 +343,8 @@ class StartProfile:
         if self.proc is None:
             self.result = {"error": self.why}
             return self.result
+        busy = {"loadavg": Path("/proc/loadavg").read_text().split()[:3],
+                "engine_children": children(self.pid)}  # e.g. Inductor's compile workers
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # py-spy writes its samples and detaches
         try:
@@ -356,9 +359,23 @@ class StartProfile:
         text = summarize_stacks(raw.read_text(), self.RATE)
         summary = self.path.parent / f"{self.path.name}.txt"
         summary.write_text(text)
-        self.result = {"file": summary.name,
+        self.result = {"file": summary.name, **busy,
                        "top": text.splitlines()[:3]}
         return self.result
+
+
+def children(pid: int) -> list[str]:
+    """The command names of `pid`'s child processes (Linux /proc)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.find("(") + 1:text.rfind(")")], text[text.rfind(")") + 2:].split()
+        if int(rest[1]) == pid:
+            names.append(name)
+    return names
 
 
 def summarize_stacks(raw: str, rate: int, top: int = 90) -> str:
@@ -935,7 +952,8 @@ def first_losses(res: dict[str, Any]) -> None:
     """The in-process variants start from the same weights and batch with the same objective:
     their first losses agree (bf16) unless one of them computes something else."""
     seen = {k: v["first_loss"] for k, v in res["variants"].items()
-            if k in ("liger", "naive", "bare", "bare-fp8") and isinstance(v.get("first_loss"), float)}
+            if k in ("liger", "naive", "bare", "bare-fp8")
+            and isinstance(v.get("first_loss"), float)}
     if len(seen) > 1:
         lo, hi = min(seen.values()), max(seen.values())
         res["first_loss_spread"] = (hi - lo) / max(abs(hi), 1e-9)

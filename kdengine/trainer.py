@@ -51,7 +51,6 @@ from kdengine.compiled import (
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import BatchSampler, TokenSplits
 from kdengine.data.examples import ExampleData
-from kdengine.data.formats import is_example_data, parse_fields
 from kdengine.data.store import NAMED_SKIPS
 from kdengine.diskspace import (
     DiskFull,
@@ -637,11 +636,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
 
             stage = "data"
             log.stage(stage, "running")
-            # example data: rank 0 builds the token store (or finds it: --check built it), the
-            # other ranks map it
-            first = dist.rank0_first() if is_example_data(
-                config.data, parse_fields(config.data_fields)) else nullcontext()
-            with first:
+            # rank 0 tokenizes into the engine's cache (example data's token store, or raw
+            # text's tokens: kdengine.data.text_cache), or finds it there; the other ranks read it
+            with dist.rank0_first():
                 splits = load_data(config, tokenizer, getattr(teacher, "source_dir", None),
                                    log.line)
             detail, counts = data_summary(splits)
