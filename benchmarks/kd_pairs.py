@@ -8,6 +8,8 @@ clip 1.0. Variants, in the order they run:
   cli        `kdengine train` end to end through its CLI (a subprocess), step time from its own
              step events, first run of the pair: compile caches cold
   cli-warm   the same again: the caches of the first run warm (second-run start)
+  cli-warm-env  a third run, warm too, with --warm-env's variables set (default
+             TORCH_WARM_POOL=0: Inductor's compile workers start on demand, not at the start)
   cli-ckpt   on --ckpt-pairs (default the Llama pair), in cli-warm's place: the second run,
              with --checkpoint-every N until two checkpoints are written: their events'
              stall_s/write_s and the step after each (left out of its median)
@@ -57,7 +59,8 @@ import pairs as P
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("cli", "cli-warm", "cli-ckpt", "cli-fp8", "liger", "naive", "bare", "bare-fp8")
+VARIANTS = ("cli", "cli-warm", "cli-warm-env", "cli-ckpt", "cli-fp8", "liger", "naive", "bare",
+            "bare-fp8")
 ESSENTIAL = ("cli", "cli-fp8", "liger")  # kept in the budget for the pairs still to come
 GIB = 2**30
 
@@ -115,8 +118,8 @@ class Plan:
 
     # share of the matmul ceiling each step reaches (issue 16's H200 numbers, rounded; only the
     # estimates use it)
-    EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-fp8": 0.65, "cli-ckpt": 0.55, "bare": 0.55,
-                  "bare-fp8": 0.65, "liger": 0.45, "naive": 0.3}
+    EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-warm-env": 0.55, "cli-fp8": 0.65,
+                  "cli-ckpt": 0.55, "bare": 0.55, "bare-fp8": 0.65, "liger": 0.45, "naive": 0.3}
 
     def __init__(self, args: argparse.Namespace, ceiling: float) -> None:
         self.args, self.ceiling = args, ceiling
@@ -130,8 +133,8 @@ class Plan:
     def raw_estimate(self, pair: Pair, phase: str) -> float:
         a = self.args
         if a.tiny:
-            return {"write": 1, "cli": 8, "cli-warm": 8, "cli-fp8": 8, "cli-ckpt": 8,
-                    "liger": 3, "naive": 3, "bare": 3, "bare-fp8": 3}[phase]
+            return {"write": 1, "cli": 8, "cli-warm": 8, "cli-warm-env": 8, "cli-fp8": 8,
+                    "cli-ckpt": 8, "liger": 3, "naive": 3, "bare": 3, "bare-fp8": 3}[phase]
         if phase == "write":
             return 2 + pair.weight_bytes / 1.5e9
         load = pair.weight_bytes / 2e9
@@ -149,6 +152,7 @@ class Plan:
         return {
             "cli": cold + cli_steps * step + 3,
             "cli-warm": warm + cli_steps * step + 3,
+            "cli-warm-env": warm + cli_steps * step + 3,
             "cli-fp8": fp8 + cli_steps * step + 3,
             "cli-ckpt": warm + ckpt_steps * step + 2 * pair.checkpoint_bytes / 2e9 + 3,
             "liger": 6 + 1.5 * load + 12 + inproc_steps * step,
@@ -209,8 +213,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: float,
-            ckpt_every: int = 0, checkpoints: int = 0, profile_start: bool = False
-            ) -> dict[str, Any]:
+            ckpt_every: int = 0, checkpoints: int = 0, profile_start: bool = False,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
     """One `kdengine train` subprocess, stopped with SIGTERM once it has logged what is needed:
     warm-up + timed steps, or `checkpoints` checkpoints every `ckpt_every` steps and the step
     after the last. With one checkpoint the run's --steps ends right after it, so the CLI
@@ -232,7 +236,8 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     launched = time.time()
     with open(output, "w") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env=subprocess_env(pair.env()), start_new_session=True)
+                                env=subprocess_env({**pair.env(), **(env or {})}),
+                                start_new_session=True)
     deadline, stopped, timed_out = time.monotonic() + timeout, False, False
     sampler = StartProfile.attach(proc.pid, args.out / f"start_{pair.name}") if profile_start \
         else None
@@ -252,7 +257,7 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     wall = time.time() - launched
     events = read_events(run_dir / "events.jsonl")
     result: dict[str, Any] = {"argv": " ".join(argv[1:]), "exit_code": proc.returncode,
-                              "wall_s": round(wall, 1)}
+                              "wall_s": round(wall, 1), **({"env": env} if env else {})}
     if sampler is not None:
         result["start_profile"] = sampler.stop()
     if timed_out or not enough(events, needed, checkpoints):
@@ -782,7 +787,8 @@ class Bench:
                              ckpt_every=args.ckpt_every if v == "cli-ckpt" else 0,
                              checkpoints=self.checkpoints_that_fit(pair)[0]
                              if v == "cli-ckpt" else 0,
-                             profile_start=args.start_profile and v in ("cli-warm", "cli-ckpt"))
+                             profile_start=args.start_profile and v in ("cli-warm", "cli-ckpt"),
+                             env=args.warm_env if v == "cli-warm-env" else None)
             out = self.phase(pair, later, v, fn)
             res["variants"][v] = out
             self.save()
@@ -887,6 +893,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=110,
                    help="steps between checkpoints: longer than a write (a 1B student: ~20 s), "
                    "or each save waits for the one before")
+    p.add_argument("--warm-env", default="TORCH_WARM_POOL=0",
+                   help="KEY=VALUE[,KEY=VALUE]: the environment cli-warm-env adds")
     p.add_argument("--fp8-flags", default="--teacher-dtype float8",
                    help="what cli-fp8 adds to the command line")
     p.add_argument("--batch", type=int, default=None)
@@ -916,6 +924,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"variants: {', '.join(VARIANTS)})")
     args.pairs, args.variants = pairs, [v for v in VARIANTS if v in variants]
     args.ckpt_pairs = set(args.ckpt_pairs.split(","))
+    args.warm_env = dict(kv.split("=", 1) for kv in args.warm_env.split(",") if "=" in kv)
     tiny = args.tiny
     args.batch = args.batch or (2 if tiny else 4)
     args.seq = args.seq or (64 if tiny else 2048)
