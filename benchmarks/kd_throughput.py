@@ -454,10 +454,12 @@ def run_kdengine(args, device, dtype, ids, labels, spec, compile_models, rounds,
     return results
 
 
-KERNEL_KINDS = (("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "Kernel2")),
-                ("attention", ("flash", "fmha", "attention", "attn")),
+# first match wins: Inductor's kernels name the ops they fused (an attention's rope: "triton_..
+# _scaled_dot_product_cudnn_attention_..."), and cuDNN's attention kernels carry "sm90_"
+KERNEL_KINDS = (("triton (inductor/liger)", ("triton",)),
+                ("attention", ("sdpa", "flash", "fmha", "attention", "attn")),
+                ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "Kernel2")),
                 ("optimizer", ("adam", "Adam", "multi_tensor", "foreach", "norm_kernel")),
-                ("triton (inductor/liger)", ("triton",)),
                 ("copy/cast", ("copy", "Memcpy", "Memset", "cast", "fill")))
 
 
