@@ -225,6 +225,19 @@ COMMANDS = {"train": cmd_train, "verdict": cmd_verdict, "cache-teacher": cmd_cac
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # A torchrun rank leaves without the interpreter's teardown, its run over and its exit
+        # code decided: torch's process-group threads could still abort it there ("terminate
+        # called without an active exception", SIGABRT), and torchrun would call the run failed.
+        # Logs and events are closed by now; only the standard streams need flushing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {PROG} {{train,cache-teacher,verdict,version}} ...\n\n"
