@@ -9,10 +9,11 @@ names), tokenizer.json present and readable, one tokenizer for teacher and stude
 (student <= teacher, tokenizer ids inside the vocab), the device, and the data: every file
 readable, UTF-8, every JSONL line parsed, and enough tokens for one training batch and one
 validation window (counted with the run's tokenizer and split rule, stopping once both sides
-have enough; one huge file is counted on a prefix). Not checked here (it needs the weights or
-a download): tensor names, shapes and dtypes against config.json, a hub model that is not in
-the local cache yet, and the token ids of pre-tokenized shards against the vocab (their
-document split and largest id need a scan)."""
+have enough; one huge file is counted on a prefix; data the run's text cache already holds
+with the same key is counted from the entry, no file read). Not checked here (it needs the
+weights or a download): tensor names, shapes and dtypes against config.json, a hub model that
+is not in the local cache yet, and the token ids of pre-tokenized shards against the vocab
+(their document split and largest id need a scan)."""
 
 from __future__ import annotations
 
@@ -196,18 +197,36 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
     exact: list[bool] = []
     seen = {False: 0, True: 0}  # tokens (eos included) per side: train, validation
     want = {False: need, True: need_val}
-    # reads every file: each must decode and parse (or, on_bad_file=skip, is skipped as the run
-    # skips it)
     skipped: list[list[str]] = []
-    for doc in iter_documents(config.data, on_bad_file=config.on_bad_file, skipped=skipped):
-        side = is_validation(doc.name, config.val_fraction)
-        n, whole = 0, False
-        if tokenizer is not None and seen[side] < want[side]:
-            n, whole = count_tokens(tokenizer, doc.text, want[side] - seen[side])
-            seen[side] += n + 1
-        names.append(doc.name)
-        counts.append(n)
-        exact.append(whole)
+    # The run's text cache holds an entry for exactly these files (path, size, mtime), this
+    # tokenizer and these options: the files decoded and parsed (or were skipped) and the entry
+    # has every document's count, so nothing is read (kdengine.data.text_cache). Counted as
+    # below, where the counts of the documents read are exact.
+    summary = None
+    if tokenizer is not None:
+        from kdengine.data.text_cache import cached_summary
+
+        summary = cached_summary(config.data, tokenizer, on_bad_file=config.on_bad_file)
+    if summary is not None:
+        names, counts, skipped = summary.names, summary.counts, summary.skipped
+        exact = [True] * len(names)
+        for name, n in zip(names, counts, strict=True):
+            side = is_validation(name, config.val_fraction)
+            if seen[side] < want[side]:
+                seen[side] += n + 1
+    else:
+        # reads every file: each must decode and parse (or, on_bad_file=skip, is skipped as the
+        # run skips it)
+        for doc in iter_documents(config.data, on_bad_file=config.on_bad_file,
+                                  skipped=skipped):
+            side = is_validation(doc.name, config.val_fraction)
+            n, whole = 0, False
+            if tokenizer is not None and seen[side] < want[side]:
+                n, whole = count_tokens(tokenizer, doc.text, want[side] - seen[side])
+                seen[side] += n + 1
+            names.append(doc.name)
+            counts.append(n)
+            exact.append(whole)
     if not names:
         why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
         raise ConfigError("data", f"{config.data} is empty: no text to train on{why}")

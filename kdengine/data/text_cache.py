@@ -11,7 +11,9 @@ change the documents, so a later run with the same key reads no text and tokeniz
 An entry is written in a temporary folder and renamed into place; one that does not match its
 meta (truncated, half-deleted) is rebuilt; a cache that cannot be written costs one warning
 line, never the run. The demo's data (the stdlib's sources, byte-tokenized in ~20 ms) is not
-cached.
+cached. `cached_summary` gives the run's preflight an entry's names, per-document token counts
+and skipped files without reading the text or the tokens: the entry proves what reading every
+file would check.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -50,14 +53,7 @@ def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
     and cached. The files on_bad_file="skip" left out are appended to `skipped` either way;
     `progress(line)` hears where the tokens came from."""
     skipped = [] if skipped is None else skipped
-    path = Path(spec).expanduser()
-    directory, broken = None, False
-    if spec != DEMO_DATA and path.exists():  # else read_documents says what is wrong
-        root = Path(root) if root is not None else cache_dir()
-        try:
-            directory = root / f"text-{text_key(path, tokenizer, text_field, on_bad_file)}"
-        except OSError:  # a file went away while listed: read_documents will say so, or not
-            directory = None
+    directory, broken = _entry(spec, tokenizer, text_field, on_bad_file, root), False
     if directory is not None:
         cached = _read(directory)
         if cached is not None:
@@ -93,6 +89,44 @@ def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
     return names, ids, offsets
 
 
+@dataclass(frozen=True)
+class Summary:
+    """What an entry knows of the data without its tokens: the documents' names, each one's
+    token count (its end-of-document token not included) and the files on_bad_file="skip" left
+    out."""
+
+    names: list[str]
+    counts: list[int]
+    skipped: list[list[str]]
+
+
+def cached_summary(spec: str, tokenizer: Any, *, text_field: str = "text",
+                   on_bad_file: str = "fail", root: Path | None = None) -> Summary | None:
+    """The summary of `spec`'s valid cache entry for this tokenizer and these options, or None
+    (none, or one document_tokens would refuse and rebuild). Cheap: the data files are stat'ed
+    for the key, meta.json and offsets.bin (8 bytes a document) read, tokens.bin stat'ed."""
+    directory = _entry(spec, tokenizer, text_field, on_bad_file, root)
+    found = _read_index(directory) if directory is not None else None
+    if found is None:
+        return None
+    meta, offsets = found
+    return Summary(meta["names"], offsets.diff().tolist(), meta["skipped"])
+
+
+def _entry(spec: str, tokenizer: Any, text_field: str, on_bad_file: str,
+           root: Path | None) -> Path | None:
+    """Where `spec`'s entry is (or would be); None for data that is not cached (the demo's) or
+    not there (read_documents then says what is wrong)."""
+    path = Path(spec).expanduser()
+    if spec == DEMO_DATA or not path.exists():
+        return None
+    root = Path(root) if root is not None else cache_dir()
+    try:
+        return root / f"text-{text_key(path, tokenizer, text_field, on_bad_file)}"
+    except OSError:  # a file went away while listed: read_documents will say so, or not
+        return None
+
+
 def text_key(path: Path, tokenizer: Any, text_field: str, on_bad_file: str) -> str:
     """The hash an entry is found by: the files, the tokenizer and what changes the documents."""
     identity = {
@@ -114,10 +148,29 @@ def _read(directory: Path) \
         -> tuple[list[str], torch.Tensor, torch.Tensor, list[list[str]]] | None:
     """An entry's names, ids, offsets and skipped files; None when there is none or it does not
     match its meta (then it is rebuilt)."""
+    found = _read_index(directory)
+    if found is None:
+        return None
+    meta, offsets = found
+    total = meta["tokens"]
+    try:
+        # a private copy-on-write mapping of a file opened read-only, widened to int64 once
+        ids = torch.from_file(str(directory / "tokens.bin"), shared=False, size=total,
+                              dtype=torch.uint32).to(torch.int64) if total else \
+            torch.empty(0, dtype=torch.int64)
+    except (OSError, RuntimeError):
+        return None
+    return meta["names"], ids, offsets, meta["skipped"]
+
+
+def _read_index(directory: Path) -> tuple[dict[str, Any], torch.Tensor] | None:
+    """An entry's meta and offsets, when they and the size of tokens.bin agree (its tokens are
+    not read); None when there is no entry or a broken one."""
     try:
         meta = json.loads((directory / "meta.json").read_text())
         count, total, names = meta["documents"], meta["tokens"], meta["names"]
         if (meta["format"] != TEXT_FORMAT or len(names) != count
+                or not isinstance(meta["skipped"], list)
                 or (directory / "tokens.bin").stat().st_size != total * 4
                 or (directory / "offsets.bin").stat().st_size != (count + 1) * 8):
             return None
@@ -125,11 +178,7 @@ def _read(directory: Path) \
                                    dtype=torch.int64)
         if int(offsets[0]) != 0 or int(offsets[-1]) != total or bool((offsets.diff() < 0).any()):
             return None
-        # a private copy-on-write mapping of a file opened read-only, widened to int64 once
-        ids = torch.from_file(str(directory / "tokens.bin"), shared=False, size=total,
-                              dtype=torch.uint32).to(torch.int64) if total else \
-            torch.empty(0, dtype=torch.int64)
-        return names, ids, offsets, meta["skipped"]
+        return meta, offsets
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None
 

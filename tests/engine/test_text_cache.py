@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdengine.config import RunConfig
+from kdengine.config import ConfigError, RunConfig
 from kdengine.data import (
     ByteTokenizer,
     Document,
@@ -24,6 +24,7 @@ from kdengine.data import (
     split_tokens,
     stream_fingerprint,
 )
+from kdengine.data.text_cache import cached_summary
 from kdengine.loading import load_data
 from kdengine.tokenizer import load_tokenizer
 
@@ -186,3 +187,61 @@ def test_a_cache_that_cannot_be_written_warns_once_and_the_run_goes_on(
     assert len(lines) == 1 and lines[0].startswith("WARNING: data: cannot cache the tokens in ")
     assert "this run goes on uncached" in lines[0]
     _assert_same(splits, _uncached(data, ByteTokenizer()))
+
+
+# The run's preflight (kdengine.preflight.check_data) counts cached data from the entry.
+
+def _preflight_config(data: Path, seq_len: int = 32) -> RunConfig:
+    return RunConfig.from_mapping({"teacher": "t", "student": "s", "data": str(data),
+                                   "seq_len": seq_len, "batch_size": 4, "val_fraction": 0.1,
+                                   "on_bad_file": "fail"})
+
+
+def _garble_keeping_stat(file: Path) -> None:
+    """Not UTF-8 any more, with the same size and mtime: the cache key cannot tell."""
+    stat = file.stat()
+    file.write_bytes(b"\xff" * stat.st_size)
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_preflight_of_cached_data_reads_no_file_until_one_is_touched(
+        tmp_path: Path, cache: Path, hf_tokenizer) -> None:
+    from kdengine.preflight import check_data
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, doc in enumerate(DOCS):
+        (data / f"{i:02d}.txt").write_text(doc)
+    config = _preflight_config(data)
+    read = check_data(config, hf_tokenizer, [])  # no entry yet: every file read
+    load_data(config, hf_tokenizer)  # writes the entry
+    assert cached_summary(str(data), hf_tokenizer, on_bad_file="fail") is not None
+    one = data / "05.txt"
+    _garble_keeping_stat(one)
+    assert check_data(config, hf_tokenizer, []) == read  # the same counts, the file unread
+    stat = one.stat()
+    os.utime(one, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched
+    with pytest.raises(ConfigError, match=r"05\.txt: not UTF-8 text \(byte 0\).*"
+                                          r"--on-bad-file skip"):
+        check_data(config, hf_tokenizer, [])
+
+
+def test_preflight_says_too_few_tokens_the_same_way_with_or_without_the_entry(
+        tmp_path: Path, cache: Path, hf_tokenizer) -> None:
+    from kdengine.preflight import check_data
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, doc in enumerate(DOCS[:3]):
+        (data / f"{i}.txt").write_text(doc)
+    config = _preflight_config(data, seq_len=256)  # 3 documents: far from one batch
+    with pytest.raises(ConfigError) as read:
+        check_data(config, hf_tokenizer, [])
+    with pytest.raises(ConfigError) as loaded:
+        load_data(config, hf_tokenizer)  # refused too, after caching the tokens
+    assert cached_summary(str(data), hf_tokenizer, on_bad_file="fail") is not None
+    _garble_keeping_stat(data / "1.txt")
+    with pytest.raises(ConfigError) as cached:
+        check_data(config, hf_tokenizer, [])
+    assert "shorter than one batch" in str(read.value)
+    assert str(cached.value) == str(read.value) == str(loaded.value)
