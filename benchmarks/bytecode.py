@@ -20,9 +20,10 @@ from pathlib import Path
 def imported_packages() -> list[Path]:
     """Top-level package folders, outside the standard library, of what a training run imports
     (the compiler's modules included: they load at the first torch.compile)."""
-    import kdengine.trainer  # noqa: F401
     import torch._dynamo  # noqa: F401
     import torch._inductor.compile_fx  # noqa: F401
+
+    import kdengine.trainer  # noqa: F401
 
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
     roots: set[Path] = set()
