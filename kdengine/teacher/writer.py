@@ -154,6 +154,7 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
     from kdengine.trainer import environment, pick_device, pick_dtype
 
     cfg = job.config
+    continued = (out / ev.EVENTS_FILE).exists()  # an earlier attempt's events: this one goes on
     log = RunLog(out)
     stop = StopSignals()
     stage, rows_done, total_rows = "prepare", 0, 0
@@ -163,9 +164,12 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             device, dtype = pick_device(cfg), pick_dtype(cfg, pick_device(cfg))
             torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
             previous = read_manifest(out) if (out / "manifest.json").exists() else None
+            # a continued job's resumed_from: the rows its finished shards hold (a train run's
+            # is its checkpoint's step); null for a job's first attempt
+            resumed_from = _rows_written(out, previous) if previous or continued else None
             log.emit(ev.RUN_STARTED, run_id=f"cache-{key[:12]}", run_dir=str(out),
                      config=cfg.to_dict(), device=str(device), dtype=str(dtype)[6:],
-                     resumed_from=0 if previous else None, env=environment(),
+                     resumed_from=resumed_from, env=environment(),
                      job="cache-teacher", cache={"key": key, "k": job.top_k,
                                                  "targets": job.targets,
                                                  "dtype": job.store_dtype})
@@ -289,6 +293,16 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
         return 1
     finally:
         log.close()
+
+
+def _rows_written(out: Path, previous: dict[str, Any] | None) -> int:
+    """The rows in the finished shards of the job that `previous` (its manifest) describes."""
+    if not previous:
+        return 0
+    per, rows = int(previous.get("shard_rows") or 0), previous.get("rows") or {}
+    total = int(rows.get("train") or 0) + int(rows.get("val") or 0)
+    return sum(min(per, total - i * per) for i in range(int(previous.get("shards") or 0))
+               if shard_done(out, i))
 
 
 class TeacherForward:

@@ -12,6 +12,11 @@ run continues in its own directory, its events appended with `seq` continuing af
 
 Both are Launchers: the run screen shows their stages, then follows the whole run from its first
 event, so the chart and progress continue from the checkpoint's step.
+
+A stopped teacher-cache job (`kdengine cache-teacher`, docs/teacher-cache.md) has no checkpoint:
+the engine finishes it when its own command runs again in its directory (finished shards kept).
+`LocalCacheResumer` (kdtui.launch.cache) runs that command here; `RemoteResumer` runs the
+dispatch's engine command as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from kdengine.events import EVENTS_FILE, LOG_FILE
 from kdtui.launch.base import StageUpdate
+from kdtui.launch.cache_job import CACHE_JOB, is_cache_launch
 from kdtui.launch.outcome import RESUMABLE
 
 EARLY_EXIT_WINDOW = 1.5  # seconds: an engine that exits this fast refused the resume
@@ -60,12 +66,11 @@ def local_refusal(run_dir: Path) -> str | None:
     return None
 
 
-def start_local_resume(run_dir: Path) -> subprocess.Popen[bytes]:
-    """`kdengine train --resume RUN_DIR` detached, as LocalLauncher starts a run: its own
-    session (a stop signals the group), output appended to launch.log, its pid in engine.pid."""
+def start_detached(run_dir: Path, command: list[str]) -> subprocess.Popen[bytes]:
+    """`command` detached, as LocalLauncher starts a run: its own session (a stop signals the
+    group), output appended to launch.log, its pid in engine.pid."""
     from kdtui.runs import PID_FILE
 
-    command = [sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)]
     with open(run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
         process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True,
@@ -79,53 +84,81 @@ class LocalResumer:
 
     stages: tuple[str, ...] = ("check", "resume")
     host = "local"
+    job: str | None = None  # a run (a cache job's resumer says CACHE_JOB)
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = self.run_dir.name
         self.log_offset = 0  # the log's size when the resume started: headless prints after it
 
+    def refusal(self) -> str | None:
+        return local_refusal(self.run_dir)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kdengine", "train", "--resume", str(self.run_dir)]
+
+    def details(self) -> tuple[str, str]:
+        """What the check found and where the resume starts from (the stages' details)."""
+        step = local_checkpoint_step(self.run_dir)
+        return f"checkpoint at step {step}", f"from step {step}"
+
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> Any:
         from kdtui.launch.local import LaunchError, LocalRunHandle, _tail_lines
 
         t0 = time.monotonic()
         on_stage(StageUpdate("check", "running", host="local"))
-        why = local_refusal(self.run_dir)
+        why = self.refusal()
         if why:
             on_stage(StageUpdate("check", "failed", time.monotonic() - t0, why, host="local"))
             raise LaunchError(why)
-        step = local_checkpoint_step(self.run_dir)
-        on_stage(StageUpdate("check", "done", time.monotonic() - t0,
-                             f"checkpoint at step {step}", host="local"))
+        found, start = self.details()
+        on_stage(StageUpdate("check", "done", time.monotonic() - t0, found, host="local"))
         t1 = time.monotonic()
         on_stage(StageUpdate("resume", "running", host="local"))
-        log = self.run_dir / LOG_FILE
-        self.log_offset = log.stat().st_size if log.exists() else 0
-        process = start_local_resume(self.run_dir)
+        self.log_offset = _size(self.run_dir / LOG_FILE)
+        events_offset = _size(self.run_dir / EVENTS_FILE)
+        process = start_detached(self.run_dir, self.command())
         deadline = time.monotonic() + EARLY_EXIT_WINDOW
         while time.monotonic() < deadline and process.poll() is None:
             await asyncio.sleep(0.1)
         code = process.poll()
-        if code not in (None, 0) and not _resumed_in(self.run_dir):
+        if code not in (None, 0) and not _started_since(self.run_dir, events_offset):
             tail = _tail_lines(self.run_dir / LOG_FILE, 40)
             detail = tail[-1] if tail else f"exit code {code}"
             on_stage(StageUpdate("resume", "failed", time.monotonic() - t1, detail, tail,
                                  "local"))
             raise LaunchError(f"the engine refused the resume (code {code}): {detail}")
         on_stage(StageUpdate("resume", "done", time.monotonic() - t1,
-                             f"pid {process.pid}, from step {step}", host="local"))
+                             f"pid {process.pid}, {start}", host="local"))
         handle = LocalRunHandle.attach(self.run_dir)
         handle.process, handle.pid = process, process.pid
         return handle
 
 
-def _resumed_in(run_dir: Path) -> bool:
-    """Whether the engine got as far as its run_started (then its own events say how it ended)."""
-    from kdtui.runs import _tail_events
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
-    tail = _tail_events(run_dir / EVENTS_FILE)
-    return any(e.get("type") == "run_started" and e.get("resumed_from") is not None
-               for e in tail[-50:])
+
+def _started_since(run_dir: Path, offset: int) -> bool:
+    """Whether the engine got as far as its run_started, written after `offset` of the events
+    (the size they had before it started): then its own events say how it ended. An earlier
+    part's run_started does not count (a cache job's first one may carry `resumed_from` too)."""
+    import json
+
+    try:
+        with open(run_dir / EVENTS_FILE, "rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().splitlines()
+    except OSError:
+        return False
+    for raw in lines:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("type") == "run_started":
+            return True
+    return False
 
 
 # -- remote --------------------------------------------------------------------------------------
@@ -145,6 +178,9 @@ class RemoteResumer:
             raise ResumeRefused(f"{self.data.get('run_id')} never started (its dispatch "
                                 f"failed: {self.data.get('error')}): launch it again")
         self.run_id = str(self.data["run_id"])
+        # a teacher-cache job's own command finishes it (its manifest's engine command)
+        self.job = CACHE_JOB if "cache-teacher" in (self.data.get("engine_command") or []) \
+            else None
         self.host = get_host(self.data["host"])
         self.config = RunConfig.from_mapping(self.data["config"])
         self.on_status = on_status
@@ -152,8 +188,11 @@ class RemoteResumer:
 
     def resume_argv(self) -> list[str]:
         """The dispatch's engine command up to `kdengine train` (its python, torchrun if it
-        had it), then `--resume RUN_DIR`: the run's own config.json says the rest."""
+        had it), then `--resume RUN_DIR`: the run's own config.json says the rest. A cache
+        job's: its engine command as it is (the engine finishes the job in its --out)."""
         argv = list(self.data.get("engine_command") or [])
+        if self.job == CACHE_JOB:
+            return argv
         if "train" not in argv:
             raise ResumeRefused(f"{self.manifest} holds no engine command to resume with")
         return [*argv[:argv.index("train") + 1], "--resume", self.config.run_dir]
@@ -191,13 +230,18 @@ class RemoteResumer:
                 raise StageFailed(f"{self.run_id} is still running on {plan.host.alias} (pid "
                                   f"{state.get('pid')}): watch it with `kdtui watch "
                                   f"{self.run_id}`")
+            if finished.get("status") == "completed" and self.job == CACHE_JOB:
+                raise StageFailed(complete_line(self.run_id, plan.run_dir))
             if finished.get("status") == "completed":
                 raise StageFailed(f"{self.run_id} completed: nothing to resume (train the "
                                   f"student further with --student {plan.run_dir}/final)")
+            self.log_offset = max(0, int(state.get("log_bytes") or 0))
+            if self.job == CACHE_JOB:  # no checkpoint: its finished shards are kept
+                return "done", (f"{plan.host.alias}: {finished.get('status') or 'stopped'}, "
+                                "the job's finished shards kept"), state
             if state.get("checkpoint_step") is None:
                 raise StageFailed(f"{self.run_id} has no complete checkpoint on "
                                   f"{plan.host.alias} to continue from")
-            self.log_offset = max(0, int(state.get("log_bytes") or 0))
             return "done", (f"{plan.host.alias}: {finished.get('status') or 'stopped'}, "
                             f"checkpoint at step {state['checkpoint_step']}"), state
 
@@ -206,7 +250,8 @@ class RemoteResumer:
             token = f"{self.run_id}-resume-{runner.attempt.id}"
             # the segment is in the manifest before the start, as a dispatch's manifest is
             add_segment(self.manifest, {"kind": "resume", "pid": None, "at": utc_now(),
-                                        "from_step": state["checkpoint_step"], "token": token})
+                                        "from_step": state.get("checkpoint_step"),
+                                        "token": token})
             pid = await runner.launch(token, argv, name="resume")
         except (RemoteError, OSError) as exc:
             runner.attempt.error = str(exc)
@@ -238,7 +283,23 @@ class RemoteResumer:
         write_manifest(self.manifest, data)
 
 
+def complete_line(run_id: str, job_dir: str | Path) -> str:
+    """Why a complete teacher-cache job does not resume, and what to do with it."""
+    return f"{run_id} is complete: train with --teacher-cache {job_dir}"
+
+
 # -- which one ------------------------------------------------------------------------------------
+def local_resumer(run_dir: Path) -> LocalResumer:
+    """The resumer of a local run dir: a cache job's (its first event says so) or a run's."""
+    from kdtui.runs import _head_event
+
+    if (_head_event(run_dir / EVENTS_FILE) or {}).get("job") == CACHE_JOB:
+        from kdtui.launch.cache import LocalCacheResumer
+
+        return LocalCacheResumer(run_dir)
+    return LocalResumer(run_dir)
+
+
 def resumer_for(ref: str | Path, runs_dir: Path,
                 on_status: Callable[[str], None] | None = None) -> LocalResumer | RemoteResumer:
     """The resumer of run `ref` (an id, a run directory or a dispatch.json), resolved as
@@ -249,10 +310,11 @@ def resumer_for(ref: str | Path, runs_dir: Path,
     ref = str(ref)
     run_dir = find_run(runs_dir, ref)
     if run_dir is not None and (run_dir / EVENTS_FILE).exists():
-        why = local_refusal(run_dir)
+        resumer = local_resumer(run_dir)
+        why = resumer.refusal()
         if why:
             raise ResumeRefused(why)
-        return LocalResumer(run_dir)
+        return resumer
     manifest = find_manifest(ref)
     if manifest is not None:
         from kdtui.remote.hosts import HostsFileError
@@ -267,12 +329,24 @@ def resumer_for(ref: str | Path, runs_dir: Path,
 
 def resume_ref(handle: Any, watched: Any) -> str | None:
     """What `resumer_for` takes to resume the run `handle` follows, when its watch (a
-    kdtui.launch.outcome.WatchedRun) saw it end without completing, with a checkpoint: the
-    remote run's dispatch.json, or the local run dir. None when resuming does not apply."""
-    if handle is None or watched is None or not watched.resumable:
+    kdtui.launch.outcome.WatchedRun) saw it end without completing, with a checkpoint (a cache
+    job needs none): the remote run's dispatch.json, or the local run dir. None when resuming
+    does not apply."""
+    if handle is None or watched is None:
+        return None
+    if not watched.resumable and not (watched.status in RESUMABLE and
+                                      is_cache_launch(None, handle)):
         return None
     manifest = getattr(handle, "manifest", None)
     if manifest is not None:
         return str(manifest)
     local = getattr(getattr(handle, "source", None), "run_dir", None)
     return str(local) if local is not None and getattr(handle, "host", "") == "local" else None
+
+
+def no_resume_line(handle: Any, watched: Any) -> str:
+    """Why R does nothing on the run `handle` follows (resume_ref gave None), one line."""
+    if handle is not None and watched is not None and watched.status == "completed" and \
+            is_cache_launch(None, handle):
+        return complete_line(handle.run_id, handle.run_dir)
+    return "Resume applies to a stopped, failed or cancelled run with a checkpoint"

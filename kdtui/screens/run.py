@@ -570,12 +570,11 @@ class RunScreen(Screen):
             "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
 
     def action_resume(self) -> None:
-        from kdtui.launch.resume import resume_ref
+        from kdtui.launch.resume import no_resume_line, resume_ref
 
         ref = resume_ref(self.handle, self.watched)
         if ref is None:
-            self.notify("Resume applies to a stopped, failed or cancelled run with a checkpoint",
-                        timeout=4)
+            self.notify(no_resume_line(self.handle, self.watched), timeout=4, markup=False)
             return
         self.app.resume_run(ref)  # type: ignore[attr-defined]
 

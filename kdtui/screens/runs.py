@@ -113,7 +113,8 @@ class RunsScreen(Screen):
         if not 0 <= row < len(self.runs):
             return
         run = self.runs[row]
-        if not run.may_resume:
+        # a local completed run: the resume's own check says why not (a cache job: train on it)
+        if not run.may_resume and not (run.info is not None and run.status == "completed"):
             self.app.notify(f"{run.run_id} is {run.status}: only a stopped, failed or "
                             "cancelled run resumes", timeout=5)
             return

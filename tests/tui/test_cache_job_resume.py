@@ -1,0 +1,111 @@
+"""R on a stopped teacher-cache job finishes it: a tiny real `kdengine cache-teacher` (many small
+shards) cancelled after its first shards, opened on the run screen, R runs the job's own command
+again in its directory; the run screen follows the new attempt (not the first attempt's end) to
+a complete cache, every shard present and the shards written before the cancel untouched. R on
+the complete job is one line that says what to do with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdengine.events import read_events
+from kdtui.app import KDApp
+from kdtui.launch.cache import LocalCacheResumer
+from kdtui.launch.resume import ResumeRefused, resumer_for
+from kdtui.runs import PID_FILE, run_info
+from kdtui.screens.run import RunScreen
+from kdtui.widgets.cache_job import CacheJobPanel
+
+SHARD_ROWS = 16  # ~60 shards of the tiny data: the cancel lands with most of them left
+BUDGET_S = 240.0  # generous: the job takes seconds
+
+
+def until(condition, what: str) -> None:
+    deadline = time.monotonic() + BUDGET_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def cancel_after_first_shard(run_dir: Path, process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the dashboard's stop) once a shard is written: the engine is paused first, so
+    the signal lands with shards left whatever the machine's load."""
+    until(lambda: (run_dir / "events.jsonl").exists() and any(
+        e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
+    os.killpg(process.pid, signal.SIGSTOP)
+    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGCONT)
+    assert process.wait(BUDGET_S) == 130
+
+
+@pytest.mark.timeout(600)
+async def test_r_finishes_a_cancelled_cache_job_keeping_its_finished_shards(
+        runs_dir, tiny_run_inputs, wait_for, wait_for_run):
+    run_dir = runs_dir / "cjob"
+    run_dir.mkdir()
+    command = [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
+               tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
+               "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--shard-rows",
+               str(SHARD_ROWS), "--out", str(run_dir)]
+    with open(run_dir / "launch.log", "ab") as log:  # as LocalCacheLauncher starts it
+        engine = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    cancel_after_first_shard(run_dir, engine)
+    assert run_info(run_dir).status == "cancelled"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    done = sorted(run_dir.glob("shard-*.done"))
+    assert 1 <= len(done) < manifest["shards"] and not manifest["complete"]
+    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.glob("shard-*")
+            if p.with_suffix(".done").exists()}
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.open_run(str(run_dir))
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        first = app.screen
+        assert first.cache_job
+        await wait_for(pilot, lambda: first.watched.status == "cancelled", 30)
+        await pilot.press("R")
+        await wait_for(pilot, lambda: app.screen is not first
+                       and isinstance(app.screen, RunScreen), 30)
+        screen = app.screen
+        assert isinstance(screen.launcher, LocalCacheResumer) and screen.cache_job
+        # the first attempt's run_finished (cancelled) does not end it: the new attempt's does
+        await wait_for_run(pilot, run_dir, lambda: (screen.state.finished or {}).get(
+            "status") == "completed" and screen.query_one(CacheJobPanel).verdict is not None,
+            "the resumed job's end")
+        assert screen.query_one(CacheJobPanel).verdict.status == "pass"
+        tracker = screen.query_one("#stages")
+        assert tracker.rows["check"].state == "done" and tracker.rows["resume"].state == "done"
+        assert f"{len(done)} of {manifest['shards']} shards written" in \
+            tracker.rows["check"].detail
+
+        # R on the complete job: one line, what to do with it
+        app.clear_notifications()
+        await pilot.press("R")
+        await wait_for(pilot, lambda: bool(app._notifications), 10)
+        line = f"cjob is complete: train with --teacher-cache {run_dir}"
+        assert [n.message for n in app._notifications] == [line]
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["complete"]
+    assert len(list(run_dir.glob("shard-*.done"))) == manifest["shards"]
+    for path, (mtime, data) in kept.items():
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data, path
+    events = read_events(run_dir / "events.jsonl")
+    started = [e for e in events if e["type"] == "run_started"]
+    # the engine marks the continued attempt with the rows its finished shards hold
+    assert [e["resumed_from"] for e in started] == [None, SHARD_ROWS * len(done)]
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    with pytest.raises(ResumeRefused, match="^cjob is complete: train with --teacher-cache "):
+        resumer_for(str(run_dir), runs_dir)
