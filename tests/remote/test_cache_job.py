@@ -3,7 +3,8 @@ run's stages with `kdengine cache-teacher` as the engine, to a complete cache in
 dir; then the user's next step (`t` fills teacher_cache, the form dispatches to the same host): a
 remote run that trains on that cache. A second dispatch of the same job is refused at preflight
 (its dir holds a finished job, as for any run id) and rescores nothing: the remote path never
-reaches the engine's "complete already" answer (CacheStageRunner.without_config)."""
+reaches the engine's "complete already" answer (CacheStageRunner.without_config); R, which
+finishes a stopped job (test_cache_job_resume.py), says this one is complete."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kdengine.verdict import CACHE_JOB, PASS, verdict_for_run
 from kdtui.launch.cache_job import CacheOptions
 from kdtui.launch.cache_remote import RemoteCacheLauncher
 from kdtui.launch.remote import DispatchError, RemoteLauncher
+from kdtui.launch.resume import RemoteResumer, ResumeRefused
 
 pytestmark = pytest.mark.ssh
 
@@ -89,4 +91,12 @@ def test_remote_cache_job_writes_a_complete_cache_a_remote_run_trains_on(remote_
         asyncio.run(RemoteCacheLauncher(job, CacheOptions(top_k=4), "kdtest").start(
             again.append))
     assert [u.stage for u in again if u.state == "failed"] == ["preflight"]
+    assert read_events(cache_dir / "events.jsonl") == events
+    # R on it (the way to finish a stopped job) says it is complete and what to do with it
+    resumed: list = []
+    with pytest.raises(ResumeRefused, match=f"^rcache is complete: train with --teacher-cache "
+                       f"{cache_dir}$"):
+        asyncio.run(RemoteResumer(remote_env["evidence"] / "rcache" / "dispatch.json").start(
+            resumed.append))
+    assert [u.stage for u in resumed if u.state == "failed"] == ["connect"]
     assert read_events(cache_dir / "events.jsonl") == events
