@@ -252,8 +252,11 @@ class KDApp(App):
                              f"ends: now {'on' if on else 'off'}", self.toggle_notifications)
         ref = resumable_ref(screen)
         if ref is not None:
-            yield PaletteCommand("Resume run", f"Continue {screen.handle.run_id} from its "  # type: ignore[attr-defined]
-                                 "last complete checkpoint (kdtui resume)",
+            run_id = screen.handle.run_id  # type: ignore[attr-defined]
+            how = (f"Finish {run_id}: its cache-teacher command again, finished shards kept"
+                   if getattr(screen, "cache_job", False) else
+                   f"Continue {run_id} from its last complete checkpoint")
+            yield PaletteCommand("Resume run", f"{how} (kdtui resume)",
                                  partial(self.resume_run, ref))
 
     def run_commands(self) -> Iterable[PaletteCommand]:

@@ -148,7 +148,7 @@ class CacheJobPanel(VerdictPanel):
             return
         self._show_text(Text.assemble(
             ("NOT COMPLETE", "bold"), "\n", what, "\n", verdict.reason, "\n",
-            ("the same job again finishes it (finished shards are kept)", "dim")))
+            ("R finishes it (finished shards are kept)", "dim")))
 
 
 def cache_dir_of(panel: Any) -> Path | None:
