@@ -271,7 +271,8 @@ class KDApp(App):
     def resume_run(self, ref: str | Path) -> None:
         """Resume run `ref` (a local run dir or a dispatch.json; kdtui.launch.resume), then the
         run screen on it: the resume's stages, then the whole run from its first event."""
-        from kdtui.launch.resume import ResumeRefused, resumer_for
+        from kdtui.launch.resume import ResumeRefused
+        from kdtui.launch.resumers import resumer_for
 
         try:
             resumer = resumer_for(ref, Path(self.runs_dir))

@@ -199,7 +199,8 @@ def _resume_in_dashboard(args: argparse.Namespace) -> int:
     one line before the dashboard starts, exit 2."""
     from kdengine.config import default_runs_dir
     from kdtui.app import run_app
-    from kdtui.launch.resume import ResumeRefused, resumer_for
+    from kdtui.launch.resume import ResumeRefused
+    from kdtui.launch.resumers import resumer_for
 
     where = Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_dir()
     try:

@@ -350,7 +350,8 @@ async def _watch_remote_handle(handle: Any, out: TextIO, log_offset: int = 0,
 def headless_resume(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`kdtui resume RUN --headless`: the resume's stages, then the run to its verdict (or
     --detach); a run that cannot resume is one line, exit 2."""
-    from kdtui.launch.resume import ResumeRefused, resumer_for
+    from kdtui.launch.resume import ResumeRefused
+    from kdtui.launch.resumers import resumer_for
 
     out = out or sys.stdout
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()

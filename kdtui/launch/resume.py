@@ -288,45 +288,6 @@ def complete_line(run_id: str, job_dir: str | Path) -> str:
     return f"{run_id} is complete: train with --teacher-cache {job_dir}"
 
 
-# -- which one ------------------------------------------------------------------------------------
-def local_resumer(run_dir: Path) -> LocalResumer:
-    """The resumer of a local run dir: a cache job's (its first event says so) or a run's."""
-    from kdtui.runs import _head_event
-
-    if (_head_event(run_dir / EVENTS_FILE) or {}).get("job") == CACHE_JOB:
-        from kdtui.launch.cache import LocalCacheResumer
-
-        return LocalCacheResumer(run_dir)
-    return LocalResumer(run_dir)
-
-
-def resumer_for(ref: str | Path, runs_dir: Path,
-                on_status: Callable[[str], None] | None = None) -> LocalResumer | RemoteResumer:
-    """The resumer of run `ref` (an id, a run directory or a dispatch.json), resolved as
-    `kdtui watch` resolves it; ResumeRefused with the reason when there is nothing to resume."""
-    from kdtui.remote.manifest import find_manifest
-    from kdtui.runs import find_run
-
-    ref = str(ref)
-    run_dir = find_run(runs_dir, ref)
-    if run_dir is not None and (run_dir / EVENTS_FILE).exists():
-        resumer = local_resumer(run_dir)
-        why = resumer.refusal()
-        if why:
-            raise ResumeRefused(why)
-        return resumer
-    manifest = find_manifest(ref)
-    if manifest is not None:
-        from kdtui.remote.hosts import HostsFileError
-
-        try:
-            return RemoteResumer(manifest, on_status)
-        except (KeyError, ValueError, HostsFileError) as exc:
-            raise ResumeRefused(f"{manifest}: {exc}") from None
-    raise ResumeRefused(f"no run {ref!r}: not a dispatch.json, a run directory, or a run id in "
-                        f"{runs_dir} or the evidence dir (see `kdtui runs`)")
-
-
 def resume_ref(handle: Any, watched: Any) -> str | None:
     """What `resumer_for` takes to resume the run `handle` follows, when its watch (a
     kdtui.launch.outcome.WatchedRun) saw it end without completing, with a checkpoint (a cache

@@ -18,8 +18,9 @@ import pytest
 
 from kdengine.events import read_events
 from kdtui.app import KDApp
-from kdtui.launch.cache import LocalCacheResumer
-from kdtui.launch.resume import ResumeRefused, resumer_for
+from kdtui.launch.cache_resume import LocalCacheResumer
+from kdtui.launch.resume import ResumeRefused
+from kdtui.launch.resumers import resumer_for
 from kdtui.runs import PID_FILE, run_info
 from kdtui.screens.run import RunScreen
 from kdtui.widgets.cache_job import CacheJobPanel
