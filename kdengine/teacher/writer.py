@@ -172,7 +172,10 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                      resumed_from=resumed_from, env=environment(),
                      job="cache-teacher", cache={"key": key, "k": job.top_k,
                                                  "targets": job.targets,
-                                                 "dtype": job.store_dtype})
+                                                 "dtype": job.store_dtype,
+                                                 # what finishing the job needs again (R)
+                                                 "rows_per_batch": job.rows_per_batch,
+                                                 "seed": job.seed})
             log.line(f"teacher cache {key} of {cfg.teacher} into {out}")
             log.stage(stage, "running")
             log.stage(stage, "done")

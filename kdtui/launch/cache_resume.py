@@ -49,9 +49,10 @@ class LocalCacheResumer(LocalResumer):
 
     def command(self) -> list[str]:
         """The job's command as LocalCacheLauncher built it (its fields from config.json, K and
-        the targets from its first run_started), with what the engine recorded of the rest:
-        the store dtype, and once its manifest is written the shard rows, vocab and seed. The
-        same command finishes the same cache (the engine refuses another)."""
+        the targets from its first run_started), with what the engine recorded of the rest: the
+        store dtype, rows per batch and seed (run_started: a sampled job's draws depend on
+        both), and once its manifest is written the shard rows, vocab and seed. The same
+        command finishes the same cache, to the same bytes (the engine refuses another)."""
         from kdengine.events import EVENTS_FILE
         from kdtui.runs import _head_event
 
@@ -59,12 +60,14 @@ class LocalCacheResumer(LocalResumer):
         cache = (_head_event(self.run_dir / EVENTS_FILE) or {}).get("cache") or {}
         options = CacheOptions(top_k=int(cache.get("k", CacheOptions.top_k)),
                                targets=str(cache.get("targets", CacheOptions.targets)))
-        recorded = ["--store-dtype", str(cache["dtype"])] if cache.get("dtype") else []
+        flags = {flag: cache[key] for flag, key in (
+            ("--store-dtype", "dtype"), ("--rows-per-batch", "rows_per_batch"),
+            ("--seed", "seed")) if cache.get(key) is not None}
         manifest = self._manifest() or {}
-        for flag, key in (("--shard-rows", "shard_rows"), ("--vocab", "vocab"),
-                          ("--seed", "seed")):
-            if manifest.get(key) is not None:
-                recorded += [flag, str(manifest[key])]
+        flags.update({flag: manifest[key] for flag, key in (
+            ("--shard-rows", "shard_rows"), ("--vocab", "vocab"), ("--seed", "seed"))
+            if manifest.get(key) is not None})
+        recorded = [word for flag, value in flags.items() for word in (flag, str(value))]
         args = cache_args(config, options, self.run_dir)
         return [sys.executable, "-m", "kdengine", "cache-teacher", *args[:-2], *recorded,
                 *args[-2:]]

@@ -110,3 +110,40 @@ async def test_r_finishes_a_cancelled_cache_job_keeping_its_finished_shards(
     assert [e["seq"] for e in events] == list(range(len(events)))
     with pytest.raises(ResumeRefused, match="^cjob is complete: train with --teacher-cache "):
         resumer_for(str(run_dir), runs_dir)
+
+
+@pytest.mark.timeout(600)
+async def test_r_finishes_a_sampled_job_to_the_bytes_of_an_uninterrupted_one(
+        runs_dir, tiny_run_inputs):
+    """A sampled job's draws depend on its seed and rows per batch: R runs the job again with
+    both as first asked (its run_started records them), so the finished cache is byte for byte
+    the cache of the same command run without a stop."""
+    flags = ["--teacher", tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"],
+             "--seq-len", "32", "--device", "cpu", "--dtype", "float32", "--top-k", "4",
+             "--cache-targets", "sampled", "--seed", "7", "--rows-per-batch", "3",
+             "--shard-rows", str(SHARD_ROWS)]
+    whole = runs_dir / "whole"
+    subprocess.run([sys.executable, "-m", "kdengine", "cache-teacher", *flags, "--out",
+                    str(whole)], check=True, capture_output=True, timeout=BUDGET_S)
+    run_dir = runs_dir / "stopped"
+    run_dir.mkdir()
+    with open(run_dir / "launch.log", "ab") as log:
+        engine = subprocess.Popen([sys.executable, "-m", "kdengine", "cache-teacher", *flags,
+                                   "--out", str(run_dir)], stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    cancel_after_first_shard(run_dir, engine)
+
+    resumer = resumer_for(str(run_dir), runs_dir)
+    assert isinstance(resumer, LocalCacheResumer)
+    command = resumer.command()
+    for flag, value in (("--seed", "7"), ("--rows-per-batch", "3"),
+                        ("--cache-targets", "sampled")):
+        assert command[command.index(flag) + 1] == value, command
+    handle = await resumer.start(lambda update: None)
+    assert handle.process.wait(BUDGET_S) == 0
+    assert json.loads((run_dir / "manifest.json").read_text())["complete"]
+    shards = sorted(p.name for p in whole.glob("shard-*"))
+    assert shards == sorted(p.name for p in run_dir.glob("shard-*")) and shards
+    for name in shards:
+        assert (run_dir / name).read_bytes() == (whole / name).read_bytes(), name
