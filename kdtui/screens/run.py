@@ -277,6 +277,9 @@ class RunScreen(Screen):
             self.notify(f"Press R to resume it from its checkpoint at step "
                         f"{self.watched.checkpoint_step}", title="The engine is gone",
                         severity="error", timeout=30)
+        elif self.cache_job:  # no checkpoint: its finished shards are what R keeps
+            self.notify("Press R to finish the job (its finished shards are kept)",
+                        title="The engine is gone", severity="error", timeout=30)
 
     # -- applying updates ---------------------------------------------------------------------
     def apply_pending(self) -> None:

@@ -147,3 +147,35 @@ async def test_r_finishes_a_sampled_job_to_the_bytes_of_an_uninterrupted_one(
     assert shards == sorted(p.name for p in run_dir.glob("shard-*")) and shards
     for name in shards:
         assert (run_dir / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+@pytest.mark.timeout(600)
+async def test_a_killed_cache_job_on_its_run_screen_says_r_finishes_it(
+        runs_dir, tiny_run_inputs, wait_for):
+    """A cache job's engine killed (no run_finished, no checkpoint: a job has none): the run
+    screen says the engine is gone and that R finishes the job."""
+    run_dir = runs_dir / "killed"
+    run_dir.mkdir()
+    command = [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
+               tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
+               "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--shard-rows",
+               str(SHARD_ROWS), "--out", str(run_dir)]
+    with open(run_dir / "launch.log", "ab") as log:
+        engine = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    until(lambda: (run_dir / "events.jsonl").exists() and any(
+        e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
+    os.killpg(engine.pid, signal.SIGSTOP)  # alive and quiet while the screen opens
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.open_run(str(run_dir))
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        assert app.screen.cache_job
+        os.killpg(engine.pid, signal.SIGKILL)
+        engine.wait(BUDGET_S)
+        await wait_for(pilot, lambda: any("R to finish the job" in str(n.message)
+                                          for n in app._notifications), 60)
+        assert [n.message for n in app._notifications if n.title == "The engine is gone"] == \
+            ["Press R to finish the job (its finished shards are kept)"]
