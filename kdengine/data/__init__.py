@@ -572,15 +572,11 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
     """Tokenize and split; the validation split always gets at least one window of tokens.
     `window` is seq_len; a ConfigError says so when the data is shorter than one batch."""
     tokens = [tokenize(d.text) for d in docs]
-    held, _, _ = plan_split([(d.name, len(t)) for d, t in zip(docs, tokens, strict=True)],
-                            val_fraction, window)
-    if held is None:
-        train, val = _tail_split(pack(tokens, eos_id), val_fraction, window)
-    else:
-        train = pack((t for t, h in zip(tokens, held, strict=True) if not h), eos_id)
-        val = pack((t for t, h in zip(tokens, held, strict=True) if h), eos_id)
-    _check_sizes(train, val, window, batch_size)
-    return TokenSplits(train, val, eos_id)
+    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.int64)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    ids = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.int64)
+    return split_tokens([d.name for d in docs], ids, offsets, eos_id, val_fraction, window,
+                        batch_size)
 
 
 def split_tokens(names: list[str], ids: torch.Tensor, offsets: torch.Tensor, eos_id: int,
