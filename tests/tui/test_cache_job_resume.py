@@ -36,6 +36,26 @@ def until(condition, what: str) -> None:
         time.sleep(0.01)
 
 
+def job_flags(inputs: dict[str, str], *extra: str) -> list[str]:
+    """`kdengine cache-teacher`'s flags for a tiny job of many small shards."""
+    return ["--teacher", inputs["teacher"], "--data", inputs["data"], "--seq-len", "32",
+            "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--shard-rows",
+            str(SHARD_ROWS), *extra]
+
+
+def start_job(run_dir: Path, flags: list[str]) -> subprocess.Popen[bytes]:
+    """The job started in `run_dir` as LocalCacheLauncher starts it: its own session, output in
+    launch.log, its pid in the pid file."""
+    run_dir.mkdir()
+    command = [sys.executable, "-m", "kdengine", "cache-teacher", *flags, "--out", str(run_dir)]
+    with open(run_dir / "launch.log", "ab") as log:
+        engine = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    return engine
+
+
 def cancel_after_first_shard(run_dir: Path, process: subprocess.Popen[bytes]) -> None:
     """SIGTERM (the dashboard's stop) once a shard is written: the engine is paused first, so
     the signal lands with shards left whatever the machine's load."""
@@ -51,16 +71,7 @@ def cancel_after_first_shard(run_dir: Path, process: subprocess.Popen[bytes]) ->
 async def test_r_finishes_a_cancelled_cache_job_keeping_its_finished_shards(
         runs_dir, tiny_run_inputs, wait_for, wait_for_run):
     run_dir = runs_dir / "cjob"
-    run_dir.mkdir()
-    command = [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
-               tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
-               "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--shard-rows",
-               str(SHARD_ROWS), "--out", str(run_dir)]
-    with open(run_dir / "launch.log", "ab") as log:  # as LocalCacheLauncher starts it
-        engine = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    engine = start_job(run_dir, job_flags(tiny_run_inputs))
     cancel_after_first_shard(run_dir, engine)
     assert run_info(run_dir).status == "cancelled"
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -118,20 +129,13 @@ async def test_r_finishes_a_sampled_job_to_the_bytes_of_an_uninterrupted_one(
     """A sampled job's draws depend on its seed and rows per batch: R runs the job again with
     both as first asked (its run_started records them), so the finished cache is byte for byte
     the cache of the same command run without a stop."""
-    flags = ["--teacher", tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"],
-             "--seq-len", "32", "--device", "cpu", "--dtype", "float32", "--top-k", "4",
-             "--cache-targets", "sampled", "--seed", "7", "--rows-per-batch", "3",
-             "--shard-rows", str(SHARD_ROWS)]
+    flags = job_flags(tiny_run_inputs, "--cache-targets", "sampled", "--seed", "7",
+                      "--rows-per-batch", "3")
     whole = runs_dir / "whole"
     subprocess.run([sys.executable, "-m", "kdengine", "cache-teacher", *flags, "--out",
                     str(whole)], check=True, capture_output=True, timeout=BUDGET_S)
     run_dir = runs_dir / "stopped"
-    run_dir.mkdir()
-    with open(run_dir / "launch.log", "ab") as log:
-        engine = subprocess.Popen([sys.executable, "-m", "kdengine", "cache-teacher", *flags,
-                                   "--out", str(run_dir)], stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    engine = start_job(run_dir, flags)
     cancel_after_first_shard(run_dir, engine)
 
     resumer = resumer_for(str(run_dir), runs_dir)
@@ -155,15 +159,7 @@ async def test_a_killed_cache_job_on_its_run_screen_says_r_finishes_it(
     """A cache job's engine killed (no run_finished, no checkpoint: a job has none): the run
     screen says the engine is gone and that R finishes the job."""
     run_dir = runs_dir / "killed"
-    run_dir.mkdir()
-    command = [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
-               tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
-               "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--shard-rows",
-               str(SHARD_ROWS), "--out", str(run_dir)]
-    with open(run_dir / "launch.log", "ab") as log:
-        engine = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    (run_dir / PID_FILE).write_text(f"{engine.pid}\n")
+    engine = start_job(run_dir, job_flags(tiny_run_inputs))
     until(lambda: (run_dir / "events.jsonl").exists() and any(
         e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
     os.killpg(engine.pid, signal.SIGSTOP)  # alive and quiet while the screen opens
