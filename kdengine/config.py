@@ -28,6 +28,7 @@ LOSS_KINDS = ("forward_kl", "reverse_kl", "jsd")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TEACHER_DTYPES = ("auto", "float8")
+STUDENT_MATMULS = ("auto", "float8")  # kdengine.models.fp8_train
 TRAIN_ON = ("completion", "all")  # kdengine.data.encode
 ON_LONG = ("truncate", "drop")  # kdengine.data.packing
 ON_BAD_FILE = ("fail", "skip")  # kdengine.data.store, kdengine.data
@@ -242,6 +243,10 @@ FIELDS: tuple[Field, ...] = (
           "dtype) or float8 (e4m3 weights, FP8 matmuls on H100/H200-class GPUs: half the "
           "memory, a faster teacher, a small drift; docs/models.md)", "run",
           choices=TEACHER_DTYPES),
+    Field("student_matmuls", str, "auto", "The student's block matmuls: auto (the compute dtype) "
+          "or float8 (e4m3 forward and backward, fp32 master weights kept: faster on "
+          "H100/H200-class GPUs, a small change to what is trained; docs/models.md)", "run",
+          choices=STUDENT_MATMULS),
     Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>); letters, digits, . _ -",
           "run", pattern=re.compile(r"^$|" + _RUN_NAME_RE.pattern),
           pattern_hint="letters, digits, '.', '_' and '-' (up to 128, not starting with . _ -)"),
@@ -299,6 +304,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     teacher_dtype: str = "auto"
+    student_matmuls: str = "auto"
     run_name: str = ""
     run_dir: str = ""
     allow_same_teacher_student: bool = False

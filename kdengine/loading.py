@@ -28,7 +28,7 @@ from kdengine.data.formats import is_example_data, parse_fields
 from kdengine.data.text_cache import document_tokens
 from kdengine.diskspace import DiskFull, human, is_disk_full
 from kdengine.models import UnsupportedArchitecture, load_decoder, save_decoder, stored_dtype
-from kdengine.preflight import check_vocab
+from kdengine.preflight import check_vocab, require_fp8
 from kdengine.providers import ModelStudent, ModelTeacher
 from kdengine.sources import check_distinct, resolve_model_dir
 from kdengine.tokenizer import TOKENIZER_FILES, HFTokenizer, check_same_tokenizer, load_tokenizer
@@ -59,24 +59,33 @@ def load_teacher(config: RunConfig, device: torch.device, dtype: torch.dtype, lo
     return teacher, tokenizer
 
 
+# where FP8 runs on the CPU: torch's reference kernel, for tests and small runs
+_CPU_FP8 = " (on the CPU through torch's reference FP8 matmul: the same numbers, no speed-up)"
+
+
 def _to_fp8(model: Any, device: torch.device, log: Any) -> None:
     """The teacher's block projections in rowwise-scaled e4m3 (kdengine.models.fp8)."""
-    from kdengine.models.fp8 import fp8_supported, quantize_teacher
+    from kdengine.models.fp8 import quantize_teacher
 
-    if not fp8_supported(device):
-        where = (f"{torch.cuda.get_device_name(device)} (compute capability "
-                 f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
-                 if device.type == "cuda" else device.type)
-        raise ConfigError("teacher_dtype", f"float8 needs FP8 matmuls (a GPU of compute "
-                          f"capability 8.9 or later: L4, L40S, RTX 40xx, H100, H200); {where} "
-                          "has none: use teacher_dtype auto")
+    require_fp8("teacher_dtype", device)
     before = sum(t.numel() * t.element_size() for t in model.parameters())
     layers = quantize_teacher(model)
     after = sum(t.numel() * t.element_size() for t in model.parameters())
-    note = (" (on the CPU through torch's reference FP8 matmul: the same numbers, no speed-up)"
-            if device.type == "cpu" else "")
+    note = _CPU_FP8 if device.type == "cpu" else ""
     log.line(f"teacher: {layers} linear layers in float8 e4m3 (rowwise scales), weights "
              f"{human(before)} -> {human(after)}{note}")
+
+
+def _student_fp8(model: Any, device: torch.device, log: Any) -> None:
+    """The student's block projections through FP8 matmuls (kdengine.models.fp8_train)."""
+    from kdengine.models.fp8_train import use_fp8_matmuls
+
+    require_fp8("student_matmuls", device)
+    fp8, kept = use_fp8_matmuls(model)
+    rest = f", {kept} left in the compute dtype (a dimension not a multiple of 16)" if kept else ""
+    note = _CPU_FP8 if device.type == "cpu" else ""
+    log.line(f"student: {fp8} linear layers through float8 e4m3 matmuls forward and backward "
+             f"(rowwise scales, fp32 master weights){rest}{note}")
 
 
 def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teacher: Any,
@@ -102,6 +111,8 @@ def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teache
     if vocab < teacher.vocab_size:
         log.line(f"teacher vocab {teacher.vocab_size} > student vocab {vocab}: the teacher's "
                  f"padding ids {vocab}..{teacher.vocab_size - 1} are dropped from its logits")
+    if config.student_matmuls == "float8":
+        _student_fp8(model, device, log)
     student = ModelStudent(model.to(device).train())
     student.source_dir = path  # type: ignore[attr-defined]
     student.saved_dtype = saved_dtype  # type: ignore[attr-defined]

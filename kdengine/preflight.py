@@ -68,6 +68,9 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                 if model.vocab_size is not None:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
+    for field in ("teacher_dtype", "student_matmuls"):
+        if getattr(config, field) == "float8":
+            require_fp8(field, _resolved_device(device))
     facts = Preflight(teacher, student, device, unchecked=unchecked)
     teacher_dir = Path(teacher.directory) if teacher.directory else None
     if config.teacher_cache:
@@ -122,6 +125,30 @@ def check_tokenizer_fits(tokenizer: Any, vocab: int, name: str) -> None:
     if top >= vocab:
         raise ConfigError(name, f"the tokenizer has ids up to {top}, beyond the model's "
                           f"vocab_size ({vocab}): not this model's tokenizer")
+
+
+def _resolved_device(spec: str) -> Any:
+    import torch
+
+    if spec == "auto":  # as kdengine.trainer.pick_device resolves it
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def require_fp8(field: str, device: Any) -> None:
+    """ConfigError naming `field` (teacher_dtype or student_matmuls: float8) where `device` has
+    no FP8 matmuls; the preflight asks before a run directory exists, the loader again."""
+    import torch
+
+    from kdengine.models.fp8 import fp8_supported
+
+    if not fp8_supported(device):
+        where = (f"{torch.cuda.get_device_name(device)} (compute capability "
+                 f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+                 if device.type == "cuda" else device.type)
+        raise ConfigError(field, f"float8 needs FP8 matmuls (a GPU of compute capability 8.9 "
+                          f"or later: L4, L40S, RTX 40xx, H100, H200); {where} has none: use "
+                          f"{field} auto")
 
 
 def check_device(spec: str) -> str:

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdengine.models.fp8_train import project
+
 
 @dataclass
 class DecoderConfig:
@@ -155,6 +157,8 @@ class Attention(nn.Module):
         self.concat_qkv = False
         # a frozen model's fused projection as a module of its own (kdengine.models.fp8)
         self.qkv_linear: nn.Module | None = None
+        # a trained model's projections through FP8 matmuls (kdengine.models.fp8_train)
+        self.fp8_matmuls = False
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.qkv_linear is not None:
@@ -167,11 +171,18 @@ class Attention(nn.Module):
             projs = (self.q_proj, self.k_proj, self.v_proj)
             bias = (torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None
                     else None)
-            qkv = F.linear(x, torch.cat([p.weight for p in projs]), bias)
+            qkv = project(x, torch.cat([p.weight for p in projs]), bias, self.fp8_matmuls)
+        elif self.fp8_matmuls:
+            return tuple(project(x, p.weight, p.bias, True)
+                         for p in (self.q_proj, self.k_proj, self.v_proj))
         else:
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         return qkv.split((nq, nkv, nkv), dim=-1)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.o_proj
+        return project(x, o.weight, o.bias, True) if self.fp8_matmuls else o(x)
 
     def _heads(self, x: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,9 +215,9 @@ class Attention(nn.Module):
                 q, k, v = (y.transpose(1, 2).reshape(b * t, -1, self.head_dim)
                            for y in (q, k, v))
                 out = _varlen_attention(q, k, v, mask, gqa)
-                return self.o_proj(out.reshape(b, t, -1))
+                return self._out(out.reshape(b, t, -1))
             out = _FLEX[mask.kv_indices.device.type](q, k, v, block_mask=mask, enable_gqa=gqa)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return self._out(out.transpose(1, 2).reshape(b, t, -1))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
@@ -229,7 +240,7 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
         # (reshape: SDPA's fp32 kernels on CUDA may return it with strides a view cannot take)
         out = out.reshape(b, self.n_heads, t, self.head_dim)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return self._out(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
@@ -244,6 +255,7 @@ class MLP(nn.Module):
         self.gate_up_bias: torch.Tensor | None = None
         self.concat_gate_up = False
         self.gate_up_linear: nn.Module | None = None  # as Attention.qkv_linear
+        self.fp8_matmuls = False  # as Attention's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_linear is not None:
@@ -254,10 +266,16 @@ class MLP(nn.Module):
             projs = (self.gate_proj, self.up_proj)
             bias = (torch.cat([p.bias for p in projs]) if self.gate_proj.bias is not None
                     else None)
-            gate, up = F.linear(x, torch.cat([p.weight for p in projs]), bias).chunk(2, dim=-1)
+            gate, up = project(x, torch.cat([p.weight for p in projs]), bias,
+                               self.fp8_matmuls).chunk(2, dim=-1)
+        elif self.fp8_matmuls:
+            gate, up = (project(x, p.weight, p.bias, True) for p in (self.gate_proj, self.up_proj))
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        hidden = F.silu(gate) * up
+        if self.fp8_matmuls:
+            return project(hidden, self.down_proj.weight, self.down_proj.bias, True)
+        return self.down_proj(hidden)
 
 
 def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,7 @@ BAD_ARGS = [
     (["--demo", "--warmup-steps", "600"], "--warmup-steps: must be below steps (500)"),
     (["--teacher", "demo://teacher"], "--student: is required"),
     (["--demo", "--teacher-dtype", "float4"], "--teacher-dtype: must be one of auto, float8"),
+    (["--demo", "--student-matmuls", "bf8"], "--student-matmuls: must be one of auto, float8"),
     (["--student", "demo://student", "--data", "demo://python-stdlib", "--teacher-cache",
       "/no/cache", "--teacher-dtype", "float8"], "--teacher-dtype: float8 is for a live teacher"),
 ]

@@ -225,3 +225,29 @@ def test_bf16_ranks_compute_the_one_process_function(tmp_path: Path) -> None:
         assert losses[0] == pytest.approx(first[0], rel=1e-6), gather
         assert losses[1] == pytest.approx(first[1], rel=1e-4), gather
         assert losses[1] != first[0]  # the step changed the weights
+
+
+def test_fp8_student_matmuls_under_two_sharded_ranks_follow_the_one_process_run(
+        tmp_path: Path) -> None:
+    """--student-matmuls float8 under torchrun: FSDP2 gathers each block's weights and the FP8
+    matmuls read them as one process does. The first loss is the one process's (the forward
+    quantizes each token's row on its own, so splitting the batch changes nothing); later losses
+    follow within FP8's rounding of the weight gradient (each rank scales its own tokens)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import tiny_run_args, write_tiny_inputs
+
+    inputs = write_tiny_inputs(tmp_path, student_layers=2)
+    curves = {}
+    for name, prefix in (("one", [sys.executable]), ("two", TORCHRUN)):
+        args = tiny_run_args(inputs, tmp_path / name, steps=6, eval_every=3, checkpoint_every=0,
+                             log_every=1, student_matmuls="float8")
+        out = _run([*prefix, "-m", "kdengine", *args], tmp_path)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        log = (tmp_path / name / "launch.log").read_text()
+        assert "student: 10 linear layers through float8 e4m3 matmuls" in log  # k/v: 8 rows
+        curves[name] = _losses(tmp_path / name)
+    assert "over 2 ranks" in log  # (the student is sharded whenever torchrun starts the run)
+    one, two = curves["one"], curves["two"]
+    assert two[1] == pytest.approx(one[1], rel=1e-6)
+    assert two == pytest.approx(one, rel=2e-2)
+    assert two[6] < two[1]

@@ -91,6 +91,8 @@ NOT_APPLIED: dict[str, str] = {
     "seed": "apr distill has no seed flag",
     "dtype": "apr picks the compute dtype from each checkpoint",
     "teacher_dtype": "apr picks the teacher's dtype from its checkpoint (no FP8 teacher flag)",
+    "student_matmuls": "apr distill has no FP8 training flag: its student trains in its own "
+                       "dtype",
     "data_split": "apr distill has no training-data flag, so no split of it",
     "data_fields": "apr distill has no training-data flag, so no column mapping",
     "train_on": "apr distill has no training-data flag: its batch source decides what trains",

@@ -1,0 +1,134 @@
+"""FP8 matmuls for a trained student (`student_matmuls float8`): rowwise-scaled e4m3 operands in
+the forward and in both backward products, the fp32 master weights and AdamW unchanged.
+
+A linear layer y = x @ W^T runs three matmuls a step, each with its operands quantized along
+the dimension it sums over, one fp32 scale per row of that sum (kdengine.models.fp8's rule,
+amax -> 448):
+
+  forward  y  = x  @ W^T    x per token (over in),   W per output row (over in)
+  backward dx = dy @ W      dy per token (over out),  W per input column (over out)
+  backward dW = dy^T @ x    dy per output feature (over tokens), x per input feature (over tokens)
+
+so each product sees scales that fit the numbers it adds up, not a compromise between two
+directions. Inputs are quantized from what the layer saved: the activation in the compute dtype
+and the fp32 master weight itself (no bf16 copy is kept, so this saves the memory of autocast's
+weight cast). The forward uses Hopper's fast accumulation, as the FP8 teacher does; the backward
+products do not: dW sums over every token of the batch (8,192 at 4 x 2048), where the fast
+path's periodic promotion loses the most, and torchao's float8 training makes the same choice.
+Under torch.compile Inductor folds each quantization into the kernel that produces its input
+or reads it anyway (docs/performance.md measured this for the teacher), so the eager code below
+is also the compiled one.
+
+What stays in the compute dtype: embeddings, norms, attention and the lm head (the KD loss reads
+the logits directly). Gradients flow in the compute dtype between layers, so the only change to
+what is trained is the e4m3 rounding of the block projections' operands (docs/models.md has the
+measured loss curves).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdengine.models.fp8 import quantize_rowwise, quantizable
+
+
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rowwise, the values laid out row-major whatever `x`'s strides (a transposed
+    view quantizes into its own contiguous copy, as torch._scaled_mm wants its operands)."""
+    values, scale = quantize_rowwise(x)
+    return values.contiguous(), scale
+
+
+def _mm(a: torch.Tensor, b_rows: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+        dtype: torch.dtype, fast: bool) -> torch.Tensor:
+    """a @ b_rows^T from two row-quantized operands: [M, K] x [N, K] -> [M, N] in `dtype`."""
+    return torch._scaled_mm(a, b_rows.t(), scale_a=scale_a, scale_b=scale_b.t(),
+                            out_dtype=dtype, use_fast_accum=fast)
+
+
+class _Fp8Matmul(torch.autograd.Function):
+    """x [M, K] (compute dtype, M a multiple of 16) @ weight [N, K]^T (fp32 master) in e4m3."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, weight)
+        xq, sx = _rows(x)
+        wq, sw = _rows(weight)
+        return _mm(xq, wq, sx, sw, x.dtype, fast=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205 - autograd's signature
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            gq, sg = _rows(grad)  # [M, N], over out
+            wq, sw = _rows(weight.t())  # [K, N], over out
+            grad_x = _mm(gq, wq, sg, sw, grad.dtype, fast=False)
+        if ctx.needs_input_grad[1]:
+            gq, sg = _rows(grad.t())  # [N, M], over tokens
+            xq, sx = _rows(x.t())  # [K, M], over tokens
+            grad_w = _mm(gq, xq, sg, sx, weight.dtype, fast=False)
+        return grad_x, grad_w
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """What F.linear would compute `x` in here: autocast's dtype when it is on."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) through FP8 matmuls forward and backward; the result (and the
+    gradient that flows on to x) in the compute dtype, the weight's gradient in its own."""
+    dtype = compute_dtype(x)
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1]).to(dtype)
+    count = rows.shape[0]
+    if count % 16:  # dW sums over the rows: torch._scaled_mm wants that multiple of 16 (zeros
+        rows = F.pad(rows, (0, 0, 0, 16 - count % 16))  # add nothing to it)
+    out = _Fp8Matmul.apply(rows, weight)[:count]
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.reshape(*shape[:-1], weight.shape[0])
+
+
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            fp8: bool) -> torch.Tensor:
+    """A block projection: FP8 where asked and the weight's shape allows, else F.linear."""
+    if fp8 and quantizable(weight):
+        return fp8_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def reference_grads(x: torch.Tensor, weight: torch.Tensor,
+                    grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, dx, dW) written out in fp32 from the dequantized operands of each product (tests)."""
+    def deq(t: torch.Tensor) -> torch.Tensor:
+        values, scale = quantize_rowwise(t)
+        return values.float() * scale
+
+    y = deq(x) @ deq(weight).T
+    grad_x = deq(grad) @ deq(weight.t()).T
+    grad_w = deq(grad.t()) @ deq(x.t()).T
+    return y, grad_x, grad_w
+
+
+def use_fp8_matmuls(model: nn.Module, on: bool = True) -> tuple[int, int]:
+    """Run a native Decoder's block projections through FP8 matmuls (parameters, names and
+    checkpoints unchanged); returns (FP8 projections, projections left in the compute dtype
+    because a dimension is not a multiple of 16)."""
+    fp8 = kept = 0
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.fp8_matmuls = mlp.fp8_matmuls = on
+        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj,
+                       mlp.up_proj, mlp.down_proj):
+            if quantizable(linear.weight):
+                fp8 += 1
+            else:
+                kept += 1
+    model.fp8_matmuls = on
+    return (fp8, kept) if on else (0, fp8 + kept)
