@@ -14,11 +14,13 @@ clip 1.0. Variants, in the order they run:
              with --checkpoint-every N until two checkpoints are written: their events'
              stall_s/write_s and the step after each (left out of its median)
   cli-fp8    the same with --teacher-dtype float8 (skipped with a note if the CLI lacks it)
+  cli-fp8s   the same with the student's matmuls in FP8 too (--student-flags added)
   liger      transformers' models + Liger's model kernels (RoPE, RMSNorm, SwiGLU) and
              LigerFusedLinearJSDLoss(beta=0: forward KL) on the last hidden states
   naive      transformers' models, full logits of both, fp32 log_softmax of both, KL + CE
   bare       kdengine's KDTrainer.train_step in this process (no CLI, no data pipeline)
   bare-fp8   the same with the teacher quantized to FP8 (kdengine.models.fp8.quantize_teacher)
+  bare-fp8s  and the student's matmuls in FP8 too (kdengine.models.fp8_train.use_fp8_matmuls)
 
 The CLI runs are stopped with SIGTERM (a cancel) once they have logged the steps needed, so no
 final checkpoint is written. Each pair gets its own KDENGINE_CACHE under the work dir (the
@@ -59,8 +61,8 @@ import pairs as P
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("cli", "cli-warm", "cli-warm-env", "cli-ckpt", "cli-fp8", "liger", "naive", "bare",
-            "bare-fp8")
+VARIANTS = ("cli", "cli-warm", "cli-warm-env", "cli-ckpt", "cli-fp8", "cli-fp8s", "liger", "naive",
+            "bare", "bare-fp8", "bare-fp8s")
 ESSENTIAL = ("cli", "cli-fp8", "liger")  # kept in the budget for the pairs still to come
 GIB = 2**30
 
@@ -119,7 +121,8 @@ class Plan:
     # share of the matmul ceiling each step reaches (issue 16's H200 numbers, rounded; only the
     # estimates use it)
     EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-warm-env": 0.55, "cli-fp8": 0.65,
-                  "cli-ckpt": 0.55, "bare": 0.55, "bare-fp8": 0.65, "liger": 0.45, "naive": 0.3}
+                  "cli-fp8s": 0.75, "cli-ckpt": 0.55, "bare": 0.55, "bare-fp8": 0.65,
+                  "bare-fp8s": 0.75, "liger": 0.45, "naive": 0.3}
 
     def __init__(self, args: argparse.Namespace, ceiling: float) -> None:
         self.args, self.ceiling = args, ceiling
@@ -134,7 +137,8 @@ class Plan:
         a = self.args
         if a.tiny:
             return {"write": 1, "cli": 8, "cli-warm": 8, "cli-warm-env": 8, "cli-fp8": 8,
-                    "cli-ckpt": 8, "liger": 3, "naive": 3, "bare": 3, "bare-fp8": 3}[phase]
+                    "cli-fp8s": 8, "cli-ckpt": 8, "liger": 3, "naive": 3, "bare": 3,
+                    "bare-fp8": 3, "bare-fp8s": 3}[phase]
         if phase == "write":
             return 2 + pair.weight_bytes / 1.5e9
         load = pair.weight_bytes / 2e9
@@ -144,6 +148,7 @@ class Plan:
         cold = 18 + 0.4 * (lt + ls) + load
         warm = 12 + 0.1 * (lt + ls) + load
         fp8 = 12 + 0.4 * lt + 0.1 * ls + load  # the student's graphs are in the cache
+        fp8s = 12 + 0.1 * lt + 0.4 * ls + load  # and now the teacher's
         step = self.step_s(pair, phase)
         cli_steps = a.cli_warmup + a.cli_steps + 1  # + the step-0 eval batch
         ckpt_steps = 2 * a.ckpt_every + 2
@@ -154,11 +159,13 @@ class Plan:
             "cli-warm": warm + cli_steps * step + 3,
             "cli-warm-env": warm + cli_steps * step + 3,
             "cli-fp8": fp8 + cli_steps * step + 3,
+            "cli-fp8s": fp8s + cli_steps * step + 3,
             "cli-ckpt": warm + ckpt_steps * step + 2 * pair.checkpoint_bytes / 2e9 + 3,
             "liger": 6 + 1.5 * load + 12 + inproc_steps * step,
             "naive": 4 + 1.5 * load + inproc_steps * step,
             "bare": 4 + load + 8 + 0.1 * (lt + ls) + inproc_steps * step,
             "bare-fp8": 4 + load + 8 + 0.4 * lt + inproc_steps * step,
+            "bare-fp8s": 4 + load + 8 + 0.4 * ls + inproc_steps * step,
         }[phase]
 
     def estimate(self, pair: Pair, phase: str) -> float:
@@ -441,7 +448,9 @@ def summarize_steps(events, args, launched: float, needed: int,
     times = [tokens / e["tokens_per_s"] for e in timed]
     first = steps[0]
     out: dict[str, Any] = {**step_stats(times, tokens), "timed_steps": len(times),
-                           "first_loss": first.get("loss")}
+                           "first_loss": first.get("loss"),
+                           "last_loss": timed[-1].get("loss") if timed else None,
+                           "last_step": timed[-1]["step"] if timed else None}
     if "startup_s" in first:
         out.update(startup_s=first["startup_s"], startup_from="the step event's startup_s")
         out.update({k: first[k] for k in ("compile_cache_hits", "compile_cache_misses",
@@ -619,10 +628,12 @@ def _liger_steps(args, pair, device, dtype, ids, labels, loss_fn, apply) -> dict
     return timed_steps(step, args, device)
 
 
-def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False) -> dict[str, Any]:
+def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
+             fp8_student: bool = False) -> dict[str, Any]:
     """KDTrainer.train_step on the pair's checkpoints, the batch fixed (kd_throughput's
     kdengine variant, on these models and this objective); `fp8`: the teacher quantized as
-    --teacher-dtype float8 does. With --profile, its GPU kernel time by kind goes to
+    --teacher-dtype float8 does; `fp8_student`: the student's matmuls too, as
+    --student-matmuls float8. With --profile, its GPU kernel time by kind goes to
     OUT/profile_<pair>_<variant>.txt."""
     from kdengine.config import RunConfig
     from kdengine.data import TokenSplits
@@ -637,6 +648,10 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False) ->
 
         quantize_teacher(teacher.requires_grad_(False).eval())  # frozen, as load_teacher's
     student = load_decoder(pair.student_dir, torch.float32, device).train()
+    if fp8_student:
+        from kdengine.models.fp8_train import use_fp8_matmuls
+
+        use_fp8_matmuls(student)
     config = RunConfig(teacher="bench://teacher", student="bench://student",
                        data="bench://random", steps=10**6, batch_size=args.batch,
                        seq_len=args.seq, lr=kt.LR, grad_clip=kt.CLIP,
@@ -652,7 +667,8 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False) ->
         trainer.sampler = kt.FixedBatch(ids.cpu(), labels.cpu())
         out = timed_steps(lambda: trainer.train_step()["loss"], args, device)
         if args.profile and device.type == "cuda":
-            name = f"profile_{pair.name}_{'bare-fp8' if fp8 else 'bare'}.txt"
+            variant = "bare-fp8s" if fp8_student else "bare-fp8" if fp8 else "bare"
+            name = f"profile_{pair.name}_{variant}.txt"
             kt.profile_steps(lambda: trainer.train_step()["loss"], device, args.out / name)
             out["profile"] = name
         return out
@@ -710,10 +726,15 @@ class Bench:
         log(f"matmul ceiling {self.ceiling / 1e12:.3g} TFLOP/s ({what})")
         self.plan = Plan(args, self.ceiling)
         self.fp8_flags = args.fp8_flags.split()
-        self.fp8_missing = None
-        if "cli-fp8" in args.variants and self.fp8_flags and \
-                self.fp8_flags[0] not in cli_flags_known():
-            self.fp8_missing = f"this kdengine's `train` has no {self.fp8_flags[0]} flag"
+        self.student_flags = args.student_flags.split()
+        self.fp8_missing = self.student_missing = None
+        if {"cli-fp8", "cli-fp8s"} & set(args.variants):
+            known = cli_flags_known()
+            if self.fp8_flags and self.fp8_flags[0] not in known:
+                self.fp8_missing = f"this kdengine's `train` has no {self.fp8_flags[0]} flag"
+            if self.student_flags and self.student_flags[0] not in known:
+                self.student_missing = (f"this kdengine's `train` has no "
+                                        f"{self.student_flags[0]} flag")
 
     def environment(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
@@ -772,7 +793,8 @@ class Bench:
                                       self.device)
         os.environ.update(pair.env())  # in-process compiles share the pair's caches
         in_process = {"liger": run_liger, "naive": run_naive, "bare": run_bare,
-                      "bare-fp8": partial(run_bare, fp8=True)}
+                      "bare-fp8": partial(run_bare, fp8=True),
+                      "bare-fp8s": partial(run_bare, fp8=True, fp8_student=True)}
         for v in self.variants_of(pair):
             skip = self.precondition(pair, v)
             if skip:
@@ -783,7 +805,8 @@ class Bench:
                 fn = partial(self.in_process, in_process[v], pair, ids, labels)
             else:
                 fn = partial(cli_run, args, pair, self.data, v,
-                             self.fp8_flags if v == "cli-fp8" else [],
+                             {"cli-fp8": self.fp8_flags,
+                              "cli-fp8s": self.fp8_flags + self.student_flags}.get(v, []),
                              ckpt_every=args.ckpt_every if v == "cli-ckpt" else 0,
                              checkpoints=self.checkpoints_that_fit(pair)[0]
                              if v == "cli-ckpt" else 0,
@@ -802,6 +825,8 @@ class Bench:
         """Why `variant` cannot run on this box, or None."""
         if variant in ("cli-fp8", "bare-fp8"):
             return self.fp8_missing
+        if variant in ("cli-fp8s", "bare-fp8s"):
+            return self.fp8_missing or self.student_missing
         if variant == "cli-ckpt":
             count, why = self.checkpoints_that_fit(pair)
             if count < 2:
@@ -897,6 +922,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="KEY=VALUE[,KEY=VALUE]: the environment cli-warm-env adds")
     p.add_argument("--fp8-flags", default="--teacher-dtype float8",
                    help="what cli-fp8 adds to the command line")
+    p.add_argument("--student-flags", default="--student-matmuls float8",
+                   help="what cli-fp8s adds to cli-fp8's command line")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--alpha", type=float, default=0.3)
@@ -1019,24 +1046,26 @@ def summary_tables(results: dict[str, Any]) -> str:
              f"{results['env']['device']}, torch {results['env']['torch']}, transformers "
              f"{results['env']['transformers']}, liger-kernel {results['env']['liger_kernel']}; "
              f"matmul ceiling {ceiling / 1e12:.3g} TFLOP/s.", "",
-             "| pair | kdengine tok/s | +FP8 tok/s | HF+Liger tok/s | naive tok/s | x Liger | "
-             "x Liger FP8 | dense MFU | FP8 MFU | peaks (GiB: kd / FP8 / Liger / naive) | "
+             "| pair | kdengine tok/s | +FP8 tok/s | +FP8 student tok/s | HF+Liger tok/s | "
+             "naive tok/s | x Liger | x Liger FP8 | x Liger FP8 both | dense MFU | FP8 MFU | "
+             "FP8 both MFU | peaks (GiB: kd / FP8 / FP8 both / Liger / naive) | "
              "first-run start | second-run start |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for pr in results["pairs"].values():
-        cli, fp8 = get(pr, "cli"), get(pr, "cli-fp8")
+        cli, fp8, both = get(pr, "cli"), get(pr, "cli-fp8"), get(pr, "cli-fp8s")
         warm = get(pr, "cli-warm") or get(pr, "cli-ckpt")  # both are the pair's second run
         liger, naive = get(pr, "liger"), get(pr, "naive")
-        peaks = " / ".join(fmt(r, "peak_gib", ".1f") for r in (cli, fp8, liger, naive))
+        peaks = " / ".join(fmt(r, "peak_gib", ".1f") for r in (cli, fp8, both, liger, naive))
         lines.append(
-            f"| {pr['teacher']} -> {pr['student']} | {rate(cli)} | {rate(fp8)} | {rate(liger)} "
-            f"| {rate(naive)} | {ratio(cli, liger)} | {ratio(fp8, liger)} | "
-            f"{fmt(cli, 'dense_mfu', '.2f')} | {fmt(fp8, 'dense_mfu', '.2f')} | {peaks} | "
+            f"| {pr['teacher']} -> {pr['student']} | {rate(cli)} | {rate(fp8)} | {rate(both)} "
+            f"| {rate(liger)} | {rate(naive)} | {ratio(cli, liger)} | {ratio(fp8, liger)} | "
+            f"{ratio(both, liger)} | {fmt(cli, 'dense_mfu', '.2f')} | "
+            f"{fmt(fp8, 'dense_mfu', '.2f')} | {fmt(both, 'dense_mfu', '.2f')} | {peaks} | "
             f"{fmt(cli, 'startup_s', '.1f', ' s')} | {fmt(warm, 'startup_s', '.1f', ' s')} |")
     lines += ["", "Every variant (step ms: median and p25-p75 of the timed steps):", "",
               "| pair | variant | tok/s | step (ms) | p25-p75 (ms) | dense MFU | peak (GiB) | "
-              "first step after start | first loss |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "first step after start | first loss | last timed step's loss |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, pr in results["pairs"].items():
         for v, r in pr["variants"].items():
             if "tokens_per_s" in r:
@@ -1044,10 +1073,11 @@ def summary_tables(results: dict[str, Any]) -> str:
                     f"| {name} | {v} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
                     f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f} | {r['dense_mfu']:.2f} | "
                     f"{fmt(r, 'peak_gib', '.2f')} | {fmt(r, 'startup_s', '.1f', ' s')} | "
-                    f"{fmt(r, 'first_loss', '.4f')} |")
+                    f"{fmt(r, 'first_loss', '.4f')} | {fmt(r, 'last_loss', '.4f')}"
+                    f"{' (step %s)' % r['last_step'] if r.get('last_step') else ''} |")
             else:
                 why = (r.get("skipped") or r.get("error") or "?").strip().splitlines()[0]
-                lines.append(f"| {name} | {v} | - | - | - | - | - | - | "
+                lines.append(f"| {name} | {v} | - | - | - | - | - | - | - | "
                              f"{'skipped' if 'skipped' in r else 'error'}: {why[:90]} |")
     ckpt_rows = [(name, r, c) for name, pr in results["pairs"].items()
                  for v, r in pr["variants"].items() for c in r.get("checkpoints", [])]

@@ -31,14 +31,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdengine.models.fp8 import quantize_rowwise, quantizable
+from kdengine.models.fp8 import _TINY, E4M3, E4M3_MAX, quantizable, quantize_rowwise
+
+# kdengine.models.fp8_kernels.quantize_columns_t where CUDA and Triton are (set by
+# use_fp8_matmuls, outside any traced code), else None: the same numbers from torch ops
+_columns_kernel = None
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rowwise, the values laid out row-major whatever `x`'s strides (a transposed
-    view quantizes into its own contiguous copy, as torch._scaled_mm wants its operands)."""
+    """quantize_rowwise, the values laid out row-major (as torch._scaled_mm wants them)."""
     values, scale = quantize_rowwise(x)
     return values.contiguous(), scale
+
+
+def _columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rowwise(x.t()) for x [M, K]: each column's e4m3 values over M, laid out as
+    rows [K, M], and the scales [K, 1]. On the GPU the cast and the transpose are one kernel
+    whose reads and writes both run along memory (fp8_kernels: Inductor's own fusion of the
+    two read across rows at a sixth of the bandwidth)."""
+    scale = x.abs().amax(dim=0).float().clamp_min(_TINY) / E4M3_MAX
+    if _columns_kernel is not None and x.is_cuda:
+        values = _columns_kernel(x.contiguous(), scale)
+    else:
+        values = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).t().contiguous()
+    return values, scale.unsqueeze(1)
 
 
 def _mm(a: torch.Tensor, b_rows: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
@@ -64,11 +80,11 @@ class _Fp8Matmul(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             gq, sg = _rows(grad)  # [M, N], over out
-            wq, sw = _rows(weight.t())  # [K, N], over out
+            wq, sw = _columns(weight)  # [K, N], over out
             grad_x = _mm(gq, wq, sg, sw, grad.dtype, fast=False)
         if ctx.needs_input_grad[1]:
-            gq, sg = _rows(grad.t())  # [N, M], over tokens
-            xq, sx = _rows(x.t())  # [K, M], over tokens
+            gq, sg = _columns(grad)  # [N, M], over tokens
+            xq, sx = _columns(x)  # [K, M], over tokens
             grad_w = _mm(gq, xq, sg, sx, weight.dtype, fast=False)
         return grad_x, grad_w
 
@@ -120,6 +136,8 @@ def use_fp8_matmuls(model: nn.Module, on: bool = True) -> tuple[int, int]:
     """Run a native Decoder's block projections through FP8 matmuls (parameters, names and
     checkpoints unchanged); returns (FP8 projections, projections left in the compute dtype
     because a dimension is not a multiple of 16)."""
+    if on and torch.cuda.is_available():
+        _load_columns_kernel()
     fp8 = kept = 0
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -132,3 +150,13 @@ def use_fp8_matmuls(model: nn.Module, on: bool = True) -> tuple[int, int]:
                 kept += 1
     model.fp8_matmuls = on
     return (fp8, kept) if on else (0, fp8 + kept)
+
+
+def _load_columns_kernel() -> None:
+    global _columns_kernel
+    if _columns_kernel is None:
+        try:
+            from kdengine.models.fp8_kernels import quantize_columns_t
+        except ImportError:  # no Triton: torch ops compute the same values
+            return
+        _columns_kernel = quantize_columns_t

@@ -213,3 +213,17 @@ def test_the_preflight_refuses_float8_where_the_device_has_no_fp8_matmuls(monkey
     with pytest.raises(ConfigError) as refused:
         check_run_inputs(demo_config().with_values(**{field: "float8"}))
     assert refused.value.field == field and f"{field} auto" in str(refused.value)
+
+
+def test_column_quantization_is_the_rowwise_quantization_of_the_transpose():
+    # what the weight gradient's operands use (on the GPU through fp8_kernels' one-pass kernel,
+    # checked against this by benchmarks/fp8_student.py)
+    from kdengine.models.fp8 import quantize_rowwise
+    from kdengine.models.fp8_train import _columns
+
+    x, _, _ = _operands(48, seed=5)
+    values, scale = _columns(x.detach())
+    expected, expected_scale = quantize_rowwise(x.detach().t())
+    assert values.shape == (64, 48) and values.is_contiguous()
+    assert torch.equal(values.view(torch.uint8), expected.contiguous().view(torch.uint8))
+    assert torch.equal(scale, expected_scale)
