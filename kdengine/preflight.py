@@ -147,8 +147,8 @@ def require_fp8(field: str, device: Any) -> None:
                  f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
                  if device.type == "cuda" else device.type)
         raise ConfigError(field, f"float8 needs FP8 matmuls (a GPU of compute capability 8.9 "
-                          f"or later: L4, L40S, RTX 40xx, H100, H200); {where} has none: use "
-                          f"{field} auto")
+                          f"or later: L4, L40S, RTX 40xx, H100, H200); {where} has none: set it to "
+                          "auto")
 
 
 def check_device(spec: str) -> str:

@@ -135,5 +135,5 @@ def test_a_device_without_fp8_matmuls_is_refused_naming_the_field_and_the_way_ou
     with pytest.raises(ConfigError) as refused:
         _to_fp8(_peaked_decoder(), torch.device("mps"), log=None)
     assert refused.value.field == "teacher_dtype"
-    assert "compute capability 8.9" in str(refused.value) and "teacher_dtype auto" in \
+    assert "compute capability 8.9" in str(refused.value) and "set it to auto" in \
         str(refused.value)

@@ -127,7 +127,7 @@ def test_the_loader_refuses_a_device_without_fp8_matmuls_naming_the_field_and_th
         _student_fp8(_decoder(), torch.device("mps"), log=None)
     assert refused.value.field == "student_matmuls"
     assert "compute capability 8.9" in str(refused.value)
-    assert "student_matmuls auto" in str(refused.value)
+    assert "set it to auto" in str(refused.value)
 
 
 # -- a real run through the CLI ---------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_the_preflight_refuses_float8_where_the_device_has_no_fp8_matmuls(monkey
     monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
     with pytest.raises(ConfigError) as refused:
         check_run_inputs(demo_config().with_values(**{field: "float8"}))
-    assert refused.value.field == field and f"{field} auto" in str(refused.value)
+    assert refused.value.field == field and "set it to auto" in str(refused.value)
 
 
 def test_column_quantization_is_the_rowwise_quantization_of_the_transpose():
@@ -227,3 +227,29 @@ def test_column_quantization_is_the_rowwise_quantization_of_the_transpose():
     assert values.shape == (64, 48) and values.is_contiguous()
     assert torch.equal(values.view(torch.uint8), expected.contiguous().view(torch.uint8))
     assert torch.equal(scale, expected_scale)
+
+
+# `kdengine train` where torch sees a GPU without FP8 matmuls (an A100, say): the CLI as a user
+# runs it, with only the capability check answered as such a GPU would answer it
+NO_FP8_GPU = r"""
+import sys
+import kdengine.models.fp8 as fp8
+fp8.fp8_supported = lambda device: False
+from kdengine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("flag", ["--student-matmuls", "--teacher-dtype"])
+def test_float8_on_a_gpu_without_fp8_matmuls_exits_2_with_one_line_and_no_run_directory(
+        tmp_path: Path, flag: str) -> None:
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-c", NO_FP8_GPU, "train", "--demo", flag, "float8",
+                          "--run-dir", str(run_dir)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr
+    assert lines[0].startswith(f"kdengine train: error: {flag}: float8 needs FP8 matmuls")
+    assert lines[0].endswith("has none: set it to auto")
+    assert not run_dir.exists()
