@@ -30,7 +30,7 @@ from kdengine.config import (
     load_config_file,
 )
 from kdengine.events import LOG, RUN_STARTED
-from kdengine.verdict import verdict_from_events
+from kdengine.verdict import CACHE_JOB, verdict_from_events
 from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.launch.outcome import WatchedRun
 from kdtui.remote.hosts import LOCAL, HostsFileError
@@ -110,14 +110,16 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
                             is_alive: Callable[[], Awaitable[bool]],
                             asked: dict[str, Any] | None = None,
                             interval: float = 0.3, log_offset: int = 0,
-                            resuming: str | None = None) -> WatchResult:
+                            resuming: str | None = None,
+                            resume_ref: str | None = None) -> WatchResult:
     """Print the run's log lines until it finishes, then the verdict.
 
     The whole history is read from offset 0, so attaching late still sees every event. A
     difference between the config asked for and the one the engine echoes in run_started is an
     error on screen and makes the exit code 2 whatever the verdict. `resuming` (the run's
     name): a resume was just started, so the end of the run's earlier part is not the end, and
-    log lines before `log_offset` (that part's) are not printed again.
+    log lines before `log_offset` (that part's) are not printed again. `resume_ref`: what
+    `kdtui resume` takes for this run, for the hint a dead engine gets (default: the run's name).
     """
     follower = RunFollower(source, log_offset=log_offset)
     watched = WatchedRun()
@@ -205,9 +207,13 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
               "rebooted); its last log lines:", file=out, flush=True)
         for line in last_lines:
             print(f"  | {line}", file=out, flush=True)
-        if watched.checkpoint_step is not None and (name := resuming or _run_name(events)):
+        name = resume_ref or resuming or _run_name(events)
+        if watched.checkpoint_step is not None and name:
             print(f"resume it from its checkpoint at step {watched.checkpoint_step}: "
                   f"kdtui resume {name}", file=out, flush=True)
+        elif _is_cache_job(events) and name:  # a job has no checkpoint: its shards are kept
+            print(f"finish it (its finished shards are kept): kdtui resume {name}", file=out,
+                  flush=True)
     summary = verdict_of.summary()
     code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict["status"], EXIT_ERROR)
     if config_errors:
@@ -223,6 +229,11 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
 def _run_name(events: list[dict[str, Any]]) -> str | None:
     started = next((e for e in events if e.get("type") == RUN_STARTED), None)
     return str(started["run_id"]) if started and started.get("run_id") else None
+
+
+def _is_cache_job(events: list[dict[str, Any]]) -> bool:
+    started = next((e for e in events if e.get("type") == RUN_STARTED), None)
+    return bool(started) and started.get("job") == CACHE_JOB
 
 
 def _rank_message(message: str) -> str:
@@ -441,8 +452,13 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
         return bool(_status(str(run_dir))["alive"])
     print(f"watching {run_dir.name} on local: {run_dir}", file=out, flush=True)
     config = _local_config(run_dir)
+    # `kdtui resume` finds a run of the runs dir by its name, any other by its path (a cache
+    # job's run id is not its directory's name)
+    home = Path(runs_dir) if runs_dir else default_runs_dir()
+    in_home = run_dir.resolve().parent == home.expanduser().resolve()
     result = await follow_to_verdict(LocalRunSource(run_dir), out=out, is_alive=alive,
-                                     asked=config)
+                                     asked=config,
+                                     resume_ref=run_dir.name if in_home else str(run_dir))
     return result.code
 
 

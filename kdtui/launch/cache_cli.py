@@ -99,7 +99,8 @@ async def _headless(launcher, detach: bool) -> int:
             return handle.is_alive()
         return await handle.engine_alive()
     result = await follow_to_verdict(handle.source, out=out, is_alive=alive,
-                                     asked=job_values(launcher.config))
+                                     asked=job_values(launcher.config),
+                                     resume_ref=handle.run_id)
     if result.code == 0:
         print(f"train from it: --teacher-cache {handle.run_dir}", file=out, flush=True)
     return result.code

@@ -175,3 +175,27 @@ async def test_a_killed_cache_job_on_its_run_screen_says_r_finishes_it(
                                           for n in app._notifications), 60)
         assert [n.message for n in app._notifications if n.title == "The engine is gone"] == \
             ["Press R to finish the job (its finished shards are kept)"]
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_cache_job_watched_headless_says_how_to_finish_it_and_that_command_does(
+        runs_dir, tiny_run_inputs):
+    """`kdtui watch --headless` of a cache job whose engine was killed (no checkpoint: a job
+    has none) ends with the command that finishes it, and that command, run headless, does."""
+    run_dir = runs_dir / "killed"
+    engine = start_job(run_dir, job_flags(tiny_run_inputs))
+    until(lambda: (run_dir / "events.jsonl").exists() and any(
+        e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
+    os.killpg(engine.pid, signal.SIGKILL)
+    engine.wait(BUDGET_S)
+    kdtui = [sys.executable, "-m", "kdtui", "--runs-dir", str(runs_dir)]
+    watched = subprocess.run([*kdtui, "watch", str(run_dir), "--headless"], capture_output=True,
+                             text=True, timeout=BUDGET_S)
+    assert "ERROR: the engine is gone without finishing the run" in watched.stdout, watched.stdout
+    hint = [line for line in watched.stdout.splitlines() if line.startswith("finish it")]
+    assert hint == ["finish it (its finished shards are kept): kdtui resume killed"]
+    finished = subprocess.run([*kdtui, *hint[0].split(": ", 1)[1].split()[1:], "--headless"],
+                              capture_output=True, text=True, timeout=BUDGET_S)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    ended = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "run_finished"]
+    assert ended and ended[-1]["status"] == "completed"
