@@ -27,13 +27,13 @@ from torch import nn
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
-_TINY = 1e-12  # an all-zero row gets a positive scale (and quantizes to zeros)
+MIN_AMAX = 1e-12  # an all-zero row gets a positive scale (and quantizes to zeros)
 
 
 def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(e4m3 values, fp32 scales [..., 1]) with x ~= values * scales, one scale per row of the
     last dimension; amax maps to 448 exactly, so nothing saturates."""
-    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(_TINY)
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(MIN_AMAX)
     scale = amax / E4M3_MAX
     values = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
     return values, scale

@@ -14,10 +14,13 @@ directions. Inputs are quantized from what the layer saved: the activation in th
 and the fp32 master weight itself (no bf16 copy is kept, so this saves the memory of autocast's
 weight cast). The forward uses Hopper's fast accumulation, as the FP8 teacher does; the backward
 products do not: dW sums over every token of the batch (8,192 at 4 x 2048), where the fast
-path's periodic promotion loses the most, and torchao's float8 training makes the same choice.
-Under torch.compile Inductor folds each quantization into the kernel that produces its input
-or reads it anyway (docs/performance.md measured this for the teacher), so the eager code below
-is also the compiled one.
+path's periodic promotion loses the most.
+
+Under torch.compile Inductor folds the row quantizations into the kernels that produce their
+inputs (the RMSNorm before q/k/v, SwiGLU before down, the gradient's own producers). The
+column quantizations of dW's operands (and of W for dx) must be written transposed, which
+Inductor's fusion does at a sixth of the memory bandwidth; on the GPU they go through one
+Triton kernel instead (kdengine.models.fp8_kernels), byte for byte the same values.
 
 What stays in the compute dtype: embeddings, norms, attention and the lm head (the KD loss reads
 the logits directly). Gradients flow in the compute dtype between layers, so the only change to
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdengine.models.fp8 import _TINY, E4M3, E4M3_MAX, quantizable, quantize_rowwise
+from kdengine.models.fp8 import E4M3, E4M3_MAX, MIN_AMAX, quantizable, quantize_rowwise
 
 # kdengine.models.fp8_kernels.quantize_columns_t where CUDA and Triton are (set by
 # use_fp8_matmuls, outside any traced code), else None: the same numbers from torch ops
@@ -49,7 +52,7 @@ def _columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows [K, M], and the scales [K, 1]. On the GPU the cast and the transpose are one kernel
     whose reads and writes both run along memory (fp8_kernels: Inductor's own fusion of the
     two read across rows at a sixth of the bandwidth)."""
-    scale = x.abs().amax(dim=0).float().clamp_min(_TINY) / E4M3_MAX
+    scale = x.abs().amax(dim=0).float().clamp_min(MIN_AMAX) / E4M3_MAX
     if _columns_kernel is not None and x.is_cuda:
         values = _columns_kernel(x.contiguous(), scale)
     else:
