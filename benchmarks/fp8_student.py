@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -80,8 +81,8 @@ def columns_kernel_check(*tensors: torch.Tensor) -> dict:
     """fp8_kernels' one-pass column quantization against the same values from torch ops: how
     many e4m3 bytes differ (0 expected: the same division, clamp and round-to-nearest-even),
     and its GPU time against Inductor's fusion of the same ops."""
-    from kdengine.models.fp8_train import _columns, _load_columns_kernel
     import kdengine.models.fp8_train as fp8_train
+    from kdengine.models.fp8_train import _columns, _load_columns_kernel
 
     _load_columns_kernel()
     kernel = fp8_train._columns_kernel
@@ -126,12 +127,13 @@ def check_ops(names: list[str], device: torch.device) -> None:
             columns = columns_kernel_check(x, grad)
             errs = {k: {"vs_dequantized": rel(e, r), "compiled_vs_eager": rel(c, e),
                         "vs_bf16": rel(e, b)}
-                    for k, e, c, b, r in zip(("out", "dx", "dW"), eager, compiled, bf16, ref)}
+                    for k, e, c, b, r in zip(("out", "dx", "dW"), eager, compiled, bf16, ref,
+                                             strict=True)}
             # GPU kernel time, not wall time: one projection alone is too short to keep the GPU
             # ahead of Python's autograd (the wall clock measured the host for all but the
             # widest shapes in the first run)
-            bf16_ms, _ = kernel_ms(lambda: fwd_bwd(bf16_linear, x, w, grad))
-            fp8_ms, kernels = kernel_ms(lambda: fwd_bwd(fp8, x, w, grad))
+            bf16_ms, _ = kernel_ms(partial(fwd_bwd, bf16_linear, x, w, grad))
+            fp8_ms, kernels = kernel_ms(partial(fwd_bwd, fp8, x, w, grad))
             flops = 6 * ROWS * out_f * in_f
             emit(phase="check", model=name, part=part, shape=[ROWS, in_f, out_f], errors=errs,
                  bf16_gpu_ms=bf16_ms, fp8_gpu_ms=fp8_ms, fp8_kernels=kernels,

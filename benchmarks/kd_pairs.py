@@ -1071,12 +1071,12 @@ def summary_tables(results: dict[str, Any]) -> str:
     for name, pr in results["pairs"].items():
         for v, r in pr["variants"].items():
             if "tokens_per_s" in r:
+                at = f" (step {r['last_step']})" if r.get("last_step") else ""
                 lines.append(
                     f"| {name} | {v} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
                     f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f} | {r['dense_mfu']:.2f} | "
                     f"{fmt(r, 'peak_gib', '.2f')} | {fmt(r, 'startup_s', '.1f', ' s')} | "
-                    f"{fmt(r, 'first_loss', '.4f')} | {fmt(r, 'last_loss', '.4f')}"
-                    f"{' (step %s)' % r['last_step'] if r.get('last_step') else ''} |")
+                    f"{fmt(r, 'first_loss', '.4f')} | {fmt(r, 'last_loss', '.4f')}{at} |")
             else:
                 why = (r.get("skipped") or r.get("error") or "?").strip().splitlines()[0]
                 lines.append(f"| {name} | {v} | - | - | - | - | - | - | - | "

@@ -68,9 +68,9 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                 if model.vocab_size is not None:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
-    for field in ("teacher_dtype", "student_matmuls"):
-        if getattr(config, field) == "float8":
-            require_fp8(field, _resolved_device(device))
+    for name in ("teacher_dtype", "student_matmuls"):
+        if getattr(config, name) == "float8":
+            require_fp8(name, _resolved_device(device))
     facts = Preflight(teacher, student, device, unchecked=unchecked)
     teacher_dir = Path(teacher.directory) if teacher.directory else None
     if config.teacher_cache:
