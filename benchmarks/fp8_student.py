@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fp8_teacher import RESULTS, emit, fresh_compiler, rel  # noqa: E402
+from fp8_teacher import emit, fresh_compiler, rel, run_phases  # noqa: E402
 from pairs import MODELS  # noqa: E402
 
 from kdengine.models.fp8_train import fp8_linear, reference_grads  # noqa: E402
@@ -179,23 +179,9 @@ def main() -> int:
     phases = args.phases.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     emit(phase="env", torch=torch.__version__, gpu=torch.cuda.get_device_name(device))
-    status = 0
-    for phase, fn in (("check", lambda: check_ops(names, device)),
-                      ("curve", lambda: curve(args.curve_steps, device))):
-        if phase not in phases:
-            continue
-        start = time.perf_counter()
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - one failing phase must not hide the others
-            emit(phase=phase, error=f"{type(exc).__name__}: {exc}"[-2000:])
-            status = 1
-        print(f"# {phase}: {time.perf_counter() - start:.1f}s", flush=True)
-    (args.out / "fp8_student.json").write_text(json.dumps(RESULTS, indent=1) + "\n")
-    if any(r.get("phase") == "check" and not r.get("ok", True) for r in RESULTS):
-        status = 1
-    return status
-
+    return run_phases({"check": lambda: check_ops(names, device),
+                       "curve": lambda: curve(args.curve_steps, device)},
+                      phases, args.out / "fp8_student.json")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -192,10 +192,17 @@ def main() -> int:
     phases = args.phases.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     emit(phase="env", torch=torch.__version__, gpu=torch.cuda.get_device_name(device))
+    return run_phases({"check": lambda: check_ops(names, device),
+                       "drift": lambda: drift_on_real_text(device),
+                       "speed": lambda: teacher_speed(names, device, args.steps)},
+                      phases, args.out / "fp8_teacher.json")
+
+
+def run_phases(table: dict, phases: list[str], out: Path) -> int:
+    """The asked phases of `table` in its order, each timed, a failing one recorded and the
+    others run; every row to `out`. Exit status 1 when a phase failed or a check is not ok."""
     status = 0
-    for phase, fn in (("check", lambda: check_ops(names, device)),
-                      ("drift", lambda: drift_on_real_text(device)),
-                      ("speed", lambda: teacher_speed(names, device, args.steps))):
+    for phase, fn in table.items():
         if phase not in phases:
             continue
         start = time.perf_counter()
@@ -205,7 +212,7 @@ def main() -> int:
             emit(phase=phase, error=f"{type(exc).__name__}: {exc}"[-2000:])
             status = 1
         print(f"# {phase}: {time.perf_counter() - start:.1f}s", flush=True)
-    (args.out / "fp8_teacher.json").write_text(json.dumps(RESULTS, indent=1) + "\n")
+    out.write_text(json.dumps(RESULTS, indent=1) + "\n")
     if any(r.get("phase") == "check" and not r.get("ok", True) for r in RESULTS):
         status = 1
     return status

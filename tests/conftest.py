@@ -197,11 +197,13 @@ TINY_TEXT = "\n".join(
     f"def function_{i}(x):\n    return x * {i} + {i % 7}  # line {i}\n" for i in range(400))
 
 
-def write_tiny_inputs(directory: Path, *, student_layers: int = 1) -> dict[str, str]:
+def write_tiny_inputs(directory: Path, *, student_layers: int = 1,
+                      student_hidden: int = 16) -> dict[str, str]:
     """Teacher, student and data for a real run that takes seconds, written into `directory`:
     the values of `kdengine train`'s --teacher, --student and --data."""
     teacher = write_tiny_model(directory / "teacher", hidden=32, layers=2, seed=1)
-    student = write_tiny_model(directory / "student", hidden=16, layers=student_layers, seed=2)
+    student = write_tiny_model(directory / "student", hidden=student_hidden,
+                               layers=student_layers, seed=2)
     data = directory / "data"
     data.mkdir()
     for i in range(6):

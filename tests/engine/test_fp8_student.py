@@ -140,14 +140,10 @@ RUN = ["--steps", "12", "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3",
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import TINY_TEXT, write_tiny_model
+    from conftest import write_tiny_inputs
 
-    root = tmp_path_factory.mktemp("fp8_student")
-    teacher = write_tiny_model(root / "teacher", hidden=32, layers=2, seed=1)
-    student = write_tiny_model(root / "student", hidden=32, layers=1, seed=2)  # all 16-aligned
-    data = root / "data.txt"
-    data.write_text(TINY_TEXT)
-    return {"teacher": str(teacher), "student": str(student), "data": str(data)}
+    # a 32-wide student: every projection 16-aligned, so all seven run in FP8
+    return write_tiny_inputs(tmp_path_factory.mktemp("fp8_student"), student_hidden=32)
 
 
 def _train(inputs: dict[str, str], run_dir: Path, *extra: str, launcher: list[str] | None = None,
