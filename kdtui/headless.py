@@ -226,14 +226,18 @@ async def follow_to_verdict(source: RunSource, *, out: TextIO,
     return WatchResult(code, verdict, finished, events, printed, config_errors, watched)
 
 
+def _run_started(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return next((e for e in events if e.get("type") == RUN_STARTED), {})
+
+
 def _run_name(events: list[dict[str, Any]]) -> str | None:
-    started = next((e for e in events if e.get("type") == RUN_STARTED), None)
-    return str(started["run_id"]) if started and started.get("run_id") else None
+    started = _run_started(events)
+    return str(started["run_id"]) if started.get("run_id") else None
 
 
 def _is_cache_job(events: list[dict[str, Any]]) -> bool:
-    started = next((e for e in events if e.get("type") == RUN_STARTED), None)
-    return bool(started) and started.get("job") == CACHE_JOB
+    # (kdtui.widgets.cache_job.is_cache_job says the same, but imports the run screen's widgets)
+    return _run_started(events).get("job") == CACHE_JOB
 
 
 def _rank_message(message: str) -> str:

@@ -272,10 +272,8 @@ class MLP(nn.Module):
             gate, up = (project(x, p.weight, p.bias, True) for p in (self.gate_proj, self.up_proj))
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        hidden = F.silu(gate) * up
-        if self.fp8_matmuls:
-            return project(hidden, self.down_proj.weight, self.down_proj.bias, True)
-        return self.down_proj(hidden)
+        hidden, down = F.silu(gate) * up, self.down_proj
+        return project(hidden, down.weight, down.bias, True) if self.fp8_matmuls else down(hidden)
 
 
 def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:
