@@ -355,6 +355,7 @@ class Dist:
         small = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         trainer.step = small["step"]
         trainer.scheduler.load_state_dict(small["scheduler"])
+        trainer.keep_own_update()  # a checkpoint of another world size: its own AdamW flags
         rng_file = path / f"rank-{self.rank}.pt"
         if rng_file.exists():  # absent when the world size changed: the seed's state stays
             rng = torch.load(rng_file, map_location="cpu", weights_only=False)

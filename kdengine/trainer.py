@@ -17,6 +17,7 @@ import signal
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +66,7 @@ from kdengine.diskspace import (
 )
 from kdengine.distributed import Dist, from_env, is_sharded_checkpoint
 from kdengine.gauges import Gauges, describe_gauges
-from kdengine.losses import IGNORE_INDEX, KDLossSpec, fused_kd_loss
+from kdengine.losses import IGNORE_INDEX, KDLossSpec, LossParts, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
@@ -120,6 +121,47 @@ def lr_factor(step: int, config: RunConfig) -> float:
     if config.lr_schedule == "linear":
         return 1.0 - progress * 0.9
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10%
+
+
+@dataclass
+class QueuedStep:
+    """A training step whose work is queued on the device, and its numbers (loss, gradient norm,
+    ce, kd): copied to the host behind its update, so reading them waits for this step only,
+    not for whatever the host has queued since."""
+    number: int
+    started: float  # perf_counter when the host began to queue it
+    tokens: int
+    parts: LossParts
+    sampled: Any = None  # a sampled batch (on-policy, seq_kd) and its time split
+    timing: dict[str, float] | None = None
+    lr: float = 0.0
+    scale: float | None = None  # float16: the loss scale it ran at
+    _numbers: torch.Tensor | tuple[float, ...] | None = None
+    _copied: Any = None  # a CUDA event: the copy to the host is done
+    _floats: list[float | None] | None = None  # numbers that were floats already (None: copied)
+
+    def read_later(self, grad_norm: torch.Tensor) -> None:
+        """Queue the copy of the step's numbers to the host (float64: fp32's values exactly)."""
+        ce, kd = self.parts.raw_terms()
+        numbers = [self.parts.loss.detach(), grad_norm, ce, kd]
+        on_device = [n for n in numbers if isinstance(n, torch.Tensor)]
+        if on_device[0].device.type != "cuda":  # the CPU: nothing to wait for
+            self._numbers = tuple(float(n) for n in numbers)
+            return
+        stacked = torch.stack([n.detach().reshape(()).double() for n in on_device])
+        self._numbers = stacked.to("cpu", non_blocking=True)  # into pinned memory
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        self._floats = [n if not isinstance(n, torch.Tensor) else None for n in numbers]
+
+    def values(self) -> tuple[float, float, float, float]:
+        """(loss, grad_norm, ce, kd), waiting for the step's copy if it is not done yet."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            copied = iter(self._numbers.tolist())
+            self._numbers = tuple(next(copied) if f is None else f for f in self._floats)
+            self._copied = None
+        return self._numbers
 
 
 class KDTrainer:
@@ -190,13 +232,16 @@ class KDTrainer:
         self.params = params
         # fp32 master weights and optimizer state (the student loads in fp32; autocast gives
         # the compute dtype); the fused CUDA kernel updates every tensor in one launch
-        fused = device.type == "cuda"
+        # (one process on the CPU too: the same guarded update, so the same overlapped loop)
+        fused = device.type == "cuda" or (device.type == "cpu" and not self.dist.enabled)
         # (data parallel: the same update on each rank's local shards, kdengine.distributed)
         self.optimizer = self.dist.optimizer(params, lr=config.lr, betas=(0.9, 0.95),
                                              weight_decay=config.weight_decay, fused=fused)
         # the fused kernel: clipping folded into the update (no extra pass); data parallel,
         # the norm is the all-reduced one of the local shards
         self._fused_update = fused and (self.dist.local_update or not self.dist.enabled)
+        self._update_kind = {key: self.optimizer.param_groups[0][key]
+                             for key in ("fused", "foreach", "capturable")}
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i + 1, config))
         # fp16 needs dynamic loss scaling (bf16 has fp32's range and does not): the backward
@@ -205,6 +250,7 @@ class KDTrainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self.overflows_in_a_row = 0
         self.step = 0
+        self._finished_at = 0.0  # perf_counter when the host last read a step's numbers
         # memory, utilization, power, MFU in step events (kdengine.gauges)
         self.gauges = Gauges.for_run(device, dtype, student.module, teacher, config.seq_len,
                                      self.dist.world_size)
@@ -356,9 +402,18 @@ class KDTrainer:
 
     def train_step(self, batch: tuple[torch.Tensor, ...] | None = None
                    ) -> dict[str, float]:
-        """One optimizer step on `batch` (default: this step's batch from the sampler)."""
+        """One optimizer step on `batch` (default: this step's batch from the sampler), finished:
+        its metrics."""
+        return self._finish(self.queue_step(batch))
+
+    def queue_step(self, batch: tuple[torch.Tensor, ...] | None = None, *,
+                   before_update: Callable[[], None] | None = None) -> QueuedStep:
+        """Step self.step + 1 queued on the device: forward, backward, then the update; its
+        numbers are read by `_finish`. `before_update` runs between the backward and the update:
+        the train loop finishes the previous step there, whose loss must be finite before
+        another update is queued, while the device is still busy with this step's backward."""
         self.step += 1
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         sampled = spec = None
         if batch is None and self.rollout is not None:
             source = self.rollout.source_of(self.step)
@@ -370,7 +425,6 @@ class KDTrainer:
                 self.timing = {}
         # (input_ids, labels), or (input_ids, labels, position_ids) for packed rows
         batch = batch if batch is not None else self.sampler.batch(self.step)
-        input_ids = batch[0]
         # last step's gradients freed before the forward, not after it: they are not needed
         # and would sit beside the activations at the step's memory peak
         self.optimizer.zero_grad(set_to_none=True)
@@ -378,63 +432,90 @@ class KDTrainer:
             parts = self._loss(*batch, spec=spec)
         finally:
             timing, self.timing = self.timing, None
+        step = QueuedStep(self.step, started, batch[0].numel(), parts, sampled=sampled,
+                          timing=timing)
         # Backward and clipping are queued before the host waits for the loss value, so the GPU
         # never idles between forward and backward; a non-finite loss still stops the run
         # before the update is applied.
         scaling = self.scaler.is_enabled()
         self.scaler.scale(parts.loss).backward()  # the loss itself unless fp16
+        if before_update is not None:
+            before_update()
         if scaling:
             self.scaler.unscale_(self.optimizer)  # true gradients again; notes an overflow
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        lr = self.optimizer.param_groups[0]["lr"]
-        fused = self._fused_update
+        step.lr = self.optimizer.param_groups[0]["lr"]
         self.checkpoints.before_update()  # the last checkpoint's copies done (a GPU-side wait)
-        if fused:
-            # fused AdamW (CUDA): the clip factor and the non-finite guard ride in the update
-            # kernel, so the update is queued before the host waits for anything
-            grad_norm_t = fused_clipped_step(self.optimizer, self.params, parts.loss, max_norm,
-                                             self.dist.grad_norm)
-        else:
-            grad_norm_t = self.dist.clip_grad_norm_(self.params, max_norm)
-        loss = parts.loss.item()
-        if not math.isfinite(loss):
-            raise LossNotFinite(f"loss is {loss} at step {self.step} "
-                                f"(ce={parts.ce}, kd={parts.kd}); the update was not applied")
-        grad_norm = float(grad_norm_t)  # fused: read after the update is queued
-        if not fused and math.isfinite(grad_norm):
-            self.optimizer.step()
-        scale = self.scaler.get_scale() if scaling else None
-        if math.isfinite(grad_norm):
-            self.overflows_in_a_row = 0
-        elif scaling:
-            self._skip_overflowed_step(scale, loss)
-        else:
-            raise LossNotFinite(f"gradient norm is {grad_norm} at step {self.step} (loss "
-                                f"{loss}); the update was not applied")
+        if self._fused_update:
+            # fused AdamW: the clip factor and the non-finite guard ride in the update kernel,
+            # so the update is queued before the host waits for anything
+            grad_norm = fused_clipped_step(self.optimizer, self.params, parts.loss, max_norm,
+                                           self.dist.grad_norm)
+            step.read_later(grad_norm)
+        else:  # the host checks the loss and the norm before it applies the update
+            grad_norm = self.dist.clip_grad_norm_(self.params, max_norm)
+            step.read_later(grad_norm)
+            loss, norm = step.values()[:2]
+            if math.isfinite(loss) and math.isfinite(norm):
+                self.optimizer.step()
         if scaling:
-            self.scaler.update()  # halves the scale after an overflow, grows it when quiet
+            step.scale = self.scaler.get_scale()
         with warnings.catch_warnings():  # the schedule follows steps, skipped ones included
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             self.scheduler.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
-        metrics = {"step": self.step, "loss": loss, "kd": parts.kd, "ce": parts.ce, "lr": lr,
-                   "grad_norm": grad_norm,
-                   "tokens_per_s": input_ids.numel() / max(seconds, 1e-9)}
+        return step
+
+    def _finish(self, step: QueuedStep) -> dict[str, float]:
+        """Wait for a queued step's numbers: its metrics, or LossNotFinite (its update was not
+        applied: the device's guard or the host's skipped it)."""
+        loss, grad_norm, ce, kd = step.values()
+        now = time.perf_counter()
+        # a step overlapped with the one before it starts where that one ended
+        seconds = now - max(step.started, self._finished_at)
+        self._finished_at = now
+        if not math.isfinite(loss):
+            self.step = step.number  # the run ends at this step; the next one is never applied
+            raise LossNotFinite(f"loss is {loss} at step {step.number} (ce={ce}, kd={kd}); "
+                                "the update was not applied")
+        scaling = step.scale is not None
+        if math.isfinite(grad_norm):
+            self.overflows_in_a_row = 0
+        elif scaling:
+            self._skip_overflowed_step(step.scale, loss)
+        else:
+            self.step = step.number
+            raise LossNotFinite(f"gradient norm is {grad_norm} at step {step.number} (loss "
+                                f"{loss}); the update was not applied")
         if scaling:
-            metrics["loss_scale"] = scale
+            self.scaler.update()  # halves the scale after an overflow, grows it when quiet
+        metrics = {"step": step.number, "loss": loss, "kd": kd, "ce": ce, "lr": step.lr,
+                   "grad_norm": grad_norm, "tokens_per_s": step.tokens / max(seconds, 1e-9)}
+        if scaling:
+            metrics["loss_scale"] = step.scale
+        sampled = step.sampled
         if self.rollout is not None:
             metrics["on_policy"] = sampled is not None and sampled.source == "student"
         if sampled is not None:  # the step's time split (docs/on-policy.md)
             gen = sampled.generated
-            teacher_s = (timing or {}).get("teacher_s", 0.0)
+            teacher_s = (step.timing or {}).get("teacher_s", 0.0)
             metrics.update(source=sampled.source, gen_s=gen.seconds, teacher_s=teacher_s,
                            student_s=max(seconds - gen.seconds - teacher_s, 0.0),
                            gen_tokens_per_s=gen.new_tokens / max(gen.seconds, 1e-9),
                            gen_len=gen.new_tokens / max(len(sampled.prompts), 1))
             self.last_sampled = sampled
         return metrics
+
+    def _overlaps(self, step: int) -> bool:
+        """Whether the loop may leave `step` queued while it queues the next one (the host reads
+        its loss one step late, and the GPU never waits for the host between steps). Only where
+        the device guards the update (fused AdamW, no loss scaler to update in between), on one
+        process, never for sampled steps, the first (its start-up time), the last, or a step an
+        evaluation or a checkpoint follows."""
+        cfg = self.config
+        return (self._fused_update and not self.scaler.is_enabled() and self.rollout is None
+                and not self.dist.enabled and self.startup_s is not None and step < cfg.steps
+                and not (cfg.eval_every and step % cfg.eval_every == 0)
+                and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
 
     def _startup(self, **parts: float) -> dict[str, Any]:
         """The first step's `startup_s` (process start to this step's end: imports, loading,
@@ -492,6 +573,20 @@ class KDTrainer:
             self.sampler.check_position(state["data"], self.step)
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
+        self.keep_own_update()
+
+    def keep_own_update(self) -> None:
+        """After a restore: this run's AdamW kernel, not the checkpoint's. A checkpoint written on
+        another device or world size (fused on one process, foreach under torchrun) carries its
+        own flags, and fused AdamW wants its step counters on the parameters' device."""
+        on_device = self._update_kind["fused"] or self._update_kind["capturable"]
+        for group in self.optimizer.param_groups:
+            group.update(self._update_kind)
+            for param in group["params"]:
+                step = self.optimizer.state.get(param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    self.optimizer.state[param]["step"] = step.to(
+                        param.device if on_device else "cpu", torch.float32)
 
     def checkpoint(self) -> Path:
         """Save this step's checkpoint; one process writes it in the background (its event comes
@@ -538,38 +633,56 @@ class KDTrainer:
         if evaluate_start:
             self.evaluate()
         evaluated = time.monotonic()
+        queued: QueuedStep | None = None  # a step left queued: its numbers come one step late
+
+        def report_queued() -> None:
+            nonlocal queued
+            step, queued = queued, None
+            self._report(self._finish(step), loop_started, evaluated)
+
         while self.step < cfg.steps:
+            if queued is not None and self.stop.received:  # its event before the cancel's
+                report_queued()
             self.stop.check()
             self.report_checkpoints()  # a background write that ended: its event or its error
             self.last_sampled = None
-            metrics = self.train_step()
-            step = self.step
-            first = self.startup_s is None  # this process's first step (a resume's too)
-            if first:
-                metrics.update(self._startup(setup_s=loop_started - self.started,
-                                             eval0_s=evaluated - loop_started,
-                                             first_step_s=time.monotonic() - evaluated))
-            if step % cfg.log_every == 0 or step == cfg.steps or step == 1 or first:
-                gauges = self.gauges.read(metrics["tokens_per_s"])
-                self.log.emit(ev.STEP, **metrics, **gauges, total_steps=cfg.steps)
-                split = (f" gen={metrics['gen_s']:.2f}s teacher={metrics['teacher_s']:.2f}s "
-                         f"student={metrics['student_s']:.2f}s "
-                         f"gen_tok/s={metrics['gen_tokens_per_s']:.0f}"
-                         if "gen_s" in metrics else "")
-                self.log.line(
-                    f"step {step}/{cfg.steps} loss={metrics['loss']:.4f} kd={metrics['kd']:.4f} "
-                    f"ce={metrics['ce']:.4f} lr={metrics['lr']:.3e} "
-                    f"grad_norm={metrics['grad_norm']:.3f} tok/s={metrics['tokens_per_s']:.0f}"
-                    + split + describe_gauges(gauges))
-            if (self.last_sampled is not None and cfg.sample_every
-                    and step % cfg.sample_every == 0):
-                sample = self.rollout.sample_event(step, self.last_sampled, 0, self.teacher,
-                                                   self._autocast)
-                self.log.emit(ev.SAMPLE, **sample)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            step = self.queue_step(before_update=report_queued if queued is not None else None)
+            if self._overlaps(step.number):
+                queued = step
+                continue
+            self._report(self._finish(step), loop_started, evaluated)
+            if cfg.eval_every and step.number % cfg.eval_every == 0 and step.number < cfg.steps:
                 self.evaluate()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if (cfg.checkpoint_every and step.number % cfg.checkpoint_every == 0
+                    and step.number < cfg.steps):
                 self.checkpoint()
+
+    def _report(self, metrics: dict[str, Any], loop_started: float, evaluated: float) -> None:
+        """A finished step's event and log line (every log_every steps, the first, the last) and
+        its sample event."""
+        cfg, step = self.config, metrics["step"]
+        first = self.startup_s is None  # this process's first step (a resume's too)
+        if first:
+            metrics.update(self._startup(setup_s=loop_started - self.started,
+                                         eval0_s=evaluated - loop_started,
+                                         first_step_s=time.monotonic() - evaluated))
+        if step % cfg.log_every == 0 or step == cfg.steps or step == 1 or first:
+            gauges = self.gauges.read(metrics["tokens_per_s"])
+            self.log.emit(ev.STEP, **metrics, **gauges, total_steps=cfg.steps)
+            split = (f" gen={metrics['gen_s']:.2f}s teacher={metrics['teacher_s']:.2f}s "
+                     f"student={metrics['student_s']:.2f}s "
+                     f"gen_tok/s={metrics['gen_tokens_per_s']:.0f}"
+                     if "gen_s" in metrics else "")
+            self.log.line(
+                f"step {step}/{cfg.steps} loss={metrics['loss']:.4f} kd={metrics['kd']:.4f} "
+                f"ce={metrics['ce']:.4f} lr={metrics['lr']:.3e} "
+                f"grad_norm={metrics['grad_norm']:.3f} tok/s={metrics['tokens_per_s']:.0f}"
+                + split + describe_gauges(gauges))
+        if (self.last_sampled is not None and cfg.sample_every
+                and step % cfg.sample_every == 0):
+            sample = self.rollout.sample_event(step, self.last_sampled, 0, self.teacher,
+                                               self._autocast)
+            self.log.emit(ev.SAMPLE, **sample)
 
 
 def environment() -> dict[str, Any]:

@@ -134,13 +134,13 @@ KILL_BEFORE_STEP = r"""
 import os, signal, sys
 import kdengine.trainer as T
 kill_at = int(os.environ["KD_KILL_AT"])
-train_step = T.KDTrainer.train_step
-def killing_step(self, batch=None):
+train_step = T.KDTrainer.queue_step
+def killing_step(self, batch=None, **queue):
     if self.step + 1 == kill_at:
         self.report_checkpoints(wait=True)  # the checkpoints saved so far, whole on disk
         os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self, batch)
-T.KDTrainer.train_step = killing_step
+    return train_step(self, batch, **queue)
+T.KDTrainer.queue_step = killing_step
 from kdengine.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -198,10 +198,12 @@ TINY_TEXT = "\n".join(
 
 
 def write_tiny_inputs(directory: Path, *, student_layers: int = 1,
-                      student_hidden: int = 16) -> dict[str, str]:
+                      student_hidden: int = 16, teacher_vocab: int = 257) -> dict[str, str]:
     """Teacher, student and data for a real run that takes seconds, written into `directory`:
-    the values of `kdengine train`'s --teacher, --student and --data."""
-    teacher = write_tiny_model(directory / "teacher", hidden=32, layers=2, seed=1)
+    the values of `kdengine train`'s --teacher, --student and --data. `teacher_vocab` > 257:
+    a teacher whose embedding is padded past the tokenizer's ids (as Qwen2.5-7B's is)."""
+    teacher = write_tiny_model(directory / "teacher", hidden=32, layers=2, seed=1,
+                               vocab=teacher_vocab)
     student = write_tiny_model(directory / "student", hidden=student_hidden,
                                layers=student_layers, seed=2)
     data = directory / "data"
@@ -214,6 +216,12 @@ def write_tiny_inputs(directory: Path, *, student_layers: int = 1,
 @pytest.fixture
 def tiny_run_inputs(tmp_path: Path) -> dict[str, str]:
     return write_tiny_inputs(tmp_path)
+
+
+@pytest.fixture
+def make_tiny_inputs() -> Callable[..., dict[str, str]]:
+    """write_tiny_inputs, for a test that wants other sizes than tiny_run_inputs'."""
+    return write_tiny_inputs
 
 
 def tiny_run_args(inputs: dict[str, str], run_dir: Path, **overrides) -> list[str]:

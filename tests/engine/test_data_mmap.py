@@ -332,13 +332,13 @@ def in_memory(*args, **kwargs):  # the int64 tensors the engine packed before sh
     splits = mapped(*args, **kwargs)
     return TokenSplits(splits.train.tensor(), splits.val.tensor(), splits.eos_id)
 loading.split_token_shards = in_memory
-train_step = trainer.KDTrainer.train_step
-def killing_step(self, batch=None):
+train_step = trainer.KDTrainer.queue_step
+def killing_step(self, batch=None, **queue):
     if self.step + 1 == int(os.environ["KD_KILL_AT"]):
         self.report_checkpoints(wait=True)  # the checkpoints saved so far, whole on disk
         os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self, batch)
-trainer.KDTrainer.train_step = killing_step
+    return train_step(self, batch, **queue)
+trainer.KDTrainer.queue_step = killing_step
 from kdengine.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -184,19 +184,19 @@ def test_a_killed_cache_writer_finishes_to_the_same_bytes(inputs, tmp_path, caps
 def test_a_cached_run_resumes_exactly(runs, inputs, monkeypatch) -> None:
     from kdengine.trainer import KDTrainer
 
-    real = KDTrainer.train_step
+    real = KDTrainer.queue_step
 
-    def stop_before_step_8(self, batch=None):
+    def stop_before_step_8(self, batch=None, **queue):
         if self.step + 1 == 8:
             raise KeyboardInterrupt
-        return real(self, batch)
+        return real(self, batch, **queue)
 
     run_dir = runs["root"] / "resumed"
     args = ["train", "--student", inputs["student"], "--data", inputs["chats"], *RUN,
             "--teacher-cache", str(runs["cache"]), "--run-dir", str(run_dir)]
-    monkeypatch.setattr(KDTrainer, "train_step", stop_before_step_8)
+    monkeypatch.setattr(KDTrainer, "queue_step", stop_before_step_8)
     assert main(args) == 130
-    monkeypatch.setattr(KDTrainer, "train_step", real)
+    monkeypatch.setattr(KDTrainer, "queue_step", real)
     assert main(["train", "--resume", str(run_dir)]) == 0
     steps, evals = losses(run_dir)
     want_steps, want_evals = losses(runs["cached"])

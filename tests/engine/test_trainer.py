@@ -16,7 +16,8 @@ from kdengine.data import TokenSplits
 from kdengine.events import read_events
 from kdengine.providers import BigramStudent, BigramTeacher
 from kdengine.runlog import RunLog
-from kdengine.trainer import KDTrainer, lr_factor
+from kdengine.stop import RunCancelled
+from kdengine.trainer import KDTrainer, LossNotFinite, lr_factor
 
 
 def bigram_trainer(tmp_path: Path, **overrides) -> KDTrainer:
@@ -24,6 +25,7 @@ def bigram_trainer(tmp_path: Path, **overrides) -> KDTrainer:
                   lr=0.05, eval_batches=1, temperature=2.0, alpha=0.3)
     values.update(overrides)
     config = RunConfig.from_mapping(values)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     stream = torch.arange(400) % 32
     splits = TokenSplits(train=stream, val=stream.flip(0), eos_id=0)
     log = RunLog(tmp_path)
@@ -62,6 +64,98 @@ def test_schedule_warms_up_then_decays_to_a_tenth() -> None:
     assert lr_factor(100, cfg) == pytest.approx(0.1)
     factors = [lr_factor(s, cfg) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+
+
+def _record_calls(trainer: KDTrainer) -> list[tuple[str, int]]:
+    """("queue", n) when the loop starts queueing step n, ("read", n) when it reads its numbers."""
+    calls: list[tuple[str, int]] = []
+    queue, finish = trainer.queue_step, trainer._finish
+
+    def queue_step(batch=None, **kwargs):
+        calls.append(("queue", trainer.step + 1))
+        return queue(batch, **kwargs)
+
+    def read(step):
+        calls.append(("read", step.number))
+        return finish(step)
+
+    trainer.queue_step, trainer._finish = queue_step, read
+    return calls
+
+
+def _step_events(run_dir: Path) -> list[dict]:
+    return [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+
+
+def test_the_loop_reads_a_step_after_queueing_the_next_and_trains_as_step_by_step(
+        tmp_path: Path) -> None:
+    settings = dict(steps=12, eval_every=5, checkpoint_every=8, log_every=1)
+    trainer = bigram_trainer(tmp_path / "loop", **settings)
+    calls = _record_calls(trainer)
+    trainer.run()
+
+    def before(a, b):
+        return calls.index(a) < calls.index(b)
+
+    # the host reads step n's loss while step n + 1 is queued (on a GPU, still running) ...
+    for n in (2, 3, 4, 6, 7, 9, 11):
+        assert before(("queue", n + 1), ("read", n)), calls
+    # ... except for the first step (its start-up time), a step an evaluation or a checkpoint
+    # follows (they see the weights of that step), and the last
+    for n in (1, 5, 8, 10):
+        assert before(("read", n), ("queue", n + 1)), calls
+    assert calls[-1] == ("read", 12)
+    events = _step_events(tmp_path / "loop")
+    assert [e["step"] for e in events] == list(range(1, 13))
+    assert all(e["tokens_per_s"] > 0 for e in events)
+    # the same numbers and weights as one finished step after another
+    reference = bigram_trainer(tmp_path / "steps", **settings)
+    expected = [reference.train_step() for _ in range(12)]
+    assert [(e["loss"], e["grad_norm"], e["lr"]) for e in events] == \
+        [(m["loss"], m["grad_norm"], m["lr"]) for m in expected]
+    assert torch.equal(trainer.student.module.embed, reference.student.module.embed)
+
+
+def test_a_nan_loss_in_an_overlapped_step_fails_there_and_no_update_follows_it(
+        tmp_path: Path) -> None:
+    trainer = bigram_trainer(tmp_path / "nan", steps=12, log_every=1)
+    loss = trainer._loss
+
+    def nan_at_step_6(*args, **kwargs):
+        parts = loss(*args, **kwargs)
+        if trainer.step == 6:
+            parts.loss = parts.loss * float("nan")
+        return parts
+
+    trainer._loss = nan_at_step_6
+    calls = _record_calls(trainer)
+    with pytest.raises(LossNotFinite, match="loss is nan at step 6"):
+        trainer.run()
+    # step 7 was queued before step 6 was read, but its update never was
+    assert ("queue", 7) in calls and trainer.step == 6
+    assert [e["step"] for e in _step_events(tmp_path / "nan")] == [1, 2, 3, 4, 5]
+    reference = bigram_trainer(tmp_path / "five", steps=12)
+    for _ in range(5):
+        reference.train_step()
+    assert torch.equal(trainer.student.module.embed, reference.student.module.embed)
+
+
+def test_a_stop_while_a_step_is_queued_reports_that_step_before_the_cancel(
+        tmp_path: Path) -> None:
+    trainer = bigram_trainer(tmp_path, steps=50, log_every=1)
+    queue = trainer.queue_step
+
+    def signal_during_step_7(batch=None, **kwargs):
+        step = queue(batch, **kwargs)
+        if step.number == 7:
+            trainer.stop.received = "SIGTERM"
+        return step
+
+    trainer.queue_step = signal_during_step_7
+    with pytest.raises(RunCancelled):
+        trainer.run()
+    assert trainer.step == 7
+    assert [e["step"] for e in _step_events(tmp_path)] == list(range(1, 8))
 
 
 def _events(run_dir: Path) -> list[dict]:
