@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pairs import MODELS, random_model  # noqa: E402
 
 from kdengine.models.fp8 import (  # noqa: E402
+    Fp8Head,
     Fp8Linear,
     quantize_rowwise,
     quantize_teacher,
@@ -135,11 +136,21 @@ def drift_on_real_text(device: torch.device) -> None:
         if name != "fp32":
             fresh_compiler()
             model.compile()
-        logits[name] = model.lm_head(model(rows)).float()
+        hidden = model(rows)
+        logits[name] = model.lm_head(hidden).float()
+        if name == "fp8":  # the KD loss's teacher logits: through the head's FP8 copy (the
+            # demo's 257 ids padded to 272 rows, as a padded teacher vocabulary is, and cut back)
+            head = model.lm_head_weight
+            fp8_head = Fp8Head(F.pad(head, (0, 0, 0, -head.shape[0] % 16)))
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            logits["fp8_head"] = fp8_head.logits(flat, head.shape[0]).float().view(
+                *hidden.shape[:-1], -1)
     labels = rows[:, 1:]
     emit(phase="drift", text="held-out Python stdlib (the demo teacher's own split)",
          tokens=rows.numel(), bf16_vs_fp8=kl_stats(logits["bf16"], logits["fp8"], labels),
-         fp32_vs_bf16=kl_stats(logits["fp32"], logits["bf16"], labels))
+         fp32_vs_bf16=kl_stats(logits["fp32"], logits["bf16"], labels),
+         **({"bf16_vs_fp8_with_fp8_head": kl_stats(logits["bf16"], logits["fp8_head"], labels)}
+            if "fp8_head" in logits else {}))
 
 
 @torch.inference_mode()

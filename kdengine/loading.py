@@ -75,8 +75,10 @@ def _to_fp8(model: Any, device: torch.device, log: Any) -> None:
     layers = quantize_teacher(model)
     after = sum(t.numel() * t.element_size() for t in model.parameters())
     note = _CPU_FP8 if device.type == "cpu" else ""
-    log.line(f"teacher: {layers} linear layers in float8 e4m3 (rowwise scales), weights "
-             f"{human(before)} -> {human(after)}{note}")
+    head = ("the lm head's copy too" if getattr(model, "lm_head_fp8", None) is not None else
+            "the lm head kept in the compute dtype: a dimension not a multiple of 16")
+    log.line(f"teacher: {layers} linear layers in float8 e4m3 (rowwise scales, {head}), "
+             f"weights {human(before)} -> {human(after)}{note}")
 
 
 def _student_fp8(model: Any, device: torch.device, log: Any) -> None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdengine.models.fp8 import Fp8Head
+
 IGNORE_INDEX = -100
 
 
@@ -418,14 +420,23 @@ def _fused_chunks(h, w, th, tw, labels, spec, chunk, compute_dtype, compile_math
     student's (its padded ids dropped before the projection, so they never get logits)."""
     _check_kind(spec)
     cd = compute_dtype
-    thc, twc = th.to(cd), tw[:w.shape[0]].to(cd)
+    thc, teacher_logits = th.to(cd), _teacher_projection(tw, w.shape[0], cd)
 
     def chunk_math(sl, s, inv_n, want_grad):
-        t = thc[sl] @ twc.t()
+        t = teacher_logits(thc[sl])
         return _run_math(s, t, labels[sl], inv_n, spec, want_grad, cd, compile_math)
 
     return chunk_loop(h, w, labels, chunk, cd, normalizer, want_grad_h, want_grad_w,
                       loss_scale, chunk_math)
+
+
+def _teacher_projection(tw, vocab: int, cd: torch.dtype):
+    """rows -> the teacher's logits over the student's `vocab` ids, in the compute dtype: a
+    matmul with the head weight, or an FP8 teacher's e4m3 head (kdengine.models.fp8.Fp8Head)."""
+    if isinstance(tw, Fp8Head):
+        return lambda rows: tw.logits(rows, vocab)
+    twc = tw[:vocab].to(cd)
+    return lambda rows: rows @ twc.t()
 
 
 class _FusedLinearKDLoss(torch.autograd.Function):
@@ -472,14 +483,15 @@ def _default_compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
 
 
 def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
-                  teacher_hidden: torch.Tensor, teacher_head: torch.Tensor,
+                  teacher_hidden: torch.Tensor, teacher_head: torch.Tensor | Fp8Head,
                   labels: torch.Tensor, spec: KDLossSpec, chunk_tokens: int = 1024, *,
                   compute_dtype: torch.dtype | None = None,
                   compile_math: bool | None = None,
                   normalizer: float | None = None,
                   loss_scale: float | None = None) -> LossParts:
     """Batch-mean KD loss from final hidden states and lm-head weights, never materialising the
-    full [tokens, vocab] logits. hidden [..., H]; head [vocab, H]; labels [...].
+    full [tokens, vocab] logits. hidden [..., H]; head [vocab, H] (the teacher's may be an FP8
+    teacher's `Fp8Head`); labels [...].
 
     The lm-head matmuls run in `compute_dtype` (default: the autocast dtype inside autocast,
     else the student's dtype), the softmaxes in fp32, grad of the head in fp32 (the dtype of an
@@ -498,7 +510,7 @@ def fused_kd_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     h = student_hidden.reshape(-1, student_hidden.shape[-1])
     th = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
     flat = labels.reshape(-1)
-    tw = teacher_head.detach()
+    tw = teacher_head if isinstance(teacher_head, Fp8Head) else teacher_head.detach()
     cd = compute_dtype or _default_compute_dtype(h, student_head)
     compile_math = compile_default(h.device) if compile_math is None else compile_math
     # the loss's own autocast would re-cast per op; the casts are explicit below instead

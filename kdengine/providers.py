@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdengine.models.decoder import Decoder
+from kdengine.models.fp8 import Fp8Head
 
 
 class Teacher(Protocol):
@@ -26,6 +27,11 @@ class Teacher(Protocol):
 
     @property
     def head_weight(self) -> torch.Tensor: ...
+
+    @property
+    def loss_head(self) -> torch.Tensor | Fp8Head:
+        """The head the KD loss projects the teacher's logits with: head_weight, or an FP8
+        teacher's e4m3 copy of it."""
 
 
 class Student(Protocol):
@@ -52,6 +58,11 @@ class ModelTeacher:
     @property
     def head_weight(self) -> torch.Tensor:
         return self.model.lm_head_weight
+
+    @property
+    def loss_head(self) -> torch.Tensor | Fp8Head:
+        fp8 = getattr(self.model, "lm_head_fp8", None)  # kdengine.models.fp8.quantize_teacher
+        return self.head_weight if fp8 is None else fp8
 
 
 class ModelStudent:
@@ -93,6 +104,10 @@ class BigramTeacher:
 
     @property
     def head_weight(self) -> torch.Tensor:
+        return self.module.head
+
+    @property
+    def loss_head(self) -> torch.Tensor:
         return self.module.head
 
 

@@ -188,7 +188,7 @@ class KDTrainer:
         # torch.compile where it pays: on CUDA each decoder block (norms, rope, SwiGLU fused
         # around the matmuls) and the loss's per-chunk math; the CPU runs eager.
         self.compile = device.type == "cuda" if compile_models is None else compile_models
-        self.compile_options = compile_options or CompileOptions()
+        self.compile_options = compile_options or CompileOptions.from_env()
         self._teacher_graphs = False
         # compiled artifacts kept in the engine's cache dir for the next run of these shapes
         # (kdengine.compile_cache): pointed there before the first forward compiles anything
@@ -302,7 +302,7 @@ class KDTrainer:
             s_hidden = self.student.hidden_states(input_ids, position_ids)
         # the lm-head matmuls in the compute dtype, softmaxes in fp32, never all logits at once
         parts = fused_kd_loss(s_hidden, self.student.head_weight, t_hidden,
-                              self.teacher.head_weight, labels, spec or self.spec,
+                              self.teacher.loss_head, labels, spec or self.spec,
                               self.chunk_tokens,
                               normalizer=self.dist.normalizer(labels),
                               compute_dtype=self.dtype, compile_math=self.compile,

@@ -13,10 +13,12 @@ torch.compile graph (kdengine.compiled.compile_teacher), so Inductor folds the r
 cast into the kernel that makes the activation (the RMSNorm before q/k/v and gate/up, SwiGLU
 before down, attention's output before o). Eager (the CPU, tests) runs the same ops unfused.
 
-What stays in the compute dtype: embeddings, norms, attention itself, and the lm head (the
-logits feed the KD loss directly; docs/performance.md has the measured drift). The teacher's
-parameter count is unchanged (the e4m3 weights are frozen parameters), so FLOP counts and MFU
-count FP8 matmuls as bf16-equivalent.
+What stays in the compute dtype: embeddings, norms and attention itself. The lm head has an
+FP8 copy (`Fp8Head`) for the KD loss's teacher logits, whose hidden rows are quantized chunk by
+chunk; everything else that reads the head (the teacher's own val_ce, sampling, a teacher cache)
+uses the compute-dtype weight, which the embedding ties to anyway (docs/performance.md has both
+drifts). The teacher's parameter count is unchanged (the e4m3 weights are frozen parameters), so
+FLOP counts and MFU count FP8 matmuls as bf16-equivalent.
 """
 
 from __future__ import annotations
@@ -79,16 +81,20 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.reshape(-1, shape[-1])
+        out = self._rows(x.reshape(-1, shape[-1]), self.out_features)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def _rows(self, rows: torch.Tensor, outputs: int) -> torch.Tensor:
+        """rows [n, in] @ the first `outputs` rows of W, transposed: [n, outputs]."""
         count = rows.shape[0]
         if count % 16:  # some FP8 GEMM kernels want 16-aligned rows (decode steps): zero rows
             rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
         values, scale = quantize_rowwise(rows)
-        out = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
-                               out_dtype=x.dtype, use_fast_accum=True)[:count]
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out.reshape(*shape[:-1], self.out_features)
+        return torch._scaled_mm(values, self.weight[:outputs].t(), scale_a=scale,
+                                scale_b=self.weight_scale[:, :outputs], out_dtype=rows.dtype,
+                                use_fast_accum=True)[:count]
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
         # `.to(dtype)`, `.half()` and the like cast every floating tensor: the e4m3 values come
@@ -107,6 +113,25 @@ class Fp8Linear(nn.Module):
                 f"bias={self.bias is not None}, e4m3 rowwise")
 
 
+class Fp8Head(Fp8Linear):
+    """The frozen teacher's lm head in rowwise e4m3, for the KD loss's teacher logits
+    (kdengine.losses): `logits(rows, vocab)` projects onto the first `vocab` ids (a teacher's
+    padded vocabulary is cut to the student's before the matmul, not after)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__(weight)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
+
+    def logits(self, rows: torch.Tensor, vocab: int) -> torch.Tensor:
+        """rows [n, hidden] in the compute dtype -> [n, vocab] logits in that dtype."""
+        aligned = -(-vocab // 16) * 16  # the FP8 GEMM's columns come in multiples of 16
+        out = self._rows(rows, aligned)
+        return out if aligned == vocab else out[:, :vocab].contiguous()
+
+
 def reference_linear(x: torch.Tensor, layer: Fp8Linear) -> torch.Tensor:
     """What `layer` computes, written out in fp32 from the dequantized operands (tests)."""
     values, scale = quantize_rowwise(x.reshape(-1, x.shape[-1]))
@@ -119,7 +144,8 @@ def reference_linear(x: torch.Tensor, layer: Fp8Linear) -> torch.Tensor:
 
 @torch.no_grad()
 def quantize_teacher(model: nn.Module) -> int:
-    """Replace a frozen Decoder's block projections by `Fp8Linear`s, in place; returns how many.
+    """Replace a frozen Decoder's block projections by `Fp8Linear`s, in place, and give it an
+    FP8 copy of its lm head (`lm_head_fp8`); returns how many FP8 layers.
 
     q/k/v and gate/up are fused first (Decoder.fuse_for_inference: one FP8 matmul each). The
     compute-dtype copies are released, so the teacher's weights take about half the memory. The
@@ -143,6 +169,12 @@ def quantize_teacher(model: nn.Module) -> int:
             if isinstance(linear, nn.Linear) and quantizable(linear.weight):
                 setattr(owner, name, Fp8Linear(linear.weight, linear.bias))
                 count += 1
+    head = model.lm_head_weight
+    if quantizable(head):  # a copy: the embedding (tied) and sampling keep the weight itself
+        # outside the module tree: not a second lm head in the parameter count (MFU) or the
+        # state_dict; the teacher is quantized where it stays, on its device
+        vars(model)["lm_head_fp8"] = Fp8Head(head)
+        count += 1
     model.fp8 = True
     return count
 

@@ -18,6 +18,7 @@ from kdengine.models import Decoder, DecoderConfig
 from kdengine.models.fp8 import (
     E4M3,
     E4M3_MAX,
+    Fp8Head,
     Fp8Linear,
     dequantize,
     quantize_rowwise,
@@ -70,6 +71,35 @@ def test_casting_the_model_keeps_e4m3_weights_and_fp32_scales():
     assert layer(torch.randn(16, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_the_kd_loss_through_an_fp8_head_is_the_loss_of_its_dequantized_head_and_rows():
+    """The FP8 teacher's head: each chunk's hidden rows quantized per row, the head per vocab
+    row, and a teacher vocabulary padded past the student's (272 ids against 260, not a multiple
+    of 16) cut to the student's before the loss."""
+    from kdengine.losses import KDLossSpec, fused_kd_loss
+
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(40, 32, generator=gen, requires_grad=True)
+    w = (torch.randn(260, 32, generator=gen) / 6).requires_grad_()
+    th, tw = torch.randn(40, 48, generator=gen), torch.randn(272, 48, generator=gen) / 4
+    th[7] *= 50.0  # an outlier row keeps its own scale
+    labels = torch.randint(0, 260, (40,), generator=gen)
+    spec = KDLossSpec(temperature=2.0, alpha=0.3)
+
+    def loss_and_grads(teacher_hidden, teacher_head):
+        h.grad = w.grad = None
+        parts = fused_kd_loss(h, w, teacher_hidden, teacher_head, labels, spec, chunk_tokens=16,
+                              compile_math=False)
+        parts.loss.backward()
+        return parts.loss.detach(), h.grad.clone(), w.grad.clone()
+
+    got = loss_and_grads(th, Fp8Head(tw))
+    want = loss_and_grads(dequantize(*quantize_rowwise(th)), dequantize(*quantize_rowwise(tw)))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    exact = loss_and_grads(th, tw)[0]
+    assert abs(float(got[0] - exact)) < 0.01 * float(exact)
+
+
 def _peaked_decoder() -> Decoder:
     config = DecoderConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -87,7 +117,8 @@ def test_a_quantized_teacher_keeps_its_distribution_its_parameter_count_and_halv
     full = _peaked_decoder()
     fp8 = copy.deepcopy(full)
     params = sum(p.numel() for p in fp8.parameters())
-    assert quantize_teacher(fp8) == 2 * 4  # q/k/v, o, gate/up, down in each block
+    assert quantize_teacher(fp8) == 2 * 4 + 1  # q/k/v, o, gate/up, down in each block; the head
+    assert isinstance(fp8.lm_head_fp8, Fp8Head)
     assert sum(p.numel() for p in fp8.parameters()) == params  # MFU counts stay bf16-equivalent
     assert not any(isinstance(m, torch.nn.Linear) for m in fp8.model.layers.modules())
     ids = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(4))
@@ -110,15 +141,17 @@ def test_a_quantized_teacher_generates(tmp_path):
     assert out.tokens.shape == (2, 4) and int(out.tokens[0, 0]) == int(first)
 
 
-def test_a_run_with_a_float8_teacher_trains_and_passes(tmp_path, tiny_run_inputs, tiny_args,
+def test_a_run_with_a_float8_teacher_trains_and_passes(tmp_path, make_tiny_inputs, tiny_args,
                                                        engine_cmd):
+    # a 272-id teacher head (16-aligned, padded past the tokenizer's 257): FP8 too
+    inputs = make_tiny_inputs(tmp_path / "inputs", teacher_vocab=272)
     run_dir = tmp_path / "run"
-    done = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir,
-                                                   teacher_dtype="float8", steps=10,
-                                                   checkpoint_every=0)],
+    done = subprocess.run([*engine_cmd, *tiny_args(inputs, run_dir, teacher_dtype="float8",
+                                                   steps=10, checkpoint_every=0)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "linear layers in float8 e4m3" in done.stdout
+    assert "9 linear layers in float8 e4m3 (rowwise scales, the lm head's copy too)" in \
+        done.stdout
     verdict = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "verdict"][-1]
     assert verdict["status"] == "pass"
     assert json.loads((run_dir / "config.json").read_text())["teacher_dtype"] == "float8"
