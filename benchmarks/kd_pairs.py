@@ -453,6 +453,11 @@ def summarize_steps(events, args, launched: float, needed: int,
                            "first_loss": first.get("loss"),
                            "last_loss": timed[-1].get("loss") if timed else None,
                            "last_step": timed[-1]["step"] if timed else None}
+    span = [e for e in timed if "t" in e]
+    if len(span) > 2 and span[-1]["step"] - span[0]["step"] == len(span) - 1:
+        # a cross-check of the per-step times: the step events' own clock over the stretch
+        # (a loop that reads each step's loss one step late still emits one event a step)
+        out["span_tokens_per_s"] = round(tokens * (len(span) - 1) / (span[-1]["t"] - span[0]["t"]))
     if "startup_s" in first:
         out.update(startup_s=first["startup_s"], startup_from="the step event's startup_s")
         out.update({k: first[k] for k in ("compile_cache_hits", "compile_cache_misses",
@@ -744,6 +749,7 @@ class Bench:
                "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
                "cuda": torch.version.cuda, "command": " ".join(sys.argv),
                "work": str(self.work),
+               "teacher_compile": os.environ.get("KDENGINE_TEACHER_COMPILE") or "model (default)",
                "work_free_gib": round(shutil.disk_usage(self.work).free / GIB, 1)}
         for pkg in ("transformers", "liger_kernel", "triton"):
             try:  # the distribution's metadata: liger_kernel has no __version__

@@ -9,10 +9,18 @@ computed from its own parameters. `KDTrainer` applies this on CUDA; the CPU runs
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from kdengine.config import ConfigError
+
+# the teacher's compile, where a run wants the other trade (docs/performance.md): "model" (one
+# graph: the most fusion, a trace of every block at each start) or "layers" (each block
+# compiled, traced once for all blocks: a shorter start)
+TEACHER_COMPILE_ENV = "KDENGINE_TEACHER_COMPILE"
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,18 @@ class CompileOptions:
     teacher_cudagraphs: bool = False
     student: str = "layers"
     concat_projections: bool = True
+
+    @classmethod
+    def from_env(cls) -> CompileOptions:
+        """The defaults, with the teacher's compile from KDENGINE_TEACHER_COMPILE if set."""
+        value = os.environ.get(TEACHER_COMPILE_ENV, "").strip()
+        if not value:
+            return cls()
+        if value not in ("model", "layers"):
+            raise ConfigError(TEACHER_COMPILE_ENV, f"is {value!r}: set it to model (the "
+                              "teacher's whole forward as one graph) or layers (each block), "
+                              "or unset it")
+        return cls(teacher=value)
 
 
 # Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).
@@ -99,8 +119,10 @@ def compile_teacher(provider: Any, options: CompileOptions) -> str:
     "model+cudagraphs", "layers" or "none")."""
     model = getattr(provider, "model", None)
     _place_rope(model)
-    if options.teacher == "model" and hasattr(model, "fuse_for_inference"):
-        model.fuse_for_inference()
+    fusable = hasattr(model, "fuse_for_inference")
+    if fusable and (options.teacher == "model" or options.concat_projections):
+        model.fuse_for_inference()  # one q/k/v and one gate/up matmul in every block
+    if options.teacher == "model" and fusable:
         if options.teacher_cudagraphs:
             model.compile(mode="reduce-overhead")
             return "model+cudagraphs"

@@ -434,8 +434,11 @@ def add_field_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def flag_of(name: str) -> str:
-    """The CLI flag of a field name (or '--name' for names outside the schema)."""
-    return FIELDS_BY_NAME[name].flag if name in FIELDS_BY_NAME else "--" + name.replace("_", "-")
+    """The CLI flag of a field name (or '--name' for names outside the schema); an environment
+    variable (KDENGINE_...) keeps its own name."""
+    if name in FIELDS_BY_NAME:
+        return FIELDS_BY_NAME[name].flag
+    return name if name.isupper() else "--" + name.replace("_", "-")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

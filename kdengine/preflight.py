@@ -68,6 +68,9 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                 if model.vocab_size is not None:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
+    from kdengine.compiled import CompileOptions
+
+    CompileOptions.from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))

@@ -113,3 +113,48 @@ def test_compile_options_keep_the_student_parameter_names() -> None:
     assert compile_student(ModelStudent(student), opts) == "model"
     assert [n for n, _ in student.named_parameters()] == names
     assert list(student.state_dict()) == keys and list(teacher.state_dict()) == teacher_keys
+
+
+def test_a_teacher_compiled_block_by_block_traces_one_block_for_all_and_computes_the_same(
+        monkeypatch) -> None:
+    """KDENGINE_TEACHER_COMPILE=layers: one trace serves every block (a start that does not
+    grow with depth); the fused projections are used as in the whole-model graph."""
+    from torch._dynamo.utils import counters
+
+    from kdengine.providers import ModelTeacher
+
+    compile_module = torch.nn.Module.compile
+    # Dynamo alone: what is traced, not Inductor's kernels (the CPU tests run no C++ compiler)
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, backend="eager", **kw))
+    monkeypatch.setenv("KDENGINE_TEACHER_COMPILE", "layers")
+    model = tiny_decoder(3).requires_grad_(False)
+    ids = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(ids)
+    torch._dynamo.reset()
+    counters.clear()
+    teacher = ModelTeacher(model)
+    assert compile_teacher(teacher, CompileOptions.from_env()) == "layers"
+    assert model.model.layers[0].self_attn.qkv_weight is not None  # fused, as "model" fuses
+    with torch.inference_mode():
+        first, second = teacher.hidden_states(ids), teacher.hidden_states(ids)
+    assert counters["stats"]["unique_graphs"] == 1  # one block's graph, for both blocks
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(first, second)
+
+
+def test_an_unknown_teacher_compile_in_the_environment_is_refused_naming_it(
+        tmp_path, engine_cmd) -> None:
+    import os
+    import subprocess
+
+    run_dir = tmp_path / "run"
+    out = subprocess.run([*engine_cmd, "train", "--demo", "--run-dir", str(run_dir)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "KDENGINE_TEACHER_COMPILE": "blocks"})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "kdengine train: error: KDENGINE_TEACHER_COMPILE: is 'blocks': set it to model (the "
+        "teacher's whole forward as one graph) or layers (each block), or unset it"]
+    assert not run_dir.exists()
