@@ -1,5 +1,6 @@
 # Sourced by the benchmarks' run_*.sh from the repo's root: $OUT made, the carried wheels (.whl/:
-# liger-kernel, the benchmark-only dependency, and py-spy for kd_pairs' --start-profile;
+# liger-kernel, the benchmark-only dependency, py-spy for kd_pairs' --start-profile and
+# platformdirs, which the engine needs and the box's image lacks;
 # transformers comes with the GPU box's image) installed into /tmp and put on PYTHONPATH and PATH
 # with the repo, and the GPU recorded in $OUT/gpu.csv.
 OUT=${OUT:-benchmarks/out}
