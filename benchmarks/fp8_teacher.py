@@ -118,15 +118,21 @@ def kl_stats(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tenso
             "top1_agree": float((lp.argmax(-1) == lq.argmax(-1)).float().mean())}
 
 
-@torch.inference_mode()
 def drift_on_real_text(device: torch.device) -> None:
     from kdengine import demo
+
+    # outside inference mode: a box without the demo teacher in its cache trains it first
+    base = demo.load_teacher_model().requires_grad_(False).eval()
+    with torch.inference_mode():
+        _drift(base, device)
+
+
+def _drift(base: torch.nn.Module, device: torch.device) -> None:
     from kdengine.data import ByteTokenizer, demo_documents, split_documents
 
     tok = ByteTokenizer()
     splits = split_documents(demo_documents(), tok.encode_tensor, tok.eos_id, 0.05, 512)
     rows = splits.val[: 64 * 512].view(64, 512).to(device)
-    base = demo.load_teacher_model().requires_grad_(False).eval()
     fp32 = copy.deepcopy(base).to(device)
     bf16 = copy.deepcopy(base).to(device, torch.bfloat16).fuse_for_inference()
     fp8 = copy.deepcopy(base).to(device, torch.bfloat16)

@@ -144,13 +144,13 @@ class Plan:
         load = pair.weight_bytes / 2e9
         lt = pair.teacher_cfg["num_hidden_layers"]
         ls = pair.student_cfg["num_hidden_layers"]
-        # first step after start, as measured on an H200 (issue 16, round 3): cold 44-58 s, a
-        # cold FP8 teacher 37-60 s, a cold FP8 student after it 26-32 s, both cold 57-66 s
-        cold = 18 + 0.5 * (lt + ls) + load
-        warm = 12 + 0.1 * (lt + ls) + load
-        fp8 = 12 + 0.8 * lt + 0.1 * ls + load  # the student's graphs are in the cache
+        # first step after start, as measured on an H200 with the teacher compiled per block
+        # (issue 16, round 4, Llama-3.2): cold 20-34 s, both FP8 cold 24-36 s, warm 8-11 s
+        cold = 14 + 0.3 * (lt + ls) + load
+        warm = 8 + 0.05 * (lt + ls) + load
+        fp8 = 12 + 0.3 * lt + 0.1 * ls + load  # the student's graphs are in the cache
         teacher_warm = "cli-fp8" in a.variants  # cli-fp8 runs before cli-fp8s
-        fp8s = 12 + (0.1 if teacher_warm else 0.8) * lt + 0.6 * ls + load
+        fp8s = 12 + (0.1 if teacher_warm else 0.3) * lt + 0.4 * ls + load
         step = self.step_s(pair, phase)
         cli_steps = a.cli_warmup + a.cli_steps + 1  # + the step-0 eval batch
         ckpt_steps = 2 * a.ckpt_every + 2

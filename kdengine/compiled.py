@@ -95,37 +95,12 @@ def fused_clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tens
     found_inf = (~finite).to(torch.float32)
     grad_scale = (((norm.float() + 1e-6) / max_norm).clamp_min(1.0)
                   if math.isfinite(max_norm) else None)
-    kernel = _adamw_kernel(optimizer, params)
-    if kernel is not None:  # the same update, one Triton pass a tensor (kdengine.adamw_kernel)
-        kernel.adamw_step(optimizer, grad_scale, found_inf)
-        return norm
     optimizer.found_inf, optimizer.grad_scale = found_inf, grad_scale
     try:
         optimizer.step()
     finally:
         optimizer.found_inf = optimizer.grad_scale = None
     return norm
-
-
-# KDENGINE_ADAMW_KERNEL=0 keeps torch's fused AdamW kernel on CUDA
-ADAMW_KERNEL = os.environ.get("KDENGINE_ADAMW_KERNEL", "1") != "0"
-_ADAMW: dict[str, Any] = {}
-
-
-def _adamw_kernel(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> Any:
-    """kdengine.adamw_kernel where it applies (CUDA, Triton importable, plain fp32 tensors
-    under a plain AdamW: one process), else None."""
-    if not ADAMW_KERNEL or "broken" in _ADAMW or not params or not params[0].is_cuda:
-        return None
-    if "module" not in _ADAMW:
-        try:
-            from kdengine import adamw_kernel
-        except Exception as exc:  # noqa: BLE001 - no Triton: torch's fused kernel does it
-            _ADAMW["broken"] = repr(exc)
-            return None
-        _ADAMW["module"] = adamw_kernel
-    module = _ADAMW["module"]
-    return module if module.supports(optimizer, params) else None
 
 
 def _place_rope(model: Any) -> None:
