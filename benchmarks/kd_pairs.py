@@ -450,6 +450,7 @@ def summarize_steps(events, args, launched: float, needed: int,
     times = [tokens / e["tokens_per_s"] for e in timed]
     first = steps[0]
     out: dict[str, Any] = {**step_stats(times, tokens), "timed_steps": len(times),
+                           "steps_ms": [round(1e3 * t, 1) for t in times],
                            "first_loss": first.get("loss"),
                            "last_loss": timed[-1].get("loss") if timed else None,
                            "last_step": timed[-1]["step"] if timed else None}
@@ -749,7 +750,7 @@ class Bench:
                "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
                "cuda": torch.version.cuda, "command": " ".join(sys.argv),
                "work": str(self.work),
-               "teacher_compile": os.environ.get("KDENGINE_TEACHER_COMPILE") or "model (default)",
+               "teacher_compile": os.environ.get("KDENGINE_TEACHER_COMPILE") or "layers (default)",
                "work_free_gib": round(shutil.disk_usage(self.work).free / GIB, 1)}
         for pkg in ("transformers", "liger_kernel", "triton"):
             try:  # the distribution's metadata: liger_kernel has no __version__

@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 record("kdengine-teacher-cudagraphs", lambda: run_kdengine(
                     args, device, dtype, ids, labels, spec, None, one, Path(tmp) / "k4",
-                    compile_options=CompileOptions(teacher_cudagraphs=True)))
+                    compile_options=CompileOptions(teacher="model", teacher_cudagraphs=True)))
                 record("kdengine-student-whole-model", lambda: run_kdengine(
                     args, device, dtype, ids, labels, spec, None, one, Path(tmp) / "k5",
                     compile_options=CompileOptions(student="model")))
