@@ -136,6 +136,7 @@ class QueuedStep:
     timing: dict[str, float] | None = None
     lr: float = 0.0
     scale: float | None = None  # float16: the loss scale it ran at
+    host_s: float = 0.0  # the host's time queueing it (on the CPU: running it)
     _numbers: torch.Tensor | tuple[float, ...] | None = None
     _copied: Any = None  # a CUDA event: the copy to the host is done
     _floats: list[float | None] | None = None  # numbers that were floats already (None: copied)
@@ -440,7 +441,9 @@ class KDTrainer:
         scaling = self.scaler.is_enabled()
         self.scaler.scale(parts.loss).backward()  # the loss itself unless fp16
         if before_update is not None:
+            paused = time.perf_counter()
             before_update()
+            step.host_s -= time.perf_counter() - paused  # the other step's time, not this one's
         if scaling:
             self.scaler.unscale_(self.optimizer)  # true gradients again; notes an overflow
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
@@ -463,6 +466,7 @@ class KDTrainer:
         with warnings.catch_warnings():  # the schedule follows steps, skipped ones included
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             self.scheduler.step()
+        step.host_s += time.perf_counter() - started
         return step
 
     def _finish(self, step: QueuedStep) -> dict[str, float]:
@@ -470,8 +474,11 @@ class KDTrainer:
         applied: the device's guard or the host's skipped it)."""
         loss, grad_norm, ce, kd = step.values()
         now = time.perf_counter()
-        # a step overlapped with the one before it starts where that one ended
-        seconds = now - max(step.started, self._finished_at)
+        if self.device.type == "cpu":  # it ran as it was queued: its own time
+            seconds = step.host_s
+        else:  # the device ran it once the work queued before it was done: from where the
+            # previous step ended (the host waited for that), or from its start
+            seconds = now - max(step.started, self._finished_at)
         self._finished_at = now
         if not math.isfinite(loss):
             self.step = step.number  # the run ends at this step; the next one is never applied

@@ -116,6 +116,28 @@ def test_the_loop_reads_a_step_after_queueing_the_next_and_trains_as_step_by_ste
     assert torch.equal(trainer.student.module.embed, reference.student.module.embed)
 
 
+def test_each_steps_time_is_its_own_across_overlapped_and_evaluated_steps(
+        tmp_path: Path) -> None:
+    """tokens_per_s of every step counts that step's work once: never only part of it (the step
+    an evaluation follows, finished right after the step before it was read), never two steps'
+    (the first overlapped one after it): the steps' times fit inside the loop's wall time."""
+    trainer = bigram_trainer(tmp_path, steps=12, eval_every=5, log_every=1)
+    loss = trainer._loss
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.02)  # the step's forward dominates its time
+        return loss(*args, **kwargs)
+
+    trainer._loss = slow_forward
+    started = time.perf_counter()
+    trainer.run()
+    wall = time.perf_counter() - started
+    tokens = 4 * 8  # the batch's input ids: batch_size 4 x seq_len 8
+    seconds = [tokens / e["tokens_per_s"] for e in _step_events(tmp_path)]
+    assert len(seconds) == 12 and min(seconds) >= 0.02, seconds
+    assert sum(seconds) <= wall
+
+
 def test_a_nan_loss_in_an_overlapped_step_fails_there_and_no_update_follows_it(
         tmp_path: Path) -> None:
     trainer = bigram_trainer(tmp_path / "nan", steps=12, log_every=1)
