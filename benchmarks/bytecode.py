@@ -23,7 +23,7 @@ def imported_packages() -> list[Path]:
     import torch._dynamo  # noqa: F401
     import torch._inductor.compile_fx  # noqa: F401
 
-    import kdengine.trainer  # noqa: F401
+    import kdengine.run  # noqa: F401  (and the trainer, the models, the losses)
 
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
     roots: set[Path] = set()

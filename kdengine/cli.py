@@ -165,7 +165,7 @@ def cmd_train(argv: list[str]) -> int:
     lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits
     if not args.resume:
         (run_dir / "config.json").write_text(config.to_json())
-    from kdengine.trainer import run
+    from kdengine.run import run
 
     result = run(config, run_dir, resume=bool(args.resume), started=STARTED)
     if result.status == "failed":  # the details and the traceback are in launch.log

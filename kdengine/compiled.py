@@ -9,19 +9,12 @@ computed from its own parameters. `KDTrainer` applies this on CUDA; the CPU runs
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from kdengine.config import ConfigError
-
-# the teacher's compile, for a run that wants the other trade (docs/performance.md, round 4):
-# "layers" (the default: each block compiled, one trace for all blocks; measured on an H200 the
-# same step as one graph, a cold start 13-20 s and a warm one 2.3 s shorter) or "model" (the
-# whole forward as one graph: a trace of every block at each start)
-TEACHER_COMPILE_ENV = "KDENGINE_TEACHER_COMPILE"
+from kdengine.config import teacher_compile_from_env
 
 
 @dataclass(frozen=True)
@@ -47,14 +40,7 @@ class CompileOptions:
     @classmethod
     def from_env(cls) -> CompileOptions:
         """The defaults, with the teacher's compile from KDENGINE_TEACHER_COMPILE if set."""
-        value = os.environ.get(TEACHER_COMPILE_ENV, "").strip()
-        if not value:
-            return cls()
-        if value not in ("model", "layers"):
-            raise ConfigError(TEACHER_COMPILE_ENV, f"is {value!r}: set it to model (the "
-                              "teacher's whole forward as one graph) or layers (each block), "
-                              "or unset it")
-        return cls(teacher=value)
+        return cls(teacher=teacher_compile_from_env())
 
 
 # Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -431,6 +432,23 @@ def add_field_flags(parser: argparse.ArgumentParser) -> None:
             else:
                 group.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), default=None,
                                    help=help_text)
+
+
+# the teacher's compile on CUDA, for a run that wants the other trade (docs/performance.md,
+# issue 16 round 4): "layers" (the default: each block compiled, one trace for all blocks; on an
+# H200 the same step as one graph, a cold start 13-20 s and a warm one 2.3 s shorter) or "model"
+# (the whole forward as one graph: a trace of every block at each start)
+TEACHER_COMPILE_ENV = "KDENGINE_TEACHER_COMPILE"
+
+
+def teacher_compile_from_env() -> str:
+    """KDENGINE_TEACHER_COMPILE's value (layers when unset); ConfigError naming it otherwise.
+    Torch-free: the preflight checks it before a run directory exists."""
+    value = os.environ.get(TEACHER_COMPILE_ENV, "").strip() or "layers"
+    if value not in ("layers", "model"):
+        raise ConfigError(TEACHER_COMPILE_ENV, f"is {value!r}: set it to model (the teacher's "
+                          "whole forward as one graph) or layers (each block), or unset it")
+    return value
 
 
 def flag_of(name: str) -> str:

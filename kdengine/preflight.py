@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import DEMO_DATA, ConfigError, RunConfig
+from kdengine.config import DEMO_DATA, ConfigError, RunConfig, teacher_compile_from_env
 from kdengine.model_facts import DEMO_VOCAB, DemoByteTokenizer, ModelFacts
 from kdengine.sources import check_sources
 
@@ -68,9 +68,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                 if model.vocab_size is not None:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
-    from kdengine.compiled import CompileOptions
-
-    CompileOptions.from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
+    teacher_compile_from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))

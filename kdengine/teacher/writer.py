@@ -151,7 +151,8 @@ def score_rows(teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
 def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) -> int:
     """Write (or finish) the cache in `out` (which exists); events and launch.log there."""
     from kdengine.loading import load_data, load_teacher
-    from kdengine.trainer import environment, pick_device, pick_dtype
+    from kdengine.run import environment
+    from kdengine.trainer import pick_device, pick_dtype
 
     cfg = job.config
     continued = (out / ev.EVENTS_FILE).exists()  # an earlier attempt's events: this one goes on

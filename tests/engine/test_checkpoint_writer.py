@@ -22,9 +22,10 @@ from kdengine.checkpoint_writer import CheckpointWriter
 from kdengine.config import RunConfig
 from kdengine.events import read_events
 from kdengine.loading import load_data, load_student, load_teacher
+from kdengine.run import run
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
-from kdengine.trainer import KDTrainer, run
+from kdengine.trainer import KDTrainer
 
 WAIT = 120  # seconds a test waits for the writer thread at most (a loaded CI machine)
 

@@ -68,6 +68,23 @@ def test_a_second_run_into_the_same_dir_is_refused(tmp_path, tiny_run_inputs, ti
     assert "already holds a run" in check.stderr
 
 
+def test_the_preflight_the_dashboard_runs_on_start_loads_no_torch() -> None:
+    """The launch form checks a local run's inputs (kdengine.preflight) in the dashboard's own
+    process when Start is pressed: that must not cost a torch import (seconds, and its memory)."""
+    import os
+
+    code = (
+        "import sys\n"
+        "from kdengine.config import RunConfig\n"
+        "from kdengine.preflight import check_run_inputs\n"
+        "check_run_inputs(RunConfig.from_mapping(dict(teacher='demo://teacher', "
+        "student='demo://student', data='demo://python-stdlib')))\n"
+        "assert 'torch' not in sys.modules, 'the preflight imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   env={**os.environ, "KDENGINE_TEACHER_COMPILE": "layers"})
+
+
 def test_import_boundaries_hold_in_a_fresh_interpreter() -> None:
     code = (
         "import sys\n"
@@ -75,14 +92,15 @@ def test_import_boundaries_hold_in_a_fresh_interpreter() -> None:
         "assert 'torch' not in sys.modules, 'torch'\n"
         "import kdtui, kdtui.cli, kdtui.watch\n"
         "assert 'torch' not in sys.modules, 'kdtui pulled torch'\n"
-        "import kdengine, kdengine.trainer, kdengine.cli, kdengine.demo\n"
+        "import kdengine, kdengine.run, kdengine.trainer, kdengine.cli, kdengine.demo\n"
         "bad = [m for m in ('textual', 'asyncssh') if m in sys.modules]\n"
         "assert not bad or 'kdtui' in sys.modules, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     engine_only = (
         "import sys\n"
-        "import kdengine, kdengine.trainer, kdengine.cli, kdengine.demo, kdengine.loading\n"
+        "import kdengine, kdengine.run, kdengine.trainer, kdengine.cli, kdengine.demo\n"
+        "import kdengine.loading\n"
         "bad = [m for m in ('textual', 'asyncssh') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

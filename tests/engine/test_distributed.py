@@ -154,7 +154,7 @@ FAILING_RANK = textwrap.dedent("""
             tdist.barrier()
         else:
             time.sleep(60)
-    except Exception as exc:  # what kdengine.trainer.run does with any failure
+    except Exception as exc:  # what kdengine.run.run does with any failure
         log.emit(ev.LOG, level="error", message=f"{type(exc).__name__}: {exc}",
                  traceback=traceback.format_exc())
         log.emit(ev.RUN_FINISHED, status="failed", exit_code=1)

@@ -1,0 +1,279 @@
+"""One KD run from config to verdict, in stages:
+
+    prepare -> load_teacher -> load_student -> data -> train -> final_eval -> verdict
+
+each a `stage` event; the train stage is kdengine.trainer's loop. A failure of any kind ends the
+run as failed with its reason in one line and its traceback in launch.log; SIGINT/SIGTERM end it
+as cancelled; `resume=True` continues from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import platform
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import kdengine
+from kdengine import events as ev
+from kdengine.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
+from kdengine.config import ConfigError, RunConfig
+from kdengine.data import TokenSplits
+from kdengine.data.examples import ExampleData
+from kdengine.data.store import NAMED_SKIPS
+from kdengine.diskspace import (
+    DiskFull,
+    Footprint,
+    free_bytes,
+    full_directory,
+    human,
+    is_disk_full,
+    saves_left,
+    side_files,
+    space_verdict,
+)
+from kdengine.distributed import from_env, is_sharded_checkpoint
+from kdengine.providers import Student
+from kdengine.runlog import RunLog
+from kdengine.stop import RunCancelled, StopSignals
+from kdengine.teacher.provider import open_cached_teacher, teacher_cache_fields
+from kdengine.trainer import KDTrainer, LossNotFinite, pick_device, pick_dtype
+from kdengine.verdict import verdict_from_events
+
+EXIT_COMPLETED, EXIT_FAILED = 0, 1
+STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval", "verdict")
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | failed | cancelled
+    exit_code: int
+    run_dir: Path
+    verdict: Any = None
+    error: str = ""  # a failed run: the reason, one line as the CLI prints it
+    stage: str = ""  # ... and the stage it failed in
+
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {"kdengine": kdengine.__version__, "torch": torch.__version__,
+                            "python": platform.python_version(), "host": platform.node(),
+                            "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
+        started: float | None = None) -> RunResult:
+    """Run every stage, writing events and launch.log into `run_dir` (which must exist).
+    `started`: the engine process's start (time.monotonic), which the first step's startup_s
+    counts from (default: this call)."""
+    from kdengine.loading import load_data, load_student, load_teacher
+
+    started = time.monotonic() if started is None else started
+    dist = from_env(config.device)  # torchrun (WORLD_SIZE > 1): data parallel, FSDP2 student
+    log = dist.run_log(run_dir)  # rank 0 writes events; other ranks only their errors
+    stop = dist.agreed_stop(StopSignals())
+    stage = "prepare"
+    trainer: KDTrainer | None = None
+    footprint: Footprint | None = None
+    try:
+        with stop:
+            torch.manual_seed(config.seed)
+            device = dist.device(pick_device(config))
+            # Deterministic kernels on the CPU, where they cost nothing; CUDA runs take the fast
+            # (not bit-reproducible) kernels, e.g. atomics in some backward kernels
+            torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+            dtype = pick_dtype(config, device)
+            ckpt = latest_checkpoint(run_dir) if resume else None
+            log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),
+                     config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
+                     resumed_from=_step_of(ckpt) if resume else None, env=environment(),
+                     **dist.describe(), **teacher_cache_fields(config))
+            log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
+                     f"{kdengine.__version__}, torch {torch.__version__}")
+            log.stage(stage, "running")
+            stop.check()  # a cancel that came while the engine started
+            log.stage(stage, "done")
+
+            stage = "load_teacher"
+            log.stage(stage, "running")
+            if config.teacher_cache:  # no teacher loaded: its cached targets (kdengine.teacher)
+                teacher, tokenizer = open_cached_teacher(config, log)
+                log.stage(stage, "done", teacher.describe())
+            else:
+                with dist.rank0_first():  # rank 0 fills the caches (hub, demo teacher) alone
+                    teacher, tokenizer = load_teacher(config, device, dtype, log)
+                placed = dist.place_teacher(teacher, device)
+                log.stage(stage, "done", f"{_si(_count(teacher))} params" +
+                          (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))
+            stop.check()
+
+            stage = "load_student"
+            log.stage(stage, "running")
+            student = dist.shard_student(load_student(config, device, tokenizer, teacher, log))
+            log.stage(stage, "done", f"{_si(_count(student))} trainable params")
+            footprint = _check_disk_space(config, run_dir, student, ckpt, log)
+            stop.check()
+
+            stage = "data"
+            log.stage(stage, "running")
+            # rank 0 tokenizes into the engine's cache (example data's token store, or raw
+            # text's tokens: kdengine.data.text_cache), or finds it there; the other ranks read it
+            with dist.rank0_first():
+                splits = load_data(config, tokenizer, getattr(teacher, "source_dir", None),
+                                   log.line)
+            detail, counts = data_summary(splits)
+            _report_data(splits, log)
+            log.stage(stage, "done", detail, **counts)  # the detail fits the stage tracker
+
+            stage = "train"
+            log.stage(stage, "running")
+            rollout = None
+            if config.samples_completions:  # on-policy / seq_kd: kdengine.onpolicy
+                from kdengine.onpolicy import make_rollout
+
+                rollout = make_rollout(config, splits, tokenizer, teacher, student, device,
+                                       dtype)
+            trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop,
+                                dist=dist, rollout=rollout, started=started)
+            if ckpt is not None and (dist.enabled or is_sharded_checkpoint(ckpt)):
+                dist.load_checkpoint(ckpt, trainer)  # DCP shards
+            elif ckpt is not None:
+                state, _ = load_checkpoint(ckpt, student.module)
+                trainer.restore(state)
+            if ckpt is not None:
+                log.line(f"resumed from {ckpt} at step {trainer.step}")
+            trainer.run(evaluate_start=ckpt is None)
+            log.stage(stage, "done", f"{trainer.step} steps")
+
+            stage = "final_eval"
+            log.stage(stage, "running")
+            trainer.evaluate()
+            trainer.checkpoint()
+            # on disk before the final student is written beside it (the disk space check
+            # counts one at a time) and before the run can complete
+            trainer.report_checkpoints(wait=True)
+            from kdengine.loading import save_final_student
+
+            final = dist.save_final(save_final_student, config, student, run_dir, tokenizer)
+            log.line(f"final student written to {final} (HF layout)")
+            log.stage(stage, "done")
+
+            stage = "verdict"
+            log.stage(stage, "running")
+            seen = ev.read_events(log.events.path)
+            verdict = verdict_from_events(
+                [*seen, {"type": ev.RUN_FINISHED, "status": "completed", "exit_code": 0}])
+            log.emit(ev.VERDICT, **verdict.to_event())
+            log.line(f"verdict {verdict.summary()}")
+            log.stage(stage, "done", verdict.status)
+            log.emit(ev.RUN_FINISHED, status="completed", exit_code=EXIT_COMPLETED,
+                     steps=trainer.step)
+            return RunResult("completed", EXIT_COMPLETED, run_dir, verdict)
+    except (RunCancelled, KeyboardInterrupt) as exc:
+        name = str(exc) or "SIGINT"
+        code = 128 + getattr(signal, name, signal.SIGINT)
+        log.stage(stage, "cancelled", f"{name} received")
+        log.message("warning", f"run cancelled by {name} at step {_step(trainer)}")
+        log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=_step(trainer))
+        return RunResult("cancelled", code, run_dir)
+    except Exception as exc:  # every failure ends as a failed run with its reason and traceback
+        kind = "loss" if isinstance(exc, LossNotFinite) else type(exc).__name__
+        if isinstance(exc, LossNotFinite) and trainer is not None:
+            log.emit(ev.STEP, step=trainer.step, loss=float("nan"), total_steps=config.steps)
+        reason = str(exc) or kind
+        if not isinstance(exc, DiskFull) and is_disk_full(exc):  # a save outside checkpoint.py
+            where = full_directory(exc, run_dir)  # the run dir, or e.g. the demo teacher's cache
+            need = f", a checkpoint needs {human(footprint.checkpoint)}" if footprint else ""
+            reason = f"disk full under {where} ({human(free_bytes(where))} free{need}): " + reason
+        # the details go to launch.log (and the error event) only: the terminal gets the CLI's
+        # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
+        log.stage(stage, "failed", reason, terminal=False)
+        tb = "".join(traceback.format_exception(exc))
+        log.emit(ev.LOG, level="error", message=f"{kind}: {reason}", traceback=tb)
+        log.line(f"ERROR: {kind}: {reason}", terminal=False)
+        log.line(tb.rstrip(), terminal=False)
+        log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=reason,
+                 stage=stage, steps=_step(trainer))
+        return RunResult("failed", EXIT_FAILED, run_dir, error=reason, stage=stage)
+    finally:
+        log.close()
+        dist.close()
+
+
+def _check_disk_space(config: RunConfig, run_dir: Path, student: Student, ckpt: Path | None,
+                      log: RunLog) -> Footprint:
+    """Refuse a run whose checkpoints and final student cannot fit on its file system (before
+    a step is trained), warn with the numbers when it is tight; the sizes are the loaded
+    student's own (kdengine.diskspace says what a checkpoint holds)."""
+    module = student.module
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    weights = sum(v.numel() for v in module.state_dict().values())  # a tied head twice
+    saved = getattr(student, "saved_dtype", torch.float32)
+    source = getattr(student, "source_dir", None)  # tokenizer files travel with the final
+    footprint = Footprint.of(params, max(weights - params, 0), saved.itemsize, side_files(source))
+    saves = saves_left(config.steps, config.checkpoint_every, _step_of(ckpt) or 0)
+    state, text = space_verdict(run_dir, footprint, saves, len(complete_checkpoints(run_dir)))
+    if state == "short":
+        raise ConfigError("run_dir", text)
+    if state == "tight":
+        log.message("warning", text)
+    return footprint
+
+
+def data_summary(data: TokenSplits | ExampleData) -> tuple[str, dict[str, Any]]:
+    """The data stage's detail, short enough for the dashboard's stage tracker, and its counts
+    (the fields of its `done` event, docs/events.md)."""
+    if isinstance(data, ExampleData):
+        stats = data.stats  # 26 characters fit the tracker beside a 52-wide side column
+        return (f"{_si(stats.examples)} ex, {_si(stats.trained_tokens)} trained tok",
+                {"kind": "examples", **stats.to_event()})
+    return (f"{_si(len(data.train))} train, {_si(len(data.val))} val tok",
+            {"kind": "text", "train_tokens": len(data.train), "val_tokens": len(data.val),
+             "skipped_files": len(data.skipped), "skipped": data.skipped[:NAMED_SKIPS]})
+
+
+def _report_data(data: TokenSplits | ExampleData, log: RunLog) -> None:
+    """The data's counts in words in the log, and a warning naming skipped files."""
+    if isinstance(data, ExampleData):
+        s = data.stats
+        share = s.trained_tokens / max(s.tokens, 1)
+        log.line(f"data: {s.examples} examples ({s.train_examples} train, {s.val_examples} "
+                 f"validation) in {s.train_rows} + {s.val_rows} rows ({s.fill:.0%} filled), "
+                 f"{s.tokens} tokens, {s.trained_tokens} trained ({share:.0%}), {s.truncated} "
+                 f"truncated, {s.dropped} dropped"
+                 + (", token store reused" if s.cached else ", token store built"))
+        count, named = s.skipped_files, s.skipped
+    else:
+        count, named = len(data.skipped), data.skipped[:NAMED_SKIPS]
+    if count:
+        more = f" and {count - len(named)} more" if count > len(named) else ""
+        log.message("warning", f"data: {count} bad file(s) skipped (on_bad_file=skip): "
+                    + "; ".join(why for _, why in named) + more)
+
+
+def _step(trainer: KDTrainer | None) -> int:
+    return trainer.step if trainer is not None else 0
+
+
+def _step_of(ckpt: Path | None) -> int | None:
+    return int(ckpt.name.split("-")[1]) if ckpt is not None else None
+
+
+def _si(n: int) -> str:
+    """1234567 -> '1.23M': short enough for the dashboard's stage tracker."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _count(provider: Any) -> int:
+    module = getattr(provider, "module", None) or getattr(provider, "model", None)
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
