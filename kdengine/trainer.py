@@ -4,7 +4,9 @@ AdamW with warm-up and cosine/linear decay, global gradient clipping, held-out e
 0, every eval_every steps and at the end. Seeded and deterministic on the CPU. A NaN or inf loss
 stops the run as failed before the bad update is applied; SIGINT/SIGTERM end it as cancelled after
 the current step. Checkpoints are atomic and `resume=True` continues exactly. float16 runs scale
-the loss dynamically and skip a step whose gradients overflow (docs/models.md, "Dtypes").
+the loss dynamically and skip a step whose gradients overflow (docs/models.md, "Dtypes"). The
+loop keeps the host one step ahead of the device (`queue_step`, `QueuedStep`): a step's loss is
+read while the next one's forward and backward run, and before the next update is queued.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from kdengine.stop import StopSignals
 
 if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that sample
     from kdengine.onpolicy import Rollout
+
 
 class LossNotFinite(Exception):
     pass
