@@ -100,6 +100,18 @@ def test_the_kd_loss_through_an_fp8_head_is_the_loss_of_its_dequantized_head_and
     assert abs(float(got[0] - exact)) < 0.01 * float(exact)
 
 
+def test_a_head_whose_vocabulary_is_not_16_aligned_stays_in_the_compute_dtype():
+    from kdengine.providers import ModelTeacher
+
+    config = DecoderConfig(vocab_size=257, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                           tie_word_embeddings=True)
+    model = Decoder(config).requires_grad_(False).eval()
+    assert quantize_teacher(model) == 4  # the block's projections, not the 257-row head
+    assert getattr(model, "lm_head_fp8", None) is None
+    assert ModelTeacher(model).loss_head is model.lm_head_weight
+
+
 def _peaked_decoder() -> Decoder:
     config = DecoderConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
