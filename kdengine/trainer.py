@@ -484,11 +484,20 @@ class KDTrainer:
         the device guards the update (fused AdamW, no loss scaler to update in between), on one
         process, never for sampled steps, the first (its start-up time), the last, or a step an
         evaluation or a checkpoint follows."""
-        cfg = self.config
         return (self._fused_update and not self.scaler.is_enabled() and self.rollout is None
-                and not self.dist.enabled and self.startup_s is not None and step < cfg.steps
-                and not (cfg.eval_every and step % cfg.eval_every == 0)
-                and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
+                and not self.dist.enabled and self.startup_s is not None
+                and step < self.config.steps and not self._evaluates_after(step)
+                and not self._checkpoints_after(step))
+
+    def _evaluates_after(self, step: int) -> bool:
+        """An evaluation between `step` and the next (the final one is run's own stage)."""
+        cfg = self.config
+        return bool(cfg.eval_every) and step % cfg.eval_every == 0 and step < cfg.steps
+
+    def _checkpoints_after(self, step: int) -> bool:
+        """A checkpoint between `step` and the next (the final one is run's own stage)."""
+        cfg = self.config
+        return bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step < cfg.steps
 
     def _startup(self, **parts: float) -> dict[str, Any]:
         """The first step's `startup_s` (process start to this step's end: imports, loading,
@@ -624,10 +633,9 @@ class KDTrainer:
                 queued = step
                 continue
             self._report(self._finish(step), loop_started, evaluated)
-            if cfg.eval_every and step.number % cfg.eval_every == 0 and step.number < cfg.steps:
+            if self._evaluates_after(step.number):
                 self.evaluate()
-            if (cfg.checkpoint_every and step.number % cfg.checkpoint_every == 0
-                    and step.number < cfg.steps):
+            if self._checkpoints_after(step.number):
                 self.checkpoint()
 
     def _report(self, metrics: dict[str, Any], loop_started: float, evaluated: float) -> None:

@@ -118,9 +118,6 @@ class Fp8Head(Fp8Linear):
     (kdengine.losses): `logits(rows, vocab)` projects onto the first `vocab` ids (a teacher's
     padded vocabulary is cut to the student's before the matmul, not after)."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__(weight)
-
     @property
     def shape(self) -> torch.Size:
         return self.weight.shape
