@@ -77,6 +77,10 @@ class Dist:
         # clip and AdamW on each rank's local shards (off: torch's own, through DTensor)
         self.local_optim = True
         self.teacher_placement = "single"  # place_teacher: single | replicated | sharded
+        # host-side agreements (a stop signal) travel over gloo between the processes, never
+        # through the GPU's stream: a device all-reduce read by the host would wait for every
+        # step queued before it, and the loop keeps one step queued (None: the default group)
+        self.host_group: Any = None
         self._global_valid: float | None = None
         self._teacher: nn.Module | None = None
 
@@ -155,12 +159,12 @@ class Dist:
         loss = parts.loss + (total[0].to(parts.loss.dtype) - parts.loss.detach())
         return LossParts(loss, total[1], total[2])
 
-    def any_rank(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank when `flag` is true on any one."""
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any one (on the host: no device sync)."""
         if not self.enabled:
             return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
-        tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+        value = torch.tensor([1.0 if flag else 0.0])
+        tdist.all_reduce(value, op=tdist.ReduceOp.MAX, group=self.host_group)
         return bool(value.item() > 0)
 
     def agreed_stop(self, stop: Any) -> Any:
@@ -542,7 +546,10 @@ def from_env(device_kind: str = "auto") -> Dist:
             tdist.init_process_group(backend, device_id=torch.device("cuda", local_rank))
         else:
             tdist.init_process_group(backend)
-    return Dist(rank, world, local_rank, backend)
+    dist = Dist(rank, world, local_rank, backend)
+    if backend != "gloo":  # (every rank creates it: new_group is a collective)
+        dist.host_group = tdist.new_group(backend="gloo")
+    return dist
 
 
 class RankLog:
@@ -711,12 +718,10 @@ class RelayLog:
 
 class AgreedStop:
     """A stop flag (kdengine.stop.StopSignals) whose check() raises on every rank when any rank
-    received a signal: one small all-reduce at each check."""
+    received a signal: one small all-reduce between the processes at each check."""
 
     def __init__(self, stop: Any, dist: Dist) -> None:
         self._stop, self._dist = stop, dist
-        self._device = torch.device("cuda", dist.local_rank) if dist.backend == "nccl" else \
-            torch.device("cpu")
 
     def __enter__(self) -> AgreedStop:
         self._stop.__enter__()
@@ -730,7 +735,7 @@ class AgreedStop:
         return self._stop.received
 
     def check(self) -> None:
-        if self._dist.any_rank(bool(self._stop.received), self._device):
+        if self._dist.any_rank(bool(self._stop.received)):
             if not self._stop.received:
                 self._stop.received = "SIGTERM"  # another rank's signal: name the usual one
             self._stop.check()

@@ -199,8 +199,8 @@ class KDTrainer:
         self.params = params
         # fp32 master weights and optimizer state (the student loads in fp32; autocast gives
         # the compute dtype); the fused CUDA kernel updates every tensor in one launch
-        # (one process on the CPU too: the same guarded update, so the same overlapped loop)
-        fused = device.type == "cuda" or (device.type == "cpu" and not self.dist.enabled)
+        # (on the CPU too: the same guarded update, so the same overlapped loop)
+        fused = device.type in ("cuda", "cpu")
         # (data parallel: the same update on each rank's local shards, kdengine.distributed)
         self.optimizer = self.dist.optimizer(params, lr=config.lr, betas=(0.9, 0.95),
                                              weight_decay=config.weight_decay, fused=fused)
@@ -481,11 +481,12 @@ class KDTrainer:
     def _overlaps(self, step: int) -> bool:
         """Whether the loop may leave `step` queued while it queues the next one (the host reads
         its loss one step late, and the GPU never waits for the host between steps). Only where
-        the device guards the update (fused AdamW, no loss scaler to update in between), on one
-        process, never for sampled steps, the first (its start-up time), the last, or a step an
+        the device guards the update (fused AdamW, no loss scaler to update in between; under
+        torchrun the ranks agree on a stop over the host, so nothing waits for the device), never
+        for sampled steps, the first (its start-up time), the last, or a step an
         evaluation or a checkpoint follows."""
         return (self._fused_update and not self.scaler.is_enabled() and self.rollout is None
-                and not self.dist.enabled and self.startup_s is not None
+                and self.startup_s is not None
                 and step < self.config.steps and not self._evaluates_after(step)
                 and not self._checkpoints_after(step))
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,52 @@ def test_one_process_resumes_a_two_rank_checkpoint(runs: dict[str, Path]) -> Non
     whole, again = _losses(runs["two"]), _losses(resumed)
     assert [again[s] for s in range(5, STEPS + 1)] == pytest.approx(
         [whole[s] for s in range(5, STEPS + 1)], rel=1e-5)
+
+
+def _workers(torchrun_pid: int) -> dict[int, int]:
+    """{rank: pid} of a torchrun's worker processes (its children, by their RANK variable)."""
+    ranks = {}
+    for task in Path(f"/proc/{torchrun_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = [v for v in env if v.startswith(b"RANK=")]
+            if rank:
+                ranks[int(rank[0][5:])] = int(child)
+    return ranks
+
+
+def test_a_signal_only_one_rank_receives_stops_every_rank_as_cancelled(
+        tmp_path: Path) -> None:
+    """Ranks agree on a stop over the host (the loop keeps a step queued on the device): rank 1
+    alone gets SIGTERM; rank 0, which writes the events, stops at the same step, and no rank
+    waits in a collective for one that left."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import tiny_run_args, write_tiny_inputs
+
+    inputs = write_tiny_inputs(tmp_path, student_layers=2)
+    run_dir = tmp_path / "run"
+    args = tiny_run_args(inputs, run_dir, steps=100000, eval_every=0, checkpoint_every=0,
+                         log_every=1)
+    proc = subprocess.Popen([*TORCHRUN, "-m", "kdengine", *args], env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len([e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        os.kill(_workers(proc.pid)[1], signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = read_events(run_dir / "events.jsonl")
+    finished = [e for e in events if e["type"] == "run_finished"]
+    assert len(finished) == 1 and finished[0]["status"] == "cancelled", events[-3:]
+    assert not [e for e in events if e["type"] == "log" and e.get("level") == "error"]
+    # the ranks end as a cancelled engine does (128 + SIGTERM); torchrun's own report of that
+    # is its traceback, with no frame of the engine's in it
+    stderr = proc.stderr.read()
+    assert "exitcode: 143" in stderr and "kdengine/" not in stderr
 
 
 # A rank that fails while rank 0 waits: in a collective (gloo raises when the peer's connection
