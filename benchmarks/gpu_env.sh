@@ -19,3 +19,6 @@ unset PYTHONDONTWRITEBYTECODE
 "${PYTHON:-python3}" benchmarks/bytecode.py 2>&1 | tee "$OUT/bytecode.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit \
   --format=csv > "$OUT/gpu.csv" 2>&1 || true
+# NVLink multicast stays off (the lent multi-GPU machines require it: a program using it can put
+# the host's shared GPUs out of service); torchrun's ranks inherit it
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

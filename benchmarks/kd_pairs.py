@@ -15,6 +15,10 @@ clip 1.0. Variants, in the order they run:
              stall_s/write_s and the step after each (left out of its median)
   cli-fp8    the same with --teacher-dtype float8 (skipped with a note if the CLI lacks it)
   cli-fp8s   the same with the student's matmuls in FP8 too (--student-flags added)
+  cli-ranks  `torchrun --nproc-per-node N kdengine train` (N = --ranks, default every GPU here):
+             the same per-GPU batch, so a global batch N x B; its scaling efficiency is its
+             tokens/s over N x cli's (issue 8's acceptance: >= 0.9 on 2 GPUs)
+  cli-ranks-fp8  the same with the teacher in FP8 (--fp8-flags), against N x cli-fp8
   liger      transformers' models + Liger's model kernels (RoPE, RMSNorm, SwiGLU) and
              LigerFusedLinearJSDLoss(beta=0: forward KL) on the last hidden states
   naive      transformers' models, full logits of both, fp32 log_softmax of both, KL + CE
@@ -61,8 +65,9 @@ import pairs as P
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("cli", "cli-warm", "cli-warm-env", "cli-ckpt", "cli-fp8", "cli-fp8s", "liger", "naive",
-            "bare", "bare-fp8", "bare-fp8s")
+VARIANTS = ("cli", "cli-warm", "cli-warm-env", "cli-ckpt", "cli-fp8", "cli-fp8s", "cli-ranks",
+            "cli-ranks-fp8", "liger", "naive", "bare", "bare-fp8", "bare-fp8s")
+RANKS_OF = {"cli-ranks": "cli", "cli-ranks-fp8": "cli-fp8"}  # each against its one-GPU run
 ESSENTIAL = ("cli", "cli-fp8", "cli-fp8s", "liger")  # kept in the budget for the later pairs
 GIB = 2**30
 
@@ -121,7 +126,7 @@ class Plan:
     # share of the matmul ceiling each step reaches (issue 16's H200 numbers, rounded; only the
     # estimates use it)
     EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-warm-env": 0.55, "cli-fp8": 0.65,
-                  "cli-fp8s": 0.75, "cli-ckpt": 0.55, "bare": 0.55, "bare-fp8": 0.65,
+                  "cli-fp8s": 0.75, "cli-ckpt": 0.55, "cli-ranks": 0.5, "cli-ranks-fp8": 0.6, "bare": 0.55, "bare-fp8": 0.65,
                   "bare-fp8s": 0.75, "liger": 0.45, "naive": 0.3}
 
     def __init__(self, args: argparse.Namespace, ceiling: float) -> None:
@@ -137,7 +142,7 @@ class Plan:
         a = self.args
         if a.tiny:
             return {"write": 1, "cli": 8, "cli-warm": 8, "cli-warm-env": 8, "cli-fp8": 8,
-                    "cli-fp8s": 8, "cli-ckpt": 8, "liger": 3, "naive": 3, "bare": 3,
+                    "cli-fp8s": 8, "cli-ckpt": 8, "cli-ranks": 15, "cli-ranks-fp8": 15, "liger": 3, "naive": 3, "bare": 3,
                     "bare-fp8": 3, "bare-fp8s": 3}[phase]
         if phase == "write":
             return 2 + pair.weight_bytes / 1.5e9
@@ -163,6 +168,9 @@ class Plan:
             "cli-fp8": fp8 + cli_steps * step + 3,
             "cli-fp8s": fp8s + cli_steps * step + 3,
             "cli-ckpt": warm + ckpt_steps * step + 2 * pair.checkpoint_bytes / 2e9 + 3,
+            # torchrun's start, and the FSDP2 student's blocks compiled anew (other graphs)
+            "cli-ranks": cold + 10 + cli_steps * step + 3,
+            "cli-ranks-fp8": fp8 + 10 + cli_steps * step + 3,
             "liger": 6 + 1.5 * load + 12 + inproc_steps * step,
             "naive": 4 + 1.5 * load + inproc_steps * step,
             "bare": 4 + load + 8 + 0.1 * (lt + ls) + inproc_steps * step,
@@ -223,19 +231,22 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: float,
             ckpt_every: int = 0, checkpoints: int = 0, profile_start: bool = False,
-            env: dict[str, str] | None = None) -> dict[str, Any]:
+            env: dict[str, str] | None = None, ranks: int = 1) -> dict[str, Any]:
     """One `kdengine train` subprocess, stopped with SIGTERM once it has logged what is needed:
     warm-up + timed steps, or `checkpoints` checkpoints every `ckpt_every` steps and the step
     after the last. With one checkpoint the run's --steps ends right after it, so the CLI
     plans for two checkpoints on disk (that one and the final), not three. `profile_start`:
     py-spy samples the engine from just after its launch to its first step event
-    (StartProfile)."""
+    (StartProfile). `ranks` > 1: under torchrun, that many processes, each with --batch rows
+    (the global batch ranks x --batch)."""
     run_dir = pair.work / f"run-{name}"
     needed = checkpoints * ckpt_every + 1 if checkpoints else args.cli_warmup + args.cli_steps
-    argv = [sys.executable, "-m", "kdengine", "train",
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                str(ranks)] if ranks > 1 else []
+    argv = [sys.executable, *launcher, "-m", "kdengine", "train",
             "--teacher", str(pair.teacher_dir), "--student", str(pair.student_dir),
             "--data", str(data), "--steps", str(needed + (100 if checkpoints != 1 else 0)),
-            "--batch-size", str(args.batch), "--seq-len", str(args.seq), "--lr", "1e-5",
+            "--batch-size", str(args.batch * ranks), "--seq-len", str(args.seq), "--lr", "1e-5",
             "--temperature", str(args.temperature), "--alpha", str(args.alpha),
             "--loss", "forward_kl", "--eval-every", "0", "--eval-batches", "1",
             "--log-every", "1", "--checkpoint-every", str(ckpt_every),
@@ -266,7 +277,8 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     wall = time.time() - launched
     events = read_events(run_dir / "events.jsonl")
     result: dict[str, Any] = {"argv": " ".join(argv[1:]), "exit_code": proc.returncode,
-                              "wall_s": round(wall, 1), **({"env": env} if env else {})}
+                              "wall_s": round(wall, 1), **({"env": env} if env else {}),
+                              **({"ranks": ranks} if ranks > 1 else {})}
     if sampler is not None:
         result["start_profile"] = sampler.stop()
     if timed_out or not enough(events, needed, checkpoints):
@@ -281,7 +293,8 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
             result["skipped"] = "the CLI refused the flag: " + last_line(tail)
         shutil.rmtree(run_dir, ignore_errors=True)
         return result
-    result.update(summarize_steps(events, args, launched, needed, ckpt_every))
+    result.update(summarize_steps(events, args, launched, needed, ckpt_every,
+                                  tokens=args.batch * ranks * args.seq))
     if checkpoints:
         result["checkpoints_planned"] = checkpoints
         result["resume"] = resume_check(run_dir, events, pair, timeout)
@@ -438,10 +451,10 @@ def enough(events: list[dict[str, Any]], needed: int, checkpoints: int) -> bool:
 
 
 def summarize_steps(events, args, launched: float, needed: int,
-                    ckpt_every: int) -> dict[str, Any]:
+                    ckpt_every: int, tokens: int) -> dict[str, Any]:
     """Step time (steps after the warm-up up to `needed`, less those right after a checkpoint),
-    start-up, peak memory, stage times and checkpoint stalls from a run's events."""
-    tokens = args.batch * args.seq
+    start-up, peak memory, stage times and checkpoint stalls from a run's events; `tokens` a
+    step (all ranks')."""
     steps = [e for e in events if e.get("type") == "step"]
     ckpts = [e for e in events if e.get("type") == "checkpoint"]
     after_ckpt = {c["step"] + 1 for c in ckpts}
@@ -707,6 +720,9 @@ NOTES = [
     "CLI runs: step time from their step events (log_every 1) after the warm-up steps; stopped "
     "by SIGTERM once logged (no final checkpoint); each pair has its own compile caches, so "
     "`cli` starts cold and `cli-warm` reuses what `cli` compiled.",
+    "cli-ranks: `kdengine train` under torchrun, one GPU per rank, each rank the 1-GPU run's "
+    "batch (global batch ranks x B); tok/s all ranks together; its dense MFU per GPU; scaling "
+    "= its tok/s / (ranks x the 1-GPU run's); peak = rank 0's GPU.",
 ]
 
 
@@ -722,7 +738,7 @@ class Bench:
         write_text(self.data / "text.txt", args.data_bytes)
         self.results: dict[str, Any] = {
             "env": self.environment(), "batch": args.batch, "seq": args.seq,
-            "tokens": args.batch * args.seq, "alpha": args.alpha,
+            "tokens": args.batch * args.seq, "ranks": args.ranks, "alpha": args.alpha,
             "temperature": args.temperature, "loss": "forward_kl", "dtype": args.dtype_name,
             "cli_warmup": args.cli_warmup, "cli_steps": args.cli_steps, "warmup": args.warmup,
             "steps": args.steps, "budget_s": args.budget_s, "pairs": {}, "phases": [],
@@ -736,7 +752,7 @@ class Bench:
         self.fp8_flags = args.fp8_flags.split()
         self.student_flags = args.student_flags.split()
         self.fp8_missing = self.student_missing = None
-        if {"cli-fp8", "cli-fp8s"} & set(args.variants):
+        if {"cli-fp8", "cli-fp8s", "cli-ranks-fp8"} & set(args.variants):
             known = cli_flags_known()
             if self.fp8_flags and self.fp8_flags[0] not in known:
                 self.fp8_missing = f"this kdengine's `train` has no {self.fp8_flags[0]} flag"
@@ -814,14 +830,20 @@ class Bench:
                 fn = partial(self.in_process, in_process[v], pair, ids, labels)
             else:
                 fn = partial(cli_run, args, pair, self.data, v,
-                             {"cli-fp8": self.fp8_flags,
+                             {"cli-fp8": self.fp8_flags, "cli-ranks-fp8": self.fp8_flags,
                               "cli-fp8s": self.fp8_flags + self.student_flags}.get(v, []),
                              ckpt_every=args.ckpt_every if v == "cli-ckpt" else 0,
                              checkpoints=self.checkpoints_that_fit(pair)[0]
                              if v == "cli-ckpt" else 0,
                              profile_start=args.start_profile and v in ("cli-warm", "cli-ckpt"),
-                             env=args.warm_env if v == "cli-warm-env" else None)
+                             env=args.warm_env if v == "cli-warm-env" else None,
+                             ranks=args.ranks if v in RANKS_OF else 1)
             out = self.phase(pair, later, v, fn)
+            one = res["variants"].get(RANKS_OF.get(v, ""), {})
+            if "tokens_per_s" in out and "tokens_per_s" in one:
+                out["scaling"] = out["tokens_per_s"] / (out["ranks"] * one["tokens_per_s"])
+                log(f"[{pair.name} {v}] scaling {out['scaling']:.3f} = "
+                    f"{out['tokens_per_s']:,.0f} / ({out['ranks']} x {one['tokens_per_s']:,.0f})")
             res["variants"][v] = out
             self.save()
         first_losses(res)
@@ -832,7 +854,10 @@ class Bench:
 
     def precondition(self, pair: Pair, variant: str) -> str | None:
         """Why `variant` cannot run on this box, or None."""
-        if variant in ("cli-fp8", "bare-fp8"):
+        if variant in RANKS_OF and self.args.ranks < 2:
+            return (f"{self.args.ranks} device here: {variant} needs --ranks N >= 2 "
+                    "(one GPU per rank)")
+        if variant in ("cli-fp8", "bare-fp8", "cli-ranks-fp8"):
             return self.fp8_missing
         if variant in ("cli-fp8s", "bare-fp8s"):
             return self.fp8_missing or self.student_missing
@@ -898,8 +923,9 @@ class Bench:
         row["elapsed_s"] = round(elapsed, 1)
         if "error" not in out and "skipped" not in out:
             plan.learn(pair, name, elapsed)
-        if "tokens_per_s" in out:
-            out["dense_mfu"] = pair.dense_flops_per_token * out["tokens_per_s"] / self.ceiling
+        if "tokens_per_s" in out:  # per GPU
+            out["dense_mfu"] = (pair.dense_flops_per_token * out["tokens_per_s"]
+                                / (self.ceiling * out.get("ranks", 1)))
         log(f"{tag} {describe(out)}")
         log(f"{tag} elapsed {elapsed:.0f} s (estimate {est:.0f} s; total {plan.elapsed():.0f} s)")
         self.save()
@@ -933,7 +959,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="what cli-fp8 adds to the command line")
     p.add_argument("--student-flags", default="--student-matmuls float8",
                    help="what cli-fp8s adds to cli-fp8's command line")
-    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--ranks", type=int, default=None,
+                   help="cli-ranks' processes (default: the GPUs here; 2 on the CPU: gloo)")
+    p.add_argument("--batch", type=int, default=None, help="rows a step (per rank)")
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--alpha", type=float, default=0.3)
     p.add_argument("--temperature", type=float, default=4.0)
@@ -962,6 +990,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.ckpt_pairs = set(args.ckpt_pairs.split(","))
     args.warm_env = dict(kv.split("=", 1) for kv in args.warm_env.split(",") if "=" in kv)
     tiny = args.tiny
+    if args.ranks is None:
+        args.ranks = torch.cuda.device_count() if args.device.startswith("cuda") else 2
     args.batch = args.batch or (2 if tiny else 4)
     args.seq = args.seq or (64 if tiny else 2048)
     args.cli_warmup = args.cli_warmup if args.cli_warmup is not None else (1 if tiny else 3)
@@ -1071,6 +1101,22 @@ def summary_tables(results: dict[str, Any]) -> str:
             f"{ratio(both, liger)} | {fmt(cli, 'dense_mfu', '.2f')} | "
             f"{fmt(fp8, 'dense_mfu', '.2f')} | {fmt(both, 'dense_mfu', '.2f')} | {peaks} | "
             f"{fmt(cli, 'startup_s', '.1f', ' s')} | {fmt(warm, 'startup_s', '.1f', ' s')} |")
+    scaled = [(pr, v) for pr in results["pairs"].values() for v in RANKS_OF
+              if "tokens_per_s" in get(pr, v)]
+    if scaled:
+        lines += ["", "Data parallel (torchrun, FSDP2 student; scaling = N-GPU tok/s / (N x "
+                  "1-GPU tok/s)):", "",
+                  "| pair | run | 1 GPU tok/s | N GPUs tok/s | N | scaling | dense MFU per GPU "
+                  "(1 / N) | peak GiB (1 / N, rank 0) | first step (1 / N) |",
+                  "|---|---|---:|---:|---:|---:|---|---|---|"]
+        for pr, v in scaled:
+            one, many = get(pr, RANKS_OF[v]), get(pr, v)
+            lines.append(
+                f"| {pr['teacher']} -> {pr['student']} | {v} | {rate(one)} | {rate(many)} | "
+                f"{many['ranks']} | {fmt(many, 'scaling', '.3f')} | "
+                f"{fmt(one, 'dense_mfu', '.2f')} / {fmt(many, 'dense_mfu', '.2f')} | "
+                f"{fmt(one, 'peak_gib', '.1f')} / {fmt(many, 'peak_gib', '.1f')} | "
+                f"{fmt(one, 'startup_s', '.1f', ' s')} / {fmt(many, 'startup_s', '.1f', ' s')} |")
     lines += ["", "Every variant (step ms: median and p25-p75 of the timed steps):", "",
               "| pair | variant | tok/s | step (ms) | p25-p75 (ms) | dense MFU | peak (GiB) | "
               "first step after start | first loss | last timed step's loss |",
