@@ -126,7 +126,8 @@ class Plan:
     # share of the matmul ceiling each step reaches (issue 16's H200 numbers, rounded; only the
     # estimates use it)
     EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-warm-env": 0.55, "cli-fp8": 0.65,
-                  "cli-fp8s": 0.75, "cli-ckpt": 0.55, "cli-ranks": 0.5, "cli-ranks-fp8": 0.6, "bare": 0.55, "bare-fp8": 0.65,
+                  "cli-fp8s": 0.75, "cli-ckpt": 0.55, "cli-ranks": 0.5, "cli-ranks-fp8": 0.6,
+                  "bare": 0.55, "bare-fp8": 0.65,
                   "bare-fp8s": 0.75, "liger": 0.45, "naive": 0.3}
 
     def __init__(self, args: argparse.Namespace, ceiling: float) -> None:
@@ -142,7 +143,8 @@ class Plan:
         a = self.args
         if a.tiny:
             return {"write": 1, "cli": 8, "cli-warm": 8, "cli-warm-env": 8, "cli-fp8": 8,
-                    "cli-fp8s": 8, "cli-ckpt": 8, "cli-ranks": 15, "cli-ranks-fp8": 15, "liger": 3, "naive": 3, "bare": 3,
+                    "cli-fp8s": 8, "cli-ckpt": 8, "cli-ranks": 15, "cli-ranks-fp8": 15,
+                    "liger": 3, "naive": 3, "bare": 3,
                     "bare-fp8": 3, "bare-fp8s": 3}[phase]
         if phase == "write":
             return 2 + pair.weight_bytes / 1.5e9

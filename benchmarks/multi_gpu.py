@@ -18,12 +18,15 @@ run of the same global batch must agree (the data-parallel correctness check).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,6 +82,7 @@ def make_trainer(args: argparse.Namespace, dist, device: torch.device, batch: in
     dist.param_gather = args.param_gather
     dist.prefetch_student = not args.no_prefetch
     dist.local_optim = not args.dtensor_optim
+    dist.layers_per_group = args.layers_per_group
     student = dist.shard_student(
         ModelStudent(build(TINY_STUDENT if tiny else STUDENT, device, torch.float32, 2).train()))
     vocab = teacher.vocab_size
@@ -129,7 +133,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         if dist.enabled and args.comm_probe:
             result["comm"] = comm_probe(device)
         batch = args.per_rank_batch * world
-        total = args.warmup + args.steps
+        total = args.warmup + args.steps + args.profile + 10  # the loop runs ahead till the end
         trainer, placed, log = make_trainer(args, dist, device, batch, total, run_dir / "speed")
         result["teacher_placed"] = placed
         result["engine"] = {"fused_update": trainer._fused_update, "compile": trainer.compile,
@@ -140,17 +144,23 @@ def run_bench(args: argparse.Namespace) -> dict:
                             "optimizer": type(trainer.optimizer).__name__}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        rates, losses = [], []
-        for i in range(total):
-            metrics = trainer.train_step()
-            losses.append(metrics["loss"])
-            if i == args.warmup - 1:
-                dist.barrier()
-                t0 = time.perf_counter()
-            if i >= args.warmup:
-                rates.append(metrics["tokens_per_s"])
+        warm = engine_loop(trainer, args.warmup)
+        trainer.startup_s = 0.0  # from here the loop runs a step ahead, as kdengine train's
+        dist.barrier()
+        t0 = time.perf_counter()
+        timed = engine_loop(trainer, args.steps)
         dist.barrier()
         wall = time.perf_counter() - t0
+        losses = [m["loss"] for m, _ in warm + timed]
+        rates = [m["tokens_per_s"] for m, _ in timed]
+        result["steps_ms"] = [round(batch * args.seq_len / r * 1e3, 1) for r in rates]
+        result["host_ms"] = [round(h * 1e3, 1) for _, h in timed]
+        if args.sync_debug and device.type == "cuda":
+            result["syncs"] = sync_points(trainer, 2)
+        if args.profile:
+            result["profile"] = profile_steps(trainer, args.profile, device,
+                                              Path(args.out).with_suffix(".prof.txt")
+                                              if args.out and dist.is_main else None)
         try:
             result["phases_s"] = phase_times(trainer, device, 3)
         except Exception as exc:  # an engine whose step is built differently: no breakdown
@@ -169,6 +179,84 @@ def run_bench(args: argparse.Namespace) -> dict:
         result["peak_memory_gib_per_rank"] = peaks
     dist.close()
     return result
+
+
+def engine_loop(trainer, n: int) -> list[tuple[dict, float]]:
+    """`n` steps as KDTrainer's train loop runs them (a step left queued while the next one is
+    queued, where the trainer allows it), no evaluations: [(metrics, host seconds to queue)]."""
+    rows: list[tuple[dict, float]] = []
+    queued = None
+
+    def finish() -> None:
+        nonlocal queued
+        step, queued = queued, None
+        rows.append((trainer._finish(step), step.host_s))
+
+    for _ in range(n):
+        step = trainer.queue_step(before_update=finish if queued is not None else None)
+        if trainer._overlaps(step.number):
+            queued = step
+            continue
+        rows.append((trainer._finish(step), step.host_s))
+    if queued is not None:
+        finish()
+    return rows
+
+
+def sync_points(trainer, steps: int) -> list[dict]:
+    """Where the host waits for the device inside `steps` steps of the loop (CUDA's sync debug
+    mode): each distinct Python stack with its count. The loop's own read of the step before
+    (QueuedStep.values) is expected; anything else stalls the loop running ahead."""
+    stacks: collections.Counter[str] = collections.Counter()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        stacks["".join(traceback.format_stack(limit=12)[:-1])] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            engine_loop(trainer, steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [{"count": n, "stack": st[-2500:]} for st, n in stacks.most_common(8)]
+
+
+def profile_steps(trainer, steps: int, device: torch.device, table: Path | None) -> dict:
+    """torch.profiler over `steps` steps of the loop: per step the wall time, the device's busy
+    time (the union of its kernels), NCCL's kernel time, the kernel count and the host's time
+    in CUDA synchronizations; the top ops by device time go to `table`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    engine_loop(trainer, 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        engine_loop(trainer, steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    kernels, syncs = [], 0.0
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.append((e.time_range.start, e.time_range.end, e.name))
+        elif "Synchronize" in e.name:
+            syncs += e.time_range.elapsed_us()
+    busy, end = 0.0, -1.0
+    for start, stop, _ in sorted(kernels):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    nccl = sum(b - a for a, b, n in kernels if "nccl" in n.lower())
+    if table is not None:
+        table.write_text(prof.key_averages().table(sort_by="self_device_time_total",
+                                                   row_limit=45, max_name_column_width=70))
+    return {"steps": steps, "wall_ms": wall * 1e3 / steps, "busy_ms": busy / 1e3 / steps,
+            "nccl_kernel_ms": nccl / 1e3 / steps, "kernels": len(kernels) / steps,
+            "host_sync_ms": syncs / 1e3 / steps}
 
 
 def phase_times(trainer, device: torch.device, steps: int) -> dict[str, float]:
@@ -313,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="no gathers during the teacher's forward (FSDP2's own order)")
     p.add_argument("--dtensor-optim", action="store_true",
                    help="torch's clip_grad_norm_ and AdamW on the DTensors")
+    p.add_argument("--layers-per-group", type=int, default=1,
+                   help="consecutive student layers in one FSDP2 group")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="profile STEPS more steps: busy, NCCL and sync time a step")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="list where the host waits for the device in 2 more steps")
     p.add_argument("--comm-probe", action="store_true",
                    help="N ranks: time an all-gather and a reduce-scatter first")
     p.add_argument("--summary", metavar="DIR", help="print the table of a multi_gpu.sh OUT_DIR")
@@ -329,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result.get("check_ok", True) else 1
     result = run_bench(args)
     if int(os.environ.get("RANK", "0")) == 0:
-        summary = {k: result[k] for k in ("world_size", "tokens_per_s_median", "peak_memory_gib",
-                                          "teacher_placed")}
+        summary = {k: result.get(k) for k in ("world_size", "tokens_per_s_median",
+                                              "peak_memory_gib", "teacher_placed", "steps_ms",
+                                              "host_ms", "profile")}
         print(json.dumps(summary))
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -72,6 +72,9 @@ class Dist:
         # forward to backward, saving the backward all-gather); True/False force it
         self.reshard_student: bool | None = None
         self.param_gather = "fp32"  # one of PARAM_GATHERS
+        # consecutive decoder layers that form one FSDP2 group (one all-gather, one
+        # reduce-scatter and one set of hooks for all of them)
+        self.layers_per_group = 1
         # gather every student group while the teacher computes (off: FSDP2's own order)
         self.prefetch_student = True
         # clip and AdamW on each rank's local shards (off: torch's own, through DTensor)
@@ -201,7 +204,7 @@ class Dist:
         reshard = self.reshard_student
         if reshard is None:
             reshard = _bytes(module) > KEEP_GATHERED_UP_TO * _device_memory(module)
-        _fully_shard_decoder(module, reshard_layers=reshard,
+        _fully_shard_decoder(module, reshard_layers=reshard, layers_per_group=self.layers_per_group,
                              **_gather_policies(self.param_gather, self.compute_dtype))
         if self._teacher is not None and self.prefetch_student:
             _prefetch_during(self._teacher, module)
@@ -402,12 +405,16 @@ def _cuda_rng() -> torch.Tensor | None:
 
 
 def _fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,
-                         layer_policy: Any = None, root_policy: Any = None) -> None:
+                         layer_policy: Any = None, root_policy: Any = None,
+                         layers_per_group: int = 1) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    for layer in module.model.layers:
+    layers = list(module.model.layers)
+    for i in range(0, len(layers), max(layers_per_group, 1)):
+        group = layers[i:i + max(layers_per_group, 1)]
         kwargs = {"mp_policy": layer_policy} if layer_policy is not None else {}
-        fully_shard(layer, reshard_after_forward=reshard_layers, **kwargs)
+        fully_shard(group if len(group) > 1 else group[0], reshard_after_forward=reshard_layers,
+                    **kwargs)
     kwargs = {"mp_policy": root_policy} if root_policy is not None else {}
     fully_shard(module, reshard_after_forward=False, **kwargs)
 
@@ -433,9 +440,13 @@ def _prefetch_during(teacher: nn.Module, student: nn.Module) -> None:
     order) when the teacher's forward starts, so they travel while the teacher computes. The
     student's own forward then only waits for them. Training steps only (the student is in
     train mode), and from the second step on: the first forward sets FSDP2's state up."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    groups = [m for m in student.modules() if isinstance(m, FSDPModule)]
+    groups, seen = [], set()
+    for m in student.modules():  # one module per group (a group may hold several layers)
+        if isinstance(m, FSDPModule) and id(fully_shard.state(m)) not in seen:
+            seen.add(id(fully_shard.state(m)))
+            groups.append(m)
     started = {"ready": False}
 
     def ready(module: nn.Module, args: Any, output: Any) -> None:
