@@ -401,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="no gathers during the teacher's forward (FSDP2's own order)")
     p.add_argument("--dtensor-optim", action="store_true",
                    help="torch's clip_grad_norm_ and AdamW on the DTensors")
-    p.add_argument("--layers-per-group", type=int, default=1,
-                   help="consecutive student layers in one FSDP2 group")
+    p.add_argument("--layers-per-group", type=int, default=None,
+                   help="consecutive student layers in one FSDP2 group (default: by size)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="profile STEPS more steps: busy, NCCL and sync time a step")
     p.add_argument("--sync-debug", action="store_true",

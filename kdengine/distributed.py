@@ -40,6 +40,12 @@ SHARDED_MARK = "sharded"  # meta.json key of a DCP checkpoint
 # this share of a GPU's memory is sharded like the student.
 REPLICATE_TEACHER_UP_TO = 0.25
 KEEP_GATHERED_UP_TO = 0.1
+# Consecutive decoder layers are grouped until a group holds this many bytes of parameters:
+# each FSDP2 group costs a collective each way, whose NCCL kernels wait on the other ranks while
+# holding SMs, and a set of host-side hooks. Measured on 2 x H200 (issue 8): a Qwen2.5-0.5B
+# student (24 layers of ~60 MB) scaled 0.68 with a group per layer and 0.94 with 4 layers a
+# group; a Llama-3.2-1B student (~240 MB a layer) 0.94 with one.
+GROUP_BYTES_AT_LEAST = 200 * 2**20
 # How the student's parameters travel in the all-gathers (Dist.param_gather):
 #   "fp32"        fp32, as stored; autocast casts each matmul's weight, as with one process
 #   "compute"     the decoder layers in the compute dtype (what autocast would cast them to),
@@ -73,8 +79,8 @@ class Dist:
         self.reshard_student: bool | None = None
         self.param_gather = "fp32"  # one of PARAM_GATHERS
         # consecutive decoder layers that form one FSDP2 group (one all-gather, one
-        # reduce-scatter and one set of hooks for all of them)
-        self.layers_per_group = 1
+        # reduce-scatter and one set of hooks for all of them); None: by GROUP_BYTES_AT_LEAST
+        self.layers_per_group: int | None = None
         # gather every student group while the teacher computes (off: FSDP2's own order)
         self.prefetch_student = True
         # clip and AdamW on each rank's local shards (off: torch's own, through DTensor)
@@ -147,8 +153,9 @@ class Dist:
         return max(total, 1.0) / self.world_size
 
     def globalize(self, parts: LossParts) -> LossParts:
-        """The global batch's loss, ce and kd on every rank; the loss tensor keeps this rank's
-        gradient (its value is shifted by a constant), so a NaN on any rank stops every rank."""
+        """The global batch's loss value, ce and kd on every rank (a NaN on any rank stops
+        every rank); the loss tensor stays this rank's own: its gradient is the rank's share
+        of the global one (normalizer()), and the backward does not wait for the all-reduce."""
         if not self.enabled:
             return parts
         # ce and kd stay device tensors (read lazily by LossParts): no host sync before the
@@ -159,8 +166,7 @@ class Dist:
                              torch.as_tensor(ce, device=device).to(torch.float64),
                              torch.as_tensor(kd, device=device).to(torch.float64)])
         total = self._sum(local) / self.world_size
-        loss = parts.loss + (total[0].to(parts.loss.dtype) - parts.loss.detach())
-        return LossParts(loss, total[1], total[2])
+        return LossParts(parts.loss, total[1], total[2], value=total[0])
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any one (on the host: no device sync)."""
@@ -406,17 +412,26 @@ def _cuda_rng() -> torch.Tensor | None:
 
 def _fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,
                          layer_policy: Any = None, root_policy: Any = None,
-                         layers_per_group: int = 1) -> None:
+                         layers_per_group: int | None = None) -> None:
     from torch.distributed.fsdp import fully_shard
 
     layers = list(module.model.layers)
-    for i in range(0, len(layers), max(layers_per_group, 1)):
-        group = layers[i:i + max(layers_per_group, 1)]
+    per_group = layers_per_group or layers_per_group_of(layers)
+    for i in range(0, len(layers), per_group):
+        group = layers[i:i + per_group]
         kwargs = {"mp_policy": layer_policy} if layer_policy is not None else {}
         fully_shard(group if len(group) > 1 else group[0], reshard_after_forward=reshard_layers,
                     **kwargs)
     kwargs = {"mp_policy": root_policy} if root_policy is not None else {}
     fully_shard(module, reshard_after_forward=False, **kwargs)
+
+
+def layers_per_group_of(layers: list[nn.Module]) -> int:
+    """Consecutive layers a group takes to hold GROUP_BYTES_AT_LEAST (the layers are alike)."""
+    if not layers:
+        return 1
+    size = max(_bytes(layers[0]), 1)
+    return max(1, min(len(layers), -(-GROUP_BYTES_AT_LEAST // size)))
 
 
 def _gather_policies(mode: str, dtype: torch.dtype | None) -> dict[str, Any]:

@@ -56,13 +56,20 @@ class LossParts:
     """The batch-mean loss and its two terms (ce and kd are the unweighted means, floats).
 
     ce and kd may be given as 0-dim device tensors: they become floats when first read, so a
-    training step can queue its backward before it waits for the GPU."""
+    training step can queue its backward before it waits for the GPU. `value` is the loss to
+    report and guard, a 0-dim tensor: `loss` itself, or under torchrun the global batch's,
+    while `loss` (what the backward runs on) stays this rank's own, so the backward never
+    waits for the other ranks."""
 
-    __slots__ = ("loss", "_ce", "_kd")
+    __slots__ = ("loss", "_ce", "_kd", "_value")
 
     def __init__(self, loss: torch.Tensor, ce: float | torch.Tensor,
-                 kd: float | torch.Tensor) -> None:
-        self.loss, self._ce, self._kd = loss, ce, kd
+                 kd: float | torch.Tensor, value: torch.Tensor | None = None) -> None:
+        self.loss, self._ce, self._kd, self._value = loss, ce, kd, value
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.loss.detach() if self._value is None else self._value
 
     @property
     def ce(self) -> float:

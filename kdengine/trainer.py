@@ -110,7 +110,7 @@ class QueuedStep:
     def read_later(self, grad_norm: torch.Tensor) -> None:
         """Queue the copy of the step's numbers to the host (float64: fp32's values exactly)."""
         ce, kd = self.parts.raw_terms()
-        numbers = [self.parts.loss.detach(), grad_norm, ce, kd]
+        numbers = [self.parts.value, grad_norm, ce, kd]
         on_device = [n for n in numbers if isinstance(n, torch.Tensor)]
         if on_device[0].device.type != "cuda":  # the CPU: nothing to wait for
             self._numbers = tuple(float(n) for n in numbers)
@@ -311,7 +311,7 @@ class KDTrainer:
             if weight == 0:
                 continue
             parts = self._loss(*batch)
-            total += parts.loss.item() * weight
+            total += float(parts.value) * weight
             ce, kd, n = ce + parts.ce * weight, kd + parts.kd * weight, n + weight
         self.student.module.train()
         n = max(n, 1)
@@ -418,7 +418,7 @@ class KDTrainer:
         if self._fused_update:
             # fused AdamW: the clip factor and the non-finite guard ride in the update kernel,
             # so the update is queued before the host waits for anything
-            grad_norm = fused_clipped_step(self.optimizer, self.params, parts.loss, max_norm,
+            grad_norm = fused_clipped_step(self.optimizer, self.params, parts.value, max_norm,
                                            self.dist.grad_norm)
             step.read_later(grad_norm)
         else:  # the host checks the loss and the norm before it applies the update

@@ -252,6 +252,24 @@ BENCH_TINY = ["--tiny", "--cpu-dtype", "bfloat16", "--seq-len", "32", "--per-ran
               "--warmup", "1", "--steps", "1", "--check-batch", "4", "--check-steps", "2"]
 
 
+def test_fsdp_groups_take_consecutive_layers_up_to_a_size() -> None:
+    """Layers of a few MB share a group (each group costs collectives and hooks every step);
+    layers of a few hundred MB keep one each."""
+    from torch import nn
+
+    from kdengine.distributed import GROUP_BYTES_AT_LEAST, layers_per_group_of
+
+    def layers(n: int, width: int) -> list[nn.Module]:
+        return [nn.Linear(width, width, bias=False, device="meta") for _ in range(n)]
+
+    mb60 = 3872  # ~60 MB of fp32 a layer, a Qwen2.5-0.5B block's size
+    assert layers_per_group_of(layers(24, mb60)) == -(-GROUP_BYTES_AT_LEAST // (mb60 * mb60 * 4))
+    assert layers_per_group_of(layers(24, mb60)) == 4
+    assert layers_per_group_of(layers(16, 8192)) == 1  # 268 MB a layer
+    assert layers_per_group_of(layers(2, 64)) == 2  # never more than there are
+    assert layers_per_group_of([]) == 1
+
+
 def test_bf16_ranks_compute_the_one_process_function(tmp_path: Path) -> None:
     """bf16 autocast over fp32 master weights on both paths: with the student's layers gathered
     in fp32 or in bf16 (what autocast casts them to), two ranks' first loss is the one-process
@@ -261,10 +279,11 @@ def test_bf16_ranks_compute_the_one_process_function(tmp_path: Path) -> None:
     out = _run([sys.executable, str(BENCH), *BENCH_TINY, "--out", str(one)], tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     first = json.loads(one.read_text())["check_losses"]
-    for gather in ("fp32", "compute"):
+    # the tiny student's layers share one FSDP2 group by size; "compute" runs a group per layer
+    for gather, grouping in (("fp32", []), ("compute", ["--layers-per-group", "1"])):
         two = tmp_path / f"two-{gather}.json"
-        _run([*TORCHRUN, str(BENCH), *BENCH_TINY, "--param-gather", gather, "--out", str(two)],
-             tmp_path)
+        _run([*TORCHRUN, str(BENCH), *BENCH_TINY, "--param-gather", gather, *grouping,
+              "--out", str(two)], tmp_path)
         # (a rank may abort at gloo's teardown after the result is written: the file counts)
         assert two.exists(), f"no result for {gather}"
         result = json.loads(two.read_text())
