@@ -2,14 +2,17 @@
 
 GPU memory (allocated, reserved, peak) from torch.cuda; GPU utilization and power from NVML
 (nvidia-ml-py, imported only when a CUDA device exists, through torch.cuda's own wrappers, which
-map CUDA_VISIBLE_DEVICES to NVML's indices); the process's resident host memory; and an MFU
-estimate from the models' shapes. A field the device cannot give is absent, never zero: a CPU
-run's step events carry host memory only. docs/events.md lists the fields.
+map CUDA_VISIBLE_DEVICES to NVML's indices), sampled once a second by a thread of their own
+(NvmlSampler); the process's resident host memory; and an MFU estimate from the models'
+shapes. A field the device cannot give is absent, never zero: a CPU run's step events carry host
+memory only. docs/events.md lists the fields.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +63,50 @@ def host_rss() -> int | None:
         return None
 
 
+class NvmlSampler:
+    """GPU utilization and power, read by a daemon thread every `period` seconds; `sample` is
+    the latest reading (NVML's own utilization window is 1/6 to 1 s long).
+
+    The training loop never waits on NVML: each read through torch.cuda's wrappers
+    re-initializes NVML, milliseconds a read in a VM, and under torchrun rank 0's delay at a
+    step event is every rank's (the others wait for it at the next collective). `read` returns
+    the fields, or raises where NVML is missing: then there is no sample and no thread."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]], period: float = 1.0) -> None:
+        self._read, self._period = read, period
+        self._stop = threading.Event()
+        self.sample: dict[str, Any] | None = None
+        self._take()  # the first step event has a reading
+        if self.sample is not None:
+            threading.Thread(target=self._loop, name="kdengine-nvml", daemon=True).start()
+
+    @classmethod
+    def for_device(cls, device: torch.device, period: float = 1.0) -> NvmlSampler:
+        def read() -> dict[str, Any]:
+            out: dict[str, Any] = {"gpu_util": int(torch.cuda.utilization(device))}
+            try:  # a GPU without power readings still has its utilization
+                out["gpu_power_w"] = round(torch.cuda.power_draw(device) / 1000, 1)  # mW
+            except Exception:  # noqa: BLE001
+                pass
+            return out
+
+        return cls(read, period)
+
+    def _take(self) -> None:
+        try:
+            self.sample = self._read()  # one assignment: a reader sees a whole sample
+        except Exception:  # noqa: BLE001 - not installed, no NVML: absent, never a failure
+            self.sample = None
+            self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            self._take()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 @dataclass
 class Gauges:
     """Reads the gauges of one engine process, at the steps that emit a step event."""
@@ -68,6 +115,7 @@ class Gauges:
     flops_per_token: float = 0.0
     peak: float | None = None  # FLOP/s of the whole run's devices
     nvml: bool = True  # off after NVML failed once (not installed, no driver access)
+    sampler: NvmlSampler | None = None  # started at the first read
 
     @classmethod
     def for_run(cls, device: torch.device, dtype: torch.dtype, student: torch.nn.Module,
@@ -98,16 +146,18 @@ class Gauges:
             "gpu_mem_total": torch.cuda.get_device_properties(dev).total_memory,
         }
         if self.nvml:
-            try:  # nvidia-ml-py (pynvml) behind torch.cuda's wrappers
-                out["gpu_util"] = int(torch.cuda.utilization(dev))
-            except Exception:  # noqa: BLE001 - not installed, no NVML: absent, never a failure
+            if self.sampler is None:
+                self.sampler = NvmlSampler.for_device(dev)
+            sample = self.sampler.sample
+            if sample is None:
                 self.nvml = False
-                return out
-            try:  # a GPU without power readings still has its utilization
-                out["gpu_power_w"] = round(torch.cuda.power_draw(dev) / 1000, 1)  # mW
-            except Exception:  # noqa: BLE001
-                pass
+            else:
+                out.update(sample)
         return out
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
 
 
 def describe_gauges(gauges: dict[str, Any]) -> str:

@@ -606,7 +606,10 @@ class KDTrainer:
         finally:
             # also on a cancel or a failure: the last checkpoint whole on disk, its event, or
             # its write's error (which then fails the run: without it that save failed first)
-            self.report_checkpoints(wait=True)
+            try:
+                self.report_checkpoints(wait=True)
+            finally:
+                self.gauges.close()  # (its NVML thread)
 
     def _train_loop(self, evaluate_start: bool) -> None:
         cfg = self.config

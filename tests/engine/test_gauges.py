@@ -49,3 +49,49 @@ def test_step_line_of_gpu_gauges():
                             "gpu_mem_total": int(139.8 * GIB), "gpu_util": 97,
                             "gpu_power_w": 612.4, "mfu": 0.412, "host_rss": int(6.3 * GIB)})
     assert line == " gpu_mem=12.3/140G peak=13.2G util=97% 612W mfu=41.2% host=6.3G"
+
+
+def test_nvml_is_read_by_a_thread_of_its_own_never_at_a_step_event():
+    """A step event takes the sampler's latest reading: reading it calls no NVML (each NVML
+    read takes milliseconds in a VM, and under torchrun rank 0's delay is every rank's)."""
+    import threading
+    import time
+
+    from kdengine.gauges import NvmlSampler
+
+    calls = []
+    lock = threading.Lock()
+
+    def read():
+        with lock:
+            calls.append(threading.current_thread().name)
+            return {"gpu_util": len(calls), "gpu_power_w": 100.0}
+
+    sampler = NvmlSampler(read, period=0.01)
+    try:
+        assert sampler.sample == {"gpu_util": 1, "gpu_power_w": 100.0}  # the first, at once
+        deadline = time.monotonic() + 30
+        while sampler.sample["gpu_util"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with lock:
+            before = len(calls)
+            taken = [sampler.sample for _ in range(1000)]  # what step events do
+            assert len(calls) == before
+        assert all(t["gpu_util"] >= 3 for t in taken)
+        assert set(calls[1:]) == {"kdengine-nvml"}
+    finally:
+        sampler.close()
+
+
+def test_a_gpu_without_nvml_has_no_sampler_thread_and_no_fields():
+    import threading
+
+    from kdengine.gauges import NvmlSampler
+
+    def read():
+        raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed")
+
+    before = threading.active_count()
+    sampler = NvmlSampler(read, period=0.01)
+    assert sampler.sample is None and threading.active_count() == before
