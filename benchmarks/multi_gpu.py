@@ -2,7 +2,7 @@
 
 The pair of the GPU-speed benchmark: a teacher with Qwen2.5-1.5B's config and a student with
 Qwen2.5-0.5B's, random weights, random tokens, `--per-rank-batch` x `--seq-len` tokens per GPU.
-It drives the engine's own KDTrainer (FSDP2 student, teacher replicated or sharded by size), so
+It drives the engine's own KDTrainer (student and teacher replicated or sharded by size), so
 it measures what `kdengine train` does under torchrun.
 
     python benchmarks/multi_gpu.py --out one.json                       # 1 GPU
@@ -83,8 +83,9 @@ def make_trainer(args: argparse.Namespace, dist, device: torch.device, batch: in
     dist.prefetch_student = not args.no_prefetch
     dist.local_optim = not args.dtensor_optim
     dist.layers_per_group = args.layers_per_group
-    student = dist.shard_student(
-        ModelStudent(build(TINY_STUDENT if tiny else STUDENT, device, torch.float32, 2).train()))
+    student = dist.place_student(
+        ModelStudent(build(TINY_STUDENT if tiny else STUDENT, device, torch.float32, 2).train()),
+        args.student_placement)
     vocab = teacher.vocab_size
     gen = torch.Generator().manual_seed(3)
     stream = torch.randint(0, vocab, (max(4 * batch * args.seq_len, 200_000),), generator=gen)
@@ -138,6 +139,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         result["teacher_placed"] = placed
         result["engine"] = {"fused_update": trainer._fused_update, "compile": trainer.compile,
                             "compile_options": repr(getattr(trainer, "compile_options", None)),
+                            "student_placement": dist.student_placement,
                             "param_gather": dist.param_gather if dist.enabled else None,
                             "prefetch": dist.prefetch_student if dist.enabled else None,
                             "local_optim": dist.local_optim if dist.enabled else None,
@@ -401,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="no gathers during the teacher's forward (FSDP2's own order)")
     p.add_argument("--dtensor-optim", action="store_true",
                    help="torch's clip_grad_norm_ and AdamW on the DTensors")
+    p.add_argument("--student-placement", choices=("auto", "replicated", "sharded"),
+                   default=None, help="how the ranks hold the student (default: "
+                   "KDENGINE_STUDENT_PLACEMENT, else auto: by size)")
     p.add_argument("--layers-per-group", type=int, default=None,
                    help="consecutive student layers in one FSDP2 group (default: by size)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",

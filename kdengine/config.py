@@ -451,6 +451,22 @@ def teacher_compile_from_env() -> str:
     return value
 
 
+STUDENT_PLACEMENT_ENV = "KDENGINE_STUDENT_PLACEMENT"
+STUDENT_PLACEMENTS = ("auto", "replicated", "sharded")
+
+
+def student_placement_from_env() -> str:
+    """KDENGINE_STUDENT_PLACEMENT's value (auto when unset): how torchrun's ranks hold the
+    student (kdengine.distributed.Dist.place_student); ConfigError naming it otherwise.
+    Torch-free: the preflight checks it before a run directory exists."""
+    value = os.environ.get(STUDENT_PLACEMENT_ENV, "").strip() or "auto"
+    if value not in STUDENT_PLACEMENTS:
+        raise ConfigError(STUDENT_PLACEMENT_ENV, f"is {value!r}: set it to replicated (the whole "
+                          "student on every GPU), sharded (FSDP2) or auto (by its size), or "
+                          "unset it")
+    return value
+
+
 def flag_of(name: str) -> str:
     """The CLI flag of a field name (or '--name' for names outside the schema); an environment
     variable (KDENGINE_...) keeps its own name."""

@@ -1,6 +1,7 @@
 """Data-parallel runs under `torchrun`: one global batch split over ranks by rows, the student
-sharded with FSDP2 (`fully_shard`), the teacher sharded or replicated by size, sharded checkpoints
-through torch.distributed.checkpoint (DCP), and only rank 0 writing events.
+replicated (DDP) or sharded with FSDP2 (`fully_shard`) by size, the teacher replicated or
+sharded by size, checkpoints through torch.distributed.checkpoint (DCP), and only rank 0
+writing events.
 
 `from_env()` reads torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK) and returns a `Dist`; with
 one process it is a no-op, so the trainer calls the same hooks either way. docs/distributed.md
@@ -31,7 +32,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from kdengine import events as ev
-from kdengine.config import ConfigError
+from kdengine.config import ConfigError, student_placement_from_env
 from kdengine.losses import IGNORE_INDEX, LossParts
 
 RANK_NOTES = ".rank-failures"  # RUN_DIR/.rank-failures/rank-N.json: a failed rank's last words
@@ -39,6 +40,13 @@ SHARDED_MARK = "sharded"  # meta.json key of a DCP checkpoint
 # A teacher replicated on every GPU needs no all-gathers (fastest); one that would take more than
 # this share of a GPU's memory is sharded like the student.
 REPLICATE_TEACHER_UP_TO = 0.25
+# A student whose training state (fp32 weights and gradients, two AdamW moments: 16 bytes a
+# parameter) takes at most this share of a GPU is replicated on every rank (DDP: one bucketed
+# all-reduce of its gradients, plain tensors, little host work a step); a larger one is sharded
+# with FSDP2, whose per-group and per-parameter host work bounded a 0.5B student's 120 ms step
+# on 2 x H200 (issue 8: 0.77-0.94 of linear scaling, by the host's speed).
+REPLICATE_STUDENT_UP_TO = 0.1
+REPLICATE_BUCKET_MB = 100  # DDP's gradient buckets (torch's default 25: 4x the all-reduces)
 KEEP_GATHERED_UP_TO = 0.1
 # Consecutive decoder layers are grouped until a group holds this many bytes of parameters:
 # each FSDP2 group costs a collective each way, whose NCCL kernels wait on the other ranks while
@@ -86,6 +94,7 @@ class Dist:
         # clip and AdamW on each rank's local shards (off: torch's own, through DTensor)
         self.local_optim = True
         self.teacher_placement = "single"  # place_teacher: single | replicated | sharded
+        self.student_placement = "single"  # place_student: single | replicated | sharded
         # host-side agreements (a stop signal) travel over gloo between the processes, never
         # through the GPU's stream: a device all-reduce read by the host would wait for every
         # step queued before it, and the loop keeps one step queued (None: the default group)
@@ -190,9 +199,28 @@ class Dist:
         if self.enabled and self.is_main:
             tdist.barrier()
 
-    # ---- sharding -------------------------------------------------------------------------
+    # ---- placing the models ---------------------------------------------------------------
+    def place_student(self, student: Any, mode: str | None = None) -> Any:
+        """The student on every rank (DDP, through torch's composable `replicate`: the same
+        module, its parameter names unchanged) when its training state takes at most
+        REPLICATE_STUDENT_UP_TO of a GPU, else sharded (shard_student). `mode` (default:
+        KDENGINE_STUDENT_PLACEMENT, else auto) forces either. self.student_placement says which."""
+        if not self.enabled:
+            return student
+        mode = mode or student_placement_from_env()
+        module = student.module
+        if mode == "auto":
+            mode = student_placement_by_size(sum(p.numel() for p in module.parameters()),
+                                             _device_memory(module))
+        if mode == "replicated":
+            _replicate(module)
+        else:
+            self.shard_student(student)
+        self.student_placement = mode
+        return student
+
     def shard_student(self, student: Any) -> Any:
-        """FSDP2 over each decoder layer and the root (embeddings, lm head, final norm).
+        """FSDP2 over groups of decoder layers and the root (embeddings, lm head, final norm).
 
         The root keeps its parameters gathered after forward (the loss reads the lm-head
         weight); a small student keeps its layers gathered from forward to backward too, so each
@@ -221,6 +249,12 @@ class Dist:
         rank's local shards (ShardAdamW)."""
         return (ShardAdamW if self.local_update else torch.optim.AdamW)(params, **kwargs)
 
+    @property
+    def update_on_dtensors(self) -> bool:
+        """Whether clip and AdamW run through DTensor dispatch (FSDP2 with local_optim off):
+        then not fused, and the host checks the loss before the update."""
+        return self.enabled and self.student_placement == "sharded" and not self.local_optim
+
     def student_compile_options(self, options: Any) -> Any:
         """The trainer's CompileOptions for this student: under FSDP2 the student is compiled
         block by block (the groups' hooks sit at the blocks' edges; a whole-model graph would
@@ -233,8 +267,9 @@ class Dist:
 
     @property
     def local_update(self) -> bool:
-        """Whether norms and the AdamW update run on local shards (else torch's own code)."""
-        return self.enabled and self.local_optim
+        """Whether norms and the AdamW update run on local shards (else torch's own code: one
+        process, a replicated student, or FSDP2 with local_optim off)."""
+        return self.enabled and self.student_placement == "sharded" and self.local_optim
 
     def grad_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """The L2 norm of the whole model's gradients (sharded: local squares, one all-reduce
@@ -408,6 +443,27 @@ class Dist:
 
 def _cuda_rng() -> torch.Tensor | None:
     return torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def student_placement_by_size(params: int, device_bytes: float) -> str:
+    """replicated while the student's training state (16 bytes a parameter: fp32 weights and
+    gradients, two AdamW moments) takes at most REPLICATE_STUDENT_UP_TO of a device, else
+    sharded."""
+    return "replicated" if 16 * params <= REPLICATE_STUDENT_UP_TO * device_bytes else "sharded"
+
+
+def _replicate(module: nn.Module) -> None:
+    """DDP in place (its hooks on `module`'s forward): gradients averaged over ranks by bucketed
+    all-reduces during the backward, as FSDP2's reduce-scatter averages them."""
+    from torch.distributed._composable import replicate
+
+    device = next(module.parameters()).device
+    # per-block graphs stay whole: dynamo would otherwise split each at DDP's bucket edges
+    # (its gradients come out at the block's end either way, where their all-reduce starts)
+    torch._dynamo.config.optimize_ddp = False
+    replicate(module, device_id=device,  # (a CPU device: DDP's device_ids=None)
+              bucket_cap_mb=REPLICATE_BUCKET_MB, broadcast_buffers=False,
+              gradient_as_bucket_view=True)
 
 
 def _fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,

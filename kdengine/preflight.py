@@ -21,7 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import DEMO_DATA, ConfigError, RunConfig, teacher_compile_from_env
+from kdengine.config import (
+    DEMO_DATA,
+    ConfigError,
+    RunConfig,
+    student_placement_from_env,
+    teacher_compile_from_env,
+)
 from kdengine.model_facts import DEMO_VOCAB, DemoByteTokenizer, ModelFacts
 from kdengine.sources import check_sources
 
@@ -69,6 +75,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
     teacher_compile_from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
+    student_placement_from_env()  # and KDENGINE_STUDENT_PLACEMENT a placement
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))

@@ -116,8 +116,10 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
 
             stage = "load_student"
             log.stage(stage, "running")
-            student = dist.shard_student(load_student(config, device, tokenizer, teacher, log))
-            log.stage(stage, "done", f"{_si(_count(student))} trainable params")
+            student = dist.place_student(load_student(config, device, tokenizer, teacher, log))
+            log.stage(stage, "done", f"{_si(_count(student))} trainable params" +
+                      (f", {dist.student_placement} over {dist.world_size} ranks"
+                       if dist.enabled else ""))
             footprint = _check_disk_space(config, run_dir, student, ckpt, log)
             stop.check()
 

@@ -206,7 +206,7 @@ class KDTrainer:
                                              weight_decay=config.weight_decay, fused=fused)
         # the fused kernel: clipping folded into the update (no extra pass); data parallel,
         # the norm is the all-reduced one of the local shards
-        self._fused_update = fused and (self.dist.local_update or not self.dist.enabled)
+        self._fused_update = fused and not self.dist.update_on_dtensors
         self._update_kind = {key: self.optimizer.param_groups[0][key]
                              for key in ("fused", "foreach", "capturable")}
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -25,18 +25,19 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
 STEPS = 8
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
+               KDENGINE_RUNS_DIR=str(tmp_path / "runs"), **extra)
     # the repository first: the subprocesses import the engine under test
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + \
         env.get("PYTHONPATH", "")
     return env
 
 
-def _run(cmd: list[str], tmp_path: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], tmp_path: Path, timeout: int = 120,
+         **env: str) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         env=_env(tmp_path))
+                         env=_env(tmp_path, **env))
     return out
 
 
@@ -52,27 +53,35 @@ def _val_losses(run_dir: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One 8-step run with one process and the same run under torchrun with 2 ranks."""
+    """One 8-step run with one process and the same run under torchrun with 2 ranks, the
+    student replicated (what its size picks) and sharded (KDENGINE_STUDENT_PLACEMENT)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import tiny_run_args, write_tiny_inputs
 
     tmp = tmp_path_factory.mktemp("dp")
     inputs = write_tiny_inputs(tmp, student_layers=2)
-    dirs = {"one": tmp / "one", "two": tmp / "two"}
-    for name, prefix in (("one", [sys.executable]), ("two", TORCHRUN)):
+    dirs = {"one": tmp / "one", "two": tmp / "two", "two-sharded": tmp / "two-sharded"}
+    for name, prefix, env in (("one", [sys.executable], {}), ("two", TORCHRUN, {}),
+                              ("two-sharded", TORCHRUN,
+                               {"KDENGINE_STUDENT_PLACEMENT": "sharded"})):
         args = tiny_run_args(inputs, dirs[name], steps=STEPS, eval_every=4, checkpoint_every=4,
                              log_every=1)
-        out = _run([*prefix, "-m", "kdengine", *args], tmp)
+        out = _run([*prefix, "-m", "kdengine", *args], tmp, **env)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     dirs["tmp"] = tmp
     return dirs
 
 
-def test_two_ranks_follow_the_one_process_loss_curve(runs: dict[str, Path]) -> None:
-    one, two = _losses(runs["one"]), _losses(runs["two"])
+@pytest.mark.parametrize("two_ranks", ["two", "two-sharded"])
+def test_two_ranks_follow_the_one_process_loss_curve(runs: dict[str, Path],
+                                                     two_ranks: str) -> None:
+    one, two = _losses(runs["one"]), _losses(runs[two_ranks])
     assert sorted(two) == list(range(1, STEPS + 1))
     assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
-    assert _val_losses(runs["two"]) == pytest.approx(_val_losses(runs["one"]), rel=1e-5)
+    assert _val_losses(runs[two_ranks]) == pytest.approx(_val_losses(runs["one"]), rel=1e-5)
+    placement = two_ranks.removeprefix("two-") if "-" in two_ranks else "replicated"
+    assert (f"trainable params, {placement} over 2 ranks"
+            in (runs[two_ranks] / "launch.log").read_text())
     # the loss must move, or equal curves would prove nothing
     assert two[STEPS] < two[1]
 
@@ -111,26 +120,31 @@ def _interrupted_copy(run_dir: Path, dest: Path, step: int) -> Path:
     return dest
 
 
-def test_a_sharded_checkpoint_resumes_exactly(runs: dict[str, Path]) -> None:
-    ckpt = runs["two"] / "checkpoints" / "step-00000004"
+@pytest.mark.parametrize("two_ranks", ["two", "two-sharded"])
+def test_a_sharded_checkpoint_resumes_exactly(runs: dict[str, Path], two_ranks: str) -> None:
+    """A DCP checkpoint of two ranks (the student replicated, or sharded with FSDP2) resumes
+    under torchrun bit for bit."""
+    ckpt = runs[two_ranks] / "checkpoints" / "step-00000004"
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["sharded"] is True and meta["world_size"] == 2
     assert (ckpt / ".metadata").exists() and not list(ckpt.parent.glob(".tmp-*"))
-    resumed = _interrupted_copy(runs["two"], runs["tmp"] / "resumed2", 4)
-    out = _run([*TORCHRUN, "-m", "kdengine", "train", "--resume", str(resumed)], runs["tmp"])
+    resumed = _interrupted_copy(runs[two_ranks], runs["tmp"] / f"resumed2-{two_ranks}", 4)
+    env = {"KDENGINE_STUDENT_PLACEMENT": "sharded"} if two_ranks == "two-sharded" else {}
+    out = _run([*TORCHRUN, "-m", "kdengine", "train", "--resume", str(resumed)], runs["tmp"],
+               **env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    whole, again = _losses(runs["two"]), _losses(resumed)
+    whole, again = _losses(runs[two_ranks]), _losses(resumed)
     assert sorted(again) == list(range(1, STEPS + 1))
     assert [again[s] for s in range(5, STEPS + 1)] == [whole[s] for s in range(5, STEPS + 1)]
     assert "resumed from" in (resumed / "launch.log").read_text()
 
 
 def test_one_process_resumes_a_two_rank_checkpoint(runs: dict[str, Path]) -> None:
-    resumed = _interrupted_copy(runs["two"], runs["tmp"] / "resumed1", 4)
+    resumed = _interrupted_copy(runs["two-sharded"], runs["tmp"] / "resumed1", 4)
     out = _run([sys.executable, "-m", "kdengine", "train", "--resume", str(resumed)],
                runs["tmp"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    whole, again = _losses(runs["two"]), _losses(resumed)
+    whole, again = _losses(runs["two-sharded"]), _losses(resumed)
     assert [again[s] for s in range(5, STEPS + 1)] == pytest.approx(
         [whole[s] for s in range(5, STEPS + 1)], rel=1e-5)
 
@@ -252,6 +266,31 @@ BENCH_TINY = ["--tiny", "--cpu-dtype", "bfloat16", "--seq-len", "32", "--per-ran
               "--warmup", "1", "--steps", "1", "--check-batch", "4", "--check-steps", "2"]
 
 
+def test_an_unknown_student_placement_in_the_environment_is_refused_naming_it(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    out = _run([sys.executable, "-m", "kdengine", "train", "--demo", "--run-dir", str(run_dir)],
+               tmp_path, timeout=60, KDENGINE_STUDENT_PLACEMENT="zero3")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "kdengine train: error: KDENGINE_STUDENT_PLACEMENT: is 'zero3': set it to replicated "
+        "(the whole student on every GPU), sharded (FSDP2) or auto (by its size), or unset it"]
+    assert not run_dir.exists()
+
+
+def test_a_student_is_replicated_while_its_training_state_is_a_tenth_of_a_gpu() -> None:
+    """16 bytes a parameter (fp32 weights and gradients, two AdamW moments) against the
+    device's memory: a 0.5B student on an H200 (8 GB of 141) is replicated, a 1.2B one (20 GB)
+    is sharded."""
+    from kdengine.distributed import student_placement_by_size
+
+    h200 = 150_109_880_320
+    assert student_placement_by_size(494_032_768, h200) == "replicated"  # Qwen2.5-0.5B
+    assert student_placement_by_size(596_049_920, h200) == "replicated"  # Qwen3-0.6B
+    assert student_placement_by_size(1_235_814_400, h200) == "sharded"  # Llama-3.2-1B
+    assert student_placement_by_size(10**6, float("inf")) == "replicated"  # the CPU (gloo)
+
+
 def test_fsdp_groups_take_consecutive_layers_up_to_a_size() -> None:
     """Layers of a few MB share a group (each group costs collectives and hooks every step);
     layers of a few hundred MB keep one each."""
@@ -279,15 +318,19 @@ def test_bf16_ranks_compute_the_one_process_function(tmp_path: Path) -> None:
     out = _run([sys.executable, str(BENCH), *BENCH_TINY, "--out", str(one)], tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     first = json.loads(one.read_text())["check_losses"]
-    # the tiny student's layers share one FSDP2 group by size; "compute" runs a group per layer
-    for gather, grouping in (("fp32", []), ("compute", ["--layers-per-group", "1"])):
+    # sharded: the tiny student's layers share one FSDP2 group by size, "compute" runs a group
+    # per layer; replicated: DDP, the whole student on each rank
+    sharded = ["--student-placement", "sharded"]
+    for gather, flags in (("fp32", sharded), ("compute", [*sharded, "--layers-per-group", "1"]),
+                          ("replicated", ["--student-placement", "replicated"])):
         two = tmp_path / f"two-{gather}.json"
-        _run([*TORCHRUN, str(BENCH), *BENCH_TINY, "--param-gather", gather, *grouping,
-              "--out", str(two)], tmp_path)
+        _run([*TORCHRUN, str(BENCH), *BENCH_TINY, *flags, "--out", str(two),
+              *(["--param-gather", gather] if gather != "replicated" else [])], tmp_path)
         # (a rank may abort at gloo's teardown after the result is written: the file counts)
         assert two.exists(), f"no result for {gather}"
         result = json.loads(two.read_text())
-        assert result["engine"]["optimizer"] == "ShardAdamW"
+        assert result["engine"]["optimizer"] == ("AdamW" if gather == "replicated"
+                                                 else "ShardAdamW")
         losses = result["check_losses"]
         assert losses[0] == pytest.approx(first[0], rel=1e-6), gather
         assert losses[1] == pytest.approx(first[1], rel=1e-4), gather
