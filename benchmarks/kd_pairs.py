@@ -1106,8 +1106,8 @@ def summary_tables(results: dict[str, Any]) -> str:
     scaled = [(pr, v) for pr in results["pairs"].values() for v in RANKS_OF
               if "tokens_per_s" in get(pr, v)]
     if scaled:
-        lines += ["", "Data parallel (torchrun, FSDP2 student; scaling = N-GPU tok/s / (N x "
-                  "1-GPU tok/s)):", "",
+        lines += ["", "Data parallel (torchrun, the student replicated or sharded by size; scaling "
+                  "= N-GPU tok/s / (N x 1-GPU tok/s)):", "",
                   "| pair | run | 1 GPU tok/s | N GPUs tok/s | N | scaling | dense MFU per GPU "
                   "(1 / N) | peak GiB (1 / N, rank 0) | first step (1 / N) |",
                   "|---|---|---:|---:|---:|---:|---|---|---|"]
