@@ -195,6 +195,62 @@ def test_a_signal_only_one_rank_receives_stops_every_rank_as_cancelled(
     assert "exitcode: 143" in stderr and "kdengine/" not in stderr
 
 
+# Two ranks of the tiny bench pair, trained by KDTrainer's own loop (a step left queued while
+# the next is queued); at step 3 only rank 1's own loss is NaN. Each rank writes how it ended.
+NAN_ON_ONE_RANK = textwrap.dedent("""
+    import argparse, json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    import multi_gpu
+    from kdengine.distributed import from_env
+    from kdengine.trainer import LossNotFinite
+
+    out, placement = Path(sys.argv[1]), sys.argv[3]
+    args = argparse.Namespace(
+        tiny=True, cpu_dtype="float32", teacher="auto", reshard="auto", param_gather="fp32",
+        no_prefetch=False, dtensor_optim=False, layers_per_group=None,
+        student_placement=placement, seq_len=32, no_compile=False)
+    dist = from_env("cpu")
+    run_dir = out / f"rank-{dist.rank}"
+    run_dir.mkdir(parents=True)
+    trainer, _, log = multi_gpu.make_trainer(args, dist, dist.device(multi_gpu.torch.device("cpu")),
+                                             4, 8, run_dir)
+    globalize = dist.globalize
+
+    def nan_on_rank_1_at_step_3(parts):  # the rank's own loss, before the ranks sum it
+        if dist.rank == 1 and trainer.step == 3 and parts.loss.requires_grad:
+            parts.loss = parts.loss * float("nan")
+        return globalize(parts)
+
+    dist.globalize = nan_on_rank_1_at_step_3
+    try:
+        trainer.run(evaluate_start=False)
+        ended = "completed"
+    except LossNotFinite as exc:
+        ended = str(exc)
+    (out / f"ended-{dist.rank}.json").write_text(json.dumps(
+        {"ended": ended, "step": trainer.step}))
+    log.close()
+    dist.close()
+""")
+
+
+@pytest.mark.parametrize("placement", ["replicated", "sharded"])
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path,
+                                                              placement: str) -> None:
+    """The backward runs on each rank's own loss, but the loss every rank reads (and the fused
+    update's guard) is the all-reduced one: rank 0, whose own loss is finite, stops at the same
+    step as rank 1, with no update applied, and neither waits for the other."""
+    script = tmp_path / "nan_rank.py"
+    script.write_text(NAN_ON_ONE_RANK)
+    out = _run([*TORCHRUN, str(script), str(tmp_path), str(BENCH.parent), placement],
+               tmp_path, timeout=180)
+    ended = {r: json.loads((tmp_path / f"ended-{r}.json").read_text()) for r in (0, 1)}
+    for rank in (0, 1):
+        assert ended[rank]["step"] == 3, (ended, out.stderr[-2000:])
+        assert ended[rank]["ended"].startswith("loss is nan at step 3"), ended
+
+
 # A rank that fails while rank 0 waits: in a collective (gloo raises when the peer's connection
 # closes) or stuck beyond what a collective reports (NCCL waits; rank 0's watcher ends the run).
 FAILING_RANK = textwrap.dedent("""
