@@ -1,27 +1,13 @@
-"""Data-parallel runs under `torchrun`: one global batch split over ranks by rows, the student
-replicated (DDP) or sharded with FSDP2 (`fully_shard`) by size, the teacher replicated or
-sharded by size, checkpoints through torch.distributed.checkpoint (DCP), and only rank 0
-writing events.
-
-`from_env()` reads torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK) and returns a `Dist`; with
-one process it is a no-op, so the trainer calls the same hooks either way. docs/distributed.md
-describes the whole design.
-
-Numerics: the KD loss is the mean over the valid tokens of the WHOLE global batch. Each rank
-divides its token sums by (global valid tokens / world size); FSDP2's reduce-scatter averages
-over ranks, so the gradient each shard gets is exactly the one-process gradient (the factors are
-powers of two for world sizes 2, 4, 8). The loss each rank reports is the global one.
-"""
+"""The process's place in a torchrun job (`Dist`, `from_env`) and every data-parallel hook the
+trainer calls: the batch's rows, the global loss, collectives, the models' placement
+(kdengine.distributed.placement), DCP checkpoints and the run's log (kdengine.distributed.logs).
+With one process each hook does nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import sys
-import threading
-import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,37 +17,26 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from kdengine import events as ev
 from kdengine.config import ConfigError, student_placement_from_env
+from kdengine.distributed.logs import RANK_NOTES, AgreedStop, RankLog, RelayLog
+from kdengine.distributed.placement import (
+    KEEP_GATHERED_UP_TO,
+    PARAM_GATHERS,
+    REPLICATE_TEACHER_UP_TO,
+    ShardAdamW,
+    device_memory,
+    fully_shard_decoder,
+    gather_policies,
+    local_shard,
+    param_bytes,
+    prefetch_during,
+    replicate_student,
+    sharded_grad_norm,
+    student_placement_by_size,
+)
 from kdengine.losses import IGNORE_INDEX, LossParts
 
-RANK_NOTES = ".rank-failures"  # RUN_DIR/.rank-failures/rank-N.json: a failed rank's last words
 SHARDED_MARK = "sharded"  # meta.json key of a DCP checkpoint
-# A teacher replicated on every GPU needs no all-gathers (fastest); one that would take more than
-# this share of a GPU's memory is sharded like the student.
-REPLICATE_TEACHER_UP_TO = 0.25
-# A student whose training state (fp32 weights and gradients, two AdamW moments: 16 bytes a
-# parameter) takes at most this share of a GPU is replicated on every rank (DDP: one bucketed
-# all-reduce of its gradients, plain tensors, little host work a step); a larger one is sharded
-# with FSDP2, whose per-group and per-parameter host work bounded a 0.5B student's 120 ms step
-# on 2 x H200 (issue 8: 0.77-0.94 of linear scaling, by the host's speed).
-REPLICATE_STUDENT_UP_TO = 0.1
-REPLICATE_BUCKET_MB = 100  # DDP's gradient buckets (torch's default 25: 4x the all-reduces)
-KEEP_GATHERED_UP_TO = 0.1
-# Consecutive decoder layers are grouped until a group holds this many bytes of parameters:
-# each FSDP2 group costs a collective each way, whose NCCL kernels wait on the other ranks while
-# holding SMs, and a set of host-side hooks. Measured on 2 x H200 (issue 8): a Qwen2.5-0.5B
-# student (24 layers of ~60 MB) scaled 0.68 with a group per layer and 0.94 with 4 layers a
-# group; a Llama-3.2-1B student (~240 MB a layer) 0.94 with one.
-GROUP_BYTES_AT_LEAST = 200 * 2**20
-# How the student's parameters travel in the all-gathers (Dist.param_gather):
-#   "fp32"        fp32, as stored; autocast casts each matmul's weight, as with one process
-#   "compute"     the decoder layers in the compute dtype (what autocast would cast them to),
-#                 inputs not cast: residual stream, embeddings and final norm stay fp32; the
-#                 only difference to one process is the layers' norm gains, rounded to bf16
-#   "compute-all" MixedPrecisionPolicy(param_dtype) on every group, inputs cast: the residual
-#                 stream in bf16 too; faster in eager mode, but not the one-process function
-PARAM_GATHERS = ("fp32", "compute", "compute-all")
 
 
 def torchrun_world_size(env: dict[str, str] | None = None) -> int:
@@ -211,9 +186,9 @@ class Dist:
         module = student.module
         if mode == "auto":
             mode = student_placement_by_size(sum(p.numel() for p in module.parameters()),
-                                             _device_memory(module))
+                                             device_memory(module))
         if mode == "replicated":
-            _replicate(module)
+            replicate_student(module)
         else:
             self.shard_student(student)
         self.student_placement = mode
@@ -237,11 +212,11 @@ class Dist:
         module = student.module
         reshard = self.reshard_student
         if reshard is None:
-            reshard = _bytes(module) > KEEP_GATHERED_UP_TO * _device_memory(module)
-        _fully_shard_decoder(module, reshard_layers=reshard, layers_per_group=self.layers_per_group,
-                             **_gather_policies(self.param_gather, self.compute_dtype))
+            reshard = param_bytes(module) > KEEP_GATHERED_UP_TO * device_memory(module)
+        fully_shard_decoder(module, reshard_layers=reshard, layers_per_group=self.layers_per_group,
+                             **gather_policies(self.param_gather, self.compute_dtype))
         if self._teacher is not None and self.prefetch_student:
-            _prefetch_during(self._teacher, module)
+            prefetch_during(self._teacher, module)
         return student
 
     def optimizer(self, params: list[torch.Tensor], **kwargs: Any) -> torch.optim.AdamW:
@@ -283,7 +258,7 @@ class Dist:
         norm as a device tensor (read it after the optimizer step is queued)."""
         if not self.local_update:
             return torch.nn.utils.clip_grad_norm_(params, max_norm)
-        grads = [_local(p.grad) for p in params if p.grad is not None]
+        grads = [local_shard(p.grad) for p in params if p.grad is not None]
         total = sharded_grad_norm(grads, self)
         if grads:
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
@@ -312,7 +287,7 @@ class Dist:
                 budget = torch.cuda.get_device_properties(device).total_memory
                 mode = "sharded" if size > REPLICATE_TEACHER_UP_TO * budget else "replicated"
         if mode == "sharded":
-            _fully_shard_decoder(module)
+            fully_shard_decoder(module)
         elif mode != "replicated":
             raise ValueError(f"teacher placement {mode!r} is not one of auto, sharded, replicated")
         self.teacher_placement = mode
@@ -445,167 +420,6 @@ def _cuda_rng() -> torch.Tensor | None:
     return torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
 
-def student_placement_by_size(params: int, device_bytes: float) -> str:
-    """replicated while the student's training state (16 bytes a parameter: fp32 weights and
-    gradients, two AdamW moments) takes at most REPLICATE_STUDENT_UP_TO of a device, else
-    sharded."""
-    return "replicated" if 16 * params <= REPLICATE_STUDENT_UP_TO * device_bytes else "sharded"
-
-
-def _replicate(module: nn.Module) -> None:
-    """DDP in place (its hooks on `module`'s forward): gradients averaged over ranks by bucketed
-    all-reduces during the backward, as FSDP2's reduce-scatter averages them."""
-    from torch.distributed._composable import replicate
-
-    device = next(module.parameters()).device
-    # per-block graphs stay whole: dynamo would otherwise split each at DDP's bucket edges
-    # (its gradients come out at the block's end either way, where their all-reduce starts)
-    torch._dynamo.config.optimize_ddp = False
-    replicate(module, device_id=device,  # (a CPU device: DDP's device_ids=None)
-              bucket_cap_mb=REPLICATE_BUCKET_MB, broadcast_buffers=False,
-              gradient_as_bucket_view=True)
-
-
-def _fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,
-                         layer_policy: Any = None, root_policy: Any = None,
-                         layers_per_group: int | None = None) -> None:
-    from torch.distributed.fsdp import fully_shard
-
-    layers = list(module.model.layers)
-    per_group = layers_per_group or layers_per_group_of(layers)
-    for i in range(0, len(layers), per_group):
-        group = layers[i:i + per_group]
-        kwargs = {"mp_policy": layer_policy} if layer_policy is not None else {}
-        fully_shard(group if len(group) > 1 else group[0], reshard_after_forward=reshard_layers,
-                    **kwargs)
-    kwargs = {"mp_policy": root_policy} if root_policy is not None else {}
-    fully_shard(module, reshard_after_forward=False, **kwargs)
-
-
-def layers_per_group_of(layers: list[nn.Module]) -> int:
-    """Consecutive layers a group takes to hold GROUP_BYTES_AT_LEAST (the layers are alike)."""
-    if not layers:
-        return 1
-    size = max(_bytes(layers[0]), 1)
-    return max(1, min(len(layers), -(-GROUP_BYTES_AT_LEAST // size)))
-
-
-def _gather_policies(mode: str, dtype: torch.dtype | None) -> dict[str, Any]:
-    """FSDP2 MixedPrecisionPolicy of the layers and the root for a Dist.param_gather mode.
-    Gradients are always reduced in fp32; fp32 runs gather fp32 whatever the mode."""
-    if mode == "fp32" or dtype not in (torch.bfloat16, torch.float16):
-        return {}
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    if mode == "compute":
-        # inputs not cast: the fp32 residual stream of autocast over fp32 weights is kept
-        return {"layer_policy": MixedPrecisionPolicy(param_dtype=dtype,
-                                                     reduce_dtype=torch.float32,
-                                                     cast_forward_inputs=False)}
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    return {"layer_policy": policy, "root_policy": policy}
-
-
-def _prefetch_during(teacher: nn.Module, student: nn.Module) -> None:
-    """Start the all-gathers of every student group (root first, then the layers in forward
-    order) when the teacher's forward starts, so they travel while the teacher computes. The
-    student's own forward then only waits for them. Training steps only (the student is in
-    train mode), and from the second step on: the first forward sets FSDP2's state up."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-
-    groups, seen = [], set()
-    for m in student.modules():  # one module per group (a group may hold several layers)
-        if isinstance(m, FSDPModule) and id(fully_shard.state(m)) not in seen:
-            seen.add(id(fully_shard.state(m)))
-            groups.append(m)
-    started = {"ready": False}
-
-    def ready(module: nn.Module, args: Any, output: Any) -> None:
-        started["ready"] = True
-
-    def start(module: nn.Module, args: Any) -> None:
-        if started["ready"] and student.training:
-            # the teacher runs under inference_mode: buffers made for the student must be
-            # normal tensors (autograd uses them in the student's forward)
-            with torch.inference_mode(False), torch.no_grad():
-                for group in groups:
-                    group.unshard(async_op=True)  # the group's forward waits for it
-
-    # eager even when the teacher's whole forward is compiled (the hook is then inside
-    # nn.Module.compile's frame): FSDP2's unshard is not something to trace
-    student.register_forward_hook(torch._dynamo.disable(ready))
-    teacher.register_forward_pre_hook(torch._dynamo.disable(start))
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The rank's own shard of a DTensor (a view: updating it updates the DTensor), or `t`."""
-    return getattr(t, "_local_tensor", t)
-
-
-class ShardAdamW(torch.optim.AdamW):
-    """torch's AdamW whose update runs on each rank's local shards.
-
-    The state (exp_avg, exp_avg_sq as DTensors, step) and state_dict are torch's own, so DCP
-    checkpoints and one-process resumes see a plain AdamW; the update is the same fused (CUDA)
-    or for-each kernel, handed the local tensors: AdamW is elementwise, so no communication is
-    needed, and the DTensor dispatch over hundreds of tensors (several ms a step) is skipped.
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        from torch.optim.adamw import adamw
-
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            exp_avgs: list[torch.Tensor] = []
-            exp_avg_sqs: list[torch.Tensor] = []
-            max_exp_avg_sqs: list[torch.Tensor] = []
-            steps: list[torch.Tensor] = []
-            # torch's own lazy state initialisation (DTensor state, step on the right device)
-            has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs,
-                                           max_exp_avg_sqs, steps)
-            beta1, beta2 = group["betas"]
-            adamw([_local(t) for t in params], [_local(t) for t in grads],
-                  [_local(t) for t in exp_avgs], [_local(t) for t in exp_avg_sqs],
-                  [_local(t) for t in max_exp_avg_sqs], steps,
-                  foreach=group["foreach"], capturable=group["capturable"],
-                  differentiable=group["differentiable"], fused=group["fused"],
-                  grad_scale=getattr(self, "grad_scale", None),
-                  found_inf=getattr(self, "found_inf", None), has_complex=has_complex,
-                  amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
-                  weight_decay=group["weight_decay"], eps=group["eps"],
-                  maximize=group["maximize"])
-        return loss
-
-
-def sharded_grad_norm(grads: list[torch.Tensor], dist: Dist) -> torch.Tensor:
-    """L2 norm over every rank's shards: the local shards' squared norms summed across ranks
-    (FSDP2 shards are disjoint, so nothing is counted twice)."""
-    local = [_local(g) for g in grads]
-    if local:
-        square = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local, 2.0)),
-                                          2.0).square()
-    else:
-        square = torch.zeros(())
-    return dist._sum(square.to(torch.float32).reshape(1))[0].sqrt()
-
-
-def _bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
-def _device_memory(module: nn.Module) -> float:
-    device = next(module.parameters()).device
-    if device.type == "cuda":
-        return float(torch.cuda.get_device_properties(device).total_memory)
-    return float("inf")  # the CPU (gloo tests): keep gathered
-
-
 def is_sharded_checkpoint(path: Path) -> bool:
     try:
         return bool(json.loads((Path(path) / "meta.json").read_text()).get(SHARDED_MARK))
@@ -632,192 +446,3 @@ def from_env(device_kind: str = "auto") -> Dist:
     if backend != "gloo":  # (every rank creates it: new_group is a collective)
         dist.host_group = tdist.new_group(backend="gloo")
     return dist
-
-
-class RankLog:
-    """The log of a rank other than 0: no events, no progress lines; an error goes to launch.log
-    prefixed `[rank N]` and into a note rank 0 turns into a `log` event with a `rank` field."""
-
-    def __init__(self, run_dir: Path, rank: int, dist: Dist | None = None) -> None:
-        self.run_dir, self.rank, self._dist = Path(run_dir), rank, dist
-        if dist is not None:
-            dist.barrier()  # rank 0 clears the old notes first
-        self.events = _EventsPath(self.run_dir / ev.EVENTS_FILE)
-
-    def line(self, text: str, *, terminal: bool = True) -> None:
-        pass
-
-    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True,
-              **fields: Any) -> None:
-        pass
-
-    def message(self, level: str, text: str) -> None:
-        if level == "error":
-            self._report(text, "")
-
-    def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
-        if type_ == ev.LOG and payload.get("level") == "error":
-            self._report(str(payload.get("message", "")), str(payload.get("traceback", "")))
-        return {}
-
-    def _report(self, message: str, tb: str) -> None:
-        if self._dist is not None:
-            self._dist.failed = True
-        prefix = f"[rank {self.rank}] "
-        text = prefix + "ERROR: " + message + "\n" + "".join(
-            prefix + line + "\n" for line in tb.rstrip().splitlines())
-        # stdout may already be launch.log (a launcher redirected torchrun there): write once
-        from kdengine.runlog import _same_file
-
-        log_path = self.run_dir / ev.LOG_FILE
-        if _same_file(sys.stdout, log_path):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:  # the terminal gets the one line, launch.log the traceback too
-            sys.stderr.write(prefix + "ERROR: " + message + "\n")
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-        notes = self.run_dir / RANK_NOTES
-        notes.mkdir(exist_ok=True)
-        tmp = notes / f".rank-{self.rank}.tmp"
-        tmp.write_text(json.dumps({"rank": self.rank, "message": message, "traceback": tb}))
-        os.replace(tmp, notes / f"rank-{self.rank}.json")
-
-    def close(self) -> None:
-        pass
-
-
-class _EventsPath:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-
-class RelayLog:
-    """Rank 0's RunLog behind a lock, with a watcher thread for the other ranks' failure notes.
-
-    A failed rank exits; rank 0 may then sit in a collective that never returns (NCCL) until
-    torchrun kills it. The watcher runs beside it: it emits each note as a `log` event with a
-    `rank` field at once and, if the main thread has not ended the run `grace` seconds later,
-    ends it (stage failed, run_finished failed) and exits the process.
-    """
-
-    def __init__(self, log: Any, dist: Dist, poll: float = 0.2, grace: float = 5.0) -> None:
-        self._log, self._lock, self._dist = log, threading.RLock(), dist
-        self.run_dir, self.events = log.run_dir, log.events
-        self._notes = Path(log.run_dir) / RANK_NOTES
-        self._reported: set[int] = set()
-        self._finished = False
-        self._stage: str | None = None
-        self._poll, self._grace = poll, grace
-        self._stop = threading.Event()
-        self._failed_at: float | None = None
-        self._thread = threading.Thread(target=self._watch, name="kdengine-rank-watch",
-                                        daemon=True)
-        self._thread.start()
-
-    def line(self, text: str, *, terminal: bool = True) -> None:
-        with self._lock:
-            self._log.line(text, terminal=terminal)
-
-    def message(self, level: str, text: str) -> None:
-        with self._lock:
-            self._log.message(level, text)
-
-    def stage(self, name: str, state: str, detail: str = "", *, terminal: bool = True,
-              **fields: Any) -> None:
-        with self._lock:
-            self._stage = name
-            self._log.stage(name, state, detail, terminal=terminal, **fields)
-
-    def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
-        with self._lock:
-            if type_ == ev.LOG and payload.get("level") == "error":
-                self._dist.failed = True
-                # rank 0's own error is often the echo of another rank's (a closed connection):
-                # report the other ranks first, so the root cause leads
-                self._drain(wait=2.0)
-            if self._finished:
-                return {}
-            if type_ == ev.RUN_FINISHED:
-                self._finished = True
-            return self._log.emit(type_, **payload)
-
-    def _drain(self, wait: float = 0.0) -> bool:
-        deadline = time.monotonic() + wait
-        while True:
-            found = False
-            for note in sorted(self._notes.glob("rank-*.json")) if self._notes.is_dir() else []:
-                try:
-                    data = json.loads(note.read_text())
-                except (OSError, ValueError):
-                    continue
-                if data["rank"] in self._reported:
-                    continue
-                self._reported.add(data["rank"])
-                self._dist.failed = True
-                found = True
-                self._log.emit(ev.LOG, level="error", rank=data["rank"],
-                               message=f"rank {data['rank']} failed: {data['message']}",
-                               traceback=data.get("traceback", ""))
-                self._log.line(f"ERROR: rank {data['rank']} failed: {data['message']}")
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.1)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self._poll):
-            try:
-                with self._lock:
-                    if self._finished:
-                        return
-                    if self._drain() and self._failed_at is None:
-                        self._failed_at = time.monotonic()
-                    if self._failed_at is not None and \
-                            time.monotonic() - self._failed_at > self._grace:
-                        self._end_run()
-            except Exception:  # the watcher must never take the run down by itself
-                traceback.print_exc()
-                return
-
-    def _end_run(self) -> None:
-        """The main thread is stuck in a collective with a dead peer: finish the run here."""
-        ranks = sorted(self._reported)
-        reason = f"rank {', '.join(map(str, ranks))} failed"
-        if self._stage:
-            self._log.stage(self._stage, "failed", reason)
-        self._log.emit(ev.RUN_FINISHED, status="failed", exit_code=1, error=reason,
-                       stage=self._stage, failed_ranks=ranks)
-        self._finished = True
-        self._log.line(f"ERROR: {reason}; rank 0 stops too")
-        self._log.close()
-        os._exit(1)
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            self._log.close()
-
-
-class AgreedStop:
-    """A stop flag (kdengine.stop.StopSignals) whose check() raises on every rank when any rank
-    received a signal: one small all-reduce between the processes at each check."""
-
-    def __init__(self, stop: Any, dist: Dist) -> None:
-        self._stop, self._dist = stop, dist
-
-    def __enter__(self) -> AgreedStop:
-        self._stop.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.__exit__(*exc)
-
-    @property
-    def received(self) -> str | None:
-        return self._stop.received
-
-    def check(self) -> None:
-        if self._dist.any_rank(bool(self._stop.received)):
-            if not self._stop.received:
-                self._stop.received = "SIGTERM"  # another rank's signal: name the usual one
-            self._stop.check()
