@@ -1,6 +1,7 @@
 """The run's log under torchrun: rank 0 writes events and relays the other ranks' failures
 (RelayLog), the others write only their errors (RankLog), and every rank stops at the same step
-on a signal any one of them received (AgreedStop)."""
+on a signal any one of them received (AgreedStop). `dist` below is the process's
+kdengine.distributed.Dist (typed Any: ranks.py, where it lives, imports this module)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdengine import events as ev
-
-if TYPE_CHECKING:
-    from kdengine.distributed.ranks import Dist
 
 RANK_NOTES = ".rank-failures"  # RUN_DIR/.rank-failures/rank-N.json: a failed rank's last words
 
@@ -25,7 +23,7 @@ class RankLog:
     """The log of a rank other than 0: no events, no progress lines; an error goes to launch.log
     prefixed `[rank N]` and into a note rank 0 turns into a `log` event with a `rank` field."""
 
-    def __init__(self, run_dir: Path, rank: int, dist: Dist | None = None) -> None:
+    def __init__(self, run_dir: Path, rank: int, dist: Any = None) -> None:
         self.run_dir, self.rank, self._dist = Path(run_dir), rank, dist
         if dist is not None:
             dist.barrier()  # rank 0 clears the old notes first
@@ -88,7 +86,7 @@ class RelayLog:
     ends it (stage failed, run_finished failed) and exits the process.
     """
 
-    def __init__(self, log: Any, dist: Dist, poll: float = 0.2, grace: float = 5.0) -> None:
+    def __init__(self, log: Any, dist: Any, poll: float = 0.2, grace: float = 5.0) -> None:
         self._log, self._lock, self._dist = log, threading.RLock(), dist
         self.run_dir, self.events = log.run_dir, log.events
         self._notes = Path(log.run_dir) / RANK_NOTES
@@ -189,7 +187,7 @@ class AgreedStop:
     """A stop flag (kdengine.stop.StopSignals) whose check() raises on every rank when any rank
     received a signal: one small all-reduce between the processes at each check."""
 
-    def __init__(self, stop: Any, dist: Dist) -> None:
+    def __init__(self, stop: Any, dist: Any) -> None:
         self._stop, self._dist = stop, dist
 
     def __enter__(self) -> AgreedStop:

@@ -5,13 +5,10 @@ AdamW update and gradient norm on FSDP2's local shards. kdengine.distributed.Dis
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from kdengine.distributed.ranks import Dist
 
 # A teacher replicated on every GPU needs no all-gathers (fastest); one that would take more than
 # this share of a GPU's memory is sharded like the student.
@@ -178,7 +175,8 @@ class ShardAdamW(torch.optim.AdamW):
         return loss
 
 
-def sharded_grad_norm(grads: list[torch.Tensor], dist: Dist) -> torch.Tensor:
+def sharded_grad_norm(grads: list[torch.Tensor],
+                      sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """L2 norm over every rank's shards: the local shards' squared norms summed across ranks
     (FSDP2 shards are disjoint, so nothing is counted twice)."""
     local = [local_shard(g) for g in grads]
@@ -187,7 +185,7 @@ def sharded_grad_norm(grads: list[torch.Tensor], dist: Dist) -> torch.Tensor:
                                           2.0).square()
     else:
         square = torch.zeros(())
-    return dist._sum(square.to(torch.float32).reshape(1))[0].sqrt()
+    return sum_over_ranks(square.to(torch.float32).reshape(1))[0].sqrt()
 
 
 def param_bytes(module: nn.Module) -> int:

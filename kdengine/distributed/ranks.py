@@ -251,7 +251,7 @@ class Dist:
         of a scalar, no host sync), as torch.nn.utils.get_total_norm computes it."""
         if not self.local_update:
             return torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
-        return sharded_grad_norm(grads, self)
+        return sharded_grad_norm(grads, self._sum)
 
     def clip_grad_norm_(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
         """torch.nn.utils.clip_grad_norm_ of the whole model's gradients; returns the total
@@ -259,7 +259,7 @@ class Dist:
         if not self.local_update:
             return torch.nn.utils.clip_grad_norm_(params, max_norm)
         grads = [local_shard(p.grad) for p in params if p.grad is not None]
-        total = sharded_grad_norm(grads, self)
+        total = sharded_grad_norm(grads, self._sum)
         if grads:
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             torch._foreach_mul_(grads, coef.to(grads[0].dtype))
