@@ -59,8 +59,8 @@ def replicate_student(module: nn.Module) -> None:
 
 
 def fully_shard_decoder(module: nn.Module, reshard_layers: bool = True,
-                         layer_policy: Any = None, root_policy: Any = None,
-                         layers_per_group: int | None = None) -> None:
+                        layer_policy: Any = None, root_policy: Any = None,
+                        layers_per_group: int | None = None) -> None:
     from torch.distributed.fsdp import fully_shard
 
     layers = list(module.model.layers)

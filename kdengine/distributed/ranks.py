@@ -214,7 +214,7 @@ class Dist:
         if reshard is None:
             reshard = param_bytes(module) > KEEP_GATHERED_UP_TO * device_memory(module)
         fully_shard_decoder(module, reshard_layers=reshard, layers_per_group=self.layers_per_group,
-                             **gather_policies(self.param_gather, self.compute_dtype))
+                            **gather_policies(self.param_gather, self.compute_dtype))
         if self._teacher is not None and self.prefetch_student:
             prefetch_during(self._teacher, module)
         return student
