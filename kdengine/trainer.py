@@ -201,11 +201,12 @@ class KDTrainer:
         # the compute dtype); the fused CUDA kernel updates every tensor in one launch
         # (on the CPU too: the same guarded update, so the same overlapped loop)
         fused = device.type in ("cuda", "cpu")
-        # (data parallel: the same update on each rank's local shards, kdengine.distributed)
+        # (torchrun: a replicated student's whole update on every rank, a sharded one's on each
+        # rank's local shards; kdengine.distributed)
         self.optimizer = self.dist.optimizer(params, lr=config.lr, betas=(0.9, 0.95),
                                              weight_decay=config.weight_decay, fused=fused)
-        # the fused kernel: clipping folded into the update (no extra pass); data parallel,
-        # the norm is the all-reduced one of the local shards
+        # the fused kernel: clipping folded into the update (no extra pass); a sharded student's
+        # norm is the all-reduced one of the local shards
         self._fused_update = fused and not self.dist.update_on_dtensors
         self._update_kind = {key: self.optimizer.param_groups[0][key]
                              for key in ("fused", "foreach", "capturable")}
@@ -483,8 +484,8 @@ class KDTrainer:
         its loss one step late, and the GPU never waits for the host between steps). Only where
         the device guards the update (fused AdamW, no loss scaler to update in between; under
         torchrun the ranks agree on a stop over the host, so nothing waits for the device), never
-        for sampled steps, the first (its start-up time), the last, or a step an
-        evaluation or a checkpoint follows."""
+        for sampled steps, the first (its start-up time), the last, or a step an evaluation or a
+        checkpoint follows."""
         return (self._fused_update and not self.scaler.is_enabled() and self.rollout is None
                 and self.startup_s is not None
                 and step < self.config.steps and not self._evaluates_after(step)
