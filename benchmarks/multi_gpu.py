@@ -377,7 +377,7 @@ def summary_table(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="write the result JSON here (rank 0)")
     p.add_argument("--compare", nargs=2, metavar=("ONE", "MANY"),
@@ -415,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--comm-probe", action="store_true",
                    help="N ranks: time an all-gather and a reduce-scatter first")
     p.add_argument("--summary", metavar="DIR", help="print the table of a multi_gpu.sh OUT_DIR")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.summary:
         print(summary_table(Path(args.summary)))
         return 0

@@ -198,7 +198,7 @@ def test_a_signal_only_one_rank_receives_stops_every_rank_as_cancelled(
 # Two ranks of the tiny bench pair, trained by KDTrainer's own loop (a step left queued while
 # the next is queued); at step 3 only rank 1's own loss is NaN. Each rank writes how it ended.
 NAN_ON_ONE_RANK = textwrap.dedent("""
-    import argparse, json, sys
+    import json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     import multi_gpu
@@ -206,10 +206,7 @@ NAN_ON_ONE_RANK = textwrap.dedent("""
     from kdengine.trainer import LossNotFinite
 
     out, placement = Path(sys.argv[1]), sys.argv[3]
-    args = argparse.Namespace(
-        tiny=True, cpu_dtype="float32", teacher="auto", reshard="auto", param_gather="fp32",
-        no_prefetch=False, dtensor_optim=False, layers_per_group=None,
-        student_placement=placement, seq_len=32, no_compile=False)
+    args = multi_gpu.parse_args(["--tiny", "--seq-len", "32", "--student-placement", placement])
     dist = from_env("cpu")
     run_dir = out / f"rank-{dist.rank}"
     run_dir.mkdir(parents=True)
