@@ -2,7 +2,9 @@
 
 1. check: `Fp8Linear` (torch._scaled_mm, rowwise e4m3) against the same product written out in
    fp32 from the dequantized operands, and against the bf16 linear, on each teacher's block
-   shapes at 8192 rows; eager and compiled.
+   shapes at 8192 rows; eager and compiled. And the one-pass SwiGLU quantization before each
+   down projection (the Triton kernel `Fp8Linear.swiglu` uses) against the same torch ops,
+   eager and compiled as Inductor fuses them: the e4m3 values and scales, and the time of each.
 2. drift on real text: the demo teacher (trained on the Python stdlib, kdengine.demo) in bf16
    against its FP8 self, both compiled as a run compiles them, on held-out stdlib text: mean
    per-token KL(bf16 || FP8), held-out CE of each, top-1 agreement; and, for scale, the same
@@ -39,6 +41,7 @@ from pairs import MODELS, random_model  # noqa: E402
 from kdengine.models.fp8 import (  # noqa: E402
     Fp8Head,
     Fp8Linear,
+    dequantize,
     quantize_rowwise,
     quantize_teacher,
     reference_linear,
@@ -107,6 +110,49 @@ def check_ops(names: list[str], device: torch.device) -> None:
                  fp8_tflops_with_quant=flops / t_fp8 / 1e12, fp8_tflops_mm=flops / t_mm / 1e12,
                  speedup=t_bf16 / t_fp8,
                  ok=rel(eager, ref) < 2e-2 and rel(compiled, eager) < 2e-2)
+        check_swiglu(name, inter, h, device, gen)
+
+
+def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
+                 gen: torch.Generator) -> None:
+    """The Triton kernel against torch's ops, and the down projection through it."""
+    from kdengine.models import fp8 as fp8_module
+    from kdengine.models.fp8_kernels import swiglu_quantize_rows as kernel
+
+    gate_up = torch.randn(8192, 2 * inter, device=device, generator=gen, dtype=torch.bfloat16)
+    gate_up[:64] *= 40  # rows with outliers, as a trained MLP has
+    fresh_compiler()
+    torch_ops = fp8_module.quantize_rowwise_of_swiglu  # the unfused math, in torch ops
+    compiled = torch.compile(torch_ops)
+    runs = {"kernel": lambda: kernel(gate_up), "compiled": lambda: compiled(gate_up),
+            "eager": lambda: torch_ops(gate_up)}
+    out = {k: fn() for k, fn in runs.items()}
+    ms = {k: 1e3 * statistics.median(timed(fn)) for k, fn in runs.items()}
+    moved = gate_up.numel() * 2 + gate_up.numel() // 2 + 8192 * 4  # read bf16, write e4m3
+    row = {"phase": "check", "model": name, "part": "swiglu_quantize", "shape": [8192, inter],
+           "ms": ms, "kernel_tb_s": moved / ms["kernel"] / 1e9}
+    for other in ("compiled", "eager"):
+        a, b = (dequantize(*out["kernel"]), dequantize(*out[other]))
+        differ = out["kernel"][0].view(torch.uint8) != out[other][0].view(torch.uint8)
+        # one e4m3 step apart at most: 2^-3 of the value, or the smallest subnormal step
+        step = torch.maximum(a.abs(), b.abs()) * 2.0 ** -3 + out[other][1] * 2.0 ** -9
+        row[f"vs_{other}"] = {
+            "values_differing": float(differ.float().mean()),
+            "beyond_one_step": int(((a - b).abs() > step * 1.001).sum()),
+            "scale_rel_max": float(((out["kernel"][1] - out[other][1]).abs()
+                                    / out[other][1]).max())}
+    layer = Fp8Linear(torch.randn(hidden_size, inter, device=device, generator=gen,
+                                  dtype=torch.bfloat16) * 0.02)
+    fp8_module._load_swiglu_kernel()
+    gate, up = gate_up.chunk(2, dim=-1)
+    row["down_err_vs_unfused"] = rel(layer.swiglu(gate_up), layer(F.silu(gate) * up))
+    row["ok"] = (all(row[f"vs_{o}"]["beyond_one_step"] == 0
+                     and row[f"vs_{o}"]["values_differing"] < 0.1
+                     # eager rounds silu(gate) and the product to bf16: two roundings
+                     and row[f"vs_{o}"]["scale_rel_max"] < 2.0 ** -6
+                     for o in ("compiled", "eager"))
+                 and row["down_err_vs_unfused"] < 1e-2)
+    emit(**row)
 
 
 def kl_stats(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> dict:

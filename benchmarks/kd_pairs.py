@@ -24,6 +24,8 @@ clip 1.0. Variants, in the order they run:
   naive      transformers' models, full logits of both, fp32 log_softmax of both, KL + CE
   bare       kdengine's KDTrainer.train_step in this process (no CLI, no data pipeline)
   bare-fp8   the same with the teacher quantized to FP8 (kdengine.models.fp8.quantize_teacher)
+  bare-fp8-torch  bare-fp8 with each MLP's SwiGLU and its quantization left to Inductor, not
+             the one-pass Triton kernel the engine uses (what the kernel saves, same machine)
   bare-fp8s  and the student's matmuls in FP8 too (kdengine.models.fp8_train.use_fp8_matmuls)
 
 The CLI runs are stopped with SIGTERM (a cancel) once they have logged the steps needed, so no
@@ -66,7 +68,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("cli", "cli-warm", "cli-warm-env", "cli-ckpt", "cli-fp8", "cli-fp8s", "cli-ranks",
-            "cli-ranks-fp8", "liger", "naive", "bare", "bare-fp8", "bare-fp8s")
+            "cli-ranks-fp8", "liger", "naive", "bare", "bare-fp8", "bare-fp8-torch", "bare-fp8s")
 RANKS_OF = {"cli-ranks": "cli", "cli-ranks-fp8": "cli-fp8"}  # each against its one-GPU run
 ESSENTIAL = ("cli", "cli-fp8", "cli-fp8s", "liger")  # kept in the budget for the later pairs
 GIB = 2**30
@@ -127,7 +129,7 @@ class Plan:
     # estimates use it)
     EFFICIENCY = {"cli": 0.55, "cli-warm": 0.55, "cli-warm-env": 0.55, "cli-fp8": 0.65,
                   "cli-fp8s": 0.75, "cli-ckpt": 0.55, "cli-ranks": 0.5, "cli-ranks-fp8": 0.6,
-                  "bare": 0.55, "bare-fp8": 0.65,
+                  "bare": 0.55, "bare-fp8": 0.65, "bare-fp8-torch": 0.65,
                   "bare-fp8s": 0.75, "liger": 0.45, "naive": 0.3}
 
     def __init__(self, args: argparse.Namespace, ceiling: float) -> None:
@@ -145,7 +147,7 @@ class Plan:
             return {"write": 1, "cli": 8, "cli-warm": 8, "cli-warm-env": 8, "cli-fp8": 8,
                     "cli-fp8s": 8, "cli-ckpt": 8, "cli-ranks": 15, "cli-ranks-fp8": 15,
                     "liger": 3, "naive": 3, "bare": 3,
-                    "bare-fp8": 3, "bare-fp8s": 3}[phase]
+                    "bare-fp8": 3, "bare-fp8-torch": 3, "bare-fp8s": 3}[phase]
         if phase == "write":
             return 2 + pair.weight_bytes / 1.5e9
         load = pair.weight_bytes / 2e9
@@ -177,6 +179,7 @@ class Plan:
             "naive": 4 + 1.5 * load + inproc_steps * step,
             "bare": 4 + load + 8 + 0.1 * (lt + ls) + inproc_steps * step,
             "bare-fp8": 4 + load + 8 + 0.4 * lt + inproc_steps * step,
+            "bare-fp8-torch": 4 + load + 8 + 0.4 * lt + inproc_steps * step,
             "bare-fp8s": 4 + load + 8 + 0.4 * ls + inproc_steps * step,
         }[phase]
 
@@ -652,10 +655,11 @@ def _liger_steps(args, pair, device, dtype, ids, labels, loss_fn, apply) -> dict
 
 
 def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
-             fp8_student: bool = False) -> dict[str, Any]:
+             fp8_student: bool = False, swiglu_kernel: bool = True) -> dict[str, Any]:
     """KDTrainer.train_step on the pair's checkpoints, the batch fixed (kd_throughput's
     kdengine variant, on these models and this objective); `fp8`: the teacher quantized as
-    --teacher-dtype float8 does; `fp8_student`: the student's matmuls too, as
+    --teacher-dtype float8 does (`swiglu_kernel` False: SwiGLU and its quantization compiled by
+    Inductor instead); `fp8_student`: the student's matmuls too, as
     --student-matmuls float8. With --profile, its GPU kernel time by kind goes to
     OUT/profile_<pair>_<variant>.txt."""
     from kdengine.config import RunConfig
@@ -669,7 +673,8 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
     if fp8:
         from kdengine.models.fp8 import quantize_teacher
 
-        quantize_teacher(teacher.requires_grad_(False).eval())  # frozen, as load_teacher's
+        # frozen, as load_teacher's
+        quantize_teacher(teacher.requires_grad_(False).eval(), swiglu_kernel=swiglu_kernel)
     student = load_decoder(pair.student_dir, torch.float32, device).train()
     if fp8_student:
         from kdengine.models.fp8_train import use_fp8_matmuls
@@ -690,7 +695,8 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
         trainer.sampler = kt.FixedBatch(ids.cpu(), labels.cpu())
         out = timed_steps(lambda: trainer.train_step()["loss"], args, device)
         if args.profile and device.type == "cuda":
-            variant = "bare-fp8s" if fp8_student else "bare-fp8" if fp8 else "bare"
+            variant = ("bare-fp8s" if fp8_student else "bare" if not fp8
+                       else "bare-fp8" if swiglu_kernel else "bare-fp8-torch")
             name = f"profile_{pair.name}_{variant}.txt"
             kt.profile_steps(lambda: trainer.train_step()["loss"], device, args.out / name)
             out["profile"] = name
@@ -821,6 +827,7 @@ class Bench:
         os.environ.update(pair.env())  # in-process compiles share the pair's caches
         in_process = {"liger": run_liger, "naive": run_naive, "bare": run_bare,
                       "bare-fp8": partial(run_bare, fp8=True),
+                      "bare-fp8-torch": partial(run_bare, fp8=True, swiglu_kernel=False),
                       "bare-fp8s": partial(run_bare, fp8=True, fp8_student=True)}
         for v in self.variants_of(pair):
             skip = self.precondition(pair, v)
@@ -859,7 +866,7 @@ class Bench:
         if variant in RANKS_OF and self.args.ranks < 2:
             return (f"{self.args.ranks} device here: {variant} needs --ranks N >= 2 "
                     "(one GPU per rank)")
-        if variant in ("cli-fp8", "bare-fp8", "cli-ranks-fp8"):
+        if variant in ("cli-fp8", "bare-fp8", "bare-fp8-torch", "cli-ranks-fp8"):
             return self.fp8_missing
         if variant in ("cli-fp8s", "bare-fp8s"):
             return self.fp8_missing or self.student_missing
@@ -1029,7 +1036,7 @@ def first_losses(res: dict[str, Any]) -> None:
     """The in-process variants start from the same weights and batch with the same objective:
     their first losses agree (bf16) unless one of them computes something else."""
     seen = {k: v["first_loss"] for k, v in res["variants"].items()
-            if k in ("liger", "naive", "bare", "bare-fp8")
+            if k in ("liger", "naive", "bare", "bare-fp8", "bare-fp8-torch")
             and isinstance(v.get("first_loss"), float)}
     if len(seen) > 1:
         lo, hi = min(seen.values()), max(seen.values())

@@ -256,8 +256,13 @@ class MLP(nn.Module):
         self.concat_gate_up = False
         self.gate_up_linear: nn.Module | None = None  # as Attention.qkv_linear
         self.fp8_matmuls = False  # as Attention's
+        # an FP8 teacher's down_proj takes gate/up whole: SwiGLU and the quantization of its
+        # rows are one pass (kdengine.models.fp8.Fp8Linear.swiglu)
+        self.fused_swiglu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_swiglu:
+            return self.down_proj.swiglu(self.gate_up_linear(x))
         if self.gate_up_linear is not None:
             gate, up = self.gate_up_linear(x).chunk(2, dim=-1)
         elif self.gate_up_weight is not None:

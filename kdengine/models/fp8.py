@@ -8,10 +8,13 @@ scales in its epilogue: y = (x_q @ W_q^T) * s_x * s_w^T, in the activations' dty
 
 Why rowwise: one scale for a whole tensor lets a single outlier row flatten every other row
 into a few e4m3 values; per-row scales cost one fp32 number a row and nothing per element.
-Why the activation's quantization needs no pass of its own: the teacher's whole forward is one
-torch.compile graph (kdengine.compiled.compile_teacher), so Inductor folds the row amax and the
-cast into the kernel that makes the activation (the RMSNorm before q/k/v and gate/up, SwiGLU
-before down, attention's output before o). Eager (the CPU, tests) runs the same ops unfused.
+Why the activation's quantization needs no pass of its own: the teacher's blocks are compiled
+(kdengine.compiled.compile_teacher), so Inductor folds the row amax and the cast into the
+kernel that makes the activation (the RMSNorm before q/k/v and gate/up, attention's output
+before o). SwiGLU before down is the exception: its rows are too wide for Inductor's one-pass
+reductions, so on the GPU one Triton kernel makes and quantizes them
+(kdengine.models.fp8_kernels.swiglu_quantize_rows; `Fp8Linear.swiglu`). Eager (the CPU, tests)
+runs the same ops unfused.
 
 What stays in the compute dtype: embeddings, norms and attention itself. The lm head has an
 FP8 copy (`Fp8Head`) for the KD loss's teacher logits, whose hidden rows are quantized chunk by
@@ -43,6 +46,35 @@ def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return values.float() * scale
+
+
+# kdengine.models.fp8_kernels.swiglu_quantize_rows where CUDA and Triton are (loaded by
+# quantize_teacher, outside any traced code), else None: torch ops compute the same numbers
+_swiglu_kernel = None
+
+
+def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rowwise(silu(gate) * up) for gate_up [n, 2 * inter] (gate, then up): one pass
+    over the rows on the GPU."""
+    if _swiglu_kernel is not None and gate_up.is_cuda:
+        return _swiglu_kernel(gate_up.contiguous())
+    return quantize_rowwise_of_swiglu(gate_up)
+
+
+def quantize_rowwise_of_swiglu(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same numbers in torch ops (the CPU; the reference the kernel is checked against)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return quantize_rowwise(F.silu(gate) * up)
+
+
+def _load_swiglu_kernel() -> None:
+    global _swiglu_kernel
+    if _swiglu_kernel is None and torch.cuda.is_available():
+        try:
+            from kdengine.models.fp8_kernels import swiglu_quantize_rows as kernel
+        except ImportError:  # no Triton: torch ops compute the same values
+            return
+        _swiglu_kernel = kernel
 
 
 def fp8_supported(device: torch.device) -> bool:
@@ -82,16 +114,27 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         out = self._rows(x.reshape(-1, shape[-1]), self.out_features)
+        return self._finish(out, shape[:-1])
+
+    def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) from a gate/up projection's output [..., 2 * in_features]:
+        SwiGLU and its rows' quantization in one pass on the GPU (swiglu_quantize_rows)."""
+        shape = gate_up.shape
+        out = self._rows(gate_up.reshape(-1, shape[-1]), self.out_features,
+                         quantize=swiglu_quantize_rows)
+        return self._finish(out, shape[:-1])
+
+    def _finish(self, out: torch.Tensor, leading: torch.Size) -> torch.Tensor:
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
-        return out.reshape(*shape[:-1], self.out_features)
+        return out.reshape(*leading, self.out_features)
 
-    def _rows(self, rows: torch.Tensor, outputs: int) -> torch.Tensor:
-        """rows [n, in] @ the first `outputs` rows of W, transposed: [n, outputs]."""
+    def _rows(self, rows: torch.Tensor, outputs: int, quantize=quantize_rowwise) -> torch.Tensor:
+        """quantize(rows) [n, in] @ the first `outputs` rows of W, transposed: [n, outputs]."""
         count = rows.shape[0]
         if count % 16:  # some FP8 GEMM kernels want 16-aligned rows (decode steps): zero rows
             rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
-        values, scale = quantize_rowwise(rows)
+        values, scale = quantize(rows)
         return torch._scaled_mm(values, self.weight[:outputs].t(), scale_a=scale,
                                 scale_b=self.weight_scale[:, :outputs], out_dtype=rows.dtype,
                                 use_fast_accum=True)[:count]
@@ -140,14 +183,18 @@ def reference_linear(x: torch.Tensor, layer: Fp8Linear) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_teacher(model: nn.Module) -> int:
+def quantize_teacher(model: nn.Module, swiglu_kernel: bool = True) -> int:
     """Replace a frozen Decoder's block projections by `Fp8Linear`s, in place, and give it an
     FP8 copy of its lm head (`lm_head_fp8`); returns how many FP8 layers.
 
     q/k/v and gate/up are fused first (Decoder.fuse_for_inference: one FP8 matmul each). The
     compute-dtype copies are released, so the teacher's weights take about half the memory. The
-    model is inference-only afterwards: its state_dict no longer has the HF layout."""
+    model is inference-only afterwards: its state_dict no longer has the HF layout.
+    swiglu_kernel: each MLP makes and quantizes its down projection's input in one pass
+    (`Fp8Linear.swiglu`); False leaves SwiGLU to the compiler (benchmarks compare the two)."""
     model.fuse_for_inference()
+    if swiglu_kernel:
+        _load_swiglu_kernel()
     count = 0
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -166,6 +213,8 @@ def quantize_teacher(model: nn.Module) -> int:
             if isinstance(linear, nn.Linear) and quantizable(linear.weight):
                 setattr(owner, name, Fp8Linear(linear.weight, linear.bias))
                 count += 1
+        mlp.fused_swiglu = (swiglu_kernel and mlp.gate_up_linear is not None
+                            and isinstance(mlp.down_proj, Fp8Linear))
     head = model.lm_head_weight
     if quantizable(head):  # a copy: the embedding (tied) and sampling keep the weight itself
         # outside the module tree: not a second lm head in the parameter count (MFU) or the

@@ -24,6 +24,7 @@ from kdengine.models.fp8 import (
     quantize_rowwise,
     quantize_teacher,
     reference_linear,
+    swiglu_quantize_rows,
 )
 
 # e4m3 keeps 3 mantissa bits: a value in the normal range rounds to within 2^-4 of itself
@@ -140,6 +141,32 @@ def test_a_quantized_teacher_keeps_its_distribution_its_parameter_count_and_halv
     kl = (p_full.exp() * (p_full - p_fp8)).sum(-1).mean()
     spread = (p_full.exp() * -p_full).sum(-1).mean()  # the teacher's own entropy, for scale
     assert kl < 0.01 * spread, (kl, spread)
+
+
+def test_swiglu_and_its_quantization_in_one_step_are_the_quantized_product_of_gate_and_up():
+    gen = torch.Generator().manual_seed(7)
+    gate_up = torch.randn(24, 2 * 48, generator=gen).to(torch.bfloat16) * 3
+    gate_up[5] = 0  # an all-zero row: zero values, a positive scale
+    values, scale = swiglu_quantize_rows(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    hidden = torch.nn.functional.silu(gate) * up
+    expected_values, expected_scale = quantize_rowwise(hidden)
+    assert values.dtype == E4M3 and values.shape == (24, 48) and scale.shape == (24, 1)
+    assert torch.equal(values.view(torch.uint8), expected_values.view(torch.uint8))
+    assert torch.equal(scale, expected_scale) and bool((scale > 0).all())
+    assert not bool(values[5].float().any())
+
+
+@pytest.mark.parametrize("tokens", [48, 13])  # 13: rows padded to the FP8 GEMM's 16
+def test_a_teacher_whose_down_projection_takes_gate_and_up_whole_computes_the_same_logits(tokens):
+    fused, unfused = _peaked_decoder(), _peaked_decoder()
+    quantize_teacher(fused)
+    quantize_teacher(unfused, swiglu_kernel=False)
+    assert all(layer.mlp.fused_swiglu for layer in fused.model.layers)
+    assert not any(layer.mlp.fused_swiglu for layer in unfused.model.layers)
+    ids = torch.randint(0, 256, (2, tokens), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(fused.logits(ids), unfused.logits(ids))
 
 
 def test_a_quantized_teacher_generates(tmp_path):
