@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -117,6 +118,7 @@ def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
                  gen: torch.Generator) -> None:
     """The Triton kernel against torch's ops, and the down projection through it."""
     from kdengine.models import fp8 as fp8_module
+    from kdengine.models.fp8_kernels import launch_swiglu_quantize_rows
     from kdengine.models.fp8_kernels import swiglu_quantize_rows as kernel
 
     gate_up = torch.randn(8192, 2 * inter, device=device, generator=gen, dtype=torch.bfloat16)
@@ -127,7 +129,11 @@ def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
     runs = {"kernel": lambda: kernel(gate_up), "compiled": lambda: compiled(gate_up),
             "eager": lambda: torch_ops(gate_up)}
     out = {k: fn() for k, fn in runs.items()}
-    ms = {k: 1e3 * statistics.median(timed(fn)) for k, fn in runs.items()}
+    values, scale = (torch.empty_like(t) for t in out["kernel"])
+    for warps in (4, 8, 16):  # the kernel's threads per row (fp8_kernels.SWIGLU_WARPS)
+        runs[f"kernel_{warps}_warps"] = partial(launch_swiglu_quantize_rows, gate_up, values,
+                                                scale, warps)
+    ms = {k: 1e3 * statistics.median(timed(fn, steps=20)) for k, fn in runs.items()}
     moved = gate_up.numel() * 2 + gate_up.numel() // 2 + 8192 * 4  # read bf16, write e4m3
     row = {"phase": "check", "model": name, "part": "swiglu_quantize", "shape": [8192, inter],
            "ms": ms, "kernel_tb_s": moved / ms["kernel"] / 1e9}

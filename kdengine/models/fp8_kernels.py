@@ -19,7 +19,10 @@ teacher's MLP is 8,960-9,728 wide: past Inductor's limit for keeping a row in re
 fused kernel loops over each row twice (the amax, then the cast), at ~1.5 TB/s (7.1 ms of
 Qwen2.5-1.5B's 104 ms step, 9.4 ms of Qwen3-4B's 172 ms; docs/performance.md, issue 16).
 `swiglu_quantize_rows` keeps the whole row in registers: one read of gate and up, one write of
-the e4m3 row and its scale.
+the e4m3 row and its scale. Its first version (a single power-of-two block a row, IEEE
+divisions) was slower than Inductor's (0.34 against 0.29 ms, 1.2 TB/s): the pass is bound by
+its arithmetic and its masked lanes, not by memory, so the row is two blocks and the divisions
+are one a row and the sigmoid's fast one.
 
 Imported only where CUDA and Triton are; everywhere else the callers run the same math in torch
 ops. Registered as `triton_op`s, so torch.compile traces each as one node of the graph.
@@ -63,40 +66,68 @@ def quantize_columns_t(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _swiglu_quantize_rows(gate_up_ptr, out_ptr, scale_ptr, cols, row_stride,
-                          BLOCK: tl.constexpr, MIN_AMAX: tl.constexpr):
+                          HEAD: tl.constexpr, TAIL: tl.constexpr):
+    # (1e-12 and 448: kdengine.models.fp8's MIN_AMAX and E4M3_MAX)
     row = tl.program_id(0).to(tl.int64)
-    c = tl.arange(0, BLOCK)
-    inside = c < cols
-    base = gate_up_ptr + row * row_stride
-    gate = tl.load(base + c, mask=inside, other=0.0)
-    up = tl.load(base + cols + c, mask=inside, other=0.0).to(tl.float32)
+    gate = gate_up_ptr + row * row_stride
+    up = gate + cols
+    head = tl.arange(0, HEAD)  # HEAD <= cols: no mask
+    tail = HEAD + tl.arange(0, TAIL)
+    h_head = _swiglu(tl.load(gate + head), tl.load(up + head))
+    h_tail = _swiglu(tl.load(gate + tail, mask=tail < cols, other=0.0),
+                     tl.load(up + tail, mask=tail < cols, other=0.0))  # masked lanes: 0
+    amax = tl.maximum(tl.maximum(tl.max(tl.abs(h_head), axis=0),
+                                 tl.max(tl.abs(h_tail), axis=0)), 1e-12)
+    tl.store(scale_ptr + row, amax / 448.0)
+    inv = 448.0 / amax  # one division a row; each value is multiplied
+    out = out_ptr + row * cols
+    tl.store(out + head, _e4m3(h_head * inv))
+    tl.store(out + tail, _e4m3(h_tail * inv), mask=tail < cols)
+
+
+@triton.jit
+def _swiglu(gate, up):
+    """silu(gate) * up in fp32, rounded once to the inputs' dtype (the tensor the unfused graph
+    quantizes) and returned in fp32; the sigmoid's division is the fast one (2 ulp in fp32,
+    far below the bf16 rounding that follows)."""
     g = gate.to(tl.float32)
-    # (MIN_AMAX and 448: kdengine.models.fp8's MIN_AMAX and E4M3_MAX)
-    # silu(g) * up in fp32, rounded once to the activations' dtype: the tensor the unfused
-    # graph hands to the quantization (masked lanes are 0 and leave the amax alone)
-    hidden = (g / (1.0 + tl.exp(-g)) * up).to(gate.dtype, fp_downcast_rounding="rtne")
-    hidden = hidden.to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(hidden), axis=0), MIN_AMAX)
-    scale = amax / 448.0
-    q = tl.div_rn(hidden, scale)  # IEEE division, as torch's
-    q = tl.minimum(tl.maximum(q, -448.0), 448.0).to(tl.float8e4nv)
-    tl.store(out_ptr + row * cols + c, q, mask=inside)
-    tl.store(scale_ptr + row, scale)
+    hidden = tl.fdiv(g, 1.0 + tl.exp(-g), ieee_rounding=False) * up.to(tl.float32)
+    return hidden.to(gate.dtype, fp_downcast_rounding="rtne").to(tl.float32)
+
+
+@triton.jit
+def _e4m3(x):
+    return tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv)
+
+
+def swiglu_row_blocks(cols: int) -> tuple[int, int]:
+    """A row of `cols` as two power-of-two blocks held in registers together: the largest
+    power of two not above it, and the rest rounded up (at least 16): 9,728 = 8,192 + 2,048
+    with 512 lanes masked, where one block would be 16,384 with 6,656 masked."""
+    head = 1 << (cols.bit_length() - 1)
+    return head, max(16, triton.next_power_of_2(cols - head))
+
+
+SWIGLU_WARPS = 8  # threads per row: the H200 sweep in benchmarks/fp8_teacher.py (check)
+
+
+def launch_swiglu_quantize_rows(gate_up: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
+                                warps: int = SWIGLU_WARPS) -> None:
+    rows, width = gate_up.shape
+    cols = width // 2
+    head, tail = swiglu_row_blocks(cols)
+    wrap_triton(_swiglu_quantize_rows)[(rows,)](gate_up, values, scale, cols, gate_up.stride(0),
+                                                HEAD=head, TAIL=tail, num_warps=warps)
 
 
 @triton_op("kdengine::swiglu_quantize_rows", mutates_args=())
 def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gate_up [rows, 2 * cols] (gate, then up; last dimension contiguous) -> the e4m3 values
     of silu(gate) * up [rows, cols] row-major, and their fp32 scales [rows, 1]: the numbers of
-    kdengine.models.fp8.quantize_rowwise of the product in gate_up's dtype."""
+    kdengine.models.fp8.quantize_rowwise of the product in gate_up's dtype, each value within
+    one e4m3 step of them (the rounding of the product and of x / scale can differ)."""
     rows, width = gate_up.shape
-    cols = width // 2
-    values = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=gate_up.device)
+    values = torch.empty((rows, width // 2), dtype=torch.float8_e4m3fn, device=gate_up.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=gate_up.device)
-    block = triton.next_power_of_2(cols)
-    # a whole row in registers: 16 warps keep it at <= 32 values a thread up to 16,384 wide
-    warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
-    wrap_triton(_swiglu_quantize_rows)[(rows,)](gate_up, values, scale, cols, gate_up.stride(0),
-                                                BLOCK=block, MIN_AMAX=1e-12,
-                                                num_warps=warps)
+    launch_swiglu_quantize_rows(gate_up, values, scale)
     return values, scale
