@@ -40,7 +40,10 @@ class CompileOptions:
     @classmethod
     def from_env(cls) -> CompileOptions:
         """The defaults, with the teacher's compile from KDENGINE_TEACHER_COMPILE if set."""
-        return cls(teacher=teacher_compile_from_env())
+        teacher = teacher_compile_from_env()
+        if teacher == "graphs":
+            return cls(teacher="model", teacher_cudagraphs=True)
+        return cls(teacher=teacher)
 
 
 # Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).

@@ -436,18 +436,22 @@ def add_field_flags(parser: argparse.ArgumentParser) -> None:
 
 # the teacher's compile on CUDA, for a run that wants the other trade (docs/performance.md,
 # issue 16 round 4): "layers" (the default: each block compiled, one trace for all blocks; on an
-# H200 the same step as one graph, a cold start 13-20 s and a warm one 2.3 s shorter) or "model"
-# (the whole forward as one graph: a trace of every block at each start)
+# H200 the same step as one graph, a cold start 13-20 s and a warm one 2.3 s shorter), "model"
+# (the whole forward as one graph: a trace of every block at each start) or "graphs" (that
+# graph replayed as a CUDA graph: one launch for the teacher's kernels, for a host that cannot
+# keep up with a small pair's GPU)
 TEACHER_COMPILE_ENV = "KDENGINE_TEACHER_COMPILE"
+TEACHER_COMPILES = ("layers", "model", "graphs")
 
 
 def teacher_compile_from_env() -> str:
     """KDENGINE_TEACHER_COMPILE's value (layers when unset); ConfigError naming it otherwise.
     Torch-free: the preflight checks it before a run directory exists."""
     value = os.environ.get(TEACHER_COMPILE_ENV, "").strip() or "layers"
-    if value not in ("layers", "model"):
+    if value not in TEACHER_COMPILES:
         raise ConfigError(TEACHER_COMPILE_ENV, f"is {value!r}: set it to model (the teacher's "
-                          "whole forward as one graph) or layers (each block), or unset it")
+                          "whole forward as one graph), graphs (that graph as a CUDA graph) or "
+                          "layers (each block), or unset it")
     return value
 
 

@@ -151,6 +151,15 @@ def test_the_teacher_compiles_block_by_block_unless_the_environment_asks_for_one
     assert torch.equal(first, second)
 
 
+def test_graphs_in_the_environment_replays_the_whole_teacher_graph_as_a_cuda_graph(
+        monkeypatch) -> None:
+    monkeypatch.setenv("KDENGINE_TEACHER_COMPILE", "graphs")
+    options = CompileOptions.from_env()
+    assert (options.teacher, options.teacher_cudagraphs) == ("model", True)
+    monkeypatch.setenv("KDENGINE_TEACHER_COMPILE", "model")
+    assert not CompileOptions.from_env().teacher_cudagraphs
+
+
 def test_an_unknown_teacher_compile_in_the_environment_is_refused_naming_it(
         tmp_path, engine_cmd) -> None:
     import os
@@ -163,5 +172,6 @@ def test_an_unknown_teacher_compile_in_the_environment_is_refused_naming_it(
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "kdengine train: error: KDENGINE_TEACHER_COMPILE: is 'blocks': set it to model (the "
-        "teacher's whole forward as one graph) or layers (each block), or unset it"]
+        "teacher's whole forward as one graph), graphs (that graph as a CUDA graph) or layers "
+        "(each block), or unset it"]
     assert not run_dir.exists()
