@@ -74,7 +74,7 @@ class KDApp(App):
     def __init__(self, *, runs_dir: Path | None = None, theme: str | None = None,
                  command: str | None = None, watch_ref: str | None = None,
                  prefill: dict[str, Any] | None = None, settings: Settings | None = None,
-                 launcher: Any = None, compare_dirs: list[Path] | None = None) -> None:
+                 launcher: Any = None, compare_targets: list[Any] | None = None) -> None:
         super().__init__()
         from kdengine.config import default_runs_dir
 
@@ -85,7 +85,7 @@ class KDApp(App):
         self.prefill = prefill or {}
         self.launcher = launcher  # a launcher built outside the form (an engine profile's)
         self.owned_runs: list[Any] = []  # handles of runs this dashboard started
-        self.compare_dirs = compare_dirs or []  # `kdtui compare RUN...`
+        self.compare_targets = compare_targets or []  # `kdtui compare RUN...`
         self.announced: set[str] = set()  # runs whose end was notified (once each)
         self._seen: Any = None  # kdtui.seen.SeenRuns, read when first needed
         self._theme_request = theme
@@ -108,8 +108,8 @@ class KDApp(App):
             self.show_run(launcher=self.launcher, title=f"{self.launcher.run_id} on {host}")
         elif self.command == "watch" and self.watch_ref:
             self._open_watch(self.watch_ref)
-        elif self.command == "compare" and self.compare_dirs:
-            self.show_compare(self.compare_dirs)
+        elif self.command == "compare" and self.compare_targets:
+            self.show_compare(self.compare_targets)
         else:
             from kdtui.screens.launch import LaunchScreen
 
@@ -150,11 +150,12 @@ class KDApp(App):
 
         self.push_screen(RunScreen(launcher=launcher, handle=handle, title=title, status=status))
 
-    def show_compare(self, run_dirs: list[Path]) -> None:
-        """Runs side by side (kdtui/screens/compare.py)."""
+    def show_compare(self, targets: list[Any]) -> None:
+        """Runs side by side (kdtui/screens/compare.py); `targets`: kdtui.compare.CompareTarget,
+        local or remote runs."""
         from kdtui.screens.compare import CompareScreen
 
-        self.push_screen(CompareScreen(run_dirs))
+        self.push_screen(CompareScreen(targets))
 
     def back_from_compare(self) -> None:
         """To the screen under the compare screen, or the runs list (`kdtui compare` opened it
@@ -403,6 +404,7 @@ def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
     app = KDApp(runs_dir=getattr(args, "runs_dir", None), theme=getattr(args, "theme", None),
                 command=command, watch_ref=getattr(args, "run", None),
                 prefill=prefill_from_args(args) if command == "launch" and not launcher
-                else None, launcher=launcher, compare_dirs=getattr(args, "compare_dirs", None))
+                else None, launcher=launcher,
+                compare_targets=getattr(args, "compare_targets", None))
     app.run()
     return app.return_code or 0

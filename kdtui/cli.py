@@ -19,8 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdengine.config import add_field_flags
+
+if TYPE_CHECKING:
+    from kdtui.compare import CompareTarget
 
 
 class UsageError(Exception):
@@ -71,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "loss overlaid, the fields that differ, final val CE, verdict",
                              allow_abbrev=False)
     compare.add_argument("runs", nargs="+", metavar="RUN",
-                         help="Run ids or run directories (two or more)")
+                         help="Run ids, run directories or remote dispatches (their run id "
+                              "or dispatch.json): two or more")
     compare.add_argument("--plain", action="store_true",
                          help="Print the table (differing fields, final val CE, verdict, "
                               "tokens/s) instead of opening the dashboard")
@@ -137,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             return _resume_in_dashboard(args)
         if args.command == "compare":
-            dirs = compare_dirs(args.runs, getattr(args, "runs_dir", None))
+            targets = compare_targets(args.runs, getattr(args, "runs_dir", None))
             if args.plain:
-                from kdtui.compare import load_summary, plain_table
+                from kdtui.compare import CompareError, load_summaries, plain_table
 
-                print(plain_table([load_summary(d) for d in dirs]))
+                try:
+                    print(plain_table(load_summaries(targets)))
+                except CompareError as exc:
+                    raise UsageError(f"compare: {exc}") from None
                 return 0
-            args.compare_dirs = dirs
+            args.compare_targets = targets
         if args.command == "runs":
             from kdtui.headless import print_runs
 
@@ -174,24 +182,35 @@ def missing_run(ref: str, runs_dir: str | None) -> str | None:
             "the evidence dir (see `kdtui runs`)")
 
 
-def compare_dirs(refs: list[str], runs_dir: str | None) -> list[Path]:
-    """The local run directories of `kdtui compare`'s RUNs; a name that is no run, or fewer than
-    two, is one line before anything opens."""
+def compare_targets(refs: list[str], runs_dir: str | None) -> list[CompareTarget]:
+    """The runs `kdtui compare` names: local run directories or ids, remote dispatches by id or
+    dispatch.json. A name that is no run, a dispatch with nothing to read, or fewer than two
+    runs is one line before anything opens."""
     from kdengine.config import default_runs_dir
+    from kdtui.compare import CompareError, CompareTarget
+    from kdtui.remote.manifest import find_manifest
     from kdtui.runs import find_run
 
     where = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
-    dirs = []
+    targets: list[CompareTarget] = []
     for ref in refs:
         found = find_run(where, ref)
-        if found is None or not (found / "events.jsonl").exists():
-            raise UsageError(f"compare: no run {ref!r} with events in {where} (see `kdtui "
-                             "runs`; give run ids or run directories)")
-        if found not in dirs:
-            dirs.append(found)
-    if len(dirs) < 2:
+        if found is not None and (found / "events.jsonl").exists():
+            target = CompareTarget.local(found)
+        elif (manifest := find_manifest(ref)) is not None:
+            try:
+                target = CompareTarget.dispatched(manifest)
+            except CompareError as exc:
+                raise UsageError(f"compare: {exc}") from None
+        else:
+            raise UsageError(f"compare: no run {ref!r} with events in {where} or the evidence "
+                             "dir (see `kdtui runs`; give run ids, run directories or "
+                             "dispatch.json files)")
+        if target.key not in {t.key for t in targets}:
+            targets.append(target)
+    if len(targets) < 2:
         raise UsageError("compare: give two or more runs (`kdtui compare RUN RUN...`)")
-    return dirs
+    return targets
 
 
 def _resume_in_dashboard(args: argparse.Namespace) -> int:

@@ -6,16 +6,24 @@ picks the config fields whose values differ between the runs (the only ones wort
 `plain_table` is `kdtui compare --plain`. Runs are judged by held-out CE (val_ce), never by
 val_loss: that is the training objective, and with a different alpha or T it is another number.
 The compare screen (kdtui/screens/compare.py) draws the same summaries. No Textual here.
+
+A `CompareTarget` is where a run's events are: a local run directory, or a remote dispatch
+(its dispatch.json), whose events are read from its host over SFTP as the run screen reads
+them (kdtui.remote.source.SSHRunSource: verified host key, reconnects with backoff). asyncssh
+loads only when a remote run is compared.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdengine.verdict import DistillReport, distill_report, verdict_from_events
+from kdtui.watch import LocalRunSource, RunFollower, RunSource
 
 # fields that always differ between runs and say nothing about how they were trained
 NOT_COMPARED = frozenset({"run_name", "run_dir"})
@@ -26,10 +34,85 @@ METRIC_LABELS = {"val_ce": "val CE", "val_kd": "val KD", "loss": "train loss"}
 RUN_COLORS = ("cyan", "magenta", "green", "orange", "blue", "red", "gray", "yellow")
 
 
+class CompareError(Exception):
+    """A run that cannot be compared: one line that names it and says why."""
+
+
+@dataclass(frozen=True)
+class CompareTarget:
+    """One run to compare: a local run directory, or a remote dispatch (`manifest`) whose
+    `run_dir` is on `host`."""
+
+    run_id: str
+    run_dir: str  # on the host that runs it
+    host: str = "local"  # or the SSH alias
+    manifest: Path | None = None
+    # what the dispatch recorded of its config: the table's columns before (or without) the
+    # host's events
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def remote(self) -> bool:
+        return self.manifest is not None
+
+    @property
+    def key(self) -> str:
+        """The runs list's key of the run: its directory, or its dispatch.json."""
+        return str(self.manifest if self.manifest is not None else self.run_dir)
+
+    @property
+    def label(self) -> str:
+        """Its name in the table: a remote run's says its host (`kd-3@gpu-box`)."""
+        return f"{self.run_id}@{self.host}" if self.remote else self.run_id
+
+    @classmethod
+    def local(cls, run_dir: Path) -> CompareTarget:
+        return cls(run_id=run_dir.name, run_dir=str(run_dir))
+
+    @classmethod
+    def dispatched(cls, manifest: Path, data: dict[str, Any] | None = None) -> CompareTarget:
+        """The remote run a dispatch.json records (`data`: its content, when already read);
+        CompareError when there is none to read (it never started, or it is an apr run, whose
+        output is not kdengine's events)."""
+        from kdtui.remote.manifest import read_manifest
+
+        try:
+            data = read_manifest(manifest) if data is None else data
+        except (OSError, ValueError) as exc:
+            raise CompareError(f"{manifest}: not a readable dispatch record ({exc})") from None
+        run_id = str(data.get("run_id") or manifest.parent.name)
+        if data.get("profile") == "apr":
+            raise CompareError(f"{run_id} is an apr run: compare reads kdengine's events "
+                               f"(follow it with `kdtui watch {run_id}`)")
+        if not data.get("launched") or not data.get("remote_run_dir") or not data.get("host"):
+            why = data.get("error") or "no launch recorded"
+            raise CompareError(f"{run_id}: this dispatch never started a run ({why})")
+        return cls(run_id=run_id, run_dir=str(data["remote_run_dir"]), host=str(data["host"]),
+                   manifest=manifest, config=dict(data.get("config") or {}))
+
+    def open_source(self, on_status: Callable[[str], None] | None = None,
+                    give_up_after: float = 600.0) -> RunSource:
+        """Where to read its files from: this machine, or its host over SFTP (a host that is
+        down is retried with backoff for `give_up_after` seconds; an unknown or changed host
+        key is refused at once: kdtui.remote.connect)."""
+        if not self.remote:
+            return LocalRunSource(Path(self.run_dir))
+        from kdtui.remote.hosts import HostsFileError, get_host
+        from kdtui.remote.source import SSHRunSource
+
+        try:
+            host = get_host(self.host)
+        except HostsFileError as exc:
+            raise CompareError(f"{self.label}: {exc}") from None
+        return SSHRunSource(host, self.run_dir, on_status=on_status,
+                            give_up_after=give_up_after)
+
+
 @dataclass
 class RunSummary:
     run_id: str
     run_dir: Path | None = None
+    host: str | None = None  # a remote run's SSH alias (the table names it)
     config: dict[str, Any] = field(default_factory=dict)
     series: dict[str, list[tuple[float, float]]] = field(
         default_factory=lambda: {name: [] for name in METRICS})
@@ -85,9 +168,20 @@ class RunSummary:
     def step(self) -> int | None:
         return self.last_step.get("step") if self.last_step else None
 
+    @property
+    def label(self) -> str:
+        """Its name in the table: a remote run's says its host (`kd-3@gpu-box`)."""
+        return f"{self.run_id}@{self.host}" if self.host else self.run_id
+
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def summary_of(target: CompareTarget) -> RunSummary:
+    """An empty summary for `target`, to be fed its events."""
+    return RunSummary(target.run_id, None if target.remote else Path(target.run_dir),
+                      config=dict(target.config), host=target.host if target.remote else None)
 
 
 def load_summary(run_dir: Path) -> RunSummary:
@@ -99,14 +193,52 @@ def load_summary(run_dir: Path) -> RunSummary:
     return summary
 
 
+async def read_summary(target: CompareTarget, give_up_after: float) -> RunSummary:
+    """Every event `target` has written so far, through its source (`kdtui compare --plain`);
+    a remote host unreachable for `give_up_after` s raises kdtui.remote.connect.RemoteError."""
+    summary = summary_of(target)
+    source = target.open_source(give_up_after=give_up_after)
+    follower = RunFollower(source)
+    try:
+        while update := await follower.poll():  # a backlog comes in slices
+            for event in update.events:
+                summary.add(event)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            await close()
+    return summary
+
+
+def load_summaries(targets: list[CompareTarget], give_up_after: float = 20.0) -> list[RunSummary]:
+    """Each target's summary, the remote ones read at the same time; CompareError naming the
+    first run that could not be read and why."""
+    async def one(target: CompareTarget) -> RunSummary:
+        if not target.remote:
+            return load_summary(Path(target.run_dir))
+        from kdtui.remote.connect import RemoteError
+
+        try:
+            return await read_summary(target, give_up_after)
+        except RemoteError as exc:
+            raise CompareError(f"{target.label}: {exc}") from None
+
+    async def every() -> list[RunSummary]:
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    return asyncio.run(every())
+
+
 def differing(summaries: list[RunSummary]) -> list[str]:
-    """The config fields whose values are not the same in every run (in schema order)."""
+    """The config fields whose values are not the same in every run (in schema order); a run
+    whose config is not known yet (its first event not read) differs in nothing."""
+    known = [s for s in summaries if s.config]
     keys: list[str] = []
-    for s in summaries:
+    for s in known:
         keys += [k for k in s.config if k not in keys and k not in NOT_COMPARED]
     missing = object()
     return [k for k in keys
-            if len({repr(s.config.get(k, missing)) for s in summaries}) > 1]
+            if len({repr(s.config.get(k, missing)) for s in known}) > 1]
 
 
 def cell(value: Any) -> str:
@@ -131,7 +263,7 @@ def table_rows(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]
         if report.warnings:
             status += " ⚠"
         rows.append([
-            s.run_id, *(cell(s.config.get(k)) for k in fields),
+            s.label, *(cell(s.config.get(k)) for k in fields),
             f"{s.final_ce:.4f}" if s.final_ce is not None else "–",
             status,
             f"{s.median_tokens_per_s:,.0f}" if s.median_tokens_per_s is not None else "–",
@@ -155,5 +287,5 @@ def plain_table(summaries: list[RunSummary]) -> str:
              for r in [head, *rows]]
     for s in summaries:
         for warning in s.report.warnings:
-            lines.append(f"{s.run_id}: warning: {warning}")
+            lines.append(f"{s.label}: warning: {warning}")
     return "\n".join(lines)

@@ -1,22 +1,23 @@
 """Runs side by side: one metric of every run overlaid (val CE, val KD or train loss), and a table
 of what differs between them (only the config fields that differ), the final val CE, the verdict,
 tokens/s and peak GPU memory. Runs still going update in place: each run's files are followed
-from a byte offset, as the run screen follows one."""
+from a byte offset, as the run screen follows one: a local run's here, a remote dispatch's over
+SFTP from its host. Each run is followed on its own, so a host that is down (retried with
+backoff; a line over the table says so, with its countdown) holds up no other run's curves."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Footer, Header, Static
 
-from kdtui.compare import RUN_COLORS, RunSummary, table_rows
-from kdtui.watch import LocalRunSource, RunFollower
+from kdtui.compare import RUN_COLORS, CompareError, CompareTarget, summary_of, table_rows
+from kdtui.watch import RunFollower
 from kdtui.widgets.compare_chart import CompareChart
 
 POLL_S = 0.5
@@ -30,11 +31,12 @@ def run_color(index: int) -> str:
 
 
 class CompareScreen(Screen):
-    """Two or more local runs; opened from the runs list (space selects, c compares) or by
-    `kdtui compare RUN RUN...`."""
+    """Two or more runs, local or remote; opened from the runs list (space selects, c compares)
+    or by `kdtui compare RUN RUN...`."""
 
     DEFAULT_CSS = """
     CompareScreen #compare-table { height: auto; max-height: 45%; }
+    CompareScreen #compare-links { height: auto; color: $warning; padding: 0 1; }
     """
     BINDINGS = [
         Binding("c", "next_metric", "Metric", id="compare.metric",
@@ -45,40 +47,90 @@ class CompareScreen(Screen):
         Binding("escape", "back", "Back", id="compare.back", tooltip="Back to the runs list"),
     ]
 
-    def __init__(self, run_dirs: list[Path]) -> None:
+    def __init__(self, targets: list[CompareTarget]) -> None:
         super().__init__()
-        self.run_dirs = [Path(d) for d in run_dirs]
-        self.summaries = [RunSummary(d.name, d) for d in self.run_dirs]
+        self.targets = list(targets)
+        self.summaries = [summary_of(t) for t in self.targets]
+        # a remote run whose link is not up: its kdtui.remote.link.LinkState (lost, given up),
+        # or why it cannot be read at all
+        self.links: dict[int, object] = {}
         self._table_dirty = True
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield CompareChart(self.summaries, id="compare-chart")
+        yield Static("", id="compare-links")
         # no cursor: a highlighted row would hide its run's colour
         yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = f"compare {len(self.summaries)} runs"
+        self._show_links()
         self.set_interval(POLL_S, self._refresh_table)
-        self._follow()
+        self.set_interval(1.0, self._show_links)  # a lost link's countdown moves
+        for index in range(len(self.targets)):
+            self._follow(index)
         self.query_one(DataTable).focus()
 
-    @work(exclusive=True, group="compare-follow")
-    async def _follow(self) -> None:
-        followers = [RunFollower(LocalRunSource(d)) for d in self.run_dirs]
-        while True:
-            news = False
-            for follower, summary in zip(followers, self.summaries, strict=True):
+    @work(group="compare-follow")
+    async def _follow(self, index: int) -> None:
+        """One run's events into its summary, for as long as the screen is open."""
+        target, summary = self.targets[index], self.summaries[index]
+        try:
+            source = target.open_source()
+        except CompareError as exc:
+            self._set_link(index, str(exc).removeprefix(f"{target.label}: "))
+            return
+        listeners = getattr(source, "link_listeners", None)
+        if listeners is not None:  # a remote run: each change of its link, each retry
+            listeners.append(lambda state: self._set_link(index, state))
+        follower = RunFollower(source)
+        try:
+            while True:
+                news = False
                 while update := await follower.poll():  # a backlog comes in slices
                     for event in update.events:
                         summary.add(event)
                     news = news or bool(update.events)
-            if news:
-                self.query_one(CompareChart).changed()
-                self._table_dirty = True
-                self._refresh_table()
-            await asyncio.sleep(POLL_S)
+                if news:
+                    self.query_one(CompareChart).changed()
+                    self._table_dirty = True
+                    self._refresh_table()
+                await asyncio.sleep(POLL_S)
+        except Exception as exc:  # noqa: BLE001 - one run's host lost for good: the others go on
+            from kdtui.remote.connect import RemoteError
+
+            if not isinstance(exc, (RemoteError, OSError)):
+                raise
+            self._set_link(index, f"not followed: {exc}")
+            self.app.notify(f"{target.label}: {exc}", severity="error", timeout=10)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                await close()
+
+    def _set_link(self, index: int, state: object) -> None:
+        from kdtui.remote.link import CONNECTED, RECONNECTED
+
+        if getattr(state, "state", None) in (CONNECTED, RECONNECTED):
+            self.links.pop(index, None)
+        else:
+            self.links[index] = state
+        self._show_links()
+
+    def _show_links(self) -> None:
+        """One line a remote run whose link is down (short: it fits 80 columns), none when
+        every link is up."""
+        lines = []
+        for i, state in sorted(self.links.items()):
+            target = self.targets[i]
+            text = state if isinstance(state, str) else state.line(short=True)  # type: ignore
+            # the label names the host already: "kd-3@gpu1: link lost 12s ago; retry in 4s..."
+            lines.append(f"{target.label}: " + text.replace(f"link to {target.host} ", "link "))
+        links = self.query_one("#compare-links", Static)
+        links.update("\n".join(lines))
+        links.display = bool(lines)
 
     @property
     def loaded(self) -> bool:
@@ -95,7 +147,7 @@ class CompareScreen(Screen):
         table.add_columns(*head)
         for i, row in enumerate(rows):
             name = Text.assemble(("■ ", run_color(i)), row[0])
-            table.add_row(name, *row[1:], key=str(self.run_dirs[i]))
+            table.add_row(name, *row[1:], key=self.targets[i].key)
 
     def action_next_metric(self) -> None:
         self.query_one(CompareChart).next_metric()

@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from kdtui.compare import CompareError, CompareTarget
 from kdtui.runs import RunEntry, all_runs
 from kdtui.widgets.run_panels import format_seconds
 
@@ -133,11 +134,11 @@ class RunsScreen(Screen):
         if not 0 <= row < len(self.runs):
             return
         run = self.runs[row]
-        if run.info is None:
-            self.app.notify(f"{run.run_id} runs on {run.where}: compare takes local runs",
-                            timeout=5)
+        try:
+            key = compare_target(run).key
+        except CompareError as exc:
+            self.app.notify(f"{exc}: not one to compare", timeout=5)
             return
-        key = str(run.info.run_dir)
         if key in self.selected:
             self.selected.remove(key)
         else:
@@ -146,9 +147,15 @@ class RunsScreen(Screen):
         self.query_one(DataTable).move_cursor(row=min(row + 1, len(self.runs) - 1))
 
     def action_compare(self) -> None:
-        from pathlib import Path
-
-        chosen = [Path(k) for k in self.selected if Path(k).is_dir()]
+        """The selected runs still listed, in the order chosen (their colours)."""
+        listed = {}
+        for run in self.runs:
+            try:
+                target = compare_target(run)
+            except CompareError:
+                continue
+            listed[target.key] = target
+        chosen = [listed[k] for k in self.selected if k in listed]
         if len(chosen) < 2:
             self.app.notify("Select two or more runs with space, then c to compare them",
                             timeout=5)
@@ -188,3 +195,13 @@ def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
     # a run from a teacher cache, or a cache job, says so beside its id (as `kdtui runs`)
     name = run.run_id + (f" ({run.teacher})" if run.teacher else "")
     return (name, run.where, run.status, verdict, step, started, updated)
+
+
+def compare_target(run: RunEntry) -> CompareTarget:
+    """Where a row's run can be compared from: its local directory, or its dispatch's host
+    (CompareError: a dispatch with no run to read)."""
+    if run.info is not None:
+        return CompareTarget.local(run.info.run_dir)
+    if run.manifest is None or run.manifest_path is None:
+        raise CompareError(f"{run.run_id} has no events to read")
+    return CompareTarget.dispatched(run.manifest_path, run.manifest)

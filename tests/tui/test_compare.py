@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 
 from kdengine.verdict import CE_UP_WHILE_OBJECTIVE_DOWN, TEACHER_NO_BETTER, distill_report
 from kdtui.app import KDApp
-from kdtui.compare import differing, load_summary, plain_table
+from kdtui.compare import CompareTarget, differing, load_summary, plain_table
 from kdtui.notify import notification_sequence
 from kdtui.palette import binding_commands
 from kdtui.screens.compare import CompareScreen, run_color
@@ -87,6 +87,10 @@ def three_runs(runs_dir: Path) -> list[Path]:
     ]
 
 
+def local(dirs: list[Path]) -> list[CompareTarget]:
+    return [CompareTarget.local(d) for d in dirs]
+
+
 def table_text(screen: CompareScreen) -> list[list[str]]:
     table = screen.query_one(DataTable)
     head = [str(c.label) for c in table.columns.values()]
@@ -95,7 +99,8 @@ def table_text(screen: CompareScreen) -> list[list[str]]:
 
 async def test_compare_of_three_runs_tables_only_the_fields_that_differ(runs_dir):
     dirs = three_runs(runs_dir)
-    app = KDApp(runs_dir=runs_dir, command="compare", compare_dirs=dirs, theme="kdtui-dark")
+    app = KDApp(runs_dir=runs_dir, command="compare", compare_targets=local(dirs),
+                theme="kdtui-dark")
     async with app.run_test(size=(120, 40)) as pilot:
         await _wait(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded)
         rows = table_text(app.screen)
@@ -122,7 +127,7 @@ async def test_compare_updates_in_place_while_a_run_goes(runs_dir):
     dirs = three_runs(runs_dir)[:2]
     live = write_kd_run(runs_dir / "live", ce=(5.3, 1.5), val_loss=(7.0, 1.1), upto=60,
                         finished=False, alpha=0.5)
-    app = KDApp(runs_dir=runs_dir, command="compare", compare_dirs=[*dirs, live])
+    app = KDApp(runs_dir=runs_dir, command="compare", compare_targets=local([*dirs, live]))
     async with app.run_test(size=(120, 40)) as pilot:
         await _wait(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded)
         screen = app.screen
@@ -137,7 +142,7 @@ async def test_compare_updates_in_place_while_a_run_goes(runs_dir):
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_snapshot_of_compare(snap_compare, runs_dir, size):
-    app = KDApp(runs_dir=runs_dir, command="compare", compare_dirs=three_runs(runs_dir),
+    app = KDApp(runs_dir=runs_dir, command="compare", compare_targets=local(three_runs(runs_dir)),
                 theme="kdtui-dark")
     assert snap_compare(app, terminal_size=size, run_before=_loaded)
 
@@ -275,7 +280,7 @@ async def test_runs_list_selects_with_space_opens_compare_and_marks_unlooked_end
         assert cells[0] == "✓ • new" and cells[1].startswith("✓ ")
         await pilot.press("c")
         await _wait(pilot, lambda: isinstance(app.screen, CompareScreen))
-        assert [d.name for d in app.screen.run_dirs] == ["new", cells[1][2:]]
+        assert [t.run_id for t in app.screen.targets] == ["new", cells[1][2:]]
         await pilot.press("escape")
         await _wait(pilot, lambda: isinstance(app.screen, RunsScreen))
         await pilot.press("up", "up", "enter")  # looking at it clears its mark
