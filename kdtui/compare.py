@@ -199,15 +199,23 @@ async def read_summary(target: CompareTarget, give_up_after: float) -> RunSummar
     summary = summary_of(target)
     source = target.open_source(give_up_after=give_up_after)
     follower = RunFollower(source)
+    read = 0
     try:
         while update := await follower.poll():  # a backlog comes in slices
+            read += len(update.events)
             for event in update.events:
                 summary.add(event)
     finally:
         close = getattr(source, "close", None)
         if close is not None:
             await close()
+    if not read:
+        raise CompareError(f"{target.label}: {no_events(target)}")
     return summary
+
+
+def no_events(target: CompareTarget) -> str:
+    return f"no events in {target.run_dir} on {target.host} (the run directory is gone?)"
 
 
 def load_summaries(targets: list[CompareTarget], give_up_after: float = 20.0) -> list[RunSummary]:

@@ -16,7 +16,14 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from kdtui.compare import RUN_COLORS, CompareError, CompareTarget, summary_of, table_rows
+from kdtui.compare import (
+    RUN_COLORS,
+    CompareError,
+    CompareTarget,
+    no_events,
+    summary_of,
+    table_rows,
+)
 from kdtui.watch import RunFollower
 from kdtui.widgets.compare_chart import CompareChart
 
@@ -86,6 +93,7 @@ class CompareScreen(Screen):
         if listeners is not None:  # a remote run: each change of its link, each retry
             listeners.append(lambda state: self._set_link(index, state))
         follower = RunFollower(source)
+        read = 0
         try:
             while True:
                 news = False
@@ -93,6 +101,11 @@ class CompareScreen(Screen):
                     for event in update.events:
                         summary.add(event)
                     news = news or bool(update.events)
+                    read += len(update.events)
+                if target.remote and not read and index not in self.links:
+                    self._set_link(index, no_events(target))  # said until events come
+                elif read and isinstance(self.links.get(index), str):
+                    self._set_link(index, None)
                 if news:
                     self.query_one(CompareChart).changed()
                     self._table_dirty = True
@@ -113,7 +126,7 @@ class CompareScreen(Screen):
     def _set_link(self, index: int, state: object) -> None:
         from kdtui.remote.link import CONNECTED, RECONNECTED
 
-        if getattr(state, "state", None) in (CONNECTED, RECONNECTED):
+        if state is None or getattr(state, "state", None) in (CONNECTED, RECONNECTED):
             self.links.pop(index, None)
         else:
             self.links[index] = state

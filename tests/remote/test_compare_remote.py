@@ -104,6 +104,20 @@ def test_a_dispatch_with_no_run_to_read_is_refused_before_anything_opens(remote_
         "kdtui: error: compare: never: this dispatch never started a run (sync failed)")
 
 
+def test_a_remote_run_whose_directory_is_gone_is_one_line_naming_it(remote_env, tmp_path,
+                                                                     capsys) -> None:
+    import shutil
+
+    runs = tmp_path / "runs"
+    write_kd_run(runs / "local", ce=(5.3, 1.72), val_loss=(7.0, 1.2))
+    dispatched(remote_env, "wiped", ce=(5.3, 1.6), val_loss=(7.0, 1.3))
+    shutil.rmtree(remote_env["work"] / "runs" / "wiped")
+    assert kdtui_main(["--runs-dir", str(runs), "compare", "local", "wiped", "--plain"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kdtui: error: compare: wiped@kdtest: no events in {remote_env['work']}/runs/wiped on "
+        "kdtest (the run directory is gone?)")
+
+
 async def test_the_compare_screen_follows_a_remote_run_live_and_a_down_host_holds_up_nothing(
         remote_env, tmp_path) -> None:
     runs = tmp_path / "runs"
