@@ -242,8 +242,10 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     after the last. With one checkpoint the run's --steps ends right after it, so the CLI
     plans for two checkpoints on disk (that one and the final), not three. `profile_start`:
     py-spy samples the engine from just after its launch to its first step event
-    (StartProfile). `ranks` > 1: under torchrun, that many processes, each with --batch rows
-    (the global batch ranks x --batch)."""
+    (StartProfile). With --step-profile, py-spy samples it over its timed steps instead (from
+    the warm-up's last step event to the stop: where the host's time goes in the steady state,
+    OUT/steps_<pair>_<name>.txt). `ranks` > 1: under torchrun, that many processes, each with
+    --batch rows (the global batch ranks x --batch)."""
     run_dir = pair.work / f"run-{name}"
     needed = checkpoints * ckpt_every + 1 if checkpoints else args.cli_warmup + args.cli_steps
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
@@ -266,13 +268,20 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
     deadline, stopped, timed_out = time.monotonic() + timeout, False, False
     sampler = StartProfile.attach(proc.pid, args.out / f"start_{pair.name}") if profile_start \
         else None
+    steps_sampler: StartProfile | None = None
     events: list[dict[str, Any]] = []
     while proc.poll() is None:
         time.sleep(0.25)
         events = read_events(run_dir / "events.jsonl")
         if sampler is not None and any(e.get("type") == "step" for e in events):
             sampler.stop()
+        if (args.step_profile and steps_sampler is None and ranks == 1 and not checkpoints
+                and sum(e.get("type") == "step" for e in events) >= args.cli_warmup):
+            steps_sampler = StartProfile.attach(proc.pid,
+                                                args.out / f"steps_{pair.name}_{name}")
         if not stopped and enough(events, needed, checkpoints):
+            if steps_sampler is not None:
+                steps_sampler.stop()
             proc.send_signal(signal.SIGTERM)  # a cancel: the engine stops between steps
             stopped, deadline = True, time.monotonic() + 120
         elif time.monotonic() > deadline:
@@ -286,6 +295,8 @@ def cli_run(args, pair: Pair, data: Path, name: str, extra: list[str], timeout: 
                               **({"ranks": ranks} if ranks > 1 else {})}
     if sampler is not None:
         result["start_profile"] = sampler.stop()
+    if steps_sampler is not None:
+        result["steps_profile"] = steps_sampler.stop()
     if timed_out or not enough(events, needed, checkpoints):
         tail = output.read_text()[-2500:] if output.exists() else ""
         launch = run_dir / "launch.log"
@@ -986,6 +997,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--start-profile", action="store_true",
                    help="sample the warm CLI run's start with py-spy (the carried wheel): "
                    "OUT/start_<pair>.txt, its frames by time")
+    p.add_argument("--step-profile", action="store_true",
+                   help="sample the one-process CLI runs' timed steps with py-spy: "
+                   "OUT/steps_<pair>_<variant>.txt, the host's frames by time")
     p.add_argument("--data-bytes", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None,
                    help="skip phases that would not fit (default 540 on CUDA, none on the CPU)")
