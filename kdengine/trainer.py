@@ -239,12 +239,22 @@ class KDTrainer:
         run's loss (a batch the student wrote trains on the KD term only)."""
         # this rank's share of the batch
         input_ids, labels, position_ids = self.dist.rows(input_ids, labels, position_ids)
-        input_ids, labels = input_ids.to(self.device), labels.to(self.device)
+        input_ids, labels = self._queued_copy(input_ids), self._queued_copy(labels)
         if position_ids is not None:
-            position_ids = position_ids.to(self.device)
+            position_ids = self._queued_copy(position_ids)
         if not self._compile_proven:
             return self._first_compiled_loss(input_ids, labels, position_ids, spec, rows)
         return self._loss_on_device(input_ids, labels, position_ids, spec, rows)
+
+    def _queued_copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch's tensor onto the device without the host waiting. CUDA first waits for
+        everything queued on the stream before a copy from pageable memory, which emptied the
+        queue the loop keeps a step ahead at every step (on Qwen2.5-1.5B -> 0.5B half the host's
+        time went there: docs/performance.md, issue 16 round 5); from pinned memory the copy is
+        queued like a kernel, and torch's pinned allocator keeps the block until it has run."""
+        if self.device.type != "cuda" or tensor.device.type != "cpu":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _loss_on_device(self, input_ids: torch.Tensor, labels: torch.Tensor,
                         position_ids: torch.Tensor | None = None,
