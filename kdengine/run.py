@@ -9,10 +9,12 @@ as cancelled; `resume=True` continues from the newest complete checkpoint.
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 import time
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,7 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
     stage = "prepare"
     trainer: KDTrainer | None = None
     footprint: Footprint | None = None
+    held = ExitStack()  # what the run holds until it ends (its share of the CPU)
     try:
         with stop:
             torch.manual_seed(config.seed)
@@ -91,12 +94,15 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
             torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
             dtype = pick_dtype(config, device)
             ckpt = latest_checkpoint(run_dir) if resume else None
+            threads_note = _share_cpu(device, dist, run_dir, resume, held)
             log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),
                      config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
                      resumed_from=_step_of(ckpt) if resume else None, env=environment(),
                      **dist.describe(), **teacher_cache_fields(config))
             log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
                      f"{kdengine.__version__}, torch {torch.__version__}")
+            if threads_note:
+                log.line(threads_note)
             log.stage(stage, "running")
             stop.check()  # a cancel that came while the engine started
             log.stage(stage, "done")
@@ -205,8 +211,27 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
                  stage=stage, steps=_step(trainer))
         return RunResult("failed", EXIT_FAILED, run_dir, error=reason, stage=stage)
     finally:
+        held.close()
         log.close()
         dist.close()
+
+
+def _share_cpu(device: torch.device, dist: Any, run_dir: Path, resume: bool,
+               held: ExitStack) -> str:
+    """On the CPU, in one process: the threads this run takes beside the other kdengine runs
+    on the machine (kdengine.cpu_threads), noted in `held` for the run's life; the log line
+    that says why it took fewer than torch would, or ""."""
+    if device.type != "cpu" or dist.enabled:
+        return ""
+    from kdengine import cpu_threads
+
+    choice = held.enter_context(cpu_threads.sharing(
+        cpu_threads.registry_dir(), torch.get_num_threads(),
+        explicit=bool(os.environ.get("OMP_NUM_THREADS")),
+        first_start=cpu_threads.first_start_threads(run_dir) if resume else None))
+    if choice.threads != torch.get_num_threads():
+        torch.set_num_threads(choice.threads)
+    return choice.why
 
 
 def _check_disk_space(config: RunConfig, run_dir: Path, student: Student, ckpt: Path | None,
