@@ -447,11 +447,17 @@ TEACHER_COMPILES = ("layers", "model", "graphs")
 def teacher_compile_from_env() -> str:
     """KDENGINE_TEACHER_COMPILE's value (layers when unset); ConfigError naming it otherwise.
     Torch-free: the preflight checks it before a run directory exists."""
-    value = os.environ.get(TEACHER_COMPILE_ENV, "").strip() or "layers"
-    if value not in TEACHER_COMPILES:
-        raise ConfigError(TEACHER_COMPILE_ENV, f"is {value!r}: set it to model (the teacher's "
-                          "whole forward as one graph), graphs (that graph as a CUDA graph) or "
-                          "layers (each block), or unset it")
+    return _choice_from_env(TEACHER_COMPILE_ENV, TEACHER_COMPILES, "layers",
+                            "set it to model (the teacher's whole forward as one graph), graphs "
+                            "(that graph as a CUDA graph) or layers (each block)")
+
+
+def _choice_from_env(name: str, choices: tuple[str, ...], default: str, advice: str) -> str:
+    """The variable `name`'s value, `default` when unset; ConfigError naming it and `advice`
+    for any value not in `choices`."""
+    value = os.environ.get(name, "").strip() or default
+    if value not in choices:
+        raise ConfigError(name, f"is {value!r}: {advice}, or unset it")
     return value
 
 
@@ -463,12 +469,9 @@ def student_placement_from_env() -> str:
     """KDENGINE_STUDENT_PLACEMENT's value (auto when unset): how torchrun's ranks hold the
     student (kdengine.distributed.Dist.place_student); ConfigError naming it otherwise.
     Torch-free: the preflight checks it before a run directory exists."""
-    value = os.environ.get(STUDENT_PLACEMENT_ENV, "").strip() or "auto"
-    if value not in STUDENT_PLACEMENTS:
-        raise ConfigError(STUDENT_PLACEMENT_ENV, f"is {value!r}: set it to replicated (the whole "
-                          "student on every GPU), sharded (FSDP2) or auto (by its size), or "
-                          "unset it")
-    return value
+    return _choice_from_env(STUDENT_PLACEMENT_ENV, STUDENT_PLACEMENTS, "auto",
+                            "set it to replicated (the whole student on every GPU), sharded "
+                            "(FSDP2) or auto (by its size)")
 
 
 def flag_of(name: str) -> str:

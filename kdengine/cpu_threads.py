@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdengine.events import RUN_STARTED, read_events
+from kdengine.processes import pid_alive
 
 REGISTRY = "cpu-threads"
 
@@ -74,22 +75,12 @@ def running_threads(directory: Path) -> list[int]:
             continue  # another engine's half-written entry, or not one of ours
         if pid == os.getpid():
             continue
-        if not _alive(pid):
+        if not pid_alive(pid, named=b"kdengine"):  # a recycled pid is not an engine
             path.unlink(missing_ok=True)
             continue
         if isinstance(entry.get("threads"), int) and entry["threads"] > 0:
             counts.append(entry["threads"])
     return counts
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def first_start_threads(run_dir: Path) -> int | None:

@@ -7,12 +7,12 @@ asks the OS whether the pid in engine.pid is alive, so listing stays fast with m
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdengine.events import EVENTS_FILE, LOG_FILE
+from kdengine.processes import pid_alive
 
 PID_FILE = "engine.pid"
 _TAIL_BYTES = 1 << 16
@@ -34,21 +34,6 @@ class RunInfo:
     @property
     def is_running(self) -> bool:
         return self.status in ("starting", "running")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    # a zombie is dead for our purpose: it will never write another event
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def read_pid(run_dir: Path) -> int | None:

@@ -38,19 +38,24 @@ def test_omp_num_threads_is_kept_and_a_resume_keeps_its_first_starts_count():
 
 
 def test_the_note_counts_live_engines_only_and_forgets_the_gone(tmp_path):
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a live engine (its command line says kdengine), and a recycled pid that is something else
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kdengine"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     try:
         (tmp_path / f"{live.pid}.json").write_text(json.dumps({"threads": 3}))
         (tmp_path / f"{gone.pid}.json").write_text(json.dumps({"threads": 5}))
+        (tmp_path / f"{other.pid}.json").write_text(json.dumps({"threads": 6}))
         (tmp_path / "junk.json").write_text("{")
         note(tmp_path, 7)  # this process: never counted as another run
         assert running_threads(tmp_path) == [3]
         assert not (tmp_path / f"{gone.pid}.json").exists()
+        assert not (tmp_path / f"{other.pid}.json").exists()
     finally:
-        live.kill()
-        live.wait()
+        for process in (live, other):
+            process.kill()
+            process.wait()
 
 
 def test_a_starting_run_notes_itself_before_it_looks_and_leaves_no_note(tmp_path):
@@ -64,7 +69,7 @@ def test_a_starting_run_notes_itself_before_it_looks_and_leaves_no_note(tmp_path
 def test_a_cpu_run_on_a_busy_machine_takes_one_thread_and_says_why(
         tmp_path, engine_cmd, tiny_run_inputs, tiny_args, monkeypatch):
     cache = tmp_path / "cache"  # its own note dir: no other test's engines in it
-    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "kdengine"])
     try:
         note_dir = cache / "cpu-threads"
         note_dir.mkdir(parents=True)
