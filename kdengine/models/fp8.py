@@ -49,13 +49,14 @@ def dequantize(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 # kdengine.models.fp8_kernels.swiglu_quantize_rows where CUDA and Triton are (loaded by
-# quantize_teacher, outside any traced code), else None: torch ops compute the same numbers
+# quantize_teacher, outside any traced code), else None: torch ops compute the same math (the
+# kernel's values are within one e4m3 step of theirs: it rounds the product once, in fp32)
 _swiglu_kernel = None
 
 
 def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_rowwise(silu(gate) * up) for gate_up [n, 2 * inter] (gate, then up): one pass
-    over the rows on the GPU."""
+    over the rows on the GPU, each value within one e4m3 step of the torch ops'."""
     if _swiglu_kernel is not None and gate_up.is_cuda:
         return _swiglu_kernel(gate_up.contiguous())
     return quantize_rowwise_of_swiglu(gate_up)
@@ -72,7 +73,7 @@ def _load_swiglu_kernel() -> None:
     if _swiglu_kernel is None and torch.cuda.is_available():
         try:
             from kdengine.models.fp8_kernels import swiglu_quantize_rows as kernel
-        except ImportError:  # no Triton: torch ops compute the same values
+        except ImportError:  # no Triton: torch ops do the same math
             return
         _swiglu_kernel = kernel
 
