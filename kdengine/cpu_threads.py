@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdengine.events import RUN_STARTED, read_events
+from kdengine.events import EVENTS_FILE, RUN_STARTED, EventReader
 from kdengine.processes import pid_alive
 
 REGISTRY = "cpu-threads"
@@ -84,8 +84,14 @@ def running_threads(directory: Path) -> list[int]:
 
 
 def first_start_threads(run_dir: Path) -> int | None:
-    """The thread count a run recorded at its first start (its run_started event's env)."""
-    for event in read_events(run_dir / "events.jsonl"):
+    """The thread count a run recorded at its first start (its run_started event's env: the
+    events file's first line, so a long run's file is not read whole)."""
+    try:
+        with open(run_dir / EVENTS_FILE, "rb") as fh:
+            first = fh.readline()
+    except OSError:
+        return None
+    for event in EventReader().feed(first):
         if event.get("type") == RUN_STARTED:
             threads = (event.get("env") or {}).get("threads")
             return threads if isinstance(threads, int) and threads > 0 else None
