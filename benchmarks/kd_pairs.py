@@ -423,7 +423,9 @@ def children(pid: int) -> list[str]:
 
 def summarize_stacks(raw: str, rate: int, top: int = 90) -> str:
     """py-spy's raw output (`thread;frame;frame... count` lines, outermost first) as seconds
-    per frame, inclusive, for the thread with the most samples (the engine's main thread)."""
+    per frame, inclusive, for the thread with the most samples (the engine's main thread), then
+    for each other thread with at least a tenth of its samples (autograd's device thread, where
+    backward's host work runs while the main thread waits in `backward()`)."""
     threads: dict[str, list[tuple[list[str], int]]] = {}
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -433,7 +435,19 @@ def summarize_stacks(raw: str, rate: int, top: int = 90) -> str:
         threads.setdefault(frames[0], []).append((frames[1:], int(count)))
     if not threads:
         return "no samples\n"
-    name, stacks = max(threads.items(), key=lambda kv: sum(c for _, c in kv[1]))
+    ranked = sorted(threads.items(), key=lambda kv: -sum(c for _, c in kv[1]))
+    most = sum(c for _, c in ranked[0][1])
+    lines: list[str] = []
+    for index, (name, stacks) in enumerate(ranked):
+        total = sum(c for _, c in stacks)
+        if index and total < most / 10:
+            break
+        lines += _thread_summary(name, stacks, rate, top if not index else top // 3)
+    return "\n".join(lines) + "\n"
+
+
+def _thread_summary(name: str, stacks: list[tuple[list[str], int]], rate: int,
+                    top: int) -> list[str]:
     total = sum(c for _, c in stacks)
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
@@ -447,9 +461,9 @@ def summarize_stacks(raw: str, rate: int, top: int = 90) -> str:
     for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{count / rate:10.2f}  {frame[:200]}")
     lines += ["", "own s       frame (innermost)"]
-    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:40]:
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:max(10, top // 2)]:
         lines.append(f"{count / rate:10.2f}  {frame[:200]}")
-    return "\n".join(lines) + "\n"
+    return [*lines, ""]
 
 
 def last_line(text: str) -> str:
