@@ -140,6 +140,59 @@ async def test_compare_updates_in_place_while_a_run_goes(runs_dir):
                                        for r in table_text(screen)))
 
 
+def _broken_hosts_and_a_dispatch(tmp_path: Path, monkeypatch) -> Path:
+    """A dispatch on host `gpu` whose hosts file has a key kdtui does not know."""
+    from kdtui.remote.manifest import manifest_path, write_manifest
+
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text('[hosts.gpu]\nwork_dir = "kd"\nbogus = 1\n')
+    monkeypatch.setenv("KDTUI_HOSTS_FILE", str(hosts))
+    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(tmp_path / "evidence"))
+    remote = write_kd_run(tmp_path / "on-gpu" / "far", ce=(5.3, 1.6), val_loss=(7.0, 1.3),
+                          temperature=8.0)
+    config = json.loads((remote / "events.jsonl").read_text().splitlines()[0])["config"]
+    return write_manifest(manifest_path("far"), {
+        "run_id": "far", "host": "gpu", "remote_run_dir": str(remote), "launched": True,
+        "config": config})
+
+
+async def test_a_broken_hosts_file_is_one_line_over_the_table_and_local_runs_still_compare(
+        runs_dir, tmp_path, monkeypatch):
+    manifest = _broken_hosts_and_a_dispatch(tmp_path, monkeypatch)
+    targets = [*local(three_runs(runs_dir)[:2]), CompareTarget.dispatched(manifest)]
+    app = KDApp(runs_dir=runs_dir, command="compare", compare_targets=targets)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _wait(pilot, lambda: isinstance(app.screen, CompareScreen)
+                    and app.screen.query_one("#compare-links").display)
+        screen = app.screen
+        line = str(screen.query_one("#compare-links").render())
+        assert line.startswith(f"far@gpu: {tmp_path / 'hosts.toml'}: [hosts.gpu]: unknown key "
+                               "'bogus'"), line
+        def rows() -> dict[str, dict[str, str]]:
+            head, *body = table_text(screen)
+            return {r[0].removeprefix("■ "): dict(zip(head, r, strict=True)) for r in body}
+
+        await _wait(pilot, lambda: rows().get("fkl-t4", {}).get("final val CE") == "2.0300")
+        assert rows()["fkl-t2"]["final val CE"] == "1.7200"
+        # the dispatch's recorded config fills its row while its events cannot be read
+        assert rows()["far@gpu"]["temperature"] == "8"
+        assert rows()["far@gpu"]["final val CE"] == "–"
+
+
+def test_plain_compare_with_a_broken_hosts_file_is_one_line_and_exit_2(runs_dir, tmp_path,
+                                                                       monkeypatch, capsys):
+    from kdtui.cli import main
+
+    _broken_hosts_and_a_dispatch(tmp_path, monkeypatch)
+    three_runs(runs_dir)
+    assert main(["--runs-dir", str(runs_dir), "compare", "fkl-t2", "far", "--plain"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        f"kdtui: error: compare: far@gpu: {tmp_path / 'hosts.toml'}: [hosts.gpu]: unknown key "
+        "'bogus' (known: " + captured.err.split("(known: ")[1].strip()]
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_snapshot_of_compare(snap_compare, runs_dir, size):
     app = KDApp(runs_dir=runs_dir, command="compare", compare_targets=local(three_runs(runs_dir)),
