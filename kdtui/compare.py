@@ -206,9 +206,7 @@ async def read_summary(target: CompareTarget, give_up_after: float) -> RunSummar
             for event in update.events:
                 summary.add(event)
     finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            await close()
+        await source.close()
     if not read:
         raise CompareError(f"{target.label}: {no_events(target)}")
     return summary

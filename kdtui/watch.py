@@ -26,6 +26,9 @@ class RunSource(Protocol):
 
     async def read(self, name: str, offset: int, limit: int) -> bytes: ...
 
+    async def close(self) -> None:
+        """Let go of what reading holds (a connection); reading again opens it anew."""
+
 
 @dataclass
 class LocalRunSource:
@@ -42,6 +45,9 @@ class LocalRunSource:
                 return fh.read(limit)
         except FileNotFoundError:
             return b""
+
+    async def close(self) -> None:
+        """Nothing to let go: each read opens the file anew."""
 
 
 @dataclass

@@ -119,9 +119,7 @@ class CompareScreen(Screen):
             self._set_link(index, f"not followed: {exc}")
             self.app.notify(f"{target.label}: {exc}", severity="error", timeout=10)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                await close()
+            await source.close()
 
     def _set_link(self, index: int, state: object) -> None:
         from kdtui.remote.link import CONNECTED, RECONNECTED

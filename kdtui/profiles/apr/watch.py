@@ -51,6 +51,9 @@ class AprEventsSource:
             return bytes(self._events[offset:offset + limit])
         return await self.inner.read(name, offset, limit)
 
+    async def close(self) -> None:
+        await self.inner.close()
+
     def _append(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             self._events += (json.dumps(event, allow_nan=True, separators=(",", ":"))
