@@ -58,6 +58,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -715,19 +716,40 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
     run_dir.mkdir(parents=True, exist_ok=True)
     runlog = RunLog(run_dir)
     try:
+        from kdengine.compiled import CompileOptions
+
+        options = replace(CompileOptions.from_env(), student=args.student_compile)
         trainer = KDTrainer(config, ModelTeacher(teacher), ModelStudent(student),
-                            TokenSplits(stream, stream, 0), runlog, device, dtype)
+                            TokenSplits(stream, stream, 0), runlog, device, dtype,
+                            compile_options=options)
         trainer.sampler = kt.FixedBatch(ids.cpu(), labels.cpu())
         out = timed_steps(lambda: trainer.train_step()["loss"], args, device)
         if args.profile and device.type == "cuda":
             variant = ("bare-fp8s" if fp8_student else "bare" if not fp8
                        else "bare-fp8" if swiglu_kernel else "bare-fp8-torch")
             name = f"profile_{pair.name}_{variant}.txt"
-            kt.profile_steps(lambda: trainer.train_step()["loss"], device, args.out / name)
+            # as the CLI's loop runs: each step queued before the last one's loss is read
+            kt.profile_steps(overlapped_steps(trainer), device, args.out / name, steps=3,
+                             trace=True)
             out["profile"] = name
         return out
     finally:
         runlog.close()
+
+
+def overlapped_steps(trainer) -> Any:
+    """A step function that runs steps as `KDTrainer._train_loop` does between evaluations:
+    each queued while the device still works on the one before, whose numbers are read (and
+    whose loss is checked) between this one's backward and its update."""
+    queued = None
+
+    def step() -> None:
+        nonlocal queued
+        before = queued
+        finish = (lambda: trainer._finish(before)) if before is not None else None
+        queued = trainer.queue_step(before_update=finish)
+
+    return step
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -1004,6 +1026,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="in-process warm-up steps")
     p.add_argument("--steps", type=int, default=None, help="in-process timed steps")
     p.add_argument("--liger-chunk", type=int, default=1024)
+    p.add_argument("--student-compile", choices=("layers", "model"), default="layers",
+                   help="the bare variants' student: each block compiled (as the engine "
+                        "does) or its whole forward and backward as one graph")
     p.add_argument("--kernel-time", action="store_true",
                    help="also profile the in-process variants' GPU kernel time (3 steps more)")
     p.add_argument("--profile", action="store_true",

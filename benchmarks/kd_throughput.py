@@ -498,11 +498,48 @@ def profile_steps(step, device, path: Path, steps: int = 2, trace: bool = False)
 
         raw = path.with_suffix(".trace.json")
         prof.export_chrome_trace(str(raw))
+        idle = gpu_idle(json.loads(raw.read_text()), steps)
+        lines[1:1] = idle
+        path.write_text("\n".join(lines) + "\n")
         with open(raw, "rb") as src, gzip.open(str(raw) + ".gz", "wb") as dst:
             dst.write(src.read())
         raw.unlink()
     log(f"profile {path.name}:\n" + "\n".join(lines[: len(groups) + 1] + lines[len(groups) + 2:
                                                                            len(groups) + 15]))
+
+
+GPU_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_idle(trace: dict[str, Any], steps: int, largest: int = 12) -> list[str]:
+    """Where the GPU waits in a profiled timeline: the span from its first to its last kernel,
+    the time no kernel, copy or memset runs, the gaps by length, and the longest gaps with the
+    kernels on either side (what the GPU finished, and what it then waited for)."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)), e.get("name", "?"))
+                   for e in trace.get("traceEvents", [])
+                   if e.get("ph") == "X" and e.get("cat") in GPU_EVENTS)
+    if not spans:
+        return ["GPU idle: no GPU events in the trace"]
+    gaps: list[tuple[float, str, str]] = []
+    end, before = spans[0][1], spans[0][2]
+    for start, stop, name in spans[1:]:
+        if start > end:
+            gaps.append((start - end, before, name))
+        if stop > end:
+            end, before = stop, name
+    span_us = end - spans[0][0]
+    idle_us = sum(g for g, _, _ in gaps)
+    buckets = ((0, 5), (5, 20), (20, 100), (100, 1000), (1000, float("inf")))
+    lines = [f"GPU timeline per step: span {span_us / 1e3 / steps:.1f} ms, idle "
+             f"{idle_us / 1e3 / steps:.2f} ms in {len(gaps) / steps:.0f} gaps"]
+    for lo, hi in buckets:
+        chosen = [g for g, _, _ in gaps if lo <= g < hi]
+        lines.append(f"  gaps {lo:g}-{hi:g} us: {len(chosen) / steps:7.1f} a step, "
+                     f"{sum(chosen) / 1e3 / steps:6.2f} ms a step")
+    lines.append("  longest gaps (us, after -> before):")
+    for g, after, nxt in sorted(gaps, reverse=True)[:largest]:
+        lines.append(f"  {g:9.1f}  {after[:70]} -> {nxt[:70]}")
+    return lines
 
 
 # -- driver --------------------------------------------------------------------------------------
