@@ -58,7 +58,6 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -716,12 +715,8 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
     run_dir.mkdir(parents=True, exist_ok=True)
     runlog = RunLog(run_dir)
     try:
-        from kdengine.compiled import CompileOptions
-
-        options = replace(CompileOptions.from_env(), student=args.student_compile)
         trainer = KDTrainer(config, ModelTeacher(teacher), ModelStudent(student),
-                            TokenSplits(stream, stream, 0), runlog, device, dtype,
-                            compile_options=options)
+                            TokenSplits(stream, stream, 0), runlog, device, dtype)
         trainer.sampler = kt.FixedBatch(ids.cpu(), labels.cpu())
         out = timed_steps(lambda: trainer.train_step()["loss"], args, device)
         if args.profile and device.type == "cuda":
@@ -1026,9 +1021,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="in-process warm-up steps")
     p.add_argument("--steps", type=int, default=None, help="in-process timed steps")
     p.add_argument("--liger-chunk", type=int, default=1024)
-    p.add_argument("--student-compile", choices=("layers", "model"), default="layers",
-                   help="the bare variants' student: each block compiled (as the engine "
-                        "does) or its whole forward and backward as one graph")
     p.add_argument("--kernel-time", action="store_true",
                    help="also profile the in-process variants' GPU kernel time (3 steps more)")
     p.add_argument("--profile", action="store_true",

@@ -465,13 +465,14 @@ KERNEL_KINDS = (("triton (inductor/liger)", ("triton",)),
 
 def profile_steps(step, device, path: Path, steps: int = 2, trace: bool = False) -> None:
     """GPU time of `steps` steps by kernel, and grouped by kind, into `path` (and a summary);
-    with `trace`, the whole timeline (host and GPU) as a gzipped Chrome trace beside it."""
+    with `trace`, the GPU's timeline as a gzipped Chrome trace beside it and where the GPU
+    idled (`gpu_idle`). Host ops are not recorded: tracing them slows the host several-fold,
+    which on a pair whose host is the bound makes idle time that is not there."""
     from torch.profiler import ProfilerActivity, profile
 
     step()
     sync(device)
-    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if trace else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         sync(device)

@@ -9,12 +9,12 @@ computed from its own parameters. `KDTrainer` applies this on CUDA; the CPU runs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from kdengine.config import teacher_compile_from_env
+from kdengine.config import student_compile_from_env, teacher_compile_from_env
 
 
 @dataclass(frozen=True)
@@ -28,22 +28,42 @@ class CompileOptions:
     whole-model teacher replays as a CUDA graph (static shapes, no autograd:
     mode="reduce-overhead").
     student: "layers" compiles each block, "model" the whole forward (and its backward) as one
-    graph. concat_projections: the student runs one matmul over its concatenated q/k/v and one
-    over gate/up weights (parameters unchanged).
+    graph; student_cudagraphs: those graphs replay as CUDA graphs. concat_projections: the
+    student runs one matmul over its concatenated q/k/v and one over gate/up weights
+    (parameters unchanged).
     """
 
     teacher: str = "layers"
     teacher_cudagraphs: bool = False
     student: str = "layers"
+    student_cudagraphs: bool = False
     concat_projections: bool = True
 
     @classmethod
     def from_env(cls) -> CompileOptions:
-        """The defaults, with the teacher's compile from KDENGINE_TEACHER_COMPILE if set."""
-        teacher = teacher_compile_from_env()
-        if teacher == "graphs":
-            return cls(teacher="model", teacher_cudagraphs=True)
-        return cls(teacher=teacher)
+        """The defaults, with the teacher's compile from KDENGINE_TEACHER_COMPILE and the
+        student's from KDENGINE_STUDENT_COMPILE if set ("graphs": the whole model's graph
+        replayed as CUDA graphs)."""
+        teacher, student = teacher_compile_from_env(), student_compile_from_env()
+        return cls(teacher="model" if teacher == "graphs" else teacher,
+                   teacher_cudagraphs=teacher == "graphs",
+                   student="model" if student == "graphs" else student,
+                   student_cudagraphs=student == "graphs")
+
+    def for_sampled_batches(self) -> tuple[CompileOptions, str | None]:
+        """These options for a run that samples completions (on-policy, seq_kd): its batches
+        come in many shapes, and a CUDA graph of each would be recorded and kept, so the
+        student's graph runs without them; the warning that says so, or None."""
+        if not self.student_cudagraphs:
+            return self, None
+        return (replace(self, student_cudagraphs=False),
+                "KDENGINE_STUDENT_COMPILE=graphs: sampled batches vary in shape, so the "
+                "student's graph runs without CUDA graphs")
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Whether any model replays as CUDA graphs (each step then begins a new replay)."""
+        return self.teacher_cudagraphs or self.student_cudagraphs
 
 
 # Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).
@@ -131,6 +151,9 @@ def compile_student(provider: Any, options: CompileOptions) -> str:
     if options.concat_projections and hasattr(model, "concat_projections"):
         model.concat_projections()
     if options.student == "model" and hasattr(model, "concat_projections"):
+        if options.student_cudagraphs:
+            model.compile(mode="reduce-overhead")
+            return "model+cudagraphs"
         model.compile()
         return "model"
     return "layers" if compile_decoder_layers(provider) else "none"

@@ -452,6 +452,23 @@ def teacher_compile_from_env() -> str:
                             "(that graph as a CUDA graph) or layers (each block)")
 
 
+# the student's compile on CUDA (docs/performance.md, issue 16 round 6): "layers" (the default:
+# each block compiled), "model" (its whole forward and backward as one graph: fewer launches
+# and guards for the host, one trace of every block at each start) or "graphs" (that graph
+# replayed as CUDA graphs, forward and backward: for a small pair whose host cannot keep up
+# with its GPU). One process only: under torchrun the student compiles block by block.
+STUDENT_COMPILE_ENV = "KDENGINE_STUDENT_COMPILE"
+STUDENT_COMPILES = ("layers", "model", "graphs")
+
+
+def student_compile_from_env() -> str:
+    """KDENGINE_STUDENT_COMPILE's value (layers when unset); ConfigError naming it otherwise.
+    Torch-free: the preflight checks it before a run directory exists."""
+    return _choice_from_env(STUDENT_COMPILE_ENV, STUDENT_COMPILES, "layers",
+                            "set it to model (the student's whole forward and backward as one "
+                            "graph), graphs (those graphs as CUDA graphs) or layers (each block)")
+
+
 def _choice_from_env(name: str, choices: tuple[str, ...], default: str, advice: str) -> str:
     """The variable `name`'s value, `default` when unset; ConfigError naming it and `advice`
     for any value not in `choices`."""

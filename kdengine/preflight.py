@@ -25,6 +25,7 @@ from kdengine.config import (
     DEMO_DATA,
     ConfigError,
     RunConfig,
+    student_compile_from_env,
     student_placement_from_env,
     teacher_compile_from_env,
 )
@@ -75,6 +76,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
     teacher_compile_from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
+    student_compile_from_env()  # as KDENGINE_STUDENT_COMPILE does
     student_placement_from_env()  # and KDENGINE_STUDENT_PLACEMENT a placement
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":

@@ -156,7 +156,11 @@ class KDTrainer:
         # around the matmuls) and the loss's per-chunk math; the CPU runs eager.
         self.compile = device.type == "cuda" if compile_models is None else compile_models
         self.compile_options = compile_options or CompileOptions.from_env()
-        self._teacher_graphs = False
+        if rollout is not None and self.compile:
+            self.compile_options, warning = self.compile_options.for_sampled_batches()
+            if warning:
+                log.message("warning", warning)
+        self._cudagraphs = False  # a model replays as CUDA graphs: each step begins a replay
         # compiled artifacts kept in the engine's cache dir for the next run of these shapes
         # (kdengine.compile_cache): pointed there before the first forward compiles anything
         self.compile_cache = None
@@ -173,11 +177,12 @@ class KDTrainer:
             if self.dist.teacher_placement == "sharded":  # FSDP2 groups: block by block
                 compile_decoder_layers(teacher)
             else:  # one process or a replicated teacher: the same compile
-                self._teacher_graphs = compile_teacher(teacher, opts) == "model+cudagraphs"
+                self._cudagraphs = compile_teacher(teacher, opts) == "model+cudagraphs"
             # Under FSDP2 the same blocks are compiled (Module.compile is lazy and in place, so
             # before or after fully_shard is the same; FSDP2's hooks run eagerly at each
             # block's edge); a whole-model student graph would break at every block's hooks.
-            compile_student(student, self.dist.student_compile_options(opts))
+            how = compile_student(student, self.dist.student_compile_options(opts))
+            self._cudagraphs |= how == "model+cudagraphs"
         self._compile_proven = not self.compile
         if hasattr(teacher, "samplers"):  # a teacher cache: the rows it holds targets for
             self.sampler, val = teacher.samplers(splits, config.batch_size, config.seed)
@@ -260,6 +265,8 @@ class KDTrainer:
                         position_ids: torch.Tensor | None = None,
                         spec: KDLossSpec | None = None, rows: torch.Tensor | None = None):
         scaled = self.scaler.is_enabled() and torch.is_grad_enabled()
+        if self._cudagraphs:  # a new step for CUDA-graph trees: the last one's outputs done
+            torch.compiler.cudagraph_mark_step_begin()
         if rows is not None:  # a teacher cache: its stored targets, no teacher forward
             with self._autocast():
                 s_hidden = self.student.hidden_states(input_ids, position_ids)
@@ -272,8 +279,6 @@ class KDTrainer:
             start = self._clock() if self.timing is not None else 0.0
             # no autograd state at all for the frozen teacher
             with torch.inference_mode():
-                if self._teacher_graphs:  # a new step for CUDA-graph trees: last outputs done
-                    torch.compiler.cudagraph_mark_step_begin()
                 t_hidden = self.teacher.hidden_states(input_ids, position_ids)
             if self.timing is not None:  # sampled steps report their time split
                 self.timing["teacher_s"] = self._clock() - start
@@ -296,7 +301,7 @@ class KDTrainer:
         except Exception as exc:  # noqa: BLE001 - any compiler error: fall back to eager
             self.log.message("warning", f"torch.compile failed ({type(exc).__name__}: {exc}); "
                              "training eager instead")
-            self.compile = self._teacher_graphs = False
+            self.compile = self._cudagraphs = False
             uncompile_decoder_layers(self.teacher)
             uncompile_decoder_layers(self.student)
             parts = self._loss_on_device(input_ids, labels, position_ids, spec, rows)
@@ -366,7 +371,7 @@ class KDTrainer:
             position_ids = batch[2] if len(batch) > 2 else None  # packed rows only
             position_ids = position_ids.to(self.device) if position_ids is not None else None
             with self._autocast(), torch.inference_mode():
-                if self._teacher_graphs:
+                if self._cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 hidden = self.teacher.hidden_states(input_ids, position_ids).flatten(0, 1)
             head, flat = self.teacher.head_weight, labels.flatten()

@@ -160,18 +160,47 @@ def test_graphs_in_the_environment_replays_the_whole_teacher_graph_as_a_cuda_gra
     assert not CompileOptions.from_env().teacher_cudagraphs
 
 
-def test_an_unknown_teacher_compile_in_the_environment_is_refused_naming_it(
-        tmp_path, engine_cmd) -> None:
+@pytest.mark.parametrize(("env", "expected"), [
+    (None, ("layers", False)), ("layers", ("layers", False)), ("model", ("model", False)),
+    ("graphs", ("model", True))])
+def test_the_student_compiles_as_the_environment_says(monkeypatch, env, expected) -> None:
+    if env is None:
+        monkeypatch.delenv("KDENGINE_STUDENT_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("KDENGINE_STUDENT_COMPILE", env)
+    options = CompileOptions.from_env()
+    assert (options.student, options.student_cudagraphs) == expected
+    assert options.cudagraphs == expected[1]
+    assert (options.teacher, options.teacher_cudagraphs) == ("layers", False)
+
+
+def test_a_run_that_samples_completions_keeps_the_students_graph_off_cuda_graphs(
+        monkeypatch) -> None:
+    """Sampled batches vary in shape: a CUDA graph of each would be recorded and kept."""
+    monkeypatch.setenv("KDENGINE_STUDENT_COMPILE", "graphs")
+    options, warning = CompileOptions.from_env().for_sampled_batches()
+    assert (options.student, options.student_cudagraphs) == ("model", False)
+    assert "KDENGINE_STUDENT_COMPILE=graphs" in warning
+    monkeypatch.setenv("KDENGINE_STUDENT_COMPILE", "model")
+    options = CompileOptions.from_env()
+    assert options.for_sampled_batches() == (options, None)
+
+
+@pytest.mark.parametrize(("name", "advice"), [
+    ("KDENGINE_TEACHER_COMPILE", "set it to model (the teacher's whole forward as one graph), "
+     "graphs (that graph as a CUDA graph) or layers (each block), or unset it"),
+    ("KDENGINE_STUDENT_COMPILE", "set it to model (the student's whole forward and backward as "
+     "one graph), graphs (those graphs as CUDA graphs) or layers (each block), or unset it")])
+def test_an_unknown_compile_in_the_environment_is_refused_naming_it(
+        tmp_path, engine_cmd, name, advice) -> None:
     import os
     import subprocess
 
     run_dir = tmp_path / "run"
     out = subprocess.run([*engine_cmd, "train", "--demo", "--run-dir", str(run_dir)],
                          capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "KDENGINE_TEACHER_COMPILE": "blocks"})
+                         env={**os.environ, name: "blocks"})
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "kdengine train: error: KDENGINE_TEACHER_COMPILE: is 'blocks': set it to model (the "
-        "teacher's whole forward as one graph), graphs (that graph as a CUDA graph) or layers "
-        "(each block), or unset it"]
+        f"kdengine train: error: {name}: is 'blocks': {advice}"]
     assert not run_dir.exists()
