@@ -226,7 +226,11 @@ class RunScreen(Screen):
         except Exception as exc:  # every launch failure is shown, never a crash of the UI
             self.launch_failed = str(exc)
             self._pending_lines.append(f"ERROR: launch failed: {exc}")
-            self.query_one(VerdictPanel).border_subtitle = "launch failed"
+            # the stage it failed in stops its clock, whether or not the launcher said so (a
+            # remote stage reports its failure; an OSError out of a local mkdir does not)
+            tracker.finish_running("failed")
+            self.query_one(VerdictPanel).show_launch_failed(str(exc))
+            self._fit_layout()
             self.notify(str(exc), title="Launch failed", severity="error", timeout=10,
                         markup=False)
             return

@@ -543,6 +543,17 @@ class VerdictPanel(Static):
             "\n", verdict.reason,
         ))
 
+    def show_launch_failed(self, message: str) -> None:
+        """The launch failed: no run, so no verdict to wait for; why, in the error's border."""
+        self.verdict = None
+        self.status = "launch failed"
+        self.set_class(True, "fail")
+        self.set_class(False, "pass")
+        self.set_class(False, "inconclusive")
+        self.border_subtitle = "launch failed"
+        self.report = None
+        self._show_text(Text.assemble(("LAUNCH FAILED", "bold"), "\n", message))
+
     def notify_style_update(self) -> None:
         super().notify_style_update()
         if self.report is not None and self.report.warnings:
