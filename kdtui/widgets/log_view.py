@@ -422,9 +422,12 @@ class LogView(ScrollView, can_focus=True):
 
     # -- wrapping -----------------------------------------------------------------------------
     def on_resize(self) -> None:
-        # only a new width changes the rows; a new height does not
+        # only a new width changes the rows; a new height moves the end: a shorter pane (the
+        # band above grew after the lines came) no longer shows it, so following scrolls there
         if self._wrap_width() != self._layout_width:
             self._relayout_keeping_place()
+        elif self.following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
 
     def watch_wrap(self, wrap: bool) -> None:
         self._retitle()
