@@ -149,6 +149,7 @@ def cmd_train(argv: list[str]) -> int:
         field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
         raise ConfigError(field, f"{run_dir} already holds a run (continue it with --resume "
                           f"{run_dir}, or pick another {flag_of(field)})")
+    field, fix = _check_run_dir(config, run_dir, resumed=bool(args.resume))
     try:
         # kdengine.preflight: everything the run would refuse that is known without weights
         from kdengine.preflight import check_run_inputs
@@ -161,10 +162,15 @@ def cmd_train(argv: list[str]) -> int:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),
                           "preflight": preflight.to_dict()}, indent=2))
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits
-    if not args.resume:
-        (run_dir / "config.json").write_text(config.to_json())
+    try:  # the check above passed: an error here is the path changing in between
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits
+        if not args.resume:
+            (run_dir / "config.json").write_text(config.to_json())
+    except OSError as exc:
+        from kdengine.preflight import run_dir_refusal
+
+        raise run_dir_refusal(run_dir, field, fix, exc) from None
     from kdengine.run import run
 
     result = run(config, run_dir, resume=bool(args.resume), started=STARTED)
@@ -173,6 +179,30 @@ def cmd_train(argv: list[str]) -> int:
         print(f"{PROG} train: error: [{result.stage}] failed: {reason} (traceback in "
               f"{run_dir / 'launch.log'})", file=sys.stderr, flush=True)
     return result.exit_code
+
+
+RUNS_DIR_VAR = "KDENGINE_RUNS_DIR"
+
+
+def _check_run_dir(config: RunConfig, run_dir: Path, resumed: bool) -> tuple[str, str]:
+    """Refuse, before anything is created, a run directory that cannot be made or written
+    (kdengine.preflight.check_run_dir), naming what picked it: --resume, --run-dir, or the runs
+    directory (KDENGINE_RUNS_DIR) and --run-name under it. Returns (field, fix) for an error
+    when the directory is made."""
+    from kdengine.preflight import check_run_dir
+
+    if resumed:
+        field, fix = "resume", "make the run directory writable, or continue it as this user"
+    elif config.run_dir:
+        field, fix = "run_dir", "pick another --run-dir"
+    else:
+        field = RUNS_DIR_VAR
+        fix = f"set {RUNS_DIR_VAR} to a directory you can write, or pass --run-dir"
+        check_run_dir(default_runs_dir(), field, fix)
+        check_run_dir(run_dir, "run_name", "pick another --run-name, or pass --run-dir")
+        return field, fix
+    check_run_dir(run_dir, field, fix)
+    return field, fix
 
 
 def _check_disk_space(config: RunConfig, run_dir: Path, resumed: bool) -> None:

@@ -17,6 +17,7 @@ is not in the local cache yet, and the token ids of pre-tokenized shards against
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,37 @@ def check_run_inputs(config: RunConfig) -> Preflight:
 
         check_cache_fits(config, teacher_tok, teacher_dir, student.vocab_size)
     return facts
+
+
+def check_run_dir(run_dir: Path, field: str, fix: str) -> None:
+    """The run directory is one the run can make and write into, found without creating
+    anything: it is a directory already, or its nearest existing ancestor is one, and either is
+    writable. Else ConfigError(field, ...) with `fix`, the change that mends it (a file on the
+    path or a read-only parent would otherwise surface as the real run's mkdir traceback)."""
+    path = Path(run_dir)
+    try:
+        # nearest existing ancestor (lexists: a dangling symlink on the path is found too)
+        existing = path
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "a broken symlink" if existing.is_symlink() else "a file"
+            where = "" if existing == path else f" (on the path to {path})"
+            raise ConfigError(field, f"{existing} is {what}, not a directory{where}; {fix}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            why = (f"{path} is not writable" if existing == path else
+                   f"{path} cannot be created: {existing} is not writable")
+            raise ConfigError(field, f"{why}; {fix}")
+    except OSError as exc:  # a parent that cannot be looked into
+        raise ConfigError(field, f"{path} cannot be checked: {exc.strerror} "
+                          f"({exc.filename}); {fix}") from None
+
+
+def run_dir_refusal(run_dir: Path, field: str, fix: str, exc: OSError) -> ConfigError:
+    """The one-line error for a run directory that could not be made or written after
+    check_run_dir passed it (the path changed in between)."""
+    where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != Path(run_dir) else ""
+    return ConfigError(field, f"cannot create {run_dir}: {exc.strerror or exc}{where}; {fix}")
 
 
 def _check_model(spec: str, name: str, directory: Path | None,

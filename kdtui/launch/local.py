@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import FIELDS, ConfigError, RunConfig, flag_of
+from kdengine.config import FIELDS, ConfigError, RunConfig, default_runs_dir, flag_of
 from kdengine.events import EVENTS_FILE, LOG_FILE
 from kdtui.launch.base import StageUpdate, engine_args
 from kdtui.runs import PID_FILE, pid_alive, read_pid
@@ -144,6 +144,7 @@ class LocalLauncher:
         from kdengine.sources import check_sources  # no torch: the quick refusals stay quick
 
         check_sources(self.config)
+        self._check_run_dir()
         if (self.run_dir / EVENTS_FILE).exists():
             raise ConfigError(self.run_dir_field, f"{self.run_dir} already holds a run (pick "
                               f"another {flag_of(self.run_dir_field)})")
@@ -156,6 +157,26 @@ class LocalLauncher:
         if done.returncode != 0:
             raise engine_refusal(done.stderr, done.returncode)
         self._checked = self.config
+
+    def _run_dir_field(self) -> tuple[str, str]:
+        """(field, fix) for a run directory that cannot be made: --run-dir when the user gave
+        it, else what picked the runs directory (kdtui's --runs-dir, or KDENGINE_RUNS_DIR and
+        its default); the engine's --check, given --run-dir always, would name --run-dir."""
+        if self.run_dir_field == "run_dir":
+            return "run_dir", "pick another --run-dir"
+        if self.runs_dir == default_runs_dir():
+            return ("KDENGINE_RUNS_DIR", "set KDENGINE_RUNS_DIR to a directory you can write, "
+                    "or pass --run-dir")
+        return "runs_dir", "pass --runs-dir a directory you can write, or pass --run-dir"
+
+    def _check_run_dir(self) -> None:
+        from kdengine.preflight import check_run_dir  # no torch
+
+        field, fix = self._run_dir_field()
+        if field != "run_dir":
+            check_run_dir(self.runs_dir, field, fix)
+            field, fix = "run_name", "pick another --run-name, or pass --run-dir"
+        check_run_dir(self.run_dir, field, fix)
 
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> LocalRunHandle:
         t0 = time.monotonic()
@@ -170,10 +191,20 @@ class LocalLauncher:
 
         t1 = time.monotonic()
         on_stage(StageUpdate("start", "running", host="local"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         command = self.command()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.run_dir / LOG_FILE, "ab") as log, open(os.devnull, "rb") as null:
+        try:  # the check passed: an error here is the path changing in between
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.run_dir / LOG_FILE, "ab")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            from kdengine.preflight import run_dir_refusal
+
+            refusal = run_dir_refusal(self.run_dir, *self._run_dir_field(), exc)
+            message = f"{flag_of(refusal.field)}: {refusal.message}"
+            on_stage(StageUpdate("start", "failed", time.monotonic() - t1, message,
+                                 host="local"))
+            raise LaunchError(message, refusal.field) from None
+        with log, open(os.devnull, "rb") as null:
             process = subprocess.Popen(command, stdin=null, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True, env=env, close_fds=True)
         (self.run_dir / PID_FILE).write_text(f"{process.pid}\n")

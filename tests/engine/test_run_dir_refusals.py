@@ -1,0 +1,156 @@
+"""A run directory that cannot be made is refused like any bad input: exit 2, one line naming
+what picked the directory (--run-dir, KDENGINE_RUNS_DIR, --run-name, kdtui's --runs-dir) and
+the fix, before anything is created, by `--check` too, and by kdtui's headless launch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMO = ["train", "--demo", "--steps", "5", "--warmup-steps", "1"]
+
+
+def _engine(*argv: str, runs_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if runs_dir is not None:
+        env["KDENGINE_RUNS_DIR"] = str(runs_dir)
+    return subprocess.run([sys.executable, "-m", "kdengine", *argv], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def _one_line_refusal(done: subprocess.CompletedProcess[str], said: str) -> str:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"kdengine train: error: {said}"), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "afile"
+    path.write_text("not a directory\n")
+    return path
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_a_run_dir_under_a_file_is_refused_with_one_line_naming_run_dir(a_file, check) -> None:
+    run_dir = a_file / "y"
+    done = _engine(*DEMO, "--run-dir", str(run_dir), *(["--check"] if check else []))
+    line = _one_line_refusal(done, "--run-dir: ")
+    assert f"{a_file} is a file, not a directory" in line and "pick another --run-dir" in line
+    assert done.stdout == "" and a_file.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_a_runs_dir_that_is_a_file_is_refused_with_one_line_naming_the_variable(
+        a_file, check) -> None:
+    done = _engine(*DEMO, *(["--check"] if check else []), runs_dir=a_file)
+    line = _one_line_refusal(done, "KDENGINE_RUNS_DIR: ")
+    assert f"{a_file} is a file, not a directory" in line
+    assert "set KDENGINE_RUNS_DIR to a directory you can write" in line
+
+
+def test_a_runs_dir_under_a_file_is_refused_naming_the_variable(a_file) -> None:
+    done = _engine(*DEMO, "--check", runs_dir=a_file / "runs")
+    line = _one_line_refusal(done, "KDENGINE_RUNS_DIR: ")
+    assert f"{a_file} is a file, not a directory (on the path to {a_file / 'runs'})" in line
+
+
+def test_an_existing_run_dir_that_is_a_file_is_refused(a_file) -> None:
+    done = _engine(*DEMO, "--check", "--run-dir", str(a_file))
+    assert f"{a_file} is a file, not a directory;" in _one_line_refusal(done, "--run-dir: ")
+
+
+def test_a_run_name_that_is_a_file_in_the_runs_dir_names_run_name(a_file) -> None:
+    done = _engine(*DEMO, "--check", "--run-name", a_file.name, runs_dir=a_file.parent)
+    line = _one_line_refusal(done, "--run-name: ")
+    assert "pick another --run-name" in line
+
+
+def test_a_run_dir_through_a_broken_symlink_is_refused(tmp_path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    done = _engine(*DEMO, "--check", "--run-dir", str(tmp_path / "link" / "run"))
+    assert "is a broken symlink, not a directory" in _one_line_refusal(done, "--run-dir: ")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_run_dir_under_a_read_only_parent_is_refused(tmp_path) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        done = _engine(*DEMO, "--check", "--run-dir", str(parent / "run"))
+        line = _one_line_refusal(done, "--run-dir: ")
+        assert f"cannot be created: {parent} is not writable" in line
+    finally:
+        parent.chmod(0o755)
+
+
+def test_a_good_run_dir_under_a_missing_parent_passes_check_and_is_not_made(tmp_path) -> None:
+    run_dir = tmp_path / "a" / "b" / "run"
+    done = _engine(*DEMO, "--check", "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_run_dir_that_fails_to_be_made_after_the_check_is_one_line_exit_2(
+        a_file, monkeypatch, capsys) -> None:
+    # the path changed between the check and the mkdir: the mkdir's own error, as one line
+    import kdengine.preflight
+    from kdengine.cli import main
+
+    monkeypatch.setattr(kdengine.preflight, "check_run_dir", lambda *args: None)
+    code = main([*DEMO, "--run-dir", str(a_file / "y")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"kdengine train: error: --run-dir: cannot create {a_file / 'y'}: "
+                          "Not a directory")
+    assert err.rstrip().endswith("pick another --run-dir")
+
+
+def _kdtui(*argv: str, runs_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KDENGINE_RUNS_DIR": str(runs_dir)}
+    return subprocess.run([sys.executable, "-m", "kdtui", *argv], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize(("argv", "runs_dir", "said"), [
+    (["launch", "--headless", *DEMO[1:], "--run-dir", "{file}/y"], "{tmp}", "--run-dir: "),
+    (["launch", "--headless", *DEMO[1:]], "{file}", "KDENGINE_RUNS_DIR: "),
+    (["--runs-dir", "{file}", "launch", "--headless", *DEMO[1:]], "{tmp}", "--runs-dir: "),
+], ids=["run-dir", "KDENGINE_RUNS_DIR", "runs-dir"])
+def test_kdtui_headless_launch_refuses_a_run_dir_under_a_file_naming_what_picked_it(
+        a_file, argv, runs_dir, said) -> None:
+    def fill(text: str) -> str:
+        return text.format(file=a_file, tmp=a_file.parent)
+
+    done = _kdtui(*map(fill, argv), runs_dir=Path(fill(runs_dir)))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    errors = [line for line in done.stdout.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1, done.stdout
+    assert errors[0].startswith(f"ERROR: {said}{a_file} is a file, not a directory")
+    assert a_file.read_text() == "not a directory\n"
+
+
+def test_kdtui_start_turns_a_failed_mkdir_into_the_fields_launch_error(a_file) -> None:
+    from kdengine.config import demo_config
+    from kdtui.launch.local import LaunchError, LocalLauncher
+
+    launcher = LocalLauncher(demo_config(run_dir=str(a_file / "y")), a_file.parent)
+    launcher.check = lambda: None  # the path changed after the check passed
+    stages: list = []
+    with pytest.raises(LaunchError) as caught:
+        asyncio.run(launcher.start(stages.append))
+    assert caught.value.field == "run_dir"
+    assert str(caught.value).startswith(f"--run-dir: cannot create {a_file / 'y'}: "
+                                        "Not a directory")
+    assert stages[-1].stage == "start" and stages[-1].state == "failed"
