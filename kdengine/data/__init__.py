@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from kdengine.config import DEMO_DATA, ConfigError
+from kdengine.data.formats import json_error_text
 from kdengine.losses import IGNORE_INDEX
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
@@ -314,7 +315,7 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise _BadFile(f"{file}:{number}", f"is not JSON: {exc.msg}",
+            raise _BadFile(f"{file}:{number}", f"is not JSON: {json_error_text(exc)}",
                            "fix the line") from None
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise _BadFile(f"{file}:{number}", f"has no text field {text_field!r}",

@@ -43,6 +43,13 @@ class BadRecord(Exception):
         super().__init__(f"{where}: {message}")
 
 
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """The decoder's reason with where on the line it is ("Unterminated string starting at
+    column 12"): exc.msg alone stops at "starting at". The line is named by the caller."""
+    at = "" if exc.msg.endswith(" at") else " at"
+    return f"{exc.msg}{at} column {exc.colno}"
+
+
 @dataclass(frozen=True)
 class Example:
     """One training example. `name` is where it came from ("chat.jsonl:12", "part.parquet:row
@@ -294,9 +301,12 @@ def _jsonl_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"{name}:{number}", json.loads(line)
+            # without its line end: an error there is at the line's last column, not at
+            # column 1 of a line after it
+            yield f"{name}:{number}", json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            raise BadRecord(f"{name}:{number}", f"is not JSON ({exc.msg})") from None
+            why = json_error_text(exc)
+            raise BadRecord(f"{name}:{number}", f"is not JSON ({why})") from None
 
 
 def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
@@ -308,7 +318,8 @@ def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     except UnicodeDecodeError as exc:
         raise BadRecord(name, f"is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise BadRecord(f"{name}:{exc.lineno}", f"is not JSON ({exc.msg})") from None
+        why = json_error_text(exc)
+        raise BadRecord(f"{name}:{exc.lineno}", f"is not JSON ({why})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # {"data": [...]}, as some exporters write it
     if not isinstance(data, list):

@@ -171,6 +171,13 @@ def test_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
         path.chmod(0o600)
 
 
+def test_a_jsonl_line_that_is_not_json_names_the_column_of_the_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": "no end\n')
+    assert _error(_config(tmp_path / "broken.jsonl")).startswith(
+        f"{tmp_path / 'broken.jsonl'}:2 is not JSON: Unterminated string starting at column 10; "
+        "fix the line")
+
+
 def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{not json\n')
     assert "bad.jsonl:2 is not JSON" in _error(_config(tmp_path / "bad.jsonl"))

@@ -188,7 +188,8 @@ def test_hub_dataset_id_from_the_cache_offline(tmp_path: Path, tok_dir: Path,
 
 
 BAD = [  # (file name, content, the one-line error it must give)
-    ("notjson.jsonl", '{"text": "ok"}\n{"text": \n', r"notjson.jsonl:2: is not JSON"),
+    ("notjson.jsonl", '{"text": "ok"}\n{"text": \n',
+     r"notjson.jsonl:2: is not JSON \(Expecting value at column 10\)"),
     ("nofields.jsonl", '{"text": "ok"}\n\n{"body": "x"}\n',
      r"nofields.jsonl:3: has no text, messages or prompt\+completion field \(its fields: "
      r"body\); name the columns with --data-fields"),
@@ -203,6 +204,11 @@ BAD = [  # (file name, content, the one-line error it must give)
     ("broken.parquet", "PAR1 not really", r"broken.parquet: is not a readable parquet file"),
     ("empty.jsonl", json.dumps({"messages": []}) + "\n",
      r"empty.jsonl:1: messages must be a non-empty list"),
+    ("unterminated.jsonl", '{"text": "ok"}\n{"text": "no end\n',
+     r"unterminated.jsonl:2: is not JSON \(Unterminated string starting at column 10\)"),
+    ("broken.json", '[{"text": "ok"},\n {"text": "x",}]',
+     r"broken.json:2: is not JSON \(Expecting property name enclosed in double quotes at "
+     r"column 15\)"),
 ]
 
 
