@@ -251,7 +251,31 @@ def cmd_cache_teacher(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"train": cmd_train, "verdict": cmd_verdict, "cache-teacher": cmd_cache_teacher}
+def cmd_version(argv: list[str]) -> int:
+    p = OneLineParser(prog=f"{PROG} version", allow_abbrev=False,
+                      description=f"Print the version of {PROG}")
+    p.parse_args(argv)
+    print(f"kdengine {kdengine.__version__}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "cache-teacher": cmd_cache_teacher, "verdict": cmd_verdict,
+            "version": cmd_version}
+# `kdengine --help`'s line for each command, in COMMANDS' order
+SUMMARIES = {
+    "train": "distil a teacher into a student (`kdengine train --demo` to try it)",
+    "cache-teacher": "score the data with the teacher once, for --teacher-cache",
+    "verdict": "print a run's smoke verdict; exit 0 pass, 1 fail, 2 inconclusive",
+    "version": "print the version",
+}
+
+
+def top_help() -> str:
+    """`kdengine --help`: the usage line and one aligned line per command."""
+    width = max(map(len, COMMANDS)) + 2
+    lines = [f"  {name:<{width}}{SUMMARIES[name]}" for name in COMMANDS]
+    return "\n".join([f"usage: {PROG} {{{','.join(COMMANDS)}}} ...", "", *lines,
+                      "", f"`{PROG} COMMAND --help` lists a command's flags."])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,19 +294,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {PROG} {{train,cache-teacher,verdict,version}} ...\n\n"
-              "  train    distil a teacher into a student (`kdengine train --demo` to try it)\n"
-              "  cache-teacher  score the data with the teacher once, for --teacher-cache\n"
-              "  verdict  print a run's smoke verdict; exit 0 pass, 1 fail, 2 inconclusive\n"
-              "  version  print the version")
+        print(top_help())
         return 0 if argv else EXIT_USAGE
     command, rest = argv[0], argv[1:]
-    if command in ("version", "--version"):
-        print(f"kdengine {kdengine.__version__}")
-        return 0
+    if command == "--version":
+        command = "version"
     if command not in COMMANDS:
-        print(f"{PROG}: error: unknown command {command!r} (train, cache-teacher, verdict, "
-              "version)",
+        print(f"{PROG}: error: unknown command {command!r} ({', '.join(COMMANDS)})",
               file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -143,7 +143,11 @@ class Field:
 
 
 def _fmt(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else f"{number:g}"
+    """A bound or value as a person writes it: an integer whole (2**63 - 1, not 9.22337e+18), a
+    whole float without its .0, any other float in %g."""
+    if isinstance(number, int):
+        return str(number)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
 
 
 # Order is the order of the form and of --help.
@@ -236,7 +240,7 @@ FIELDS: tuple[Field, ...] = (
           "the end)", "checkpoints", minimum=0, maximum=10**9),
     Field("seed", int, 0, "Random seed of init, data order and dropout", "run", minimum=0,
           maximum=2**63 - 1),
-    Field("device", str, "auto", "Where to train: auto, cpu, cuda, cuda:N or mps", "run",
+    Field("device", str, "auto", "Where to train", "run",
           pattern=_DEVICE_RE, pattern_hint="auto, cpu, cuda, cuda:N or mps"),
     Field("dtype", str, "auto", "Compute dtype (auto: bfloat16 on CUDA, float32 elsewhere)",
           "run", choices=DTYPES),
@@ -248,11 +252,11 @@ FIELDS: tuple[Field, ...] = (
           "or float8 (e4m3 forward and backward, fp32 master weights kept: faster on "
           "H100/H200-class GPUs, a small change to what is trained; docs/models.md)", "run",
           choices=STUDENT_MATMULS),
-    Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>); letters, digits, . _ -",
+    Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>)",
           "run", pattern=re.compile(r"^$|" + _RUN_NAME_RE.pattern),
-          pattern_hint="letters, digits, '.', '_' and '-' (up to 128, not starting with . _ -)"),
+          pattern_hint="letters, digits, '.', '_' and '-', up to 128, not starting with . _ -"),
     Field("run_dir", str, "", "Run directory for events, logs and checkpoints (empty: "
-          "RUNS_DIR/<run_name>)", "run"),
+          "<run_name> in the runs directory, KDENGINE_RUNS_DIR)", "run"),
     Field("allow_same_teacher_student", bool, False, "Allow teacher == student (a smoke test "
           "only: the KD signal is zero)", "run"),
 )
@@ -424,7 +428,9 @@ def add_field_flags(parser: argparse.ArgumentParser) -> None:
     for group_name, specs in groups().items():
         group = parser.add_argument_group(group_name)
         for f in specs:
-            default = f"default: {f.default!r}" if f.default != "" else "default: none"
+            default = ("default: none" if f.default == "" else
+                       f"default: {str(f.default).lower()}" if f.kind is bool else
+                       f"default: {f.default!r}")
             help_text = f"{f.help} ({f.bounds_text()}; {default})"
             if f.kind is bool:
                 group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,

@@ -1,0 +1,73 @@
+"""`kdengine --help` and each command's `--help`: usage for the command asked about, aligned
+summaries, bounds and defaults written as a person writes them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from kdengine.cli import COMMANDS
+from kdengine.config import FIELDS, FIELDS_BY_NAME
+
+
+def _kdengine(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kdengine", *argv], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_version_help_prints_its_usage_not_the_version() -> None:
+    done = _kdengine("version", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: kdengine version")
+    assert not done.stdout.startswith("kdengine 0")
+    assert _kdengine("version").stdout.startswith("kdengine ")
+    assert _kdengine("--version").stdout == _kdengine("version").stdout
+
+
+def test_version_with_a_stray_argument_is_one_line_exit_2() -> None:
+    done = _kdengine("version", "extra")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "kdengine version: error: unrecognized arguments: extra\n"
+
+
+def test_top_level_help_lists_every_command_with_its_summary_aligned() -> None:
+    done = _kdengine("--help")
+    assert done.returncode == 0
+    rows = [line for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert [row.split()[0] for row in rows] == list(COMMANDS)
+    starts = {re.match(r"  \S+ +", row).end() for row in rows}
+    assert len(starts) == 1, rows  # every summary starts in the same column
+    assert done.stdout.startswith("usage: kdengine {train,cache-teacher,verdict,version} ...")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_commands_help_is_its_own_usage(command: str) -> None:
+    done = _kdengine(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: kdengine {command} ")
+    assert done.stderr == ""
+
+
+def test_integer_bounds_print_as_integers_in_help_and_errors() -> None:
+    seed = FIELDS_BY_NAME["seed"]
+    assert seed.bounds_text() == "an integer >= 0 and <= 9223372036854775807"
+    help_text = " ".join(_kdengine("train", "--help").stdout.split())
+    assert "<= 9223372036854775807" in help_text
+    assert not re.search(r"\d\.\d+e\+\d+", help_text), "a bound in e-notation"
+    done = _kdengine("train", "--demo", "--seed", "-1", "--check")
+    assert done.stderr == ("kdengine train: error: --seed: must be an integer >= 0 and <= "
+                           "9223372036854775807 (got -1)\n")
+
+
+def test_a_flags_help_does_not_repeat_its_bounds() -> None:
+    repeated = [f.name for f in FIELDS if f.bounds_text() in f.help]
+    assert repeated == []
+
+
+def test_boolean_defaults_print_as_the_true_or_false_they_take() -> None:
+    help_text = " ".join(_kdengine("train", "--help").stdout.split())
+    assert "(true or false; default: false)" in help_text
+    assert "default: False" not in help_text
