@@ -234,7 +234,7 @@ def cmd_verdict(argv: list[str]) -> int:
     p = OneLineParser(prog=f"{PROG} verdict", allow_abbrev=False,
                 description="F-DISTILL-SMOKE-001 from a run's events: exit 0 pass, 1 fail, "
                 "2 inconclusive")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="A run's directory (it holds events.jsonl)")
     p.add_argument("--json", action="store_true", help="Print the verdict as JSON")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)

@@ -71,3 +71,9 @@ def test_boolean_defaults_print_as_the_true_or_false_they_take() -> None:
     help_text = " ".join(_kdengine("train", "--help").stdout.split())
     assert "(true or false; default: false)" in help_text
     assert "default: False" not in help_text
+
+
+def test_verdict_help_says_what_its_argument_is() -> None:
+    done = _kdengine("verdict", "--help")
+    assert done.stdout.startswith("usage: kdengine verdict [-h] [--json] RUN_DIR")
+    assert "RUN_DIR     A run's directory (it holds events.jsonl)" in done.stdout
