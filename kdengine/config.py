@@ -440,39 +440,34 @@ def add_field_flags(parser: argparse.ArgumentParser) -> None:
                                    help=help_text)
 
 
-# the teacher's compile on CUDA, for a run that wants the other trade (docs/performance.md,
-# issue 16 round 4): "layers" (the default: each block compiled, one trace for all blocks; on an
-# H200 the same step as one graph, a cold start 13-20 s and a warm one 2.3 s shorter), "model"
-# (the whole forward as one graph: a trace of every block at each start) or "graphs" (that
-# graph replayed as a CUDA graph: one launch for the teacher's kernels, for a host that cannot
-# keep up with a small pair's GPU)
+# How each model compiles on CUDA (docs/performance.md, issue 16 rounds 4 and 6): "layers" (the
+# default: each block compiled, one trace for all of them), "model" (the whole forward as one
+# graph, and the student's backward with it: a trace of every block at each start) or "graphs"
+# (that graph replayed as CUDA graphs: one launch for its kernels, for a host that cannot keep
+# up with a small pair's GPU). On an H200 neither "model" nor "graphs" paid on the issue-16
+# pairs; "layers" starts 13-20 s sooner cold. Under torchrun the student compiles per block.
 TEACHER_COMPILE_ENV = "KDENGINE_TEACHER_COMPILE"
-TEACHER_COMPILES = ("layers", "model", "graphs")
+STUDENT_COMPILE_ENV = "KDENGINE_STUDENT_COMPILE"
+COMPILES = ("layers", "model", "graphs")
 
 
 def teacher_compile_from_env() -> str:
     """KDENGINE_TEACHER_COMPILE's value (layers when unset); ConfigError naming it otherwise.
     Torch-free: the preflight checks it before a run directory exists."""
-    return _choice_from_env(TEACHER_COMPILE_ENV, TEACHER_COMPILES, "layers",
-                            "set it to model (the teacher's whole forward as one graph), graphs "
-                            "(that graph as a CUDA graph) or layers (each block)")
-
-
-# the student's compile on CUDA (docs/performance.md, issue 16 round 6): "layers" (the default:
-# each block compiled), "model" (its whole forward and backward as one graph: fewer launches
-# and guards for the host, one trace of every block at each start) or "graphs" (that graph
-# replayed as CUDA graphs, forward and backward: for a small pair whose host cannot keep up
-# with its GPU). One process only: under torchrun the student compiles block by block.
-STUDENT_COMPILE_ENV = "KDENGINE_STUDENT_COMPILE"
-STUDENT_COMPILES = ("layers", "model", "graphs")
+    return _compile_from_env(TEACHER_COMPILE_ENV, "the teacher's whole forward as one graph",
+                             "that graph as a CUDA graph")
 
 
 def student_compile_from_env() -> str:
-    """KDENGINE_STUDENT_COMPILE's value (layers when unset); ConfigError naming it otherwise.
-    Torch-free: the preflight checks it before a run directory exists."""
-    return _choice_from_env(STUDENT_COMPILE_ENV, STUDENT_COMPILES, "layers",
-                            "set it to model (the student's whole forward and backward as one "
-                            "graph), graphs (those graphs as CUDA graphs) or layers (each block)")
+    """KDENGINE_STUDENT_COMPILE's value, as teacher_compile_from_env's."""
+    return _compile_from_env(STUDENT_COMPILE_ENV,
+                             "the student's whole forward and backward as one graph",
+                             "those graphs as CUDA graphs")
+
+
+def _compile_from_env(name: str, model: str, graphs: str) -> str:
+    return _choice_from_env(name, COMPILES, "layers", f"set it to model ({model}), graphs "
+                            f"({graphs}) or layers (each block)")
 
 
 def _choice_from_env(name: str, choices: tuple[str, ...], default: str, advice: str) -> str:
