@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncssh
+import asyncssh.config
 
 from kdtui.remote.command import RemoteCommand
 from kdtui.remote.hosts import HostConfig
@@ -48,76 +52,224 @@ class ConnectFailed(RemoteError):
     pass
 
 
-def _options(host: HostConfig) -> asyncssh.SSHClientConnectionOptions:
-    return asyncssh.SSHClientConnectionOptions(
-        host=host.alias, config=list(host.ssh_config) if host.ssh_config else (),
-        connect_timeout=host.connect_timeout, keepalive_interval=host.keepalive_interval,
-        keepalive_count_max=host.keepalive_count_max,
-        # never offer a password prompt: kdtui runs unattended and stores no secrets
-        password=None, kbdint_auth=False, agent_forwarding=False,
-    )
+class SSHConfigError(RemoteError):
+    """The ssh config (or a file it names) is wrong: never retried, it will not fix itself."""
 
 
-def _where(host: HostConfig) -> tuple[str, int, Any]:
-    """HostName, Port and known_hosts files the ssh config resolves the alias to."""
+def _config_paths(host: HostConfig) -> list[str]:
+    return list(host.ssh_config) if host.ssh_config else []
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """What the ssh config resolves an alias to, read without loading a key or a known_hosts."""
+
+    alias: str
+    hostname: str
+    port: int
+    config_files: tuple[str, ...]  # the ssh config files read ((): none, asyncssh's defaults)
+    known_hosts: tuple[str, ...] | None  # UserKnownHostsFile; None: unset, () for `none`
+    global_known_hosts: tuple[str, ...]  # GlobalKnownHostsFile
+    identity_files: tuple[str, ...]
+
+    @property
+    def where(self) -> str:
+        """'gpu1 (10.0.0.5:2222)': the alias and what it resolves to, for messages."""
+        return f"{self.alias} ({self.hostname}:{self.port})"
+
+    def setting_source(self, setting: str) -> str:
+        """'UserKnownHostsFile in /home/u/.ssh/config': the file that sets `setting` (the first
+        config file when none visibly does, e.g. it comes through an Include)."""
+        pattern = re.compile(rf"^\s*{setting}\b", re.IGNORECASE | re.MULTILINE)
+        for path in self.config_files:
+            try:
+                if pattern.search(Path(path).expanduser().read_text(errors="replace")):
+                    return f"{setting} in {path}"
+            except OSError:
+                continue
+        return f"{setting} in {self.config_files[0]}" if self.config_files else setting
+
+
+def _default_config() -> list[str]:
+    path = Path("~", ".ssh", "config").expanduser()
+    return [str(path)] if os.access(path, os.R_OK) else []
+
+
+def resolve_target(host: HostConfig) -> SSHTarget:
+    """The alias's HostName, Port, known_hosts and identity files as ssh config gives them; a
+    config file that is missing or does not parse raises SSHConfigError naming it."""
+    paths = _config_paths(host) or _default_config()
     try:
+        # client_keys=None, known_hosts=None: read the settings, load none of the files they name
         opts = asyncssh.SSHClientConnectionOptions(
-            host=host.alias, config=list(host.ssh_config) if host.ssh_config else ())
-        return str(getattr(opts, "host", host.alias) or host.alias), \
-            int(getattr(opts, "port", 22) or 22), getattr(opts, "known_hosts", ())
-    except Exception:  # only used for messages
-        return host.alias, 22, ()
+            host=host.alias, config=paths, client_keys=None, known_hosts=None)
+    except asyncssh.config.ConfigParseError as exc:
+        raise SSHConfigError(f"{host.alias}: the ssh config does not parse: {exc}; fix that "
+                             "line") from None
+    except OSError as exc:
+        where = exc.filename or ", ".join(paths)
+        what = "does not exist" if isinstance(exc, FileNotFoundError) else \
+            f"cannot be read ({exc.strerror or exc})"
+        raise SSHConfigError(f"{host.alias}: the ssh config {where} {what}: fix ssh_config in "
+                             "the hosts file or $KDTUI_SSH_CONFIG") from None
+    config = opts.config
+
+    def files(setting: str) -> tuple[str, ...]:
+        return tuple(os.path.expanduser(str(k)) for k in config.get(setting, ()))
+
+    known = config.get("UserKnownHostsFile", None)  # [] is `UserKnownHostsFile none`
+    return SSHTarget(host.alias, str(opts.host or host.alias), int(opts.port or 22),
+                     tuple(paths), None if known is None else files("UserKnownHostsFile"),
+                     files("GlobalKnownHostsFile"), files("IdentityFile"))
 
 
-async def _host_key_message(host: HostConfig) -> str:
-    hostname, port, known = _where(host)
+def _known_hosts_files(target: SSHTarget) -> list[str]:
+    """The known_hosts files the host key is checked against, as ssh(1) picks them (the first
+    is the one `ssh` adds keys to)."""
+    user = [str(Path("~", ".ssh", "known_hosts").expanduser())] if target.known_hosts is None \
+        else list(target.known_hosts)
+    return user + list(target.global_known_hosts)
+
+
+def _trusted(target: SSHTarget) -> asyncssh.SSHKnownHosts:
+    """The known_hosts entries to check the host key against. A missing file trusts nothing (as
+    ssh(1) does; the key is then "unknown"); an unreadable one is an SSHConfigError. Always an
+    object, never None or empty bytes: asyncssh reads None as "check nothing" and b'' as "use
+    ~/.ssh/known_hosts", and a UserKnownHostsFile that names another file must not do that."""
+    text = []
+    for path in _known_hosts_files(target):
+        try:
+            text.append(Path(path).read_text())
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SSHConfigError(
+                f"{target.where}: the known_hosts file {path} "
+                f"({target.setting_source('UserKnownHostsFile')}) cannot be read: "
+                f"{exc.strerror or exc}; fix its permissions (chmod 600 {path})") from None
+    try:
+        return asyncssh.import_known_hosts("\n".join(text))
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        raise SSHConfigError(
+            f"{target.where}: a known_hosts file of "
+            f"{target.setting_source('UserKnownHostsFile')} does not parse: {exc}") from None
+
+
+def _identity_problem(target: SSHTarget, path: str, exc: BaseException) -> SSHConfigError:
+    source = target.setting_source("IdentityFile")
+    if isinstance(exc, FileNotFoundError):
+        return SSHConfigError(
+            f"{target.where}: the key file {path} ({source}) does not exist: correct the path "
+            f"there, or make the key (ssh-keygen -t ed25519 -f {path}) and add {path}.pub to "
+            "the box's ~/.ssh/authorized_keys")
+    if isinstance(exc, OSError):
+        return SSHConfigError(
+            f"{target.where}: the key file {path} ({source}) cannot be read: "
+            f"{exc.strerror or exc}; fix its permissions (chmod 600 {path})")
+    return SSHConfigError(f"{target.where}: the key file {path} ({source}) is not a private key "
+                          f"kdtui can read: {exc}")
+
+
+def _key_file_problem(path: str) -> BaseException | None:
+    """Why an IdentityFile cannot be offered (asyncssh would skip a file that is no key without
+    a word, and the server's refusal would then blame the box). An encrypted key is fine: its
+    passphrase is the agent's business, as with ssh(1); so is a public key the agent holds."""
+    try:
+        asyncssh.read_private_key(path)
+    except OSError as exc:
+        return exc
+    except asyncssh.KeyImportError as exc:
+        if "passphrase" in str(exc).lower():
+            return None
+        try:
+            asyncssh.read_public_key(path)
+        except (OSError, asyncssh.KeyImportError):
+            return exc
+    return None
+
+
+def _options(host: HostConfig, target: SSHTarget) -> asyncssh.SSHClientConnectionOptions:
+    for path in target.identity_files:
+        problem = _key_file_problem(path)
+        if problem is not None:
+            raise _identity_problem(target, path, problem) from None
+    try:
+        return asyncssh.SSHClientConnectionOptions(
+            host=host.alias, config=list(target.config_files), known_hosts=_trusted(target),
+            connect_timeout=host.connect_timeout, keepalive_interval=host.keepalive_interval,
+            keepalive_count_max=host.keepalive_count_max,
+            # never offer a password prompt: kdtui runs unattended and stores no secrets
+            password=None, kbdint_auth=False, agent_forwarding=False,
+        )
+    except (OSError, asyncssh.KeyImportError) as exc:
+        path = getattr(exc, "filename", None) or ", ".join(target.identity_files) or "?"
+        raise _identity_problem(target, str(path), exc) from None
+
+
+def _known_hosts_note(target: SSHTarget) -> str:
+    """Why nothing is trusted, when that is the ssh config's doing ('' otherwise)."""
+    if target.known_hosts == ():
+        return (f" ({target.setting_source('UserKnownHostsFile')} is `none`: set it to a file, "
+                "kdtui always checks host keys)")
+    files = _known_hosts_files(target)
+    if any(Path(f).exists() for f in files):
+        return ""
+    if target.known_hosts is None:
+        return f" ({files[0]} does not exist yet)"
+    return f" ({target.setting_source('UserKnownHostsFile')}: {files[0]} does not exist yet)"
+
+
+async def _host_key_message(host: HostConfig, target: SSHTarget) -> str:
+    hostname, port = target.hostname, target.port
     port_part = f"-p {port} " if port != 22 else ""
-    target = f"[{hostname}]:{port}" if port != 22 else hostname
-    files = [str(k) for k in known] if isinstance(known, (list, tuple)) and known else \
-        ["~/.ssh/known_hosts"]
+    target_name = f"[{hostname}]:{port}" if port != 22 else hostname
+    files = _known_hosts_files(target) or [str(Path("~", ".ssh", "known_hosts").expanduser())]
     try:
         key = await asyncio.wait_for(asyncssh.get_server_host_key(
-            host.alias, config=list(host.ssh_config) if host.ssh_config else ()),
-            host.connect_timeout)
+            host.alias, config=list(target.config_files)), host.connect_timeout)
         fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}" if key else "?"
     except Exception as exc:  # the message is still useful without the fingerprint
         fingerprint = f"(could not read it: {exc})"
     changed = False
     try:
-        known_hosts = asyncssh.read_known_hosts(files)
-        trusted = known_hosts.match(hostname, "", port if port != 22 else None)
+        trusted = _trusted(target).match(hostname, "", port if port != 22 else None)
         changed = bool(trusted[0])
     except Exception:
         changed = False
     if changed:
-        return (f"the host key of {host.alias} ({target}) CHANGED: it is now {fingerprint}, "
+        return (f"the host key of {host.alias} ({target_name}) CHANGED: it is now {fingerprint}, "
                 f"which {files[0]} does not list. If the box was reinstalled, remove the old key "
-                f"(ssh-keygen -R '{target}' -f {files[0]}) and trust the new one; otherwise "
+                f"(ssh-keygen -R '{target_name}' -f {files[0]}) and trust the new one; otherwise "
                 "someone may be intercepting the connection")
-    return (f"the host key of {host.alias} ({target}) is unknown: {fingerprint}. If that is the "
-            f"key you expect, trust it: ssh-keyscan {port_part}{hostname} >> {files[0]} "
+    mkdir = "" if Path(files[0]).parent.is_dir() else f"mkdir -p {Path(files[0]).parent} && "
+    return (f"the host key of {host.alias} ({target_name}) is unknown: {fingerprint}"
+            f"{_known_hosts_note(target)}. If that is the key you expect, trust it: "
+            f"{mkdir}ssh-keyscan {port_part}{hostname} >> {files[0]} "
             f"(then compare with `ssh-keygen -lf` on the box), or `ssh {host.alias}` once and "
             "answer yes")
 
 
 async def open_connection(host: HostConfig) -> asyncssh.SSHClientConnection:
-    """Connect to `host`, or raise HostKeyRefused / ConnectFailed with a one-line reason."""
-    hostname, port, _ = _where(host)
+    """Connect to `host`, or raise HostKeyRefused / SSHConfigError / ConnectFailed with a
+    one-line reason. The ssh config and the files it names are read first, so a problem there
+    is reported as itself, never as "cannot reach"."""
+    target = resolve_target(host)
+    where = target.where
+    options = _options(host, target)
     try:
-        return await asyncssh.connect(host.alias, options=_options(host))
+        return await asyncssh.connect(host.alias, options=options)
     except asyncssh.HostKeyNotVerifiable:
-        raise HostKeyRefused(await _host_key_message(host)) from None
+        raise HostKeyRefused(await _host_key_message(host, target)) from None
     except asyncssh.PermissionDenied:
-        raise ConnectFailed(f"{host.alias} ({hostname}:{port}) refused our keys: add your public "
-                            "key to the box's ~/.ssh/authorized_keys, or load it into ssh-agent "
-                            "(ssh-add)") from None
-    except (asyncio.TimeoutError, TimeoutError):
-        raise ConnectFailed(f"{host.alias} ({hostname}:{port}) did not answer within "
-                            f"{host.connect_timeout:g}s (connect_timeout in the hosts file)") \
+        raise ConnectFailed(f"{where} refused our keys: add your public key to the box's "
+                            "~/.ssh/authorized_keys, or load it into ssh-agent (ssh-add)") \
             from None
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ConnectFailed(f"{where} did not answer within {host.connect_timeout:g}s "
+                            "(connect_timeout in the hosts file)") from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConnectFailed(f"cannot reach {host.alias} ({hostname}:{port}): {reason}") from None
+        raise ConnectFailed(f"cannot reach {where}: {reason}") from None
     except asyncssh.Error as exc:
         raise ConnectFailed(f"SSH to {host.alias} failed: {exc.reason}") from None
 

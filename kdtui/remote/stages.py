@@ -33,6 +33,7 @@ from kdtui.remote.command import RemoteCommand, remote_command
 from kdtui.remote.connect import (
     HostKeyRefused,
     RemoteError,
+    SSHConfigError,
     link_reason,
     open_connection,
     run_agent,
@@ -343,8 +344,8 @@ class StageRunner:
             try:
                 self.conn = await open_connection(self.plan.host)
                 return
-            except HostKeyRefused:
-                raise
+            except (HostKeyRefused, SSHConfigError):
+                raise  # neither fixes itself in 30s
             except RemoteError:
                 if time.monotonic() + delay > deadline:
                     raise
