@@ -1,13 +1,18 @@
-"""Shared test setup: every test gets its own runs dir; the demo teacher is trained once per
-session into a session cache (never the user's), so tests touch nothing outside tmp."""
+"""Shared test setup: no test reads or writes the user's own state. Every test gets its own runs
+dir, evidence dir, kdtui config dir (settings, hosts file, seen runs) and an empty ssh config;
+the XDG dirs (platformdirs' defaults, the hub cache's) point into a session tmp dir; the user's
+KDTUI_*/KDENGINE_*/HF_* variables are unset; the demo teacher is trained once per session into a
+session cache (never the user's). A test sets what it needs on top of that."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +94,32 @@ def wait_on_run(run_dir: Path, condition: Callable[[], bool], what: str = "condi
         time.sleep(step)
 
 
+# The user's variables that would change what a test reads or how a run behaves (where runs,
+# dispatches, settings and caches live; engine switches; the hub cache). Unset for the whole
+# session, before any test module is imported (huggingface_hub reads its variables on import).
+USER_STATE_PREFIXES = ("KDTUI_", "KDENGINE_", "HF_", "HUGGINGFACE_", "XDG_")
+XDG_DIRS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
+_user_state_root: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _user_state_root
+    _user_state_root = Path(tempfile.mkdtemp(prefix="kdtui-tests-home-"))
+    for name in list(os.environ):
+        if name.startswith(USER_STATE_PREFIXES) and name != "XDG_RUNTIME_DIR":
+            del os.environ[name]
+    for name in XDG_DIRS:
+        path = _user_state_root / name.lower()
+        path.mkdir(mode=0o700)
+        os.environ[name] = str(path)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _user_state_root is not None:
+        shutil.rmtree(_user_state_root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("kdengine-cache")
@@ -97,8 +128,14 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_engine_dirs(tmp_path: Path, session_cache: Path,
                          monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test's own places for what kdtui and the engine keep (nothing is created: a test
+    that wants a dir makes it), so the user's runs, dispatches and settings are never read."""
     monkeypatch.setenv("KDENGINE_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("KDENGINE_CACHE", str(session_cache))
+    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
+    monkeypatch.setenv("KDTUI_HOSTS_FILE", str(tmp_path / "kdtui-config" / "hosts.toml"))
+    monkeypatch.setenv("KDTUI_SSH_CONFIG", os.devnull)  # never ~/.ssh/config
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     # One torch thread per engine: with two threads and one other busy process on 2 cores, every

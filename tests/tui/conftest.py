@@ -1,5 +1,6 @@
-"""Dashboard test setup: each test gets its own kdtui config dir, hosts file and ssh config (so
-remembered values and themes never leak between tests or from the user), and no cursor blink."""
+"""Dashboard test setup: on top of tests/conftest.py's isolation from the user's state (runs,
+evidence, config dir, XDG dirs), each test gets an ssh config naming one host, `gpu-box` (the
+launch form's host list), and no cursor blink."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from textual.widgets import Input
 
 
 @pytest.fixture(autouse=True)
-def isolated_kdtui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    config = tmp_path / "kdtui-config"
-    monkeypatch.setenv("KDTUI_CONFIG_DIR", str(config))
-    monkeypatch.setenv("KDTUI_HOSTS_FILE", str(config / "hosts.toml"))
+def isolated_kdtui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   isolated_engine_dirs: None) -> Path:
+    config = Path(os.environ["KDTUI_CONFIG_DIR"])  # the test's own (tests/conftest.py)
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text("Host gpu-box\n  HostName 127.0.0.1\nHost *\n  ServerAliveInterval 5\n")
     monkeypatch.setenv("KDTUI_SSH_CONFIG", str(ssh_config))
