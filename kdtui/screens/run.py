@@ -270,6 +270,8 @@ class RunScreen(Screen):
     async def _engine_gone(self, liveness: EngineLiveness) -> None:
         """The engine died without run_finished: say so with its last lines, offer resume."""
         tail = await liveness.last_lines()
+        if not self.query(StageTracker):  # the screen closed while the lines were read
+            return
         self._pending_lines.append("ERROR: the engine is gone without finishing the run "
                                    "(killed, or the box rebooted); its last log lines:")
         self._pending_lines.extend(f"  | {line}" for line in tail)
@@ -486,7 +488,8 @@ class RunScreen(Screen):
         the log; a cache job not known as one before its first event gets its stages."""
         line = cached_teacher_line(run_started)
         if line is not None:
-            self.query_one(LossChart).border_subtitle = cached_teacher_badge(run_started)
+            # after the chart's title: its bottom border is the legend's
+            self.query_one(LossChart).badge = cached_teacher_badge(run_started) or ""
             self._pending_lines.append(line)
         if is_cache_job(run_started) and not self.cache_job:
             self.cache_job = True

@@ -84,14 +84,12 @@ class TeacherCEChart(LossChart):
         xs, ys = (self.ema if self.smooth else self.raw)[CE].points()
         if self.log_y:
             xs, ys = _positive(xs, ys)
-        if xs:
-            plt.plot(xs, ys, label="teacher CE" + (" (EMA)" if self.smooth else ""),
-                     color=COLORS[CE], marker="braille")
+        if xs:  # one series, named by the title: no legend over the plot's top left
+            plt.plot(xs, ys, color=COLORS[CE], marker="braille")
+        self._x_range = (min(xs), max(xs)) if xs else None
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("rows scored")
-        modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
-        self.border_title = "teacher CE on the rows scored" + (
-            f" ({', '.join(modes)})" if modes else "")
+        self._show_title("teacher CE on the rows scored")
         plt.title("" if xs else "waiting for the first shard…")
 
 

@@ -4,7 +4,9 @@ epoch-end losses of an engine that reports epochs (apr), by step.
 Points go into `DecimatedSeries`, which keeps at most `cap` buckets by merging neighbours pairwise
 when full (O(1) per point), so a million-step run costs the plot the same as a short one; the
 newest point is always drawn as it is. EMA smoothing is computed per raw point on arrival.
-Drawn with textual-plotext, at most every `REDRAW_S` seconds.
+Drawn with textual-plotext, at most every `REDRAW_S` seconds. The legend is in the bottom border,
+never on the plot (plotext's sits on its top left, where step 0 is), and the step axis is labelled
+with whole steps.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rich.text import Text
 from textual.app import RenderResult
 from textual.reactive import var
-from textual_plotext import PlotextPlot
+from textual_plotext import PlotextPlot, plotext
 
 EMA_BETA = 0.9
 REDRAW_S = 0.25
@@ -93,6 +96,36 @@ COLORS = {"loss": "cyan", "kd": "magenta", "ce": "green", "val_loss": "orange"}
 EPOCH_COLOR = {True: "yellow", False: "blue"}
 EPOCH_LABEL = "epoch loss"
 MAX_EPOCH_TAGS = 12  # more epochs than this: the points are drawn, their "eN" tags are not
+LINE_MARK = "⢕"  # a line series' mark in the legend (plotext's own legend draws braille too)
+Y_AXIS_CELLS = 6  # about what the y axis' labels and ticks take of the chart's width
+
+
+def step_label(step: int) -> str:
+    """A step as the axis shows it: whole, shortened from 100k (150k, 1.5M)."""
+    if abs(step) < 100_000:
+        return str(step)
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if abs(step) >= size:
+            return f"{step / size:.3g}{unit}"
+    return str(step)  # pragma: no cover - 100k and up has a unit
+
+
+def integer_ticks(low: float, high: float, columns: int, most: int = 6) -> list[int]:
+    """Whole-number ticks inside [low, high], 1, 2 or 5 times a power of ten apart, as many as
+    fit `columns` cells with room between their labels (at least two): plotext's own ticks split
+    the range in four (0.0 83.8 167.5 251.2 335.0), fractions of a step that does not exist."""
+    first, last = math.ceil(low), math.floor(high)
+    if last <= first:
+        return [first] if first == last else []
+    magnitude = 10 ** max(0, int(math.log10((last - first) / most)))
+    for step in (m * magnitude * ten for ten in (1, 10, 100) for m in (1, 2, 5)):
+        if (last - first) // step + 1 > most:
+            continue
+        ticks = list(range(math.ceil(first / step) * step, last + 1, step))
+        cells = max(len(step_label(t)) for t in ticks) + 2
+        if len(ticks) <= 2 or len(ticks) * cells <= columns:
+            return ticks
+    return [first, last]  # pragma: no cover - a step of 100x the span leaves one tick
 
 
 class LossChart(PlotextPlot):
@@ -100,11 +133,12 @@ class LossChart(PlotextPlot):
     how it is drawn (the EMA smooths the step series only: an epoch's loss is already a mean)."""
 
     DEFAULT_CSS = """
-    LossChart { border: round $foreground 35%; height: 1fr; }
+    LossChart { border: round $foreground 35%; height: 1fr; border-subtitle-align: left; }
     """
 
     smooth: var[bool] = var(False)
     log_y: var[bool] = var(False)
+    badge: var[str] = var("")  # after the title: a run from a teacher cache says so
 
     def __init__(self, *, cap: int = 256, id: str | None = None,
                  classes: str | None = None) -> None:
@@ -117,6 +151,8 @@ class LossChart(PlotextPlot):
         self.epoch_numbers: dict[float, int] = {}  # step -> the epoch that ended there
         self._dirty = True
         self._built = False  # built (plotext build()) since the last _replot
+        self._x_range: tuple[float, float] | None = None  # the steps drawn, for the ticks
+        self.legend = ""  # what the bottom border's legend says (plain)
         self.border_title = "loss"
 
     def on_mount(self) -> None:
@@ -186,7 +222,38 @@ class LossChart(PlotextPlot):
             # data again (a resize, a screen switch) took the log of a log and crashed the app
             self._replot()
         self._built = True
+        self._set_x_ticks()  # here, not in _replot: how many fit depends on the width now
         return super().render()
+
+    def _set_x_ticks(self) -> None:
+        if self._x_range is None:  # nothing drawn yet: no ticks to place
+            return
+        ticks = integer_ticks(*self._x_range, self.size.width - Y_AXIS_CELLS)
+        self.plt.xticks(ticks, [step_label(t) for t in ticks])
+
+    def _show_legend(self, entries: list[tuple[str, str, str]]) -> None:
+        """The legend in the bottom border, each mark in its series' colour as plotext draws it
+        (ANSI colours through the same path as the plot's): plotext's own legend sits on the
+        plot's top left and hid the step-0 values under it."""
+        legend = Text()
+        for mark, color, label in entries:
+            if legend:
+                legend.append(" ")
+            legend.append_text(Text.from_ansi(plotext.colorize(mark, color)))
+            legend.append(f" {label}")
+        if legend.plain != self.legend:
+            self.legend = legend.plain
+            self.border_subtitle = legend if legend else None
+
+    def _show_title(self, name: str) -> None:
+        modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
+        # parentheses, not brackets: a border title is markup, "[log y]" was read as a style tag
+        # and never shown
+        title = name + (f" ({', '.join(modes)})" if modes else "")
+        self.border_title = Text(" · ".join(part for part in (title, self.badge) if part))
+
+    def watch_badge(self) -> None:
+        self._dirty = True
 
     def _redraw_if_dirty(self) -> None:
         if self._dirty and self.is_mounted:
@@ -201,21 +268,23 @@ class LossChart(PlotextPlot):
         source = self.ema if self.smooth else self.raw
         drawn = False
         drawn_xs: list[float] = []  # the x range plotext will scale to (for placing tags)
+        legend: list[tuple[str, str, str]] = []  # (mark, colour, label) of each series drawn
         for name in SERIES:
             xs, ys = source[name].points()
             if self.log_y:
                 xs, ys = _positive(xs, ys)
             drawn_xs += xs[:1] + xs[-1:]
             if xs:
-                plt.plot(xs, ys, label=name + (" (EMA)" if self.smooth else ""),
-                         color=COLORS[name], marker="braille")
+                plt.plot(xs, ys, color=COLORS[name], marker="braille")
+                legend.append((LINE_MARK, COLORS[name], name))
                 drawn = True
         vx, vy = self.val.points()
         if self.log_y:
             vx, vy = _positive(vx, vy)
         drawn_xs += vx[:1] + vx[-1:]
         if vx:
-            plt.scatter(vx, vy, label="val_loss", color=COLORS["val_loss"], marker="●")
+            plt.scatter(vx, vy, color=COLORS["val_loss"], marker="●")
+            legend.append(("●", COLORS["val_loss"], "val_loss"))
             drawn = True
         ex, ey = self.epoch.points()
         if self.log_y:
@@ -224,16 +293,16 @@ class LossChart(PlotextPlot):
         if ex:
             color = EPOCH_COLOR[bool(self.app.current_theme.dark)] if self.is_attached \
                 else EPOCH_COLOR[True]
-            plt.scatter(ex, ey, label=EPOCH_LABEL, color=color, marker="◆")
+            plt.scatter(ex, ey, color=color, marker="◆")
+            legend.append(("◆", color, EPOCH_LABEL))
             if self.epoch.count <= MAX_EPOCH_TAGS:
                 self._tag_epochs(ex, ey, color, drawn_xs)
             drawn = True
+        self._x_range = (min(drawn_xs), max(drawn_xs)) if drawn_xs else None
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("step")
-        modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
-        # parentheses, not brackets: a border title is markup, "[log y]" was read as a style tag
-        # and never shown
-        self.border_title = "loss" + (f" ({', '.join(modes)})" if modes else "")
+        self._show_title("loss")
+        self._show_legend(legend)
         if not drawn:
             plt.title("waiting for the first step…")
         else:
