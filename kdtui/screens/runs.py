@@ -17,6 +17,7 @@ from kdtui.runs import RunEntry, all_runs
 from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
+clock = time.time  # what "now" is (tests fix it: "updated ... ago" and this year's dates)
 
 
 class RunsScreen(Screen):
@@ -52,7 +53,10 @@ class RunsScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = "runs"
         table = self.query_one(DataTable)
-        table.add_columns("run", "host", "status", "verdict", "step", "started", "updated")
+        # local runs and dispatches alike in this machine's time, its zone said once, here;
+        # before step, so that it stays whole at 80 columns beside the longest status/verdict
+        table.add_columns("run", "host", "status", "verdict", f"started {zone_label(clock())}",
+                          "step", "updated")
         self.query_one("#runs-where", Static).update(f"runs in {self.app.runs_dir}")  # type: ignore
         self.action_refresh()
         self.set_interval(REFRESH_S, self.action_refresh)
@@ -63,7 +67,7 @@ class RunsScreen(Screen):
         table = self.query_one(DataTable)
         keep = table.cursor_row
         table.clear()
-        now = time.time()
+        now = clock()
         seen = self.app.seen  # type: ignore[attr-defined]
         if seen.fresh:  # the first list: what ended before counts as seen
             seen.mark(*(r.info.run_dir for r in runs if r.info and not r.info.is_running))
@@ -178,23 +182,37 @@ def _marks(run: RunEntry, selected: bool, seen) -> str:
 
 
 def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
-    """run, host, status, verdict, step, started, updated (local started times in local time,
-    remote ones as their manifest's UTC)."""
+    """run, host, status, verdict, started, step, updated (started in local time, local runs
+    and dispatches alike: the column header names the zone)."""
     step = f"{run.step:,}" if run.step is not None else "–"
     if run.step is not None and run.total_steps:
         step += f" / {run.total_steps:,}"
     verdict = (run.verdict or "–").upper()
-    if run.info is not None:
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.started)) \
-            if run.info.started else "–"
-        updated = format_seconds(now - run.info.updated) + " ago"
-    else:
-        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.started)) \
-            if run.started else "– UTC"
-        updated = "–"
+    updated = format_seconds(now - run.info.updated) + " ago" if run.info is not None else "–"
     # a run from a teacher cache, or a cache job, says so beside its id (as `kdtui runs`)
     name = run.run_id + (f" ({run.teacher})" if run.teacher else "")
-    return (name, run.where, run.status, verdict, step, started, updated)
+    return (name, run.where, run.status, verdict, started_label(run.started, now), step,
+            updated)
+
+
+def started_label(started: float | None, now: float) -> str:
+    """When a run started, in local time and 11 columns, so that the runs list keeps it whole
+    at 80 columns: '11-29 22:35' this year, '2025-11-29' an earlier one (its time matters less
+    than its date by then), '–' unknown."""
+    if not started:
+        return "–"
+    when = time.localtime(started)
+    if when.tm_year == time.localtime(now).tm_year:
+        return time.strftime("%m-%d %H:%M", when)
+    return time.strftime("%Y-%m-%d", when)
+
+
+def zone_label(now: float) -> str:
+    """This machine's time zone as the column header says it: 'CET', 'UTC', or '+0530' where
+    the zone has no short name."""
+    name = time.strftime("%Z", time.localtime(now))
+    return name if name.isalpha() and len(name) <= 5 else \
+        time.strftime("%z", time.localtime(now))
 
 
 def compare_target(run: RunEntry) -> CompareTarget:

@@ -1,0 +1,135 @@
+"""The runs list's `started` column: local runs and dispatches in one time zone (this machine's,
+named once in the header), in a form that stays whole at 80 columns, a selection mark included.
+Recorded runs with fixed times, a fixed clock and a fixed zone (CET, no DST).
+
+Snapshots: pytest tests/tui/test_runs_list.py --snapshot-update (then look at the pictures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable
+
+import kdtui.screens.runs as runs_screen
+from kdtui.app import KDApp
+from kdtui.screens.runs import RunsScreen, started_label, zone_label
+
+T0 = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC, 09:53:20 CET (tests/tui/conftest.py's clock)
+NOW = T0 + 6 * 3600
+
+
+@pytest.fixture
+def cet(monkeypatch: pytest.MonkeyPatch):
+    """This machine's zone is CET (UTC+1, no DST), and now is NOW."""
+    monkeypatch.setenv("TZ", "CET-1")
+    time.tzset()
+    monkeypatch.setattr(runs_screen, "clock", lambda: NOW)
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def shifted(run_dir: Path, by: float) -> Path:
+    """The run as if it had started `by` seconds after T0, its files last written then too."""
+    events = run_dir / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    events.write_text("".join(json.dumps({**e, "t": e["t"] + by}) + "\n" for e in lines))
+    for path in run_dir.iterdir():
+        os.utime(path, (T0 + by + 60, T0 + by + 60))
+    return run_dir
+
+
+def dispatch(evidence: Path, run_id: str, at: str, **manifest) -> None:
+    (evidence / run_id).mkdir(parents=True)
+    (evidence / run_id / "dispatch.json").write_text(json.dumps(
+        {"run_id": run_id, "host": "gpu1", "launched": False, "dispatched_at": at,
+         "config": {"steps": 200}, **manifest}))
+
+
+@pytest.fixture
+def todays_runs(runs_dir: Path, write_run, cet) -> Path:
+    """Three of today's runs (two local, one dispatch that failed) and one from last year."""
+    shifted(write_run(runs_dir / "kd-20251009-085320", steps=200), 0)
+    shifted(write_run(runs_dir / "kd-20251009-101500", steps=200, upto=80, finished=False),
+            4900)
+    shifted(write_run(runs_dir / "last-years", steps=50), -400 * 86400)
+    dispatch(Path(os.environ["KDTUI_EVIDENCE_DIR"]), "kd-20251009-120000",
+             "2025-10-09T12:00:00Z")
+    return runs_dir
+
+
+async def _runs_list(pilot) -> RunsScreen:
+    pilot.app.action_runs()
+    for _ in range(100):
+        if isinstance(pilot.app.screen, RunsScreen) and pilot.app.screen.runs:
+            break
+        await pilot.pause(0.05)
+    return pilot.app.screen
+
+
+def _started_column(table: DataTable) -> list[str]:
+    index = next(i for i, c in enumerate(table.ordered_columns)
+                 if str(c.label).startswith("started"))
+    return [str(table.get_row_at(row)[index]) for row in range(table.row_count)]
+
+
+async def test_local_runs_and_dispatches_start_in_one_zone_named_in_the_header(todays_runs):
+    app = KDApp(runs_dir=todays_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = (await _runs_list(pilot)).query_one(DataTable)
+        labels = [str(c.label) for c in table.ordered_columns]
+        assert labels == ["run", "host", "status", "verdict", "started CET", "step", "updated"]
+        assert [str(table.get_row_at(r)[0]) for r in range(table.row_count)] == [
+            "kd-20251009-120000", "kd-20251009-101500", "kd-20251009-085320", "last-years"]
+        # the dispatch's 12:00 UTC is 13:00 here, as the local runs' times are
+        assert _started_column(table) == ["10-09 13:00", "10-09 11:15", "10-09 09:53",
+                                          "2024-09-04"]
+
+
+async def test_started_stays_whole_at_80_columns_with_a_run_selected(todays_runs):
+    app = KDApp(runs_dir=todays_runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _runs_list(pilot)
+        table = screen.query_one(DataTable)
+        await pilot.press("down", "space")  # a local run: "✓ " widens the run column
+        assert str(table.get_row_at(1)[0]).startswith("✓ ")
+        columns = table.ordered_columns
+        started = next(i for i, c in enumerate(columns) if str(c.label).startswith("started"))
+        right_edge = sum(c.get_render_width(table) for c in columns[:started + 1])
+        assert right_edge <= table.scrollable_content_region.width, (
+            right_edge, [(str(c.label), c.get_render_width(table)) for c in columns])
+
+
+def test_started_label_is_eleven_columns_this_year_and_the_date_before(cet):
+    assert started_label(T0, NOW) == "10-09 09:53"
+    assert started_label(T0 - 300 * 86400, NOW) == "2024-12-13"
+    assert started_label(None, NOW) == "–"
+    assert zone_label(NOW) == "CET"
+
+
+def test_a_zone_without_a_short_name_is_its_offset(monkeypatch):
+    monkeypatch.setenv("TZ", "<+0530>-5:30")
+    time.tzset()
+    try:
+        assert zone_label(NOW) == "+0530"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_of_the_runs_list_with_one_run_selected(snap_compare, todays_runs, size,
+                                                         monkeypatch):
+    async def select_one(pilot) -> None:
+        await _runs_list(pilot)
+        await pilot.press("down", "space")
+        await pilot.pause()
+
+    monkeypatch.chdir(todays_runs.parent)  # "runs in runs": no tmp path in the picture
+    app = KDApp(runs_dir=Path(todays_runs.name), theme="kdtui-dark")
+    assert snap_compare(app, terminal_size=size, run_before=select_one)
