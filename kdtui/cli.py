@@ -28,12 +28,17 @@ if TYPE_CHECKING:
 
 
 class UsageError(Exception):
-    pass
+    """A command line kdtui cannot act on: one line on stderr, exit 2, prefixed as the headless
+    commands prefix theirs (`kdtui watch: error: ...`; `kdtui: error: ...` before a command)."""
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog  # "kdtui watch"; None: the command's, once it is known
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
-        raise UsageError(message)
+        raise UsageError(message, self.prog)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    prog = "kdtui"
     try:
         args, unknown = build_parser().parse_known_args(argv)
+        if args.command:
+            prog = f"kdtui {args.command}"
         if unknown:
-            raise UsageError(f"unknown argument {unknown[0]} (see `kdtui --help`)")
+            raise UsageError(f"unknown argument {unknown[0]} (see `{prog} --help`)")
         if args.command == "launch" and args.profile == "apr":
             # apr distill on an SSH host: in the dashboard, or plain lines with --headless
             from kdtui.profiles.apr.cli import launch_from_args
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     print(plain_table(load_summaries(targets)))
                 except CompareError as exc:
-                    raise UsageError(f"compare: {exc}") from None
+                    raise UsageError(str(exc)) from None
                 return 0
             args.compare_targets = targets
         if args.command == "runs":
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_app(args)
     except UsageError as exc:
-        print(f"kdtui: error: {exc}", file=sys.stderr)
+        print(f"{exc.prog or prog}: error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -201,15 +209,15 @@ def compare_targets(refs: list[str], runs_dir: str | None) -> list[CompareTarget
             try:
                 target = CompareTarget.dispatched(manifest)
             except CompareError as exc:
-                raise UsageError(f"compare: {exc}") from None
+                raise UsageError(str(exc)) from None
         else:
-            raise UsageError(f"compare: no run {ref!r} with events in {where} or the evidence "
+            raise UsageError(f"no run {ref!r} with events in {where} or the evidence "
                              "dir (see `kdtui runs`; give run ids, run directories or "
                              "dispatch.json files)")
         if target.key not in {t.key for t in targets}:
             targets.append(target)
     if len(targets) < 2:
-        raise UsageError("compare: give two or more runs (`kdtui compare RUN RUN...`)")
+        raise UsageError("give two or more runs (`kdtui compare RUN RUN...`)")
     return targets
 
 

@@ -88,7 +88,7 @@ def test_plain_compare_of_a_run_on_a_host_it_cannot_read_is_one_line_and_exit_2(
                           "local", "far", "--plain"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kdtui: error: compare: far@" + host), lines
+    assert len(lines) == 1 and lines[0].startswith("kdtui compare: error: far@" + host), lines
     assert says in lines[0] and "Traceback" not in out.stderr
     assert time.monotonic() - start < 90
 
@@ -101,7 +101,7 @@ def test_a_dispatch_with_no_run_to_read_is_refused_before_anything_opens(remote_
         "run_id": "never", "host": "kdtest", "launched": False, "error": "sync failed"})
     assert kdtui_main(["--runs-dir", str(runs), "compare", "local", "never"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "kdtui: error: compare: never: this dispatch never started a run (sync failed)")
+        "kdtui compare: error: never: this dispatch never started a run (sync failed)")
 
 
 def test_a_remote_run_whose_directory_is_gone_is_one_line_naming_it(remote_env, tmp_path,
@@ -114,7 +114,7 @@ def test_a_remote_run_whose_directory_is_gone_is_one_line_naming_it(remote_env, 
     shutil.rmtree(remote_env["work"] / "runs" / "wiped")
     assert kdtui_main(["--runs-dir", str(runs), "compare", "local", "wiped", "--plain"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"kdtui: error: compare: wiped@kdtest: no events in {remote_env['work']}/runs/wiped on "
+        f"kdtui compare: error: wiped@kdtest: no events in {remote_env['work']}/runs/wiped on "
         "kdtest (the run directory is gone?)")
 
 

@@ -189,7 +189,7 @@ def test_plain_compare_with_a_broken_hosts_file_is_one_line_and_exit_2(runs_dir,
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip().splitlines() == [
-        f"kdtui: error: compare: far@gpu: {tmp_path / 'hosts.toml'}: [hosts.gpu]: unknown key "
+        f"kdtui compare: error: far@gpu: {tmp_path / 'hosts.toml'}: [hosts.gpu]: unknown key "
         "'bogus' (known: " + captured.err.split("(known: ")[1].strip()]
 
 

@@ -69,7 +69,7 @@ def test_watch_of_an_unknown_run_is_one_line_and_exit_2_before_any_dashboard(run
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("kdtui: error: no run 'nope'")
+    assert lines[0].startswith("kdtui watch: error: no run 'nope'")
     assert str(runs_dir) in lines[0]
     assert done.stdout == ""  # no escape codes: the dashboard never started
 
