@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kdengine.cache_dir import cache_root
 from kdengine.data import BatchSampler, ByteTokenizer, demo_documents, split_documents
 from kdengine.models import Decoder, DecoderConfig, load_decoder, save_decoder
 
@@ -28,15 +29,6 @@ STUDENT = DecoderConfig(vocab_size=257, hidden_size=64, intermediate_size=192,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         max_position_embeddings=512, tie_word_embeddings=True)
 TEACHER_STEPS, TEACHER_BATCH, TEACHER_SEQ, TEACHER_LR, TEACHER_SEED = 400, 16, 128, 3e-3, 1234
-
-
-def cache_root() -> Path:
-    env = os.environ.get("KDENGINE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_path
-
-    return user_cache_path("kdengine")
 
 
 def _recipe_id() -> str:

@@ -6,7 +6,8 @@ the engine's loading code applies the same rules again to what it loads.
 Checked: the sources (demo, local directory, hub cache), each model's config.json (family and
 features, as `config_from_hf` reads it), its weight files (safetensors, every shard an index
 names), tokenizer.json present and readable, one tokenizer for teacher and student, vocab sizes
-(student <= teacher, tokenizer ids inside the vocab), the device, and the data: every file
+(student <= teacher, tokenizer ids inside the vocab), the device, the engine's cache
+directory (KDENGINE_CACHE: one the run can make and write into), and the data: every file
 readable, UTF-8, every JSONL line parsed, and enough tokens for one training batch and one
 validation window (counted with the run's tokenizer and split rule, stopping once both sides
 have enough; one huge file is counted on a prefix; data the run's text cache already holds
@@ -53,6 +54,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
     """Refuse (ConfigError naming the field and the fix) every input the run would refuse that
     can be known without loading weights; return what was found."""
     unchecked: list[str] = []
+    check_cache_root()  # the demo teacher, compiled artifacts and tokenized data live there
     if config.teacher_cache:  # the cache stands for the teacher (kdengine.teacher.checks)
         from kdengine.teacher.checks import cached_teacher_facts
 
@@ -117,6 +119,18 @@ def check_run_dir(run_dir: Path, field: str, fix: str) -> None:
     except OSError as exc:  # a parent that cannot be looked into
         raise ConfigError(field, f"{path} cannot be checked: {exc.strerror} "
                           f"({exc.filename}); {fix}") from None
+
+
+def check_cache_root() -> Path:
+    """The engine's cache directory (kdengine.cache_dir: KDENGINE_CACHE, else the user's cache
+    dir) is one the run can make and write into, as check_run_dir finds it; ConfigError naming
+    KDENGINE_CACHE otherwise (a file there would fail the run only once it first writes: the
+    demo teacher's save after its training, the data's token cache, a teacher cache)."""
+    from kdengine.cache_dir import CACHE_ENV, cache_root
+
+    root = cache_root()
+    check_run_dir(root, CACHE_ENV, f"set {CACHE_ENV} to a directory you can write")
+    return root
 
 
 def run_dir_refusal(run_dir: Path, field: str, fix: str, exc: OSError) -> ConfigError:

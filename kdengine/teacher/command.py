@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kdengine.cache_dir import CACHE_ENV
 from kdengine.config import FIELDS_BY_NAME, ConfigError, RunConfig
 from kdengine.teacher.identity import ROW_FIELDS
 
@@ -16,6 +17,16 @@ from kdengine.teacher.identity import ROW_FIELDS
 JOB_FIELDS = ("teacher", "data", *ROW_FIELDS, "device", "dtype")
 # what a launcher (kdtui, local or over SSH) writes into the directory before the job starts
 LAUNCHER_FILES = ("launch.log", "engine.pid", "launch.token")
+REQUIRED = ("teacher", "data")
+# kdengine.teacher.sparse.TARGET_KINDS and kdengine.teacher.cache.STORE_DTYPES, written out:
+# --help imports no torch
+TARGET_KINDS = ("topk", "sampled")
+STORE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _help(text: str, bounds: str, default: str) -> str:
+    """A flag's help as `kdengine train --help` writes one: what it is (bounds; default)."""
+    return f"{text} ({bounds}; {default})"
 
 
 def build_parser():
@@ -25,25 +36,38 @@ def build_parser():
                 description="Run the teacher once over the data's train and validation rows "
                 "and store its top-K log-probs, for `kdengine train --teacher-cache DIR`. "
                 "Rerun the same command to finish a stopped one.")
-    for name in JOB_FIELDS:
+    for name in JOB_FIELDS:  # as `kdengine train --help` writes them (add_field_flags)
         f = FIELDS_BY_NAME[name]
+        default = ("required" if name in REQUIRED else "default: none" if f.default == "" else
+                   f"default: {f.default!r}")
         p.add_argument(f.flag, dest=name, metavar=name.upper(), default=None,
-                       help=f"{f.help} (default: {f.default!r})")
-    p.add_argument("--top-k", type=int, default=64, help="Teacher ids kept per token (default 64)")
-    p.add_argument("--cache-targets", default="topk", choices=("topk", "sampled"),
-                   help="topk: the K likeliest ids and a tail bucket; sampled: K ids drawn from "
-                   "the teacher (unbiased, Sparse Logit Sampling)")
-    p.add_argument("--store-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
-                   help="dtype of the stored log-probs (default float16)")
-    p.add_argument("--vocab", type=int, default=None, help="Ids the distribution is over "
-                   "(default: the teacher's lm-head rows; give the student's vocab when the "
-                   "teacher's is padded beyond it)")
-    p.add_argument("--rows-per-batch", type=int, default=8, help="Rows per teacher forward")
-    p.add_argument("--shard-rows", type=int, default=None, help="Rows per shard file "
-                   "(default: about 512 MB a shard)")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the sampled targets' draws")
-    p.add_argument("--out", metavar="DIR", default=None, help="Where to write it (default: "
-                   "KDENGINE_CACHE/teacher/<key>)")
+                       help=_help(f.help, f.bounds_text(), default))
+    p.add_argument("--top-k", metavar="TOP_K", type=int, default=64,
+                   help=_help("Teacher ids kept per token", "an integer >= 1", "default: 64"))
+    p.add_argument("--cache-targets", metavar="CACHE_TARGETS", default="topk",
+                   choices=TARGET_KINDS,
+                   help=_help("topk: the K likeliest ids and a tail bucket; sampled: K ids drawn "
+                              "from the teacher (unbiased, Sparse Logit Sampling)",
+                              f"one of {', '.join(TARGET_KINDS)}", "default: 'topk'"))
+    p.add_argument("--store-dtype", metavar="STORE_DTYPE", default="float16",
+                   choices=STORE_DTYPES,
+                   help=_help("dtype of the stored log-probs", f"one of {', '.join(STORE_DTYPES)}",
+                              "default: 'float16'"))
+    p.add_argument("--vocab", type=int, default=None,
+                   help=_help("Ids the distribution is over; give the student's vocab when the "
+                              "teacher's is padded beyond it",
+                              "an integer >= 1 and <= the teacher's vocab",
+                              "default: the teacher's lm-head rows"))
+    p.add_argument("--rows-per-batch", metavar="ROWS_PER_BATCH", type=int, default=8,
+                   help=_help("Rows per teacher forward", "an integer >= 1", "default: 8"))
+    p.add_argument("--shard-rows", metavar="SHARD_ROWS", type=int, default=None,
+                   help=_help("Rows per shard file", "an integer >= 1",
+                              "default: about 512 MB a shard"))
+    p.add_argument("--seed", type=int, default=0,
+                   help=_help("Seed of the sampled targets' draws", "an integer", "default: 0"))
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help=_help("Where to write it", "a directory",
+                              f"default: {CACHE_ENV}/teacher/<key>"))
     p.add_argument("--check", action="store_true", help="Check everything, print the job as "
                    "JSON and write nothing (the dashboard's pre-start check)")
     return p
@@ -61,9 +85,12 @@ def plan(argv: list[str]):
         raise UsageError(f"unknown argument {unknown[0]} (see `kdengine cache-teacher --help`)")
     values = {n: getattr(args, n) for n in JOB_FIELDS if getattr(args, n) is not None}
     config = RunConfig.from_mapping(values)
-    for name in ("teacher", "data"):
+    for name in REQUIRED:
         if not getattr(config, name):
             raise ConfigError(name, f"is required (give {FIELDS_BY_NAME[name].flag})")
+    from kdengine.preflight import check_cache_root
+
+    check_cache_root()  # the default --out, the data's token cache and the demo teacher's home
     job = CacheJob(config, top_k=args.top_k, targets=args.cache_targets,
                    store_dtype=args.store_dtype, vocab=args.vocab,
                    rows_per_batch=args.rows_per_batch, shard_rows=args.shard_rows,
@@ -79,7 +106,14 @@ def plan(argv: list[str]):
     identity = plan_identity(job, tokenizer, teacher_dir, teacher_vocab, teacher_dir)
     key = cache_key(identity)
     out = Path(args.out).expanduser() if args.out else default_cache_dir(key)
-    return job, identity, key, out
+    return job, identity, key, out, _out_refusal(bool(args.out))
+
+
+def _out_refusal(given: bool) -> tuple[str, str]:
+    """(field, fix) of an --out that cannot be made or written: what picked it and the fix."""
+    if given:
+        return "out", "pick another --out"
+    return CACHE_ENV, f"set {CACHE_ENV} to a directory you can write, or pass --out"
 
 
 def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
@@ -110,12 +144,17 @@ def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
 
 
 def cmd_cache_teacher(argv: list[str]) -> int:
+    from kdengine.preflight import check_run_dir, run_dir_refusal
     from kdengine.stop import catch_early
     from kdengine.teacher.cache import read_manifest
 
     catch_early()
-    job, identity, key, out = plan(argv)
-    if (out / "manifest.json").exists():
+    job, identity, key, out, (field, fix) = plan(argv)
+    try:
+        has_manifest = (out / "manifest.json").exists()
+    except OSError:  # a directory that cannot be looked into: check_run_dir says so
+        has_manifest = False
+    if has_manifest:
         previous = read_manifest(out, "out")
         if previous.get("key") != key:
             differ = sorted(k for k in identity if previous.get("identity", {}).get(k) !=
@@ -126,7 +165,10 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             print(f"teacher cache {out} is complete already ({previous.get('bytes')} bytes); "
                   "nothing to do")
             return 0
-    elif out.exists() and any(p.name not in LAUNCHER_FILES for p in out.iterdir()) and \
+    # one --out the job can make and write into, found before anything is created
+    check_run_dir(out, field, fix)
+    if not has_manifest and out.is_dir() and \
+            any(p.name not in LAUNCHER_FILES for p in out.iterdir()) and \
             not (out / "config.json").is_file():
         raise ConfigError("out", f"{out} exists and is not a teacher cache: pick another --out")
     if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
@@ -134,8 +176,11 @@ def cmd_cache_teacher(argv: list[str]) -> int:
                           "cache": {"key": key, "k": job.top_k, "targets": job.targets,
                                     "dtype": job.store_dtype}}, indent=2))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(job.config.to_dict(), indent=2) + "\n")
+    try:  # the check above passed: an error here is the path changing in between
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(job.config.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        raise run_dir_refusal(out, field, fix, exc) from None
     from kdengine.teacher.writer import run_cache_job
 
     return run_cache_job(job, out, identity, key)

@@ -77,3 +77,50 @@ def test_verdict_help_says_what_its_argument_is() -> None:
     done = _kdengine("verdict", "--help")
     assert done.stdout.startswith("usage: kdengine verdict [-h] [--json] RUN_DIR")
     assert "RUN_DIR     A run's directory (it holds events.jsonl)" in done.stdout
+
+
+def _flag_helps(command: str) -> dict[str, str]:
+    """Each --flag's help text of `kdengine COMMAND --help`, on one line."""
+    flags: dict[str, str] = {}
+    flag = None
+    for line in _kdengine(command, "--help").stdout.splitlines():
+        match = re.match(r"  (--[\w-]+)(?: [A-Z_]+)?(?:  +(.*))?$", line)
+        if match:
+            flag = match.group(1)
+            flags[flag] = match.group(2) or ""
+        elif flag and line.startswith("    "):
+            flags[flag] = f"{flags[flag]} {line.strip()}".strip()
+        else:
+            flag = None
+    return flags
+
+
+def test_cache_teacher_help_writes_defaults_as_train_help_does() -> None:
+    helps = _flag_helps("cache-teacher")
+    train = _flag_helps("train")
+    for flag in ("--seq-len", "--val-fraction", "--data-split", "--train-on", "--device"):
+        assert helps[flag] == train[flag], flag  # the run's own fields, written the same
+    assert helps["--top-k"].endswith("(an integer >= 1; default: 64)")
+    assert helps["--rows-per-batch"].endswith("(an integer >= 1; default: 8)")
+    assert helps["--seed"].endswith("(an integer; default: 0)")
+    assert helps["--store-dtype"].endswith("(one of float16, bfloat16, float32; default: "
+                                           "'float16')")
+    assert helps["--cache-targets"].endswith("(one of topk, sampled; default: 'topk')")
+    assert helps["--out"].endswith("default: KDENGINE_CACHE/teacher/<key>)")
+    text = " ".join(helps.values())
+    assert "(default " not in text and "default: ''" not in text
+
+
+def test_cache_teacher_help_says_teacher_and_data_are_required() -> None:
+    helps = _flag_helps("cache-teacher")
+    for flag in ("--teacher", "--data"):
+        assert helps[flag].endswith("(a value; required)"), helps[flag]
+
+
+def test_every_cache_teacher_flag_says_its_default_or_that_it_is_required() -> None:
+    helps = _flag_helps("cache-teacher")
+    assert len(helps) > 15
+    unsaid = [f for f, text in helps.items()
+              if f not in ("--help", "--check") and not re.search(r"; (default: .+|required)\)$",
+                                                                  text)]
+    assert unsaid == []

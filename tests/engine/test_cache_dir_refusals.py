@@ -1,0 +1,165 @@
+"""The engine's cache directory (KDENGINE_CACHE, else the user's cache dir) and cache-teacher's
+--out are refused like a run directory when they cannot be made or written: exit 2, one line
+naming KDENGINE_CACHE or --out and the fix, before anything is created, by `--check` too (a
+KDENGINE_CACHE that is a file used to pass --check and fail the demo run after ~85 s of teacher
+training; an --out under a file passed --check and crashed the real run with a traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMO = ["train", "--demo", "--steps", "5", "--warmup-steps", "1"]
+CACHE_JOB = ["cache-teacher", "--teacher", "demo://teacher", "--data", "demo://python-stdlib",
+             "--device", "cpu", "--seq-len", "64"]
+FIX = "set KDENGINE_CACHE to a directory you can write"
+
+
+def _engine(*argv: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ)
+    for name, value in env.items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
+    return subprocess.run([sys.executable, "-m", "kdengine", *argv], capture_output=True,
+                          text=True, timeout=120, env=full)
+
+
+def _one_line_refusal(done: subprocess.CompletedProcess[str], command: str, said: str) -> str:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"kdengine {command}: error: {said}"), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "afile"
+    path.write_text("not a directory\n")
+    return path
+
+
+def _nothing_made(tmp_path: Path, a_file: Path) -> None:
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert a_file.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_train_refuses_a_kdengine_cache_that_is_or_is_under_a_file(
+        tmp_path, a_file, check, under) -> None:
+    cache = a_file / "cache" if under else a_file
+    done = _engine(*DEMO, *(["--check"] if check else []), KDENGINE_CACHE=str(cache),
+                   KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
+    line = _one_line_refusal(done, "train", "KDENGINE_CACHE: ")
+    where = f" (on the path to {cache})" if under else ""
+    assert f"{a_file} is a file, not a directory{where}; {FIX}" in line
+    _nothing_made(tmp_path, a_file)  # no runs dir, no run dir
+
+
+def test_train_refuses_a_bad_cache_with_real_models_too(tmp_path, a_file, tiny_run_inputs) -> None:
+    # the compile cache, the data's token cache and the CPU thread registry live there too
+    done = _engine("train", "--teacher", str(tiny_run_inputs["teacher"]),
+                   "--student", str(tiny_run_inputs["student"]),
+                   "--data", str(tiny_run_inputs["data"]), "--check",
+                   KDENGINE_CACHE=str(a_file), KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
+    assert FIX in _one_line_refusal(done, "train", "KDENGINE_CACHE: ")
+    assert not (tmp_path / "runs").exists() and a_file.read_text() == "not a directory\n"
+
+
+def test_the_default_cache_dir_is_checked_and_named_by_kdengine_cache(tmp_path, a_file) -> None:
+    # no KDENGINE_CACHE: the user's cache dir (XDG_CACHE_HOME/kdengine here) is the one checked
+    done = _engine(*DEMO, "--check", KDENGINE_CACHE=None, XDG_CACHE_HOME=str(a_file),
+                   KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
+    line = _one_line_refusal(done, "train", "KDENGINE_CACHE: ")
+    assert f"{a_file} is a file, not a directory (on the path to {a_file / 'kdengine'})" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+@pytest.mark.parametrize("command", [DEMO, CACHE_JOB], ids=["train", "cache-teacher"])
+def test_a_read_only_kdengine_cache_is_refused(tmp_path, command) -> None:
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    cache.chmod(0o555)
+    try:
+        done = _engine(*command, "--check", KDENGINE_CACHE=str(cache),
+                       KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
+        line = _one_line_refusal(done, command[0], "KDENGINE_CACHE: ")
+        assert f"{cache} is not writable; {FIX}" in line
+        assert not (tmp_path / "runs").exists()
+    finally:
+        cache.chmod(0o755)
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+def test_cache_teacher_refuses_a_kdengine_cache_that_is_a_file(tmp_path, a_file, check) -> None:
+    done = _engine(*CACHE_JOB, *(["--check"] if check else []), KDENGINE_CACHE=str(a_file))
+    line = _one_line_refusal(done, "cache-teacher", "KDENGINE_CACHE: ")
+    assert f"{a_file} is a file, not a directory; {FIX}" in line
+    _nothing_made(tmp_path, a_file)
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
+@pytest.mark.parametrize("under", [True, False], ids=["under-a-file", "a-file"])
+def test_cache_teacher_refuses_an_out_that_is_or_is_under_a_file(
+        tmp_path, a_file, check, under) -> None:
+    out = a_file / "c" if under else a_file
+    done = _engine(*CACHE_JOB, "--out", str(out), *(["--check"] if check else []))
+    line = _one_line_refusal(done, "cache-teacher", "--out: ")
+    where = f" (on the path to {out})" if under else ""
+    assert f"{a_file} is a file, not a directory{where}; pick another --out" in line
+    _nothing_made(tmp_path, a_file)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_cache_teacher_refuses_an_out_under_a_read_only_parent(tmp_path) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        done = _engine(*CACHE_JOB, "--check", "--out", str(parent / "c"))
+        line = _one_line_refusal(done, "cache-teacher", "--out: ")
+        assert f"{parent / 'c'} cannot be created: {parent} is not writable" in line
+    finally:
+        parent.chmod(0o755)
+
+
+def test_cache_teacher_check_passes_a_good_out_and_makes_nothing(tmp_path) -> None:
+    out = tmp_path / "a" / "b" / "c"
+    done = _engine(*CACHE_JOB, "--check", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_cache_teacher_out_that_fails_to_be_made_after_the_check_is_one_line_exit_2(
+        a_file, monkeypatch, capsys) -> None:
+    # the path changed between the check and the mkdir: the mkdir's own error, as one line
+    import kdengine.preflight
+    from kdengine.cli import main
+
+    monkeypatch.setattr(kdengine.preflight, "check_run_dir", lambda *args: None)
+    code = main([*CACHE_JOB, "--out", str(a_file / "c")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"kdengine cache-teacher: error: --out: cannot create {a_file / 'c'}: "
+                          "Not a directory")
+    assert err.rstrip().endswith("pick another --out")
+
+
+def test_the_cache_root_resolves_without_torch_and_demo_keeps_its_name() -> None:
+    done = subprocess.run([sys.executable, "-c", (
+        "import sys, kdengine.cache_dir, kdengine.preflight, kdengine.teacher.command\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "kdengine.preflight.check_cache_root()\n"
+        "from kdengine.demo import cache_root\n"
+        "assert cache_root is kdengine.cache_dir.cache_root\n")],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
