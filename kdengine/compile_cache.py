@@ -81,7 +81,7 @@ def keep_compiled_artifacts() -> CompileCache:
     """Point torch.compile's caches at cache_root()/compile unless the user pointed them
     elsewhere; call before anything compiles. An unwritable directory leaves torch's defaults
     and returns a one-line warning instead of failing the run."""
-    from kdengine.demo import cache_root
+    from kdengine.cache_dir import cache_root
 
     users = _users(INDUCTOR_ENV)
     if users:

@@ -58,7 +58,7 @@ def _s(n: int) -> str:
 
 
 def registry_dir() -> Path:
-    from kdengine.demo import cache_root
+    from kdengine.cache_dir import cache_root
 
     return cache_root() / REGISTRY
 

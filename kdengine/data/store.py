@@ -112,7 +112,7 @@ class _Writer:
 
 
 def cache_dir() -> Path:
-    from kdengine.demo import cache_root
+    from kdengine.cache_dir import cache_root
 
     return cache_root() / "data"
 

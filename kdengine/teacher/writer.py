@@ -71,7 +71,7 @@ class CacheJob:
 
 
 def default_cache_dir(key: str) -> Path:
-    from kdengine.demo import cache_root
+    from kdengine.cache_dir import cache_root
 
     return cache_root() / "teacher" / key
 
