@@ -358,17 +358,16 @@ class KDApp(App):
 
 
 def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """`kdtui launch --teacher X ...` (without --headless): open the form with those values."""
-    from kdengine.config import FIELDS, ConfigError, load_config_file
+    """`kdtui launch --teacher X ...` (without --headless): open the form with those values.
+    A --config that cannot be read raises kdengine.config.ConfigError (run_app says it in one
+    line before the dashboard: the form would start at once without the file's values)."""
+    from kdengine.config import FIELDS, load_config_file
 
     values: dict[str, Any] = {}
     if getattr(args, "demo", False):
         values["demo"] = True
     if getattr(args, "config", None):
-        try:
-            values.update(load_config_file(Path(args.config)))
-        except ConfigError as exc:
-            print(f"kdtui: error: {exc}", file=sys.stderr)
+        values.update(load_config_file(Path(args.config)))
     for f in FIELDS:
         value = getattr(args, f.name, None)
         if value is not None:
@@ -387,24 +386,41 @@ def resumable_ref(screen: Screen) -> str | None:
     return resume_ref(getattr(screen, "handle", None), getattr(screen, "watched", None))
 
 
-NO_TERMINAL = ("kdtui: error: the dashboard needs a terminal (stdout and stderr): run it in "
-               "a terminal, or use --headless (`kdtui launch --headless`, `kdtui watch RUN "
-               "--headless`, `kdtui runs --plain`)")
+def no_terminal(command: str | None) -> str:
+    """The one line a dashboard with no terminal to draw on refuses with, prefixed with its
+    command (`kdtui watch: error: ...`) and naming the way to the same thing without one."""
+    instead = {"launch": "`kdtui launch --headless`",
+               "watch": "`kdtui watch RUN --headless`",
+               "resume": "`kdtui resume RUN --headless`",
+               "compare": "`kdtui compare RUN RUN... --plain`"}.get(
+        command or "", "`kdtui launch --headless`, `kdtui watch RUN --headless`, "
+                       "`kdtui runs --plain`")
+    prog = f"kdtui {command}" if command else "kdtui"
+    return (f"{prog}: error: the dashboard needs a terminal (stdout and stderr): run it in a "
+            f"terminal, or use {instead}")
 
 
 def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
     """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`, or on a run that
     `launcher` (an engine profile's) starts."""
+    from kdengine.config import ConfigError
+
+    command = getattr(args, "command", None)
+    prefill = None
+    if command == "launch" and not launcher:
+        try:
+            prefill = prefill_from_args(args)
+        except ConfigError as exc:
+            print(f"kdtui launch: error: {exc}", file=sys.stderr)
+            return 2
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         # Textual draws on stderr; either one a pipe or a file: it would draw escape codes into
         # it, forever, for no one to see
-        print(NO_TERMINAL, file=sys.stderr)
+        print(no_terminal(command), file=sys.stderr)
         return 2
-    command = getattr(args, "command", None)
     app = KDApp(runs_dir=getattr(args, "runs_dir", None), theme=getattr(args, "theme", None),
                 command=command, watch_ref=getattr(args, "run", None),
-                prefill=prefill_from_args(args) if command == "launch" and not launcher
-                else None, launcher=launcher,
+                prefill=prefill, launcher=launcher,
                 compare_targets=getattr(args, "compare_targets", None))
     app.run()
     return app.return_code or 0

@@ -445,10 +445,11 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
             return EXIT_ERROR
         finally:
             await handle.close()
-    run_dir = _local_run_dir(ref, Path(runs_dir) if runs_dir else default_runs_dir())
-    if run_dir is None:
+    where = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+    run_dir = _local_run_dir(ref, where)
+    if run_dir is None:  # as the dashboard's `kdtui watch` says it (kdtui.cli.missing_run)
         print(f"kdtui watch: error: no run {ref!r}: not a dispatch.json, a run directory, or a "
-              "run id in the runs or evidence dir (see `kdtui runs`)", file=sys.stderr)
+              f"run id in {where} or the evidence dir (see `kdtui runs`)", file=sys.stderr)
         return EXIT_ERROR
     from kdtui.remote.agent import _status  # the same pid + finished check, run locally
 
