@@ -4,7 +4,8 @@
    fp32 from the dequantized operands, and against the bf16 linear, on each teacher's block
    shapes at 8192 rows; eager and compiled. And the one-pass SwiGLU quantization before each
    down projection (the Triton kernel `Fp8Linear.swiglu` uses) against the same torch ops,
-   eager and compiled as Inductor fuses them: the e4m3 values and scales, and the time of each.
+   eager and compiled as Inductor fuses them: the e4m3 values and scales, and the time of each;
+   the same for the one-pass RMSNorm quantization before q/k/v and gate/up (`Fp8Linear.normed`).
 2. drift on real text: the demo teacher (trained on the Python stdlib, kdengine.demo) in bf16
    against its FP8 self, both compiled as a run compiles them, on held-out stdlib text: mean
    per-token KL(bf16 || FP8), held-out CE of each, top-1 agreement; and, for scale, the same
@@ -112,6 +113,7 @@ def check_ops(names: list[str], device: torch.device) -> None:
                  speedup=t_bf16 / t_fp8,
                  ok=rel(eager, ref) < 2e-2 and rel(compiled, eager) < 2e-2)
         check_swiglu(name, inter, h, device, gen)
+        check_rms_norm(name, h, qkv, device, gen)
 
 
 def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
@@ -138,18 +140,10 @@ def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
     row = {"phase": "check", "model": name, "part": "swiglu_quantize", "shape": [8192, inter],
            "ms": ms, "kernel_tb_s": moved / ms["kernel"] / 1e9}
     for other in ("compiled", "eager"):
-        a, b = (dequantize(*out["kernel"]), dequantize(*out[other]))
-        differ = out["kernel"][0].view(torch.uint8) != out[other][0].view(torch.uint8)
-        # one e4m3 step apart at most: 2^-3 of the value, or the smallest subnormal step
-        step = torch.maximum(a.abs(), b.abs()) * 2.0 ** -3 + out[other][1] * 2.0 ** -9
-        row[f"vs_{other}"] = {
-            "values_differing": float(differ.float().mean()),
-            "beyond_one_step": int(((a - b).abs() > step * 1.001).sum()),
-            "scale_rel_max": float(((out["kernel"][1] - out[other][1]).abs()
-                                    / out[other][1]).max())}
+        row[f"vs_{other}"] = one_step_apart(out["kernel"], out[other])
     layer = Fp8Linear(torch.randn(hidden_size, inter, device=device, generator=gen,
                                   dtype=torch.bfloat16) * 0.02)
-    fp8_module._load_swiglu_kernel()
+    fp8_module.load_kernels()
     gate, up = gate_up.chunk(2, dim=-1)
     row["down_err_vs_unfused"] = rel(layer.swiglu(gate_up), layer(F.silu(gate) * up))
     row["ok"] = (all(row[f"vs_{o}"]["beyond_one_step"] == 0
@@ -158,6 +152,55 @@ def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
                      and row[f"vs_{o}"]["scale_rel_max"] < 2.0 ** -6
                      for o in ("compiled", "eager"))
                  and row["down_err_vs_unfused"] < 1e-2)
+    emit(**row)
+
+
+def one_step_apart(ours: tuple, theirs: tuple) -> dict:
+    """How two (e4m3 values, scales) quantizations of the same rows differ: the share of
+    values that differ, how many are more than one e4m3 step apart (2^-3 of the value, or the
+    smallest subnormal step), and the largest relative difference of the scales."""
+    a, b = dequantize(*ours), dequantize(*theirs)
+    differ = ours[0].view(torch.uint8) != theirs[0].view(torch.uint8)
+    step = torch.maximum(a.abs(), b.abs()) * 2.0 ** -3 + theirs[1] * 2.0 ** -9
+    return {"values_differing": float(differ.float().mean()),
+            "beyond_one_step": int(((a - b).abs() > step * 1.001).sum()),
+            "scale_rel_max": float(((ours[1] - theirs[1]).abs() / theirs[1]).max())}
+
+
+def check_rms_norm(name: str, hidden_size: int, qkv: int, device: torch.device,
+                   gen: torch.Generator) -> None:
+    """The one-pass RMSNorm quantization (Triton) against torch's ops, eager and compiled, and
+    the q/k/v projection through it against the unfused one."""
+    from kdengine.models import fp8 as fp8_module
+    from kdengine.models.decoder import RMSNorm
+    from kdengine.models.fp8_kernels import rms_norm_quantize_rows as kernel
+
+    x = torch.randn(8192, hidden_size, device=device, generator=gen, dtype=torch.bfloat16)
+    x[:64] *= 40  # rows with outliers, as a residual stream has
+    norm = RMSNorm(hidden_size, 1e-6).to(device, torch.bfloat16)
+    norm.weight.data = (torch.rand(hidden_size, device=device, generator=gen) + 0.5).to(
+        torch.bfloat16)
+    fresh_compiler()
+    torch_ops = partial(fp8_module.quantize_rowwise_of_rms_norm, weight=norm.weight, eps=norm.eps)
+    compiled = torch.compile(torch_ops)
+    runs = {"kernel": lambda: kernel(x, norm.weight, norm.eps), "compiled": lambda: compiled(x),
+            "eager": lambda: torch_ops(x)}
+    out = {k: fn() for k, fn in runs.items()}
+    ms = {k: 1e3 * statistics.median(timed(fn, steps=20)) for k, fn in runs.items()}
+    moved = x.numel() * 2 + x.numel() + 8192 * 4  # read bf16, write e4m3 and the scales
+    row = {"phase": "check", "model": name, "part": "rms_norm_quantize",
+           "shape": [8192, hidden_size], "ms": ms, "kernel_tb_s": moved / ms["kernel"] / 1e9}
+    for other in ("compiled", "eager"):
+        row[f"vs_{other}"] = one_step_apart(out["kernel"], out[other])
+    layer = Fp8Linear(torch.randn(qkv, hidden_size, device=device, generator=gen,
+                                  dtype=torch.bfloat16) * 0.02)
+    fp8_module.load_kernels()
+    row["qkv_err_vs_unfused"] = rel(layer.normed(x, norm), layer(norm(x)))
+    row["ok"] = (all(row[f"vs_{o}"]["beyond_one_step"] == 0
+                     and row[f"vs_{o}"]["values_differing"] < 0.05
+                     and row[f"vs_{o}"]["scale_rel_max"] < 2.0 ** -6
+                     for o in ("compiled", "eager"))
+                 and row["qkv_err_vs_unfused"] < 1e-2)
     emit(**row)
 
 

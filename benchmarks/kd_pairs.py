@@ -24,8 +24,8 @@ clip 1.0. Variants, in the order they run:
   naive      transformers' models, full logits of both, fp32 log_softmax of both, KL + CE
   bare       kdengine's KDTrainer.train_step in this process (no CLI, no data pipeline)
   bare-fp8   the same with the teacher quantized to FP8 (kdengine.models.fp8.quantize_teacher)
-  bare-fp8-torch  bare-fp8 with each MLP's SwiGLU and its quantization left to Inductor, not
-             the one-pass Triton kernel the engine uses (what the kernel saves, same machine)
+  bare-fp8-torch  bare-fp8 with each block's norms, SwiGLU and their quantization left to
+             Inductor, not the one-pass Triton kernels the engine uses (what they save)
   bare-fp8s  and the student's matmuls in FP8 too (kdengine.models.fp8_train.use_fp8_matmuls)
 
 The CLI runs are stopped with SIGTERM (a cancel) once they have logged the steps needed, so no
@@ -680,11 +680,11 @@ def _liger_steps(args, pair, device, dtype, ids, labels, loss_fn, apply) -> dict
 
 
 def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
-             fp8_student: bool = False, swiglu_kernel: bool = True) -> dict[str, Any]:
+             fp8_student: bool = False, one_pass: bool = True) -> dict[str, Any]:
     """KDTrainer.train_step on the pair's checkpoints, the batch fixed (kd_throughput's
     kdengine variant, on these models and this objective); `fp8`: the teacher quantized as
-    --teacher-dtype float8 does (`swiglu_kernel` False: SwiGLU and its quantization compiled by
-    Inductor instead); `fp8_student`: the student's matmuls too, as
+    --teacher-dtype float8 does (`one_pass` False: the norms, SwiGLU and their quantization
+    compiled by Inductor instead); `fp8_student`: the student's matmuls too, as
     --student-matmuls float8. With --profile, its GPU kernel time by kind goes to
     OUT/profile_<pair>_<variant>.txt."""
     from kdengine.config import RunConfig
@@ -699,7 +699,7 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
         from kdengine.models.fp8 import quantize_teacher
 
         # frozen, as load_teacher's
-        quantize_teacher(teacher.requires_grad_(False).eval(), swiglu_kernel=swiglu_kernel)
+        quantize_teacher(teacher.requires_grad_(False).eval(), one_pass=one_pass)
     student = load_decoder(pair.student_dir, torch.float32, device).train()
     if fp8_student:
         from kdengine.models.fp8_train import use_fp8_matmuls
@@ -721,7 +721,7 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
         out = timed_steps(lambda: trainer.train_step()["loss"], args, device)
         if args.profile and device.type == "cuda":
             variant = ("bare-fp8s" if fp8_student else "bare" if not fp8
-                       else "bare-fp8" if swiglu_kernel else "bare-fp8-torch")
+                       else "bare-fp8" if one_pass else "bare-fp8-torch")
             name = f"profile_{pair.name}_{variant}.txt"
             # as the CLI's loop runs: each step queued before the last one's loss is read
             kt.profile_steps(overlapped_steps(trainer), device, args.out / name, steps=3,
@@ -869,7 +869,7 @@ class Bench:
         os.environ.update(pair.env())  # in-process compiles share the pair's caches
         in_process = {"liger": run_liger, "naive": run_naive, "bare": run_bare,
                       "bare-fp8": partial(run_bare, fp8=True),
-                      "bare-fp8-torch": partial(run_bare, fp8=True, swiglu_kernel=False),
+                      "bare-fp8-torch": partial(run_bare, fp8=True, one_pass=False),
                       "bare-fp8s": partial(run_bare, fp8=True, fp8_student=True)}
         for v in self.variants_of(pair):
             skip = self.precondition(pair, v)

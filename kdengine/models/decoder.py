@@ -90,11 +90,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32, as the reference does, then cast back before the weight.
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise in fp32, as the reference does, then cast back before the weight."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -160,8 +163,11 @@ class Attention(nn.Module):
         # a trained model's projections through FP8 matmuls (kdengine.models.fp8_train)
         self.fp8_matmuls = False
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.qkv_linear is not None:
+    def _qkv(self, x: torch.Tensor,
+             norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if norm is not None:  # x not normed yet: an FP8 teacher norms and quantizes in one pass
+            qkv = self.qkv_linear.normed(x, norm)
+        elif self.qkv_linear is not None:
             qkv = self.qkv_linear(x)
         elif self.qkv_weight is not None:
             qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
@@ -184,11 +190,12 @@ class Attention(nn.Module):
         o = self.o_proj
         return project(x, o.weight, o.bias, True) if self.fp8_matmuls else o(x)
 
-    def _heads(self, x: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v [b, heads, t, head_dim] of `x` [b, t, hidden], q and k normed and rotated."""
+    def _heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [b, heads, t, head_dim] of `x` [b, t, hidden] (normed by `norm` first when
+        given), q and k normed and rotated."""
         b, t, _ = x.shape
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, norm)
         q = q.view(b, t, self.n_heads, self.head_dim)
         k = k.view(b, t, self.n_kv, self.head_dim)
         v = v.view(b, t, self.n_kv, self.head_dim)
@@ -198,12 +205,13 @@ class Attention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: Any = None) -> torch.Tensor:
+                mask: Any = None, norm: RMSNorm | None = None) -> torch.Tensor:
         """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window).
         Packed rows (Decoder.attention_masks): a bool [b, 1, t, t] tensor (SDPA), a flex
-        BlockMask or VarlenSpans; cos/sin are then [b, 1, t, head_dim]."""
+        BlockMask or VarlenSpans; cos/sin are then [b, 1, t, head_dim]. `norm`: x is the
+        block's input, normed here (an FP8 teacher's qkv_linear.normed)."""
         b, t, _ = x.shape
-        q, k, v = self._heads(x, cos, sin)
+        q, k, v = self._heads(x, cos, sin, norm)
         gqa = self.n_kv != self.n_heads
         if mask is None or isinstance(mask, torch.Tensor):
             # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
@@ -260,10 +268,16 @@ class MLP(nn.Module):
         # rows are one pass (kdengine.models.fp8.Fp8Linear.swiglu)
         self.fused_swiglu = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_swiglu:
+    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
+        """`norm`: x is the residual stream, normed here (as Attention.forward's)."""
+        if norm is not None:
+            gate_up = self.gate_up_linear.normed(x, norm)
+            if self.fused_swiglu:
+                return self.down_proj.swiglu(gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
+        elif self.fused_swiglu:
             return self.down_proj.swiglu(self.gate_up_linear(x))
-        if self.gate_up_linear is not None:
+        elif self.gate_up_linear is not None:
             gate, up = self.gate_up_linear(x).chunk(2, dim=-1)
         elif self.gate_up_weight is not None:
             gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
@@ -418,9 +432,15 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
+        # an FP8 teacher's projections norm and quantize their input rows in one pass
+        # (kdengine.models.fp8.Fp8Linear.normed): the norms are handed to them, not applied here
+        self.fused_norms = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Any = None) -> torch.Tensor:
+        if self.fused_norms:
+            x = x + self.self_attn(x, cos, sin, mask, norm=self.input_layernorm)
+            return x + self.mlp(x, norm=self.post_attention_layernorm)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 

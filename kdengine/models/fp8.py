@@ -10,11 +10,12 @@ Why rowwise: one scale for a whole tensor lets a single outlier row flatten ever
 into a few e4m3 values; per-row scales cost one fp32 number a row and nothing per element.
 Why the activation's quantization needs no pass of its own: the teacher's blocks are compiled
 (kdengine.compiled.compile_teacher), so Inductor folds the row amax and the cast into the
-kernel that makes the activation (the RMSNorm before q/k/v and gate/up, attention's output
-before o). SwiGLU before down is the exception: its rows are too wide for Inductor's one-pass
-reductions, so on the GPU one Triton kernel makes and quantizes them
-(kdengine.models.fp8_kernels.swiglu_quantize_rows; `Fp8Linear.swiglu`). Eager (the CPU, tests)
-runs the same ops unfused.
+kernel that makes the activation (attention's output before o). Where Inductor's fusion reads
+each row more than once, one Triton kernel on the GPU makes and quantizes the rows instead
+(kdengine.models.fp8_kernels): SwiGLU before down, whose rows are too wide for Inductor's
+one-pass reductions (`Fp8Linear.swiglu`), and RMSNorm before q/k/v and gate/up, whose mean
+square and amax Inductor runs as a looped reduction (`Fp8Linear.normed`). Eager (the CPU,
+tests) runs the same ops unfused.
 
 What stays in the compute dtype: embeddings, norms and attention itself. The lm head has an
 FP8 copy (`Fp8Head`) for the KD loss's teacher logits, whose hidden rows are quantized chunk by
@@ -25,6 +26,8 @@ FLOP counts and MFU count FP8 matmuls as bf16-equivalent.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -48,17 +51,18 @@ def dequantize(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return values.float() * scale
 
 
-# kdengine.models.fp8_kernels.swiglu_quantize_rows where CUDA and Triton are (loaded by
-# quantize_teacher, outside any traced code), else None: torch ops compute the same math (the
-# kernel's values are within one e4m3 step of theirs: it rounds the product once, in fp32)
-_swiglu_kernel = None
+# kdengine.models.fp8_kernels where CUDA and Triton are (loaded by quantize_teacher, outside
+# any traced code), else None: torch ops compute the same math (each kernel's values are
+# within one e4m3 step of theirs: SwiGLU's rounds the product once, in fp32; RMSNorm's sums
+# the mean square in another order)
+_kernels = None
 
 
 def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """quantize_rowwise(silu(gate) * up) for gate_up [n, 2 * inter] (gate, then up): one pass
     over the rows on the GPU, each value within one e4m3 step of the torch ops'."""
-    if _swiglu_kernel is not None and gate_up.is_cuda:
-        return _swiglu_kernel(gate_up.contiguous())
+    if _kernels is not None and gate_up.is_cuda:
+        return _kernels.swiglu_quantize_rows(gate_up.contiguous())
     return quantize_rowwise_of_swiglu(gate_up)
 
 
@@ -68,14 +72,32 @@ def quantize_rowwise_of_swiglu(gate_up: torch.Tensor) -> tuple[torch.Tensor, tor
     return quantize_rowwise(F.silu(gate) * up)
 
 
-def _load_swiglu_kernel() -> None:
-    global _swiglu_kernel
-    if _swiglu_kernel is None and torch.cuda.is_available():
+def rms_norm_quantize_rows(x: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rowwise(rms_norm(x, weight, eps)) for x [n, hidden]: one pass over the rows on
+    the GPU, each value within one e4m3 step of the torch ops'."""
+    if _kernels is not None and x.is_cuda:
+        return _kernels.rms_norm_quantize_rows(x.contiguous(), weight, eps)
+    return quantize_rowwise_of_rms_norm(x, weight, eps)
+
+
+def quantize_rowwise_of_rms_norm(x: torch.Tensor, weight: torch.Tensor,
+                                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same numbers in torch ops (the CPU; the reference the kernel is checked against)."""
+    from kdengine.models.decoder import rms_norm
+
+    return quantize_rowwise(rms_norm(x, weight, eps))
+
+
+def load_kernels() -> None:
+    """The one-pass kernels, where CUDA and Triton are."""
+    global _kernels
+    if _kernels is None and torch.cuda.is_available():
         try:
-            from kdengine.models.fp8_kernels import swiglu_quantize_rows as kernel
+            from kdengine.models import fp8_kernels
         except ImportError:  # no Triton: torch ops do the same math
             return
-        _swiglu_kernel = kernel
+        _kernels = fp8_kernels
 
 
 def fp8_supported(device: torch.device) -> bool:
@@ -123,6 +145,14 @@ class Fp8Linear(nn.Module):
         shape = gate_up.shape
         out = self._rows(gate_up.reshape(-1, shape[-1]), self.out_features,
                          quantize=swiglu_quantize_rows)
+        return self._finish(out, shape[:-1])
+
+    def normed(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """self(norm(x)) for an RMSNorm `norm` (its `weight` and `eps`): the norm and its rows'
+        quantization in one pass on the GPU (rms_norm_quantize_rows)."""
+        shape = x.shape
+        quantize = partial(rms_norm_quantize_rows, weight=norm.weight, eps=norm.eps)
+        out = self._rows(x.reshape(-1, shape[-1]), self.out_features, quantize=quantize)
         return self._finish(out, shape[:-1])
 
     def _finish(self, out: torch.Tensor, leading: torch.Size) -> torch.Tensor:
@@ -184,18 +214,19 @@ def reference_linear(x: torch.Tensor, layer: Fp8Linear) -> torch.Tensor:
 
 
 @torch.no_grad()
-def quantize_teacher(model: nn.Module, swiglu_kernel: bool = True) -> int:
+def quantize_teacher(model: nn.Module, one_pass: bool = True) -> int:
     """Replace a frozen Decoder's block projections by `Fp8Linear`s, in place, and give it an
     FP8 copy of its lm head (`lm_head_fp8`); returns how many FP8 layers.
 
     q/k/v and gate/up are fused first (Decoder.fuse_for_inference: one FP8 matmul each). The
     compute-dtype copies are released, so the teacher's weights take about half the memory. The
     model is inference-only afterwards: its state_dict no longer has the HF layout.
-    swiglu_kernel: each MLP makes and quantizes its down projection's input in one pass
-    (`Fp8Linear.swiglu`); False leaves SwiGLU to the compiler (benchmarks compare the two)."""
+    one_pass: each block's norms and SwiGLU make and quantize their projections' input rows in
+    one pass (`Fp8Linear.normed`, `Fp8Linear.swiglu`); False leaves them to the compiler
+    (benchmarks compare the two)."""
     model.fuse_for_inference()
-    if swiglu_kernel:
-        _load_swiglu_kernel()
+    if one_pass:
+        load_kernels()
     count = 0
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -214,8 +245,10 @@ def quantize_teacher(model: nn.Module, swiglu_kernel: bool = True) -> int:
             if isinstance(linear, nn.Linear) and quantizable(linear.weight):
                 setattr(owner, name, Fp8Linear(linear.weight, linear.bias))
                 count += 1
-        mlp.fused_swiglu = (swiglu_kernel and mlp.gate_up_linear is not None
+        mlp.fused_swiglu = (one_pass and mlp.gate_up_linear is not None
                             and isinstance(mlp.down_proj, Fp8Linear))
+        layer.fused_norms = (one_pass and attn.qkv_linear is not None
+                             and mlp.gate_up_linear is not None)
     head = model.lm_head_weight
     if quantizable(head):  # a copy: the embedding (tied) and sampling keep the weight itself
         # outside the module tree: not a second lm head in the parameter count (MFU) or the

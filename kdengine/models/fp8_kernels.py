@@ -4,6 +4,8 @@
   matrix to e4m3 and write the result transposed, in one pass.
 - `swiglu_quantize_rows` (the FP8 teacher, kdengine.models.fp8): SwiGLU and the rowwise
   quantization of its output for the down projection, in one pass.
+- `rms_norm_quantize_rows` (the FP8 teacher): RMSNorm and the rowwise quantization of its
+  output for the q/k/v and gate/up projections, in one pass.
 
 The weight gradient dW = dy^T x sums over tokens, and torch._scaled_mm (cuBLASLt's FP8 path on
 Hopper takes only K-major operands) wants both operands with the token dimension contiguous,
@@ -23,6 +25,15 @@ the e4m3 row and its scale. Its first version (a single power-of-two block a row
 divisions) was slower than Inductor's (0.34 against 0.29 ms, 1.2 TB/s): the pass is bound by
 its arithmetic and its masked lanes, not by memory, so the row is two blocks and the divisions
 are one a row and the sigmoid's fast one.
+
+Before q/k/v and gate/up the same holds for RMSNorm: its rows (1,536-3,072 wide) would fit in
+registers, but the quantization adds a second reduction (the amax of the normed row) after the
+first (the mean square), and Inductor runs the pair as a looped reduction that reads each row
+several times: 0.063 ms for Qwen3-4B's 8192 x 2560 (63 MB moved, ~1 TB/s), 4.5 ms of its step
+(docs/performance.md, issue 16 round 6). `rms_norm_quantize_rows` holds the row in registers
+(two power-of-two blocks, as SwiGLU's), rounds as RMSNorm does (the normed row, then its product
+with the weight, to the activations' dtype) and divides as `quantize_rowwise` does (IEEE), so
+its values are torch's up to the order of the mean square's sum.
 
 Imported only where CUDA and Triton are; everywhere else the callers run the same math in torch
 ops. Registered as `triton_op`s, so torch.compile traces each as one node of the graph.
@@ -130,4 +141,56 @@ def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     values = torch.empty((rows, width // 2), dtype=torch.float8_e4m3fn, device=gate_up.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=gate_up.device)
     launch_swiglu_quantize_rows(gate_up, values, scale)
+    return values, scale
+
+
+@triton.jit
+def _rms_norm_quantize_rows(x_ptr, weight_ptr, out_ptr, scale_ptr, cols, row_stride, eps,
+                            HEAD: tl.constexpr, TAIL: tl.constexpr, X_DTYPE: tl.constexpr,
+                            OUT_DTYPE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x = x_ptr + row * row_stride
+    head = tl.arange(0, HEAD)  # HEAD <= cols: no mask
+    tail = HEAD + tl.arange(0, TAIL)
+    x_head = tl.load(x + head).to(tl.float32)
+    x_tail = tl.load(x + tail, mask=tail < cols, other=0.0).to(tl.float32)  # masked: 0
+    mean_square = (tl.sum(x_head * x_head, axis=0) + tl.sum(x_tail * x_tail, axis=0)) / cols
+    r = tl.rsqrt(mean_square + eps)  # the approximate rsqrt, as CUDA's torch.rsqrt
+    h_head = _normed(x_head, r, tl.load(weight_ptr + head), X_DTYPE, OUT_DTYPE)
+    h_tail = _normed(x_tail, r, tl.load(weight_ptr + tail, mask=tail < cols, other=0.0),
+                     X_DTYPE, OUT_DTYPE)
+    amax = tl.maximum(tl.maximum(tl.max(tl.abs(h_head), axis=0),
+                                 tl.max(tl.abs(h_tail), axis=0)), 1e-12)
+    scale = tl.div_rn(amax, 448.0)
+    tl.store(scale_ptr + row, scale)
+    out = out_ptr + row * cols
+    tl.store(out + head, _e4m3(tl.div_rn(h_head, scale)))
+    tl.store(out + tail, _e4m3(tl.div_rn(h_tail, scale)), mask=tail < cols)
+
+
+@triton.jit
+def _normed(x, r, weight, X_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """RMSNorm's rounding (kdengine.models.decoder.rms_norm): the normed row to the activations'
+    dtype, times the weight, rounded to the product's dtype; returned in fp32."""
+    normed = (x * r).to(X_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
+    product = normed * weight.to(tl.float32)
+    return product.to(OUT_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
+
+
+@triton_op("kdengine::rms_norm_quantize_rows", mutates_args=())
+def rms_norm_quantize_rows(x: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [rows, cols] (last dimension contiguous), the norm's weight [cols] -> the e4m3 values
+    of rms_norm(x, weight, eps) [rows, cols] row-major and their fp32 scales [rows, 1]: the
+    numbers of kdengine.models.fp8.quantize_rowwise of the normed rows in the dtype RMSNorm
+    gives (x's and the weight's promoted), up to the order of the mean square's sum."""
+    rows, cols = x.shape
+    values = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    head, tail = swiglu_row_blocks(cols)
+    dtypes = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+    wrap_triton(_rms_norm_quantize_rows)[(rows,)](
+        x, weight, values, scale, cols, x.stride(0), eps, HEAD=head, TAIL=tail,
+        X_DTYPE=dtypes[x.dtype], OUT_DTYPE=dtypes[torch.promote_types(x.dtype, weight.dtype)],
+        num_warps=4 if cols <= 2048 else 8)
     return values, scale

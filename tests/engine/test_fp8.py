@@ -15,6 +15,7 @@ import torch
 from kdengine.config import ConfigError, RunConfig
 from kdengine.events import read_events
 from kdengine.models import Decoder, DecoderConfig
+from kdengine.models.decoder import RMSNorm
 from kdengine.models.fp8 import (
     E4M3,
     E4M3_MAX,
@@ -24,6 +25,7 @@ from kdengine.models.fp8 import (
     quantize_rowwise,
     quantize_teacher,
     reference_linear,
+    rms_norm_quantize_rows,
     swiglu_quantize_rows,
 )
 
@@ -157,13 +159,31 @@ def test_swiglu_and_its_quantization_in_one_step_are_the_quantized_product_of_ga
     assert not bool(values[5].float().any())
 
 
+def test_a_norm_and_its_quantization_in_one_step_are_the_quantized_normed_rows():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(24, 64, generator=gen).to(torch.bfloat16) * 5
+    x[3] = 0  # an all-zero row: zero values, a positive scale
+    norm = RMSNorm(64, 1e-6).to(torch.bfloat16)
+    norm.weight.data = torch.rand(64, generator=gen).to(torch.bfloat16) + 0.5
+    values, scale = rms_norm_quantize_rows(x, norm.weight, norm.eps)
+    expected_values, expected_scale = quantize_rowwise(norm(x))
+    assert values.dtype == E4M3 and values.shape == (24, 64) and scale.shape == (24, 1)
+    assert torch.equal(values.view(torch.uint8), expected_values.view(torch.uint8))
+    assert torch.equal(scale, expected_scale) and bool((scale > 0).all())
+    assert not bool(values[3].float().any())
+
+
 @pytest.mark.parametrize("tokens", [48, 13])  # 13: rows padded to the FP8 GEMM's 16
-def test_a_teacher_whose_down_projection_takes_gate_and_up_whole_computes_the_same_logits(tokens):
+def test_a_teacher_whose_projections_norm_and_swiglu_their_own_inputs_computes_the_same_logits(
+        tokens):
+    """The one-pass path (each block's norms handed to q/k/v and gate/up, gate and up handed
+    whole to down) against the unfused one: on the CPU both run torch's ops, bit for bit."""
     fused, unfused = _peaked_decoder(), _peaked_decoder()
     quantize_teacher(fused)
-    quantize_teacher(unfused, swiglu_kernel=False)
-    assert all(layer.mlp.fused_swiglu for layer in fused.model.layers)
-    assert not any(layer.mlp.fused_swiglu for layer in unfused.model.layers)
+    quantize_teacher(unfused, one_pass=False)
+    assert all(layer.mlp.fused_swiglu and layer.fused_norms for layer in fused.model.layers)
+    assert not any(layer.mlp.fused_swiglu or layer.fused_norms
+                   for layer in unfused.model.layers)
     ids = torch.randint(0, 256, (2, tokens), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(fused.logits(ids), unfused.logits(ids))
