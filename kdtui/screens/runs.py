@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.cells import cell_len
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,6 +18,9 @@ from kdtui.runs import RunEntry, all_runs
 from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
+RUN_MIN = 22  # the run column's least width: a timestamped id (kd-20251009-101500), marked
+LABEL_MIN = 6  # the least of a teacher label worth showing ("cached")
+ID_MIN = 17  # the least of an id kept beside a label: "…" and its end ("-20251009-101500")
 clock = time.time  # what "now" is (tests fix it: "updated ... ago" and this year's dates)
 
 
@@ -71,18 +75,50 @@ class RunsScreen(Screen):
         seen = self.app.seen  # type: ignore[attr-defined]
         if seen.fresh:  # the first list: what ended before counts as seen
             seen.mark(*(r.info.run_dir for r in runs if r.info and not r.info.is_running))
+        rows = []
         for run in runs:
             key = str(run.info.run_dir if run.info is not None else run.manifest_path)
-            cells = list(_cells(run, now))
-            cells[0] = _marks(run, key in self.selected, seen) + cells[0]
-            table.add_row(*cells, key=key)
+            rows.append((key, _marks(run, key in self.selected, seen), _cells(run, now)))
             self._note_end(run, key)
+        self._fill(table, rows)
         self.runs = runs
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
         else:
             self.query_one("#runs-where", Static).update(
                 f"No runs yet in {self.app.runs_dir}: press n for a new run")  # type: ignore
+
+    def _fill(self, table: DataTable, rows: list[tuple[str, str, tuple[str, ...]]]) -> None:
+        """The rows, the run column giving way (fit_run) so that the others stay whole: all of
+        them where the run keeps RUN_MIN columns beside them, else those up to `started`."""
+        self._rows = rows
+        pad = 2 * table.cell_padding
+        columns = table.ordered_columns
+        widths = [max([cell_len(str(c.label))] + [cell_len(cells[i]) for _, _, cells in rows])
+                  + pad for i, c in enumerate(columns)]
+        width = table.size.width or self.app.size.width
+        visible = (table.size.height or self.app.size.height - 4) - 1  # under the header
+        if len(rows) > visible:
+            width -= table.styles.scrollbar_size_vertical
+        started = next((i for i, c in enumerate(columns)
+                        if str(c.label).startswith("started")), len(columns) - 1)
+        room = width - pad - sum(widths[1:])
+        if room < RUN_MIN:  # step and updated go past the edge, as before (after started)
+            room = max(RUN_MIN, width - pad - sum(widths[1:started + 1]))
+        for column in columns:  # widths from these rows only (DataTable's only grow)
+            column.content_width = cell_len(str(column.label))
+        for key, marks, cells in rows:
+            table.add_row(fit_run(marks, cells[0], room), *cells[1:], key=key)
+
+    def on_resize(self) -> None:
+        rows = getattr(self, "_rows", None)
+        if rows is not None:
+            table = self.query_one(DataTable)
+            keep = table.cursor_row
+            table.clear()
+            self._fill(table, rows)
+            if rows:
+                table.move_cursor(row=min(keep, len(rows) - 1))
 
     @on(DataTable.RowSelected)
     def _selected(self, event: DataTable.RowSelected) -> None:
@@ -190,9 +226,51 @@ def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
     verdict = (run.verdict or "–").upper()
     updated = format_seconds(now - run.info.updated) + " ago" if run.info is not None else "–"
     # a run from a teacher cache, or a cache job, says so beside its id (as `kdtui runs`)
-    name = run.run_id + (f" ({run.teacher})" if run.teacher else "")
+    name = run.run_id + (f" ({run.teacher})" if run.teacher else "")  # fit_run splits it
     return (name, run.where, run.status, verdict, started_label(run.started, now), step,
             updated)
+
+
+def fit_run(marks: str, name: str, width: int) -> str:
+    """A row's run cell in `width` columns: whole where it fits; else its teacher label
+    (' (cached K=64 topk, 1.2 GB)') is cut first, at a word ('kd-20251009-101500 (cached
+    K=64…)'), then the id loses its middle, keeping its end (a timestamped id's time tells it
+    from its neighbours) and the label's first word: 'distill…-20251009-121500 (cached…)'."""
+    if cell_len(marks + name) <= width:
+        return marks + name
+    run_id, sep, label = name.partition(" (")
+    label = label[:-1] if sep and label.endswith(")") else ""
+    if not label:
+        run_id = name
+    avail = width - cell_len(marks)
+    if label:
+        room = avail - cell_len(run_id) - 4  # " (" + the label's start + "…)"
+        if room >= LABEL_MIN:
+            return f"{marks}{run_id} ({_cut_at_word(label, room)}…)"
+        if cell_len(run_id) > avail and avail - LABEL_MIN - 4 >= ID_MIN:  # cut anyway
+            return (f"{marks}{_middle(run_id, avail - LABEL_MIN - 4)} "
+                    f"({_cut_at_word(label, LABEL_MIN)}…)")
+    return marks + _middle(run_id, avail)
+
+
+def _middle(text: str, width: int) -> str:
+    """`text` in `width` columns, its middle an ellipsis: a third of it kept at the start, the
+    rest (16 at least: '-20251009-101500') at the end."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 1, 2)
+    tail = min(keep - 1, max(16, keep * 2 // 3))
+    return f"{text[:keep - tail]}…{text[-tail:]}"
+
+
+def _cut_at_word(text: str, width: int) -> str:
+    """The most whole parts of `text` ('cached K=64 topk, 1.2 GB': its size goes whole) in
+    `width` columns, else its most whole words, else its first `width`."""
+    for sep in (", ", " "):
+        parts = text[:width + len(sep)].split(sep)
+        if len(parts) > 1:
+            return sep.join(parts[:-1])
+    return text[:width]
 
 
 def started_label(started: float | None, now: float) -> str:

@@ -133,3 +133,100 @@ def test_snapshot_of_the_runs_list_with_one_run_selected(snap_compare, todays_ru
     monkeypatch.chdir(todays_runs.parent)  # "runs in runs": no tmp path in the picture
     app = KDApp(runs_dir=Path(todays_runs.name), theme="kdtui-dark")
     assert snap_compare(app, terminal_size=size, run_before=select_one)
+
+
+LONG = "distill-qwen2.5-0.5b-from-7b-instruct-sweep-lr3e-4-20251009-1"  # + "01500" / "21500"
+
+
+def from_a_teacher_cache(run_dir: Path) -> Path:
+    """The run as one that trained from a teacher cache (its run_started says so)."""
+    events = run_dir / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    lines[0]["teacher_cache"] = {"k": 64, "targets": "topk", "bytes": 1.2e9}
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return run_dir
+
+
+@pytest.fixture
+def long_runs(runs_dir: Path, write_run, cet) -> Path:
+    """Two runs with one long name that differ at its end only (one from a teacher cache), a
+    teacher-cache run with a short id, and a dispatch that failed (the widest status)."""
+    shifted(write_run(runs_dir / f"{LONG}01500", steps=200), 0)
+    shifted(from_a_teacher_cache(write_run(runs_dir / f"{LONG}21500", steps=200)), 600)
+    shifted(from_a_teacher_cache(write_run(runs_dir / "kd-20251009-101500", steps=1000,
+                                           upto=80, finished=False)), 1200)
+    dispatch(Path(os.environ["KDTUI_EVIDENCE_DIR"]), "kd-20251009-120000",
+             "2025-10-09T12:00:00Z")
+    return runs_dir
+
+
+def _right_edge_of_started(table: DataTable) -> int:
+    columns = table.ordered_columns
+    started = next(i for i, c in enumerate(columns) if str(c.label).startswith("started"))
+    return sum(c.get_render_width(table) for c in columns[:started + 1])
+
+
+def _run_column(table: DataTable) -> list[str]:
+    return [str(table.get_row_at(row)[0]) for row in range(table.row_count)]
+
+
+async def test_a_long_run_name_and_a_teacher_cache_label_give_way_at_80_columns(long_runs):
+    app = KDApp(runs_dir=long_runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _runs_list(pilot)
+        table = screen.query_one(DataTable)
+        await pilot.press("down", "down", "space")  # "✓ " on a long one
+        await pilot.pause()
+        assert _right_edge_of_started(table) <= table.scrollable_content_region.width
+        assert _started_column(table)[0] == "10-09 13:00"  # whole
+        names = _run_column(table)
+        assert names[0] == "kd-20251009-120000"  # what fits stays whole
+        # beside "dispatch failed" there is no room for the label: the id that fits is whole
+        assert names[1] == "kd-20251009-101500"
+        # the long ones lose their middle and keep their ends apart
+        assert names[2].startswith("✓ distill") and names[2].endswith("…-20251009-121500")
+        assert names[3].startswith("distill") and names[3].endswith("-20251009-101500")
+        assert "…" in names[3]
+    # the same rows at 120 columns: every column whole, the long names still cut in the middle
+    async with KDApp(runs_dir=long_runs).run_test(size=(120, 40)) as pilot:
+        table = (await _runs_list(pilot)).query_one(DataTable)
+        width = sum(c.get_render_width(table) for c in table.ordered_columns)
+        assert width <= table.scrollable_content_region.width
+        assert _run_column(table)[1].startswith("kd-20251009-101500 (cached K=64 topk")
+
+
+async def test_the_run_column_gives_way_again_when_the_terminal_narrows(long_runs):
+    app = KDApp(runs_dir=long_runs)
+    async with app.run_test(size=(160, 40)) as pilot:
+        table = (await _runs_list(pilot)).query_one(DataTable)
+        assert _run_column(table)[3] == f"{LONG}01500"  # room enough: whole
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        await pilot.pause()
+        assert _right_edge_of_started(table) <= table.scrollable_content_region.width
+        assert "…" in _run_column(table)[3]
+
+
+def test_fit_run_cuts_the_label_then_the_ids_middle():
+    from kdtui.screens.runs import fit_run
+
+    label = "kd-20251009-101500 (cached K=64 topk, 1.2 GB)"
+    assert fit_run("", label, 60) == label
+    assert fit_run("", label, 33) == "kd-20251009-101500 (cached K=64…)"  # at a word
+    assert fit_run("• ", label, 20) == "• kd-20251009-101500"  # no room for the label
+    cut = fit_run("✓ ", f"{LONG}21500 (cached K=64 topk)", 33)
+    assert cut == "✓ dist…-20251009-121500 (cached…)"  # 33 columns
+    assert fit_run("", f"{LONG}21500", 24) == "distill…-20251009-121500"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_of_the_runs_list_with_long_names_and_teacher_caches(snap_compare, long_runs,
+                                                                      size, monkeypatch):
+    async def select_one(pilot) -> None:
+        await _runs_list(pilot)
+        await pilot.press("down", "down", "space")
+        await pilot.pause()
+
+    monkeypatch.chdir(long_runs.parent)
+    app = KDApp(runs_dir=Path(long_runs.name), theme="kdtui-dark")
+    assert snap_compare(app, terminal_size=size, run_before=select_one)
