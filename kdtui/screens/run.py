@@ -164,6 +164,7 @@ class RunScreen(Screen):
         self.watched = WatchedRun()  # what the manifest records, and whether Resume applies
         self._drawn_to = {"step": -1, "eval": -1}  # a resume redoes steps: drawn once
         self._recorded = False
+        self._stop_shown = handle is not None  # whether Stop run was offered when last asked
 
     @property
     def run_dir(self) -> Path | None:
@@ -233,8 +234,10 @@ class RunScreen(Screen):
             self._fit_layout()
             self.notify(str(exc), title="Launch failed", severity="error", timeout=10,
                         markup=False)
+            self._refresh_stop_key()
             return
         self.handle = handle
+        self._refresh_stop_key()
         self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
         self.title_text = f"{handle.run_id} on {handle.host}"
         self.sub_title = self._sub_title()
@@ -277,6 +280,7 @@ class RunScreen(Screen):
         self._pending_lines.extend(f"  | {line}" for line in tail)
         self.watched.gone, self.watched.log_tail = True, tail
         self.ended = True
+        self._refresh_stop_key()
         self.query_one(StageTracker).finish_running("failed", self.state.last_t)
         self._show_end("stopped")
         if self.watched.checkpoint_step is not None:
@@ -367,6 +371,7 @@ class RunScreen(Screen):
         if samples:
             self._samples_pane().add_samples(samples)
         finished = state.finished is not None or self.ended
+        self._refresh_stop_key()
         if finished and not self._recorded:
             self._record_end()
         if state.finished is not None:
@@ -530,7 +535,20 @@ class RunScreen(Screen):
             return bool(self.query(SamplesView))  # no pane (an off-policy run): no key
         if action == "train_from_cache":  # a complete cache job's screen only
             return cache_dir_of(next(iter(self.query(CacheJobPanel)), None)) is not None
+        if action == "stop_run":  # a running run only: off the footer once it has ended
+            return self.running
         return True
+
+    @property
+    def running(self) -> bool:
+        """A run is going: launched (a handle), and neither finished nor judged gone."""
+        return self.handle is not None and self.state.finished is None and not self.ended
+
+    def _refresh_stop_key(self) -> None:
+        """The footer shows Stop run while there is a run to stop (check_action)."""
+        if self.running != self._stop_shown:
+            self._stop_shown = self.running
+            self.refresh_bindings()
 
     def action_train_from_cache(self) -> None:
         directory = cache_dir_of(next(iter(self.query(CacheJobPanel)), None))
@@ -565,7 +583,7 @@ class RunScreen(Screen):
 
     def action_stop_run(self) -> None:
         handle = self.handle
-        if handle is None or self.state.finished is not None or self.ended:
+        if handle is None or not self.running:
             self.notify("No running run to stop", timeout=3)
             return
         from kdtui.screens.dialogs import ConfirmScreen

@@ -38,7 +38,10 @@ def has_gauges(event: dict[str, Any]) -> bool:
 
 
 class GaugeRow(Static):
-    """'GPU 12.3/80G ▂▃▅ peak 14.0G · util 97% ▆▇█ · 612W · MFU 41.2% · host 3.1G'."""
+    """'GPU 12.3/80G ▂▃▅ · peak 14.0G · util 97% ▆▇█ · power 612W · MFU 41.2% · host 3.1G'.
+
+    Every part is set off by ' · '; a row too narrow drops the sparklines first, then parts
+    from the end (host, MFU, power...) rather than running words together."""
 
     DEFAULT_CSS = """
     GaugeRow { height: 1; padding: 0 1; color: $text-muted; }
@@ -71,10 +74,16 @@ class GaugeRow(Static):
         self.hidden_by_user = not self.hidden_by_user
         self.display = self.seen and not self.hidden_by_user
 
-    def line(self, with_sparklines: bool = True) -> Text:
-        g, text = self.latest, Text()
+    def line(self, with_sparklines: bool = True, most: int | None = None) -> Text:
+        """The row; `most`: at most this many parts (the first ones: GPU memory matters most)."""
+        g, text = self.latest, Text(no_wrap=True, overflow="ellipsis")
+        count = 0
 
         def part(label: str, value: str, key: str | None = None, top: float | None = None):
+            nonlocal count
+            if most is not None and count >= most:
+                return
+            count += 1
             if text:
                 text.append(" · ", "dim")
             text.append(f"{label} ", "dim")
@@ -86,9 +95,8 @@ class GaugeRow(Static):
             total = g.get("gpu_mem_total")
             part("GPU", f"{g['gpu_mem_allocated'] / GIB:.1f}"
                  + (f"/{total / GIB:.0f}G" if total else "G"), "gpu_mem_allocated")
-            if "gpu_mem_peak" in g:
-                text.append(" peak ", "dim")
-                text.append(f"{g['gpu_mem_peak'] / GIB:.1f}G")
+        if "gpu_mem_peak" in g:
+            part("peak", f"{g['gpu_mem_peak'] / GIB:.1f}G")
         if "gpu_util" in g:
             part("util", f"{g['gpu_util']}%", "gpu_util", 100.0)
         if "gpu_power_w" in g:
@@ -104,8 +112,12 @@ class GaugeRow(Static):
             self.update(self.line())
 
     def update(self, content: Any = "") -> None:  # type: ignore[override]
-        # sparklines go first when the row is too narrow for them
-        if isinstance(content, Text) and self.size.width and \
-                content.cell_len > self.size.width - 2:
+        # sparklines go first when the row is too narrow for them, then the last parts
+        room = self.size.width - 2
+        if isinstance(content, Text) and self.size.width and content.cell_len > room:
             content = self.line(with_sparklines=False)
+            most = len(content.plain.split(" · "))
+            while content.cell_len > room and most > 1:
+                most -= 1
+                content = self.line(with_sparklines=False, most=most)
         super().update(content)

@@ -133,7 +133,12 @@ class LossChart(PlotextPlot):
     how it is drawn (the EMA smooths the step series only: an epoch's loss is already a mean)."""
 
     DEFAULT_CSS = """
-    LossChart { border: round $foreground 35%; height: 1fr; border-subtitle-align: left; }
+    LossChart {
+        border: round $foreground 35%; height: 1fr;
+        /* the legend's labels in the text's colour, not the muted border's (faint in the
+           high-contrast theme); its marks keep the plot's colours */
+        border-subtitle-align: left; border-subtitle-color: $foreground;
+    }
     """
 
     smooth: var[bool] = var(False)

@@ -205,7 +205,8 @@ class StageTracker(Widget):
                 text.append(f" {format_seconds(elapsed)}", style="dim")
             if focus.state != "running" and focus.state != "pending":
                 text.append(f" {focus.state}", style=style)
-        text.append(f"  {done}/{len(rows)} done", style="dim")
+            text.append(" · ", style="dim")
+        text.append(f"{done}/{len(rows)} done", style="dim")
         return text
 
     def _styles(self) -> dict[str, Style]:
@@ -403,24 +404,27 @@ class RunProgress(Widget):
         bar = Text("█" * filled, style="bold") + Text("░" * (bar_width - filled), style="dim")
         total = f"{self.total:,}" if self.total else "?"
         tps = f"{self.tokens_per_s:,.0f}" if self.tokens_per_s is not None else "–"
+        sep = (" · ", "dim")  # the compact line's parts: a visible separator, never glued
         generated = Text("")  # an on-policy run's generation rate, beside the trained rate
         if self.gen_rate is not None:
             generated = Text.assemble(("   gen tok/s ", "dim"), f"{self.gen_rate:,.0f}")
+        step = Text.assemble(("step ", "dim"), f"{self.step:,} / {total}")
         epoch = Text("")
         if self.epoch is not None:
             epoch = Text.assemble(("   epoch ", "dim"), f"{self.epoch}/{self.epochs or '?'}")
+        eta = Text.assemble(("ETA ", "dim"), format_seconds(self.eta))
         if self.compact:
-            text = Text.assemble(
-                bar, f" {frac:4.0%}\n",
-                ("step ", "dim"), f"{self.step:,} / {total}", epoch,
-                ("  ETA ", "dim"), format_seconds(self.eta),
-            )
+            # one line for step, epoch and ETA: a narrow panel drops the epoch, then the ETA
+            line = Text.assemble(step, epoch, sep, eta)
+            if width and line.cell_len > width:
+                line = Text.assemble(step, sep, eta)
+            if width and line.cell_len > width:
+                line = step
+            text = Text.assemble(bar, f" {frac:4.0%}\n", line)
         else:
             text = Text.assemble(
-                bar, f" {frac:4.0%}\n",
-                ("step ", "dim"), f"{self.step:,} / {total}", epoch, "\n",
-                ("tokens/s ", "dim"), tps, generated, "\n", ("ETA ", "dim"),
-                format_seconds(self.eta),
+                bar, f" {frac:4.0%}\n", step, epoch, "\n",
+                ("tokens/s ", "dim"), tps, generated, "\n", eta,
             )
             if self.split:  # an on-policy run: where the step's time went
                 split = Text(self.split, style="dim", no_wrap=True, overflow="ellipsis")

@@ -1,0 +1,204 @@
+"""The run screen reads cleanly and offers only keys that do something.
+
+- its panels set every part off with a visible separator (a screenshot's text read
+  `step 200 / 200ETA 0s`, `GPU 12.3/140Gpeak` and `· prepare0/7 done`), at 80x24 and 120x40;
+- `x Stop run` is in the footer while a run is going only (not once it has ended, nor after a
+  launch that failed);
+- the loss chart's legend labels are in the text's colour, readable in every theme (they were
+  in the muted border colour: faint in the high-contrast theme).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.color import Color
+from textual.widget import Widget
+from textual.widgets import Footer
+
+from kdtui.app import KDApp
+from kdtui.launch.base import StageUpdate
+from kdtui.screens.run import RunScreen
+from kdtui.widgets.gauges import GaugeRow
+from kdtui.widgets.loss_chart import LossChart
+from kdtui.widgets.run_panels import RunProgress, StageTracker
+
+SIZES = [(80, 24), (120, 40)]
+GIB = 1 << 30
+GAUGES = dict(gpu_mem_allocated=int(12.3 * GIB), gpu_mem_peak=int(13.2 * GIB),
+              gpu_mem_total=int(139.8 * GIB), gpu_util=88, gpu_power_w=560.0, mfu=0.38,
+              host_rss=int(6.3 * GIB))
+# words run together: a unit or number straight into a word ("140Gpeak", "200ETA",
+# "prepare0/7 done")
+GLUED = re.compile(r"\d[GM]?[a-zA-Z]{2,}|[a-z]\d+/\d+ done")
+
+
+def _events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def _write_events(run: Path, events: list[dict]) -> None:
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def _with_gauges(run: Path) -> Path:
+    _write_events(run, [{**e, **GAUGES} if e["type"] == "step" else e for e in _events(run)])
+    return run
+
+
+def _rows(widget: Widget) -> list[str]:
+    """The widget's rows as the screen shows them (borders included)."""
+    screen = [("".join(seg.text for seg in strip))
+              for strip in widget.screen._compositor.render_strips()]
+    r = widget.region
+    return [row[r.x:r.right] for row in screen[r.y:r.bottom]]
+
+
+async def _open(app: KDApp, pilot, wait_for, step: int) -> RunScreen:
+    await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                   and app.screen.query_one(RunProgress).step >= step)
+    await pilot.pause(0.4)
+    return app.screen
+
+
+def _footer_keys(app: KDApp) -> set[str]:
+    return {b.binding.action for b in app.screen.active_bindings.values() if b.binding.show}
+
+
+def _footer_text(screen: RunScreen) -> str:
+    return "\n".join(_rows(screen.query_one(Footer)))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_progress_gauges_and_stages_set_their_parts_off(runs_dir, wait_for, write_run,
+                                                             size):
+    run = _with_gauges(write_run(runs_dir / "done", steps=200))
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=size) as pilot:
+        screen = await _open(app, pilot, wait_for, 200)
+        progress = "\n".join(_rows(screen.query_one(RunProgress)))
+        gauges = "\n".join(_rows(screen.query_one(GaugeRow)))
+        stages = "\n".join(_rows(screen.query_one(StageTracker)))
+        if size == (80, 24):  # compact: step and ETA on one line
+            assert "step 200 / 200 · ETA 0s" in progress, progress
+        else:
+            assert "step 200 / 200" in progress and "ETA 0s" in progress, progress
+        assert re.search(r"GPU 12\.3/140G( [▁-█]+)? · peak 13\.2G · util 88%", gauges), gauges
+        for text in (progress, gauges, stages):
+            assert not GLUED.search(text), text
+
+
+async def test_the_compact_stage_line_sets_the_count_off(runs_dir, wait_for, write_run):
+    """A run with no stage event yet (at 80x24 the tracker is one line): `· prepare · 0/7
+    done`, and a running stage: `▶ train <clock> · 4/7 done`."""
+    run = write_run(runs_dir / "early", steps=200)
+    _write_events(run, [e for e in _events(run) if e["type"] != "stage"])
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(app, pilot, wait_for, 200)
+        line = _rows(screen.query_one(StageTracker))[1]
+        assert "· prepare · 0/7 done" in line, line
+    run = write_run(runs_dir / "going", steps=200, upto=120, finished=False, pid=os.getpid())
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(app, pilot, wait_for, 120)
+        line = _rows(screen.query_one(StageTracker))[1]
+        assert re.search(r"▶ train \S+ · 4/7 done", line), line
+
+
+def test_a_narrow_gauge_row_drops_parts_rather_than_gluing_them():
+    row = GaugeRow()
+    row.latest = dict(GAUGES)
+    full = row.line(with_sparklines=False).plain
+    assert full == "GPU 12.3/140G · peak 13.2G · util 88% · power 560W · MFU 38.0% · host 6.3G"
+    assert row.line(with_sparklines=False, most=2).plain == "GPU 12.3/140G · peak 13.2G"
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_stop_run_is_offered_while_the_run_goes_only(runs_dir, wait_for, write_run, size):
+    """A running run has `x Stop run` in its footer; when it finishes (on this screen) the key
+    goes; a finished run opened has none."""
+    whole = _events(write_run(runs_dir / "whole", steps=200))
+    run = write_run(runs_dir / "going", steps=200, upto=120, finished=False, pid=os.getpid())
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=size) as pilot:
+        screen = await _open(app, pilot, wait_for, 120)
+        assert screen.running and "stop_run" in _footer_keys(app)
+        assert "Stop run" in _footer_text(screen)
+        seq = len(_events(run))
+        rest = [e for e in whole if e["type"] != "run_started"
+                and (e["type"] != "step" or e["step"] > 120)]
+        rest = [e for e in rest if e["type"] not in ("stage", "eval")
+                or e["t"] > max(x["t"] for x in _events(run))]
+        with (run / "events.jsonl").open("a") as out:
+            for i, event in enumerate(rest):
+                out.write(json.dumps({**event, "seq": seq + i}) + "\n")
+        await wait_for(pilot, lambda: screen.state.finished is not None)
+        await pilot.pause(0.4)
+        assert not screen.running and "stop_run" not in _footer_keys(app)
+        assert "Stop run" not in _footer_text(screen)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="whole")
+    async with app.run_test(size=size) as pilot:
+        screen = await _open(app, pilot, wait_for, 200)
+        assert "stop_run" not in _footer_keys(app)
+        assert "Stop run" not in _footer_text(screen)
+
+
+class _FailingLauncher:
+    stages = ("check", "start")
+
+    async def start(self, on_stage: Callable[[StageUpdate], None]):
+        on_stage(StageUpdate("check", "done", 0.1, "inputs ok"))
+        raise OSError("no room on the device")
+
+
+async def test_a_failed_launch_offers_no_stop_run(wait_for):
+    app = KDApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.push_screen(RunScreen(launcher=_FailingLauncher(), title="z on local"))
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and app.screen.launch_failed is not None)
+        await pilot.pause(0.3)
+        assert "stop_run" not in _footer_keys(app)
+        assert "Stop run" not in _footer_text(app.screen)
+
+
+def _contrast(a: Color, b: Color) -> float:
+    """WCAG's contrast ratio of two colours (4.5: normal text reads)."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def _luminance(color: Color) -> float:
+    def channel(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = color.rgb
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+@pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "kdtui-high-contrast"])
+async def test_the_legend_labels_are_readable_in_every_theme(runs_dir, wait_for, write_run,
+                                                            theme):
+    run = write_run(runs_dir / "done", steps=200)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run), theme=theme)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _open(app, pilot, wait_for, 200)
+        chart = screen.query_one(LossChart)
+        await wait_for(pilot, lambda: "val_loss" in chart.legend)
+        await pilot.pause(0.3)
+        r = chart.region
+        strip = screen._compositor.render_strips()[r.bottom - 1]
+        labels = [seg for seg in strip.crop(r.x, r.right)
+                  if re.search(r"[a-z]", seg.text)]
+        assert "".join(seg.text for seg in labels).split() == ["loss", "kd", "ce", "val_loss"]
+        for seg in labels:
+            fg = Color.from_rich_color(seg.style.color)
+            bg = Color.from_rich_color(seg.style.bgcolor)
+            assert _contrast(fg, bg) >= 4.5, (theme, seg)
