@@ -192,15 +192,25 @@ def check_rms_norm(name: str, hidden_size: int, qkv: int, device: torch.device,
            "shape": [8192, hidden_size], "ms": ms, "kernel_tb_s": moved / ms["kernel"] / 1e9}
     for other in ("compiled", "eager"):
         row[f"vs_{other}"] = one_step_apart(out["kernel"], out[other])
+    # with the residual stream's add before it (the MLP's norm): the sum bit for bit torch's
+    from kdengine.models.fp8_kernels import add_rms_norm_quantize_rows as add_kernel
+
+    add = torch.randn(8192, hidden_size, device=device, generator=gen, dtype=torch.bfloat16)
+    total, *with_add = add_kernel(x, add, norm.weight, norm.eps)
+    row["add_sum_equal"] = bool(torch.equal(total, x + add))
+    row["add_vs_eager"] = one_step_apart(tuple(with_add), torch_ops(x + add))
+    row["add_ms"] = 1e3 * statistics.median(timed(
+        lambda: add_kernel(x, add, norm.weight, norm.eps), steps=20))
     layer = Fp8Linear(torch.randn(qkv, hidden_size, device=device, generator=gen,
                                   dtype=torch.bfloat16) * 0.02)
     fp8_module.load_kernels()
     row["qkv_err_vs_unfused"] = rel(layer.normed(x, norm), layer(norm(x)))
-    row["ok"] = (all(row[f"vs_{o}"]["beyond_one_step"] == 0
-                     and row[f"vs_{o}"]["values_differing"] < 0.05
-                     and row[f"vs_{o}"]["scale_rel_max"] < 2.0 ** -6
-                     for o in ("compiled", "eager"))
-                 and row["qkv_err_vs_unfused"] < 1e-2)
+    row["add_normed_err_vs_unfused"] = rel(layer.add_normed(x, add, norm)[1], layer(norm(x + add)))
+    row["ok"] = (all(row[k]["beyond_one_step"] == 0 and row[k]["values_differing"] < 0.05
+                     and row[k]["scale_rel_max"] < 2.0 ** -6
+                     for k in ("vs_compiled", "vs_eager", "add_vs_eager"))
+                 and row["add_sum_equal"] and row["qkv_err_vs_unfused"] < 1e-2
+                 and row["add_normed_err_vs_unfused"] < 1e-2)
     emit(**row)
 
 

@@ -268,16 +268,18 @@ class MLP(nn.Module):
         # rows are one pass (kdengine.models.fp8.Fp8Linear.swiglu)
         self.fused_swiglu = False
 
-    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
-        """`norm`: x is the residual stream, normed here (as Attention.forward's)."""
-        if norm is not None:
-            gate_up = self.gate_up_linear.normed(x, norm)
-            if self.fused_swiglu:
-                return self.down_proj.swiglu(gate_up)
-            gate, up = gate_up.chunk(2, dim=-1)
-        elif self.fused_swiglu:
+    def from_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """The MLP's output from its gate/up projection's (an FP8 teacher's blocks make that
+        projection with the norm before it: DecoderLayer.fused_norms)."""
+        if self.fused_swiglu:
+            return self.down_proj.swiglu(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_swiglu:
             return self.down_proj.swiglu(self.gate_up_linear(x))
-        elif self.gate_up_linear is not None:
+        if self.gate_up_linear is not None:
             gate, up = self.gate_up_linear(x).chunk(2, dim=-1)
         elif self.gate_up_weight is not None:
             gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
@@ -433,14 +435,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
         # an FP8 teacher's projections norm and quantize their input rows in one pass
-        # (kdengine.models.fp8.Fp8Linear.normed): the norms are handed to them, not applied here
+        # (kdengine.models.fp8.Fp8Linear.normed, add_normed): the norms are handed to them
         self.fused_norms = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Any = None) -> torch.Tensor:
-        if self.fused_norms:
-            x = x + self.self_attn(x, cos, sin, mask, norm=self.input_layernorm)
-            return x + self.mlp(x, norm=self.post_attention_layernorm)
+        if self.fused_norms:  # the sum before the MLP is made in its norm's pass too
+            attended = self.self_attn(x, cos, sin, mask, norm=self.input_layernorm)
+            x, gate_up = self.mlp.gate_up_linear.add_normed(x, attended,
+                                                            self.post_attention_layernorm)
+            return x + self.mlp.from_gate_up(gate_up)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 

@@ -89,6 +89,16 @@ def quantize_rowwise_of_rms_norm(x: torch.Tensor, weight: torch.Tensor,
     return quantize_rowwise(rms_norm(x, weight, eps))
 
 
+def add_rms_norm_quantize_rows(x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor,
+                               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x + add, and rms_norm_quantize_rows of it): the residual stream's add made in the same
+    pass on the GPU (the sum bit for bit torch's)."""
+    if _kernels is not None and x.is_cuda:
+        return _kernels.add_rms_norm_quantize_rows(x.contiguous(), add.contiguous(), weight, eps)
+    total = x + add
+    return (total, *quantize_rowwise_of_rms_norm(total, weight, eps))
+
+
 def load_kernels() -> None:
     """The one-pass kernels, where CUDA and Triton are."""
     global _kernels
@@ -155,6 +165,20 @@ class Fp8Linear(nn.Module):
         out = self._rows(x.reshape(-1, shape[-1]), self.out_features, quantize=quantize)
         return self._finish(out, shape[:-1])
 
+    def add_normed(self, x: torch.Tensor, add: torch.Tensor,
+                   norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + add, self(norm(x + add))): the residual stream's sum and this projection of it
+        normed; the sum, the norm and the rows' quantization in one pass on the GPU."""
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        if rows.shape[0] % 16:  # rows the FP8 GEMM wants padded (decode steps): two passes
+            total = x + add
+            return total, self.normed(total, norm)
+        total, values, scale = add_rms_norm_quantize_rows(rows, add.reshape(-1, shape[-1]),
+                                                          norm.weight, norm.eps)
+        out = self._matmul(values, scale, self.out_features, x.dtype)
+        return total.reshape(shape), self._finish(out, shape[:-1])
+
     def _finish(self, out: torch.Tensor, leading: torch.Size) -> torch.Tensor:
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
@@ -166,9 +190,15 @@ class Fp8Linear(nn.Module):
         if count % 16:  # some FP8 GEMM kernels want 16-aligned rows (decode steps): zero rows
             rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
         values, scale = quantize(rows)
+        return self._matmul(values, scale, outputs, rows.dtype)[:count]
+
+    def _matmul(self, values: torch.Tensor, scale: torch.Tensor, outputs: int,
+                dtype: torch.dtype) -> torch.Tensor:
+        """Quantized rows [n, in] (and their scales [n, 1]) @ the first `outputs` rows of W,
+        transposed: [n, outputs] in `dtype`."""
         return torch._scaled_mm(values, self.weight[:outputs].t(), scale_a=scale,
-                                scale_b=self.weight_scale[:, :outputs], out_dtype=rows.dtype,
-                                use_fast_accum=True)[:count]
+                                scale_b=self.weight_scale[:, :outputs], out_dtype=dtype,
+                                use_fast_accum=True)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
         # `.to(dtype)`, `.half()` and the like cast every floating tensor: the e4m3 values come

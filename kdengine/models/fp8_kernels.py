@@ -5,7 +5,8 @@
 - `swiglu_quantize_rows` (the FP8 teacher, kdengine.models.fp8): SwiGLU and the rowwise
   quantization of its output for the down projection, in one pass.
 - `rms_norm_quantize_rows` (the FP8 teacher): RMSNorm and the rowwise quantization of its
-  output for the q/k/v and gate/up projections, in one pass.
+  output for the q/k/v and gate/up projections, in one pass (before gate/up with the residual
+  add: `add_rms_norm_quantize_rows`).
 
 The weight gradient dW = dy^T x sums over tokens, and torch._scaled_mm (cuBLASLt's FP8 path on
 Hopper takes only K-major operands) wants both operands with the token dimension contiguous,
@@ -30,10 +31,12 @@ Before q/k/v and gate/up the same holds for RMSNorm: its rows (1,536-3,072 wide)
 registers, but the quantization adds a second reduction (the amax of the normed row) after the
 first (the mean square), and Inductor runs the pair as a looped reduction that reads each row
 several times: 0.063 ms for Qwen3-4B's 8192 x 2560 (63 MB moved, ~1 TB/s), 4.5 ms of its step
-(docs/performance.md, issue 16 round 6). `rms_norm_quantize_rows` holds the row in registers
-(two power-of-two blocks, as SwiGLU's), rounds as RMSNorm does (the normed row, then its product
-with the weight, to the activations' dtype) and divides as `quantize_rowwise` does (IEEE), so
-its values are torch's up to the order of the mean square's sum.
+(docs/performance.md, issue 16 round 6). `rms_norm_quantize_rows` holds a few rows in registers
+(each as two power-of-two blocks, as SwiGLU's), rounds as RMSNorm does (the normed row, then its
+product with the weight, to the activations' dtype), and multiplies by one division's 448 / amax
+a row, so its values are within one e4m3 step of torch's. Before the MLP it also makes the
+residual stream's sum (`add_rms_norm_quantize_rows`), the add that Inductor had folded into
+its norm kernel and would otherwise be a pass of its own.
 
 Imported only where CUDA and Triton are; everywhere else the callers run the same math in torch
 ops. Registered as `triton_op`s, so torch.compile traces each as one node of the graph.
@@ -145,27 +148,40 @@ def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 @triton.jit
-def _rms_norm_quantize_rows(x_ptr, weight_ptr, out_ptr, scale_ptr, cols, row_stride, eps,
-                            HEAD: tl.constexpr, TAIL: tl.constexpr, X_DTYPE: tl.constexpr,
+def _rms_norm_quantize_rows(x_ptr, add_ptr, sum_ptr, weight_ptr, out_ptr, scale_ptr, rows, cols,
+                            x_stride, add_stride, eps, ROWS: tl.constexpr, HEAD: tl.constexpr,
+                            TAIL: tl.constexpr, ADD: tl.constexpr, X_DTYPE: tl.constexpr,
                             OUT_DTYPE: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x = x_ptr + row * row_stride
-    head = tl.arange(0, HEAD)  # HEAD <= cols: no mask
-    tail = HEAD + tl.arange(0, TAIL)
-    x_head = tl.load(x + head).to(tl.float32)
-    x_tail = tl.load(x + tail, mask=tail < cols, other=0.0).to(tl.float32)  # masked: 0
-    mean_square = (tl.sum(x_head * x_head, axis=0) + tl.sum(x_tail * x_tail, axis=0)) / cols
-    r = tl.rsqrt(mean_square + eps)  # the approximate rsqrt, as CUDA's torch.rsqrt
+    # ROWS rows a program, each as two power-of-two blocks (HEAD <= cols: unmasked columns)
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    live = (row < rows)[:, None]
+    head = tl.arange(0, HEAD)[None, :]
+    tail = HEAD + tl.arange(0, TAIL)[None, :]
+    in_tail = live & (tail < cols)
+    x_head = tl.load(x_ptr + row[:, None] * x_stride + head, mask=live, other=0.0)
+    x_tail = tl.load(x_ptr + row[:, None] * x_stride + tail, mask=in_tail, other=0.0)
+    if ADD:  # the residual stream's add first, rounded as torch's (x + add in x's dtype)
+        x_head = (x_head.to(tl.float32) + tl.load(add_ptr + row[:, None] * add_stride + head,
+                                                  mask=live, other=0.0).to(tl.float32))
+        x_tail = (x_tail.to(tl.float32) + tl.load(add_ptr + row[:, None] * add_stride + tail,
+                                                  mask=in_tail, other=0.0).to(tl.float32))
+        x_head = x_head.to(X_DTYPE, fp_downcast_rounding="rtne")
+        x_tail = x_tail.to(X_DTYPE, fp_downcast_rounding="rtne")
+        tl.store(sum_ptr + row[:, None] * cols + head, x_head, mask=live)
+        tl.store(sum_ptr + row[:, None] * cols + tail, x_tail, mask=in_tail)
+    x_head, x_tail = x_head.to(tl.float32), x_tail.to(tl.float32)  # masked lanes: 0
+    mean_square = (tl.sum(x_head * x_head, axis=1) + tl.sum(x_tail * x_tail, axis=1)) / cols
+    r = tl.rsqrt(mean_square + eps)[:, None]  # the approximate rsqrt, as CUDA's torch.rsqrt
     h_head = _normed(x_head, r, tl.load(weight_ptr + head), X_DTYPE, OUT_DTYPE)
     h_tail = _normed(x_tail, r, tl.load(weight_ptr + tail, mask=tail < cols, other=0.0),
                      X_DTYPE, OUT_DTYPE)
-    amax = tl.maximum(tl.maximum(tl.max(tl.abs(h_head), axis=0),
-                                 tl.max(tl.abs(h_tail), axis=0)), 1e-12)
-    scale = tl.div_rn(amax, 448.0)
-    tl.store(scale_ptr + row, scale)
-    out = out_ptr + row * cols
-    tl.store(out + head, _e4m3(tl.div_rn(h_head, scale)))
-    tl.store(out + tail, _e4m3(tl.div_rn(h_tail, scale)), mask=tail < cols)
+    amax = tl.maximum(tl.maximum(tl.max(tl.abs(h_head), axis=1),
+                                 tl.max(tl.abs(h_tail), axis=1)), 1e-12)
+    tl.store(scale_ptr + row, tl.div_rn(amax, 448.0), mask=row < rows)
+    inv = tl.div_rn(448.0, amax)[:, None]  # one division a row; each value is multiplied
+    out = out_ptr + row[:, None] * cols
+    tl.store(out + head, _e4m3(h_head * inv), mask=live)
+    tl.store(out + tail, _e4m3(h_tail * inv), mask=in_tail)
 
 
 @triton.jit
@@ -177,20 +193,50 @@ def _normed(x, r, weight, X_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr):
     return product.to(OUT_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
 
 
+_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+NORM_ELEMENTS = 8192  # a program's rows together, at most (the rows a program takes)
+
+
+def launch_rms_norm_quantize_rows(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                                  values: torch.Tensor, scale: torch.Tensor,
+                                  add: torch.Tensor | None = None,
+                                  total: torch.Tensor | None = None) -> None:
+    rows, cols = x.shape
+    head, tail = swiglu_row_blocks(cols)
+    per_program = max(1, NORM_ELEMENTS // (head + tail))
+    per_program = 1 << (per_program.bit_length() - 1)  # a power of two
+    wrap_triton(_rms_norm_quantize_rows)[(triton.cdiv(rows, per_program),)](
+        x, add if add is not None else x, total if total is not None else x, weight, values,
+        scale, rows, cols, x.stride(0), add.stride(0) if add is not None else 0, eps,
+        ROWS=per_program, HEAD=head, TAIL=tail, ADD=add is not None,
+        X_DTYPE=_DTYPES[x.dtype], OUT_DTYPE=_DTYPES[torch.promote_types(x.dtype, weight.dtype)],
+        num_warps=8)
+
+
 @triton_op("kdengine::rms_norm_quantize_rows", mutates_args=())
 def rms_norm_quantize_rows(x: torch.Tensor, weight: torch.Tensor,
                            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x [rows, cols] (last dimension contiguous), the norm's weight [cols] -> the e4m3 values
     of rms_norm(x, weight, eps) [rows, cols] row-major and their fp32 scales [rows, 1]: the
     numbers of kdengine.models.fp8.quantize_rowwise of the normed rows in the dtype RMSNorm
-    gives (x's and the weight's promoted), up to the order of the mean square's sum."""
+    gives (x's and the weight's promoted), each value within one e4m3 step of them (the mean
+    square is summed in another order, and each value is multiplied by 448 / amax where torch
+    divides by amax / 448)."""
     rows, cols = x.shape
     values = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-    head, tail = swiglu_row_blocks(cols)
-    dtypes = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
-    wrap_triton(_rms_norm_quantize_rows)[(rows,)](
-        x, weight, values, scale, cols, x.stride(0), eps, HEAD=head, TAIL=tail,
-        X_DTYPE=dtypes[x.dtype], OUT_DTYPE=dtypes[torch.promote_types(x.dtype, weight.dtype)],
-        num_warps=4 if cols <= 2048 else 8)
+    launch_rms_norm_quantize_rows(x, weight, eps, values, scale)
     return values, scale
+
+
+@triton_op("kdengine::add_rms_norm_quantize_rows", mutates_args=())
+def add_rms_norm_quantize_rows(x: torch.Tensor, add: torch.Tensor, weight: torch.Tensor,
+                               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x + add (the residual stream and a sublayer's output, both [rows, cols] in one dtype),
+    and rms_norm_quantize_rows of that sum: (sum, e4m3 values, fp32 scales), in one pass."""
+    rows, cols = x.shape
+    total = torch.empty_like(x)
+    values = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    launch_rms_norm_quantize_rows(x, weight, eps, values, scale, add=add, total=total)
+    return total, values, scale
