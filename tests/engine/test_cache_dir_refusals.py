@@ -118,40 +118,7 @@ def test_cache_teacher_refuses_an_out_that_is_or_is_under_a_file(
     _nothing_made(tmp_path, a_file)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_cache_teacher_refuses_an_out_under_a_read_only_parent(tmp_path) -> None:
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o555)
-    try:
-        done = _engine(*CACHE_JOB, "--check", "--out", str(parent / "c"))
-        line = _one_line_refusal(done, "cache-teacher", "--out: ")
-        assert f"{parent / 'c'} cannot be created: {parent} is not writable" in line
-    finally:
-        parent.chmod(0o755)
-
-
-def test_cache_teacher_check_passes_a_good_out_and_makes_nothing(tmp_path) -> None:
-    out = tmp_path / "a" / "b" / "c"
-    done = _engine(*CACHE_JOB, "--check", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert not (tmp_path / "a").exists()
-
-
-def test_cache_teacher_out_that_fails_to_be_made_after_the_check_is_one_line_exit_2(
-        a_file, monkeypatch, capsys) -> None:
-    # the path changed between the check and the mkdir: the mkdir's own error, as one line
-    import kdengine.preflight
-    from kdengine.cli import main
-
-    monkeypatch.setattr(kdengine.preflight, "check_run_dir", lambda *args: None)
-    code = main([*CACHE_JOB, "--out", str(a_file / "c")])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.count("\n") == 1, err
-    assert err.startswith(f"kdengine cache-teacher: error: --out: cannot create {a_file / 'c'}: "
-                          "Not a directory")
-    assert err.rstrip().endswith("pick another --out")
+# (--out under a read-only parent, a good --out, a failed mkdir: test_run_dir_refusals.py)
 
 
 def test_the_cache_root_resolves_without_torch_and_demo_keeps_its_name() -> None:

@@ -1,6 +1,7 @@
-"""A run directory that cannot be made is refused like any bad input: exit 2, one line naming
-what picked the directory (--run-dir, KDENGINE_RUNS_DIR, --run-name, kdtui's --runs-dir) and
-the fix, before anything is created, by `--check` too, and by kdtui's headless launch."""
+"""A run directory (or cache-teacher's --out) that cannot be made is refused like any bad
+input: exit 2, one line naming what picked the directory (--run-dir, KDENGINE_RUNS_DIR,
+--run-name, kdtui's --runs-dir, --out) and the fix, before anything is created, by `--check`
+too, and by kdtui's headless launch."""
 
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ def _engine(*argv: str, runs_dir: Path | None = None) -> subprocess.CompletedPro
                           text=True, timeout=120, env=env)
 
 
-def _one_line_refusal(done: subprocess.CompletedProcess[str], said: str) -> str:
+def _one_line_refusal(done: subprocess.CompletedProcess[str], said: str,
+                      command: str = "train") -> str:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"kdengine train: error: {said}"), lines[0]
+    assert lines[0].startswith(f"kdengine {command}: error: {said}"), lines[0]
     return lines[0]
 
 
@@ -80,40 +82,54 @@ def test_a_run_dir_through_a_broken_symlink_is_refused(tmp_path) -> None:
     assert "is a broken symlink, not a directory" in _one_line_refusal(done, "--run-dir: ")
 
 
+# each command that makes a directory, the flag that names it, and a name under its parent
+MAKERS = {"train": (DEMO, "--run-dir", "run"),
+          "cache-teacher": (["cache-teacher", "--teacher", "demo://teacher", "--data",
+                             "demo://python-stdlib", "--device", "cpu", "--seq-len", "64"],
+                            "--out", "c")}
+each_maker = pytest.mark.parametrize("command", list(MAKERS))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_a_run_dir_under_a_read_only_parent_is_refused(tmp_path) -> None:
+@each_maker
+def test_a_directory_under_a_read_only_parent_is_refused(tmp_path, command) -> None:
+    argv, flag, name = MAKERS[command]
     parent = tmp_path / "ro"
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        done = _engine(*DEMO, "--check", "--run-dir", str(parent / "run"))
-        line = _one_line_refusal(done, "--run-dir: ")
-        assert f"cannot be created: {parent} is not writable" in line
+        done = _engine(*argv, "--check", flag, str(parent / name))
+        line = _one_line_refusal(done, f"{flag}: ", command)
+        assert f"{parent / name} cannot be created: {parent} is not writable" in line
     finally:
         parent.chmod(0o755)
 
 
-def test_a_good_run_dir_under_a_missing_parent_passes_check_and_is_not_made(tmp_path) -> None:
-    run_dir = tmp_path / "a" / "b" / "run"
-    done = _engine(*DEMO, "--check", "--run-dir", str(run_dir))
+@each_maker
+def test_a_good_directory_under_a_missing_parent_passes_check_and_is_not_made(
+        tmp_path, command) -> None:
+    argv, flag, name = MAKERS[command]
+    done = _engine(*argv, "--check", flag, str(tmp_path / "a" / "b" / name))
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "a").exists()
 
 
-def test_a_run_dir_that_fails_to_be_made_after_the_check_is_one_line_exit_2(
-        a_file, monkeypatch, capsys) -> None:
+@each_maker
+def test_a_directory_that_fails_to_be_made_after_the_check_is_one_line_exit_2(
+        a_file, monkeypatch, capsys, command) -> None:
     # the path changed between the check and the mkdir: the mkdir's own error, as one line
     import kdengine.preflight
     from kdengine.cli import main
 
+    argv, flag, name = MAKERS[command]
     monkeypatch.setattr(kdengine.preflight, "check_run_dir", lambda *args: None)
-    code = main([*DEMO, "--run-dir", str(a_file / "y")])
+    code = main([*argv, flag, str(a_file / name)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1, err
-    assert err.startswith(f"kdengine train: error: --run-dir: cannot create {a_file / 'y'}: "
+    assert err.startswith(f"kdengine {command}: error: {flag}: cannot create {a_file / name}: "
                           "Not a directory")
-    assert err.rstrip().endswith("pick another --run-dir")
+    assert err.rstrip().endswith(f"pick another {flag}")
 
 
 def _kdtui(*argv: str, runs_dir: Path) -> subprocess.CompletedProcess[str]:
