@@ -172,8 +172,8 @@ def check_rms_norm(name: str, hidden_size: int, qkv: int, device: torch.device,
     """The one-pass RMSNorm quantization (Triton) against torch's ops, eager and compiled, and
     the q/k/v projection through it against the unfused one."""
     from kdengine.models import fp8 as fp8_module
-    from kdengine.models.decoder import RMSNorm
     from kdengine.models.fp8_kernels import rms_norm_quantize_rows as kernel
+    from kdengine.models.norm import RMSNorm
 
     x = torch.randn(8192, hidden_size, device=device, generator=gen, dtype=torch.bfloat16)
     x[:64] *= 40  # rows with outliers, as a residual stream has

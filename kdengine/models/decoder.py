@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdengine.models.fp8_train import project
+from kdengine.models.norm import RMSNorm
 
 
 @dataclass
@@ -81,23 +82,6 @@ class DecoderConfig:
         out = asdict(self)
         out.pop("extra")
         return out
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Normalise in fp32, as the reference does, then cast back before the weight."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
 
 
 ROPE_TYPES = ("default", "linear", "llama3")

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdengine.models.norm import rms_norm
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
 MIN_AMAX = 1e-12  # an all-zero row gets a positive scale (and quantizes to zeros)
@@ -84,8 +86,6 @@ def rms_norm_quantize_rows(x: torch.Tensor, weight: torch.Tensor,
 def quantize_rowwise_of_rms_norm(x: torch.Tensor, weight: torch.Tensor,
                                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The same numbers in torch ops (the CPU; the reference the kernel is checked against)."""
-    from kdengine.models.decoder import rms_norm
-
     return quantize_rowwise(rms_norm(x, weight, eps))
 
 

@@ -15,7 +15,6 @@ import torch
 from kdengine.config import ConfigError, RunConfig
 from kdengine.events import read_events
 from kdengine.models import Decoder, DecoderConfig
-from kdengine.models.decoder import RMSNorm
 from kdengine.models.fp8 import (
     E4M3,
     E4M3_MAX,
@@ -28,6 +27,7 @@ from kdengine.models.fp8 import (
     rms_norm_quantize_rows,
     swiglu_quantize_rows,
 )
+from kdengine.models.norm import RMSNorm
 
 # e4m3 keeps 3 mantissa bits: a value in the normal range rounds to within 2^-4 of itself
 E4M3_REL = 2.0 ** -4
