@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -188,6 +189,31 @@ def killed_at_step() -> list[str]:
     """A launcher for `kdengine ...` argv that kills the engine before step KD_KILL_AT (set it
     in the environment the engine gets)."""
     return [sys.executable, "-c", KILL_BEFORE_STEP]
+
+
+def _one_line_refusal(done: subprocess.CompletedProcess[str], command: str, said: str) -> str:
+    """The promise for bad input (docs): exit 2, nothing on stdout, no traceback, one line on
+    stderr that starts `kdengine COMMAND: error: SAID`; returns that line."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"kdengine {command}: error: {said}"), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def one_line_refusal() -> Callable[[subprocess.CompletedProcess[str], str, str], str]:
+    """one_line_refusal(done, command, said): the refusal's line, checked (_one_line_refusal)."""
+    return _one_line_refusal
+
+
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    """A regular file where a directory is wanted."""
+    path = tmp_path / "afile"
+    path.write_text("not a directory\n")
+    return path
 
 
 @pytest.fixture

@@ -30,20 +30,6 @@ def _engine(*argv: str, **env: str | None) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, env=full)
 
 
-def _one_line_refusal(done: subprocess.CompletedProcess[str], command: str, said: str) -> str:
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"kdengine {command}: error: {said}"), lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def a_file(tmp_path: Path) -> Path:
-    path = tmp_path / "afile"
-    path.write_text("not a directory\n")
-    return path
 
 
 def _nothing_made(tmp_path: Path, a_file: Path) -> None:
@@ -54,44 +40,46 @@ def _nothing_made(tmp_path: Path, a_file: Path) -> None:
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 @pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
 def test_train_refuses_a_kdengine_cache_that_is_or_is_under_a_file(
-        tmp_path, a_file, check, under) -> None:
+        tmp_path, a_file, check, under, one_line_refusal) -> None:
     cache = a_file / "cache" if under else a_file
     done = _engine(*DEMO, *(["--check"] if check else []), KDENGINE_CACHE=str(cache),
                    KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
-    line = _one_line_refusal(done, "train", "KDENGINE_CACHE: ")
+    line = one_line_refusal(done, "train", "KDENGINE_CACHE: ")
     where = f" (on the path to {cache})" if under else ""
     assert f"{a_file} is a file, not a directory{where}; {FIX}" in line
     _nothing_made(tmp_path, a_file)  # no runs dir, no run dir
 
 
-def test_train_refuses_a_bad_cache_with_real_models_too(tmp_path, a_file, tiny_run_inputs) -> None:
+def test_train_refuses_a_bad_cache_with_real_models_too(
+        tmp_path, a_file, tiny_run_inputs, one_line_refusal) -> None:
     # the compile cache, the data's token cache and the CPU thread registry live there too
     done = _engine("train", "--teacher", str(tiny_run_inputs["teacher"]),
                    "--student", str(tiny_run_inputs["student"]),
                    "--data", str(tiny_run_inputs["data"]), "--check",
                    KDENGINE_CACHE=str(a_file), KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
-    assert FIX in _one_line_refusal(done, "train", "KDENGINE_CACHE: ")
+    assert FIX in one_line_refusal(done, "train", "KDENGINE_CACHE: ")
     assert not (tmp_path / "runs").exists() and a_file.read_text() == "not a directory\n"
 
 
-def test_the_default_cache_dir_is_checked_and_named_by_kdengine_cache(tmp_path, a_file) -> None:
+def test_the_default_cache_dir_is_checked_and_named_by_kdengine_cache(
+        tmp_path, a_file, one_line_refusal) -> None:
     # no KDENGINE_CACHE: the user's cache dir (XDG_CACHE_HOME/kdengine here) is the one checked
     done = _engine(*DEMO, "--check", KDENGINE_CACHE=None, XDG_CACHE_HOME=str(a_file),
                    KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
-    line = _one_line_refusal(done, "train", "KDENGINE_CACHE: ")
+    line = one_line_refusal(done, "train", "KDENGINE_CACHE: ")
     assert f"{a_file} is a file, not a directory (on the path to {a_file / 'kdengine'})" in line
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 @pytest.mark.parametrize("command", [DEMO, CACHE_JOB], ids=["train", "cache-teacher"])
-def test_a_read_only_kdengine_cache_is_refused(tmp_path, command) -> None:
+def test_a_read_only_kdengine_cache_is_refused(tmp_path, command, one_line_refusal) -> None:
     cache = tmp_path / "ro"
     cache.mkdir()
     cache.chmod(0o555)
     try:
         done = _engine(*command, "--check", KDENGINE_CACHE=str(cache),
                        KDENGINE_RUNS_DIR=str(tmp_path / "runs"))
-        line = _one_line_refusal(done, command[0], "KDENGINE_CACHE: ")
+        line = one_line_refusal(done, command[0], "KDENGINE_CACHE: ")
         assert f"{cache} is not writable; {FIX}" in line
         assert not (tmp_path / "runs").exists()
     finally:
@@ -99,9 +87,10 @@ def test_a_read_only_kdengine_cache_is_refused(tmp_path, command) -> None:
 
 
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
-def test_cache_teacher_refuses_a_kdengine_cache_that_is_a_file(tmp_path, a_file, check) -> None:
+def test_cache_teacher_refuses_a_kdengine_cache_that_is_a_file(
+        tmp_path, a_file, check, one_line_refusal) -> None:
     done = _engine(*CACHE_JOB, *(["--check"] if check else []), KDENGINE_CACHE=str(a_file))
-    line = _one_line_refusal(done, "cache-teacher", "KDENGINE_CACHE: ")
+    line = one_line_refusal(done, "cache-teacher", "KDENGINE_CACHE: ")
     assert f"{a_file} is a file, not a directory; {FIX}" in line
     _nothing_made(tmp_path, a_file)
 
@@ -109,10 +98,10 @@ def test_cache_teacher_refuses_a_kdengine_cache_that_is_a_file(tmp_path, a_file,
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 @pytest.mark.parametrize("under", [True, False], ids=["under-a-file", "a-file"])
 def test_cache_teacher_refuses_an_out_that_is_or_is_under_a_file(
-        tmp_path, a_file, check, under) -> None:
+        tmp_path, a_file, check, under, one_line_refusal) -> None:
     out = a_file / "c" if under else a_file
     done = _engine(*CACHE_JOB, "--out", str(out), *(["--check"] if check else []))
-    line = _one_line_refusal(done, "cache-teacher", "--out: ")
+    line = one_line_refusal(done, "cache-teacher", "--out: ")
     where = f" (on the path to {out})" if under else ""
     assert f"{a_file} is a file, not a directory{where}; pick another --out" in line
     _nothing_made(tmp_path, a_file)

@@ -24,62 +24,48 @@ def _engine(*argv: str, runs_dir: Path | None = None) -> subprocess.CompletedPro
                           text=True, timeout=120, env=env)
 
 
-def _one_line_refusal(done: subprocess.CompletedProcess[str], said: str,
-                      command: str = "train") -> str:
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"kdengine {command}: error: {said}"), lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def a_file(tmp_path: Path) -> Path:
-    path = tmp_path / "afile"
-    path.write_text("not a directory\n")
-    return path
 
 
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
-def test_a_run_dir_under_a_file_is_refused_with_one_line_naming_run_dir(a_file, check) -> None:
+def test_a_run_dir_under_a_file_is_refused_with_one_line_naming_run_dir(
+        a_file, check, one_line_refusal) -> None:
     run_dir = a_file / "y"
     done = _engine(*DEMO, "--run-dir", str(run_dir), *(["--check"] if check else []))
-    line = _one_line_refusal(done, "--run-dir: ")
+    line = one_line_refusal(done, "train", "--run-dir: ")
     assert f"{a_file} is a file, not a directory" in line and "pick another --run-dir" in line
     assert done.stdout == "" and a_file.read_text() == "not a directory\n"
 
 
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 def test_a_runs_dir_that_is_a_file_is_refused_with_one_line_naming_the_variable(
-        a_file, check) -> None:
+        a_file, check, one_line_refusal) -> None:
     done = _engine(*DEMO, *(["--check"] if check else []), runs_dir=a_file)
-    line = _one_line_refusal(done, "KDENGINE_RUNS_DIR: ")
+    line = one_line_refusal(done, "train", "KDENGINE_RUNS_DIR: ")
     assert f"{a_file} is a file, not a directory" in line
     assert "set KDENGINE_RUNS_DIR to a directory you can write" in line
 
 
-def test_a_runs_dir_under_a_file_is_refused_naming_the_variable(a_file) -> None:
+def test_a_runs_dir_under_a_file_is_refused_naming_the_variable(a_file, one_line_refusal) -> None:
     done = _engine(*DEMO, "--check", runs_dir=a_file / "runs")
-    line = _one_line_refusal(done, "KDENGINE_RUNS_DIR: ")
+    line = one_line_refusal(done, "train", "KDENGINE_RUNS_DIR: ")
     assert f"{a_file} is a file, not a directory (on the path to {a_file / 'runs'})" in line
 
 
-def test_an_existing_run_dir_that_is_a_file_is_refused(a_file) -> None:
+def test_an_existing_run_dir_that_is_a_file_is_refused(a_file, one_line_refusal) -> None:
     done = _engine(*DEMO, "--check", "--run-dir", str(a_file))
-    assert f"{a_file} is a file, not a directory;" in _one_line_refusal(done, "--run-dir: ")
+    assert f"{a_file} is a file, not a directory;" in one_line_refusal(done, "train", "--run-dir: ")
 
 
-def test_a_run_name_that_is_a_file_in_the_runs_dir_names_run_name(a_file) -> None:
+def test_a_run_name_that_is_a_file_in_the_runs_dir_names_run_name(a_file, one_line_refusal) -> None:
     done = _engine(*DEMO, "--check", "--run-name", a_file.name, runs_dir=a_file.parent)
-    line = _one_line_refusal(done, "--run-name: ")
+    line = one_line_refusal(done, "train", "--run-name: ")
     assert "pick another --run-name" in line
 
 
-def test_a_run_dir_through_a_broken_symlink_is_refused(tmp_path) -> None:
+def test_a_run_dir_through_a_broken_symlink_is_refused(tmp_path, one_line_refusal) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "gone")
     done = _engine(*DEMO, "--check", "--run-dir", str(tmp_path / "link" / "run"))
-    assert "is a broken symlink, not a directory" in _one_line_refusal(done, "--run-dir: ")
+    assert "is a broken symlink, not a directory" in one_line_refusal(done, "train", "--run-dir: ")
 
 
 # each command that makes a directory, the flag that names it, and a name under its parent
@@ -92,14 +78,15 @@ each_maker = pytest.mark.parametrize("command", list(MAKERS))
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 @each_maker
-def test_a_directory_under_a_read_only_parent_is_refused(tmp_path, command) -> None:
+def test_a_directory_under_a_read_only_parent_is_refused(
+        tmp_path, command, one_line_refusal) -> None:
     argv, flag, name = MAKERS[command]
     parent = tmp_path / "ro"
     parent.mkdir()
     parent.chmod(0o555)
     try:
         done = _engine(*argv, "--check", flag, str(parent / name))
-        line = _one_line_refusal(done, f"{flag}: ", command)
+        line = one_line_refusal(done, command, f"{flag}: ")
         assert f"{parent / name} cannot be created: {parent} is not writable" in line
     finally:
         parent.chmod(0o755)
