@@ -60,11 +60,6 @@ class CompileOptions:
                 "KDENGINE_STUDENT_COMPILE=graphs: sampled batches vary in shape, so the "
                 "student's graph runs without CUDA graphs")
 
-    @property
-    def cudagraphs(self) -> bool:
-        """Whether any model replays as CUDA graphs (each step then begins a new replay)."""
-        return self.teacher_cudagraphs or self.student_cudagraphs
-
 
 # Before issue 6's attempt 4: every block compiled on its own, nothing fused (benchmarks).
 PER_BLOCK_COMPILE = CompileOptions(teacher="layers", teacher_cudagraphs=False, student="layers",
