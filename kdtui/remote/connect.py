@@ -170,6 +170,38 @@ def _identity_problem(target: SSHTarget, path: str, exc: BaseException) -> SSHCo
                           f"kdtui can read: {exc}")
 
 
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")  # what ssh(1) offers unconfigured
+
+
+def _locked_keys(target: SSHTarget) -> list[str]:
+    """The key files that would be offered (IdentityFile, else ssh's defaults) whose private key
+    is encrypted: kdtui never asks for a passphrase, so only an ssh-agent holding them can."""
+    paths = target.identity_files or tuple(
+        str(Path("~", ".ssh", name).expanduser()) for name in DEFAULT_IDENTITIES)
+    locked = []
+    for path in paths:
+        try:
+            asyncssh.read_private_key(path)
+        except asyncssh.KeyImportError as exc:
+            if "passphrase" in str(exc).lower():
+                locked.append(path)
+        except OSError:
+            continue
+    return locked
+
+
+def _refused_message(target: SSHTarget) -> str:
+    locked = _locked_keys(target)
+    if locked:
+        agent = ("the ssh-agent does not hold it" if os.environ.get("SSH_AUTH_SOCK")
+                 else "no ssh-agent runs here (SSH_AUTH_SOCK is unset)")
+        return (f"{target.where} refused our keys: {locked[0]} is encrypted and {agent}; kdtui "
+                f"never asks for a passphrase: load it with `ssh-add {locked[0]}` in an agent "
+                "(eval $(ssh-agent)) and start kdtui from that shell")
+    return (f"{target.where} refused our keys: add your public key to the box's "
+            "~/.ssh/authorized_keys, or load it into ssh-agent (ssh-add)")
+
+
 def _key_file_problem(path: str) -> BaseException | None:
     """Why an IdentityFile cannot be offered (asyncssh would skip a file that is no key without
     a word, and the server's refusal would then blame the box). An encrypted key is fine: its
@@ -261,9 +293,7 @@ async def open_connection(host: HostConfig) -> asyncssh.SSHClientConnection:
     except asyncssh.HostKeyNotVerifiable:
         raise HostKeyRefused(await _host_key_message(host, target)) from None
     except asyncssh.PermissionDenied:
-        raise ConnectFailed(f"{where} refused our keys: add your public key to the box's "
-                            "~/.ssh/authorized_keys, or load it into ssh-agent (ssh-add)") \
-            from None
+        raise ConnectFailed(_refused_message(target)) from None
     except (asyncio.TimeoutError, TimeoutError):
         raise ConnectFailed(f"{where} did not answer within {host.connect_timeout:g}s "
                             "(connect_timeout in the hosts file)") from None

@@ -119,6 +119,24 @@ def test_an_identity_file_that_is_no_key_says_so(sshd, tmp_path):
         in str(failed.value)
 
 
+def test_an_encrypted_key_no_agent_holds_names_ssh_add(sshd, tmp_path, monkeypatch):
+    """kdtui never asks for a passphrase: an encrypted key works only through an agent, and
+    the refusal says so rather than blaming the box's authorized_keys."""
+    import subprocess
+
+    key = tmp_path / "locked_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(key)],
+                   check=True)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(ConnectFailed) as failed:
+        connect(ssh_config(sshd, tmp_path, identity=str(key)))
+    message = str(failed.value)
+    assert "\n" not in message and "cannot reach" not in message
+    assert message.startswith(f"loc (127.0.0.1:{sshd.port}) refused our keys: {key} is "
+                              "encrypted and no ssh-agent runs here")
+    assert f"ssh-add {key}" in message
+
+
 def test_a_missing_ssh_config_file_names_it(tmp_path):
     with pytest.raises(SSHConfigError) as failed:
         connect(tmp_path / "nope")
