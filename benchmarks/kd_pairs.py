@@ -685,8 +685,9 @@ def run_bare(args, pair: Pair, device, dtype, ids, labels, fp8: bool = False,
     kdengine variant, on these models and this objective); `fp8`: the teacher quantized as
     --teacher-dtype float8 does (`one_pass` False: the norms, SwiGLU and their quantization
     compiled by Inductor instead); `fp8_student`: the student's matmuls too, as
-    --student-matmuls float8. With --profile, its GPU kernel time by kind goes to
-    OUT/profile_<pair>_<variant>.txt."""
+    --student-matmuls float8. With --profile, its GPU kernel time by kind and its idle time
+    (3 steps run as the CLI's loop runs them) go to OUT/profile_<pair>_<variant>.txt. The
+    student compiles as KDENGINE_STUDENT_COMPILE says, as in the CLI."""
     from kdengine.config import RunConfig
     from kdengine.data import TokenSplits
     from kdengine.models.hf_layout import load_decoder
@@ -1024,7 +1025,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kernel-time", action="store_true",
                    help="also profile the in-process variants' GPU kernel time (3 steps more)")
     p.add_argument("--profile", action="store_true",
-                   help="the bare variants' GPU kernel time by kind: OUT/profile_<pair>_<v>.txt")
+                   help="the bare variants' GPU kernel time by kind and where the GPU idles "
+                        "(3 steps as the CLI's loop runs them): OUT/profile_<pair>_<v>.txt and "
+                        "its GPU timeline (.trace.json.gz)")
     p.add_argument("--start-profile", action="store_true",
                    help="sample the warm CLI run's start with py-spy (the carried wheel): "
                    "OUT/start_<pair>.txt, its frames by time")
