@@ -540,6 +540,9 @@ def demo_config(**overrides: Any) -> RunConfig:
         teacher=DEMO_TEACHER, student=DEMO_STUDENT, data=DEMO_DATA, steps=500, batch_size=16,
         seq_len=128, lr=3e-3, warmup_steps=25, temperature=2.0, alpha=0.3, eval_every=100,
         eval_batches=4, log_every=5, checkpoint_every=250,
+        # half of seq_len: the default 128 would leave an on-policy prompt no token
+        # (`kdengine train --demo --lmbda 1`, docs/on-policy.md)
+        max_new_tokens=64,
     )
     values.update(overrides)
     return RunConfig.from_mapping(values)

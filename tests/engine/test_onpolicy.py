@@ -198,3 +198,26 @@ def test_seq_kd_trains_on_the_teachers_completions_and_is_judged_on_val_loss(
     assert [s["source"] for s in events(run_dir, "sample")] == ["teacher", "teacher"]
     assert all("val_gen_kl" not in e for e in events(run_dir, "eval"))
     assert events(run_dir, "verdict")[-1]["loss_kind"] == "val"
+
+
+def test_the_documented_demo_command_passes_its_check(engine_cmd, tmp_path) -> None:
+    """docs/on-policy.md's `kdengine train --demo --lmbda 1`, run as written with --check: the
+    demo preset's max_new_tokens leaves the prompt part of its seq_len; an explicit value that
+    leaves none is still refused."""
+    import re
+    import shlex
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "on-policy.md").read_text()
+    command = re.search(r"`(kdengine train --demo --lmbda 1)`", doc)
+    assert command, "docs/on-policy.md no longer shows `kdengine train --demo --lmbda 1`"
+    argv = shlex.split(command.group(1))[1:]
+    done = subprocess.run([*engine_cmd, *argv, "--check"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)["config"]
+    assert config["lmbda"] == 1.0 and 0 < config["max_new_tokens"] < config["seq_len"]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    bad = subprocess.run([*engine_cmd, *argv, "--max-new-tokens", str(config["seq_len"]),
+                          "--check"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--max-new-tokens: must be below seq_len" in bad.stderr
