@@ -56,7 +56,8 @@ def build_parser():
     p.add_argument("--vocab", type=int, default=None,
                    help=_help("Ids the distribution is over; give the student's vocab when the "
                               "teacher's is padded beyond it",
-                              "an integer >= 1 and <= the teacher's vocab",
+                              "an integer above the tokenizer's largest id and <= the "
+                              "teacher's vocab",
                               "default: the teacher's lm-head rows"))
     p.add_argument("--rows-per-batch", metavar="ROWS_PER_BATCH", type=int, default=8,
                    help=_help("Rows per teacher forward", "an integer >= 1", "default: 8"))
@@ -97,9 +98,8 @@ def plan(argv: list[str]):
                    seed=args.seed)
     job.check()
     tokenizer, teacher_dir, teacher_vocab = _teacher_facts(config)
-    if job.vocab is not None and not 1 <= job.vocab <= teacher_vocab:
-        raise ConfigError("vocab", f"must be between 1 and the teacher's {teacher_vocab} ids "
-                          f"(got {job.vocab})")
+    if job.vocab is not None:
+        _check_vocab(job.vocab, tokenizer, teacher_vocab)
     if job.top_k > (job.vocab or teacher_vocab):
         raise ConfigError("top_k", f"{job.top_k} is more than the {job.vocab or teacher_vocab} "
                           "ids of the vocab")
@@ -107,6 +107,19 @@ def plan(argv: list[str]):
     key = cache_key(identity)
     out = Path(args.out).expanduser() if args.out else default_cache_dir(key)
     return job, identity, key, out, _out_refusal(bool(args.out))
+
+
+def _check_vocab(vocab: int, tokenizer: Any, teacher_vocab: int) -> None:
+    """--vocab covers every id the tokenizer can produce (the scorer gathers each row's next
+    ids from the first `vocab` logits) and no more than the teacher's lm-head rows."""
+    top = getattr(tokenizer, "max_id", tokenizer.vocab_size - 1)
+    if vocab > teacher_vocab:
+        raise ConfigError("vocab", f"must be at most the teacher's {teacher_vocab} ids "
+                          f"(got {vocab}): give --vocab {teacher_vocab} or less")
+    if vocab <= top:
+        raise ConfigError("vocab", f"must be at least {top + 1}: the teacher's tokenizer has ids "
+                          f"up to {top} (got {vocab}): give --vocab {top + 1} or more, or leave "
+                          "it out")
 
 
 def _out_refusal(given: bool) -> tuple[str, str]:

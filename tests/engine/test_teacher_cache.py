@@ -223,3 +223,21 @@ def test_check_refuses_a_cache_that_does_not_fit_the_run(runs, inputs, tmp_path,
         assert code == 2 and "\n" not in err and why in err, (extra, err)
         assert not run_dir.exists()
     assert main([*base, "--run-dir", str(tmp_path / "fits")]) == 0
+
+
+def test_a_vocab_below_the_tokenizers_ids_is_refused_by_check_too(inputs, tmp_path,
+                                                                   capsys) -> None:
+    """--vocab 100 with a tokenizer of ids 0..256 passed --check and failed in the scorer
+    (`index 220 is out of bounds`): it is refused in one line naming the smallest value, by
+    --check as by the job, and nothing is written; a vocab beyond the teacher's as well."""
+    base = ["cache-teacher", "--teacher", inputs["teacher"], "--data", inputs["chats"],
+            "--seq-len", "64", "--top-k", "8", "--device", "cpu"]
+    for vocab, said in (("100", "--vocab: must be at least 257"),
+                        ("300", "--vocab: must be at most the teacher's 257")):
+        for check in (["--check"], []):
+            out = tmp_path / f"cache-{vocab}-{bool(check)}"
+            code = main([*base, "--vocab", vocab, "--out", str(out), *check])
+            err = capsys.readouterr().err.strip()
+            assert code == 2 and "\n" not in err and said in err, err
+            assert not out.exists()
+    assert main([*base, "--vocab", "257", "--out", str(tmp_path / "fits"), "--check"]) == 0
