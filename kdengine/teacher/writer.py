@@ -168,7 +168,9 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             # a continued job's resumed_from: the rows its finished shards hold (a train run's
             # is its checkpoint's step); null for a job's first attempt
             resumed_from = _rows_written(out, previous) if previous or continued else None
-            log.emit(ev.RUN_STARTED, run_id=f"cache-{key[:12]}", run_dir=str(out),
+            # run_id is the directory's name, the id `kdtui watch` takes (as a train run's); the
+            # cache's key is cache.key
+            log.emit(ev.RUN_STARTED, run_id=out.name, run_dir=str(out),
                      config=cfg.to_dict(), device=str(device), dtype=str(dtype)[6:],
                      resumed_from=resumed_from, env=environment(),
                      job="cache-teacher", cache={"key": key, "k": job.top_k,

@@ -241,3 +241,18 @@ def test_a_vocab_below_the_tokenizers_ids_is_refused_by_check_too(inputs, tmp_pa
             assert code == 2 and "\n" not in err and said in err, err
             assert not out.exists()
     assert main([*base, "--vocab", "257", "--out", str(tmp_path / "fits"), "--check"]) == 0
+
+
+def test_a_cache_jobs_run_id_is_its_directorys_name(runs) -> None:
+    """`kdtui runs` lists a cache job by its run_started's run_id, and `kdtui watch` finds a run
+    by directory name: the run_id was cache-<key[:12]>, an id watch refused. The key stays in
+    the event's cache.key."""
+    from kdtui.runs import find_run, list_runs
+
+    started = read_events(runs["cache"] / "events.jsonl")[0]
+    manifest = json.loads((runs["cache"] / "manifest.json").read_text())
+    assert started["run_id"] == runs["cache"].name == "cache"
+    assert started["cache"]["key"] == manifest["key"]
+    listed = [r.run_id for r in list_runs(runs["root"])]
+    assert "cache" in listed
+    assert find_run(runs["root"], "cache") == runs["cache"]
