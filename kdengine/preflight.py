@@ -13,8 +13,9 @@ validation window (counted with the run's tokenizer and split rule, stopping onc
 have enough; one huge file is counted on a prefix; data the run's text cache already holds
 with the same key is counted from the entry, no file read). Not checked here (it needs the
 weights or a download): tensor names, shapes and dtypes against config.json, a hub model that
-is not in the local cache yet, and the token ids of pre-tokenized shards against the vocab
-(their document split and largest id need a scan)."""
+is not in the local cache yet, and the document split of pre-tokenized shards (it needs a
+scan; their largest token id is checked against the vocab: a vectorized max over the mapped
+files)."""
 
 from __future__ import annotations
 
@@ -270,8 +271,12 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
             raise ConfigError("data", f"tokens.json: eos_id {eos_id} is beyond the tokenizer's "
                               f"vocab ({tokenizer.vocab_size}): tokenized with another "
                               "tokenizer?")
-        unchecked.append("data: the shards' document split and token ids are checked when the "
-                         "run reads them")
+        if tokenizer is not None:  # the ids the run's split_token_shards refuses
+            check_shard_ids(files, dtype, tokenizer.vocab_size)
+        else:
+            unchecked.append("data: the shards' token ids are checked against the vocab when "
+                             "the run has its tokenizer")
+        unchecked.append("data: the shards' document split is checked when the run reads them")
         return None, None
     # Tokenize a document only while its side of the run's split (is_validation) still lacks
     # tokens: a big corpus is read and parsed to its end, but tokenized only as far as needed.
@@ -336,6 +341,27 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
                                config.seq_len)
     check_split_sizes(train, val, config.seq_len, config.batch_size)
     return train, val
+
+
+def check_shard_ids(files: list[Path], dtype: Any, vocab_size: int) -> None:
+    """Every token id of the shards `files` (raw little-endian `dtype`) inside `vocab_size`:
+    a vectorized max over each file, memory-mapped read-only (seconds for gigabytes, nothing
+    copied); ConfigError naming data at the first shard holding one beyond it, as the run's
+    reading of the shards would refuse it (kdengine.data.split_token_shards)."""
+    import numpy as np
+
+    kind = np.uint16 if dtype.itemsize == 2 else np.uint32
+    for file in files:
+        if file.stat().st_size == 0:
+            continue
+        try:
+            top = int(np.memmap(file, dtype=kind, mode="r").max())
+        except (OSError, ValueError) as exc:
+            raise ConfigError("data", f"cannot read {file}: {exc}") from None
+        if top >= vocab_size:
+            raise ConfigError("data", f"{file.name} holds token id {top}, beyond the model's "
+                              f"vocab ({vocab_size}): tokenized with another tokenizer? "
+                              "(tokenize it with the teacher's)")
 
 
 def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,

@@ -131,6 +131,18 @@ def latin1_text(i: Inputs) -> list[str]:
     return []
 
 
+def shard_id_beyond_vocab(i: Inputs) -> list[str]:
+    shutil.rmtree(i["data"])
+    Path(i["data"]).mkdir()
+    (Path(i["data"]) / "tokens.json").write_text(json.dumps(
+        {"format": "kdengine-tokens", "dtype": "uint16", "eos_id": 256}))
+    ids = [k % 256 for k in range(4000)]
+    ids[3000] = 400  # one id past the 257 of the byte tokenizer, deep in the second shard
+    (Path(i["data"]) / "a.bin").write_bytes(array("H", ids[:2000]).tobytes())
+    (Path(i["data"]) / "b.bin").write_bytes(array("H", ids[2000:]).tobytes())
+    return []
+
+
 def cuda_without_cuda(i: Inputs) -> list[str]:
     return ["--device", "cuda"]
 
@@ -152,6 +164,8 @@ CASES: list[tuple[Callable[[Inputs], list[str]], str, list[str]]] = [
     (forty_one_tokens, "--data", ["has 42 tokens", "shorter than one batch"]),
     (bad_jsonl_line, "--data", ["more.jsonl:41 is not JSON"]),
     (latin1_text, "--data", ["zz-latin1.txt", "not UTF-8"]),
+    (shard_id_beyond_vocab, "--data", ["b.bin holds token id 400",
+                                       "beyond the model's vocab (257)", "teacher's"]),
     (cuda_without_cuda, "--device", ["no CUDA device"]),
     (demo_teacher_hf_student, "--student", ["demo model", "demo://student"]),
 ]
@@ -287,3 +301,27 @@ def test_pre_tokenized_shards_are_sized_without_a_scan(inputs: Inputs) -> None:
         {"format": "kdengine-tokens", "dtype": "uint16", "eos_id": 400}))
     with pytest.raises(ConfigError, match="eos_id 400 is beyond the tokenizer's vocab"):
         check_run_inputs(config)
+
+
+@pytest.mark.parametrize(("dtype", "typecode"), [("uint16", "H"), ("uint32", "I")])
+def test_shard_ids_are_checked_against_the_vocab_in_every_dtype(
+        inputs: Inputs, dtype: str, typecode: str) -> None:
+    from kdengine.config import RunConfig
+    from kdengine.preflight import check_run_inputs
+
+    shards = Path(inputs["data"]).with_name("shards")
+    shards.mkdir()
+    (shards / "tokens.json").write_text(json.dumps(
+        {"format": "kdengine-tokens", "dtype": dtype, "eos_id": 256}))
+    (shards / "a.bin").write_bytes(array(typecode, [k % 257 for k in range(3000)]).tobytes())
+    (shards / "b.bin").write_bytes(b"")  # an empty shard is skipped, as the run skips it
+    config = RunConfig(teacher=inputs["teacher"], student=inputs["student"], data=str(shards),
+                       batch_size=4, seq_len=32)
+    facts = check_run_inputs(config)  # ids up to 256, the eos: inside the vocab of 257
+    assert not any("token ids" in line for line in facts.unchecked)
+    top = 70_000 if dtype == "uint32" else 257  # past uint16 too, for the uint32 shards
+    (shards / "c.bin").write_bytes(array(typecode, [1, 2, top, 256]).tobytes())
+    with pytest.raises(ConfigError, match=f"c.bin holds token id {top}, beyond the model's "
+                       r"vocab \(257\)") as info:
+        check_run_inputs(config)
+    assert info.value.field == "data"
