@@ -71,6 +71,14 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
     every = torch.arange(len(store))
     train = pack_rows(store, every[~held], seq_len, on_long)
     val = pack_rows(store, every[held], seq_len, on_long)
+    dropped = train.dropped + val.dropped
+    if (len(train) < batch_size or len(val) < 1) and dropped:  # --on-long drop left too few
+        more = "" if dropped == len(store) else ", or more data"
+        raise ConfigError("on_long", f"drop left out {dropped} of the {len(store)} examples "
+                          f"as longer than seq_len {seq_len}, leaving {len(train)} train and "
+                          f"{len(val)} validation rows: batch_size {batch_size} needs "
+                          f"{batch_size} train rows and one validation row (give a larger "
+                          f"--seq-len, or --on-long truncate{more})")
     if len(train) < batch_size or len(val) < 1:
         raise ConfigError("data", f"has {len(store)} examples, packed into {len(train)} "
                           f"train and {len(val)} validation rows of seq_len {seq_len}: "
@@ -85,7 +93,7 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
         examples=meta["examples"], train_examples=int((~held).sum()),
         val_examples=int(held.sum()), tokens=meta["tokens"],
         trained_tokens=meta["trained_tokens"], truncated=train.truncated + val.truncated,
-        dropped=train.dropped + val.dropped, skipped_files=meta["skipped_files"],
+        dropped=dropped, skipped_files=meta["skipped_files"],
         skipped=meta["skipped"], train_rows=len(train), val_rows=len(val),
         fill=round(train.filled / max(len(train) * seq_len, 1), 4), cached=store.tokenized == 0)
     return ExampleData(store, train, val, stats)

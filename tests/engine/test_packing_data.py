@@ -232,6 +232,26 @@ def test_data_shorter_than_a_batch_is_a_clear_error(tmp_path: Path, tok_dir: Pat
         data_of(path, tok_dir, tmp_path / "cache")
 
 
+def test_examples_all_dropped_as_too_long_name_seq_len_and_on_long(
+        chats: Path, tok_dir: Path, tmp_path: Path) -> None:
+    """--on-long drop that leaves too few rows says how many it dropped and that the fix is a
+    larger seq_len or truncating, not more data or a smaller batch_size."""
+    shortest = int(store_of(chats, tok_dir, tmp_path / "cache").lengths().min())
+    with pytest.raises(ConfigError) as every:
+        data_of(chats, tok_dir, tmp_path / "cache", seq_len=shortest - 1, on_long="drop")
+    assert every.value.field == "on_long"
+    assert every.value.message == (
+        f"drop left out 120 of the 120 examples as longer than seq_len {shortest - 1}, leaving "
+        "0 train and 0 validation rows: batch_size 4 needs 4 train rows and one validation row "
+        "(give a larger --seq-len, or --on-long truncate)")
+    # two left (chats 0 and 7, the shortest): more data would do as well
+    with pytest.raises(ConfigError, match=r"drop left out 118 of the 120 examples .*"
+                       r"\(give a larger --seq-len, or --on-long truncate, or more data\)"):
+        data_of(chats, tok_dir, tmp_path / "cache", seq_len=shortest, on_long="drop")
+    # truncating the same examples trains
+    assert len(data_of(chats, tok_dir, tmp_path / "cache", seq_len=shortest - 1).train) >= 4
+
+
 def test_workers_build_the_same_store_and_name_the_same_first_error(
         tmp_path: Path, tok_dir: Path) -> None:
     path = tmp_path / "many.jsonl"
