@@ -34,6 +34,9 @@ PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 # run's own completions, or (apr) training-batch losses
 VAL_LOSS, GEN_KL, TRAIN_BATCH = "val", "val_gen_kl", "train_batch"
 _LABELS = {VAL_LOSS: "val loss", GEN_KL: "val gen KL", TRAIN_BATCH: "train-batch loss"}
+# the event field each kind's two losses are read from: the verdict event writes them as
+# initial_<field> and final_<field> (docs/events.md), so a name says what the number is
+LOSS_FIELDS = {VAL_LOSS: "val_loss", GEN_KL: "val_gen_kl", TRAIN_BATCH: "loss"}
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
 
 
@@ -45,11 +48,12 @@ class Verdict:
     final_loss: float | None = None  # at final_step
     final_step: int | None = None
     id: str = VERDICT_ID
-    loss_kind: str = VAL_LOSS  # TRAIN_BATCH: the two losses are training-batch losses
+    # TRAIN_BATCH: the two losses are training-batch losses; None: no losses apply (a cache job)
+    loss_kind: str | None = VAL_LOSS
 
     @property
     def loss_label(self) -> str:
-        return _LABELS.get(self.loss_kind, self.loss_kind)
+        return _LABELS.get(self.loss_kind, str(self.loss_kind))  # type: ignore[arg-type]
 
     @property
     def initial_val_loss(self) -> float | None:
@@ -70,12 +74,16 @@ class Verdict:
         return EXIT_CODES[self.status]
 
     def to_event(self) -> dict[str, Any]:
-        """The `verdict` event's payload (docs/events.md): val-loss keys for held-out losses."""
+        """The `verdict` event's payload (docs/events.md): the two losses as initial_<field>
+        and final_<field>, <field> the event field they are read from (LOSS_FIELDS): val_loss,
+        val_gen_kl (on-policy), or loss (training batches); none for a cache job."""
         out = asdict(self)
-        if self.loss_kind == VAL_LOSS:
-            out["initial_val_loss"] = out.pop("initial_loss")
-            out["final_val_loss"] = out.pop("final_loss")
-        return {**out, "delta": self.delta}
+        initial, final = out.pop("initial_loss"), out.pop("final_loss")
+        field = LOSS_FIELDS.get(self.loss_kind)  # type: ignore[arg-type]
+        if field is None:
+            return out
+        return {**out, f"initial_{field}": initial, f"final_{field}": final,
+                "delta": self.delta}
 
     @classmethod
     def from_train_batch_event(cls, event: dict[str, Any]) -> Verdict:
@@ -172,13 +180,13 @@ def _cache_job_verdict(finished: dict[str, Any] | None, rows: int) -> Verdict:
     the job's own (done, or why not), under its own id."""
     if finished is None:
         return Verdict(INCONCLUSIVE, f"the cache job has not finished ({rows} rows scored)",
-                       id=CACHE_JOB)
+                       id=CACHE_JOB, loss_kind=None)
     if finished.get("status") != "completed":
         why = finished.get("error") or f"exit code {finished.get('exit_code')}"
         return Verdict(INCONCLUSIVE, f"the cache job {finished.get('status')} after {rows} rows: "
-                       f"{why}", id=CACHE_JOB)
+                       f"{why}", id=CACHE_JOB, loss_kind=None)
     return Verdict(PASS, f"the teacher cache is complete ({rows} rows); a cache job trains "
-                   "nothing, so no smoke verdict applies", id=CACHE_JOB)
+                   "nothing, so no smoke verdict applies", id=CACHE_JOB, loss_kind=None)
 
 
 def _val_loss_beside(initial: dict[str, Any], final: dict[str, Any]) -> str:

@@ -94,8 +94,8 @@ def test_an_on_policy_run_reaches_a_verdict_on_the_students_own_writing(
     assert train_samples and all(step % 3 == 0 for step in train_samples)
     verdict = events(reference, "verdict")[-1]
     assert verdict["loss_kind"] == "val_gen_kl" and verdict["status"] in ("pass", "fail")
-    assert verdict["initial_loss"] == evals[0]["val_gen_kl"]
-    assert verdict["final_loss"] == evals[-1]["val_gen_kl"]
+    assert verdict["initial_val_gen_kl"] == evals[0]["val_gen_kl"]
+    assert verdict["final_val_gen_kl"] == evals[-1]["val_gen_kl"]
     assert verdict["reason"].startswith("on-policy val_gen_kl") and "val_loss" in verdict["reason"]
     log = (reference / "launch.log").read_text()
     assert "val_gen_kl=" in log and "gen_tok/s=" in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,59 @@ def test_a_failed_run_is_named_at_the_engines_last_step_not_the_last_logged_one(
               {"type": "run_finished", "status": "failed", "exit_code": 1, "steps": 149,
                "error": "boom"}]
     assert "at step 149" in verdict_from_events(events).reason
+
+
+EVENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
+
+
+def _verdict_row() -> str:
+    return next(line for line in EVENTS_DOC.read_text().splitlines()
+                if line.startswith("| `verdict` |"))
+
+
+def _assert_documented(event: dict) -> None:
+    row = _verdict_row()
+    for key in event:
+        assert f"`{key}`" in row, f"docs/events.md's verdict row does not name {key}"
+    if event["loss_kind"] is not None:
+        assert f'`loss_kind: "{event["loss_kind"]}"`' in row or \
+            f'`"{event["loss_kind"]}"`' in row
+
+
+def test_a_val_loss_verdict_event_names_its_losses_val_loss() -> None:
+    event = verdict_from_events([ev("eval", step=0, val_loss=5.0),
+                                 ev("eval", step=10, val_loss=4.0), DONE]).to_event()
+    assert event["loss_kind"] == "val"
+    assert (event["initial_val_loss"], event["final_val_loss"]) == (5.0, 4.0)
+    assert "initial_loss" not in event and event["delta"] == pytest.approx(-1.0)
+    _assert_documented(event)
+
+
+def test_an_on_policy_verdict_event_names_its_losses_val_gen_kl() -> None:
+    """It wrote loss_kind val_gen_kl with initial_loss/final_loss: names events.md did not
+    list, and bare `loss` reads as the training loss."""
+    event = verdict_from_events([ev("eval", step=0, val_loss=2.0, val_gen_kl=0.25),
+                                 ev("eval", step=6, val_loss=2.1, val_gen_kl=0.2),
+                                 DONE]).to_event()
+    assert (event["status"], event["loss_kind"]) == ("pass", "val_gen_kl")
+    assert (event["initial_val_gen_kl"], event["final_val_gen_kl"]) == (0.25, 0.2)
+    assert not {"initial_loss", "final_loss", "initial_val_loss", "final_val_loss"} & set(event)
+    _assert_documented(event)
+
+
+def test_a_train_batch_verdict_event_names_its_losses_loss() -> None:
+    engine = ev("verdict", id="F-DISTILL-SMOKE-001", loss_kind="train_batch", status="pass",
+                initial_loss=9.1, final_loss=7.5, final_step=20)
+    event = verdict_from_events([engine, DONE]).to_event()
+    assert event["loss_kind"] == "train_batch"
+    assert (event["initial_loss"], event["final_loss"]) == (9.1, 7.5)
+    assert "initial_val_loss" not in event
+    _assert_documented(event)
+
+
+def test_a_cache_jobs_verdict_event_has_no_losses() -> None:
+    event = verdict_from_events([{"type": "run_started", "job": "cache-teacher"},
+                                 DONE]).to_event()
+    assert (event["id"], event["loss_kind"]) == ("cache-teacher", None)
+    assert not [k for k in event if k.startswith(("initial_", "final_")) and k != "final_step"]
+    _assert_documented(event)
