@@ -361,9 +361,12 @@ class KDTrainer:
     @torch.no_grad()
     def teacher_val_ce(self) -> float | None:
         """The teacher's own CE on the held-out batches (once, at step 0): the floor a student
-        distilled from it aims at; a teacher no better than a fresh student is a wrong one. None
-        for a teacher cache (no model) and a teacher sharded over ranks."""
-        if hasattr(self.teacher, "samplers") or self.dist.teacher_placement == "sharded":
+        distilled from it aims at; a teacher no better than a fresh student is a wrong one. A
+        teacher cache (no model) gives the NLL its writer stored for these same held-out rows
+        (None from a cache written before it kept them); None for a teacher sharded over ranks."""
+        if hasattr(self.teacher, "samplers"):
+            return self.teacher.val_ce(self.val_batches)
+        if self.dist.teacher_placement == "sharded":
             return None
         total, n = 0.0, 0
         for batch in self.val_batches:

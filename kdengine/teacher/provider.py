@@ -67,6 +67,24 @@ class CachedTeacher:
         return (RowSampler(train, batch_size, seed, check=self.check_rows),
                 RowSampler(val, batch_size, seed, offset=len(train), check=self.check_rows))
 
+    def val_ce(self, batches: list[CachedBatch]) -> float | None:
+        """The teacher's CE on exactly these held-out batches' rows (duplicates counted as the
+        live teacher's CE counts them), from the NLL the writer stored per held-out row; None
+        for a cache written before it kept them, or a row it holds no NLL for."""
+        stored = self.cache.manifest.get("teacher_val") or {}
+        nll, tokens = stored.get("nll"), stored.get("tokens")
+        first_val = self.cache.manifest["rows"]["train"]
+        if not isinstance(nll, list) or not isinstance(tokens, list):
+            return None
+        total, n = 0.0, 0
+        for batch in batches:
+            for row in batch.rows.tolist():
+                at = row - first_val
+                if not 0 <= at < len(nll) or nll[at] is None or tokens[at] is None:
+                    return None  # not a held-out row of the cache, or not scored
+                total, n = total + float(nll[at]), n + int(tokens[at])
+        return total / n if n else None
+
     def check_rows(self, batch: CachedBatch) -> None:
         """The batch's tokens are the ones the cache's targets were computed on (on the CPU,
         when the sampler makes the batch: no device sync)."""

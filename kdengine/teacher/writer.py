@@ -114,7 +114,8 @@ def score_rows(teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
                chunk_tokens: int = 4096) -> dict[str, torch.Tensor]:
     """The teacher's targets for a batch of rows: ids and log-probs [b, seq, K] and the tail's
     log-mass [b, seq] (log_softmax at T = 1 over the first `vocab` ids, as the live path drops a
-    padded teacher's extra ids), plus its summed NLL on the labels and their count."""
+    padded teacher's extra ids), plus its summed NLL on the labels and their count, in all
+    (`nll`, `count`) and per row (`row_nll`, `row_count`: the held-out rows' teacher CE)."""
     device = teacher.head_weight.device
     pos = position_ids.to(device) if position_ids is not None else None
     autocast = nullcontext() if compute_dtype in (torch.float32, torch.float64) else \
@@ -126,7 +127,7 @@ def score_rows(teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
     w = teacher.head_weight[:vocab].to(compute_dtype)
     flat_labels = labels.reshape(-1).to(device)
     ids, logp, tail = [], [], []
-    nll = torch.zeros((), dtype=torch.float64, device=device)
+    token_nll = []
     for start in range(0, h.shape[0], chunk_tokens):
         lp = torch.log_softmax((h[start:start + chunk_tokens] @ w.t()).float(), -1)
         if targets == SAMPLED:
@@ -138,14 +139,17 @@ def score_rows(teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
             t = torch.logsumexp(lp.scatter(-1, i, -math.inf), -1)
         lab = flat_labels[start:start + chunk_tokens]
         valid = lab >= 0
-        nll += -(lp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)[valid]).double().sum()
+        picked = lp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1).double()
+        token_nll.append(torch.where(valid, -picked, torch.zeros_like(picked)))
         ids.append(i)
         logp.append(v)
         tail.append(t)
     k = ids[0].shape[-1]
+    row_nll = torch.cat(token_nll).reshape(b, seq).sum(1)
+    row_count = (flat_labels >= 0).reshape(b, seq).sum(1)
     return {"ids": torch.cat(ids).reshape(b, seq, k), "logp": torch.cat(logp).reshape(b, seq, k),
-            "tail": torch.cat(tail).reshape(b, seq), "nll": nll,
-            "count": (flat_labels >= 0).sum()}
+            "tail": torch.cat(tail).reshape(b, seq), "nll": row_nll.sum(),
+            "count": row_count.sum(), "row_nll": row_nll, "row_count": row_count}
 
 
 def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) -> int:
@@ -218,7 +222,11 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                 "k": job.top_k, "targets": job.targets, "dtype": job.store_dtype,
                 "id_dtype": id_dtype_for(vocab), "vocab": vocab, "seed": identity["seed"],
                 "bytes_per_token": round(per_token, 3), "shard_rows": shard_rows,
-                "shards": shards, "bytes": None}
+                "shards": shards, "bytes": None,
+                # the teacher's NLL and label count of each held-out row (T = 1, over the first
+                # `vocab` ids): a run's step-0 val_teacher_ce on the rows it evaluates; null
+                # until the row's shard is written (a continued job keeps the earlier ones)
+                "teacher_val": _teacher_val(previous, len(val))}
             if previous is not None and previous.get("shard_rows") != shard_rows:
                 raise ConfigError("shard_rows", f"{out} was started with "
                                   f"{previous.get('shard_rows')} rows a shard: give the same "
@@ -260,9 +268,12 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                     parts["rowhash"].append(row_hash(input_ids, positions))
                     nll += float(scored["nll"])
                     count += int(scored["count"])
+                    _record_val(manifest["teacher_val"], batch_rows, len(train), scored)
                     tokens_since += input_ids.numel()
                 rows_done += len(rows)
                 write_shard(out, index, {k: torch.cat(v) for k, v in parts.items()})
+                if any(r >= len(train) for r in rows):  # the held-out rows' NLL, with them
+                    write_manifest(out, manifest)
                 seconds = time.perf_counter() - t0
                 rate = tokens_since / max(seconds, 1e-9)
                 left = (total_rows - rows_done) * cfg.seq_len / max(rate, 1e-9)
@@ -299,6 +310,24 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
         return 1
     finally:
         log.close()
+
+
+def _teacher_val(previous: dict[str, Any] | None, val_rows: int) -> dict[str, Any]:
+    """The manifest's `teacher_val`: per held-out row, the teacher's summed NLL and label count
+    (null: not scored yet), the earlier attempt's kept when it is the same rows."""
+    kept = (previous or {}).get("teacher_val") or {}
+    if len(kept.get("nll") or []) == val_rows and len(kept.get("tokens") or []) == val_rows:
+        return {"nll": list(kept["nll"]), "tokens": list(kept["tokens"])}
+    return {"nll": [None] * val_rows, "tokens": [None] * val_rows}
+
+
+def _record_val(teacher_val: dict[str, Any], batch_rows: list[int], first_val: int,
+                scored: dict[str, torch.Tensor]) -> None:
+    row_nll, row_count = scored["row_nll"].tolist(), scored["row_count"].tolist()
+    for at, row in enumerate(batch_rows):
+        if row >= first_val:
+            teacher_val["nll"][row - first_val] = row_nll[at]
+            teacher_val["tokens"][row - first_val] = int(row_count[at])
 
 
 def _rows_written(out: Path, previous: dict[str, Any] | None) -> int:

@@ -174,6 +174,8 @@ def test_a_killed_cache_writer_finishes_to_the_same_bytes(inputs, tmp_path, caps
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["complete"] and manifest["targets"] == "sampled"
+    whole_val = json.loads((whole / "manifest.json").read_text())["teacher_val"]
+    assert manifest["teacher_val"] == whole_val and None not in whole_val["nll"]
     events = read_events(killed / "events.jsonl")
     assert [e["type"] for e in events].count("run_started") == 2  # one stream, seq continued
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed"
@@ -256,3 +258,34 @@ def test_a_cache_jobs_run_id_is_its_directorys_name(runs) -> None:
     listed = [r.run_id for r in list_runs(runs["root"])]
     assert "cache" in listed
     assert find_run(runs["root"], "cache") == runs["cache"]
+
+
+def test_a_cached_run_reports_the_teachers_held_out_ce_at_step_0(runs, tmp_path) -> None:
+    """The writer measured the teacher's CE but a run from the cache reported none (`teacher
+    CE –` in kdtui compare). The manifest keeps each held-out row's NLL, and the step-0 eval of
+    a run from the cache reports val_teacher_ce on its own held-out rows: the live teacher's."""
+    from kdengine.teacher.cache import TeacherCache
+    from kdengine.teacher.provider import CachedTeacher
+
+    manifest = json.loads((runs["cache"] / "manifest.json").read_text())
+    stored = manifest["teacher_val"]
+    assert len(stored["nll"]) == len(stored["tokens"]) == manifest["rows"]["val"]
+    assert None not in stored["nll"] and all(n > 0 for n in stored["tokens"])
+
+    def step0(run_dir: Path) -> dict:
+        return next(e for e in read_events(run_dir / "events.jsonl")
+                    if e["type"] == "eval" and e["step"] == 0)
+
+    live, cached = step0(runs["live"]), step0(runs["cached"])
+    assert cached["val_teacher_ce"] == pytest.approx(live["val_teacher_ce"], abs=1e-5)
+    assert "val_teacher_ce=" in (runs["cached"] / "launch.log").read_text()
+
+    # a cache written before the manifest kept them: no teacher CE, and nothing else changes
+    old = tmp_path / "old-cache"
+    shutil.copytree(runs["cache"], old)
+    manifest.pop("teacher_val")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    teacher = CachedTeacher(TeacherCache(old))
+    assert teacher.val_ce([]) is None
+    full = CachedTeacher(TeacherCache(runs["cache"]))
+    assert full.val_ce([]) is None  # no rows: no CE (never a division by zero)
