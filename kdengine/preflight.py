@@ -377,9 +377,11 @@ def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
     import sys
 
     from kdengine.data.examples import load_examples
+    from kdengine.data.store import hand_over
 
     data = load_examples(config, tokenizer, teacher_dir,
                          lambda line: print(line, file=sys.stderr, flush=True))
+    hand_over(data.store)  # the run of this command reports the tokenizing as its own
     if config.samples_completions:  # on-policy / seq_kd: the examples must hold prompts
         from kdengine.onpolicy.prompts import prompt_source
 

@@ -275,7 +275,9 @@ def _report_data(data: TokenSplits | ExampleData, log: RunLog) -> None:
                  f"validation) in {s.train_rows} + {s.val_rows} rows ({s.fill:.0%} filled), "
                  f"{s.tokens} tokens, {s.trained_tokens} trained ({share:.0%}), {s.truncated} "
                  f"truncated, {s.dropped} dropped"
-                 + (", token store reused" if s.cached else ", token store built"))
+                 + (", token store reused (built by an earlier command)" if s.cached else
+                    f", token store built: {data.store.tokenized} examples tokenized in "
+                    f"{data.store.seconds:.2f} s"))
         count, named = s.skipped_files, s.skipped
     else:
         count, named = len(data.skipped), data.skipped[:NAMED_SKIPS]

@@ -38,7 +38,7 @@ class DataStats:
     train_rows: int
     val_rows: int
     fill: float  # share of the train rows' tokens that are not padding
-    cached: bool  # the token store was reused, nothing tokenized
+    cached: bool  # the token store was built by an earlier command, nothing tokenized by this
 
     def to_event(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from array import array
 from collections.abc import Callable
@@ -56,7 +57,8 @@ class TokenStore:
     offsets: torch.Tensor  # int64 [examples + 1]
     names: torch.Tensor  # int64 crc32 of each example's name [examples]
     meta: dict[str, Any]
-    tokenized: int = 0  # examples tokenized by this call: 0 when the cache was reused
+    tokenized: int = 0  # examples tokenized by this command: 0 when an earlier one built it
+    seconds: float = 0.0  # ... and the time the build took
 
     @property
     def key(self) -> str:
@@ -111,6 +113,20 @@ class _Writer:
         (self.directory / "names.bin").write_bytes(self.names.tobytes())
 
 
+# Stores this process built in a run's preflight, for its data stage to map (one `kdengine
+# train` command: the preflight tokenizes, the run reuses the store, and that run tokenized it):
+# directory -> (examples tokenized, seconds), taken by the next open_store of the directory.
+_HANDED: dict[Path, tuple[int, float]] = {}
+
+
+def hand_over(store: TokenStore) -> None:
+    """The next open_store of `store` in this process reports the build that made it (examples
+    tokenized and the time) as its own, not as a store reused from an earlier command: the
+    preflight calls it for the run that follows it in the same command."""
+    if store.tokenized:
+        _HANDED[store.directory] = (store.tokenized, store.seconds)
+
+
 def cache_dir() -> Path:
     from kdengine.cache_dir import cache_root
 
@@ -159,7 +175,8 @@ def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
     root = Path(root) if root is not None else cache_dir()
     directory = root / store_key(sources, tokenizer, template, options)
     if (directory / "meta.json").is_file():
-        return _map(directory, 0)
+        return _map(directory, *_HANDED.pop(directory, (0, 0.0)))
+    started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
@@ -179,7 +196,7 @@ def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    return _map(directory, count)
+    return _map(directory, count, time.perf_counter() - started)
 
 
 def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
@@ -225,7 +242,7 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in files if p.is_file())
 
 
-def _map(directory: Path, tokenized: int) -> TokenStore:
+def _map(directory: Path, tokenized: int, seconds: float = 0.0) -> TokenStore:
     meta = json.loads((directory / "meta.json").read_text())
 
     def mapped(name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -238,4 +255,4 @@ def _map(directory: Path, tokenized: int) -> TokenStore:
 
     names = mapped("names", torch.uint32).to(torch.int64)
     return TokenStore(directory, mapped("tokens", torch.uint32), mapped("trains", torch.uint8),
-                      mapped("offsets", torch.int64).clone(), names, meta, tokenized)
+                      mapped("offsets", torch.int64).clone(), names, meta, tokenized, seconds)

@@ -119,10 +119,11 @@ def test_messages_jsonl_distils_to_a_verdict_training_on_assistant_tokens(
     assert stage["truncated"] == stage["dropped"] == stage["skipped_files"] == 0
     assert stage["detail"].startswith("160 ex, ") and stage["detail"].endswith(" trained tok")
     assert len(stage["detail"]) <= 26  # the stage tracker's detail column, side column 52 wide
-    # the preflight (run before the run by `kdengine train`) built the store; the run reused it
-    assert stage["cached"] is True
+    # the preflight of this same command built the store: the run tokenized, nothing cached
+    assert stage["cached"] is False
     log = (tmp_path / "run" / "launch.log").read_text()
-    assert "data: 160 examples" in log and "token store reused" in log
+    assert "data: 160 examples" in log
+    assert "token store built: 160 examples tokenized in " in log and "reused" not in log
     final = tmp_path / "run" / "final" / "tokenizer_config.json"
     assert json.loads(final.read_text())["chat_template"] == CHATML
 

@@ -163,6 +163,25 @@ def test_a_second_load_reuses_the_store_without_tokenizing(chats: Path, tok_dir:
     assert changed.store.tokenized == 121 and changed.store.key != first.store.key
 
 
+def test_a_store_built_by_the_preflight_is_the_runs_own_build(chats: Path, tok_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """One `kdengine train` builds the store in its preflight and maps it in its run: that run
+    tokenized it (not cached), with the build's time; a later command reuses it (cached)."""
+    from kdengine.data.store import hand_over
+
+    root = tmp_path / "cache"
+    preflight = data_of(chats, tok_dir, root)
+    assert preflight.store.tokenized == 120 and preflight.store.seconds > 0
+    hand_over(preflight.store)
+    run = data_of(chats, tok_dir, root)
+    assert run.store.tokenized == 120 and not run.stats.cached
+    assert run.store.seconds == preflight.store.seconds
+    later = data_of(chats, tok_dir, root)  # handed over once: the next command's is reused
+    assert later.store.tokenized == 0 and later.stats.cached and later.store.seconds == 0
+    hand_over(later.store)  # a preflight that built nothing hands nothing over
+    assert data_of(chats, tok_dir, root).stats.cached
+
+
 def test_the_cache_lives_under_kdengine_cache(chats: Path, tok_dir: Path,
                                               session_cache: Path) -> None:
     assert Path(os.environ["KDENGINE_CACHE"]) == session_cache
