@@ -63,9 +63,10 @@ def check_sources(config: RunConfig) -> dict[str, Path]:
     if config.data.startswith("demo://"):
         if config.data != DEMO_DATA:
             raise ConfigError("data", f"{config.data} is not demo data (use {DEMO_DATA})")
-    elif not Path(config.data).expanduser().exists():
-        raise ConfigError("data", f"{config.data} does not exist (give a text/jsonl file, a "
-                          f"directory of them, a pre-tokenized shard directory, or {DEMO_DATA})")
+    else:  # a local path or a hub dataset id (from the cache when HF_HUB_OFFLINE=1)
+        from kdengine.data.formats import check_data_source
+
+        check_data_source(config.data)
     return dirs
 
 

@@ -1,7 +1,8 @@
 """Token data: read documents, tokenize, hold out a validation split, and sample batches.
 
-Sources: a text file, a .jsonl file (one `text` field a line), a directory of them, or a
-directory of pre-tokenized uint16/uint32 shards (`tokens.json` + `*.bin`, see docs/data.md).
+Sources: a text file (TEXT_SUFFIXES), a .jsonl file (one `text` field a line), a directory of
+them, or a directory of pre-tokenized uint16/uint32 shards (`tokens.json` + `*.bin`, see
+docs/data.md).
 Documents are split into train and validation by a hash of their name, so the split is the same
 on every machine and run. Each split is one packed token stream with an end-of-document token
 after each document: an int64 tensor for text (tokenized in memory anyway), and for shards a
@@ -27,10 +28,9 @@ from typing import Protocol
 import torch
 
 from kdengine.config import DEMO_DATA, ConfigError
-from kdengine.data.formats import json_error_text
+from kdengine.data.formats import TEXT_SUFFIXES, check_data_file, json_error_text, no_fields_text
 from kdengine.losses import IGNORE_INDEX
 
-TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 SHARD_META = "tokens.json"  # marks a directory of pre-tokenized shards
 SHARD_FORMAT = "kdengine-tokens"
 SHARD_DTYPES = {"uint16": torch.uint16, "uint32": torch.uint32}
@@ -113,6 +113,8 @@ def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
     if is_token_shards(path):
         raise ConfigError("data", f"{spec} holds pre-tokenized shards: read it with "
                           "read_token_shards")
+    if path.is_file():
+        check_data_file(path, spec)
     files = sorted(p for p in path.rglob("*") if p.is_file() and
                    (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl")) if path.is_dir() else [path]
     if not files:
@@ -317,9 +319,17 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
         except json.JSONDecodeError as exc:
             raise _BadFile(f"{file}:{number}", f"is not JSON: {json_error_text(exc)}",
                            "fix the line") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise _BadFile(f"{file}:{number}", f"has no text field {text_field!r}",
-                           "give each line a text field")
+        if not isinstance(record, dict):
+            raise _BadFile(f"{file}:{number}", f"is a {type(record).__name__}, not a record "
+                           "(an object of fields)", "give each line a JSON object with a text "
+                           "field (or messages, or prompt and completion)")
+        if not isinstance(record.get(text_field), str):
+            if record.get(text_field) is not None:
+                raise _BadFile(f"{file}:{number}", f"has a {text_field} field that is a "
+                               f"{type(record[text_field]).__name__}, not a string",
+                               "give each line a text string")
+            reason, _, fix = no_fields_text(record).partition("; ")
+            raise _BadFile(f"{file}:{number}", reason, fix)
         if record[text_field].strip():
             yield Document(f"{file.name}:{number}", record[text_field])
 

@@ -25,8 +25,10 @@ from typing import Any
 
 from kdengine.config import ConfigError
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+# raw text, one document (or `text` record) a file: the one list, kdengine.data's reader takes it
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+DATA_SUFFIXES = RECORD_SUFFIXES + TEXT_SUFFIXES  # what a file given as --data may end with
 SPLITS = ("train", "validation", "valid", "val", "test", "dev")
 KINDS = ("text", "messages", "prompt_completion")
 ROLES = ("system", "user", "assistant", "tool")
@@ -110,29 +112,64 @@ def find_sources(spec: str, split: str = "train",
     if not path.exists():
         from kdengine.sources import is_repo_id
 
-        if is_repo_id(spec):
-            path = hub_dataset_dir(spec)
-        else:
+        if not is_repo_id(spec):
             raise ConfigError("data", f"{spec} does not exist (give a file, a folder, a saved "
                               "dataset or a hub dataset id like org/name)")
+        path = hub_dataset_dir(spec)
     if path.is_file():
+        check_data_file(path, spec)
         return [Source(path, path.name, split, fields)]
     if is_saved_dataset(path):
         return [Source(path, path.name, split, fields)]
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
-                   and p.suffix in RECORD_SUFFIXES + TEXT_SUFFIXES and p.name not in METADATA
+                   and p.suffix in DATA_SUFFIXES and p.name not in METADATA
                    and p.stem.upper() != "README")  # a dataset card, not data
-    files = _of_split(files, path, split)
     if not files:
-        raise ConfigError("data", f"{spec} holds no {', '.join(RECORD_SUFFIXES)} or text files"
-                          + (f" of split {split!r}" if split != "train" else ""))
-    return [Source(f, str(f.relative_to(path)), split, fields) for f in files]
+        raise ConfigError("data", f"{spec} holds no {', '.join(RECORD_SUFFIXES)} or text "
+                          f"({', '.join(TEXT_SUFFIXES)}) files")
+    chosen, splits = _of_split(files, path, split)
+    if not chosen:
+        has = ", ".join(splits) if splits else \
+            "train only: no file name says a split, so every file is train"
+        raise ConfigError("data_split", f"{spec} has no split {split!r} (it has {has})")
+    return [Source(f, str(f.relative_to(path)), split, fields) for f in chosen]
+
+
+def check_data_file(path: Path, spec: str) -> None:
+    """Refuse a file given as --data that no reader takes (a .csv, a .yaml, no suffix): read as
+    one raw-text document it would train on nonsense without a word."""
+    if path.suffix in DATA_SUFFIXES:
+        return
+    what = f"a {path.suffix} file" if path.suffix else "a file without a suffix"
+    raise ConfigError("data", f"{spec} is {what}, not a format kdengine reads (records: "
+                      f"{', '.join(RECORD_SUFFIXES)}; raw text: {', '.join(TEXT_SUFFIXES)}); "
+                      "convert it to one, e.g. JSONL")
+
+
+def check_data_source(spec: str) -> None:
+    """Refuse --data that cannot be read, before any run: a missing path that is no hub id, a
+    file of a format no reader takes, a hub dataset missing from the cache while HF_HUB_OFFLINE=1
+    forbids downloading it. Nothing is read or downloaded (the data check does that)."""
+    from kdengine.sources import hub_offline, is_repo_id
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        check_data_file(path, spec)
+    elif path.exists():
+        return
+    elif not is_repo_id(spec):
+        raise ConfigError("data", f"{spec} does not exist (give a text/jsonl file, a directory "
+                          "of them, a pre-tokenized shard directory, a saved dataset, a hub "
+                          "dataset id like org/name, or demo://python-stdlib)")
+    elif hub_offline() and cached_dataset_dir(spec) is None:
+        raise _offline_missing(spec)
 
 
 def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool:
     """Whether `spec` goes through examples (this module) rather than kdengine.data's packed
     document stream, which raw text keeps: a hub id, a saved dataset, a .json, .parquet or
-    .arrow file, or JSONL whose first record is a conversation or a prompt/completion pair."""
+    .arrow file, JSONL whose first record is a conversation or a prompt/completion pair, or
+    JSONL with a field mapping."""
     from kdengine.sources import is_repo_id
 
     path = Path(spec).expanduser()
@@ -154,7 +191,10 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
     if any(_holds_records(f, keys) for f in files
            if f.suffix == ".json" and f.name not in METADATA):
         return True
-    for f in (f for f in files if f.suffix == ".jsonl"):
+    jsonl = [f for f in files if f.suffix == ".jsonl"]
+    if jsonl and fields:  # the document stream reads `text` only: columns are mapped here
+        return True
+    for f in jsonl:
         try:
             _, row = next(_jsonl_rows(f, f.name), ("", None))
         except BadRecord:
@@ -191,20 +231,23 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _of_split(files: list[Path], root: Path, split: str) -> list[Path]:
-    """Files named for `split` (train.jsonl, data/train-00000-of-00002.parquet, train/...)
-    when any file is named for a split, as hub datasets lay them out; else all of them (one
-    split, "train")."""
-    def named(path: Path) -> str | None:
-        for part in path.relative_to(root).with_suffix("").parts:
-            if (m := re.match(r"^([a-z]+)(?:[-_.]|$)", part)) and m.group(1) in SPLITS:
-                return m.group(1)
-        return None
+def _split_of(path: Path, root: Path) -> str | None:
+    """The split a file's path names (train.jsonl, data/test-00000-of-00002.parquet, val/...)."""
+    for part in path.relative_to(root).with_suffix("").parts:
+        if (m := re.match(r"^([a-z]+)(?:[-_.]|$)", part)) and m.group(1) in SPLITS:
+            return m.group(1)
+    return None
 
-    splits = {f: named(f) for f in files}
+
+def _of_split(files: list[Path], root: Path, split: str) -> tuple[list[Path], list[str]]:
+    """Files named for `split` when any file is named for a split, as hub datasets lay them
+    out; else all of them (one split, "train"). With the splits the files name (none when
+    no file names one)."""
+    splits = {f: _split_of(f, root) for f in files}
     if not any(splits.values()):
-        return files if split == "train" else []
-    return [f for f in files if splits[f] == split]
+        return (files if split == "train" else []), []
+    have = sorted({s for s in splits.values() if s}, key=SPLITS.index)
+    return [f for f in files if splits[f] == split], have
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -213,28 +256,57 @@ def is_saved_dataset(path: Path) -> bool:
                               (path / "dataset_dict.json").is_file())
 
 
+_DATASET_PATTERNS = [f"*{s}" for s in RECORD_SUFFIXES] + [f"*{s}" for s in TEXT_SUFFIXES] \
+    + ["**/*.json"]
+
+
+def cached_dataset_dir(repo_id: str) -> Path | None:
+    """The snapshot of hub dataset `repo_id` in the local hub cache, or None (no network)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset",
+                                      allow_patterns=_DATASET_PATTERNS, local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+
+
+def _offline_missing(repo_id: str) -> ConfigError:
+    return ConfigError("data", f"{repo_id} is not a local path, and not in the local hub cache "
+                       "as a dataset while HF_HUB_OFFLINE=1 forbids downloading it (give an "
+                       "existing file or folder, download the dataset first, or unset "
+                       "HF_HUB_OFFLINE)")
+
+
 def hub_dataset_dir(repo_id: str) -> Path:
     """The local snapshot of a hub dataset repo: from the cache, else downloaded (unless
     HF_HUB_OFFLINE=1)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     from kdengine.sources import hub_offline
 
-    patterns = [f"*{s}" for s in RECORD_SUFFIXES] + ["*.txt", "**/*.json"]
+    cached = cached_dataset_dir(repo_id)
+    if cached is not None:
+        return cached
+    if hub_offline():
+        raise _offline_missing(repo_id)
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=patterns,
-                                      local_files_only=True))
-    except LocalEntryNotFoundError:
-        if hub_offline():
-            raise ConfigError("data", f"{repo_id} is not in the local hub cache and "
-                              "HF_HUB_OFFLINE=1 forbids downloading it (download it first, or "
-                              "unset HF_HUB_OFFLINE)") from None
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=patterns))
-    except Exception as exc:  # network, auth, not found: one line
-        raise ConfigError("data", f"cannot download the dataset {repo_id}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        return Path(snapshot_download(repo_id, repo_type="dataset",
+                                      allow_patterns=_DATASET_PATTERNS))
+    except GatedRepoError:
+        raise ConfigError("data", f"{repo_id} is a gated hub dataset: accept its terms on its "
+                          "hub page and log in (hf auth login), or give a local copy") from None
+    except RepositoryNotFoundError:
+        raise ConfigError("data", f"{repo_id} is not a local path, and the hub has no dataset "
+                          f"{repo_id} (a private one needs hf auth login): give an existing "
+                          "file or folder, or a hub dataset id like org/name") from None
+    except Exception as exc:  # network and the rest: one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError("data", f"cannot download the dataset {repo_id} ("
+                          f"{type(exc).__name__}: {first}): check the network, or download it "
+                          "first and set HF_HUB_OFFLINE=1") from None
 
 
 def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
@@ -262,9 +334,18 @@ def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
         if not isinstance(row["text"], str):
             raise BadRecord(where, f"text is a {type(row['text']).__name__}, not a string")
         return Example(where, "text", {"text": row["text"]})
+    raise BadRecord(where, no_fields_text(row))
+
+
+def no_fields_text(row: dict[str, Any]) -> str:
+    """What a record with none of our fields lacks, its fields, and the --data-fields that
+    would name one (a list column as messages, a string column as text)."""
     keys = ", ".join(sorted(map(str, row))[:8]) or "none"
-    raise BadRecord(where, f"has no text, messages or prompt+completion field (its fields: "
-                    f"{keys}); name the columns with --data-fields, e.g. messages=conversations")
+    column = next((k for k, v in row.items() if isinstance(v, list)), None)
+    example = f"messages={column}" if column is not None else next(
+        (f"text={k}" for k, v in row.items() if isinstance(v, str)), "messages=conversations")
+    return (f"has no text, messages or prompt+completion field (its fields: {keys}); name the "
+            f"columns with --data-fields, e.g. {example}")
 
 
 def _messages(where: str, value: Any, name: str) -> list[dict[str, Any]]:

@@ -182,8 +182,8 @@ def test_hub_dataset_id_from_the_cache_offline(tmp_path: Path, tok_dir: Path,
     assert [n for n, _ in kinds_of("kd-test/chats")] == [f"data/train.jsonl:{i}"
                                                          for i in range(1, 5)]
     assert load("kd-test/chats", tok_dir, tmp_path).meta["examples"] == 4
-    with pytest.raises(ConfigError, match="kd-test/missing is not in the local hub cache and "
-                       "HF_HUB_OFFLINE=1 forbids"):
+    with pytest.raises(ConfigError, match="kd-test/missing is not a local path, and not in "
+                       "the local hub cache as a dataset while HF_HUB_OFFLINE=1 forbids"):
         kinds_of("kd-test/missing")
 
 
