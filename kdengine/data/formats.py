@@ -157,7 +157,7 @@ def check_data_source(spec: str) -> None:
         check_data_file(path, spec)
     elif path.exists():
         return
-    elif not is_repo_id(spec):
+    elif not is_repo_id(spec) or path.suffix in DATA_SUFFIXES:  # data/x.jsonl: a typo, no repo
         raise ConfigError("data", f"{spec} does not exist (give a text/jsonl file, a directory "
                           "of them, a pre-tokenized shard directory, a saved dataset, a hub "
                           "dataset id like org/name, or demo://python-stdlib)")

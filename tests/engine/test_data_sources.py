@@ -233,3 +233,14 @@ def test_the_cli_blames_data_split_for_a_missing_split(tmp_path: Path, one_line_
                    "--check")
     one_line_refusal(done, "train", f"--data-split: {folder} has no split 'validation' (it "
                      "has train, test)")
+
+
+def test_a_missing_file_path_shaped_like_a_repo_id_is_a_missing_file(tmp_path, monkeypatch):
+    """`data/x.jsonl` that is not there is a typo, not a hub dataset to look up."""
+    from kdengine.config import ConfigError
+    from kdengine.data.formats import check_data_source
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        check_data_source("data/x.jsonl")
+    assert "data/x.jsonl does not exist" in str(refused.value)
