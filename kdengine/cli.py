@@ -210,7 +210,8 @@ def _check_disk_space(config: RunConfig, run_dir: Path, resumed: bool) -> None:
     not fit, sized from the student's config.json and safetensors headers (the trainer checks
     again with the loaded student, and warns when it is tight)."""
     from kdengine.diskspace import model_footprint, saves_left, space_verdict
-    from kdengine.sources import cached_snapshot, is_repo_id
+    from kdengine.hub import is_repo_id
+    from kdengine.sources import cached_snapshot
 
     spec = config.student
     if spec.startswith("demo://"):

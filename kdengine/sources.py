@@ -8,27 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kdengine.config import DEMO_DATA, DEMO_STUDENT, DEMO_TEACHER, ConfigError, RunConfig
+from kdengine.hub import hub_offline, is_repo_id
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # what a KD run needs from a model repo: config, weights, tokenizer (no .bin/.pt, no GGUF)
 MODEL_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
-
-
-def is_repo_id(spec: str) -> bool:
-    return bool(_REPO_ID.match(spec)) and not Path(spec).expanduser().exists()
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub itself reads it (read now, so tests may set it)."""
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def check_sources(config: RunConfig) -> dict[str, Path]:

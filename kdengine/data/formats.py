@@ -110,7 +110,7 @@ def find_sources(spec: str, split: str = "train",
     """The sources of `spec`: a file, a folder (its files, or a saved dataset), or a hub id."""
     path = Path(spec).expanduser()
     if not path.exists():
-        from kdengine.sources import is_repo_id
+        from kdengine.hub import is_repo_id
 
         if not is_repo_id(spec):
             raise ConfigError("data", f"{spec} does not exist (give a file, a folder, a saved "
@@ -150,7 +150,7 @@ def check_data_source(spec: str) -> None:
     """Refuse --data that cannot be read, before any run: a missing path that is no hub id, a
     file of a format no reader takes, a hub dataset missing from the cache while HF_HUB_OFFLINE=1
     forbids downloading it. Nothing is read or downloaded (the data check does that)."""
-    from kdengine.sources import hub_offline, is_repo_id
+    from kdengine.hub import hub_offline, is_repo_id
 
     path = Path(spec).expanduser()
     if path.is_file():
@@ -170,7 +170,7 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
     document stream, which raw text keeps: a hub id, a saved dataset, a .json, .parquet or
     .arrow file, JSONL whose first record is a conversation or a prompt/completion pair, or
     JSONL with a field mapping."""
-    from kdengine.sources import is_repo_id
+    from kdengine.hub import is_repo_id
 
     path = Path(spec).expanduser()
     if spec.startswith("demo://") or (path / "tokens.json").is_file():  # pre-tokenized shards
@@ -285,7 +285,7 @@ def hub_dataset_dir(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    from kdengine.sources import hub_offline
+    from kdengine.hub import hub_offline
 
     cached = cached_dataset_dir(repo_id)
     if cached is not None:

@@ -80,7 +80,8 @@ def _teacher_dir(config: RunConfig) -> Path | None:
     """The teacher's directory here, without downloading or training anything."""
     if config.teacher.startswith("demo://"):
         return None
-    from kdengine.sources import cached_snapshot, is_repo_id
+    from kdengine.hub import is_repo_id
+    from kdengine.sources import cached_snapshot
 
     return cached_snapshot(config.teacher) if is_repo_id(config.teacher) else \
         Path(config.teacher).expanduser()
