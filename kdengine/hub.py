@@ -11,8 +11,13 @@ from pathlib import Path
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def shaped_like_repo_id(spec: str) -> bool:
+    """`org/name` by its shape alone (a path on another host cannot be looked at here)."""
+    return bool(_REPO_ID.match(spec))
+
+
 def is_repo_id(spec: str) -> bool:
-    return bool(_REPO_ID.match(spec)) and not Path(spec).expanduser().exists()
+    return shaped_like_repo_id(spec) and not Path(spec).expanduser().exists()
 
 
 def hub_offline() -> bool:

@@ -53,7 +53,7 @@ def check_sources(config: RunConfig) -> dict[str, Path]:
         if config.data != DEMO_DATA:
             raise ConfigError("data", f"{config.data} is not demo data (use {DEMO_DATA})")
     else:  # a local path or a hub dataset id (from the cache when HF_HUB_OFFLINE=1)
-        from kdengine.data.formats import check_data_source
+        from kdengine.data_source import check_data_source
 
         check_data_source(config.data)
     return dirs

@@ -24,11 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.config import ConfigError
+from kdengine.data_source import (  # noqa: F401 - kdengine.data's and tests' names
+    DATA_SUFFIXES,
+    RECORD_SUFFIXES,
+    TEXT_SUFFIXES,
+    cached_dataset_dir,
+    check_data_file,
+    check_data_source,
+    hub_dataset_dir,
+)
 
-# raw text, one document (or `text` record) a file: the one list, kdengine.data's reader takes it
-TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
-RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
-DATA_SUFFIXES = RECORD_SUFFIXES + TEXT_SUFFIXES  # what a file given as --data may end with
 SPLITS = ("train", "validation", "valid", "val", "test", "dev")
 KINDS = ("text", "messages", "prompt_completion")
 ROLES = ("system", "user", "assistant", "tool")
@@ -135,36 +140,6 @@ def find_sources(spec: str, split: str = "train",
     return [Source(f, str(f.relative_to(path)), split, fields) for f in chosen]
 
 
-def check_data_file(path: Path, spec: str) -> None:
-    """Refuse a file given as --data that no reader takes (a .csv, a .yaml, no suffix): read as
-    one raw-text document it would train on nonsense without a word."""
-    if path.suffix in DATA_SUFFIXES:
-        return
-    what = f"a {path.suffix} file" if path.suffix else "a file without a suffix"
-    raise ConfigError("data", f"{spec} is {what}, not a format kdengine reads (records: "
-                      f"{', '.join(RECORD_SUFFIXES)}; raw text: {', '.join(TEXT_SUFFIXES)}); "
-                      "convert it to one, e.g. JSONL")
-
-
-def check_data_source(spec: str) -> None:
-    """Refuse --data that cannot be read, before any run: a missing path that is no hub id, a
-    file of a format no reader takes, a hub dataset missing from the cache while HF_HUB_OFFLINE=1
-    forbids downloading it. Nothing is read or downloaded (the data check does that)."""
-    from kdengine.hub import hub_offline, is_repo_id
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        check_data_file(path, spec)
-    elif path.exists():
-        return
-    elif not is_repo_id(spec) or path.suffix in DATA_SUFFIXES:  # data/x.jsonl: a typo, no repo
-        raise ConfigError("data", f"{spec} does not exist (give a text/jsonl file, a directory "
-                          "of them, a pre-tokenized shard directory, a saved dataset, a hub "
-                          "dataset id like org/name, or demo://python-stdlib)")
-    elif hub_offline() and cached_dataset_dir(spec) is None:
-        raise _offline_missing(spec)
-
-
 def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool:
     """Whether `spec` goes through examples (this module) rather than kdengine.data's packed
     document stream, which raw text keeps: a hub id, a saved dataset, a .json, .parquet or
@@ -254,59 +229,6 @@ def is_saved_dataset(path: Path) -> bool:
     """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
     return path.is_dir() and ((path / "state.json").is_file() or
                               (path / "dataset_dict.json").is_file())
-
-
-_DATASET_PATTERNS = [f"*{s}" for s in RECORD_SUFFIXES] + [f"*{s}" for s in TEXT_SUFFIXES] \
-    + ["**/*.json"]
-
-
-def cached_dataset_dir(repo_id: str) -> Path | None:
-    """The snapshot of hub dataset `repo_id` in the local hub cache, or None (no network)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset",
-                                      allow_patterns=_DATASET_PATTERNS, local_files_only=True))
-    except LocalEntryNotFoundError:
-        return None
-
-
-def _offline_missing(repo_id: str) -> ConfigError:
-    return ConfigError("data", f"{repo_id} is not a local path, and not in the local hub cache "
-                       "as a dataset while HF_HUB_OFFLINE=1 forbids downloading it (give an "
-                       "existing file or folder, download the dataset first, or unset "
-                       "HF_HUB_OFFLINE)")
-
-
-def hub_dataset_dir(repo_id: str) -> Path:
-    """The local snapshot of a hub dataset repo: from the cache, else downloaded (unless
-    HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    from kdengine.hub import hub_offline
-
-    cached = cached_dataset_dir(repo_id)
-    if cached is not None:
-        return cached
-    if hub_offline():
-        raise _offline_missing(repo_id)
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset",
-                                      allow_patterns=_DATASET_PATTERNS))
-    except GatedRepoError:
-        raise ConfigError("data", f"{repo_id} is a gated hub dataset: accept its terms on its "
-                          "hub page and log in (hf auth login), or give a local copy") from None
-    except RepositoryNotFoundError:
-        raise ConfigError("data", f"{repo_id} is not a local path, and the hub has no dataset "
-                          f"{repo_id} (a private one needs hf auth login): give an existing "
-                          "file or folder, or a hub dataset id like org/name") from None
-    except Exception as exc:  # network and the rest: one line
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError("data", f"cannot download the dataset {repo_id} ("
-                          f"{type(exc).__name__}: {first}): check the network, or download it "
-                          "first and set HF_HUB_OFFLINE=1") from None
 
 
 def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:

@@ -163,10 +163,10 @@ class RemotePlan:
                               env=dict(self.host.env))
 
     def hub_models(self) -> list[tuple[str, str]]:
-        from kdengine.sources import _REPO_ID  # the engine's own notion of a repo id
+        from kdengine.hub import shaped_like_repo_id  # the engine's own notion of a repo id
 
         return [(name, getattr(self.config, name)) for name in ("teacher", "student")
-                if _REPO_ID.match(getattr(self.config, name))]
+                if shaped_like_repo_id(getattr(self.config, name))]
 
     def pull(self) -> RemoteCommand | None:
         models = self.hub_models()
