@@ -216,6 +216,24 @@ def a_file(tmp_path: Path) -> Path:
     return path
 
 
+def put_dataset_in_hub_cache(cache: Path, repo_id: str, files: dict[str, str]) -> None:
+    """huggingface_hub's cache layout of a downloaded dataset repo (blobs by sha256, snapshot
+    symlinks, refs/main): the engine finds it through snapshot_download, never by path."""
+    import hashlib
+
+    repo = cache / ("datasets--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    for name, text in files.items():
+        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_text(text)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
 @pytest.fixture
 def engine_cmd() -> list[str]:
     """The engine's CLI as a user runs it (the same interpreter as the tests)."""

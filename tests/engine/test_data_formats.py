@@ -4,9 +4,7 @@ a bad record is one line naming its file and line (or row); bad files skipped or
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -150,24 +148,10 @@ def test_field_mapping_renames_columns(tmp_path: Path) -> None:
         parse_fields("msgs")
 
 
-def put_dataset_in_hub_cache(cache: Path, repo_id: str, files: dict[str, str]) -> None:
-    """huggingface_hub's cache layout of a downloaded dataset repo (blobs, snapshot symlinks,
-    refs/main), as tests/engine/test_hub_cache.py lays out models."""
-    repo = cache / ("datasets--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    for name, text in files.items():
-        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_text(text)
-        link = repo / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
 def test_hub_dataset_id_from_the_cache_offline(tmp_path: Path, tok_dir: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import put_dataset_in_hub_cache
+
     cache = tmp_path / "hub"
     lines = "".join(json.dumps({"messages": chat(i)}) + "\n" for i in range(4))
     put_dataset_in_hub_cache(cache, "kd-test/chats", {"data/train.jsonl": lines,

@@ -5,7 +5,6 @@ and a folder without the chosen split."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,25 +19,10 @@ from kdengine.data.formats import find_sources
 from kdengine.sources import check_sources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_TEXT, write_tiny_inputs  # noqa: E402
+from conftest import TINY_TEXT, put_dataset_in_hub_cache, write_tiny_inputs  # noqa: E402
 
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]
 
-
-def put_dataset_in_hub_cache(cache: Path, repo_id: str, files: dict[str, str]) -> None:
-    """huggingface_hub's cache layout of a downloaded dataset repo (blobs by sha256, snapshot
-    symlinks, refs/main): the engine finds it through snapshot_download, never by path."""
-    repo = cache / ("datasets--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    for name, text in files.items():
-        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_text(text)
-        link = repo / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
 
 
 @pytest.fixture
