@@ -234,6 +234,19 @@ def put_dataset_in_hub_cache(cache: Path, repo_id: str, files: dict[str, str]) -
     (repo / "refs" / "main").write_text(commit)
 
 
+def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path, home: Path) -> dict[str, str]:
+    """Point huggingface_hub at the local `cache` with HF_HUB_OFFLINE=1, for this process (its
+    constants are read at import) and the commands it starts; returns that environment."""
+    import huggingface_hub.constants as constants
+
+    env = {"HF_HUB_CACHE": str(cache), "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return env
+
+
 @pytest.fixture
 def engine_cmd() -> list[str]:
     """The engine's CLI as a user runs it (the same interpreter as the tests)."""

@@ -19,7 +19,12 @@ from kdengine.data.formats import find_sources
 from kdengine.sources import check_sources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import TINY_TEXT, put_dataset_in_hub_cache, write_tiny_inputs  # noqa: E402
+from conftest import (  # noqa: E402
+    TINY_TEXT,
+    offline_hub,
+    put_dataset_in_hub_cache,
+    write_tiny_inputs,
+)
 
 CHAT = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]
 
@@ -35,15 +40,7 @@ def hub_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     put_dataset_in_hub_cache(cache, "kd-test/code", {"data/train.jsonl": lines,
                                                      "data/test.jsonl": lines[:2000],
                                                      "README.md": "# code\n"})
-    import huggingface_hub.constants as constants  # read at import: point this process too
-
-    env = {"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_HUB_OFFLINE": "1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return env
+    return offline_hub(monkeypatch, cache, tmp_path / "hf-home")
 
 
 def _engine(*args: str) -> subprocess.CompletedProcess[str]:

@@ -90,14 +90,10 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     data.mkdir()
     for i in range(6):
         (data / f"part{i}.txt").write_text(TEXT[i * 2500:(i + 1) * 2500 + 1500])
-    env = {"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_HUB_OFFLINE": "1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    import huggingface_hub.constants as constants  # read at import: point this process too
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import offline_hub
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    env = offline_hub(monkeypatch, cache, tmp_path / "hf-home")
     return {"cache": cache, "commits": commits, "data": str(data), "env": env,
             "n_tokens": n_tokens, "tok_dir": tok_dir}
 
