@@ -242,8 +242,13 @@ def _drift(base: torch.nn.Module, device: torch.device) -> None:
     bf16 = copy.deepcopy(base).to(device, torch.bfloat16).fuse_for_inference()
     fp8 = copy.deepcopy(base).to(device, torch.bfloat16)
     quantize_teacher(fp8)
+    # the same quantization with Inductor's norms, SwiGLU and residual adds (one_pass=False):
+    # what the one-pass kernels and the block-end add deferred into the next norm change
+    fp8_unfused = copy.deepcopy(base).to(device, torch.bfloat16)
+    quantize_teacher(fp8_unfused, one_pass=False)
     logits = {}
-    for name, model in (("fp32", fp32), ("bf16", bf16), ("fp8", fp8)):
+    for name, model in (("fp32", fp32), ("bf16", bf16), ("fp8", fp8),
+                        ("fp8_unfused", fp8_unfused)):
         if name != "fp32":
             fresh_compiler()
             model.compile()
@@ -260,6 +265,7 @@ def _drift(base: torch.nn.Module, device: torch.device) -> None:
     emit(phase="drift", text="held-out Python stdlib (the demo teacher's own split)",
          tokens=rows.numel(), bf16_vs_fp8=kl_stats(logits["bf16"], logits["fp8"], labels),
          fp32_vs_bf16=kl_stats(logits["fp32"], logits["bf16"], labels),
+         fp8_unfused_vs_fp8=kl_stats(logits["fp8_unfused"], logits["fp8"], labels),
          **({"bf16_vs_fp8_with_fp8_head": kl_stats(logits["bf16"], logits["fp8_head"], labels)}
             if "fp8_head" in logits else {}))
 

@@ -167,6 +167,9 @@ class Attention(nn.Module):
                          for p in (self.q_proj, self.k_proj, self.v_proj))
         else:
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self._split(qkv)
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         return qkv.split((nq, nkv, nkv), dim=-1)
 
@@ -175,11 +178,12 @@ class Attention(nn.Module):
         return project(x, o.weight, o.bias, True) if self.fp8_matmuls else o(x)
 
     def _heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               norm: RMSNorm | None = None,
+               qkv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v [b, heads, t, head_dim] of `x` [b, t, hidden] (normed by `norm` first when
-        given), q and k normed and rotated."""
+        given; or of the projection `qkv` made before), q and k normed and rotated."""
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, norm)
+        q, k, v = self._qkv(x, norm) if qkv is None else self._split(qkv)
         q = q.view(b, t, self.n_heads, self.head_dim)
         k = k.view(b, t, self.n_kv, self.head_dim)
         v = v.view(b, t, self.n_kv, self.head_dim)
@@ -189,13 +193,15 @@ class Attention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: Any = None, norm: RMSNorm | None = None) -> torch.Tensor:
+                mask: Any = None, norm: RMSNorm | None = None,
+                qkv: torch.Tensor | None = None) -> torch.Tensor:
         """`mask` [t, t] (True = may attend) replaces the plain causal mask (sliding window).
         Packed rows (Decoder.attention_masks): a bool [b, 1, t, t] tensor (SDPA), a flex
         BlockMask or VarlenSpans; cos/sin are then [b, 1, t, head_dim]. `norm`: x is the
-        block's input, normed here (an FP8 teacher's qkv_linear.normed)."""
+        block's input, normed here (an FP8 teacher's qkv_linear.normed). `qkv`: the q/k/v
+        projection [b, t, q + 2 kv], made by the caller (DecoderLayer._forward_fused)."""
         b, t, _ = x.shape
-        q, k, v = self._heads(x, cos, sin, norm)
+        q, k, v = self._heads(x, cos, sin, norm, qkv)
         gqa = self.n_kv != self.n_heads
         if mask is None or isinstance(mask, torch.Tensor):
             # SDPA picks flash / memory-efficient kernels on the GPU; GQA shares each kv head.
@@ -410,6 +416,18 @@ def _varlen_gqa_mode() -> str | None:
     return "kwarg" if "enable_gqa" in params else "native"
 
 
+class Pending(NamedTuple):
+    """The residual stream and a sublayer's output not yet added to it (between an FP8
+    teacher's blocks: DecoderLayer._forward_fused)."""
+    stream: torch.Tensor
+    add: torch.Tensor
+
+
+def stream(x: torch.Tensor | Pending) -> torch.Tensor:
+    """The residual stream, its pending add made."""
+    return x.stream + x.add if isinstance(x, Pending) else x
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: DecoderConfig, index: int = 0) -> None:
         super().__init__()
@@ -422,15 +440,30 @@ class DecoderLayer(nn.Module):
         # (kdengine.models.fp8.Fp8Linear.normed, add_normed): the norms are handed to them
         self.fused_norms = False
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: Any = None) -> torch.Tensor:
-        if self.fused_norms:  # the sum before the MLP is made in its norm's pass too
-            attended = self.self_attn(x, cos, sin, mask, norm=self.input_layernorm)
-            x, gate_up = self.mlp.gate_up_linear.add_normed(x, attended,
-                                                            self.post_attention_layernorm)
-            return x + self.mlp.from_gate_up(gate_up)
+    def forward(self, x: torch.Tensor | Pending, cos: torch.Tensor, sin: torch.Tensor,
+                mask: Any = None) -> torch.Tensor | Pending:
+        if self.fused_norms:
+            return self._forward_fused(x, cos, sin, mask)
+        x = stream(x)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def _forward_fused(self, x: torch.Tensor | Pending, cos: torch.Tensor, sin: torch.Tensor,
+                       mask: Any) -> Pending:
+        """An FP8 teacher's block: each norm makes the residual stream's sum before it, the
+        normed rows and their quantization for its projection in one pass
+        (Fp8Linear.normed/add_normed). The block's own last add is left Pending, to ride in the
+        next block's first norm: one pass over the stream less a block (Decoder.forward makes
+        the last block's)."""
+        attn = self.self_attn
+        if isinstance(x, Pending):
+            x, qkv = attn.qkv_linear.add_normed(x.stream, x.add, self.input_layernorm)
+            attended = attn(x, cos, sin, mask, qkv=qkv)
+        else:
+            attended = attn(x, cos, sin, mask, norm=self.input_layernorm)
+        x, gate_up = self.mlp.gate_up_linear.add_normed(x, attended,
+                                                        self.post_attention_layernorm)
+        return Pending(x, self.mlp.from_gate_up(gate_up))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        mask: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
@@ -528,7 +561,7 @@ class Decoder(nn.Module):
             packed = self.attention_masks(position_ids, x.dtype)
             for layer in self.model.layers:
                 x = layer(x, cos, sin, packed[layer.window])
-            return self.model.norm(x)
+            return self.model.norm(stream(x))
         seq = input_ids.shape[1]
         cos, sin = self.rope(seq, x.device, x.dtype)
         masks: dict[int, torch.Tensor] = {}
@@ -539,7 +572,7 @@ class Decoder(nn.Module):
                     masks[layer.window] = sliding_window_mask(seq, layer.window, x.device)
                 mask = masks[layer.window]
             x = layer(x, cos, sin, mask)
-        return self.model.norm(x)
+        return self.model.norm(stream(x))
 
     def forward_cached(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                        cache: list[tuple[torch.Tensor, torch.Tensor]], slots: torch.Tensor,

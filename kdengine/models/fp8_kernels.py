@@ -34,9 +34,10 @@ several times: 0.063 ms for Qwen3-4B's 8192 x 2560 (63 MB moved, ~1 TB/s), 4.5 m
 (docs/performance.md, issue 16 round 6). `rms_norm_quantize_rows` holds a few rows in registers
 (each as two power-of-two blocks, as SwiGLU's), rounds as RMSNorm does (the normed row, then its
 product with the weight, to the activations' dtype), and multiplies by one division's 448 / amax
-a row, so its values are within one e4m3 step of torch's. Before the MLP it also makes the
-residual stream's sum (`add_rms_norm_quantize_rows`), the add that Inductor had folded into
-its norm kernel and would otherwise be a pass of its own.
+a row, so its values are within one e4m3 step of torch's. It also makes the residual stream's
+sum before the norm (`add_rms_norm_quantize_rows`): the attention's output before the MLP, and
+the last block's MLP output before q/k/v (kdengine.models.decoder.Pending), adds that would
+otherwise be passes of their own.
 
 Imported only where CUDA and Triton are; everywhere else the callers run the same math in torch
 ops. Registered as `triton_op`s, so torch.compile traces each as one node of the graph.
