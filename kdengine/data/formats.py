@@ -5,7 +5,10 @@ A record is one of (TRL's conventions):
     {"messages": [{"role": ..., "content": ...}, ...]}     a conversation (system, user,
                                                            assistant, tool turns)
     {"prompt": ..., "completion": ...}                     both strings, or both message lists
-A field mapping renames columns first ({"messages": "conversations"}).
+    {"conversations": [{"from": "human", "value": ...}]}   ShareGPT's, read as messages
+                                                           (kdengine.data.sharegpt)
+A field mapping renames columns first ({"messages": "dialog"}); turns written ShareGPT's way
+(from/value) are messages wherever messages are read.
 
 Sources: .jsonl, .json (an array of records), .parquet, .arrow (IPC stream or file), text files
 (one `text` record each), a folder of them, a `datasets` save_to_disk folder, and a hub dataset
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.config import ConfigError
+from kdengine.data.sharegpt import UnknownFrom, is_sharegpt, to_messages
 from kdengine.data_source import (  # noqa: F401 - kdengine.data's and tests' names
     DATA_SUFFIXES,
     RECORD_SUFFIXES,
@@ -105,7 +109,7 @@ def parse_fields(text: str) -> tuple[tuple[str, str], ...]:
         if not sep or ours.strip() not in ("text", "messages", "prompt", "completion") \
                 or not theirs.strip():
             raise ConfigError("data_fields", f"{part!r} is not NAME=COLUMN with NAME one of "
-                              "text, messages, prompt, completion (e.g. messages=conversations)")
+                              "text, messages, prompt, completion (e.g. messages=dialog)")
         pairs.append((ours.strip(), theirs.strip()))
     return tuple(pairs)
 
@@ -162,7 +166,7 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
     # in a folder, a .json file is data when it holds records (a raw-text folder, the stdlib
     # say, may hold .json files of other kinds: its text stays the document stream)
     ours = {ours: theirs for ours, theirs in fields}
-    keys = {"text", "messages", "prompt", "completion", *ours.values()}
+    keys = {"text", "messages", "conversations", "prompt", "completion", *ours.values()}
     if any(_holds_records(f, keys) for f in files
            if f.suffix == ".json" and f.name not in METADATA):
         return True
@@ -176,7 +180,7 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
             continue  # the reader that takes it names the error
         if isinstance(row, dict):
             keys = set(row) | {k for k, v in ours.items() if v in row}
-            return bool(keys & {"messages", "prompt", "completion"})
+            return bool(keys & {"messages", "conversations", "prompt", "completion"})
     return False
 
 
@@ -238,9 +242,13 @@ def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
     for ours, theirs in fields.items():
         if theirs in row:
             row = {**row, ours: row[theirs]}
+    system = row.get("system")  # ShareGPT's record-level system prompt
     if row.get("messages") is not None:
         return Example(where, "messages", {"messages": _messages(where, row["messages"],
-                                                                 "messages")})
+                                                                 "messages", system)})
+    if row.get("conversations") is not None:  # ShareGPT's column, detected as messages is
+        return Example(where, "messages", {"messages": _messages(where, row["conversations"],
+                                                                 "conversations", system)})
     if row.get("prompt") is not None or row.get("completion") is not None:
         prompt, completion = row.get("prompt"), row.get("completion")
         if isinstance(prompt, str) and isinstance(completion, str):
@@ -248,7 +256,7 @@ def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
                                                         "completion": completion})
         if isinstance(prompt, list) and isinstance(completion, list):
             return Example(where, "prompt_completion", {
-                "prompt": _messages(where, prompt, "prompt"),
+                "prompt": _messages(where, prompt, "prompt", system),
                 "completion": _messages(where, completion, "completion")})
         raise BadRecord(where, "prompt and completion must both be strings or both be message "
                         f"lists (got {type(prompt).__name__} and {type(completion).__name__})")
@@ -265,12 +273,19 @@ def no_fields_text(row: dict[str, Any]) -> str:
     keys = ", ".join(sorted(map(str, row))[:8]) or "none"
     column = next((k for k, v in row.items() if isinstance(v, list)), None)
     example = f"messages={column}" if column is not None else next(
-        (f"text={k}" for k, v in row.items() if isinstance(v, str)), "messages=conversations")
-    return (f"has no text, messages or prompt+completion field (its fields: {keys}); name the "
-            f"columns with --data-fields, e.g. {example}")
+        (f"text={k}" for k, v in row.items() if isinstance(v, str)), "messages=dialog")
+    return (f"has no text, messages, conversations or prompt+completion field (its fields: "
+            f"{keys}); name the columns with --data-fields, e.g. {example}")
 
 
-def _messages(where: str, value: Any, name: str) -> list[dict[str, Any]]:
+def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dict[str, Any]]:
+    """`value` checked as a list of messages; ShareGPT turns (from/value) translated first,
+    with the record's `system` string opening them."""
+    if is_sharegpt(value):
+        try:
+            value = to_messages(value, system)
+        except UnknownFrom as exc:
+            raise BadRecord(where, f"{name}{exc}") from None
     if not isinstance(value, list) or not value:
         raise BadRecord(where, f"{name} must be a non-empty list of {{role, content}} messages")
     for i, message in enumerate(value):

@@ -14,7 +14,7 @@ import pytest
 from kdengine.config import ConfigError
 from kdengine.data.chat import load_chat_template
 from kdengine.data.encode import encode_example, overlap_mask
-from kdengine.data.formats import BadRecord, Example
+from kdengine.data.formats import BadRecord, Example, to_example
 from kdengine.tokenizer import load_tokenizer
 
 LLAMA3 = """{{- bos_token }}
@@ -325,6 +325,45 @@ def test_qwen3_earlier_thinking_and_tool_turns_are_found(tokenizers: dict[str, P
     tok, (ids, trains) = _encode(tokenizers["qwen3"], TOOL_CALL)
     assert _trained_pieces(tok, ids, trains) == [
         "<|im_end|>\n", "<think>\n\n</think>\n\n21 degrees.<|im_end|>\n"]
+
+
+# ShareGPT records and the HF messages they mean: FastChat's human/gpt with a system turn,
+# user/assistant with a record-level system (LLaMA-Factory's), and LLaMA-Factory's tool turns
+SHAREGPT = [
+    ({"conversations": [{"from": "system", "value": SYSTEM["content"]},
+                        *({"from": {"user": "human", "assistant": "gpt"}[m["role"]],
+                           "value": m["content"]} for m in TURNS)]}, [SYSTEM, *TURNS]),
+    ({"system": SYSTEM["content"],
+      "conversations": [{"from": m["role"], "value": m["content"]} for m in TURNS]},
+     [SYSTEM, *TURNS]),
+]
+SHAREGPT_TOOLS = (
+    {"conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call",
+         "value": json.dumps({"name": "weather", "arguments": {"city": "Paris"}})},
+        {"from": "observation", "value": "{\"temp\": 21}"},
+        {"from": "gpt", "value": "21 degrees."}]},
+    TOOL_CALL)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_sharegpt_turns_render_as_transformers_renders_their_messages(
+        tokenizers: dict[str, Path], style: str) -> None:
+    """A ShareGPT record's tokens are apply_chat_template's of the messages it means, and
+    the same tokens train as in those messages."""
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(str(tokenizers[style]))
+    tok, template = load_tokenizer(tokenizers[style], "teacher"), \
+        load_chat_template(tokenizers[style])
+    cases = SHAREGPT + ([SHAREGPT_TOOLS] if "tools" in EXTRA.get(style, {}) else [])
+    for record, messages in cases:
+        ids, trains = encode_example(to_example("chat.jsonl:1", record, {}), tok, template)
+        assert ids == theirs.apply_chat_template(messages, tokenize=True, return_dict=False)
+        assert trains == encode_example(Example("chat.jsonl:1", "messages",
+                                                {"messages": messages}), tok, template)[1]
+        assert any(trains)
 
 
 def test_generation_markers_give_transformers_assistant_masks(

@@ -182,8 +182,8 @@ def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{not json\n')
     assert "bad.jsonl:2 is not JSON" in _error(_config(tmp_path / "bad.jsonl"))
     (tmp_path / "field.jsonl").write_text('{"text": "fine"}\n{"content": "x"}\n')
-    assert "field.jsonl:2 has no text, messages or prompt+completion field (its fields: " \
-        "content); name the columns with --data-fields, e.g. text=content" in \
+    assert "field.jsonl:2 has no text, messages, conversations or prompt+completion field " \
+        "(its fields: content); name the columns with --data-fields, e.g. text=content" in \
         _error(_config(tmp_path / "field.jsonl"))
 
 

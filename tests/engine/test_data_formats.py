@@ -175,8 +175,8 @@ BAD = [  # (file name, content, the one-line error it must give)
     ("notjson.jsonl", '{"text": "ok"}\n{"text": \n',
      r"notjson.jsonl:2: is not JSON \(Expecting value at column 10\)"),
     ("nofields.jsonl", '{"text": "ok"}\n\n{"body": "x"}\n',
-     r"nofields.jsonl:3: has no text, messages or prompt\+completion field \(its fields: "
-     r"body\); name the columns with --data-fields"),
+     r"nofields.jsonl:3: has no text, messages, conversations or prompt\+completion field "
+     r"\(its fields: body\); name the columns with --data-fields"),
     ("role.jsonl", json.dumps({"messages": [{"role": "robot", "content": "hi"}]}) + "\n",
      r"role.jsonl:1: messages\[0\] has role 'robot'; roles are system, user, assistant, tool"),
     ("mixed.jsonl", json.dumps({"prompt": "p", "completion": [{"role": "assistant",
@@ -276,7 +276,8 @@ def test_text_data_loads_neither_datasets_nor_jinja2(tmp_path: Path, tok_dir: Pa
 def test_raw_text_keeps_the_document_stream_and_examples_take_the_rest(tmp_path: Path) -> None:
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "a"}, {"messages": chat(1)}])
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat(1)}])
-    mapped = write_jsonl(tmp_path / "mapped.jsonl", [{"conversations": chat(1)}])
+    mapped = write_jsonl(tmp_path / "mapped.jsonl", [{"dialog": chat(1)}])
+    sharegpt = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": chat(1)}])
     (tmp_path / "doc.txt").write_text("plain")
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "tokens.json").write_text("{}")
@@ -284,7 +285,7 @@ def test_raw_text_keeps_the_document_stream_and_examples_take_the_rest(tmp_path:
     assert not is_example_data("demo://python-stdlib")
     assert not is_example_data(str(tmp_path / "shards"))
     assert is_example_data(str(chats))
-    assert not is_example_data(str(mapped))
-    assert is_example_data(str(mapped), parse_fields("messages=conversations"))
+    assert not is_example_data(str(mapped)) and is_example_data(str(sharegpt))
+    assert is_example_data(str(mapped), parse_fields("messages=dialog"))
     (tmp_path / "x.json").write_text("[]")
     assert is_example_data(str(tmp_path / "x.json"))

@@ -152,9 +152,10 @@ def test_every_documented_raw_text_suffix_is_still_one_document(suffix: str,
 
 
 @pytest.mark.parametrize("line, said", [
-    ({"conversations": CHAT}, "has no text, messages or prompt+completion field (its fields: "
-     "conversations); name the columns with --data-fields, e.g. messages=conversations"),
-    ({"body": "x", "id": 3}, "has no text, messages or prompt+completion field (its fields: "
+    ({"dialog": CHAT}, "has no text, messages, conversations or prompt+completion field (its "
+     "fields: dialog); name the columns with --data-fields, e.g. messages=dialog"),
+    ({"body": "x", "id": 3}, "has no text, messages, conversations or prompt+completion field "
+     "(its fields: "
      "body, id); name the columns with --data-fields, e.g. text=body"),
     ([1, 2], "is a list, not a record (an object of fields); give each line a JSON object "
      "with a text field (or messages, or prompt and completion)"),
