@@ -36,6 +36,14 @@ KNOWN_TYPES = frozenset(
 )
 
 
+def run_id_of(run_dir: str | Path) -> str:
+    """The id a run goes by: its directory's name, whichever flag chose the directory
+    (--run-name in the runs dir, --run-dir anywhere, --resume). It is what `kdtui runs` lists
+    and `kdtui watch` / `kdtui resume` take, so run_started's run_id is this, not --run-name
+    (which stays in the config). Absolute first: `--run-dir .` names the folder, not ''."""
+    return Path(os.path.abspath(Path(run_dir).expanduser())).name
+
+
 class EventWriter:
     """Appends events to RUN_DIR/events.jsonl, one flushed line each.
 

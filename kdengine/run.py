@@ -95,11 +95,12 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
             dtype = pick_dtype(config, device)
             ckpt = latest_checkpoint(run_dir) if resume else None
             threads_note = _share_cpu(device, dist, run_dir, resume, held)
-            log.emit(ev.RUN_STARTED, run_id=config.run_name, run_dir=str(run_dir),
+            run_id = ev.run_id_of(run_dir)  # the id the run is listed and watched by
+            log.emit(ev.RUN_STARTED, run_id=run_id, run_dir=str(run_dir),
                      config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
                      resumed_from=_step_of(ckpt) if resume else None, env=environment(),
                      **dist.describe(), **teacher_cache_fields(config))
-            log.line(f"run {config.run_name} on {device} ({str(dtype)[6:]}), kdengine "
+            log.line(f"run {run_id} on {device} ({str(dtype)[6:]}), kdengine "
                      f"{kdengine.__version__}, torch {torch.__version__}")
             if threads_note:
                 log.line(threads_note)

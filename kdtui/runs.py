@@ -106,7 +106,9 @@ def run_info(run_dir: Path) -> RunInfo | None:
         status = "stopped"  # no run_finished and no process: killed hard or never started
     mtimes = [p.stat().st_mtime for p in (events_path, run_dir / LOG_FILE, run_dir / PID_FILE,
                                            run_dir / "config.json") if p.exists()]
-    run_id = (head or {}).get("run_id") or run_dir.name
+    # the directory's name: the id find_run (kdtui watch, resume) takes, and run_started's
+    # run_id (kdengine.events.run_id_of); runs from before that carried --run-name there
+    run_id = run_dir.name
     verdict_status = str(verdict["status"]) if verdict and "status" in verdict else None
     if verdict_status is None and status not in ("starting", "running"):
         verdict_status = derived_verdict(events_path, head, tail, finished)
