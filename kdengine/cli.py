@@ -80,7 +80,14 @@ def _resume_config(run_dir: Path) -> RunConfig:
     path = run_dir / "config.json"
     if not path.exists():
         raise ConfigError("resume", f"{run_dir} holds no config.json: not a kdengine run dir")
-    config = RunConfig.from_mapping(json.loads(path.read_text())).with_values(run_dir=str(run_dir))
+    try:  # a config.json cut short or edited by hand: one line naming it, not a traceback
+        config = RunConfig.from_mapping(json.loads(path.read_text()))
+    except ConfigError as exc:  # a ValueError too: caught first
+        raise ConfigError("resume", f"{exc.field} in {path}: {exc.message}") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError("resume", f"{path} cannot be read ({exc}): it is the run's own "
+                          "config, restore it or start a new run") from None
+    config = config.with_values(run_dir=str(run_dir))
     _check_resumable(run_dir, config)
     return config
 
@@ -108,6 +115,11 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
         raise ConfigError("resume", f"{run_dir} has no complete checkpoint to continue from "
                           f"({why}); start it again under a new directory with `{PROG} train "
                           f"--config {run_dir / 'config.json'} --run-dir NEW_DIR`")
+    from kdengine.checkpoint_files import latest_checkpoint_refusal
+
+    damaged = latest_checkpoint_refusal(run_dir, PROG)  # found now, not after the models load
+    if damaged:
+        raise ConfigError("resume", damaged)
 
 
 LOCK_FILE = "engine.lock"
