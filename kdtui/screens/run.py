@@ -164,7 +164,10 @@ class RunScreen(Screen):
         self.watched = WatchedRun()  # what the manifest records, and whether Resume applies
         self._drawn_to = {"step": -1, "eval": -1}  # a resume redoes steps: drawn once
         self._recorded = False
-        self._stop_shown = handle is not None  # whether Stop run was offered when last asked
+        # the events read before the follower first found nothing new: until they are applied
+        # the run's state is unknown (a finished run opened is not running: no Stop run yet)
+        self._backlog: int | None = None
+        self._keys_shown = (False, False)  # (Stop run, Resume) offered when last asked
 
     @property
     def run_dir(self) -> Path | None:
@@ -234,10 +237,10 @@ class RunScreen(Screen):
             self._fit_layout()
             self.notify(str(exc), title="Launch failed", severity="error", timeout=10,
                         markup=False)
-            self._refresh_stop_key()
+            self._refresh_keys()
             return
         self.handle = handle
-        self._refresh_stop_key()
+        self._refresh_keys()
         self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
         self.title_text = f"{handle.run_id} on {handle.host}"
         self.sub_title = self._sub_title()
@@ -258,12 +261,17 @@ class RunScreen(Screen):
         self._fit_layout()
         liveness = EngineLiveness(self.handle)
         quiet_since: float | None = None
+        received = 0
         async for update in _follow_with_idle(follower):
             if update is not None:
+                received += len(update.events)
                 self._pending_events.extend(update.events)
                 self._pending_lines.extend(update.log_lines)
                 quiet_since = None
                 continue
+            if self._backlog is None:  # caught up: the run's state is known once these apply
+                self._backlog = received
+                self._refresh_keys()
             # nothing new: has the run ended without saying so (a killed engine)?
             quiet_since = quiet_since or time.monotonic()
             if self.state.finished is None and not self.ended and not self._pending_events \
@@ -280,7 +288,7 @@ class RunScreen(Screen):
         self._pending_lines.extend(f"  | {line}" for line in tail)
         self.watched.gone, self.watched.log_tail = True, tail
         self.ended = True
-        self._refresh_stop_key()
+        self._refresh_keys()
         self.query_one(StageTracker).finish_running("failed", self.state.last_t)
         self._show_end("stopped")
         if self.watched.checkpoint_step is not None:
@@ -371,7 +379,7 @@ class RunScreen(Screen):
         if samples:
             self._samples_pane().add_samples(samples)
         finished = state.finished is not None or self.ended
-        self._refresh_stop_key()
+        self._refresh_keys()
         if finished and not self._recorded:
             self._record_end()
         if state.finished is not None:
@@ -537,17 +545,33 @@ class RunScreen(Screen):
             return cache_dir_of(next(iter(self.query(CacheJobPanel)), None)) is not None
         if action == "stop_run":  # a running run only: off the footer once it has ended
             return self.running
+        if action == "resume":  # an ended run with something to continue from only
+            return self._resume_ref() is not None
         return True
 
     @property
     def running(self) -> bool:
-        """A run is going: launched (a handle), and neither finished nor judged gone."""
-        return self.handle is not None and self.state.finished is None and not self.ended
+        """A run is going: launched (a handle), its events read up to now, and neither finished
+        nor judged gone, nor (a local run) its engine's process gone. A run whose events are not
+        read yet is not running: a finished run opened never offers Stop run, not for a frame."""
+        if self.handle is None or self._backlog is None or \
+                self.state.event_count < self._backlog:
+            return False
+        is_alive = getattr(self.handle, "is_alive", None)  # a remote run's engine: asked by
+        return self.state.finished is None and not self.ended and (  # EngineLiveness
+            is_alive is None or is_alive())
 
-    def _refresh_stop_key(self) -> None:
-        """The footer shows Stop run while there is a run to stop (check_action)."""
-        if self.running != self._stop_shown:
-            self._stop_shown = self.running
+    def _resume_ref(self) -> str | None:
+        from kdtui.launch.resume import resume_ref
+
+        return resume_ref(self.handle, self.watched)
+
+    def _refresh_keys(self) -> None:
+        """The footer, F1 help and palette offer Stop run while there is a run to stop, and
+        Resume once it has ended with something to continue from (check_action)."""
+        shown = (self.running, self._resume_ref() is not None)
+        if shown != self._keys_shown:
+            self._keys_shown = shown
             self.refresh_bindings()
 
     def action_train_from_cache(self) -> None:
@@ -598,9 +622,9 @@ class RunScreen(Screen):
             "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
 
     def action_resume(self) -> None:
-        from kdtui.launch.resume import no_resume_line, resume_ref
+        from kdtui.launch.resume import no_resume_line
 
-        ref = resume_ref(self.handle, self.watched)
+        ref = self._resume_ref()
         if ref is None:
             self.notify(no_resume_line(self.handle, self.watched), timeout=4, markup=False)
             return

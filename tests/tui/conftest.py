@@ -110,6 +110,24 @@ def write_run(run_dir: Path, *, steps: int = 200, upto: int | None = None, finis
     return run_dir
 
 
+def end_run(run: Path, status: str, checkpoint: int | None) -> Path:
+    """A run in progress as one that ended `status` (run_finished; "stopped": the engine died
+    without one), with its newest complete checkpoint at step `checkpoint` (meta.json last, as
+    the engine writes it)."""
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    last_step = max((e["step"] for e in events if e["type"] == "step"), default=0)
+    if checkpoint is not None:
+        events.append({"v": 1, "seq": len(events), "t": events[-1]["t"], "type": "checkpoint",
+                       "step": checkpoint, "path": f"checkpoints/step-{checkpoint}"})
+        (run / "checkpoints" / f"step-{checkpoint}").mkdir(parents=True)
+        (run / "checkpoints" / f"step-{checkpoint}" / "meta.json").write_text("{}")
+    if status != "stopped":
+        events.append({"v": 1, "seq": len(events), "t": events[-1]["t"], "type": "run_finished",
+                       "status": status, "exit_code": 1, "steps": last_step})
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run
+
+
 @pytest.fixture(name="wait_for")
 def wait_for_fixture() -> Callable[..., Any]:
     return wait_for
@@ -118,3 +136,8 @@ def wait_for_fixture() -> Callable[..., Any]:
 @pytest.fixture(name="write_run")
 def write_run_fixture() -> Callable[..., Path]:
     return write_run
+
+
+@pytest.fixture(name="end_run")
+def end_run_fixture() -> Callable[..., Path]:
+    return end_run

@@ -1,8 +1,8 @@
 """R on a stopped teacher-cache job finishes it: a tiny real `kdengine cache-teacher` (many small
 shards) cancelled after its first shards, opened on the run screen, R runs the job's own command
 again in its directory; the run screen follows the new attempt (not the first attempt's end) to
-a complete cache, every shard present and the shards written before the cancel untouched. R on
-the complete job is one line that says what to do with it."""
+a complete cache, every shard present and the shards written before the cancel untouched. The
+complete job offers Train from cache, not Resume."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from kdtui.app import KDApp
 from kdtui.launch.cache_resume import LocalCacheResumer
 from kdtui.launch.resume import ResumeRefused
 from kdtui.launch.resumers import resumer_for
+from kdtui.palette import bindings_for
 from kdtui.runs import PID_FILE, run_info
 from kdtui.screens.run import RunScreen
 from kdtui.widgets.cache_job import CacheJobPanel
@@ -102,12 +103,10 @@ async def test_r_finishes_a_cancelled_cache_job_keeping_its_finished_shards(
         assert f"{len(done)} of {manifest['shards']} shards written" in \
             tracker.rows["check"].detail
 
-        # R on the complete job: one line, what to do with it
-        app.clear_notifications()
-        await pilot.press("R")
-        await wait_for(pilot, lambda: bool(app._notifications), 10)
-        line = f"cjob is complete: train with --teacher-cache {run_dir}"
-        assert [n.message for n in app._notifications] == [line]
+        # the complete job offers no Resume (footer, F1 help, palette), but Train from cache
+        await wait_for(pilot, lambda: screen.check_action("train_from_cache", ()), 10)
+        keys = {binding.action for _, binding in bindings_for(screen, app)}
+        assert "resume" not in keys and "train_from_cache" in keys, keys
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["complete"]

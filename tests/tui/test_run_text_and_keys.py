@@ -202,3 +202,52 @@ async def test_the_legend_labels_are_readable_in_every_theme(runs_dir, wait_for,
             fg = Color.from_rich_color(seg.style.color)
             bg = Color.from_rich_color(seg.style.bgcolor)
             assert _contrast(fg, bg) >= 4.5, (theme, seg)
+
+
+async def test_an_ended_run_never_offers_stop_run_not_even_before_its_events(
+        runs_dir, wait_for, write_run, end_run, monkeypatch):
+    """`kdtui watch` of a completed run, and of one whose engine died (no run_finished, no
+    process): Stop run is never offered, not in the first frame either (the footer asked
+    check_action before the events were read, and the unknown run counted as running)."""
+    offered: list[str] = []
+    check_action = RunScreen.check_action
+
+    def spy(self, action, parameters):
+        answer = check_action(self, action, parameters)
+        if action == "stop_run" and answer is not False:
+            offered.append(self.handle.run_id)
+        return answer
+
+    monkeypatch.setattr(RunScreen, "check_action", spy)
+    write_run(runs_dir / "completed", steps=40)
+    end_run(write_run(runs_dir / "killed", steps=200, upto=30, finished=False), "stopped", None)
+    for run_id in ("completed", "killed"):
+        app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=run_id)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await _open(app, pilot, wait_for, 30)
+            await wait_for(pilot, lambda s=screen: s.state.finished is not None or s.ended)
+            await pilot.pause(0.2)
+            assert "Stop run" not in _footer_text(screen)
+    assert offered == []
+
+
+@pytest.mark.parametrize("status, checkpoint, offered", [
+    ("completed", None, False), ("failed", 20, True), ("stopped", 20, True),
+    ("failed", None, False)])
+async def test_resume_is_offered_for_an_ended_run_with_a_checkpoint_only(
+        runs_dir, wait_for, write_run, end_run, status, checkpoint, offered):
+    """The run screen's R (in the F1 help and the palette): a stopped or failed run with a
+    checkpoint has it; a completed run, or one with nothing to continue from, does not."""
+    from kdtui.palette import bindings_for
+
+    run = write_run(runs_dir / "r", steps=40, upto=None if status == "completed" else 30,
+                    finished=status == "completed")
+    if status != "completed":
+        end_run(run, status, checkpoint)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="r")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(app, pilot, wait_for, 30)
+        await wait_for(pilot, lambda: screen.state.finished is not None or screen.ended)
+        await pilot.pause(0.2)
+        keys = {b.action for _, b in bindings_for(screen, app)}
+        assert ("resume" in keys) == offered, keys
