@@ -47,6 +47,8 @@ class RunsScreen(Screen):
         self.runs: list[RunEntry] = []
         self.selected: list[str] = []  # row keys (run dirs), in the order chosen: their colours
         self._statuses: dict[str, str] = {}  # key -> status at the last refresh
+        self._resumes: dict[str, bool] = {}  # key -> whether R resumes it (this refresh's)
+        self._resume_shown = False  # whether Resume was offered when last asked
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -82,11 +84,13 @@ class RunsScreen(Screen):
             self._note_end(run, key)
         self._fill(table, rows)
         self.runs = runs
+        self._resumes.clear()  # a run may have ended, or been resumed, since
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
         else:
             self.query_one("#runs-where", Static).update(
                 f"No runs yet in {self.app.runs_dir}: press n for a new run")  # type: ignore
+        self._refresh_resume_key()
 
     def _fill(self, table: DataTable, rows: list[tuple[str, str, tuple[str, ...]]]) -> None:
         """The rows, the run column giving way (fit_run) so that the others stay whole: all of
@@ -119,6 +123,43 @@ class RunsScreen(Screen):
             self._fill(table, rows)
             if rows:
                 table.move_cursor(row=min(keep, len(rows) - 1))
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self._refresh_resume_key()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "resume":  # the row under the cursor can be resumed: else off the footer
+            return self._cursor_resumes()
+        return True
+
+    def _cursor_resumes(self) -> bool:
+        """Whether R resumes the run under the cursor: it ended without completing and (a local
+        run) the resume's own check passes (a checkpoint; a cache job needs none). A dispatch's
+        host says the rest."""
+        if not self.is_mounted:
+            return False
+        row = self.query_one(DataTable).cursor_row
+        if not 0 <= row < len(self.runs):
+            return False
+        run = self.runs[row]
+        if not run.may_resume:
+            return False
+        if run.info is None:
+            return True
+        key = str(run.info.run_dir)
+        if key not in self._resumes:
+            from kdtui.launch.resumers import local_resumer
+
+            self._resumes[key] = local_resumer(run.info.run_dir).refusal() is None
+        return self._resumes[key]
+
+    def _refresh_resume_key(self) -> None:
+        """The footer shows Resume while the cursor is on a run it resumes (check_action)."""
+        shown = self._cursor_resumes()
+        if shown != self._resume_shown:
+            self._resume_shown = shown
+            self.refresh_bindings()
 
     @on(DataTable.RowSelected)
     def _selected(self, event: DataTable.RowSelected) -> None:
@@ -153,13 +194,9 @@ class RunsScreen(Screen):
         row = self.query_one(DataTable).cursor_row
         if not 0 <= row < len(self.runs):
             return
-        run = self.runs[row]
-        # a local completed run: the resume's own check says why not (a cache job: train on it)
-        if not run.may_resume and not (run.info is not None and run.status == "completed"):
-            self.app.notify(f"{run.run_id} is {run.status}: only a stopped, failed or "
-                            "cancelled run resumes", timeout=5)
-            return
-        self.app.resume_run(run.ref)  # type: ignore[attr-defined]
+        # offered on a run that resumes only (check_action): the resume's own check says why not
+        # when the run changed since
+        self.app.resume_run(self.runs[row].ref)  # type: ignore[attr-defined]
 
     def _note_end(self, run: RunEntry, key: str) -> None:
         """A run seen running at the last refresh that has ended since: the app tells the user."""

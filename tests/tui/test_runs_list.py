@@ -230,3 +230,30 @@ def test_snapshot_of_the_runs_list_with_long_names_and_teacher_caches(snap_compa
     monkeypatch.chdir(long_runs.parent)
     app = KDApp(runs_dir=Path(long_runs.name), theme="kdtui-dark")
     assert snap_compare(app, terminal_size=size, run_before=select_one)
+
+
+async def test_resume_is_offered_on_a_row_that_can_resume_only(runs_dir, write_run, end_run,
+                                                               cet):
+    """`R Resume` in the footer follows the cursor: a failed or stopped run with a checkpoint
+    has it; a completed run, and a failed one with nothing to continue from, do not."""
+    expected = {}
+    for i, (name, status, checkpoint) in enumerate((
+            ("completed", "completed", None), ("failed", "failed", 20),
+            ("stopped", "stopped", 20), ("no-checkpoint", "failed", None))):
+        run = write_run(runs_dir / name, steps=40, upto=None if status == "completed" else 30,
+                        finished=status == "completed")
+        if status != "completed":
+            end_run(run, status, checkpoint)
+        shifted(run, 600 * i)
+        expected[name] = status != "completed" and checkpoint is not None
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _runs_list(pilot)
+        table = screen.query_one(DataTable)
+        offered = {}
+        for row, run in enumerate(screen.runs):
+            table.move_cursor(row=row)
+            await pilot.pause()
+            offered[run.run_id] = any(b.binding.action == "resume" and b.binding.show
+                                      for b in screen.active_bindings.values())
+        assert offered == expected
