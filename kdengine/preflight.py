@@ -51,6 +51,26 @@ class Preflight:
         return asdict(self)
 
 
+# The engine's on/off variables (docs/models.md), each read as `!= "0"` or `== "1"` where it
+# acts: any other value (true, off, yes) would silently mean one or the other.
+SWITCHES = {
+    "KDENGINE_KD_KERNEL": ("the KD chunk math through torch.compile",
+                           "the Triton kernels, the default"),
+    "KDENGINE_COMPILE": ("the loss's chunk math eager", "compiled on CUDA, the default"),
+    "KDENGINE_SYNC_CHECKPOINTS": ("checkpoints written in the background, the default",
+                                  "written inside the step"),
+}
+
+
+def check_switches() -> None:
+    """Refuse an on/off variable of SWITCHES set to anything but 0 or 1 (empty is unset)."""
+    for name, (off, on) in SWITCHES.items():
+        value = os.environ.get(name, "")
+        if value not in ("", "0", "1"):
+            raise ConfigError(name, f"is {value!r}: set it to 0 ({off}) or 1 ({on}), "
+                              "or unset it")
+
+
 def check_run_inputs(config: RunConfig) -> Preflight:
     """Refuse (ConfigError naming the field and the fix) every input the run would refuse that
     can be known without loading weights; return what was found."""
@@ -82,6 +102,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
     teacher_compile_from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
     student_compile_from_env()  # as KDENGINE_STUDENT_COMPILE does
     student_placement_from_env()  # and KDENGINE_STUDENT_PLACEMENT a placement
+    check_switches()  # KDENGINE_KD_KERNEL, KDENGINE_COMPILE, KDENGINE_SYNC_CHECKPOINTS: 0 or 1
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))
