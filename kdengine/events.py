@@ -72,9 +72,11 @@ class EventWriter:
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:  # closed even when a full disk fails the flush: no retry at exit
+                self._file.close()
 
     def __enter__(self) -> EventWriter:
         return self

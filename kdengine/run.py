@@ -203,13 +203,18 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
             reason = f"disk full under {where} ({human(free_bytes(where))} free{need}): " + reason
         # the details go to launch.log (and the error event) only: the terminal gets the CLI's
         # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
-        log.stage(stage, "failed", reason, terminal=False)
-        tb = "".join(traceback.format_exception(exc))
-        log.emit(ev.LOG, level="error", message=f"{kind}: {reason}", traceback=tb)
-        log.line(f"ERROR: {kind}: {reason}", terminal=False)
-        log.line(tb.rstrip(), terminal=False)
-        log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=reason,
-                 stage=stage, steps=_step(trainer))
+        try:
+            log.stage(stage, "failed", reason, terminal=False)
+            tb = "".join(traceback.format_exception(exc))
+            log.emit(ev.LOG, level="error", message=f"{kind}: {reason}", traceback=tb)
+            log.line(f"ERROR: {kind}: {reason}", terminal=False)
+            log.line(tb.rstrip(), terminal=False)
+            log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=reason,
+                     stage=stage, steps=_step(trainer))
+        except OSError as unrecorded:  # a disk so full that the failure cannot be written down
+            if not is_disk_full(unrecorded):
+                raise
+            reason += f" (not recorded in {run_dir}: its disk is full)"
         return RunResult("failed", EXIT_FAILED, run_dir, error=reason, stage=stage)
     finally:
         held.close()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from kdengine.diskspace import is_disk_full
 from kdengine.events import LOG, LOG_FILE, STAGE, EventWriter
 
 
@@ -93,6 +94,10 @@ class RunLog:
 
     def close(self) -> None:
         sys.stderr = self._saved_stderr
-        self.events.close()
-        if self._file is not None:
-            self._file.close()
+        for file in (self.events, self._file):
+            try:
+                if file is not None:
+                    file.close()
+            except OSError as exc:  # a full disk loses the last lines; the run has ended
+                if not is_disk_full(exc):
+                    raise
