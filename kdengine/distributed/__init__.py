@@ -7,6 +7,8 @@ writing events.
                 from_env(), which reads torchrun's variables (one process: every hook a no-op)
   placement.py  where the models live: DDP or FSDP2 by size, layer groups, the local AdamW
   logs.py       rank 0's events and the other ranks' failures; a stop every rank agrees on
+  launch.py     torchrun (`python -m kdengine.distributed.launch`), but a cancelled run exits
+                130/143 without torchrun's traceback, as one process does
 
 Numerics: the KD loss is the mean over the valid tokens of the WHOLE global batch. Each rank
 divides its token sums by (global valid tokens / world size); DDP's all-reduce and FSDP2's

@@ -22,6 +22,8 @@ from kdengine.events import read_events
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc-per-node", "2"]
+# torchrun, but a cancelled run exits as one process does (kdengine.distributed.launch)
+LAUNCH = [sys.executable, "-m", "kdengine.distributed.launch", *TORCHRUN[3:]]
 STEPS = 8
 
 
@@ -161,11 +163,9 @@ def _workers(torchrun_pid: int) -> dict[int, int]:
     return ranks
 
 
-def test_a_signal_only_one_rank_receives_stops_every_rank_as_cancelled(
-        tmp_path: Path) -> None:
-    """Ranks agree on a stop over the host (the loop keeps a step queued on the device): rank 1
-    alone gets SIGTERM; rank 0, which writes the events, stops at the same step, and no rank
-    waits in a collective for one that left."""
+def _cancel_two_ranks(tmp_path: Path, send) -> tuple[subprocess.Popen, str, list[dict]]:
+    """A 2-rank run started by kdengine.distributed.launch in its own process group, `send(proc)`
+    once it has taken 3 steps: the launcher, its stderr and the run's events."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import tiny_run_args, write_tiny_inputs
 
@@ -173,26 +173,53 @@ def test_a_signal_only_one_rank_receives_stops_every_rank_as_cancelled(
     run_dir = tmp_path / "run"
     args = tiny_run_args(inputs, run_dir, steps=100000, eval_every=0, checkpoint_every=0,
                          log_every=1)
-    proc = subprocess.Popen([*TORCHRUN, "-m", "kdengine", *args], env=_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*LAUNCH, "-m", "kdengine", *args], env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while len([e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.2)
-        os.kill(_workers(proc.pid)[1], signal.SIGTERM)
-        proc.wait(timeout=120)
+        send(proc)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.kill()
-    events = read_events(run_dir / "events.jsonl")
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, stderr, read_events(run_dir / "events.jsonl")
+
+
+def _ended_cancelled(events: list[dict], code: int, log: str) -> None:
     finished = [e for e in events if e["type"] == "run_finished"]
     assert len(finished) == 1 and finished[0]["status"] == "cancelled", events[-3:]
+    assert finished[0]["exit_code"] == code
     assert not [e for e in events if e["type"] == "log" and e.get("level") == "error"]
-    # the ranks end as a cancelled engine does (128 + SIGTERM); torchrun's own report of that
-    # is its traceback, with no frame of the engine's in it
-    stderr = proc.stderr.read()
-    assert "exitcode: 143" in stderr and "kdengine/" not in stderr
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_a_signal_only_one_rank_receives_stops_every_rank_as_cancelled(
+        tmp_path: Path) -> None:
+    """Ranks agree on a stop over the host (the loop keeps a step queued on the device): rank 1
+    alone gets SIGTERM; rank 0, which writes the events, stops at the same step, and no rank
+    waits in a collective for one that left. The ranks end as a cancelled engine does (128 +
+    SIGTERM), which plain torchrun reports as a failure (exit 1, a traceback); the launcher
+    exits 143 as one process would."""
+    proc, stderr, events = _cancel_two_ranks(
+        tmp_path, lambda proc: os.kill(_workers(proc.pid)[1], signal.SIGTERM))
+    _ended_cancelled(events, 143, stderr + (tmp_path / "run" / "launch.log").read_text())
+    assert proc.returncode == 143
+
+
+def test_a_cancelled_torchrun_run_exits_as_a_cancelled_single_process_run(
+        tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, torchrun included, as `kdtui cancel` sends
+    SIGTERM to it): plain torchrun re-raises the signal as a SignalException once its workers
+    stopped, exit 1 with its traceback in launch.log; the launcher exits 130 as `kdengine train`
+    alone does, and the events and log are those of a cancelled run."""
+    proc, stderr, events = _cancel_two_ranks(
+        tmp_path, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    _ended_cancelled(events, 130, stderr + (tmp_path / "run" / "launch.log").read_text())
+    assert proc.returncode == 130
 
 
 # Two ranks of the tiny bench pair, trained by KDTrainer's own loop (a step left queued while
