@@ -353,9 +353,11 @@ async def _watch_remote_handle(handle: Any, out: TextIO, log_offset: int = 0,
         state = await handle.status()
         return bool(state.get("alive"))
 
+    # `kdtui resume` finds a dispatch by its id (the run's --run-name); the events' run_id is
+    # the remote directory's name, which a --run-dir may make another
     result = await follow_to_verdict(handle.source, out=out, is_alive=alive,
                                      asked=handle.asked_config, log_offset=log_offset,
-                                     resuming=resuming)
+                                     resuming=resuming, resume_ref=handle.run_id)
     if result.watched is not None:  # the one code path the dashboard records through too
         result.watched.record(handle.manifest, result.verdict)
     return result.code
