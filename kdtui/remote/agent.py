@@ -295,7 +295,10 @@ def cmd_launch(args: argparse.Namespace) -> None:
     if args.token:
         with open(os.path.join(run_dir, TOKEN_FILE), "w") as fh:
             fh.write(args.token + "\n")
-    answer({"ok": True, "pid": process.pid, "already_running": False})
+    # the events' size before this start: a run_finished the alive check finds must lie past
+    # it, not be the end of the run's part before (a resume whose engine refused and exited)
+    answer({"ok": True, "pid": process.pid, "already_running": False,
+            "events_bytes": state["events_bytes"]})
 
 
 def cmd_status(args: argparse.Namespace) -> None:

@@ -475,8 +475,10 @@ class StageRunner:
             sink(f"engine pid {pid}; checking it is alive in {self.plan.host.alive_check_s:g}s")
             await asyncio.sleep(self.plan.host.alive_check_s)
             state = await run_agent(self.conn, self.plan.status(), timeout=60)
-            if state.get("alive") or state.get("finished"):
-                finished = state.get("finished")
+            finished = state.get("finished")
+            if finished and state.get("events_bytes", 0) <= answer.get("events_bytes", -1):
+                finished = None  # the end of an earlier part: this engine wrote no event
+            if state.get("alive") or finished:
                 detail = f"pid {pid}, alive after {self.plan.host.alive_check_s:g}s" if \
                     state.get("alive") else f"pid {pid}, already {finished.get('status')}"
                 return "done", detail, pid
