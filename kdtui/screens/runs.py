@@ -4,12 +4,14 @@ and running; open one to see it, or to reattach to it while it runs."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.cells import cell_len
-from textual import on
+from rich.text import Text
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
@@ -19,6 +21,8 @@ from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
 RUN_MIN = 22  # the run column's least width: a timestamped id (kd-20251009-101500), marked
+HOST_MIN = 12  # the host column's width before the run column goes below RUN_MIN
+HOST_FLOOR = 5  # the least of the host column: "local" whole, a remote host's start ("gpu-…")
 LABEL_MIN = 6  # the least of a teacher label worth showing ("cached")
 ID_MIN = 17  # the least of an id kept beside a label: "…" and its end ("-20251009-101500")
 clock = time.time  # what "now" is (tests fix it: "updated ... ago" and this year's dates)
@@ -49,6 +53,8 @@ class RunsScreen(Screen):
         self._statuses: dict[str, str] = {}  # key -> status at the last refresh
         self._resumes: dict[str, bool] = {}  # key -> whether R resumes it (this refresh's)
         self._resume_shown = False  # whether Resume was offered when last asked
+        self._rows: list[_Row] = []  # what the table shows, before the run and host are cut
+        self._cut: set[int] = set()  # the rows whose run or host is cut
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -59,11 +65,9 @@ class RunsScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = "runs"
         table = self.query_one(DataTable)
-        # local runs and dispatches alike in this machine's time, its zone said once, here;
-        # before step, so that it stays whole at 80 columns beside the longest status/verdict
+        # local runs and dispatches alike in this machine's time, its zone said once, here
         table.add_columns("run", "host", "status", "verdict", f"started {zone_label(clock())}",
                           "step", "updated")
-        self.query_one("#runs-where", Static).update(f"runs in {self.app.runs_dir}")  # type: ignore
         self.action_refresh()
         self.set_interval(REFRESH_S, self.action_refresh)
         table.focus()
@@ -80,52 +84,88 @@ class RunsScreen(Screen):
         rows = []
         for run in runs:
             key = str(run.info.run_dir if run.info is not None else run.manifest_path)
-            rows.append((key, _marks(run, key in self.selected, seen), _cells(run, now)))
+            rows.append(_Row(key, _marks(run, key in self.selected, seen), _cells(run, now),
+                             short_step(run)))
             self._note_end(run, key)
         self._fill(table, rows)
         self.runs = runs
         self._resumes.clear()  # a run may have ended, or been resumed, since
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
-        else:
-            self.query_one("#runs-where", Static).update(
-                f"No runs yet in {self.app.runs_dir}: press n for a new run")  # type: ignore
+        self._show_where()
         self._refresh_resume_key()
 
-    def _fill(self, table: DataTable, rows: list[tuple[str, str, tuple[str, ...]]]) -> None:
-        """The rows, the run column giving way (fit_run) so that the others stay whole: all of
-        them where the run keeps RUN_MIN columns beside them, else those up to `started`."""
+    def _show_where(self) -> None:
+        """The line above the table: where the runs are; the whole name and host of the run
+        under the cursor where its row had to cut them (a narrow terminal)."""
+        row = self.query_one(DataTable).cursor_row
+        if not self._rows:
+            line = f"No runs yet in {self.app.runs_dir}: press n for a new run"  # type: ignore
+        elif 0 <= row < len(self._rows) and row in self._cut:
+            run, host = self._rows[row].cells[:2]
+            line = f"{run} on {host}"
+        else:
+            line = f"runs in {self.app.runs_dir}"  # type: ignore[attr-defined]
+        # one line (a long name is cut at its end), never markup (a run id may hold brackets)
+        self.query_one("#runs-where", Static).update(Text(line, no_wrap=True,
+                                                          overflow="ellipsis"))
+
+    def _fill(self, table: DataTable, rows: list[_Row], screen: Size | None = None) -> None:
+        """The rows, every column on screen: status, verdict, started, step and updated whole,
+        the run and host columns sharing what is left (share_run_and_host: the run's id first);
+        where even that leaves the run fewer than RUN_MIN columns, big step counts go short
+        ('123k / 1M') to give it more. `screen`: the screen's size (on a resize the table's own
+        is still the old one)."""
         self._rows = rows
         pad = 2 * table.cell_padding
-        columns = table.ordered_columns
-        widths = [max([cell_len(str(c.label))] + [cell_len(cells[i]) for _, _, cells in rows])
-                  + pad for i, c in enumerate(columns)]
-        width = table.size.width or self.app.size.width
-        visible = (table.size.height or self.app.size.height - 4) - 1  # under the header
+        labels = [cell_len(str(c.label)) for c in table.ordered_columns]
+        # the table spans the screen, under the header and the "runs in" line, above the footer
+        screen = screen or (self.size if self.size.width else self.app.size)
+        width = screen.width
+        visible = screen.height - 4  # its rows under its own header
         if len(rows) > visible:
             width -= table.styles.scrollbar_size_vertical
-        started = next((i for i, c in enumerate(columns)
-                        if str(c.label).startswith("started")), len(columns) - 1)
-        room = width - pad - sum(widths[1:])
-        if room < RUN_MIN:  # step and updated go past the edge, as before (after started)
-            room = max(RUN_MIN, width - pad - sum(widths[1:started + 1]))
-        for column in columns:  # widths from these rows only (DataTable's only grow)
-            column.content_width = cell_len(str(column.label))
-        for key, marks, cells in rows:
-            table.add_row(fit_run(marks, cells[0], room), *cells[1:], key=key)
+        step = len(labels) - 2  # the step column (before updated)
 
-    def on_resize(self) -> None:
-        rows = getattr(self, "_rows", None)
-        if rows is not None:
+        def natural(i: int, cells: list[tuple[str, ...]]) -> int:
+            return max([labels[i]] + [cell_len(c[i]) for c in cells])
+
+        full = [row.cells for row in rows]
+        short = [(*row.cells[:step], row.short_step, *row.cells[step + 1:]) for row in rows]
+        names = [cell_len(row.marks + row.cells[0]) for row in rows]
+        run_natural = max([labels[0], *names])
+        for cells in (full, short):
+            room = width - pad * len(labels) - sum(natural(i, cells)
+                                                   for i in range(2, len(labels)))
+            run_width, host_width = share_run_and_host(room, run_natural, natural(1, cells))
+            if run_width >= min(run_natural, RUN_MIN):
+                break
+        self._cut = set()  # the rows whose run or host is cut: the line above names them whole
+        for i, (row, row_cells) in enumerate(zip(rows, cells, strict=True)):
+            run, host = fit_run(row.marks, row_cells[0], run_width), \
+                fit_end(row_cells[1], host_width)
+            if run != row.marks + row_cells[0] or host != row_cells[1]:
+                self._cut.add(i)
+            table.add_row(run, host, *row_cells[2:], key=row.key)
+        # the widths of these rows, set now: DataTable's only grow (a narrower terminal, a row
+        # gone), and it measures new rows when idle, after a first paint with the labels' widths
+        for i, column in enumerate(table.ordered_columns):
+            column.content_width = max([labels[i]] + [cell_len(str(table.get_row_at(r)[i]))
+                                                      for r in range(table.row_count)])
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.is_mounted:
             table = self.query_one(DataTable)
             keep = table.cursor_row
             table.clear()
-            self._fill(table, rows)
-            if rows:
-                table.move_cursor(row=min(keep, len(rows) - 1))
+            self._fill(table, self._rows, event.size)
+            if self._rows:
+                table.move_cursor(row=min(keep, len(self._rows) - 1))
+            self._show_where()
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:
+        self._show_where()
         self._refresh_resume_key()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -246,6 +286,52 @@ class RunsScreen(Screen):
         self.action_new()
 
 
+class _Row(NamedTuple):
+    key: str  # the run dir, or a dispatch's manifest
+    marks: str  # _marks
+    cells: tuple[str, ...]  # _cells
+    short_step: str  # its step cell where the list is narrow
+
+
+def share_run_and_host(room: int, run: int, host: int) -> tuple[int, int]:
+    """The widths of the run and host columns (their text, `run` and `host` wide) in `room`:
+    host its first HOST_FLOOR, the run up to RUN_MIN, host up to HOST_MIN, then each the rest
+    it wants, the run first."""
+    widths = [0, 0]
+    left = max(room, 0)
+    for column, upto in ((1, HOST_FLOOR), (0, RUN_MIN), (1, HOST_MIN), (0, run), (1, host)):
+        give = min(max(0, min((run, host)[column], upto) - widths[column]), left)
+        widths[column] += give
+        left -= give
+    return widths[0], widths[1]
+
+
+def fit_end(text: str, width: int) -> str:
+    """`text` in `width` columns, its end an ellipsis (a host name's start tells it)."""
+    if cell_len(text) <= width:
+        return text
+    return text[:max(width - 1, 0)] + "…"
+
+
+def short_step(run: RunEntry) -> str:
+    """The step column where 80 columns are few: '123k / 1M', '80 / 1,000'."""
+    if run.step is None:
+        return "–"
+    step = _short_count(run.step)
+    return f"{step} / {_short_count(run.total_steps)}" if run.total_steps else step
+
+
+def _short_count(n: int) -> str:
+    """A count in at most 5 columns: 9,999 whole, then 12.3k, 123k, 1.23M, 1M."""
+    if n < 10_000:
+        return f"{n:,}"
+    for unit, size in (("k", 1e3), ("M", 1e6)):
+        value = f"{n / size:.3g}"
+        if float(value) < 1000:  # 999,999 is 1M, not 1e+03k
+            return f"{value}{unit}"
+    return f"{n / 1e9:.3g}G"
+
+
 def _marks(run: RunEntry, selected: bool, seen) -> str:
     """'✓ ' a run selected to compare; '• ' a run that ended and has not been looked at."""
     marks = "✓ " if selected else ""
@@ -292,10 +378,12 @@ def fit_run(marks: str, name: str, width: int) -> str:
 
 def _middle(text: str, width: int) -> str:
     """`text` in `width` columns, its middle an ellipsis: a third of it kept at the start, the
-    rest (16 at least: '-20251009-101500') at the end."""
+    rest (16 at least: '-20251009-101500') at the end; in 2 columns or fewer, its end."""
     if len(text) <= width:
         return text
-    keep = max(width - 1, 2)
+    if width <= 2:
+        return f"…{text[-1:]}"[:width]
+    keep = width - 1
     tail = min(keep - 1, max(16, keep * 2 // 3))
     return f"{text[:keep - tail]}…{text[-tail:]}"
 

@@ -232,8 +232,7 @@ async def test_an_ended_run_never_offers_stop_run_not_even_before_its_events(
 
 
 @pytest.mark.parametrize("status, checkpoint, offered", [
-    ("completed", None, False), ("failed", 20, True), ("stopped", 20, True),
-    ("failed", None, False)])
+    ("completed", None, False), ("failed", 20, True), ("failed", None, False)])
 async def test_resume_is_offered_for_an_ended_run_with_a_checkpoint_only(
         runs_dir, wait_for, write_run, end_run, status, checkpoint, offered):
     """The run screen's R (in the F1 help and the palette): a stopped or failed run with a

@@ -1,6 +1,7 @@
-"""The runs list's `started` column: local runs and dispatches in one time zone (this machine's,
-named once in the header), in a form that stays whole at 80 columns, a selection mark included.
-Recorded runs with fixed times, a fixed clock and a fixed zone (CET, no DST).
+"""The runs list: local runs and dispatches started in one time zone (this machine's, named once
+in the header); every column on screen at 80 columns, the run and host columns giving way to the
+others (a selection mark included); R offered on a run that resumes only. Recorded runs with fixed
+times, a fixed clock and a fixed zone (CET, no DST).
 
 Snapshots: pytest tests/tui/test_runs_list.py --snapshot-update (then look at the pictures).
 """
@@ -160,38 +161,44 @@ def long_runs(runs_dir: Path, write_run, cet) -> Path:
     return runs_dir
 
 
-def _right_edge_of_started(table: DataTable) -> int:
-    columns = table.ordered_columns
-    started = next(i for i, c in enumerate(columns) if str(c.label).startswith("started"))
-    return sum(c.get_render_width(table) for c in columns[:started + 1])
-
-
 def _run_column(table: DataTable) -> list[str]:
     return [str(table.get_row_at(row)[0]) for row in range(table.row_count)]
 
 
-async def test_a_long_run_name_and_a_teacher_cache_label_give_way_at_80_columns(long_runs):
+def _on_screen(table: DataTable) -> bool:
+    """Every column whole on screen (none past the right edge)."""
+    width = sum(c.get_render_width(table) for c in table.ordered_columns)
+    return width <= table.scrollable_content_region.width
+
+
+async def test_a_long_run_name_and_a_teacher_cache_label_give_way_to_the_other_columns(
+        long_runs):
     app = KDApp(runs_dir=long_runs)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(100, 24)) as pilot:
         screen = await _runs_list(pilot)
         table = screen.query_one(DataTable)
         await pilot.press("down", "down", "space")  # "✓ " on a long one
         await pilot.pause()
-        assert _right_edge_of_started(table) <= table.scrollable_content_region.width
+        assert _on_screen(table)
         assert _started_column(table)[0] == "10-09 13:00"  # whole
         names = _run_column(table)
         assert names[0] == "kd-20251009-120000"  # what fits stays whole
         # beside "dispatch failed" there is no room for the label: the id that fits is whole
         assert names[1] == "kd-20251009-101500"
         # the long ones lose their middle and keep their ends apart
-        assert names[2].startswith("✓ distill") and names[2].endswith("…-20251009-121500")
+        assert names[2].startswith("✓ disti") and names[2].endswith("…-20251009-121500")
         assert names[3].startswith("distill") and names[3].endswith("-20251009-101500")
         assert "…" in names[3]
+        # at 80 columns the run column keeps what the others leave: each name cut
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        await pilot.pause()
+        assert _on_screen(table)
+        assert all("…" in name for name in _run_column(table))
     # the same rows at 120 columns: every column whole, the long names still cut in the middle
     async with KDApp(runs_dir=long_runs).run_test(size=(120, 40)) as pilot:
         table = (await _runs_list(pilot)).query_one(DataTable)
-        width = sum(c.get_render_width(table) for c in table.ordered_columns)
-        assert width <= table.scrollable_content_region.width
+        assert _on_screen(table)
         assert _run_column(table)[1].startswith("kd-20251009-101500 (cached K=64 topk")
 
 
@@ -203,7 +210,7 @@ async def test_the_run_column_gives_way_again_when_the_terminal_narrows(long_run
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
         await pilot.pause()
-        assert _right_edge_of_started(table) <= table.scrollable_content_region.width
+        assert _on_screen(table)
         assert "…" in _run_column(table)[3]
 
 
@@ -217,6 +224,9 @@ def test_fit_run_cuts_the_label_then_the_ids_middle():
     cut = fit_run("✓ ", f"{LONG}21500 (cached K=64 topk)", 33)
     assert cut == "✓ dist…-20251009-121500 (cached…)"  # 33 columns
     assert fit_run("", f"{LONG}21500", 24) == "distill…-20251009-121500"
+    # where the other columns leave the run column almost nothing, it still fits in it
+    assert [fit_run("✓ ", f"{LONG}21500", w) for w in (2, 3, 4, 5)] == [
+        "✓ ", "✓ …", "✓ …0", "✓ d…0"]
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
@@ -257,3 +267,74 @@ async def test_resume_is_offered_on_a_row_that_can_resume_only(runs_dir, write_r
             offered[run.run_id] = any(b.binding.action == "resume" and b.binding.show
                                       for b in screen.active_bindings.values())
         assert offered == expected
+
+
+WIDE_HOST = "gpu-box-a100-eu-west-1.example.com"
+
+
+def with_steps_times(run_dir: Path, factor: int) -> Path:
+    """The run as one `factor` times as long: a million-step run's step column."""
+    events = run_dir / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    for e in lines:
+        if e["type"] == "step":
+            e.update(step=e["step"] * factor, total_steps=e["total_steps"] * factor)
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return run_dir
+
+
+@pytest.fixture
+def wide_runs(runs_dir: Path, write_run, cet) -> Path:
+    """Rows as wide as they come: a long name at a million steps, a teacher-cache run, a
+    dispatch on a long host name at 123,456 of a million steps, and one that failed to start
+    (the widest status)."""
+    shifted(with_steps_times(write_run(runs_dir / f"{LONG}01500", steps=200), 5000), 0)
+    shifted(from_a_teacher_cache(write_run(runs_dir / "kd-20251009-101500", steps=1000,
+                                           upto=80, finished=False)), 1200)
+    evidence = Path(os.environ["KDTUI_EVIDENCE_DIR"])
+    dispatch(evidence, "kd-20251009-120000", "2025-10-09T12:00:00Z", host=WIDE_HOST,
+             launched=True, state="completed", engine_last_step=123456,
+             config={"steps": 1_000_000}, verdict={"status": "inconclusive"})
+    dispatch(evidence, "kd-20251009-130000", "2025-10-09T13:00:00Z",
+             host="h100-node-17.cluster.internal")
+    return runs_dir
+
+
+async def test_every_column_stays_on_screen_with_wide_rows_at_80_columns(wide_runs):
+    """The run and host columns give way (an ellipsis) and big step counts go short (123k /
+    1M), so that status, verdict, started, step and updated stay whole on screen."""
+    app = KDApp(runs_dir=wide_runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _runs_list(pilot)
+        table = screen.query_one(DataTable)
+        await pilot.pause(0.3)
+        assert _on_screen(table), [(str(c.label), c.get_render_width(table))
+                                   for c in table.ordered_columns]
+        # as painted from the first refresh on (the columns were as wide as their labels,
+        # 'verdi' and 'step', until the next refresh 2 s later)
+        lines = ["".join(segment.text for segment in strip)
+                 for strip in screen._compositor.render_strips()]
+        assert any("INCONCLUSIVE  10-09 13:00  123k / 1M" in line for line in lines), lines
+        cells = [[str(c) for c in table.get_row_at(r)] for r in range(table.row_count)]
+        assert [c[2:] for c in cells] == [
+            ["dispatch failed", "–", "10-09 14:00", "–", "–"],
+            ["completed", "INCONCLUSIVE", "10-09 13:00", "123k / 1M", "–"],
+            ["stopped", "INCONCLUSIVE", "10-09 10:13", "80 / 1,000", "5h39m ago"],
+            ["completed", "PASS", "10-09 09:53", "1M / 1M", "5h59m ago"]]
+        hosts = [c[1] for c in cells]
+        assert hosts[2:] == ["local", "local"]
+        assert hosts[1].startswith("gpu") and hosts[1].endswith("…")
+        assert all("…" in c[0] for c in cells)
+        # the line above the table names the run under the cursor whole
+        await pilot.press("down")
+        where = str(app.screen.query_one("#runs-where").render())
+        assert where == f"kd-20251009-120000 on {WIDE_HOST}"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_of_the_runs_list_with_wide_rows(snap_compare, wide_runs, size, monkeypatch):
+    # at 120 columns the step counts are whole (123,456 / 1,000,000); the host still gives way
+    monkeypatch.chdir(wide_runs.parent)
+    app = KDApp(runs_dir=Path(wide_runs.name), theme="kdtui-dark")
+    assert snap_compare(app, terminal_size=size, run_before=_runs_list)
+
