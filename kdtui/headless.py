@@ -34,6 +34,7 @@ from kdengine.verdict import CACHE_JOB, verdict_from_events
 from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.launch.outcome import WatchedRun
 from kdtui.remote.hosts import LOCAL, HostsFileError
+from kdtui.remote.manifest import check_evidence_dir
 from kdtui.samples import SAMPLE_EVENT, Sample, StepLineSplits, sample_line
 from kdtui.watch import LocalRunSource, RunFollower, RunSource
 
@@ -43,7 +44,13 @@ DEAD_ENGINE_LINES = 8  # log lines repeated when the engine died without a word
 
 
 def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    """An on/off variable (DRY_RUN): 1/true/yes/on, 0/false/no/off or unset; anything else is a
+    ConfigError naming it, never read as off (DRY_RUN=ture would start a real run)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(name, f"is {os.environ[name]!r}: set it to 1 (or true, yes, on), "
+                          "0 (or false, no, off), or unset it")
+    return value in ("1", "true", "yes", "on")
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None, *,
@@ -251,6 +258,9 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         config = config_from_args(args)
+        dry_run = args.dry_run or env_flag("DRY_RUN") or env_flag("KDTUI_DRY_RUN")
+        if not dry_run and (args.host or os.environ.get("KDTUI_HOST") or LOCAL) != LOCAL:
+            check_evidence_dir()  # where the dispatch's manifest goes
     except ConfigError as exc:
         flag = flag_of(exc.field) if exc.field and exc.field != "config" else exc.field
         print(f"kdtui launch: error: {flag}: {exc.message}" if flag else
@@ -260,7 +270,7 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
     fallback = getattr(args, "fallback_host", None) or os.environ.get("KDTUI_FALLBACK_HOST")
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
     try:
-        if args.dry_run or env_flag("DRY_RUN") or env_flag("KDTUI_DRY_RUN"):
+        if dry_run:
             from kdtui.launch.plan import plan_lines
 
             for line in plan_lines(config, host, fallback, runs_dir):

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import RunConfig
+from kdengine.config import ConfigError, RunConfig
 from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.remote.connect import RemoteError, link_reason
 from kdtui.remote.hosts import HostConfig, get_host
 from kdtui.remote.manifest import (
     FALSIFIER,
+    check_evidence_dir,
     local_git_commit,
     manifest_path,
     merge_attempts,
@@ -182,6 +183,10 @@ class RemoteLauncher:
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> RemoteRunHandle:
         """The stages on the primary host, then the fallback if the primary fails preflight.
         Every failure is a DispatchError with one line; the manifest says what happened."""
+        try:
+            check_evidence_dir(self.evidence_dir)
+        except ConfigError as exc:  # no manifest can say it: nothing is connected to
+            raise DispatchError(str(exc)) from None
         for i, plan in enumerate(self.plans):
             runner = self.stage_runner(plan, on_stage)
             self.attempts.append(runner.attempt)

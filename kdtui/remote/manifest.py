@@ -31,6 +31,20 @@ def evidence_dir() -> Path:
     return user_data_path("kdtui") / "evidence"
 
 
+EVIDENCE_ENV = "KDTUI_EVIDENCE_DIR"
+
+
+def check_evidence_dir(base: Path | None = None) -> None:
+    """The evidence dir is one the manifests can be written into (a directory, or one that can
+    be made), found before anything is connected to: a dispatch writes its manifest just before
+    the engine starts, which is too late to find it is a file. ConfigError naming
+    KDTUI_EVIDENCE_DIR otherwise."""
+    from kdengine.preflight import check_run_dir  # no torch
+
+    check_run_dir(base or evidence_dir(), EVIDENCE_ENV,
+                  f"set {EVIDENCE_ENV} to a directory you can write")
+
+
 def manifest_path(run_id: str, base: Path | None = None) -> Path:
     return (base or evidence_dir()) / run_id / MANIFEST
 

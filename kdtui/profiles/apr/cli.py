@@ -84,10 +84,12 @@ def apr_launcher_from_args(args: argparse.Namespace) -> Any:
 def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`kdtui launch --profile apr`: in the dashboard, or as plain lines with --headless."""
     out = out or sys.stdout
+    from kdtui.headless import env_flag
     from kdtui.remote.hosts import HostsFileError
 
     try:
         launcher = apr_launcher_from_args(args)
+        dry_run = args.dry_run or env_flag("DRY_RUN")
     except ConfigError as exc:
         name = flag_of(exc.field) if exc.field in FIELDS_BY_NAME else exc.field
         print(f"kdtui launch: error: {name}: {exc.message}" if name else
@@ -96,9 +98,7 @@ def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int
     except HostsFileError as exc:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    from kdtui.headless import env_flag
-
-    if args.dry_run or env_flag("DRY_RUN"):
+    if dry_run:
         for line in ["DRY RUN: nothing is connected to, uploaded or started",
                      *launcher.dry_run()]:
             print(line, file=out)
