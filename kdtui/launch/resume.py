@@ -237,12 +237,13 @@ class RemoteResumer:
                                   f"student further with --student {plan.run_dir}/final)")
             self.log_offset = max(0, int(state.get("log_bytes") or 0))
             if self.job == CACHE_JOB:  # no checkpoint: its finished shards are kept
-                return "done", (f"{plan.host.alias}: {finished.get('status') or 'stopped'}, "
+                return "done", (f"{finished.get('status') or 'stopped'}, "
                                 "the job's finished shards kept"), state
             if state.get("checkpoint_step") is None:
                 raise StageFailed(f"{self.run_id} has no complete checkpoint on "
                                   f"{plan.host.alias} to continue from")
-            return "done", (f"{plan.host.alias}: {finished.get('status') or 'stopped'}, "
+            # the stage line names the host already ("done 0.7s on gpu1: cancelled, ...")
+            return "done", (f"{finished.get('status') or 'stopped'}, "
                             f"checkpoint at step {state['checkpoint_step']}"), state
 
         try:
