@@ -271,8 +271,10 @@ async def _host_key_message(host: HostConfig, target: SSHTarget) -> str:
     if changed:
         return (f"the host key of {host.alias} ({target_name}) CHANGED: it is now {fingerprint}, "
                 f"which {files[0]} does not list. If the box was reinstalled, remove the old key "
-                f"(ssh-keygen -R '{target_name}' -f {files[0]}) and trust the new one; otherwise "
-                "someone may be intercepting the connection")
+                f"(ssh-keygen -R '{target_name}' -f {files[0]}) and trust the new one "
+                f"(ssh-keyscan {port_part}{hostname} >> {files[0]}, after comparing it with "
+                "`ssh-keygen -lf` on the box); otherwise someone may be intercepting the "
+                "connection")
     mkdir = "" if Path(files[0]).parent.is_dir() else f"mkdir -p {Path(files[0]).parent} && "
     return (f"the host key of {host.alias} ({target_name}) is unknown: {fingerprint}"
             f"{_known_hosts_note(target)}. If that is the key you expect, trust it: "
