@@ -114,6 +114,7 @@ def check_ops(names: list[str], device: torch.device) -> None:
                  ok=rel(eager, ref) < 2e-2 and rel(compiled, eager) < 2e-2)
         check_swiglu(name, inter, h, device, gen)
         check_rms_norm(name, h, qkv, device, gen)
+        check_attention_kernels(name, cfg, device, gen)
 
 
 def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
@@ -152,6 +153,63 @@ def check_swiglu(name: str, inter: int, hidden_size: int, device: torch.device,
                      and row[f"vs_{o}"]["scale_rel_max"] < 2.0 ** -6
                      for o in ("compiled", "eager"))
                  and row["down_err_vs_unfused"] < 1e-2)
+    emit(**row)
+
+
+def check_attention_kernels(name: str, cfg: dict, device: torch.device,
+                            gen: torch.Generator) -> None:
+    """The attention's two one-pass kernels against the torch ops they replace, eager and
+    compiled: the rowwise quantization of its output (before the o projection) and the q/k
+    norms with rope (qk_norm_rope, for a teacher whose q/k/v has no bias)."""
+    from kdengine.models import fp8_kernels
+    from kdengine.models.decoder import Decoder, DecoderConfig
+    from kdengine.models.fp8 import qk_norm_rope_reference
+
+    model = Decoder(DecoderConfig(**{**cfg, "num_hidden_layers": 1})).to(device, torch.bfloat16)
+    attn = model.model.layers[0].self_attn
+    heads, kv, dim = attn.n_heads, attn.n_kv, attn.head_dim
+    x = torch.randn(8192, heads * dim, device=device, generator=gen, dtype=torch.bfloat16)
+    x[:64] *= 40
+    fresh_compiler()
+    compiled = torch.compile(quantize_rowwise)
+    runs = {"kernel": lambda: fp8_kernels.quantize_rows(x), "compiled": lambda: compiled(x),
+            "eager": lambda: quantize_rowwise(x)}
+    out = {k: fn() for k, fn in runs.items()}
+    ms = {k: 1e3 * statistics.median(timed(fn, steps=20)) for k, fn in runs.items()}
+    row = {"phase": "check", "model": name, "part": "quantize_rows", "shape": list(x.shape),
+           "ms": ms, "kernel_tb_s": (x.numel() * 3 + 8192 * 4) / ms["kernel"] / 1e9}
+    for other in ("compiled", "eager"):
+        row[f"vs_{other}"] = one_step_apart(out["kernel"], out[other])
+    row["ok"] = all(row[f"vs_{o}"]["beyond_one_step"] == 0
+                    and row[f"vs_{o}"]["values_differing"] < 0.05
+                    and row[f"vs_{o}"]["scale_rel_max"] < 1e-6 for o in ("compiled", "eager"))
+    emit(**row)
+
+    b, t = 4, 2048
+    qkv = torch.randn(b, t, (heads + 2 * kv) * dim, device=device, generator=gen,
+                      dtype=torch.bfloat16) * 2
+    norm = attn.q_norm is not None
+    if norm:
+        for w in (attn.q_norm.weight, attn.k_norm.weight):
+            w.data = (torch.rand(dim, device=device, generator=gen) + 0.5).to(torch.bfloat16)
+    cos, sin = model.rope(t, device, torch.bfloat16)
+    rows = qkv.view(b * t, -1)
+    reference = partial(qk_norm_rope_reference, attn=attn, cos=cos, sin=sin, batch=b, seq=t)
+    fresh_compiler()
+    compiled_ref = torch.compile(reference)
+    runs = {"kernel": lambda: fp8_kernels.qk_norm_rope(
+                rows, attn.q_norm.weight if norm else rows, attn.k_norm.weight if norm else rows,
+                cos, sin, heads, kv, t, attn.q_norm.eps if norm else 0.0, norm),
+            "compiled": lambda: compiled_ref(qkv), "eager": lambda: reference(qkv)}
+    out = {k: fn() for k, fn in runs.items()}
+    ms = {k: 1e3 * statistics.median(timed(fn, steps=20)) for k, fn in runs.items()}
+    q, k = (y.view(b, t, -1, dim) for y in out["kernel"])
+    row = {"phase": "check", "model": name, "part": "qk_norm_rope", "qk_norm": norm,
+           "shape": list(qkv.shape), "ms": ms,
+           "kernel_tb_s": 2 * (heads + kv) * dim * b * t * 2 / ms["kernel"] / 1e9}
+    for other in ("compiled", "eager"):
+        row[f"err_vs_{other}"] = max(rel(q, out[other][0]), rel(k, out[other][1]))
+    row["ok"] = all(row[f"err_vs_{o}"] < 1e-2 for o in ("compiled", "eager"))
     emit(**row)
 
 

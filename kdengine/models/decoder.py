@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdengine.models.fp8 import qk_norm_rope
 from kdengine.models.fp8_train import project
 from kdengine.models.norm import RMSNorm
+from kdengine.models.rope import apply_rope
 
 
 @dataclass
@@ -115,12 +117,6 @@ def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
     return inv_freq.float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
 class Attention(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -146,6 +142,8 @@ class Attention(nn.Module):
         self.qkv_linear: nn.Module | None = None
         # a trained model's projections through FP8 matmuls (kdengine.models.fp8_train)
         self.fp8_matmuls = False
+        # an FP8 teacher's q/k norms and rotary embedding in one pass (fp8.qk_norm_rope)
+        self.fused_rope = False
 
     def _qkv(self, x: torch.Tensor,
              norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,6 +181,8 @@ class Attention(nn.Module):
         """q, k, v [b, heads, t, head_dim] of `x` [b, t, hidden] (normed by `norm` first when
         given; or of the projection `qkv` made before), q and k normed and rotated."""
         b, t, _ = x.shape
+        if self.fused_rope:
+            return self._heads_fused(x, cos, sin, norm, qkv)
         q, k, v = self._qkv(x, norm) if qkv is None else self._split(qkv)
         q = q.view(b, t, self.n_heads, self.head_dim)
         k = k.view(b, t, self.n_kv, self.head_dim)
@@ -191,6 +191,18 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, heads, t, d]
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _heads_fused(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     norm: RMSNorm | None,
+                     qkv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """_heads for an FP8 teacher (fused_rope): its one q/k/v projection, then the q/k norms
+        and rope in one pass (kdengine.models.fp8.qk_norm_rope)."""
+        b, t, _ = x.shape
+        if qkv is None:
+            qkv = self.qkv_linear.normed(x, norm) if norm is not None else self.qkv_linear(x)
+        q, k = qk_norm_rope(qkv, self, cos, sin, b, t)
+        v = self._split(qkv)[2].view(b, t, self.n_kv, self.head_dim)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Any = None, norm: RMSNorm | None = None,

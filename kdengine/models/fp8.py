@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdengine.models.norm import rms_norm
+from kdengine.models.rope import apply_rope
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
@@ -97,6 +98,47 @@ def add_rms_norm_quantize_rows(x: torch.Tensor, add: torch.Tensor, weight: torch
         return _kernels.add_rms_norm_quantize_rows(x.contiguous(), add.contiguous(), weight, eps)
     total = x + add
     return (total, *quantize_rowwise_of_rms_norm(total, weight, eps))
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rowwise of x [n, cols]: one pass over the rows on the GPU (Inductor's reduction
+    reads each row twice), each value within one e4m3 step of the torch ops'."""
+    if _kernels is not None and x.is_cuda:
+        return _kernels.quantize_rows(x.contiguous())
+    return quantize_rowwise(x)
+
+
+def qk_norm_rope(qkv: torch.Tensor, attn: nn.Module, cos: torch.Tensor, sin: torch.Tensor,
+                 batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An attention's q and k [batch, seq, heads, head_dim] from its projection qkv [batch,
+    seq, q + 2 kv]: each head normed by the attention's q_norm/k_norm (if it has them) and
+    rotated by cos/sin ([seq, head_dim], or [batch, 1, seq, head_dim] for packed rows). One
+    pass on the GPU (values within a rounding of the torch ops': the rotation is summed in
+    fp32 and rounded once, as Inductor's fused kernel does); torch's ops elsewhere."""
+    heads, kv, dim = attn.n_heads, attn.n_kv, attn.head_dim
+    if _kernels is not None and qkv.is_cuda:
+        norm = attn.q_norm is not None
+        rows = qkv.reshape(batch * seq, -1)
+        q, k = _kernels.qk_norm_rope(
+            rows if rows.stride(-1) == 1 else rows.contiguous(),
+            attn.q_norm.weight if norm else rows, attn.k_norm.weight if norm else rows,
+            cos.contiguous(), sin.contiguous(), heads, kv, seq,
+            attn.q_norm.eps if norm else 0.0, norm)
+        return q.view(batch, seq, heads, dim), k.view(batch, seq, kv, dim)
+    return qk_norm_rope_reference(qkv, attn, cos, sin, batch, seq)
+
+
+def qk_norm_rope_reference(qkv: torch.Tensor, attn: nn.Module, cos: torch.Tensor,
+                           sin: torch.Tensor, batch: int,
+                           seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """qk_norm_rope in torch ops: the unfused attention's own (decoder.Attention._heads)."""
+    heads, kv, dim = attn.n_heads, attn.n_kv, attn.head_dim
+    q, k, _ = qkv.split((heads * dim, kv * dim, kv * dim), dim=-1)
+    q, k = q.view(batch, seq, heads, dim), k.view(batch, seq, kv, dim)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [b, heads, t, d], as apply_rope takes them
+    return (apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2))
 
 
 def load_kernels() -> None:
@@ -184,7 +226,7 @@ class Fp8Linear(nn.Module):
             out = out + self.bias.to(out.dtype)
         return out.reshape(*leading, self.out_features)
 
-    def _rows(self, rows: torch.Tensor, outputs: int, quantize=quantize_rowwise) -> torch.Tensor:
+    def _rows(self, rows: torch.Tensor, outputs: int, quantize=quantize_rows) -> torch.Tensor:
         """quantize(rows) [n, in] @ the first `outputs` rows of W, transposed: [n, outputs]."""
         count = rows.shape[0]
         if count % 16:  # some FP8 GEMM kernels want 16-aligned rows (decode steps): zero rows
@@ -279,6 +321,11 @@ def quantize_teacher(model: nn.Module, one_pass: bool = True) -> int:
                             and isinstance(mlp.down_proj, Fp8Linear))
         layer.fused_norms = (one_pass and attn.qkv_linear is not None
                              and mlp.gate_up_linear is not None)
+        # q/k norms and rope in one pass where v needs nothing added (no bias: the kernel
+        # leaves v where the projection put it) and a head splits into two power-of-two halves
+        attn.fused_rope = (one_pass and attn.qkv_linear is not None
+                           and attn.qkv_linear.bias is None
+                           and attn.head_dim >= 32 and attn.head_dim & (attn.head_dim - 1) == 0)
     head = model.lm_head_weight
     if quantizable(head):  # a copy: the embedding (tied) and sampling keep the weight itself
         # outside the module tree: not a second lm head in the parameter count (MFU) or the

@@ -39,6 +39,12 @@ sum before the norm (`add_rms_norm_quantize_rows`): the attention's output befor
 the last block's MLP output before q/k/v (kdengine.models.decoder.Pending), adds that would
 otherwise be passes of their own.
 
+Two more passes of the FP8 teacher's attention were Inductor's looped reductions at ~2 TB/s
+(docs/performance.md, issue 16 round 7): the rowwise quantization of the attention's output
+before the o projection (`quantize_rows`: the row held in registers, one read), and Qwen3's
+q/k norms with the rotary embedding after them (`qk_norm_rope`: a token's q and k heads in one
+program, each head normed and rotated in registers, written once in the layout SDPA reads).
+
 Imported only where CUDA and Triton are; everywhere else the callers run the same math in torch
 ops. Registered as `triton_op`s, so torch.compile traces each as one node of the graph.
 """
@@ -241,3 +247,111 @@ def add_rms_norm_quantize_rows(x: torch.Tensor, add: torch.Tensor, weight: torch
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     launch_rms_norm_quantize_rows(x, weight, eps, values, scale, add=add, total=total)
     return total, values, scale
+
+
+QUANTIZE_ELEMENTS = 4096  # a program's rows together, at most (as NORM_ELEMENTS)
+
+
+@triton.jit
+def _quantize_rows(x_ptr, out_ptr, scale_ptr, rows, cols, x_stride, ROWS: tl.constexpr,
+                   HEAD: tl.constexpr, TAIL: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    live = (row < rows)[:, None]
+    head = tl.arange(0, HEAD)[None, :]
+    tail = HEAD + tl.arange(0, TAIL)[None, :]
+    in_tail = live & (tail < cols)
+    x_head = tl.load(x_ptr + row[:, None] * x_stride + head, mask=live, other=0.0)
+    x_tail = tl.load(x_ptr + row[:, None] * x_stride + tail, mask=in_tail, other=0.0)
+    x_head, x_tail = x_head.to(tl.float32), x_tail.to(tl.float32)  # masked lanes: 0
+    amax = tl.maximum(tl.maximum(tl.max(tl.abs(x_head), axis=1),
+                                 tl.max(tl.abs(x_tail), axis=1)), 1e-12)
+    tl.store(scale_ptr + row, tl.div_rn(amax, 448.0), mask=row < rows)
+    inv = tl.div_rn(448.0, amax)[:, None]
+    out = out_ptr + row[:, None] * cols
+    tl.store(out + head, _e4m3(x_head * inv), mask=live)
+    tl.store(out + tail, _e4m3(x_tail * inv), mask=in_tail)
+
+
+@triton_op("kdengine::quantize_rows", mutates_args=())
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [rows, cols] (last dimension contiguous) -> the e4m3 values [rows, cols] row-major and
+    fp32 scales [rows, 1] of kdengine.models.fp8.quantize_rowwise, each value within one e4m3
+    step of its (x is multiplied by 448 / amax where torch divides by amax / 448)."""
+    rows, cols = x.shape
+    values = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    head, tail = swiglu_row_blocks(cols)
+    per_program = max(1, QUANTIZE_ELEMENTS // (head + tail))
+    per_program = 1 << (per_program.bit_length() - 1)
+    wrap_triton(_quantize_rows)[(triton.cdiv(rows, per_program),)](
+        x, values, scale, rows, cols, x.stride(0), ROWS=per_program, HEAD=head, TAIL=tail,
+        num_warps=8)
+    return values, scale
+
+
+@triton.jit
+def _norm_rope_heads(src, dst, weight_ptr, cos_ptr, sin_ptr, heads, eps, BLOCK: tl.constexpr,
+                     HALF: tl.constexpr, NORM: tl.constexpr, X_DTYPE: tl.constexpr):
+    """`heads` heads of one token (each 2 * HALF wide, from `src`, to `dst` contiguous): each
+    RMSNormed (as kdengine.models.norm.rms_norm rounds) when NORM, then rotated
+    (decoder.apply_rope's math in fp32, rounded once, as Inductor's fused kernel does)."""
+    h = tl.arange(0, BLOCK)[:, None]
+    c = tl.arange(0, HALF)[None, :]
+    live = h < heads
+    x1 = tl.load(src + h * (2 * HALF) + c, mask=live, other=0.0).to(tl.float32)
+    x2 = tl.load(src + h * (2 * HALF) + HALF + c, mask=live, other=0.0).to(tl.float32)
+    if NORM:
+        mean_square = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF)
+        r = tl.rsqrt(mean_square + eps)[:, None]
+        w1 = tl.load(weight_ptr + c).to(tl.float32)
+        w2 = tl.load(weight_ptr + HALF + c).to(tl.float32)
+        x1 = (x1 * r).to(X_DTYPE, fp_downcast_rounding="rtne").to(tl.float32) * w1
+        x2 = (x2 * r).to(X_DTYPE, fp_downcast_rounding="rtne").to(tl.float32) * w2
+        x1 = x1.to(X_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
+        x2 = x2.to(X_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
+    cos1 = tl.load(cos_ptr + c).to(tl.float32)
+    cos2 = tl.load(cos_ptr + HALF + c).to(tl.float32)
+    sin1 = tl.load(sin_ptr + c).to(tl.float32)
+    sin2 = tl.load(sin_ptr + HALF + c).to(tl.float32)
+    out1 = x1 * cos1 - x2 * sin1
+    out2 = x2 * cos2 + x1 * sin2
+    tl.store(dst + h * (2 * HALF) + c, out1.to(X_DTYPE, fp_downcast_rounding="rtne"), mask=live)
+    tl.store(dst + h * (2 * HALF) + HALF + c, out2.to(X_DTYPE, fp_downcast_rounding="rtne"),
+             mask=live)
+
+
+@triton.jit
+def _qk_norm_rope(qkv_ptr, q_ptr, k_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, seq,
+                  row_stride, trig_b_stride, trig_t_stride, eps, HEADS: tl.constexpr,
+                  KV_HEADS: tl.constexpr, Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+                  HALF: tl.constexpr, NORM: tl.constexpr, X_DTYPE: tl.constexpr):
+    # a program a token: its q heads, then its k heads (v is left where the projection put it)
+    row = tl.program_id(0).to(tl.int64)
+    trig = (row // seq) * trig_b_stride + (row % seq) * trig_t_stride
+    src = qkv_ptr + row * row_stride
+    _norm_rope_heads(src, q_ptr + row * (HEADS * 2 * HALF), q_weight_ptr, cos_ptr + trig,
+                     sin_ptr + trig, HEADS, eps, Q_BLOCK, HALF, NORM, X_DTYPE)
+    _norm_rope_heads(src + HEADS * 2 * HALF, k_ptr + row * (KV_HEADS * 2 * HALF), k_weight_ptr,
+                     cos_ptr + trig, sin_ptr + trig, KV_HEADS, eps, KV_BLOCK, HALF, NORM,
+                     X_DTYPE)
+
+
+@triton_op("kdengine::qk_norm_rope", mutates_args=())
+def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, seq: int,
+                 eps: float, norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """qkv [batch * seq, (heads + 2 kv_heads) * head_dim] (q, k, v; last dimension contiguous)
+    -> q [batch * seq, heads, head_dim] and k [.., kv_heads, ..]: each head RMSNormed by its
+    weight (q_weight, k_weight [head_dim]) when `norm`, then rotated by cos/sin ([seq,
+    head_dim], or [batch, 1, seq, head_dim] for packed rows; last dimension contiguous)."""
+    rows = qkv.shape[0]
+    head_dim = cos.shape[-1]
+    q = torch.empty((rows, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty((rows, kv_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    b_stride = 0 if cos.dim() == 2 else cos.stride(0)
+    wrap_triton(_qk_norm_rope)[(rows,)](
+        qkv, q, k, q_weight, k_weight, cos, sin, seq, qkv.stride(0), b_stride, cos.stride(-2),
+        eps, HEADS=heads, KV_HEADS=kv_heads, Q_BLOCK=triton.next_power_of_2(heads),
+        KV_BLOCK=triton.next_power_of_2(kv_heads), HALF=head_dim // 2, NORM=norm,
+        X_DTYPE=_DTYPES[qkv.dtype], num_warps=4)
+    return q, k

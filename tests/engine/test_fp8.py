@@ -115,10 +115,15 @@ def test_a_head_whose_vocabulary_is_not_16_aligned_stays_in_the_compute_dtype():
     assert ModelTeacher(model).loss_head is model.lm_head_weight
 
 
-def _peaked_decoder() -> Decoder:
-    config = DecoderConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           attention_bias=True, tie_word_embeddings=True)
+# Qwen3's attention: q/k norms, no bias, heads of a power-of-two width (fused_rope)
+QK_NORMED = dict(hidden_size=128, attention_bias=False, qk_norm=True)
+
+
+def _peaked_decoder(**overrides) -> Decoder:
+    config = DecoderConfig(**{**dict(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, attention_bias=True,
+                                     tie_word_embeddings=True), **overrides})
     model = Decoder(config)
     model.init_weights(torch.Generator().manual_seed(3), std=0.1)  # logits far from uniform
     with torch.no_grad():
@@ -174,19 +179,25 @@ def test_a_norm_and_its_quantization_in_one_step_are_the_quantized_normed_rows()
 
 
 @pytest.mark.parametrize("tokens", [48, 13])  # 13: rows padded to the FP8 GEMM's 16
+@pytest.mark.parametrize("attention", [{}, QK_NORMED], ids=["biased", "qk-normed"])
 def test_a_teacher_whose_projections_norm_and_swiglu_their_own_inputs_computes_the_same_logits(
-        tokens):
+        tokens, attention):
     """The one-pass path (each block's norms handed to q/k/v and gate/up, gate and up handed
-    whole to down) against the unfused one: on the CPU both run torch's ops, bit for bit."""
-    fused, unfused = _peaked_decoder(), _peaked_decoder()
+    whole to down, a block's last add left to the next block's norm, q/k norms and rope as one
+    step where there is no bias) against the unfused one: on the CPU both run torch's ops, bit
+    for bit, packed rows too."""
+    fused, unfused = _peaked_decoder(**attention), _peaked_decoder(**attention)
     quantize_teacher(fused)
     quantize_teacher(unfused, one_pass=False)
     assert all(layer.mlp.fused_swiglu and layer.fused_norms for layer in fused.model.layers)
-    assert not any(layer.mlp.fused_swiglu or layer.fused_norms
+    assert all(layer.self_attn.fused_rope == bool(attention) for layer in fused.model.layers)
+    assert not any(layer.mlp.fused_swiglu or layer.fused_norms or layer.self_attn.fused_rope
                    for layer in unfused.model.layers)
     ids = torch.randint(0, 256, (2, tokens), generator=torch.Generator().manual_seed(3))
+    positions = torch.cat([torch.arange(5), torch.arange(tokens - 5)]).expand(2, tokens)
     with torch.no_grad():
         assert torch.equal(fused.logits(ids), unfused.logits(ids))
+        assert torch.equal(fused(ids, positions), unfused(ids, positions))
 
 
 def test_a_quantized_teacher_generates(tmp_path):
