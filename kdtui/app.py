@@ -361,7 +361,10 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """`kdtui launch --teacher X ...` (without --headless): open the form with those values.
     A --config that cannot be read raises kdengine.config.ConfigError (run_app says it in one
     line before the dashboard: the form would start at once without the file's values)."""
+    import os
+
     from kdengine.config import FIELDS, load_config_file
+    from kdtui.remote.hosts import LOCAL
 
     values: dict[str, Any] = {}
     if getattr(args, "demo", False):
@@ -376,6 +379,10 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value:
             values[key] = value
+    # `kdtui launch` starts at once: on the host its --help and the headless launch name
+    # (--host, else KDTUI_HOST, else local), never on the form's last host unasked (a remote
+    # GPU box, the day after)
+    values.setdefault("host", os.environ.get("KDTUI_HOST") or LOCAL)
     return values
 
 
