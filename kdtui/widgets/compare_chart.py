@@ -8,7 +8,7 @@ from textual.reactive import var
 from textual_plotext import PlotextPlot
 
 from kdtui.compare import METRIC_LABELS, METRICS, RUN_COLORS, RunSummary
-from kdtui.widgets.loss_chart import EMA, _positive
+from kdtui.widgets.loss_chart import EMA, _positive, follow_ansi_themes
 
 REDRAW_S = 0.25
 MAX_POINTS = 400  # per run: a long run's train loss is thinned to this many points
@@ -30,6 +30,7 @@ class CompareChart(PlotextPlot):
         self._built = False
 
     def on_mount(self) -> None:
+        follow_ansi_themes(self)
         super().on_mount()
         self.set_interval(REDRAW_S, self._redraw_if_dirty)
         self._replot()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from rich.text import Text
 from textual.app import RenderResult
 from textual.reactive import var
+from textual.theme import Theme
 from textual_plotext import PlotextPlot, plotext
 
 EMA_BETA = 0.9
@@ -128,6 +129,19 @@ def integer_ticks(low: float, high: float, columns: int, most: int = 6) -> list[
     return [first, last]  # pragma: no cover - a step of 100x the span leaves one tick
 
 
+def follow_ansi_themes(plot: PlotextPlot) -> None:
+    """Draw `plot` in the terminal's own colours under an ANSI theme (ansi-dark, ansi-light),
+    in the app theme's otherwise. An ANSI theme's colours are the terminal's defaults, which
+    textual-plotext's "auto" theme reads as black: its axes and labels were black on black.
+    Call before PlotextPlot.on_mount: on a theme change this callback runs first, so that
+    going back to "auto" finds the new theme registered by PlotextPlot's own callback."""
+    def follow(theme: Theme) -> None:
+        plot.theme = "clear" if theme.ansi else "auto"  # plotext's "clear": no colours of its own
+
+    follow(plot.app.current_theme)
+    plot.app.theme_changed_signal.subscribe(plot, follow)
+
+
 class LossChart(PlotextPlot):
     """Train loss, KD and CE parts, val loss, epoch-end loss; `smooth` (EMA) and `log_y` toggle
     how it is drawn (the EMA smooths the step series only: an epoch's loss is already a mean)."""
@@ -161,6 +175,7 @@ class LossChart(PlotextPlot):
         self.border_title = "loss"
 
     def on_mount(self) -> None:
+        follow_ansi_themes(self)
         super().on_mount()
         self.set_interval(REDRAW_S, self._redraw_if_dirty)
         self._replot()

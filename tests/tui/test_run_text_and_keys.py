@@ -250,3 +250,23 @@ async def test_resume_is_offered_for_an_ended_run_with_a_checkpoint_only(
         await pilot.pause(0.2)
         keys = {b.action for _, b in bindings_for(screen, app)}
         assert ("resume" in keys) == offered, keys
+
+
+async def test_the_chart_axes_show_in_an_ansi_theme(runs_dir, wait_for, write_run):
+    """Under an ANSI theme (the terminal's own colours) the chart's axis labels are in the
+    terminal's colours: they were black on black. Switching to another theme and back works."""
+    run = write_run(runs_dir / "done", steps=60)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run), theme="ansi-dark")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(app, pilot, wait_for, 60)
+        chart = screen.query_one(LossChart)
+        for theme in ("ansi-dark", "kdtui-light", "ansi-light"):
+            app.theme = theme
+            await pilot.pause(0.3)
+            r = chart.region
+            labels = [seg for strip in screen._compositor.render_strips()[r.y:r.bottom]
+                      for seg in strip.crop(r.x, r.right) if re.search(r"\d\.\d\d", seg.text)]
+            assert labels, theme
+            for seg in labels:
+                fg = seg.style.color  # the terminal's default colour, or one unlike the ground
+                assert fg is None or fg.is_default or fg != seg.style.bgcolor, (theme, seg)
