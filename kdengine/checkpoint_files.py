@@ -32,13 +32,15 @@ def checkpoint_damage(path: Path) -> str | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
         return f"{META} holds no step"
     if not meta.get(SHARDED_MARK):
-        damage = _safetensors_damage(path / WEIGHTS)
+        damage = safetensors_damage(path / WEIGHTS)
         if damage:
             return damage
     return _zip_damage(path / TRAINER)
 
 
-def _safetensors_damage(file: Path) -> str | None:
+def safetensors_damage(file: Path) -> str | None:
+    """What is wrong with a safetensors file (a checkpoint's, or a model's weights: the
+    preflight asks too), read from its header and size alone, or None."""
     # the format: an 8-byte little-endian header length, a JSON header whose tensors'
     # data_offsets are relative to the end of the header, then the data
     try:

@@ -183,6 +183,12 @@ def _check_model(spec: str, name: str, directory: Path | None,
         files = weight_files(directory)
     except (FileNotFoundError, ValueError) as exc:  # UnsupportedArchitecture is a ValueError
         raise ConfigError(name, f"{exc}") from None
+    from kdengine.checkpoint_files import safetensors_damage
+
+    for file in files:  # a copy or download cut short: its header says how long it must be
+        damage = safetensors_damage(file)
+        if damage:
+            raise ConfigError(name, f"{directory}/{damage}: copy or download it again")
     facts.model_type, facts.vocab_size = decoder.model_type, decoder.vocab_size
     facts.weight_files = [f.name for f in files]
     return facts, load_tokenizer(directory, name)
