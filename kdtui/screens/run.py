@@ -26,7 +26,7 @@ from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differenc
 from kdtui.launch.cache_job import is_cache_launch, job_values
 from kdtui.launch.outcome import EngineLiveness, WatchedRun
 from kdtui.samples import SAMPLE_EVENT, HeldOutGeneration, Sample, wants_samples
-from kdtui.watch import RunFollower
+from kdtui.watch import READ_LIMIT, RunFollower
 from kdtui.widgets.cache_job import (
     CACHE_STAGES,
     CacheJobPanel,
@@ -261,17 +261,23 @@ class RunScreen(Screen):
         self._fit_layout()
         liveness = EngineLiveness(self.handle)
         quiet_since: float | None = None
-        received = 0
+        received, read_to = 0, follower.events.offset
         async for update in _follow_with_idle(follower):
+            # the events file's end reached (a poll found nothing, or read less than a full
+            # slice: a chatty engine may never leave a poll empty): the run's state is known
+            # once the events read so far apply
+            at_end = update is None or follower.events.offset - read_to < READ_LIMIT // 2
+            read_to = follower.events.offset
             if update is not None:
                 received += len(update.events)
                 self._pending_events.extend(update.events)
                 self._pending_lines.extend(update.log_lines)
-                quiet_since = None
-                continue
-            if self._backlog is None:  # caught up: the run's state is known once these apply
+            if at_end and self._backlog is None:
                 self._backlog = received
                 self._refresh_keys()
+            if update is not None:
+                quiet_since = None
+                continue
             # nothing new: has the run ended without saying so (a killed engine)?
             quiet_since = quiet_since or time.monotonic()
             if self.state.finished is None and not self.ended and not self._pending_events \
