@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is said below, not as a traceback
+        return code
+    except BrokenPipeError:  # `kdtui runs | head`: the reader stopped reading; nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush too
+        return 141  # as a command killed by SIGPIPE (128 + 13)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "kdtui"
     try:
