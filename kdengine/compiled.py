@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from kdengine.config import student_compile_from_env, teacher_compile_from_env
+from kdengine.models.swiglu import load_kernels as load_swiglu_kernels
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ def compile_student(provider: Any, options: CompileOptions) -> str:
     """Compile a trained native decoder per `options` (parameters and names unchanged)."""
     model = getattr(provider, "model", None)
     _place_rope(model)
+    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if param is not None and param.is_cuda:
+        load_swiglu_kernels()  # the concatenated gate/up's SwiGLU, one pass each way
     if options.concat_projections and hasattr(model, "concat_projections"):
         model.concat_projections()
     if options.student == "model" and hasattr(model, "concat_projections"):

@@ -34,6 +34,7 @@ from kdengine.models.fp8 import qk_norm_rope
 from kdengine.models.fp8_train import project
 from kdengine.models.norm import RMSNorm
 from kdengine.models.rope import apply_rope
+from kdengine.models.swiglu import swiglu
 
 
 @dataclass
@@ -289,13 +290,16 @@ class MLP(nn.Module):
             projs = (self.gate_proj, self.up_proj)
             bias = (torch.cat([p.bias for p in projs]) if self.gate_proj.bias is not None
                     else None)
-            gate, up = project(x, torch.cat([p.weight for p in projs]), bias,
-                               self.fp8_matmuls).chunk(2, dim=-1)
+            gate_up = project(x, torch.cat([p.weight for p in projs]), bias, self.fp8_matmuls)
+            return self._down(swiglu(gate_up))  # one pass each way on the GPU
         elif self.fp8_matmuls:
             gate, up = (project(x, p.weight, p.bias, True) for p in (self.gate_proj, self.up_proj))
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        hidden, down = F.silu(gate) * up, self.down_proj
+        return self._down(F.silu(gate) * up)
+
+    def _down(self, hidden: torch.Tensor) -> torch.Tensor:
+        down = self.down_proj
         return project(hidden, down.weight, down.bias, True) if self.fp8_matmuls else down(hidden)
 
 
