@@ -17,6 +17,7 @@ from typing import Any
 import kdengine
 from kdengine.config import (
     FIELDS,
+    FIELDS_BY_NAME,
     ConfigError,
     RunConfig,
     add_field_flags,
@@ -169,6 +170,12 @@ def cmd_train(argv: list[str]) -> int:
         preflight = check_run_inputs(config)
     except ModuleNotFoundError as exc:
         raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
+    except ConfigError as exc:  # a resume takes no flags: name the run's file, not a --flag
+        if args.resume and exc.field in FIELDS_BY_NAME:
+            raise ConfigError("resume", f"{exc.field} in {run_dir / 'config.json'}: "
+                              f"{exc.message} (the run's own config: restore what it names, "
+                              "or edit that file)") from None
+        raise
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),
@@ -292,7 +299,12 @@ def top_help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code = _main(argv)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is said below, not as a traceback
+    except BrokenPipeError:  # `kdengine train --check | head`: the reader stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush too
+        code = 141  # as a command killed by SIGPIPE (128 + 13)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         # A torchrun rank leaves without the interpreter's teardown, its run over and its exit
         # code decided: torch's process-group threads could still abort it there ("terminate

@@ -78,3 +78,15 @@ def test_resume_of_a_config_json_that_does_not_parse_names_it(tmp_path: Path,
 def test_a_whole_checkpoint_has_no_damage(tmp_path: Path):
     for checkpoint in _stopped_run(tmp_path / "run", (10, 20)):
         assert checkpoint_damage(checkpoint) is None
+
+
+def test_resume_names_the_run_config_for_a_model_that_is_gone(tmp_path: Path,
+                                                              one_line_refusal):
+    """A resume takes no flags, so a model its config.json names that no longer exists is
+    said as that file's field, not as a --teacher the user cannot pass."""
+    run_dir = tmp_path / "run"
+    _stopped_run(run_dir, (10,))  # its config.json names teacher "t", which does not exist
+
+    line = one_line_refusal(_resume(run_dir), "train",
+                            f"--resume: teacher in {run_dir / 'config.json'}: t does not exist")
+    assert line.endswith("(the run's own config: restore what it names, or edit that file)")
