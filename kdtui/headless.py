@@ -359,8 +359,13 @@ async def after_dispatch(handle: Any, out: TextIO, detach: bool,
 
 async def _watch_remote_handle(handle: Any, out: TextIO, log_offset: int = 0,
                                resuming: str | None = None) -> int:
+    from kdtui.remote.connect import RemoteError
+
     async def alive() -> bool:
         state = await handle.status()
+        missing = handle.missing_run_dir(state)
+        if missing:  # not an engine gone without a word: said as it is, and not recorded
+            raise RemoteError(missing)
         return bool(state.get("alive"))
 
     # `kdtui resume` finds a dispatch by its id (the run's --run-name); the events' run_id is

@@ -105,6 +105,14 @@ class RemoteRunHandle:
     async def log_tail(self, lines: int = 40) -> list[str]:
         return (await self._agent("tail", lines=lines)).get("lines", [])
 
+    def missing_run_dir(self, state: dict[str, Any]) -> str | None:
+        """The line for a status that finds no run directory at all (removed on the box, or
+        /tmp cleaned by a reboot): nothing was killed, there is nothing to follow or resume."""
+        if state.get("run_dir_exists", True):
+            return None
+        return (f"the run directory {self.run_dir} does not exist on {self.host} (removed, or "
+                "cleaned with the box's /tmp at a reboot): nothing to follow or resume")
+
     async def engine_alive(self) -> bool:
         """Whether the engine process still runs on the host (one agent status over the
         resilient link)."""

@@ -225,6 +225,10 @@ class RemoteResumer:
                     await sftp.makedirs(plan.host.agent_dir, exist_ok=True)
                     await put_bytes(sftp, agent_source(), plan.agent_path)
             state = await run_agent(runner.conn, plan.status(), timeout=60)
+            if not state.get("run_dir_exists", True):
+                raise StageFailed(f"the run directory {plan.run_dir} does not exist on "
+                                  f"{plan.host.alias} (removed, or cleaned with the box's /tmp "
+                                  "at a reboot): nothing to resume")
             finished = state.get("finished") or {}
             if state.get("alive"):
                 raise StageFailed(f"{self.run_id} is still running on {plan.host.alias} (pid "

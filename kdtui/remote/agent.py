@@ -263,6 +263,7 @@ def _status(run_dir: str) -> dict:
     pid_text = _read(os.path.join(run_dir, PID_FILE))
     pid = int(pid_text) if pid_text and pid_text.isdigit() else None
     return {"pid": pid, "alive": bool(pid and _pid_alive(pid)),
+            "run_dir_exists": os.path.isdir(run_dir),
             "finished": _last_finished(run_dir),
             "checkpoint_step": _checkpoint_step(run_dir),
             "events_bytes": _size(os.path.join(run_dir, EVENTS_FILE)),
