@@ -61,7 +61,10 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     if args.resume:
         if given or args.demo or args.config:
             names = ", ".join(flag_of(n) for n in given) or "--demo/--config"
-            raise UsageError(f"--resume continues the run with its own config.json; drop {names}")
+            other = Path(args.resume) / "config.json"
+            raise UsageError(f"--resume continues the run with its own config.json; drop {names} "
+                             f"(other values are a new run: `{PROG} train --config {other} "
+                             "--run-dir NEW_DIR` with them)")
         return _resume_config(Path(args.resume)), args
     values: dict[str, Any] = demo_config().to_dict() if args.demo else {}
     if args.config:

@@ -1,5 +1,6 @@
-"""`kdengine train --resume` refuses a damaged checkpoint or config.json in one line (exit 2)
-before it loads a model, naming the file and the fix, and writes nothing into the run."""
+"""`kdengine train --resume` refuses a damaged checkpoint or config.json, or a flag, in one
+line (exit 2) before it loads a model, naming the file and the fix, and writes nothing into the
+run."""
 
 from __future__ import annotations
 
@@ -90,3 +91,14 @@ def test_resume_names_the_run_config_for_a_model_that_is_gone(tmp_path: Path,
     line = one_line_refusal(_resume(run_dir), "train",
                             f"--resume: teacher in {run_dir / 'config.json'}: t does not exist")
     assert line.endswith("(the run's own config: restore what it names, or edit that file)")
+
+
+def test_resume_with_a_flag_says_how_to_start_a_run_with_other_values(tmp_path: Path,
+                                                                     one_line_refusal):
+    run_dir = tmp_path / "run"
+    _stopped_run(run_dir, (10,))
+    done = subprocess.run([sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir),
+                           "--batch-size", "8"], capture_output=True, text=True, timeout=120)
+    line = one_line_refusal(done, "train", "--resume continues the run with its own "
+                            "config.json; drop --batch-size (other values are a new run: ")
+    assert f"`kdengine train --config {run_dir / 'config.json'} --run-dir NEW_DIR`" in line
