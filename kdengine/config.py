@@ -167,7 +167,7 @@ FIELDS: tuple[Field, ...] = (
           pattern=re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
           pattern_hint="a split name: letters, digits, '.', '_' and '-'"),
     Field("data_fields", str, "", "Column names where the data's differ, e.g. "
-          "messages=conversations", "data", pattern=_DATA_FIELDS_RE,
+          "messages=dialog,prompt=question", "data", pattern=_DATA_FIELDS_RE,
           pattern_hint="NAME=COLUMN,... with NAME text, messages, prompt or completion"),
     Field("train_on", str, "completion", "Tokens that train in conversations and prompt/"
           "completion pairs: completion (the assistant's) or all", "data",

@@ -69,15 +69,17 @@ class StageFailed(RemoteError):
 
 
 def engine_launcher(python: str, gpus: int, config: RunConfig) -> list[str]:
-    """`python` alone, or `python -m torch.distributed.run --standalone --nproc-per-node N`
-    (torchrun from the engine's venv) when the run may take every GPU (device auto or cuda)
-    and the host has several: N is the most GPUs that divide the global batch (rows per rank)."""
+    """`python` alone, or `python -m kdengine.distributed.launch --standalone --nproc-per-node N`
+    (torchrun from the engine's venv, a cancelled run ending as one process does: exit 130 or
+    143, no traceback in launch.log) when the run may take every GPU (device auto or cuda) and
+    the host has several: N is the most GPUs that divide the global batch (rows per rank)."""
     if gpus < 2 or config.device not in ("auto", "cuda"):
         return [python]
     n = max(d for d in range(1, gpus + 1) if config.batch_size % d == 0)
     if n < 2:
         return [python]
-    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)]
+    return [python, "-m", "kdengine.distributed.launch", "--standalone", "--nproc-per-node",
+            str(n)]
 
 
 @dataclass(frozen=True)

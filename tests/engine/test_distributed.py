@@ -333,7 +333,7 @@ def test_the_remote_launcher_starts_torchrun_on_a_multi_gpu_host() -> None:
     from kdtui.remote.stages import engine_launcher
 
     py = "/env/bin/python"
-    torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    torchrun = [py, "-m", "kdengine.distributed.launch", "--standalone", "--nproc-per-node"]
     assert engine_launcher(py, 1, RunConfig(batch_size=8)) == [py]
     assert engine_launcher(py, 2, RunConfig(batch_size=8)) == [*torchrun, "2"]
     assert engine_launcher(py, 8, RunConfig(batch_size=12)) == [*torchrun, "6"]
