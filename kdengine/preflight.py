@@ -71,6 +71,15 @@ def check_switches() -> None:
                               "or unset it")
 
 
+def check_engine_environment() -> None:
+    """Refuse a malformed value of any of the engine's KDENGINE_ variables that choose how it
+    runs; `kdengine train` and `kdengine cache-teacher` both check them before writing."""
+    teacher_compile_from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
+    student_compile_from_env()  # as KDENGINE_STUDENT_COMPILE does
+    student_placement_from_env()  # and KDENGINE_STUDENT_PLACEMENT a placement
+    check_switches()  # KDENGINE_KD_KERNEL, KDENGINE_COMPILE, KDENGINE_SYNC_CHECKPOINTS: 0 or 1
+
+
 def check_run_inputs(config: RunConfig) -> Preflight:
     """Refuse (ConfigError naming the field and the fix) every input the run would refuse that
     can be known without loading weights; return what was found."""
@@ -99,10 +108,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                 if model.vocab_size is not None:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
-    teacher_compile_from_env()  # KDENGINE_TEACHER_COMPILE, if set, names a compile there is
-    student_compile_from_env()  # as KDENGINE_STUDENT_COMPILE does
-    student_placement_from_env()  # and KDENGINE_STUDENT_PLACEMENT a placement
-    check_switches()  # KDENGINE_KD_KERNEL, KDENGINE_COMPILE, KDENGINE_SYNC_CHECKPOINTS: 0 or 1
+    check_engine_environment()
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))

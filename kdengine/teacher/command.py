@@ -89,8 +89,11 @@ def plan(argv: list[str]):
     for name in REQUIRED:
         if not getattr(config, name):
             raise ConfigError(name, f"is required (give {FIELDS_BY_NAME[name].flag})")
-    from kdengine.preflight import check_cache_root
+    from kdengine.preflight import check_cache_root, check_engine_environment
 
+    # the variables `kdengine train` refuses when malformed (KDENGINE_COMPILE, ...), refused
+    # here too: the same value must not start a cache job that a run would refuse
+    check_engine_environment()
     check_cache_root()  # the default --out, the data's token cache and the demo teacher's home
     job = CacheJob(config, top_k=args.top_k, targets=args.cache_targets,
                    store_dtype=args.store_dtype, vocab=args.vocab,
