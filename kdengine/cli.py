@@ -18,6 +18,7 @@ import kdengine
 from kdengine.config import (
     FIELDS,
     FIELDS_BY_NAME,
+    PATH_FIELDS,
     ConfigError,
     RunConfig,
     add_field_flags,
@@ -25,6 +26,7 @@ from kdengine.config import (
     demo_config,
     flag_of,
     load_config_file,
+    with_absolute_paths,
 )
 from kdengine.stop import catch_early
 from kdengine.usage import EXIT_USAGE, PROG, OneLineParser, UsageError
@@ -77,7 +79,8 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     config = base.with_values(**given)
     if not config.run_name:
         config = config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
-    return config.validate(), args
+    # config.json keeps absolute local paths: `--resume` may run from another directory
+    return with_absolute_paths(config.validate()), args
 
 
 def _resume_config(run_dir: Path) -> RunConfig:
@@ -175,9 +178,14 @@ def cmd_train(argv: list[str]) -> int:
         raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
     except ConfigError as exc:  # a resume takes no flags: name the run's file, not a --flag
         if args.resume and exc.field in FIELDS_BY_NAME:
+            value = str(getattr(config, exc.field, ""))
+            # a run from before config.json kept absolute paths: relative to where it started
+            where = (", or resume from the directory the run was started in"
+                     if exc.field in PATH_FIELDS and value and not value.startswith("demo://")
+                     and not Path(value).expanduser().is_absolute() else "")
             raise ConfigError("resume", f"{exc.field} in {run_dir / 'config.json'}: "
                               f"{exc.message} (the run's own config: restore what it names, "
-                              "or edit that file)") from None
+                              f"or edit that file{where})") from None
         raise
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:

@@ -500,6 +500,25 @@ def flag_of(name: str) -> str:
     return name if name.isupper() else "--" + name.replace("_", "-")
 
 
+# The fields that name a local file or directory (each may instead be a hub id or demo://)
+PATH_FIELDS = ("teacher", "student", "teacher_cache", "data")
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """`config` with each of PATH_FIELDS that names a path existing here written absolute (~
+    expanded): the run's config.json then holds what `--resume` needs from any working
+    directory. Hub ids, demo:// and paths missing here (the checks refuse those) stay as typed."""
+    changes = {}
+    for name in PATH_FIELDS:
+        spec = getattr(config, name)
+        if not spec or spec.startswith("demo://"):
+            continue
+        path = Path(spec).expanduser()
+        if os.path.lexists(path) and os.path.abspath(path) != spec:
+            changes[name] = os.path.abspath(path)
+    return config.with_values(**changes) if changes else config
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a run config from .toml or .json; errors name the file and the fix."""
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.cache_dir import CACHE_ENV
-from kdengine.config import FIELDS_BY_NAME, ConfigError, RunConfig
+from kdengine.config import FIELDS_BY_NAME, ConfigError, RunConfig, with_absolute_paths
 from kdengine.teacher.identity import ROW_FIELDS
 
 # the run fields the writer takes: what to score, how the data becomes rows, where it runs
@@ -85,7 +85,8 @@ def plan(argv: list[str]):
     if unknown:
         raise UsageError(f"unknown argument {unknown[0]} (see `kdengine cache-teacher --help`)")
     values = {n: getattr(args, n) for n in JOB_FIELDS if getattr(args, n) is not None}
-    config = RunConfig.from_mapping(values)
+    # absolute local paths: the job's config.json rebuilds this command from any directory
+    config = with_absolute_paths(RunConfig.from_mapping(values))
     for name in REQUIRED:
         if not getattr(config, name):
             raise ConfigError(name, f"is required (give {FIELDS_BY_NAME[name].flag})")
