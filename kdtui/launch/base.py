@@ -58,9 +58,24 @@ def config_differences(asked: dict[str, Any], effective: dict[str, Any]) -> list
     for name, value in asked.items():
         if name not in effective:
             out.append(f"{name}: asked {value!r}, the engine does not know this field")
-        elif effective[name] != value:
+        elif effective[name] != value and not _same_path(name, value, effective[name]):
             out.append(f"{name}: asked {value!r}, the engine runs {effective[name]!r}")
     return out
+
+
+def _same_path(name: str, asked: Any, effective: Any) -> bool:
+    """The engine writes a relative local path (or ~/...) absolute on its own host
+    (kdengine.config.with_absolute_paths): `models/t` asked, `/home/u/work/models/t` run."""
+    from pathlib import PurePosixPath
+
+    from kdengine.config import PATH_FIELDS
+
+    if name not in PATH_FIELDS or not isinstance(asked, str) or not isinstance(effective, str):
+        return False
+    tail = [p for p in PurePosixPath(asked).parts if p not in ("~", ".", "..")]
+    parts = PurePosixPath(effective).parts
+    return (PurePosixPath(effective).is_absolute() and not asked.startswith("/") and
+            bool(tail) and list(parts[-len(tail):]) == tail)
 
 
 def engine_args(config: RunConfig) -> list[str]:

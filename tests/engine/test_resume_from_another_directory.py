@@ -63,3 +63,12 @@ def test_cache_teacher_keeps_absolute_paths_in_its_config(tmp_path: Path,
     config = json.loads(checked.stdout)["config"]
     assert (config["teacher"], config["data"]) == (str(tmp_path / "models" / "teacher"),
                                                    str(tmp_path / "models" / "data"))
+
+
+def test_the_dashboard_takes_an_echoed_absolute_path_for_the_relative_one_asked() -> None:
+    from kdtui.launch.base import config_differences
+
+    asked = {"teacher": "models/teacher", "data": "~/data.txt", "student": "org/student"}
+    assert config_differences(asked, {"teacher": "/w/models/teacher",
+                                      "data": "/home/u/data.txt", "student": "org/student"}) == []
+    assert config_differences({"teacher": "models/teacher"}, {"teacher": "/w/models/other"})
