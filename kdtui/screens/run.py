@@ -56,6 +56,8 @@ FREEZE_EVERY_TICKS = 50  # 5 s
 SIDE_WIDE, SIDE_NARROW, WIDE_AT = 52, 40, 110
 TOP_SHARE, TOP_MIN = 0.6, 16
 MIN_LOG_ROWS = 5
+# how every notice that offers R begins: the resume, once started, takes them down
+RESUME_OFFER = "Press R to "
 
 
 class RunState:
@@ -298,11 +300,11 @@ class RunScreen(Screen):
         self.query_one(StageTracker).finish_running("failed", self.state.last_t)
         self._show_end("stopped")
         if self.watched.checkpoint_step is not None:
-            self.notify(f"Press R to resume it from its checkpoint at step "
+            self.notify(f"{RESUME_OFFER}resume it from its checkpoint at step "
                         f"{self.watched.checkpoint_step}", title="The engine is gone",
                         severity="error", timeout=30)
         elif self.cache_job:  # no checkpoint: its finished shards are what R keeps
-            self.notify("Press R to finish the job (its finished shards are kept)",
+            self.notify(f"{RESUME_OFFER}finish the job (its finished shards are kept)",
                         title="The engine is gone", severity="error", timeout=30)
 
     # -- applying updates ---------------------------------------------------------------------
@@ -370,9 +372,13 @@ class RunScreen(Screen):
                 self._check_effective_config(event)
                 if wants_samples(event.get("config")):
                     self._samples_pane()
-                if event.get("resumed_from") is not None and self.status_text:
-                    self.status_text = "resumed"  # not how the run's earlier part ended
-                    self.sub_title = self._sub_title()
+                if event.get("resumed_from") is not None:
+                    # a new part: its stages run again, and the offer to resume is taken
+                    tracker.restart(CACHE_STAGES if self.cache_job else ENGINE_STAGES)
+                    self._withdraw_resume_offer()
+                    if self.status_text:
+                        self.status_text = "resumed"  # not how the run's earlier part ended
+                        self.sub_title = self._sub_title()
                 progress.set_ranks(event.get("world_size"), event.get("backend"))
             elif kind == "log" and event.get("level") == "error":
                 if "rank" in event:
@@ -442,9 +448,17 @@ class RunScreen(Screen):
         except (OSError, ValueError) as exc:
             self.notify(f"could not record the end in the manifest: {exc}", severity="warning",
                         markup=False)
-        if self.watched.resumable and not self.watched.gone:
-            self.notify(f"Press R to resume it from its checkpoint at step "
+        # a screen opened by R replays the part that ended before its own part starts
+        if self.watched.resumable and not self.watched.gone and self.status_text != "resuming":
+            self.notify(f"{RESUME_OFFER}resume it from its checkpoint at step "
                         f"{self.watched.checkpoint_step}", timeout=10)
+
+    def _withdraw_resume_offer(self) -> None:
+        """Take down the "Press R" notices: the resume they offer has started (Textual has
+        no public call to remove one notification; clear_notifications would take errors too)."""
+        for notification in list(self.app._notifications):
+            if notification.message.startswith(RESUME_OFFER):
+                self.app._unnotify(notification)
 
     def _sub_title(self) -> str:
         return " · ".join(part for part in (self.title_text, self.status_text) if part)
@@ -634,6 +648,7 @@ class RunScreen(Screen):
         if ref is None:
             self.notify(no_resume_line(self.handle, self.watched), timeout=4, markup=False)
             return
+        self._withdraw_resume_offer()
         self.app.resume_run(ref)  # type: ignore[attr-defined]
 
     def action_back(self) -> None:

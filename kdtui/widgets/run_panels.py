@@ -131,6 +131,14 @@ class StageTracker(Widget):
             row.since = time.monotonic() - row.elapsed
         self._draw()
 
+    def restart(self, stages: tuple[str, ...]) -> None:
+        """A resumed part of the run starts: `stages` run again, so each is pending with no
+        detail (the previous part's, "SIGTERM received", would read as the new part's)."""
+        for name in stages:
+            if name in self.rows:
+                self.rows[name] = StageRow(name, host=self.rows[name].host)
+        self._draw()
+
     def finish_running(self, state: str, ended_at: float | None = None) -> None:
         """The run ended: a stage still marked running ended with it (a killed engine); ended_at:
         the unix time of the run's last event, when known (the stage ran until then)."""
