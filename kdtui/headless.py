@@ -445,6 +445,8 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
     if manifest is not None:
         from kdtui.launch.remote import DispatchError, RemoteRunHandle
         from kdtui.remote.connect import RemoteError
+        from kdtui.remote.manifest import read_manifest
+        from kdtui.remote.recorded import recorded_outcome
 
         def status(text: str) -> None:
             print(f"[watch] {text}", file=out, flush=True)
@@ -456,6 +458,11 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
         print(f"watching {handle.run_id} on {handle.host}: {handle.run_dir}", file=out,
               flush=True)
         try:
+            recorded = recorded_outcome(manifest, read_manifest(manifest))
+            if recorded is not None:  # an ended run: its host down is no reason to wait
+                why = await handle.source.try_connect()
+                if why is not None:
+                    return _print_recorded(recorded, handle.host, why, out)
             return await _watch_remote_handle(handle, out)
         except RemoteError as exc:
             print(f"ERROR: {exc}", file=out, flush=True)
@@ -482,6 +489,16 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
                                      asked=config,
                                      resume_ref=run_dir.name if in_home else str(run_dir))
     return result.code
+
+
+def _print_recorded(recorded: Any, host: str, why: str, out: TextIO) -> int:
+    """An ended run whose host is down: the outcome its manifest recorded, with the exit code
+    a watch of it to the end gives."""
+    print(recorded.unreachable_line(host, why), file=out, flush=True)
+    verdict = recorded.verdict
+    code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(verdict.status, EXIT_ERROR)
+    print(f"result: {verdict.summary()} (exit {code})", file=out, flush=True)
+    return code
 
 
 def _local_run_dir(ref: str, runs_dir: Path) -> Path | None:

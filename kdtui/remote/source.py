@@ -117,6 +117,21 @@ class SSHRunSource:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
+    async def try_connect(self) -> str | None:
+        """One attempt at the link, no retries: None when it is up, else why not (a watch of
+        an ended run shows what its manifest recorded instead of waiting for the host)."""
+        try:
+            async with self._lock:
+                await self._ensure()
+        except HostKeyRefused:
+            raise
+        except (RemoteError, *LINK_ERRORS) as exc:
+            if isinstance(exc, RemoteError) and not _is_link_error(exc):
+                raise
+            self._drop()
+            return _reason(exc)
+        return None
+
     def _say(self, text: str) -> None:
         if self.on_status is not None:
             self.on_status(text)

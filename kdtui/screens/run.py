@@ -258,6 +258,8 @@ class RunScreen(Screen):
         self.query_one(RunProgress).expect_epochs(getattr(self.handle, "epochs", None))
         if not self.cache_job:
             self.query_one(RunProgress).expect_total(_asked_steps(None, self.handle))
+        if await self._shown_as_recorded():
+            return
         follower = RunFollower(self.handle.source)
         self.query_one(LinkStatus).follow(self.handle)
         self._fit_layout()
@@ -285,6 +287,37 @@ class RunScreen(Screen):
             if self.state.finished is None and not self.ended and not self._pending_events \
                     and await liveness.gone(time.monotonic() - quiet_since):
                 await self._engine_gone(liveness)
+
+    async def _shown_as_recorded(self) -> bool:
+        """A remote run its manifest records as ended, opened to watch while its host cannot
+        be reached: its recorded outcome at once, not minutes of reconnecting (True: shown)."""
+        from kdtui.remote.manifest import read_manifest
+        from kdtui.remote.recorded import recorded_outcome
+
+        manifest = getattr(self.handle, "manifest", None)
+        try_connect = getattr(self.handle.source, "try_connect", None)
+        if self.launcher is not None or manifest is None or try_connect is None:
+            return False
+        try:
+            recorded = recorded_outcome(manifest, read_manifest(manifest))
+        except (OSError, ValueError):
+            return False
+        if recorded is None:
+            return False
+        why = await try_connect()
+        if why is None:
+            return False  # the host answers: the run's own files say it all
+        line = recorded.unreachable_line(str(self.handle.host), why)
+        self._pending_lines += [f"WARNING: {line}", f"recorded verdict: "
+                                f"{recorded.verdict.summary()}"]
+        self.query_one(VerdictPanel).show(recorded.verdict)
+        self.ended = True
+        self._recorded = True  # it is the manifest's record: nothing to record over it
+        self.status_text = f"{recorded.status} (recorded; host unreachable)"
+        self.sub_title = self._sub_title()
+        self.notify(line, title="Host unreachable: the recorded outcome", severity="warning",
+                    timeout=15, markup=False)
+        return True
 
     async def _engine_gone(self, liveness: EngineLiveness) -> None:
         """The engine died without run_finished: say so with its last lines, offer resume."""
