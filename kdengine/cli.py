@@ -180,12 +180,13 @@ def cmd_train(argv: list[str]) -> int:
         if args.resume and exc.field in FIELDS_BY_NAME:
             value = str(getattr(config, exc.field, ""))
             # a run from before config.json kept absolute paths: relative to where it started
-            where = (", or resume from the directory the run was started in"
-                     if exc.field in PATH_FIELDS and value and not value.startswith("demo://")
+            where = (" (a path relative to the directory the run was started in: resume "
+                     "from there)" if exc.field in PATH_FIELDS and value
+                     and not value.startswith("demo://")
                      and not Path(value).expanduser().is_absolute() else "")
             raise ConfigError("resume", f"{exc.field} in {run_dir / 'config.json'}: "
-                              f"{exc.message} (the run's own config: restore what it names, "
-                              f"or edit that file{where})") from None
+                              f"{exc.message}{where} (the run's own config: restore what it "
+                              "names, or edit that file)") from None
         raise
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
