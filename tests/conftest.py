@@ -269,6 +269,21 @@ def write_byte_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}\n')
 
 
+
+# a plain ChatML chat template (the data-format tests' conversations)
+PLAIN_CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_chat_tokenizer(directory: Path, template: str = PLAIN_CHATML) -> Path:
+    """write_byte_tokenizer, with `template` as tokenizer_config.json's chat_template."""
+    write_byte_tokenizer(directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config,
+                                                                 "chat_template": template}))
+    return directory
+
+
 def write_tiny_model(directory: Path, *, hidden: int, layers: int, seed: int,
                      vocab: int = 257) -> Path:
     """A real HF-layout Llama-family checkpoint (config.json, model.safetensors, tokenizer)."""

@@ -201,6 +201,15 @@ def _normed(x, r, weight, X_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr):
 
 
 _DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+def rows_a_program(row_width: int, elements: int) -> int:
+    """The most rows of `row_width` (their blocks' width) a program holds in `elements` values
+    at most, a power of two, at least one."""
+    per_program = max(1, elements // row_width)
+    return 1 << (per_program.bit_length() - 1)
+
+
 NORM_ELEMENTS = 4096  # a program's rows together, at most (benchmarks/norm_kernel.py on an H200)
 
 
@@ -210,8 +219,7 @@ def launch_rms_norm_quantize_rows(x: torch.Tensor, weight: torch.Tensor, eps: fl
                                   total: torch.Tensor | None = None) -> None:
     rows, cols = x.shape
     head, tail = swiglu_row_blocks(cols)
-    per_program = max(1, NORM_ELEMENTS // (head + tail))
-    per_program = 1 << (per_program.bit_length() - 1)  # a power of two
+    per_program = rows_a_program(head + tail, NORM_ELEMENTS)
     wrap_triton(_rms_norm_quantize_rows)[(triton.cdiv(rows, per_program),)](
         x, add if add is not None else x, total if total is not None else x, weight, values,
         scale, rows, cols, x.stride(0), add.stride(0) if add is not None else 0, eps,
@@ -281,8 +289,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     head, tail = swiglu_row_blocks(cols)
-    per_program = max(1, QUANTIZE_ELEMENTS // (head + tail))
-    per_program = 1 << (per_program.bit_length() - 1)
+    per_program = rows_a_program(head + tail, QUANTIZE_ELEMENTS)
     wrap_triton(_quantize_rows)[(triton.cdiv(rows, per_program),)](
         x, values, scale, rows, cols, x.stride(0), ROWS=per_program, HEAD=head, TAIL=tail,
         num_warps=8)

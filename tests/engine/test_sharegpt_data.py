@@ -18,9 +18,6 @@ from kdengine.data.formats import find_sources, is_example_data, parse_fields
 from kdengine.data.store import DataOptions, open_store
 from kdengine.tokenizer import load_tokenizer
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
 
 def sharegpt(i: int) -> list[dict[str, str]]:
     return [{"from": "human", "value": f"What is {i} + {i}?"},
@@ -59,14 +56,9 @@ RECORDS = [
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import write_byte_tokenizer
+    from conftest import write_chat_tokenizer
 
-    directory = tmp_path_factory.mktemp("tok")
-    write_byte_tokenizer(directory)
-    config = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({**config,
-                                                                 "chat_template": CHATML}))
-    return directory
+    return write_chat_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def messages_of(spec: Path | str, **options) -> list[list[dict]]:
