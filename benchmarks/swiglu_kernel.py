@@ -12,7 +12,7 @@ import json
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
+from norm_kernel import kernel_ms  # benchmarks/, the script's own folder
 
 from kdengine.models import swiglu as swiglu_module
 
@@ -29,18 +29,6 @@ def step(fn, gate_up: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, t
     out = fn(x)
     out.backward(grad)
     return out, x.grad
-
-
-def kernel_ms(fn, repeat: int = 30) -> float:
-    """GPU kernel time of one call of fn, every kernel counted (the profiler's)."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeat):
-            fn()
-        torch.cuda.synchronize()
-    return sum(e.self_device_time_total for e in prof.key_averages()
-               if e.self_device_time_total > 0) / 1e3 / repeat
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,7 +49,7 @@ def main() -> None:
         for label, fn in variants.items():
             out, g = step(fn, gate_up, grad)
             row[f"{label}_err"] = max(rel(out, ref_out), rel(g, ref_grad))
-            row[f"{label}_ms"] = kernel_ms(lambda fn=fn, x=gate_up, dy=grad: step(fn, x, dy))
+            row[f"{label}_ms"] = kernel_ms(lambda fn=fn, x=gate_up, dy=grad: step(fn, x, dy), 30)
         # bytes a step must move at least: forward reads gate/up, writes h; backward reads
         # gate/up and dh, writes dgate/dup
         moved = 2 * (2 * inter * 8192) * 2 + 2 * (inter * 8192) * 2
