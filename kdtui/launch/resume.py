@@ -200,7 +200,13 @@ class RemoteResumer:
     async def start(self, on_stage: Callable[[StageUpdate], None]) -> Any:
         from kdtui.launch.remote import RemoteRunHandle
         from kdtui.remote.connect import RemoteError, open_connection, run_agent
-        from kdtui.remote.manifest import add_segment, read_manifest, utc_now, write_manifest
+        from kdtui.remote.manifest import (
+            add_segment,
+            read_manifest,
+            refuse_segment,
+            utc_now,
+            write_manifest,
+        )
         from kdtui.remote.source import SSHRunSource
         from kdtui.remote.stages import (
             RemotePlan,
@@ -250,17 +256,23 @@ class RemoteResumer:
             return "done", (f"{finished.get('status') or 'stopped'}, "
                             f"checkpoint at step {state['checkpoint_step']}"), state
 
+        before: dict[str, Any] | None = None
         try:
             state = await runner.stage("connect", connect)
             token = f"{self.run_id}-resume-{runner.attempt.id}"
             # the segment is in the manifest before the start, as a dispatch's manifest is
-            add_segment(self.manifest, {"kind": "resume", "pid": None, "at": utc_now(),
-                                        "from_step": state.get("checkpoint_step"),
-                                        "token": token})
+            before = add_segment(self.manifest, {"kind": "resume", "pid": None, "at": utc_now(),
+                                                 "from_step": state.get("checkpoint_step"),
+                                                 "token": token})
             pid = await runner.launch(token, argv, name="resume")
         except (RemoteError, OSError) as exc:
             runner.attempt.error = str(exc)
             await runner.close()
+            if before is not None and isinstance(exc, RemoteError) and \
+                    not getattr(exc, "link_lost", False):
+                # the agent or the engine said no: nothing runs, the run is as it ended (a
+                # link cut after the start was sent leaves the segment open: unconfirmed)
+                refuse_segment(self.manifest, str(exc), before)
             self._record(runner)
             raise ResumeRefused(str(exc)) from None
         started = time.monotonic()
@@ -268,6 +280,7 @@ class RemoteResumer:
         data = read_manifest(self.manifest)
         data["segments"][-1]["pid"] = pid
         data["pid"] = pid
+        data["launch_confirmed"] = True
         write_manifest(self.manifest, data)
         self._record(runner)
         on_stage(StageUpdate("manifest", "done", time.monotonic() - started, str(self.manifest),

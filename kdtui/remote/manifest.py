@@ -126,15 +126,40 @@ def merge_attempts(data: dict[str, Any], attempts: list[dict[str, Any]]) -> list
     return merged
 
 
+# what a resume's new segment clears (the run is no longer ended) and a refused one puts back
+RESUME_CLEARS = ("run_finished", "state", "engine_gone", "verdict", "launch_confirmed")
+
+
 def add_segment(path: Path, segment: dict[str, Any]) -> dict[str, Any]:
-    """A new part of the run (a resume): appended to `segments`, the run no longer ended."""
+    """A new part of the run (a resume), written before its start: appended to `segments`, the
+    run no longer ended and its start not yet confirmed (`launch_confirmed: false`: a session
+    cut before the start's answer leaves it `unconfirmed`, as a dispatch's). Returns the
+    record it replaced, for `refuse_segment` to put back."""
     data = read_manifest(path)
+    before = {key: data[key] for key in RESUME_CLEARS if key in data}
     data.setdefault("segments", []).append(segment)
-    for key in ("run_finished", "state", "engine_gone"):
+    for key in RESUME_CLEARS:
         data[key] = None
-    data["verdict"] = None
+    data["launch_confirmed"] = False
     write_manifest(path, data)
-    return data
+    return before
+
+
+def refuse_segment(path: Path, error: str, before: dict[str, Any]) -> None:
+    """The latest segment's start was refused (the engine exited at once, a damaged
+    checkpoint; no engine runs): it ends `refused` with the line that said why, and the run's
+    record is put back as it was before it (`before`, from add_segment), so the runs list
+    shows the run as it ended, not as dispatched."""
+    data = read_manifest(path)
+    segments = data.get("segments") or []
+    if segments:
+        segments[-1].update(ended="refused", error=error, ended_at=utc_now())
+    for key in RESUME_CLEARS:
+        if key in before:
+            data[key] = before[key]
+        else:
+            data.pop(key, None)
+    write_manifest(path, data)
 
 
 def find_manifest(ref: str) -> Path | None:
