@@ -719,9 +719,10 @@ class LaunchScreen(Screen):
         raw = forget_identity(self.raw_values())
         settings = self.app.settings  # type: ignore[attr-defined]
         kept = {k: v for k, v in settings.values_for(host).items() if k == APR}
-        settings.remember(host, {**raw, "fallback_host": fallback, "dry_run": dry_run,
-                                 "profile": KDENGINE, **kept})
-        self._start(config, host, fallback, dry_run)
+        # remembered once the launch is accepted (_start): a refused one's values are not
+        self._start(config, host, fallback, dry_run, {**raw, "fallback_host": fallback,
+                                                      "dry_run": dry_run, "profile": KDENGINE,
+                                                      **kept})
 
     def _start_apr_form(self) -> None:
         if not self.profile_ready(APR):
@@ -741,13 +742,15 @@ class LaunchScreen(Screen):
         settings = self.app.settings  # type: ignore[attr-defined]
         # this host's kdengine values stay as they were remembered; apr's are the form's
         kept = {k: v for k, v in settings.values_for(host).items() if k not in (APR, "profile")}
-        settings.remember(host, {**kept, "dry_run": dry_run, "profile": APR,
-                                 APR: forget_identity(self.raw_values(APR))})
-        self._start_apr(config, apr_settings, host, dry_run)
+        self._start_apr(config, apr_settings, host, dry_run,
+                        {**kept, "dry_run": dry_run, "profile": APR,
+                         APR: forget_identity(self.raw_values(APR))})
 
     @work(exclusive=True, group="start")
-    async def _start(self, config: RunConfig, host: str, fallback: str, dry_run: bool) -> None:
+    async def _start(self, config: RunConfig, host: str, fallback: str, dry_run: bool,
+                     remembered: dict[str, Any]) -> None:
         runs_dir = self.app.runs_dir  # type: ignore[attr-defined]
+        settings = self.app.settings  # type: ignore[attr-defined]
         if host == LOCAL:
             from kdtui.launch.local import LocalLauncher
 
@@ -760,6 +763,7 @@ class LaunchScreen(Screen):
             except ConfigError as exc:
                 self._show_config_error(exc)
                 return
+            settings.remember(host, remembered)
             if dry_run:
                 self.app.show_plan(launcher.plan())
                 return
@@ -773,6 +777,7 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
+        settings.remember(host, remembered)
         if dry_run:
             self.app.show_plan([str(line) for line in launcher.dry_run()])
             return
@@ -781,7 +786,7 @@ class LaunchScreen(Screen):
 
     @work(exclusive=True, group="start")
     async def _start_apr(self, config: RunConfig, settings: AprSettings, host: str,
-                         dry_run: bool) -> None:
+                         dry_run: bool, remembered: dict[str, Any]) -> None:
         try:
             # importing the dispatch loads asyncssh: off the UI thread
             launcher = await asyncio.to_thread(apr_launcher, config, host, settings)
@@ -792,6 +797,7 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
+        self.app.settings.remember(host, remembered)  # type: ignore[attr-defined]
         if dry_run:
             self.app.show_plan(apr_dry_run_lines(launcher))
             return
