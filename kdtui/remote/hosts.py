@@ -9,7 +9,10 @@ comes from kdtui's hosts file: the remote work dir, the python to use, env setup
     env = { HF_HOME = "/data/hf" }
     sync = "wheel"               # or "git" with git_url and git_ref
 
-A host missing from the file gets the defaults. Unknown keys are an error naming the key.
+A host missing from the file gets the defaults, and so does every host when there is no file
+at the default place. $KDTUI_HOSTS_FILE naming a file that does not exist is an error naming the
+variable (a typo must not mean the defaults), unless it names the default place. Unknown keys
+are an error naming the key.
 """
 
 from __future__ import annotations
@@ -67,8 +70,11 @@ class HostConfig:
         return self.path("runs", run_name)
 
 
+HOSTS_ENV = "KDTUI_HOSTS_FILE"
+
+
 def hosts_file() -> Path:
-    env = os.environ.get("KDTUI_HOSTS_FILE")
+    env = os.environ.get(HOSTS_ENV)
     return Path(env).expanduser() if env else config_dir() / "hosts.toml"
 
 
@@ -121,11 +127,19 @@ def host_from_mapping(alias: str, values: Mapping[str, Any], where: str = "") ->
 
 
 def load_hosts(path: Path | None = None) -> dict[str, HostConfig]:
-    """Every host of the hosts file (none when the file does not exist)."""
+    """Every host of the hosts file: none when there is no file at the default place (every
+    host gets the defaults), HostsFileError when $KDTUI_HOSTS_FILE names one that is not there."""
+    default = config_dir() / "hosts.toml"
     path = path or hosts_file()
+    # the variable naming the default place (as test and CI set-ups do) is the default
+    named = path == hosts_file() and bool(os.environ.get(HOSTS_ENV)) and path != default
     try:
         text = path.read_text()
     except FileNotFoundError:
+        if named:
+            raise HostsFileError(
+                f"{HOSTS_ENV}={path}: no such file: create it ([hosts.NAME] tables, see "
+                f"docs/remote.md), or unset {HOSTS_ENV} to use {default}") from None
         return {}
     except OSError as exc:
         raise HostsFileError(f"cannot read {path}: {exc.strerror}") from None

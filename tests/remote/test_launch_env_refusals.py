@@ -23,7 +23,8 @@ def down_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(f"Host down\n  HostName 127.0.0.1\n  Port {DOWN_PORT}\n")
     monkeypatch.setenv("KDTUI_SSH_CONFIG", str(ssh_config))
-    monkeypatch.setenv("KDTUI_HOSTS_FILE", str(tmp_path / "hosts.toml"))  # none: defaults
+    (tmp_path / "hosts.toml").write_text("")  # the host not in it: defaults
+    monkeypatch.setenv("KDTUI_HOSTS_FILE", str(tmp_path / "hosts.toml"))
     monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(tmp_path / "evidence"))
     for name in ("DRY_RUN", "KDTUI_DRY_RUN", "KDTUI_HOST"):
         monkeypatch.delenv(name, raising=False)

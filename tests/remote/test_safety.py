@@ -117,5 +117,6 @@ def test_hosts_file_is_checked_and_tilde_is_home_relative(tmp_path, monkeypatch)
     path.write_text('[hosts.gpu]\nsync = "git"\n')
     with pytest.raises(HostsFileError, match="git_url"):
         load_hosts(path)
+    (tmp_path / "none.toml").write_text("")  # a hosts file without the host
     monkeypatch.setenv("KDTUI_HOSTS_FILE", str(tmp_path / "none.toml"))
     assert get_host("plain").work_dir == "kdtui"  # an ssh-config-only host gets defaults
