@@ -57,18 +57,78 @@ def cache_key(identity: dict[str, Any]) -> str:
                           ).hexdigest()[:24]
 
 
+# what a reader takes from a manifest (the writer writes them all at its data stage), by type
+MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "key": str, "teacher": dict, "tokenizer": dict, "data": dict, "options": dict, "rows": dict,
+    "k": int, "vocab": int, "targets": str, "dtype": str, "id_dtype": str, "shard_rows": int}
+ROW_KEYS = ("train", "val", "seq_len")
+
+
 def read_manifest(directory: Path, field: str = "teacher_cache") -> dict[str, Any]:
-    path = Path(directory).expanduser() / MANIFEST
+    """The cache's manifest, checked for what its readers take: anything else is one
+    ConfigError on `field` that says what is wrong and what to do."""
+    directory = Path(directory).expanduser()
+    path = directory / MANIFEST
+    if not directory.exists():
+        raise ConfigError(field, f"{directory} does not exist: give the directory "
+                          "`kdengine cache-teacher` wrote (its --out)")
+    if not directory.is_dir():
+        raise ConfigError(field, f"{directory} is a file, not a teacher cache directory: give "
+                          "the directory `kdengine cache-teacher` wrote (its --out)")
     if not path.is_file():
         raise ConfigError(field, f"{directory} holds no {MANIFEST}: not a teacher cache "
                           "(write one with `kdengine cache-teacher`)")
+    damaged = (f"remove {directory} and write the cache again" if field == "teacher_cache" else
+               f"remove {directory} and run the same command again, or pick another --out")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(field, f"cannot read {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(field, f"cannot read {path}: {exc}: {damaged}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise ConfigError(field, f"{path} is not a {CACHE_FORMAT} manifest")
+    for key, kind in MANIFEST_KEYS.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(field, f"{path} is damaged ({key!r} is {value!r}): {damaged}")
+    rows = manifest["rows"]
+    if not all(isinstance(rows.get(k), int) and rows[k] >= 0 for k in ROW_KEYS) or \
+            manifest["k"] < 1 or manifest["shard_rows"] < 1 or \
+            manifest["dtype"] not in STORE_DTYPES or manifest["id_dtype"] not in ID_DTYPES:
+        raise ConfigError(field, f"{path} is damaged (its rows, k, shard_rows or dtypes do "
+                          f"not add up): {damaged}")
     return manifest
+
+
+def shard_problem(directory: Path, manifest: dict[str, Any], index: int) -> str | None:
+    """What is wrong with shard `index`'s files on disk (missing, or another size than the
+    manifest's rows, seq_len, K and dtypes make: a file cut short), or None when whole."""
+    rows = manifest["rows"]
+    total, per = rows["train"] + rows["val"], manifest["shard_rows"]
+    count = min(per, total - index * per) * rows["seq_len"]
+    k = manifest["k"]
+    sizes = {"ids": count * k * ID_DTYPES[manifest["id_dtype"]].itemsize,
+             "logp": count * k * STORE_DTYPES[manifest["dtype"]].itemsize,
+             "tail": count * 4, "rowhash": min(per, total - index * per) * 8}
+    for part in PARTS:
+        path = shard_path(directory, index, part)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path.name} is missing"
+        if size != sizes[part]:
+            return f"{path.name} is {size} bytes, {sizes[part]} expected"
+    return None
+
+
+def damaged_shard(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """The first shard file of a cache whose size is not what its manifest makes, or None."""
+    rows = manifest["rows"]
+    shards = -(-(rows["train"] + rows["val"]) // manifest["shard_rows"])
+    for index in range(shards):
+        problem = shard_problem(Path(directory).expanduser(), manifest, index)
+        if problem:
+            return problem
+    return None
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -145,7 +205,8 @@ class TeacherCache:
                                            dtype=dtypes[part])
                 except (OSError, RuntimeError) as exc:
                     raise ConfigError("teacher_cache", f"cannot map {path}: {exc} (the cache "
-                                      "is damaged: write it again)") from None
+                                      "is damaged: run the same `kdengine cache-teacher` "
+                                      "command again to write its damaged shards)") from None
                 maps[part] = flat.view(shapes[part])
             self._maps[index] = maps
         return self._maps[index]

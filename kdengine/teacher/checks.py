@@ -28,6 +28,12 @@ def cached_teacher_facts(config: RunConfig) -> tuple[dict[str, Path], Any, Any, 
         raise ConfigError(FIELD, f"{directory} is not complete (its writer was stopped or "
                           "still goes): run the same `kdengine cache-teacher` command again to "
                           "finish it")
+    from kdengine.teacher.cache import damaged_shard
+
+    damaged = damaged_shard(directory, manifest)
+    if damaged:
+        raise ConfigError(FIELD, f"{directory} is damaged ({damaged}): run the same `kdengine "
+                          "cache-teacher` command again to write its damaged shards")
     from kdengine.teacher.sparse import check_kind
 
     check_kind(config.loss)

@@ -178,10 +178,16 @@ def cmd_cache_teacher(argv: list[str]) -> int:
                             identity[k])
             raise ConfigError("out", f"{out} holds another teacher cache (its "
                               f"{', '.join(differ) or 'key'} differ): pick another --out")
-        if previous.get("complete"):
+        from kdengine.teacher.cache import damaged_shard
+
+        damaged = damaged_shard(out, previous) if previous.get("complete") else None
+        if previous.get("complete") and not damaged:
             print(f"teacher cache {out} is complete already ({previous.get('bytes')} bytes); "
                   "nothing to do")
             return 0
+        if damaged and "--check" not in argv:  # the writer writes the damaged shards again
+            print(f"teacher cache {out} is damaged ({damaged}): writing its damaged shards "
+                  "again", flush=True)
     # one --out the job can make and write into, found before anything is created
     check_run_dir(out, field, fix)
     if not has_manifest and out.is_dir() and \

@@ -32,6 +32,7 @@ from kdengine.teacher.cache import (
     id_dtype_for,
     read_manifest,
     shard_done,
+    shard_problem,
     write_manifest,
     write_shard,
 )
@@ -240,7 +241,9 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             stage = "score"
             log.stage(stage, "running")
             views = [(train, 0), (val, len(train))]
-            done = [i for i in range(shards) if shard_done(out, i)]
+            # a shard counts as written when marked and whole (a file cut short is redone)
+            done = [i for i in range(shards)
+                    if shard_done(out, i) and shard_problem(out, manifest, i) is None]
             rows_done = sum(min(shard_rows, total_rows - i * shard_rows) for i in done)
             if done:
                 log.line(f"resuming: {len(done)} of {shards} shards already written")
@@ -338,7 +341,7 @@ def _rows_written(out: Path, previous: dict[str, Any] | None) -> int:
     per, rows = int(previous.get("shard_rows") or 0), previous.get("rows") or {}
     total = int(rows.get("train") or 0) + int(rows.get("val") or 0)
     return sum(min(per, total - i * per) for i in range(int(previous.get("shards") or 0))
-               if shard_done(out, i))
+               if shard_done(out, i) and shard_problem(out, previous, i) is None)
 
 
 class TeacherForward:
