@@ -163,6 +163,7 @@ def cmd_train(argv: list[str]) -> int:
     # a cancel while the engine starts (torch's import takes seconds) ends the run as cancelled
     catch_early()
     config, args = parse_train_args(argv)
+    _refuse_under_torchrun(config)
     run_dir = run_dir_for(config)
     if not args.resume and (run_dir / "events.jsonl").exists():  # --check refuses it too
         field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
@@ -213,6 +214,19 @@ def cmd_train(argv: list[str]) -> int:
 
 
 RUNS_DIR_VAR = "KDENGINE_RUNS_DIR"
+
+
+def _refuse_under_torchrun(config: RunConfig) -> None:
+    """The runs that train on one process, refused under torchrun before a run directory
+    exists (the trainer, which refuses them too, comes after every model is loaded)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    if config.samples_completions:
+        raise ConfigError("lmbda" if config.lmbda > 0 else "seq_kd", "on-policy and seq_kd "
+                          "runs train on one process for now: run them without torchrun")
+    if config.teacher_cache:
+        raise ConfigError("teacher_cache", "runs from a teacher cache train on one process "
+                          "for now: run them without torchrun")
 
 
 def _check_run_dir(config: RunConfig, run_dir: Path, resumed: bool) -> tuple[str, str]:
