@@ -76,6 +76,24 @@ RUN_IDENTITY = ("run_name", "run_dir")
 # what to type into a required field that is empty (the engine's CLI says --teacher/--demo)
 REQUIRED_HINT = {"teacher": "type a model folder or hub id", "student": "type a model folder "
                  "or hub id", "data": "type a data file or folder"}
+# what an empty text field means, as its placeholder (short: it fits the field at 80 columns);
+# a field with a default shows its bounds instead, and `a value` (no bounds) is no hint at all
+EMPTY_MEANS = {
+    KDENGINE: {"teacher": "a model folder or hub id (org/name)",
+               "student": "a model folder or hub id (org/name)",
+               "data": "a data file or folder, or a dataset id",
+               "teacher_cache": "none: the teacher runs live",
+               "data_fields": "none: columns detected by name",
+               "stop": "none: the tokenizer's EOS only",
+               "run_name": "empty: kd-<UTC time>",
+               "run_dir": "empty: <runs dir>/<run_name>"},
+    APR: {"teacher": "a .apr file on the host, or a ref",
+          "student": "a .apr file on the host, or a ref",
+          "run_name": "empty: kd-<UTC time>",
+          "run_dir": "empty: WORK_DIR/runs/<run_name>",
+          "apr_bin": "empty: the one built, else PATH's"},
+}
+PLACEHOLDER_MAX = 40  # the field's width at 80 columns less a margin
 APR_NOT_IN_FORM = ("Not in this form: " + ", ".join(NOT_APPLIED) + ". apr distill has no flag "
                    "for them; the dry run and dispatch.json list them as NOT applied.")
 
@@ -180,8 +198,17 @@ def make_input(spec: FormSpec, profile: str = KDENGINE) -> Widget:
     if spec.choices:
         return Select([(c, c) for c in spec.choices], value=spec.default, allow_blank=False,
                       id=wid, classes="field-input", compact=True)
-    return FieldInput(value=_text(spec.default), placeholder=spec.bounds_text(), id=wid,
+    return FieldInput(value=_text(spec.default), placeholder=placeholder(spec, profile), id=wid,
                       classes="field-input", compact=True)
+
+
+def placeholder(spec: FormSpec, profile: str = KDENGINE) -> str:
+    """What an empty text field shows: what empty means, else the bounds when they fit."""
+    means = EMPTY_MEANS[profile].get(spec.name)
+    if means:
+        return means
+    bounds = spec.bounds_text()
+    return bounds if bounds not in ("a value", "text") and len(bounds) <= PLACEHOLDER_MAX else ""
 
 
 class FieldInput(Input):
@@ -352,9 +379,9 @@ class LaunchScreen(Screen):
             # pick it, and the form's first frame stays as fast as it was
             yield Vertical(id="apr-form", classes="profile-form")
         with Horizontal(id="form-buttons"):
-            yield Button("Start (ctrl+r)", variant="success", id="start")
-            yield Button("Demo preset (F2)", variant="primary", id="demo")
-            yield Button("Runs (F3)", id="runs")
+            yield Button("Start (ctrl+r)", variant="success", id="start", compact=True)
+            yield Button("Demo preset (F2)", variant="primary", id="demo", compact=True)
+            yield Button("Runs (F3)", id="runs", compact=True)
         yield Footer()
 
     def _host_options(self, profile: str) -> list[tuple[str, str]]:

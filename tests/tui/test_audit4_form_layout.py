@@ -1,0 +1,90 @@
+"""The launch form as a new user sees it at 80x24 and 120x40, in a light, an ANSI and the default
+theme: the button bar whole above the footer, placeholders that say what an empty field means
+(never the meaningless `a value`) and fit the field, and group titles whose rule shows."""
+
+from __future__ import annotations
+
+import pytest
+from textual.color import Color
+from textual.widgets import Button, Footer, Input
+
+from kdtui.app import KDApp
+from kdtui.screens.launch import FieldInput
+
+SIZES = [(80, 24), (120, 40)]
+THEMES = ["kdtui-dark", "kdtui-light", "ansi-dark"]
+
+
+async def _form(pilot):
+    while not pilot.app.screen.form_ready:
+        await pilot.pause(0.05)
+    await pilot.pause()
+    return pilot.app.screen
+
+
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_form_buttons_are_whole_above_the_footer(runs_dir, size, theme):
+    # both were docked to the bottom, and Textual docks do not stack: the footer covered the
+    # buttons' last row (their lower border; in an ANSI theme the box was open at the bottom)
+    app = KDApp(runs_dir=runs_dir, theme=theme)
+    async with app.run_test(size=size) as pilot:
+        form = await _form(pilot)
+        footer = form.query_one(Footer).region
+        for button in form.query("#form-buttons Button").results(Button):
+            assert button.region.bottom <= footer.y, (button.id, button.region, footer)
+        bar = form.query_one("#form-buttons").region
+        assert bar.bottom <= footer.y
+        assert form.query_one("#form").region.bottom <= bar.y
+
+
+@pytest.mark.parametrize("profile", ["kdengine", "apr"])
+async def test_every_placeholder_says_something_and_fits_its_field_at_80_columns(runs_dir,
+                                                                                 profile):
+    # an empty teacher read `a value` (its bounds text), as if that were its value; run_name's
+    # and data_fields' bounds were cut mid-word at 80 columns
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await _form(pilot)
+        if profile == "apr":
+            form.select_profile("apr")
+            while not form.profile_ready("apr"):
+                await pilot.pause(0.05)
+            await pilot.pause()
+        fields = [f for f in form.query(FieldInput).results(FieldInput)
+                  if f.id.startswith("apr-") == (profile == "apr")]
+        assert fields
+        for field in fields:
+            assert field.placeholder != "a value", field.id
+            assert len(field.placeholder) <= field.content_region.width, (
+                field.id, field.placeholder, field.content_region.width)
+        teacher = form.query_one("#apr-field-teacher" if profile == "apr" else "#field-teacher",
+                                 Input)
+        assert teacher.placeholder  # an empty required field says what to type
+        if profile == "kdengine":
+            assert "kd-" in form.query_one("#field-run_name", Input).placeholder
+
+
+def _luminance(color: Color) -> float:
+    def channel(c: int) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    return 0.2126 * channel(color.r) + 0.7152 * channel(color.g) + 0.0722 * channel(color.b)
+
+
+def _contrast(a: Color, b: Color) -> float:
+    """WCAG contrast ratio of two opaque colours."""
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "kdtui-high-contrast"])
+async def test_group_title_rule_shows_in_each_theme(runs_dir, theme):
+    # $panel-lighten-2 was white on kdtui-light's near-white background (1.06:1): no rule
+    app = KDApp(runs_dir=runs_dir, theme=theme)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await _form(pilot)
+        title = form.query(".group-title").first()
+        _, rule = title.styles.border_bottom
+        behind = title.background_colors[1]
+        assert _contrast(behind + rule, behind) >= 1.8, (theme, rule, behind)
