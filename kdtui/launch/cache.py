@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import RunConfig
+from kdengine.config import ConfigError, RunConfig
 from kdtui.launch.cache_job import (
     CACHE_JOB,
     CacheOptions,
@@ -57,20 +57,35 @@ class LocalCacheLauncher(LocalLauncher):
         import os
         import subprocess
 
-        from kdtui.launch.local import engine_refusal
-
         with open(os.devnull, "rb") as null:
             done = subprocess.run([*self.command(), "--check"], stdin=null, capture_output=True,
                                   text=True, errors="replace",
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if done.returncode != 0:
-            raise engine_refusal(done.stderr, done.returncode)
+            raise job_refusal(done.stderr, done.returncode)
         self._checked = self.config
 
     async def start(self, on_stage: Any) -> LocalRunHandle:
         handle = await super().start(on_stage)
         handle.asked_config = job_values(self.config)  # what the engine will echo
         return handle
+
+
+# `kdengine cache-teacher`'s own flags, as the launch names their fields: its --top-k is
+# `kdtui launch --cache-top-k` (kdtui's --top-k is the run's on-policy sampling field)
+JOB_FLAGS = {"--top-k": "cache_top_k", "--cache-targets": "cache_targets"}
+
+
+def job_refusal(stderr: str, code: int) -> ConfigError:
+    """The engine's one-line refusal of a cache job as a ConfigError, its K and targets named
+    as the launch names them (`--cache-top-k`, not the run's `--top-k`)."""
+    from kdtui.launch.local import _REFUSAL, engine_refusal
+
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    match = _REFUSAL.match(lines[-1].strip()) if lines else None
+    if match is not None and match.group(1) in JOB_FLAGS:
+        return ConfigError(JOB_FLAGS[match.group(1)], match.group(2))
+    return engine_refusal(stderr, code)
 
 
 def cache_launcher(config: RunConfig, options: CacheOptions, host: str, fallback: str,

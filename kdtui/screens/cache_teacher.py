@@ -25,6 +25,8 @@ from kdtui.launch.cache_job import TARGET_KINDS, CacheOptions
 
 # the form's fields a cache job reads: what to score and how, and where it goes
 FORM_FIELDS = (*JOB_FIELDS, "run_name", "run_dir")
+# the dialog's names of the job's own fields (the engine's refusals name them top_k, ...)
+DIALOG_LABELS = {"top_k": "K", "cache_top_k": "K", "cache_targets": "targets"}
 TARGETS_HELP = {"topk": "topk: the K likeliest ids and a tail bucket",
                 "sampled": "sampled: K ids drawn from the teacher (unbiased)"}
 
@@ -66,7 +68,8 @@ class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
             options = CacheOptions(int(text) if text.isdigit() else text,  # type: ignore[arg-type]
                                    str(self.query_one("#cache-targets", Select).value)).check()
         except ConfigError as exc:
-            self.query_one("#cache-error", Static).update(f"{exc.field}: {exc.message}")
+            label = DIALOG_LABELS.get(exc.field or "", exc.field)
+            self.query_one("#cache-error", Static).update(f"{label}: {exc.message}")
             return None
         return options
 
@@ -147,7 +150,8 @@ async def _start(form: Any, config: RunConfig, options: CacheOptions, host: str,
         if exc.field in FORM_FIELDS:
             form._show_config_error(exc)
         else:  # top_k, cache_targets, out: the dialog's or the engine's own
-            form.notify(f"{exc.field}: {exc.message}" if exc.field else exc.message,
+            label = DIALOG_LABELS.get(exc.field or "", exc.field)
+            form.notify(f"{label}: {exc.message}" if exc.field else exc.message,
                         title="Cannot cache the teacher", severity="error", markup=False)
         return
     except Exception as exc:  # a bad hosts entry, no wheel: say so, keep the form
