@@ -28,11 +28,22 @@ ID_MIN = 17  # the least of an id kept beside a label: "…" and its end ("-2025
 clock = time.time  # what "now" is (tests fix it: "updated ... ago" and this year's dates)
 
 
+class RunsTable(DataTable):
+    """The runs list's table: Enter opens the row under the cursor (RowSelected), shown in the
+    footer. The table's own binding, not a priority one on the screen: a priority binding runs
+    as the key arrives, before the keys typed ahead of it (Down Enter in one burst) have moved
+    the cursor."""
+
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Open", id="runs.open",
+                tooltip="Open the run under the cursor (a running one is followed live)"),
+    ]
+
+
 class RunsScreen(Screen):
     """Every local run and remote dispatch, newest first; Enter opens it (live ones followed)."""
 
     BINDINGS = [
-        Binding("enter", "open", "Open", id="runs.open", priority=True),  # shown in the footer
         # Refresh and Back are off the footer so Select and Compare fit 80 columns (the list
         # refreshes itself every 2 s; F1 and ctrl+p list both)
         Binding("r", "refresh", "Refresh", show=False, id="runs.refresh"),
@@ -59,7 +70,7 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="runs-where")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
