@@ -67,8 +67,13 @@ class QuitScreen(ModalScreen[str]):
         self.dismiss(event.button.id or "stay")
 
 
+# a dialog's rows around its scrolled part: border 2, padding 2, title 2, buttons 4
+DIALOG_FRAME_ROWS = 10
+
+
 class PlanScreen(ModalScreen[None]):
-    """The dry run's plan: every command it would run; nothing was touched."""
+    """The dry run's plan: every command it would run; nothing was touched. Its lines scroll
+    within the terminal's height, so the Close button always shows (80x24 included)."""
 
     BINDINGS = [Binding("escape,enter", "dismiss", "Close")]
 
@@ -84,6 +89,16 @@ class PlanScreen(ModalScreen[None]):
                 yield Static(Text("\n".join(self.lines)), id="plan", classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="primary", id="close")
+
+    def on_mount(self) -> None:
+        self.query_one(".dialog-scroll", VerticalScroll).focus()  # the arrows scroll at once
+
+    def on_resize(self) -> None:
+        # at most the dialog's height (app.tcss: 90% of the terminal) less its frame, title and
+        # buttons: the rest scrolls (a fixed 30 rows cut the Close button off at 80x24 and
+        # 120x40)
+        scroll = self.query_one(".dialog-scroll", VerticalScroll)
+        scroll.styles.max_height = max(3, int(self.size.height * 0.9) - DIALOG_FRAME_ROWS)
 
     @on(Button.Pressed)
     def _pressed(self) -> None:
