@@ -16,7 +16,7 @@ from kdengine.teacher.identity import ROW_FIELDS
 # the run fields the writer takes: what to score, how the data becomes rows, where it runs
 JOB_FIELDS = ("teacher", "data", *ROW_FIELDS, "device", "dtype")
 # what a launcher (kdtui, local or over SSH) writes into the directory before the job starts
-LAUNCHER_FILES = ("launch.log", "engine.pid", "launch.token")
+LAUNCHER_FILES = ("launch.log", "engine.pid", "launch.token", "engine.lock")
 REQUIRED = ("teacher", "data")
 # kdengine.teacher.sparse.TARGET_KINDS and kdengine.teacher.cache.STORE_DTYPES, written out:
 # --help imports no torch
@@ -194,6 +194,7 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             any(p.name not in LAUNCHER_FILES for p in out.iterdir()) and \
             not (out / "config.json").is_file():
         raise ConfigError("out", f"{out} exists and is not a teacher cache: pick another --out")
+    _hold_out(out, create=False)  # another writer going there now is refused, --check too
     if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
         print(json.dumps({"ok": True, "run_dir": str(out), "config": job.config.to_dict(),
                           "cache": {"key": key, "k": job.top_k, "targets": job.targets,
@@ -202,8 +203,38 @@ def cmd_cache_teacher(argv: list[str]) -> int:
     try:  # the check above passed: an error here is the path changing in between
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(job.config.to_dict(), indent=2) + "\n")
+        lock = _hold_out(out, create=True)  # noqa: F841 - held until this process exits
     except OSError as exc:
         raise run_dir_refusal(out, field, fix, exc) from None
     from kdengine.teacher.writer import run_cache_job
 
     return run_cache_job(job, out, identity, key)
+
+
+LOCK_FILE = "engine.lock"  # as a train run's (kdengine.cli)
+
+
+def _hold_out(out: Path, create: bool) -> Any:
+    """An exclusive lock on OUT/engine.lock for the writer's life (the kernel drops it however
+    the process ends): a second writer on the same --out, such as the same command run again
+    while the first still goes, is refused instead of writing the same shards and events too.
+    create=False only looks (--check writes nothing): refused if a writer holds it now."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # pragma: no cover - not POSIX: no lock
+        return None
+    try:
+        handle = open(out / LOCK_FILE, "a" if create else "r")  # noqa: SIM115 - process's life
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError("out", f"{out} is being written by another `kdengine cache-teacher` "
+                          "right now: wait for it to end, or stop it first; then the same "
+                          "command finishes it") from None
+    if create:
+        return handle
+    handle.close()
+    return None

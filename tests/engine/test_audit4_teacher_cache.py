@@ -114,3 +114,61 @@ def test_a_manifest_with_fields_missing_is_one_line_not_a_traceback(made, tmp_pa
         err = capsys.readouterr().err.strip()
         assert code == 2 and "\n" not in err and err.startswith(
             "kdengine cache-teacher: error: --out: ") and "is damaged" in err, err
+
+
+# the writer, held before its second shard until the test lets it go (a long job, at no cost)
+HELD_WRITER = r"""
+import os, sys, time
+from pathlib import Path
+import kdengine.teacher.writer as W
+real = W.write_shard
+def held(directory, index, arrays):
+    while index == 1 and not Path(os.environ["KD_GO"]).exists():
+        time.sleep(0.05)
+    return real(directory, index, arrays)
+W.write_shard = held
+from kdengine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_same_command_while_the_writer_still_goes_is_refused(made, tmp_path,
+                                                                 capsys) -> None:
+    """Run again while the first still wrote, the same command wrote the same shards and
+    events beside it (duplicate event seqs) and failed with a FileNotFoundError of the
+    manifest's temp file. It is refused in one line, --check too, and the first finishes."""
+    import os
+    import subprocess
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import read_events, wait_on_run
+
+    out, go = tmp_path / "cache", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", HELD_WRITER, *cache_args(made, out)],
+                             env={**os.environ, "KD_GO": str(go)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_on_run(out, lambda: (out / "shard-00000.done").exists() or first.poll() is not None,
+                    "the first shard")
+        assert first.poll() is None, first.stderr.read()
+        for check in ([], ["--check"]):
+            code = main([*cache_args(made, out), *check])
+            captured = capsys.readouterr()
+            err = captured.err.strip()
+            assert code == 2 and "\n" not in err and captured.out == "", captured
+            assert err.startswith(f"kdengine cache-teacher: error: --out: {out} is being "
+                                  "written by another `kdengine cache-teacher` right now"), err
+        go.touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        go.touch()
+        if first.poll() is None:
+            time.sleep(1)
+            first.kill()
+    events = read_events(out)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events].count("run_started") == 1
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed"
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    assert main(train_check(made, out, tmp_path / "run")) == 0
