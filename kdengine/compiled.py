@@ -9,6 +9,7 @@ computed from its own parameters. `KDTrainer` applies this on CUDA; the CPU runs
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,6 +109,25 @@ def fused_clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.Tens
     return norm
 
 
+# How many compiled variants one block's forward may keep before dynamo gives up on it and runs
+# it eager. Every block of a model shares one frame, and a run sees a bounded set of variants:
+# training and evaluation (grad mode), the training, held-out and sampled rows' shapes, packed
+# rows' masks or none, and an FP8 teacher's first block (a tensor) against the rest (a Pending
+# add). An on-policy run with the FP8 teacher saw 9 and hit torch's default of 8: the rest of its
+# teacher's calls ran eager, with a warning in the run's log.
+RECOMPILE_LIMIT = 64
+
+
+def compiler_settings() -> None:
+    """The engine's settings for torch.compile, made before anything compiles: room for the
+    variants above, and no Inductor note that asks the user to file a PyTorch issue (it
+    says Inductor split a softmax's reduction: the values are the same)."""
+    import torch._dynamo.config as dynamo
+
+    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+    warnings.filterwarnings("ignore", message=r"\s*Online softmax is disabled on the fly")
+
+
 def _place_rope(model: Any) -> None:
     """The rotary frequencies onto the model's device before tracing (a graph that copies them
     from the host would be recompiled on the second call, and CUDA graphs skip host inputs).
@@ -126,6 +146,7 @@ def _place_rope(model: Any) -> None:
 def compile_teacher(provider: Any, options: CompileOptions) -> str:
     """Compile a frozen teacher per `options`; returns what was done ("model",
     "model+cudagraphs", "layers" or "none")."""
+    compiler_settings()
     model = getattr(provider, "model", None)
     _place_rope(model)
     fusable = hasattr(model, "fuse_for_inference")
@@ -142,6 +163,7 @@ def compile_teacher(provider: Any, options: CompileOptions) -> str:
 
 def compile_student(provider: Any, options: CompileOptions) -> str:
     """Compile a trained native decoder per `options` (parameters and names unchanged)."""
+    compiler_settings()
     model = getattr(provider, "model", None)
     _place_rope(model)
     param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None

@@ -203,3 +203,33 @@ def test_an_unknown_compile_in_the_environment_is_refused_naming_it(
     assert out.stderr.strip().splitlines() == [
         f"kdengine train: error: {name}: is 'blocks': {advice}"]
     assert not run_dir.exists()
+
+
+def test_compiling_leaves_room_for_every_variant_a_run_sees_and_no_inductor_note(
+        monkeypatch) -> None:
+    """Teacher and student blocks share one frame (DecoderLayer.forward), and an on-policy run
+    with the FP8 teacher compiled 11 variants of it on an H200 (training and evaluation, sampled
+    and packed rows, an FP8 block's tensor or Pending input): torch's default limit of 8 ran the
+    rest eager and printed dynamo's warning into the run's log (benchmarks/gpu_features.py)."""
+    import warnings
+
+    import torch._dynamo.config as dynamo
+
+    from kdengine.compiled import RECOMPILE_LIMIT
+    from kdengine.providers import ModelStudent, ModelTeacher
+
+    monkeypatch.setattr(dynamo, "recompile_limit", 8)  # torch's default
+    compile_teacher(ModelTeacher(tiny_decoder(2).requires_grad_(False)), CompileOptions())
+    assert dynamo.recompile_limit == RECOMPILE_LIMIT >= 11 + 8
+    monkeypatch.setattr(dynamo, "recompile_limit", 8)
+    compile_student(ModelStudent(tiny_decoder(1)), CompileOptions())
+    assert dynamo.recompile_limit == RECOMPILE_LIMIT
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        compile_student(ModelStudent(tiny_decoder(1)), CompileOptions())
+        warnings.warn("\nOnline softmax is disabled on the fly since Inductor decides to\n"
+                      "split the reduction. Cut an issue to PyTorch if this is an\n"
+                      "important use case and you want to speed it up with online\nsoftmax.\n",
+                      UserWarning, stacklevel=1)
+        warnings.warn("a warning the user should see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["a warning the user should see"]
