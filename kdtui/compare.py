@@ -28,7 +28,12 @@ from kdtui.watch import LocalRunSource, RunFollower, RunSource
 # fields that always differ between runs and say nothing about how they were trained
 NOT_COMPARED = frozenset({"run_name", "run_dir"})
 METRICS = ("val_ce", "val_kd", "loss")  # the chart's series, in the order `c` cycles them
-METRIC_LABELS = {"val_ce": "val CE", "val_kd": "val KD", "loss": "train loss"}
+METRIC_LABELS = {"val_ce": "val CE", "val_kd": "val KD", "loss": "train loss", "ce": "train CE"}
+# train loss is the objective alpha*CE + (1-alpha)*T^2*D (D: the loss's divergence; beta:
+# jsd's mix): runs that differ in one of these optimise another number, so their train loss is
+# not compared; the train CE, the same quantity in every run, is drawn in its place
+DEPENDS_ON = {"loss": ("alpha", "temperature", "loss", "beta")}
+STAND_IN = {"loss": "ce"}
 # a run's colour on the compare chart and in its table row: by its place in the selection, so it
 # keeps its colour while the screen is open (plotext colour names; readable on dark and light)
 RUN_COLORS = ("cyan", "magenta", "green", "orange", "blue", "red", "gray", "yellow")
@@ -115,7 +120,7 @@ class RunSummary:
     host: str | None = None  # a remote run's SSH alias (the table names it)
     config: dict[str, Any] = field(default_factory=dict)
     series: dict[str, list[tuple[float, float]]] = field(
-        default_factory=lambda: {name: [] for name in METRICS})
+        default_factory=lambda: {name: [] for name in (*METRICS, "ce")})
     tokens_per_s: list[float] = field(default_factory=list)
     peak_gpu_mem: int | None = None
     kept: list[dict[str, Any]] = field(default_factory=list)  # what the verdict reads
@@ -131,8 +136,9 @@ class RunSummary:
         elif kind == "step":
             self.last_step = event
             step = event.get("step")
-            if _number(step) and _number(event.get("loss")):
-                self.series["loss"].append((float(step), float(event["loss"])))
+            for name in ("loss", "ce"):
+                if _number(step) and _number(event.get(name)):
+                    self.series[name].append((float(step), float(event[name])))
             if _number(event.get("tokens_per_s")):
                 self.tokens_per_s.append(float(event["tokens_per_s"]))
             peak = event.get("gpu_mem_peak")
@@ -245,6 +251,26 @@ def differing(summaries: list[RunSummary]) -> list[str]:
     missing = object()
     return [k for k in keys
             if len({repr(s.config.get(k, missing)) for s in known}) > 1]
+
+
+def not_comparable(metric: str, summaries: list[RunSummary]) -> list[str]:
+    """The config fields that differ between the runs and make `metric` another quantity in
+    each (alpha for train loss, the objective); beta only where a run uses jsd."""
+    jsd = any(s.config.get("loss") == "jsd" for s in summaries)
+    return [k for k in differing(summaries)
+            if k in DEPENDS_ON.get(metric, ()) and (k != "beta" or jsd)]
+
+
+def shown_metric(metric: str, summaries: list[RunSummary]) -> tuple[str, str]:
+    """The series the chart draws for `metric`, and its title: train loss across runs of
+    another alpha, T or loss is drawn as train CE, the title saying why."""
+    why = not_comparable(metric, summaries)
+    if not why:
+        return metric, METRIC_LABELS[metric]
+    stand_in = STAND_IN[metric]
+    verb = "differs" if len(why) == 1 else "differ"
+    return stand_in, (f"{METRIC_LABELS[stand_in]} ({', '.join(why)} {verb}: train loss is "
+                      "each run's own objective)")
 
 
 def cell(value: Any) -> str:

@@ -1,13 +1,14 @@
 """The compare screen's chart: one metric (val CE, val KD or train loss) of several runs overlaid,
 each run in its own colour (kdtui.compare.RUN_COLORS, by its place in the selection), with the
-run screen's EMA and log-y modes."""
+run screen's EMA and log-y modes. Train loss is the objective: across runs of another alpha,
+temperature or loss it is drawn as the train CE instead (kdtui.compare.shown_metric)."""
 
 from __future__ import annotations
 
 from textual.reactive import var
 from textual_plotext import PlotextPlot
 
-from kdtui.compare import METRIC_LABELS, METRICS, RUN_COLORS, RunSummary
+from kdtui.compare import METRICS, RUN_COLORS, RunSummary, shown_metric
 from kdtui.widgets.loss_chart import EMA, _positive, follow_ansi_themes
 
 REDRAW_S = 0.25
@@ -59,8 +60,13 @@ class CompareChart(PlotextPlot):
             self._replot()
             self.refresh()
 
+    @property
+    def shown(self) -> tuple[str, str]:
+        """The series drawn for the chosen metric, and the chart's title (shown_metric)."""
+        return shown_metric(self.metric, self.summaries)
+
     def points(self, summary: RunSummary) -> tuple[list[float], list[float]]:
-        series = summary.series[self.metric]
+        series = summary.series[self.shown[0]]
         if len(series) > MAX_POINTS:
             stride = -(-len(series) // MAX_POINTS)
             series = series[::stride] + series[-1:]
@@ -79,10 +85,11 @@ class CompareChart(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         drawn = False
+        series, title = self.shown
         for i, summary in enumerate(self.summaries):
             xs, ys = self.points(summary)
             if xs:
-                marker = "braille" if self.metric == "loss" else "dot"
+                marker = "braille" if series in ("loss", "ce") else "dot"  # per step, not eval
                 plt.plot(xs, ys, label=summary.run_id, color=RUN_COLORS[i % len(RUN_COLORS)],
                          marker=marker)
                 drawn = True
@@ -90,5 +97,4 @@ class CompareChart(PlotextPlot):
         plt.xlabel("step")
         plt.title("" if drawn else "no points yet")
         modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
-        self.border_title = METRIC_LABELS[self.metric] + (f" ({', '.join(modes)})"
-                                                          if modes else "")
+        self.border_title = title + (f" ({', '.join(modes)})" if modes else "")

@@ -1,0 +1,103 @@
+"""The compare screen never compares runs of another alpha by their objective: train loss
+(alpha*CE + (1-alpha)*T^2*D) is drawn as the train CE when the runs' alpha, temperature or loss
+differ, and the chart's title says why; runs that share their objective keep train loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdtui.app import KDApp
+from kdtui.compare import CompareTarget, load_summary
+from kdtui.widgets.compare_chart import CompareChart
+
+T0 = 1_760_000_000.0
+
+
+def write_run(run_dir: Path, *, alpha: float, seed: int = 1, temperature: float = 2.0,
+              steps: int = 40) -> Path:
+    """A recorded run whose objective is alpha*CE + (1-alpha)*KD: with alpha 1 the train loss
+    is the CE itself, with a lower alpha the KD term pulls it far below (the trap: a lower
+    curve that is not a better student)."""
+    run_dir.mkdir(parents=True)
+    config = {"teacher": "demo://teacher", "student": "demo://student", "steps": steps,
+              "alpha": alpha, "temperature": temperature, "loss": "forward_kl", "seed": seed,
+              "run_name": run_dir.name, "run_dir": str(run_dir)}
+    events: list[dict[str, Any]] = []
+
+    def emit(kind: str, **payload: Any) -> None:
+        events.append({"v": 1, "seq": len(events), "t": T0 + len(events), "type": kind,
+                       **payload})
+
+    emit("run_started", run_id=run_dir.name, run_dir=str(run_dir), config=config)
+    for step in range(0, steps + 1, 5):
+        ce = 5.0 - step / steps * (2.0 if alpha == 1.0 else 1.5)  # the alpha-1 run learns more
+        kd = 0.4 * (1 - step / steps / 2)
+        if step:
+            emit("step", step=step, loss=alpha * ce + (1 - alpha) * kd, ce=ce, kd=kd,
+                 total_steps=steps)
+        if step % 20 == 0:
+            emit("eval", step=step, val_loss=alpha * ce + (1 - alpha) * kd, val_ce=ce,
+                 val_kd=kd)
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run_dir
+
+
+def step_values(run_dir: Path, name: str) -> list[float]:
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    return [e[name] for e in map(json.loads, lines) if e["type"] == "step"]
+
+
+async def _chart_after(pilot, presses: int) -> CompareChart:
+    app = pilot.app
+    while not getattr(app.screen, "loaded", False):
+        await pilot.pause(0.05)
+    for _ in range(presses):
+        await pilot.press("c")
+    await pilot.pause(0.4)
+    return app.screen.query_one(CompareChart)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_train_loss_of_runs_of_another_alpha_is_drawn_as_train_ce(runs_dir, size):
+    kd = write_run(runs_dir / "kd-a03", alpha=0.3)
+    ce_only = write_run(runs_dir / "ce-only", alpha=1.0)
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(kd), CompareTarget.local(ce_only)])
+    async with app.run_test(size=size) as pilot:
+        chart = await _chart_after(pilot, 2)  # val CE -> val KD -> train loss
+        assert chart.metric == "loss"
+        assert chart.border_title.startswith("train CE (alpha differs")
+        kd_ys = chart.points(chart.summaries[0])[1]
+        assert kd_ys == step_values(kd, "ce")
+        # before: the objective, on which the alpha-0.3 run looked the better student
+        assert step_values(kd, "loss")[-1] < step_values(ce_only, "loss")[-1]
+        assert kd_ys[-1] > chart.points(chart.summaries[1])[1][-1]
+        assert size[0] - 4 >= len(chart.border_title)  # the reason shows whole at 80 columns
+        chart = await _chart_after(pilot, 1)  # back to val CE: the same in every run
+        assert chart.border_title == "val CE"
+
+
+async def test_runs_that_share_their_objective_compare_by_train_loss(runs_dir):
+    one = write_run(runs_dir / "seed1", alpha=0.3, seed=1)
+    two = write_run(runs_dir / "seed2", alpha=0.3, seed=2)
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(one), CompareTarget.local(two)])
+    async with app.run_test(size=(80, 24)) as pilot:
+        chart = await _chart_after(pilot, 2)
+        assert chart.border_title == "train loss"
+        assert chart.points(chart.summaries[0])[1] == step_values(one, "loss")
+
+
+def test_train_loss_of_runs_of_another_temperature_is_drawn_as_train_ce(tmp_path):
+    from kdtui.compare import shown_metric
+
+    runs = [load_summary(write_run(tmp_path / "t2", alpha=0.3)),
+            load_summary(write_run(tmp_path / "t4", alpha=0.3, temperature=4.0))]
+    series, title = shown_metric("loss", runs)
+    assert series == "ce" and title.startswith("train CE (temperature differs")
+    assert shown_metric("val_ce", runs) == ("val_ce", "val CE")
+    assert shown_metric("val_kd", runs) == ("val_kd", "val KD")
