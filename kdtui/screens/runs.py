@@ -4,6 +4,7 @@ and running; open one to see it, or to reattach to it while it runs."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from rich.cells import cell_len
@@ -43,6 +44,9 @@ class RunsTable(DataTable):
 class RunsScreen(Screen):
     """Every local run and remote dispatch, newest first; Enter opens it (live ones followed)."""
 
+    # the line above the table is one line: a name longer than it is cut at its end
+    DEFAULT_CSS = "#runs-where { text-wrap: nowrap; text-overflow: ellipsis; }"
+
     BINDINGS = [
         # Refresh and Back are off the footer so Select and Compare fit 80 columns (the list
         # refreshes itself every 2 s; F1 and ctrl+p list both)
@@ -66,6 +70,8 @@ class RunsScreen(Screen):
         self._resume_shown = False  # whether Resume was offered when last asked
         self._rows: list[_Row] = []  # what the table shows, before the run and host are cut
         self._cut: set[int] = set()  # the rows whose run or host is cut
+        self._labels: tuple[str, ...] = ()  # every column's label, started's included
+        self._with_started = True  # whether the started column is shown (_fill)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -77,8 +83,9 @@ class RunsScreen(Screen):
         self.sub_title = "runs"
         table = self.query_one(DataTable)
         # local runs and dispatches alike in this machine's time, its zone said once, here
-        table.add_columns("run", "host", "status", "verdict", f"started {zone_label(clock())}",
-                          "step", "updated")
+        self._labels = ("run", "host", "status", "verdict", f"started {zone_label(clock())}",
+                        "step", "updated")
+        table.add_columns(*self._labels)
         self.action_refresh()
         self.set_interval(REFRESH_S, self.action_refresh)
         table.focus()
@@ -96,7 +103,7 @@ class RunsScreen(Screen):
         for run in runs:
             key = str(run.info.run_dir if run.info is not None else run.manifest_path)
             rows.append(_Row(key, _marks(run, key in self.selected, seen), _cells(run, now),
-                             short_step(run)))
+                             short_step(run), short_updated(run, now)))
             self._note_end(run, key)
         self._fill(table, rows)
         self.runs = runs
@@ -108,13 +115,18 @@ class RunsScreen(Screen):
 
     def _show_where(self) -> None:
         """The line above the table: where the runs are; the whole name and host of the run
-        under the cursor where its row had to cut them (a narrow terminal)."""
+        under the cursor where its row had to cut them, or the table has no started column
+        (a narrow terminal), with its start then where the line has room for it."""
         row = self.query_one(DataTable).cursor_row
         if not self._rows:
             line = f"No runs yet in {self.app.runs_dir}: press n for a new run"  # type: ignore
-        elif 0 <= row < len(self._rows) and row in self._cut:
+        elif 0 <= row < len(self._rows) and (row in self._cut or not self._with_started):
             run, host = self._rows[row].cells[:2]
             line = f"{run} on {host}"
+            started = f"{line}, {self._labels[STARTED]} {self._rows[row].cells[STARTED]}"
+            room = (self.size.width or self.app.size.width) - 2  # its padding
+            if not self._with_started and cell_len(started) <= room:
+                line = started  # else the whole name is what the line is for
         else:
             line = f"runs in {self.app.runs_dir}"  # type: ignore[attr-defined]
         # one line (a long name is cut at its end), never markup (a run id may hold brackets)
@@ -123,34 +135,39 @@ class RunsScreen(Screen):
 
     def _fill(self, table: DataTable, rows: list[_Row], screen: Size | None = None) -> None:
         """The rows, every column on screen: status, verdict, started, step and updated whole,
-        the run and host columns sharing what is left (share_run_and_host: the run's id first);
-        where even that leaves the run fewer than RUN_MIN columns, big step counts go short
-        ('123k / 1M') to give it more. `screen`: the screen's size (on a resize the table's own
-        is still the old one)."""
+        the run and host columns sharing what is left (share_run_and_host: the run's id first).
+        Where that leaves the run fewer than RUN_MIN columns, big step counts go short ('123k /
+        1M'), then ages ('44m ago'); where the run would still keep fewer than ID_MIN (80
+        columns beside 'dispatch failed', INCONCLUSIVE and '44m08s ago': `k…00`), the started
+        column goes, the line above the table saying the start of the run under the cursor.
+        `screen`: the screen's size (on a resize the table's own is still the old one)."""
         self._rows = rows
         pad = 2 * table.cell_padding
-        labels = [cell_len(str(c.label)) for c in table.ordered_columns]
         # the table spans the screen, under the header and the "runs in" line, above the footer
         screen = screen or (self.size if self.size.width else self.app.size)
         width = screen.width
         visible = screen.height - 4  # its rows under its own header
         if len(rows) > visible:
             width -= table.styles.scrollbar_size_vertical
-        step = len(labels) - 2  # the step column (before updated)
-
-        def natural(i: int, cells: list[tuple[str, ...]]) -> int:
-            return max([labels[i]] + [cell_len(c[i]) for c in cells])
-
-        full = [row.cells for row in rows]
-        short = [(*row.cells[:step], row.short_step, *row.cells[step + 1:]) for row in rows]
-        names = [cell_len(row.marks + row.cells[0]) for row in rows]
-        run_natural = max([labels[0], *names])
-        for cells in (full, short):
-            room = width - pad * len(labels) - sum(natural(i, cells)
-                                                   for i in range(2, len(labels)))
-            run_width, host_width = share_run_and_host(room, run_natural, natural(1, cells))
-            if run_width >= min(run_natural, RUN_MIN):
-                break
+        run_natural = max([len(self._labels[0]),
+                           *(cell_len(row.marks + row.cells[0]) for row in rows)])
+        fits = []  # (with started, the labels, the cells, run width, host width), widest first
+        for with_started, cells in layouts(rows):
+            labels = [label for i, label in enumerate(self._labels)
+                      if with_started or i != STARTED]
+            widths = [max([cell_len(labels[i])] + [cell_len(c[i]) for c in cells])
+                      for i in range(len(labels))]
+            room = width - pad * len(labels) - sum(widths[2:])
+            fits.append((with_started, labels, cells,
+                         *share_run_and_host(room, run_natural, widths[1])))
+        chosen = next((fit for fit in fits if fit[3] >= min(run_natural, RUN_MIN)),
+                      next((fit for fit in fits if fit[3] >= min(run_natural, ID_MIN)),
+                           fits[-1]))
+        with_started, labels, cells, run_width, host_width = chosen
+        if [str(c.label) for c in table.ordered_columns] != labels:
+            table.clear(columns=True)
+            table.add_columns(*labels)
+        self._with_started = with_started
         self._cut = set()  # the rows whose run or host is cut: the line above names them whole
         for i, (row, row_cells) in enumerate(zip(rows, cells, strict=True)):
             run, host = fit_run(row.marks, row_cells[0], run_width), \
@@ -161,8 +178,9 @@ class RunsScreen(Screen):
         # the widths of these rows, set now: DataTable's only grow (a narrower terminal, a row
         # gone), and it measures new rows when idle, after a first paint with the labels' widths
         for i, column in enumerate(table.ordered_columns):
-            column.content_width = max([labels[i]] + [cell_len(str(table.get_row_at(r)[i]))
-                                                      for r in range(table.row_count)])
+            column.content_width = max([cell_len(labels[i])] +
+                                       [cell_len(str(table.get_row_at(r)[i]))
+                                        for r in range(table.row_count)])
 
     def on_resize(self, event: events.Resize) -> None:
         if self.is_mounted:
@@ -302,6 +320,22 @@ class _Row(NamedTuple):
     marks: str  # _marks
     cells: tuple[str, ...]  # _cells
     short_step: str  # its step cell where the list is narrow
+    short_updated: str  # its updated cell where the list is narrower
+
+
+STARTED, STEP, UPDATED = 4, 5, 6  # the columns of _cells that give way
+
+
+def layouts(rows: list[_Row]) -> Iterator[tuple[bool, list[tuple[str, ...]]]]:
+    """(whether the started column is shown, each row's cells), the widest layout first: every
+    cell whole; short step counts; short ages too; then without the started column."""
+    full = [row.cells for row in rows]
+    short = [(*row.cells[:STEP], row.short_step, row.cells[UPDATED]) for row in rows]
+    shorter = [(*row.cells[:STEP], row.short_step, row.short_updated) for row in rows]
+    yield True, full
+    yield True, short
+    yield True, shorter
+    yield False, [(*cells[:STARTED], *cells[STARTED + 1:]) for cells in shorter]
 
 
 def share_run_and_host(room: int, run: int, host: int) -> tuple[int, int]:
@@ -315,6 +349,16 @@ def share_run_and_host(room: int, run: int, host: int) -> tuple[int, int]:
         widths[column] += give
         left -= give
     return widths[0], widths[1]
+
+
+def short_updated(run: RunEntry, now: float) -> str:
+    """The updated column where the list is narrow: an age to the minute ('44m ago', not
+    '44m08s ago'), seconds only under a minute."""
+    if run.info is None:
+        return "–"
+    age = format_seconds(now - run.info.updated)
+    minutes, sep, _ = age.partition("m")
+    return (f"{minutes}m" if sep and age.endswith("s") else age) + " ago"
 
 
 def fit_end(text: str, width: int) -> str:

@@ -1,7 +1,8 @@
 """The runs list: local runs and dispatches started in one time zone (this machine's, named once
 in the header); every column on screen at 80 columns, the run and host columns giving way to the
-others (a selection mark included); R offered on a run that resumes only. Recorded runs with fixed
-times, a fixed clock and a fixed zone (CET, no DST).
+others (a selection mark included), the started column to run ids too short to read; R offered
+on a run that resumes only. Recorded runs with fixed times, a fixed clock and a fixed zone (CET,
+no DST).
 
 Snapshots: pytest tests/tui/test_runs_list.py --snapshot-update (then look at the pictures).
 """
@@ -92,18 +93,25 @@ async def test_local_runs_and_dispatches_start_in_one_zone_named_in_the_header(t
                                           "2024-09-04"]
 
 
-async def test_started_stays_whole_at_80_columns_with_a_run_selected(todays_runs):
+async def test_at_80_columns_the_started_column_gives_way_to_readable_run_ids(todays_runs):
+    """Beside 'dispatch failed', INCONCLUSIVE, '400d05h ago' and a run selected, keeping the
+    started column left the ids `k…0`: it goes, the ids keep their time, and the line above the
+    table says the start of the run under the cursor."""
     app = KDApp(runs_dir=todays_runs)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await _runs_list(pilot)
         table = screen.query_one(DataTable)
         await pilot.press("down", "space")  # a local run: "✓ " widens the run column
         assert str(table.get_row_at(1)[0]).startswith("✓ ")
-        columns = table.ordered_columns
-        started = next(i for i, c in enumerate(columns) if str(c.label).startswith("started"))
-        right_edge = sum(c.get_render_width(table) for c in columns[:started + 1])
-        assert right_edge <= table.scrollable_content_region.width, (
-            right_edge, [(str(c.label), c.get_render_width(table)) for c in columns])
+        assert [str(c.label) for c in table.ordered_columns] == [
+            "run", "host", "status", "verdict", "step", "updated"]
+        assert _on_screen(table)
+        names = [str(table.get_row_at(r)[0]) for r in range(table.row_count)]
+        assert all(name.endswith(("-120000", "-101500", "-085320", "last-years"))
+                   for name in names), names
+        assert table.cursor_row == 2  # space moved the cursor down
+        where = str(screen.query_one("#runs-where").render())
+        assert where == "kd-20251009-085320 on local, started CET 10-09 09:53"
 
 
 def test_started_label_is_eleven_columns_this_year_and_the_date_before(cet):
@@ -314,13 +322,16 @@ async def test_every_column_stays_on_screen_with_wide_rows_at_80_columns(wide_ru
         # 'verdi' and 'step', until the next refresh 2 s later)
         lines = ["".join(segment.text for segment in strip)
                  for strip in screen._compositor.render_strips()]
-        assert any("INCONCLUSIVE  10-09 13:00  123k / 1M" in line for line in lines), lines
+        assert any("INCONCLUSIVE  123k / 1M" in line for line in lines), lines
+        # the started column gave way (the line above says the start of the row under the
+        # cursor): kept, it left the ids `k…00`
         cells = [[str(c) for c in table.get_row_at(r)] for r in range(table.row_count)]
         assert [c[2:] for c in cells] == [
-            ["dispatch failed", "–", "10-09 14:00", "–", "–"],
-            ["completed", "INCONCLUSIVE", "10-09 13:00", "123k / 1M", "–"],
-            ["stopped", "INCONCLUSIVE", "10-09 10:13", "80 / 1,000", "5h39m ago"],
-            ["completed", "PASS", "10-09 09:53", "1M / 1M", "5h59m ago"]]
+            ["dispatch failed", "–", "–", "–"],
+            ["completed", "INCONCLUSIVE", "123k / 1M", "–"],
+            ["stopped", "INCONCLUSIVE", "80 / 1,000", "5h39m ago"],
+            ["completed", "PASS", "1M / 1M", "5h59m ago"]]
+        assert all(c[0].endswith(("0000", "1500")) for c in cells), cells
         hosts = [c[1] for c in cells]
         assert hosts[2:] == ["local", "local"]
         assert hosts[1].startswith("gpu") and hosts[1].endswith("…")
