@@ -94,6 +94,7 @@ EMPTY_MEANS = {
           "apr_bin": "empty: the one built, else PATH's"},
 }
 PLACEHOLDER_MAX = 40  # the field's width at 80 columns less a margin
+START_LABEL = "Start (ctrl+r)"  # the Start button's label when no start is under way
 APR_NOT_IN_FORM = ("Not in this form: " + ", ".join(NOT_APPLIED) + ". apr distill has no flag "
                    "for them; the dry run and dispatch.json list them as NOT applied.")
 
@@ -328,6 +329,7 @@ class LaunchScreen(Screen):
         self._apr_mounted = False
         self._host_of = {KDENGINE: LOCAL, APR: NO_HOST}  # each profile keeps its own host
         self._row_errors: dict[str, str] = {}  # rows that are not FieldRows (host)
+        self._starting = ""  # what a start under way is doing (the check), else ""
 
     def compose(self) -> ComposeResult:
         hosts, self.hosts_problem = available_hosts()
@@ -379,7 +381,7 @@ class LaunchScreen(Screen):
             # pick it, and the form's first frame stays as fast as it was
             yield Vertical(id="apr-form", classes="profile-form")
         with Horizontal(id="form-buttons"):
-            yield Button("Start (ctrl+r)", variant="success", id="start", compact=True)
+            yield Button(START_LABEL, variant="success", id="start", compact=True)
             yield Button("Demo preset (F2)", variant="primary", id="demo", compact=True)
             yield Button("Runs (F3)", id="runs", compact=True)
         yield Footer()
@@ -746,6 +748,9 @@ class LaunchScreen(Screen):
         raw = forget_identity(self.raw_values())
         settings = self.app.settings  # type: ignore[attr-defined]
         kept = {k: v for k, v in settings.values_for(host).items() if k == APR}
+        if not self._begin_start("Checking the run…" if host == LOCAL else
+                                 f"Preparing {host}…"):
+            return
         # remembered once the launch is accepted (_start): a refused one's values are not
         self._start(config, host, fallback, dry_run, {**raw, "fallback_host": fallback,
                                                       "dry_run": dry_run, "profile": KDENGINE,
@@ -769,13 +774,39 @@ class LaunchScreen(Screen):
         settings = self.app.settings  # type: ignore[attr-defined]
         # this host's kdengine values stay as they were remembered; apr's are the form's
         kept = {k: v for k, v in settings.values_for(host).items() if k not in (APR, "profile")}
+        if not self._begin_start(f"Preparing {host}…"):
+            return
         self._start_apr(config, apr_settings, host, dry_run,
                         {**kept, "dry_run": dry_run, "profile": APR,
                          APR: forget_identity(self.raw_values(APR))})
 
+    def _begin_start(self, doing: str) -> bool:
+        """A start is under way: the Start button says what it is doing and is off until it
+        ends (the check can take seconds, and showed nothing: a second ctrl+r began it again).
+        False, said in a toast, when one already is."""
+        if self._starting:
+            self.notify(f"Already starting: {self._starting}", timeout=3)
+            return False
+        self._starting = doing
+        button = self.query_one("#start", Button)
+        button.label, button.disabled = doing, True
+        return True
+
+    def _end_start(self) -> None:
+        self._starting = ""
+        for button in self.query("#start").results(Button):
+            button.label, button.disabled = START_LABEL, False
+
     @work(exclusive=True, group="start")
     async def _start(self, config: RunConfig, host: str, fallback: str, dry_run: bool,
                      remembered: dict[str, Any]) -> None:
+        try:
+            await self._start_kdengine(config, host, fallback, dry_run, remembered)
+        finally:
+            self._end_start()
+
+    async def _start_kdengine(self, config: RunConfig, host: str, fallback: str, dry_run: bool,
+                              remembered: dict[str, Any]) -> None:
         runs_dir = self.app.runs_dir  # type: ignore[attr-defined]
         settings = self.app.settings  # type: ignore[attr-defined]
         if host == LOCAL:
@@ -814,6 +845,13 @@ class LaunchScreen(Screen):
     @work(exclusive=True, group="start")
     async def _start_apr(self, config: RunConfig, settings: AprSettings, host: str,
                          dry_run: bool, remembered: dict[str, Any]) -> None:
+        try:
+            await self._start_apr_launcher(config, settings, host, dry_run, remembered)
+        finally:
+            self._end_start()
+
+    async def _start_apr_launcher(self, config: RunConfig, settings: AprSettings, host: str,
+                                  dry_run: bool, remembered: dict[str, Any]) -> None:
         try:
             # importing the dispatch loads asyncssh: off the UI thread
             launcher = await asyncio.to_thread(apr_launcher, config, host, settings)
