@@ -1,12 +1,15 @@
 """The compare screen's chart: one metric (val CE, val KD or train loss) of several runs overlaid,
 each run in its own colour (kdtui.compare.RUN_COLORS, by its place in the selection), with the
-run screen's EMA and log-y modes. Train loss is the objective: across runs of another alpha,
+run screen's EMA and log-y modes. Its legend is the table's `■` beside each run (and the bottom
+border's, where the names fit): plotext's own sat on the plot's top left, over every run's
+step-0 point. Train loss is the objective: across runs of another alpha,
 temperature or loss it is drawn as the train CE instead (kdtui.compare.shown_metric)."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.reactive import var
-from textual_plotext import PlotextPlot
+from textual_plotext import PlotextPlot, plotext
 
 from kdtui.compare import METRICS, RUN_COLORS, RunSummary, shown_metric
 from kdtui.widgets.loss_chart import EMA, _positive, follow_ansi_themes
@@ -17,7 +20,10 @@ MAX_POINTS = 400  # per run: a long run's train loss is thinned to this many poi
 
 class CompareChart(PlotextPlot):
     DEFAULT_CSS = """
-    CompareChart { border: round $foreground 35%; height: 1fr; min-height: 8; }
+    CompareChart {
+        border: round $foreground 35%; height: 1fr; min-height: 8;
+        border-subtitle-align: left; border-subtitle-color: $foreground;
+    }
     """
 
     metric: var[str] = var("val_ce")
@@ -35,6 +41,9 @@ class CompareChart(PlotextPlot):
         super().on_mount()
         self.set_interval(REDRAW_S, self._redraw_if_dirty)
         self._replot()
+
+    def on_resize(self) -> None:
+        self._dirty = True  # whether the legend fits the bottom border depends on the width
 
     def changed(self) -> None:
         """New events arrived: redraw at the next tick."""
@@ -86,13 +95,22 @@ class CompareChart(PlotextPlot):
         plt.clear_data()
         drawn = False
         series, title = self.shown
+        marker = "braille" if series in ("loss", "ce") else "dot"  # per step, not per eval
+        legend = Text()
         for i, summary in enumerate(self.summaries):
             xs, ys = self.points(summary)
+            color = RUN_COLORS[i % len(RUN_COLORS)]
             if xs:
-                marker = "braille" if series in ("loss", "ce") else "dot"  # per step, not eval
-                plt.plot(xs, ys, label=summary.run_id, color=RUN_COLORS[i % len(RUN_COLORS)],
-                         marker=marker)
+                # no label: plotext's legend would cover the curves' starts (see the module)
+                plt.plot(xs, ys, color=color, marker=marker)
                 drawn = True
+            if legend:
+                legend.append(" ")
+            legend.append_text(Text.from_ansi(plotext.colorize("■", color)))
+            legend.append(f" {summary.label}")
+        # the names in the bottom border where they fit; else the table below is the key
+        fits = self.size.width == 0 or legend.cell_len <= self.size.width - 4
+        self.border_subtitle = legend if drawn and fits else None
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("step")
         plt.title("" if drawn else "no points yet")

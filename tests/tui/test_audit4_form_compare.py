@@ -101,3 +101,24 @@ def test_train_loss_of_runs_of_another_temperature_is_drawn_as_train_ce(tmp_path
     assert series == "ce" and title.startswith("train CE (temperature differs")
     assert shown_metric("val_ce", runs) == ("val_ce", "val CE")
     assert shown_metric("val_kd", runs) == ("val_kd", "val KD")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_chart_legend_hides_no_point_of_the_curves(runs_dir, size):
+    # plotext's legend sat on the plot's top left, where every run's step-0 val CE (its
+    # highest point) is drawn: the start of each curve was hidden under the run names
+    names = ["kd-20261130-035312", "kd-20261130-041500", "kd-20261130-043000"]
+    dirs = [write_run(runs_dir / name, alpha=0.3, seed=i) for i, name in enumerate(names)]
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(d) for d in dirs])
+    async with app.run_test(size=size) as pilot:
+        chart = await _chart_after(pilot, 0)
+        region = chart.region
+        strips = app.screen._compositor.render_strips()
+        inside = "\n".join(  # the chart's cells inside its border
+            "".join(seg.text for seg in strips[y])[region.x + 1:region.right - 1]
+            for y in range(region.y + 1, region.bottom - 1))
+        assert not any(name in inside for name in names), inside
+        # each run's colour and name are the table's (■ by its place in the selection)
+        table = str(app.screen.query_one("#compare-table").get_row_at(0)[0])
+        assert table == f"■ {names[0]}"
