@@ -87,6 +87,10 @@ class Case:
     own_args: bool = False  # `args` alone ("{run_dir}" in them replaced), not the common ones
 
 
+# what a user should never see in a run's log: a crash, dynamo giving up on a frame (its calls
+# then run eager), a kernel's fallback to slower code, a library's warning
+ALARMS = ("Traceback", "recompile_limit", "failed, using", "running eager", "Warning:")
+
 FP8 = ["--teacher-dtype", "float8"]
 FP8S = FP8 + ["--student-matmuls", "float8"]
 ONPOLICY = ["--lmbda", "1", "--loss", "reverse_kl", "--temperature", "1",
@@ -201,10 +205,8 @@ def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]
     result = str(v.get("status", "?")).upper()
     text = log.read_text() if log.exists() else ""
     tail = text.splitlines()[-6:]
-    # what a user should never see in a run's log: a crash, or dynamo giving up on a frame
-    # (its calls then run eager: slow, and a warning that reads like a failure)
     alarms = [line.strip()[:200] for line in text.splitlines()
-              if "Traceback" in line or "recompile_limit" in line]
+              if any(sign in line for sign in ALARMS)]
     expect = (case.expect,) if isinstance(case.expect, str) else case.expect
     ok = result in expect and not alarms and all(
         s["exit"] == 0 or (case.kill_after_checkpoint and s is steps[-2])

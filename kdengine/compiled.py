@@ -120,12 +120,15 @@ RECOMPILE_LIMIT = 64
 
 def compiler_settings() -> None:
     """The engine's settings for torch.compile, made before anything compiles: room for the
-    variants above, and no Inductor note that asks the user to file a PyTorch issue (it
-    says Inductor split a softmax's reduction: the values are the same)."""
+    variants above, and none of Inductor's notes that read as a problem in a run's log: that
+    it split a softmax's reduction (asking the user to file a PyTorch issue; the values are
+    the same), and that float32 matmuls could use TF32 (a float32 run chose float32)."""
     import torch._dynamo.config as dynamo
 
     dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
     warnings.filterwarnings("ignore", message=r"\s*Online softmax is disabled on the fly")
+    # --dtype float32 on CUDA means float32 matmuls (docs/models.md), not TF32's 10-bit mantissa
+    warnings.filterwarnings("ignore", message=r"\s*TensorFloat32 tensor cores for float32")
 
 
 def _place_rope(model: Any) -> None:

@@ -67,6 +67,11 @@ def pick_device(config: RunConfig) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"{config.device} asked for, but torch sees no CUDA device "
                           "(use device=cpu or auto)")
+    if device.type == "cuda" and device.index is not None:
+        # the run's GPU made the current one: Triton's kernels (the KD loss, FP8, SwiGLU) launch
+        # on the current device, and on cuda:1 with cuda:0 current the KD kernel failed and the
+        # run fell back to the slower compiled math (benchmarks/gpu_features.py, case cuda1)
+        torch.cuda.set_device(device)
     return device
 
 

@@ -231,5 +231,24 @@ def test_compiling_leaves_room_for_every_variant_a_run_sees_and_no_inductor_note
                       "split the reduction. Cut an issue to PyTorch if this is an\n"
                       "important use case and you want to speed it up with online\nsoftmax.\n",
                       UserWarning, stacklevel=1)
+        warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication available "
+                      "but not enabled. Consider setting `torch.set_float32_matmul_precision("
+                      "'high')` for better performance.", UserWarning, stacklevel=1)
         warnings.warn("a warning the user should see", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["a warning the user should see"]
+
+
+def test_a_run_on_cuda_n_makes_that_gpu_the_current_one(monkeypatch) -> None:
+    """Triton launches its kernels on the current CUDA device: a run on cuda:1 with cuda:0
+    current had its KD kernel fail (the GPU matrix, benchmarks/gpu_features.py) and fall back
+    to the slower compiled math."""
+    from kdengine.config import RunConfig
+    from kdengine.trainer import pick_device
+
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert pick_device(RunConfig(device="cuda:1")) == torch.device("cuda", 1)
+    assert made_current == [torch.device("cuda", 1)]
+    pick_device(RunConfig(device="cuda"))  # torch's current device: nothing to change
+    assert made_current == [torch.device("cuda", 1)]
