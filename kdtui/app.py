@@ -88,6 +88,7 @@ class KDApp(App):
         self.compare_targets = compare_targets or []  # `kdtui compare RUN...`
         self.announced: set[str] = set()  # runs whose end was notified (once each)
         self._seen: Any = None  # kdtui.seen.SeenRuns, read when first needed
+        self._said_unsaved = ""  # the settings' save problem already told (warn_unsaved)
         self._theme_request = theme
         for t in load_themes().values():
             self.register_theme(t)
@@ -196,6 +197,7 @@ class KDApp(App):
     def toggle_notifications(self) -> None:
         self.settings.notifications = not self.settings.notifications
         self.settings.save()
+        self.warn_unsaved()
         self.notify("terminal notifications " + ("on" if self.settings.notifications
                                                  else "off"), timeout=4)
 
@@ -294,6 +296,14 @@ class KDApp(App):
         if self.settings.theme != theme.name:
             self.settings.theme = theme.name
             self.settings.save()
+            self.warn_unsaved()
+
+    def warn_unsaved(self) -> None:
+        """Settings that could not be written (Settings.problem): said once, in a warning."""
+        problem = self.settings.problem
+        if problem and problem != self._said_unsaved:
+            self._said_unsaved = problem
+            self.notify(problem, severity="warning", timeout=10, markup=False)
 
     # -- actions ----------------------------------------------------------------------------
     def action_new_run(self) -> None:

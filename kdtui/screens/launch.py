@@ -821,7 +821,8 @@ class LaunchScreen(Screen):
             except ConfigError as exc:
                 self._show_config_error(exc)
                 return
-            settings.remember(host, remembered)
+            if not settings.remember(host, remembered):
+                self.app.warn_unsaved()  # type: ignore[attr-defined]
             if dry_run:
                 self.app.show_plan(launcher.plan())
                 return
@@ -835,7 +836,8 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
-        settings.remember(host, remembered)
+        if not settings.remember(host, remembered):
+            self.app.warn_unsaved()  # type: ignore[attr-defined]
         if dry_run:
             self.app.show_plan([str(line) for line in launcher.dry_run()])
             return
@@ -862,7 +864,8 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
-        self.app.settings.remember(host, remembered)  # type: ignore[attr-defined]
+        if not self.app.settings.remember(host, remembered):  # type: ignore[attr-defined]
+            self.app.warn_unsaved()  # type: ignore[attr-defined]
         if dry_run:
             self.app.show_plan(apr_dry_run_lines(launcher))
             return
