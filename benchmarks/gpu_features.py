@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 ENGINE = [sys.executable, "-m", "kdengine"]
 TORCHRUN = [sys.executable, "-m", "kdengine.distributed.launch", "--standalone",
             "--nproc-per-node", "2", "-m", "kdengine"]
+KDTUI = [sys.executable, "-m", "kdtui"]  # the dashboard's headless launch on this machine
 
 
 def write_inputs(root: Path) -> dict[str, str]:
@@ -79,12 +80,14 @@ class Case:
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     data: str = "text"
-    kill_after_checkpoint: str | None = None  # "KILL" or "TERM": then --resume
+    kill_after_checkpoint: str | None = None  # "KILL", "TERM" or "CANCEL" (kdtui's): resume
     expect: tuple[str, ...] | str = "PASS"  # the verdicts that count as a pass
     torchrun: bool = False
     cache_first: bool = False  # kdengine cache-teacher, then train from the cache
     teacher: str = "teacher"
     own_args: bool = False  # `args` alone ("{run_dir}" in them replaced), not the common ones
+    kdtui: bool = False  # `kdtui launch --headless` and `kdtui resume --headless`, not kdengine
+    ranks: int | None = None  # every start's run_started must say this world_size
 
 
 # what a user should never see in a run's log: a crash, dynamo giving up on a frame (its calls
@@ -139,6 +142,10 @@ CASES = [
          env={"KDENGINE_SYNC_CHECKPOINTS": "1"}, kill_after_checkpoint="KILL"),
     Case("demo", "kdengine train --demo", ["--demo", "--run-dir", "{run_dir}"], own_args=True),
     Case("cuda1", "--device cuda:1, FP8 teacher and student", FP8S + ["--device", "cuda:1"]),
+    Case("local-2-gpus", "the dashboard's local launch (headless) on a 2-GPU machine: torchrun",
+         FP8, kdtui=True, ranks=2),
+    Case("local-2-gpus-resume", "the same, kdtui cancel after a checkpoint, kdtui resume",
+         [], data="chats", kdtui=True, ranks=2, kill_after_checkpoint="CANCEL"),
     Case("torchrun-chat-fp8", "torchrun, 2 ranks, messages, FP8 teacher", FP8, data="chats",
          torchrun=True),
     Case("torchrun-kill-resume", "torchrun, 2 ranks, SIGTERM after a checkpoint, --resume",
@@ -158,7 +165,11 @@ def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]
     run_dir = work / "runs" / case.name
     log = work / "logs" / f"{case.name}.log"
     case_env = {**env, **case.env}
-    launcher = TORCHRUN if case.torchrun else ENGINE
+    if case.kdtui:  # the dashboard's state (settings, hosts) in a home of its own
+        home = work / "home" / case.name
+        case_env.update(HOME=str(home), **{f"XDG_{d}_HOME": str(home / d.lower())
+                                           for d in ("CONFIG", "DATA", "STATE", "CACHE")})
+    launcher = KDTUI if case.kdtui else TORCHRUN if case.torchrun else ENGINE
     steps: list[dict] = []
     started = time.monotonic()
 
@@ -175,7 +186,11 @@ def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]
                 while proc.poll() is None and time.monotonic() < deadline:
                     if events.exists() and '"type":"checkpoint"' in events.read_text():
                         time.sleep(1.0)
-                        os.killpg(proc.pid, getattr(signal, "SIG" + kill))
+                        if kill == "CANCEL":
+                            subprocess.run(KDTUI + ["cancel", str(run_dir)], env=case_env,
+                                           stdout=sink, stderr=subprocess.STDOUT)
+                        else:
+                            os.killpg(proc.pid, getattr(signal, "SIG" + kill))
                         break
                     time.sleep(0.2)
             code = proc.wait(timeout=600)
@@ -193,9 +208,11 @@ def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]
                        "--out", str(cache)])
         i = args.index("--teacher")
         args[i:i + 2] = ["--teacher-cache", str(cache)]
-    call(launcher + ["train", *args], kill=case.kill_after_checkpoint)
+    first = ["launch", "--headless"] if case.kdtui else ["train"]
+    call(launcher + [*first, *args], kill=case.kill_after_checkpoint)
     if case.kill_after_checkpoint:
-        call(launcher + ["train", "--resume", str(run_dir)])
+        call(launcher + (["resume", "--headless", str(run_dir)] if case.kdtui
+                         else ["train", "--resume", str(run_dir)]))
     verdict = subprocess.run(ENGINE + ["verdict", "--json", str(run_dir)], env=case_env,
                              capture_output=True, text=True)
     try:
@@ -207,6 +224,12 @@ def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]
     tail = text.splitlines()[-6:]
     alarms = [line.strip()[:200] for line in text.splitlines()
               if any(sign in line for sign in ALARMS)]
+    if case.ranks is not None:
+        events = run_dir / "events.jsonl"
+        sizes = [e.get("world_size") or 1 for e in map(json.loads, events.read_text().splitlines())
+                 if e.get("type") == "run_started"] if events.exists() else []
+        if not sizes or any(n != case.ranks for n in sizes):
+            alarms.append(f"run_started world_size {sizes}, expected {case.ranks}")
     expect = (case.expect,) if isinstance(case.expect, str) else case.expect
     ok = result in expect and not alarms and all(
         s["exit"] == 0 or (case.kill_after_checkpoint and s is steps[-2])
@@ -226,7 +249,8 @@ def main() -> int:
 
     gpus = torch.cuda.device_count()
     wanted = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
-    skipped = [c.name for c in wanted if (c.torchrun or "cuda:1" in c.args) and gpus < 2]
+    skipped = [c.name for c in wanted
+               if (c.torchrun or c.ranks or "cuda:1" in c.args) and gpus < 2]
     wanted = [c for c in wanted if c.name not in skipped]
     args.out.mkdir(parents=True, exist_ok=True)
     for sub in ("runs", "logs"):

@@ -46,9 +46,33 @@ class Preflight:
     train_tokens: int | None = None  # at least this many: counting stops once there are enough
     val_tokens: int | None = None
     unchecked: list[str] = field(default_factory=list)
+    # GPUs the run may spread over (device auto or cuda): with several, a launcher starts it
+    # under torchrun (kdtui.launch.base.engine_launcher)
+    cuda_devices: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU the driver sees (Linux)
+
+
+def cuda_devices_here(spec: str, driver: Path = NVIDIA_GPUS) -> int:
+    """The CUDA devices a run on `spec` may spread over: every visible one for auto or cuda,
+    none for a named device (cuda:1) or the CPU. torch is asked only where the driver lists
+    several GPUs (it honours CUDA_VISIBLE_DEVICES), so a check on a machine with one GPU or
+    none does not wait for torch's import."""
+    if spec not in ("auto", "cuda"):
+        return 0
+    try:
+        listed = sum(1 for _ in driver.iterdir())
+    except OSError:
+        return 0
+    if listed < 2:
+        return listed
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # The engine's on/off variables (docs/models.md), each read as `!= "0"` or `== "1"` where it
@@ -112,7 +136,8 @@ def check_run_inputs(config: RunConfig) -> Preflight:
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))
-    facts = Preflight(teacher, student, device, unchecked=unchecked)
+    facts = Preflight(teacher, student, device, unchecked=unchecked,
+                      cuda_devices=cuda_devices_here(device))
     teacher_dir = Path(teacher.directory) if teacher.directory else None
     if config.teacher_cache:
         teacher_dir = cache_template

@@ -93,3 +93,20 @@ def engine_args(config: RunConfig) -> list[str]:
         else:
             out.append(word)
     return out
+
+
+def engine_launcher(python: str, gpus: int, config: RunConfig) -> list[str]:
+    """`python` alone, or `python -m kdengine.distributed.launch --standalone --nproc-per-node N`
+    (torchrun from the engine's venv, a cancelled run ending as one process does: exit 130 or
+    143, no traceback in launch.log) when the run may take every GPU (device auto or cuda) and
+    the host has several: N is the most GPUs that divide the global batch (rows per rank).
+    On-policy, seq_kd and teacher-cache runs train on one process (the engine refuses them
+    under torchrun): `python` alone. The local and the remote launchers both start runs so."""
+    if gpus < 2 or config.device not in ("auto", "cuda") or config.samples_completions or \
+            config.teacher_cache:
+        return [python]
+    n = max(d for d in range(1, gpus + 1) if config.batch_size % d == 0)
+    if n < 2:
+        return [python]
+    return [python, "-m", "kdengine.distributed.launch", "--standalone", "--nproc-per-node",
+            str(n)]

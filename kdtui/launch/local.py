@@ -25,7 +25,7 @@ from typing import Any
 
 from kdengine.config import FIELDS, ConfigError, RunConfig, default_runs_dir, flag_of
 from kdengine.events import EVENTS_FILE, LOG_FILE
-from kdtui.launch.base import StageUpdate, engine_args
+from kdtui.launch.base import StageUpdate, engine_args, engine_launcher
 from kdtui.runs import PID_FILE, pid_alive, read_pid
 from kdtui.watch import LocalRunSource
 
@@ -47,9 +47,11 @@ def stamp_run_name(config: RunConfig) -> RunConfig:
     return config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
 
 
-def engine_command(config: RunConfig) -> list[str]:
-    """The exact command line the local launcher runs."""
-    return [sys.executable, "-m", "kdengine", "train", *engine_args(config)]
+def engine_command(config: RunConfig, gpus: int = 0) -> list[str]:
+    """The exact command line the local launcher runs: under torchrun where this machine has
+    several GPUs the run may take (`gpus`, from the engine's check), as a remote host's run."""
+    return [*engine_launcher(sys.executable, gpus, config), "-m", "kdengine", "train",
+            *engine_args(config)]
 
 
 @dataclass
@@ -121,10 +123,11 @@ class LocalLauncher:
         self.run_dir_field = "run_dir" if self.config.run_dir else "run_name"
         self.config = self.config.with_values(run_dir=str(run_dir))
         self._checked: RunConfig | None = None  # the config the engine's --check accepted
+        self.gpus = 0  # the GPUs the check found the run may take: several start torchrun
 
     def command(self) -> list[str]:
         """The engine command line this launcher runs (a cache job's is another)."""
-        return engine_command(self.config)
+        return engine_command(self.config, self.gpus)
 
     def plan(self) -> list[str]:
         """What `start` would do, for the dry run: nothing is touched."""
@@ -151,11 +154,12 @@ class LocalLauncher:
         if self._checked == self.config:
             return  # the form checked it; start() need not wait for the same answer again
         with open(os.devnull, "rb") as null:
-            done = subprocess.run([*self.command(), "--check"], stdin=null,
+            done = subprocess.run([*engine_command(self.config), "--check"], stdin=null,
                                   capture_output=True, text=True, errors="replace",
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if done.returncode != 0:
             raise engine_refusal(done.stderr, done.returncode)
+        self.gpus = _gpus_found(done.stdout)
         self._checked = self.config
 
     def _run_dir_field(self) -> tuple[str, str]:
@@ -224,6 +228,15 @@ class LocalLauncher:
         on_stage(StageUpdate("start", "done", time.monotonic() - t1, f"pid {process.pid}",
                              host="local"))
         return handle
+
+
+def _gpus_found(check_output: str) -> int:
+    """The GPUs a passed `kdengine train --check` found the run may spread over (its JSON's
+    preflight.cuda_devices; an older engine's check says nothing: one process)."""
+    try:
+        return int(json.loads(check_output)["preflight"].get("cuda_devices") or 0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return 0
 
 
 _REFUSAL = re.compile(r"^kdengine [\w-]+: error: (?:(--[\w-]+): )?(.*)$")  # cache-teacher too

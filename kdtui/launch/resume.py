@@ -22,6 +22,7 @@ dispatch's engine command as it is.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,25 @@ def local_checkpoint_step(run_dir: Path) -> int | None:
     steps = [int(p.name[5:]) for p in Path(run_dir, "checkpoints").glob("step-*")
              if p.name[5:].isdigit() and (p / "meta.json").exists()]
     return max(steps) if steps else None
+
+
+def local_world_size(run_dir: Path) -> int:
+    """How many ranks the run last trained on (its last run_started event's world_size; 1 for
+    one process): its resume starts under torchrun with as many, as it started."""
+    size = 1
+    try:
+        with open(Path(run_dir, EVENTS_FILE), "rb") as events:
+            for line in events:
+                if b'"run_started"' not in line:
+                    continue
+                try:
+                    ranks = json.loads(line).get("world_size")
+                except (ValueError, AttributeError):
+                    continue
+                size = ranks if isinstance(ranks, int) and ranks > 1 else 1
+    except OSError:
+        return 1
+    return size
 
 
 def local_refusal(run_dir: Path) -> str | None:
@@ -95,7 +115,11 @@ class LocalResumer:
         return local_refusal(self.run_dir)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "kdengine", "train", "--resume", str(self.run_dir)]
+        ranks = local_world_size(self.run_dir)
+        launcher = [sys.executable] if ranks < 2 else [
+            sys.executable, "-m", "kdengine.distributed.launch", "--standalone",
+            "--nproc-per-node", str(ranks)]
+        return [*launcher, "-m", "kdengine", "train", "--resume", str(self.run_dir)]
 
     def details(self) -> tuple[str, str]:
         """What the check found and where the resume starts from (the stages' details)."""
