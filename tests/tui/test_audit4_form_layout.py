@@ -88,3 +88,34 @@ async def test_group_title_rule_shows_in_each_theme(runs_dir, theme):
         _, rule = title.styles.border_bottom
         behind = title.background_colors[1]
         assert _contrast(behind + rule, behind) >= 1.8, (theme, rule, behind)
+
+
+def _cell_colors(app, y: int) -> list[Color]:
+    """What each cell of screen row y shows: its glyph's colour, or its background for a space."""
+    cells: list[Color] = []
+    for seg in app.screen._compositor.render_strips()[y]:
+        style = seg.style
+        fg, bg = (style.bgcolor, style.color) if style.reverse else (style.color, style.bgcolor)
+        for ch in seg.text:
+            rich = fg if ch.strip() and fg else bg
+            cells.append(Color.from_rich_color(rich))
+    return cells
+
+
+@pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "kdtui-high-contrast"])
+async def test_a_switch_shows_against_the_form_off_and_on(runs_dir, theme):
+    # Textual's slider ($panel on $panel-darken-2) was 1.2:1 on kdtui-dark's form and 1.5:1 on
+    # high contrast's: dry_run, seq_kd and allow_same_teacher_student looked like empty rows
+    app = KDApp(runs_dir=runs_dir, theme=theme)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await _form(pilot)
+        switch = form.query_one("#field-seq_kd")
+        form.query_one("#form").scroll_to_widget(switch, animate=False, top=True)
+        for on in (False, True):
+            switch.value = on
+            await pilot.pause(0.6)  # the slider's animation
+            region = switch.region
+            row = _cell_colors(app, region.y)
+            around = row[region.right + 2]  # the form beside the switch
+            best = max(_contrast(around, c) for c in row[region.x:region.right])
+            assert best >= 3.0, (theme, on, best)
