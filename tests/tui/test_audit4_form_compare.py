@@ -99,6 +99,11 @@ def test_train_loss_of_runs_of_another_temperature_is_drawn_as_train_ce(tmp_path
             load_summary(write_run(tmp_path / "t4", alpha=0.3, temperature=4.0))]
     series, title = shown_metric("loss", runs)
     assert series == "ce" and title.startswith("train CE (temperature differs")
+    runs.append(load_summary(write_run(tmp_path / "ce-only", alpha=1.0)))
+    series, title = shown_metric("loss", runs)
+    # two fields named, the reason whole in an 80-column border (was cut: '... objecti…')
+    assert title == "train CE (alpha, temperature differ: train loss not comparable)"
+    assert len(title) <= 80 - 6
     assert shown_metric("val_ce", runs) == ("val_ce", "val CE")
     assert shown_metric("val_kd", runs) == ("val_kd", "val KD")
 
