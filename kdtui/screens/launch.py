@@ -748,8 +748,9 @@ class LaunchScreen(Screen):
         raw = forget_identity(self.raw_values())
         settings = self.app.settings  # type: ignore[attr-defined]
         kept = {k: v for k, v in settings.values_for(host).items() if k == APR}
-        if not self._begin_start("Checking the run…" if host == LOCAL else
-                                 f"Preparing {host}…"):
+        if not self._begin_start(*(("Checking…", "checking the run") if host == LOCAL else
+                                   ("Preparing…", f"preparing {host} (the engine wheel, "
+                                                  "the connection)"))):
             return
         # remembered once the launch is accepted (_start): a refused one's values are not
         self._start(config, host, fallback, dry_run, {**raw, "fallback_host": fallback,
@@ -774,22 +775,22 @@ class LaunchScreen(Screen):
         settings = self.app.settings  # type: ignore[attr-defined]
         # this host's kdengine values stay as they were remembered; apr's are the form's
         kept = {k: v for k, v in settings.values_for(host).items() if k not in (APR, "profile")}
-        if not self._begin_start(f"Preparing {host}…"):
+        if not self._begin_start("Preparing…", f"preparing {host}"):
             return
         self._start_apr(config, apr_settings, host, dry_run,
                         {**kept, "dry_run": dry_run, "profile": APR,
                          APR: forget_identity(self.raw_values(APR))})
 
-    def _begin_start(self, doing: str) -> bool:
-        """A start is under way: the Start button says what it is doing and is off until it
-        ends (the check can take seconds, and showed nothing: a second ctrl+r began it again).
-        False, said in a toast, when one already is."""
+    def _begin_start(self, label: str, doing: str) -> bool:
+        """A start is under way: the Start button says so (`label`, no wider than its own) and
+        is off until it ends (the check can take seconds, and showed nothing: a second ctrl+r
+        began it again). False, with a toast saying what is `doing`, when one already is."""
         if self._starting:
             self.notify(f"Already starting: {self._starting}", timeout=3)
             return False
         self._starting = doing
         button = self.query_one("#start", Button)
-        button.label, button.disabled = doing, True
+        button.label, button.disabled = label, True
         return True
 
     def _end_start(self) -> None:

@@ -46,9 +46,12 @@ async def test_start_pressed_twice_checks_once_and_the_button_says_so(runs_dir, 
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: calls, 10)
         assert start.disabled and "Checking" in str(start.label)  # before: no sign at all
+        # the label whole in the compact button ('Checking the run…' showed 'Checking the')
+        assert len(str(start.label)) + 2 <= start.region.width
         await pilot.press("ctrl+r")
         await pilot.pause(0.2)
-        assert any("Already starting" in str(n.message) for n in app._notifications)
+        assert any("Already starting: checking the run" in str(n.message)
+                   for n in app._notifications)
         release.set()
         await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), 30)
         assert len(calls) == 1  # one check, one plan
