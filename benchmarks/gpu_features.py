@@ -136,6 +136,10 @@ CASES = [
     Case("onpolicy-samples", "on-policy with top-p, top-k, a stop text and sample events",
          ONPOLICY + ["--sample-every", "5", "--eval-prompts", "4", "--top-p", "0.9",
                      "--top-k", "20", "--stop", "\\n\\n"], data="chats"),
+    Case("onpolicy-capture-vs-checkpoints", "on-policy, a checkpoint every 2 steps while "
+         "new sample shapes are captured", ONPOLICY + ["--checkpoint-every", "2",
+                                                       "--sample-every", "3",
+                                                       "--eval-prompts", "3"], data="chats"),
     Case("onpolicy-kill-resume", "on-policy, SIGKILL after a checkpoint, --resume", ONPOLICY,
          data="chats", kill_after_checkpoint="KILL"),
     Case("sync-checkpoints", "checkpoints written in the loop, SIGKILL, --resume", FP8,
@@ -258,7 +262,8 @@ def main() -> int:
     inputs = (json.loads((args.work / "inputs.json").read_text())
               if (args.work / "inputs.json").exists() else write_inputs(args.work / "inputs"))
     (args.work / "inputs.json").write_text(json.dumps(inputs))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1",
            "KDENGINE_CACHE": str(args.work / "cache"), "PYTHONUNBUFFERED": "1"}
     results = []
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -125,7 +125,12 @@ class GenerationEngine:
                 step()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: only this thread's calls may not break the capture. In torch's default
+        # ("global") a CUDA call of any thread during the capture fails, and the trainer's
+        # checkpoint writer copies to the host from its own thread: an on-policy run whose
+        # first sample of a new shape came while a checkpoint was being copied failed with
+        # "operation not permitted when stream is capturing" (benchmarks/gpu_features.py)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             logits = step()
 
         def replay() -> torch.Tensor:
