@@ -35,8 +35,11 @@ METRIC_LABELS = {"val_ce": "val CE", "val_kd": "val KD", "loss": "train loss", "
 DEPENDS_ON = {"loss": ("alpha", "temperature", "loss", "beta")}
 STAND_IN = {"loss": "ce"}
 # a run's colour on the compare chart and in its table row: by its place in the selection, so it
-# keeps its colour while the screen is open (plotext colour names; readable on dark and light)
-RUN_COLORS = ("cyan", "magenta", "green", "orange", "blue", "red", "gray", "yellow")
+# keeps its colour while the screen is open. 256-colour codes (cyan, magenta, green, orange,
+# blue, red, gray, purple), each 3:1 or more on a dark and a light background: the ANSI names
+# were drawn through the theme's terminal palette, where magenta and red are one colour (dark
+# themes), plotext's "orange" is yellow, and it has no "yellow" (that run had no colour)
+RUN_COLORS: tuple[int, ...] = (30, 163, 28, 166, 32, 160, 244, 98)
 
 
 class CompareError(Exception):

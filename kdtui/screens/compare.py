@@ -28,13 +28,9 @@ from kdtui.watch import RunFollower
 from kdtui.widgets.compare_chart import CompareChart
 
 POLL_S = 0.5
-# the table's colour of a run: plotext's name where Rich has none of its own
-RICH_COLORS = {"orange": "dark_orange", "gray": "grey50"}
-
-
 def run_color(index: int) -> str:
-    name = RUN_COLORS[index % len(RUN_COLORS)]
-    return RICH_COLORS.get(name, name)
+    """The table's colour of a run: the 256-colour code its curve is drawn in."""
+    return f"color({RUN_COLORS[index % len(RUN_COLORS)]})"
 
 
 class CompareScreen(Screen):

@@ -127,3 +127,39 @@ async def test_chart_legend_hides_no_point_of_the_curves(runs_dir, size):
         # each run's colour and name are the table's (■ by its place in the selection)
         table = str(app.screen.query_one("#compare-table").get_row_at(0)[0])
         assert table == f"■ {names[0]}"
+
+
+def _contrast(a, b) -> float:
+    def lum(c) -> float:
+        def ch(v: int) -> float:
+            v /= 255
+            return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+        return 0.2126 * ch(c.red) + 0.7152 * ch(c.green) + 0.0722 * ch(c.blue)
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light"])
+async def test_each_run_has_one_colour_in_the_chart_its_legend_and_the_table(runs_dir, theme):
+    # plotext's "orange" is ANSI 3 (the table drew dark_orange, 208), plotext has no "yellow"
+    # (the 8th run's curve was drawn in the text colour), and a dark theme's terminal palette
+    # draws magenta and red alike: the 2nd and 6th runs were one colour
+    dirs = [write_run(runs_dir / f"r{i}", alpha=0.3, seed=i) for i in range(8)]
+    app = KDApp(runs_dir=runs_dir, command="compare", theme=theme,
+                compare_targets=[CompareTarget.local(d) for d in dirs])
+    async with app.run_test(size=(120, 40)) as pilot:
+        chart = await _chart_after(pilot, 0)
+        strips = app.screen._compositor.render_strips()
+
+        def marks(y: int) -> list:  # the colour of each ■ drawn on screen row y
+            return [seg.style.color.get_truecolor() if seg.style.color else None
+                    for seg in strips[y] for ch in seg.text if ch == "■"]
+
+        legend = marks(chart.region.bottom - 1)
+        table = app.screen.query_one("#compare-table").region
+        rows = [marks(y) for y in range(table.y + 1, table.y + 9)]  # under its header
+        assert len(legend) == 8 and all(len(r) == 1 for r in rows), (legend, rows)
+        assert legend == [r[0] for r in rows]
+        assert None not in legend and len(set(legend)) == 8  # eight runs, eight colours
+        background = app.screen.query_one("#compare-chart").rich_style.bgcolor.get_truecolor()
+        assert min(_contrast(c, background) for c in legend) >= 3.0
