@@ -2,11 +2,13 @@
 
 Every key of a screen, of its kdtui widgets and of the app is a palette command too, run on the
 node that binds it, so the palette, the footer and the F1 help cannot drift apart. The app adds
-where it can go from a screen (`KDApp.navigation`) and every run by name (`KDApp.run_commands`).
+where it can go from a screen (`KDApp.navigation`) and every run by name (`KDApp.run_commands`,
+read once each time the palette opens).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +67,13 @@ class KDCommands(Provider):
     screen's keys (start, demo, stop, chart modes, log filter and search...), the way to the
     launch form and the runs list, and, when searching, every run by name to open it."""
 
+    _runs: list[PaletteCommand] = []
+
+    async def startup(self) -> None:
+        # every run by name, read once when the palette opens and off the event loop: each
+        # search read every run's events (head and tail), at every key typed
+        self._runs = await asyncio.to_thread(lambda: list(self.app.run_commands()))
+
     def commands(self) -> list[PaletteCommand]:
         app = self.app
         found: dict[str, PaletteCommand] = {}
@@ -78,8 +87,7 @@ class KDCommands(Provider):
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        app = self.app
-        for command in (*self.commands(), *app.run_commands()):
+        for command in (*self.commands(), *self._runs):
             score = matcher.match(command.name)
             if score > 0:
                 yield Hit(score, matcher.highlight(command.name), command.run, help=command.help)
