@@ -307,9 +307,16 @@ class KDApp(App):
 
     # -- actions ----------------------------------------------------------------------------
     def action_new_run(self) -> None:
+        """The launch form: the one already open, as it was left (a second one over a run hid
+        the values typed into the first), else a new one."""
         from kdtui.screens.launch import LaunchScreen
 
-        self.push_screen(LaunchScreen())
+        forms = [screen for screen in self.screen_stack if isinstance(screen, LaunchScreen)]
+        if not forms:
+            self.push_screen(LaunchScreen())
+            return
+        while self.screen is not forms[-1]:
+            self.pop_screen()
 
     def action_runs(self) -> None:
         from kdtui.screens.runs import RunsScreen
