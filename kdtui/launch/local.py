@@ -162,6 +162,11 @@ class LocalLauncher:
         self.gpus = _gpus_found(done.stdout)
         self._checked = self.config
 
+    def _ranks_note(self) -> str:
+        """The check stage's detail where the run starts under torchrun (else none)."""
+        launcher = engine_launcher(sys.executable, self.gpus, self.config)
+        return f"{self.gpus} GPUs: torchrun, {launcher[-1]} ranks" if len(launcher) > 1 else ""
+
     def _run_dir_field(self) -> tuple[str, str]:
         """(field, fix) for a run directory that cannot be made: --run-dir when the user gave
         it, else what picked the runs directory (kdtui's --runs-dir, or KDENGINE_RUNS_DIR and
@@ -191,7 +196,8 @@ class LocalLauncher:
             message = f"{flag_of(exc.field)}: {exc.message}" if exc.field else exc.message
             on_stage(StageUpdate("check", "failed", time.monotonic() - t0, message, host="local"))
             raise LaunchError(message, exc.field) from None
-        on_stage(StageUpdate("check", "done", time.monotonic() - t0, host="local"))
+        on_stage(StageUpdate("check", "done", time.monotonic() - t0, self._ranks_note(),
+                             host="local"))
 
         t1 = time.monotonic()
         on_stage(StageUpdate("start", "running", host="local"))

@@ -25,6 +25,7 @@ def test_the_engines_check_counts_the_gpus_and_a_machine_without_them_runs_one_p
     launcher = LocalLauncher(config, runs_dir)
     launcher.check()  # the real `kdengine train --check`, in a child process
     assert launcher.gpus == 0  # this machine has no CUDA device
+    assert launcher._ranks_note() == ""
     assert launcher.command()[:4] == [sys.executable, "-m", "kdengine", "train"]
 
 
@@ -38,6 +39,7 @@ def test_several_gpus_start_the_run_under_torchrun_with_as_many_ranks_as_divide_
     launcher.gpus = 4
     command = launcher.command()
     assert command[:6] == [*TORCHRUN, "3"]  # 3 of the 4 GPUs divide the batch of 6
+    assert launcher._ranks_note() == "4 GPUs: torchrun, 3 ranks"  # the check stage says so
     assert command[6:9] == ["-m", "kdengine", "train"]
     for one_process in (RunConfig(**tiny_run_inputs, batch_size=8, device="cuda:1"),
                         RunConfig(**tiny_run_inputs, batch_size=8, lmbda=0.5)):
