@@ -149,6 +149,11 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
 
                 rollout = make_rollout(config, splits, tokenizer, teacher, student, device,
                                        dtype)
+                held_out = len(rollout.prompts.held_out(config.eval_prompts))
+                if config.lmbda > 0 and held_out < config.eval_prompts:  # said, not silent
+                    log.message("warning", f"--eval-prompts {config.eval_prompts}: the held-out "
+                                f"data has {held_out} prompts, so each evaluation completes "
+                                f"those {held_out} (a larger --val-fraction holds out more)")
             trainer = KDTrainer(config, teacher, student, splits, log, device, dtype, stop,
                                 dist=dist, rollout=rollout, started=started)
             if ckpt is not None and (dist.enabled or is_sharded_checkpoint(ckpt)):

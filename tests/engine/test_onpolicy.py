@@ -221,3 +221,15 @@ def test_the_documented_demo_command_passes_its_check(engine_cmd, tmp_path) -> N
                           "--check"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--max-new-tokens: must be below seq_len" in bad.stderr
+
+
+def test_more_eval_prompts_than_the_held_out_data_has_is_said_not_silent(
+        inputs: dict[str, str], tmp_path: Path) -> None:
+    out = train(inputs, tmp_path / "run", "--eval-prompts", "50", "--steps", "1",
+                "--eval-every", "0", "--checkpoint-every", "0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    warned = [e["message"] for e in events(tmp_path / "run", "log") if e["level"] == "warning"]
+    said = [m for m in warned if m.startswith("--eval-prompts 50:")]
+    assert said == ["--eval-prompts 50: the held-out data has 6 prompts, so each evaluation "
+                    "completes those 6 (a larger --val-fraction holds out more)"]
+    assert "WARNING: --eval-prompts 50:" in (tmp_path / "run" / "launch.log").read_text()
