@@ -522,9 +522,12 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a run config from .toml or .json; errors name the file and the fix."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale says
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"cannot read {path}: not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)

@@ -48,7 +48,16 @@ class HFTokenizer:
         names: list[str] = []
         cfg = self.directory / "tokenizer_config.json"
         if cfg.exists():
-            eos = json.loads(cfg.read_text()).get("eos_token")
+            try:  # an edited or cut-short file: one line naming it, not a traceback
+                settings = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                settings = exc
+            if not isinstance(settings, dict):
+                why = (settings if isinstance(settings, Exception)
+                       else f"it holds a {type(settings).__name__}")
+                raise ConfigError(field, f"{cfg} is not a JSON object of tokenizer settings "
+                                  f"({why}); restore it from the model's files")
+            eos = settings.get("eos_token")
             names.append(eos.get("content") if isinstance(eos, dict) else eos)
         names += list(_EOS_CANDIDATES)
         for name in names:
