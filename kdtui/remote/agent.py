@@ -185,7 +185,7 @@ def cmd_gitsync(args: argparse.Namespace) -> None:
     src = os.path.abspath(args.src_dir)
     if not os.path.isdir(os.path.join(src, ".git")):
         os.makedirs(os.path.dirname(src), exist_ok=True)
-        _git(["clone", "--quiet", args.url, src])
+        _git(["clone", "--quiet", "--", args.url, src])  # a URL is never an option
     else:
         _git(["-C", src, "remote", "set-url", "origin", args.url])
     _git(["-C", src, "fetch", "--quiet", "--force", "origin", args.ref])

@@ -58,11 +58,15 @@ def apr_config_from_args(args: argparse.Namespace,
 
 def apr_settings_from_args(args: argparse.Namespace) -> AprSettings:
     values: dict[str, Any] = {}
-    if getattr(args, "apr_settings", None):
-        values.update(load_config_file(Path(args.apr_settings)))
-    if getattr(args, "apr_repo", None):
+    if getattr(args, "apr_settings", None) is not None:
+        try:
+            values.update(load_config_file(Path(args.apr_settings)))
+        except ConfigError as exc:  # the file of --apr-settings, not a --config file
+            raise ConfigError("--apr-settings", exc.message) from None
+    # given, even empty, is given: `--apr-ref ""` is refused by AprSettings, never read as unset
+    if getattr(args, "apr_repo", None) is not None:
         values["repo_url"] = args.apr_repo
-    if getattr(args, "apr_ref", None):
+    if getattr(args, "apr_ref", None) is not None:
         values["git_ref"] = args.apr_ref
     return AprSettings.from_mapping(values)
 
@@ -89,7 +93,8 @@ def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int
 
     try:
         launcher = apr_launcher_from_args(args)
-        dry_run = args.dry_run or env_flag("DRY_RUN")
+        # as every launch reads them (docs/remote.md): either variable makes it a dry run
+        dry_run = args.dry_run or env_flag("DRY_RUN") or env_flag("KDTUI_DRY_RUN")
     except ConfigError as exc:
         name = flag_of(exc.field) if exc.field in FIELDS_BY_NAME else exc.field
         print(f"kdtui launch: error: {name}: {exc.message}" if name else

@@ -132,6 +132,13 @@ class AprSettings:
             if not value or value.startswith("-"):
                 raise ConfigError(name, f"must be a name that does not start with '-' "
                                   f"(got {value!r})")
+        if not self.repo_url.strip() or self.repo_url.startswith("-"):
+            # git would take a leading '-' as one of its own options (--upload-pack=...)
+            raise ConfigError("repo_url", "must be a git URL or path that does not start with "
+                              f"'-' (got {self.repo_url!r})")
+        if re.search(r"[\s\x00-\x1f\x7f~^:?*\[\\]|\.\.|@\{", self.git_ref):
+            raise ConfigError("git_ref", "must be a branch, tag or commit name: no spaces, "
+                              f"control characters, '..' or any of ~^:?*[\\ (got {self.git_ref!r})")
         if self.cargo_features and not re.fullmatch(r"[A-Za-z0-9_,/-]+", self.cargo_features):
             raise ConfigError("cargo_features", "must be feature names separated by commas "
                               f"(got {self.cargo_features!r})")
