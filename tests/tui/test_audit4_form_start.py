@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+from textual.color import Color
 from textual.widgets import Button, Input, Switch
 
 from kdtui.app import KDApp
@@ -22,8 +24,34 @@ async def _form(pilot):
     return pilot.app.screen
 
 
+def _contrast(a: Color, b: Color) -> float:
+    def lum(c: Color) -> float:
+        def ch(v: int) -> float:
+            v /= 255
+            return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+        return 0.2126 * ch(c.r) + 0.7152 * ch(c.g) + 0.0722 * ch(c.b)
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def _label_contrast(app, button: Button) -> float:
+    """The lowest contrast of the button's label as drawn (glyph colour on its background)."""
+    region = button.region
+    strip = app.screen._compositor.render_strips()[region.y]
+    x, worst = 0, 21.0
+    for seg in strip:
+        for ch in seg.text:
+            if region.x <= x < region.right and ch.strip():
+                style = seg.style
+                worst = min(worst, _contrast(Color.from_rich_color(style.color),
+                                             Color.from_rich_color(style.bgcolor)))
+            x += 1
+    return worst
+
+
+@pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "ansi-dark"])
 async def test_start_pressed_twice_checks_once_and_the_button_says_so(runs_dir, monkeypatch,
-                                                                     wait_for):
+                                                                     wait_for, theme):
     # the real check, held until the test has pressed twice (a loaded machine's slow check)
     release = threading.Event()
     calls: list[str] = []
@@ -35,7 +63,7 @@ async def test_start_pressed_twice_checks_once_and_the_button_says_so(runs_dir, 
         return check(self)
 
     monkeypatch.setattr(LocalLauncher, "check", slow_check)
-    app = KDApp(runs_dir=runs_dir)
+    app = KDApp(runs_dir=runs_dir, theme=theme)
     async with app.run_test(size=(80, 24)) as pilot:
         form = await _form(pilot)
         await pilot.press("f2")
@@ -48,6 +76,13 @@ async def test_start_pressed_twice_checks_once_and_the_button_says_so(runs_dir, 
         assert start.disabled and "Checking" in str(start.label)  # before: no sign at all
         # the label whole in the compact button ('Checking the run…' showed 'Checking the')
         assert len(str(start.label)) + 2 <= start.region.width
+        await pilot.pause(0.3)
+        # readable: a disabled button's faded label was 1.5:1 (light), 2.2:1 (dark); an ANSI
+        # theme's took a border and three rows, its label drawn off the bar
+        row = "".join(seg.text for seg in app.screen._compositor.render_strips()[start.region.y])
+        assert start.region.height == 1 and "Checking…" in row
+        if not app.current_theme.ansi:
+            assert _label_contrast(app, start) >= 4.5
         await pilot.press("ctrl+r")
         await pilot.pause(0.2)
         assert any("Already starting: checking the run" in str(n.message)
