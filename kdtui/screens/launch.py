@@ -335,7 +335,9 @@ class LaunchScreen(Screen):
         hosts, self.hosts_problem = available_hosts()
         self.hosts = hosts
         yield Header()
-        with VerticalScroll(id="form"):
+        # not a Tab stop of its own (nothing showed the focus there); keys the focused field does
+        # not take (PgUp, PgDn) still scroll it
+        with VerticalScroll(id="form", can_focus=False):
             yield Static("Fill in a run, or press F2 for the demo preset, then ctrl+r to start.",
                          id="form-intro")
             yield Label("engine and host", classes="group-title")

@@ -119,3 +119,29 @@ async def test_a_switch_shows_against_the_form_off_and_on(runs_dir, theme):
             around = row[region.right + 2]  # the form beside the switch
             best = max(_contrast(around, c) for c in row[region.x:region.right])
             assert best >= 3.0, (theme, on, best)
+
+
+async def test_tab_goes_through_every_field_in_form_order_with_no_dead_stop(runs_dir):
+    # after the Runs button, Tab focused the form's scroll container: nothing on screen showed
+    # where the focus was, one Tab lost
+    from kdengine.config import FIELDS
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await _form(pilot)
+        form.query_one("#profile").focus()
+        await pilot.pause()
+        order = []
+        for _ in range(4 + len(FIELDS) + 3):
+            order.append(app.focused.id)
+            await pilot.press("tab")
+        assert app.focused.id == "profile"  # round again
+        assert order == ["profile", "host", "fallback_host", "dry_run",
+                         *(f"field-{f.name}" for f in FIELDS), "start", "demo", "runs"]
+        scroll = form.query_one("#form")
+        form.query_one("#field-teacher").focus()
+        await pilot.pause()
+        before = scroll.scroll_y
+        await pilot.press("pagedown")  # the field does not take it: the form scrolls
+        await pilot.pause(0.2)
+        assert scroll.scroll_y > before
