@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from textual.widgets import DataTable
 import kdtui.screens.runs as runs_screen
 from kdtui.app import KDApp
 from kdtui.screens.run import RunScreen
-from kdtui.screens.runs import RunsScreen
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from runs_list import open_runs_list  # noqa: E402
 
 T0 = 1_760_000_000.0  # tests/tui/conftest.py's clock
 
@@ -30,22 +33,13 @@ def cet(monkeypatch: pytest.MonkeyPatch):
     time.tzset()
 
 
-async def _runs_list(pilot) -> RunsScreen:
-    pilot.app.action_runs()
-    for _ in range(100):
-        if isinstance(pilot.app.screen, RunsScreen) and pilot.app.screen.runs:
-            break
-        await pilot.pause(0.05)
-    return pilot.app.screen
-
-
 async def test_enter_typed_ahead_opens_the_row_the_keys_before_it_moved_to(
         runs_dir, write_run, wait_for):
     for name in ("run-a", "run-b", "run-c"):
         write_run(runs_dir / name, steps=20)
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=(120, 30)) as pilot:
-        screen = await _runs_list(pilot)
+        screen = await open_runs_list(pilot)
         assert screen.query_one(DataTable).cursor_row == 0
         wanted = screen.runs[1].run_id
         # one burst, as a terminal delivers typed-ahead keys: nothing runs between them
@@ -76,7 +70,7 @@ async def test_run_names_stay_readable_at_80_columns_with_the_widest_rows(
     monkeypatch.setattr(runs_screen, "clock", lambda: T0 + 600 + 44 * 60 + 8)
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _runs_list(pilot)
+        screen = await open_runs_list(pilot)
         await pilot.pause(0.3)
         table = screen.query_one(DataTable)
         cells = [[str(c) for c in table.get_row_at(r)] for r in range(table.row_count)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from textual.widgets import DataTable
 
 import kdtui.screens.runs as runs_screen
 from kdtui.app import KDApp
-from kdtui.screens.runs import RunsScreen, started_label, zone_label
+from kdtui.screens.runs import started_label, zone_label
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from runs_list import open_runs_list  # noqa: E402
 
 T0 = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC, 09:53:20 CET (tests/tui/conftest.py's clock)
 NOW = T0 + 6 * 3600
@@ -65,15 +69,6 @@ def todays_runs(runs_dir: Path, write_run, cet) -> Path:
     return runs_dir
 
 
-async def _runs_list(pilot) -> RunsScreen:
-    pilot.app.action_runs()
-    for _ in range(100):
-        if isinstance(pilot.app.screen, RunsScreen) and pilot.app.screen.runs:
-            break
-        await pilot.pause(0.05)
-    return pilot.app.screen
-
-
 def _started_column(table: DataTable) -> list[str]:
     index = next(i for i, c in enumerate(table.ordered_columns)
                  if str(c.label).startswith("started"))
@@ -83,7 +78,7 @@ def _started_column(table: DataTable) -> list[str]:
 async def test_local_runs_and_dispatches_start_in_one_zone_named_in_the_header(todays_runs):
     app = KDApp(runs_dir=todays_runs)
     async with app.run_test(size=(120, 40)) as pilot:
-        table = (await _runs_list(pilot)).query_one(DataTable)
+        table = (await open_runs_list(pilot)).query_one(DataTable)
         labels = [str(c.label) for c in table.ordered_columns]
         assert labels == ["run", "host", "status", "verdict", "started CET", "step", "updated"]
         assert [str(table.get_row_at(r)[0]) for r in range(table.row_count)] == [
@@ -99,7 +94,7 @@ async def test_at_80_columns_the_started_column_gives_way_to_readable_run_ids(to
     table says the start of the run under the cursor."""
     app = KDApp(runs_dir=todays_runs)
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _runs_list(pilot)
+        screen = await open_runs_list(pilot)
         table = screen.query_one(DataTable)
         await pilot.press("down", "space")  # a local run: "✓ " widens the run column
         assert str(table.get_row_at(1)[0]).startswith("✓ ")
@@ -135,7 +130,7 @@ def test_a_zone_without_a_short_name_is_its_offset(monkeypatch):
 def test_snapshot_of_the_runs_list_with_one_run_selected(snap_compare, todays_runs, size,
                                                          monkeypatch):
     async def select_one(pilot) -> None:
-        await _runs_list(pilot)
+        await open_runs_list(pilot)
         await pilot.press("down", "space")
         await pilot.pause()
 
@@ -183,7 +178,7 @@ async def test_a_long_run_name_and_a_teacher_cache_label_give_way_to_the_other_c
         long_runs):
     app = KDApp(runs_dir=long_runs)
     async with app.run_test(size=(100, 24)) as pilot:
-        screen = await _runs_list(pilot)
+        screen = await open_runs_list(pilot)
         table = screen.query_one(DataTable)
         await pilot.press("down", "down", "space")  # "✓ " on a long one
         await pilot.pause()
@@ -205,7 +200,7 @@ async def test_a_long_run_name_and_a_teacher_cache_label_give_way_to_the_other_c
         assert all("…" in name for name in _run_column(table))
     # the same rows at 120 columns: every column whole, the long names still cut in the middle
     async with KDApp(runs_dir=long_runs).run_test(size=(120, 40)) as pilot:
-        table = (await _runs_list(pilot)).query_one(DataTable)
+        table = (await open_runs_list(pilot)).query_one(DataTable)
         assert _on_screen(table)
         assert _run_column(table)[1].startswith("kd-20251009-101500 (cached K=64 topk")
 
@@ -213,7 +208,7 @@ async def test_a_long_run_name_and_a_teacher_cache_label_give_way_to_the_other_c
 async def test_the_run_column_gives_way_again_when_the_terminal_narrows(long_runs):
     app = KDApp(runs_dir=long_runs)
     async with app.run_test(size=(160, 40)) as pilot:
-        table = (await _runs_list(pilot)).query_one(DataTable)
+        table = (await open_runs_list(pilot)).query_one(DataTable)
         assert _run_column(table)[3] == f"{LONG}01500"  # room enough: whole
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
@@ -241,7 +236,7 @@ def test_fit_run_cuts_the_label_then_the_ids_middle():
 def test_snapshot_of_the_runs_list_with_long_names_and_teacher_caches(snap_compare, long_runs,
                                                                       size, monkeypatch):
     async def select_one(pilot) -> None:
-        await _runs_list(pilot)
+        await open_runs_list(pilot)
         await pilot.press("down", "down", "space")
         await pilot.pause()
 
@@ -266,7 +261,7 @@ async def test_resume_is_offered_on_a_row_that_can_resume_only(runs_dir, write_r
         expected[name] = status != "completed" and checkpoint is not None
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _runs_list(pilot)
+        screen = await open_runs_list(pilot)
         table = screen.query_one(DataTable)
         offered = {}
         for row, run in enumerate(screen.runs):
@@ -313,7 +308,7 @@ async def test_every_column_stays_on_screen_with_wide_rows_at_80_columns(wide_ru
     1M), so that status, verdict, started, step and updated stay whole on screen."""
     app = KDApp(runs_dir=wide_runs)
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _runs_list(pilot)
+        screen = await open_runs_list(pilot)
         table = screen.query_one(DataTable)
         await pilot.pause(0.3)
         assert _on_screen(table), [(str(c.label), c.get_render_width(table))
@@ -347,5 +342,5 @@ def test_snapshot_of_the_runs_list_with_wide_rows(snap_compare, wide_runs, size,
     # at 120 columns the step counts are whole (123,456 / 1,000,000); the host still gives way
     monkeypatch.chdir(wide_runs.parent)
     app = KDApp(runs_dir=Path(wide_runs.name), theme="kdtui-dark")
-    assert snap_compare(app, terminal_size=size, run_before=_runs_list)
+    assert snap_compare(app, terminal_size=size, run_before=open_runs_list)
 
