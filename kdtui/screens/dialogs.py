@@ -113,6 +113,12 @@ RUN_HELP = (  # on a screen with the log pane
     "Highlighted: panic, error, Traceback blocks, CUDA out-of-memory and NaN (any case).",
     "Chart: train loss with its KD and CE parts, val loss as points.",
 )
+COMPARE_HELP = (  # on the compare screen
+    "Table: ← → scroll to the columns that do not fit the terminal.",
+    "Judge runs by final val CE: val loss and train loss are each run's own objective "
+    "(alpha*CE + (1-alpha)*T^2*KD), so across runs of another alpha, T or loss the chart draws "
+    "train CE for train loss.",
+)
 HELP_TEXT = "\n".join((  # everywhere
     "ctrl+p: every action of this screen by name, the runs list, a run to open by its name, "
     "the theme (remembered; or kdtui --theme NAME).",
@@ -153,7 +159,8 @@ class HelpScreen(ModalScreen[None]):
             yield Label("Keys", classes="dialog-title")
             with VerticalScroll(classes="dialog-scroll", id="help-scroll"):
                 yield Static(table)
-                panes = RUN_HELP if below is not None and below.query("LogView") else ()
+                panes = RUN_HELP if below is not None and below.query("LogView") else \
+                    COMPARE_HELP if below is not None and below.query("#compare-table") else ()
                 yield Static("\n" + "\n".join((*panes, HELP_TEXT)), classes="dialog-body")
             yield Static("Esc, F1 or q closes · ↑ ↓ PgUp PgDn scroll", classes="dialog-hint")
 

@@ -163,3 +163,25 @@ async def test_each_run_has_one_colour_in_the_chart_its_legend_and_the_table(run
         assert None not in legend and len(set(legend)) == 8  # eight runs, eight colours
         background = app.screen.query_one("#compare-chart").rich_style.bgcolor.get_truecolor()
         assert min(_contrast(c, background) for c in legend) >= 3.0
+
+
+async def test_help_over_compare_says_how_to_reach_the_columns_that_do_not_fit(runs_dir):
+    # at 80 columns the table's last columns (step-0 CE, teacher CE) lie past the edge: the
+    # arrows scroll to them, and nothing said so
+    names = ["kd-20261130-035312", "kd-20261130-041500"]
+    dirs = [write_run(runs_dir / names[0], alpha=0.3), write_run(runs_dir / names[1], alpha=1.0)]
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(d) for d in dirs])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _chart_after(pilot, 0)
+        table = app.screen.query_one("#compare-table")
+        assert table.virtual_size.width > table.size.width  # it does not fit
+        await pilot.press("f1")
+        await pilot.pause(0.3)
+        text = " ".join(str(w.render()) for w in app.screen.query(".dialog-body"))
+        assert "← → scroll to the columns that do not fit" in text
+        assert "final val CE" in text
+        await pilot.press("escape")
+        await pilot.press("right", "right", "right", "right", "right", "right")
+        await pilot.pause(0.2)
+        assert table.scroll_x > 0
