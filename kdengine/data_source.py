@@ -23,9 +23,24 @@ def check_data_file(path: Path, spec: str) -> None:
     if path.suffix in DATA_SUFFIXES:
         return
     what = f"a {path.suffix} file" if path.suffix else "a file without a suffix"
+    fix = (f"rename it to {path.stem}{path.suffix.lower()} (suffixes are read in lower case)"
+           if path.suffix.lower() in DATA_SUFFIXES else "convert it to one, e.g. JSONL")
     raise ConfigError("data", f"{spec} is {what}, not a format kdengine reads (records: "
                       f"{', '.join(RECORD_SUFFIXES)}; raw text: {', '.join(TEXT_SUFFIXES)}); "
-                      "convert it to one, e.g. JSONL")
+                      + fix)
+
+
+def upper_case_suffixes(files: list[Path], readable: tuple[str, ...]) -> str:
+    """For a folder with no file kdengine reads: '; ...' naming those whose suffix is one of
+    `readable` but for its case (NOTES.TXT), else ''."""
+    near = [f for f in files if f.suffix != f.suffix.lower() and f.suffix.lower() in readable]
+    if not near:
+        return ""
+    if len(near) == 1:
+        return (f"; {near[0].name} ends in an upper-case suffix, which kdengine does not read: "
+                f"rename it to {near[0].stem}{near[0].suffix.lower()}")
+    return (f"; {near[0].name} and {len(near) - 1} more end in an upper-case suffix, which "
+            "kdengine does not read: rename them to lower case")
 
 
 def check_data_source(spec: str) -> None:

@@ -118,8 +118,13 @@ def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
     files = sorted(p for p in path.rglob("*") if p.is_file() and
                    (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl")) if path.is_dir() else [path]
     if not files:
+        from kdengine.data_source import DATA_SUFFIXES, upper_case_suffixes
+
+        near = upper_case_suffixes(sorted(p for p in path.rglob("*") if p.is_file()),
+                                   DATA_SUFFIXES)
         raise ConfigError("data", f"{spec} holds no {', '.join(TEXT_SUFFIXES)} or .jsonl files "
-                          f"(or, for pre-tokenized data, a {SHARD_META} beside *.bin shards)")
+                          f"(or, for pre-tokenized data, a {SHARD_META} beside *.bin shards)"
+                          + near)
     for file in files:
         name = str(file.relative_to(path) if path.is_dir() else file.name)
         try:

@@ -36,6 +36,7 @@ from kdengine.data_source import (  # noqa: F401 - kdengine.data's and tests' na
     check_data_file,
     check_data_source,
     hub_dataset_dir,
+    upper_case_suffixes,
 )
 
 SPLITS = ("train", "validation", "valid", "val", "test", "dev")
@@ -134,8 +135,10 @@ def find_sources(spec: str, split: str = "train",
                    and p.suffix in DATA_SUFFIXES and p.name not in METADATA
                    and p.stem.upper() != "README")  # a dataset card, not data
     if not files:
+        near = upper_case_suffixes(sorted(p for p in path.rglob("*") if p.is_file()
+                                          and not _hidden(p, path)), DATA_SUFFIXES)
         raise ConfigError("data", f"{spec} holds no {', '.join(RECORD_SUFFIXES)} or text "
-                          f"({', '.join(TEXT_SUFFIXES)}) files")
+                          f"({', '.join(TEXT_SUFFIXES)}) files{near}")
     chosen, splits = _of_split(files, path, split)
     if not chosen:
         has = ", ".join(splits) if splits else \
