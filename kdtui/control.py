@@ -114,8 +114,10 @@ class _AprControl(_Control):
         if state.get("alive"):
             return RunState(True, None, None)
         if code is None:
-            # killed: only a `kdtui cancel` that saw it go (and noted it in the manifest) knows
-            return RunState(False, self._recorded_status(), None)
+            # killed: a cancel leaves apr.cancelled on the host (the status says so); else only
+            # a `kdtui cancel` that saw it go (and noted it in the manifest) knows
+            return RunState(False, "cancelled" if state.get("cancelled") else
+                            self._recorded_status(), None)
         return RunState(False, "completed" if code == 0 else "failed", int(code))
 
     def _recorded_status(self) -> str | None:

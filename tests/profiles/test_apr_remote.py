@@ -209,8 +209,9 @@ async def test_cancel_stops_apr_and_the_watch_ends_inconclusive(apr_host, apr_re
     finally:
         await handle.close()
     assert state["alive"] is False and state["exit_code"] is None  # killed, not exited
-    assert result.code == 2 and result.finished["status"] == "failed"
-    assert "apr is gone without an exit code" in out.getvalue()
+    assert result.code == 2 and result.finished["status"] == "cancelled"
+    assert "the run was cancelled at step" in out.getvalue()
+    assert state["cancelled"] is True  # apr.cancelled: every later watch knows it too
 
 
 async def test_relaunching_a_running_run_reattaches_instead_of_starting_a_copy(

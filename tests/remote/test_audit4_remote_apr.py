@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -92,3 +94,82 @@ def test_kdtui_dry_run_makes_an_apr_launch_a_dry_run(apr_host, apr_repo, apr_wor
     assert out.startswith("DRY RUN: nothing is connected to"), out
     assert "[preflight] done" not in out
     assert not evidence.exists() and not (apr_work / "runs" / name).exists()
+
+
+# -- day two: cancel, watch, resume -----------------------------------------------------------
+def manifest_of(evidence: Path, name: str) -> dict:
+    return json.loads((evidence / name / "dispatch.json").read_text())
+
+
+def finished_run(host: str, repo: Path, name: str, capsys) -> None:
+    """A short apr run watched to its PASS, recorded in its manifest."""
+    code = main(launch_args(host, repo, name, "--steps", "8"))
+    out = capsys.readouterr().out
+    assert code == 0 and "verdict F-DISTILL-SMOKE-001 PASS" in out, out
+
+
+@pytest.mark.ssh
+@pytest.mark.timeout(180)
+def test_a_cancelled_apr_run_is_cancelled_for_every_later_watch_and_cancel(
+        apr_host, apr_repo, evidence, capsys):
+    """SIGTERM to the wrapper's group kills it before it writes apr.exit: a later `kdtui watch`
+    said 'apr is gone without an exit code (killed, or the host rebooted)', ended it failed and
+    wrote that over the manifest's cancelled, so `kdtui runs` listed it failed."""
+    host = apr_host("normal", step_delay=0.5)
+    name = unique("apr-cancelled")
+    assert main(launch_args(host, apr_repo, name, "--steps", "40", "--detach")) == 0
+    capsys.readouterr()
+    assert main(["cancel", name]) == 0
+    assert capsys.readouterr().out.strip() == f"{name} on {host}: cancelled (no exit code)"
+    assert main(["watch", name, "--headless"]) == 2
+    out = capsys.readouterr().out
+    assert "gone without an exit code" not in out and "killed" not in out, out
+    assert "the run was cancelled at step" in out.splitlines()[-1], out
+    record = manifest_of(evidence, name)
+    assert record["state"] == "cancelled" and record["run_finished"]["status"] == "cancelled"
+    assert main(["cancel", name]) == 0
+    assert "already finished: cancelled" in capsys.readouterr().out
+
+
+@pytest.mark.ssh
+@pytest.mark.timeout(180)
+def test_watch_of_an_apr_run_whose_directory_is_gone_says_so_and_keeps_its_record(
+        apr_host, apr_repo, apr_work, evidence, capsys):
+    """It said 'apr is gone without an exit code ... at step 0' and wrote failed/inconclusive
+    over the run's recorded PASS."""
+    host = apr_host("normal", step_delay=0.05)
+    name = unique("apr-gone-dir")
+    finished_run(host, apr_repo, name, capsys)
+    before = manifest_of(evidence, name)
+    shutil.rmtree(apr_work / "runs" / name)
+    t0 = time.monotonic()
+    assert main(["watch", name, "--headless"]) == 2
+    out = capsys.readouterr().out
+    assert time.monotonic() - t0 < 60
+    assert f"ERROR: the run directory {apr_work}/runs/{name} does not exist on {host}" in out
+    assert "gone without an exit code" not in out and "verdict" not in out, out
+    after = manifest_of(evidence, name)
+    assert after["verdict"] == before["verdict"] and after["verdict"]["status"] == "pass"
+    assert after["state"] == "completed" and after["run_finished"] == before["run_finished"]
+
+
+@pytest.mark.ssh
+@pytest.mark.timeout(180)
+def test_watch_of_an_ended_apr_run_whose_host_is_down_shows_its_record_at_once(
+        apr_host, apr_repo, evidence, tmp_path, sshd, capsys):
+    """docs/remote.md: an ended run whose host cannot be reached is not waited for. An apr run
+    retried the link for 10 minutes."""
+    host = apr_host("normal", step_delay=0.05)
+    name = unique("apr-host-down")
+    finished_run(host, apr_repo, name, capsys)
+    hosts = tmp_path / "hosts.toml"  # the same host block, under the alias whose port is shut
+    hosts.write_text(hosts.read_text() + hosts.read_text().replace("[hosts.kdtest]",
+                                                                   "[hosts.kdtest-down]"))
+    path = evidence / name / "dispatch.json"
+    path.write_text(json.dumps({**manifest_of(evidence, name), "host": "kdtest-down"}))
+    t0 = time.monotonic()
+    assert main(["watch", name, "--headless"]) == 0
+    out = capsys.readouterr().out
+    assert time.monotonic() - t0 < 30, out
+    assert "kdtest-down cannot be reached" in out and "the run completed at step 4" in out
+    assert out.splitlines()[-1].startswith("result: F-DISTILL-SMOKE-001 PASS"), out

@@ -89,10 +89,17 @@ if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
 fi
 sent=0
 # the wrapper leads its process group (the agent starts it in a new session); dash's kill takes
-# no "--", and "-PID" names the group
-if [ "$2" = cancel ] && [ "$alive" = 1 ]; then kill -TERM "-$pid" 2>/dev/null && sent=1; fi
-printf 'pid=%s\nalive=%s\nexit=%s\nlog_bytes=%s\nsent=%s\n' "$pid" "$alive" \
-  "$(cat "$d/apr.exit" 2>/dev/null)" "$(wc -c < "$d/launch.log" 2>/dev/null | tr -d ' ')" "$sent"
+# no "--", and "-PID" names the group. SIGTERM kills the wrapper before it can write apr.exit,
+# so apr.cancelled says, to every later watch, that the run was cancelled (not killed)
+if [ "$2" = cancel ] && [ "$alive" = 1 ]; then
+  : > "$d/apr.cancelled" 2>/dev/null
+  if kill -TERM "-$pid" 2>/dev/null; then sent=1; else rm -f "$d/apr.cancelled"; fi
+fi
+dir=0; [ -d "$d" ] && dir=1
+cancelled=0; [ -e "$d/apr.cancelled" ] && cancelled=1
+printf 'pid=%s\nalive=%s\nexit=%s\nlog_bytes=%s\nsent=%s\nrun_dir=%s\ncancelled=%s\n' \
+  "$pid" "$alive" "$(cat "$d/apr.exit" 2>/dev/null)" \
+  "$(wc -c < "$d/launch.log" 2>/dev/null | tr -d ' ')" "$sent" "$dir" "$cancelled"
 """
 
 # $@ = tool names; answers tool.NAME=path (empty when missing), host and home.
@@ -113,14 +120,17 @@ def parse_key_values(text: str) -> dict[str, str]:
 
 
 def status_from_text(text: str) -> dict[str, Any]:
-    """STATUS_SH's answer as {pid, alive, exit_code, log_bytes, sent}."""
+    """STATUS_SH's answer as {pid, alive, exit_code, log_bytes, sent, run_dir_exists,
+    cancelled}."""
     kv = parse_key_values(text)
 
     def num(key: str) -> int | None:
         value = kv.get(key, "")
         return int(value) if value.lstrip("-").isdigit() else None
     return {"pid": num("pid"), "alive": kv.get("alive") == "1", "exit_code": num("exit"),
-            "log_bytes": num("log_bytes"), "sent": kv.get("sent") == "1"}
+            "log_bytes": num("log_bytes"), "sent": kv.get("sent") == "1",
+            "run_dir_exists": kv.get("run_dir", "1") == "1",
+            "cancelled": kv.get("cancelled") == "1"}
 
 
 def is_host_path(spec: str) -> bool:

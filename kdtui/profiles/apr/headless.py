@@ -15,7 +15,8 @@ from kdtui.profiles.apr.dispatch import AprDispatchError, AprLauncher, AprRunHan
 from kdtui.profiles.apr.schema import AprSettings
 from kdtui.profiles.apr.watch import ALIVE_CHECK_EVERY, EXIT_ERROR, follow_apr_to_verdict
 from kdtui.remote.connect import RemoteError
-from kdtui.remote.manifest import record_verdict
+from kdtui.remote.manifest import read_manifest, record_verdict
+from kdtui.remote.recorded import recorded_outcome
 
 
 async def launch_apr(config: RunConfig, host: str, settings: AprSettings | None = None, *,
@@ -61,6 +62,13 @@ async def watch_apr_manifest(path: Path, *, out: TextIO,
         return EXIT_ERROR
     print(f"watching {handle.run_id} on {handle.host}: {handle.run_dir}", file=out, flush=True)
     try:
+        recorded = recorded_outcome(path, read_manifest(path))
+        if recorded is not None:  # an ended run: its host down is no reason to wait
+            why = await handle.source.try_connect()
+            if why is not None:
+                from kdtui.headless import _print_recorded  # the kdengine watch's own lines
+
+                return _print_recorded(recorded, handle.host, why, out)
         return await watch_apr_handle(handle, out=out, alive_every=alive_every)
     except RemoteError as exc:
         print(f"ERROR: {exc}", file=out, flush=True)

@@ -157,10 +157,16 @@ class AprLogParser:
         """Nothing more arrived for now: a panic block held back for its message is complete."""
         return self._close_panic() if self._panic is not None else []
 
-    def finish(self, exit_code: int | None = None, why: str = "") -> list[dict[str, Any]]:
-        """The apr process is gone. Ends the run if its log did not: verdict + run_finished."""
+    def finish(self, exit_code: int | None = None, why: str = "", *,
+               cancelled: bool = False) -> list[dict[str, Any]]:
+        """The apr process is gone. Ends the run if its log did not: verdict + run_finished
+        (`cancelled`: a `kdtui cancel` or the dashboard's cancel stopped it)."""
         out = self.flush()
         if self.finished is not None:
+            return out
+        if cancelled:
+            out += self._inconclusive(f"the run was cancelled at step {self.last_step}")
+            out.append(self._end("cancelled", exit_code))
             return out
         if exit_code == 0 and self.initial_loss is not None and self.last_loss is not None:
             # exited cleanly but printed no summary: the step losses are all there is

@@ -43,6 +43,9 @@ class AprEventsSource:
         self._events = bytearray()  # the synthesized events.jsonl: append-only, like a file
         self._quiet_since: float | None = None
         self._lock = asyncio.Lock()
+        # the line for a run directory gone from the host (removed, /tmp cleaned at a reboot):
+        # nothing was killed and nothing ended, so no run_finished is made up for it
+        self.missing: str | None = None
 
     async def read(self, name: str, offset: int, limit: int) -> bytes:
         if name == EVENTS_FILE:
@@ -53,6 +56,12 @@ class AprEventsSource:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    async def try_connect(self) -> str | None:
+        """One attempt at the host (SSH sources): None when it answers, else why not; a watch
+        of an ended run shows its recorded outcome instead of waiting for the host."""
+        try_connect = getattr(self.inner, "try_connect", None)
+        return await try_connect() if try_connect is not None else None
 
     def _append(self, events: list[dict[str, Any]]) -> None:
         for event in events:
@@ -65,7 +74,7 @@ class AprEventsSource:
             self._quiet_since = None
             return
         self._append(self.parser.flush())  # a panic's block is complete once the log pauses
-        if self.parser.finished is not None or self.status is None:
+        if self.parser.finished is not None or self.status is None or self.missing:
             return
         now = time.monotonic()
         self._quiet_since = self._quiet_since or now
@@ -75,8 +84,18 @@ class AprEventsSource:
         state = await self.status()
         if state.get("alive"):
             return
+        if state.get("run_dir_exists") is False:
+            where = getattr(self.inner, "run_dir", None) or "the run directory"
+            self.missing = (f"the run directory {where} does not exist on {self.label} "
+                            "(removed, or cleaned with the box's /tmp at a reboot): nothing to "
+                            "follow")
+            self._append([self.parser._event("log", level="error", kind="missing",
+                                             message=self.missing)])
+            return
         await self._read_lines()  # what it wrote just before it went
-        if self.parser.finished is None:
+        if self.parser.finished is None and state.get("cancelled"):
+            self._append(self.parser.finish(state.get("exit_code"), cancelled=True))
+        elif self.parser.finished is None:
             code = state.get("exit_code")
             why = (f"apr exited (code {code}) without its completion line" if code is not None
                    else "apr is gone without an exit code (killed, or the host rebooted)")
@@ -158,13 +177,17 @@ async def follow_apr_to_verdict(handle: Any, *, out: TextIO,
     finished: dict[str, Any] | None = None
     printed = 0
     while finished is None:
+        if follower.apr.missing:  # said as it is; not an end to record over the manifest's
+            print(f"ERROR: {follower.apr.missing}", file=out, flush=True)
+            return AprWatchResult(EXIT_ERROR, None, None, events, printed)
         update = await follower.poll()
         printed += len(update.log_lines)
         for line in update.log_lines:
             print(line, file=out, flush=True)
         for event in update.events:
             events.append(event)
-            if event.get("type") == LOG and event.get("level") == "error":
+            if event.get("type") == LOG and event.get("level") == "error" and \
+                    event.get("kind") != "missing":  # said once, below
                 print(f"ERROR [{event.get('kind')}] {event.get('message')}", file=out,
                       flush=True)
             if event.get("type") == RUN_FINISHED and finished is None:
