@@ -9,9 +9,25 @@ a path) can ever be read by the remote shell as syntax. The only unquoted text i
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+# an env variable whose name says it holds a secret: its value is sent, never shown
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|API_?KEY|"
+                         r"ACCESS_KEY|PRIVATE_KEY|AUTH", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.+)", re.DOTALL)
+MASK = "***"
+
+
+def mask_secret(word: str) -> str:
+    """`NAME=value` with `value` as *** when NAME says it is a secret (HF_TOKEN, WANDB_API_KEY,
+    AWS_SECRET_ACCESS_KEY...); any other word as it is."""
+    match = _ASSIGNMENT.fullmatch(word)
+    if match and SECRET_NAME.search(match.group(1)):
+        return f"{match.group(1)}={MASK}"
+    return word
 
 
 def quote_argv(argv: Sequence[str]) -> str:
@@ -33,10 +49,20 @@ class RemoteCommand:
     @property
     def text(self) -> str:
         """Exactly the string handed to the SSH server."""
+        return " && ".join([*self.setup, quote_argv(self._words())])
+
+    @property
+    def shown(self) -> str:
+        """`text` as the dry run, the stage output and the dashboard show it: a secret-named
+        variable's value (`HF_TOKEN=...`, in `env` or in the argv) as ***, so a token in the
+        hosts file's `env` never lands in a terminal log; everything else is `text`."""
+        return " && ".join([*self.setup, quote_argv([mask_secret(w) for w in self._words()])])
+
+    def _words(self) -> list[str]:
         argv = list(self.argv)
         if self.env:
             argv = ["env", *(f"{k}={v}" for k, v in self.env), *argv]
-        return " && ".join([*self.setup, quote_argv(argv)])
+        return argv
 
 
 def remote_command(purpose: str, argv: Sequence[str], *, setup: Sequence[str] = (),

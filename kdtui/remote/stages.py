@@ -200,21 +200,21 @@ class RemotePlan:
                  f"  run {self.config.run_name} in {self.run_dir} (engine venv {self.env_dir})",
                  "  [preflight] connect (host key checked against known_hosts)",
                  f"  [preflight] sftp put {self.uploads()[0][0]} -> {self.agent_path}",
-                 f"  [preflight] $ {self.probe().text}"]
+                 f"  [preflight] $ {self.probe().shown}"]
         if self.host.sync == "git":
-            lines.append(f"  [sync] $ {self.gitsync().text}")
+            lines.append(f"  [sync] $ {self.gitsync().shown}")
         else:
             wheel_desc = next(k for k in up if k.startswith("wheel"))
             lines.append(f"  [sync] (when the venv is missing) sftp put {wheel_desc} -> "
                          f"{self.wheel_path}")
-        lines.append(f"  [sync] (when the venv is missing) $ {self.mkenv().text}")
-        lines.append(f"  [check] $ {self.check().text}")
+        lines.append(f"  [sync] (when the venv is missing) $ {self.mkenv().shown}")
+        lines.append(f"  [check] $ {self.check().shown}")
         pull = self.pull()
-        lines.append(f"  [models] $ {pull.text}" if pull else
+        lines.append(f"  [models] $ {pull.shown}" if pull else
                      "  [models] nothing to pull (no hub repo ids)")
-        lines.append(f"  [launch] $ {self.launch().text}")
-        lines.append(f"  [launch] after {self.host.alive_check_s:g}s: $ {self.status().text}")
-        lines.append(f"  [launch] if it died: $ {self.tail().text}")
+        lines.append(f"  [launch] $ {self.launch().shown}")
+        lines.append(f"  [launch] after {self.host.alive_check_s:g}s: $ {self.status().shown}")
+        lines.append(f"  [launch] if it died: $ {self.tail().shown}")
         return lines
 
 
@@ -374,7 +374,7 @@ class StageRunner:
             host = self.plan.host
             build = self.plan.build_id
             if host.sync == "git":
-                sink(f"$ {self.plan.gitsync().text}")
+                sink(f"$ {self.plan.gitsync().shown}")
                 answer = await run_agent(self.conn, self.plan.gitsync(), sink, timeout=600)
                 build = answer["commit"]
                 self.attempt.commit = build
@@ -388,7 +388,7 @@ class StageRunner:
                     await sftp.makedirs(str(Path(self.plan.wheel_path).parent), exist_ok=True)
                     await put_bytes(sftp, self.plan.wheel.data, self.plan.wheel_path)
             command = self.plan.mkenv(build)
-            sink(f"$ {command.text}")
+            sink(f"$ {command.shown}")
             answer = await run_agent(self.conn, command, sink, timeout=900)
             return "done", f"kdengine {answer.get('kdengine')} in {self.plan.env_dir}"
         await self.stage("sync", body)
@@ -410,7 +410,7 @@ class StageRunner:
         async def body(started: float):
             sink = self.line_sink("check", started)
             command = self.plan.check()
-            sink(f"$ {command.text}")
+            sink(f"$ {command.shown}")
             # an hour: on conversation data the check tokenizes the examples into the store the
             # run then reuses (its progress lines come through the sink), which takes a while
             result = await run_command(self.conn, command, sink, timeout=3600)
@@ -434,7 +434,7 @@ class StageRunner:
             if command is None:
                 return "skipped", "no hub models to pull (demo or local paths, checked above)"
             sink = self.line_sink("models", started)
-            sink(f"$ {command.text}")
+            sink(f"$ {command.shown}")
             answer = await run_agent(self.conn, command, sink, timeout=None)
             models = answer.get("models", [])
             if all(m.get("cached") for m in models):
@@ -450,7 +450,7 @@ class StageRunner:
         async def body(started: float):
             sink = self.line_sink(name, started)
             command = self.plan.launch(token, argv)
-            sink(f"$ {command.text}")
+            sink(f"$ {command.shown}")
             answer = await run_agent(self.conn, command, sink, timeout=60)
             pid = int(answer["pid"])
             self.attempt.pid = pid

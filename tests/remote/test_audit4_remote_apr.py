@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -173,3 +174,60 @@ def test_watch_of_an_ended_apr_run_whose_host_is_down_shows_its_record_at_once(
     assert time.monotonic() - t0 < 30, out
     assert "kdtest-down cannot be reached" in out and "the run completed at step 4" in out
     assert out.splitlines()[-1].startswith("result: F-DISTILL-SMOKE-001 PASS"), out
+
+
+# -- secrets ----------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@pytest.mark.ssh
+@pytest.mark.timeout(180)
+def test_a_token_in_the_hosts_env_reaches_apr_but_no_process_list_output_or_file(
+        apr_host, apr_repo, apr_work, evidence, tmp_path, capsys):
+    """The host's env went into the wrapper's argv (`sh -c WRAPPER ... env HF_TOKEN=... apr`):
+    any user of a shared GPU box read the token in `ps` for the run's whole life, and every
+    headless launch printed it in its `$ ...` lines (CI logs)."""
+    host = apr_host("normal", step_delay=0.5)
+    secret = "hf_" + uuid.uuid4().hex
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(hosts.read_text().replace("env = { ", f'env = {{ HF_TOKEN = "{secret}", '))
+    name = unique("apr-secret")
+    assert main(launch_args(host, apr_repo, name, "--steps", "40", "--detach")) == 0
+    out = capsys.readouterr().out
+    try:
+        pid = int((apr_work / "runs" / name / "engine.pid").read_text())
+        wrapper = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert b"kdtui-apr-run" in wrapper and secret.encode() not in wrapper
+        deadline = time.monotonic() + 20
+        while not (children := _children(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children, "apr never started under its wrapper"
+        assert f"HF_TOKEN={secret}".encode() in Path(f"/proc/{children[0]}/environ").read_bytes()
+        assert secret not in out and "HF_TOKEN=***" in out, out
+        assert main(launch_args(host, apr_repo, name, "--dry-run")) == 0
+        dry = capsys.readouterr().out
+        assert secret not in dry and "HF_TOKEN=***" in dry
+    finally:
+        assert main(["cancel", name]) == 0
+    for path in evidence.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), path
+
+
+def test_a_token_in_the_hosts_env_is_not_printed_by_a_kdengine_dry_run(remote_env, capsys):
+    secret = "hf_" + uuid.uuid4().hex
+    hosts = remote_env["hosts"]
+    hosts.write_text(hosts.read_text().replace("env = { ", f'env = {{ HF_TOKEN = "{secret}", '))
+    assert main(["launch", "--headless", "--host", "kdtest", "--demo", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert secret not in out and "HF_TOKEN=***" in out, out

@@ -229,8 +229,10 @@ class AprPlan:
 
     def launch(self, invocation: AprInvocation) -> RemoteCommand:
         env = ["env", *(f"{k}={v}" for k, v in self.host.env)] if self.host.env else []
+        # `env K=V` execs the wrapper (same pid): apr inherits the host's env, and no value of
+        # it (a token) stays in the wrapper's argv, which `ps` shows for the run's whole life
         argv = [self.host.python, self.agent_path, "launch", "--run-dir", self.run_dir, "--",
-                "sh", "-c", WRAPPER_SH, MARKER, self.run_dir, *env, self.apr_bin,
+                *env, "sh", "-c", WRAPPER_SH, MARKER, self.run_dir, self.apr_bin,
                 *invocation.args]
         return self._cmd("start apr distill detached", argv, env=False)
 
@@ -250,22 +252,22 @@ class AprPlan:
                  f"  run {self.config.run_name} in {self.run_dir}",
                  "  [preflight] connect (host key checked against known_hosts)",
                  f"  [preflight] sftp put kdtui agent -> {self.agent_path}",
-                 f"  [preflight] $ {self.probe().text}",
-                 f"  [preflight] $ {self.status().text}"]
+                 f"  [preflight] $ {self.probe().shown}",
+                 f"  [preflight] $ {self.status().shown}"]
         if self.settings.build:
-            lines += [f"  [sync] $ {self.gitsync().text}", f"  [sync] $ {self.build().text}"]
+            lines += [f"  [sync] $ {self.gitsync().shown}", f"  [sync] $ {self.build().shown}"]
         else:
             lines.append(f"  [sync] skipped: build = false, {self.apr_bin} as installed")
-        lines += [f"  [version] $ {self.version().text}",
-                  f"  [check] $ {self.help().text}  (must list: "
+        lines += [f"  [version] $ {self.version().shown}",
+                  f"  [check] $ {self.help().shown}  (must list: "
                   + ", ".join(a for a in inv.args if a.startswith("--")) + ")"]
         for name in ("teacher", "student"):
             spec = getattr(self.config, name)
-            lines.append(f"  [models] $ {self.exists(spec).text}" if is_host_path(spec) else
-                         f"  [models] $ {self.pull(spec).text}  (then the printed Path)")
-        lines.append(f"  [launch] $ {self.launch(inv).text}")
-        lines.append(f"  [launch] after {self.host.alive_check_s:g}s: $ {self.status().text}")
-        lines.append(f"  [launch] if it died: $ {self.tail().text}")
+            lines.append(f"  [models] $ {self.exists(spec).shown}" if is_host_path(spec) else
+                         f"  [models] $ {self.pull(spec).shown}  (then the printed Path)")
+        lines.append(f"  [launch] $ {self.launch(inv).shown}")
+        lines.append(f"  [launch] after {self.host.alive_check_s:g}s: $ {self.status().shown}")
+        lines.append(f"  [launch] if it died: $ {self.tail().shown}")
         lines += [f"  {line}" for line in inv.lines()]
         return lines
 
@@ -287,7 +289,7 @@ class AprStageRunner(StageRunner):
                    timeout: float | None, *, show: bool = True):
         assert self.conn is not None
         if show and sink:
-            sink(f"$ {command.text}")
+            sink(f"$ {command.shown}")
         return await run_command(self.conn, command, sink, timeout=timeout)
 
     async def preflight(self) -> dict[str, Any]:  # type: ignore[override]
@@ -335,7 +337,7 @@ class AprStageRunner(StageRunner):
             if not plan.settings.build:
                 return "skipped", f"build = false: {plan.apr_bin} as installed"
             sink = self.line_sink("sync", started)
-            sink(f"$ {plan.gitsync().text}")
+            sink(f"$ {plan.gitsync().shown}")
             answer = await run_agent(self.conn, plan.gitsync(), sink, timeout=900)
             self.attempt.commit = answer.get("commit")
             result = await self._run(plan.build(), sink, None)
@@ -419,7 +421,7 @@ class AprStageRunner(StageRunner):
             sink = self.line_sink("launch", started)
             plan = self.plan
             command = plan.launch(invocation)
-            sink(f"$ {command.text}")
+            sink(f"$ {command.shown}")
             answer = await run_agent(self.conn, command, sink, timeout=60)
             pid = int(answer["pid"])
             self.attempt.pid = pid
