@@ -39,8 +39,12 @@ def resumer_for(ref: str | Path, runs_dir: Path,
         return resumer
     manifest = find_manifest(ref)
     if manifest is not None:
+        from kdtui.profiles.apr.dispatch import apr_resume_refusal
         from kdtui.remote.hosts import HostsFileError
 
+        why = apr_resume_refusal(manifest)
+        if why:
+            raise ResumeRefused(why)
         try:
             return RemoteResumer(manifest, on_status)
         except (KeyError, ValueError, HostsFileError) as exc:

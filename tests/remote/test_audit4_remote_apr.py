@@ -231,3 +231,23 @@ def test_a_token_in_the_hosts_env_is_not_printed_by_a_kdengine_dry_run(remote_en
     assert main(["launch", "--headless", "--host", "kdtest", "--demo", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert secret not in out and "HF_TOKEN=***" in out, out
+
+
+@pytest.mark.ssh
+@pytest.mark.timeout(180)
+def test_resume_of_an_apr_run_says_apr_cannot_resume_in_one_line(
+        apr_host, apr_repo, evidence, capsys):
+    """It said '.../dispatch.json holds no engine command to resume with' (it holds apr's)."""
+    host = apr_host("normal", step_delay=0.5)
+    name = unique("apr-resume")
+    assert main(launch_args(host, apr_repo, name, "--steps", "40", "--detach")) == 0
+    assert main(["cancel", name]) == 0
+    capsys.readouterr()
+    before = manifest_of(evidence, name)
+    assert main(["resume", name, "--headless"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"kdtui resume: error: {name} is an apr distill run"), captured
+    assert "kdtui launch --profile apr" in lines[0] and captured.out == ""
+    assert manifest_of(evidence, name) == before

@@ -452,6 +452,20 @@ async def _put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str) -> None:
     await put(sftp, data, path)
 
 
+def apr_resume_refusal(manifest: Path) -> str | None:
+    """Why `kdtui resume` (or R) cannot continue the run of `manifest`, when it is an apr run
+    (None for any other): apr distill has no resume from its checkpoints that kdtui drives."""
+    try:
+        data = read_manifest(manifest)
+    except (OSError, ValueError):
+        return None  # the resumer says what is wrong with the file
+    if data.get("profile") != PROFILE:
+        return None
+    return (f"{data.get('run_id')} is an apr distill run: apr has no resume from its "
+            "checkpoints that kdtui can drive; start it again under a new name "
+            "(kdtui launch --profile apr --run-name NEW ...)")
+
+
 # -- the launcher and its handle -------------------------------------------------------------------
 class AprDispatchError(RemoteError):
     """The apr dispatch failed; the message says on which stage and why."""
