@@ -286,9 +286,19 @@ def cmd_verdict(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="Print the verdict as JSON")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
-    if not (run_dir / "events.jsonl").exists():
+    named = default_runs_dir() / args.run_dir
+    if not run_dir.exists() and (named / "events.jsonl").is_file():  # kdtui watch's run name
+        raise UsageError(f"{run_dir} does not exist here (the run of that name is {named}: "
+                         f"{PROG} verdict {named})")
+    if not run_dir.exists():
+        raise UsageError(f"{run_dir} does not exist (give a run's directory, the one that holds "
+                         "events.jsonl)")
+    if not (run_dir / "events.jsonl").is_file():
         raise UsageError(f"{run_dir} has no events.jsonl: not a kdengine run dir")
-    verdict = verdict_for_run(str(run_dir))
+    try:
+        verdict = verdict_for_run(str(run_dir))
+    except OSError as exc:  # unreadable: one line, as every other refusal
+        raise UsageError(f"cannot read {run_dir / 'events.jsonl'}: {exc.strerror}") from None
     print(json.dumps(verdict.to_event()) if args.json else verdict.summary())
     return verdict.exit_code
 

@@ -105,6 +105,13 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _step(event: dict[str, Any]) -> int | None:
+    """An event's step, or None where it is not a number of steps (an edited or damaged line:
+    the reader is tolerant, so that event counts as having no step)."""
+    step = event.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     evals: list[dict[str, Any]] = []
     finished: dict[str, Any] | None = None
@@ -117,7 +124,7 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
         if kind == ev.RUN_STARTED:
             job = event.get("job", job)
         if kind == ev.STEP:
-            last_step = max(last_step, int(event.get("step", 0)))
+            last_step = max(last_step, _step(event) or 0)
             if bad_loss is None and not _finite(event.get("loss")):
                 bad_loss = event
         elif kind == ev.EVAL:
@@ -136,8 +143,8 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     if engine_verdict is not None and not evals:
         return Verdict.from_train_batch_event(engine_verdict)
 
-    initial = next((e for e in evals if e.get("step") == 0), None)
-    later = [e for e in evals if e.get("step", 0) > 0]
+    initial = next((e for e in evals if _step(e) == 0), None)
+    later = [e for e in evals if (_step(e) or 0) > 0]
     final = later[-1] if later else None
     key = GEN_KL if any(GEN_KL in e for e in evals) else "val_loss"
     init_loss = initial.get(key) if initial else None
@@ -145,7 +152,7 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     known = dict(
         initial_loss=init_loss if _finite(init_loss) else None,
         final_loss=final_loss if _finite(final_loss) else None,
-        final_step=final.get("step") if final else None,
+        final_step=_step(final) if final else None,
         **({"loss_kind": GEN_KL} if key == GEN_KL else {}),
     )
 
@@ -242,9 +249,9 @@ def distill_report(events: Iterable[dict[str, Any]]) -> DistillReport:
     for event in events:
         if event.get("type") != ev.EVAL:
             continue
-        if event.get("step") == 0 and initial is None:
+        if _step(event) == 0 and initial is None:
             initial = event
-        elif event.get("step", 0) > 0:
+        elif (_step(event) or 0) > 0:
             latest = event
 
     def num(event: dict[str, Any] | None, key: str) -> float | None:
@@ -255,7 +262,7 @@ def distill_report(events: Iterable[dict[str, Any]]) -> DistillReport:
         initial_ce=num(initial, "val_ce"), latest_ce=num(latest, "val_ce"),
         initial_kd=num(initial, "val_kd"), latest_kd=num(latest, "val_kd"),
         teacher_ce=num(initial, "val_teacher_ce"),
-        latest_step=latest.get("step") if latest else None)
+        latest_step=_step(latest) if latest else None)
     warnings = []
     loss0, loss1 = num(initial, "val_loss"), num(latest, "val_loss")
     if (report.initial_ce is not None and report.latest_ce is not None and loss0 is not None
