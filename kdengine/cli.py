@@ -115,8 +115,9 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
     # (kdengine.checkpoint.complete_checkpoints; that module loads torch)
     if not any((run_dir / "checkpoints").glob("step-*/meta.json")):
         # where it stopped: its run_finished says, else (killed) the last step it logged
-        last = max((e.get("step", 0) if e.get("type") == STEP else e.get("steps", 0)
-                    for e in seen if e.get("type") in (STEP, RUN_FINISHED)), default=0)
+        last = max((n for e in seen if e.get("type") in (STEP, RUN_FINISHED)
+                    if isinstance(n := e.get("step" if e["type"] == STEP else "steps"), int)),
+                   default=0)
         every = config.checkpoint_every
         why = ("checkpoint_every=0 keeps none" if not every else
                f"it stopped at step {last}, before its first checkpoint at step {every}"
