@@ -1,5 +1,6 @@
-"""docs/getting-started.md's promises a user relies on, through the real commands: `kdtui launch
---headless` reads every run field from KDTUI_<FIELD>, below flags and above --config."""
+"""docs/getting-started.md's and the README's promises a user relies on, through the real
+commands: `kdtui launch --headless` reads every run field from KDTUI_<FIELD>, below flags and
+above --config; it and `kdengine verdict` exit 0 pass, 1 fail, 2 inconclusive."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "getting-started.md"
 
@@ -35,3 +38,43 @@ def test_headless_launch_takes_kdtui_field_variables_below_flags_and_above_the_c
     assert got["lr"] == "0.02"  # the flag over the variable
     assert got["alpha"] == "0.3" and got["run_name"] == "'mine'"  # the file's own
     assert not (tmp_path / "runs").exists()  # a dry run touches nothing
+
+
+def _nan_student(student: str) -> str:
+    """The student with one NaN weight: its step-0 eval is NaN, so the run cannot say."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = Path(student).with_name("student-nan")
+    shutil.copytree(student, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"))
+    return str(broken)
+
+
+@pytest.mark.parametrize(("lr", "broken", "status", "code"), [
+    ("3e-3", False, "PASS", 0), ("1e-12", False, "FAIL", 1), ("3e-3", True, "INCONCLUSIVE", 2),
+], ids=["pass", "fail", "inconclusive"])
+def test_headless_launch_and_verdict_exit_by_the_verdict(tiny_run_inputs, tmp_path, lr, broken,
+                                                         status, code) -> None:
+    # README's Use: `kdtui launch --headless ...` exits 0 pass, 1 fail, 2 error/inconclusive;
+    # `kdengine verdict RUN_DIR` exits 0 pass, 1 fail, 2 inconclusive
+    student = _nan_student(tiny_run_inputs["student"]) if broken else tiny_run_inputs["student"]
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "kdtui", "launch", "--headless", "--teacher",
+         tiny_run_inputs["teacher"], "--student", student, "--data", tiny_run_inputs["data"],
+         "--run-dir", str(run_dir), "--steps", "4", "--batch-size", "4", "--seq-len", "32",
+         "--eval-every", "2", "--eval-batches", "2", "--warmup-steps", "0", "--lr", lr,
+         "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == code, done.stdout[-2000:] + done.stderr[-2000:]
+    result = done.stdout.strip().splitlines()[-1]
+    assert result.startswith(f"result: F-DISTILL-SMOKE-001 {status}"), result
+    assert result.endswith(f"(exit {code})"), result
+    verdict = subprocess.run([sys.executable, "-m", "kdengine", "verdict", str(run_dir)],
+                             capture_output=True, text=True, timeout=120)
+    assert verdict.returncode == code, verdict.stderr
+    assert verdict.stdout.startswith(f"F-DISTILL-SMOKE-001 {status}")
