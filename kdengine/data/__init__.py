@@ -155,8 +155,8 @@ def _file_documents(file: Path, name: str, text_field: str) -> list[Document]:
     except UnicodeDecodeError as exc:
         raise _BadFile(f"cannot read {file}:", f"not UTF-8 text (byte {exc.start})",
                        "give UTF-8 text, or pre-tokenized shards") from None
-    if file.suffix == ".jsonl":
-        return list(_jsonl_documents(file, text, text_field))
+    if file.suffix == ".jsonl":  # a byte-order mark (Windows editors) opens no record
+        return list(_jsonl_documents(file, text.removeprefix("\ufeff"), text_field))
     return [Document(name, text)] if text.strip() else []
 
 
@@ -329,14 +329,24 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
                            "(an object of fields)", "give each line a JSON object with a text "
                            "field (or messages, or prompt and completion)")
         if not isinstance(record.get(text_field), str):
-            if record.get(text_field) is not None:
-                raise _BadFile(f"{file}:{number}", f"has a {text_field} field that is a "
-                               f"{type(record[text_field]).__name__}, not a string",
+            if text_field in record:
+                raise _BadFile(f"{file}:{number}", f"has a {text_field} field that is "
+                               f"{_json_kind(record[text_field])}, not a string",
                                "give each line a text string")
             reason, _, fix = no_fields_text(record).partition("; ")
             raise _BadFile(f"{file}:{number}", reason, fix)
         if record[text_field].strip():
             yield Document(f"{file.name}:{number}", record[text_field])
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (a field of the wrong kind says it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = {int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def is_validation(name: str, val_fraction: float) -> bool:

@@ -195,7 +195,7 @@ def _holds_records(path: Path, keys: set[str]) -> bool:
     record has one of `keys`, from its first 64 kB (a longer first record: a key in them)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4096).decode("utf-8", errors="replace")
+            head = f.read(4096).decode("utf-8", errors="replace").removeprefix("\ufeff")
             start = _RECORDS_START.match(head)
             if start is None:  # most JSON that is not data: read no further
                 return False
@@ -308,8 +308,8 @@ def _decoded_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
     try:
         with open(path, "rb") as f:
             for number, raw in enumerate(f, 1):
-                try:
-                    yield number, raw.decode("utf-8")
+                try:  # the first line may open with a byte-order mark (Windows editors)
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
                     raise BadRecord(f"{name}:{number}", f"is not UTF-8 text (byte {exc.start} "
                                     "of the line)") from None
@@ -332,7 +332,7 @@ def _jsonl_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
 
 def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no error
         data = json.loads(text)
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None

@@ -76,3 +76,51 @@ def test_a_folder_with_nothing_readable_says_so_without_a_rename(
     done = _check(tiny_run_inputs, tiny_args, tmp_path / "run", folder)
     line = one_line_refusal(done, "train", f"--data: {folder} holds no ")
     assert "rename" not in line and line.endswith("beside *.bin shards)"), line
+
+
+def _tokens(done: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)["preflight"]
+    return found["train_tokens"], found["val_tokens"]
+
+
+def test_a_jsonl_file_opening_with_a_byte_order_mark_is_utf8_as_any_other(
+        tiny_run_inputs, tiny_args, tmp_path) -> None:
+    # getting-started: "every file must be UTF-8"; a UTF-8 file that Notepad or PowerShell
+    # saved with a byte-order mark was refused ("Unexpected UTF-8 BOM (decode using
+    # utf-8-sig)") as if its first line were not JSON
+    lines = "".join(json.dumps({"text": TINY_TEXT[i:i + 2000]}) + "\n"
+                    for i in range(0, len(TINY_TEXT), 2000))
+    plain, marked = tmp_path / "plain" / "notes.jsonl", tmp_path / "marked" / "notes.jsonl"
+    for path, data in ((plain, lines.encode()), (marked, b"\xef\xbb\xbf" + lines.encode())):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    without = _check(tiny_run_inputs, tiny_args, tmp_path / "run", plain)
+    with_mark = _check(tiny_run_inputs, tiny_args, tmp_path / "run", marked)
+    assert _tokens(with_mark) == _tokens(without)  # the same documents, the mark in none
+
+
+def test_example_files_opening_with_a_byte_order_mark_are_read(tiny_run_inputs, tiny_args,
+                                                               tmp_path) -> None:
+    records = [{"prompt": f"Q{i}: what is {i} + {i}?", "completion": f" {2 * i}."}
+               for i in range(200)]
+    jsonl, array = tmp_path / "pairs.jsonl", tmp_path / "pairs.json"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in records).encode())
+    array.write_bytes(b"\xef\xbb\xbf" + json.dumps(records).encode())
+    for data in (jsonl, array):
+        done = _check(tiny_run_inputs, tiny_args, tmp_path / "run", data)
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("value", "kind"), [("null", "null"), ("5", "a number"),
+                                             ('["a"]', "a list")])
+def test_a_text_field_of_another_kind_says_what_it_is(tiny_run_inputs, tiny_args, tmp_path,
+                                                      one_line_refusal, value, kind) -> None:
+    # data.md: a JSONL line without a text string is refused naming file:line; a null text
+    # was told it has no text field, "(its fields: text)"
+    data = tmp_path / "notes.jsonl"
+    data.write_text(json.dumps({"text": TINY_TEXT}) + "\n" + f'{{"text": {value}}}\n')
+    done = _check(tiny_run_inputs, tiny_args, tmp_path / "run", data)
+    line = one_line_refusal(done, "train", f"--data: {data}:2 has a text field that is {kind}, "
+                            "not a string; give each line a text string")
+    assert line.endswith("or skip bad files with --on-bad-file skip"), line
