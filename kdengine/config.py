@@ -522,7 +522,8 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a run config from .toml or .json; errors name the file and the fix."""
     try:
-        text = path.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale says
+        # TOML is UTF-8, whatever the locale says; a byte-order mark (Notepad) is no statement
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

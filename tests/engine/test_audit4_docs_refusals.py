@@ -4,6 +4,7 @@ exit 2, one line naming the field and the fix, no traceback, no run directory.""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -85,3 +86,20 @@ def test_resume_without_a_checkpoint_names_the_step_the_run_stopped_at(
     line = one_line_refusal(done, "train", "--resume: ")
     assert (f"(it stopped at step {finished['steps']}, before its first checkpoint at step "
             "100000)") in line, line
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_config_file_opening_with_a_byte_order_mark_is_read(tiny_run_inputs, tmp_path,
+                                                              suffix) -> None:
+    # getting-started's run.toml saved by Notepad: "is not valid TOML: Invalid statement (at
+    # line 1, column 1)" for the invisible mark
+    values = {"teacher": tiny_run_inputs["teacher"], "student": tiny_run_inputs["student"],
+              "data": tiny_run_inputs["data"], "seq_len": 32, "batch_size": 4,
+              "run_name": "marked"}
+    text = (json.dumps(values) if suffix == ".json" else
+            "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    path = tmp_path / f"run{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    done = _engine("train", "--config", str(path), "--check")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["config"]["run_name"] == "marked"
