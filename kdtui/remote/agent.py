@@ -52,6 +52,23 @@ def _module_version(name: str, python: str) -> str | None:
     return out or None
 
 
+def _env_kdengine(env_dir: str) -> str | None:
+    """kdengine's version as the venv imports it, None unless it comes from inside the venv (a
+    removed package would otherwise be found in the configured python's, through the .pth)."""
+    code = ("import json\ntry:\n import kdengine as m\nexcept Exception:\n print('null')\n"
+            "else:\n print(json.dumps([getattr(m, '__version__', '?'), m.__file__]))")
+    env_dir = os.path.abspath(env_dir)
+    try:
+        out = subprocess.run([os.path.join(env_dir, "bin", "python"), "-c", code],
+                             capture_output=True, text=True, timeout=120).stdout.strip()
+        found = json.loads(out or "null")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if not found or not os.path.abspath(found[1]).startswith(env_dir + os.sep):
+        return None
+    return found[0]
+
+
 def _torch_info() -> dict:
     try:
         import torch  # noqa: PLC0415 - probing is the point
@@ -86,8 +103,14 @@ def cmd_probe(args: argparse.Namespace) -> None:
     info["env_dir"] = os.path.abspath(args.env_dir)
     info["env_build"] = _read(os.path.join(args.env_dir, BUILD_MARKER))
     info["env_ready"] = info["env_build"] == args.build and os.path.exists(env_python)
-    info["kdengine"] = (_module_version("kdengine", env_python) if info["env_ready"]
+    info["kdengine"] = (_env_kdengine(args.env_dir) if info["env_ready"]
                         else _module_version("kdengine", sys.executable))
+    if info["env_ready"] and info["kdengine"] is None:
+        # marked ready, but kdengine does not import from inside it (a package removed, a pip
+        # run by hand): the sync stage makes it again instead of every check failing on it, or
+        # the run taking the configured python's own kdengine through the .pth
+        info["env_ready"], info["env_broken"] = False, True
+        info["kdengine"] = _module_version("kdengine", sys.executable)
     info["run"] = _status(args.run_dir)
     info["run_dir"] = os.path.abspath(args.run_dir)
     answer(info)
@@ -133,11 +156,16 @@ def cmd_mkenv(args: argparse.Namespace) -> None:
     # when the stage sends it again; the second waits, then finds the venv made
     with open(env_dir + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        env_python = os.path.join(env_dir, "bin", "python")
         if _read(os.path.join(env_dir, BUILD_MARKER)) == args.build and \
-                os.path.exists(os.path.join(env_dir, "bin", "python")):
-            answer({"ok": True, "env_dir": env_dir, "kdengine": _module_version(
-                "kdengine", os.path.join(env_dir, "bin", "python")), "already_made": True})
-            return
+                os.path.exists(env_python):
+            version = _env_kdengine(env_dir)
+            if version is not None:
+                answer({"ok": True, "env_dir": env_dir, "kdengine": version,
+                        "already_made": True})
+                return
+            print(f"{env_dir} is marked ready but kdengine does not import from it: "
+                  "making it again", file=sys.stderr, flush=True)
         _make_env(args, env_dir)
 
 

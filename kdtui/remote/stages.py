@@ -378,10 +378,13 @@ class StageRunner:
                 answer = await run_agent(self.conn, self.plan.gitsync(), sink, timeout=600)
                 build = answer["commit"]
                 self.attempt.commit = build
-                if probe.get("env_build") == build:
+                if probe.get("env_build") == build and not probe.get("env_broken"):
                     return "skipped", f"{host.git_ref} = {build[:12]}, already installed"
             elif probe.get("env_ready"):
                 return "skipped", f"{self.plan.build_id} already installed in {self.plan.env_dir}"
+            if probe.get("env_broken"):
+                sink(f"{self.plan.env_dir} is marked ready but kdengine does not import from "
+                     "it: making it again")
             if host.sync == "wheel":
                 sink(f"sftp put {self.plan.wheel.filename} -> {self.plan.wheel_path}")
                 async with self.conn.start_sftp_client() as sftp:
