@@ -353,7 +353,8 @@ class StageRunner:
                 async with self.conn.start_sftp_client() as sftp:
                     await sftp.makedirs(self.plan.host.agent_dir, exist_ok=True)
                     if not await sftp.exists(self.plan.agent_path):
-                        await put_bytes(sftp, agent_source(), self.plan.agent_path)
+                        await put_bytes(sftp, agent_source(), self.plan.agent_path,
+                                        self.plan.host.alias)
                 probe = await run_agent(self.conn, self.plan.probe(), sink, timeout=180)
             except (asyncssh.Error, OSError) as exc:
                 raise StageFailed(f"{self.plan.host.alias}: preflight failed: {exc}",
@@ -389,7 +390,8 @@ class StageRunner:
                 sink(f"sftp put {self.plan.wheel.filename} -> {self.plan.wheel_path}")
                 async with self.conn.start_sftp_client() as sftp:
                     await sftp.makedirs(str(Path(self.plan.wheel_path).parent), exist_ok=True)
-                    await put_bytes(sftp, self.plan.wheel.data, self.plan.wheel_path)
+                    await put_bytes(sftp, self.plan.wheel.data, self.plan.wheel_path,
+                                    host.alias)
             command = self.plan.mkenv(build)
             sink(f"$ {command.shown}")
             answer = await run_agent(self.conn, command, sink, timeout=900)
@@ -505,12 +507,41 @@ def refusal_line(stderr_lines: list[str]) -> str:
     return "\\n".join(stderr_lines[start:])
 
 
-async def put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str) -> None:
+async def put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str,
+                    where: str = "the host") -> None:
     # written under a temporary name and renamed: a dropped link never leaves half a file
     tmp = f"{path}.part"
-    async with sftp.open(tmp, "wb") as fh:
-        await fh.write(data)
+    try:
+        async with sftp.open(tmp, "wb") as fh:
+            await fh.write(data)
+    except asyncssh.SFTPFailure as exc:
+        # OpenSSH's sftp-server answers a full disk (ENOSPC) as a bare 'Failure'
+        full = await _disk_full_line(sftp, path, len(data), where)
+        if full is None:
+            raise
+        try:
+            await sftp.remove(tmp)
+        except (asyncssh.Error, OSError):
+            pass
+        raise RemoteError(full) from exc
     await sftp.posix_rename(tmp, path)
+
+
+async def _disk_full_line(sftp: asyncssh.SFTPClient, path: str, size: int,
+                          where: str) -> str | None:
+    """What to say when a write to `path` failed and its file system lacks room for `size`
+    bytes (None: it has room, or the server cannot say)."""
+    folder = str(Path(path).parent)
+    try:
+        stat = await sftp.statvfs(folder)
+    except (asyncssh.Error, OSError):
+        return None
+    free = stat.bavail * stat.frsize
+    if free >= size + 65536:
+        return None
+    shown = f"{free / 2**20:.1f} MiB" if free < 2**30 else _gib(free)
+    return (f"{where}: cannot write {path}: the disk there is full ({shown} free); free "
+            "some space on it, or set the host's work_dir to a disk with room")
 
 
 def describe_probe(probe: dict[str, Any]) -> list[str]:

@@ -305,12 +305,15 @@ class AprStageRunner(StageRunner):
                 async with self.conn.start_sftp_client() as sftp:
                     await sftp.makedirs(plan.host.agent_dir, exist_ok=True)
                     if not await sftp.exists(plan.agent_path):
-                        await _put_bytes(sftp, agent_source(), plan.agent_path)
+                        await _put_bytes(sftp, agent_source(), plan.agent_path,
+                                         plan.host.alias)
                 probe = await self._run(plan.probe(), None, 60, show=False)
                 state = await self._run(plan.status(), None, 60, show=False)
             except (asyncssh.Error, OSError) as exc:
                 raise StageFailed(f"{plan.host.alias}: preflight failed: {exc}",
                                   fallback_ok=True) from None
+            except RemoteError as exc:  # the agent upload's own line (a full disk)
+                raise StageFailed(str(exc), exc.output, fallback_ok=True) from None
             info = parse_key_values(probe.stdout)
             tools = {k[5:]: v for k, v in info.items() if k.startswith("tool.")}
             for tool, path in tools.items():
@@ -446,10 +449,11 @@ def _last(lines: list[str]) -> str:
     return next((line for line in reversed(lines) if line.strip()), "no output")
 
 
-async def _put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str) -> None:
+async def _put_bytes(sftp: asyncssh.SFTPClient, data: bytes, path: str,
+                     where: str = "the host") -> None:
     from kdtui.remote.stages import _put_bytes as put  # temp name + rename, as the agent upload
 
-    await put(sftp, data, path)
+    await put(sftp, data, path, where)
 
 
 def apr_resume_refusal(manifest: Path) -> str | None:
