@@ -14,7 +14,7 @@ import platform
 import signal
 import time
 import traceback
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,14 @@ def environment() -> dict[str, Any]:
     return info
 
 
+
+def at_once(stop: Any) -> AbstractContextManager:
+    """A stage whose work a cancel must not wait out (a model's download, the demo teacher's
+    training): one process stops at once inside it (StopSignals.interruptible). Under torchrun
+    the ranks stop together at the next check instead (one that left at once would leave the
+    others waiting in the barrier of rank0_first)."""
+    return stop.interruptible() if isinstance(stop, StopSignals) else nullcontext()
+
 def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         started: float | None = None) -> RunResult:
     """Run every stage, writing events and launch.log into `run_dir` (which must exist).
@@ -114,8 +122,8 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
                 teacher, tokenizer = open_cached_teacher(config, log)
                 log.stage(stage, "done", teacher.describe())
             else:
-                with dist.rank0_first():  # rank 0 fills the caches (hub, demo teacher) alone
-                    teacher, tokenizer = load_teacher(config, device, dtype, log)
+                with dist.rank0_first(), at_once(stop):  # rank 0 fills the caches (hub, demo
+                    teacher, tokenizer = load_teacher(config, device, dtype, log)  # teacher)
                 placed = dist.place_teacher(teacher, device)
                 log.stage(stage, "done", f"{_si(_count(teacher))} params" +
                           (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))
@@ -123,7 +131,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
 
             stage = "load_student"
             log.stage(stage, "running")
-            student = dist.place_student(load_student(config, device, tokenizer, teacher, log))
+            with at_once(stop):
+                loaded = load_student(config, device, tokenizer, teacher, log)
+            student = dist.place_student(loaded)
             log.stage(stage, "done", f"{_si(_count(student))} trainable params" +
                       (f", {dist.student_placement} over {dist.world_size} ranks"
                        if dist.enabled else ""))

@@ -8,6 +8,8 @@ cancelled with its events written, like a cancel at any later step. No torch her
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -38,6 +40,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: str | None = None
         self._old: dict[int, Any] = {}
+        self._interrupt = False  # inside interruptible(): a signal raises at once
 
     def __enter__(self) -> StopSignals:
         for sig in STOP_SIGNALS:
@@ -53,10 +56,27 @@ class StopSignals:
         if self.received and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self._interrupt:
+            self._interrupt = False
+            raise RunCancelled(self.received)
 
     def check(self) -> None:
         if self.received:
             raise RunCancelled(self.received)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Work with no step to finish between, where a stop must not wait for its end: a
+        model's download, the demo teacher's training (minutes on a small CPU). Inside, a stop
+        signal raises RunCancelled at once, wherever the main thread is; one that came before
+        raises on entry. What such work leaves is temporary (hub downloads resume from their
+        .incomplete files; the demo teacher is saved whole or not at all)."""
+        self.check()
+        self._interrupt = True
+        try:
+            yield
+        finally:
+            self._interrupt = False
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():

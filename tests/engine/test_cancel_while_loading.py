@@ -1,0 +1,45 @@
+"""A cancel while the engine loads its models stops it at once, not after the load: the demo
+teacher's first training (minutes on a loaded small CPU), a model's hub download. Before, the
+engine noted the signal and went on training the demo teacher to its end (`kdtui cancel` gave up
+after 60 s on a loaded 2-core machine, with the teacher at step 100 of 400)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from kdengine.events import read_events
+
+LOADING_S = 120  # a loaded machine's engine start, torch's import included
+
+
+def test_sigterm_while_the_demo_teacher_trains_ends_the_run_cancelled_at_once(
+        tmp_path: Path, engine_cmd) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "KDENGINE_CACHE": str(tmp_path / "cache")}  # no demo teacher yet
+    engine = subprocess.Popen([*engine_cmd, "train", "--demo", "--run-dir", str(run_dir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=True)
+    try:
+        log = run_dir / "launch.log"
+        deadline = time.monotonic() + LOADING_S
+        while not (log.exists() and "demo teacher: training once" in log.read_text()):
+            assert engine.poll() is None and time.monotonic() < deadline, "no teacher training"
+            time.sleep(0.1)
+        sent = time.monotonic()
+        os.killpg(engine.pid, signal.SIGTERM)
+        code = engine.wait(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        if engine.poll() is None:
+            os.killpg(engine.pid, signal.SIGKILL)
+    assert code == 143  # as a cancel at any step ends it
+    assert waited < 20, f"the engine took {waited:.0f} s to stop"  # the training: 35 s+ idle
+    events = read_events(run_dir / "events.jsonl")
+    assert [e["status"] for e in events if e["type"] == "run_finished"] == ["cancelled"]
+    stages = [(e["stage"], e["state"]) for e in events if e["type"] == "stage"]
+    assert stages[-2:] == [("load_teacher", "running"), ("load_teacher", "cancelled")]
+    assert not list((tmp_path / "cache").glob("demo/teacher-*"))  # no half-trained teacher kept
