@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 import traceback
 from contextlib import nullcontext
@@ -191,7 +192,8 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
 
             stage = "load_teacher"
             log.stage(stage, "running")
-            teacher, tokenizer = load_teacher(cfg, device, dtype, log)
+            with stop.interruptible():  # a download or the demo teacher's training: stop now
+                teacher, tokenizer = load_teacher(cfg, device, dtype, log)
             vocab = job.vocab or teacher.vocab_size
             if vocab > teacher.vocab_size:
                 raise ConfigError("vocab", f"{vocab} is beyond the teacher's "
@@ -298,9 +300,10 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             return 0
     except (RunCancelled, KeyboardInterrupt) as exc:
         name = str(exc) or "SIGINT"
+        code = 128 + getattr(signal, name, signal.SIGINT)  # 130 or 143, as a train run's
         log.stage(stage, "cancelled", f"{name} received")
-        log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=130, steps=rows_done)
-        return 130
+        log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=rows_done)
+        return code
     except Exception as exc:  # noqa: BLE001 - every failure ends the job with its reason
         reason = str(exc) or type(exc).__name__
         log.stage(stage, "failed", reason, terminal=False)

@@ -43,3 +43,30 @@ def test_sigterm_while_the_demo_teacher_trains_ends_the_run_cancelled_at_once(
     stages = [(e["stage"], e["state"]) for e in events if e["type"] == "stage"]
     assert stages[-2:] == [("load_teacher", "running"), ("load_teacher", "cancelled")]
     assert not list((tmp_path / "cache").glob("demo/teacher-*"))  # no half-trained teacher kept
+
+
+def test_sigterm_while_cache_teacher_trains_the_demo_teacher_ends_it_at_once(
+        tmp_path: Path, engine_cmd) -> None:
+    out = tmp_path / "cache-job"
+    env = {**os.environ, "KDENGINE_CACHE": str(tmp_path / "cache")}  # no demo teacher yet
+    job = subprocess.Popen([*engine_cmd, "cache-teacher", "--teacher", "demo://teacher",
+                            "--data", "demo://python-stdlib", "--seq-len", "128",
+                            "--out", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                           start_new_session=True)
+    try:
+        log = out / "launch.log"
+        deadline = time.monotonic() + LOADING_S
+        while not (log.exists() and "demo teacher: training once" in log.read_text()):
+            assert job.poll() is None and time.monotonic() < deadline, "no teacher training"
+            time.sleep(0.1)
+        sent = time.monotonic()
+        os.killpg(job.pid, signal.SIGTERM)
+        code = job.wait(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert code == 143 and waited < 20, (code, waited)
+    events = read_events(out / "events.jsonl")
+    assert [e["status"] for e in events if e["type"] == "run_finished"] == ["cancelled"]

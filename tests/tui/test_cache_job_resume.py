@@ -65,7 +65,7 @@ def cancel_after_first_shard(run_dir: Path, process: subprocess.Popen[bytes]) ->
     os.killpg(process.pid, signal.SIGSTOP)
     os.killpg(process.pid, signal.SIGTERM)
     os.killpg(process.pid, signal.SIGCONT)
-    assert process.wait(BUDGET_S) == 130
+    assert process.wait(BUDGET_S) == 143  # 128 + SIGTERM, as a train run's
 
 
 @pytest.mark.timeout(600)
