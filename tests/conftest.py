@@ -302,6 +302,20 @@ def write_tiny_model(directory: Path, *, hidden: int, layers: int, seed: int,
     return directory
 
 
+def write_nan_student(inputs: dict[str, str]) -> str:
+    """A copy of the tiny student with one NaN weight (a broken fine-tune), beside it: no check
+    can see it without reading the weights; the first training step stops the run."""
+    from safetensors.torch import load_file, save_file
+
+    broken = Path(inputs["student"]).with_name("student-nan")
+    shutil.copytree(inputs["student"], broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"))
+    return str(broken)
+
+
 TINY_TEXT = "\n".join(
     f"def function_{i}(x):\n    return x * {i} + {i % 7}  # line {i}\n" for i in range(400))
 

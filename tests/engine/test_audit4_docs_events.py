@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,16 +159,12 @@ def test_the_final_student_is_in_hf_layout_with_where_it_came_from(finished_run:
 
 def test_a_failed_runs_last_event_says_its_error_and_stage(tmp_path, tiny_run_inputs,
                                                            tiny_args) -> None:
-    from safetensors.torch import load_file, save_file
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import write_nan_student
 
-    broken = Path(tiny_run_inputs["student"]).with_name("student-nan")
-    shutil.copytree(tiny_run_inputs["student"], broken)
-    weights = load_file(str(broken / "model.safetensors"))
-    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
-    weights[name][0, 0] = float("nan")
-    save_file(weights, str(broken / "model.safetensors"))
     run_dir = tmp_path / "run"
-    args = tiny_args({**tiny_run_inputs, "student": str(broken)}, run_dir, steps=4)
+    args = tiny_args({**tiny_run_inputs, "student": write_nan_student(tiny_run_inputs)},
+                     run_dir, steps=4)
     done = subprocess.run([sys.executable, "-m", "kdengine", *args], capture_output=True,
                           text=True, timeout=TIMEOUT)
     assert done.returncode == 1

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from kdengine.checkpoint import complete_checkpoints, load_checkpoint
 from kdengine.diskspace import model_footprint, peak_need, saves_left
@@ -75,15 +73,10 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
 
 
 def _nan_student(inputs: dict[str, str]) -> str:
-    """The tiny student with one NaN weight (a broken fine-tune): no check can see it without
-    reading the weights; the first training step stops the run."""
-    broken = Path(inputs["student"]).with_name("student-nan")
-    shutil.copytree(inputs["student"], broken)
-    weights = load_file(str(broken / "model.safetensors"))
-    name = next(n for n in weights if n.endswith("mlp.down_proj.weight"))
-    weights[name][0, 0] = float("nan")
-    save_file(weights, str(broken / "model.safetensors"))
-    return str(broken)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_nan_student
+
+    return write_nan_student(inputs)
 
 
 @pytest.fixture
