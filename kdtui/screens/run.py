@@ -258,11 +258,24 @@ class RunScreen(Screen):
         self.query_one(RunProgress).expect_epochs(getattr(self.handle, "epochs", None))
         if not self.cache_job:
             self.query_one(RunProgress).expect_total(_asked_steps(None, self.handle))
-        if await self._shown_as_recorded():
-            return
-        follower = RunFollower(self.handle.source)
-        self.query_one(LinkStatus).follow(self.handle)
-        self._fit_layout()
+        try:
+            if await self._shown_as_recorded():
+                return
+            follower = RunFollower(self.handle.source)
+            self.query_one(LinkStatus).follow(self.handle)
+            self._fit_layout()
+            await self._follow(follower)
+        except Exception as exc:  # a link given up, a key refused: shown, never a crash
+            if not self.query(StageTracker):  # the screen closed meanwhile
+                return
+            self._pending_lines.append(f"ERROR: stopped following the run: {exc}")
+            self.notify(f"{exc}", title="Stopped following the run", severity="error",
+                        timeout=30, markup=False)
+
+    async def _follow(self, follower: RunFollower) -> None:
+        """The run's files as they grow, into the widgets; an ended run's own end, or the
+        engine's death without one. Raises what its source raises (a link given up)."""
+        assert self.handle is not None
         liveness = EngineLiveness(self.handle)
         quiet_since: float | None = None
         received, read_to = 0, follower.events.offset

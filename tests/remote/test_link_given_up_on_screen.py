@@ -1,0 +1,62 @@
+"""The run screen of a remote run whose host stays down past the link's give-up: the screen
+says it stopped following (the run may still be going) and the dashboard goes on. Before, the
+follow worker's RemoteError was unhandled, and Textual ends the app on a worker's error: the
+dashboard died with a traceback after ten minutes of a dropped link."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+import pytest
+
+import kdtui.launch.remote as remote_launch
+from kdtui.app import KDApp
+from kdtui.cli import main as kdtui_main
+from kdtui.remote.source import SSHRunSource
+from kdtui.screens.run import RunScreen
+
+pytestmark = pytest.mark.ssh
+
+
+async def wait_for(pilot, condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        await pilot.pause(0.1)
+
+
+@pytest.fixture
+def launched_on_a_down_host(remote_env, tiny_run_inputs):
+    """A real dispatch's evidence for kdtest-down (nothing answers there), then as if the run
+    had been launched before the host went down: no end recorded."""
+    flags = ["--teacher", tiny_run_inputs["teacher"], "--student", tiny_run_inputs["student"],
+             "--data", tiny_run_inputs["data"], "--run-name", "live-down", "--steps", "40"]
+    assert kdtui_main(["launch", "--headless", "--detach", "--host", "kdtest-down",
+                       *flags]) == 2
+    manifest = remote_env["evidence"] / "live-down" / "dispatch.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "launched": True, "pid": 4242, "error": None}))
+    return manifest
+
+
+async def test_a_link_given_up_is_said_on_the_run_screen_and_the_dashboard_goes_on(
+        launched_on_a_down_host, tmp_path, monkeypatch) -> None:
+    # the real source and real connects to the down host, giving up after 1 s, not 600
+    monkeypatch.setattr(remote_launch, "SSHRunSource",
+                        functools.partial(SSHRunSource, give_up_after=1.0, max_backoff=0.2))
+    app = KDApp(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.open_run("live-down")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+        screen = app.screen
+        await wait_for(pilot, lambda: any("Stopped following" in str(n.title)
+                                          for n in app._notifications), 60)
+        notice = next(n for n in app._notifications if "Stopped following" in str(n.title))
+        assert "lost kdtest-down for over 1s" in str(notice.message)
+        assert "the run may still be going" in str(notice.message)
+        await pilot.pause(0.5)
+        assert app.is_running and app.screen is screen  # the dashboard goes on
+        await pilot.press("escape")  # and the user can go elsewhere
+        await wait_for(pilot, lambda: app.screen is not screen, 10)
