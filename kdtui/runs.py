@@ -109,6 +109,15 @@ def run_info(run_dir: Path) -> RunInfo | None:
     # the directory's name: the id find_run (kdtui watch, resume) takes, and run_started's
     # run_id (kdengine.events.run_id_of); runs from before that carried --run-name there
     run_id = run_dir.name
+    step = int(step_event["step"]) if step_event and "step" in step_event else None
+    ended_at = (finished or {}).get("steps")  # where it stopped: past the last logged step
+    if isinstance(ended_at, int) and not isinstance(ended_at, bool) and \
+            (head or {}).get("job") is None and (step is None or ended_at > step):
+        step = ended_at
+    total = (step_event or {}).get("total_steps")
+    if total is None:
+        asked = ((head or {}).get("config") or {}).get("steps")
+        total = asked if isinstance(asked, int) and step is not None else None
     verdict_status = str(verdict["status"]) if verdict and "status" in verdict else None
     if verdict_status is None and status not in ("starting", "running"):
         verdict_status = derived_verdict(events_path, head, tail, finished)
@@ -117,8 +126,8 @@ def run_info(run_dir: Path) -> RunInfo | None:
         verdict=verdict_status,
         started=head.get("t") if head else None,
         updated=max(mtimes, default=0.0),
-        step=int(step_event["step"]) if step_event and "step" in step_event else None,
-        total_steps=(step_event or {}).get("total_steps"),
+        step=step,
+        total_steps=total,
         pid=pid if alive else None,
         teacher=cached_teacher_label(head),
     )
