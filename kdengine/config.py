@@ -379,6 +379,12 @@ class RunConfig:
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError("warmup_steps", f"must be below steps ({self.steps}) "
                               f"(got {self.warmup_steps})")
+        names = [part.split("=", 1)[0].strip() for part in self.data_fields.split(",")
+                 if part.strip()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # the later one would silently win
+            raise ConfigError("data_fields", f"{twice[0]} is mapped twice ({self.data_fields}): "
+                              f"give one column for {twice[0]}")
         if self.teacher_dtype == "float8" and self.teacher_cache:
             raise ConfigError("teacher_dtype", "float8 is for a live teacher; a run from a "
                               "teacher cache computes no teacher forward: leave it auto")

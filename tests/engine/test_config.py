@@ -85,3 +85,17 @@ def test_beta_is_trls_gkd_beta_and_the_old_jsd_beta_name_still_reads() -> None:
              for b in (0.0, 0.5, 1.0)}
     # TRL's limits: beta 0 is forward KL, 1 reverse KL (the JSD formula itself is 0 there)
     assert kinds == {0.0: "forward_kl", 0.5: "jsd", 1.0: "reverse_kl"}
+
+
+def test_a_data_field_mapped_twice_is_refused_not_one_silently_dropped(
+        tmp_path, tiny_run_inputs, tiny_args, engine_cmd, one_line_refusal) -> None:
+    import subprocess
+
+    run_dir = tmp_path / "run"
+    for check in ([], ["--check"]):
+        out = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir),
+                              "--data-fields", "messages=dialog,messages=turns", *check],
+                             capture_output=True, text=True, timeout=120)
+        line = one_line_refusal(out, "train", "--data-fields")
+        assert "messages is mapped twice (messages=dialog,messages=turns)" in line
+        assert not run_dir.exists()
