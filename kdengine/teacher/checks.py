@@ -38,7 +38,8 @@ def cached_teacher_facts(config: RunConfig) -> tuple[dict[str, Path], Any, Any, 
 
     check_kind(config.loss)
     if config.samples_completions:
-        raise ConfigError("lmbda", "on-policy and seq_kd runs have the teacher grade or write "
+        raise ConfigError("lmbda" if config.lmbda > 0 else "seq_kd",
+                          "on-policy and seq_kd runs have the teacher grade or write "
                           "completions sampled during the run, which a teacher cache cannot "
                           "hold: drop --teacher-cache, or set lmbda 0 and no seq_kd")
     spec = manifest["teacher"].get("spec")

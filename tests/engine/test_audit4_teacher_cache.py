@@ -172,3 +172,16 @@ def test_the_same_command_while_the_writer_still_goes_is_refused(made, tmp_path,
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "completed"
     assert json.loads((out / "manifest.json").read_text())["complete"]
     assert main(train_check(made, out, tmp_path / "run")) == 0
+
+
+@pytest.mark.parametrize("flags, named", [(["--lmbda", "0.5"], "--lmbda"),
+                                          (["--seq-kd"], "--seq-kd")])
+def test_a_sampling_run_from_a_cache_is_refused_naming_the_flag_given(made, tmp_path, capsys,
+                                                                     flags, named) -> None:
+    """--seq-kd alone was refused as '--lmbda: ...', a flag the user had not given."""
+    run_dir = tmp_path / "run"
+    code = main([*train_check(made, made["cache"], run_dir), *flags, "--max-new-tokens", "8"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith(f"kdengine train: error: {named}: on-policy and seq_kd runs"), err
+    assert not run_dir.exists()
