@@ -225,7 +225,10 @@ def _hold_out(out: Path, create: bool) -> Any:
         return None
     try:
         handle = open(out / LOCK_FILE, "a" if create else "r")  # noqa: SIM115 - process's life
-    except FileNotFoundError:
+    except OSError as exc:
+        # no OUT yet, or a path through a file: no writer there (making it says why it fails)
+        if create and not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise
         return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
