@@ -247,6 +247,22 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path, home: Path) -> dic
     return env
 
 
+async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0,
+                   step: float = 0.1) -> None:
+    """A Textual pilot: let the app run until condition() holds; fail with the time it waited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await pilot.pause(step)
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., Any]:
+    """wait_for(pilot, condition, timeout=30.0): the app runs until condition() holds."""
+    return wait_for
+
+
 @pytest.fixture
 def engine_cmd() -> list[str]:
     """The engine's CLI as a user runs it (the same interpreter as the tests)."""

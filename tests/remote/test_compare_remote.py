@@ -52,13 +52,6 @@ def table_rows(screen: CompareScreen) -> dict[str, dict[str, str]]:
     return {r[0].removeprefix("■ "): dict(zip(head, r, strict=True)) for r in rows}
 
 
-async def wait_for(pilot, condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await pilot.pause(0.1)
-
-
 def test_plain_compare_reads_a_remote_dispatch_beside_a_local_run(remote_env, tmp_path,
                                                                     capsys) -> None:
     runs = tmp_path / "runs"
@@ -119,7 +112,7 @@ def test_a_remote_run_whose_directory_is_gone_is_one_line_naming_it(remote_env, 
 
 
 async def test_the_compare_screen_follows_a_remote_run_live_and_a_down_host_holds_up_nothing(
-        remote_env, tmp_path) -> None:
+        remote_env, tmp_path, wait_for) -> None:
     runs = tmp_path / "runs"
     local = write_kd_run(runs / "local", ce=(5.3, 1.72), val_loss=(7.0, 1.2))
     live = dispatched(remote_env, "live", ce=(5.3, 1.5), val_loss=(7.0, 1.1), upto=60,
@@ -154,7 +147,7 @@ async def test_the_compare_screen_follows_a_remote_run_live_and_a_down_host_hold
 
 @pytest.mark.timeout(600)
 async def test_a_real_remote_run_and_a_local_one_compare_from_the_runs_list(
-        remote_env, tiny_run_inputs, tmp_path, monkeypatch) -> None:
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for) -> None:
     monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
     flags = ["--steps", "8", "--batch-size", "4", "--seq-len", "32", "--eval-every", "4",
              "--eval-batches", "2", "--checkpoint-every", "8", "--temperature", "2.0"]

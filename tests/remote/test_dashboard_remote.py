@@ -4,7 +4,6 @@ list beside local runs and reopened, its events followed over SSH to the verdict
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -16,15 +15,8 @@ FLAGS = dict(steps=20, batch_size=4, seq_len=32, lr=3e-3, eval_every=10, eval_ba
              log_every=1, checkpoint_every=10, temperature=2.0)
 
 
-async def wait_for(pilot, condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await pilot.pause(0.2)
-
-
 async def test_a_detached_remote_run_reopens_from_the_runs_list_to_its_verdict(
-        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for_run) -> None:
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for_run, wait_for) -> None:
     from textual.widgets import DataTable
 
     from kdtui.app import KDApp
@@ -61,7 +53,7 @@ async def test_a_detached_remote_run_reopens_from_the_runs_list_to_its_verdict(
 
 @pytest.mark.timeout(600)
 async def test_a_remote_run_launched_from_the_dashboard_shows_its_dispatch_stages(
-        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for_run) -> None:
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for_run, wait_for) -> None:
     from kdtui.app import KDApp
     from kdtui.screens.run import RunScreen
     from kdtui.widgets.run_panels import StageTracker, VerdictPanel

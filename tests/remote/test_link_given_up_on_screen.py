@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 
 import pytest
 
@@ -18,13 +17,6 @@ from kdtui.remote.source import SSHRunSource
 from kdtui.screens.run import RunScreen
 
 pytestmark = pytest.mark.ssh
-
-
-async def wait_for(pilot, condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        await pilot.pause(0.1)
 
 
 @pytest.fixture
@@ -42,7 +34,7 @@ def launched_on_a_down_host(remote_env, tiny_run_inputs):
 
 
 async def test_a_link_given_up_is_said_on_the_run_screen_and_the_dashboard_goes_on(
-        launched_on_a_down_host, tmp_path, monkeypatch) -> None:
+        launched_on_a_down_host, tmp_path, monkeypatch, wait_for) -> None:
     # the real source and real connects to the down host, giving up after 1 s, not 600
     monkeypatch.setattr(remote_launch, "SSHRunSource",
                         functools.partial(SSHRunSource, give_up_after=1.0, max_backoff=0.2))

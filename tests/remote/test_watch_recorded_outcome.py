@@ -20,13 +20,6 @@ from kdtui.widgets.run_panels import VerdictPanel
 
 pytestmark = pytest.mark.ssh
 
-async def wait_for(pilot, condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        await pilot.pause(0.1)
-
-
 VERDICT = Verdict("pass", "val loss fell", initial_loss=5.5, final_loss=3.25, final_step=40)
 
 
@@ -62,7 +55,7 @@ def test_headless_watch_of_a_completed_run_on_a_down_host_prints_its_recorded_ou
 
 
 async def test_the_dashboard_shows_the_recorded_outcome_of_a_completed_run_on_a_down_host(
-        completed_on_a_down_host, tmp_path) -> None:
+        completed_on_a_down_host, tmp_path, wait_for) -> None:
     app = KDApp(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.open_run("rec-done")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,6 @@ def runs_dir(tmp_path: Path) -> Path:
     path = Path(os.environ["KDENGINE_RUNS_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-async def wait_for(pilot: Any, condition: Callable[[], bool], timeout: float = 30.0,
-                   step: float = 0.1) -> None:
-    """Let the app run until condition() holds; fail with the time it waited."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await pilot.pause(step)
 
 
 T0 = 1_760_000_000.0  # a fixed clock for fixture runs: screenshots must not depend on "now"
@@ -126,11 +115,6 @@ def end_run(run: Path, status: str, checkpoint: int | None) -> Path:
                        "status": status, "exit_code": 1, "steps": last_step})
     (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     return run
-
-
-@pytest.fixture(name="wait_for")
-def wait_for_fixture() -> Callable[..., Any]:
-    return wait_for
 
 
 @pytest.fixture(name="write_run")
