@@ -184,3 +184,25 @@ def remote_env(sshd: SSHServer, remote_work: Path, tmp_path: Path, session_cache
     monkeypatch.delenv("DRY_RUN", raising=False)
     return {"hosts": hosts, "evidence": tmp_path / "evidence", "work": remote_work,
             "hf_home": hf_home}
+
+
+@pytest.fixture
+def launched_on_down_host(remote_env, tiny_run_inputs):
+    """launched_on_down_host(run_name): a real dispatch's evidence for kdtest-down (it stops at
+    the connect: nothing answers there), then as if the run had been launched before the host
+    went down (no end recorded); returns its dispatch.json."""
+    import json
+
+    from kdtui.cli import main as kdtui_main
+
+    def launch(run_name: str) -> Path:
+        flags = ["--teacher", tiny_run_inputs["teacher"], "--student", tiny_run_inputs["student"],
+                 "--data", tiny_run_inputs["data"], "--run-name", run_name, "--steps", "40"]
+        assert kdtui_main(["launch", "--headless", "--detach", "--host", "kdtest-down",
+                           *flags]) == 2
+        manifest = remote_env["evidence"] / run_name / "dispatch.json"
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "launched": True, "pid": 4242, "error": None}))
+        return manifest
+
+    return launch

@@ -6,13 +6,11 @@ dashboard died with a traceback after ten minutes of a dropped link."""
 from __future__ import annotations
 
 import functools
-import json
 
 import pytest
 
 import kdtui.launch.remote as remote_launch
 from kdtui.app import KDApp
-from kdtui.cli import main as kdtui_main
 from kdtui.remote.source import SSHRunSource
 from kdtui.screens.run import RunScreen
 
@@ -20,21 +18,12 @@ pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture
-def launched_on_a_down_host(remote_env, tiny_run_inputs):
-    """A real dispatch's evidence for kdtest-down (nothing answers there), then as if the run
-    had been launched before the host went down: no end recorded."""
-    flags = ["--teacher", tiny_run_inputs["teacher"], "--student", tiny_run_inputs["student"],
-             "--data", tiny_run_inputs["data"], "--run-name", "live-down", "--steps", "40"]
-    assert kdtui_main(["launch", "--headless", "--detach", "--host", "kdtest-down",
-                       *flags]) == 2
-    manifest = remote_env["evidence"] / "live-down" / "dispatch.json"
-    data = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**data, "launched": True, "pid": 4242, "error": None}))
-    return manifest
+def live_on_a_down_host(launched_on_down_host):
+    return launched_on_down_host("live-down")  # (the dispatch runs its own event loop)
 
 
 async def test_a_link_given_up_is_said_on_the_run_screen_and_the_dashboard_goes_on(
-        launched_on_a_down_host, tmp_path, monkeypatch, wait_for) -> None:
+        live_on_a_down_host, tmp_path, monkeypatch, wait_for) -> None:
     # the real source and real connects to the down host, giving up after 1 s, not 600
     monkeypatch.setattr(remote_launch, "SSHRunSource",
                         functools.partial(SSHRunSource, give_up_after=1.0, max_backoff=0.2))

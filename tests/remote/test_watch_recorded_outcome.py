@@ -4,7 +4,6 @@ anything newer, instead of retrying the link for ten minutes. Headless and dashb
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ import pytest
 
 from kdengine.verdict import Verdict
 from kdtui.app import KDApp
-from kdtui.cli import main as kdtui_main
 from kdtui.remote.manifest import record_watch
 from kdtui.screens.run import RunScreen
 from kdtui.widgets.run_panels import VerdictPanel
@@ -24,17 +22,10 @@ VERDICT = Verdict("pass", "val loss fell", initial_loss=5.5, final_loss=3.25, fi
 
 
 @pytest.fixture
-def completed_on_a_down_host(remote_env, tiny_run_inputs):
-    """A real dispatch's evidence for kdtest-down (it stops at the connect, nothing answers
-    there), then as a run launched there, watched to its end and recorded, before the host
-    went down."""
-    flags = ["--teacher", tiny_run_inputs["teacher"], "--student", tiny_run_inputs["student"],
-             "--data", tiny_run_inputs["data"], "--run-name", "rec-done", "--steps", "40"]
-    assert kdtui_main(["launch", "--headless", "--detach", "--host", "kdtest-down",
-                       *flags]) == 2
-    manifest = remote_env["evidence"] / "rec-done" / "dispatch.json"
-    data = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**data, "launched": True, "pid": 4242, "error": None}))
+def completed_on_a_down_host(launched_on_down_host):
+    """A run launched on kdtest-down, watched to its end and recorded, before the host went
+    down."""
+    manifest = launched_on_down_host("rec-done")
     record_watch(manifest, verdict=VERDICT.to_event(),
                  finished={"type": "run_finished", "status": "completed", "steps": 40},
                  engine_last_step=40, checkpoint_step=None, status="completed")
