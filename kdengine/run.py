@@ -70,13 +70,13 @@ def environment() -> dict[str, Any]:
     return info
 
 
-
 def at_once(stop: Any) -> AbstractContextManager:
     """A stage whose work a cancel must not wait out (a model's download, the demo teacher's
     training): one process stops at once inside it (StopSignals.interruptible). Under torchrun
     the ranks stop together at the next check instead (one that left at once would leave the
     others waiting in the barrier of rank0_first)."""
     return stop.interruptible() if isinstance(stop, StopSignals) else nullcontext()
+
 
 def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         started: float | None = None) -> RunResult:
@@ -122,8 +122,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
                 teacher, tokenizer = open_cached_teacher(config, log)
                 log.stage(stage, "done", teacher.describe())
             else:
-                with dist.rank0_first(), at_once(stop):  # rank 0 fills the caches (hub, demo
-                    teacher, tokenizer = load_teacher(config, device, dtype, log)  # teacher)
+                # rank 0 fills the caches (hub, demo teacher) alone; a cancel stops it at once
+                with dist.rank0_first(), at_once(stop):
+                    teacher, tokenizer = load_teacher(config, device, dtype, log)
                 placed = dist.place_teacher(teacher, device)
                 log.stage(stage, "done", f"{_si(_count(teacher))} params" +
                           (f", {placed} over {dist.world_size} ranks" if dist.enabled else ""))

@@ -106,7 +106,13 @@ def engine_launcher(python: str, gpus: int, config: RunConfig) -> list[str]:
             config.teacher_cache:
         return [python]
     n = max(d for d in range(1, gpus + 1) if config.batch_size % d == 0)
-    if n < 2:
+    return torchrun_launcher(python, n)
+
+
+def torchrun_launcher(python: str, ranks: int) -> list[str]:
+    """`python` alone for one rank, else `python -m kdengine.distributed.launch --standalone
+    --nproc-per-node RANKS` (what a resume of a run on RANKS ranks starts again)."""
+    if ranks < 2:
         return [python]
     return [python, "-m", "kdengine.distributed.launch", "--standalone", "--nproc-per-node",
-            str(n)]
+            str(ranks)]

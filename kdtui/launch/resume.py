@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.events import EVENTS_FILE, LOG_FILE
-from kdtui.launch.base import StageUpdate
+from kdtui.launch.base import StageUpdate, torchrun_launcher
 from kdtui.launch.cache_job import CACHE_JOB, is_cache_launch
 from kdtui.launch.outcome import RESUMABLE
 
@@ -115,10 +115,7 @@ class LocalResumer:
         return local_refusal(self.run_dir)
 
     def command(self) -> list[str]:
-        ranks = local_world_size(self.run_dir)
-        launcher = [sys.executable] if ranks < 2 else [
-            sys.executable, "-m", "kdengine.distributed.launch", "--standalone",
-            "--nproc-per-node", str(ranks)]
+        launcher = torchrun_launcher(sys.executable, local_world_size(self.run_dir))
         return [*launcher, "-m", "kdengine", "train", "--resume", str(self.run_dir)]
 
     def details(self) -> tuple[str, str]:
