@@ -151,10 +151,12 @@ def check_run_inputs(config: RunConfig) -> Preflight:
 
 
 def check_run_dir(run_dir: Path, field: str, fix: str) -> None:
-    """The run directory is one the run can make and write into, found without creating
-    anything: it is a directory already, or its nearest existing ancestor is one, and either is
-    writable. Else ConfigError(field, ...) with `fix`, the change that mends it (a file on the
-    path or a read-only parent would otherwise surface as the real run's mkdir traceback)."""
+    """The run directory is one the run can make and write into, found without leaving
+    anything: it is a directory already, or its nearest existing ancestor is one, and a
+    directory can be made in it (one is made and removed: access() says yes to root where the
+    filesystem refuses, as /proc does). Else ConfigError(field, ...) with `fix`, the change that
+    mends it (a file on the path or a read-only parent would otherwise surface as the real
+    run's mkdir traceback)."""
     path = Path(run_dir)
     try:
         # nearest existing ancestor (lexists: a dangling symlink on the path is found too)
@@ -169,9 +171,25 @@ def check_run_dir(run_dir: Path, field: str, fix: str) -> None:
             why = (f"{path} is not writable" if existing == path else
                    f"{path} cannot be created: {existing} is not writable")
             raise ConfigError(field, f"{why}; {fix}")
+        _try_making_a_directory(existing, path, field, fix)
     except OSError as exc:  # a parent that cannot be looked into
         raise ConfigError(field, f"{path} cannot be checked: {exc.strerror} "
                           f"({exc.filename}); {fix}") from None
+
+
+def _try_making_a_directory(existing: Path, path: Path, field: str, fix: str) -> None:
+    """Make and remove a hidden directory in `existing`; ConfigError naming `field` if the
+    filesystem refuses it (read-only, /proc, full)."""
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".kdengine-check-", dir=existing)
+    except OSError as exc:
+        what = (f"{path} cannot be written" if existing == path else
+                f"{path} cannot be created")
+        raise ConfigError(field, f"{what}: {existing} takes no new directory "
+                          f"({exc.strerror or exc}); {fix}") from None
+    os.rmdir(probe)
 
 
 def check_cache_root() -> Path:

@@ -102,6 +102,27 @@ def test_a_good_directory_under_a_missing_parent_passes_check_and_is_not_made(
 
 
 @each_maker
+def test_a_directory_where_the_filesystem_refuses_new_ones_is_refused(
+        command, one_line_refusal) -> None:
+    # /proc takes no new directory, though root's access(W_OK) says yes: the check makes one
+    argv, flag, _ = MAKERS[command]
+    done = _engine(*argv, "--check", flag, "/proc/nope")
+    line = one_line_refusal(done, command, f"{flag}: ")
+    assert "/proc/nope cannot be created" in line and line.endswith(f"pick another {flag}")
+
+
+@each_maker
+def test_the_check_leaves_nothing_beside_the_directory(tmp_path, command) -> None:
+    argv, flag, name = MAKERS[command]
+    (tmp_path / "parent").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = _engine(*argv, "--check", flag, str(tmp_path / "parent" / name))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert list((tmp_path / "parent").iterdir()) == []
+
+
+@each_maker
 def test_a_directory_that_fails_to_be_made_after_the_check_is_one_line_exit_2(
         a_file, monkeypatch, capsys, command) -> None:
     # the path changed between the check and the mkdir: the mkdir's own error, as one line
