@@ -144,12 +144,19 @@ class KDApp(App):
 
     # -- navigation: screens ask the app to move; they never import each other -------------
     def show_run(self, *, title: str, launcher: Any = None, handle: Any = None,
-                 status: str = "") -> None:
+                 status: str = "", remember: tuple[str, dict[str, Any]] | None = None) -> None:
         """The run screen over the current one: a run to start (`launcher`) or one to follow
-        (`handle`)."""
+        (`handle`). `remember`: (host, the form's values), remembered as the host's once the
+        launch passes its check stage; a launch the check refuses leaves them as they were."""
         from kdtui.screens.run import RunScreen
 
-        self.push_screen(RunScreen(launcher=launcher, handle=handle, title=title, status=status))
+        accepted = None if remember is None else partial(self._remember_values, *remember)
+        self.push_screen(RunScreen(launcher=launcher, handle=handle, title=title, status=status,
+                                   accepted=accepted))
+
+    def _remember_values(self, host: str, values: dict[str, Any]) -> None:
+        if not self.settings.remember(host, values):
+            self.warn_unsaved()
 
     def show_compare(self, targets: list[Any]) -> None:
         """Runs side by side (kdtui/screens/compare.py); `targets`: kdtui.compare.CompareTarget,

@@ -839,12 +839,15 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
-        if not settings.remember(host, remembered):
-            self.app.warn_unsaved()  # type: ignore[attr-defined]
         if dry_run:
+            if not settings.remember(host, remembered):
+                self.app.warn_unsaved()  # type: ignore[attr-defined]
             self.app.show_plan([str(line) for line in launcher.dry_run()])
             return
-        self.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}")
+        # remembered once the box's check stage passes (the run screen runs it), as a local
+        # launch is once its check passes: a refused one's values are not
+        self.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}",
+                          remember=(host, remembered))
         self._clear_identity()
 
     @work(exclusive=True, group="start")
@@ -867,13 +870,15 @@ class LaunchScreen(Screen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
-        if not self.app.settings.remember(host, remembered):  # type: ignore[attr-defined]
-            self.app.warn_unsaved()  # type: ignore[attr-defined]
         if dry_run:
+            if not self.app.settings.remember(host, remembered):  # type: ignore[attr-defined]
+                self.app.warn_unsaved()  # type: ignore[attr-defined]
             self.app.show_plan(apr_dry_run_lines(launcher))
             return
-        # as KDApp does with the launcher `kdtui launch --profile apr` built
-        self.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}")
+        # as KDApp does with the launcher `kdtui launch --profile apr` built; remembered once
+        # the box's check stage passes, as a kdengine run's
+        self.app.show_run(launcher=launcher, title=f"{launcher.run_id} on {host}",
+                          remember=(host, remembered))
         self._clear_identity(APR)
 
     def _clear_identity(self, profile: str = KDENGINE) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,13 @@ class RunScreen(Screen):
     ]
 
     def __init__(self, *, launcher: Launcher | None = None, handle: RunHandle | None = None,
-                 title: str = "", status: str = "") -> None:
+                 title: str = "", status: str = "",
+                 accepted: Callable[[], None] | None = None) -> None:
         """status: how the run stood when it was opened ("reattached (running)"), shown after
-        the title until the run ends, then replaced by how it ended."""
+        the title until the run ends, then replaced by how it ended. `accepted`: called once
+        when the launch passes its check stage (or starts without one)."""
         super().__init__()
+        self._accepted = accepted
         if (launcher is None) == (handle is None):
             raise ValueError("give a launcher or a handle")
         self.launcher = launcher
@@ -226,6 +230,8 @@ class RunScreen(Screen):
             tracker.update_stage(update.stage, update.state, update.elapsed, detail)
             if update.output:
                 self._pending_lines.extend(update.output)
+            if update.stage == "check" and update.state in ("done", "skipped"):
+                self._accept()
 
         try:
             handle = await self.launcher.start(on_stage)
@@ -241,12 +247,18 @@ class RunScreen(Screen):
                         markup=False)
             self._refresh_keys()
             return
+        self._accept()
         self.handle = handle
         self._refresh_keys()
         self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
         self.title_text = f"{handle.run_id} on {handle.host}"
         self.sub_title = self._sub_title()
         self._watch()
+
+    def _accept(self) -> None:
+        accepted, self._accepted = self._accepted, None
+        if accepted is not None:
+            accepted()
 
     @work(exclusive=True, group="follow")
     async def _watch(self) -> None:
