@@ -32,7 +32,13 @@ from kdengine.config import (
     student_placement_from_env,
     teacher_compile_from_env,
 )
-from kdengine.model_facts import DEMO_VOCAB, DemoByteTokenizer, ModelFacts
+from kdengine.model_facts import (
+    DEMO_VOCAB,
+    DemoByteTokenizer,
+    ModelFacts,
+    check_seq_len_fits,
+    position_limit,
+)
 from kdengine.sources import check_sources
 
 
@@ -123,6 +129,10 @@ def check_run_inputs(config: RunConfig) -> Preflight:
         from kdengine.tokenizer import check_same_tokenizer
 
         check_same_tokenizer(teacher_tok, student_tok)
+    for model in (teacher, student):  # a cache's teacher: its writer checked seq_len
+        if model.directory and model.model_type != "cache":
+            check_seq_len_fits(config.seq_len, model.role, model.max_positions,
+                               str(Path(model.directory) / "config.json"))
     tokenizer = teacher_tok if teacher_tok is not None else student_tok
     if tokenizer is not None:
         if teacher.vocab_size is not None and student.vocab_size is not None:
@@ -239,6 +249,7 @@ def _check_model(spec: str, name: str, directory: Path | None,
         if damage:
             raise ConfigError(name, f"{directory}/{damage}: copy or download it again")
     facts.model_type, facts.vocab_size = decoder.model_type, decoder.vocab_size
+    facts.max_positions = position_limit(hf)
     facts.weight_files = [f.name for f in files]
     return facts, load_tokenizer(directory, name)
 

@@ -310,7 +310,9 @@ def write_tiny_model(directory: Path, *, hidden: int, layers: int, seed: int,
     config = DecoderConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
                            num_hidden_layers=layers, num_attention_heads=4,
                            num_key_value_heads=2, tie_word_embeddings=True,
-                           max_position_embeddings=256)
+                           # above the default seq_len (512): runs that keep it are not
+                           # refused for it (kdengine.model_facts.check_seq_len_fits)
+                           max_position_embeddings=1024)
     model = Decoder(config)
     model.init_weights(torch.Generator().manual_seed(seed), std=0.1)
     save_decoder(model, directory)

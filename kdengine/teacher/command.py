@@ -154,9 +154,14 @@ def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
     from kdengine.tokenizer import load_tokenizer
 
     try:
-        decoder = config_from_hf(read_hf_config(directory), str(directory / "config.json"))
+        hf = read_hf_config(directory)
+        decoder = config_from_hf(hf, str(directory / "config.json"))
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError("teacher", str(exc)) from None
+    from kdengine.model_facts import check_seq_len_fits, position_limit
+
+    check_seq_len_fits(config.seq_len, "teacher", position_limit(hf),
+                       str(directory / "config.json"))
     return load_tokenizer(directory, "teacher"), directory, decoder.vocab_size
 
 
