@@ -32,8 +32,13 @@ METRIC_LABELS = {"val_ce": "val CE", "val_kd": "val KD", "loss": "train loss", "
 # train loss is the objective alpha*CE + (1-alpha)*T^2*D (D: the loss's divergence; beta:
 # jsd's mix): runs that differ in one of these optimise another number, so their train loss is
 # not compared; the train CE, the same quantity in every run, is drawn in its place
-DEPENDS_ON = {"loss": ("alpha", "temperature", "loss", "beta")}
+# val KD is the divergence D alone, measured at each run's own T (and by its own loss, beta):
+# across runs that differ in one of these it is another quantity, and no series stands in for it
+DEPENDS_ON = {"loss": ("alpha", "temperature", "loss", "beta"),
+              "val_kd": ("temperature", "loss", "beta")}
 STAND_IN = {"loss": "ce"}
+# what the chart says on its plot when it draws no series for the metric (STAND_IN has none)
+NOT_DRAWN = {"val_kd": "not drawn: each run's KD is at its own T (compare val CE)"}
 # a run's colour on the compare chart and in its table row: by its place in the selection, so it
 # keeps its colour while the screen is open. 256-colour codes (cyan, magenta, green, orange,
 # blue, red, gray, purple), each 3:1 or more on a dark and a light background: the ANSI names
@@ -266,14 +271,17 @@ def not_comparable(metric: str, summaries: list[RunSummary]) -> list[str]:
 
 def shown_metric(metric: str, summaries: list[RunSummary]) -> tuple[str, str]:
     """The series the chart draws for `metric`, and its title: train loss across runs of
-    another alpha, T or loss is drawn as train CE, the title saying why."""
+    another alpha, T or loss is drawn as train CE, the title saying why; val KD across runs of
+    another T or loss is not drawn ("" for the series), the title saying why."""
     why = not_comparable(metric, summaries)
     if not why:
         return metric, METRIC_LABELS[metric]
-    stand_in = STAND_IN[metric]
     verb = "differs" if len(why) == 1 else "differ"
     # short: the whole reason fits an 80-column border with two fields named
     fields = ", ".join(why)
+    if metric not in STAND_IN:
+        return "", f"{METRIC_LABELS[metric]} ({fields} {verb}: KD not comparable)"
+    stand_in = STAND_IN[metric]
     return stand_in, f"{METRIC_LABELS[stand_in]} ({fields} {verb}: train loss not comparable)"
 
 

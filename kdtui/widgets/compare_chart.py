@@ -3,7 +3,9 @@ each run in its own colour (kdtui.compare.RUN_COLORS, by its place in the select
 run screen's EMA and log-y modes. Its legend is the table's `■` beside each run (and the bottom
 border's, where the names fit): plotext's own sat on the plot's top left, over every run's
 step-0 point. Train loss is the objective: across runs of another alpha,
-temperature or loss it is drawn as the train CE instead (kdtui.compare.shown_metric)."""
+temperature or loss it is drawn as the train CE instead; val KD, measured at each run's own T,
+is not drawn across runs of another temperature or loss, the plot saying why
+(kdtui.compare.shown_metric)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from rich.text import Text
 from textual.reactive import var
 from textual_plotext import PlotextPlot, plotext
 
-from kdtui.compare import METRICS, RUN_COLORS, RunSummary, shown_metric
+from kdtui.compare import METRICS, NOT_DRAWN, RUN_COLORS, RunSummary, shown_metric
 from kdtui.widgets.loss_chart import EMA, _positive, follow_ansi_themes
 
 REDRAW_S = 0.25
@@ -75,7 +77,7 @@ class CompareChart(PlotextPlot):
         return shown_metric(self.metric, self.summaries)
 
     def points(self, summary: RunSummary) -> tuple[list[float], list[float]]:
-        series = summary.series[self.shown[0]]
+        series = summary.series.get(self.shown[0], [])
         if len(series) > MAX_POINTS:
             stride = -(-len(series) // MAX_POINTS)
             series = series[::stride] + series[-1:]
@@ -113,6 +115,7 @@ class CompareChart(PlotextPlot):
         self.border_subtitle = legend if drawn and fits else None
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("step")
-        plt.title("" if drawn else "no points yet")
+        plt.title("" if drawn else NOT_DRAWN.get(self.metric, "") if not series
+                  else "no points yet")
         modes = [m for m, on in (("EMA", self.smooth), ("log y", self.log_y)) if on]
         self.border_title = title + (f" ({', '.join(modes)})" if modes else "")

@@ -105,7 +105,9 @@ def test_train_loss_of_runs_of_another_temperature_is_drawn_as_train_ce(tmp_path
     assert title == "train CE (alpha, temperature differ: train loss not comparable)"
     assert len(title) <= 80 - 6
     assert shown_metric("val_ce", runs) == ("val_ce", "val CE")
-    assert shown_metric("val_kd", runs) == ("val_kd", "val KD")
+    # val KD is each run's divergence at its own T: not drawn across temperatures
+    assert shown_metric("val_kd", runs) == ("", "val KD (temperature differs: KD not "
+                                                "comparable)")
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
@@ -185,3 +187,37 @@ async def test_help_over_compare_says_how_to_reach_the_columns_that_do_not_fit(r
         await pilot.press("right", "right", "right", "right", "right", "right")
         await pilot.pause(0.2)
         assert table.scroll_x > 0
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_val_kd_of_runs_of_another_temperature_is_not_overlaid(runs_dir, size):
+    # each run's val KD is its divergence at its own T: a T=4 run's softer distributions sit
+    # lower whatever the student learned, so one axis for both invited the wrong reading
+    t2 = write_run(runs_dir / "t2", alpha=0.3)
+    t4 = write_run(runs_dir / "t4", alpha=0.3, temperature=4.0)
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(t2), CompareTarget.local(t4)])
+    async with app.run_test(size=size) as pilot:
+        chart = await _chart_after(pilot, 1)  # val CE -> val KD
+        assert chart.metric == "val_kd"
+        assert chart.border_title == "val KD (temperature differs: KD not comparable)"
+        assert size[0] - 4 >= len(chart.border_title)
+        assert all(chart.points(s) == ([], []) for s in chart.summaries)
+        region = chart.region
+        strips = app.screen._compositor.render_strips()
+        inside = "\n".join("".join(seg.text for seg in strips[y])[region.x:region.right]
+                           for y in range(region.y, region.bottom))
+        assert "each run's KD is at its own T (compare val CE)" in inside, inside  # on the plot
+        chart = await _chart_after(pilot, 1)  # train loss: drawn as train CE, as before
+        assert chart.border_title.startswith("train CE (temperature differs")
+
+
+def test_val_kd_compares_across_alpha_and_seed_not_loss(tmp_path):
+    from kdtui.compare import shown_metric
+
+    runs = [load_summary(write_run(tmp_path / "a03", alpha=0.3)),
+            load_summary(write_run(tmp_path / "a05", alpha=0.5, seed=2))]
+    assert shown_metric("val_kd", runs) == ("val_kd", "val KD")  # same T and divergence
+    runs[1].config["loss"] = "reverse_kl"
+    series, title = shown_metric("val_kd", runs)
+    assert series == "" and title == "val KD (loss differs: KD not comparable)"
