@@ -50,10 +50,7 @@ def cached_teacher_facts(config: RunConfig) -> tuple[dict[str, Path], Any, Any, 
     for name in ROW_FIELDS:
         written, now = manifest["options"].get(name), getattr(config, name)
         if written != now:
-            raise ConfigError(FIELD, f"{directory} was written for {name}={written}, the run "
-                              f"has {name}={now}: set {name} to {written}, or write a cache "
-                              f"for this run (kdengine cache-teacher ... --{name.replace('_', '-')}"
-                              f" {now})")
+            raise ConfigError(FIELD, _row_option_differs(directory, name, written, now))
     dirs = check_sources(replace(config, teacher=DEMO_TEACHER))  # the student and the data
     sub = manifest["tokenizer"].get("dir")
     template_dir = directory / sub if sub else None
@@ -93,6 +90,20 @@ def check_cache_fits(config: RunConfig, tokenizer: Any, template_dir: Path | Non
         raise ConfigError(FIELD, f"{directory} was written from {manifest['data'].get('spec')}, "
                           f"which is not the run's data {config.data} now ({how}): write the "
                           "cache again for this data")
+
+
+def _row_option_differs(directory: Path, name: str, written: Any, now: Any) -> str:
+    """The refusal of a row option the run sets otherwise than the cache's writer did; an
+    option one side left empty (data_fields) is said as not given, and its fix as the flag
+    to drop or give, never as `data_fields=`."""
+    flag = "--" + name.replace("_", "-")
+    said = {side: f"{name}={value}" if value != "" else f"no {name}"
+            for side, value in (("written", written), ("now", now))}
+    fix = f"drop {flag}" if written == "" else f"set {name} to {written}"
+    rewrite = f"kdengine cache-teacher ... {flag} {now}" if now != "" else \
+        f"kdengine cache-teacher ... without {flag}"
+    return (f"{directory} was written for {said['written']}, the run has {said['now']}: "
+            f"{fix}, or write a cache for this run ({rewrite})")
 
 
 def _same_dir(a: str, b: str | None) -> bool:
