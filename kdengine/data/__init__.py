@@ -28,7 +28,13 @@ from typing import Protocol
 import torch
 
 from kdengine.config import DEMO_DATA, ConfigError
-from kdengine.data.formats import TEXT_SUFFIXES, check_data_file, json_error_text, no_fields_text
+from kdengine.data.formats import (
+    TEXT_SUFFIXES,
+    check_data_file,
+    json_error_text,
+    no_fields_text,
+    visible_files,
+)
 from kdengine.losses import IGNORE_INDEX
 
 SHARD_META = "tokens.json"  # marks a directory of pre-tokenized shards
@@ -115,13 +121,13 @@ def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
                           "read_token_shards")
     if path.is_file():
         check_data_file(path, spec)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and
-                   (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl")) if path.is_dir() else [path]
+    # hidden files and folders (.DS_Store, .git/, ._name) are skipped, as example folders do
+    files = [p for p in visible_files(path) if p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"
+             ] if path.is_dir() else [path]
     if not files:
         from kdengine.data_source import DATA_SUFFIXES, upper_case_suffixes
 
-        near = upper_case_suffixes(sorted(p for p in path.rglob("*") if p.is_file()),
-                                   DATA_SUFFIXES)
+        near = upper_case_suffixes(visible_files(path), DATA_SUFFIXES)
         raise ConfigError("data", f"{spec} holds no {', '.join(TEXT_SUFFIXES)} or .jsonl files "
                           f"(or, for pre-tokenized data, a {SHARD_META} beside *.bin shards)"
                           + near)
@@ -283,7 +289,7 @@ def shard_files(spec: str) -> tuple[list[Path], torch.dtype, int]:
     if sys.byteorder != "little":  # pragma: no cover - every machine we run on is little-endian
         raise ConfigError("data", "pre-tokenized shards are little-endian; this machine is not")
     width = torch.empty(0, dtype=dtype).element_size()
-    files = sorted(path.glob("*.bin"))
+    files = sorted(p for p in path.glob("*.bin") if not p.name.startswith("."))  # not ._x.bin
     if not files:
         raise ConfigError("data", f"{spec} has {SHARD_META} but no *.bin shards")
     for file in files:

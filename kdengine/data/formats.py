@@ -210,7 +210,14 @@ def _holds_records(path: Path, keys: set[str]) -> bool:
 
 
 def _hidden(path: Path, root: Path) -> bool:
+    """Whether `path` is hidden under `root` (its name or a folder on the way starts with '.':
+    .DS_Store, .git/, macOS's ._name copies): no data folder reads it."""
     return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def visible_files(root: Path) -> list[Path]:
+    """Every file under the folder `root` that is not hidden (_hidden), sorted by path."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
 
 
 def _split_of(path: Path, root: Path) -> str | None:

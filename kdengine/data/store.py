@@ -30,7 +30,7 @@ import torch
 
 from kdengine.config import ON_BAD_FILE, TRAIN_ON, ConfigError
 from kdengine.data.chat import ChatTemplate
-from kdengine.data.formats import BadRecord, Source, find_sources
+from kdengine.data.formats import BadRecord, Source, find_sources, visible_files
 from kdengine.data.parallel import default_workers, encode_all, start_pool
 
 STORE_FORMAT = "kdengine-examples-1"
@@ -150,8 +150,9 @@ def store_key(sources: list[Source], tokenizer: Any, template: ChatTemplate | No
 
 
 def _file_identity(path: Path) -> list[Any]:
-    """Path, size and mtime of a file, or of every file in a saved dataset's folder."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """Path, size and mtime of a file, or of every file in a folder (a saved dataset's, a
+    raw-text one's) but the hidden ones, which no reader takes."""
+    files = visible_files(path) if path.is_dir() else [path]
     out: list[Any] = []
     for p in files:
         st = p.stat()
