@@ -75,8 +75,9 @@ def build_parser():
 
 
 def plan(argv: list[str]):
-    """(job, identity, key, out) from the command line, everything checked that can be known
-    without loading the teacher's weights or the data."""
+    """(job, identity, key, out, out's refusal, (the teacher's tokenizer, its directory)) from
+    the command line, everything checked that can be known without loading the teacher's
+    weights or reading the data."""
     from kdengine.teacher.cache import cache_key
     from kdengine.teacher.writer import CacheJob, default_cache_dir, plan_identity
     from kdengine.usage import UsageError
@@ -110,7 +111,7 @@ def plan(argv: list[str]):
     identity = plan_identity(job, tokenizer, teacher_dir, teacher_vocab, teacher_dir)
     key = cache_key(identity)
     out = Path(args.out).expanduser() if args.out else default_cache_dir(key)
-    return job, identity, key, out, _out_refusal(bool(args.out))
+    return job, identity, key, out, _out_refusal(bool(args.out)), (tokenizer, teacher_dir)
 
 
 def _check_vocab(vocab: int, tokenizer: Any, teacher_vocab: int) -> None:
@@ -166,12 +167,12 @@ def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
 
 
 def cmd_cache_teacher(argv: list[str]) -> int:
-    from kdengine.preflight import check_run_dir, run_dir_refusal
+    from kdengine.preflight import check_data, check_run_dir, run_dir_refusal
     from kdengine.stop import catch_early
     from kdengine.teacher.cache import read_manifest
 
     catch_early()
-    job, identity, key, out, (field, fix) = plan(argv)
+    job, identity, key, out, (field, fix), (tokenizer, teacher_dir) = plan(argv)
     try:
         has_manifest = (out / "manifest.json").exists()
     except OSError:  # a directory that cannot be looked into: check_run_dir says so
@@ -200,6 +201,10 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             not (out / "config.json").is_file():
         raise ConfigError("out", f"{out} exists and is not a teacher cache: pick another --out")
     _hold_out(out, create=False)  # another writer going there now is refused, --check too
+    # the data as `kdengine train`'s preflight reads it: a bad record, a template that cannot
+    # render one, too little data, refused here in one line, before --out is made (example
+    # data is tokenized into the token store the job's data stage then maps)
+    check_data(job.config, tokenizer, [], teacher_dir, tokenizer)
     if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
         print(json.dumps({"ok": True, "run_dir": str(out), "config": job.config.to_dict(),
                           "cache": {"key": key, "k": job.top_k, "targets": job.targets,

@@ -77,3 +77,22 @@ def test_a_field_mapping_only_one_side_gave_is_named_as_given_or_not(
     err = one_line(capsys, code, "train")
     assert err == f"kdengine train: error: --teacher-cache: {cache} {said}", err
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "job"])
+def test_a_bad_record_is_refused_before_the_cache_directory_exists(
+        made, tmp_path, capsys, check) -> None:
+    """A chat JSONL whose line 5 is cut short: `kdengine cache-teacher --check` said ok (it
+    never read the data) and the job then made --out, failed in its data stage with exit 1 and
+    a traceback in its launch.log. Now both refuse it as `kdengine train` does, one line
+    naming --data and the line, exit 2, no --out made."""
+    lines = Path(made["data"]).read_text().splitlines(keepends=True)
+    lines[4] = lines[4][:40] + "\n"
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(lines))
+    out = tmp_path / "cache"
+    err = one_line(capsys, main(cache_args(made, str(data), out,
+                                           *(["--check"] if check else []))), "cache-teacher")
+    assert err.startswith("kdengine cache-teacher: error: --data: chat.jsonl:5: is not JSON "), \
+        err
+    assert not out.exists()
