@@ -220,6 +220,11 @@ class FieldInput(Input):
     _quiet_focus = False
 
     def focus_quietly(self) -> None:
+        if self.has_focus:
+            # no Focus event comes: a flag set here stayed set, and the user's next Tab into
+            # this field left its text unselected (a refused Start on the field being typed in)
+            self.cursor_to_end()
+            return
         self._quiet_focus = True
         self.focus()
 
