@@ -100,10 +100,10 @@ def load_chat_template(directory: Path, name: str | None = None,
     specials = special_tokens(directory, config, field_name)
     templates: dict[str, str] = {}
     if (directory / TEMPLATE_FILE).is_file():
-        templates["default"] = (directory / TEMPLATE_FILE).read_text(encoding="utf-8")
+        templates["default"] = _read_template(directory / TEMPLATE_FILE, field_name)
     if (directory / TEMPLATE_DIR).is_dir():
         for path in sorted((directory / TEMPLATE_DIR).glob("*.jinja")):
-            templates[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+            templates[path.name.removesuffix(".jinja")] = _read_template(path, field_name)
     source = str(directory / TEMPLATE_FILE)
     if not templates:  # separate files take priority over the config's entry, as in transformers
         raw = config.get("chat_template")
@@ -142,6 +142,19 @@ def special_tokens(directory: Path, config: dict[str, Any],
         if isinstance(value, str):
             out[key] = value
     return out
+
+
+def _read_template(path: Path, field_name: str) -> str:
+    """A template file's text (UTF-8, as transformers reads it); ConfigError naming the file
+    when it is not UTF-8 (a Windows editor's cp1252) or cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(field_name, f"{path} is not UTF-8 text (byte "
+                          f"0x{exc.object[exc.start]:02x} at offset {exc.start}): save it as "
+                          "UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(field_name, f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _read_json(path: Path, field_name: str) -> dict[str, Any]:

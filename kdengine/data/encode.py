@@ -63,6 +63,9 @@ def encode_example(example: Example, tokenizer: Any, template: ChatTemplate | No
     except Exception as exc:  # the template's raise_exception, or a variable it lacks
         raise BadRecord(example.name, f"the chat template cannot render it "
                         f"({render_error(exc)})") from None
+    if not text:  # an empty template (transformers renders it so too): nothing would train
+        raise BadRecord(example.name, f"the chat template renders it as no text (the template "
+                        f"is {template.source}): give the model's chat template there")
     ids, offsets = encode_offsets(tokenizer, text)
     if train_on == "all":
         return ids, [True] * len(ids)

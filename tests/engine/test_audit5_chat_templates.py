@@ -1,0 +1,76 @@
+"""Chat templates a new user's model plausibly ships that do not work: a template file that is
+not UTF-8 (saved by a Windows editor), and an empty template. `kdengine train --check` on
+conversations refuses each in one line naming the field and the fix, exit 2, before a run
+directory exists; transformers fails on the first too and renders the second as no text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdengine.cli import main
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_chat_tokenizer, write_tiny_model
+
+    root = tmp_path_factory.mktemp("audit5-templates")
+    teacher = write_chat_tokenizer(write_tiny_model(root / "teacher", hidden=32, layers=1,
+                                                    seed=1))
+    student = write_chat_tokenizer(write_tiny_model(root / "student", hidden=16, layers=1,
+                                                    seed=2))
+    data = root / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"},
+        {"role": "assistant", "content": f"{2 * i}."}]}) + "\n" for i in range(80)))
+    return {"teacher": str(teacher), "student": str(student), "data": str(data)}
+
+
+def teacher_with(made: dict[str, str], root: Path, change) -> str:
+    teacher = root / "teacher"
+    shutil.copytree(made["teacher"], teacher)
+    change(teacher)
+    return str(teacher)
+
+
+def check(made: dict[str, str], teacher: str, run_dir: Path,
+          capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(["train", "--teacher", teacher, "--student", made["student"], "--data",
+                 made["data"], "--seq-len", "128", "--steps", "2", "--device", "cpu",
+                 "--run-dir", str(run_dir), "--check"])
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert code == 2 and out.out == "" and len(lines) == 1, out.err
+    assert "Traceback" not in out.err and not run_dir.exists()
+    return lines[0]
+
+
+def test_a_template_file_that_is_not_utf8_is_named_with_the_fix(made, tmp_path, capsys) -> None:
+    """chat_template.jinja saved in cp1252 (an é as byte 0xe9): a UnicodeDecodeError
+    traceback, exit 1; now one line naming --teacher, the file and the fix."""
+    teacher = teacher_with(made, tmp_path, lambda d: (d / "chat_template.jinja").write_bytes(
+        "{% for m in messages %}{{ m.content }} \u00e9{% endfor %}".encode("cp1252")))
+    line = check(made, teacher, tmp_path / "run", capsys)
+    assert line.startswith(f"kdengine train: error: --teacher: {teacher}/chat_template.jinja "
+                           "is not UTF-8 text (byte 0xe9 at offset 39): save it as UTF-8"), line
+
+
+def test_an_empty_template_is_named_not_packed_into_no_rows(made, tmp_path, capsys) -> None:
+    """tokenizer_config.json's chat_template "" rendered every conversation as no text, and
+    the run was refused as '--data: ... has 80 examples, packed into 0 train and 0 validation
+    rows ... give more data'; now the first conversation is named with the template."""
+    def empty(directory: Path) -> None:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        (directory / "tokenizer_config.json").write_text(json.dumps({**config,
+                                                                     "chat_template": ""}))
+    teacher = teacher_with(made, tmp_path, empty)
+    line = check(made, teacher, tmp_path / "run", capsys)
+    assert line.startswith(f"kdengine train: error: --data: {made['data']}:1: the chat "
+                           "template renders it as no text"), line
+    assert f"{teacher}/tokenizer_config.json chat_template" in line, line
