@@ -141,13 +141,13 @@ def load_data(config: RunConfig, tokenizer: Any, template_dir: Path | None = Non
     if not config.data.startswith("demo://") and is_token_shards(path):
         return split_token_shards(read_token_shards(config.data), config.val_fraction,
                                   config.seq_len, config.batch_size,
-                                  vocab_size=tokenizer.vocab_size)
+                                  vocab_size=tokenizer.vocab_size, spec=config.data)
     skipped: list[list[str]] = []
     # tokenized once, then read back from KDENGINE_CACHE by every later run and resume
     names, ids, offsets = document_tokens(config.data, tokenizer, on_bad_file=config.on_bad_file,
                                           skipped=skipped, progress=progress)
     splits = split_tokens(names, ids, offsets, tokenizer.eos_id, config.val_fraction,
-                          config.seq_len, config.batch_size)
+                          config.seq_len, config.batch_size, spec=config.data)
     splits.skipped = skipped
     return splits
 

@@ -353,11 +353,12 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
         files, dtype, eos_id = shard_files(config.data)
         total = sum(f.stat().st_size // dtype.itemsize for f in files)
         if total < need + need_val:
-            check_split_sizes(0, total, config.seq_len, config.batch_size)
+            check_split_sizes(0, total, config.seq_len, config.batch_size, config.data)
         if tokenizer is not None and eos_id >= tokenizer.vocab_size:
-            raise ConfigError("data", f"tokens.json: eos_id {eos_id} is beyond the tokenizer's "
+            meta = Path(config.data).expanduser() / "tokens.json"
+            raise ConfigError("data", f"{meta}: eos_id {eos_id} is beyond the tokenizer's "
                               f"vocab ({tokenizer.vocab_size}): tokenized with another "
-                              "tokenizer?")
+                              "tokenizer? (tokenize it with the teacher's)")
         if tokenizer is not None:  # the ids the run's split_token_shards refuses
             check_shard_ids(files, dtype, tokenizer.vocab_size)
         else:
@@ -426,7 +427,7 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
                       exact, strict=True)]
     _, train, val = plan_split(list(zip(names, counts, strict=True)), config.val_fraction,
                                config.seq_len)
-    check_split_sizes(train, val, config.seq_len, config.batch_size)
+    check_split_sizes(train, val, config.seq_len, config.batch_size, config.data)
     return train, val
 
 
@@ -446,7 +447,7 @@ def check_shard_ids(files: list[Path], dtype: Any, vocab_size: int) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError("data", f"cannot read {file}: {exc}") from None
         if top >= vocab_size:
-            raise ConfigError("data", f"{file.name} holds token id {top}, beyond the model's "
+            raise ConfigError("data", f"{file} holds token id {top}, beyond the model's "
                               f"vocab ({vocab_size}): tokenized with another tokenizer? "
                               "(tokenize it with the teacher's)")
 

@@ -360,16 +360,19 @@ def is_validation(name: str, val_fraction: float) -> bool:
 
 
 def split_token_shards(shards: TokenShards, val_fraction: float, window: int,
-                       batch_size: int = 1, vocab_size: int | None = None) -> TokenSplits:
+                       batch_size: int = 1, vocab_size: int | None = None,
+                       spec: str = "") -> TokenSplits:
     """Hold out whole documents (named `shard.bin:i`, i-th document of the shard) by the same
     name hash as text documents; keep the rest as the train stream. Both are TokenStreams over
-    the mapped shards: ranges of documents, never copies of the tokens."""
+    the mapped shards: ranges of documents, never copies of the tokens. `spec`: the data as
+    the run was given it, which a refusal names."""
     bases = _cumulative([len(s) for s in shards.shards])
     train_parts, val_parts = [], []
     for shard, base in zip(shards.shards, bases.tolist(), strict=False):
         if vocab_size is not None and (bad := shard.max_id) >= vocab_size:
-            raise ConfigError("data", f"{shard.name} holds token id {bad}, beyond the model's "
-                              f"vocab ({vocab_size}): tokenized with another tokenizer?")
+            raise ConfigError("data", f"{shard.path} holds token id {bad}, beyond the model's "
+                              f"vocab ({vocab_size}): tokenized with another tokenizer? "
+                              "(tokenize it with the teacher's)")
         held = _held_documents(shard.name, len(shard.ends), val_fraction)
         # runs of consecutive documents on the same side become one range each
         first = torch.ones(len(held), dtype=torch.bool)
@@ -389,7 +392,7 @@ def split_token_shards(shards: TokenShards, val_fraction: float, window: int,
         cut, _ = _tail_cut(total, val_fraction, window)
         train = TokenStream(shards.shards, torch.tensor([[0, cut]]))
         val = TokenStream(shards.shards, torch.tensor([[cut, total]]))
-    _check_sizes(train, val, window, batch_size)
+    _check_sizes(train, val, window, batch_size, spec)
     return TokenSplits(train, val, shards.eos_id)
 
 
@@ -421,8 +424,9 @@ def _tail_split(stream: torch.Tensor, val_fraction: float,
     return stream[:cut], stream[cut:]
 
 
-def _check_sizes(train: Stream, val: Stream, window: int, batch_size: int) -> None:
-    check_split_sizes(len(train), len(val), window, batch_size)
+def _check_sizes(train: Stream, val: Stream, window: int, batch_size: int,
+                 spec: str = "") -> None:
+    check_split_sizes(len(train), len(val), window, batch_size, spec)
 
 
 def enough_tokens(window: int, batch_size: int) -> tuple[int, int]:
@@ -431,11 +435,14 @@ def enough_tokens(window: int, batch_size: int) -> tuple[int, int]:
     return batch_size * (window - 1) + 2, window + 1  # batch_size windows, hop window - 1
 
 
-def check_split_sizes(train: int, val: int, window: int, batch_size: int) -> None:
-    """Refuse splits of `train` and `val` tokens shorter than enough_tokens()."""
+def check_split_sizes(train: int, val: int, window: int, batch_size: int,
+                      spec: str = "") -> None:
+    """Refuse splits of `train` and `val` tokens shorter than enough_tokens(), naming the data
+    `spec` (its path)."""
     need, need_val = enough_tokens(window, batch_size)
     if train < need or val < need_val:
-        raise ConfigError("data", f"has {train + val} tokens ({train} train, {val} validation), "
+        raise ConfigError("data", f"{spec + ' ' if spec else ''}has {train + val} tokens "
+                          f"({train} train, {val} validation), "
                           f"shorter than one batch: batch_size x (seq_len + 1) needs about "
                           f"{need} train tokens and one validation sequence {need_val} (give "
                           "more data, or a smaller seq_len or batch_size)")
@@ -600,7 +607,7 @@ class TokenSplits:
 
 
 def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: float,
-                    window: int, batch_size: int = 1) -> TokenSplits:
+                    window: int, batch_size: int = 1, spec: str = "") -> TokenSplits:
     """Tokenize and split; the validation split always gets at least one window of tokens.
     `window` is seq_len; a ConfigError says so when the data is shorter than one batch."""
     tokens = [tokenize(d.text) for d in docs]
@@ -608,11 +615,12 @@ def split_documents(docs: list[Document], tokenize, eos_id: int, val_fraction: f
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     ids = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.int64)
     return split_tokens([d.name for d in docs], ids, offsets, eos_id, val_fraction, window,
-                        batch_size)
+                        batch_size, spec)
 
 
 def split_tokens(names: list[str], ids: torch.Tensor, offsets: torch.Tensor, eos_id: int,
-                 val_fraction: float, window: int, batch_size: int = 1) -> TokenSplits:
+                 val_fraction: float, window: int, batch_size: int = 1,
+                 spec: str = "") -> TokenSplits:
     """split_documents of documents already tokenized and laid end to end (document i, named
     names[i], is ids[offsets[i]:offsets[i + 1]]; kdengine.data.text_cache keeps them across
     runs): the same streams, packed without a tensor per document (millions of them cost
@@ -626,7 +634,7 @@ def split_tokens(names: list[str], ids: torch.Tensor, offsets: torch.Tensor, eos
         val_docs = torch.tensor(held, dtype=torch.bool)
         train = pack_flat(ids, lengths, eos_id, ~val_docs)
         val = pack_flat(ids, lengths, eos_id, val_docs)
-    _check_sizes(train, val, window, batch_size)
+    _check_sizes(train, val, window, batch_size, spec)
     return TokenSplits(train, val, eos_id)
 
 

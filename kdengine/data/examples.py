@@ -80,14 +80,15 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                           f"{batch_size} train rows and one validation row (give a larger "
                           f"--seq-len, or --on-long truncate{more})")
     if len(train) < batch_size or len(val) < 1:
-        raise ConfigError("data", f"has {len(store)} examples, packed into {len(train)} "
+        raise ConfigError("data", f"{spec} has {len(store)} examples, packed into {len(train)} "
                           f"train and {len(val)} validation rows of seq_len {seq_len}: "
                           f"batch_size {batch_size} needs {batch_size} train rows and one "
                           "validation row (give more data, or a smaller batch_size)")
     if not _trains_any(store, val):
-        raise ConfigError("data", f"the {len(val)} validation rows hold no trained tokens (every "
-                          "held-out example lost its completion to truncation, or has none): "
-                          "give a larger seq_len or val_fraction, or --train-on all")
+        raise ConfigError("data", f"{spec}: the {len(val)} validation rows hold no trained "
+                          "tokens (every held-out example lost its completion to truncation, "
+                          "or has none): give a larger seq_len or val_fraction, or --train-on "
+                          "all")
     meta = store.meta
     stats = DataStats(
         examples=meta["examples"], train_examples=int((~held).sum()),

@@ -219,8 +219,8 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
                         progress(len(writer.names), source.name)
             except BadRecord as exc:
                 if options.on_bad_file == "fail":
-                    raise ConfigError("data", f"{exc} (skip bad files with --on-bad-file "
-                                      "skip)") from None
+                    raise ConfigError("data", f"{_at_path(exc, source, spec)} (skip bad files "
+                                      "with --on-bad-file skip)") from None
                 writer.rollback(mark)
                 kinds = seen
                 skipped.append([source.name, str(exc)])
@@ -236,6 +236,15 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
             "files": len(sources)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return len(writer.names)
+
+
+def _at_path(exc: BadRecord, source: Source, spec: str) -> str:
+    """A bad record's error with its file named by path (`/data/chats/a.jsonl:3: ...`) where
+    the data is local; its name (relative to the data, the validation split's key) stays in
+    the store and the skipped list. A hub dataset's keeps the name."""
+    if exc.where.startswith(source.name) and Path(spec).expanduser().exists():
+        return f"{source.path}{exc.where[len(source.name):]}: {exc.message}"
+    return str(exc)
 
 
 def _size(path: Path) -> int:

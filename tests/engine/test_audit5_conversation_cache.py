@@ -93,6 +93,6 @@ def test_a_bad_record_is_refused_before_the_cache_directory_exists(
     out = tmp_path / "cache"
     err = one_line(capsys, main(cache_args(made, str(data), out,
                                            *(["--check"] if check else []))), "cache-teacher")
-    assert err.startswith("kdengine cache-teacher: error: --data: chat.jsonl:5: is not JSON "), \
+    assert err.startswith(f"kdengine cache-teacher: error: --data: {data}:5: is not JSON "), \
         err
     assert not out.exists()

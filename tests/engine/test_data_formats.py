@@ -216,8 +216,9 @@ def test_a_template_error_names_the_example(tmp_path: Path, tok_dir: Path) -> No
         "{% if messages[0].role != 'user' %}{{ raise_exception('first turn must be the "
         "user') }}{% endif %}{{ messages[0].content }}")
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": chat(1)[1:]}, {"messages": chat(2)}])
-    with pytest.raises(ConfigError, match=r"^data: chat.jsonl:2: the chat template cannot "
-                       r"render it \(TemplateError: first turn must be the user\)"):
+    with pytest.raises(ConfigError, match=rf"^data: {re.escape(str(tmp_path))}/chat.jsonl:2: the "
+                       r"chat template cannot render it \(TemplateError: first turn must be the "
+                       r"user\)"):
         load(tmp_path / "chat.jsonl", directory, tmp_path)
 
 

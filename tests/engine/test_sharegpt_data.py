@@ -116,6 +116,6 @@ def test_an_unknown_from_is_one_line_naming_the_record_the_value_and_the_known_o
         open_store(str(path), load_tokenizer(tok_dir, "teacher"), load_chat_template(tok_dir),
                    DataOptions(), tmp_path / "cache")
     assert str(caught.value) == (
-        "data: chat.jsonl:2: conversations[2] has from 'bard'; ShareGPT's from values are "
+        f"data: {path}:2: conversations[2] has from 'bard'; ShareGPT's from values are "
         "human, user, gpt, assistant, system, tool, function_call, observation (skip bad "
         "files with --on-bad-file skip)")
