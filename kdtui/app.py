@@ -62,6 +62,8 @@ class KDApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "kdtui"
     COMMANDS = App.COMMANDS | {KDCommands}
+    # a screen 100 columns wide or more is `-wide`: the footer's keys get two spaces apart
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     # the footer shows Quit and Help; F8 lives in the help and the palette (80 columns are few)
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit",

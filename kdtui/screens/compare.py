@@ -46,7 +46,8 @@ class CompareScreen(Screen):
                 tooltip="Chart the next metric: val CE, val KD, train loss"),
         Binding("m", "toggle_smooth", "EMA", id="compare.smooth",
                 tooltip="Smooth the curves (EMA)"),
-        Binding("l", "toggle_log_y", "Log y", id="compare.log_y", tooltip="Logarithmic y axis"),
+        Binding("l", "toggle_log_y", "Log scale", id="compare.log_y",
+                tooltip="Logarithmic y axis (log y)"),
         Binding("escape", "back", "Back", id="compare.back", tooltip="Back to the runs list"),
     ]
 

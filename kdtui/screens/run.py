@@ -121,7 +121,9 @@ class RunScreen(Screen):
 
     BINDINGS = [
         Binding("m", "toggle_smooth", "EMA", id="run.smooth", tooltip="Smooth the loss (EMA)"),
-        Binding("l", "toggle_log_y", "Log y", id="run.log_y", tooltip="Logarithmic loss axis"),
+        # "Log scale", not "Log y": `l Log y x Stop run` read as if y and x were both keys
+        Binding("l", "toggle_log_y", "Log scale", id="run.log_y",
+                tooltip="Logarithmic loss axis (log y)"),
         # '/' and Esc are off the footer so it fits 80 columns: F1 and ctrl+p list them
         Binding("slash", "search", "Search", show=False, id="run.search",
                 tooltip="Search the log"),

@@ -54,7 +54,7 @@ async def test_run_screen_palette_toggles_the_chart_and_the_log_filter(runs_dir,
         await wait_for(pilot, lambda: bool(app.screen.query(VerdictPanel))
                        and app.screen.query_one(VerdictPanel).status == "pass", 30)
         names = " | ".join(await palette_names(pilot, wait_for))
-        for wanted in ("EMA", "Log y", "Search", "Filter", "Next error", "New run",
+        for wanted in ("EMA", "Log scale", "Search", "Filter", "Next error", "New run",
                        "Runs", "Theme", "Help"):
             assert wanted in names, (wanted, names)
         assert "Stop run" not in names  # a finished run has nothing to stop

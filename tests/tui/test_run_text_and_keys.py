@@ -270,3 +270,25 @@ async def test_the_chart_axes_show_in_an_ansi_theme(runs_dir, wait_for, write_ru
             for seg in labels:
                 fg = seg.style.color  # the terminal's default colour, or one unlike the ground
                 assert fg is None or fg.is_default or fg != seg.style.bgcolor, (theme, seg)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_footer_reads_key_then_what_it_does(runs_dir, wait_for, write_run, size):
+    """A running run's footer read `m EMA l Log y x Stop run`: `y` and `x` side by side, as if
+    both were keys. No description holds a lone letter (one reads as a key), every shown key is
+    there whole with its description, and where the width allows (120 columns) two spaces set
+    one key off from the next."""
+    run = write_run(runs_dir / "going", steps=200, upto=120, finished=False, pid=os.getpid())
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref=str(run))
+    async with app.run_test(size=size) as pilot:
+        screen = await _open(app, pilot, wait_for, 120)
+        assert screen.running
+        text = _footer_text(screen)
+        shown = [b for b in app.screen.active_bindings.values() if b.binding.show]
+        for active in shown:
+            description = active.binding.description
+            assert not re.search(r"(^| )[a-zA-Z]( |$)", description), description
+            key = app.get_key_display(active.binding)
+            assert f"{key} {description}" in text, (key, description, text)
+        gap = "  " if size[0] >= 120 else " "
+        assert f"m EMA{gap}l Log scale{gap}x Stop run{gap}^q Quit" in text, text
