@@ -90,14 +90,25 @@ def assistant_spans(template: ChatTemplate, messages: list[dict[str, Any]],
         if text.startswith(before) and text.startswith(through):
             span = (_common_prefix_len(before, through), len(through))
         elif (span := _marked_span(template, messages, i, text, before)) is None:
-            raise BadRecord("", f"turn {i}: the chat template renders the assistant's turn "
-                            "differently once later turns follow, and its tokens cannot be "
-                            "found by rendering prefixes; add {% generation %} ... "
-                            "{% endgeneration %} around the assistant's output in the "
-                            "template, or use --train-on all")
+            raise BadRecord("", f"turn {i}: {_unfound_turn(messages[i], text)}; add "
+                            "{% generation %} ... {% endgeneration %} around the assistant's "
+                            "output in the template, or use --train-on all")
         if span[1] > span[0]:
             spans.append(span)
     return text, spans
+
+
+def _unfound_turn(message: dict[str, Any], text: str) -> str:
+    """Why an assistant turn's tokens cannot be found: the template does not render its
+    content as written (DeepSeek-R1's drops the reasoning before </think>, every turn's), or
+    renders the turn otherwise once later turns follow."""
+    content = message.get("content")
+    if isinstance(content, str) and content and content not in text:
+        why = ": here the reasoning before </think>" if "</think>" in content else ""
+        return ("the chat template does not render the assistant's content as written (it "
+                f"drops or rewrites part of it{why}), so its tokens cannot be found")
+    return ("the chat template renders the assistant's turn differently once later turns "
+            "follow, and its tokens cannot be found by rendering prefixes")
 
 
 _MARK = "\ue000"  # a private-use character: no real content holds it

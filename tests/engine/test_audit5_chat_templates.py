@@ -74,3 +74,49 @@ def test_an_empty_template_is_named_not_packed_into_no_rows(made, tmp_path, caps
     assert line.startswith(f"kdengine train: error: --data: {made['data']}:1: the chat "
                            "template renders it as no text"), line
     assert f"{teacher}/tokenizer_config.json chat_template" in line, line
+
+
+# DeepSeek-R1's template (its distills are qwen2 and llama checkpoints): every assistant turn
+# is rendered without what comes before </think>, the last one too
+DEEPSEEK_R1 = (
+    "{% set ns = namespace(system_prompt='') %}{%- for message in messages %}{%- if "
+    "message['role'] == 'system' %}{% set ns.system_prompt = message['content'] %}{%- endif %}"
+    "{%- endfor %}{{bos_token}}{{ns.system_prompt}}{%- for message in messages %}{%- if "
+    "message['role'] == 'user' %}{{'<|User|>' + message['content']}}{%- endif %}{%- if "
+    "message['role'] == 'assistant' and message['content'] is not none %}{% set content = "
+    "message['content'] %}{% if '</think>' in content %}{% set content = "
+    "content.split('</think>')[-1] %}{% endif %}{{'<|Assistant|>' + content + "
+    "'<|end_of_sentence|>'}}{%- endif %}{%- endfor %}{% if add_generation_prompt %}"
+    "{{'<|Assistant|><think>\\n'}}{% endif %}")
+
+
+def test_a_template_that_drops_the_reasoning_is_named_for_that(tmp_path) -> None:
+    """A one-turn reasoning example ("<think>...</think>answer") under DeepSeek-R1's template,
+    which renders the answer alone (as transformers does): refused as 'renders the
+    assistant's turn differently once later turns follow', with no later turn there; now the
+    refusal says the template drops part of the content, the reasoning before </think>."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_chat_tokenizer
+    from transformers import AutoTokenizer
+
+    from kdengine.data.chat import load_chat_template
+    from kdengine.data.encode import encode_example
+    from kdengine.data.formats import BadRecord, Example
+    from kdengine.tokenizer import load_tokenizer
+
+    directory = write_chat_tokenizer(tmp_path / "r1", DEEPSEEK_R1)
+    messages = [{"role": "user", "content": "2 + 2?"},
+                {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4."}]
+    template = load_chat_template(directory)
+    rendered = "<|User|>2 + 2?<|Assistant|>\n\n4.<|end_of_sentence|>"
+    assert template.render(messages) == rendered == \
+        AutoTokenizer.from_pretrained(str(directory)).apply_chat_template(messages,
+                                                                          tokenize=False)
+    with pytest.raises(BadRecord) as refused:
+        encode_example(Example("r1.jsonl:1", "messages", {"messages": messages}),
+                       load_tokenizer(directory, "teacher"), template)
+    said = str(refused.value)
+    assert said.startswith("r1.jsonl:1: turn 1: the chat template does not render the "
+                           "assistant's content as written (it drops or rewrites part of it: "
+                           "here the reasoning before </think>)"), said
+    assert "later turns" not in said and "--train-on all" in said, said
