@@ -310,6 +310,20 @@ def profile_spec(profile: str, name: str) -> FormSpec:
 class LaunchScreen(Screen):
     """Fill in a run and start it (or dry-run it)."""
 
+    DEFAULT_CSS = """
+    /* where the keys go: Textual's compact fields mark their focus with a 5% tint only (none
+       to see on kdtui-high-contrast) and a Select or Switch has no cursor: the label says it */
+    LaunchScreen .field-row:focus-within > .field-line > .field-label {
+        color: $text-accent; background: $accent-muted;
+    }
+    /* a rule on the row itself: Textual restyles, on a focus change, the focused widget's
+       ancestors with a :focus-within rule and their children, not a label beside it */
+    LaunchScreen .field-row:focus-within { background: transparent; }
+    /* what an empty field means ('none: the teacher runs live'): $text-disabled, Textual's,
+       was 2.7:1 on kdtui-light and 3.3:1 on high contrast */
+    LaunchScreen .field-input > .input--placeholder { color: $text-muted; text-style: italic; }
+    """
+
     BINDINGS = [
         Binding("ctrl+r", "start", "Start", id="launch.start", tooltip="Check and start the run"),
         Binding("f2", "demo", "Demo preset", id="launch.demo",
