@@ -44,12 +44,18 @@ EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
 class Verdict:
     status: str
     reason: str
-    initial_loss: float | None = None  # at step 0
+    initial_loss: float | None = None  # at `initial_step`
     final_loss: float | None = None  # at final_step
     final_step: int | None = None
     id: str = VERDICT_ID
     # TRAIN_BATCH: the two losses are training-batch losses; None: no losses apply (a cache job)
     loss_kind: str | None = VAL_LOSS
+
+    @property
+    def initial_step(self) -> int:
+        """Where initial_loss is from: step 0's evaluation, or (training batches, apr) the first
+        step's batch, step 1: there is no step-0 evaluation."""
+        return 1 if self.loss_kind == TRAIN_BATCH else 0
 
     @property
     def loss_label(self) -> str:
@@ -95,7 +101,7 @@ class Verdict:
     def summary(self) -> str:
         head = f"{self.id} {self.status.upper()}"
         if self.initial_loss is not None and self.final_loss is not None:
-            head += (f": {self.loss_label} {self.initial_loss:.4f} (step 0) -> "
+            head += (f": {self.loss_label} {self.initial_loss:.4f} (step {self.initial_step}) -> "
                      f"{self.final_loss:.4f} (step {self.final_step}), "
                      f"delta {self.delta:+.4f}")
         return f"{head}. {self.reason}"

@@ -259,7 +259,11 @@ def remote_entry(manifest: dict[str, Any]) -> RunEntry:
 
         verdict = verdict_from_events([manifest["run_finished"]]).status
     step = manifest.get("engine_last_step")
-    total = (manifest.get("config") or {}).get("steps")
+    # apr counts whole epochs: it trains `effective_steps` (epochs x steps_per_epoch), not the
+    # steps asked for ('8/6' said it ran past its end)
+    total = manifest.get("effective_steps")
+    if not isinstance(total, int) or isinstance(total, bool):
+        total = (manifest.get("config") or {}).get("steps")
     return RunEntry(str(manifest.get("run_id", "?")), str(manifest.get("host", "?")), status,
                     str(verdict) if verdict else None, step if isinstance(step, int) else None,
                     total if isinstance(total, int) else None,

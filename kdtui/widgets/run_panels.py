@@ -544,10 +544,11 @@ class VerdictPanel(Static):
             return f"{x:.4f}" if x is not None else "–"
         delta = verdict.delta
         # labels padded to one column, with at least one space before the numbers
-        col = max(17, len("step-0 " + verdict.loss_label) + 1)
+        first = f"step-{verdict.initial_step} "  # a train-batch verdict's first loss: step 1
+        col = max(17, len(first + verdict.loss_label) + 1)
         self._show_text(Text.assemble(
             (verdict.status.upper(), "bold"), "\n",
-            (f"{'step-0 ' + verdict.loss_label:<{col}}", "dim"), num(verdict.initial_loss),
+            (f"{first + verdict.loss_label:<{col}}", "dim"), num(verdict.initial_loss),
             "\n",
             (f"{'final ' + verdict.loss_label:<{col}}", "dim"), num(verdict.final_loss),
             (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),

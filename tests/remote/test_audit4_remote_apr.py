@@ -176,6 +176,34 @@ def test_watch_of_an_ended_apr_run_whose_host_is_down_shows_its_record_at_once(
     assert out.splitlines()[-1].startswith("result: F-DISTILL-SMOKE-001 PASS"), out
 
 
+@pytest.mark.ssh
+@pytest.mark.timeout(180)
+def test_an_apr_run_is_listed_by_apr_s_steps_and_its_record_by_its_first_step(
+        apr_host, apr_repo, evidence, tmp_path, capsys):
+    """--steps 6 with 4 steps an epoch is --epochs 2: apr trains 8 steps, and the runs list said
+    '8/6' (the steps asked for); the recorded outcome said '(step 0)' for apr's first loss,
+    which a train-batch run has at step 1 (there is no step-0 evaluation)."""
+    host = apr_host("normal", step_delay=0.05)
+    name = unique("apr-epochs")
+    code = main(launch_args(host, apr_repo, name, "--steps", "6", "--apr-settings",
+                            str(settings_file(tmp_path, apr_repo))))
+    out = capsys.readouterr().out
+    assert code == 0 and "applied  steps=6 -> --epochs 2" in out, out
+    assert main(["runs", "--plain"]) == 0
+    row = next(line.split("\t") for line in capsys.readouterr().out.splitlines()
+               if line.startswith(name))
+    assert row[3] == "8/8", row
+    hosts = tmp_path / "hosts.toml"  # the same host block, under the alias whose port is shut
+    hosts.write_text(hosts.read_text() + hosts.read_text().replace("[hosts.kdtest]",
+                                                                   "[hosts.kdtest-down]"))
+    path = evidence / name / "dispatch.json"
+    path.write_text(json.dumps({**manifest_of(evidence, name), "host": "kdtest-down"}))
+    assert main(["watch", name, "--headless"]) == 0
+    result = capsys.readouterr().out.splitlines()[-1]
+    assert result.startswith("result: F-DISTILL-SMOKE-001 PASS: train-batch loss "), result
+    assert "(step 1) -> " in result and "(step 8)" in result and "step 0" not in result, result
+
+
 # -- secrets ----------------------------------------------------------------------------------
 def _children(pid: int) -> list[int]:
     out = []
