@@ -188,8 +188,11 @@ def cmd_cache_teacher(argv: list[str]) -> int:
 
         damaged = damaged_shard(out, previous) if previous.get("complete") else None
         if previous.get("complete") and not damaged:
-            print(f"teacher cache {out} is complete already ({previous.get('bytes')} bytes); "
-                  "nothing to do")
+            if "--check" in argv:  # the JSON the docs promise (kdtui's check stage reads it)
+                _print_check(job, out, key, complete=True, size=previous.get("bytes"))
+            else:
+                print(f"teacher cache {out} is complete already ({previous.get('bytes')} "
+                      "bytes); nothing to do")
             return 0
         if damaged and "--check" not in argv:  # the writer writes the damaged shards again
             print(f"teacher cache {out} is damaged ({damaged}): writing its damaged shards "
@@ -206,9 +209,7 @@ def cmd_cache_teacher(argv: list[str]) -> int:
     # data is tokenized into the token store the job's data stage then maps)
     check_data(job.config, tokenizer, [], teacher_dir, tokenizer)
     if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
-        print(json.dumps({"ok": True, "run_dir": str(out), "config": job.config.to_dict(),
-                          "cache": {"key": key, "k": job.top_k, "targets": job.targets,
-                                    "dtype": job.store_dtype}}, indent=2))
+        _print_check(job, out, key, complete=False)
         return 0
     try:  # the check above passed: an error here is the path changing in between
         out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +220,17 @@ def cmd_cache_teacher(argv: list[str]) -> int:
     from kdengine.teacher.writer import run_cache_job
 
     return run_cache_job(job, out, identity, key)
+
+
+def _print_check(job: Any, out: Path, key: str, complete: bool, size: Any = None) -> None:
+    """--check's answer, one JSON object: the job's config, key and out dir, and whether the
+    cache there is complete already (then with its size in bytes; the job would write
+    nothing)."""
+    cache = {"key": key, "k": job.top_k, "targets": job.targets, "dtype": job.store_dtype}
+    if complete:
+        cache["bytes"] = size
+    print(json.dumps({"ok": True, "run_dir": str(out), "complete": complete,
+                      "config": job.config.to_dict(), "cache": cache}, indent=2))
 
 
 LOCK_FILE = "engine.lock"  # as a train run's (kdengine.cli)

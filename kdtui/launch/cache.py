@@ -19,6 +19,7 @@ from typing import Any
 from kdengine.config import ConfigError, RunConfig
 from kdtui.launch.cache_job import (
     CACHE_JOB,
+    JOB_FLAGS,
     CacheOptions,
     cache_args,
     check_job_fields,
@@ -69,11 +70,6 @@ class LocalCacheLauncher(LocalLauncher):
         handle = await super().start(on_stage)
         handle.asked_config = job_values(self.config)  # what the engine will echo
         return handle
-
-
-# `kdengine cache-teacher`'s own flags, as the launch names their fields: its --top-k is
-# `kdtui launch --cache-top-k` (kdtui's --top-k is the run's on-policy sampling field)
-JOB_FLAGS = {"--top-k": "cache_top_k", "--cache-targets": "cache_targets"}
 
 
 def job_refusal(stderr: str, code: int) -> ConfigError:

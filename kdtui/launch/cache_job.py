@@ -18,6 +18,9 @@ from kdtui.launch.base import engine_args
 
 TARGET_KINDS = ("topk", "sampled")  # kdengine.teacher.sparse.TARGET_KINDS (that module: torch)
 DEFAULT_TOP_K = 64
+# `kdengine cache-teacher`'s own flags, as the launch names their fields: its --top-k is
+# `kdtui launch --cache-top-k` (kdtui's --top-k is the run's on-policy sampling field)
+JOB_FLAGS = {"--top-k": "cache_top_k", "--cache-targets": "cache_targets"}
 
 
 @dataclass(frozen=True)

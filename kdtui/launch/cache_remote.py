@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kdengine.config import RunConfig
+from kdengine.config import RunConfig, flag_of
 from kdtui.launch.cache_job import (
     CACHE_JOB,
+    JOB_FLAGS,
     CacheOptions,
     cache_args,
     check_job_fields,
@@ -60,8 +61,25 @@ class CacheStageRunner(StageRunner):
         return job_values(self.plan.config)
 
     def without_config(self, stdout: str) -> tuple[str, str, dict[str, Any]]:
-        # the cache there is complete already: the engine says so instead of a config
+        # an engine from before --check printed JSON on a complete cache: its text line
         return "done", (stdout.strip().splitlines() or ["accepted"])[-1], {}
+
+    def accepted(self, answer: dict[str, Any]) -> str:
+        # `kdengine cache-teacher --check` on a complete cache: the job's JSON, complete: true
+        if answer.get("complete"):
+            size = (answer.get("cache") or {}).get("bytes")
+            return (f"{answer.get('run_dir')} holds this cache complete already"
+                    f"{f' ({size} bytes)' if size else ''}: nothing to score")
+        return super().accepted(answer)
+
+    def refusal(self, stderr_lines: list[str]) -> str:
+        # the job's K and targets named as the launch names them (`--cache-top-k`, as a local
+        # job's refusal does: kdtui.launch.cache.job_refusal), not the run's `--top-k`
+        line = super().refusal(stderr_lines)
+        flag, said, rest = line.partition(": error: ")[2].partition(": ")
+        if said and flag in JOB_FLAGS:  # not the engine's flag either: the launch's, alone
+            return f"{flag_of(JOB_FLAGS[flag])}: {rest}"
+        return line
 
 
 class RemoteCacheLauncher(RemoteLauncher):

@@ -411,6 +411,14 @@ class StageRunner:
         raise StageFailed("`kdengine train --check` printed no config JSON: the remote engine "
                           "is too old for this kdtui")
 
+    def accepted(self, answer: dict[str, Any]) -> str:
+        """The check stage's detail once the engine's --check `answer` (its JSON) matched."""
+        return f"arguments accepted; {self.checked_config} matches"
+
+    def refusal(self, stderr_lines: list[str]) -> str:
+        """The engine's refusal as the check stage says it (refusal_line)."""
+        return refusal_line(stderr_lines)
+
     async def check(self) -> dict[str, Any]:
         async def body(started: float):
             sink = self.line_sink("check", started)
@@ -420,17 +428,18 @@ class StageRunner:
             # run then reuses (its progress lines come through the sink), which takes a while
             result = await run_command(self.conn, command, sink, timeout=3600)
             if result.exit_status != 0:
-                why = refusal_line(result.stderr_lines) or f"exit status {result.exit_status}"
+                why = self.refusal(result.stderr_lines) or f"exit status {result.exit_status}"
                 raise StageFailed(f"the engine on {self.plan.host.alias} refused {self.checked}: "
                                   f"{why}", result.stderr_lines[-TAIL_LINES:])
             try:
-                echoed = json.loads(result.stdout)["config"]
+                answer = json.loads(result.stdout)
+                echoed = answer["config"]
             except (ValueError, KeyError, TypeError):
                 return self.without_config(result.stdout)
             diffs = config_differences(self.asked_config(), echoed)
             if diffs:
                 raise StageFailed("the engine would not run what was asked: " + "; ".join(diffs))
-            return "done", f"arguments accepted; {self.checked_config} matches", echoed
+            return "done", self.accepted(answer), echoed
         return await self.stage("check", body)
 
     async def models(self) -> None:

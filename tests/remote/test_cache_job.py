@@ -2,8 +2,9 @@
 run's stages with `kdengine cache-teacher` as the engine, to a complete cache in the remote job
 dir; then the user's next step (`t` fills teacher_cache, the form dispatches to the same host): a
 remote run that trains on that cache. A second dispatch of the same job is refused at preflight
-(its dir holds a finished job, as for any run id) and rescores nothing: the remote path never
-reaches the engine's "complete already" answer (CacheStageRunner.without_config); R, which
+(its dir holds a finished job, as for any run id) and rescores nothing: the remote check meets
+the engine's "complete" answer only on a cache copied into the job's dir
+(test_cache_job_check.py); R, which
 finishes a stopped job (test_cache_job_resume.py), says this one is complete."""
 
 from __future__ import annotations
