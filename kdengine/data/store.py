@@ -219,11 +219,18 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
                         progress(len(writer.names), source.name)
             except BadRecord as exc:
                 if options.on_bad_file == "fail":
-                    raise ConfigError("data", f"{_at_path(exc, source, spec)} (skip bad files "
-                                      "with --on-bad-file skip)") from None
+                    raise ConfigError("data", f"{_at_path(exc.where, source, spec)}: "
+                                      f"{exc.message} (skip bad files with --on-bad-file "
+                                      "skip)") from None
                 writer.rollback(mark)
                 kinds = seen
                 skipped.append([source.name, str(exc)])
+            except ConfigError as exc:  # an example no option mends (no chat template): by path
+                where = exc.message.split(" ", 1)[0]
+                if exc.field != "data" or not where.startswith(f"{source.name}:"):
+                    raise
+                raise ConfigError("data", _at_path(where, source, spec) +
+                                  exc.message[len(where):]) from None
     finally:
         writer.close()
     if not writer.names:
@@ -238,13 +245,14 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     return len(writer.names)
 
 
-def _at_path(exc: BadRecord, source: Source, spec: str) -> str:
-    """A bad record's error with its file named by path (`/data/chats/a.jsonl:3: ...`) where
-    the data is local; its name (relative to the data, the validation split's key) stays in
-    the store and the skipped list. A hub dataset's keeps the name."""
-    if exc.where.startswith(source.name) and Path(spec).expanduser().exists():
-        return f"{source.path}{exc.where[len(source.name):]}: {exc.message}"
-    return str(exc)
+def _at_path(where: str, source: Source, spec: str) -> str:
+    """An example's name in an error (`a.jsonl:3`) with its file named by path
+    (`/data/chats/a.jsonl:3`) where the data is local; its name (relative to the data, the
+    validation split's key) stays in the store and the skipped list. A hub dataset's keeps
+    the name."""
+    if where.startswith(source.name) and Path(spec).expanduser().exists():
+        return f"{source.path}{where[len(source.name):]}"
+    return where
 
 
 def _size(path: Path) -> int:

@@ -81,3 +81,13 @@ def test_examples_too_few_for_a_batch_name_their_path(check, tmp_path) -> None:
     line = check(pairs)
     assert f"--data: {pairs} has 1 examples, packed into" in line
     assert "give more data, or a smaller batch_size" in line
+
+
+def test_a_conversation_without_a_chat_template_names_its_files_path(check, tmp_path) -> None:
+    chats = tmp_path / "chats"
+    chats.mkdir()
+    (chats / "train.jsonl").write_text(json.dumps({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
+    line = check(chats)
+    assert f"--data: {chats / 'train.jsonl'}:1 is a conversation, but the teacher's " in line
+    assert "add chat_template.jinja" in line
