@@ -270,6 +270,12 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
     fallback = getattr(args, "fallback_host", None) or os.environ.get("KDTUI_FALLBACK_HOST")
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
     try:
+        if host != LOCAL:  # a typo'd host: one line, a dry run as a launch, nothing written
+            from kdtui.remote.connect import refuse_unknown_host
+
+            refuse_unknown_host(host)
+            if fallback:
+                refuse_unknown_host(fallback, "--fallback-host")
         if dry_run:
             from kdtui.launch.plan import plan_lines
 

@@ -21,7 +21,7 @@ import asyncssh
 import asyncssh.config
 
 from kdtui.remote.command import RemoteCommand
-from kdtui.remote.hosts import HostConfig
+from kdtui.remote.hosts import HostConfig, HostsFileError, get_host
 
 # Errors that mean "the link is gone" (as opposed to "the command failed").
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -71,6 +71,7 @@ class SSHTarget:
     known_hosts: tuple[str, ...] | None  # UserKnownHostsFile; None: unset, () for `none`
     global_known_hosts: tuple[str, ...]  # GlobalKnownHostsFile
     identity_files: tuple[str, ...]
+    proxied: bool = False  # a ProxyJump or ProxyCommand: the HostName resolves over there
 
     @property
     def where(self) -> str:
@@ -120,7 +121,37 @@ def resolve_target(host: HostConfig) -> SSHTarget:
     known = config.get("UserKnownHostsFile", None)  # [] is `UserKnownHostsFile none`
     return SSHTarget(host.alias, str(opts.host or host.alias), int(opts.port or 22),
                      tuple(paths), None if known is None else files("UserKnownHostsFile"),
-                     files("GlobalKnownHostsFile"), files("IdentityFile"))
+                     files("GlobalKnownHostsFile"), files("IdentityFile"),
+                     proxied=bool(config.get("ProxyJump") or config.get("ProxyCommand")))
+
+
+class UnknownHost(HostsFileError):
+    """A --host no ssh config names and whose name does not resolve (a typo): said before
+    anything is written or connected to, by a dry run as by a launch."""
+
+
+def refuse_unknown_host(alias: str, flag: str = "--host") -> None:
+    """Raise UnknownHost when `alias` is no Host of the ssh config it is read with (no
+    HostName, no proxy) and its name does not resolve: the launch would only fail to reach it
+    (`Name or service not known`). A host the ssh config names is left to the connect, and so
+    is a broken ssh config (the connect says what is wrong with it)."""
+    import socket
+
+    try:
+        target = resolve_target(get_host(alias))
+    except SSHConfigError:
+        return
+    if target.hostname != alias or target.proxied:
+        return
+    try:
+        socket.getaddrinfo(alias, target.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        config = target.config_files[0] if target.config_files else "~/.ssh/config"
+        raise UnknownHost(
+            f"{flag} {alias}: no such host: no ssh config names it and the name does not "
+            f"resolve ({reason}); check the spelling, or add `Host {alias}` with its HostName "
+            f"(and User, Port) to {config}") from None
 
 
 def _known_hosts_files(target: SSHTarget) -> list[str]:

@@ -82,6 +82,9 @@ def apr_launcher_from_args(args: argparse.Namespace) -> Any:
     if host == LOCAL:
         raise ConfigError("host", "the apr profile runs apr distill on an SSH host: give "
                           "--host ALIAS (from ~/.ssh/config or the kdtui hosts file)")
+    from kdtui.remote.connect import refuse_unknown_host
+
+    refuse_unknown_host(host)  # UnknownHost (a HostsFileError): a dry run refuses it too
     return AprLauncher(config, host, settings)
 
 
