@@ -38,6 +38,12 @@ class RunsTable(DataTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Open", id="runs.open",
                 tooltip="Open the run under the cursor (a running one is followed live)"),
+        # Textual's Home and End scroll a table sideways: on a list that fits the terminal they
+        # did nothing, and Enter after Home opened the run the cursor was still on
+        Binding("home", "scroll_top", "First run", show=False, id="runs.first",
+                tooltip="Move to the first (newest) run"),
+        Binding("end", "scroll_bottom", "Last run", show=False, id="runs.last",
+                tooltip="Move to the last (oldest) run"),
     ]
 
 
