@@ -85,17 +85,34 @@ def assistant_spans(template: ChatTemplate, messages: list[dict[str, Any]],
     for i in range(first, len(messages)):
         if messages[i]["role"] != "assistant":
             continue
-        before = template.render(messages[:i], add_generation_prompt=True) if i else ""
+        before = template.render(messages[:i], add_generation_prompt=True) if i else \
+            _opening_prompt(template, text)
         through = text if i == len(messages) - 1 else template.render(messages[:i + 1])
-        if text.startswith(before) and text.startswith(through):
-            span = (_common_prefix_len(before, through), len(through))
-        elif (span := _marked_span(template, messages, i, text, before)) is None:
-            raise BadRecord("", f"turn {i}: {_unfound_turn(messages[i], text)}; add "
-                            "{% generation %} ... {% endgeneration %} around the assistant's "
-                            "output in the template, or use --train-on all")
+        # an opening turn with no header known (the template cannot render no messages): the
+        # content's own span, never what precedes it (a default system prompt, today's date)
+        span = _marked_span(template, messages, i, text, None) if not (i or before) else None
+        if span is None:
+            if text.startswith(before) and text.startswith(through):
+                span = (_common_prefix_len(before, through), len(through))
+            elif (span := _marked_span(template, messages, i, text, before)) is None:
+                raise BadRecord("", f"turn {i}: {_unfound_turn(messages[i], text)}; add "
+                                "{% generation %} ... {% endgeneration %} around the "
+                                "assistant's output in the template, or use --train-on all")
         if span[1] > span[0]:
             spans.append(span)
     return text, spans
+
+
+def _opening_prompt(template: ChatTemplate, text: str) -> str:
+    """What the template renders for no messages with the generation prompt (its assistant
+    header), where a conversation opens with the assistant's turn: the turn's span starts
+    after it. "" when the template cannot render no messages (most read messages[0]) or
+    renders something the conversation does not start with."""
+    try:
+        opening = template.render([], add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - the template's own error: no header to skip
+        return ""
+    return opening if text.startswith(opening) else ""
 
 
 def _unfound_turn(message: dict[str, Any], text: str) -> str:
@@ -115,13 +132,14 @@ _MARK = "\ue000"  # a private-use character: no real content holds it
 
 
 def _marked_span(template: ChatTemplate, messages: list[dict[str, Any]], i: int, text: str,
-                 before: str) -> Span | None:
+                 before: str | None) -> Span | None:
     """Assistant turn i's span in `text` when later turns change how earlier ones render
     (Qwen3 drops the thinking of turns before the last user message; Mistral moves the system
     prompt into the last user turn). Marks around its content find the content in `text`; the
     turn's own text before it (a header the generation prompt lacks) and after it (<|im_end|>,
     </s>: its closing), as the turn renders when it is the last, extend the span where `text`
-    has them too. None when the marks do not come through the template unchanged."""
+    has them too (`before` None: nothing before the content, for a turn that opens the
+    conversation). None when the marks do not come through the template unchanged."""
     content = messages[i].get("content")
     if not isinstance(content, str):
         return None
@@ -134,7 +152,7 @@ def _marked_span(template: ChatTemplate, messages: list[dict[str, Any]], i: int,
     start = rendered.index(_MARK)
     end = rendered.index(_MARK, start + 1) - 1  # in `text`, without the first mark
     first, second = last.index(_MARK), last.rindex(_MARK)
-    lead = last[len(before):first] if last.startswith(before) else ""
+    lead = last[len(before):first] if before is not None and last.startswith(before) else ""
     closing = last[second + 1:]
     if lead and text[start - len(lead):start] == lead:
         start -= len(lead)

@@ -120,3 +120,33 @@ def test_a_template_that_drops_the_reasoning_is_named_for_that(tmp_path) -> None
                            "assistant's content as written (it drops or rewrites part of it: "
                            "here the reasoning before </think>)"), said
     assert "later turns" not in said and "--train-on all" in said, said
+
+
+def test_a_conversation_that_opens_with_the_assistant_trains_its_words_not_the_header(
+        tmp_path) -> None:
+    """A greeting turn first ([assistant, user, assistant], as some chat logs start): its
+    header (`<|im_start|>assistant\\n`) trained as if the assistant wrote it, where every later
+    turn trains from after it; now the first turn starts where the template's generation
+    prompt for no messages ends, as every other turn does."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import write_chat_tokenizer
+
+    from kdengine.data.chat import load_chat_template
+    from kdengine.data.encode import encode_example
+    from kdengine.data.formats import Example
+    from kdengine.tokenizer import load_tokenizer
+
+    directory = write_chat_tokenizer(tmp_path / "chatml")
+    tok = load_tokenizer(directory, "teacher")
+    messages = [{"role": "assistant", "content": "Hi! How can I help?"},
+                {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."}]
+    ids, trains = encode_example(Example("c.jsonl:1", "messages", {"messages": messages}), tok,
+                                 load_chat_template(directory))
+    pieces, run = [], []
+    for token, trained in [*zip(ids, trains, strict=True), (None, False)]:
+        if trained:
+            run.append(token)
+        elif run:
+            pieces.append(tok.decode(run))
+            run = []
+    assert pieces == ["Hi! How can I help?<|im_end|>\n", "4.<|im_end|>\n"]

@@ -457,3 +457,29 @@ def test_conversations_without_a_template_are_a_clear_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="no chat template"):
         encode_example(Example("chat.jsonl:1", "messages", {"messages": TURNS}),
                        load_tokenizer(tmp_path / "tok", "teacher"), None)
+
+
+# a conversation that opens with the assistant's greeting: what trains, as in EXPECTED_MASKS
+# (Mistral's template refuses it, as it refuses any order but user/assistant)
+GREETING = [{"role": "assistant", "content": "Hi! How can I help?"},
+            {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."}]
+GREETING_MASKS = {
+    "llama3": ["Hi! How can I help?<|eot_id|>", "4.<|eot_id|>"],
+    "qwen2.5": ["Hi! How can I help?<|im_end|>\n", "4.<|im_end|>\n"],
+    "qwen3": ["Hi! How can I help?<|im_end|>\n", "<think>\n\n</think>\n\n4.<|im_end|>\n"],
+    "smollm2": ["Hi! How can I help?<|im_end|>", "4.<|im_end|>"],
+}
+
+
+@pytest.mark.parametrize("style", sorted(GREETING_MASKS))
+def test_an_opening_assistant_turn_trains_its_own_words_only(tokenizers: dict[str, Path],
+                                                             style: str) -> None:
+    """The first turn the assistant's: it trained from the text's first character, so Llama
+    3's system block (with today's date) and Qwen's default system prompt trained with it as
+    if the assistant wrote them; now its span is its content and closing, as a later turn's."""
+    from transformers import AutoTokenizer
+
+    tok, (ids, trains) = _encode(tokenizers[style], GREETING)
+    assert ids == AutoTokenizer.from_pretrained(str(tokenizers[style])).apply_chat_template(
+        GREETING, tokenize=True, return_dict=False)
+    assert _trained_pieces(tok, ids, trains) == GREETING_MASKS[style]
