@@ -33,6 +33,7 @@ from textual.widgets.input import Selection
 from kdengine.config import (
     FIELDS,
     FIELDS_BY_NAME,
+    PATH_FIELDS,
     RENAMED,
     ConfigError,
     Field,
@@ -286,6 +287,25 @@ def form_error_text(exc: ConfigError, profile: str = KDENGINE) -> str:
 def profile_error_text(profile: str, exc: ConfigError) -> str:
     """The message shown in the form (both profiles name fields by their labels)."""
     return form_error_text(exc, profile)
+
+
+def absolute_local_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """The values to remember for a local start, with each model or data path that exists here
+    (kdengine.config.PATH_FIELDS) written absolute, as the engine runs it: remembered as typed
+    (`models/teacher`, from `kdtui launch --config run.toml` in the project), the next `kdtui`
+    from another directory opened on a path that named nothing there, or another model. Hub ids,
+    demo:// and paths missing here stay as typed."""
+    import os
+
+    out = dict(values)
+    for name in PATH_FIELDS:
+        value = out.get(name)
+        if not isinstance(value, str) or not value or value.startswith("demo://"):
+            continue
+        path = Path(value).expanduser()
+        if os.path.lexists(path):
+            out[name] = os.path.abspath(path)
+    return out
 
 
 def fresh_run_name(runs_dir: Path) -> str:
@@ -767,6 +787,8 @@ class LaunchScreen(Screen):
         fallback = str(self.query_one("#fallback_host", Select).value or "")
         dry_run = self.query_one("#dry_run", Switch).value
         raw = forget_identity(self.raw_values())
+        if host == LOCAL:
+            raw = absolute_local_paths(raw)
         settings = self.app.settings  # type: ignore[attr-defined]
         kept = {k: v for k, v in settings.values_for(host).items() if k == APR}
         if not self._begin_start(*(("Checking…", "checking the run") if host == LOCAL else

@@ -33,3 +33,33 @@ async def test_tab_back_into_a_field_a_refused_start_focused_selects_its_text(ru
         await pilot.pause()
         assert steps.value == "7"
         assert list(runs_dir.iterdir()) == []
+
+
+async def test_a_local_start_remembers_relative_model_and_data_paths_as_absolute(
+        runs_dir, make_tiny_inputs, tmp_path, monkeypatch, wait_for):
+    # getting-started: `kdtui launch --config run.toml` in the project (teacher = "models/...");
+    # the next day `kdtui` from elsewhere opened the form on 'models/teacher', which named
+    # nothing there (or another model of that name)
+    from kdtui.screens.dialogs import PlanScreen
+    from kdtui.settings import Settings
+
+    project = tmp_path / "project"
+    make_tiny_inputs(project)
+    monkeypatch.chdir(project)
+    typed = {"teacher": "teacher", "student": "./student", "data": "data",
+             "teacher_cache": "", "steps": "20"}
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        form = app.screen
+        for name, value in typed.items():
+            form.query_one(f"#field-{name}", Input).value = value
+        form.query_one("#dry_run").value = True
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), 60)
+        assert form.query_one("#field-teacher", Input).value == "teacher"  # the form: as typed
+    remembered = Settings.load().values_for("local")
+    assert remembered["teacher"] == str(project / "teacher")
+    assert remembered["student"] == str(project / "student")
+    assert remembered["data"] == str(project / "data")
+    assert remembered["teacher_cache"] == "" and remembered["steps"] == "20"
