@@ -405,7 +405,10 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
             exact.append(whole)
     if not names:
         why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
-        raise ConfigError("data", f"{config.data} is empty: no text to train on{why}")
+        from kdengine.data.formats import empty_fix
+
+        raise ConfigError("data", f"{config.data} is empty: no text to train on{why}; "
+                          f"{empty_fix(bool(skipped))}")
     if tokenizer is None:
         unchecked.append("data: tokens are counted when the run has its tokenizer")
         return None, None

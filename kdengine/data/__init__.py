@@ -31,6 +31,7 @@ from kdengine.config import DEMO_DATA, ConfigError
 from kdengine.data.formats import (
     TEXT_SUFFIXES,
     check_data_file,
+    empty_fix,
     json_error_text,
     no_fields_text,
     visible_files,
@@ -102,7 +103,8 @@ def read_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
     docs = list(iter_documents(spec, text_field, on_bad_file, skipped))
     if not docs:
         why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
-        raise ConfigError("data", f"{spec} is empty: no text to train on{why}")
+        raise ConfigError("data", f"{spec} is empty: no text to train on{why}; "
+                          f"{empty_fix(bool(skipped))}")
     return docs
 
 

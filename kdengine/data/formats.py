@@ -215,6 +215,13 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def empty_fix(skipped: bool) -> str:
+    """The fix for data that holds nothing to train on: every file bad (skipped), or none
+    holding a record or any text."""
+    return ("fix those files (the first is named), or give other data" if skipped else
+            "give data that holds text or records")
+
+
 def visible_files(root: Path) -> list[Path]:
     """Every file under the folder `root` that is not hidden (_hidden), sorted by path."""
     return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))

@@ -30,7 +30,7 @@ import torch
 
 from kdengine.config import ON_BAD_FILE, TRAIN_ON, ConfigError
 from kdengine.data.chat import ChatTemplate
-from kdengine.data.formats import BadRecord, Source, find_sources, visible_files
+from kdengine.data.formats import BadRecord, Source, empty_fix, find_sources, visible_files
 from kdengine.data.parallel import default_workers, encode_all, start_pool
 
 STORE_FORMAT = "kdengine-examples-1"
@@ -235,7 +235,8 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
         writer.close()
     if not writer.names:
         why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
-        raise ConfigError("data", f"{spec} holds no examples{why}")
+        raise ConfigError("data", f"{spec} holds no examples{why}; "
+                          f"{empty_fix(bool(skipped))}")
     meta = {"format": STORE_FORMAT, "spec": spec, "eos_id": tokenizer.eos_id,
             "examples": len(writer.names),
             "tokens": writer.tokens, "trained_tokens": writer.trained, "kinds": kinds,

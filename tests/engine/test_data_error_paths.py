@@ -91,3 +91,22 @@ def test_a_conversation_without_a_chat_template_names_its_files_path(check, tmp_
     line = check(chats)
     assert f"--data: {chats / 'train.jsonl'}:1 is a conversation, but the teacher's " in line
     assert "add chat_template.jinja" in line
+
+
+@pytest.mark.parametrize("kind", ["text", "examples"])
+def test_data_with_nothing_to_train_on_says_the_fix(check, tmp_path, kind) -> None:
+    empty = tmp_path / ("empty.jsonl" if kind == "text" else "empty.json")
+    empty.write_text("\n\n" if kind == "text" else "[]")
+    line = check(empty)
+    assert line.startswith(f"kdengine train: error: --data: {empty} ")
+    assert line.endswith("; give data that holds text or records")
+
+
+def test_data_whose_every_file_is_skipped_says_the_fix(check, tmp_path) -> None:
+    folder = tmp_path / "allbad"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("{bad\n")
+    (folder / "b.txt").write_bytes(b"\xff\xfe")
+    line = check(folder, "--on-bad-file", "skip")
+    assert f"--data: {folder} is empty: no text to train on (all 2 files skipped; first: " in line
+    assert line.endswith("; fix those files (the first is named), or give other data")
