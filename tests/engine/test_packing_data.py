@@ -164,6 +164,22 @@ def test_a_second_load_reuses_the_store_without_tokenizing(chats: Path, tok_dir:
     assert changed.store.tokenized == 121 and changed.store.key != first.store.key
 
 
+def test_a_store_written_by_an_older_encoding_is_tokenized_again(
+        chats: Path, tok_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a change to how examples become tokens and masks bumps STORE_FORMAT: the old store's
+    # masks are not reused (nor a teacher cache over it)
+    import kdengine.data.store as store_module
+
+    root = tmp_path / "cache"
+    monkeypatch.setattr(store_module, "STORE_FORMAT", "kdengine-examples-1")
+    old = data_of(chats, tok_dir, root)
+    monkeypatch.undo()
+    now = data_of(chats, tok_dir, root)
+    assert now.store.key != old.store.key and now.store.tokenized == 120
+    meta = json.loads((now.store.directory / "meta.json").read_text())
+    assert meta["format"] == store_module.STORE_FORMAT != "kdengine-examples-1"
+
+
 def test_a_store_built_by_the_preflight_is_the_runs_own_build(chats: Path, tok_dir: Path,
                                                                tmp_path: Path) -> None:
     """One `kdengine train` builds the store in its preflight and maps it in its run: that run
