@@ -186,7 +186,7 @@ def _started_since(run_dir: Path, offset: int) -> bool:
 class RemoteResumer:
     """Resume a remote run on its own host, from its dispatch.json."""
 
-    stages: tuple[str, ...] = ("connect", "resume", "manifest")
+    stages: tuple[str, ...] = ("connect", "sync", "resume", "manifest")
 
     def __init__(self, manifest: Path, on_status: Callable[[str], None] | None = None) -> None:
         from kdengine.config import RunConfig
@@ -241,8 +241,10 @@ class RemoteResumer:
         plan = RemotePlan.make(self.host, self.config, build_wheel())
         runner = StageRunner(plan, on_stage, kind="resume")
         argv = self.resume_argv()
+        venv_gone = False  # the engine's python is not on the host: its venv is to be made
 
         async def connect(started: float):
+            nonlocal venv_gone
             try:
                 runner.conn = await open_connection(plan.host)
             except RemoteError as exc:
@@ -251,6 +253,7 @@ class RemoteResumer:
                 if not await sftp.exists(plan.agent_path):
                     await sftp.makedirs(plan.host.agent_dir, exist_ok=True)
                     await put_bytes(sftp, agent_source(), plan.agent_path)
+                venv_gone = bool(argv) and not await sftp.exists(argv[0])
             state = await run_agent(runner.conn, plan.status(), timeout=60)
             if not state.get("run_dir_exists", True):
                 raise StageFailed(f"the run directory {plan.run_dir} does not exist on "
@@ -267,6 +270,8 @@ class RemoteResumer:
                 raise StageFailed(f"{self.run_id} completed: nothing to resume (train the "
                                   f"student further with --student {plan.run_dir}/final)")
             self.log_offset = max(0, int(state.get("log_bytes") or 0))
+            if venv_gone and not (argv[0] == plan.engine_python and plan.host.sync == "wheel"):
+                raise StageFailed(self._venv_gone_line(plan, argv[0]))
             if self.job == CACHE_JOB:  # no checkpoint: its finished shards are kept
                 return "done", (f"{finished.get('status') or 'stopped'}, "
                                 "the job's finished shards kept"), state
@@ -280,6 +285,10 @@ class RemoteResumer:
         before: dict[str, Any] | None = None
         try:
             state = await runner.stage("connect", connect)
+            if venv_gone:  # this kdtui is the run's build: its venv is made again, as a dispatch
+                await runner.sync({})
+            else:
+                runner.skip("sync", f"the run's venv is there ({Path(argv[0]).parent.parent})")
             token = f"{self.run_id}-resume-{runner.attempt.id}"
             # the segment is in the manifest before the start, as a dispatch's manifest is
             before = add_segment(self.manifest, {"kind": "resume", "pid": None, "at": utc_now(),
@@ -312,6 +321,21 @@ class RemoteResumer:
         return RemoteRunHandle(run_id=self.run_id, host=plan.host.alias, run_dir=plan.run_dir,
                                plan=plan, source=source, pid=pid, manifest=self.manifest,
                                attempts=[runner.attempt])
+
+    def _venv_gone_line(self, plan: Any, python: str) -> str:
+        """Why a resume whose engine venv is gone, of another build than this kdtui's, cannot
+        make it again, and what does: the run's own code makes it (the venv is named by the
+        code's hash), or a new run on this build."""
+        commit = str(self.data.get("git_commit") or "")
+        code = f"git commit {commit[:12]}" if commit else "the code it was dispatched with"
+        if commit and self.data.get("git_dirty"):
+            code += " with the uncommitted edits it had"
+        return (f"{self.run_id}'s engine venv is gone from {plan.host.alias} ({python} does "
+                f"not exist), and it is build {self.data.get('build_id') or '?'}, not this "
+                f"kdtui's {plan.build_id}: a resume runs the run's own build. With its code "
+                f"here ({code}) `kdtui resume {self.run_id}` makes the venv again; or start "
+                f"the run anew on this build: `kdtui launch --host {plan.host.alias} ...` "
+                "under another --run-name")
 
     def _record(self, runner: Any) -> None:
         """This resume's attempt (its stages) appended to the manifest's attempts."""

@@ -74,7 +74,8 @@ async def test_r_finishes_a_cancelled_remote_cache_job(remote_env, tiny_run_inpu
     state = await follow_to_end(await resumer.start(updates.append))
     assert state["finished"]["status"] == "completed", state
     ended = [(u.stage, u.state) for u in updates if u.state not in ("running", "pending")]
-    assert ended == [("connect", "done"), ("resume", "done"), ("manifest", "done")]
+    assert ended == [("connect", "done"), ("sync", "skipped"), ("resume", "done"),
+                     ("manifest", "done")]  # sync: the job's venv is there
     connect = next(u for u in updates if u.stage == "connect" and u.state == "done")
     # the update names the host (connect.host); the detail does not repeat it ("box: box: ...")
     assert connect.detail == "cancelled, the job's finished shards kept"
