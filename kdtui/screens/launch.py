@@ -189,8 +189,13 @@ class FieldRow(Vertical):
         if message == self.error:
             return  # each update restyles the form: skip the no-ops (start-up validates all)
         self.error = message
-        self.query_one(".field-error", Static).update(message)
+        line = self.query_one(".field-error", Static)
+        line.update(message)
         self.set_class(bool(message), "-invalid")
+        if message and self.has_focus_within:
+            # the field being typed in: its error is under its help, rows below it; on the
+            # form's last rows (80x24) it was under the buttons, and nothing said what was wrong
+            self.call_after_refresh(line.scroll_visible, animate=False)
 
 
 def make_input(spec: FormSpec, profile: str = KDENGINE) -> Widget:

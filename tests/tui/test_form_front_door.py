@@ -63,3 +63,54 @@ async def test_a_local_start_remembers_relative_model_and_data_paths_as_absolute
     assert remembered["student"] == str(project / "student")
     assert remembered["data"] == str(project / "data")
     assert remembered["teacher_cache"] == "" and remembered["steps"] == "20"
+
+
+async def test_the_error_of_the_field_being_typed_in_scrolls_into_view_at_80x24(runs_dir,
+                                                                                 wait_for):
+    # steps on the form's last row (clicked there, or left there by the scroll): typing 0 put
+    # its error three rows further down, under the buttons: nothing said what was wrong
+    from textual.containers import VerticalScroll
+    from textual.widgets import Static
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        form = app.screen
+        scroll = form.query_one("#form", VerticalScroll)
+        steps = form.query_one("#field-steps", Input)
+        steps.focus(scroll_visible=False)
+        await pilot.pause()
+        # the row's label line at the bottom of the view
+        scroll.scroll_to(y=scroll.scroll_y + steps.region.y - scroll.region.bottom + 1,
+                         animate=False)
+        await pilot.pause()
+        assert steps.region.bottom == scroll.region.bottom, (steps.region, scroll.region)
+        await pilot.press("0")
+        await wait_for(pilot, lambda: form.field_error("steps").startswith("steps: must be"), 10)
+        await pilot.pause()
+        error = form.query_one("#row-steps .field-error", Static)
+        view = scroll.region
+        assert error.region.height > 0 and view.contains_region(error.region), (error.region,
+                                                                                view)
+        assert steps.region.height > 0 and view.contains_region(steps.region)
+
+
+async def test_a_refused_start_shows_the_first_invalid_fields_error_at_80x24(runs_dir, wait_for):
+    from textual.containers import VerticalScroll
+    from textual.widgets import Static
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        form = app.screen
+        await pilot.press("f2")
+        await pilot.pause()
+        form.query_one("#field-steps", Input).value = "0"  # below the fold, the form at its top
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.focused is form.query_one("#field-steps"), 10)
+        await pilot.pause()
+        error = form.query_one("#row-steps .field-error", Static)
+        view = form.query_one("#form", VerticalScroll).region
+        assert error.region.height > 0 and view.contains_region(error.region), (error.region,
+                                                                                view)
