@@ -3,8 +3,9 @@
 AdamW with warm-up and cosine/linear decay, global gradient clipping, held-out evaluation at step
 0, every eval_every steps and at the end. Seeded and deterministic on the CPU. A NaN or inf loss
 stops the run as failed before the bad update is applied; SIGINT/SIGTERM end it as cancelled after
-the current step. Checkpoints are atomic and `resume=True` continues exactly. float16 runs scale
-the loss dynamically and skip a step whose gradients overflow (docs/models.md, "Dtypes"). The
+the current step (during a sampled step's generation: at its next token, and that step never
+trains). Checkpoints are atomic and `resume=True` continues exactly. float16 runs scale the loss
+dynamically and skip a step whose gradients overflow (docs/models.md, "Dtypes"). The
 loop keeps the host one step ahead of the device (`queue_step`, `QueuedStep`): a step's loss is
 read while the next one's forward and backward run, and before the next update is queued.
 """
@@ -50,7 +51,7 @@ from kdengine.gauges import Gauges, describe_gauges
 from kdengine.losses import IGNORE_INDEX, KDLossSpec, LossParts, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
-from kdengine.stop import StopSignals
+from kdengine.stop import RunCancelled, StopSignals
 
 if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that sample
     from kdengine.onpolicy import Rollout
@@ -203,6 +204,8 @@ class KDTrainer:
         if rollout is not None and self.dist.enabled:
             raise ConfigError("lmbda", "on-policy and seq_kd runs train on one process for now: "
                               "run them without torchrun")
+        if rollout is not None:  # a cancel ends a generation at its next token
+            rollout.check_stop = self.stop.check
         self.timing: dict[str, float] | None = None  # a sampled step's teacher seconds
         self.last_sampled = None  # the step's sampled batch, for its sample event
         params = [p for p in student.module.parameters() if p.requires_grad]
@@ -409,7 +412,11 @@ class KDTrainer:
         if batch is None and self.rollout is not None:
             source = self.rollout.source_of(self.step)
             if source is not None:  # this step trains on completions sampled now
-                sampled = self.rollout.batch(self.step, source, self.student, self.teacher)
+                try:
+                    sampled = self.rollout.batch(self.step, source, self.student, self.teacher)
+                except RunCancelled:  # cut short: a step that never trained, which a resume
+                    self.step -= 1  # from the last checkpoint runs whole
+                    raise
                 batch = (sampled.input_ids, sampled.labels)
                 if source == "student":  # the KD term alone (kdengine.onpolicy.rollout)
                     spec = replace(self.spec, alpha=0.0)

@@ -161,10 +161,12 @@ class GenerationEngine:
     def generate(self, prompts: list[torch.Tensor], config: SamplingConfig, *,
                  generator: torch.Generator | None = None, pad_id: int = 0,
                  decode: Callable[[list[int]], str] | None = None,
-                 min_cache_len: int = 0) -> Generated:
+                 min_cache_len: int = 0, check: Callable[[], None] | None = None) -> Generated:
         """Completions of `prompts` (1-D int64 token tensors, any lengths) under `config`.
         `min_cache_len`: allocate at least this many cache slots, so calls whose prompts differ
-        in length share one cache shape (one compile and graph, not one per length)."""
+        in length share one cache shape (one compile and graph, not one per length).
+        `check`: called before the prefill and before each new token; what it raises ends the
+        call there (a cancel: the trainer's StopSignals.check), nothing returned."""
         model = self._model()
         if model is None:
             raise RuntimeError("the model of this GenerationEngine no longer exists")
@@ -191,8 +193,12 @@ class GenerationEngine:
             self._buffers(batch, math.ceil(slots / SLOT_MULTIPLE) * SLOT_MULTIPLE)
             tokens = torch.full((batch, steps), pad_id, dtype=torch.int64, device=self.device)
             stops = RowStops(tokens, config, pad_id, decode)
+            if check is not None:
+                check()
             logits = self._prefill(prompts, pad_id)
             for step in range(steps):
+                if check is not None:
+                    check()
                 fed = stops.record(step, next_tokens(logits, config, generator))
                 if step == steps - 1:
                     break
@@ -236,7 +242,8 @@ def release_engines(model: torch.nn.Module) -> None:
 def generate(model: Decoder, prompts: list[torch.Tensor], config: SamplingConfig, *,
              generator: torch.Generator | None = None, pad_id: int = 0,
              decode: Callable[[list[int]], str] | None = None,
-             dtype: torch.dtype | None = None, min_cache_len: int = 0) -> Generated:
+             dtype: torch.dtype | None = None, min_cache_len: int = 0,
+             check: Callable[[], None] | None = None) -> Generated:
     """Sample completions of `prompts` (1-D int64 token tensors of any lengths; left-padded
     together, positions from 0 at each row's first real token) from `model` under `config`.
 
@@ -245,7 +252,8 @@ def generate(model: Decoder, prompts: list[torch.Tensor], config: SamplingConfig
     the weights are kept once in it, refreshed from the model at each call. The model's
     parameters, gradients and train/eval mode are left as they were. `min_cache_len` (see
     GenerationEngine.generate): a training loop passes its row length, so every step's
-    prompts, whatever their lengths, reuse one compiled step and CUDA graph."""
+    prompts, whatever their lengths, reuse one compiled step and CUDA graph. `check`: called
+    before each new token; what it raises stops the generation there (a cancel)."""
     return engine_for(model, dtype).generate(prompts, config, generator=generator,
                                              pad_id=pad_id, decode=decode,
-                                             min_cache_len=min_cache_len)
+                                             min_cache_len=min_cache_len, check=check)

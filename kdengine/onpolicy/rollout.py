@@ -60,6 +60,9 @@ class Rollout:
             max_new_tokens=config.max_new_tokens, temperature=config.gen_temperature,
             top_p=config.top_p, top_k=config.top_k, eos_ids=eos_ids, stop_strings=stop,
             vocab_limit=vocab)
+        # called before each sampled token (the trainer's StopSignals.check): a cancel ends a
+        # long generation at its next token, not after max_new_tokens of every row
+        self.check_stop: Callable[[], None] | None = None
 
     def source_of(self, step: int) -> str | None:
         """Who writes step's completions: "student" (on-policy), "teacher" (seq_kd), or None
@@ -82,7 +85,8 @@ class Rollout:
         # compiled decode step and graph per batch size, not one per prompt length
         generated = generate(model, [p.to(self.device) for p in prompts], self.sampling,
                              generator=gen, pad_id=self.pad_id, decode=self.decode,
-                             dtype=self.dtype, min_cache_len=self.config.seq_len)
+                             dtype=self.dtype, min_cache_len=self.config.seq_len,
+                             check=self.check_stop)
         input_ids, labels = completion_rows(prompts, generated, self.config.seq_len,
                                             self.pad_id)
         return RolloutBatch(input_ids, labels, prompts, generated, source)

@@ -233,3 +233,76 @@ def test_more_eval_prompts_than_the_held_out_data_has_is_said_not_silent(
     assert said == ["--eval-prompts 50: the held-out data has 6 prompts, so each evaluation "
                     "completes those 6 (a larger --val-fraction holds out more)"]
     assert "WARNING: --eval-prompts 50:" in (tmp_path / "run" / "launch.log").read_text()
+
+
+# The engine's CLI whose on-policy step KD_SLOW_AT generates slowly (1 s a token, as a big
+# student with a long --max-new-tokens does): KD_SLOW_MARK is written once it generates
+SLOW_GENERATION_AT_STEP = r"""
+import os, sys, time
+from pathlib import Path
+import kdengine.trainer as T
+import kdengine.generation.engine as G
+slow_at, queued = int(os.environ["KD_SLOW_AT"]), {"step": 0}
+queue_step, next_tokens = T.KDTrainer.queue_step, G.next_tokens
+def noting_step(self, batch=None, **queue):
+    queued["step"] = self.step + 1
+    try:
+        return queue_step(self, batch, **queue)
+    finally:
+        queued["step"] = 0
+def slow_tokens(*args, **kw):
+    if queued["step"] == slow_at:
+        Path(os.environ["KD_SLOW_MARK"]).touch()
+        time.sleep(1.0)
+    return next_tokens(*args, **kw)
+T.KDTrainer.queue_step, G.next_tokens = noting_step, slow_tokens
+from kdengine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_cancel_during_an_on_policy_generation_ends_it_at_once_and_resumes_exactly(
+        inputs: dict[str, str], reference: Path, tmp_path: Path) -> None:
+    """SIGTERM while the student writes a step's completions: the run ends cancelled within a
+    token or so (before, the whole generation and the step ran first: 24 slow tokens here, and
+    minutes for a big student with a long --max-new-tokens, past `kdtui cancel`'s 60 s), the
+    step that never trained is not counted, and a resume gives the uninterrupted run's losses."""
+    import signal
+    import time
+
+    # the first on-policy step after the checkpoint at step 6
+    slow_at = next(e["step"] for e in events(reference, "step")
+                   if e["step"] > 6 and e["on_policy"])
+    run_dir, mark = tmp_path / "cancelled", tmp_path / "generating"
+    argv = [sys.executable, "-c", SLOW_GENERATION_AT_STEP, "train", "--teacher",
+            inputs["teacher"], "--student", inputs["student"], "--data", inputs["data"], *RUN,
+            "--run-dir", str(run_dir)]
+    engine = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                                   "KD_SLOW_AT": str(slow_at), "KD_SLOW_MARK": str(mark)})
+    try:
+        deadline = time.monotonic() + 300
+        while not mark.exists():
+            assert engine.poll() is None and time.monotonic() < deadline, "no slow generation"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        engine.send_signal(signal.SIGTERM)
+        code = engine.wait(timeout=120)
+        waited = time.monotonic() - sent
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert code == 143
+    assert waited < 12, f"the engine took {waited:.0f} s to stop (24 tokens left: 24 s)"
+    finished = events(run_dir, "run_finished")
+    assert [(e["status"], e["steps"]) for e in finished] == [("cancelled", slow_at - 1)]
+    assert max(e["step"] for e in events(run_dir, "step")) == slow_at - 1
+    assert [e["step"] for e in events(run_dir, "checkpoint")] == [6]
+
+    out = kdengine("train", "--resume", str(run_dir))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    keys = ("loss", "kd", "ce", "on_policy", "gen_len")
+    resumed = {e["step"]: tuple(e.get(k) for k in keys) for e in events(run_dir, "step")}
+    assert resumed == {e["step"]: tuple(e.get(k) for k in keys)
+                       for e in events(reference, "step")}
+    assert events(run_dir, "eval")[-1]["val_gen_kl"] == events(reference, "eval")[-1]["val_gen_kl"]
