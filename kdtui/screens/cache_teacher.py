@@ -69,7 +69,11 @@ class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
                                    str(self.query_one("#cache-targets", Select).value)).check()
         except ConfigError as exc:
             label = DIALOG_LABELS.get(exc.field or "", exc.field)
-            self.query_one("#cache-error", Static).update(f"{label}: {exc.message}")
+            error = self.query_one("#cache-error", Static)
+            error.update(f"{label}: {exc.message}")
+            # a .field-error shows only in an invalid field's row (app.tcss): this one is the
+            # dialog's, and the refused Start said nothing
+            error.display = True
             return None
         return options
 

@@ -114,3 +114,26 @@ async def test_a_refused_start_shows_the_first_invalid_fields_error_at_80x24(run
         view = form.query_one("#form", VerticalScroll).region
         assert error.region.height > 0 and view.contains_region(error.region), (error.region,
                                                                                 view)
+
+
+async def test_the_cache_dialog_shows_why_it_refuses_a_k(runs_dir, wait_for):
+    # F4 with K 0 and Enter: the dialog stayed and said nothing (its error line was one of the
+    # form's, hidden outside an invalid field's row)
+    from textual.widgets import Static
+
+    from kdtui.screens.cache_teacher import CacheTeacherDialog
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        await pilot.press("f2", "f4")
+        await wait_for(pilot, lambda: isinstance(app.screen, CacheTeacherDialog), 10)
+        dialog = app.screen
+        await pilot.press("backspace", "0", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, CacheTeacherDialog)  # refused
+        error = dialog.query_one("#cache-error", Static)
+        assert str(error.render()) == "K: must be a whole number of at least 1 (got 0)"
+        assert error.region.height > 0 and dialog.query_one("#cache-dialog").region.contains_region(
+            error.region)
+        assert list(runs_dir.iterdir()) == []
