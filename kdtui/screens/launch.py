@@ -447,12 +447,18 @@ class LaunchScreen(Screen):
             self.notify(self.hosts_problem, title="hosts file", severity="error", timeout=10)
         settings = self.app.settings  # type: ignore[attr-defined]
         host = self.prefill.get("host") or settings.last_host
+        unknown = ""
         if host not in self.hosts:
             if self.prefill.get("host"):
-                self.notify(f"host {host!r} is not in ~/.ssh/config or the kdtui hosts file",
-                            severity="error")
+                unknown = (f"host {host!r} is not in ~/.ssh/config or the kdtui hosts file: "
+                           "add it there, or pick a host here; nothing was started")
+                self.notify(unknown, severity="error", markup=False)
+                # `kdtui launch --host nosuch` started on local, for want of the host
+                self._autostart = False
             host = LOCAL
         self._set_host(host)
+        if unknown:
+            self._show_row_error("row-host", unknown)
         self._host_of[KDENGINE] = host
         remembered = forget_identity(settings.values_for(host))
         self._load_values(remembered)
@@ -649,8 +655,11 @@ class LaunchScreen(Screen):
     def _show_row_error(self, row: str, message: str) -> None:
         self._row_errors[row] = message
         widget = self.query_one(f"#{row}")
-        widget.query_one(".field-error", Static).update(message)
+        line = widget.query_one(".field-error", Static)
+        line.update(message)
         widget.set_class(bool(message), "-invalid")
+        if message:  # the error under the host's long help: at 80x24 it was out of sight
+            self.call_after_refresh(widget.scroll_visible, animate=False)
 
     # -- events -----------------------------------------------------------------------------
     @on(Input.Changed, ".field-input")
@@ -812,7 +821,7 @@ class LaunchScreen(Screen):
         host = str(self.query_one("#host", Select).value)
         if host in (NO_HOST, LOCAL):
             self._show_row_error("row-host", APR_HOST_MISSING)
-            self.query_one("#host", Select).focus()
+            self.query_one("#host", Select).focus(scroll_visible=False)  # the row is shown
             self.notify(APR_HOST_MISSING, title="Invalid run", severity="error")
             return
         collected = self.collect_apr()
