@@ -137,3 +137,26 @@ async def test_the_cache_dialog_shows_why_it_refuses_a_k(runs_dir, wait_for):
         assert error.region.height > 0 and dialog.query_one("#cache-dialog").region.contains_region(
             error.region)
         assert list(runs_dir.iterdir()) == []
+
+
+async def test_apr_start_without_a_host_shows_the_hosts_error_at_80x24(runs_dir, wait_for):
+    # the host's error line is under its long help: at 80x24 it was out of sight, the toast
+    # alone said it (and went)
+    from textual.containers import VerticalScroll
+    from textual.widgets import Select, Static
+
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        form = app.screen
+        form.select_profile("apr")
+        await wait_for(pilot, lambda: form.profile_ready("apr"), 30)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: form.host_error().startswith("host: "), 10)
+        await pilot.pause()
+        error = form.query_one("#row-host .field-error", Static)
+        view = form.query_one("#form", VerticalScroll).region
+        assert error.region.height > 0 and view.contains_region(error.region), (error.region,
+                                                                                view)
+        host = form.query_one("#host", Select)
+        assert app.focused is host and view.contains_region(host.region)
