@@ -339,8 +339,9 @@ class KDApp(App):
             self.push_screen(HelpScreen())
 
     def action_screenshot(self) -> None:
-        """An SVG of the dashboard into the run's directory (the runs dir when no run is open)."""
-        target = getattr(self.screen, "run_dir", None) or self.runs_dir
+        """An SVG of the dashboard into the run's directory (a remote run's evidence dir; the
+        runs dir when no run is open)."""
+        target = getattr(self.screen, "screenshot_dir", None) or self.runs_dir
         target = Path(target)
         target.mkdir(parents=True, exist_ok=True)
         name = time.strftime("kdtui-%Y%m%d-%H%M%S.svg")

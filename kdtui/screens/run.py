@@ -186,6 +186,13 @@ class RunScreen(Screen):
             "local_run_dir")
         return Path(local) if local else None
 
+    @property
+    def screenshot_dir(self) -> Path | None:
+        """Where F8 saves: a remote run's evidence dir (beside its dispatch.json: its run
+        directory is on the host, and was made here under that path), else its run dir."""
+        manifest = getattr(self.handle, "manifest", None) if self.handle is not None else None
+        return Path(manifest).parent if manifest else self.run_dir
+
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="run-top"):
