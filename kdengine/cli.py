@@ -69,8 +69,8 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
                              "--run-dir NEW_DIR` with them)")
         return _resume_config(Path(args.resume)), args
     values: dict[str, Any] = demo_config().to_dict() if args.demo else {}
-    if args.config:
-        values.update(load_config_file(Path(args.config)))
+    in_file = load_config_file(Path(args.config)) if args.config else {}
+    values.update(in_file)
     try:
         base = RunConfig.from_mapping(values)
     except ConfigError as exc:  # a key of the file, named as the file spells it, not a --flag
@@ -79,8 +79,19 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     config = base.with_values(**given)
     if not config.run_name:
         config = config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
+    try:
+        config.validate()
+    except ConfigError as exc:  # a value the --demo preset set, not the user: say so
+        if not (args.demo and exc.field == "max_new_tokens" and "max_new_tokens" not in given
+                and "max_new_tokens" not in in_file):
+            raise
+        raise ConfigError("max_new_tokens", f"the --demo preset's {config.max_new_tokens} "
+                          f"must be below --seq-len {config.seq_len} so a prompt keeps a "
+                          f"token: give --max-new-tokens {config.seq_len // 2} (or any value "
+                          f"below {config.seq_len}), or a --seq-len above "
+                          f"{config.max_new_tokens}") from None
     # config.json keeps absolute local paths: `--resume` may run from another directory
-    return with_absolute_paths(config.validate()), args
+    return with_absolute_paths(config), args
 
 
 def _resume_config(run_dir: Path) -> RunConfig:

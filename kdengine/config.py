@@ -64,6 +64,7 @@ class Field:
     choices: tuple[str, ...] | None = None
     pattern: re.Pattern[str] | None = None
     pattern_hint: str = ""
+    below_hint: str = ""  # added to the refusal of a value below the minimum: what was meant
 
     @property
     def flag(self) -> str:
@@ -139,7 +140,9 @@ class Field:
             )
             too_high = self.maximum is not None and value > self.maximum
             if too_low or too_high:
-                raise ConfigError(self.name, f"must be {self.bounds_text()} (got {_fmt(value)})")
+                hint = f": {self.below_hint}" if too_low and self.below_hint else ""
+                raise ConfigError(self.name,
+                                  f"must be {self.bounds_text()} (got {_fmt(value)}){hint}")
 
 
 def _fmt(number: float) -> str:
@@ -195,7 +198,10 @@ FIELDS: tuple[Field, ...] = (
     # T=2: held-out CE beat T=4 by 0.09-0.31 nats in every seed of the demo sweep
     # (docs/hyperparameters.md)
     Field("temperature", float, 2.0, "Softmax temperature T of the KD term (scaled by T^2)",
-          "loss", minimum=0.0, maximum=100.0, exclusive_minimum=True),
+          "loss", minimum=0.0, maximum=100.0, exclusive_minimum=True,
+          # TRL's `temperature` is the sampling one: a greedy --temperature 0 meant this
+          below_hint="it is the KD loss's softmax temperature; for greedy sampling of "
+          "completions use --gen-temperature 0"),
     Field("alpha", float, 0.3, "Weight of the hard-label CE term; the KD term gets 1 - alpha",
           "loss", minimum=0.0, maximum=1.0),
     Field("loss", str, "forward_kl", "KD divergence: forward_kl = KL(teacher||student), "

@@ -101,10 +101,25 @@ class Verdict:
     def summary(self) -> str:
         head = f"{self.id} {self.status.upper()}"
         if self.initial_loss is not None and self.final_loss is not None:
-            head += (f": {self.loss_label} {self.initial_loss:.4f} (step {self.initial_step}) -> "
-                     f"{self.final_loss:.4f} (step {self.final_step}), "
-                     f"delta {self.delta:+.4f}")
+            initial, final, delta = loss_texts(self.initial_loss, self.final_loss)
+            head += (f": {self.loss_label} {initial} (step {self.initial_step}) -> "
+                     f"{final} (step {self.final_step}), delta {delta}")
         return f"{head}. {self.reason}"
+
+
+def loss_texts(initial: float, final: float) -> tuple[str, str, str]:
+    """The two losses and their delta as the verdict prints them: 4 decimals, or as many more
+    as it takes for two different losses to read different and a delta that is not zero to
+    read so (a PASS by 0.00003 printed `delta -0.0000` and equal losses); a delta below 1e-4
+    is written in e-notation (`-3.10e-05`). Equal losses: `+0.0000`."""
+    delta = final - initial
+    if delta == 0:
+        return f"{initial:.4f}", f"{final:.4f}", "+0.0000"
+    places = 4
+    while places < 17 and f"{initial:.{places}f}" == f"{final:.{places}f}":
+        places += 1
+    delta_text = f"{delta:+.4f}" if abs(delta) >= 1e-4 else f"{delta:+.2e}"
+    return f"{initial:.{places}f}", f"{final:.{places}f}", delta_text
 
 
 def _finite(x: Any) -> bool:

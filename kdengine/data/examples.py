@@ -61,9 +61,11 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                       options: DataOptions | None = None, on_long: str = "truncate",
                       root: Path | None = None,
                       progress: Callable[[int, str], None] | None = None,
-                      workers: int | None = None) -> ExampleData:
+                      workers: int | None = None,
+                      samples_completions: bool = False) -> ExampleData:
     """Everything a run needs of example data (see open_store for `progress` and
-    `workers`); ConfigError, one line, for data that cannot train."""
+    `workers`); ConfigError, one line, for data that cannot train. `samples_completions`: an
+    on-policy (or seq_kd) run's, whose prompts are what comes before each example's answer."""
     store = open_store(spec, tokenizer, template, options, root, progress, workers)
     held = store.names % 10_000 < val_fraction * 10_000
     if not bool(held.any()) and len(store) > 1:
@@ -85,10 +87,13 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                           f"batch_size {batch_size} needs {batch_size} train rows and one "
                           "validation row (give more data, or a smaller batch_size)")
     if not _trains_any(store, val):
+        # --train-on all, which an on-policy run refuses (it leaves no prompt), is no fix there
+        fix = ("or data whose examples end with an answer (conversations whose last turn is the "
+               "assistant's, or prompt/completion pairs): an on-policy run samples its own "
+               "answer to what comes before it" if samples_completions else "or --train-on all")
         raise ConfigError("data", f"{spec}: the {len(val)} validation rows hold no trained "
                           "tokens (every held-out example lost its completion to truncation, "
-                          "or has none): give a larger seq_len or val_fraction, or --train-on "
-                          "all")
+                          f"or has none): give a larger seq_len or val_fraction, {fix}")
     meta = store.meta
     stats = DataStats(
         examples=meta["examples"], train_examples=int((~held).sum()),
@@ -129,4 +134,4 @@ def load_examples(config: RunConfig, tokenizer: Any, template_dir: Path | None,
     return load_example_data(config.data, tokenizer, template, seq_len=config.seq_len,
                              batch_size=config.batch_size, val_fraction=config.val_fraction,
                              options=options, on_long=config.on_long, progress=tokenized,
-                             workers=workers)
+                             workers=workers, samples_completions=config.samples_completions)

@@ -212,7 +212,7 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     skipped: list[list[str]] = []
     kinds: dict[str, int] = {}
     try:
-        for source in sources:
+        for index, source in enumerate(sources):
             mark, seen = writer.mark(), dict(kinds)
             try:
                 for example, ids, trains, trained in encode_all(
@@ -223,9 +223,13 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
                         progress(len(writer.names), source.name)
             except BadRecord as exc:
                 if options.on_bad_file == "fail":
+                    # a template that cannot render the record: offered only where skipping
+                    # leaves a file it renders (one that raises on every record renders none)
+                    helps = (not exc.message.startswith(TEMPLATE_FAILS) or mark[0] > 0
+                             or _any_renders(sources[index + 1:], tokenizer, template, options))
                     raise ConfigError("data", f"{_at_path(exc.where, source, spec)}: "
-                                      f"{exc.message} (skip bad files with --on-bad-file "
-                                      "skip)") from None
+                                      f"{exc.message}" + (" (skip bad files with --on-bad-file "
+                                                          "skip)" if helps else "")) from None
                 writer.rollback(mark)
                 kinds = seen
                 skipped.append([source.name, str(exc)])
@@ -248,6 +252,28 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
             "files": len(sources)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return len(writer.names)
+
+
+TEMPLATE_FAILS = ("the chat template cannot render it", "the chat template renders it as no")
+PROBED_SOURCES = 64  # files whose first record _any_renders tries before it assumes one would
+
+
+def _any_renders(sources: list[Source], tokenizer: Any, template: ChatTemplate | None,
+                 options: DataOptions) -> bool:
+    """Whether the first record of one of `sources` encodes: with --on-bad-file skip a file
+    would be left to train on. A chat template that raises on every record renders none, and
+    skipping would skip every file. Past PROBED_SOURCES files, assumed so."""
+    from kdengine.data.encode import encode_example
+
+    for source in sources[:PROBED_SOURCES]:
+        try:
+            first = next(iter(source.examples()), None)
+            if first is not None:
+                encode_example(first, tokenizer, template, options.train_on)
+                return True
+        except (BadRecord, ConfigError):
+            continue
+    return len(sources) > PROBED_SOURCES
 
 
 def _at_path(where: str, source: Source, spec: str) -> str:

@@ -85,7 +85,12 @@ def read_manifest(directory: Path, field: str = "teacher_cache") -> dict[str, An
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(field, f"cannot read {path}: {exc}: {damaged}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
-        raise ConfigError(field, f"{path} is not a {CACHE_FORMAT} manifest")
+        written = manifest.get("format") if isinstance(manifest, dict) else None
+        # a cache of another kdengine version: only then is removing the directory safe to say
+        other = (f" (it is {written}, from another kdengine version: {damaged})"
+                 if isinstance(written, str) and written.startswith("kdengine-teacher-cache-")
+                 else "")
+        raise ConfigError(field, f"{path} is not a {CACHE_FORMAT} manifest{other}")
     for key, kind in MANIFEST_KEYS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):

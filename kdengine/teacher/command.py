@@ -183,7 +183,8 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             differ = sorted(k for k in identity if previous.get("identity", {}).get(k) !=
                             identity[k])
             raise ConfigError("out", f"{out} holds another teacher cache (its "
-                              f"{', '.join(differ) or 'key'} differ): pick another --out")
+                              f"{', '.join(differ) or 'key'} differ): pick another --out, "
+                              f"or remove {out} (that cache) and run the same command again")
         from kdengine.teacher.cache import damaged_shard
 
         damaged = damaged_shard(out, previous) if previous.get("complete") else None
@@ -207,7 +208,7 @@ def cmd_cache_teacher(argv: list[str]) -> int:
     # the data as `kdengine train`'s preflight reads it: a bad record, a template that cannot
     # render one, too little data, refused here in one line, before --out is made (example
     # data is tokenized into the token store the job's data stage then maps)
-    check_data(job.config, tokenizer, [], teacher_dir, tokenizer)
+    check_data(job.data_config, tokenizer, [], teacher_dir, tokenizer)
     if "--check" in argv:  # as `kdengine train --check`: the config the job runs, nothing written
         _print_check(job, out, key, complete=False)
         return 0

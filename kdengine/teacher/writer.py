@@ -60,6 +60,14 @@ class CacheJob:
     shard_rows: int | None = None  # default: about SHARD_BYTES a shard
     seed: int = 0  # sampled targets' draws
 
+    @property
+    def data_config(self) -> RunConfig:
+        """The config the job reads its data by: batch_size 1, since it scores every row,
+        not batches of them (a run that trains from the cache checks its own batch_size
+        against the rows; the default's 4 refused a smaller data set here, naming a flag that
+        cache-teacher has not)."""
+        return self.config.with_values(batch_size=1)
+
     def check(self) -> None:
         if self.targets not in TARGET_KINDS:
             raise ConfigError("cache_targets", f"must be one of {', '.join(TARGET_KINDS)}")
@@ -206,7 +214,7 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
 
             stage = "data"
             log.stage(stage, "running")
-            data = load_data(cfg, tokenizer, template_dir, log.line)
+            data = load_data(job.data_config, tokenizer, template_dir, log.line)
             train, val = cache_rows(data, cfg.seq_len)
             total_rows = len(train) + len(val)
             per_token = bytes_per_token(job.top_k, job.store_dtype, vocab, cfg.seq_len)

@@ -13,7 +13,7 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Static
 
-from kdengine.verdict import DistillReport, Verdict
+from kdengine.verdict import DistillReport, Verdict, loss_texts
 from kdtui.samples import generation_rate, step_split
 
 ENGINE_STAGES = ("prepare", "load_teacher", "load_student", "data", "train", "final_eval",
@@ -542,17 +542,22 @@ class VerdictPanel(Static):
             return
         def num(x: float | None) -> str:
             return f"{x:.4f}" if x is not None else "–"
-        delta = verdict.delta
+        initial_text, final_text = num(verdict.initial_loss), num(verdict.final_loss)
+        delta = "–"
+        if verdict.initial_loss is not None and verdict.final_loss is not None:
+            # as the summary line: digits enough that PASS/FAIL and the numbers agree
+            initial_text, final_text, delta = loss_texts(verdict.initial_loss,
+                                                         verdict.final_loss)
         # labels padded to one column, with at least one space before the numbers
         first = f"step-{verdict.initial_step} "  # a train-batch verdict's first loss: step 1
         col = max(17, len(first + verdict.loss_label) + 1)
         self._show_text(Text.assemble(
             (verdict.status.upper(), "bold"), "\n",
-            (f"{first + verdict.loss_label:<{col}}", "dim"), num(verdict.initial_loss),
+            (f"{first + verdict.loss_label:<{col}}", "dim"), initial_text,
             "\n",
-            (f"{'final ' + verdict.loss_label:<{col}}", "dim"), num(verdict.final_loss),
+            (f"{'final ' + verdict.loss_label:<{col}}", "dim"), final_text,
             (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),
-            "\n", (f"{'delta':<{col}}", "dim"), f"{delta:+.4f}" if delta is not None else "–",
+            "\n", (f"{'delta':<{col}}", "dim"), delta,
             "\n", verdict.reason,
         ))
 
