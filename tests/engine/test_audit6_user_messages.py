@@ -214,3 +214,23 @@ def test_a_verdict_by_less_than_the_printed_digits_prints_enough_of_them(tmp_pat
 
     assert loss_texts(2.0, 2.0) == ("2.0000", "2.0000", "+0.0000")  # FAIL: equal, and says so
     assert loss_texts(1.7944, 1.5) == ("1.7944", "1.5000", "-0.2944")  # as before
+
+
+def test_getting_started_says_what_the_run_directory_check_does(tmp_path, capsys) -> None:
+    """docs/getting-started.md named only 'a read-only parent', while the check makes and
+    removes a hidden directory and so refuses any place that takes none (/proc, a full disk).
+    The page now says both; what it says is what `--check` does."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
+    text = " ".join(doc.split())
+    assert "takes no new directory, such as `/proc`" in text
+    assert re.search(r"makes a hidden directory \(`\.kdengine-check-\*`\) in the nearest "
+                     r"existing parent and removes it at once", text)
+    line = one_line(capsys, main(["train", "--demo", "--check", "--run-dir", "/proc/nope"]),
+                    "train")
+    assert "/proc/nope cannot be created" in line  # (root: "/proc takes no new directory")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    assert main(["train", "--demo", "--check", "--run-dir", str(parent / "run")]) == 0
+    assert list(parent.iterdir()) == []  # the hidden directory made and removed
