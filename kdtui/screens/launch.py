@@ -347,6 +347,13 @@ class LaunchScreen(Screen):
     /* what an empty field means ('none: the teacher runs live'): $text-disabled, Textual's,
        was 2.7:1 on kdtui-light and 3.3:1 on high contrast */
     LaunchScreen .field-input > .input--placeholder { color: $text-muted; text-style: italic; }
+    /* an ANSI theme (the terminal's own colours): $text-accent on $accent-muted were one colour,
+       the label vanished; black on white, as Textual's own Input cursor there. Its placeholders
+       stay dim. */
+    LaunchScreen .field-row:focus-within > .field-line > .field-label:ansi {
+        color: ansi_black; background: ansi_white;
+    }
+    LaunchScreen .field-input:ansi > .input--placeholder { text-style: dim italic; }
     """
 
     BINDINGS = [

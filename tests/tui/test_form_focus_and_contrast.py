@@ -60,3 +60,22 @@ async def test_an_empty_fields_placeholder_reads_in_each_theme(runs_dir, wait_fo
         text = field.get_component_rich_style("input--placeholder")
         background = field.rich_style.bgcolor
         assert contrast(text.color, background) >= 4.5, (text, background)
+
+
+@pytest.mark.parametrize("theme", ["ansi-dark", "ansi-light"])
+async def test_in_an_ansi_theme_the_focused_label_reads_and_a_placeholder_is_dim(runs_dir,
+                                                                                wait_for, theme):
+    # the terminal's own colours: $text-accent on $accent-muted were one ANSI colour, the
+    # focused field's label vanished
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        app.theme = theme
+        form = app.screen
+        form.query_one("#field-train_on").focus()
+        await pilot.pause()
+        focused, other = _label(form, "train_on").rich_style, _label(form, "teacher").rich_style
+        assert focused != other
+        assert focused.color != focused.bgcolor or focused.reverse, focused
+        field = form.query_one("#field-teacher_cache", Input)
+        assert field.get_component_rich_style("input--placeholder").dim
