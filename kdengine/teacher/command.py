@@ -192,8 +192,7 @@ def cmd_cache_teacher(argv: list[str]) -> int:
             if "--check" in argv:  # the JSON the docs promise (kdtui's check stage reads it)
                 _print_check(job, out, key, complete=True, size=previous.get("bytes"))
             else:
-                print(f"teacher cache {out} is complete already ({previous.get('bytes')} "
-                      "bytes); nothing to do")
+                _record_complete_already(job, out, key, previous)
             return 0
         if damaged and "--check" not in argv:  # the writer writes the damaged shards again
             print(f"teacher cache {out} is damaged ({damaged}): writing its damaged shards "
@@ -232,6 +231,45 @@ def _print_check(job: Any, out: Path, key: str, complete: bool, size: Any = None
         cache["bytes"] = size
     print(json.dumps({"ok": True, "run_dir": str(out), "complete": complete,
                       "config": job.config.to_dict(), "cache": cache}, indent=2))
+
+
+# the writer's stages (kdengine.teacher.writer): each skipped by a job that finds its cache done
+CACHE_STAGES = ("prepare", "load_teacher", "data", "score")
+
+
+def _record_complete_already(job: Any, out: Path, key: str, manifest: dict[str, Any]) -> None:
+    """The job on a cache that is complete: nothing to do, said on the terminal and recorded
+    in OUT/events.jsonl as a part of the job that ended completed, so a launcher that started
+    it (the dashboard, over SSH too), `kdtui watch` and the runs list show the job complete, not
+    an engine that exited without an event. A directory that takes no write: said only."""
+    from kdengine import events as ev
+    from kdengine.runlog import RunLog
+    from kdengine.teacher.writer import _rows_written
+
+    size = manifest.get("bytes")
+    said = f"teacher cache {out} is complete already ({size} bytes); nothing to do"
+    try:
+        log = RunLog(out)
+    except OSError:  # a read-only cache, say: it is complete all the same
+        print(said, flush=True)
+        return
+    try:
+        rows = _rows_written(out, manifest)
+        log.emit(ev.RUN_STARTED, run_id=out.name, run_dir=str(out),
+                 config=job.config.to_dict(), device=job.config.device,
+                 dtype=job.config.dtype, resumed_from=rows, job="cache-teacher",
+                 cache={"key": key, "k": job.top_k, "targets": job.targets,
+                        "dtype": job.store_dtype, "rows_per_batch": job.rows_per_batch,
+                        "seed": job.seed}, complete_already=True)
+        for stage in CACHE_STAGES:
+            log.stage(stage, "skipped", "the cache is complete already", terminal=False)
+        log.line(said)
+        log.emit(ev.RUN_FINISHED, status="completed", exit_code=0, steps=rows, cache=str(out),
+                 bytes=size, complete_already=True)
+    except OSError:
+        print(said, flush=True)
+    finally:
+        log.close()
 
 
 LOCK_FILE = "engine.lock"  # as a train run's (kdengine.cli)
