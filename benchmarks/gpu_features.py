@@ -142,6 +142,9 @@ CASES = [
                                                        "--eval-prompts", "3"], data="chats"),
     Case("onpolicy-kill-resume", "on-policy, SIGKILL after a checkpoint, --resume", ONPOLICY,
          data="chats", kill_after_checkpoint="KILL"),
+    Case("onpolicy-term-resume", "on-policy, SIGTERM after a checkpoint (most of a step is "
+         "its generation, cut at the next token), --resume", ONPOLICY, data="chats",
+         kill_after_checkpoint="TERM"),
     Case("sync-checkpoints", "checkpoints written in the loop, SIGKILL, --resume", FP8,
          env={"KDENGINE_SYNC_CHECKPOINTS": "1"}, kill_after_checkpoint="KILL"),
     Case("demo", "kdengine train --demo", ["--demo", "--run-dir", "{run_dir}"], own_args=True),
