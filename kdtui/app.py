@@ -292,6 +292,10 @@ class KDApp(App):
             self.notify(f"cannot resume: {exc}", severity="error", markup=False, timeout=8)
             return
         host = getattr(resumer.host, "alias", resumer.host)
+        from kdtui.screens.run import RunScreen
+
+        if isinstance(self.screen, RunScreen):  # R on the run's screen: the resume's replaces it
+            self.pop_screen()
         self.show_run(launcher=resumer, title=f"{resumer.run_id} on {host}", status="resuming")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

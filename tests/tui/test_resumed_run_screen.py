@@ -72,5 +72,10 @@ async def test_a_resumed_run_screen_shows_the_new_part_not_the_cancelled_one(
         assert train.state in ("running", "done") and "SIGTERM" not in train.detail, train
         assert _offers(app) == []
         assert screen.status_text == "resumed"
+        # the resume's screen took the stopped one's place: Esc went back to that one, the
+        # same run again, not to where the user came from
+        assert first not in app.screen_stack
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RunScreen), 10)
     started = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "run_started"]
     assert started[-1]["resumed_from"] is not None
