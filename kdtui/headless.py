@@ -457,9 +457,15 @@ async def _watch(ref: str, runs_dir: str | None, out: TextIO) -> int:
         def status(text: str) -> None:
             print(f"[watch] {text}", file=out, flush=True)
         try:
+            data = read_manifest(manifest)
+            if not data.get("launched"):  # refused as the command's own line, not a run's
+                print(f"kdtui watch: error: {data.get('run_id') or ref}: this dispatch never "
+                      f"started a run ({data.get('error') or 'no launch recorded'}): launch "
+                      "it again", file=sys.stderr)
+                return EXIT_ERROR
             handle = RemoteRunHandle.from_manifest(manifest, on_status=status)
-        except (DispatchError, HostsFileError) as exc:
-            print(f"ERROR: {exc}", file=out, flush=True)
+        except (DispatchError, HostsFileError, OSError, ValueError) as exc:
+            print(f"kdtui watch: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
         print(f"watching {handle.run_id} on {handle.host}: {handle.run_dir}", file=out,
               flush=True)
