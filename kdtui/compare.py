@@ -38,7 +38,8 @@ DEPENDS_ON = {"loss": ("alpha", "temperature", "loss", "beta"),
               "val_kd": ("temperature", "loss", "beta")}
 STAND_IN = {"loss": "ce"}
 # what the chart says on its plot when it draws no series for the metric (STAND_IN has none)
-NOT_DRAWN = {"val_kd": "not drawn: each run's KD is at its own T (compare val CE)"}
+NOT_DRAWN = {"val_kd": "not drawn: each run's KD is its own divergence at its own T (compare "
+                       "val CE)"}
 # a run's colour on the compare chart and in its table row: by its place in the selection, so it
 # keeps its colour while the screen is open. 256-colour codes (cyan, magenta, green, orange,
 # blue, red, gray, purple), each 3:1 or more on a dark and a light background: the ANSI names

@@ -207,7 +207,7 @@ async def test_val_kd_of_runs_of_another_temperature_is_not_overlaid(runs_dir, s
         strips = app.screen._compositor.render_strips()
         inside = "\n".join("".join(seg.text for seg in strips[y])[region.x:region.right]
                            for y in range(region.y, region.bottom))
-        assert "each run's KD is at its own T (compare val CE)" in inside, inside  # on the plot
+        assert "KD is its own divergence at its own T (compare val CE)" in inside, inside
         chart = await _chart_after(pilot, 1)  # train loss: drawn as train CE, as before
         assert chart.border_title.startswith("train CE (temperature differs")
 
