@@ -273,9 +273,10 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if host != LOCAL:  # a typo'd host: one line, a dry run as a launch, nothing written
             from kdtui.remote.connect import refuse_unknown_host
 
-            refuse_unknown_host(host)
+            refuse_unknown_host(host, "--host" if args.host else "KDTUI_HOST")
             if fallback:
-                refuse_unknown_host(fallback, "--fallback-host")
+                refuse_unknown_host(fallback, "--fallback-host" if getattr(
+                    args, "fallback_host", None) else "KDTUI_FALLBACK_HOST")
         if dry_run:
             from kdtui.launch.plan import plan_lines
 

@@ -148,10 +148,11 @@ def refuse_unknown_host(alias: str, flag: str = "--host") -> None:
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         config = target.config_files[0] if target.config_files else "~/.ssh/config"
+        named = f"{flag} {alias}" if flag.startswith("-") else f"{flag}={alias}"
         raise UnknownHost(
-            f"{flag} {alias}: no such host: no ssh config names it and the name does not "
-            f"resolve ({reason}); check the spelling, or add `Host {alias}` with its HostName "
-            f"(and User, Port) to {config}") from None
+            f"{named}: no such host: no ssh config names it and the name does not resolve "
+            f"({reason}); check the spelling, or add `Host {alias}` with its HostName (and "
+            f"User, Port) to {config}") from None
 
 
 def _known_hosts_files(target: SSHTarget) -> list[str]:

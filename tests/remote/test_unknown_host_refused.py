@@ -16,7 +16,8 @@ def _refused(capsys, flag: str, alias: str) -> None:
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured
-    assert lines[0].startswith(f"kdtui launch: error: {flag} {alias}: no such host: no ssh "
+    named = f"{flag} {alias}" if flag.startswith("-") else f"{flag}={alias}"
+    assert lines[0].startswith(f"kdtui launch: error: {named}: no such host: no ssh "
                                "config names it and the name does not resolve"), lines
     assert f"add `Host {alias}` with its HostName" in lines[0], lines
     assert captured.out == "" and "Traceback" not in captured.err
@@ -51,3 +52,10 @@ def test_an_unknown_host_is_refused_by_an_apr_dry_run(remote_env, monkeypatch, c
     assert main(["launch", "--headless", "--profile", "apr", "--host", "nosuch", "--teacher",
                  "/m/t.apr", "--student", "/m/s.apr"]) == 2
     _refused(capsys, "--host", "nosuch")
+
+
+def test_an_unknown_host_from_kdtui_host_is_named_as_the_variable(remote_env, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setenv("KDTUI_HOST", "nosuch")
+    assert main(["launch", "--headless", "--dry-run", *DEMO]) == 2
+    _refused(capsys, "KDTUI_HOST", "nosuch")
