@@ -70,7 +70,7 @@ class KDApp(App):
                 tooltip="Quit (asks about a run still going)"),
         Binding("f1", "help", "Help", id="app.help", tooltip="Every key of this screen"),
         Binding("f8", "screenshot", "Screenshot", show=False, id="app.screenshot",
-                tooltip="Save an SVG screenshot into the run's directory"),
+                tooltip="Save an SVG screenshot of this screen"),  # where: screenshot_place
     ]
 
     def __init__(self, *, runs_dir: Path | None = None, theme: str | None = None,
@@ -342,11 +342,18 @@ class KDApp(App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
+    def screenshot_place(self, screen: Screen | None) -> tuple[Path, str]:
+        """Where F8 saves on `screen`, and the words the help and the palette say it in: a
+        run's screen says its own (a remote run's evidence dir, beside its dispatch.json), any
+        other screen (or a run whose directory is not known yet) the runs directory."""
+        target = getattr(screen, "screenshot_dir", None)
+        if target:
+            return Path(target), screen.screenshot_where
+        return Path(self.runs_dir), "into the runs directory"
+
     def action_screenshot(self) -> None:
-        """An SVG of the dashboard into the run's directory (a remote run's evidence dir; the
-        runs dir when no run is open)."""
-        target = getattr(self.screen, "screenshot_dir", None) or self.runs_dir
-        target = Path(target)
+        """An SVG of the dashboard where screenshot_place says."""
+        target, _ = self.screenshot_place(self.screen)
         target.mkdir(parents=True, exist_ok=True)
         name = time.strftime("kdtui-%Y%m%d-%H%M%S.svg")
         path = self.save_screenshot(filename=name, path=str(target))

@@ -37,6 +37,15 @@ def kdtui_bindings(node: Any) -> Iterator[Binding]:
                     yield binding
 
 
+def tooltip_on(binding: Binding, screen: Screen | None, app: App) -> str:
+    """What `binding` does, as true on `screen`: F8 saves into the open run's directory, but
+    into the runs directory on the form, the runs list and compare (KDApp.screenshot_place)."""
+    place = getattr(app, "screenshot_place", None)
+    if binding.id == "app.screenshot" and place is not None:
+        return f"Save an SVG screenshot {place(screen)[1]}"
+    return binding.tooltip
+
+
 def bindings_for(screen: Screen | None, app: App) -> Iterator[tuple[Any, Binding]]:
     """(node, binding) for the keys of `screen`, of its kdtui widgets (the log view's filter,
     next error...) and of the app that are available now (`check_action`): what the help lists
@@ -57,7 +66,7 @@ def binding_commands(screen: Screen, app: App) -> Iterator[PaletteCommand]:
     on its own node, so the palette and the keys cannot drift apart."""
     for node, binding in bindings_for(screen, app):
         key = binding.key_display or app.get_key_display(binding)
-        what = binding.tooltip or binding.description
+        what = tooltip_on(binding, screen, app) or binding.description
         yield PaletteCommand(binding.description, f"{what} ({key})",
                              partial(app.run_action, binding.action, node))
 

@@ -119,10 +119,9 @@ COMPARE_HELP = (  # on the compare screen
     "(alpha*CE + (1-alpha)*T^2*KD), so across runs of another alpha, T or loss the chart draws "
     "train CE for train loss.",
 )
-HELP_TEXT = "\n".join((  # everywhere
+HELP_TEXT = "\n".join((  # everywhere (then F8's line: where it saves depends on the screen)
     "ctrl+p: every action of this screen by name, the runs list, a run to open by its name, "
     "the theme (remembered; or kdtui --theme NAME).",
-    "F8 saves an SVG screenshot into the run's directory.",
 ))
 
 
@@ -133,7 +132,7 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        from kdtui.palette import bindings_for
+        from kdtui.palette import bindings_for, tooltip_on
 
         # this screen is already on the stack while it composes: the one beneath is before it
         beneath = [screen for screen in self.app.screen_stack if screen is not self]
@@ -149,7 +148,7 @@ class HelpScreen(ModalScreen[None]):
                 continue
             seen.add((key, binding.description))
             what = Text(binding.description)
-            tip = binding.tooltip
+            tip = tooltip_on(binding, below, self.app)
             if tip.lower().startswith(binding.description.lower()):
                 what = Text(tip)  # 'Quit (asks about a run still going)' says it all
             elif tip:
@@ -161,7 +160,10 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(table)
                 panes = RUN_HELP if below is not None and below.query("LogView") else \
                     COMPARE_HELP if below is not None and below.query("#compare-table") else ()
-                yield Static("\n" + "\n".join((*panes, HELP_TEXT)), classes="dialog-body")
+                place = getattr(self.app, "screenshot_place", None)
+                shot = f"F8 saves an SVG screenshot {place(below)[1]}." if place else ""
+                yield Static("\n" + "\n".join((*panes, HELP_TEXT, shot)),
+                             classes="dialog-body")
             yield Static("Esc, F1 or q closes · ↑ ↓ PgUp PgDn scroll", classes="dialog-hint")
 
     def on_mount(self) -> None:

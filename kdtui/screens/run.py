@@ -193,6 +193,13 @@ class RunScreen(Screen):
         manifest = getattr(self.handle, "manifest", None) if self.handle is not None else None
         return Path(manifest).parent if manifest else self.run_dir
 
+    @property
+    def screenshot_where(self) -> str:
+        """screenshot_dir in words, for F8's line in the help and the palette."""
+        manifest = getattr(self.handle, "manifest", None) if self.handle is not None else None
+        return "beside this run's dispatch.json (its evidence dir)" if manifest else \
+            "into this run's directory"
+
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="run-top"):

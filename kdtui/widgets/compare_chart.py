@@ -23,7 +23,7 @@ MAX_POINTS = 400  # per run: a long run's train loss is thinned to this many poi
 class CompareChart(PlotextPlot):
     DEFAULT_CSS = """
     CompareChart {
-        border: round $foreground 35%; height: 1fr; min-height: 8;
+        border: round $foreground 35%; border-title-color: $foreground; height: 1fr; min-height: 8;
         border-subtitle-align: left; border-subtitle-color: $foreground;
     }
     """

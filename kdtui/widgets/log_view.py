@@ -172,7 +172,7 @@ class LogView(ScrollView, can_focus=True):
         background: $surface;
         color: $foreground;
         overflow: auto scroll;
-        border: round $foreground 35%;
+        border: round $foreground 35%; border-title-color: $foreground;
         border-subtitle-color: $warning;
         border-subtitle-style: bold;
         & > .logview--error { color: $text-error; background: $error-muted; text-style: bold; }

@@ -148,7 +148,7 @@ class LossChart(PlotextPlot):
 
     DEFAULT_CSS = """
     LossChart {
-        border: round $foreground 35%; height: 1fr;
+        border: round $foreground 35%; border-title-color: $foreground; height: 1fr;
         /* the legend's labels in the text's colour, not the muted border's (faint in the
            high-contrast theme); its marks keep the plot's colours */
         border-subtitle-align: left; border-subtitle-color: $foreground;

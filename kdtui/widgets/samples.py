@@ -60,7 +60,7 @@ class SamplesView(ScrollView, can_focus=True):
         color: $foreground;
         overflow: hidden scroll;
         scrollbar-size-vertical: 1;
-        border: round $foreground 35%;
+        border: round $foreground 35%; border-title-color: $foreground;
         border-subtitle-color: $text-muted;
         & > .samples--step { color: $accent; text-style: bold; }
         & > .samples--facts { color: $text-muted; }
