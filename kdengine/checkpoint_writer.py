@@ -71,17 +71,19 @@ class CheckpointWriter:
         self._stager: Stager | None = None  # the writer thread's pinned chunks (made once)
 
     def save(self, step: int, module: torch.nn.Module, trainer_state: dict[str, Any],
-             meta: dict[str, Any]) -> Path:
+             meta: dict[str, Any], *, now: bool = False) -> Path:
         """Snapshot `module`'s weights and `trainer_state` now and write them as the checkpoint of
         `step` in the background; returns the directory it will have. Raises the error of the
-        write before it (waited for first: one write at a time)."""
+        write before it (waited for first: one write at a time). `now`: written in this call,
+        on the caller's thread, as KDENGINE_SYNC_CHECKPOINTS does (the checkpoint a cancel writes:
+        the process ends next, and a second signal must be able to cut the write short)."""
         start = time.perf_counter()
         if self._pending is not None:
             self._collect()
         # a run directory that cannot take checkpoints at all fails this step, not a later one
         # (cheap; what only the write can find, a full disk above all, comes when it ends)
         checkpoint_dir(self.run_dir, step).parent.mkdir(parents=True, exist_ok=True)
-        if self.sync:  # the escape hatch: written here, the loop waiting, as before
+        if self.sync or now:  # the escape hatch: written here, the loop waiting, as before
             path = self._write(self.run_dir, step, host_weights(module), trainer_state, meta,
                                keep=self.keep)
             took = time.perf_counter() - start

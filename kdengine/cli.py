@@ -130,7 +130,7 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
                     if isinstance(n := e.get("step" if e["type"] == STEP else "steps"), int)),
                    default=0)
         every = config.checkpoint_every
-        why = ("checkpoint_every=0 keeps none" if not every else
+        why = ("checkpoint_every=0 keeps none while it trains" if not every else
                f"it stopped at step {last}, before its first checkpoint at step {every}"
                if last < every else f"it stopped at step {last} with no checkpoint complete")
         raise ConfigError("resume", f"{run_dir} has no complete checkpoint to continue from "

@@ -4,7 +4,8 @@
 
 each a `stage` event; the train stage is kdengine.trainer's loop. A failure of any kind ends the
 run as failed with its reason in one line and its traceback in launch.log; SIGINT/SIGTERM end it
-as cancelled; `resume=True` continues from the newest complete checkpoint.
+as cancelled, after writing a checkpoint of the last trained step (one process);
+`resume=True` continues from the newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
     except (RunCancelled, KeyboardInterrupt) as exc:
         name = str(exc) or "SIGINT"
         code = 128 + getattr(signal, name, signal.SIGINT)
+        if isinstance(exc, RunCancelled) and trainer is not None:  # (a second Ctrl-C: at once)
+            _checkpoint_at_cancel(trainer, log)
         log.stage(stage, "cancelled", f"{name} received")
         log.message("warning", f"run cancelled by {name} at step {_step(trainer)}")
         log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=_step(trainer))
@@ -236,6 +239,27 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         held.close()
         log.close()
         dist.close()
+
+
+def _checkpoint_at_cancel(trainer: KDTrainer, log: RunLog) -> None:
+    """A graceful cancel keeps the last trained step (KDTrainer.checkpoint_at_cancel). The run
+    ends cancelled whatever becomes of that write: a second signal that cut it short, or a write
+    that failed, is a warning naming the checkpoint a resume continues from instead."""
+    try:
+        trainer.checkpoint_at_cancel()
+        if trainer.dist.enabled and trainer.step:
+            kept = latest_checkpoint(log.run_dir)
+            log.line(f"no checkpoint at the cancel under torchrun (the periodic ones only): "
+                     f"--resume continues from {kept.name if kept else 'nothing (none written)'}")
+        return
+    except (RunCancelled, KeyboardInterrupt) as again:
+        why = f"{str(again) or 'SIGINT'} came during its write"
+    except Exception as exc:  # noqa: BLE001 - a full disk above all: the run stays cancelled
+        why = f"{type(exc).__name__}: {exc}"
+    kept = latest_checkpoint(log.run_dir)
+    log.message("warning", f"the checkpoint of step {trainer.step} at the cancel was not written "
+                f"({why}); --resume continues from "
+                + (f"{kept.name}" if kept else "nothing: no checkpoint is complete"))
 
 
 def _share_cpu(device: torch.device, dist: Any, run_dir: Path, resume: bool,

@@ -20,6 +20,27 @@ class RunCancelled(Exception):
     pass
 
 
+@contextmanager
+def cut_by_a_signal() -> Iterator[None]:
+    """Work done after a cancel that a second signal must cut short (the checkpoint a cancel
+    writes, kdengine.trainer): inside, SIGINT or SIGTERM raises RunCancelled at once, wherever the
+    main thread is, whichever handlers were installed before (restored after)."""
+    def abort(signum: int, frame: Any) -> None:
+        raise RunCancelled(signal.Signals(signum).name)
+
+    old: dict[int, Any] = {}
+    try:
+        for sig in STOP_SIGNALS:
+            try:
+                old[sig] = signal.signal(sig, abort)
+            except ValueError:  # not the main thread (tests): nothing to cut it short
+                pass
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _note_early(signum: int, frame: Any) -> None:
     if _early["received"] and signum == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C while starting: stop at once

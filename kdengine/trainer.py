@@ -4,7 +4,8 @@ AdamW with warm-up and cosine/linear decay, global gradient clipping, held-out e
 0, every eval_every steps and at the end. Seeded and deterministic on the CPU. A NaN or inf loss
 stops the run as failed before the bad update is applied; SIGINT/SIGTERM end it as cancelled after
 the current step (during a sampled step's generation: at its next token, and that step never
-trains). Checkpoints are atomic and `resume=True` continues exactly. float16 runs scale the loss
+trains), and a cancel's checkpoint keeps the last trained step (`checkpoint_at_cancel`).
+Checkpoints are atomic and `resume=True` continues exactly. float16 runs scale the loss
 dynamically and skip a step whose gradients overflow (docs/models.md, "Dtypes"). The
 loop keeps the host one step ahead of the device (`queue_step`, `QueuedStep`): a step's loss is
 read while the next one's forward and backward run, and before the next update is queued.
@@ -25,6 +26,7 @@ import torch
 
 from kdengine import events as ev
 from kdengine.checkpoint import (
+    latest_checkpoint,
     rng_state,
     set_rng_state,
 )
@@ -51,7 +53,7 @@ from kdengine.gauges import Gauges, describe_gauges
 from kdengine.losses import IGNORE_INDEX, KDLossSpec, LossParts, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
-from kdengine.stop import RunCancelled, StopSignals
+from kdengine.stop import RunCancelled, StopSignals, cut_by_a_signal
 
 if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that sample
     from kdengine.onpolicy import Rollout
@@ -617,15 +619,44 @@ class KDTrainer:
         self.report_checkpoints()
         return path
 
+    def checkpoint_at_cancel(self) -> Path | None:
+        """After a cancel (RunCancelled out of `run` or an evaluation): the checkpoint of the last
+        trained step, written in this call by the same atomic writer as the loop's, its event
+        saying `reason: "cancel"`, so `--resume` continues where the run stopped rather than at
+        the last periodic checkpoint. The state is the one the loop would have saved after that
+        step (a sampled step cut mid-generation never trained: `queue_step` put the step back).
+        None where it adds nothing: no step trained, the newest checkpoint is of this step
+        already, or torchrun (ranks keep their periodic checkpoints only: a save is collective,
+        and torchrun signals its workers again and kills them soon after a cancel, so one rank
+        could leave the others waiting in it). A second SIGINT/SIGTERM cuts the write short:
+        RunCancelled, its temporary directory removed, the previous checkpoint still the newest."""
+        self.report_checkpoints(wait=True)  # a background write under way: whole, or its error
+        if self.step == 0 or self.dist.enabled:
+            return None
+        latest = latest_checkpoint(self.log.run_dir)
+        if latest is not None and int(latest.name.split("-")[1]) == self.step:
+            return None
+        with cut_by_a_signal():
+            path = self.checkpoints.save(self.step, self.student.module, self.state(),
+                                         {"config": self.config.to_dict()}, now=True)
+        for written in self.checkpoints.finished():
+            self._checkpoint_written(written, reason="cancel")
+        return path
+
     def report_checkpoints(self, *, wait: bool = False) -> None:
         """The event of each checkpoint now complete on disk; a failed background write (a full
         disk: DiskFull) raises here and fails the run as a failed save always has."""
         for written in self.checkpoints.finished(wait=wait):
             self._checkpoint_written(written)
 
-    def _checkpoint_written(self, written: WrittenCheckpoint) -> None:
+    def _checkpoint_written(self, written: WrittenCheckpoint, reason: str | None = None) -> None:
         self.log.emit(ev.CHECKPOINT, step=written.step, path=str(written.path),
-                      stall_s=round(written.stall_s, 4), write_s=round(written.write_s, 4))
+                      stall_s=round(written.stall_s, 4), write_s=round(written.write_s, 4),
+                      **({"reason": reason} if reason else {}))
+        if reason == "cancel":
+            self.log.line(f"checkpoint saved at the cancel, step {written.step}: {written.path} "
+                          f"(written in {written.write_s:.2f} s; --resume continues from it)")
+            return
         self.log.line(f"checkpoint saved at step {written.step}: {written.path} (training held "
                       f"{written.stall_s:.2f} s, written in {written.write_s:.2f} s)")
 

@@ -5,6 +5,7 @@ exit 2, one line naming the field and the fix, no traceback, no run directory.""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,11 @@ def test_resume_without_a_checkpoint_names_the_step_the_run_stopped_at(
     finished = read_events(run_dir / "events.jsonl")[-1]
     assert finished["type"] == "run_finished" and finished["status"] == "cancelled"
     assert finished["steps"] >= 10
+    # the cancel checkpointed its last step; a second signal during that write would have cut
+    # it short, leaving none (kdengine.run._checkpoint_at_cancel): that run is resumed here
+    cancels = run_dir / "checkpoints"
+    assert [p.name for p in cancels.glob("step-*")] == [f"step-{finished['steps']:08d}"]
+    shutil.rmtree(cancels)
     done = _engine("train", "--resume", str(run_dir))
     line = one_line_refusal(done, "train", "--resume: ")
     assert (f"(it stopped at step {finished['steps']}, before its first checkpoint at step "

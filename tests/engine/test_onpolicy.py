@@ -266,7 +266,8 @@ def test_a_cancel_during_an_on_policy_generation_ends_it_at_once_and_resumes_exa
     """SIGTERM while the student writes a step's completions: the run ends cancelled within a
     token or so (before, the whole generation and the step ran first: 24 slow tokens here, and
     minutes for a big student with a long --max-new-tokens, past `kdtui cancel`'s 60 s), the
-    step that never trained is not counted, and a resume gives the uninterrupted run's losses."""
+    step that never trained is not counted, the cancel checkpoints the last step that trained,
+    and a resume from it gives the uninterrupted run's losses."""
     import signal
     import time
 
@@ -297,10 +298,14 @@ def test_a_cancel_during_an_on_policy_generation_ends_it_at_once_and_resumes_exa
     finished = events(run_dir, "run_finished")
     assert [(e["status"], e["steps"]) for e in finished] == [("cancelled", slow_at - 1)]
     assert max(e["step"] for e in events(run_dir, "step")) == slow_at - 1
-    assert [e["step"] for e in events(run_dir, "checkpoint")] == [6]
+    # the periodic checkpoint at 6, then the cancel's of the last trained step (none more
+    # when that is step 6 itself); before, a resume went back to step 6
+    saved = [(e["step"], e.get("reason")) for e in events(run_dir, "checkpoint")]
+    assert saved == [(6, None)] + ([(slow_at - 1, "cancel")] if slow_at - 1 > 6 else [])
 
     out = kdengine("train", "--resume", str(run_dir))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert events(run_dir, "run_started")[-1]["resumed_from"] == slow_at - 1
     keys = ("loss", "kd", "ce", "on_policy", "gen_len")
     resumed = {e["step"]: tuple(e.get(k) for k in keys) for e in events(run_dir, "step")}
     assert resumed == {e["step"]: tuple(e.get(k) for k in keys)
