@@ -447,7 +447,7 @@ def check_split_sizes(train: int, val: int, window: int, batch_size: int,
                           f"({train} train, {val} validation), "
                           f"shorter than one batch: batch_size x (seq_len + 1) needs about "
                           f"{need} train tokens and one validation sequence {need_val} (give "
-                          "more data, or a smaller seq_len or batch_size)")
+                          "more data, or a smaller --seq-len or --batch-size)")
 
 
 def pack(token_lists: Iterable[torch.Tensor], eos_id: int) -> torch.Tensor:

@@ -85,7 +85,7 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
         raise ConfigError("data", f"{spec} has {len(store)} examples, packed into {len(train)} "
                           f"train and {len(val)} validation rows of seq_len {seq_len}: "
                           f"batch_size {batch_size} needs {batch_size} train rows and one "
-                          "validation row (give more data, or a smaller batch_size)")
+                          "validation row (give more data, or a smaller --batch-size)")
     if not _trains_any(store, val):
         # --train-on all, which an on-policy run refuses (it leaves no prompt), is no fix there
         fix = ("or data whose examples end with an answer (conversations whose last turn is the "

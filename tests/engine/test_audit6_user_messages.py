@@ -83,7 +83,8 @@ def test_cache_teacher_caches_data_smaller_than_a_train_batch(made, tmp_path, ca
     assert main([*run, "--batch-size", "2"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     line = one_line(capsys, main(run), "train")  # the default batch_size 4: the run's word
-    assert "batch_size 4 needs 4 train rows" in line and "smaller batch_size" in line
+    # the fix names the flag (before: "or a smaller batch_size", not what one types)
+    assert "batch_size 4 needs 4 train rows" in line and "or a smaller --batch-size)" in line
 
 
 def test_a_kd_temperature_of_0_points_to_the_sampling_temperature(capsys) -> None:

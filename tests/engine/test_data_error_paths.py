@@ -42,7 +42,7 @@ def test_text_shorter_than_a_batch_names_its_path(check, tmp_path) -> None:
     short.write_text("tiny text\n")
     line = check(short)
     assert f"--data: {short} has 11 tokens (0 train, 11 validation), shorter than" in line
-    assert "give more data, or a smaller seq_len or batch_size" in line
+    assert "give more data, or a smaller --seq-len or --batch-size)" in line
 
 
 def test_shards_shorter_than_a_batch_name_their_folder(check, tmp_path) -> None:
@@ -80,7 +80,7 @@ def test_examples_too_few_for_a_batch_name_their_path(check, tmp_path) -> None:
     pairs.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     line = check(pairs)
     assert f"--data: {pairs} has 1 examples, packed into" in line
-    assert "give more data, or a smaller batch_size" in line
+    assert "give more data, or a smaller --batch-size)" in line  # the flag one types
 
 
 def test_a_conversation_without_a_chat_template_names_its_files_path(check, tmp_path) -> None:
