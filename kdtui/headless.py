@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from rich.cells import cell_len
+
 from kdengine.config import (
     FIELDS,
     ConfigError,
@@ -35,6 +37,7 @@ from kdtui.launch.base import StageUpdate, config_differences
 from kdtui.launch.outcome import WatchedRun
 from kdtui.remote.hosts import LOCAL, HostsFileError
 from kdtui.remote.manifest import check_evidence_dir
+from kdtui.runs import fit_end, fit_run
 from kdtui.samples import SAMPLE_EVENT, Sample, StepLineSplits, sample_line
 from kdtui.watch import LocalRunSource, RunFollower, RunSource
 
@@ -532,23 +535,82 @@ def _local_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 # -- runs --------------------------------------------------------------------------------------
-def print_runs(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Local runs and remote dispatches, newest first, in padded columns with how to reattach
-    (`kdtui runs --plain` prints the same runs for scripts)."""
+def print_runs(args: argparse.Namespace, out: TextIO | None = None,
+               width: int | None = None) -> int:
+    """Local runs and remote dispatches, newest first, in padded columns with how to reattach,
+    each on one line of the terminal (`width`: $COLUMNS, else the terminal's; a pipe gets the
+    whole rows): where the whole row does not fit, the columns give way as the dashboard's runs
+    list's do (runs_layouts); `kdtui runs --plain` prints the same runs for scripts."""
+    import shutil
+
     from kdtui.runs import all_runs
 
     out = out or sys.stdout
-    runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
-    rows = [(e.run_id + (f" ({e.teacher})" if e.teacher else ""), e.where, e.status,
-             e.verdict or "-",
-             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.started)) if e.started else "-",
-             e.reattach) for e in all_runs(runs_dir)]
-    if not rows:
+    if width is None and (os.environ.get("COLUMNS") or out.isatty()):
+        width = shutil.get_terminal_size((80, 24)).columns
+    width = width or 1 << 16
+    given = getattr(args, "runs_dir", None)
+    runs_dir = Path(given) if given else default_runs_dir()
+    entries = all_runs(runs_dir)
+    if not entries:
         print("no runs yet: start one with `kdtui launch --demo --headless`", file=out)
         return 0
-    header = ("RUN", "HOST", "STATE", "VERDICT", "STARTED (UTC)", "REATTACH")
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(5)]
+    by_name = "" if given is None else f" --runs-dir {given}"
+    for layout in runs_layouts(entries, by_name):
+        header, rows, footer = layout
+        widths = [max(cell_len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+        room = width - sum(widths[1:]) - 2 * (len(header) - 1)
+        # beside a reattach (it holds the whole id) the run column may give way to RUN_MIN
+        if room >= (min(widths[0], RUN_MIN) if header[-1] == "REATTACH" else widths[0]):
+            break
+    if room < widths[0]:  # its teacher label goes first, then the middle of its id (fit_run)
+        if room < RUN_ID_MIN:  # the last layout, still too wide: the host gives way too
+            host = max(min(widths[1], HOST_WIDTH), cell_len(header[1]))
+            room, widths[1] = room + widths[1] - host, host
+        widths[0] = max(room, RUN_ID_MIN)
+        rows = [(fit_run("", row[0], widths[0]), fit_end(row[1], widths[1]), *row[2:])
+                for row in rows]
     for row in (header, *rows):
-        cells = "  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True))
-        print(f"{cells}  {row[5]}", file=out)
+        cells = "  ".join(str(c) + " " * (w - cell_len(str(c)))
+                          for c, w in zip(row[:-1], widths, strict=False))
+        print(f"{cells}  {row[-1]}", file=out)
+    if footer:
+        print(footer, file=out)
     return 0
+
+
+RUN_MIN = 22  # `kdtui runs`'s run column beside a reattach: a timestamped id whole
+RUN_ID_MIN = 17  # its least anywhere: an id's end ('…-20261130-074500')
+HOST_WIDTH = 12  # its host column where even that is too wide ('gpu-box-a10…')
+
+
+def runs_layouts(entries: list[Any], by_name: str) -> Any:
+    """(header, rows, footer) for `kdtui runs`, the widest first: every cell whole; the start
+    time short ('11-30 07:45', UTC); the reattach by the run's name; then without the reattach
+    column, said once in the footer (`by_name`: the --runs-dir a name is found in, if not the
+    default one); then without the start time too (the runs are newest first)."""
+    def started(entry: Any, short: bool) -> str:
+        if not entry.started:
+            return "-"
+        when = time.gmtime(entry.started)
+        if not short:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", when)
+        this_year = when.tm_year == time.gmtime().tm_year
+        return time.strftime("%m-%d %H:%M" if this_year else "%Y-%m-%d", when)
+
+    def reattach(entry: Any, short: bool) -> str:
+        if short and entry.info is not None:
+            return f"kdtui watch {entry.run_id}{by_name}"
+        return entry.reattach
+
+    def cells(entry: Any, short_start: bool, short_reattach: bool | None) -> tuple[str, ...]:
+        row = (entry.run_id + (f" ({entry.teacher})" if entry.teacher else ""), entry.where,
+               entry.status, entry.verdict or "-", started(entry, short_start))
+        return row if short_reattach is None else (*row, reattach(entry, short_reattach))
+
+    header = ("RUN", "HOST", "STATE", "VERDICT", "STARTED (UTC)", "REATTACH")
+    for short_start, short_reattach in ((False, False), (True, False), (True, True)):
+        yield header, [cells(e, short_start, short_reattach) for e in entries], ""
+    footer = f"reattach: kdtui watch RUN{by_name} (a dispatch that failed: see its dispatch.json)"
+    yield header[:-1], [cells(e, True, None) for e in entries], footer
+    yield header[:-2], [cells(e, True, None)[:-1] for e in entries], footer

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
+
 from kdengine.events import EVENTS_FILE, LOG_FILE
 from kdengine.processes import pid_alive
 
@@ -288,3 +290,59 @@ def all_runs(runs_dir: Path) -> list[RunEntry]:
     entries = [*(local_entry(info) for info in list_runs(runs_dir)),
                *(remote_entry(data) for data in list_manifests())]
     return sorted(entries, key=lambda e: e.started or 0.0, reverse=True)
+
+
+# -- fitting a run's name and host into a column (the runs list, `kdtui runs`) ----------------
+LABEL_MIN = 6  # the least of a teacher label worth showing ("cached")
+ID_MIN = 17  # the least of an id kept beside a label: "…" and its end ("-20251009-101500")
+
+
+def fit_end(text: str, width: int) -> str:
+    """`text` in `width` columns, its end an ellipsis (a host name's start tells it)."""
+    if cell_len(text) <= width:
+        return text
+    return text[:max(width - 1, 0)] + "…"
+
+
+def fit_run(marks: str, name: str, width: int) -> str:
+    """A row's run cell in `width` columns: whole where it fits; else its teacher label
+    (' (cached K=64 topk, 1.2 GB)') is cut first, at a word ('kd-20251009-101500 (cached
+    K=64…)'), then the id loses its middle, keeping its end (a timestamped id's time tells it
+    from its neighbours) and the label's first word: 'distill…-20251009-121500 (cached…)'."""
+    if cell_len(marks + name) <= width:
+        return marks + name
+    run_id, sep, label = name.partition(" (")
+    label = label[:-1] if sep and label.endswith(")") else ""
+    if not label:
+        run_id = name
+    avail = width - cell_len(marks)
+    if label:
+        room = avail - cell_len(run_id) - 4  # " (" + the label's start + "…)"
+        if room >= LABEL_MIN:
+            return f"{marks}{run_id} ({_cut_at_word(label, room)}…)"
+        if cell_len(run_id) > avail and avail - LABEL_MIN - 4 >= ID_MIN:  # cut anyway
+            return (f"{marks}{_middle(run_id, avail - LABEL_MIN - 4)} "
+                    f"({_cut_at_word(label, LABEL_MIN)}…)")
+    return marks + _middle(run_id, avail)
+
+
+def _middle(text: str, width: int) -> str:
+    """`text` in `width` columns, its middle an ellipsis: a third of it kept at the start, the
+    rest (16 at least: '-20251009-101500') at the end; in 2 columns or fewer, its end."""
+    if len(text) <= width:
+        return text
+    if width <= 2:
+        return f"…{text[-1:]}"[:width]
+    keep = width - 1
+    tail = min(keep - 1, max(16, keep * 2 // 3))
+    return f"{text[:keep - tail]}…{text[-tail:]}"
+
+
+def _cut_at_word(text: str, width: int) -> str:
+    """The most whole parts of `text` ('cached K=64 topk, 1.2 GB': its size goes whole) in
+    `width` columns, else its most whole words, else its first `width`."""
+    for sep in (", ", " "):
+        parts = text[:width + len(sep)].split(sep)
+        if len(parts) > 1:
+            return sep.join(parts[:-1])
+    return text[:width]

@@ -17,15 +17,13 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from kdtui.compare import CompareError, CompareTarget
-from kdtui.runs import RunEntry, all_runs
+from kdtui.runs import ID_MIN, RunEntry, all_runs, fit_end, fit_run
 from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
 RUN_MIN = 22  # the run column's least width: a timestamped id (kd-20251009-101500), marked
 HOST_MIN = 12  # the host column's width before the run column goes below RUN_MIN
 HOST_FLOOR = 5  # the least of the host column: "local" whole, a remote host's start ("gpu-…")
-LABEL_MIN = 6  # the least of a teacher label worth showing ("cached")
-ID_MIN = 17  # the least of an id kept beside a label: "…" and its end ("-20251009-101500")
 clock = time.time  # what "now" is (tests fix it: "updated ... ago" and this year's dates)
 
 
@@ -367,13 +365,6 @@ def short_updated(run: RunEntry, now: float) -> str:
     return (f"{minutes}m" if sep and age.endswith("s") else age) + " ago"
 
 
-def fit_end(text: str, width: int) -> str:
-    """`text` in `width` columns, its end an ellipsis (a host name's start tells it)."""
-    if cell_len(text) <= width:
-        return text
-    return text[:max(width - 1, 0)] + "…"
-
-
 def short_step(run: RunEntry) -> str:
     """The step column where 80 columns are few: '123k / 1M', '80 / 1,000'."""
     if run.step is None:
@@ -413,50 +404,6 @@ def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
     name = run.run_id + (f" ({run.teacher})" if run.teacher else "")  # fit_run splits it
     return (name, run.where, run.status, verdict, started_label(run.started, now), step,
             updated)
-
-
-def fit_run(marks: str, name: str, width: int) -> str:
-    """A row's run cell in `width` columns: whole where it fits; else its teacher label
-    (' (cached K=64 topk, 1.2 GB)') is cut first, at a word ('kd-20251009-101500 (cached
-    K=64…)'), then the id loses its middle, keeping its end (a timestamped id's time tells it
-    from its neighbours) and the label's first word: 'distill…-20251009-121500 (cached…)'."""
-    if cell_len(marks + name) <= width:
-        return marks + name
-    run_id, sep, label = name.partition(" (")
-    label = label[:-1] if sep and label.endswith(")") else ""
-    if not label:
-        run_id = name
-    avail = width - cell_len(marks)
-    if label:
-        room = avail - cell_len(run_id) - 4  # " (" + the label's start + "…)"
-        if room >= LABEL_MIN:
-            return f"{marks}{run_id} ({_cut_at_word(label, room)}…)"
-        if cell_len(run_id) > avail and avail - LABEL_MIN - 4 >= ID_MIN:  # cut anyway
-            return (f"{marks}{_middle(run_id, avail - LABEL_MIN - 4)} "
-                    f"({_cut_at_word(label, LABEL_MIN)}…)")
-    return marks + _middle(run_id, avail)
-
-
-def _middle(text: str, width: int) -> str:
-    """`text` in `width` columns, its middle an ellipsis: a third of it kept at the start, the
-    rest (16 at least: '-20251009-101500') at the end; in 2 columns or fewer, its end."""
-    if len(text) <= width:
-        return text
-    if width <= 2:
-        return f"…{text[-1:]}"[:width]
-    keep = width - 1
-    tail = min(keep - 1, max(16, keep * 2 // 3))
-    return f"{text[:keep - tail]}…{text[-tail:]}"
-
-
-def _cut_at_word(text: str, width: int) -> str:
-    """The most whole parts of `text` ('cached K=64 topk, 1.2 GB': its size goes whole) in
-    `width` columns, else its most whole words, else its first `width`."""
-    for sep in (", ", " "):
-        parts = text[:width + len(sep)].split(sep)
-        if len(parts) > 1:
-            return sep.join(parts[:-1])
-    return text[:width]
 
 
 def started_label(started: float | None, now: float) -> str:
