@@ -76,6 +76,8 @@ class RunsScreen(Screen):
         self._cut: set[int] = set()  # the rows whose run or host is cut
         self._labels: tuple[str, ...] = ()  # every column's label, started's included
         self._with_started = True  # whether the started column is shown (_fill)
+        # (key, row) of the last run that a Space just selected: a Space more keeps it
+        self._held: tuple[str, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -198,6 +200,9 @@ class RunsScreen(Screen):
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:
+        # the cursor now, not the event's row: a refresh passes row 0 on its way back
+        if self._held is not None and self.query_one(DataTable).cursor_row != self._held[1]:
+            self._held = None  # moved off the last row: a Space there toggles again
         self._show_where()
         self._refresh_resume_key()
 
@@ -289,10 +294,16 @@ class RunsScreen(Screen):
         except CompareError as exc:
             self.app.notify(f"{exc}: not one to compare", timeout=5)
             return
+        if self._held == (key, row):  # Space, Space on the last row: the first selected it
+            self._held = None
+            self.app.notify("The last run stays selected: space again unselects it", timeout=4)
+            return
         if key in self.selected:
             self.selected.remove(key)
         else:
             self.selected.append(key)
+            if row == len(self.runs) - 1:  # no row below to move to
+                self._held = (key, row)
         self.action_refresh()
         self.query_one(DataTable).move_cursor(row=min(row + 1, len(self.runs) - 1))
 
