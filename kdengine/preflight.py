@@ -232,7 +232,12 @@ def _check_model(spec: str, name: str, directory: Path | None,
         unchecked.append(f"{name}: {spec} is downloaded by the run; its config, weights and "
                          "tokenizer are checked when it loads")
         return facts, None
-    from kdengine.models.hf_layout import config_from_hf, read_hf_config, weight_files
+    from kdengine.models.hf_layout import (
+        check_weight_headers,
+        config_from_hf,
+        read_hf_config,
+        weight_files,
+    )
     from kdengine.tokenizer import load_tokenizer
 
     facts.directory = str(directory)
@@ -248,6 +253,10 @@ def _check_model(spec: str, name: str, directory: Path | None,
         damage = safetensors_damage(file)
         if damage:
             raise ConfigError(name, f"{directory}/{damage}: copy or download it again")
+    try:  # the tensors config.json implies, from the headers (no weights read)
+        check_weight_headers(directory, decoder, files)
+    except ValueError as exc:
+        raise ConfigError(name, f"{exc}") from None
     facts.model_type, facts.vocab_size = decoder.model_type, decoder.vocab_size
     facts.max_positions = position_limit(hf)
     facts.weight_files = [f.name for f in files]

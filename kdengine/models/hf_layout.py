@@ -34,6 +34,8 @@ class UnsupportedArchitecture(ValueError):
 
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderConfig:
     """The DecoderConfig of an HF config.json dict. Raises UnsupportedArchitecture."""
+    if not isinstance(hf, dict):
+        raise UnsupportedArchitecture(f"{where} is not a JSON object (not a model's config.json)")
     model_type = hf.get("model_type", "")
     arch = ", ".join(hf.get("architectures") or []) or model_type or "unknown"
     if model_type not in ARCHITECTURES:
@@ -46,15 +48,26 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
         raise UnsupportedArchitecture(f"{where}: architecture {arch} is not a causal LM of "
                                       f"{model_type} (kdengine runs {wanted})")
 
-    absent = [k for k in _REQUIRED_KEYS if not isinstance(hf.get(k), int)]
+    absent = [k for k in _REQUIRED_KEYS if not _positive_int(hf.get(k))]
     if absent:
-        raise UnsupportedArchitecture(f"{where}: {', '.join(absent)} missing or not an integer "
-                                      "(not a complete config.json)")
+        raise UnsupportedArchitecture(f"{where}: {', '.join(absent)} missing or not a positive "
+                                      "integer (not a complete config.json)")
 
     def refuse(key: str, why: str) -> UnsupportedArchitecture:
         return UnsupportedArchitecture(f"{where}: {key} = {hf.get(key)!r} is not supported "
                                        f"({why})")
 
+    if hf.get("quantization_config"):
+        method = (hf["quantization_config"].get("quant_method", "quantized")
+                  if isinstance(hf["quantization_config"], dict) else "quantized")
+        raise UnsupportedArchitecture(
+            f"{where}: quantization_config ({method}) is not supported: kdengine loads float "
+            "weights (float32, bfloat16, float16); use the model's unquantized checkpoint")
+    for key in ("num_key_value_heads", "head_dim"):  # null or absent: the family's default
+        if hf.get(key) is not None and not _positive_int(hf[key]):
+            raise refuse(key, "a positive integer or null")
+    if not _positive_number(hf.get("rms_norm_eps", 1e-6)):
+        raise refuse("rms_norm_eps", "a positive number")
     if hf.get("hidden_act", "silu") != "silu":
         raise refuse("hidden_act", "the Llama family uses silu")
     heads = hf["num_attention_heads"]
@@ -92,13 +105,30 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
     )
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _rope(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, scaling or None) from either layout: transformers 4's top-level rope_theta +
     rope_scaling, or transformers 5's rope_parameters (rope_scaling wins, as in transformers)."""
-    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    if hf.get(key) and not isinstance(hf[key], dict):
+        raise UnsupportedArchitecture(f"{where}: {key} = {hf[key]!r} is not supported (an "
+                                      "object such as {\"rope_type\": \"linear\", \"factor\": "
+                                      "2.0}, or null)")
+    params = dict(hf.get(key) or {})
     if any(isinstance(v, dict) for v in params.values()):
         raise UnsupportedArchitecture(f"{where}: per-layer-type rope_parameters are not supported")
-    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    if not _positive_number(theta):
+        raise UnsupportedArchitecture(f"{where}: rope_theta = {theta!r} is not supported (a "
+                                      "positive number)")
+    theta = float(theta)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ROPE_TYPES:
         raise UnsupportedArchitecture(
@@ -116,6 +146,16 @@ def _rope(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]
     if kind == "llama3":
         params.setdefault("original_max_position_embeddings",
                           hf.get("max_position_embeddings", 2048))
+    # what rope_inv_freq reads: transformers refuses these configs too
+    numbers = {"factor": None}
+    if kind == "llama3":
+        numbers.update(low_freq_factor=1.0, high_freq_factor=4.0,
+                       original_max_position_embeddings=None)
+    for name, default in numbers.items():
+        if not _positive_number(params.get(name, default)):
+            raise UnsupportedArchitecture(
+                f"{where}: {key}.{name} = {params.get(name)!r} is not supported (rope type "
+                f"{kind!r} needs a positive number there)")
     return theta, params
 
 
@@ -228,11 +268,15 @@ def _shard(state: dict[str, torch.Tensor],
 def read_hf_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        return json.loads((path / "config.json").read_text())
+        hf = json.loads((path / "config.json").read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} has no config.json (not an HF-layout model)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path / 'config.json'} is not a JSON object (not a model's "
+                         "config.json)")
+    return hf
 
 
 def stored_dtype(path: str | Path) -> torch.dtype:
@@ -282,6 +326,52 @@ def load_decoder(path: str | Path, dtype: torch.dtype = torch.float32,
     return model
 
 
+# safetensors' dtype names of weights that load as they are (a float8 one without scales too)
+_FLOAT_STORAGE = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_INT_STORAGE = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8",
+                "BOOL": "bool"}
+
+
+def check_weight_headers(path: str | Path, config: DecoderConfig,
+                         files: list[Path] | None = None) -> None:
+    """The tensors the safetensors headers of `path` name are the ones `config` builds, of its
+    shapes, stored as floats: what load_decoder would find only after reading every weight (and
+    the other model). Reads headers, not weights. Raises ValueError naming the tensor."""
+    path = Path(path)
+    files = weight_files(path) if files is None else files
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Decoder(config).state_dict().items()}
+    tied = config.tie_word_embeddings
+    fix = "config.json and the weights are not of one model: copy or download it again"
+    seen: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name not in shapes:
+                    raise ValueError(f"{path}: {file.name} holds {name}, which the model "
+                                     f"config.json describes has no place for ({fix})")
+                if name == "lm_head.weight" and tied:
+                    continue  # some exporters store the tied head twice
+                piece = fh.get_slice(name)
+                shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
+                if shape != shapes[name]:
+                    raise ValueError(f"{path}: {name} has shape {shape} in {file.name}, "
+                                     f"config.json implies {shapes[name]} ({fix})")
+                if dtype not in _FLOAT_STORAGE:
+                    dtype = _INT_STORAGE.get(dtype, dtype)
+                    raise ValueError(f"{path}: {name} is stored as {dtype} in {file.name}: "
+                                     "kdengine loads float weights (float32, bfloat16, float16);"
+                                     " a quantized checkpoint is not supported, use the "
+                                     "model's unquantized one")
+                seen.add(name)
+    missing = sorted(n for n in shapes if n not in seen and not (n == "lm_head.weight" and tied))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{path}: {missing[0]} is missing{more} from "
+                         f"{', '.join(f.name for f in files[:3])}, and config.json's model "
+                         f"needs it ({fix})")
+
+
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of an HF-layout directory: model.safetensors, or the shards its
     index names (each present). No weights are read; the run's preflight checks this too."""
@@ -293,8 +383,12 @@ def weight_files(path: Path) -> list[Path]:
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{index} is not a safetensors index ({exc})") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(name, str) for name in weight_map.values()):
+            raise ValueError(f"{index} is not a safetensors index (its weight_map is not an "
+                             "object of tensor name to file name)")
         files = [path / name for name in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.exists()]
         if absent:
