@@ -34,9 +34,7 @@ def check_sources(config: RunConfig) -> dict[str, Path]:
         if is_repo_id(spec):
             cached = cached_snapshot(spec)
             if cached is None and hub_offline():
-                raise ConfigError(name, f"{spec} is not in the local hub cache and "
-                                  "HF_HUB_OFFLINE=1 forbids downloading it (download it first, "
-                                  "or unset HF_HUB_OFFLINE)")
+                raise ConfigError(name, _not_cached(spec))
             if cached is not None:
                 dirs[name] = cached
             continue
@@ -60,7 +58,14 @@ def check_sources(config: RunConfig) -> dict[str, Path]:
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
-    """The snapshot directory of `repo_id` in the local hub cache, or None (no network)."""
+    """The snapshot directory of `repo_id` in the local hub cache, or None (no network). A
+    snapshot without the model's config or weights (AutoConfig or AutoTokenizer fetched only
+    their files) is not the model: None, so the run downloads the rest."""
+    snapshot = _snapshot_in_cache(repo_id)
+    return snapshot if snapshot is not None and not _lacks_model_files(snapshot) else None
+
+
+def _snapshot_in_cache(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -69,6 +74,35 @@ def cached_snapshot(repo_id: str) -> Path | None:
                                       local_files_only=True))
     except LocalEntryNotFoundError:
         return None
+
+
+def _lacks_model_files(snapshot: Path) -> str:
+    """What a cached snapshot lacks of a model's config and weights ('' when whole): the shards
+    its index names count too. The tokenizer is not asked for: a repo may have none, which the
+    loader names."""
+    if not (snapshot / "config.json").exists():
+        return "no config.json"
+    if (snapshot / "model.safetensors").exists():
+        return ""
+    index = snapshot / "model.safetensors.index.json"
+    if not index.exists():
+        return "no model.safetensors or model.safetensors.index.json"
+    try:
+        names = set(json.loads(index.read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""  # the loader's refusal names a broken index
+    absent = sorted(n for n in names if isinstance(n, str) and not (snapshot / n).exists())
+    return f"no {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}" if absent else ""
+
+
+def _not_cached(spec: str) -> str:
+    """Why `spec` is not in the local hub cache, for a refusal while HF_HUB_OFFLINE=1."""
+    snapshot = _snapshot_in_cache(spec)
+    lacks = _lacks_model_files(snapshot) if snapshot is not None else ""
+    what = (f"is only partly in the local hub cache ({lacks}) and HF_HUB_OFFLINE=1 forbids "
+            "downloading the rest" if lacks else "is not in the local hub cache and "
+            "HF_HUB_OFFLINE=1 forbids downloading it")
+    return f"{spec} {what} (download it first, or unset HF_HUB_OFFLINE)"
 
 
 def resolve_model_dir(spec: str, field: str,
@@ -86,8 +120,7 @@ def resolve_model_dir(spec: str, field: str,
             say(f"{field}: {spec} from the local hub cache ({cached})")
         return cached
     if hub_offline():
-        raise ConfigError(field, f"{spec} is not in the local hub cache and HF_HUB_OFFLINE=1 "
-                          "forbids downloading it (download it first, or unset HF_HUB_OFFLINE)")
+        raise ConfigError(field, _not_cached(spec))
     from huggingface_hub import snapshot_download
 
     if say:
