@@ -12,6 +12,7 @@ word quoted (kdtui.remote.command). R on a stopped job runs its own command agai
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from kdtui.launch.cache_job import (
     CacheOptions,
     cache_args,
     check_job_fields,
+    complete_already_note,
     job_values,
+    launch_ended_note,
     stamp_cache_name,
 )
-from kdtui.launch.local import LocalLauncher, LocalRunHandle
+from kdtui.launch.local import EARLY_EXIT_WINDOW, LocalLauncher, LocalRunHandle
 
 
 class LocalCacheLauncher(LocalLauncher):
@@ -39,6 +42,7 @@ class LocalCacheLauncher(LocalLauncher):
     def __init__(self, config: RunConfig, options: CacheOptions, runs_dir: Path) -> None:
         super().__init__(stamp_cache_name(config), runs_dir)
         self.options = options
+        self._complete: str | None = None  # the check stage's words for a complete cache
 
     @property
     def run_id(self) -> str:
@@ -65,6 +69,30 @@ class LocalCacheLauncher(LocalLauncher):
         if done.returncode != 0:
             raise job_refusal(done.stderr, done.returncode)
         self._checked = self.config
+        self._complete = None
+        try:  # --check's JSON: complete already (the remote check stage says it too)
+            answer = json.loads(done.stdout)
+        except ValueError:
+            return
+        if isinstance(answer, dict) and answer.get("complete"):
+            self._complete = complete_already_note(answer.get("run_dir"),
+                                                   (answer.get("cache") or {}).get("bytes"))
+
+    def check_note(self) -> str:
+        return self._complete or super().check_note()
+
+    def start_note(self, pid: int, code: int | None) -> str:
+        """As LocalLauncher's; an engine that already ended on a complete cache says so in the
+        check stage's words."""
+        if code == 0:
+            from kdengine.events import EVENTS_FILE, read_events
+
+            ended = [e for e in read_events(self.run_dir / EVENTS_FILE)
+                     if e.get("type") == "run_finished"] if \
+                (self.run_dir / EVENTS_FILE).exists() else []
+            if ended:
+                return launch_ended_note(pid, ended[-1], EARLY_EXIT_WINDOW)
+        return super().start_note(pid, code)
 
     async def start(self, on_stage: Any) -> LocalRunHandle:
         handle = await super().start(on_stage)

@@ -103,3 +103,19 @@ def is_cache_launch(launcher: Any, handle: Any) -> bool:
             return False
         return "cache-teacher" in command
     return False
+
+
+def complete_already_note(run_dir: Any, size: Any) -> str:
+    """A check stage's words for a job whose cache is complete already (`kdengine cache-teacher
+    --check` answered complete: true): the remote and the local launcher say the same."""
+    return (f"{run_dir} holds this cache complete already"
+            f"{f' ({size} bytes)' if size else ''}: nothing to score")
+
+
+def launch_ended_note(pid: int, finished: dict[str, Any], within: float) -> str:
+    """A launch stage's words for an engine that ended before its alive check was over
+    (`finished`: its run_finished): a cache job on a complete cache in the check stage's own
+    words ('complete already'), else how it ended and how soon."""
+    if finished.get("complete_already"):
+        return f"pid {pid}: the cache is complete already, nothing to score"
+    return f"pid {pid}, {finished.get('status') or 'ended'} within {within:g}s"

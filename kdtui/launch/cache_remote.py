@@ -15,6 +15,7 @@ from kdtui.launch.cache_job import (
     CacheOptions,
     cache_args,
     check_job_fields,
+    complete_already_note,
     job_values,
     stamp_cache_name,
 )
@@ -67,9 +68,8 @@ class CacheStageRunner(StageRunner):
     def accepted(self, answer: dict[str, Any]) -> str:
         # `kdengine cache-teacher --check` on a complete cache: the job's JSON, complete: true
         if answer.get("complete"):
-            size = (answer.get("cache") or {}).get("bytes")
-            return (f"{answer.get('run_dir')} holds this cache complete already"
-                    f"{f' ({size} bytes)' if size else ''}: nothing to score")
+            return complete_already_note(answer.get("run_dir"),
+                                         (answer.get("cache") or {}).get("bytes"))
         return super().accepted(answer)
 
     def refusal(self, stderr_lines: list[str]) -> str:

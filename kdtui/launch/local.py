@@ -162,6 +162,14 @@ class LocalLauncher:
         self.gpus = _gpus_found(done.stdout)
         self._checked = self.config
 
+    def check_note(self) -> str:
+        """The check stage's detail once it passed."""
+        return self._ranks_note()
+
+    def start_note(self, pid: int, code: int | None) -> str:
+        """The start stage's detail (`code`: the engine's exit code if it already exited)."""
+        return f"pid {pid}"
+
     def _ranks_note(self) -> str:
         """The check stage's detail where the run starts under torchrun (else none)."""
         launcher = engine_launcher(sys.executable, self.gpus, self.config)
@@ -196,7 +204,7 @@ class LocalLauncher:
             message = f"{flag_of(exc.field)}: {exc.message}" if exc.field else exc.message
             on_stage(StageUpdate("check", "failed", time.monotonic() - t0, message, host="local"))
             raise LaunchError(message, exc.field) from None
-        on_stage(StageUpdate("check", "done", time.monotonic() - t0, self._ranks_note(),
+        on_stage(StageUpdate("check", "done", time.monotonic() - t0, self.check_note(),
                              host="local"))
 
         t1 = time.monotonic()
@@ -231,8 +239,8 @@ class LocalLauncher:
             detail = tail[-1] if tail else f"exit code {code}"
             on_stage(StageUpdate("start", "failed", time.monotonic() - t1, detail, tail, "local"))
             raise LaunchError(f"the engine exited at once (code {code}): {detail}")
-        on_stage(StageUpdate("start", "done", time.monotonic() - t1, f"pid {process.pid}",
-                             host="local"))
+        on_stage(StageUpdate("start", "done", time.monotonic() - t1,
+                             self.start_note(process.pid, code), host="local"))
         return handle
 
 

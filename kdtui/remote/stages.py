@@ -28,6 +28,7 @@ import asyncssh
 
 from kdengine.config import RunConfig
 from kdtui.launch.base import StageUpdate, config_differences, engine_args, engine_launcher
+from kdtui.launch.cache_job import launch_ended_note
 from kdtui.remote import agent as agent_module
 from kdtui.remote.command import RemoteCommand, remote_command
 from kdtui.remote.connect import (
@@ -482,7 +483,8 @@ class StageRunner:
                 finished = None  # the end of an earlier part: this engine wrote no event
             if state.get("alive") or finished:
                 detail = f"pid {pid}, alive after {self.plan.host.alive_check_s:g}s" if \
-                    state.get("alive") else f"pid {pid}, already {finished.get('status')}"
+                    state.get("alive") else \
+                    launch_ended_note(pid, finished, self.plan.host.alive_check_s)
                 return "done", detail, pid
             tail = (await run_agent(self.conn, self.plan.tail(), timeout=60)).get("lines", [])
             last = next((line for line in reversed(tail) if line.strip()), "no output")
