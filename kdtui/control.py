@@ -190,6 +190,7 @@ async def cancel_run(ref: str, runs_dir: Path, timeout: float = DEFAULT_TIMEOUT,
     control = _control_for(handle)
     where = f"{handle.run_id} on {handle.host}"
     source = _ssh_source(handle)
+    sent = False  # whether the cancel itself went to the host
     try:
         if source is not None:
             # the first contact fails fast when the host is down; once it answered, a dropped
@@ -209,11 +210,17 @@ async def cancel_run(ref: str, runs_dir: Path, timeout: float = DEFAULT_TIMEOUT,
             return CancelResult(EXIT_CANCELLED, _nothing_to_cancel(where, before))
         if source is not None:
             source.give_up_after = max(timeout, 1.0)
+        sent = True
         await control.cancel()
         result, after = await _wait_until_ended(control, where, ref, timeout, clock)
         _record_end(handle, after, control.cancelled_status(after))
         return result
     except RemoteError as exc:
+        # a host that cannot be reached, before the cancel went: a run its manifest records
+        # as ended has nothing to cancel, as when the host says so itself
+        recorded = None if sent else _recorded_end_line(handle, where, exc)
+        if recorded is not None:
+            return CancelResult(EXIT_CANCELLED, recorded)
         return CancelResult(EXIT_NOT_ENDED, f"kdtui cancel: error: cannot cancel {where}: "
                                             f"{_link_reason(exc)}")
     finally:
@@ -275,6 +282,34 @@ def _record_end(handle: Any, state: RunState, status: str | None) -> None:
         write_manifest(path, data)
     except (OSError, ValueError):
         pass  # the evidence is a convenience here; the run's own events are the record
+
+
+def _recorded_end_line(handle: Any, where: str, exc: BaseException) -> str | None:
+    """How a remote run ended as its dispatch.json recorded it (a watch's `state`, or the
+    run_finished a cancel saw), for a host that cannot be reached; None where it records no
+    end (the run may still be going: then the host is the answer)."""
+    from kdtui.remote.manifest import read_manifest
+    from kdtui.remote.recorded import ENDED
+
+    path = getattr(handle, "manifest", None)
+    if path is None:
+        return None
+    try:
+        data = read_manifest(path)
+    except (OSError, ValueError):
+        return None
+    finished = data.get("run_finished") if isinstance(data.get("run_finished"), dict) else {}
+    status = data.get("state") if data.get("state") in ENDED else finished.get("status")
+    if status not in ENDED:
+        return None
+    step = data.get("engine_last_step")
+    at_step = f" at step {step}" if isinstance(step, int) else ""
+    code = finished.get("exit_code")
+    code_text = f"exit code {code}" if isinstance(code, int) else "no exit code"
+    when = data.get("verdict_recorded_at") or data.get("cancel_recorded_at")
+    inner = exc.__context__ if str(exc.__context__ or "") else exc
+    return (f"{where}: already finished: {status}{at_step} ({code_text}), as {path} recorded"
+            f"{f' at {when}' if when else ''}; {inner}: nothing to cancel")
 
 
 def _nothing_to_cancel(where: str, state: RunState) -> str:
