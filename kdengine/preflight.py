@@ -143,6 +143,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
                     check_tokenizer_fits(tokenizer, model.vocab_size, model.role)
     device = check_device(config.device)
     check_engine_environment()
+    check_torchrun_config(config.batch_size, config.dtype)  # WORLD_SIZE > 1: splits, dtype
     for name in ("teacher_dtype", "student_matmuls"):
         if getattr(config, name) == "float8":
             require_fp8(name, _resolved_device(device))
@@ -158,6 +159,36 @@ def check_run_inputs(config: RunConfig) -> Preflight:
 
         check_cache_fits(config, teacher_tok, teacher_dir, student.vocab_size)
     return facts
+
+
+def batch_split_refusal(batch_size: int, world_size: int) -> ConfigError | None:
+    """The error for a global batch that `world_size` ranks cannot split by rows (None if they
+    can), with both fixes: another batch size, or a rank count that divides it (a resume at
+    another world size keeps its batch)."""
+    if world_size <= 1 or batch_size % world_size == 0:
+        return None
+    fit = world_size * max(batch_size // world_size, 1)
+    ranks = [n for n in range(1, max(8, world_size) + 1) if batch_size % n == 0]
+    return ConfigError("batch_size", f"{batch_size} is the global batch, split over "
+                       f"{world_size} ranks by rows: it must be a multiple of {world_size} "
+                       f"(e.g. {fit}), or start {', '.join(map(str, ranks[:-1]))}"
+                       f"{' or ' if len(ranks) > 1 else ''}{ranks[-1]} ranks "
+                       "(torchrun --nproc-per-node)")
+
+
+def check_torchrun_config(batch_size: int, dtype: str,
+                          env: dict[str, str] | None = None) -> None:
+    """What a run under torchrun (WORLD_SIZE > 1) refuses that the config alone shows, for the
+    preflight to refuse before a run directory exists or a resumed run is touched (the trainer
+    refuses them again, after both models loaded)."""
+    raw = (env if env is not None else os.environ).get("WORLD_SIZE", "1")
+    world_size = int(raw) if raw.strip().isdigit() else 1  # as torchrun_world_size reads it
+    refusal = batch_split_refusal(batch_size, world_size)
+    if refusal is not None:
+        raise refusal
+    if world_size > 1 and dtype == "float16":
+        raise ConfigError("dtype", "float16 needs loss scaling, which kdengine does not do "
+                          "across torchrun ranks yet: use dtype=bfloat16 (or float32)")
 
 
 def check_run_dir(run_dir: Path, field: str, fix: str) -> None:

@@ -11,8 +11,9 @@ traceback on its stderr, which a launcher writes into launch.log:
   workers;
 - workers that end cancelled (a rank that alone got the signal; kdengine exits 128 + signal)
   become a ChildFailedError.
-Here both are the cancelled run's exit code. Any other failure stays torchrun's own report and
-exit 1. The run's events say cancelled either way (kdengine.run).
+Here both are the cancelled run's exit code, and ranks that all refused the run (exit 2, one
+line each naming the field) exit 2 as one process would. Any other failure stays torchrun's own
+report and exit 1. The run's events say cancelled either way (kdengine.run).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ import sys
 
 # a kdengine run cancelled by a signal exits 128 + its number (kdengine.run)
 CANCELLED_EXITS = frozenset({128 + signal.SIGINT, 128 + signal.SIGTERM})
+REFUSED = 2  # kdengine's exit for bad input: one line, no traceback, nothing started
+
+
+def _refused(first: int, codes: set[int]) -> bool:
+    """The ranks refused the run as `kdengine train` refuses bad input (exit 2): the first to
+    end did, and the others did too or were stopped by torchrun's signal (a negative code)."""
+    return first == REFUSED and all(code == REFUSED or code < 0 for code in codes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
     except ChildFailedError as exc:
         codes = {failure.exitcode for failure in exc.failures.values()}
+        if _refused(exc.get_first_failure()[1].exitcode, codes):
+            return REFUSED  # each rank said why in its one line, before any run dir was touched
         if not codes <= CANCELLED_EXITS:
             raise  # a rank failed: torchrun's report of it, as plain torchrun gives it
         return exc.get_first_failure()[1].exitcode

@@ -98,11 +98,11 @@ class Dist:
         return device
 
     def check_batch(self, batch_size: int) -> None:
-        if self.enabled and batch_size % self.world_size:
-            fit = self.world_size * max(batch_size // self.world_size, 1)
-            raise ConfigError("batch_size", f"{batch_size} is the global batch, split over "
-                              f"{self.world_size} ranks by rows: it must be a multiple of "
-                              f"{self.world_size} (e.g. {fit})")
+        from kdengine.preflight import batch_split_refusal
+
+        refusal = batch_split_refusal(batch_size, self.world_size)
+        if refusal is not None:
+            raise refusal
 
     # ---- collectives ----------------------------------------------------------------------
     def barrier(self) -> None:
