@@ -14,7 +14,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 
 from kdtui.compare import (
     RUN_COLORS,
@@ -26,6 +26,7 @@ from kdtui.compare import (
 )
 from kdtui.watch import RunFollower
 from kdtui.widgets.compare_chart import CompareChart
+from kdtui.widgets.header import TitleHeader
 
 POLL_S = 0.5
 def run_color(index: int) -> str:
@@ -61,7 +62,7 @@ class CompareScreen(Screen):
         self._table_dirty = True
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield CompareChart(self.summaries, id="compare-chart")
         yield Static("", id="compare-links")
         # no cursor: a highlighted row would hide its run's colour

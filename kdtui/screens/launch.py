@@ -27,7 +27,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, Switch
+from textual.widgets import Button, Footer, Input, Label, Select, Static, Switch
 from textual.widgets.input import Selection
 
 from kdengine.config import (
@@ -48,6 +48,7 @@ from kdtui.profiles.apr.schema import (
     AprSettings,
     form_fields,
 )
+from kdtui.widgets.header import TitleHeader
 
 LOCAL = "local"
 LAZY_FROM_GROUP = 2  # models and data are on the first screen; the rest mounts lazily
@@ -385,7 +386,7 @@ class LaunchScreen(Screen):
     def compose(self) -> ComposeResult:
         hosts, self.hosts_problem = available_hosts()
         self.hosts = hosts
-        yield Header()
+        yield TitleHeader()
         # not a Tab stop of its own (nothing showed the focus there); keys the focused field does
         # not take (PgUp, PgDn) still scroll it
         with VerticalScroll(id="form", can_focus=False):

@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input
+from textual.widgets import Footer, Input
 
 from kdengine.verdict import distill_report, verdict_from_events
 from kdtui.launch.base import Launcher, RunHandle, StageUpdate, config_differences
@@ -38,6 +38,7 @@ from kdtui.widgets.cache_job import (
     is_cache_job,
 )
 from kdtui.widgets.gauges import GaugeRow
+from kdtui.widgets.header import TitleHeader
 from kdtui.widgets.link_status import LinkStatus
 from kdtui.widgets.log_view import LogView
 from kdtui.widgets.loss_chart import LossChart
@@ -201,7 +202,7 @@ class RunScreen(Screen):
             "into this run's directory"
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with Horizontal(id="run-top"):
             with Vertical(id="run-side"):
                 yield StageTracker(self._stages, id="stages")

@@ -14,10 +14,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.geometry import Size
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Static
 
 from kdtui.compare import CompareError, CompareTarget
 from kdtui.runs import ID_MIN, RunEntry, all_runs, fit_end, fit_run
+from kdtui.widgets.header import TitleHeader
 from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
@@ -80,7 +81,7 @@ class RunsScreen(Screen):
         self._held: tuple[str, int] | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield Static("", id="runs-where")
         yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Footer()
