@@ -264,8 +264,8 @@ async def _wait_until_ended(control: _Control, where: str, ref: str, timeout: fl
 
 
 def _record_end(handle: Any, state: RunState, status: str | None) -> None:
-    """A remote run's manifest learns how it ended (the runs list reads it there); one a
-    watcher already completed is left as it is."""
+    """A remote run's manifest learns how it ended and at which step (the runs list reads them
+    there); one a watcher already completed is left as it is."""
     path = getattr(handle, "manifest", None)
     status = status or state.status
     if path is None or status is None:
@@ -278,6 +278,11 @@ def _record_end(handle: Any, state: RunState, status: str | None) -> None:
             return
         data["run_finished"] = state.finished or {"type": "run_finished", "status": status,
                                                   "exit_code": state.exit_code}
+        # the engine's step at its end (run_finished's `steps`): the runs list's step column
+        # ('-' before: only a watch recorded it)
+        steps = data["run_finished"].get("steps")
+        if isinstance(steps, int) and steps > 0 and data.get("engine_last_step") is None:
+            data["engine_last_step"] = steps
         data["cancel_recorded_at"] = utc_now()
         write_manifest(path, data)
     except (OSError, ValueError):

@@ -205,7 +205,7 @@ class RunEntry:
     where: str  # "local" or the SSH host alias
     status: str  # a local RunInfo.status, or dispatched | dispatch failed | how it finished
     verdict: str | None  # pass | fail | inconclusive
-    step: int | None  # local runs only: remote steps live on the host
+    step: int | None  # a remote run's: as a watch or a cancel recorded it in the manifest
     total_steps: int | None
     started: float | None  # unix time
     info: RunInfo | None = None
@@ -261,6 +261,9 @@ def remote_entry(manifest: dict[str, Any]) -> RunEntry:
 
         verdict = verdict_from_events([manifest["run_finished"]]).status
     step = manifest.get("engine_last_step")
+    if step is None:  # a cancel recorded only the run_finished, its `steps` the engine's step
+        steps = (manifest.get("run_finished") or {}).get("steps")
+        step = steps if isinstance(steps, int) and steps > 0 else None
     # apr counts whole epochs: it trains `effective_steps` (epochs x steps_per_epoch), not the
     # steps asked for ('8/6' said it ran past its end)
     total = manifest.get("effective_steps")
