@@ -26,6 +26,7 @@ from kdengine.config import (
     demo_config,
     flag_of,
     load_config_file,
+    validate_with_preset,
     with_absolute_paths,
 )
 from kdengine.stop import catch_early
@@ -79,17 +80,8 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     config = base.with_values(**given)
     if not config.run_name:
         config = config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
-    try:
-        config.validate()
-    except ConfigError as exc:  # a value the --demo preset set, not the user: say so
-        if not (args.demo and exc.field == "max_new_tokens" and "max_new_tokens" not in given
-                and "max_new_tokens" not in in_file):
-            raise
-        raise ConfigError("max_new_tokens", f"the --demo preset's {config.max_new_tokens} "
-                          f"must be below --seq-len {config.seq_len} so a prompt keeps a "
-                          f"token: give --max-new-tokens {config.seq_len // 2} (or any value "
-                          f"below {config.seq_len}), or a --seq-len above "
-                          f"{config.max_new_tokens}") from None
+    # a rule broken by a value the --demo preset set, not the user, says so
+    validate_with_preset(config, demo_config() if args.demo else None, {*given, *in_file})
     # config.json keeps absolute local paths: `--resume` may run from another directory
     return with_absolute_paths(config), args
 

@@ -583,6 +583,50 @@ def demo_config(**overrides: Any) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
+def validate_with_preset(config: RunConfig, preset: RunConfig | None, chosen: Iterable[str], *,
+                         require_models: bool = True) -> RunConfig:
+    """`config.validate()`, where a rule between two fields broken by a value of the --demo
+    preset (`preset`; None: no preset) names that value as the preset's and gives the fix, not
+    as a flag the user gave. `chosen`: the fields the user set (by flag, file or variable)."""
+    try:
+        return config.validate(require_models=require_models)
+    except ConfigError as exc:
+        if preset is None:
+            raise
+        picked = set(chosen)
+
+        def preset_s(name: str) -> bool:
+            return name not in picked and getattr(config, name) == getattr(preset, name)
+
+        better = _preset_refusal(exc.field, config, preset_s)
+        if better is None:
+            raise
+        raise ConfigError(exc.field, better) from None
+
+
+def _preset_refusal(field: str | None, config: RunConfig, preset_s: Any) -> str | None:
+    """The refusal of rule `field` where one side is the --demo preset's (`preset_s(name)`)."""
+    if field == "warmup_steps":
+        warmup, steps = config.warmup_steps, config.steps
+        if preset_s("warmup_steps") and not preset_s("steps"):
+            return (f"the --demo preset's {warmup} must be below --steps {steps}: give a "
+                    f"--warmup-steps below {steps} (0 for none), or --steps above {warmup}")
+        if preset_s("steps") and not preset_s("warmup_steps"):
+            return (f"must be below the --demo preset's steps ({steps}) (got {warmup}): give a "
+                    f"--warmup-steps below {steps}, or --steps above {warmup}")
+    if field == "max_new_tokens":
+        new, seq_len = config.max_new_tokens, config.seq_len
+        if preset_s("max_new_tokens") and not preset_s("seq_len"):
+            return (f"the --demo preset's {new} must be below --seq-len {seq_len} so a prompt "
+                    f"keeps a token: give --max-new-tokens {seq_len // 2} (or any value below "
+                    f"{seq_len}), or a --seq-len above {new}")
+        if preset_s("seq_len") and not preset_s("max_new_tokens"):
+            return (f"must be below the --demo preset's seq_len ({seq_len}) so a prompt keeps a "
+                    f"token (got {new}): give a --max-new-tokens below {seq_len}, or a --seq-len "
+                    f"above {new}")
+    return None
+
+
 def groups(items: Iterable[Field] = FIELDS) -> dict[str, list[Field]]:
     out: dict[str, list[Field]] = {}
     for f in items:

@@ -17,7 +17,8 @@ BAD_ARGS = [
     (["--demo", "--data", "/no/such/corpus.txt"], "--data: /no/such/corpus.txt does not exist"),
     (["--teacher", "org/m", "--student", "org/m", "--data", "."],
      "--student: is the same model as the teacher"),
-    (["--demo", "--warmup-steps", "600"], "--warmup-steps: must be below steps (500)"),
+    (["--demo", "--warmup-steps", "600"],  # 500: the preset's steps, named so
+     "--warmup-steps: must be below the --demo preset's steps (500) (got 600)"),
     (["--teacher", "demo://teacher"], "--student: is required"),
     (["--demo", "--teacher-dtype", "float4"], "--teacher-dtype: must be one of auto, float8"),
     (["--demo", "--student-matmuls", "bf8"], "--student-matmuls: must be one of auto, float8"),
