@@ -30,6 +30,7 @@ from kdengine.config import (
     demo_config,
     flag_of,
     load_config_file,
+    validate_with_preset,
 )
 from kdengine.events import LOG, RUN_STARTED
 from kdengine.verdict import CACHE_JOB, verdict_from_events
@@ -61,9 +62,13 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     """defaults < --demo < --config < KDTUI_<FIELD> env < flags; then the cross-field rules
     (require_models=False: an engine that takes no data field, such as apr distill)."""
     environ = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = demo_config().to_dict() if getattr(args, "demo", False) else {}
+    preset = demo_config() if getattr(args, "demo", False) else None
+    values: dict[str, Any] = preset.to_dict() if preset is not None else {}
+    chosen: set[str] = set()  # the fields the user set: a rule broken by the preset says so
     if getattr(args, "config", None):
-        values.update(load_config_file(Path(args.config)))
+        in_file = load_config_file(Path(args.config))
+        values.update(in_file)
+        chosen.update(in_file)
     try:
         config = RunConfig.from_mapping(values)
     except ConfigError as exc:  # a key of the file: named as the file spells it, not a --flag
@@ -71,13 +76,15 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     for f in FIELDS:  # one variable at a time: an error names the variable the user set
         var = f"KDTUI_{f.name.upper()}"
         if var in environ:
+            chosen.add(f.name)
             try:
                 config = config.with_values(**{f.name: environ[var]})
             except ConfigError as exc:
                 raise ConfigError(None, f"{var}: {exc.message}") from None
     given = {f.name: getattr(args, f.name) for f in FIELDS
              if getattr(args, f.name, None) is not None}
-    return config.with_values(**given).validate(require_models=require_models)
+    return validate_with_preset(config.with_values(**given), preset, chosen | set(given),
+                                require_models=require_models)
 
 
 class StagePrinter:
