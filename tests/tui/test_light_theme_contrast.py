@@ -1,0 +1,67 @@
+"""Text the eye has to read in each kdtui theme, measured as drawn: the form's Start button (its
+label was 4.2:1 on kdtui-light's green) and the stage tracker's rows (a running stage, in the
+accent colour, was 4.47:1 on kdtui-light's background)."""
+
+from __future__ import annotations
+
+import pytest
+from rich.color import Color
+from rich.style import Style
+
+from kdtui.app import KDApp
+from kdtui.widgets.run_panels import StageTracker
+
+THEMES = ("kdtui-dark", "kdtui-light", "kdtui-high-contrast")
+
+
+def _luminance(color: Color) -> float:
+    def channel(v: int) -> float:
+        c = v / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = color.get_truecolor()
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast(a: Color, b: Color) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def drawn_styles(app: KDApp, widget) -> set[Style]:
+    """The styles of the widget's non-blank cells as the screen draws them."""
+    strips = app.screen._compositor.render_strips()
+    region = widget.region
+    found = set()
+    for y in range(region.y, region.bottom):
+        x = 0
+        for seg in strips[y]:
+            if region.x <= x < region.right and seg.text.strip() and seg.style:
+                found.add(seg.style)
+            x += len(seg.text)
+    return found
+
+
+@pytest.mark.parametrize("theme", THEMES)
+async def test_the_start_buttons_label_reads_in_each_theme(runs_dir, wait_for, theme):
+    app = KDApp(runs_dir=runs_dir, theme=theme)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        await pilot.pause(0.2)
+        styles = drawn_styles(app, app.screen.query_one("#start"))
+        assert styles
+        for style in styles:
+            assert contrast(style.color, style.bgcolor) >= 4.5, (theme, str(style))
+
+
+@pytest.mark.parametrize("theme", THEMES)
+async def test_each_stage_state_reads_in_each_theme(runs_dir, wait_for, write_run, theme):
+    write_run(runs_dir / "staged", steps=40, upto=20, finished=False)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="staged", theme=theme)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query(StageTracker), 30)
+        tracker = app.screen.query_one(StageTracker)
+        background = tracker.rich_style.bgcolor
+        for state in ("pending", "running", "done", "failed", "skipped", "cancelled"):
+            color = tracker.get_component_rich_style(f"stage--{state}").color
+            assert contrast(color, background) >= 4.5, (theme, state, color, background)
