@@ -138,9 +138,9 @@ def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
         try:
             docs = _file_documents(file, name, text_field)
         except _BadFile as exc:
-            if on_bad_file == "fail":
-                raise ConfigError("data", f"{exc.where} {exc.reason}; {exc.fix}, or skip bad "
-                                  "files with --on-bad-file skip") from None
+            if on_bad_file == "fail":  # skipping the only file would leave nothing: not offered
+                skip = ", or skip bad files with --on-bad-file skip" if len(files) > 1 else ""
+                raise ConfigError("data", f"{exc.where} {exc.reason}; {exc.fix}{skip}") from None
             if skipped is not None:
                 skipped.append([name, f"{exc.where} {exc.reason}"])
             continue

@@ -223,9 +223,10 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
                         progress(len(writer.names), source.name)
             except BadRecord as exc:
                 if options.on_bad_file == "fail":
-                    # a template that cannot render the record: offered only where skipping
-                    # leaves a file it renders (one that raises on every record renders none)
-                    helps = (not exc.message.startswith(TEMPLATE_FAILS) or mark[0] > 0
+                    # skipping is offered only where it leaves a file to train on: an earlier
+                    # one's examples, or a later one whose first record encodes (not the only
+                    # file, nor a template that raises on every record)
+                    helps = (mark[0] > 0
                              or _any_renders(sources[index + 1:], tokenizer, template, options))
                     raise ConfigError("data", f"{_at_path(exc.where, source, spec)}: "
                                       f"{exc.message}" + (" (skip bad files with --on-bad-file "
@@ -254,7 +255,6 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     return len(writer.names)
 
 
-TEMPLATE_FAILS = ("the chat template cannot render it", "the chat template renders it as no")
 PROBED_SOURCES = 64  # files whose first record _any_renders tries before it assumes one would
 
 

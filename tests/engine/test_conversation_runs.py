@@ -185,7 +185,9 @@ def test_check_names_a_bad_messages_line(models: dict[str, str], tmp_path: Path)
     rows = [{"messages": chat(i)} for i in range(40)]
     rows[17] = {"messages": [{"role": "robot", "content": "beep"}]}
     line = refusal(train(models, write_jsonl(tmp_path / "chats.jsonl", rows), None, check=True))
-    assert "chats.jsonl:18" in line and "robot" in line and "--on-bad-file skip" in line
+    assert "chats.jsonl:18" in line and "robot" in line
+    # the only file: skipping it would leave nothing, so skipping is not offered
+    assert "--on-bad-file" not in line, line
 
 
 def test_a_bad_file_fails_the_check_or_is_skipped_and_named_in_the_data_stage(
@@ -197,6 +199,7 @@ def test_a_bad_file_fails_the_check_or_is_skipped_and_named_in_the_data_stage(
                                        "{not json\n")
     line = refusal(train(models, data, None, check=True))
     assert "broken.jsonl:2" in line and "not JSON" in line
+    assert line.endswith("(skip bad files with --on-bad-file skip)"), line  # chats.jsonl left
     assert train(models, data, None, "--on-bad-file", "skip", check=True).returncode == 0
     stage = distils_to_a_verdict(models, data, tmp_path / "run", "--on-bad-file", "skip")
     assert stage["examples"] == 160 and stage["skipped_files"] == 1

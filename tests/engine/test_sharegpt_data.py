@@ -117,5 +117,5 @@ def test_an_unknown_from_is_one_line_naming_the_record_the_value_and_the_known_o
                    DataOptions(), tmp_path / "cache")
     assert str(caught.value) == (
         f"data: {path}:2: conversations[2] has from 'bard'; ShareGPT's from values are "
-        "human, user, gpt, assistant, system, tool, function_call, observation (skip bad "
-        "files with --on-bad-file skip)")
+        "human, user, gpt, assistant, system, tool, function_call, observation")  # the only
+    # file: skipping it leaves nothing, so --on-bad-file skip is not offered
