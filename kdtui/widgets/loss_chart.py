@@ -92,7 +92,9 @@ class EMA:
 
 
 SERIES = ("loss", "kd", "ce")
-COLORS = {"loss": "cyan", "kd": "magenta", "ce": "green", "val_loss": "orange"}
+# val loss in the compare chart's orange (256-colour 166): plotext's "orange" is the terminal
+# palette's yellow, 2.6:1 on kdtui-light's chart (the points hard to see)
+COLORS: dict[str, str | int] = {"loss": "cyan", "kd": "magenta", "ce": "green", "val_loss": 166}
 # epoch-end points: yellow reads well on a dark background, not on a light one
 EPOCH_COLOR = {True: "yellow", False: "blue"}
 EPOCH_LABEL = "epoch loss"

@@ -65,3 +65,30 @@ async def test_each_stage_state_reads_in_each_theme(runs_dir, wait_for, write_ru
         for state in ("pending", "running", "done", "failed", "skipped", "cancelled"):
             color = tracker.get_component_rich_style(f"stage--{state}").color
             assert contrast(color, background) >= 4.5, (theme, state, color, background)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+async def test_the_loss_charts_val_loss_points_show_in_each_theme(runs_dir, wait_for, write_run,
+                                                                 theme):
+    # plotext's "orange" is the terminal palette's yellow: 2.8:1 on kdtui-light's white chart,
+    # under the 3:1 a mark needs to be seen
+    from kdtui.widgets.loss_chart import LossChart
+
+    write_run(runs_dir / "evals", steps=200)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="evals", theme=theme)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query(LossChart)
+                       and "val_loss" in app.screen.query_one(LossChart).legend, 30)
+        await pilot.pause(0.5)
+        chart = app.screen.query_one(LossChart)
+        strips = app.screen._compositor.render_strips()
+        marks = set()
+        for y in range(chart.region.y, chart.region.bottom):
+            x = 0
+            for seg in strips[y]:
+                if chart.region.x <= x < chart.region.right and "●" in seg.text:
+                    marks.add(seg.style)
+                x += len(seg.text)
+        assert marks
+        for style in marks:
+            assert contrast(style.color, style.bgcolor) >= 3.0, (theme, str(style))
