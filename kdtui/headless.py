@@ -618,6 +618,8 @@ def runs_layouts(entries: list[Any], by_name: str) -> Any:
     header = ("RUN", "HOST", "STATE", "VERDICT", "STARTED (UTC)", "REATTACH")
     for short_start, short_reattach in ((False, False), (True, False), (True, True)):
         yield header, [cells(e, short_start, short_reattach) for e in entries], ""
-    footer = f"reattach: kdtui watch RUN{by_name} (a dispatch that failed: see its dispatch.json)"
+    failed = any(e.info is None and e.status == "dispatch failed" for e in entries)
+    footer = f"reattach: kdtui watch RUN{by_name}" + \
+        (" (a dispatch that failed: see its dispatch.json)" if failed else "")
     yield header[:-1], [cells(e, True, None) for e in entries], footer
     yield header[:-2], [cells(e, True, None)[:-1] for e in entries], footer
