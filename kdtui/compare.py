@@ -304,7 +304,9 @@ def table_rows(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]]]
     for s in summaries:
         report = s.report
         verdict = s.verdict()
-        status = verdict.status.upper() if s.kept else "–"
+        # no run_finished yet: a run still going has no verdict (INCONCLUSIVE read as an end)
+        ended = any(e.get("type") == "run_finished" for e in s.kept)
+        status = verdict.status.upper() if ended else "–"
         if report.warnings:
             status += " ⚠"
         rows.append([
