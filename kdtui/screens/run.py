@@ -713,8 +713,20 @@ class RunScreen(Screen):
                 self.notify("SIGTERM sent: the engine ends the run as cancelled", timeout=5)
 
         self.app.push_screen(ConfirmScreen(
-            f"Stop run {handle.run_id}?", "The engine gets SIGTERM, saves nothing more, and "
-            "records the run as cancelled.", yes="Stop the run", no="Keep it going"), decided)
+            f"Stop run {handle.run_id}?", self._stop_words(handle), yes="Stop the run",
+            no="Keep it going"), decided)
+
+    def _stop_words(self, handle: Any) -> str:
+        """What a cancel does to this run (the engine's cancel, docs/dashboard.md): a training
+        run ends after its current step with a checkpoint of it (one process; torchrun's ranks
+        keep their periodic ones); apr and a cache job are only said to stop."""
+        from kdtui.widgets.cache_job import CacheJobPanel
+
+        if hasattr(handle, "link") or self.query(CacheJobPanel):  # apr; a teacher-cache job
+            return "It gets SIGTERM and stops; the run is recorded as cancelled."
+        return ("The engine gets SIGTERM: it ends after its current step, saves a checkpoint "
+                "of it (under torchrun: its last periodic one stays) for `kdtui resume`, and "
+                "records the run as cancelled.")
 
     def action_resume(self) -> None:
         from kdtui.launch.resume import no_resume_line
