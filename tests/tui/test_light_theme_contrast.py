@@ -36,7 +36,8 @@ def drawn_styles(app: KDApp, widget) -> set[Style]:
     for y in range(region.y, region.bottom):
         x = 0
         for seg in strips[y]:
-            if region.x <= x < region.right and seg.text.strip() and seg.style:
+            text = seg.text.strip(" ▔▁▏▕▎▊")  # a button's half-block edges are no text
+            if region.x <= x < region.right and text and seg.style:
                 found.add(seg.style)
             x += len(seg.text)
     return found
@@ -92,3 +93,28 @@ async def test_the_loss_charts_val_loss_points_show_in_each_theme(runs_dir, wait
         assert marks
         for style in marks:
             assert contrast(style.color, style.bgcolor) >= 3.0, (theme, str(style))
+
+
+@pytest.mark.parametrize("theme", THEMES)
+async def test_the_dialogs_button_labels_read_in_each_theme(runs_dir, wait_for, theme):
+    # the Quit dialog's "Stop it" (an error button) was 3.1:1 on kdtui-high-contrast's red
+    from textual.widgets import Button
+
+    from kdtui.screens.dialogs import ConfirmScreen, QuitScreen
+
+    app = KDApp(runs_dir=runs_dir, theme=theme)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.form_ready, 30)
+        for dialog in (QuitScreen(["kd-20261130-080739"]),
+                       ConfirmScreen("Stop run r?", "body", yes="Stop the run", no="Keep it")):
+            app.push_screen(dialog)
+            await wait_for(pilot, lambda d=dialog: app.screen is d, 10)
+            app.set_focus(None)  # each button as it looks unfocused
+            await pilot.pause(0.3)
+            for button in app.screen.query(Button):
+                for style in drawn_styles(app, button):
+                    if style.color is not None and style.bgcolor is not None:
+                        assert contrast(style.color, style.bgcolor) >= 4.5, \
+                            (theme, str(button.label), str(style))
+            app.pop_screen()
+            await pilot.pause()
