@@ -1,6 +1,7 @@
 """Text the eye has to read in each kdtui theme, measured as drawn: the form's Start button (its
-label was 4.2:1 on kdtui-light's green) and the stage tracker's rows (a running stage, in the
-accent colour, was 4.47:1 on kdtui-light's background)."""
+label was 4.2:1 on kdtui-light's green), the stage tracker's rows (a running stage, in the
+accent colour, was 4.47:1 on kdtui-light's background), the loss chart's val loss points and
+the dialogs' buttons ('Stop it' was 3.1:1 on kdtui-high-contrast's red)."""
 
 from __future__ import annotations
 
