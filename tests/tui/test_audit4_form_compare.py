@@ -5,6 +5,7 @@ differ, and the chart's title says why; runs that share their objective keep tra
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ import pytest
 from kdtui.app import KDApp
 from kdtui.compare import CompareTarget, load_summary
 from kdtui.widgets.compare_chart import CompareChart
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from contrast import contrast  # noqa: E402
 
 T0 = 1_760_000_000.0
 
@@ -131,16 +135,6 @@ async def test_chart_legend_hides_no_point_of_the_curves(runs_dir, size):
         assert table == f"■ {names[0]}"
 
 
-def _contrast(a, b) -> float:
-    def lum(c) -> float:
-        def ch(v: int) -> float:
-            v /= 255
-            return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
-        return 0.2126 * ch(c.red) + 0.7152 * ch(c.green) + 0.0722 * ch(c.blue)
-    hi, lo = sorted((lum(a), lum(b)), reverse=True)
-    return (hi + 0.05) / (lo + 0.05)
-
-
 @pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light"])
 async def test_each_run_has_one_colour_in_the_chart_its_legend_and_the_table(runs_dir, theme):
     # plotext's "orange" is ANSI 3 (the table drew dark_orange, 208), plotext has no "yellow"
@@ -164,7 +158,7 @@ async def test_each_run_has_one_colour_in_the_chart_its_legend_and_the_table(run
         assert legend == [r[0] for r in rows]
         assert None not in legend and len(set(legend)) == 8  # eight runs, eight colours
         background = app.screen.query_one("#compare-chart").rich_style.bgcolor.get_truecolor()
-        assert min(_contrast(c, background) for c in legend) >= 3.0
+        assert min(contrast(c, background) for c in legend) >= 3.0
 
 
 async def test_help_over_compare_says_how_to_reach_the_columns_that_do_not_fit(runs_dir):

@@ -4,12 +4,18 @@ theme: the button bar whole above the footer, placeholders that say what an empt
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from textual.color import Color
 from textual.widgets import Button, Footer, Input
 
 from kdtui.app import KDApp
 from kdtui.screens.launch import FieldInput
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from contrast import contrast  # noqa: E402
 
 SIZES = [(80, 24), (120, 40)]
 THEMES = ["kdtui-dark", "kdtui-light", "ansi-dark"]
@@ -65,19 +71,6 @@ async def test_every_placeholder_says_something_and_fits_its_field_at_80_columns
             assert "kd-" in form.query_one("#field-run_name", Input).placeholder
 
 
-def _luminance(color: Color) -> float:
-    def channel(c: int) -> float:
-        c /= 255
-        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-    return 0.2126 * channel(color.r) + 0.7152 * channel(color.g) + 0.0722 * channel(color.b)
-
-
-def _contrast(a: Color, b: Color) -> float:
-    """WCAG contrast ratio of two opaque colours."""
-    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
-    return (hi + 0.05) / (lo + 0.05)
-
-
 @pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "kdtui-high-contrast"])
 async def test_group_title_rule_shows_in_each_theme(runs_dir, theme):
     # $panel-lighten-2 was white on kdtui-light's near-white background (1.06:1): no rule
@@ -87,7 +80,7 @@ async def test_group_title_rule_shows_in_each_theme(runs_dir, theme):
         title = form.query(".group-title").first()
         _, rule = title.styles.border_bottom
         behind = title.background_colors[1]
-        assert _contrast(behind + rule, behind) >= 1.8, (theme, rule, behind)
+        assert contrast(behind + rule, behind) >= 1.8, (theme, rule, behind)
 
 
 def _cell_colors(app, y: int) -> list[Color]:
@@ -117,7 +110,7 @@ async def test_a_switch_shows_against_the_form_off_and_on(runs_dir, theme):
             region = switch.region
             row = _cell_colors(app, region.y)
             around = row[region.right + 2]  # the form beside the switch
-            best = max(_contrast(around, c) for c in row[region.x:region.right])
+            best = max(contrast(around, c) for c in row[region.x:region.right])
             assert best >= 3.0, (theme, on, best)
 
 

@@ -4,7 +4,9 @@ ctrl+r is told so instead of starting the check again; a refused start gives the
 
 from __future__ import annotations
 
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from textual.color import Color
@@ -13,6 +15,9 @@ from textual.widgets import Button, Input, Switch
 from kdtui.app import KDApp
 from kdtui.launch.local import LocalLauncher
 from kdtui.screens.dialogs import PlanScreen
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from contrast import contrast  # noqa: E402
 
 START_LABEL = "Start (ctrl+r)"
 
@@ -24,16 +29,6 @@ async def _form(pilot):
     return pilot.app.screen
 
 
-def _contrast(a: Color, b: Color) -> float:
-    def lum(c: Color) -> float:
-        def ch(v: int) -> float:
-            v /= 255
-            return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
-        return 0.2126 * ch(c.r) + 0.7152 * ch(c.g) + 0.0722 * ch(c.b)
-    hi, lo = sorted((lum(a), lum(b)), reverse=True)
-    return (hi + 0.05) / (lo + 0.05)
-
-
 def _label_contrast(app, button: Button) -> float:
     """The lowest contrast of the button's label as drawn (glyph colour on its background)."""
     region = button.region
@@ -43,7 +38,7 @@ def _label_contrast(app, button: Button) -> float:
         for ch in seg.text:
             if region.x <= x < region.right and ch.strip():
                 style = seg.style
-                worst = min(worst, _contrast(Color.from_rich_color(style.color),
+                worst = min(worst, contrast(Color.from_rich_color(style.color),
                                              Color.from_rich_color(style.bgcolor)))
             x += 1
     return worst

@@ -5,30 +5,19 @@ kdtui-light, 2.7:1 on kdtui-dark and 3.0:1 on kdtui-high-contrast."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from rich.color import Color
 
 from kdtui.app import KDApp
 from kdtui.compare import CompareTarget
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from contrast import contrast  # noqa: E402
+
 THEMES = ("kdtui-dark", "kdtui-light", "kdtui-high-contrast")
 ANSI_THEMES = ("ansi-dark", "ansi-light")
-
-
-def _luminance(color: Color) -> float:
-    def channel(v: int) -> float:
-        c = v / 255
-        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-
-    r, g, b = color.get_truecolor()
-    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
-
-
-def contrast(a: Color, b: Color) -> float:
-    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
-    return (hi + 0.05) / (lo + 0.05)
 
 
 def title_styles(app: KDApp) -> dict[str, set]:

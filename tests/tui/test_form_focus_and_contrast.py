@@ -5,27 +5,18 @@ where the keys go; an empty field's placeholder says what empty means, so it mus
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
-from rich.color import Color
 from textual.widgets import Input, Label
 
 from kdtui.app import KDApp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from contrast import contrast  # noqa: E402
+
 THEMES = ("kdtui-dark", "kdtui-light", "kdtui-high-contrast")
-
-
-def _luminance(color: Color) -> float:
-    def channel(v: int) -> float:
-        c = v / 255
-        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-
-    r, g, b = color.get_truecolor()
-    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
-
-
-def contrast(a: Color, b: Color) -> float:
-    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
-    return (hi + 0.05) / (lo + 0.05)
 
 
 def _label(form, name: str) -> Label:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from kdtui.screens.run import RunScreen
 from kdtui.widgets.gauges import GaugeRow
 from kdtui.widgets.loss_chart import LossChart
 from kdtui.widgets.run_panels import RunProgress, StageTracker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from contrast import contrast  # noqa: E402
 
 SIZES = [(80, 24), (120, 40)]
 GIB = 1 << 30
@@ -169,20 +173,6 @@ async def test_a_failed_launch_offers_no_stop_run(wait_for):
         assert "Stop run" not in _footer_text(app.screen)
 
 
-def _contrast(a: Color, b: Color) -> float:
-    """WCAG's contrast ratio of two colours (4.5: normal text reads)."""
-    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
-    return (high + 0.05) / (low + 0.05)
-
-
-def _luminance(color: Color) -> float:
-    def channel(c: int) -> float:
-        c = c / 255
-        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-    r, g, b = color.rgb
-    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
-
-
 @pytest.mark.parametrize("theme", ["kdtui-dark", "kdtui-light", "kdtui-high-contrast"])
 async def test_the_legend_labels_are_readable_in_every_theme(runs_dir, wait_for, write_run,
                                                             theme):
@@ -201,7 +191,7 @@ async def test_the_legend_labels_are_readable_in_every_theme(runs_dir, wait_for,
         for seg in labels:
             fg = Color.from_rich_color(seg.style.color)
             bg = Color.from_rich_color(seg.style.bgcolor)
-            assert _contrast(fg, bg) >= 4.5, (theme, seg)
+            assert contrast(fg, bg) >= 4.5, (theme, seg)
 
 
 async def test_an_ended_run_never_offers_stop_run_not_even_before_its_events(
