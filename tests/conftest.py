@@ -334,6 +334,28 @@ def write_nan_student(inputs: dict[str, str]) -> str:
     return str(broken)
 
 
+@pytest.fixture(name="write_complete_cache")
+def write_complete_cache_fixture() -> Callable[..., list[str]]:
+    return write_complete_cache
+
+
+def write_complete_cache(inputs: dict[str, str], job_dir: Path, *,
+                         copied: bool = True) -> list[str]:
+    """A complete teacher cache (top-4 targets) of the tiny teacher and data in `job_dir`,
+    written by the real `kdengine cache-teacher`; `copied`: as a cache copied in from elsewhere
+    (its files, not its writer's events.jsonl and launch.log). Returns its shards' names."""
+    written = subprocess.run(
+        [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher", inputs["teacher"],
+         "--data", inputs["data"], "--seq-len", "32", "--device", "cpu", "--dtype", "float32",
+         "--top-k", "4", "--cache-targets", "topk", "--out", str(job_dir)],
+        capture_output=True, text=True, timeout=300)
+    assert written.returncode == 0, written.stderr
+    if copied:
+        for name in ("events.jsonl", "launch.log"):
+            (job_dir / name).unlink(missing_ok=True)
+    return sorted(p.name for p in job_dir.glob("shard-*"))
+
+
 TINY_TEXT = "\n".join(
     f"def function_{i}(x):\n    return x * {i} + {i % 7}  # line {i}\n" for i in range(400))
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -44,19 +42,12 @@ def test_a_k_beyond_the_vocab_is_refused_at_check_naming_cache_top_k(remote_env,
     assert not (remote_env["work"] / "runs" / "rcache-k").exists()
 
 
-def test_the_check_stage_reads_a_complete_cache_from_the_engines_json(remote_env,
-                                                                      tiny_run_inputs):
+def test_the_check_stage_reads_a_complete_cache_from_the_engines_json(
+        remote_env, tiny_run_inputs, write_complete_cache):
     # a cache written elsewhere and copied into the job's dir on the host (its files, not the
     # writer's events): the check finds it complete
     job_dir = remote_env["work"] / "runs" / "rcache-copied"
-    written = subprocess.run(
-        [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
-         tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
-         "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--cache-targets", "topk",
-         "--out", str(job_dir)], capture_output=True, text=True, timeout=300)
-    assert written.returncode == 0, written.stderr
-    for name in ("events.jsonl", "launch.log"):
-        (job_dir / name).unlink(missing_ok=True)
+    write_complete_cache(tiny_run_inputs, job_dir)
     updates: list = []
 
     async def dispatch() -> None:

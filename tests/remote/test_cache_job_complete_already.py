@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -23,18 +21,10 @@ from kdtui.launch.cache_remote import RemoteCacheLauncher
 pytestmark = pytest.mark.ssh
 
 
-def test_a_dispatch_onto_a_complete_cache_ends_as_a_complete_job(remote_env,
-                                                                 tiny_run_inputs) -> None:
+def test_a_dispatch_onto_a_complete_cache_ends_as_a_complete_job(
+        remote_env, tiny_run_inputs, write_complete_cache) -> None:
     job_dir = remote_env["work"] / "runs" / "rcache-done"
-    written = subprocess.run(
-        [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
-         tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
-         "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--cache-targets", "topk",
-         "--out", str(job_dir)], capture_output=True, text=True, timeout=300)
-    assert written.returncode == 0, written.stderr
-    for name in ("events.jsonl", "launch.log"):  # a cache copied in: its files, no events
-        (job_dir / name).unlink(missing_ok=True)
-    shards = sorted(p.name for p in job_dir.glob("shard-*"))
+    shards = write_complete_cache(tiny_run_inputs, job_dir)  # copied in: its files, no events
     updates: list = []
 
     async def dispatch() -> None:

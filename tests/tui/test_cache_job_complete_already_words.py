@@ -9,8 +9,6 @@ launch stage)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,14 +18,10 @@ from kdtui.launch.cache import LocalCacheLauncher
 from kdtui.launch.cache_job import CacheOptions, launch_ended_note
 
 
-def test_a_complete_cache_is_complete_already_in_every_stage(tiny_run_inputs, runs_dir: Path):
+def test_a_complete_cache_is_complete_already_in_every_stage(
+        tiny_run_inputs, runs_dir: Path, write_complete_cache):
     job_dir = runs_dir / "cache-done"
-    written = subprocess.run(
-        [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
-         tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
-         "--device", "cpu", "--dtype", "float32", "--top-k", "4", "--cache-targets", "topk",
-         "--out", str(job_dir)], capture_output=True, text=True, timeout=300)
-    assert written.returncode == 0, written.stderr
+    write_complete_cache(tiny_run_inputs, job_dir, copied=False)
     config = RunConfig.from_mapping(dict(teacher=tiny_run_inputs["teacher"],
                                          data=tiny_run_inputs["data"], seq_len=32,
                                          device="cpu", dtype="float32", run_name="cache-done"))
