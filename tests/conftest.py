@@ -300,6 +300,16 @@ def write_chat_tokenizer(directory: Path, template: str = PLAIN_CHATML) -> Path:
     return directory
 
 
+def write_chat_pair(root: Path) -> tuple[Path, Path]:
+    """A tiny teacher (32 wide) and student (16 wide), one block each, with a ChatML template:
+    the conversation tests' pair, under `root`."""
+    teacher = write_chat_tokenizer(write_tiny_model(root / "teacher", hidden=32, layers=1,
+                                                    seed=1))
+    student = write_chat_tokenizer(write_tiny_model(root / "student", hidden=16, layers=1,
+                                                    seed=2))
+    return teacher, student
+
+
 def write_tiny_model(directory: Path, *, hidden: int, layers: int, seed: int,
                      vocab: int = 257) -> Path:
     """A real HF-layout Llama-family checkpoint (config.json, model.safetensors, tokenizer)."""

@@ -23,13 +23,10 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny teacher and student with a ChatML template, and chat data whose records carry
     the same conversation as `messages` and as `dialog` (read either way)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import write_chat_tokenizer, write_tiny_model
+    from conftest import write_chat_pair
 
     root = tmp_path_factory.mktemp("audit5-chat-cache")
-    teacher = write_chat_tokenizer(write_tiny_model(root / "teacher", hidden=32, layers=1,
-                                                    seed=1))
-    student = write_chat_tokenizer(write_tiny_model(root / "student", hidden=16, layers=1,
-                                                    seed=2))
+    teacher, student = write_chat_pair(root)
     data = root / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": conversation(i),
                                         "dialog": conversation(i)}) + "\n"

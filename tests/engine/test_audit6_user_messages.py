@@ -25,13 +25,10 @@ RAISES_ON_BAD = ("{% for m in messages %}{% if m.content == 'bad' %}"
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny teacher and student with a ChatML template, and small data sets."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import write_chat_tokenizer, write_tiny_model
+    from conftest import write_chat_pair, write_chat_tokenizer, write_tiny_model
 
     root = tmp_path_factory.mktemp("audit6")
-    teacher = write_chat_tokenizer(write_tiny_model(root / "teacher", hidden=32, layers=1,
-                                                    seed=1))
-    student = write_chat_tokenizer(write_tiny_model(root / "student", hidden=16, layers=1,
-                                                    seed=2))
+    teacher, student = write_chat_pair(root)
     strict = write_chat_tokenizer(write_tiny_model(root / "strict", hidden=16, layers=1,
                                                    seed=3), RAISES_ON_BAD)
     four = root / "four.jsonl"  # 4 pairs: 2 train rows and 1 held out at seq_len 64
