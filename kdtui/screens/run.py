@@ -475,6 +475,7 @@ class RunScreen(Screen):
             self._show_end(str(state.finished.get("status") or "finished"))
             if progress.ranks is not None and not progress.ranks.ended:
                 progress.ranks_ended(state.finished)
+            progress.end_at(state.finished.get("steps"))  # a cut between two logged steps
         progress.refresh_view(finished=finished)
         panel = self.query_one(VerdictPanel)
         if finished:

@@ -359,6 +359,12 @@ class RunProgress(Widget):
             if len(self._marks) > 50:
                 del self._marks[: len(self._marks) - 50]
 
+    def end_at(self, steps: object) -> None:
+        """run_finished's `steps`: the last step trained, which a run that logs every N steps
+        (or was cancelled between two logged steps) may not have shown in a step event."""
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps > self.step:
+            self.step = steps
+
     def expect_epochs(self, epochs: int | None) -> None:
         """The run was asked for this many epochs (known before its first epoch ends)."""
         if isinstance(epochs, int) and epochs > 0:
