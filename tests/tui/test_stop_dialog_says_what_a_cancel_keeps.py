@@ -25,3 +25,17 @@ async def test_the_stop_dialog_says_the_cancel_saves_a_checkpoint(runs_dir, wait
         assert "checkpoint" in body and "cancelled" in body, body
         await pilot.press("escape")  # (never the yes: the 'engine' here is this test's process)
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10)
+
+
+async def test_the_quit_dialog_says_stopping_keeps_a_checkpoint() -> None:
+    # ctrl+q with a run going offers 'Stop it': it said only that the run is recorded cancelled
+    from textual.app import App
+
+    from kdtui.screens.dialogs import QuitScreen
+
+    app = App()
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.push_screen(QuitScreen(["kd-1"]))
+        await pilot.pause(0.1)
+        body = str(app.screen.query_one(".dialog-body", Static).render())
+        assert "checkpoint" in body and "kdtui resume" in body and "cancelled" in body, body
