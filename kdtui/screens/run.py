@@ -475,7 +475,10 @@ class RunScreen(Screen):
             self._show_end(str(state.finished.get("status") or "finished"))
             if progress.ranks is not None and not progress.ranks.ended:
                 progress.ranks_ended(state.finished)
-            progress.end_at(state.finished.get("steps"))  # a cut between two logged steps
+            if state.finished.get("status") in ("completed", "cancelled"):
+                # the last step trained, cut between two logged ones (a failed run's `steps`
+                # is the step it failed in, not one it trained)
+                progress.end_at(state.finished.get("steps"))
         progress.refresh_view(finished=finished)
         panel = self.query_one(VerdictPanel)
         if finished:

@@ -220,7 +220,8 @@ def test_the_documented_demo_command_passes_its_check(engine_cmd, tmp_path) -> N
     bad = subprocess.run([*engine_cmd, *argv, "--max-new-tokens", str(config["seq_len"]),
                           "--check"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
-    assert "--max-new-tokens: must be below seq_len" in bad.stderr
+    # the seq_len is the --demo preset's, so it is named as such (validate_with_preset)
+    assert "--max-new-tokens: must be below the --demo preset's seq_len" in bad.stderr
 
 
 def test_more_eval_prompts_than_the_held_out_data_has_is_said_not_silent(

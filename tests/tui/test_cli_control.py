@@ -155,7 +155,8 @@ def test_cancel_refuses_a_timeout_that_is_not_positive(runs_dir):
     assert "--timeout must be a number of seconds > 0" in done.stderr
 
 
-def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir, write_run):
+def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir, write_run,
+                                                                       monkeypatch):
     empty = kdtui("--runs-dir", str(runs_dir), "runs", "--plain")
     assert (empty.returncode, empty.stdout) == (0, "")
     older = write_run(runs_dir / "older", steps=50)  # finished, as the engine leaves it
@@ -170,7 +171,10 @@ def test_runs_plain_lists_newest_first_and_prints_nothing_without_runs(runs_dir,
         ["newer", "local", "stopped", "10/40", "inconclusive", "2025-10-09T08:53:20Z"],
         ["older", "local", "completed", "50/50", "pass", "2025-10-09T07:53:20Z"],
     ]
-    # the same runs, in the same order, for people: padded columns and how to come back
+    # the same runs, in the same order, for people: padded columns and how to come back, on a
+    # terminal wide enough for every column whatever this machine's temp paths (narrower ones:
+    # tests/tui/test_runs_command_width.py)
+    monkeypatch.setenv("COLUMNS", "400")
     table = kdtui("--runs-dir", str(runs_dir), "runs")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
