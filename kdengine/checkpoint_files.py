@@ -79,11 +79,30 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _complete(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first (kdengine.checkpoint.complete_checkpoints,
+    without torch): step-N directories whose meta.json, written last, exists."""
+    return sorted(p.parent for p in (Path(run_dir) / "checkpoints").glob(f"step-*/{META}"))
+
+
+def one_process_checkpoint(run_dir: Path) -> Path | None:
+    """The run's latest complete checkpoint when a one-process run wrote it (safetensors, not
+    torchrun's DCP shards), else None."""
+    done = _complete(run_dir)
+    if not done:
+        return None
+    try:
+        meta = json.loads((done[-1] / META).read_text())
+    except (OSError, ValueError):
+        return None  # damaged: latest_checkpoint_refusal says so
+    return None if isinstance(meta, dict) and meta.get(SHARDED_MARK) else done[-1]
+
+
 def latest_checkpoint_refusal(run_dir: Path, prog: str = "kdengine") -> str | None:
     """Why `--resume RUN_DIR` cannot continue from the run's latest complete checkpoint (it is
     damaged), with the fix: delete it to continue from the one before, or start the run again
     when it was the only one; None when it reads whole or there is none."""
-    done = sorted(p.parent for p in (Path(run_dir) / "checkpoints").glob(f"step-*/{META}"))
+    done = _complete(run_dir)
     if not done:
         return None
     latest = done[-1]

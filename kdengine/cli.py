@@ -133,6 +133,14 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
     damaged = latest_checkpoint_refusal(run_dir, PROG)  # found now, not after the models load
     if damaged:
         raise ConfigError("resume", damaged)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from kdengine.checkpoint_files import one_process_checkpoint
+
+        latest = one_process_checkpoint(run_dir)
+        if latest is not None:  # torchrun's ranks read DCP shards only (kdengine.distributed)
+            raise ConfigError("resume", f"{latest} was written by a one-process run; resume it "
+                              f"with one process (`{PROG} train --resume {run_dir}`), not "
+                              "under torchrun")
 
 
 LOCK_FILE = "engine.lock"
@@ -374,8 +382,34 @@ def _main(argv: list[str] | None) -> int:
         return COMMANDS[command](rest)
     except ConfigError as exc:
         flag = flag_of(exc.field) if exc.field and exc.field != "config" else exc.field
-        print(f"{PROG} {command}: error: {flag}: {exc.message}", file=sys.stderr)
+        _say_refusal(f"{PROG} {command}: error: {flag}: {exc.message}")
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
+        _say_refusal(f"{PROG} {command}: error: {exc}")
         return EXIT_USAGE
+
+
+# How long a torchrun rank other than its node's first waits, once it has refused the run, for
+# torchrun to end it: torchrun polls its workers every 0.1 s (--monitor-interval) and stops them
+# all once one has exited
+OTHER_RANK_REFUSAL_WAIT_S = 10.0
+
+
+def _say_refusal(line: str) -> None:
+    """Bad input's one line on stderr. Under torchrun every rank refuses the same run the same
+    way (the same flags, files and checks), and 8 GPUs would print the same line 8 times: the
+    first rank of each node says it, and every other rank waits for torchrun to end it, which
+    it does as soon as that first rank has exited. A rank still here after the wait refused on
+    its own (its first rank did not), and says so."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" and \
+            int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        import signal
+
+        from kdengine.stop import early_signal
+
+        if early_signal():  # torchrun already stopped this rank: its first rank has spoken
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun's stop ends it here, as a kill
+            signal.signal(sig, signal.SIG_DFL)
+        time.sleep(OTHER_RANK_REFUSAL_WAIT_S)
+    print(line, file=sys.stderr, flush=True)

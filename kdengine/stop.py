@@ -47,6 +47,11 @@ def _note_early(signum: int, frame: Any) -> None:
     _early["received"] = signal.Signals(signum).name
 
 
+def early_signal() -> str | None:
+    """The name of a SIGINT/SIGTERM caught before a StopSignals took over (catch_early), if any."""
+    return _early["received"]
+
+
 def catch_early() -> None:
     """Remember SIGINT/SIGTERM until a StopSignals takes over (main thread only)."""
     for sig in STOP_SIGNALS:
