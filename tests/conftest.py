@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,13 @@ def _one_line_refusal(done: subprocess.CompletedProcess[str], command: str, said
     return lines[0]
 
 
+def one_line_in_process(capsys: pytest.CaptureFixture[str], code: int, command: str) -> str:
+    """The same promise for `kdengine.cli.main` called in this process: its exit `code`, what
+    `capsys` caught; returns the line."""
+    out = capsys.readouterr()
+    return _one_line_refusal(subprocess.CompletedProcess([], code, out.out, out.err), command, "")
+
+
 @pytest.fixture
 def one_line_refusal() -> Callable[[subprocess.CompletedProcess[str], str, str], str]:
     """one_line_refusal(done, command, said): the refusal's line, checked (_one_line_refusal)."""
@@ -216,22 +223,39 @@ def a_file(tmp_path: Path) -> Path:
     return path
 
 
-def put_dataset_in_hub_cache(cache: Path, repo_id: str, files: dict[str, str]) -> None:
-    """huggingface_hub's cache layout of a downloaded dataset repo (blobs by sha256, snapshot
-    symlinks, refs/main): the engine finds it through snapshot_download, never by path."""
+def put_in_hub_cache(cache: Path, repo_id: str,
+                     files: Mapping[str, str | bytes] | Path | Iterable[Path], *,
+                     kind: str = "model") -> str:
+    """Lay `files` out as huggingface_hub's cache holds a downloaded repo (its documented
+    layout: blobs by sha256, snapshots/<commit>/ symlinks, refs/main) under `cache` (HF_HOME/hub);
+    returns the commit. `files`: {path in the repo: content}, a directory (its files), or
+    files. `kind`: "model" or "dataset". Test-side only: the engine never builds or guesses
+    these paths, it asks snapshot_download."""
     import hashlib
 
-    repo = cache / ("datasets--" + repo_id.replace("/", "--"))
+    if isinstance(files, Path):
+        files = sorted(p for p in files.iterdir() if p.is_file())
+    contents = (dict(files) if isinstance(files, Mapping)
+                else {path.name: path.read_bytes() for path in files})
+    repo = cache / f"{kind}s--{repo_id.replace('/', '--')}"
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    for name, text in files.items():
-        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+    for name, content in contents.items():
+        data = content.encode() if isinstance(content, str) else content
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_text(text)
+        blob.write_bytes(data)
         link = repo / "snapshots" / commit / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir()
+    (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+@pytest.fixture
+def hub_cache_layout() -> Callable[..., str]:
+    """put_in_hub_cache, for the tests under a folder with a conftest of its own."""
+    return put_in_hub_cache
 
 
 def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path, home: Path) -> dict[str, str]:

@@ -12,6 +12,9 @@ import pytest
 
 from kdengine.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import one_line_in_process as one_line  # noqa: E402
+
 
 def conversation(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"What is {i} plus {i}?"},
@@ -38,15 +41,6 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def cache_args(made: dict[str, str], data: str, out: Path, *extra: str) -> list[str]:
     return ["cache-teacher", "--teacher", made["teacher"], "--data", data, "--seq-len", "128",
             "--top-k", "8", "--device", "cpu", "--out", str(out), *extra]
-
-
-def one_line(capsys: pytest.CaptureFixture[str], code: int, command: str) -> str:
-    out = capsys.readouterr()
-    err = out.err.strip().splitlines()
-    assert code == 2, out.err
-    assert out.out == "" and len(err) == 1 and "Traceback" not in out.err, out.err
-    assert err[0].startswith(f"kdengine {command}: error: "), err[0]
-    return err[0]
 
 
 @pytest.mark.parametrize("cached, run, said", [

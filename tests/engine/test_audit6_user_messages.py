@@ -15,6 +15,9 @@ import pytest
 
 from kdengine.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import one_line_in_process as one_line  # noqa: E402
+
 RAISES_ON_BAD = ("{% for m in messages %}{% if m.content == 'bad' %}"
                  "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
                  "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -43,15 +46,6 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                              + "\n" for i in range(40)))
     return {"root": root, "teacher": teacher, "student": student, "strict": strict,
             "four": four, "forty": forty, "users": users}
-
-
-def one_line(capsys: pytest.CaptureFixture[str], code: int, command: str) -> str:
-    out = capsys.readouterr()
-    err = out.err.strip().splitlines()
-    assert code == 2, out.err
-    assert out.out == "" and len(err) == 1 and "Traceback" not in out.err, out.err
-    assert err[0].startswith(f"kdengine {command}: error: "), err[0]
-    return err[0]
 
 
 def cache_args(made: dict[str, Path], data: Path, out: Path, *extra: str) -> list[str]:

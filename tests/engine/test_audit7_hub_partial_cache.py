@@ -8,7 +8,6 @@ which files the cache lacks and that HF_HUB_OFFLINE=1 forbids fetching them."""
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 
@@ -19,32 +18,16 @@ from kdengine.config import RunConfig
 from kdengine.sources import check_sources
 
 
-def _put_in_hub_cache(cache: Path, repo_id: str, files: list[Path]) -> None:
-    """huggingface_hub's documented cache layout (blobs, snapshots/<commit>/ links, refs/main)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for file in files:
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import offline_hub, write_tiny_inputs
+    from conftest import offline_hub, put_in_hub_cache, write_tiny_inputs
 
     made = write_tiny_inputs(tmp_path / "src")
     cache = tmp_path / "hf-home" / "hub"
     student = Path(made["student"])
-    _put_in_hub_cache(cache, "kd/teacher", sorted(Path(made["teacher"]).iterdir()))
-    _put_in_hub_cache(cache, "kd/partial", [student / "config.json", student / "tokenizer.json",
+    put_in_hub_cache(cache, "kd/teacher", Path(made["teacher"]))
+    put_in_hub_cache(cache, "kd/partial", [student / "config.json", student / "tokenizer.json",
                                             student / "tokenizer_config.json"])
     offline_hub(monkeypatch, cache, tmp_path / "hf-home")
     return made

@@ -142,14 +142,14 @@ def test_field_mapping_renames_columns(tmp_path: Path) -> None:
 
 def test_hub_dataset_id_from_the_cache_offline(tmp_path: Path, tok_dir: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import put_dataset_in_hub_cache
+    from conftest import put_in_hub_cache
 
     cache = tmp_path / "hub"
     lines = "".join(json.dumps({"messages": chat(i)}) + "\n" for i in range(4))
-    put_dataset_in_hub_cache(cache, "kd-test/chats", {"data/train.jsonl": lines,
-                                                      "data/test.jsonl": lines[:200] + "\n",
-                                                      "dataset_infos.json": "{}",
-                                                      "README.md": "# chats\n"})
+    put_in_hub_cache(cache, "kd-test/chats", {"data/train.jsonl": lines,
+                                              "data/test.jsonl": lines[:200] + "\n",
+                                              "dataset_infos.json": "{}",
+                                              "README.md": "# chats\n"}, kind="dataset")
     import huggingface_hub.constants as constants
 
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))

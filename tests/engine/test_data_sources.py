@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import (  # noqa: E402
     TINY_TEXT,
     offline_hub,
-    put_dataset_in_hub_cache,
+    put_in_hub_cache,
     write_tiny_inputs,
 )
 
@@ -37,9 +37,9 @@ def hub_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     cache = tmp_path / "hub"
     records = [TINY_TEXT[i * 300:(i + 1) * 300] for i in range(40)]
     lines = "".join(json.dumps({"text": r}) + "\n" for r in records)
-    put_dataset_in_hub_cache(cache, "kd-test/code", {"data/train.jsonl": lines,
-                                                     "data/test.jsonl": lines[:2000],
-                                                     "README.md": "# code\n"})
+    put_in_hub_cache(cache, "kd-test/code", {"data/train.jsonl": lines,
+                                             "data/test.jsonl": lines[:2000],
+                                             "README.md": "# code\n"}, kind="dataset")
     return offline_hub(monkeypatch, cache, tmp_path / "hf-home")
 
 

@@ -4,7 +4,6 @@ tokenizer, a padded teacher vocab trimmed (never zero-padded), no silent teacher
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -56,25 +55,6 @@ def _qwen2(directory: Path, vocab: int, hidden: int, layers: int, seed: int,
     return directory
 
 
-def put_in_hub_cache(cache: Path, repo_id: str, files: Path) -> str:
-    """Lay `files` out as huggingface_hub's cache holds a downloaded repo (its documented
-    layout: blobs by sha256, snapshots/<commit>/ symlinks, refs/main). Test-side only: the
-    engine never builds or guesses these paths, it asks snapshot_download."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for file in sorted(files.iterdir()):
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    return commit
-
-
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """A local hub cache with kd-test/teacher (vocab padded to 320) and kd-test/student (vocab
@@ -83,6 +63,9 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     n_tokens = _tokenizer(tok_dir)
     teacher = _qwen2(tmp_path / "src-teacher", 320, 48, 2, 1, tok_dir)
     student = _qwen2(tmp_path / "src-student", 288, 24, 1, 2, tok_dir)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import offline_hub, put_in_hub_cache
+
     cache = tmp_path / "hub"
     commits = {rid: put_in_hub_cache(cache, rid, src)
                for rid, src in (("kd-test/teacher", teacher), ("kd-test/student", student))}
@@ -90,9 +73,6 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     data.mkdir()
     for i in range(6):
         (data / f"part{i}.txt").write_text(TEXT[i * 2500:(i + 1) * 2500 + 1500])
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from conftest import offline_hub
-
     env = offline_hub(monkeypatch, cache, tmp_path / "hf-home")
     return {"cache": cache, "commits": commits, "data": str(data), "env": env,
             "n_tokens": n_tokens, "tok_dir": tok_dir}

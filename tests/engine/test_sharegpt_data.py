@@ -81,7 +81,7 @@ def test_sharegpt_jsonl_is_found_and_read_as_the_messages_it_means(tmp_path: Pat
 def test_sharegpt_json_parquet_saved_and_hub_datasets_read_alike(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
-    from conftest import offline_hub, put_dataset_in_hub_cache
+    from conftest import offline_hub, put_in_hub_cache
 
     records = [{"system": "Be terse." if i % 2 else "", "conversations": sharegpt(i)}
                for i in range(4)]
@@ -94,7 +94,8 @@ def test_sharegpt_json_parquet_saved_and_hub_datasets_read_alike(
         assert is_example_data(str(tmp_path / spec)), spec
         assert messages_of(tmp_path / spec) == meant, spec
     lines = "".join(json.dumps(r) + "\n" for r in records)
-    put_dataset_in_hub_cache(tmp_path / "hub", "kd-test/sharegpt", {"data/train.jsonl": lines})
+    put_in_hub_cache(tmp_path / "hub", "kd-test/sharegpt", {"data/train.jsonl": lines},
+                     kind="dataset")
     offline_hub(monkeypatch, tmp_path / "hub", tmp_path / "home")
     assert messages_of("kd-test/sharegpt") == meant
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,16 +25,6 @@ pytestmark = pytest.mark.ssh
 
 LONG = dict(steps=100000, batch_size=2, seq_len=16, eval_every=0, eval_batches=1,
             checkpoint_every=0, log_every=50)
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def put_in_hub_cache(hf_home, repo_id: str, model_dir) -> None:
-    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(model_dir, repo / "snapshots" / COMMIT)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-
-
 def cut_when(sshd, stages: dict[str, str]):
     """An on_stage callback that kills the session once per stage in `stages`, at its first
     output line starting with the text given; `cut` lists the stages it was cut in."""
@@ -50,11 +40,12 @@ def cut_when(sshd, stages: dict[str, str]):
 
 
 def test_a_session_killed_during_sync_check_and_models_reconnects_and_finishes_each(
-        remote_env, sshd, tiny_run_inputs, tmp_path, capsys):
+        remote_env, sshd, tiny_run_inputs, tmp_path, capsys, hub_cache_layout):
     """One dispatch, cut once in each of the three stages as it sends its command: each stage
     reconnects and finishes, and the run starts once, with its manifest."""
     # a hub id in the host's cache: the models stage runs the agent's pull
-    put_in_hub_cache(remote_env["hf_home"], "kdtest-org/drop-teacher", tiny_run_inputs["teacher"])
+    hub_cache_layout(remote_env["hf_home"] / "hub", "kdtest-org/drop-teacher",
+                     Path(tiny_run_inputs["teacher"]))
     # a work dir of its own: no venv there yet, so the sync stage builds one
     hosts = remote_env["hosts"]
     hosts.write_text(hosts.read_text().replace(str(remote_env["work"]),

@@ -4,7 +4,7 @@ repo is one clear error naming the field (no network: the host runs with HF_HUB_
 from __future__ import annotations
 
 import asyncio
-import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,20 +13,11 @@ from kdtui.launch.remote import DispatchError, RemoteLauncher
 
 pytestmark = pytest.mark.ssh
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-
-def put_in_hub_cache(hf_home, repo_id: str, model_dir) -> None:
-    """Lay a model out exactly as huggingface_hub's cache does: blobs are plain files here."""
-    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / COMMIT
-    shutil.copytree(model_dir, snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-
-
-def test_cached_hub_models_are_a_no_op_and_the_run_uses_them(remote_env, tiny_run_inputs):
-    put_in_hub_cache(remote_env["hf_home"], "kdtest-org/tiny-teacher", tiny_run_inputs["teacher"])
+def test_cached_hub_models_are_a_no_op_and_the_run_uses_them(remote_env, tiny_run_inputs,
+                                                             hub_cache_layout):
+    hub_cache_layout(remote_env["hf_home"] / "hub", "kdtest-org/tiny-teacher",
+                     Path(tiny_run_inputs["teacher"]))
     config = RunConfig.from_mapping(dict(
         teacher="kdtest-org/tiny-teacher", student=tiny_run_inputs["student"],
         data=tiny_run_inputs["data"], steps=3, batch_size=2, seq_len=16, eval_every=0,
