@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,20 +39,46 @@ def _recipe_id() -> str:
 
 
 def teacher_path(say: Callable[[str], None] = print) -> Path:
-    """The cached demo teacher, trained first if this machine has none yet."""
+    """The cached demo teacher, trained first if this machine has none yet. Two engines that
+    start at once (Start twice, two `kdengine train --demo`) train it once: the second waits
+    for the first and uses its teacher (a cancel interrupts the wait as it does the training)."""
     path = cache_root() / "demo" / f"teacher-{_recipe_id()}"
     if (path / "model.safetensors").exists():
         say(f"demo teacher: cached at {path}")
         return path
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = train_teacher(say)
-    save_decoder(model, tmp)
-    try:
-        tmp.rename(path)  # another process may have won the race: theirs is as good
-    except OSError:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _training_lock(path.with_name(f".{path.name}.lock"), say):
+        if (path / "model.safetensors").exists():  # the engine it waited for trained it
+            say(f"demo teacher: trained by another engine meanwhile, cached at {path}")
+            return path
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        model = train_teacher(say)
+        save_decoder(model, tmp)
+        try:
+            tmp.rename(path)  # no lock (not POSIX): another process may have won the race
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+@contextmanager
+def _training_lock(file: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """Held while this process trains the teacher (the kernel drops it however the process
+    ends); a second process waits for it."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # pragma: no cover - not POSIX: both train, one rename wins
+        yield
+        return
+    with open(file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("demo teacher: another engine on this machine is training it; waiting for it "
+                "(then this run uses it)")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def train_teacher(say: Callable[[str], None] = print) -> Decoder:

@@ -123,7 +123,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kdengine-cache")
+    """The engine's cache dir for this worker's tests; its demo/ (the demo teacher, trained in
+    the first test that needs it) is one for every xdist worker, as a machine's is: the engine
+    trains it once and a second engine waits for it (kdengine.demo.teacher_path)."""
+    cache = tmp_path_factory.mktemp("kdengine-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' base temps share their parent
+        shared = tmp_path_factory.getbasetemp().parent / "kdengine-demo"
+        shared.mkdir(exist_ok=True)
+        (cache / "demo").symlink_to(shared, target_is_directory=True)
+    return cache
 
 
 @pytest.fixture(autouse=True)
