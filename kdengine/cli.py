@@ -400,9 +400,9 @@ def _say_refusal(line: str) -> None:
     way (the same flags, files and checks), and 8 GPUs would print the same line 8 times: the
     first rank of each node says it, and every other rank waits for torchrun to end it, which
     it does as soon as that first rank has exited. A rank still here after the wait refused on
-    its own (its first rank did not), and says so."""
-    if os.environ.get("LOCAL_RANK", "0") != "0" and \
-            int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    its own (its first rank did not), and says so. (TORCHELASTIC_RUN_ID: torchrun's worker; a
+    rank started otherwise has no torchrun to end it, and speaks at once.)"""
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("TORCHELASTIC_RUN_ID"):
         import signal
 
         from kdengine.stop import early_signal

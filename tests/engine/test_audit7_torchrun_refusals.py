@@ -136,7 +136,8 @@ sys.exit(cli.main(["train", "--steps", "many"]))
 
 
 def _other_rank(wait_s: float) -> subprocess.Popen[str]:
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
+           "TORCHELASTIC_RUN_ID": "none"}  # a worker torchrun started
     return subprocess.Popen([sys.executable, "-c", _RANK, str(wait_s)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
