@@ -90,6 +90,10 @@ class StopSignals:
         if self.received:
             raise RunCancelled(self.received)
 
+    def agreed(self) -> bool:
+        """Whether the run stops here (one process: a signal was received)."""
+        return bool(self.received)
+
     @contextmanager
     def interruptible(self) -> Iterator[None]:
         """Work with no step to finish between, where a stop must not wait for its end: a

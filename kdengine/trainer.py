@@ -689,9 +689,14 @@ class KDTrainer:
             self._report(self._finish(step), loop_started, evaluated)
 
         while self.step < cfg.steps:
-            if queued is not None and self.stop.received:  # its event before the cancel's
-                report_queued()
-            self.stop.check()
+            # under torchrun a signal reaches one rank first: every rank asks the same question
+            # here (one small all-reduce), so a queued step whose loss proves non-finite fails
+            # on every rank at once, not on the signalled rank alone while the others wait in
+            # a collective for it
+            if self.stop.agreed():
+                if queued is not None:  # its event before the cancel's
+                    report_queued()
+                self.stop.check()
             self.report_checkpoints()  # a background write that ended: its event or its error
             self.last_sampled = None
             step = self.queue_step(before_update=report_queued if queued is not None else None)

@@ -201,8 +201,15 @@ class AgreedStop:
     def received(self) -> str | None:
         return self._stop.received
 
-    def check(self) -> None:
+    def agreed(self) -> bool:
+        """Whether any rank received a signal: the same answer on every rank (every rank must
+        ask, at the same point of the loop)."""
         if self._dist.any_rank(bool(self._stop.received)):
             if not self._stop.received:
                 self._stop.received = "SIGTERM"  # another rank's signal: name the usual one
+            return True
+        return False
+
+    def check(self) -> None:
+        if self.agreed():
             self._stop.check()

@@ -228,14 +228,15 @@ def test_a_cancelled_torchrun_run_exits_as_a_cancelled_single_process_run(
 # Two ranks of the tiny bench pair, trained by KDTrainer's own loop (a step left queued while
 # the next is queued); at step 3 only rank 1's own loss is NaN. Each rank writes how it ended.
 NAN_ON_ONE_RANK = textwrap.dedent("""
-    import json, sys
+    import json, os, signal, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     import multi_gpu
     from kdengine.distributed import from_env
+    from kdengine.stop import StopSignals
     from kdengine.trainer import LossNotFinite
 
-    out, placement = Path(sys.argv[1]), sys.argv[3]
+    out, placement, signalled = Path(sys.argv[1]), sys.argv[3], sys.argv[4:] == ["signal"]
     args = multi_gpu.parse_args(["--tiny", "--seq-len", "32", "--student-placement", placement])
     dist = from_env("cpu")
     run_dir = out / f"rank-{dist.rank}"
@@ -247,11 +248,15 @@ NAN_ON_ONE_RANK = textwrap.dedent("""
     def nan_on_rank_1_at_step_3(parts):  # the rank's own loss, before the ranks sum it
         if dist.rank == 1 and trainer.step == 3 and parts.loss.requires_grad:
             parts.loss = parts.loss * float("nan")
+        if signalled and dist.rank == 0 and trainer.step == 3 and parts.loss.requires_grad:
+            os.kill(os.getpid(), signal.SIGTERM)  # a cancel reaching rank 0 first
         return globalize(parts)
 
     dist.globalize = nan_on_rank_1_at_step_3
+    trainer.stop = dist.agreed_stop(StopSignals())  # as kdengine.run stops its ranks
     try:
-        trainer.run(evaluate_start=False)
+        with trainer.stop:
+            trainer.run(evaluate_start=False)
         ended = "completed"
     except LossNotFinite as exc:
         ended = str(exc)
@@ -262,16 +267,21 @@ NAN_ON_ONE_RANK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("placement", ["replicated", "sharded"])
-def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path,
-                                                              placement: str) -> None:
+@pytest.mark.parametrize(("placement", "signalled"), [
+    ("replicated", ""), ("sharded", ""),
+    # a SIGTERM reaches rank 0 alone while that step is queued: rank 0 read the step's loss
+    # before the ranks agreed on the stop, failed on it alone, and rank 1 waited in the stop's
+    # all-reduce for it; now every rank reads it once they agree
+    ("replicated", "signal")])
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path: Path, placement: str,
+                                                              signalled: str) -> None:
     """The backward runs on each rank's own loss, but the loss every rank reads (and the fused
     update's guard) is the all-reduced one: rank 0, whose own loss is finite, stops at the same
     step as rank 1, with no update applied, and neither waits for the other."""
     script = tmp_path / "nan_rank.py"
     script.write_text(NAN_ON_ONE_RANK)
-    out = _run([*TORCHRUN, str(script), str(tmp_path), str(BENCH.parent), placement],
-               tmp_path, timeout=180)
+    out = _run([*TORCHRUN, str(script), str(tmp_path), str(BENCH.parent), placement,
+                *([signalled] if signalled else [])], tmp_path, timeout=180)
     ended = {r: json.loads((tmp_path / f"ended-{r}.json").read_text()) for r in (0, 1)}
     for rank in (0, 1):
         assert ended[rank]["step"] == 3, (ended, out.stderr[-2000:])
