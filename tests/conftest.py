@@ -116,6 +116,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files holding a `long` test first (their order kept): --dist loadfile hands files
+    to the workers in this order, and a minute-long test in a file handed out last would run
+    alone at the end while the other worker idles."""
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: item.path not in long_files)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _user_state_root is not None:
         shutil.rmtree(_user_state_root, ignore_errors=True)

@@ -108,6 +108,7 @@ def test_import_boundaries_hold_in_a_fresh_interpreter() -> None:
     subprocess.run([sys.executable, "-c", engine_only], check=True, timeout=120)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(900)  # the demo teacher may be trained here (once a session); see QUIET_S
 def test_the_demo_runs_end_to_end_to_a_pass_and_the_student_clearly_learns(
         tmp_path, engine_cmd, wait_on_run) -> None:

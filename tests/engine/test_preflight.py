@@ -1,6 +1,7 @@
 """The run's preflight (kdengine.preflight): every input the run would refuse and that is known
-without weights is refused by `kdengine train --check` and by `kdengine train` alike, as real
-processes: exit 2, one stderr line naming the field, no traceback, no run directory."""
+without weights is refused by `kdengine train --check` and by `kdengine train` alike (the latter
+as real processes, as a user runs it): exit 2, one stderr line naming the field, no traceback,
+no run directory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from array import array
@@ -172,12 +174,33 @@ CASES: list[tuple[Callable[[Inputs], list[str]], str, list[str]]] = [
 IDS = [case[0].__name__ for case in CASES]
 
 
-def _engine(i: Inputs, extra: list[str], *check: str) -> subprocess.CompletedProcess[str]:
-    args = ["train", *check, "--teacher", i["teacher"], "--student", i["student"],
+def _args(i: Inputs, extra: list[str], *check: str) -> list[str]:
+    return ["train", *check, "--teacher", i["teacher"], "--student", i["student"],
             "--data", i["data"], "--run-name", "refused", "--steps", "4", "--batch-size", "4",
             "--seq-len", "32", "--device", "cpu", *extra]
-    return subprocess.run([sys.executable, "-m", "kdengine", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _engine(i: Inputs, extra: list[str], *check: str) -> subprocess.CompletedProcess[str]:
+    """`kdengine train` as a user runs it, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "kdengine", *_args(i, extra, *check)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _in_process(i: Inputs, extra: list[str], capsys: pytest.CaptureFixture[str],
+                *check: str) -> subprocess.CompletedProcess[str]:
+    """The same command through kdengine.cli.main in this process (no torch import to pay
+    again: the --check matrix; the plain one runs as real processes)."""
+    from kdengine.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main(_args(i, extra, *check))
+    finally:  # kdengine's early stop handlers, not the test worker's
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([], code, out.out, out.err)
 
 
 def _assert_refused(out: subprocess.CompletedProcess[str], flag: str, words: list[str]) -> None:
@@ -193,10 +216,11 @@ def _assert_refused(out: subprocess.CompletedProcess[str], flag: str, words: lis
 
 
 @pytest.mark.parametrize(("make", "flag", "words"), CASES, ids=IDS)
-def test_check_refuses_what_the_run_would(inputs: Inputs, make, flag, words) -> None:
+def test_check_refuses_what_the_run_would(inputs: Inputs, make, flag, words,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     if make is cuda_without_cuda and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    _assert_refused(_engine(inputs, make(inputs), "--check"), flag, words)
+    _assert_refused(_in_process(inputs, make(inputs), capsys, "--check"), flag, words)
 
 
 @pytest.mark.parametrize(("make", "flag", "words"), CASES, ids=IDS)
