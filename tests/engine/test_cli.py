@@ -108,14 +108,20 @@ def test_import_boundaries_hold_in_a_fresh_interpreter() -> None:
     subprocess.run([sys.executable, "-c", engine_only], check=True, timeout=120)
 
 
+# long: the first test handed out, it trains the session's demo teacher (73 s with one thread)
+# while the dashboard's demo test, later, finds it cached
 @pytest.mark.long
 @pytest.mark.timeout(900)  # the demo teacher may be trained here (once a session); see QUIET_S
-def test_the_demo_runs_end_to_end_to_a_pass_and_the_student_clearly_learns(
+def test_the_demo_runs_end_to_end_to_a_pass_and_the_student_learns(
         tmp_path, engine_cmd, wait_on_run) -> None:
+    """`kdengine train --demo` on a shorter schedule (120 of the preset's 500 steps): the
+    preset's whole run, and its student clearly learning (val_ce under 0.6x the untrained
+    student's), is CI's front door (.ci/front-door: the README's command to a PASS)."""
     run_dir = tmp_path / "demo"
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen([*engine_cmd, "train", "--demo", "--run-dir", str(run_dir)],
+        proc = subprocess.Popen([*engine_cmd, "train", "--demo", "--run-dir", str(run_dir),
+                                 "--steps", "120", "--eval-every", "60"],
                                 stdout=stdout, stderr=stderr, text=True)
     try:
         wait_on_run(run_dir, lambda: proc.poll() is not None, "the demo's exit")
@@ -130,8 +136,8 @@ def test_the_demo_runs_end_to_end_to_a_pass_and_the_student_clearly_learns(
     evals = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
              if '"type":"eval"' in line]
     untrained, distilled = evals[0], evals[-1]
-    # the untrained student is near-uniform over 257 ids (ln 257 = 5.55 nats); the distilled
-    # one predicts Python source far better
+    assert [e["step"] for e in evals] == [0, 60, 120]
+    # the untrained student is near-uniform over 257 ids (ln 257 = 5.55 nats)
     assert untrained["val_ce"] > 5.0
-    assert distilled["val_ce"] < 0.6 * untrained["val_ce"]
+    assert distilled["val_ce"] < 0.8 * untrained["val_ce"]
     assert Path(run_dir / "final" / "config.json").exists()

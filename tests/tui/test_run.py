@@ -35,7 +35,6 @@ def _fill(screen, **values: str) -> None:
         screen.query_one(f"#field-{name}", Input).value = value
 
 
-@pytest.mark.long
 @pytest.mark.timeout(900)  # the demo teacher may be trained here (once a session); see QUIET_S
 async def test_demo_preset_run_from_the_form_ends_in_pass(runs_dir, wait_for, wait_for_run):
     """F2, a shorter schedule, ctrl+r: the embedded engine trains the real demo to a PASS."""
