@@ -208,14 +208,28 @@ def load_summary(run_dir: Path) -> RunSummary:
     return summary
 
 
+FIRST_CONTACT_RETRY_S = 0.5
+
+
 async def read_summary(target: CompareTarget, give_up_after: float) -> RunSummary:
     """Every event `target` has written so far, through its source (`kdtui compare --plain`);
-    a remote host unreachable for `give_up_after` s raises kdtui.remote.connect.RemoteError."""
+    a remote host that cannot be reached at first, or is lost for `give_up_after` s while it is
+    read, raises kdtui.remote.connect.RemoteError."""
     summary = summary_of(target)
     source = target.open_source(give_up_after=give_up_after)
     follower = RunFollower(source)
     read = 0
     try:
+        # the first contact fails fast, as `kdtui cancel`'s does: a host that is down is said
+        # at once (two tries); once it has answered, a dropped link is retried with backoff
+        why = await source.try_connect()
+        if why is not None:
+            await asyncio.sleep(FIRST_CONTACT_RETRY_S)
+            why = await source.try_connect()
+        if why is not None:
+            from kdtui.remote.connect import RemoteError
+
+            raise RemoteError(why)
         while update := await follower.poll():  # a backlog comes in slices
             read += len(update.events)
             for event in update.events:
