@@ -305,6 +305,7 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
             raise BadRecord(where, f"{name}{exc}") from None
     if not isinstance(value, list) or not value:
         raise BadRecord(where, f"{name} must be a non-empty list of {{role, content}} messages")
+    value = list(value)  # content parts are replaced by their text below, not in the caller's
     for i, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRecord(where, f"{name}[{i}] is not a {{role, content}} message")
@@ -312,10 +313,33 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
             raise BadRecord(where, f"{name}[{i}] has role {message['role']!r}; roles are "
                             f"{', '.join(ROLES)}")
         content = message.get("content")
-        if not (isinstance(content, (str, list)) or
-                (content is None and message.get("tool_calls"))):
+        if isinstance(content, list):
+            value[i] = message = {**message, "content": _text_of_parts(where, content,
+                                                                       f"{name}[{i}]")}
+        elif not (isinstance(content, str) or
+                  (content is None and message.get("tool_calls"))):
             raise BadRecord(where, f"{name}[{i}] ({message['role']}) has no text content")
     return value
+
+
+def _text_of_parts(where: str, parts: list[Any], name: str) -> str:
+    """OpenAI's content as a list of parts ([{"type": "text", "text": ...}]) as the text its
+    parts hold, joined with nothing between them, as the templates that read parts (Llama 4,
+    Gemma 3, Qwen2-VL, Mistral's) join them: a template that prints `{{ content }}` would
+    otherwise render the list's Python repr, and the model would learn to write it. A part
+    that is not text (an image, audio) is a bad record: the engine trains on text."""
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            continue
+        what = ("a text part whose text is no string" if kind == "text" else
+                f"a {kind!r} part" if isinstance(kind, str) else "not a {type, text} part")
+        raise BadRecord(where, f"{name} content[{j}] is {what}; kdengine trains on text parts "
+                        "only ({\"type\": \"text\", \"text\": ...}): drop the other parts, "
+                        "or the record")
+    return "".join(texts)
 
 
 def _decoded_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:

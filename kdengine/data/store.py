@@ -36,8 +36,9 @@ from kdengine.data.parallel import default_workers, encode_all, start_pool
 # In every store's key: a change to how examples become tokens and masks gives it a new value,
 # so a store written by older code is tokenized again rather than reused (and a teacher cache
 # over it asks to be written again). -2: a conversation that opens with the assistant's turn
-# trains its words only, no longer the template's system block and header before them.
-STORE_FORMAT = "kdengine-examples-2"
+# trains its words only, no longer the template's system block and header before them. -3:
+# content given as a list of text parts is their text, no longer the list's Python repr.
+STORE_FORMAT = "kdengine-examples-3"
 NAMED_SKIPS = 5  # skipped files named in the stats; the rest only counted
 
 

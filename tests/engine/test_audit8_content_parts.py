@@ -1,0 +1,91 @@
+"""OpenAI-style content parts ([{"type": "text", "text": ...}]) in messages: a template that
+prints `{{ m.content }}` rendered their Python repr and the model was trained to write it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdengine.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import one_line_in_process as one_line  # noqa: E402
+
+
+def chat(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"q{i}?"},
+                         {"role": "assistant", "content": f"a{i}"}]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from conftest import write_chat_pair
+
+    root = tmp_path_factory.mktemp("audit8-parts")
+    teacher, student = write_chat_pair(root)
+    return {"root": root, "teacher": teacher, "student": student,
+            "chats": write_jsonl(root / "chats.jsonl", [chat(i) for i in range(40)])}
+
+
+def check(made: dict[str, Path], data: Path, *extra: str) -> list[str]:
+    return ["train", "--teacher", str(made["teacher"]), "--student", str(made["student"]),
+            "--data", str(data), "--seq-len", "128", "--batch-size", "2", "--device", "cpu",
+            "--check", *extra]
+
+
+def encoded(made: dict[str, Path], data: Path) -> list[tuple[str, str]]:
+    """(rendered text, trained text) of each example of `data`."""
+    from kdengine.data.chat import load_chat_template
+    from kdengine.data.encode import encode_example
+    from kdengine.data.formats import find_sources
+    from kdengine.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(made["teacher"], "teacher")
+    template = load_chat_template(made["teacher"])
+    out = []
+    for source in find_sources(str(data)):
+        for example in source.examples():
+            ids, trains = encode_example(example, tokenizer, template)
+            out.append((tokenizer.decode(ids),
+                        tokenizer.decode([i for i, t in zip(ids, trains, strict=True) if t])))
+    return out
+
+
+def test_text_parts_content_trains_the_text_not_its_python_repr(made, tmp_path) -> None:
+    """OpenAI's content as a list of parts ([{"type": "text", "text": ...}]) reached a template
+    that prints `{{ m.content }}`: the model was trained to write `[{'type': 'text', 'text':
+    'Hi'}]`. Now text parts are the text they hold, joined (as templates that read parts join
+    them), and the same conversation written with strings gives the same tokens."""
+    parts = write_jsonl(tmp_path / "parts.jsonl", [{"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Hello "},
+                                     {"type": "text", "text": "parts"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi from parts"}]}]}])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"messages": [
+        {"role": "user", "content": "Hello parts"},
+        {"role": "assistant", "content": "Hi from parts"}]}])
+    [(text, trained)] = encoded(made, parts)
+    assert "'type'" not in text and trained == "Hi from parts<|im_end|>\n"
+    assert encoded(made, plain) == [(text, trained)]
+
+
+def test_an_image_part_is_refused_naming_the_record_and_the_part(made, tmp_path,
+                                                                 capsys) -> None:
+    """An image part was rendered as a Python dict and trained on as text; now it is refused,
+    one line naming the record, the part and what to do."""
+    rows = [chat(i) for i in range(20)]
+    rows[2] = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]},
+        {"role": "assistant", "content": "A cat."}]}
+    data = write_jsonl(tmp_path / "vision.jsonl", rows)
+    line = one_line(capsys, main(check(made, data)), "train")
+    assert f"--data: {data}:3: messages[0] content[1] is a 'image_url' part" in line
+    assert "text parts only" in line
