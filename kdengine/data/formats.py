@@ -128,6 +128,11 @@ def find_sources(spec: str, split: str = "train",
         path = hub_dataset_dir(spec)
     if path.is_file():
         check_data_file(path, spec)
+        named = _split_of(path, path.parent)
+        if split != "train" and split != named:  # a split the data lacks, as for a folder
+            has = f"one file, named for split {named!r}" if named else \
+                "one file, whose name says no split: train only"
+            raise ConfigError("data_split", f"{spec} has no split {split!r} ({has})")
         return [Source(path, path.name, split, fields)]
     if is_saved_dataset(path):
         return [Source(path, path.name, split, fields)]
