@@ -82,8 +82,12 @@ class Source:
     split: str
     fields: tuple[tuple[str, str], ...] = ()
 
-    def examples(self) -> Iterator[Example]:
+    def examples(self, columns: set[str] | None = None) -> Iterator[Example]:
+        """The source's examples; `columns` (when given) gathers every record's field names,
+        by which a --data-fields column that no record has is found (kdengine.data.store)."""
         for where, row in self._rows():
+            if columns is not None and isinstance(row, dict):
+                columns.update(map(str, row))
             yield to_example(where, row, dict(self.fields))
 
     def _rows(self) -> Iterator[tuple[str, Any]]:
@@ -261,6 +265,19 @@ def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
     """The record `row` as an Example of its kind, or a BadRecord saying what is wrong."""
     if not isinstance(row, dict):
         raise BadRecord(where, f"is a {type(row).__name__}, not a record (an object of fields)")
+    absent = [(ours, theirs) for ours, theirs in fields.items() if theirs not in row]
+    try:
+        return _to_example(where, row, fields)
+    except BadRecord:
+        if not absent:
+            raise
+        ours, theirs = absent[0]  # the mapping the user gave names a column this record lacks
+        keys = ", ".join(sorted(map(str, row))[:8]) or "none"
+        raise BadRecord(where, f"has no column {theirs!r} (--data-fields {ours}={theirs}; its "
+                        f"fields: {keys})") from None
+
+
+def _to_example(where: str, row: dict[str, Any], fields: dict[str, str]) -> Example:
     for ours, theirs in fields.items():
         if theirs in row:
             row = {**row, ours: row[theirs]}
@@ -280,6 +297,10 @@ def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
             return Example(where, "prompt_completion", {
                 "prompt": _messages(where, prompt, "prompt", system),
                 "completion": _messages(where, completion, "completion")})
+        if prompt is None or completion is None:
+            has, lacks = ("completion", "prompt") if prompt is None else ("prompt", "completion")
+            raise BadRecord(where, f"has a {has} but no {lacks} (a pair needs both; name "
+                            f"another column with --data-fields, e.g. {lacks}=COLUMN)")
         raise BadRecord(where, "prompt and completion must both be strings or both be message "
                         f"lists (got {type(prompt).__name__} and {type(completion).__name__})")
     if row.get("text") is not None:

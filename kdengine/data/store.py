@@ -212,12 +212,13 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     writer = _Writer(directory)
     skipped: list[list[str]] = []
     kinds: dict[str, int] = {}
+    columns: set[str] = set()  # every record's field names: a mapped column none has is named
     try:
         for index, source in enumerate(sources):
             mark, seen = writer.mark(), dict(kinds)
             try:
                 for example, ids, trains, trained in encode_all(
-                        source.examples(), tokenizer, template, options.train_on, pool):
+                        source.examples(columns), tokenizer, template, options.train_on, pool):
                     writer.add(example.name, ids, trains, trained)
                     kinds[example.kind] = kinds.get(example.kind, 0) + 1
                     if progress and len(writer.names) % 1000 == 0:
@@ -247,6 +248,13 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
         why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
         raise ConfigError("data", f"{spec} holds no examples{why}; "
                           f"{empty_fix(bool(skipped))}")
+    unused = [(ours, theirs) for ours, theirs in options.fields if theirs not in columns]
+    if unused:  # trained on the records' other fields, as if the mapping were not given
+        ours, theirs = unused[0]
+        keys = ", ".join(sorted(columns)[:8]) or "none"
+        raise ConfigError("data_fields", f"{ours}={theirs} names column {theirs!r}, which no "
+                          f"record of {spec} has (their fields: {keys}): give the column's "
+                          f"name, or leave {ours}={theirs} out")
     meta = {"format": STORE_FORMAT, "spec": spec, "eos_id": tokenizer.eos_id,
             "examples": len(writer.names),
             "tokens": writer.tokens, "trained_tokens": writer.trained, "kinds": kinds,
