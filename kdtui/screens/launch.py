@@ -362,6 +362,13 @@ class LaunchScreen(Screen):
         Binding("f2", "demo", "Demo preset", id="launch.demo",
                 tooltip="Fill the form with the first-use demo (no GPU, no network)"),
         Binding("f3", "runs", "Runs", id="launch.runs", tooltip="Past and running runs"),
+        # priority: Tab moves the focus before the keys typed after it reach a field ("8<Tab>64"
+        # typed fast, or on a machine busy with a run, put "864" in batch_size: a plain Tab
+        # went to the field first and moved the focus only after the "64" had gone there too)
+        Binding("tab", "app.focus_next", "Next field", show=False, priority=True,
+                id="launch.next_field", tooltip="Next field (its text selected: type over it)"),
+        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True,
+                id="launch.previous_field", tooltip="Previous field"),
         # off the footer (80 columns): F1 and the palette list it
         Binding("f4", "cache_teacher", "Cache the teacher", show=False,
                 id="launch.cache_teacher", tooltip="Score the data with this teacher once, for "

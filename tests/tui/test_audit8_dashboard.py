@@ -1,0 +1,103 @@
+"""Audit 8 of the dashboard as a new user meets it at 80x24: keys typed ahead of the form,
+the compare screen's warning mark, and the log filter's help."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from textual import events
+from textual.widgets import Input, Static
+
+from kdtui.app import KDApp
+from kdtui.compare import CompareTarget
+from kdtui.screens.compare import CompareScreen
+from kdtui.screens.run import RunScreen
+from kdtui.widgets.log_view import LogView
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_compare import write_kd_run  # noqa: E402
+
+
+async def _until(pilot, condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        await pilot.pause(0.05)
+
+
+async def test_keys_typed_right_after_tab_go_to_the_next_field(runs_dir):
+    """`8<Tab>64` typed fast (or on a loaded machine: a run training beside the dashboard) put
+    '864' in batch_size and left seq_len as it was: the Tab reached the field after the keys
+    that followed it. Each key now goes to the field that Tab moved to."""
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = app.screen
+        await _until(pilot, lambda: form.form_ready)
+        batch = form.query_one("#field-batch_size", Input)
+        seq_len = form.query_one("#field-seq_len", Input)
+        batch.focus()
+        await pilot.pause()
+        batch.select_all()
+        # as the terminal delivers them: all in one read, nothing awaited in between
+        for key, char in (("8", "8"), ("tab", None), ("6", "6"), ("4", "4")):
+            app.post_message(events.Key(key, char))
+        await pilot.pause()
+        await pilot.pause()
+        assert (batch.value, seq_len.value) == ("8", "64")
+        assert app.focused is seq_len
+        for key in ("shift+tab", "2"):  # and back: shift+tab as promptly
+            app.post_message(events.Key(key, "2" if key == "2" else None))
+        await pilot.pause()
+        await pilot.pause()
+        assert (batch.value, seq_len.value) == ("2", "64")
+
+
+async def test_compare_says_what_its_warning_mark_means(runs_dir):
+    """The table's verdict read 'PASS ⚠' and nothing on the screen (nor F1) said what the
+    warning was; the warnings now show under the table, each with the runs it is about."""
+    dirs = [write_kd_run(runs_dir / "weak-teacher", ce=(5.3, 3.7), val_loss=(1.8, 1.2),
+                         teacher_ce=5.6),
+            write_kd_run(runs_dir / "fine", ce=(5.3, 1.7), val_loss=(7.0, 1.2), alpha=0.8)]
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(d) for d in dirs])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: isinstance(app.screen, CompareScreen)
+                     and app.screen.loaded)
+        await pilot.pause()
+        warnings = app.screen.query_one("#compare-warnings", Static)
+        assert warnings.display
+        text = str(warnings.render())
+        assert "⚠ weak-teacher: teacher's CE ≥ student's at step 0" in text
+        assert "fine" not in text
+        assert warnings.region.height == 1 and warnings.region.bottom <= 23  # above the footer
+
+
+async def test_compare_without_warnings_shows_no_warning_line(runs_dir):
+    dirs = [write_kd_run(runs_dir / "a", ce=(5.3, 1.7), val_loss=(7.0, 1.2)),
+            write_kd_run(runs_dir / "b", ce=(5.3, 1.9), val_loss=(7.0, 1.3), alpha=0.8)]
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(d) for d in dirs])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: isinstance(app.screen, CompareScreen)
+                     and app.screen.loaded)
+        await pilot.pause()
+        assert not app.screen.query_one("#compare-warnings", Static).display
+
+
+async def test_log_filter_help_names_what_the_filter_keeps(runs_dir, write_run):
+    """F1 said f shows 'only step, loss, panic, error and verdict lines'; the log's title said
+    it keeps steps, evals, stages, errors, warnings, verdict. Both now say the same."""
+    write_run(runs_dir / "r1")
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="r1")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: isinstance(app.screen, RunScreen))
+        await pilot.pause()
+        binding = next(b for b in LogView.BINDINGS if b.id == "log.filter")
+        await pilot.press("f")
+        await pilot.pause()
+        title = str(app.screen.query_one(LogView).border_title)
+        kept = title.split("filtered: ", 1)[1].rstrip(")").split(", ")
+        for word in kept:
+            assert word.rstrip("s") in binding.tooltip, (word, binding.tooltip)
