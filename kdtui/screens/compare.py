@@ -41,6 +41,7 @@ class CompareScreen(Screen):
     DEFAULT_CSS = """
     CompareScreen #compare-table { height: auto; max-height: 45%; }
     CompareScreen #compare-links { height: auto; color: $warning; padding: 0 1; }
+    CompareScreen #compare-warnings { height: auto; color: $text-warning; padding: 0 1; }
     """
     BINDINGS = [
         Binding("c", "next_metric", "Metric", id="compare.metric",
@@ -67,6 +68,8 @@ class CompareScreen(Screen):
         yield Static("", id="compare-links")
         # no cursor: a highlighted row would hide its run's colour
         yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
+        # what the table's ⚠ stands for: each warning once, with the runs it is about
+        yield Static("", id="compare-warnings")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -157,6 +160,17 @@ class CompareScreen(Screen):
         for i, row in enumerate(rows):
             name = Text.assemble(("■ ", run_color(i)), row[0])
             table.add_row(name, *row[1:], key=self.targets[i].key)
+        self._show_warnings()
+
+    def _show_warnings(self) -> None:
+        runs_of: dict[str, list[str]] = {}
+        for summary in self.summaries:
+            for warning in summary.report.warnings:
+                runs_of.setdefault(warning, []).append(summary.label)
+        lines = [f"⚠ {', '.join(labels)}: {warning}" for warning, labels in runs_of.items()]
+        warnings = self.query_one("#compare-warnings", Static)
+        warnings.update(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"))
+        warnings.display = bool(lines)
 
     def action_next_metric(self) -> None:
         self.query_one(CompareChart).next_metric()

@@ -120,6 +120,7 @@ COMPARE_HELP = (  # on the compare screen
     "Judge runs by final val CE: val loss and train loss are each run's own objective "
     "(alpha*CE + (1-alpha)*T^2*KD), so across runs of another alpha, T or loss the chart draws "
     "train CE for train loss.",
+    "⚠ beside a verdict: that run has a warning, said under the table.",
 )
 HELP_TEXT = "\n".join((  # everywhere (then F8's line: where it saves depends on the screen)
     "ctrl+p: every action of this screen by name, the runs list, a run to open by its name, "
