@@ -2,8 +2,8 @@
 validation rows -> samplers, with the counts the data stage reports.
 
 Validation holds out whole examples by the hash of their name, as kdengine.data does for
-documents (is_validation); when none is held out, the last example is. Evaluation sees the
-held-out examples' trained tokens only (their labels are IGNORE_INDEX elsewhere).
+documents (is_validation); when none is held out, the last example that trains is. Evaluation
+sees the held-out examples' trained tokens only (their labels are IGNORE_INDEX elsewhere).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
     store = open_store(spec, tokenizer, template, options, root, progress, workers)
     held = store.names % 10_000 < val_fraction * 10_000
     if not bool(held.any()) and len(store) > 1:
-        held[-1] = True
+        held[_last_that_trains(store)] = True
     every = torch.arange(len(store))
     train = pack_rows(store, every[~held], seq_len, on_long)
     val = pack_rows(store, every[held], seq_len, on_long)
@@ -103,6 +103,17 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
         skipped=meta["skipped"], train_rows=len(train), val_rows=len(val),
         fill=round(train.filled / max(len(train) * seq_len, 1), 4), cached=store.tokenized == 0)
     return ExampleData(store, train, val, stats)
+
+
+def _last_that_trains(store: TokenStore) -> int:
+    """The last example with a target that trains (a trailing user-only or system-only record
+    has none: held out alone, it leaves validation nothing to measure); the last example when
+    none has one (the check that follows names that)."""
+    offsets = store.offsets.tolist()
+    for example in range(len(store) - 1, -1, -1):
+        if bool(store.trains[offsets[example] + 1:offsets[example + 1]].any()):
+            return example
+    return len(store) - 1
 
 
 def _trains_any(store: TokenStore, rows: PackedRows) -> bool:
