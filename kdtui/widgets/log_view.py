@@ -155,7 +155,7 @@ class LogView(ScrollView, can_focus=True):
                 tooltip="Jump to the next panic, error, traceback, OOM or NaN line"),
         Binding("E", "previous_error", "Prev error", show=False, id="log.previous_error"),
         Binding("f", "toggle_filter", "Filter", id="log.filter",
-                tooltip="Show only step, loss, panic, error and verdict lines"),
+                tooltip="Show only step, eval, stage, error, warning and verdict lines"),
         Binding("w", "toggle_wrap", "Wrap", show=False, id="log.wrap",  # F1, ctrl+p: 80 cols
                 tooltip="Wrap long lines at the edge, or let them run on (scroll sideways)"),
         Binding("n", "next_match", "Next match", show=False, id="log.next_match"),
