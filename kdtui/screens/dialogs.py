@@ -122,6 +122,10 @@ COMPARE_HELP = (  # on the compare screen
     "train CE for train loss.",
     "⚠ beside a verdict: that run has a warning, said under the table.",
 )
+RUNS_HELP = (  # on the runs list
+    "✓ before a run: selected to compare (space). • before a run: it ended and you have not "
+    "opened it since (opening it clears the mark).",
+)
 HELP_TEXT = "\n".join((  # everywhere (then F8's line: where it saves depends on the screen)
     "ctrl+p: every action of this screen by name, the runs list, a run to open by its name, "
     "the theme (remembered; or kdtui --theme NAME).",
@@ -162,7 +166,8 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll(classes="dialog-scroll", id="help-scroll"):
                 yield Static(table)
                 panes = RUN_HELP if below is not None and below.query("LogView") else \
-                    COMPARE_HELP if below is not None and below.query("#compare-table") else ()
+                    COMPARE_HELP if below is not None and below.query("#compare-table") else \
+                    RUNS_HELP if below is not None and below.query("#runs-where") else ()
                 place = getattr(self.app, "screenshot_place", None)
                 shot = f"F8 saves an SVG screenshot {place(below)[1]}." if place else ""
                 yield Static("\n" + "\n".join((*panes, HELP_TEXT, shot)),

@@ -101,3 +101,21 @@ async def test_log_filter_help_names_what_the_filter_keeps(runs_dir, write_run):
         kept = title.split("filtered: ", 1)[1].rstrip(")").split(", ")
         for word in kept:
             assert word.rstrip("s") in binding.tooltip, (word, binding.tooltip)
+
+
+async def test_runs_list_help_says_what_its_marks_mean(runs_dir, write_run):
+    """The runs list marks runs with '•' (ended, not looked at yet) and '✓' (selected to
+    compare); F1 listed the keys and said nothing of either mark."""
+    from kdtui.screens.dialogs import HelpScreen
+    from kdtui.screens.runs import RunsScreen
+
+    write_run(runs_dir / "r1")
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: getattr(app.screen, "form_ready", False))
+        await pilot.press("f3")
+        await _until(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.press("f1")
+        await _until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        body = str(app.screen.query_one(".dialog-body", Static).render())
+        assert "✓" in body and "•" in body
