@@ -333,7 +333,21 @@ def profile_spec(profile: str, name: str) -> FormSpec:
     return APR_FIELDS_BY_NAME[name] if profile == APR else FIELDS_BY_NAME[name]
 
 
-class LaunchScreen(Screen):
+class TabFirstScreen(Screen):
+    """A screen of fields typed into: Tab and shift+tab move the focus before the keys typed
+    after them reach a field. A plain Tab went to the focused field first and moved the focus
+    only after the keys behind it had gone there too ("8<Tab>64" typed fast, or on a machine
+    busy with a run, put "864" in batch_size). Textual's own focus keys, made priority: no
+    description, so the help and the palette list them no more than before."""
+
+    BINDINGS = [
+        Binding("tab", "app.focus_next", "", show=False, priority=True, id="form.next_field"),
+        Binding("shift+tab", "app.focus_previous", "", show=False, priority=True,
+                id="form.previous_field"),
+    ]
+
+
+class LaunchScreen(TabFirstScreen):
     """Fill in a run and start it (or dry-run it)."""
 
     DEFAULT_CSS = """
@@ -362,13 +376,6 @@ class LaunchScreen(Screen):
         Binding("f2", "demo", "Demo preset", id="launch.demo",
                 tooltip="Fill the form with the first-use demo (no GPU, no network)"),
         Binding("f3", "runs", "Runs", id="launch.runs", tooltip="Past and running runs"),
-        # priority: Tab moves the focus before the keys typed after it reach a field ("8<Tab>64"
-        # typed fast, or on a machine busy with a run, put "864" in batch_size: a plain Tab
-        # went to the field first and moved the focus only after the "64" had gone there too)
-        Binding("tab", "app.focus_next", "Next field", show=False, priority=True,
-                id="launch.next_field", tooltip="Next field (its text selected: type over it)"),
-        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True,
-                id="launch.previous_field", tooltip="Previous field"),
         # off the footer (80 columns): F1 and the palette list it
         Binding("f4", "cache_teacher", "Cache the teacher", show=False,
                 id="launch.cache_teacher", tooltip="Score the data with this teacher once, for "
