@@ -74,6 +74,7 @@ class RunState:
         self.finished: dict[str, Any] | None = None
         self.initial_val_loss: float | None = None
         self.initial_label = "val loss"
+        self.latest_val_loss: tuple[int, float] | None = None  # (step, value) after step 0
         self.run_started: dict[str, Any] | None = None
         self.event_count = 0
 
@@ -97,6 +98,8 @@ class RunState:
             if event.get("step") == 0 and isinstance(event.get(key), (int, float)):
                 self.initial_val_loss = float(event[key])
                 self.initial_label = "val gen KL" if key == "val_gen_kl" else "val loss"
+            elif isinstance(event.get(key), (int, float)) and isinstance(event.get("step"), int):
+                self.latest_val_loss = (event["step"], float(event[key]))  # the panel's latest
         elif kind == "run_finished":
             self.finished = event
             self.kept.append(event)
@@ -485,7 +488,8 @@ class RunScreen(Screen):
             if panel.verdict is None:
                 panel.show(state.verdict())
         else:
-            panel.show(None, state.initial_val_loss, state.initial_label)
+            panel.show(None, state.initial_val_loss, state.initial_label,
+                       latest=state.latest_val_loss)
         # val CE and KD apart, the teacher's CE, warnings where the objective misleads
         panel.show_report(distill_report(state.kept))
         self._fit_layout()

@@ -540,9 +540,10 @@ class VerdictPanel(Static):
         return self._heights[key]
 
     def show(self, verdict: Verdict | None, initial: float | None = None,
-             label: str = "val loss") -> None:
+             label: str = "val loss", latest: tuple[int, float] | None = None) -> None:
         """verdict None: the run goes on (initial: the step-0 number the verdict will judge by,
-        once known: `label` says which, val loss or an on-policy run's val gen KL)."""
+        once known: `label` says which, val loss or an on-policy run's val gen KL; latest:
+        (step, value) of that number's newest eval after step 0, shown under it)."""
         self.verdict = verdict
         self.status = verdict.status if verdict else "pending"
         self.set_class(self.status == "pass", "pass")
@@ -550,8 +551,16 @@ class VerdictPanel(Static):
         self.set_class(self.status == "inconclusive", "inconclusive")
         if verdict is None:
             step0 = f"{initial:.4f}" if initial is not None else "–"
-            self._show_text(Text.assemble(("PENDING", "bold"), "\n",
-                                          (f"step-0 {label} ", "dim"), step0))
+            if latest is None:
+                self._show_text(Text.assemble(("PENDING", "bold"), "\n",
+                                              (f"step-0 {label} ", "dim"), step0))
+                return
+            # as the verdict will show them: step 0's and the latest, in one column
+            col = max(17, len("latest " + label) + 1)
+            self._show_text(Text.assemble(
+                ("PENDING", "bold"), "\n", (f"{'step-0 ' + label:<{col}}", "dim"), step0, "\n",
+                (f"{'latest ' + label:<{col}}", "dim"), f"{latest[1]:.4f}",
+                (f" (step {latest[0]})", "dim")))
             return
         def num(x: float | None) -> str:
             return f"{x:.4f}" if x is not None else "–"

@@ -3,6 +3,7 @@ the compare screen's warning mark, and the log filter's help."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,3 +120,23 @@ async def test_runs_list_help_says_what_its_marks_mean(runs_dir, write_run):
         await _until(pilot, lambda: isinstance(app.screen, HelpScreen))
         body = str(app.screen.query_one(".dialog-body", Static).render())
         assert "✓" in body and "•" in body
+
+
+async def test_a_pending_verdict_shows_the_latest_val_loss_beside_step_0s(runs_dir, write_run):
+    """While a run went, the verdict panel showed step 0's val loss alone (val CE and KD each
+    with '→ latest'): the number the verdict will judge, the objective's latest, was nowhere
+    but in the log. It now shows 'latest val loss N (step S)' under step 0's, as the finished
+    verdict shows 'final val loss'."""
+    from kdtui.widgets.run_panels import RunProgress, VerdictPanel
+
+    write_run(runs_dir / "going", steps=400, upto=130, finished=False, pid=os.getpid())
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="going")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _until(pilot, lambda: isinstance(app.screen, RunScreen)
+                     and app.screen.query_one(RunProgress).step == 130)
+        await pilot.pause()
+        lines = str(app.screen.query_one(VerdictPanel).render()).splitlines()
+        assert lines[0] == "PENDING"
+        assert lines[1].split() == ["step-0", "val", "loss", "3.0000"]
+        # write_run's val(100) = 3 * (0.5 + 0.5 / 3.5)
+        assert lines[2].split() == ["latest", "val", "loss", "1.9286", "(step", "100)"]
