@@ -124,7 +124,8 @@ class CacheJobPanel(VerdictPanel):
             else None
 
     def show(self, verdict: Verdict | None, initial: float | None = None,
-             label: str = "") -> None:
+             label: str = "", latest: tuple[int, float] | None = None) -> None:
+        # (the run panel's signature: a cache job has no val loss, initial or latest)
         self.verdict = verdict
         self.status = verdict.status if verdict else "pending"
         for status in ("pass", "fail", "inconclusive"):
