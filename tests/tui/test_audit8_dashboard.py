@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from textual import events
@@ -55,19 +57,25 @@ async def test_keys_typed_right_after_tab_go_to_the_next_field(runs_dir):
         assert (batch.value, seq_len.value) == ("2", "64")
 
 
-async def test_compare_says_what_its_warning_mark_means(runs_dir):
-    """The table's verdict read 'PASS ⚠' and nothing on the screen (nor F1) said what the
-    warning was; the warnings now show under the table, each with the runs it is about."""
-    dirs = [write_kd_run(runs_dir / "weak-teacher", ce=(5.3, 3.7), val_loss=(1.8, 1.2),
-                         teacher_ce=5.6),
-            write_kd_run(runs_dir / "fine", ce=(5.3, 1.7), val_loss=(7.0, 1.2), alpha=0.8)]
+@asynccontextmanager
+async def _compared(runs_dir: Path, dirs: list[Path]) -> AsyncIterator[Static]:
+    """`kdtui compare` of `dirs` at 80x24, loaded: its warnings line."""
     app = KDApp(runs_dir=runs_dir, command="compare",
                 compare_targets=[CompareTarget.local(d) for d in dirs])
     async with app.run_test(size=(80, 24)) as pilot:
         await _until(pilot, lambda: isinstance(app.screen, CompareScreen)
                      and app.screen.loaded)
         await pilot.pause()
-        warnings = app.screen.query_one("#compare-warnings", Static)
+        yield app.screen.query_one("#compare-warnings", Static)
+
+
+async def test_compare_says_what_its_warning_mark_means(runs_dir):
+    """The table's verdict read 'PASS ⚠' and nothing on the screen (nor F1) said what the
+    warning was; the warnings now show under the table, each with the runs it is about."""
+    dirs = [write_kd_run(runs_dir / "weak-teacher", ce=(5.3, 3.7), val_loss=(1.8, 1.2),
+                         teacher_ce=5.6),
+            write_kd_run(runs_dir / "fine", ce=(5.3, 1.7), val_loss=(7.0, 1.2), alpha=0.8)]
+    async with _compared(runs_dir, dirs) as warnings:
         assert warnings.display
         text = str(warnings.render())
         assert "⚠ weak-teacher: teacher's CE ≥ student's at step 0" in text
@@ -78,13 +86,8 @@ async def test_compare_says_what_its_warning_mark_means(runs_dir):
 async def test_compare_without_warnings_shows_no_warning_line(runs_dir):
     dirs = [write_kd_run(runs_dir / "a", ce=(5.3, 1.7), val_loss=(7.0, 1.2)),
             write_kd_run(runs_dir / "b", ce=(5.3, 1.9), val_loss=(7.0, 1.3), alpha=0.8)]
-    app = KDApp(runs_dir=runs_dir, command="compare",
-                compare_targets=[CompareTarget.local(d) for d in dirs])
-    async with app.run_test(size=(80, 24)) as pilot:
-        await _until(pilot, lambda: isinstance(app.screen, CompareScreen)
-                     and app.screen.loaded)
-        await pilot.pause()
-        assert not app.screen.query_one("#compare-warnings", Static).display
+    async with _compared(runs_dir, dirs) as warnings:
+        assert not warnings.display
 
 
 async def test_log_filter_help_names_what_the_filter_keeps(runs_dir, write_run):

@@ -1,5 +1,9 @@
-"""OpenAI-style content parts ([{"type": "text", "text": ...}]) in messages: a template that
-prints `{{ m.content }}` rendered their Python repr and the model was trained to write it."""
+"""A new user's own conversation data (the sixth audit):
+- OpenAI-style content parts ([{"type": "text", "text": ...}]) in messages: a template that
+  prints `{{ m.content }}` rendered their Python repr and the model was trained to write it;
+- --data-split on a single file: trained on the whole file as if it were that split;
+- --data-fields naming a column the data does not have: silently unused, or refused as "got str
+  and NoneType" without naming the column or the flag."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from conftest import write_chat_pair
 
-    root = tmp_path_factory.mktemp("audit8-parts")
+    root = tmp_path_factory.mktemp("audit8-data")
     teacher, student = write_chat_pair(root)
     return {"root": root, "teacher": teacher, "student": student,
             "chats": write_jsonl(root / "chats.jsonl", [chat(i) for i in range(40)])}
@@ -89,3 +93,35 @@ def test_an_image_part_is_refused_naming_the_record_and_the_part(made, tmp_path,
     line = one_line(capsys, main(check(made, data)), "train")
     assert f"--data: {data}:3: messages[0] content[1] is a 'image_url' part" in line
     assert "text parts only" in line
+
+
+def test_data_split_on_a_single_file_is_refused(made, capsys) -> None:
+    """`--data-split test` on one JSONL file trained on the whole file as if it were the test
+    split; the docs promise a split the data lacks is refused. Now it is, naming the flag."""
+    line = one_line(capsys, main(check(made, made["chats"], "--data-split", "test")), "train")
+    assert line.startswith("kdengine train: error: --data-split: ")
+    assert "has no split 'test' (one file, whose name says no split: train only)" in line
+
+
+def test_data_fields_column_no_record_has_is_refused(made, capsys) -> None:
+    """`--data-fields text=body` on data with no `body` column trained on the records' other
+    fields as if the flag were not given. Now --check refuses it, naming the column and the
+    fields the data has."""
+    line = one_line(capsys, main(check(made, made["chats"], "--data-fields", "text=body")),
+                    "train")
+    assert line.startswith("kdengine train: error: --data-fields: text=body names column "
+                           "'body', which no record of")
+    assert "(their fields: messages)" in line
+
+
+def test_data_fields_column_missing_from_a_pair_names_the_mapping(made, tmp_path,
+                                                                  capsys) -> None:
+    """A typo in the mapped column (`completion=answr`) was refused as `prompt and completion
+    must both be strings or both be message lists (got str and NoneType)`: not the column, nor
+    the flag. Now the line names the column the record lacks, the mapping and its fields."""
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"q{i}?", "answer": f"a{i}"}
+                                               for i in range(20)])
+    line = one_line(capsys, main(check(made, data, "--data-fields",
+                                       "prompt=question,completion=answr")), "train")
+    assert f"{data}:1: has no column 'answr' (--data-fields completion=answr; its fields: " \
+           "answer, question)" in line
