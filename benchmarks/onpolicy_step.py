@@ -85,7 +85,11 @@ def run(args: argparse.Namespace, work: Path, name: str, extra: list[str]) -> di
     first = next(e for e in events if e["type"] == "step")
     started = next(e for e in events if e["type"] == "run_started")
     result = {"run": name, "wall_s": round(wall, 1), "steps": len(steps),
-              "first_step_after_start_s": round(first["t"] - started["t"], 1)}
+              "first_step_after_start_s": round(first["t"] - started["t"], 1),
+              # where the start went, as the first step event splits it (issue 16)
+              **{key: first[key] for key in ("setup_s", "eval0_s", "first_step_s",
+                                             "compile_s", "trace_s", "compile_cache_hits",
+                                             "compile_cache_misses") if key in first}}
     if timed:
         def med(key: str) -> float:
             return round(statistics.median(e[key] for e in timed), 4)
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cases", default="on_policy,off_policy",
+                        help="runs in order: on_policy, off_policy, and either again with "
+                             "'_again' (the same flags and compile cache: a warm start)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.batch, args.new_tokens, args.prompt_chars, args.steps, args.warmup = 4, 16, 24, 4, 1
@@ -127,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     write_prompts(work / "prompts.jsonl", max(args.batch * 8, 256), args.prompt_chars)
     print(json.dumps({"models_written_s": round(time.perf_counter() - t0, 1)}), flush=True)
     results = []
-    for name, extra in (("on_policy", ["--lmbda", "1"]), ("off_policy", ["--lmbda", "0"])):
-        result = run(args, work, name, extra)
+    flags = {"on_policy": ["--lmbda", "1"], "off_policy": ["--lmbda", "0"]}
+    for name in args.cases.split(","):
+        result = run(args, work, name, flags[name.removesuffix("_again")])
         print(json.dumps(result), flush=True)
         results.append(result)
     (args.out / "onpolicy_step.json").write_text(json.dumps(results, indent=2) + "\n")
