@@ -514,9 +514,10 @@ def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
                          lambda line: print(line, file=sys.stderr, flush=True))
     hand_over(data.store)  # the run of this command reports the tokenizing as its own
     if config.samples_completions:  # on-policy / seq_kd: the examples must hold prompts
-        from kdengine.onpolicy.prompts import prompt_source
+        from kdengine.onpolicy.prompts import check_generation_prompt, prompt_source
 
         prompt_source(config, data)
+        check_generation_prompt(config, data, teacher_dir)  # prompts end with the header
     return data.stats.train_rows * config.seq_len, data.stats.val_rows * config.seq_len
 
 

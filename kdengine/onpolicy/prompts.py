@@ -15,6 +15,8 @@ depend on (seed, k) only, as the samplers' batches do, so a resumed run draws th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,3 +97,80 @@ def _example_prompts(data: ExampleData, examples: torch.Tensor,
         prompt = store.tokens[start:start + span_start].to(torch.int64)
         prompts.append(prompt[-max_prompt:].clone())
     return prompts
+
+
+def holds_conversations(config: RunConfig, data: TokenSplits | ExampleData) -> bool:
+    """Whether the chat template renders some of the data: conversations (`messages`), or
+    prompt/completion pairs given as message lists (strings are tokenized as they stand)."""
+    if not isinstance(data, ExampleData):
+        return False
+    kinds = data.store.meta.get("kinds") or {}
+    if kinds.get("messages"):
+        return True
+    if not kinds.get("prompt_completion"):
+        return False
+    from kdengine.data.formats import find_sources, parse_fields
+
+    try:  # the first record says which (a file mixes none: one format a file)
+        for source in find_sources(config.data, config.data_split,
+                                   parse_fields(config.data_fields)):
+            for example in source.examples():
+                if example.kind == "prompt_completion":
+                    return not isinstance(example.record["prompt"], str)
+    except Exception:  # noqa: BLE001 - the data stage read it already: assume the template
+        return True
+    return False
+
+
+# a conversation to see how the template opens the assistant's turn
+_PROBE = [{"role": "user", "content": "Hello?"}]
+_ANSWER = "Hi there."
+
+
+def assistant_header(template: Any) -> tuple[str, bool] | None:
+    """(what the template writes before an assistant's content, whether add_generation_prompt
+    changes its rendering), from a probe conversation; None when it cannot render the probe."""
+    try:
+        bare = template.render(_PROBE)
+        opened = template.render(_PROBE, add_generation_prompt=True)
+        whole = template.render([*_PROBE, {"role": "assistant", "content": _ANSWER}])
+    except Exception:  # noqa: BLE001 - the template's own error: the data stage names it
+        return None
+    # the common prefix of the probe without and with the answer: the user's turn
+    common = next((i for i, (a, b) in enumerate(zip(bare, whole, strict=False))
+                   if a != b),
+                  min(len(bare), len(whole)))
+    at = whole.find(_ANSWER, common)
+    if at < 0:
+        return None
+    return whole[common:at], opened != bare
+
+
+def check_generation_prompt(config: RunConfig, data: TokenSplits | ExampleData,
+                            template_dir: Any) -> None:
+    """Refuse (ConfigError naming lmbda or seq_kd) a chat template that writes an assistant
+    header but ignores add_generation_prompt, for a run that samples completions of
+    conversations: each prompt would end before the header, and the model that writes the
+    completion would have to write the header itself."""
+    if template_dir is None or not config.samples_completions:
+        return
+    from kdengine.data.chat import load_chat_template
+
+    template = load_chat_template(template_dir)
+    if template is None or not holds_conversations(config, data):
+        return
+    found = assistant_header(template)
+    if found is None:
+        return
+    header, honoured = found
+    if honoured or not header.strip():
+        return
+    field = "lmbda" if config.lmbda > 0 else "seq_kd"
+    other = "--lmbda 0" if field == "lmbda" else "without --seq-kd"
+    raise ConfigError(field, f"the chat template ({template.source}) renders a conversation the "
+                      "same with and without add_generation_prompt, so each prompt would end "
+                      f"before the assistant's header ({header.strip()!r}) and the model that "
+                      "samples would have to write it: put a template that writes that header "
+                      "under {% if add_generation_prompt %} in chat_template.jinja beside "
+                      f"{Path(template_dir) / 'tokenizer_config.json'} (it takes priority), "
+                      f"or run {other}")

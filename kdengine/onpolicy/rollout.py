@@ -166,6 +166,40 @@ def eos_ids_of(tokenizer: Any, *model_dirs: Any) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def turn_end_id(tokenizer: Any, template_dir: Any) -> int | None:
+    """The special token the chat template in `template_dir` closes an assistant's turn with
+    (ChatML's <|im_end|>, Phi-3's <|end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>): the
+    first token after the assistant's content, when it is one of the tokenizer's added
+    tokens. None where there is no template or the turn ends in plain text."""
+    from kdengine.data.chat import load_chat_template
+    from kdengine.onpolicy.prompts import _ANSWER, _PROBE
+
+    if template_dir is None or not hasattr(tokenizer, "identity"):
+        return None
+    template = load_chat_template(template_dir)
+    if template is None:
+        return None
+    try:
+        whole = template.render([*_PROBE, {"role": "assistant", "content": _ANSWER}])
+    except Exception:  # noqa: BLE001 - the template's own error: the data stage names it
+        return None
+    at = whole.rfind(_ANSWER)
+    ids = tokenizer.encode(whole[at + len(_ANSWER):]) if at >= 0 else []
+    added = {i for i, _ in tokenizer.identity["added"]}
+    return ids[0] if ids and ids[0] in added else None
+
+
+def completion_stop_ids(tokenizer: Any, template_dir: Any, *model_dirs: Any,
+                        conversations: bool) -> tuple[int, ...]:
+    """The ids a sampled completion ends at: eos_ids_of's, and for conversations the chat
+    template's end of turn (where the data's assistant turns end), as a model's
+    generation_config.json may not list it."""
+    ids = set(eos_ids_of(tokenizer, *model_dirs))
+    if conversations and (end := turn_end_id(tokenizer, template_dir)) is not None:
+        ids.add(end)
+    return tuple(sorted(ids))
+
+
 def make_rollout(config: RunConfig, data: Any, tokenizer: Any, teacher: Any, student: Any,
                  device: torch.device, dtype: torch.dtype) -> Rollout:
     """The rollout of a run that samples completions; ConfigError naming the field when the
@@ -181,8 +215,13 @@ def make_rollout(config: RunConfig, data: Any, tokenizer: Any, teacher: Any, stu
         if not isinstance(model, Decoder):
             raise ConfigError(field, "cannot sample completions: only the native decoder "
                               "generates (an HF-layout model or demo://)")
-    eos = eos_ids_of(tokenizer, getattr(teacher, "source_dir", None),
-                     getattr(student, "source_dir", None))
+    from kdengine.onpolicy.prompts import check_generation_prompt, holds_conversations
+
+    template_dir = getattr(teacher, "source_dir", None)  # the data's template (load_data)
+    check_generation_prompt(config, data, template_dir)
+    eos = completion_stop_ids(tokenizer, template_dir, template_dir,
+                              getattr(student, "source_dir", None),
+                              conversations=holds_conversations(config, data))
     compute = dtype if dtype not in (torch.float32, torch.float64) else None
     return Rollout(config, prompt_source(config, data), tokenizer, eos,
                    int(student.vocab_size), device, compute)
