@@ -385,6 +385,10 @@ class KDApp(App):
             if choice == "stop":
                 for handle in going:
                     await handle.cancel()
+                # the user ended them here: the runs list has nothing new to mark on them
+                # (they were marked '•', ended and not looked at, in the next dashboard)
+                self.seen.mark(*(d for d in (getattr(h.source, "run_dir", None) for h in going)
+                                 if d is not None))
                 self.exit(message="Stopped " + ", ".join(h.run_id for h in going))
             elif choice == "leave":
                 hints = "\n".join(f"{h.run_id} goes on; follow it: {h.reattach_hint()}"

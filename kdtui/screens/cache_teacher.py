@@ -22,6 +22,7 @@ from kdengine.config import ConfigError, RunConfig
 from kdengine.teacher.command import JOB_FIELDS
 from kdtui.launch.cache import cache_launcher
 from kdtui.launch.cache_job import TARGET_KINDS, CacheOptions
+from kdtui.screens.launch import TAB_FIRST_BINDINGS
 
 # the form's fields a cache job reads: what to score and how, and where it goes
 FORM_FIELDS = (*JOB_FIELDS, "run_name", "run_dir")
@@ -34,7 +35,9 @@ TARGETS_HELP = {"topk": "topk: the K likeliest ids and a tail bucket",
 class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
     """K and the targets kind for a cache job of the form's teacher and data; Esc cancels."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    # Tab and shift+tab move the focus before the keys typed after them reach K ("16<Tab>j"
+    # put "16j" in K): the launch form's TabFirstScreen bindings
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), *TAB_FIRST_BINDINGS]
 
     def __init__(self, summary: str, options: CacheOptions | None = None) -> None:
         super().__init__()

@@ -52,9 +52,10 @@ class QuitScreen(ModalScreen[str]):
             yield Label("A run is still going", classes="dialog-title")
             yield Static(f"{names}\n\nLeave it going: it runs on without the dashboard; come "
                          "back to it from the runs list (or `kdtui watch RUN`).\nStop it: "
-                         "SIGTERM: a kdengine run ends after its current step with a checkpoint "
-                         "of it for `kdtui resume` (under torchrun, its last periodic one), and "
-                         "is recorded as cancelled.",
+                         "the run is asked to stop (SIGTERM). A kdengine run finishes its "
+                         "current step, saves a checkpoint of it for `kdtui resume` (under "
+                         "torchrun, its last periodic checkpoint is kept) and is recorded as "
+                         "cancelled.",
                          classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Leave it going", variant="primary", id="leave")

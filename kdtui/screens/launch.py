@@ -333,6 +333,14 @@ def profile_spec(profile: str, name: str) -> FormSpec:
     return APR_FIELDS_BY_NAME[name] if profile == APR else FIELDS_BY_NAME[name]
 
 
+# Textual's own focus keys, made priority (TabFirstScreen; the cache dialog's too)
+TAB_FIRST_BINDINGS = [
+    Binding("tab", "app.focus_next", "", show=False, priority=True, id="form.next_field"),
+    Binding("shift+tab", "app.focus_previous", "", show=False, priority=True,
+            id="form.previous_field"),
+]
+
+
 class TabFirstScreen(Screen):
     """A screen of fields typed into: Tab and shift+tab move the focus before the keys typed
     after them reach a field. A plain Tab went to the focused field first and moved the focus
@@ -340,11 +348,7 @@ class TabFirstScreen(Screen):
     busy with a run, put "864" in batch_size). Textual's own focus keys, made priority: no
     description, so the help and the palette list them no more than before."""
 
-    BINDINGS = [
-        Binding("tab", "app.focus_next", "", show=False, priority=True, id="form.next_field"),
-        Binding("shift+tab", "app.focus_previous", "", show=False, priority=True,
-                id="form.previous_field"),
-    ]
+    BINDINGS = TAB_FIRST_BINDINGS
 
 
 class LaunchScreen(TabFirstScreen):

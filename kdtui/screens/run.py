@@ -547,8 +547,9 @@ class RunScreen(Screen):
         return " · ".join(part for part in (self.title_text, self.status_text) if part)
 
     def _show_end(self, status: str) -> None:
-        """The run ended: a status shown since it was opened ("reattached (running)") says how."""
-        if self.status_text and self.status_text != status:
+        """The run ended: the title says how ("· completed"), whether the run was watched to its
+        end or opened after it (a status shown since then, "reattached (running)", included)."""
+        if self.status_text != status:
             self.status_text = status
             self.sub_title = self._sub_title()
 

@@ -264,6 +264,25 @@ def first_line(message: str) -> str:
     return line
 
 
+RATE_INTERVALS = 8  # the step events the ETA's rate is read over: a few seconds of steps
+
+
+def recent_step_rate(marks: list[tuple[float, int]]) -> float:
+    """Steps a second now: the median of the last RATE_INTERVALS gaps between step events,
+    each its steps over its seconds, so it follows the rate the step's tokens/s shows. The
+    rate over the last 50 events (as before) lagged a change of pace by minutes, and under CPU
+    contention the ETA told twice or half the time the tokens/s did; the median also keeps an
+    eval's or a checkpoint's pause between two steps from swinging it."""
+    recent = marks[-RATE_INTERVALS - 1:]
+    rates = sorted((s1 - s0) / (t1 - t0)
+                   for (t0, s0), (t1, s1) in zip(recent, recent[1:], strict=False)
+                   if t1 > t0 and s1 > s0)
+    if not rates:
+        return 0.0
+    mid = len(rates) // 2
+    return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+
+
 class RunProgress(Widget):
     """step N of M (and epoch N/M when the engine has epochs), tokens/s, ETA from the recent
     step rate (render(), fixed height: an update repaints this widget only)."""
@@ -409,8 +428,7 @@ class RunProgress(Widget):
         if finished:
             self.eta = 0.0 if self.total and self.step >= self.total else None
         elif len(self._marks) >= 2 and self.total:
-            (t0, s0), (t1, s1) = self._marks[0], self._marks[-1]
-            rate = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+            rate = recent_step_rate(self._marks)
             self.eta = (self.total - self.step) / rate if rate > 0 else None
         self._draw()
 

@@ -285,7 +285,7 @@ async def test_start_with_apr_on_the_test_sshd_runs_it_in_the_run_screen(
             assert time.monotonic() < deadline, "the apr run did not finish"
             await pilot.pause(0.1)
         run = app.screen
-        assert run.sub_title == f"{name} on {host}"
+        assert run.sub_title == f"{name} on {host} · completed"  # how it ended
         assert run.query_one(VerdictPanel).status == "pass"
         rows = run.query_one(StageTracker).rows
         assert all(rows[s].state == "done" for s in ("preflight", "sync", "check", "models",
