@@ -513,6 +513,11 @@ def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
     data = load_examples(config, tokenizer, teacher_dir,
                          lambda line: print(line, file=sys.stderr, flush=True))
     hand_over(data.store)  # the run of this command reports the tokenizing as its own
+    # --check passes, and says on stderr what the run's data stage will say of the data
+    if (left_out := data.stats.left_out_line()) is not None:
+        print(left_out, file=sys.stderr, flush=True)
+    if (empty := data.stats.empty_answers_warning()) is not None:
+        print(f"WARNING: {empty}", file=sys.stderr, flush=True)
     if config.samples_completions:  # on-policy / seq_kd: the examples must hold prompts
         from kdengine.onpolicy.prompts import check_generation_prompt, prompt_source
 

@@ -324,6 +324,10 @@ def _report_data(data: TokenSplits | ExampleData, log: RunLog) -> None:
                  + (", token store reused (built by an earlier command)" if s.cached else
                     f", token store built: {data.store.tokenized} examples tokenized in "
                     f"{data.store.seconds:.2f} s"))
+        if (left_out := s.left_out_line()) is not None:  # not packed: no loss term reads them
+            log.line(left_out)
+        if (empty := s.empty_answers_warning()) is not None:
+            log.message("warning", empty)
         count, named = s.skipped_files, s.skipped
     else:
         count, named = len(data.skipped), data.skipped[:NAMED_SKIPS]

@@ -310,6 +310,27 @@ def _to_example(where: str, row: dict[str, Any], fields: dict[str, str]) -> Exam
     raise BadRecord(where, no_fields_text(row))
 
 
+def answers_of(example: Example) -> tuple[int, int]:
+    """(answers, empty ones) of an example: the assistant turns that train (a conversation's,
+    a prompt/completion pair's completion) or a completion string. An empty one (content ""
+    or blanks, no tool_calls, no reasoning) trains only the end-of-turn text: as TRL and
+    transformers train it, but almost always a sign of broken data."""
+    record = example.record
+    if example.kind == "text":
+        return 0, 0
+    if example.kind == "prompt_completion" and isinstance(record["completion"], str):
+        return 1, int(not record["completion"].strip())
+    turns = record["messages"] if example.kind == "messages" else record["completion"]
+    answers = [m for m in turns if m.get("role") == "assistant"]
+    return len(answers), sum(1 for m in answers if _is_empty_answer(m))
+
+
+def _is_empty_answer(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return (not message.get("tool_calls") and isinstance(content, str) and not content.strip()
+            and not any(message.get(k) for k in ("reasoning_content", "thinking", "reasoning")))
+
+
 def no_fields_text(row: dict[str, Any]) -> str:
     """What a record with none of our fields lacks, its fields, and the --data-fields that
     would name one (a list column as messages, a string column as text)."""
@@ -335,9 +356,20 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
     for i, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRecord(where, f"{name}[{i}] is not a {{role, content}} message")
+        if message["role"] == "function":  # OpenAI's legacy name for what a tool returned
+            raise BadRecord(where, f"{name}[{i}] has role 'function', OpenAI's legacy role for "
+                            "a function's result; write it as role 'tool' (its name and "
+                            "content as they are; the call before it as the assistant's "
+                            "tool_calls)")
         if message["role"] not in ROLES:
             raise BadRecord(where, f"{name}[{i}] has role {message['role']!r}; roles are "
                             f"{', '.join(ROLES)}")
+        if message.get("function_call") is not None and not message.get("tool_calls"):
+            # OpenAI's legacy call: templates read tool_calls, so it would train as nothing
+            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has a function_call, "
+                            "OpenAI's legacy form of a tool call; write it as tool_calls: "
+                            "[{\"type\": \"function\", \"function\": {\"name\": ..., "
+                            "\"arguments\": ...}}]")
         content = message.get("content")
         if isinstance(content, list):
             value[i] = message = {**message, "content": _text_of_parts(where, content,

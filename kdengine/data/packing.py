@@ -51,6 +51,7 @@ class PackedRows:
     row_starts: torch.Tensor
     truncated: int
     dropped: int
+    untrained: int = 0  # examples left out before packing as training nothing (examples.py)
 
     def __len__(self) -> int:
         return len(self.row_starts) - 1
@@ -158,8 +159,12 @@ class PackedSampler:
 
     def position(self, step: int) -> dict[str, object]:
         """The data position after `step` optimizer steps, for a checkpoint."""
+        # examples that train nothing were packed before they were left out: a checkpoint of
+        # such data, from then, has other rows (the same store key), and is refused
+        left_out = f":-{self.rows.untrained}" if self.rows.untrained else ""
         return {"next_step": step + 1, "seed": self.seed, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "stream": f"{self.rows.store.key}:{len(self.rows)}"}
+                "seq_len": self.seq_len,
+                "stream": f"{self.rows.store.key}:{len(self.rows)}{left_out}"}
 
     def check_position(self, saved: dict[str, object], step: int) -> None:
         """Refuse to resume on data or sampling that differ from the checkpoint's."""

@@ -30,7 +30,14 @@ import torch
 
 from kdengine.config import ON_BAD_FILE, TRAIN_ON, ConfigError
 from kdengine.data.chat import ChatTemplate
-from kdengine.data.formats import BadRecord, Source, empty_fix, find_sources, visible_files
+from kdengine.data.formats import (
+    BadRecord,
+    Source,
+    answers_of,
+    empty_fix,
+    find_sources,
+    visible_files,
+)
 from kdengine.data.parallel import default_workers, encode_all, start_pool
 
 # In every store's key: a change to how examples become tokens and masks gives it a new value,
@@ -212,15 +219,22 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     writer = _Writer(directory)
     skipped: list[list[str]] = []
     kinds: dict[str, int] = {}
+    # answers (assistant turns that train, completions), the empty ones, the first of those
+    answers: dict[str, Any] = {"answers": 0, "empty_answers": 0, "first_empty_answer": None}
     columns: set[str] = set()  # every record's field names: a mapped column none has is named
     try:
         for index, source in enumerate(sources):
-            mark, seen = writer.mark(), dict(kinds)
+            mark, seen, counted = writer.mark(), dict(kinds), dict(answers)
             try:
                 for example, ids, trains, trained in encode_all(
                         source.examples(columns), tokenizer, template, options.train_on, pool):
                     writer.add(example.name, ids, trains, trained)
                     kinds[example.kind] = kinds.get(example.kind, 0) + 1
+                    total, empty = answers_of(example)
+                    answers["answers"] += total
+                    answers["empty_answers"] += empty
+                    if empty and answers["first_empty_answer"] is None:
+                        answers["first_empty_answer"] = example.name
                     if progress and len(writer.names) % 1000 == 0:
                         progress(len(writer.names), source.name)
             except BadRecord as exc:
@@ -234,7 +248,7 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
                                       f"{exc.message}" + (" (skip bad files with --on-bad-file "
                                                           "skip)" if helps else "")) from None
                 writer.rollback(mark)
-                kinds = seen
+                kinds, answers = seen, counted
                 skipped.append([source.name, str(exc)])
             except ConfigError as exc:  # an example no option mends (no chat template): by path
                 where = exc.message.split(" ", 1)[0]
@@ -258,6 +272,7 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     meta = {"format": STORE_FORMAT, "spec": spec, "eos_id": tokenizer.eos_id,
             "examples": len(writer.names),
             "tokens": writer.tokens, "trained_tokens": writer.trained, "kinds": kinds,
+            **answers,
             "skipped_files": len(skipped), "skipped": skipped[:NAMED_SKIPS],
             "files": len(sources)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
