@@ -139,6 +139,12 @@ def find_sources(spec: str, split: str = "train",
             raise ConfigError("data_split", f"{spec} has no split {split!r} ({has})")
         return [Source(path, path.name, split, fields)]
     if is_saved_dataset(path):
+        named = _saved_split(path)
+        if split != "train" and split != named and not (path / "dataset_dict.json").is_file():
+            # one Dataset, not a DatasetDict: train (or the split it was loaded as) only
+            has = f"one saved Dataset, of split {named!r}" if named else \
+                "one saved Dataset, not a DatasetDict: train only"
+            raise ConfigError("data_split", f"{spec} has no split {split!r} ({has})")
         return [Source(path, path.name, split, fields)]
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
                    and p.suffix in DATA_SUFFIXES and p.name not in METADATA
@@ -255,6 +261,16 @@ def _of_split(files: list[Path], root: Path, split: str) -> tuple[list[Path], li
     return [f for f in files if splits[f] == split], have
 
 
+def _saved_split(path: Path) -> str | None:
+    """The split a saved Dataset says it is (state.json's `_split`, set where it was loaded
+    with split=...), or None."""
+    try:
+        split = json.loads((path / "state.json").read_text(encoding="utf-8")).get("_split")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return split if isinstance(split, str) else None
+
+
 def is_saved_dataset(path: Path) -> bool:
     """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
     return path.is_dir() and ((path / "state.json").is_file() or
@@ -363,11 +379,18 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
                             "tool_calls)")
         if message["role"] not in ROLES:
             raise BadRecord(where, f"{name}[{i}] has role {message['role']!r}; roles are "
-                            f"{', '.join(ROLES)}")
+                            f"{', '.join(ROLES)}{_role_hint(message['role'])}")
         if message.get("function_call") is not None and not message.get("tool_calls"):
             # OpenAI's legacy call: templates read tool_calls, so it would train as nothing
             raise BadRecord(where, f"{name}[{i}] ({message['role']}) has a function_call, "
                             "OpenAI's legacy form of a tool call; write it as tool_calls: "
+                            "[{\"type\": \"function\", \"function\": {\"name\": ..., "
+                            "\"arguments\": ...}}]")
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list)
+                                      and all(isinstance(c, dict) for c in calls)):
+            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has tool_calls that are a "
+                            f"{type(calls).__name__}, not a list of calls: write "
                             "[{\"type\": \"function\", \"function\": {\"name\": ..., "
                             "\"arguments\": ...}}]")
         content = message.get("content")
@@ -376,8 +399,25 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
                                                                        f"{name}[{i}]")}
         elif not (isinstance(content, str) or
                   (content is None and message.get("tool_calls"))):
-            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has no text content")
+            what = "no content" if content is None else \
+                f"content of type {type(content).__name__}"
+            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has {what}: give it a "
+                            "string (\"\" where it says nothing), a list of text parts, or, for "
+                            "the assistant, tool_calls")
     return value
+
+
+# role names other formats use, and the role each means here
+_ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+                 "ai": "assistant", "developer": "system", "function": "tool",
+                 "ipython": "tool"}
+
+
+def _role_hint(role: str) -> str:
+    """How to write an unknown role that means one of ours (a capitalised one, another
+    format's name for it); "" when none is known."""
+    ours = role.lower() if role.lower() in ROLES else _ROLE_ALIASES.get(role.lower())
+    return f" (write {ours!r} for {role!r})" if ours else ""
 
 
 def _text_of_parts(where: str, parts: list[Any], name: str) -> str:

@@ -148,3 +148,61 @@ def test_legacy_function_call_is_refused_not_trained_as_nothing(made, tmp_path,
     line = one_line(capsys, main(argv(made, data, "--check")), "train")
     assert f"--data: {data}:1: messages[1] (assistant) has a function_call, OpenAI's legacy " \
            "form of a tool call; write it as tool_calls: [{\"type\": \"function\"" in line
+
+
+def one_bad(made, tmp_path, capsys, record: dict, name: str = "bad.jsonl") -> str:
+    """--check's one line for 20 good chats with `record` as the third."""
+    rows = [chat(i) for i in range(20)]
+    rows[2] = record
+    data = write_jsonl(tmp_path / name, rows)
+    line = one_line(capsys, main(argv(made, data, "--check")), "train")
+    assert line.startswith(f"kdengine train: error: --data: {data}:3: "), line
+    return line.split(f"{data}:3: ", 1)[1]
+
+
+@pytest.mark.parametrize(("role", "ours"), [("human", "user"), ("USER", "user"),
+                                            ("model", "assistant"), ("gpt", "assistant")])
+def test_a_role_another_format_uses_is_refused_naming_ours(made, tmp_path, capsys, role,
+                                                           ours) -> None:
+    """`human`, `model` (Gemma's), `USER` were refused listing our roles, leaving the user to
+    guess which one they meant; the line now says which to write."""
+    said = one_bad(made, tmp_path, capsys, {"messages": [
+        {"role": "user", "content": "q"}, {"role": role, "content": "x"}]})
+    assert said == (f"messages[1] has role {role!r}; roles are system, user, assistant, tool "
+                    f"(write {ours!r} for {role!r})")
+
+
+def test_content_that_is_not_text_says_what_to_give(made, tmp_path, capsys) -> None:
+    """A number, or no content, was `has no text content`, with no fix; now the line says
+    what it has and what to give."""
+    said = one_bad(made, tmp_path, capsys, {"messages": [
+        {"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]})
+    assert said == ("messages[0] (user) has content of type int: give it a string (\"\" where "
+                    "it says nothing), a list of text parts, or, for the assistant, tool_calls")
+    said = one_bad(made, tmp_path, capsys, {"conversations": [
+        {"from": "human", "value": "q"}, {"from": "gpt"}]}, "sharegpt.jsonl")
+    assert said.startswith("conversations[1] (assistant) has no content: give it a string")
+
+
+def test_tool_calls_that_are_not_a_list_of_calls_are_refused(made, tmp_path, capsys) -> None:
+    """tool_calls written as a string passed, and reached the template as text to iterate;
+    now the record is refused naming the form to write."""
+    said = one_bad(made, tmp_path, capsys, {"messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": "weather()"}]})
+    assert said.startswith("messages[1] (assistant) has tool_calls that are a str, not a list "
+                           "of calls: write [{\"type\": \"function\"")
+
+
+def test_a_saved_dataset_refuses_a_split_it_lacks(made, tmp_path, capsys) -> None:
+    """`--data-split test` on a saved Dataset (not a DatasetDict) trained on the whole of it as
+    if it were the test split; the docs promise a split the data lacks is refused. It is now,
+    as for a single file."""
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([chat(i) for i in range(20)]).save_to_disk(str(saved))
+    capsys.readouterr()  # datasets' progress bars
+    line = one_line(capsys, main(argv(made, saved, "--check", "--data-split", "test")), "train")
+    assert line == (f"kdengine train: error: --data-split: {saved} has no split 'test' (one "
+                    "saved Dataset, not a DatasetDict: train only)")
+    assert main(argv(made, saved, "--check")) == 0
