@@ -341,6 +341,14 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
                 raise _BadFile(f"{file}:{number}", f"has a {text_field} field that is "
                                f"{_json_kind(record[text_field])}, not a string",
                                "give each line a text string")
+            kind = next((k for k in ("messages", "conversations", "prompt", "completion")
+                         if record.get(k) is not None), None)
+            if kind is not None:  # examples are told from text by a file's first record
+                raise _BadFile(f"{file}:{number}", f"is a {kind} record, but the file's first "
+                               "record is text, so the file is read as raw text (a text field "
+                               "a line)", "put a conversation or prompt/completion record "
+                               "first to read every record as an example, or keep text and "
+                               "examples in separate files")
             reason, _, fix = no_fields_text(record).partition("; ")
             raise _BadFile(f"{file}:{number}", reason, fix)
         if record[text_field].strip():

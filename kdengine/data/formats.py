@@ -196,9 +196,10 @@ def is_example_data(spec: str, fields: tuple[tuple[str, str], ...] = ()) -> bool
             _, row = next(_jsonl_rows(f, f.name), ("", None))
         except BadRecord:
             continue  # the reader that takes it names the error
-        if isinstance(row, dict):
+        if isinstance(row, dict):  # any file's: a folder may hold text and conversations
             keys = set(row) | {k for k, v in ours.items() if v in row}
-            return bool(keys & {"messages", "conversations", "prompt", "completion"})
+            if keys & {"messages", "conversations", "prompt", "completion"}:
+                return True
     return False
 
 

@@ -206,3 +206,38 @@ def test_a_saved_dataset_refuses_a_split_it_lacks(made, tmp_path, capsys) -> Non
     assert line == (f"kdengine train: error: --data-split: {saved} has no split 'test' (one "
                     "saved Dataset, not a DatasetDict: train only)")
     assert main(argv(made, saved, "--check")) == 0
+
+
+def test_a_folder_of_text_and_conversation_files_reads_as_examples(made, tmp_path) -> None:
+    """A folder whose first JSONL file (by name) holds text and a later one conversations was
+    read as raw text, only the first file's first record looked at, and refused at the
+    conversation file's first line; the docs promise text mixed with other kinds is an example.
+    Every file's first record is looked at now: the folder is examples."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"text": f"note {i} " * 8} for i in range(10)])
+    write_jsonl(folder / "b.jsonl", [chat(i) for i in range(20)])
+    from kdengine.config import RunConfig
+    from kdengine.loading import load_data
+    from kdengine.tokenizer import load_tokenizer
+
+    config = RunConfig.from_mapping({"teacher": str(made["teacher"]),
+                                     "student": str(made["student"]), "data": str(folder),
+                                     "seq_len": SEQ_LEN, "batch_size": 2})
+    data = load_data(config, load_tokenizer(made["teacher"], "teacher"), made["teacher"])
+    assert data.store.meta["kinds"] == {"text": 10, "messages": 20}
+
+
+def test_a_text_first_jsonl_with_conversations_names_the_cause(made, tmp_path,
+                                                               capsys) -> None:
+    """A JSONL file whose first record is text and a later one a conversation was refused
+    with `has no text ... field (its fields: messages); ... e.g. messages=messages`, a mapping
+    of the column to itself that changes nothing. The line now says why it was read as text and
+    what to do."""
+    data = write_jsonl(tmp_path / "notes.jsonl", [{"text": "hello " * 8}, chat(1)])
+    line = one_line(capsys, main(argv(made, data, "--check")), "train")
+    assert line == (f"kdengine train: error: --data: {data}:2 is a messages record, but the "
+                    "file's first record is text, so the file is read as raw text (a text "
+                    "field a line); put a conversation or prompt/completion record first to "
+                    "read every record as an example, or keep text and examples in separate "
+                    "files")
