@@ -333,6 +333,8 @@ def profile_spec(profile: str, name: str) -> FormSpec:
     return APR_FIELDS_BY_NAME[name] if profile == APR else FIELDS_BY_NAME[name]
 
 
+DEMO_PRESET_NOTE = "Demo preset"  # F2's toast starts so (a refusal takes it down)
+
 # Textual's own focus keys, made priority (TabFirstScreen; the cache dialog's too)
 TAB_FIRST_BINDINGS = [
     Binding("tab", "app.focus_next", "", show=False, priority=True, id="form.next_field"),
@@ -735,8 +737,8 @@ class LaunchScreen(TabFirstScreen):
             self.select_profile(KDENGINE)
         values = demo_config().to_dict()
         self._load_values(values)
-        self.notify("Demo preset: a tiny teacher trained once on this machine, distilled on "
-                    "the Python stdlib; ctrl+r to start", timeout=4)
+        self.notify(f"{DEMO_PRESET_NOTE}: a tiny teacher trained once on this machine, "
+                    "distilled on the Python stdlib; ctrl+r to start", timeout=4)
 
     def action_runs(self) -> None:
         self.app.action_runs()
@@ -771,12 +773,22 @@ class LaunchScreen(TabFirstScreen):
         """Focus the first invalid field (in form order) and name them all in one toast."""
         order = [spec.name for spec in profile_specs(profile)]
         bad = sorted(set(bad), key=order.index)
-        self._focus_field(bad[0], profile)
+        self._focus_field(bad[0], profile, at_top=True)
         if len(bad) == 1:
             text = self.field_error(bad[0], profile)
         else:
             text = f"{len(bad)} fields to fix: {', '.join(bad)} (each says why, under it)"
-        self.notify(text, title="Invalid run", severity="error", markup=False)
+        self._refuse(text, markup=False)
+
+    def _refuse(self, message: str, *, markup: bool = True) -> None:
+        """The "Invalid run" toast. It replaces the form's earlier ones (a refusal before this
+        one, the demo preset's 'ctrl+r to start'), which are stale now: stacked from the bottom
+        right they had grown over the field errors at 80x24."""
+        for notification in list(self.app._notifications):
+            if notification.title == "Invalid run" or notification.message.startswith(
+                    DEMO_PRESET_NOTE):
+                self.app._unnotify(notification)  # Textual has no public call to remove one
+        self.notify(message, title="Invalid run", severity="error", markup=markup)
 
     def collect_apr(self) -> tuple[RunConfig, AprSettings] | None:
         """The apr form as the run config and apr settings `kdtui launch --profile apr` would
@@ -805,13 +817,19 @@ class LaunchScreen(TabFirstScreen):
         message = profile_error_text(profile, exc)
         if exc.field and self.query(f"#{row_id(exc.field, profile)}"):
             self.query_one(f"#{row_id(exc.field, profile)}", FieldRow).show_error(message)
-            self._focus_field(exc.field, profile)
-        self.notify(message, title="Invalid run", severity="error")
+            self._focus_field(exc.field, profile, at_top=True)
+        self._refuse(message)
 
-    def _focus_field(self, name: str, profile: str = KDENGINE) -> None:
+    def _focus_field(self, name: str, profile: str = KDENGINE, *, at_top: bool = False) -> None:
+        """Focus a field and scroll to it; `at_top`: its row at the top of the form, where a
+        refusal's toasts (stacked from the bottom right) leave its error readable."""
         widget = self.query_one(f"#{field_widget_id(name, profile)}")
         focus_quietly(widget)
-        self.query_one("#form", VerticalScroll).scroll_to_widget(widget, animate=False)
+        form = self.query_one("#form", VerticalScroll)
+        form.scroll_to_widget(widget, animate=False)
+        if at_top:  # after the error line is drawn (FieldRow.show_error scrolls to it then)
+            row = self.query_one(f"#{row_id(name, profile)}")
+            self.call_after_refresh(form.scroll_to_widget, row, animate=False, top=True)
 
     def action_start(self) -> None:
         if self.profile == APR:
@@ -848,7 +866,7 @@ class LaunchScreen(TabFirstScreen):
         if host in (NO_HOST, LOCAL):
             self._show_row_error("row-host", APR_HOST_MISSING)
             self.query_one("#host", Select).focus(scroll_visible=False)  # the row is shown
-            self.notify(APR_HOST_MISSING, title="Invalid run", severity="error")
+            self._refuse(APR_HOST_MISSING)
             return
         collected = self.collect_apr()
         if collected is None:

@@ -174,3 +174,44 @@ def test_eta_from_the_first_two_step_events() -> None:
         progress.add_step(_step(1000.0 + step / 4, step, 4096.0))
     progress.refresh_view()
     assert progress.eta is not None and abs(progress.eta - (1000 - 3) / 4) < 1e-6
+
+
+def _covered(app, widget) -> list[str]:
+    """What of `widget`'s rows on screen a toast covers, or the form's frame cuts off."""
+    from textual.widgets._toast import Toast
+
+    region = widget.region
+    form = app.screen.query_one("#form").region
+    bad = [] if form.contains_region(region) and region.height else [f"cut off: {region}"]
+    bad += [f"under a toast at {t.region}" for t in app.screen.query(Toast)
+            if t.region.overlaps(region)]
+    return bad
+
+
+async def _refused(app, pilot, size, field: str, value: str) -> list[str]:
+    form = app.screen
+    form.query_one(f"#field-{field}", Input).focus()  # as a user types over a field
+    await pilot.pause()
+    await pilot.press("ctrl+a", *value, "ctrl+r")
+    await _until(pilot, lambda: form.query(".field-row.-invalid"))
+    await pilot.pause(0.3)
+    row = form.query_one(f"#row-{field}")
+    return _covered(app, row.query_one(".field-error", Static))
+
+
+async def test_invalid_run_toast_leaves_the_field_error_readable(runs_dir):
+    """Start with a field refused: the 'Invalid run' toast sat over the field's inline error at
+    80x24 (batch_size, seed: which field and why could not be read), over the demo preset's own
+    toast and earlier refusals' stacked on it. The error row now shows clear of any toast,
+    at 80x24 and 120x40."""
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:  # the toasts drawn
+        await _until(pilot, lambda: app.screen.form_ready)
+        problems = {}
+        for size, field in (((80, 24), "batch_size"), ((80, 24), "seed"),
+                            ((120, 40), "batch_size")):
+            await pilot.resize_terminal(*size)
+            await pilot.press("f2")  # its toast stays a while: the refusal's comes over it
+            await pilot.pause()
+            problems[size, field] = await _refused(app, pilot, size, field, "x")
+        assert not any(problems.values()), problems
