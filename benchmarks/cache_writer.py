@@ -67,9 +67,9 @@ def kernels(fn, device: torch.device, top: int = 25) -> dict:
             "top": [{"ms": round(us / 1e3, 3), "count": n, "kernel": k} for us, n, k in rows[:top]]}
 
 
-def chunk_targets_now(z: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """score_rows' per-chunk targets as written (top-K): fp32 log-softmax, topk, the tail's
-    log-mass from the rest."""
+def chunk_targets_before(z: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """score_rows' per-chunk targets before kdengine.teacher.targets (top-K): fp32 log-softmax,
+    topk, the tail's log-mass from a scattered copy."""
     import math
 
     lp = torch.log_softmax(z.float(), -1)
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kdengine.models import Decoder, DecoderConfig
     from kdengine.providers import ModelTeacher
+    from kdengine.teacher.targets import topk_targets
     from kdengine.teacher.writer import TeacherForward
 
     shape = TINY if args.tiny else QWEN3_4B
@@ -159,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         h = torch.randn(chunk, model.config.hidden_size, device=device, dtype=dtype)
         w = teacher.head_weight[:vocab].to(dtype)
         z = h @ w.t()
-        ref_v, ref_i, ref_t = chunk_targets_now(z, args.k)
+        ref_v, ref_i, ref_t = chunk_targets_before(z, args.k)
         lse = torch.logsumexp(z.float(), -1, keepdim=True)
         ways = {
             "head matmul": lambda: h @ w.t(),
-            "as written: log_softmax fp32, topk, scatter + logsumexp": lambda: chunk_targets_now(
+            "before: log_softmax fp32, topk, scatter + logsumexp": lambda: chunk_targets_before(
                 z, args.k),
+            "now: topk_targets (bf16 top-K, fused sums)": lambda: topk_targets(z, args.k),
             "log_softmax fp32 alone": lambda: torch.log_softmax(z.float(), -1),
             "topk of fp32 log-probs alone": lambda: torch.log_softmax(z.float(), -1).topk(args.k),
             "topk of the bf16 logits": lambda: z.topk(args.k, -1),
@@ -174,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in ways.items():
             fn()
             say({"measure": f"chunk {chunk} x {vocab}: {name}", **timed(fn, device, args.repeat)})
+        now = topk_targets(z, args.k)
+        taken = (z.float() - lse).gather(-1, now["ids"])  # each id's log-prob, from the logits
+        say({"measure": "topk_targets against the log-softmax way (GPU correctness)",
+             "max_abs_logp_diff": float((now["logp"] - ref_v).abs().max()),
+             "max_abs_id_logp_diff": float((taken - now["logp"]).abs().max()),
+             "max_abs_tail_diff": float((now["tail"] - ref_t).abs().max()),
+             "same_ids_but_ties": float((torch.sort(now["ids"], -1).values
+                                         == torch.sort(ref_i, -1).values).float().mean())})
         v2, i2 = two_stage_topk(z, args.k)
         same = bool(torch.equal(torch.sort(i2, -1).values, torch.sort(ref_i, -1).values))
         say({"measure": "two-stage topk: same ids as topk", "same": same,

@@ -76,7 +76,7 @@ def _events(directory: Path) -> list[dict]:
 
 
 def write_cache(args: argparse.Namespace, work: Path, k: int) -> dict:
-    out = work / f"cache-k{k}"
+    out = work / f"cache-k{k}{args.tag}"
     argv = [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher", str(work / "teacher"),
             "--data", str(work / "data"), "--seq-len", str(args.seq_len), "--top-k", str(k),
             "--rows-per-batch", str(args.rows_per_batch), "--shard-rows", str(args.shard_rows),
@@ -96,7 +96,10 @@ def write_cache(args: argparse.Namespace, work: Path, k: int) -> dict:
         first, last = steps[0], steps[-1]
         steady = (last["step"] - first["step"]) * args.seq_len / max(last["t"] - first["t"],
                                                                     1e-9)
+    writes = [e["write_s"] for e in steps if "write_s" in e]
     return {"measure": "cache_write", "k": k, "tokens": tokens, "wall_s": round(wall, 1),
+            "write_s_per_shard": round(statistics.median(writes), 3) if writes else None,
+            "first_step_after_start_s": round(steps[0]["t"] - _events(out)[0]["t"], 1),
             "tokens_per_s_steady": round(steady) if steady else None,
             "tokens_per_s_overall": round(tokens / wall),
             "bytes_per_token": round(manifest["bytes"] / tokens, 2),
@@ -138,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-k", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--phases", default="write,train",
+                        help="write (the caches), train (live against cached): either or both")
+    parser.add_argument("--tag", default="", help="appended to each cache's directory name")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the models and data already in --work (another tree's run)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.tokens, args.seq_len, args.batch, args.rows_per_batch = 40_000, 64, 4, 8
@@ -147,24 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     teacher, student = (TINY_TEACHER, TINY_STUDENT) if args.tiny else (QWEN3_4B, QWEN3_0_6B)
     t0 = time.perf_counter()
-    sizes = {"teacher_params": write_model(work / "teacher", teacher, 1),
-             "student_params": write_model(work / "student", student, 2)}
-    (work / "data").mkdir(exist_ok=True)
-    write_text(work / "data" / "text.txt", args.tokens)
-    setup = {"measure": "setup", **sizes,
-             "ratio": round(sizes["teacher_params"] / sizes["student_params"], 2),
-             "models_written_s": round(time.perf_counter() - t0, 1)}
-    print(json.dumps(setup), flush=True)
-    results = [setup]
-    for k in (int(k) for k in args.ks.split(",")):
+    results = []
+    if not (args.reuse and (work / "student" / "config.json").is_file()):
+        sizes = {"teacher_params": write_model(work / "teacher", teacher, 1),
+                 "student_params": write_model(work / "student", student, 2)}
+        (work / "data").mkdir(exist_ok=True)
+        write_text(work / "data" / "text.txt", args.tokens)
+        setup = {"measure": "setup", **sizes,
+                 "ratio": round(sizes["teacher_params"] / sizes["student_params"], 2),
+                 "models_written_s": round(time.perf_counter() - t0, 1)}
+        print(json.dumps(setup), flush=True)
+        results.append(setup)
+    phases = args.phases.split(",")
+    for k in (int(k) for k in args.ks.split(",")) if "write" in phases else ():
         results.append(write_cache(args, work, k))
         print(json.dumps(results[-1]), flush=True)
-    for name, teacher_args in (
+    for name, teacher_args in () if "train" not in phases else (
             ("live", ["--teacher", str(work / "teacher")]),
             (f"cached-k{args.train_k}", ["--teacher-cache", str(work / f"cache-k{args.train_k}")])):
         results.append(train(args, work, name, teacher_args))
         print(json.dumps(results[-1]), flush=True)
-    live, cached = results[-2], results[-1]
+    live, cached = (results[-2], results[-1]) if "train" in phases else ({"error": 0},) * 2
     if "error" not in live and "error" not in cached:
         speedup = {"measure": "speedup", "cached_over_live":
                    round(cached["tokens_per_s"] / live["tokens_per_s"], 2)}

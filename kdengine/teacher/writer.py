@@ -10,7 +10,6 @@ shards are kept, the others are written again, byte for byte the same.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -45,6 +44,7 @@ from kdengine.teacher.identity import (
 )
 from kdengine.teacher.rows import cache_rows, describe_rows, row_hash
 from kdengine.teacher.sparse import SAMPLED, TARGET_KINDS
+from kdengine.teacher.targets import topk_targets
 
 SHARD_BYTES = 512 << 20  # a shard's size on disk, about: small enough to redo after a kill
 
@@ -140,17 +140,20 @@ def score_rows(teacher: Any, input_ids: torch.Tensor, labels: torch.Tensor,
     ids, logp, tail = [], [], []
     token_nll = []
     for start in range(0, h.shape[0], chunk_tokens):
-        lp = torch.log_softmax((h[start:start + chunk_tokens] @ w.t()).float(), -1)
+        logits = h[start:start + chunk_tokens] @ w.t()
+        lab = flat_labels[start:start + chunk_tokens].clamp(min=0).unsqueeze(-1)
         if targets == SAMPLED:
+            lp = torch.log_softmax(logits.float(), -1)
             i = torch.multinomial(lp.exp(), top_k, replacement=True, generator=generator)
             v = lp.gather(-1, i)
             t = torch.zeros(len(lp), device=device)  # no tail bucket for draws
-        else:
-            v, i = lp.topk(min(top_k, vocab), -1)
-            t = torch.logsumexp(lp.scatter(-1, i, -math.inf), -1)
-        lab = flat_labels[start:start + chunk_tokens]
-        valid = lab >= 0
-        picked = lp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1).double()
+            picked = lp.gather(-1, lab).squeeze(-1)
+        else:  # kdengine.teacher.targets: no fp32 log-probs of the whole vocab are made
+            top = topk_targets(logits, top_k)
+            v, i, t = top["logp"], top["ids"], top["tail"]
+            picked = logits.gather(-1, lab).squeeze(-1).float() - top["lse"]
+        valid = flat_labels[start:start + chunk_tokens] >= 0
+        picked = picked.double()
         token_nll.append(torch.where(valid, -picked, torch.zeros_like(picked)))
         ids.append(i)
         logp.append(v)
@@ -285,16 +288,18 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                     _record_val(manifest["teacher_val"], batch_rows, len(train), scored)
                     tokens_since += input_ids.numel()
                 rows_done += len(rows)
+                written = time.perf_counter()
                 write_shard(out, index, {k: torch.cat(v) for k, v in parts.items()})
                 if any(r >= len(train) for r in rows):  # the held-out rows' NLL, with them
                     write_manifest(out, manifest)
+                write_s = time.perf_counter() - written
                 seconds = time.perf_counter() - t0
                 rate = tokens_since / max(seconds, 1e-9)
                 left = (total_rows - rows_done) * cfg.seq_len / max(rate, 1e-9)
                 teacher_ce = nll / max(count, 1)
                 log.emit(ev.STEP, step=rows_done, total_steps=total_rows, loss=teacher_ce,
                          ce=teacher_ce, tokens_per_s=rate, eta_s=round(left, 1),
-                         shard=index, shards=shards)
+                         shard=index, shards=shards, write_s=round(write_s, 3))
                 log.line(f"shard {index + 1}/{shards}: {rows_done}/{total_rows} rows, "
                          f"teacher ce={teacher_ce:.4f}, tok/s={rate:.0f}, eta {left:.0f}s")
             size = sum(p.stat().st_size for p in out.glob("shard-*") if p.suffix != ".done")
