@@ -126,9 +126,15 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                "assistant's, or prompt/completion pairs): an on-policy run samples its own "
                "answer to what comes before it" if samples_completions else "or --train-on all")
         why = _left_out_text(int((held & no_answer).sum()), int((held & past).sum()), seq_len)
+        # a larger seq_len helps where answers lie past it; val_fraction where others train
+        larger = [name for name, helps in (("seq_len", bool((held & past).any())),
+                                           ("val_fraction", bool(trains.any()))) if helps]
+        give = (f"a larger {' or '.join(larger)}, {fix}" if larger else
+                fix.removeprefix("or ") if samples_completions else
+                "data with answers (conversations with an assistant turn, or prompt/completion "
+                "pairs), or --train-on all")
         raise ConfigError("data", f"{spec}: the validation rows hold no trained tokens (of the "
-                          f"{int(held.sum())} held-out examples, {why}): give a larger seq_len "
-                          f"or val_fraction, {fix}")
+                          f"{int(held.sum())} held-out examples, {why}): give {give}")
     if len(train) < batch_size or len(val) < 1:
         why = f" ({untrained} left out: {left_out})" if untrained else ""
         raise ConfigError("data", f"{spec} has {len(store)} examples{why}, packed into "

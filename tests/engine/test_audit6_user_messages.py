@@ -114,7 +114,7 @@ def test_prompts_only_data_gets_a_fix_an_on_policy_run_can_use(made, capsys) -> 
     line = one_line(capsys, main(on_policy), "train")
     assert f"--data: {made['users']}: the " in line and "rows hold no trained tokens" in line
     assert "--train-on all" not in line
-    assert line.endswith("or data whose examples end with an answer (conversations whose last "
+    assert line.endswith("data whose examples end with an answer (conversations whose last "
                          "turn is the assistant's, or prompt/completion pairs): an on-policy "
                          "run samples its own answer to what comes before it"), line
     line = one_line(capsys, main(check_train(made, made["users"])), "train")

@@ -241,3 +241,18 @@ def test_a_text_first_jsonl_with_conversations_names_the_cause(made, tmp_path,
                     "field a line); put a conversation or prompt/completion record first to "
                     "read every record as an example, or keep text and examples in separate "
                     "files")
+
+
+def test_data_with_no_answer_at_all_is_not_told_to_raise_seq_len(made, tmp_path,
+                                                                  capsys) -> None:
+    """User turns only: the refusal said `give a larger seq_len or val_fraction, or --train-on
+    all`, two fixes that cannot help. It now says what the held-out examples lack and the
+    fixes that do."""
+    data = write_jsonl(tmp_path / "asks.jsonl", [{"messages": [
+        {"role": "user", "content": f"q{i}"}]} for i in range(20)])
+    line = one_line(capsys, main(argv(made, data, "--check")), "train")
+    assert line.startswith(f"kdengine train: error: --data: {data}: the validation rows hold "
+                           "no trained tokens (of the ")
+    assert line.endswith(" with no assistant turn or completion): give data with answers "
+                         "(conversations with an assistant turn, or prompt/completion pairs), "
+                         "or --train-on all")
