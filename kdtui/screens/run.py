@@ -429,9 +429,12 @@ class RunScreen(Screen):
                 step = event.get("step")
                 if isinstance(step, (int, float)) and self._first_drawing("eval", step):
                     chart.add_eval(step, event.get("val_loss"))
+                progress.add_eval(event)
                 held_out = HeldOutGeneration.from_event(event)
                 if held_out is not None:
                     self._samples_pane().add_held_out(held_out)
+            elif kind == "checkpoint":
+                progress.add_checkpoint(event)
             elif kind == "epoch":  # an engine with epochs (apr): the loss at each epoch's end
                 step = event.get("step")
                 if isinstance(step, (int, float)):
@@ -446,6 +449,7 @@ class RunScreen(Screen):
                 total = (event.get("config") or {}).get("steps")
                 if isinstance(total, int) and not is_cache_job(event):  # a job's are rows
                     progress.total = total
+                    progress.expect_schedule(event.get("config"))
                 self._teacher_note(event)
                 self._check_effective_config(event)
                 if wants_samples(event.get("config")):

@@ -283,9 +283,19 @@ def recent_step_rate(marks: list[tuple[float, int]]) -> float:
     return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
 
 
+def _positive_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _multiples_between(every: int, after: int, before: int) -> int:
+    """How many multiples of `every` lie in (after, before)."""
+    return max(0, (before - 1) // every - after // every) if every and before > after else 0
+
+
 class RunProgress(Widget):
-    """step N of M (and epoch N/M when the engine has epochs), tokens/s, ETA from the recent
-    step rate (render(), fixed height: an update repaints this widget only)."""
+    """step N of M (and epoch N/M when the engine has epochs), tokens/s, ETA: the steps left at
+    the recent step rate plus the evaluations and checkpoint pauses still to come, each at the
+    last one's measured time (render(), fixed height: an update repaints this widget only)."""
 
     COMPONENT_CLASSES = {"rank--ok", "rank--failed", "rank--stopped"}
     DEFAULT_CSS = """
@@ -312,6 +322,16 @@ class RunProgress(Widget):
         self._epochs_done = 0
         self._epoch_end_step: int | None = None
         self._marks: list[tuple[float, int]] = []  # (event time, step), a sliding window
+        # the run's schedule (run_started's config; 0: none or unknown) and what its pauses
+        # measured: the step rate leaves them out, so the ETA adds those still to come
+        self._eval_every = 0
+        self._checkpoint_every = 0
+        self._schedule_known = False
+        self._eval_s: float | None = None  # the last evaluation's seconds
+        self._stall_s: float | None = None  # the last checkpoint's hold on the training loop
+        self._write_s: float | None = None  # and its write (the final one waits for it)
+        self._evals_seen: set[int] = set()
+        self._checkpoints_seen: set[int] = set()
         self.split = ""  # an on-policy step's time split (kdtui.samples.step_split); "": none
         self.gen_rate: float | None = None  # an on-policy step's generated tokens/s
         self._text = Text("")
@@ -372,11 +392,83 @@ class RunProgress(Widget):
             # a step with no epoch of its own (apr numbering steps across epochs): it belongs
             # to the epoch after the last one that ended
             self.epoch = max(self.epoch or 0, min(self._epochs_done + 1, self.epochs))
+        eval0_s = event.get("eval0_s")  # the step-0 evaluation's time: until a later one's
+        if self._eval_s is None and isinstance(eval0_s, (int, float)) and eval0_s > 0:
+            self._eval_s = float(eval0_s)
         t = event.get("t")
         if isinstance(t, (int, float)):
             self._marks.append((float(t), step))
             if len(self._marks) > 50:
                 del self._marks[: len(self._marks) - 50]
+
+    def expect_schedule(self, config: object) -> None:
+        """run_started's effective config: when the run evaluates and checkpoints."""
+        if isinstance(config, dict):
+            self._eval_every = _positive_int(config.get("eval_every"))
+            self._checkpoint_every = _positive_int(config.get("checkpoint_every"))
+            self._schedule_known = True
+
+    def add_eval(self, event: dict) -> None:
+        """An `eval` event, written as the evaluation ends: its time is measured from the step
+        event just before it (the step it evaluates after), or from where the step rate puts
+        that step when the run logs no event at it."""
+        step, t = event.get("step"), event.get("t")
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        self._evals_seen.add(step)
+        if step == 0 or not isinstance(t, (int, float)):
+            return  # step 0's is the first step event's eval0_s
+        before = [(t0, s0) for t0, s0 in self._marks if s0 <= step and t0 <= t]
+        if not before:
+            return
+        t0, s0 = before[-1]
+        if s0 < step:
+            rate = recent_step_rate(self._marks)
+            if rate <= 0:
+                return
+            t0 += (step - s0) / rate
+        self._eval_s = max(0.0, float(t) - t0)
+
+    def add_checkpoint(self, event: dict) -> None:
+        """A `checkpoint` event: its `stall_s` (the loop held) and `write_s` (the final
+        checkpoint's wait)."""
+        step = event.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            self._checkpoints_seen.add(step)
+        if event.get("reason") == "cancel":
+            return
+        for name in ("stall_s", "write_s"):
+            value = event.get(name)
+            if isinstance(value, (int, float)) and value >= 0:
+                setattr(self, f"_{name}", float(value))
+
+    def pauses_to_come(self) -> float:
+        """Seconds of evaluations and checkpoints still ahead of the run (from step `step`),
+        each at the last one's measured time; 0 for those not yet measured, or when the run's
+        schedule is unknown."""
+        if not self._schedule_known or not self.total:
+            return 0.0
+        step, total = self.step, self.total
+        seconds = 0.0
+        eval_s = self._eval_s or 0.0
+        if eval_s:
+            every = self._eval_every
+            evals = _multiples_between(every, step, total)
+            if every and 0 < step < total and step % every == 0 \
+                    and step not in self._evals_seen:
+                evals += 1  # its step event came; the evaluation after it has not ended
+            evals += total not in self._evals_seen  # the final evaluation
+            seconds += evals * eval_s
+        if self._stall_s is not None:
+            every = self._checkpoint_every
+            stalls = _multiples_between(every, step, total)
+            if every and 0 < step < total and step % every == 0 \
+                    and step not in self._checkpoints_seen:
+                stalls += 1
+            seconds += stalls * self._stall_s
+            if total not in self._checkpoints_seen:  # the final one: the run waits for it
+                seconds += self._stall_s + (self._write_s or 0.0)
+        return seconds
 
     def end_at(self, steps: object) -> None:
         """run_finished's `steps`: the last step trained, which a run that logs every N steps
@@ -429,7 +521,8 @@ class RunProgress(Widget):
             self.eta = 0.0 if self.total and self.step >= self.total else None
         elif len(self._marks) >= 2 and self.total:
             rate = recent_step_rate(self._marks)
-            self.eta = (self.total - self.step) / rate if rate > 0 else None
+            self.eta = ((self.total - self.step) / rate + self.pauses_to_come()
+                        if rate > 0 else None)
         self._draw()
 
     def _draw(self) -> None:
