@@ -22,7 +22,7 @@ from kdengine.config import ConfigError, RunConfig
 from kdengine.teacher.command import JOB_FIELDS
 from kdtui.launch.cache import cache_launcher
 from kdtui.launch.cache_job import TARGET_KINDS, CacheOptions
-from kdtui.screens.launch import TAB_FIRST_BINDINGS
+from kdtui.screens.launch import DEMO_PRESET_NOTE, TAB_FIRST_BINDINGS
 
 # the form's fields a cache job reads: what to score and how, and where it goes
 FORM_FIELDS = (*JOB_FIELDS, "run_name", "run_dir")
@@ -64,6 +64,11 @@ class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
 
     def on_mount(self) -> None:
         self.query_one("#cache-top-k", Input).focus()
+        # F2's toast (10 s, bottom right) sat over the dialog's bottom border and, at 80x24,
+        # its buttons: what it says is the form's, and the dialog is what is read now
+        for notification in list(self.app._notifications):
+            if notification.message.startswith(DEMO_PRESET_NOTE):
+                self.app._unnotify(notification)  # Textual has no public call to remove one
 
     def collect(self) -> CacheOptions | None:
         text = self.query_one("#cache-top-k", Input).value.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 from kdtui.app import KDApp
@@ -12,6 +13,13 @@ from kdtui.screens.run import RunScreen
 from kdtui.widgets.run_panels import RunProgress
 
 T0 = 1_760_000_000.0
+
+
+async def wait_until(pilot, condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        await pilot.pause(0.05)
 
 
 def _stream(*, steps: int = 100, upto: int = 50, eval_every: int = 20, eval_s: float = 10.0,
@@ -114,3 +122,25 @@ async def test_run_screen_eta_counts_the_evaluations_to_come(runs_dir, wait_for)
         await pilot.pause(0.2)
         progress = app.screen.query_one(RunProgress)
         assert progress.eta is not None and abs(progress.eta - 80) < 1.0, progress.eta
+
+
+async def test_the_demo_presets_toast_leaves_the_cache_dialog_whole(runs_dir) -> None:
+    """F2 then F4: the demo preset's toast sat over the cache dialog's bottom border (and, at
+    80x24, its buttons' row). The dialog now opens clear of any toast, at 80x24 and 120x40."""
+    from textual.widgets._toast import Toast
+
+    from kdtui.screens.cache_teacher import CacheTeacherDialog
+
+    for size in ((80, 24), (120, 40)):
+        app = KDApp(runs_dir=runs_dir)
+        async with app.run_test(size=size, notifications=True) as pilot:  # toasts drawn
+            await wait_until(pilot, lambda: getattr(app.screen, "form_ready", False))
+            await pilot.press("f2")
+            await pilot.pause(0.2)
+            assert app.screen.query(Toast), "the demo preset's toast"
+            await pilot.press("f4")
+            await wait_until(pilot, lambda: isinstance(app.screen, CacheTeacherDialog))
+            await pilot.pause(0.3)
+            dialog = app.screen.query_one("#cache-dialog").region
+            covered = [t.region for t in app.screen.query(Toast) if t.region.overlaps(dialog)]
+            assert not covered, (size, dialog, covered)
