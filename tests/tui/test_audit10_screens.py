@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+import pytest
+
 from kdtui.app import KDApp
 from kdtui.screens.run import RunScreen
 from kdtui.widgets.run_panels import RunProgress
@@ -124,23 +126,23 @@ async def test_run_screen_eta_counts_the_evaluations_to_come(runs_dir, wait_for)
         assert progress.eta is not None and abs(progress.eta - 80) < 1.0, progress.eta
 
 
-async def test_the_demo_presets_toast_leaves_the_cache_dialog_whole(runs_dir) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_demo_presets_toast_leaves_the_cache_dialog_whole(runs_dir, size) -> None:
     """F2 then F4: the demo preset's toast sat over the cache dialog's bottom border (and, at
-    80x24, its buttons' row). The dialog now opens clear of any toast, at 80x24 and 120x40."""
+    80x24, its buttons' row). The dialog now opens clear of any toast."""
     from textual.widgets._toast import Toast
 
     from kdtui.screens.cache_teacher import CacheTeacherDialog
 
-    for size in ((80, 24), (120, 40)):
-        app = KDApp(runs_dir=runs_dir)
-        async with app.run_test(size=size, notifications=True) as pilot:  # toasts drawn
-            await wait_until(pilot, lambda: getattr(app.screen, "form_ready", False))
-            await pilot.press("f2")
-            await pilot.pause(0.2)
-            assert app.screen.query(Toast), "the demo preset's toast"
-            await pilot.press("f4")
-            await wait_until(pilot, lambda: isinstance(app.screen, CacheTeacherDialog))
-            await pilot.pause(0.3)
-            dialog = app.screen.query_one("#cache-dialog").region
-            covered = [t.region for t in app.screen.query(Toast) if t.region.overlaps(dialog)]
-            assert not covered, (size, dialog, covered)
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=size, notifications=True) as pilot:  # toasts drawn
+        await wait_until(pilot, lambda: getattr(app.screen, "form_ready", False))
+        await pilot.press("f2")
+        await pilot.pause(0.2)
+        assert app.screen.query(Toast), "the demo preset's toast"
+        await pilot.press("f4")
+        await wait_until(pilot, lambda: isinstance(app.screen, CacheTeacherDialog))
+        await pilot.pause(0.3)
+        dialog = app.screen.query_one("#cache-dialog").region
+        covered = [t.region for t in app.screen.query(Toast) if t.region.overlaps(dialog)]
+        assert not covered, (dialog, covered)
