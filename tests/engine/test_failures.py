@@ -100,6 +100,20 @@ def small_fs(tmp_path: Path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+def _in_process(capsys: pytest.CaptureFixture[str], argv: list[str]) -> subprocess.CompletedProcess:
+    """`kdengine argv` through kdengine.cli.main in this process (a refusal's exit code, stdout
+    and stderr, as _run gives them, without a new interpreter's torch import)."""
+    from kdengine.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
 def _one_error_line(out: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
@@ -199,11 +213,11 @@ def test_resume_of_a_completed_run_refuses_and_changes_nothing(
 
 
 def test_a_file_system_too_small_for_the_checkpoints_refuses_before_a_run_dir_exists(
-        tiny_run_inputs, tiny_args, engine_cmd, small_fs) -> None:
+        tiny_run_inputs, tiny_args, small_fs, capsys) -> None:
     fs = small_fs(256 * 1024)  # the tiny student's checkpoints need about 1 MB
     run_dir = fs / "run"
     for check in ([], ["--check"]):  # the remote check stage runs --check on the GPU box
-        out = _run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir), *check])
+        out = _in_process(capsys, [*tiny_args(tiny_run_inputs, run_dir), *check])
         assert out.returncode == 2
         line = _one_error_line(out)
         assert line.startswith(f"kdengine train: error: --run-dir: {run_dir}'s file system has ")
