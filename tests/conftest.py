@@ -226,6 +226,32 @@ def one_line_in_process(capsys: pytest.CaptureFixture[str], code: int, command: 
 
 
 @pytest.fixture
+def engine_in_process(capsys: pytest.CaptureFixture[str]
+                      ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """engine_in_process(*argv): `kdengine argv` through kdengine.cli.main in this process, as
+    subprocess.run(capture_output=True, text=True) gives it (exit code, stdout, stderr), without
+    a new interpreter's torch import; the test worker's SIGINT/SIGTERM handlers are put back."""
+    import signal as signals
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        from kdengine.cli import main
+
+        capsys.readouterr()
+        handlers = {sig: signals.getsignal(sig) for sig in (signals.SIGINT, signals.SIGTERM)}
+        try:
+            code = main(list(argv))
+        except SystemExit as stop:
+            code = stop.code
+        finally:
+            for sig, handler in handlers.items():
+                signals.signal(sig, handler)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), code, out.out, out.err)
+
+    return run
+
+
+@pytest.fixture
 def one_line_refusal() -> Callable[[subprocess.CompletedProcess[str], str, str], str]:
     """one_line_refusal(done, command, said): the refusal's line, checked (_one_line_refusal)."""
     return _one_line_refusal

@@ -22,22 +22,30 @@ def _set_limit(model: str, limit: int | None) -> None:
     path.write_text(json.dumps(config))
 
 
+def _train_argv(inputs: dict[str, str], run_dir: Path, seq_len: int, *extra: str) -> list[str]:
+    return ["train", "--teacher", inputs["teacher"], "--student", inputs["student"], "--data",
+            inputs["data"], "--run-dir", str(run_dir), "--seq-len", str(seq_len),
+            "--batch-size", "2", "--steps", "2", "--device", "cpu", *extra]
+
+
 def _train(inputs: dict[str, str], run_dir: Path, seq_len: int, *extra: str
            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kdengine", "train", "--teacher", inputs["teacher"], "--student",
-         inputs["student"], "--data", inputs["data"], "--run-dir", str(run_dir), "--seq-len",
-         str(seq_len), "--batch-size", "2", "--steps", "2", "--device", "cpu", *extra],
-        capture_output=True, text=True, timeout=120)
+    """`kdengine train` as a user runs it, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "kdengine",
+                           *_train_argv(inputs, run_dir, seq_len, *extra)],
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 def test_a_seq_len_beyond_the_students_positions_is_refused_before_a_run_dir(
-        tiny_run_inputs, tmp_path, check, one_line_refusal) -> None:
+        tiny_run_inputs, tmp_path, check, one_line_refusal, engine_in_process) -> None:
     _set_limit(tiny_run_inputs["teacher"], 4096)
     _set_limit(tiny_run_inputs["student"], 256)
     run_dir = tmp_path / "run"
-    done = _train(tiny_run_inputs, run_dir, 512, *(["--check"] if check else []))
+    if check:  # (in this process: a new interpreter's torch import checks nothing more)
+        done = engine_in_process(*_train_argv(tiny_run_inputs, run_dir, 512, "--check"))
+    else:  # as a user runs it
+        done = _train(tiny_run_inputs, run_dir, 512)
     line = one_line_refusal(done, "train", "--seq-len: ")
     assert "512 is more than the student's max_position_embeddings (256" in line
     assert line.endswith("give --seq-len 256 or less")
@@ -45,37 +53,36 @@ def test_a_seq_len_beyond_the_students_positions_is_refused_before_a_run_dir(
 
 
 def test_a_seq_len_beyond_the_teachers_positions_names_the_teacher(
-        tiny_run_inputs, tmp_path, one_line_refusal) -> None:
+        tiny_run_inputs, tmp_path, one_line_refusal, engine_in_process) -> None:
     _set_limit(tiny_run_inputs["teacher"], 128)
-    done = _train(tiny_run_inputs, tmp_path / "run", 200, "--check")
+    done = engine_in_process(*_train_argv(tiny_run_inputs, tmp_path / "run", 200, "--check"))
     line = one_line_refusal(done, "train", "--seq-len: ")
     assert "200 is more than the teacher's max_position_embeddings (128" in line
     assert line.endswith("give --seq-len 128 or less")
 
 
-def test_a_config_without_max_position_embeddings_sets_no_limit(tiny_run_inputs,
-                                                               tmp_path) -> None:
+def test_a_config_without_max_position_embeddings_sets_no_limit(tiny_run_inputs, tmp_path,
+                                                               engine_in_process) -> None:
     for role in ("teacher", "student"):
         _set_limit(tiny_run_inputs[role], None)
-    done = _train(tiny_run_inputs, tmp_path / "run", 512, "--check")
+    done = engine_in_process(*_train_argv(tiny_run_inputs, tmp_path / "run", 512, "--check"))
     assert done.returncode == 0, done.stderr
 
 
-def test_a_seq_len_at_the_limit_passes(tiny_run_inputs, tmp_path) -> None:
+def test_a_seq_len_at_the_limit_passes(tiny_run_inputs, tmp_path, engine_in_process) -> None:
     _set_limit(tiny_run_inputs["student"], 256)
-    done = _train(tiny_run_inputs, tmp_path / "run", 256, "--check")
+    done = engine_in_process(*_train_argv(tiny_run_inputs, tmp_path / "run", 256, "--check"))
     assert done.returncode == 0, done.stderr
 
 
 def test_cache_teacher_refuses_a_seq_len_beyond_the_teachers_positions(
-        tiny_run_inputs, tmp_path, one_line_refusal) -> None:
+        tiny_run_inputs, tmp_path, one_line_refusal, engine_in_process) -> None:
     _set_limit(tiny_run_inputs["teacher"], 256)
     out = tmp_path / "cache"
-    done = subprocess.run(
-        [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
-         tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "300",
-         "--device", "cpu", "--top-k", "4", "--out", str(out), "--check"],
-        capture_output=True, text=True, timeout=120)
+    done = engine_in_process(
+        "cache-teacher", "--teacher", tiny_run_inputs["teacher"], "--data",
+        tiny_run_inputs["data"], "--seq-len", "300", "--device", "cpu", "--top-k", "4", "--out",
+        str(out), "--check")
     line = one_line_refusal(done, "cache-teacher", "--seq-len: ")
     assert "300 is more than the teacher's max_position_embeddings (256" in line
     assert not out.exists()
