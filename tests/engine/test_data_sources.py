@@ -49,29 +49,31 @@ def _engine(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_hub_dataset_id_is_read_from_the_local_cache_by_both_commands(
-        hub_data: dict, tmp_path: Path) -> None:
+        hub_data: dict, tmp_path: Path, engine_in_process) -> None:
     inputs = write_tiny_inputs(tmp_path / "in")
     models = ["--teacher", inputs["teacher"], "--student", inputs["student"]]
     assert check_sources(RunConfig(teacher=inputs["teacher"], student=inputs["student"],
                                    data="kd-test/code")) is not None
     assert [s.name for s in find_sources("kd-test/code")] == ["data/train.jsonl"]
-    done = _engine("train", *models, "--data", "kd-test/code", "--seq-len", "32", "--check")
+    done = engine_in_process("train", *models, "--data", "kd-test/code", "--seq-len", "32",
+                             "--check")
     assert done.returncode == 0, done.stderr
-    done = _engine("cache-teacher", "--teacher", inputs["teacher"], "--data", "kd-test/code",
-                   "--seq-len", "32", "--check")
+    done = engine_in_process("cache-teacher", "--teacher", inputs["teacher"], "--data",
+                             "kd-test/code", "--seq-len", "32", "--check")
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_hub_dataset_missing_offline_is_one_line_naming_data_before_any_run_dir(
-        hub_data: dict, tmp_path: Path, one_line_refusal) -> None:
+        hub_data: dict, tmp_path: Path, one_line_refusal, engine_in_process) -> None:
     inputs = write_tiny_inputs(tmp_path / "in")
     for command, models in (("train", ["--teacher", inputs["teacher"], "--student",
                                        inputs["student"]]),
                             ("cache-teacher", ["--teacher", inputs["teacher"]])):
         for check in ([], ["--check"]):
-            done = _engine(command, *models, "--data", "kd-test/missing", "--seq-len", "32",
-                           *check)
+            # train's run as a user's process; the others in this process (the same CLI)
+            run = _engine if (command, check) == ("train", []) else engine_in_process
+            done = run(command, *models, "--data", "kd-test/missing", "--seq-len", "32", *check)
             line = one_line_refusal(done, command, "--data: kd-test/missing is not a local "
                                     "path, and not in the local hub cache as a dataset")
             assert "HF_HUB_OFFLINE=1 forbids downloading it" in line
@@ -127,7 +129,7 @@ def test_a_folder_of_examples_reads_its_py_files_as_text_like_a_raw_text_folder(
 
 @pytest.mark.parametrize("name", ["pairs.csv", "config.yaml", "LICENSE"])
 def test_a_file_of_another_format_is_refused_naming_its_suffix(
-        name: str, tmp_path: Path, one_line_refusal) -> None:
+        name: str, tmp_path: Path, one_line_refusal, engine_in_process) -> None:
     path = tmp_path / name
     path.write_text("question,answer\n" + "what is it,a test\n" * 500)
     suffix = f"a {path.suffix} file" if path.suffix else "a file without a suffix"
@@ -138,8 +140,8 @@ def test_a_file_of_another_format_is_refused_naming_its_suffix(
             read(str(path))
         assert f"--{info.value}".startswith(said)
     inputs = write_tiny_inputs(tmp_path / "in")
-    done = _engine("train", "--teacher", inputs["teacher"], "--student", inputs["student"],
-                   "--data", str(path), "--seq-len", "64", "--check")
+    done = engine_in_process("train", "--teacher", inputs["teacher"], "--student",
+                             inputs["student"], "--data", str(path), "--seq-len", "64", "--check")
     one_line_refusal(done, "train", said)
 
 
@@ -204,15 +206,16 @@ def test_a_folder_without_the_split_names_data_split_and_the_splits_it_has(
     assert info.value.message.startswith(f"{plain} has no split 'test' (it has train only")
 
 
-def test_the_cli_blames_data_split_for_a_missing_split(tmp_path: Path, one_line_refusal) -> None:
+def test_the_cli_blames_data_split_for_a_missing_split(tmp_path: Path, one_line_refusal,
+                                                       engine_in_process) -> None:
     folder = tmp_path / "chats"
     folder.mkdir()
     for split in ("train", "test"):
         (folder / f"{split}.jsonl").write_text(json.dumps({"messages": CHAT}) + "\n")
     inputs = write_tiny_inputs(tmp_path / "in")
-    done = _engine("train", "--teacher", inputs["teacher"], "--student", inputs["student"],
-                   "--data", str(folder), "--data-split", "validation", "--seq-len", "64",
-                   "--check")
+    done = engine_in_process("train", "--teacher", inputs["teacher"], "--student",
+                             inputs["student"], "--data", str(folder), "--data-split",
+                             "validation", "--seq-len", "64", "--check")
     one_line_refusal(done, "train", f"--data-split: {folder} has no split 'validation' (it "
                      "has train, test)")
 
