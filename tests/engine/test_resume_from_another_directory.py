@@ -19,7 +19,8 @@ def _kdengine(argv: list[str], cwd: Path, launcher: list[str] | None = None,
 
 
 def test_a_run_started_with_relative_paths_resumes_from_another_directory(
-        tmp_path: Path, make_tiny_inputs, killed_at_step, one_line_refusal) -> None:
+        tmp_path: Path, make_tiny_inputs, killed_at_step, one_line_refusal, engine_in_process,
+        monkeypatch) -> None:
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     make_tiny_inputs(work / "models")
     elsewhere.mkdir()
@@ -38,19 +39,22 @@ def test_a_run_started_with_relative_paths_resumes_from_another_directory(
         assert config[name] == str(work / typed)
 
     # --check runs every check the resume makes before training: the models and data found
-    resumed = _kdengine(["train", "--resume", str(run_dir), "--check"], elsewhere)
+    # (the checks through kdengine.cli.main in this process, from the directory they name)
+    monkeypatch.chdir(elsewhere)
+    resumed = engine_in_process("train", "--resume", str(run_dir), "--check")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["config"]["teacher"] == str(work / "models/teacher")
 
     # a run from before: its paths as typed, relative to the directory it started in
     config.update(teacher="models/teacher", student="models/student", data="models/data")
     config_path.write_text(json.dumps(config))
-    refused = _kdengine(["train", "--resume", str(run_dir), "--check"], elsewhere)
+    refused = engine_in_process("train", "--resume", str(run_dir), "--check")
     line = one_line_refusal(refused, "train", f"--resume: teacher in {config_path}: "
                             "models/teacher ")
     assert " (a path relative to the directory the run was started in: resume from there) (" \
         in line
-    checked = _kdengine(["train", "--resume", str(run_dir), "--check"], work)
+    monkeypatch.chdir(work)
+    checked = engine_in_process("train", "--resume", str(run_dir), "--check")
     assert checked.returncode == 0, checked.stderr
 
 
