@@ -38,6 +38,15 @@ def _engine(*argv: str, modes: bool = False,
 
 
 
+def _in_process(engine_in_process, monkeypatch: pytest.MonkeyPatch, *argv: str,
+                **env: str) -> subprocess.CompletedProcess[str]:
+    """_engine's command through kdengine.cli.main in this process, `env` set for it
+    (cache-teacher imports torch before its checks: 1.5 s a new interpreter)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return engine_in_process(*argv)
+
+
 def _nothing_made(tmp_path: Path, a_file: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
     assert a_file.read_text() == "not a directory\n"
@@ -93,8 +102,9 @@ def test_a_read_only_kdengine_cache_is_refused(tmp_path, command, one_line_refus
 
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 def test_cache_teacher_refuses_a_kdengine_cache_that_is_a_file(
-        tmp_path, a_file, check, one_line_refusal) -> None:
-    done = _engine(*CACHE_JOB, *(["--check"] if check else []), KDENGINE_CACHE=str(a_file))
+        tmp_path, a_file, check, one_line_refusal, engine_in_process, monkeypatch) -> None:
+    done = _in_process(engine_in_process, monkeypatch, *CACHE_JOB,
+                       *(["--check"] if check else []), KDENGINE_CACHE=str(a_file))
     line = one_line_refusal(done, "cache-teacher", "KDENGINE_CACHE: ")
     assert f"{a_file} is a file, not a directory; {FIX}" in line
     _nothing_made(tmp_path, a_file)
@@ -103,9 +113,9 @@ def test_cache_teacher_refuses_a_kdengine_cache_that_is_a_file(
 @pytest.mark.parametrize("check", [True, False], ids=["check", "run"])
 @pytest.mark.parametrize("under", [True, False], ids=["under-a-file", "a-file"])
 def test_cache_teacher_refuses_an_out_that_is_or_is_under_a_file(
-        tmp_path, a_file, check, under, one_line_refusal) -> None:
+        tmp_path, a_file, check, under, one_line_refusal, engine_in_process) -> None:
     out = a_file / "c" if under else a_file
-    done = _engine(*CACHE_JOB, "--out", str(out), *(["--check"] if check else []))
+    done = engine_in_process(*CACHE_JOB, "--out", str(out), *(["--check"] if check else []))
     line = one_line_refusal(done, "cache-teacher", "--out: ")
     where = f" (on the path to {out})" if under else ""
     assert f"{a_file} is a file, not a directory{where}; pick another --out" in line
