@@ -99,29 +99,31 @@ def test_a_directory_under_a_read_only_parent_is_refused(
 
 @each_maker
 def test_a_good_directory_under_a_missing_parent_passes_check_and_is_not_made(
-        tmp_path, command) -> None:
+        tmp_path, command, engine_in_process) -> None:
     argv, flag, name = MAKERS[command]
-    done = _engine(*argv, "--check", flag, str(tmp_path / "a" / "b" / name))
+    # (in this process: cache-teacher's check imports torch, 1.5 s a new interpreter)
+    done = engine_in_process(*argv, "--check", flag, str(tmp_path / "a" / "b" / name))
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "a").exists()
 
 
 @each_maker
 def test_a_directory_where_the_filesystem_refuses_new_ones_is_refused(
-        command, one_line_refusal) -> None:
+        command, one_line_refusal, engine_in_process) -> None:
     # /proc takes no new directory, though root's access(W_OK) says yes: the check makes one
     argv, flag, _ = MAKERS[command]
-    done = _engine(*argv, "--check", flag, "/proc/nope")
+    done = engine_in_process(*argv, "--check", flag, "/proc/nope")
     line = one_line_refusal(done, command, f"{flag}: ")
     assert "/proc/nope cannot be created" in line and line.endswith(f"pick another {flag}")
 
 
 @each_maker
-def test_the_check_leaves_nothing_beside_the_directory(tmp_path, command) -> None:
+def test_the_check_leaves_nothing_beside_the_directory(tmp_path, command,
+                                                       engine_in_process) -> None:
     argv, flag, name = MAKERS[command]
     (tmp_path / "parent").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
-    done = _engine(*argv, "--check", flag, str(tmp_path / "parent" / name))
+    done = engine_in_process(*argv, "--check", flag, str(tmp_path / "parent" / name))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert list((tmp_path / "parent").iterdir()) == []
