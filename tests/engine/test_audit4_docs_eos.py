@@ -6,8 +6,6 @@ these is refused at --check. Checked on real tokenizer.json files."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,7 +76,7 @@ def test_a_tokenizer_with_no_end_of_text_token_is_refused(tmp_path) -> None:
 
 
 def test_check_refuses_a_tokenizer_with_no_end_of_text_token_in_one_line(
-        tiny_run_inputs, tiny_args, tmp_path, one_line_refusal) -> None:
+        tiny_run_inputs, tiny_args, tmp_path, one_line_refusal, engine_in_process) -> None:
     for role in ("teacher", "student"):  # the same tokenizer for both, without <|endoftext|>
         directory = Path(tiny_run_inputs[role])
         spec = json.loads((directory / "tokenizer.json").read_text())
@@ -88,9 +86,8 @@ def test_check_refuses_a_tokenizer_with_no_end_of_text_token_in_one_line(
         vocab["<|pad|>"] = vocab.pop("<|endoftext|>")
         (directory / "tokenizer.json").write_text(json.dumps(spec))
         (directory / "tokenizer_config.json").write_text("{}")
-    done = subprocess.run([sys.executable, "-m", "kdengine",
-                           *tiny_args(tiny_run_inputs, tmp_path / "run"), "--check"],
-                          capture_output=True, text=True, timeout=300)
+    # (the CLI in this process: a new interpreter's torch import checks nothing more)
+    done = engine_in_process(*tiny_args(tiny_run_inputs, tmp_path / "run"), "--check")
     line = one_line_refusal(done, "train", "--teacher: ")
     assert "the tokenizer has no end-of-text token (set eos_token in tokenizer_config.json)" \
         in line
