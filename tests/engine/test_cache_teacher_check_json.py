@@ -11,19 +11,21 @@ from pathlib import Path
 
 
 def test_check_on_a_complete_cache_prints_the_job_as_json_saying_complete(
-        tiny_run_inputs, tmp_path) -> None:
+        tiny_run_inputs, tmp_path, engine_in_process) -> None:
     out = tmp_path / "cache"
     argv = [sys.executable, "-m", "kdengine", "cache-teacher", "--teacher",
             tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"], "--seq-len", "32",
             "--top-k", "4", "--device", "cpu", "--out", str(out)]
-    first = subprocess.run([*argv, "--check"], capture_output=True, text=True, timeout=120)
+    # the checks through kdengine.cli.main in this process (no torch import to pay again); the
+    # job itself as a user runs it
+    first = engine_in_process(*argv[3:], "--check")
     assert first.returncode == 0, first.stderr
     todo = json.loads(first.stdout)
     assert todo["ok"] and not todo["complete"]
     assert subprocess.run(argv, capture_output=True, text=True, timeout=300).returncode == 0
     files = sorted(p.name for p in Path(out).iterdir())
 
-    done = subprocess.run([*argv, "--check"], capture_output=True, text=True, timeout=120)
+    done = engine_in_process(*argv[3:], "--check")
     assert done.returncode == 0 and done.stderr == "", done.stderr
     answer = json.loads(done.stdout)
     assert answer["ok"] and answer["complete"] and answer["run_dir"] == str(out)

@@ -225,24 +225,17 @@ def test_column_quantization_is_the_rowwise_quantization_of_the_transpose():
     assert torch.equal(scale, expected_scale)
 
 
-# `kdengine train` where torch sees a GPU without FP8 matmuls (an A100, say): the CLI as a user
-# runs it, with only the capability check answered as such a GPU would answer it
-NO_FP8_GPU = r"""
-import sys
-import kdengine.models.fp8 as fp8
-fp8.fp8_supported = lambda device: False
-from kdengine.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("flag", ["--student-matmuls", "--teacher-dtype"])
 def test_float8_on_a_gpu_without_fp8_matmuls_exits_2_with_one_line_and_no_run_directory(
-        tmp_path: Path, flag: str) -> None:
+        tmp_path: Path, flag: str, engine_in_process, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `kdengine train` where torch sees a GPU without FP8 matmuls (an A100, say): the CLI in this
+    # process (a new interpreter's torch import checks nothing more), with only the capability
+    # check answered as such a GPU would answer it
+    import kdengine.models.fp8 as fp8
+
+    monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
     run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-c", NO_FP8_GPU, "train", "--demo", flag, "float8",
-                          "--run-dir", str(run_dir)], capture_output=True, text=True,
-                         timeout=120)
+    out = engine_in_process("train", "--demo", flag, "float8", "--run-dir", str(run_dir))
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr
