@@ -3,6 +3,7 @@ summaries, bounds and defaults written as a person writes them."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -13,7 +14,10 @@ from kdengine.cli import COMMANDS
 from kdengine.config import FIELDS, FIELDS_BY_NAME
 
 
+@functools.cache
 def _kdengine(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m kdengine argv`, once per argv in this module: the commands asked here (help,
+    version, a refusal) print the same each time; cache-teacher's help imports torch (2 s)."""
     return subprocess.run([sys.executable, "-m", "kdengine", *argv], capture_output=True,
                           text=True, timeout=60)
 
