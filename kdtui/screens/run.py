@@ -8,6 +8,7 @@ huge backlog never blocks a frame for long.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 import time
@@ -244,17 +245,31 @@ class RunScreen(Screen):
         tracker = self.query_one(StageTracker)
 
         def on_stage(update: StageUpdate) -> None:
+            if update.stage == "check" and update.state in ("done", "skipped"):
+                self._accept()
+            if not self.is_attached:  # left for another screen: the start goes on unseen
+                return
             detail = update.detail
             if update.host and update.host != "local":
                 detail = f"{update.host}: {detail}" if detail else update.host
             tracker.update_stage(update.stage, update.state, update.elapsed, detail)
             if update.output:
                 self._pending_lines.extend(update.output)
-            if update.stage == "check" and update.state in ("done", "skipped"):
-                self._accept()
 
+        # The start goes on when the user leaves this screen (Esc at once after Start): the
+        # engine may be spawned already, and a start cancelled with the screen's worker lost
+        # its handle, so Ctrl+Q quit without asking and left the run going. The start is its
+        # own task, shielded from the worker's cancel; its handle is the app's once it exists.
+        app = self.app
+        start = asyncio.ensure_future(self.launcher.start(on_stage))
+
+        def owned(task: asyncio.Future) -> None:
+            if not task.cancelled() and task.exception() is None:
+                app.owned_runs.append(task.result())  # type: ignore[attr-defined]
+
+        start.add_done_callback(owned)
         try:
-            handle = await self.launcher.start(on_stage)
+            handle = await asyncio.shield(start)
         except Exception as exc:  # every launch failure is shown, never a crash of the UI
             self.launch_failed = str(exc)
             self._pending_lines.append(f"ERROR: launch failed: {exc}")
@@ -270,7 +285,6 @@ class RunScreen(Screen):
         self._accept()
         self.handle = handle
         self._refresh_keys()
-        self.app.owned_runs.append(handle)  # type: ignore[attr-defined]
         self.title_text = f"{handle.run_id} on {handle.host}"
         self.sub_title = self._sub_title()
         self._watch()

@@ -392,9 +392,6 @@ class RunProgress(Widget):
             # a step with no epoch of its own (apr numbering steps across epochs): it belongs
             # to the epoch after the last one that ended
             self.epoch = max(self.epoch or 0, min(self._epochs_done + 1, self.epochs))
-        eval0_s = event.get("eval0_s")  # the step-0 evaluation's time: until a later one's
-        if self._eval_s is None and isinstance(eval0_s, (int, float)) and eval0_s > 0:
-            self._eval_s = float(eval0_s)
         t = event.get("t")
         if isinstance(t, (int, float)):
             self._marks.append((float(t), step))
@@ -417,7 +414,10 @@ class RunProgress(Widget):
             return
         self._evals_seen.add(step)
         if step == 0 or not isinstance(t, (int, float)):
-            return  # step 0's is the first step event's eval0_s
+            # step 0's (the first step event's eval0_s) is no measure of the later ones: it
+            # also scores the teacher's own val CE and pays the first calls' warm-up (a demo
+            # run's took 26.7 s, its step-100 eval 2.0 s: five evals counted 2m13s, not 10 s)
+            return
         before = [(t0, s0) for t0, s0 in self._marks if s0 <= step and t0 <= t]
         if not before:
             return

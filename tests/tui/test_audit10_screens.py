@@ -97,9 +97,13 @@ def test_eta_measures_an_eval_at_a_step_with_no_step_event() -> None:
     assert abs(_eta(events) - (50 + 2 * 6)) < 1.0  # 75 and the final eval
 
 
-def test_eta_uses_the_step_zero_eval_until_a_later_one_is_measured() -> None:
-    events = _stream(upto=10, eval0_s=4.0, eval_s=4.0)
-    assert abs(_eta(events) - (90 + 5 * 4)) < 1.0  # 20, 40, 60, 80, final
+def test_eta_does_not_count_the_step_zero_evals_time_for_the_later_ones() -> None:
+    """The step-0 eval also scores the teacher's val CE and warms up: a demo run's took 26.7 s
+    and its step-100 eval 2.0 s. Counted for the five evals to come, it put 2m13s into an ETA
+    of 6m29s where the evals took some 10 s. Until a later eval is measured, the evals to come count nothing; then at
+    the measured time."""
+    assert abs(_eta(_stream(upto=10, eval0_s=27.0, eval_s=2.0)) - 90) < 1.0
+    assert abs(_eta(_stream(upto=30, eval0_s=27.0, eval_s=2.0)) - (70 + 4 * 2)) < 1.0
 
 
 def test_eta_counts_the_checkpoint_pauses_still_to_come() -> None:
@@ -146,3 +150,70 @@ async def test_the_demo_presets_toast_leaves_the_cache_dialog_whole(runs_dir, si
         dialog = app.screen.query_one("#cache-dialog").region
         covered = [t.region for t in app.screen.query(Toast) if t.region.overlaps(dialog)]
         assert not covered, (dialog, covered)
+
+
+STAND_IN = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+class SlowStartLauncher:
+    """The local launcher's start as a user meets it: the engine process spawned (a stand-in
+    that waits for SIGTERM), then the early-exit window (kdtui.launch.local waits ~1 s to see
+    whether the engine refuses its arguments) before the handle comes back."""
+
+    stages = ("check", "start")
+
+    def __init__(self, run_dir) -> None:
+        self.run_dir = run_dir
+        self.process = None
+
+    async def start(self, on_stage):
+        import asyncio
+        import subprocess
+        import sys
+
+        from kdtui.launch.base import StageUpdate
+        from kdtui.launch.local import LocalRunHandle
+
+        on_stage(StageUpdate("check", "done", 0.1, "inputs ok"))
+        self.process = subprocess.Popen([sys.executable, "-c", STAND_IN],
+                                        stdout=subprocess.PIPE, start_new_session=True)
+        (self.run_dir / "engine.pid").write_text(f"{self.process.pid}\n")
+        await asyncio.sleep(0.8)
+        on_stage(StageUpdate("start", "done", 0.8, f"pid {self.process.pid}"))
+        return LocalRunHandle(run_id=self.run_dir.name, run_dir=str(self.run_dir),
+                              process=self.process)
+
+
+async def test_a_run_left_at_once_after_start_is_still_the_dashboards(runs_dir, write_run):
+    """Start, then Esc at once (back to the form before the engine's start was confirmed): the
+    engine ran on, but the dashboard had lost it: Ctrl+Q quit without the Quit dialog and left
+    the run going unasked. The run is now the dashboard's as soon as its start completes,
+    whichever screen shows: Ctrl+Q asks about it, and its Stop ends it."""
+    from kdtui.screens.dialogs import QuitScreen
+
+    run = write_run(runs_dir / "left", steps=200, upto=0, finished=False)
+    launcher = SlowStartLauncher(run)
+    app = KDApp(runs_dir=runs_dir)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: getattr(app.screen, "form_ready", False))
+            app.show_run(launcher=launcher, title="left on local")
+            await wait_until(pilot, lambda: launcher.process is not None)
+            await pilot.press("escape")  # back to the form while the start is confirmed
+            await wait_until(pilot, lambda: not isinstance(app.screen, RunScreen))
+            await pilot.pause(1.2)  # the start's window has passed
+            assert [h.run_id for h in app.running_owned()] == ["left"]
+            await pilot.press("ctrl+q")
+            await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen))
+            await pilot.click("#stop")
+            await pilot.pause()
+        assert launcher.process.wait(timeout=20) == 0
+    finally:
+        if launcher.process is not None and launcher.process.poll() is None:
+            launcher.process.kill()
