@@ -100,8 +100,8 @@ def test_eta_measures_an_eval_at_a_step_with_no_step_event() -> None:
 def test_eta_does_not_count_the_step_zero_evals_time_for_the_later_ones() -> None:
     """The step-0 eval also scores the teacher's val CE and warms up: a demo run's took 26.7 s
     and its step-100 eval 2.0 s. Counted for the five evals to come, it put 2m13s into an ETA
-    of 6m29s where the evals took some 10 s. Until a later eval is measured, the evals to come count nothing; then at
-    the measured time."""
+    of 6m29s where the evals took some 10 s. Until a later eval is measured, the evals to come
+    count nothing; then at the measured time."""
     assert abs(_eta(_stream(upto=10, eval0_s=27.0, eval_s=2.0)) - 90) < 1.0
     assert abs(_eta(_stream(upto=30, eval0_s=27.0, eval_s=2.0)) - (70 + 4 * 2)) < 1.0
 
