@@ -71,12 +71,16 @@ def kdengine(*argv: str, launcher: list[str] = ENGINE) -> subprocess.CompletedPr
 
 def train(models: dict[str, str], data: Path, run_dir: Path | None, *extra: str,
           check: bool = False, plain: bool = False,
-          launcher: list[str] = ENGINE) -> subprocess.CompletedProcess:
+          launcher: list[str] = ENGINE, via=None) -> subprocess.CompletedProcess:
+    """`kdengine train` in a process of its own; `via`: through it instead (engine_in_process,
+    the CLI in this process: a --check's new interpreter and torch import check nothing more)."""
     prefix = "plain_" if plain else ""
     argv = ["train", "--teacher", models[prefix + "teacher"],
             "--student", models[prefix + "student"], "--data", str(data), *RUN, *extra]
     if run_dir is not None:
         argv += ["--run-dir", str(run_dir)]
+    if via is not None:
+        return via(*argv, *(["--check"] if check else []))
     return kdengine(*argv, *(["--check"] if check else []), launcher=launcher)
 
 
@@ -150,7 +154,8 @@ def test_parquet_file_distils_to_a_verdict(models: dict[str, str], tmp_path: Pat
 
 
 def test_saved_dataset_folder_distils_to_a_verdict_on_its_split(models: dict[str, str],
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path,
+        engine_in_process) -> None:
     datasets = pytest.importorskip("datasets")
     saved = tmp_path / "saved"
     datasets.DatasetDict({
@@ -159,7 +164,8 @@ def test_saved_dataset_folder_distils_to_a_verdict_on_its_split(models: dict[str
     }).save_to_disk(str(saved))
     stage = distils_to_a_verdict(models, saved, tmp_path / "run")
     assert stage["examples"] == 150  # the train split only
-    out = train(models, saved, None, "--data-split", "validation", check=True)
+    out = train(models, saved, None, "--data-split", "validation", check=True,
+                via=engine_in_process)
     line = refusal(out)
     assert "--data-split" in line and "no split 'validation' (it has train, test)" in line
 
@@ -175,32 +181,37 @@ def test_prompt_completion_jsonl_distils_to_a_verdict(models: dict[str, str],
 
 
 def test_check_refuses_chat_data_for_a_model_without_a_chat_template(
-        models: dict[str, str], tmp_path: Path) -> None:
+        models: dict[str, str], tmp_path: Path,
+        engine_in_process) -> None:
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat(i)} for i in range(40)])
-    line = refusal(train(models, data, None, check=True, plain=True))
+    line = refusal(train(models, data, None, check=True, plain=True, via=engine_in_process))
     assert "--data" in line and "chat template" in line and "chats.jsonl:1" in line
 
 
-def test_check_names_a_bad_messages_line(models: dict[str, str], tmp_path: Path) -> None:
+def test_check_names_a_bad_messages_line(models: dict[str, str], tmp_path: Path,
+        engine_in_process) -> None:
     rows = [{"messages": chat(i)} for i in range(40)]
     rows[17] = {"messages": [{"role": "robot", "content": "beep"}]}
-    line = refusal(train(models, write_jsonl(tmp_path / "chats.jsonl", rows), None, check=True))
+    line = refusal(train(models, write_jsonl(tmp_path / "chats.jsonl", rows), None, check=True,
+                         via=engine_in_process))
     assert "chats.jsonl:18" in line and "robot" in line
     # the only file: skipping it would leave nothing, so skipping is not offered
     assert "--on-bad-file" not in line, line
 
 
 def test_a_bad_file_fails_the_check_or_is_skipped_and_named_in_the_data_stage(
-        models: dict[str, str], tmp_path: Path) -> None:
+        models: dict[str, str], tmp_path: Path,
+        engine_in_process) -> None:
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "chats.jsonl", [{"messages": chat(i)} for i in range(160)])
     (data / "broken.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n'
                                        "{not json\n")
-    line = refusal(train(models, data, None, check=True))
+    line = refusal(train(models, data, None, check=True, via=engine_in_process))
     assert "broken.jsonl:2" in line and "not JSON" in line
     assert line.endswith("(skip bad files with --on-bad-file skip)"), line  # chats.jsonl left
-    assert train(models, data, None, "--on-bad-file", "skip", check=True).returncode == 0
+    assert train(models, data, None, "--on-bad-file", "skip", check=True,
+                 via=engine_in_process).returncode == 0
     stage = distils_to_a_verdict(models, data, tmp_path / "run", "--on-bad-file", "skip")
     assert stage["examples"] == 160 and stage["skipped_files"] == 1
     assert stage["skipped"][0][0] == "broken.jsonl"
@@ -210,14 +221,15 @@ def test_a_bad_file_fails_the_check_or_is_skipped_and_named_in_the_data_stage(
 
 
 def test_raw_text_folder_with_a_non_utf8_file_fails_or_skips_it(models: dict[str, str],
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path,
+        engine_in_process) -> None:
     data = tmp_path / "text"
     data.mkdir()
     for i in range(4):
         (data / f"doc{i}.txt").write_text("\n".join(
             f"def f_{i}_{j}(x):\n    return x * {j} + {i}" for j in range(80)))
     (data / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
-    line = refusal(train(models, data, None, "--seq-len", "32", check=True))
+    line = refusal(train(models, data, None, "--seq-len", "32", check=True, via=engine_in_process))
     assert "latin1.txt" in line and "not UTF-8" in line and "--on-bad-file skip" in line
     run_dir = tmp_path / "run"
     out = train(models, data, run_dir, "--seq-len", "32", "--on-bad-file", "skip")
@@ -240,13 +252,16 @@ def test_a_text_folder_holding_other_json_files_stays_raw_text(tmp_path: Path) -
 
 
 def test_validation_rows_without_trained_tokens_are_refused(models: dict[str, str],
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path,
+        engine_in_process) -> None:
     # every user turn longer than seq_len: truncation leaves no assistant token to evaluate on
     rows = [{"messages": [{"role": "user", "content": f"{i} " + "x" * 200},
                           {"role": "assistant", "content": "ok"}]} for i in range(40)]
-    line = refusal(train(models, write_jsonl(tmp_path / "long.jsonl", rows), None, check=True))
+    line = refusal(train(models, write_jsonl(tmp_path / "long.jsonl", rows), None, check=True,
+                         via=engine_in_process))
     assert "validation rows hold no trained tokens" in line and "seq_len" in line
-    stage_ok = train(models, tmp_path / "long.jsonl", None, "--train-on", "all", check=True)
+    stage_ok = train(models, tmp_path / "long.jsonl", None, "--train-on", "all", check=True,
+                     via=engine_in_process)
     assert stage_ok.returncode == 0, stage_ok.stderr
 
 
