@@ -19,8 +19,10 @@ from kdengine.config import (
     FIELDS,
     FIELDS_BY_NAME,
     PATH_FIELDS,
+    RENAMED,
     ConfigError,
     RunConfig,
+    UnusedValueError,
     add_field_flags,
     default_runs_dir,
     demo_config,
@@ -81,7 +83,12 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     if not config.run_name:
         config = config.with_values(run_name=time.strftime("kd-%Y%m%d-%H%M%S", time.gmtime()))
     # a rule broken by a value the --demo preset set, not the user, says so
-    validate_with_preset(config, demo_config() if args.demo else None, {*given, *in_file})
+    try:
+        validate_with_preset(config, demo_config() if args.demo else None, {*given, *in_file})
+    except UnusedValueError as exc:  # set in the file, not by a flag: named as the file has it
+        if exc.field in given or exc.field not in {RENAMED.get(k, k) for k in in_file}:
+            raise
+        raise UsageError(f"{exc.field} in {args.config}: {exc.message}") from None
     # config.json keeps absolute local paths: `--resume` may run from another directory
     return with_absolute_paths(config), args
 

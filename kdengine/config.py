@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ _DATA_FIELDS_RE = re.compile(
     r"(,\s*(text|messages|prompt|completion)\s*=\s*[^,=\s][^,=]*)*,?\s*$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# every backslash of `stop` starts one of the escapes RunConfig.stop_text reads
+_STOP_RE = re.compile(r"(?:[^\\]|\\[nt\\])*\Z", re.DOTALL)
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,10 @@ class ConfigError(ValueError):
         self.field = field_name
         self.message = message
         super().__init__(f"{field_name}: {message}" if field_name else message)
+
+
+class UnusedValueError(ConfigError):
+    """A value the run would ignore (RunConfig.unused_value): refused, never dropped."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Field:
     pattern: re.Pattern[str] | None = None
     pattern_hint: str = ""
     below_hint: str = ""  # added to the refusal of a value below the minimum: what was meant
+    # the refusal of a value `pattern` does not match, in place of 'must be <pattern_hint>'
+    explain: Callable[[str], str] | None = None
 
     @property
     def flag(self) -> str:
@@ -133,7 +141,8 @@ class Field:
         if self.choices and value not in self.choices:
             raise ConfigError(self.name, f"must be {self.bounds_text()} (got {value!r})")
         if self.pattern and not self.pattern.match(value):
-            raise ConfigError(self.name, f"must be {self.pattern_hint} (got {value!r})")
+            raise ConfigError(self.name, self.explain(value) if self.explain else
+                              f"must be {self.pattern_hint} (got {value!r})")
         if self.kind in (int, float):
             too_low = self.minimum is not None and (
                 value <= self.minimum if self.exclusive_minimum else value < self.minimum
@@ -143,6 +152,24 @@ class Field:
                 hint = f": {self.below_hint}" if too_low and self.below_hint else ""
                 raise ConfigError(self.name,
                                   f"must be {self.bounds_text()} (got {_fmt(value)}){hint}")
+
+
+def _stop_refusal(text: str) -> str:
+    """Why `stop` text is refused: its first backslash that starts no escape, and the fix."""
+    at = 0
+    while at < len(text):
+        if text[at] == "\\":
+            nxt = text[at + 1:at + 2]
+            if nxt not in ("n", "t", "\\"):
+                break
+            at += 1
+        at += 1
+    escapes = "escapes read: \\n newline, \\t tab, \\\\ a backslash"
+    if at >= len(text) - 1:
+        return f"ends in a lone backslash (got {text}; {escapes}): write \\\\ for a backslash"
+    char = text[at + 1]
+    return (f"\\{char} is not an escape (got {text}; {escapes}): write \\\\{char} for a "
+            f"backslash and {char}")
 
 
 def _fmt(number: float) -> str:
@@ -227,7 +254,11 @@ FIELDS: tuple[Field, ...] = (
     Field("top_k", int, 0, "Sample from the k likeliest tokens only (0: off)", "on-policy",
           minimum=0, maximum=1 << 24),
     Field("stop", str, "", "Text that ends a completion besides the tokenizer's EOS, e.g. "
-          "\\n\\n (escapes \\n \\t \\\\ are read)", "on-policy"),
+          "\\n\\n (escapes \\n \\t \\\\ are read)", "on-policy",
+          # a lone or unknown escape was kept as typed: '\\' stopped at a backslash, '\\r\\n'
+          # at the four characters, never at a line end
+          pattern=_STOP_RE, pattern_hint="text whose backslashes start an escape: \\n "
+          "(newline), \\t (tab) or \\\\ (a backslash)", explain=_stop_refusal),
     Field("sample_every", int, 50, "Emit a sample event (prompt, completion, the teacher's "
           "log-prob of it) every N on-policy steps (0: only at evaluations)", "on-policy",
           minimum=0, maximum=10**9),
@@ -268,6 +299,11 @@ FIELDS: tuple[Field, ...] = (
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+# the fields only a run that samples completions (lmbda > 0 or seq_kd) uses
+# (kdengine.onpolicy.rollout, the trainer's sample events)
+SAMPLING_FIELDS = ("max_new_tokens", "gen_temperature", "top_p", "top_k", "stop", "sample_every")
+# the --demo preset's max_new_tokens: half its seq_len, so `--demo --lmbda 1` leaves a prompt room
+DEMO_MAX_NEW_TOKENS = 64
 # old name -> field: a run directory, checkpoint or run.toml written before a rename still reads
 RENAMED: dict[str, str] = {"jsd_beta": "beta"}
 
@@ -398,7 +434,54 @@ class RunConfig:
             raise ConfigError("max_new_tokens", f"must be below seq_len ({self.seq_len}) so a "
                               f"prompt keeps a token (got {self.max_new_tokens}): lower it or "
                               "raise seq_len")
+        unused = self.unused_value()
+        if unused is not None:
+            raise unused
         return self
+
+    def unused_value(self) -> UnusedValueError | None:
+        """The first value this run would ignore, as a refusal naming it and the fix (None: every
+        value counts). Only a value that differs from its default counts as given: the
+        dashboard passes every field as a flag and a run's config.json holds every field, so a
+        default is the same as leaving the field out. On a demo:// run the --demo preset's own
+        max_new_tokens counts as unset too (the preset sets it whatever the run samples)."""
+
+        def given(name: str) -> bool:
+            value = getattr(self, name)
+            return value != FIELDS_BY_NAME[name].default and not (
+                self.is_demo and name == "max_new_tokens" and value == DEMO_MAX_NEW_TOKENS)
+
+        def leave(name: str) -> str:
+            default = FIELDS_BY_NAME[name].default
+            shown = "empty" if default == "" else _fmt(default) if isinstance(
+                default, (int, float)) else default
+            return f"leave it at its default ({shown})"
+
+        unused = UnusedValueError
+        if self.seq_kd and self.lmbda == 1.0:
+            return unused("seq_kd", "with --lmbda 1 every step is on-policy (the student "
+                          "writes), so no step is left for the teacher's completions: lower "
+                          "--lmbda below 1, or drop --seq-kd")
+        if not self.samples_completions:
+            for name in SAMPLING_FIELDS:
+                if given(name):
+                    return unused(name, "only an on-policy run (--lmbda > 0) or --seq-kd "
+                                  "samples completions: set --lmbda above 0 or --seq-kd, or "
+                                  f"{leave(name)}")
+        if self.lmbda == 0 and given("eval_prompts"):
+            return unused("eval_prompts", "only an on-policy run (--lmbda > 0) completes "
+                          "held-out prompts at its evaluations (--seq-kd alone does not): set "
+                          f"--lmbda above 0, or {leave('eval_prompts')}")
+        if self.samples_completions and self.gen_temperature == 0:
+            for name in ("top_p", "top_k"):
+                if given(name):
+                    return unused(name, "greedy sampling (--gen-temperature 0) takes the "
+                                  "likeliest token, so it changes nothing: set "
+                                  f"--gen-temperature above 0, or {leave(name)}")
+        if self.loss != "jsd" and given("beta"):
+            return unused("beta", f"is the JSD's mixture weight, and --loss {self.loss} has "
+                          f"none: set --loss jsd, or {leave('beta')}")
+        return None
 
     @property
     def samples_completions(self) -> bool:
@@ -577,7 +660,7 @@ def demo_config(**overrides: Any) -> RunConfig:
         eval_batches=4, log_every=5, checkpoint_every=250,
         # half of seq_len: the default 128 would leave an on-policy prompt no token
         # (`kdengine train --demo --lmbda 1`, docs/on-policy.md)
-        max_new_tokens=64,
+        max_new_tokens=DEMO_MAX_NEW_TOKENS,
     )
     values.update(overrides)
     return RunConfig.from_mapping(values)
@@ -590,6 +673,8 @@ def validate_with_preset(config: RunConfig, preset: RunConfig | None, chosen: It
     as a flag the user gave. `chosen`: the fields the user set (by flag, file or variable)."""
     try:
         return config.validate(require_models=require_models)
+    except UnusedValueError:  # the value alone is the problem, whoever set the other fields
+        raise
     except ConfigError as exc:
         if preset is None:
             raise

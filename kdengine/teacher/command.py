@@ -85,6 +85,7 @@ def plan(argv: list[str]):
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         raise UsageError(f"unknown argument {unknown[0]} (see `kdengine cache-teacher --help`)")
+    _check_seed(args.seed, args.cache_targets)
     values = {n: getattr(args, n) for n in JOB_FIELDS if getattr(args, n) is not None}
     # absolute local paths: the job's config.json rebuilds this command from any directory
     config = with_absolute_paths(RunConfig.from_mapping(values))
@@ -112,6 +113,17 @@ def plan(argv: list[str]):
     key = cache_key(identity)
     out = Path(args.out).expanduser() if args.out else default_cache_dir(key)
     return job, identity, key, out, _out_refusal(bool(args.out)), (tokenizer, teacher_dir)
+
+
+def _check_seed(seed: int, targets: str) -> None:
+    """--seed in `kdengine train --seed`'s range (0 to 2**63 - 1: the writer's generator seeds,
+    seed * 1_000_003 + ... mod 2**63, are then distinct for distinct seeds, where -1 drew what
+    2**63 - 1 draws), and only where there are draws: topk targets take none."""
+    FIELDS_BY_NAME["seed"].check(seed)
+    if seed != 0 and targets != "sampled":
+        raise ConfigError("seed", f"seeds the sampled targets' draws, and --cache-targets "
+                          f"{targets} draws nothing: give --cache-targets sampled, or leave it "
+                          "at its default (0)")
 
 
 def _check_vocab(vocab: int, tokenizer: Any, teacher_vocab: int) -> None:
