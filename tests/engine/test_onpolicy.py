@@ -127,9 +127,13 @@ def test_a_killed_on_policy_run_resumes_to_exactly_the_same_losses(
     (["--train-on", "all"], "--lmbda"),  # every token trains: no prompts
 ])
 def test_inputs_an_on_policy_run_cannot_use_are_refused_before_any_run_directory(
-        inputs: dict[str, str], tmp_path: Path, extra: list[str], field: str) -> None:
+        inputs: dict[str, str], tmp_path: Path, extra: list[str], field: str,
+        engine_in_process) -> None:
     run_dir = tmp_path / "run"
-    out = train(inputs, run_dir, *extra, "--check")
+    # (the CLI in this process: a new interpreter's torch import checks nothing more)
+    out = engine_in_process("train", "--teacher", inputs["teacher"], "--student",
+                            inputs["student"], "--data", inputs["data"], *RUN, "--run-dir",
+                            str(run_dir), *extra, "--check")
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert field in lines[-1] and "Traceback" not in out.stderr
