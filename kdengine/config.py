@@ -73,6 +73,7 @@ class Field:
     below_hint: str = ""  # added to the refusal of a value below the minimum: what was meant
     # the refusal of a value `pattern` does not match, in place of 'must be <pattern_hint>'
     explain: Callable[[str], str] | None = None
+    strip: bool = True  # text: surrounding whitespace dropped (False: it is the value)
 
     @property
     def flag(self) -> str:
@@ -135,7 +136,7 @@ class Field:
             return value
         if not isinstance(raw, str):
             raise ConfigError(self.name, f"must be text (got {raw!r})")
-        return raw.strip()
+        return raw.strip() if self.strip else raw
 
     def check(self, value: Any) -> None:
         if self.choices and value not in self.choices:
@@ -258,7 +259,9 @@ FIELDS: tuple[Field, ...] = (
           # a lone or unknown escape was kept as typed: '\\' stopped at a backslash, '\\r\\n'
           # at the four characters, never at a line end
           pattern=_STOP_RE, pattern_hint="text whose backslashes start an escape: \\n "
-          "(newline), \\t (tab) or \\\\ (a backslash)", explain=_stop_refusal),
+          "(newline), \\t (tab) or \\\\ (a backslash)", explain=_stop_refusal,
+          # TOML's stop = "\n\n" is two newlines already: stripped, it was no stop at all
+          strip=False),
     Field("sample_every", int, 50, "Emit a sample event (prompt, completion, the teacher's "
           "log-prob of it) every N on-policy steps (0: only at evaluations)", "on-policy",
           minimum=0, maximum=10**9),

@@ -9,6 +9,7 @@ field), and so does the --demo preset's own max_new_tokens on a demo run."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -172,3 +173,14 @@ async def test_the_form_marks_an_unused_sampling_value_at_its_field() -> None:
         error = str(form.query_one("#row-gen_temperature .field-error", Static).render())
         assert "only an on-policy run (lmbda > 0) or seq_kd samples completions" in error
         assert app.screen is form and not list(runs_dir.iterdir())
+
+
+def test_a_stop_of_newlines_in_a_config_file_is_kept(capsys, tmp_path) -> None:
+    """TOML's `stop = "\\n\\n"` is two real newlines: stripped as other text fields are, the run
+    had no stop at all."""
+    run = tmp_path / "run.toml"
+    run.write_text('lmbda = 1.0\nstop = "\\n\\n"\n')
+    assert main(["train", "--demo", "--check", "--config", str(run)]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["stop"] == "\n\n"
+    assert RunConfig.from_mapping(config).stop_text == "\n\n"
