@@ -78,13 +78,14 @@ def plan(argv: list[str]):
     """(job, identity, key, out, out's refusal, (the teacher's tokenizer, its directory)) from
     the command line, everything checked that can be known without loading the teacher's
     weights or reading the data."""
-    from kdengine.teacher.cache import cache_key
-    from kdengine.teacher.writer import CacheJob, default_cache_dir, plan_identity
     from kdengine.usage import UsageError
 
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         raise UsageError(f"unknown argument {unknown[0]} (see `kdengine cache-teacher --help`)")
+    # torch comes with these: after the flags are parsed, so --help answers at once
+    from kdengine.teacher.cache import cache_key
+    from kdengine.teacher.writer import CacheJob, default_cache_dir, plan_identity
     _check_seed(args.seed, args.cache_targets)
     values = {n: getattr(args, n) for n in JOB_FIELDS if getattr(args, n) is not None}
     # absolute local paths: the job's config.json rebuilds this command from any directory
@@ -179,12 +180,13 @@ def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
 
 
 def cmd_cache_teacher(argv: list[str]) -> int:
-    from kdengine.preflight import check_data, check_run_dir, run_dir_refusal
     from kdengine.stop import catch_early
-    from kdengine.teacher.cache import read_manifest
 
     catch_early()
     job, identity, key, out, (field, fix), (tokenizer, teacher_dir) = plan(argv)
+    # torch comes with these: after plan(), so --help and a bad flag answer at once
+    from kdengine.preflight import check_data, check_run_dir, run_dir_refusal
+    from kdengine.teacher.cache import read_manifest
     try:
         has_manifest = (out / "manifest.json").exists()
     except OSError:  # a directory that cannot be looked into: check_run_dir says so

@@ -17,7 +17,7 @@ from kdengine.config import FIELDS, FIELDS_BY_NAME
 @functools.cache
 def _kdengine(*argv: str) -> subprocess.CompletedProcess[str]:
     """`python -m kdengine argv`, once per argv in this module: the commands asked here (help,
-    version, a refusal) print the same each time; cache-teacher's help imports torch (2 s)."""
+    version, a refusal) print the same each time."""
     return subprocess.run([sys.executable, "-m", "kdengine", *argv], capture_output=True,
                           text=True, timeout=60)
 
@@ -45,6 +45,16 @@ def test_top_level_help_lists_every_command_with_its_summary_aligned() -> None:
     starts = {re.match(r"  \S+ +", row).end() for row in rows}
     assert len(starts) == 1, rows  # every summary starts in the same column
     assert done.stdout.startswith("usage: kdengine {train,cache-teacher,verdict,version} ...")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_commands_help_answers_without_importing_torch(command: str) -> None:
+    """Help is read before anything is run: it must not wait seconds for torch (cache-teacher's
+    did, 1.5-2 s, through the imports before its flags were parsed)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "kdengine", command,
+                           "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert not re.search(r"\|\s*torch$", done.stderr, re.M), command
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
