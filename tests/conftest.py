@@ -265,6 +265,18 @@ def a_file(tmp_path: Path) -> Path:
     return path
 
 
+def write_jsonl(path: Path, rows: list) -> Path:
+    """`rows` as a JSONL file at `path` (one JSON record a line); returns `path`."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def chat_record(i: int, answer: str | None = None) -> dict:
+    """A one-turn conversation record: the user's q{i}?, the assistant's `answer` (a{i})."""
+    return {"messages": [{"role": "user", "content": f"q{i}?"},
+                         {"role": "assistant", "content": f"a{i}" if answer is None else answer}]}
+
+
 def put_in_hub_cache(cache: Path, repo_id: str,
                      files: Mapping[str, str | bytes] | Path | Iterable[Path], *,
                      kind: str = "model") -> str:

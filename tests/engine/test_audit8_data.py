@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,17 +15,9 @@ import pytest
 from kdengine.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import chat_record as chat  # noqa: E402
 from conftest import one_line_in_process as one_line  # noqa: E402
-
-
-def chat(i: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"q{i}?"},
-                         {"role": "assistant", "content": f"a{i}"}]}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+from conftest import write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

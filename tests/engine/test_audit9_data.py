@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,19 +17,13 @@ from kdengine.cli import main
 from kdengine.events import read_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import chat_record as chat  # noqa: E402
 from conftest import one_line_in_process as one_line  # noqa: E402
+from conftest import write_jsonl  # noqa: E402
 
 SEQ_LEN = 128
 
 
-def chat(i: int, answer: str | None = None) -> dict:
-    return {"messages": [{"role": "user", "content": f"q{i}?"},
-                         {"role": "assistant", "content": f"a{i}" if answer is None else answer}]}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.fixture(scope="module")

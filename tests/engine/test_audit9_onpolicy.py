@@ -43,8 +43,10 @@ def chat_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def check_argv(models: dict[str, Path], run_dir: Path, *extra: str) -> list[str]:
     return ["train", "--teacher", str(models["teacher"]), "--student", str(models["student"]),
             "--data", str(models["data"]), "--run-dir", str(run_dir), "--seq-len", "128",
-            "--batch-size", "2", "--device", "cpu", "--max-new-tokens", "16", *extra,
-            "--check"]
+            "--batch-size", "2", "--device", "cpu", *extra, "--check"]
+
+
+SAMPLES = ("--max-new-tokens", "16")  # a run that samples: prompts fit seq_len 128 with these
 
 
 @pytest.mark.parametrize("extra, field", [(["--lmbda", "1"], "--lmbda"),
@@ -54,7 +56,8 @@ def test_a_template_that_ignores_add_generation_prompt_is_refused_before_samplin
     for role in ("teacher", "student"):
         write_chat_tokenizer(chat_models[role], NO_GENERATION_PROMPT)
     run_dir = tmp_path / "run"
-    line = one_line_in_process(capsys, main(check_argv(chat_models, run_dir, *extra)), "train")
+    line = one_line_in_process(capsys, main(check_argv(chat_models, run_dir, *extra, *SAMPLES)),
+                               "train")
     assert line.startswith(f"kdengine train: error: {field}: "), line
     assert "tokenizer_config.json chat_template" in line  # names the template
     assert "add_generation_prompt" in line and "'<|im_start|>assistant'" in line
@@ -66,13 +69,13 @@ def test_the_same_data_with_a_template_that_opens_the_assistant_turn_passes(
         chat_models, tmp_path, capsys) -> None:
     for role in ("teacher", "student"):
         write_chat_tokenizer(chat_models[role], PLAIN_CHATML)
-    assert main(check_argv(chat_models, tmp_path / "run", "--lmbda", "1")) == 0
+    assert main(check_argv(chat_models, tmp_path / "run", "--lmbda", "1", *SAMPLES)) == 0
     # and the fix the refusal names: a chat_template.jinja beside the broken config's
     for role in ("teacher", "student"):
         write_chat_tokenizer(chat_models[role], NO_GENERATION_PROMPT)
         (chat_models[role] / "chat_template.jinja").write_text(PLAIN_CHATML)
     try:
-        assert main(check_argv(chat_models, tmp_path / "run2", "--lmbda", "1")) == 0
+        assert main(check_argv(chat_models, tmp_path / "run2", "--lmbda", "1", *SAMPLES)) == 0
     finally:
         for role in ("teacher", "student"):
             (chat_models[role] / "chat_template.jinja").unlink()
@@ -88,7 +91,7 @@ def test_off_policy_runs_and_prompt_completion_strings_do_not_need_the_generatio
     pairs.write_text("".join(json.dumps({"prompt": f"Q: {i}?\nA:", "completion": f" {i}."})
                              + "\n" for i in range(60)))
     models = {**chat_models, "data": pairs}
-    assert main(check_argv(models, tmp_path / "pairs", "--lmbda", "1")) == 0
+    assert main(check_argv(models, tmp_path / "pairs", "--lmbda", "1", *SAMPLES)) == 0
     capsys.readouterr()
 
 

@@ -17,6 +17,9 @@ import pytest
 
 from kdengine.events import read_events
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import write_jsonl  # noqa: E402
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}"
           "{% generation %}{{ m.content }}<|endoftext|>{% endgeneration %}{% else %}"
           "{{ m.content }}{% endif %}\n{% endfor %}"
@@ -106,10 +109,6 @@ def refusal(out: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     return lines[0]
 
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_messages_jsonl_distils_to_a_verdict_training_on_assistant_tokens(

@@ -18,6 +18,9 @@ from kdengine.data.formats import find_sources, is_example_data, parse_fields
 from kdengine.data.store import DataOptions, open_store
 from kdengine.tokenizer import load_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import write_jsonl  # noqa: E402
+
 
 def chat(i: int) -> list[dict[str, str]]:
     return [{"role": "system", "content": "Be brief."},
@@ -50,10 +53,6 @@ def kinds_of(spec: Path | str, **options) -> list[tuple[str, str]]:
     sources = find_sources(str(spec), **options)
     return [(e.name, e.kind) for s in sources for e in s.examples()]
 
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def test_jsonl_records_are_detected_one_by_one(tmp_path: Path, tok_dir: Path) -> None:

@@ -20,9 +20,10 @@ from kdengine.events import read_events
 # small and quick: 12 steps, 4 prompts a step, 24 new tokens, on the CPU
 RUN = ["--steps", "12", "--batch-size", "4", "--seq-len", "64", "--lr", "3e-3",
        "--eval-every", "6", "--eval-batches", "2", "--log-every", "1", "--checkpoint-every", "6",
-       "--temperature", "1", "--alpha", "0.3", "--device", "cpu", "--seed", "5",
-       "--lmbda", "0.75", "--max-new-tokens", "24", "--eval-prompts", "6",
-       "--sample-every", "3"]
+       "--temperature", "1", "--alpha", "0.3", "--device", "cpu", "--seed", "5"]
+# how the runs here sample (a flag that would change nothing is refused: hyperparameters.md)
+ON_POLICY = ("--lmbda", "0.75", "--max-new-tokens", "24", "--eval-prompts", "6",
+             "--sample-every", "3")
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,11 @@ def kdengine(*argv: str, launcher: tuple[str, ...] = (sys.executable, "-m", "kde
                                **env})
 
 
-def train(inputs: dict[str, str], run_dir: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
+def train(inputs: dict[str, str], run_dir: Path, *extra: str,
+          sampling: tuple[str, ...] = ON_POLICY, **kw) -> subprocess.CompletedProcess:
     return kdengine("train", "--teacher", inputs["teacher"], "--student", inputs["student"],
-                    "--data", inputs["data"], *RUN, "--run-dir", str(run_dir), *extra, **kw)
+                    "--data", inputs["data"], *RUN, *sampling, "--run-dir", str(run_dir),
+                    *extra, **kw)
 
 
 def events(run_dir: Path, kind: str) -> list[dict]:
@@ -132,8 +135,8 @@ def test_inputs_an_on_policy_run_cannot_use_are_refused_before_any_run_directory
     run_dir = tmp_path / "run"
     # (the CLI in this process: a new interpreter's torch import checks nothing more)
     out = engine_in_process("train", "--teacher", inputs["teacher"], "--student",
-                            inputs["student"], "--data", inputs["data"], *RUN, "--run-dir",
-                            str(run_dir), *extra, "--check")
+                            inputs["student"], "--data", inputs["data"], *RUN, *ON_POLICY,
+                            "--run-dir", str(run_dir), *extra, "--check")
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert field in lines[-1] and "Traceback" not in out.stderr
@@ -192,8 +195,8 @@ def test_the_lmbda_coin_is_a_function_of_seed_and_step() -> None:
 def test_seq_kd_trains_on_the_teachers_completions_and_is_judged_on_val_loss(
         inputs: dict[str, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "seqkd"
-    out = train(inputs, run_dir, "--lmbda", "0", "--seq-kd", "--steps", "4", "--eval-every",
-                "0", "--sample-every", "2", "--stop", r"\n")
+    out = train(inputs, run_dir, "--seq-kd", "--steps", "4", "--eval-every", "0",
+                "--sample-every", "2", "--stop", r"\n", sampling=("--max-new-tokens", "24"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     steps = events(run_dir, "step")
     assert all(e["source"] == "teacher" and not e["on_policy"] for e in steps)
@@ -282,7 +285,7 @@ def test_a_cancel_during_an_on_policy_generation_ends_it_at_once_and_resumes_exa
     run_dir, mark = tmp_path / "cancelled", tmp_path / "generating"
     argv = [sys.executable, "-c", SLOW_GENERATION_AT_STEP, "train", "--teacher",
             inputs["teacher"], "--student", inputs["student"], "--data", inputs["data"], *RUN,
-            "--run-dir", str(run_dir)]
+            *ON_POLICY, "--run-dir", str(run_dir)]
     engine = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                                    "KD_SLOW_AT": str(slow_at), "KD_SLOW_MARK": str(mark)})
