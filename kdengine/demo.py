@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,13 +48,13 @@ def teacher_path(say: Callable[[str], None] = print) -> Path:
         say(f"demo teacher: cached at {path}")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _training_lock(path.with_name(f".{path.name}.lock"), say):
+    with _training_lock(path.with_name(f".{path.name}.lock"), say) as progress:
         if (path / "model.safetensors").exists():  # the engine it waited for trained it
             say(f"demo teacher: trained by another engine meanwhile, cached at {path}")
             return path
         tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        model = train_teacher(say)
+        model = train_teacher(say, progress)
         save_decoder(model, tmp)
         try:
             tmp.rename(path)  # no lock (not POSIX): another process may have won the race
@@ -62,26 +63,61 @@ def teacher_path(say: Callable[[str], None] = print) -> Path:
     return path
 
 
+# how often an engine waiting for another's teacher looks at its progress
+WAIT_POLL_S = 2.0
+
+
 @contextmanager
-def _training_lock(file: Path, say: Callable[[str], None]) -> Iterator[None]:
+def _training_lock(file: Path, say: Callable[[str], None]) -> Iterator[Callable[[str], None]]:
     """Held while this process trains the teacher (the kernel drops it however the process
-    ends); a second process waits for it."""
+    ends); a second process waits for it, and says the training's progress meanwhile (the
+    holder writes its step lines into the lock file, through the callable this yields)."""
     try:
         import fcntl
     except ModuleNotFoundError:  # pragma: no cover - not POSIX: both train, one rename wins
-        yield
+        yield lambda line: None
         return
-    with open(file, "a") as handle:
+    with open(file, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             say("demo teacher: another engine on this machine is training it; waiting for it "
                 "(then this run uses it)")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+            done = threading.Event()
+            watcher = threading.Thread(target=_say_progress, args=(file, say, done), daemon=True)
+            watcher.start()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # a cancel's signal interrupts it
+            finally:
+                done.set()
+                watcher.join()
+        handle.truncate(0)
+
+        def progress(line: str) -> None:
+            handle.write(line + "\n")
+            handle.flush()
+
+        yield progress
 
 
-def train_teacher(say: Callable[[str], None] = print) -> Decoder:
+def _say_progress(file: Path, say: Callable[[str], None], done: threading.Event) -> None:
+    """Until `done`: each new step line the training engine writes into `file`, said as the
+    other engine's (a minute of training is not a minute of silence)."""
+    shown = ""
+    while not done.wait(WAIT_POLL_S):
+        try:
+            lines = file.read_text().splitlines()
+        except OSError:
+            continue
+        if lines and lines[-1] != shown:
+            shown = lines[-1]
+            say(f"demo teacher: another engine's training is at {shown}")
+
+
+def train_teacher(say: Callable[[str], None] = print,
+                  progress: Callable[[str], None] = lambda line: None) -> Decoder:
+    """The demo teacher, trained here; each step line goes to `say` and, without its prefix,
+    to `progress` (what an engine waiting for this one shows)."""
     say(f"demo teacher: training once ({TEACHER_STEPS} steps on the Python stdlib; cached "
         "afterwards)")
     torch.manual_seed(TEACHER_SEED)
@@ -103,8 +139,10 @@ def train_teacher(say: Callable[[str], None] = print) -> Decoder:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == TEACHER_STEPS:
-            say(f"demo teacher: step {step}/{TEACHER_STEPS} ce={loss.item():.4f} "
-                f"({time.monotonic() - t0:.0f}s)")
+            line = (f"step {step}/{TEACHER_STEPS} ce={loss.item():.4f} "
+                    f"({time.monotonic() - t0:.0f}s)")
+            say(f"demo teacher: {line}")
+            progress(line)
     return model.eval()
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,11 +25,11 @@ import kdengine.demo as demo
 demo.TEACHER_STEPS = 3
 here = Path(sys.argv[1])
 train = demo.train_teacher
-def held(say):
+def held(say, progress):
     (here / "training").touch()
     while not (here / "go").exists():
         time.sleep(0.05)
-    return train(say)
+    return train(say, progress)
 demo.train_teacher = held
 print(demo.teacher_path(lambda line: print(line, flush=True)), flush=True)
 """
@@ -61,7 +62,9 @@ def test_two_engines_starting_at_once_train_the_demo_teacher_once(tmp_path: Path
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert out1.count("demo teacher: training once") == 1
     assert "training once" not in out2
-    assert out2.startswith("demo teacher: trained by another engine meanwhile, cached at ")
+    # (the other engine's progress, said while waiting, may come first)
+    own = [line for line in out2.splitlines() if "another engine's training is at" not in line]
+    assert own[0].startswith("demo teacher: trained by another engine meanwhile, cached at ")
     assert out1.splitlines()[-1] == out2.splitlines()[-1]  # the one teacher's directory
     assert len(list((cache / "demo").glob("teacher-*"))) == 1
 
@@ -93,3 +96,39 @@ def test_a_cancel_while_waiting_for_another_engines_teacher_ends_the_run_at_once
     events = read_events(run_dir / "events.jsonl")
     assert [e["status"] for e in events if e["type"] == "run_finished"] == ["cancelled"]
     assert not list((cache / "demo").glob("teacher-*"))
+
+
+def test_an_engine_waiting_for_the_teacher_says_how_far_the_others_training_is(
+        tmp_path: Path, monkeypatch) -> None:
+    """A second Start with the demo waited a minute or more in silence ('waiting for it'): it
+    now says the training engine's step lines as they come."""
+    from kdengine import demo
+
+    monkeypatch.setattr(demo, "WAIT_POLL_S", 0.02)
+    lock, said = tmp_path / ".teacher.lock", []
+    holding, release = threading.Event(), threading.Event()
+
+    def train_elsewhere() -> None:
+        with demo._training_lock(lock, lambda line: None) as progress:
+            progress("step 50/400 ce=2.1000 (3s)")
+            holding.set()
+            release.wait(30)
+
+    def wait_for_it() -> None:
+        with demo._training_lock(lock, said.append):
+            said.append("got it")
+
+    trainer = threading.Thread(target=train_elsewhere)
+    trainer.start()
+    assert holding.wait(10)
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    try:
+        _wait_for(lambda: len(said) >= 2, timeout=10)
+    finally:
+        release.set()
+        trainer.join(10)
+        waiter.join(10)
+    assert said[0].startswith("demo teacher: another engine on this machine is training it")
+    assert said[1] == "demo teacher: another engine's training is at step 50/400 ce=2.1000 (3s)"
+    assert said[-1] == "got it" and said.count(said[1]) == 1  # each line once
