@@ -127,14 +127,32 @@ _PROBE = [{"role": "user", "content": "Hello?"}]
 _ANSWER = "Hi there."
 
 
+def _answered_probe(template: Any) -> str | None:
+    """The probe conversation with the assistant's answer, as the template renders it."""
+    try:
+        return template.render([*_PROBE, {"role": "assistant", "content": _ANSWER}])
+    except Exception:  # noqa: BLE001 - the template's own error: the data stage names it
+        return None
+
+
+def assistant_closing(template: Any) -> str | None:
+    """What the template writes after an assistant's content (its end of turn, and anything
+    after it), from the probe conversation; None when it cannot render the probe."""
+    whole = _answered_probe(template)
+    at = whole.rfind(_ANSWER) if whole is not None else -1
+    return whole[at + len(_ANSWER):] if at >= 0 else None
+
+
 def assistant_header(template: Any) -> tuple[str, bool] | None:
     """(what the template writes before an assistant's content, whether add_generation_prompt
     changes its rendering), from a probe conversation; None when it cannot render the probe."""
     try:
         bare = template.render(_PROBE)
         opened = template.render(_PROBE, add_generation_prompt=True)
-        whole = template.render([*_PROBE, {"role": "assistant", "content": _ANSWER}])
     except Exception:  # noqa: BLE001 - the template's own error: the data stage names it
+        return None
+    whole = _answered_probe(template)
+    if whole is None:
         return None
     # the common prefix of the probe without and with the answer: the user's turn
     common = next((i for i, (a, b) in enumerate(zip(bare, whole, strict=False))

@@ -172,19 +172,13 @@ def turn_end_id(tokenizer: Any, template_dir: Any) -> int | None:
     first token after the assistant's content, when it is one of the tokenizer's added
     tokens. None where there is no template or the turn ends in plain text."""
     from kdengine.data.chat import load_chat_template
-    from kdengine.onpolicy.prompts import _ANSWER, _PROBE
+    from kdengine.onpolicy.prompts import assistant_closing
 
     if template_dir is None or not hasattr(tokenizer, "identity"):
         return None
     template = load_chat_template(template_dir)
-    if template is None:
-        return None
-    try:
-        whole = template.render([*_PROBE, {"role": "assistant", "content": _ANSWER}])
-    except Exception:  # noqa: BLE001 - the template's own error: the data stage names it
-        return None
-    at = whole.rfind(_ANSWER)
-    ids = tokenizer.encode(whole[at + len(_ANSWER):]) if at >= 0 else []
+    closing = assistant_closing(template) if template is not None else None
+    ids = tokenizer.encode(closing) if closing else []
     added = {i for i, _ in tokenizer.identity["added"]}
     return ids[0] if ids and ids[0] in added else None
 

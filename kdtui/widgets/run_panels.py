@@ -3,6 +3,7 @@ verdict."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -274,22 +275,23 @@ def recent_step_rate(marks: list[tuple[float, int]]) -> float:
     contention the ETA told twice or half the time the tokens/s did; the median also keeps an
     eval's or a checkpoint's pause between two steps from swinging it."""
     recent = marks[-RATE_INTERVALS - 1:]
-    rates = sorted((s1 - s0) / (t1 - t0)
-                   for (t0, s0), (t1, s1) in zip(recent, recent[1:], strict=False)
-                   if t1 > t0 and s1 > s0)
-    if not rates:
-        return 0.0
-    mid = len(rates) // 2
-    return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+    rates = [(s1 - s0) / (t1 - t0) for (t0, s0), (t1, s1) in zip(recent, recent[1:], strict=False)
+             if t1 > t0 and s1 > s0]
+    return statistics.median(rates) if rates else 0.0
 
 
 def _positive_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _multiples_between(every: int, after: int, before: int) -> int:
-    """How many multiples of `every` lie in (after, before)."""
-    return max(0, (before - 1) // every - after // every) if every and before > after else 0
+def _to_come(every: int, step: int, total: int, seen: set[int]) -> int:
+    """How many of a run's every-`every`-steps pauses (evals, checkpoints) before `total` are
+    still ahead at `step`: the multiples of `every` in (step, total), and `step`'s own when its
+    step event came and the pause's has not."""
+    if not every or total <= step:
+        return 0
+    ahead = (total - 1) // every - step // every
+    return ahead + (0 < step and step % every == 0 and step not in seen)
 
 
 class RunProgress(Widget):
@@ -452,19 +454,11 @@ class RunProgress(Widget):
         seconds = 0.0
         eval_s = self._eval_s or 0.0
         if eval_s:
-            every = self._eval_every
-            evals = _multiples_between(every, step, total)
-            if every and 0 < step < total and step % every == 0 \
-                    and step not in self._evals_seen:
-                evals += 1  # its step event came; the evaluation after it has not ended
+            evals = _to_come(self._eval_every, step, total, self._evals_seen)
             evals += total not in self._evals_seen  # the final evaluation
             seconds += evals * eval_s
         if self._stall_s is not None:
-            every = self._checkpoint_every
-            stalls = _multiples_between(every, step, total)
-            if every and 0 < step < total and step % every == 0 \
-                    and step not in self._checkpoints_seen:
-                stalls += 1
+            stalls = _to_come(self._checkpoint_every, step, total, self._checkpoints_seen)
             seconds += stalls * self._stall_s
             if total not in self._checkpoints_seen:  # the final one: the run waits for it
                 seconds += self._stall_s + (self._write_s or 0.0)
