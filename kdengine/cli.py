@@ -215,6 +215,9 @@ def cmd_train(argv: list[str]) -> int:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),
                           "preflight": preflight.to_dict()}, indent=2))
         return 0
+    # the events name it absolute (run_started's run_dir, checkpoints' paths): a reader in
+    # another working directory, or `--run-dir .`, gets the place, not the words typed
+    run_dir = Path(os.path.abspath(run_dir))
     try:  # the check above passed: an error here is the path changing in between
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits

@@ -1,0 +1,40 @@
+"""Audit 11: the run directory as a new user names it. A run started or resumed with a relative
+directory (`--run-dir out/kd1`, `--resume runs/kd1`, `--run-dir .`, a relative
+KDENGINE_RUNS_DIR) wrote that relative path into its events (run_started's `run_dir`, each
+checkpoint's `path`): meaningless to a dashboard or a reader in another working directory. The
+events now hold the absolute directory, however it was named."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import read_events, tiny_run_args, write_tiny_inputs  # noqa: E402
+
+
+def test_a_relative_run_dir_is_written_absolute_in_the_events(tmp_path: Path, monkeypatch,
+                                                              engine_in_process) -> None:
+    inputs = write_tiny_inputs(tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    started = engine_in_process(*tiny_run_args(inputs, Path("out/kd1"), steps=2,
+                                               checkpoint_every=1, eval_every=0))
+    assert started.returncode == 0, started.stderr[-2000:]
+    run_dir = tmp_path / "out" / "kd1"
+    events = read_events(run_dir)
+    assert events[0]["run_dir"] == str(run_dir)
+    paths = [e["path"] for e in events if e["type"] == "checkpoint"]
+    assert paths and all(p.startswith(str(run_dir) + "/") for p in paths), paths
+
+    # the same run as a kill -9 after its step-1 checkpoint leaves it, resumed by a name
+    # relative to where the user stands now
+    monkeypatch.chdir(run_dir)
+    (run_dir / "events.jsonl").write_text("".join(
+        line for line in (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+        if '"run_finished"' not in line and '"verdict"' not in line))
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000002")
+    resumed = engine_in_process("train", "--resume", ".")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = [e for e in read_events(run_dir) if e["type"] == "run_started"][-1]
+    assert again["run_dir"] == str(run_dir) and again["resumed_from"] == 1
