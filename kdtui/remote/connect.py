@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class SSHTarget:
     global_known_hosts: tuple[str, ...]  # GlobalKnownHostsFile
     identity_files: tuple[str, ...]
     proxied: bool = False  # a ProxyJump or ProxyCommand: the HostName resolves over there
+    proxy_jump: str = ""  # the ProxyJump hops, "[user@]host[:port],...", as the config has them
 
     @property
     def where(self) -> str:
@@ -96,14 +97,16 @@ def _default_config() -> list[str]:
     return [str(path)] if os.access(path, os.R_OK) else []
 
 
-def resolve_target(host: HostConfig) -> SSHTarget:
-    """The alias's HostName, Port, known_hosts and identity files as ssh config gives them; a
-    config file that is missing or does not parse raises SSHConfigError naming it."""
+def resolve_target(host: HostConfig, port: int | None = None) -> SSHTarget:
+    """The alias's HostName, Port, known_hosts and identity files as ssh config gives them (a
+    ProxyJump hop's `:port` given as `port`); a config file that is missing or does not parse
+    raises SSHConfigError naming it."""
     paths = _config_paths(host) or _default_config()
     try:
         # client_keys=None, known_hosts=None: read the settings, load none of the files they name
         opts = asyncssh.SSHClientConnectionOptions(
-            host=host.alias, config=paths, client_keys=None, known_hosts=None)
+            host=host.alias, port=port or (), config=paths, client_keys=None,
+            known_hosts=None)
     except asyncssh.config.ConfigParseError as exc:
         raise SSHConfigError(f"{host.alias}: the ssh config does not parse: {exc}; fix that "
                              "line") from None
@@ -122,7 +125,8 @@ def resolve_target(host: HostConfig) -> SSHTarget:
     return SSHTarget(host.alias, str(opts.host or host.alias), int(opts.port or 22),
                      tuple(paths), None if known is None else files("UserKnownHostsFile"),
                      files("GlobalKnownHostsFile"), files("IdentityFile"),
-                     proxied=bool(config.get("ProxyJump") or config.get("ProxyCommand")))
+                     proxied=bool(config.get("ProxyJump") or config.get("ProxyCommand")),
+                     proxy_jump=str(config.get("ProxyJump") or ""))
 
 
 class UnknownHost(HostsFileError):
@@ -252,7 +256,8 @@ def _key_file_problem(path: str) -> BaseException | None:
     return None
 
 
-def _options(host: HostConfig, target: SSHTarget) -> asyncssh.SSHClientConnectionOptions:
+def _options(host: HostConfig, target: SSHTarget, *, user: str | None = None,
+             port: int | None = None) -> asyncssh.SSHClientConnectionOptions:
     for path in target.identity_files:
         problem = _key_file_problem(path)
         if problem is not None:
@@ -260,6 +265,7 @@ def _options(host: HostConfig, target: SSHTarget) -> asyncssh.SSHClientConnectio
     try:
         return asyncssh.SSHClientConnectionOptions(
             host=host.alias, config=list(target.config_files), known_hosts=_trusted(target),
+            username=user or (), port=port or (),
             connect_timeout=host.connect_timeout, keepalive_interval=host.keepalive_interval,
             keepalive_count_max=host.keepalive_count_max,
             # never offer a password prompt: kdtui runs unattended and stores no secrets
@@ -283,14 +289,16 @@ def _known_hosts_note(target: SSHTarget) -> str:
     return f" ({target.setting_source('UserKnownHostsFile')}: {files[0]} does not exist yet)"
 
 
-async def _host_key_message(host: HostConfig, target: SSHTarget) -> str:
+async def _host_key_message(host: HostConfig, target: SSHTarget,
+                            tunnel: asyncssh.SSHClientConnection | None = None) -> str:
     hostname, port = target.hostname, target.port
     port_part = f"-p {port} " if port != 22 else ""
     target_name = f"[{hostname}]:{port}" if port != 22 else hostname
     files = _known_hosts_files(target) or [str(Path("~", ".ssh", "known_hosts").expanduser())]
     try:
         key = await asyncio.wait_for(asyncssh.get_server_host_key(
-            host.alias, config=list(target.config_files)), host.connect_timeout)
+            target.hostname, target.port, tunnel=tunnel if tunnel is not None else None,
+            config=list(target.config_files)), host.connect_timeout)
         fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}" if key else "?"
     except Exception as exc:  # the message is still useful without the fingerprint
         fingerprint = f"(could not read it: {exc})"
@@ -315,27 +323,89 @@ async def _host_key_message(host: HostConfig, target: SSHTarget) -> str:
             "answer yes")
 
 
-async def open_connection(host: HostConfig) -> asyncssh.SSHClientConnection:
-    """Connect to `host`, or raise HostKeyRefused / SSHConfigError / ConnectFailed with a
-    one-line reason. The ssh config and the files it names are read first, so a problem there
-    is reported as itself, never as "cannot reach"."""
-    target = resolve_target(host)
+MAX_JUMPS = 8  # ProxyJump hops (through the jumps' own ProxyJump too): more is a loop
+
+
+def _hop(spec: str) -> tuple[str, str | None, int | None]:
+    """'user@host:port' (a ProxyJump hop) as (host, user, port)."""
+    user, _, rest = spec.rpartition("@")
+    name, colon, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    return name, user or None, int(port) if colon and port.isdigit() else None
+
+
+async def _open_jumps(host: HostConfig, target: SSHTarget,
+                      depth: int) -> asyncssh.SSHClientConnection | None:
+    """The connection to tunnel through: the ProxyJump hops, each opened by _connect as a host
+    of its own (its ssh config block, its host key checked, its errors its own line, naming the
+    host that jumps through it), the later hops through the earlier ones as ssh(1) does."""
+    conn = None
+    for spec in (h.strip() for h in target.proxy_jump.split(",") if h.strip()):
+        name, user, port = _hop(spec)
+        try:
+            if depth >= MAX_JUMPS:
+                raise SSHConfigError(f"more than {MAX_JUMPS} ProxyJump hops: is there a loop?")
+            jump = await _connect(replace(host, alias=name), user=user, port=port,
+                                  tunnel=conn, depth=depth + 1)
+        except RemoteError as exc:  # _connect closed the hops before it
+            if str(exc).startswith(f"{target.alias}'s ProxyJump"):
+                raise
+            raise type(exc)(f"{target.alias}'s ProxyJump {spec} "
+                            f"({target.setting_source('ProxyJump')}): {exc}") from None
+        conn = jump  # it closes the hops before it when it closes
+    return conn
+
+
+async def _connect(host: HostConfig, *, user: str | None = None, port: int | None = None,
+                   tunnel: asyncssh.SSHClientConnection | None = None,
+                   depth: int = 0) -> asyncssh.SSHClientConnection:
+    target = resolve_target(host, port)
     where = target.where
-    options = _options(host, target)
+    options = _options(host, target, user=user, port=port)
+    if tunnel is None and target.proxy_jump:
+        tunnel = await _open_jumps(host, target, depth)
     try:
-        return await asyncssh.connect(host.alias, options=options)
+        # connect's own host, port and tunnel replace the options' ones; tunnel None: none of
+        # asyncssh's making, which would open the config's ProxyJump with asyncssh's defaults
+        # (under `UserKnownHostsFile none`, no host key checked there)
+        conn = await asyncssh.connect(host.alias, port or (), tunnel=tunnel, options=options)
     except asyncssh.HostKeyNotVerifiable:
-        raise HostKeyRefused(await _host_key_message(host, target)) from None
+        message = await _host_key_message(host, target, tunnel)
+        _close(tunnel)
+        raise HostKeyRefused(message) from None
     except asyncssh.PermissionDenied:
+        _close(tunnel)
         raise ConnectFailed(_refused_message(target)) from None
     except (asyncio.TimeoutError, TimeoutError):
+        _close(tunnel)
         raise ConnectFailed(f"{where} did not answer within {host.connect_timeout:g}s "
                             "(connect_timeout in the hosts file)") from None
     except OSError as exc:
+        _close(tunnel)
         reason = exc.strerror or str(exc)
         raise ConnectFailed(f"cannot reach {where}: {reason}") from None
     except asyncssh.Error as exc:
+        _close(tunnel)
         raise ConnectFailed(f"SSH to {host.alias} failed: {exc.reason}") from None
+    except BaseException:
+        _close(tunnel)
+        raise
+    if tunnel is not None:
+        conn.set_tunnel(tunnel)  # closing the connection closes its jumps
+    return conn
+
+
+def _close(conn: asyncssh.SSHClientConnection | None) -> None:
+    if conn is not None:
+        conn.close()
+
+
+async def open_connection(host: HostConfig) -> asyncssh.SSHClientConnection:
+    """Connect to `host`, or raise HostKeyRefused / SSHConfigError / ConnectFailed with a
+    one-line reason. The ssh config and the files it names are read first, so a problem there
+    is reported as itself, never as "cannot reach". A ProxyJump host is connected to the same
+    way (its host key checked against its known_hosts, keys only), and its problem is its own
+    line, naming the host that jumps through it."""
+    return await _connect(host)
 
 
 @dataclass
