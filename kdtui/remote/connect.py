@@ -238,6 +238,26 @@ def _refused_message(target: SSHTarget) -> str:
             "~/.ssh/authorized_keys, or load it into ssh-agent (ssh-add)")
 
 
+async def _auth_refused_message(host: HostConfig, target: SSHTarget,
+                                options: asyncssh.SSHClientConnectionOptions,
+                                tunnel: asyncssh.SSHClientConnection | None) -> str:
+    """Why the box refused us: a box that takes no keys at all (only a password) says so, as
+    no key added to authorized_keys would help; otherwise _refused_message."""
+    try:
+        methods = await asyncio.wait_for(asyncssh.get_server_auth_methods(
+            target.hostname, target.port, options.username, tunnel=tunnel,
+            config=list(target.config_files)), host.connect_timeout)
+    except Exception:  # the usual message is still right more often than not
+        methods = ["publickey"]
+    if "publickey" in methods:
+        return _refused_message(target)
+    offered = ", ".join(methods) or "nothing"
+    return (f"{target.where} takes no keys for {options.username} (it offers {offered}): kdtui "
+            "never sends a password; on the box, set `PubkeyAuthentication yes` in "
+            "/etc/ssh/sshd_config (or ask its admin), then add your public key with "
+            f"`ssh-copy-id {target.alias}`")
+
+
 def _key_file_problem(path: str) -> BaseException | None:
     """Why an IdentityFile cannot be offered (asyncssh would skip a file that is no key without
     a word, and the server's refusal would then blame the box). An encrypted key is fine: its
@@ -373,8 +393,9 @@ async def _connect(host: HostConfig, *, user: str | None = None, port: int | Non
         _close(tunnel)
         raise HostKeyRefused(message) from None
     except asyncssh.PermissionDenied:
+        message = await _auth_refused_message(host, target, options, tunnel)
         _close(tunnel)
-        raise ConnectFailed(_refused_message(target)) from None
+        raise ConnectFailed(message) from None
     except (asyncio.TimeoutError, TimeoutError):
         _close(tunnel)
         raise ConnectFailed(f"{where} did not answer within {host.connect_timeout:g}s "
