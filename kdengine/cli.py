@@ -196,6 +196,12 @@ def cmd_train(argv: list[str]) -> int:
         from kdengine.preflight import check_run_inputs
 
         preflight = check_run_inputs(config)
+        if not args.resume:  # a resume continues as it started (docs/hyperparameters.md)
+            from kdengine.preflight import unused_data_option
+
+            unused = unused_data_option(config)
+            if unused is not None:
+                raise unused
     except ModuleNotFoundError as exc:
         raise UsageError(f"`{PROG} train` needs {exc.name}: pip install 'kdtui[engine]'") from None
     except ConfigError as exc:  # a resume takes no flags: name the run's file, not a --flag

@@ -26,6 +26,7 @@ from typing import Any
 
 from kdengine.config import (
     DEMO_DATA,
+    FIELDS_BY_NAME,
     ConfigError,
     RunConfig,
     student_compile_from_env,
@@ -159,6 +160,38 @@ def check_run_inputs(config: RunConfig) -> Preflight:
 
         check_cache_fits(config, teacher_tok, teacher_dir, student.vocab_size)
     return facts
+
+
+# Options only example data (conversations, prompt/completion, datasets) reads, and why raw text
+# (the packed document stream: text files, .bin shards, the demo's) has no use for them
+EXAMPLE_DATA_OPTIONS = {
+    "train_on": "raw text trains on every token (only conversations and prompt/completion data "
+                "have tokens that do not)",
+    "on_long": "raw text is cut into seq_len windows, so no example is longer than seq_len",
+    "data_split": "raw text has no splits (only a saved DatasetDict, a hub dataset or a folder "
+                  "of example files named for their split has)",
+    "data_fields": "raw text files have no columns to map (only JSONL, JSON, Parquet and Arrow "
+                   "records have)",
+}
+
+
+def unused_data_option(config: RunConfig) -> ConfigError | None:
+    """The first option of example data given (not its default) for raw text, which would take
+    it and ignore it, as a refusal naming the fix; None when the data is example data or none
+    is given. A new run's rule (RunConfig.unused_value's, for the data's kind): a --resume
+    continues as it started, and a run from a teacher cache takes the options the cache was
+    written with (kdengine.teacher.checks requires them equal)."""
+    given = [n for n in EXAMPLE_DATA_OPTIONS if getattr(config, n) != FIELDS_BY_NAME[n].default]
+    if not given or config.teacher_cache:
+        return None
+    from kdengine.data.formats import is_example_data, parse_fields
+
+    if is_example_data(config.data, parse_fields(config.data_fields)):
+        return None
+    name = given[0]
+    default = FIELDS_BY_NAME[name].default
+    fix = f"leave it at its default ({default})" if default else "leave it out"
+    return ConfigError(name, f"{EXAMPLE_DATA_OPTIONS[name]}: {fix}")
 
 
 def batch_split_refusal(batch_size: int, world_size: int) -> ConfigError | None:
