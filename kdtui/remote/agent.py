@@ -98,6 +98,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
                   "host": os.uname().nodename, "user": _user()}
     info.update(_torch_info())
     info["missing_modules"] = [m for m in ENGINE_MODULES[1:] if not _importable(m)]
+    # what mkenv needs of this python to make the venv (venv) and install kdengine in it (pip)
+    info["missing_for_venv"] = [m for m in ("venv", "pip") if not _importable(m)]
     info["disk_free_bytes"] = shutil.disk_usage(_existing_parent(args.work_dir)).free
     env_python = os.path.join(args.env_dir, "bin", "python")
     info["env_dir"] = os.path.abspath(args.env_dir)

@@ -596,6 +596,16 @@ def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
         raise StageFailed(f"{host}: {plan.host.python} lacks {', '.join(probe['missing_modules'])}"
                           " (pip install 'kdtui[engine]' there, or use a python that has them)",
                           fallback_ok=True)
+    missing = probe.get("missing_for_venv") or []
+    if missing and not probe.get("env_ready"):
+        # before, the sync stage uploaded the wheel, made half a venv and failed with
+        # "No module named pip" and no word of which python or what to do
+        raise StageFailed(f"{host}: {plan.host.python} has no {' or '.join(missing)}, which "
+                          "kdtui needs there to make the run's venv and install kdengine in it: "
+                          f"install {' and '.join(missing)} for that python (`python3 -m "
+                          "ensurepip --upgrade`, or the python3-pip/python3-venv package), or "
+                          f"set python in [hosts.{host}] of {hosts_file()} to one that has it",
+                          fallback_ok=True)
     if plan.config.device.startswith("cuda") and not probe.get("cuda_devices"):
         raise StageFailed(f"{host}: device={plan.config.device} asked for, but torch there sees "
                           "no CUDA device", fallback_ok=True)
