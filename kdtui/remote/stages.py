@@ -361,7 +361,10 @@ class StageRunner:
                 raise StageFailed(f"{self.plan.host.alias}: preflight failed: {exc}",
                                   fallback_ok=True) from None
             except RemoteError as exc:
-                raise StageFailed(str(exc), exc.output, fallback_ok=True) from None
+                # a python too old to run the agent at all (3.6 says only "SyntaxError: future
+                # feature annotations is not defined"): its version is the line to say
+                old = await self._too_old_python()
+                raise StageFailed(old or str(exc), exc.output, fallback_ok=True) from None
             self.attempt.probe = probe
             for line in describe_probe(probe):
                 sink(line)
@@ -369,6 +372,21 @@ class StageRunner:
             self.plan = replace(self.plan, gpus=len(probe.get("cuda_devices") or []) or 1)
             return "done", summary_of_probe(probe), probe
         return await self.stage("preflight", body)
+
+    async def _too_old_python(self) -> str | None:
+        """The too-old line when the configured python is older than MIN_PYTHON, else None."""
+        command = remote_command("python version", [self.plan.host.python, "-V"],
+                                 setup=self.plan.host.env_setup)
+        try:
+            result = await run_command(self.conn, command, timeout=60)
+        except (RemoteError, *LINK_ERRORS):
+            return None
+        words = (result.stdout + " " + " ".join(result.stderr_lines)).split()
+        version = next((w for w, prev in zip(words[1:], words[:-1], strict=True)
+                        if prev == "Python"), None)
+        if version is None or python_version(version) >= MIN_PYTHON:
+            return None
+        return too_old_line(self.plan.host, version)
 
     async def sync(self, probe: dict[str, Any]) -> None:
         async def body(started: float):
@@ -580,13 +598,26 @@ def _gib(value: Any) -> str:
     return f"{value / 2**30:.1f} GiB" if isinstance(value, (int, float)) else "?"
 
 
+def python_version(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version like 3.6.9 or 3.13.0rc1; (0,) when it is not one."""
+    try:
+        return tuple(int("".join(c for c in part if c.isdigit()) or "x")
+                     for part in text.split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
+def too_old_line(host: HostConfig, version: str) -> str:
+    need = ".".join(map(str, MIN_PYTHON))
+    return (f"{host.alias}: {host.python} is Python {version}, too old (kdengine needs {need}+):"
+            f" set python in [hosts.{host.alias}] of {hosts_file()} to a python {need}+ that has "
+            "torch (a conda env's or a venv's bin/python)")
+
+
 def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
     host = plan.host.alias
-    version = tuple(int(p) for p in str(probe.get("python", "0.0")).split(".")[:2])
-    if version < MIN_PYTHON:
-        raise StageFailed(f"{host}: python {probe.get('python')} is too old (kdengine needs "
-                          f"{'.'.join(map(str, MIN_PYTHON))}+): set python in the hosts file",
-                          fallback_ok=True)
+    if python_version(str(probe.get("python", "0.0"))) < MIN_PYTHON:
+        raise StageFailed(too_old_line(plan.host, str(probe.get("python"))), fallback_ok=True)
     if not probe.get("torch"):
         raise StageFailed(f"{host}: {plan.host.python} has no torch ({probe.get('torch_error')}):"
                           " install torch there, or point python/env_setup at one that has it "
