@@ -150,6 +150,24 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
                               "under torchrun")
 
 
+def _holds_a_run(run_dir: Path, field: str) -> ConfigError:
+    """The refusal of a new run into `run_dir`, which holds one, naming `field` (the flag that
+    picked it) and a way on that works: --resume only where _check_resumable would take it (a
+    completed run, or one with no complete checkpoint, would be refused again)."""
+    from kdengine.events import RUN_FINISHED, read_events
+
+    other = f"pick another {flag_of(field)}"
+    finished = [e for e in read_events(run_dir / "events.jsonl") if e.get("type") == RUN_FINISHED]
+    if finished and finished[-1].get("status") == "completed":
+        return ConfigError(field, f"{run_dir} already holds a completed run ({other}; to train "
+                           f"its student further, also give --student {run_dir / 'final'})")
+    if not any((run_dir / "checkpoints").glob("step-*/meta.json")):
+        return ConfigError(field, f"{run_dir} already holds a run, with no checkpoint to "
+                           f"continue from ({other})")
+    return ConfigError(field, f"{run_dir} already holds a run (continue it with --resume "
+                       f"{run_dir}, or {other})")
+
+
 LOCK_FILE = "engine.lock"
 
 
@@ -187,9 +205,7 @@ def cmd_train(argv: list[str]) -> int:
     _refuse_under_torchrun(config)
     run_dir = run_dir_for(config)
     if not args.resume and (run_dir / "events.jsonl").exists():  # --check refuses it too
-        field = "run_dir" if config.run_dir else "run_name"  # the one that picked run_dir
-        raise ConfigError(field, f"{run_dir} already holds a run (continue it with --resume "
-                          f"{run_dir}, or pick another {flag_of(field)})")
+        raise _holds_a_run(run_dir, "run_dir" if config.run_dir else "run_name")
     field, fix = _check_run_dir(config, run_dir, resumed=bool(args.resume))
     try:
         # kdengine.preflight: everything the run would refuse that is known without weights

@@ -38,3 +38,34 @@ def test_a_relative_run_dir_is_written_absolute_in_the_events(tmp_path: Path, mo
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = [e for e in read_events(run_dir) if e["type"] == "run_started"][-1]
     assert again["run_dir"] == str(run_dir) and again["resumed_from"] == 1
+
+
+def test_a_new_run_into_a_run_dir_names_a_way_on_that_works(tmp_path: Path, monkeypatch,
+                                                            engine_in_process,
+                                                            one_line_refusal) -> None:
+    """`kdengine train` into a directory that holds a run said 'continue it with --resume' for
+    every run, and --resume then refused a completed one ('nothing to continue') and one with
+    no checkpoint: the refusal now offers --resume only where it continues."""
+    inputs = write_tiny_inputs(tmp_path / "in")
+    run_dir = tmp_path / "run"
+    args = tiny_run_args(inputs, run_dir, steps=2, checkpoint_every=1, eval_every=0)
+    assert engine_in_process(*args).returncode == 0
+    events = (run_dir / "events.jsonl").read_text()
+
+    line = one_line_refusal(engine_in_process(*args, "--check"), "train", "--run-dir: ")
+    assert line.endswith(f"{run_dir} already holds a completed run (pick another --run-dir; "
+                         f"to train its student further, also give --student {run_dir}/final)")
+
+    # killed after its step-1 checkpoint: --resume continues it, as the refusal says
+    (run_dir / "events.jsonl").write_text("".join(
+        e for e in events.splitlines(keepends=True) if '"run_finished"' not in e))
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000002")
+    line = one_line_refusal(engine_in_process(*args, "--check"), "train", "--run-dir: ")
+    assert line.endswith(f"(continue it with --resume {run_dir}, or pick another --run-dir)")
+    assert engine_in_process("train", "--resume", str(run_dir), "--check").returncode == 0
+
+    # killed before its first checkpoint: --resume would refuse it too
+    shutil.rmtree(run_dir / "checkpoints")
+    line = one_line_refusal(engine_in_process(*args, "--check"), "train", "--run-dir: ")
+    assert line.endswith(f"{run_dir} already holds a run, with no checkpoint to continue from "
+                         "(pick another --run-dir)")
