@@ -159,8 +159,8 @@ def _holds_a_run(run_dir: Path, field: str) -> ConfigError:
     other = f"pick another {flag_of(field)}"
     finished = [e for e in read_events(run_dir / "events.jsonl") if e.get("type") == RUN_FINISHED]
     if finished and finished[-1].get("status") == "completed":
-        return ConfigError(field, f"{run_dir} already holds a completed run ({other}; to train "
-                           f"its student further, also give --student {run_dir / 'final'})")
+        return ConfigError(field, f"{run_dir} already holds a run (completed: {other}; to "
+                           f"train its student further, also give --student {run_dir / 'final'})")
     if not any((run_dir / "checkpoints").glob("step-*/meta.json")):
         return ConfigError(field, f"{run_dir} already holds a run, with no checkpoint to "
                            f"continue from ({other})")

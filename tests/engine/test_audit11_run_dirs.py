@@ -53,7 +53,7 @@ def test_a_new_run_into_a_run_dir_names_a_way_on_that_works(tmp_path: Path, monk
     events = (run_dir / "events.jsonl").read_text()
 
     line = one_line_refusal(engine_in_process(*args, "--check"), "train", "--run-dir: ")
-    assert line.endswith(f"{run_dir} already holds a completed run (pick another --run-dir; "
+    assert line.endswith(f"{run_dir} already holds a run (completed: pick another --run-dir; "
                          f"to train its student further, also give --student {run_dir}/final)")
 
     # killed after its step-1 checkpoint: --resume continues it, as the refusal says
