@@ -178,8 +178,10 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     )
 
     if bad_loss is not None:
-        value = bad_loss.get("loss", bad_loss.get("val_loss"))
-        return Verdict(INCONCLUSIVE, f"the loss became {value} at step {bad_loss.get('step')}",
+        # a step's training loss, or an evaluation's val_loss (step 0's is before any training)
+        what, value = (("the loss", bad_loss.get("loss")) if bad_loss.get("type") == ev.STEP
+                       else ("val_loss", bad_loss.get("val_loss")))
+        return Verdict(INCONCLUSIVE, f"{what} became {value} at step {bad_loss.get('step')}",
                        **known)
     if finished is None:
         return Verdict(INCONCLUSIVE, f"the run has not finished (last step {last_step})", **known)
