@@ -12,6 +12,7 @@ with nothing but the standard library (pull runs under the per-version venv, whi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -172,6 +173,28 @@ def cmd_mkenv(args: argparse.Namespace) -> None:
 
 
 def _make_env(args: argparse.Namespace, env_dir: str) -> None:
+    """Make the venv; one that cannot be finished (a full disk, a failed install) is removed
+    again, so it neither holds the space a retry needs nor looks half-ready."""
+    try:
+        problem = _fill_env(args, env_dir)
+    except OSError as exc:
+        problem = _env_problem(env_dir, exc.errno == errno.ENOSPC, f"{exc.strerror}: "
+                               f"{exc.filename}" if exc.filename else str(exc))
+    if problem:
+        shutil.rmtree(env_dir, ignore_errors=True)
+        fail(problem)
+
+
+def _env_problem(env_dir: str, disk_full: bool, why: str) -> str:
+    if disk_full:
+        free = shutil.disk_usage(_existing_parent(env_dir)).free
+        return (f"cannot make {env_dir}: the disk there is full ({free / 2**20:.1f} MiB free); "
+                "free some space on it, or set the host's work_dir to a disk with room")
+    return f"cannot make {env_dir}: {why}"
+
+
+def _fill_env(args: argparse.Namespace, env_dir: str) -> str | None:
+    """Create the venv and install kdengine into it; the problem in one line, or None."""
     import venv
 
     venv.EnvBuilder(clear=True, symlinks=os.name != "nt", with_pip=False).create(env_dir)
@@ -191,22 +214,33 @@ def _make_env(args: argparse.Namespace, env_dir: str) -> None:
         pip.append("--no-index")
     else:
         pip.append("--no-build-isolation")
-    result = subprocess.run(pip + [target], stdout=sys.stderr, stderr=sys.stderr)
-    if result.returncode != 0:
-        fail(f"pip install of {target} into {env_dir} failed (exit {result.returncode}); "
-             "the configured python needs pip")
+    # pip's output streams on (progress), and is kept: its last line is the reason it failed
+    process = subprocess.Popen(pip + [target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace")
+    said = []
+    for line in process.stdout:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if line.strip():
+            said.append(line.strip())
+    if process.wait() != 0:
+        full = any("No space left on device" in line or "Errno 28" in line for line in said)
+        last = said[-1] if said else "no output"
+        return _env_problem(env_dir, full, f"pip install of {target} failed (exit "
+                            f"{process.returncode}): {last}")
     check = subprocess.run([env_python, "-c", "import kdengine, json, sys; print(json.dumps("
                             "[kdengine.__version__, kdengine.__file__]))"],
                            capture_output=True, text=True)
     if check.returncode != 0:
-        fail(f"kdengine does not import in {env_dir}: {check.stderr.strip()[-300:]}")
+        return f"kdengine does not import in {env_dir}: {check.stderr.strip()[-300:]}"
     version, path = json.loads(check.stdout)
     if not os.path.abspath(path).startswith(env_dir + os.sep):
-        fail(f"{env_python} imports kdengine from {path}, not from the new venv")
+        return f"{env_python} imports kdengine from {path}, not from the new venv"
     with open(os.path.join(env_dir, BUILD_MARKER), "w") as fh:
         fh.write(args.build + "\n")  # written last: a half-made venv never looks ready
     answer({"ok": True, "env_dir": env_dir, "kdengine": version, "kdengine_file": path,
             "base_site": dirs})
+    return None
 
 
 # -- git -------------------------------------------------------------------------------------
