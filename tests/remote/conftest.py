@@ -167,8 +167,11 @@ def remote_env(sshd: SSHServer, remote_work: Path, tmp_path: Path, session_cache
     """Hosts file, ssh config and evidence dir for kdtui, all in tmp."""
     hf_home = tmp_path / "hf-home"
     hosts = tmp_path / "hosts.toml"
+    # alive_check_s: the launch stage sleeps this long before it asks whether the engine lives,
+    # in every dispatch; the tests' engines are still importing torch after 0.5 s (an engine
+    # that ends at once is test_launch_alive_check's, with a window of its own)
     host_block = (f'work_dir = "{remote_work}"\npython = "{sys.executable}"\n'
-                  f'ssh_config = ["{sshd.ssh_config}"]\nalive_check_s = 1.5\n'
+                  f'ssh_config = ["{sshd.ssh_config}"]\nalive_check_s = 0.5\n'
                   'env_setup = ["export OMP_NUM_THREADS=1"]\n'
                   f'env = {{ HF_HUB_OFFLINE = "1", HF_HOME = "{hf_home}", '
                   f'KDENGINE_CACHE = "{session_cache}" }}\n')
