@@ -267,11 +267,13 @@ class StageRunner:
         self.attempt = HostAttempt(plan.host.alias, kind)
         self.conn: asyncssh.SSHClientConnection | None = None
         self._current: tuple[str, float] | None = None
+        self._shown: set[str] = set()  # output lines the running stage has already shown
 
     # -- reporting -----------------------------------------------------------------------------
     def _emit(self, stage: str, state: str, detail: str = "", output: list[str] | None = None,
               started: float | None = None) -> None:
         elapsed = time.monotonic() - started if started is not None else 0.0
+        self._shown.update(output or [])
         self.on_stage(StageUpdate(stage, state, elapsed, detail, list(output or []),
                                   self.plan.host.alias))
         if state in ("done", "failed", "skipped"):
@@ -291,6 +293,7 @@ class StageRunner:
         cut in the middle finishes as if it had not been. What still fails is a StageFailed
         with one line, never a traceback."""
         started = time.monotonic()
+        self._shown = set()
         self._emit(name, "running", started=started)
         retries = 0
         while True:
@@ -298,7 +301,11 @@ class StageRunner:
                 state, detail, *value = await body(started)
                 break
             except RemoteError as exc:
-                self._emit(name, "failed", str(exc), exc.output[-TAIL_LINES:], started)
+                # the command's stderr streamed as it came: only what was not shown is added
+                # (before, every line of a failed command was shown twice)
+                unseen = [line for line in exc.output[-TAIL_LINES:]
+                          if one_line(line) not in self._shown]
+                self._emit(name, "failed", str(exc), unseen, started)
                 raise
             except LINK_ERRORS as exc:
                 reason = link_reason(exc)

@@ -51,6 +51,10 @@ def test_a_disk_that_fills_up_making_the_venv_is_one_line_naming_it_and_the_fix(
                      r"there is full \(\d+\.\d MiB free\); free some space on it, or set the "
                      "host's work_dir to a disk with room$", line), line
     assert "needs pip" not in out and "Traceback" not in out
+    # pip's lines streamed as they came, and are not shown a second time with the failure
+    no_space = "  | ERROR: Could not install packages due to an OSError: [Errno 28] No space " \
+        "left on device"
+    assert out.splitlines().count(no_space) == 1, out
     assert not Path(env).exists()  # the half-made venv is gone, its space free again
     manifest = json.loads((remote_env["evidence"] / "full-2" / "dispatch.json").read_text())
     assert manifest["launched"] is False and "the disk there is full" in manifest["error"]
