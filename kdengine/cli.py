@@ -150,6 +150,35 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
                               "under torchrun")
 
 
+def _teacher_identity(config: RunConfig, directory: str | None) -> str | None:
+    """The live teacher's identity (kdengine.sources.model_identity: its config.json and a
+    sample of its weight files' bytes), where it is on this machine now; None for a teacher
+    cache, the demo teacher or a hub id still to download."""
+    if config.teacher_cache or not directory:
+        return None
+    from kdengine.sources import model_identity
+
+    return model_identity(Path(directory))
+
+
+def _check_same_teacher(run_dir: Path, config: RunConfig, identity: str | None) -> None:
+    """A resume continues 'as if it had never stopped' only with the teacher it started with:
+    one whose files changed since (a hub id whose cache got a newer snapshot, a folder written
+    over) is refused, as changed data is (the sampler's fingerprint). A run from before this
+    check, or a teacher not here to compare, is not checked."""
+    from kdengine.events import RUN_STARTED, read_events
+
+    events = read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").exists() else []
+    first = next((e.get("teacher_identity") for e in events if e.get("type") == RUN_STARTED
+                  and e.get("teacher_identity")), None)
+    if identity is None or first is None or first == identity:
+        return
+    raise ConfigError("resume", f"the teacher {config.teacher} is not the one {run_dir} "
+                      "started with (its config.json or weights changed since), so the run "
+                      "would not continue as it began: restore that teacher, or start a new run "
+                      f"with `{PROG} train --config {run_dir / 'config.json'} --run-dir NEW_DIR`")
+
+
 def _holds_a_run(run_dir: Path, field: str) -> ConfigError:
     """The refusal of a new run into `run_dir`, which holds one, naming `field` (the flag that
     picked it) and a way on that works: --resume only where _check_resumable would take it (a
@@ -232,6 +261,9 @@ def cmd_train(argv: list[str]) -> int:
                               f"{exc.message}{where} (the run's own config: restore what it "
                               "names, or edit that file)") from None
         raise
+    teacher_identity = _teacher_identity(config, preflight.teacher.directory)
+    if args.resume:
+        _check_same_teacher(run_dir, config, teacher_identity)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),
@@ -251,7 +283,8 @@ def cmd_train(argv: list[str]) -> int:
         raise run_dir_refusal(run_dir, field, fix, exc) from None
     from kdengine.run import run
 
-    result = run(config, run_dir, resume=bool(args.resume), started=STARTED)
+    result = run(config, run_dir, resume=bool(args.resume), started=STARTED,
+                 teacher_identity=teacher_identity)
     if result.status == "failed":  # the details and the traceback are in launch.log
         reason = result.error.strip().splitlines()[0] if result.error.strip() else "error"
         print(f"{PROG} train: error: [{result.stage}] failed: {reason} (traceback in "

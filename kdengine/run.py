@@ -80,10 +80,11 @@ def at_once(stop: Any) -> AbstractContextManager:
 
 
 def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
-        started: float | None = None) -> RunResult:
+        started: float | None = None, teacher_identity: str | None = None) -> RunResult:
     """Run every stage, writing events and launch.log into `run_dir` (which must exist).
     `started`: the engine process's start (time.monotonic), which the first step's startup_s
-    counts from (default: this call)."""
+    counts from (default: this call). `teacher_identity`: the live teacher's, for run_started
+    (a --resume compares it: kdengine.cli)."""
     from kdengine.loading import load_data, load_student, load_teacher
 
     started = time.monotonic() if started is None else started
@@ -108,7 +109,8 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
             log.emit(ev.RUN_STARTED, run_id=run_id, run_dir=str(run_dir),
                      config=config.to_dict(), device=str(device), dtype=str(dtype)[6:],
                      resumed_from=_step_of(ckpt) if resume else None, env=environment(),
-                     **dist.describe(), **teacher_cache_fields(config))
+                     **dist.describe(), **teacher_cache_fields(config),
+                     **({"teacher_identity": teacher_identity} if teacher_identity else {}))
             log.line(f"run {run_id} on {device} ({str(dtype)[6:]}), kdengine "
                      f"{kdengine.__version__}, torch {torch.__version__}")
             if threads_note:
