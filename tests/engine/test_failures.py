@@ -101,15 +101,24 @@ def small_fs(tmp_path: Path):
 
 
 def _in_process(capsys: pytest.CaptureFixture[str], argv: list[str]) -> subprocess.CompletedProcess:
-    """`kdengine argv` through kdengine.cli.main in this process (a refusal's exit code, stdout
-    and stderr, as _run gives them, without a new interpreter's torch import)."""
+    """`kdengine argv` through kdengine.cli.main in this process (a run's or a refusal's exit
+    code, stdout and stderr, as _run gives them, without a new interpreter's torch import; the
+    worker's SIGINT/SIGTERM handlers are put back). A real process of each family stays: the
+    failing run (test_a_run_failing_inside_...), the resume refusal (..._the_run_still_goes_...)
+    and the disk-full run (FILLING_CLI)."""
+    import signal
+
     from kdengine.cli import main
 
     capsys.readouterr()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = main(argv)
     except SystemExit as stop:
         code = stop.code
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     out = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, out.out, out.err)
 
@@ -157,12 +166,12 @@ def test_a_failure_under_a_launcher_writes_its_traceback_into_launch_log_once(
 
 
 def test_resume_without_a_complete_checkpoint_refuses_and_changes_nothing(
-        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+        tmp_path, tiny_run_inputs, tiny_args, capsys) -> None:
     run_dir = tmp_path / "run"
     inputs = {**tiny_run_inputs, "student": _nan_student(tiny_run_inputs)}
-    assert _run([*engine_cmd, *tiny_args(inputs, run_dir)]).returncode == 1  # stops at step 1
+    assert _in_process(capsys, tiny_args(inputs, run_dir)).returncode == 1  # stops at step 1
     before = _snapshot(run_dir)
-    out = _run([*engine_cmd, "train", "--resume", str(run_dir)])
+    out = _in_process(capsys, ["train", "--resume", str(run_dir)])
     assert out.returncode == 2
     line = _one_error_line(out)
     assert line.startswith(f"kdengine train: error: --resume: {run_dir} has no complete "
@@ -200,11 +209,11 @@ def test_resume_while_the_run_still_goes_refuses_and_the_run_goes_on(
 
 
 def test_resume_of_a_completed_run_refuses_and_changes_nothing(
-        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+        tmp_path, tiny_run_inputs, tiny_args, capsys) -> None:
     run_dir = tmp_path / "run"
-    assert _run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=4)]).returncode == 0
+    assert _in_process(capsys, tiny_args(tiny_run_inputs, run_dir, steps=4)).returncode == 0
     before = _snapshot(run_dir)
-    out = _run([*engine_cmd, "train", "--resume", str(run_dir)])
+    out = _in_process(capsys, ["train", "--resume", str(run_dir)])
     assert out.returncode == 2
     line = _one_error_line(out)
     assert f"--resume: {run_dir} already completed (4 steps)" in line
@@ -226,12 +235,12 @@ def test_a_file_system_too_small_for_the_checkpoints_refuses_before_a_run_dir_ex
 
 
 def test_tight_free_space_warns_with_the_numbers_and_the_run_goes_on(
-        tiny_run_inputs, tiny_args, engine_cmd, small_fs) -> None:
+        tiny_run_inputs, tiny_args, small_fs, capsys) -> None:
     footprint = model_footprint(Path(tiny_run_inputs["student"]))
     need, _ = peak_need(footprint, saves_left(20, 10, 0))
     fs = small_fs(int(need * 1.5) // 4096 * 4096 + 4096)  # more than needed, less than twice
     run_dir = fs / "run"
-    out = _run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir)])
+    out = _in_process(capsys, tiny_args(tiny_run_inputs, run_dir))
     assert out.returncode == 0, out.stderr
     warnings = [e["message"] for e in read_events(run_dir / "events.jsonl")
                 if e["type"] == "log" and e.get("level") == "warning"]
@@ -247,7 +256,7 @@ def test_tight_free_space_warns_with_the_numbers_and_the_run_goes_on(
     (60 * 1024, "unexpected pos"),
 ])
 def test_a_disk_full_at_a_checkpoint_is_one_line_and_the_last_good_checkpoint_is_intact(
-        tiny_run_inputs, tiny_args, small_fs, leave, failing_write) -> None:
+        tiny_run_inputs, tiny_args, small_fs, leave, failing_write, capsys) -> None:
     fs = small_fs(8 * 1024 * 1024)
     run_dir, filler = fs / "run", fs / "someone-elses-file"
     env = {"KD_FILL_BEFORE": "20", "KD_LEAVE": str(leave), "KD_FILLER": str(filler)}
@@ -267,8 +276,7 @@ def test_a_disk_full_at_a_checkpoint_is_one_line_and_the_last_good_checkpoint_is
     assert "Traceback (most recent call last)" in log and failing_write in log
     # space freed, the run continues from it and completes
     filler.unlink()
-    again = _run([sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)],
-                 env=_env({}))
+    again = _in_process(capsys, ["train", "--resume", str(run_dir)])
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stdout and "step-00000010" in again.stdout
 
