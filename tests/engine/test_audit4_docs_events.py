@@ -158,15 +158,15 @@ def test_the_final_student_is_in_hf_layout_with_where_it_came_from(finished_run:
 
 
 def test_a_failed_runs_last_event_says_its_error_and_stage(tmp_path, tiny_run_inputs,
-                                                           tiny_args) -> None:
+                                                           tiny_args, engine_in_process) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import write_nan_student
 
     run_dir = tmp_path / "run"
     args = tiny_args({**tiny_run_inputs, "student": write_nan_student(tiny_run_inputs)},
                      run_dir, steps=4)
-    done = subprocess.run([sys.executable, "-m", "kdengine", *args], capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    # in this process (a failing run's real process: test_failures.py)
+    done = engine_in_process(*args)
     assert done.returncode == 1
     # architecture.md: one line on the terminal naming the stage and launch.log
     line = done.stderr.strip().splitlines()[-1]

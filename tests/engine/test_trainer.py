@@ -209,7 +209,7 @@ def test_a_real_tiny_run_writes_events_log_checkpoints_and_a_passing_verdict(
 
 
 def test_nan_loss_stops_the_run_with_an_error_and_applies_no_update(
-        tmp_path, tiny_run_inputs, tiny_args, engine_cmd) -> None:
+        tmp_path, tiny_run_inputs, tiny_args, engine_cmd, engine_in_process) -> None:
     from safetensors.torch import load_file, save_file
 
     weights = Path(tiny_run_inputs["teacher"]) / "model.safetensors"
@@ -217,8 +217,8 @@ def test_nan_loss_stops_the_run_with_an_error_and_applies_no_update(
     state["model.norm.weight"][0] = float("nan")
     save_file(state, str(weights))
     run_dir = tmp_path / "run"
-    out = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir)],
-                         capture_output=True, text=True, timeout=240)
+    # in this process (a failing run's real process: test_failures.py)
+    out = engine_in_process(*tiny_args(tiny_run_inputs, run_dir))
     assert out.returncode == 1
     events = _events(run_dir)
     errors = [e for e in events if e["type"] == "log" and e["level"] == "error"]
