@@ -179,6 +179,26 @@ def _check_same_teacher(run_dir: Path, config: RunConfig, identity: str | None) 
                       f"with `{PROG} train --config {run_dir / 'config.json'} --run-dir NEW_DIR`")
 
 
+def _refuse_a_foreign_config(run_dir: Path, field: str) -> None:
+    """A new run writes its config.json into its directory: an existing directory whose
+    config.json is not a run's (a model's folder given as --run-dir, say the student's own) would
+    lose that file. Refused; a run config.json a start left before its first event (the engine
+    stopped during its imports) is the run's to write again. Rank 0 only: under torchrun it
+    writes the file the other ranks would then find."""
+    path = run_dir / "config.json"
+    if os.environ.get("RANK", "0") != "0" or not path.is_file():
+        return
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        held = None
+    if isinstance(held, dict) and {"teacher", "student", "steps"} <= set(held):
+        return
+    raise ConfigError(field, f"{run_dir} holds a config.json that is not a kdengine run's (a "
+                      "model's folder?), which the run would write over: pick another "
+                      f"{flag_of(field)} (a new or empty directory)")
+
+
 def _holds_a_run(run_dir: Path, field: str) -> ConfigError:
     """The refusal of a new run into `run_dir`, which holds one, naming `field` (the flag that
     picked it) and a way on that works: --resume only where _check_resumable would take it (a
@@ -235,6 +255,8 @@ def cmd_train(argv: list[str]) -> int:
     run_dir = run_dir_for(config)
     if not args.resume and (run_dir / "events.jsonl").exists():  # --check refuses it too
         raise _holds_a_run(run_dir, "run_dir" if config.run_dir else "run_name")
+    if not args.resume:
+        _refuse_a_foreign_config(run_dir, "run_dir" if config.run_dir else "run_name")
     field, fix = _check_run_dir(config, run_dir, resumed=bool(args.resume))
     try:
         # kdengine.preflight: everything the run would refuse that is known without weights

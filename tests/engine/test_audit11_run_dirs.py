@@ -6,6 +6,7 @@ events now hold the absolute directory, however it was named."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -69,3 +70,29 @@ def test_a_new_run_into_a_run_dir_names_a_way_on_that_works(tmp_path: Path, monk
     line = one_line_refusal(engine_in_process(*args, "--check"), "train", "--run-dir: ")
     assert line.endswith(f"{run_dir} already holds a run, with no checkpoint to continue from "
                          "(pick another --run-dir)")
+
+
+def test_a_run_dir_holding_a_models_config_json_is_refused(tmp_path: Path, engine_in_process,
+                                                           one_line_refusal) -> None:
+    """`--run-dir models/student` (the student's own folder, or any model's): the run wrote its
+    config.json over the model's, and the model was lost. Refused now, by --check and the start,
+    with nothing written; a run's own config.json left by a start that stopped before its first
+    event is the run's to write again."""
+    inputs = write_tiny_inputs(tmp_path / "in")
+    student = Path(inputs["student"])
+    before = {p.name: p.read_bytes() for p in student.iterdir()}
+    for check in (["--check"], []):
+        done = engine_in_process(*tiny_run_args(inputs, student, steps=2), *check)
+        line = one_line_refusal(done, "train", "--run-dir: ")
+        assert line.endswith(f"{student} holds a config.json that is not a kdengine run's (a "
+                             "model's folder?), which the run would write over: pick another "
+                             "--run-dir (a new or empty directory)"), line
+    assert {p.name: p.read_bytes() for p in student.iterdir()} == before
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "launch.log").write_text("")  # as a launcher leaves it before the engine starts
+    (run_dir / "config.json").write_text(json.dumps({"teacher": "t", "student": "s",
+                                                     "steps": 9}))
+    done = engine_in_process(*tiny_run_args(inputs, run_dir, steps=2, eval_every=0), "--check")
+    assert done.returncode == 0, done.stderr
