@@ -52,13 +52,12 @@ def test_check_prints_the_effective_config_and_touches_nothing(tmp_path, engine_
 
 
 def test_a_second_run_into_the_same_dir_is_refused(tmp_path, tiny_run_inputs, tiny_args,
-                                                   engine_cmd) -> None:
+                                                   engine_cmd, engine_in_process) -> None:
     run_dir = tmp_path / "run"
-    first = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=2)],
-                           capture_output=True, text=True, timeout=240)
+    # the run and the refusal in this process; the --check below is a real one
+    first = engine_in_process(*tiny_args(tiny_run_inputs, run_dir, steps=2))
     assert first.returncode == 0, first.stderr
-    again = subprocess.run([*engine_cmd, *tiny_args(tiny_run_inputs, run_dir, steps=2)],
-                           capture_output=True, text=True, timeout=60)
+    again = engine_in_process(*tiny_args(tiny_run_inputs, run_dir, steps=2))
     assert again.returncode == 2
     assert "already holds a run" in again.stderr
     # --check says the same before anything else (the remote check stage runs it)
