@@ -150,7 +150,9 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
                 bad_loss = event
         elif kind == ev.EVAL:
             evals.append(event)
-            if bad_loss is None and not _finite(event.get("val_loss")):
+            # the on-policy verdict judges val_gen_kl: a NaN/inf there is as bad as in val_loss
+            if bad_loss is None and (not _finite(event.get("val_loss")) or (
+                    GEN_KL in event and not _finite(event.get(GEN_KL)))):
                 bad_loss = event
         elif kind == ev.RUN_FINISHED:
             finished = event
@@ -179,8 +181,9 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
 
     if bad_loss is not None:
         # a step's training loss, or an evaluation's val_loss (step 0's is before any training)
-        what, value = (("the loss", bad_loss.get("loss")) if bad_loss.get("type") == ev.STEP
-                       else ("val_loss", bad_loss.get("val_loss")))
+        what = ("the loss" if bad_loss.get("type") == ev.STEP else "val_loss" if not _finite(
+            bad_loss.get("val_loss")) else GEN_KL)
+        value = bad_loss.get("loss" if what == "the loss" else what)
         return Verdict(INCONCLUSIVE, f"{what} became {value} at step {bad_loss.get('step')}",
                        **known)
     if finished is None:
