@@ -283,7 +283,9 @@ def cmd_train(argv: list[str]) -> int:
                               f"{exc.message}{where} (the run's own config: restore what it "
                               "names, or edit that file)") from None
         raise
-    teacher_identity = _teacher_identity(config, preflight.teacher.directory)
+    # (a new run's --check has no use for it: it reads the teacher's weight files)
+    teacher_identity = None if args.check and not args.resume else _teacher_identity(
+        config, preflight.teacher.directory)
     if args.resume:
         _check_same_teacher(run_dir, config, teacher_identity)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
