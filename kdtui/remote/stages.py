@@ -650,9 +650,15 @@ def _require_usable(plan: RemotePlan, probe: dict[str, Any]) -> None:
     run = probe.get("run") or {}
     if not run.get("alive") and run.get("events_bytes", -1) > 0:
         finished = run.get("finished") or {}
-        raise StageFailed(f"{plan.run_dir} on {host} already holds a run "
-                          f"({finished.get('status', 'stopped')}): pick another --run-name, or "
-                          f"look at it with `kdtui watch {plan.config.run_name}`")
+        status = finished.get("status", "stopped")
+        name = plan.config.run_name
+        step = run.get("checkpoint_step")
+        # a run that stopped short with a checkpoint is continued, not started again
+        fix = (f"continue it from its checkpoint at step {step} with `kdtui resume {name}`, or "
+               f"look at it with `kdtui watch {name}`" if status != "completed" and
+               step is not None else f"look at it with `kdtui watch {name}`")
+        raise StageFailed(f"{plan.run_dir} on {host} already holds a run ({status}): pick "
+                          f"another --run-name, or {fix}")
 
 
 _put_bytes = put_bytes  # the apr profile's name for it
