@@ -288,9 +288,10 @@ FIELDS: tuple[Field, ...] = (
           "dtype) or float8 (e4m3 weights, FP8 matmuls on H100/H200-class GPUs: half the "
           "memory, a faster teacher, a small drift; docs/models.md)", "run",
           choices=TEACHER_DTYPES),
-    Field("student_matmuls", str, "auto", "The student's block matmuls: auto (the compute dtype) "
-          "or float8 (e4m3 forward and backward, fp32 master weights kept: faster on "
-          "H100/H200-class GPUs, a small change to what is trained; docs/models.md)", "run",
+    Field("student_matmuls", str, "auto", "The student's MLP matmuls: auto (the compute dtype) "
+          "or float8 (e4m3 forward and input gradients, fp32 master weights kept: faster on "
+          "H100/H200-class GPUs for students 896 wide and up, a small change to what is "
+          "trained; docs/models.md)", "run",
           choices=STUDENT_MATMULS),
     Field("run_name", str, "", "Name of the run (empty: kd-<UTC time>)",
           "run", pattern=re.compile(r"^$|" + _RUN_NAME_RE.pattern),

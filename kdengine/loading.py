@@ -59,9 +59,9 @@ def load_teacher(config: RunConfig, device: torch.device, dtype: torch.dtype, lo
     return teacher, tokenizer
 
 
-# the narrowest student whose FP8 matmuls measured faster end to end on an H200 (Llama-3.2-1B:
-# +6.6 %; Qwen3-0.6B at 1024 even, Qwen2.5-0.5B at 896 5 % slower; docs/performance.md)
-FP8_STUDENT_PAYS_FROM = 2048
+# the narrowest student whose FP8 MLPs measured faster end to end on an H200 (Qwen2.5-0.5B at
+# 896: +2.9 %; docs/performance.md, issue 16 round 9)
+FP8_STUDENT_PAYS_FROM = 896
 # where FP8 runs on the CPU: torch's reference kernel, for tests and small runs
 _CPU_FP8 = " (on the CPU through torch's reference FP8 matmul: the same numbers, no speed-up)"
 
@@ -82,19 +82,21 @@ def _to_fp8(model: Any, device: torch.device, log: Any) -> None:
 
 
 def _student_fp8(model: Any, device: torch.device, log: Any) -> None:
-    """The student's block projections through FP8 matmuls (kdengine.models.fp8_train)."""
+    """The student's MLPs through FP8 matmuls (kdengine.models.fp8_train)."""
     from kdengine.models.fp8_train import use_fp8_matmuls
 
     require_fp8("student_matmuls", device)
     fp8, kept = use_fp8_matmuls(model)
-    rest = f", {kept} left in the compute dtype (a dimension not a multiple of 16)" if kept else ""
+    rest = (f"; {kept} left in the compute dtype (a bias, or a dimension not a multiple of 16)"
+            if kept else "")
     note = _CPU_FP8 if device.type == "cpu" else ""
     hidden = model.config.hidden_size
     if device.type == "cuda" and hidden < FP8_STUDENT_PAYS_FROM:
         note = (f"; at hidden size {hidden} it is likely no faster than the compute dtype (on an "
                 f"H200 it paid from {FP8_STUDENT_PAYS_FROM}: docs/models.md)")
-    log.line(f"student: {fp8} linear layers through float8 e4m3 matmuls forward and backward "
-             f"(rowwise scales, fp32 master weights){rest}{note}")
+    log.line(f"student: {fp8} MLP{'' if fp8 + kept == 1 else 's'} of {fp8 + kept} through "
+             f"float8 e4m3 matmuls (forward and input gradients, rowwise scales; weight "
+             f"gradients in the compute dtype, fp32 master weights){rest}{note}")
 
 
 def load_student(config: RunConfig, device: torch.device, tokenizer: Any, teacher: Any,

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdengine.models.fp8 import qk_norm_rope
-from kdengine.models.fp8_train import project
+from kdengine.models.fp8 import qk_norm_rope, quantizable
+from kdengine.models.fp8_train import fp8_swiglu_mlp
 from kdengine.models.norm import RMSNorm
 from kdengine.models.rope import apply_rope
 from kdengine.models.swiglu import swiglu
@@ -141,8 +141,6 @@ class Attention(nn.Module):
         self.concat_qkv = False
         # a frozen model's fused projection as a module of its own (kdengine.models.fp8)
         self.qkv_linear: nn.Module | None = None
-        # a trained model's projections through FP8 matmuls (kdengine.models.fp8_train)
-        self.fp8_matmuls = False
         # an FP8 teacher's q/k norms and rotary embedding in one pass (fp8.qk_norm_rope)
         self.fused_rope = False
 
@@ -160,10 +158,7 @@ class Attention(nn.Module):
             projs = (self.q_proj, self.k_proj, self.v_proj)
             bias = (torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None
                     else None)
-            qkv = project(x, torch.cat([p.weight for p in projs]), bias, self.fp8_matmuls)
-        elif self.fp8_matmuls:
-            return tuple(project(x, p.weight, p.bias, True)
-                         for p in (self.q_proj, self.k_proj, self.v_proj))
+            qkv = F.linear(x, torch.cat([p.weight for p in projs]), bias)
         else:
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return self._split(qkv)
@@ -173,8 +168,7 @@ class Attention(nn.Module):
         return qkv.split((nq, nkv, nkv), dim=-1)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
-        o = self.o_proj
-        return project(x, o.weight, o.bias, True) if self.fp8_matmuls else o(x)
+        return self.o_proj(x)
 
     def _heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                norm: RMSNorm | None = None,
@@ -266,7 +260,9 @@ class MLP(nn.Module):
         self.gate_up_bias: torch.Tensor | None = None
         self.concat_gate_up = False
         self.gate_up_linear: nn.Module | None = None  # as Attention.qkv_linear
-        self.fp8_matmuls = False  # as Attention's
+        # a trained model's MLP through FP8 matmuls (kdengine.models.fp8_train), set where
+        # fp8_as_one holds
+        self.fp8_matmuls = False
         # an FP8 teacher's down_proj takes gate/up whole: SwiGLU and the quantization of its
         # rows are one pass (kdengine.models.fp8.Fp8Linear.swiglu)
         self.fused_swiglu = False
@@ -282,6 +278,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_swiglu:
             return self.down_proj.swiglu(self.gate_up_linear(x))
+        if self.fp8_matmuls:  # one autograd function: SwiGLU's passes quantize for the matmuls
+            gate_up = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+            return fp8_swiglu_mlp(x, gate_up, self.down_proj.weight)
         if self.gate_up_linear is not None:
             gate, up = self.gate_up_linear(x).chunk(2, dim=-1)
         elif self.gate_up_weight is not None:
@@ -290,17 +289,19 @@ class MLP(nn.Module):
             projs = (self.gate_proj, self.up_proj)
             bias = (torch.cat([p.bias for p in projs]) if self.gate_proj.bias is not None
                     else None)
-            gate_up = project(x, torch.cat([p.weight for p in projs]), bias, self.fp8_matmuls)
-            return self._down(swiglu(gate_up))  # one pass each way on the GPU
-        elif self.fp8_matmuls:
-            gate, up = (project(x, p.weight, p.bias, True) for p in (self.gate_proj, self.up_proj))
+            gate_up = F.linear(x, torch.cat([p.weight for p in projs]), bias)
+            return self.down_proj(swiglu(gate_up))  # one pass each way on the GPU
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self._down(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate) * up)
 
-    def _down(self, hidden: torch.Tensor) -> torch.Tensor:
-        down = self.down_proj
-        return project(hidden, down.weight, down.bias, True) if self.fp8_matmuls else down(hidden)
+    def fp8_as_one(self) -> bool:
+        """Whether a trained FP8 MLP runs as kdengine.models.fp8_train.fp8_swiglu_mlp: no
+        biases (no pair this engine has met has them) and 16-aligned weights."""
+        projs = (self.gate_proj, self.up_proj, self.down_proj)
+        return (self.gate_up_linear is None and self.gate_up_weight is None
+                and all(p.bias is None and quantizable(p.weight) for p in projs))
+
 
 
 def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:

@@ -2,13 +2,18 @@
 
 - `quantize_columns_t` (FP8 training, kdengine.models.fp8_train): quantize each column of a
   matrix to e4m3 and write the result transposed, in one pass.
+- `swiglu_rows` and `swiglu_backward_rows` (FP8 training's MLP): SwiGLU forward and backward,
+  each writing its result both in the compute dtype (what the weight gradients read) and as
+  rowwise e4m3 (what the next FP8 matmul reads), from one read of its inputs.
 - `swiglu_quantize_rows` (the FP8 teacher, kdengine.models.fp8): SwiGLU and the rowwise
   quantization of its output for the down projection, in one pass.
 - `rms_norm_quantize_rows` (the FP8 teacher): RMSNorm and the rowwise quantization of its
   output for the q/k/v and gate/up projections, in one pass (before gate/up with the residual
   add: `add_rms_norm_quantize_rows`).
 
-The weight gradient dW = dy^T x sums over tokens, and torch._scaled_mm (cuBLASLt's FP8 path on
+A trained student's weight gradient dW = dy^T x stays in bf16 today (fp8_train says why); what
+follows is why the transposed quantization this file still has for it (and for the weights'
+columns) is a kernel of its own. dW sums over tokens, and torch._scaled_mm (cuBLASLt's FP8 path on
 Hopper takes only K-major operands) wants both operands with the token dimension contiguous,
 i.e. dy and x transposed. Inductor fuses "amax over tokens, divide, cast, transpose" into one
 reduction kernel whose loads stride across rows: on an H200 it took 0.345 ms for Llama-3.2-1B's
@@ -86,8 +91,8 @@ def quantize_columns_t(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _swiglu_quantize_rows(gate_up_ptr, out_ptr, scale_ptr, cols, row_stride,
-                          HEAD: tl.constexpr, TAIL: tl.constexpr):
+def _swiglu_quantize_rows(gate_up_ptr, out_ptr, scale_ptr, hidden_ptr, cols, row_stride,
+                          HEAD: tl.constexpr, TAIL: tl.constexpr, HIDDEN: tl.constexpr):
     # (1e-12 and 448: kdengine.models.fp8's MIN_AMAX and E4M3_MAX)
     row = tl.program_id(0).to(tl.int64)
     gate = gate_up_ptr + row * row_stride
@@ -97,6 +102,10 @@ def _swiglu_quantize_rows(gate_up_ptr, out_ptr, scale_ptr, cols, row_stride,
     h_head = _swiglu(tl.load(gate + head), tl.load(up + head))
     h_tail = _swiglu(tl.load(gate + tail, mask=tail < cols, other=0.0),
                      tl.load(up + tail, mask=tail < cols, other=0.0))  # masked lanes: 0
+    if HIDDEN:  # a trained student's: the product itself too, which down's dW reads
+        hidden = hidden_ptr + row * cols
+        tl.store(hidden + head, h_head.to(hidden_ptr.dtype.element_ty))  # exact: _swiglu
+        tl.store(hidden + tail, h_tail.to(hidden_ptr.dtype.element_ty), mask=tail < cols)
     amax = tl.maximum(tl.maximum(tl.max(tl.abs(h_head), axis=0),
                                  tl.max(tl.abs(h_tail), axis=0)), 1e-12)
     tl.store(scale_ptr + row, amax / 448.0)
@@ -133,12 +142,14 @@ SWIGLU_WARPS = 8  # threads per row: the H200 sweep in benchmarks/fp8_teacher.py
 
 
 def launch_swiglu_quantize_rows(gate_up: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
-                                warps: int = SWIGLU_WARPS) -> None:
+                                warps: int = SWIGLU_WARPS,
+                                hidden: torch.Tensor | None = None) -> None:
     rows, width = gate_up.shape
     cols = width // 2
     head, tail = swiglu_row_blocks(cols)
-    wrap_triton(_swiglu_quantize_rows)[(rows,)](gate_up, values, scale, cols, gate_up.stride(0),
-                                                HEAD=head, TAIL=tail, num_warps=warps)
+    wrap_triton(_swiglu_quantize_rows)[(rows,)](
+        gate_up, values, scale, values if hidden is None else hidden, cols, gate_up.stride(0),
+        HEAD=head, TAIL=tail, HIDDEN=hidden is not None, num_warps=warps)
 
 
 @triton_op("kdengine::swiglu_quantize_rows", mutates_args=())
@@ -152,6 +163,91 @@ def swiglu_quantize_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     scale = torch.empty((rows, 1), dtype=torch.float32, device=gate_up.device)
     launch_swiglu_quantize_rows(gate_up, values, scale)
     return values, scale
+
+
+@triton_op("kdengine::swiglu_rows", mutates_args=())
+def swiglu_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A trained FP8 student's SwiGLU (kdengine.models.fp8_train): silu(gate) * up [rows, cols]
+    in gate_up's dtype (as kdengine::swiglu computes it), and its rowwise e4m3 values and fp32
+    scales [rows, 1] as swiglu_quantize_rows makes them, from one read of gate_up."""
+    rows, width = gate_up.shape
+    hidden = torch.empty((rows, width // 2), dtype=gate_up.dtype, device=gate_up.device)
+    values = torch.empty((rows, width // 2), dtype=torch.float8_e4m3fn, device=gate_up.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=gate_up.device)
+    launch_swiglu_quantize_rows(gate_up, values, scale, hidden=hidden)
+    return hidden, values, scale
+
+
+@triton.jit
+def _swiglu_grads(gate, up, grad, c, inside):
+    """The gradients of gate and up at columns c from the gradient of silu(gate) * up, each
+    computed in fp32 and rounded once to the inputs' dtype (kdengine::swiglu_backward's
+    numbers), returned in fp32."""
+    g = tl.load(gate + c, mask=inside, other=0.0)
+    dtype = g.dtype
+    g = g.to(tl.float32)
+    u = tl.load(up + c, mask=inside, other=0.0).to(tl.float32)
+    dh = tl.load(grad + c, mask=inside, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(g)
+    d_gate = dh * u * sig * (1.0 + g * (1.0 - sig))  # d silu(g) / dg = sig (1 + g (1 - sig))
+    d_up = dh * (g * sig)
+    return (d_gate.to(dtype, fp_downcast_rounding="rtne").to(tl.float32),
+            d_up.to(dtype, fp_downcast_rounding="rtne").to(tl.float32))
+
+
+@triton.jit
+def _swiglu_backward_quantize_rows(gate_up_ptr, grad_ptr, out_ptr, values_ptr, scale_ptr, cols,
+                                   row_stride, grad_stride, HEAD: tl.constexpr,
+                                   TAIL: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    gate = gate_up_ptr + row * row_stride
+    up = gate + cols
+    grad = grad_ptr + row * grad_stride
+    head = tl.arange(0, HEAD)  # HEAD <= cols
+    tail = HEAD + tl.arange(0, TAIL)
+    in_tail = tail < cols
+    gate_head, up_head = _swiglu_grads(gate, up, grad, head, head < cols)
+    gate_tail, up_tail = _swiglu_grads(gate, up, grad, tail, in_tail)  # masked lanes: 0
+    out = out_ptr + row * (2 * cols)
+    dtype = out_ptr.dtype.element_ty
+    tl.store(out + head, gate_head.to(dtype))  # exact: each is already rounded
+    tl.store(out + tail, gate_tail.to(dtype), mask=in_tail)
+    tl.store(out + cols + head, up_head.to(dtype))
+    tl.store(out + cols + tail, up_tail.to(dtype), mask=in_tail)
+    amax = tl.maximum(tl.maximum(tl.max(tl.abs(gate_head), axis=0),
+                                 tl.max(tl.abs(gate_tail), axis=0)),
+                      tl.maximum(tl.max(tl.abs(up_head), axis=0),
+                                 tl.max(tl.abs(up_tail), axis=0)))
+    amax = tl.maximum(amax, 1e-12)
+    tl.store(scale_ptr + row, amax / 448.0)
+    inv = 448.0 / amax
+    values = values_ptr + row * (2 * cols)
+    tl.store(values + head, _e4m3(gate_head * inv))
+    tl.store(values + tail, _e4m3(gate_tail * inv), mask=in_tail)
+    tl.store(values + cols + head, _e4m3(up_head * inv))
+    tl.store(values + cols + tail, _e4m3(up_tail * inv), mask=in_tail)
+
+
+SWIGLU_BACKWARD_WARPS = 16  # a row's two gradients in registers: twice the forward's values
+
+
+@triton_op("kdengine::swiglu_backward_rows", mutates_args=())
+def swiglu_backward_rows(gate_up: torch.Tensor,
+                         grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A trained FP8 student's SwiGLU backward (kdengine.models.fp8_train): gate_up's gradient
+    [rows, 2 * cols] in its dtype from the gradient [rows, cols] of silu(gate) * up (the numbers
+    of kdengine::swiglu_backward), and that gradient's rowwise e4m3 values and fp32 scales
+    [rows, 1] for the input gradient's FP8 product, from one read of gate_up and grad (the
+    gradient is not read back to be quantized)."""
+    rows, width = gate_up.shape
+    head, tail = swiglu_row_blocks(width // 2)
+    out = torch.empty((rows, width), dtype=gate_up.dtype, device=gate_up.device)
+    values = torch.empty((rows, width), dtype=torch.float8_e4m3fn, device=gate_up.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=gate_up.device)
+    wrap_triton(_swiglu_backward_quantize_rows)[(rows,)](
+        gate_up, grad, out, values, scale, width // 2, gate_up.stride(0), grad.stride(0),
+        HEAD=head, TAIL=tail, num_warps=SWIGLU_BACKWARD_WARPS)
+    return out, values, scale
 
 
 @triton.jit

@@ -1,31 +1,35 @@
-"""FP8 matmuls for a trained student (`student_matmuls float8`): rowwise-scaled e4m3 operands in
-the forward and in both backward products, the fp32 master weights and AdamW unchanged.
+"""FP8 matmuls for a trained student's MLP (`student_matmuls float8`): rowwise-scaled e4m3
+operands in the forward and in the input gradient's products, the weight gradients in the
+compute dtype, the fp32 master weights and AdamW unchanged.
 
-A linear layer y = x @ W^T runs three matmuls a step, each with its operands quantized along
-the dimension it sums over, one fp32 scale per row of that sum (kdengine.models.fp8's rule,
+Each projection y = x @ W^T of the MLP (gate/up concatenated, then down) runs three matmuls a
+step. The two whose outputs are activations take e4m3 operands, each quantized along the
+dimension its product sums over, one fp32 scale per row of that sum (kdengine.models.fp8's rule,
 amax -> 448):
 
   forward  y  = x  @ W^T    x per token (over in),   W per output row (over in)
   backward dx = dy @ W      dy per token (over out),  W per input column (over out)
-  backward dW = dy^T @ x    dy per output feature (over tokens), x per input feature (over tokens)
+  backward dW = dy^T @ x    in the compute dtype, from the activation the MLP saved
 
-so each product sees scales that fit the numbers it adds up, not a compromise between two
-directions. Inputs are quantized from what the layer saved: the activation in the compute dtype
-and the fp32 master weight itself (no bf16 copy is kept, so this saves the memory of autocast's
-weight cast). The forward uses Hopper's fast accumulation, as the FP8 teacher does; the backward
-products do not: dW sums over every token of the batch (8,192 at 4 x 2048), where the fast
-path's periodic promotion loses the most.
+dW stays in the compute dtype because its operands would have to be quantized along the tokens,
+i.e. written transposed: passes over the activations that cost about what the FP8 product saves
+(docs/performance.md, issue 16 rounds 3, 8 and 9), and a sum over all 8,192 tokens of a batch is
+where e4m3's rounding costs the most. The forward uses Hopper's fast accumulation, as the FP8
+teacher does; dx does not.
 
-Under torch.compile Inductor folds the row quantizations into the kernels that produce their
-inputs (the RMSNorm before q/k/v, SwiGLU before down, the gradient's own producers). The
-column quantizations of dW's operands (and of W for dx) must be written transposed, which
-Inductor's fusion does at a sixth of the memory bandwidth; on the GPU they go through one
-Triton kernel instead (kdengine.models.fp8_kernels), byte for byte the same values.
+The MLP is one autograd function, so that each quantization rides a pass that already reads its
+row: on the GPU the SwiGLU forward writes its product in the compute dtype (for down's dW) and
+in e4m3 (for down's forward), and the SwiGLU backward writes gate/up's gradient in both (for
+gate/up's dW and dx; kdengine.models.fp8_kernels). The rows of x and dy are quantized by torch
+ops that Inductor folds into the norm and the residual's gradient before them; the weights' two
+layouts come from the fp32 masters each step (no bf16 copy is kept).
 
-What stays in the compute dtype: embeddings, norms, attention and the lm head (the KD loss reads
-the logits directly). Gradients flow in the compute dtype between layers, so the only change to
-what is trained is the e4m3 rounding of the block projections' operands (docs/models.md has the
-measured loss curves).
+Only the MLP: it holds ~85 % of a block's matmul FLOPs, and the attention's q/k/v and o
+projections, narrower, ran 0.76x and 0.82x their bf16 time in FP8 on Qwen2.5-0.5B (their
+quantization passes cost more than the matmuls save; round 9), about even on Llama-3.2-1B
+(round 3). Embeddings, norms, attention and the lm head stay in the compute dtype too (the KD
+loss reads the logits directly), so the only change to what is trained is the e4m3 rounding of
+the MLP's forward and input-gradient operands (docs/models.md has the measured loss curves).
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdengine.models.fp8 import E4M3, E4M3_MAX, MIN_AMAX, quantizable, quantize_rowwise
+from kdengine.models.fp8 import E4M3, E4M3_MAX, MIN_AMAX, quantize_rowwise
 
-# kdengine.models.fp8_kernels.quantize_columns_t where CUDA and Triton are (set by
-# use_fp8_matmuls, outside any traced code), else None: the same numbers from torch ops
-_columns_kernel = None
+# kdengine.models.fp8_kernels where CUDA and Triton are (set by use_fp8_matmuls, outside any
+# traced code), else None: torch ops compute the same numbers
+_kernels = None
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,13 +52,13 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rowwise(x.t()) for x [M, K]: each column's e4m3 values over M, laid out as
-    rows [K, M], and the scales [K, 1]. On the GPU the cast and the transpose are one kernel
-    whose reads and writes both run along memory (fp8_kernels: Inductor's own fusion of the
-    two read across rows at a sixth of the bandwidth)."""
+    """quantize_rowwise(x.t()) for a weight x [N, K]: each column's e4m3 values over N, laid
+    out as rows [K, N], and the scales [K, 1] (dx's operand, which sums over the outputs). On
+    the GPU the cast and the transpose are one kernel whose reads and writes both run along
+    memory (fp8_kernels.quantize_columns_t)."""
     scale = x.abs().amax(dim=0).float().clamp_min(MIN_AMAX) / E4M3_MAX
-    if _columns_kernel is not None and x.is_cuda:
-        values = _columns_kernel(x.contiguous(), scale)
+    if _kernels is not None and x.is_cuda:
+        values = _kernels.quantize_columns_t(x.contiguous(), scale)
     else:
         values = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).t().contiguous()
     return values, scale.unsqueeze(1)
@@ -67,29 +71,63 @@ def _mm(a: torch.Tensor, b_rows: torch.Tensor, scale_a: torch.Tensor, scale_b: t
                             out_dtype=dtype, use_fast_accum=fast)
 
 
-class _Fp8Matmul(torch.autograd.Function):
-    """x [M, K] (compute dtype, M a multiple of 16) @ weight [N, K]^T (fp32 master) in e4m3."""
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dW = grad^T @ x in the compute dtype (grad's and x's, as autocast's F.linear computes it),
+    in the master weight's dtype."""
+    return (grad.t() @ x).to(weight.dtype)
+
+
+def _swiglu_rows(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(silu(gate) * up in gate_up's dtype, and its rowwise e4m3 values and scales)."""
+    if _kernels is not None and gate_up.is_cuda:
+        return _kernels.swiglu_rows(gate_up)
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    hidden = (F.silu(gate) * up).to(gate_up.dtype)  # rounded once, as the kernel does
+    return hidden, *_rows(hidden)
+
+
+def _swiglu_backward_rows(gate_up: torch.Tensor,
+                          grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate_up's gradient in its dtype from silu(gate) * up's, and its rowwise e4m3 values
+    and scales)."""
+    if _kernels is not None and gate_up.is_cuda:
+        return _kernels.swiglu_backward_rows(gate_up, grad.contiguous())
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    sig = torch.sigmoid(gate)
+    grad = grad.float()
+    grads = torch.cat([grad * up * sig * (1 + gate * (1 - sig)), grad * gate * sig], dim=-1)
+    grads = grads.to(gate_up.dtype)
+    return grads, *_rows(grads)
+
+
+class _Fp8SwiGLU(torch.autograd.Function):
+    """down(silu(gate(x)) * up(x)) for x [M, K] (compute dtype, M a multiple of 16), gate_up
+    [2 I, K] (gate's rows, then up's) and down [K, I] (fp32 masters), no biases."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x: torch.Tensor, gate_up: torch.Tensor,  # noqa: ANN001
+                down: torch.Tensor) -> torch.Tensor:
         xq, sx = _rows(x)
-        wq, sw = _rows(weight)
-        return _mm(xq, wq, sx, sw, x.dtype, fast=True)
+        wq, sw = _rows(gate_up)
+        projected = _mm(xq, wq, sx, sw, x.dtype, fast=True)
+        hidden, hq, sh = _swiglu_rows(projected)
+        wq, sw = _rows(down)
+        ctx.save_for_backward(x, projected, hidden, gate_up, down)
+        return _mm(hq, wq, sh, sw, x.dtype, fast=True)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205 - autograd's signature
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = None
+        x, projected, hidden, gate_up, down = ctx.saved_tensors
+        gq, sg = _rows(grad)  # [M, K], over K
+        wq, sw = _columns(down)  # [I, K], over K
+        grad_hidden = _mm(gq, wq, sg, sw, grad.dtype, fast=False)
+        grad_down = _weight_grad(grad, hidden, down)
+        grad_projected, gq, sg = _swiglu_backward_rows(projected, grad_hidden)  # over 2 I
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            gq, sg = _rows(grad)  # [M, N], over out
-            wq, sw = _columns(weight)  # [K, N], over out
+            wq, sw = _columns(gate_up)  # [K, 2 I], over 2 I
             grad_x = _mm(gq, wq, sg, sw, grad.dtype, fast=False)
-        if ctx.needs_input_grad[1]:
-            gq, sg = _columns(grad)  # [N, M], over tokens
-            xq, sx = _columns(x)  # [K, M], over tokens
-            grad_w = _mm(gq, xq, sg, sx, weight.dtype, fast=False)
-        return grad_x, grad_w
+        return grad_x, _weight_grad(grad_projected, x, gate_up), grad_down
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -98,68 +136,57 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) through FP8 matmuls forward and backward; the result (and the
-    gradient that flows on to x) in the compute dtype, the weight's gradient in its own."""
-    dtype = compute_dtype(x)
-    shape = x.shape
-    rows = x.reshape(-1, shape[-1]).to(dtype)
+def _token_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """x as rows [M, K] in the compute dtype, M padded to a multiple of 16 (torch._scaled_mm's
+    fast paths want aligned shapes; zero rows add nothing to dW), and the real row count."""
+    rows = x.reshape(-1, x.shape[-1]).to(compute_dtype(x))
     count = rows.shape[0]
-    if count % 16:  # dW sums over the rows: torch._scaled_mm wants that multiple of 16 (zeros
-        rows = F.pad(rows, (0, 0, 0, 16 - count % 16))  # add nothing to it)
-    out = _Fp8Matmul.apply(rows, weight)[:count]
-    if bias is not None:
-        out = out + bias.to(out.dtype)
-    return out.reshape(*shape[:-1], weight.shape[0])
+    if count % 16:
+        rows = F.pad(rows, (0, 0, 0, 16 - count % 16))
+    return rows, count
 
 
-def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            fp8: bool) -> torch.Tensor:
-    """A block projection: FP8 where asked and the weight's shape allows, else F.linear."""
-    if fp8 and quantizable(weight):
-        return fp8_linear(x, weight, bias)
-    return F.linear(x, weight, bias)
+def fp8_swiglu_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) with gate_up = cat(gate, up) weights [2 I, K] and down
+    [K, I], each projection's forward and input gradient in FP8 (the class above): the output
+    in the compute dtype, the weights' gradients in their own."""
+    rows, count = _token_rows(x)
+    return _Fp8SwiGLU.apply(rows, gate_up, down)[:count].reshape(*x.shape[:-1], down.shape[0])
 
 
-def reference_grads(x: torch.Tensor, weight: torch.Tensor,
-                    grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, dx, dW) written out in fp32 from the dequantized operands of each product (tests)."""
-    def deq(t: torch.Tensor) -> torch.Tensor:
-        values, scale = quantize_rowwise(t)
-        return values.float() * scale
+def reference_swiglu_mlp(x: torch.Tensor, gate_up: torch.Tensor,
+                         down: torch.Tensor) -> torch.Tensor:
+    """fp8_swiglu_mlp's forward written out in fp32 from the dequantized operands (tests)."""
+    gate, up = (_dequantized(x) @ _dequantized(gate_up).T).chunk(2, dim=-1)
+    return _dequantized(F.silu(gate) * up) @ _dequantized(down).T
 
-    y = deq(x) @ deq(weight).T
-    grad_x = deq(grad) @ deq(weight.t()).T
-    grad_w = deq(grad.t()) @ deq(x.t()).T
-    return y, grad_x, grad_w
+
+def _dequantized(t: torch.Tensor) -> torch.Tensor:
+    values, scale = quantize_rowwise(t)
+    return values.float() * scale
 
 
 def use_fp8_matmuls(model: nn.Module, on: bool = True) -> tuple[int, int]:
-    """Run a native Decoder's block projections through FP8 matmuls (parameters, names and
-    checkpoints unchanged); returns (FP8 projections, projections left in the compute dtype
-    because a dimension is not a multiple of 16)."""
+    """Run a native Decoder's MLPs through FP8 matmuls (parameters, names and checkpoints
+    unchanged); returns (MLPs in FP8, MLPs left in the compute dtype: a bias, or a dimension
+    not a multiple of 16)."""
     if on and torch.cuda.is_available():
-        _load_columns_kernel()
+        _load_kernels()
     fp8 = kept = 0
     for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        attn.fp8_matmuls = mlp.fp8_matmuls = on
-        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj,
-                       mlp.up_proj, mlp.down_proj):
-            if quantizable(linear.weight):
-                fp8 += 1
-            else:
-                kept += 1
+        mlp = layer.mlp
+        mlp.fp8_matmuls = on and mlp.fp8_as_one()
+        fp8 += mlp.fp8_matmuls
+        kept += not mlp.fp8_matmuls
     model.fp8_matmuls = on
-    return (fp8, kept) if on else (0, fp8 + kept)
+    return fp8, kept
 
 
-def _load_columns_kernel() -> None:
-    global _columns_kernel
-    if _columns_kernel is None:
+def _load_kernels() -> None:
+    global _kernels
+    if _kernels is None:
         try:
-            from kdengine.models.fp8_kernels import quantize_columns_t
+            from kdengine.models import fp8_kernels
         except ImportError:  # no Triton: torch ops compute the same values
             return
-        _columns_kernel = quantize_columns_t
+        _kernels = fp8_kernels

@@ -433,9 +433,9 @@ def test_bf16_ranks_compute_the_one_process_function(tmp_path: Path) -> None:
 def test_fp8_student_matmuls_under_two_sharded_ranks_follow_the_one_process_run(
         tmp_path: Path) -> None:
     """--student-matmuls float8 under torchrun: FSDP2 gathers each block's weights and the FP8
-    matmuls read them as one process does. The first loss is the one process's (the forward
-    quantizes each token's row on its own, so splitting the batch changes nothing); later losses
-    follow within FP8's rounding of the weight gradient (each rank scales its own tokens)."""
+    MLPs read them as one process does. Every quantization is per token or per weight row, and
+    the weight gradients are not quantized, so splitting the batch over ranks changes only the
+    order of the gradient's sums: the losses follow the one process's."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import tiny_run_args, write_tiny_inputs
 
@@ -447,10 +447,10 @@ def test_fp8_student_matmuls_under_two_sharded_ranks_follow_the_one_process_run(
         out = _run([*prefix, "-m", "kdengine", *args], tmp_path)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         log = (tmp_path / name / "launch.log").read_text()
-        assert "student: 10 linear layers through float8 e4m3 matmuls" in log  # k/v: 8 rows
+        assert "student: 2 MLPs of 2 through float8 e4m3 matmuls" in log
         curves[name] = _losses(tmp_path / name)
     assert "over 2 ranks" in log  # (the student is sharded whenever torchrun starts the run)
     one, two = curves["one"], curves["two"]
     assert two[1] == pytest.approx(one[1], rel=1e-6)
-    assert two == pytest.approx(one, rel=2e-2)
+    assert two == pytest.approx(one, rel=1e-4)
     assert two[6] < two[1]

@@ -1,8 +1,10 @@
-"""FP8 matmuls for the trained student (kdengine.models.fp8_train, `--student-matmuls float8`):
-the three products of each projection against the same products written out from dequantized
-operands, on the CPU through torch's reference FP8 kernel; a model and a real run through the CLI
-that trains, passes and resumes exactly. The GPU side (compiled, at the pairs' shapes, and its
-speed) is checked by benchmarks/fp8_student.py and timed end to end by benchmarks/kd_pairs.py."""
+"""FP8 matmuls for the trained student's MLP (kdengine.models.fp8_train, `--student-matmuls
+float8`): the MLP as one autograd function, its forward and input gradients against the same
+products written out from dequantized operands and its weight gradients against the
+compute-dtype products they are, on the CPU through torch's reference FP8 kernel; a model and a
+real run through the CLI that trains, passes and resumes exactly. The GPU side (its SwiGLU
+kernels against these torch ops, compiled, at the pairs' shapes, and its speed) is checked by
+benchmarks/fp8_student.py and timed end to end by benchmarks/kd_pairs.py."""
 
 from __future__ import annotations
 
@@ -15,109 +17,137 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdengine.config import ConfigError
 from kdengine.events import read_events
 from kdengine.models import Decoder, DecoderConfig
-from kdengine.models.fp8_train import fp8_linear, reference_grads, use_fp8_matmuls
+from kdengine.models.fp8 import quantize_rowwise
+from kdengine.models.fp8_train import fp8_swiglu_mlp, reference_swiglu_mlp, use_fp8_matmuls
 
 
-def _operands(rows: int, seed: int = 0):
+def _deq(t: torch.Tensor) -> torch.Tensor:
+    values, scale = quantize_rowwise(t)
+    return values.float() * scale
+
+
+def _operands(rows: int, seed: int = 0, hidden: int = 64, inter: int = 96):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, 64, generator=gen)
-    x[3] *= 500.0  # an outlier token: its own scale in the forward and in dx
-    weight = torch.randn(48, 64, generator=gen)
-    weight[:, 5] *= 300.0  # an outlier input column: its own scale in dx's W and in dW's x
-    grad = torch.randn(rows, 48, generator=gen)
-    return x.requires_grad_(), weight.requires_grad_(), grad
+    x = torch.randn(rows, hidden, generator=gen)
+    x[3] *= 300.0  # an outlier token: its own scale in gate/up's forward
+    gate_up = torch.randn(2 * inter, hidden, generator=gen) / hidden ** 0.5
+    gate_up[:, 7] *= 200.0  # an outlier input column: its own scale in dx's gate/up
+    down = torch.randn(hidden, inter, generator=gen) / inter ** 0.5
+    grad = torch.randn(rows, hidden, generator=gen)
+    grad[5] *= 1e-3  # a token whose gradient is small: its own scale too
+    return x.requires_grad_(), gate_up.requires_grad_(), down.requires_grad_(), grad
 
 
-@pytest.mark.parametrize("rows", [32, 26])  # 26: padded to 32 inside, zeros add nothing
-def test_forward_and_both_gradients_are_the_products_of_the_dequantized_operands(rows):
-    x, weight, grad = _operands(rows)
-    bias = torch.randn(48, requires_grad=True)
-    out = fp8_linear(x, weight, bias)
+def _written_out(x, gate_up, down, grad):
+    """Each product of the function, in fp32, from the operands it quantizes (forward and the
+    input gradients) or the compute-dtype tensors it keeps (the weight gradients)."""
+    projected = _deq(x) @ _deq(gate_up).T
+    gate, up = projected.chunk(2, dim=-1)
+    hidden = F.silu(gate) * up
+    out = _deq(hidden) @ _deq(down).T
+    grad_hidden = _deq(grad) @ _deq(down.t()).T  # down quantized over its output rows
+    sig = torch.sigmoid(gate)
+    grad_projected = torch.cat([grad_hidden * up * sig * (1 + gate * (1 - sig)),
+                                grad_hidden * gate * sig], dim=-1)
+    grad_x = _deq(grad_projected) @ _deq(gate_up.t()).T  # over the 2 I outputs
+    return out, grad_x, grad_projected.T @ x, grad.T @ hidden
+
+
+@pytest.mark.parametrize("rows", [32, 26])  # 26: padded to 32 inside, zero rows add nothing
+def test_the_mlp_forward_and_gradients_are_the_products_of_their_operands(rows: int) -> None:
+    x, gate_up, down, grad = _operands(rows)
+    out = fp8_swiglu_mlp(x, gate_up, down)
     out.backward(grad)
-    y, grad_x, grad_w = reference_grads(x.detach(), weight.detach(), grad)
-    torch.testing.assert_close(out, y + bias, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(x.grad, grad_x, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(weight.grad, grad_w, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(bias.grad, grad.sum(0))
-    assert weight.grad.dtype == torch.float32  # the master's own dtype, for AdamW
+    expected = _written_out(x.detach(), gate_up.detach(), down.detach(), grad)
+    torch.testing.assert_close(out, expected[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out, reference_swiglu_mlp(x.detach(), gate_up.detach(),
+                                                         down.detach()), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, expected[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gate_up.grad, expected[2], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(down.grad, expected[3], rtol=1e-5, atol=1e-3)
+    assert gate_up.grad.dtype == down.grad.dtype == torch.float32  # the masters', for AdamW
 
 
-def test_each_product_stays_near_full_precision_despite_outlier_rows_and_columns():
-    x, weight, grad = _operands(64, seed=1)
-    fp8_linear(x, weight).backward(grad)
-    xs, ws = x.detach(), weight.detach()
+def test_the_mlp_stays_near_full_precision_despite_outlier_tokens_and_columns():
+    x, gate_up, down, grad = _operands(64, seed=1)
+    fp8_swiglu_mlp(x, gate_up, down).backward(grad)
+    exact = [t.detach().clone().requires_grad_() for t in (x, gate_up, down)]
+    gate, up = (exact[0] @ exact[1].T).chunk(2, dim=-1)
+    (F.silu(gate) * up @ exact[2].T).backward(grad)
 
     def rel(a, b):
         return float((a - b).norm() / b.norm())
 
-    # two e4m3 roundings per product (3 mantissa bits each): a few per cent, whatever the
-    # outliers, because every row of every sum has its own scale
-    assert rel(fp8_linear(xs, ws), xs @ ws.T) < 0.05
-    assert rel(x.grad, grad @ ws) < 0.05
-    assert rel(weight.grad, grad.T @ xs) < 0.05
+    # e4m3's 3 mantissa bits, twice in dx's chain (here 6 %), once in the forward that the
+    # weight gradients read (2 % and 4 %): a few per cent, whatever the outliers, because
+    # every row of every FP8 sum has its own scale
+    assert rel(x.grad, exact[0].grad) < 0.08
+    assert rel(down.grad, exact[2].grad) < 0.05
+    assert rel(gate_up.grad, exact[1].grad) < 0.08
 
 
-def test_under_bf16_autocast_the_output_is_bf16_and_gradients_keep_their_tensors_dtypes():
-    x, weight, _ = _operands(32)
+def test_under_bf16_autocast_the_mlp_computes_in_bf16_and_keeps_the_masters_gradients_fp32():
+    x, gate_up, down, _ = _operands(32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = fp8_linear(x, weight)
-    assert out.dtype == torch.bfloat16  # as F.linear under autocast
+        out = fp8_swiglu_mlp(x, gate_up, down)
+    assert out.dtype == torch.bfloat16
     out.float().square().sum().backward()
-    assert x.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    assert x.grad.dtype == gate_up.grad.dtype == down.grad.dtype == torch.float32
 
 
-def test_the_compiled_matmul_computes_what_the_eager_one_does():
-    x, weight, grad = _operands(32, seed=2)
-    x2, w2 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    fp8_linear(x, weight).backward(grad)
-    torch._dynamo.reset()
-    compiled = torch.compile(fp8_linear)
-    compiled(x2, w2).backward(grad)
-    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(w2.grad, weight.grad, rtol=1e-4, atol=1e-2)
-
-
-def _decoder(hidden: int = 64) -> Decoder:
-    config = DecoderConfig(vocab_size=256, hidden_size=hidden, intermediate_size=2 * hidden,
+def _decoder(mlp_bias: bool = False, hidden: int = 64, inter: int = 96) -> Decoder:
+    config = DecoderConfig(vocab_size=256, hidden_size=hidden, intermediate_size=inter,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           attention_bias=True, tie_word_embeddings=True)
+                           attention_bias=True, mlp_bias=mlp_bias, tie_word_embeddings=True)
     model = Decoder(config)
     model.init_weights(torch.Generator().manual_seed(3), std=0.1)
     return model
 
 
-def test_a_student_on_fp8_matmuls_keeps_its_parameters_and_follows_the_same_gradient():
-    plain = _decoder()
+@pytest.mark.parametrize(("shape", "in_fp8"), [
+    ({}, 2),  # one function a block
+    ({"mlp_bias": True}, 0),  # a bias: no pair has one; the MLP stays in the compute dtype
+    ({"hidden": 24, "inter": 48}, 0),  # 24 columns: torch._scaled_mm wants multiples of 16
+])
+def test_a_students_mlps_run_in_fp8_where_they_can_and_keep_parameters_and_gradients(
+        shape: dict, in_fp8: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdengine.models import decoder
+
+    calls = []
+    monkeypatch.setattr(decoder, "fp8_swiglu_mlp",
+                        lambda *a: calls.append(a) or fp8_swiglu_mlp(*a))
+    plain = _decoder(**shape)
     fp8 = copy.deepcopy(plain)
-    assert use_fp8_matmuls(fp8) == (2 * 7, 0)  # q, k, v, o, gate, up, down in each block
+    assert use_fp8_matmuls(fp8) == (in_fp8, 2 - in_fp8)
     assert fp8.state_dict().keys() == plain.state_dict().keys()  # checkpoints keep HF names
-    ids = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(4))
     losses = []
     for model in (plain, fp8):
-        loss = torch.nn.functional.cross_entropy(model.logits(ids[:, :-1]).flatten(0, 1),
-                                                 ids[:, 1:].flatten())
+        loss = F.cross_entropy(model.logits(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         losses.append(float(loss.detach()))
+    assert len(calls) == in_fp8
     assert abs(losses[0] - losses[1]) < 0.01 * losses[0]
-    # e4m3 keeps 3 mantissa bits to bf16's 7, so each gradient carries ~16x bf16's rounding
-    # error (here 6-22 % of its norm against bf16's 0.5-2 %): noise, not a new direction
+    # e4m3 keeps 3 mantissa bits to bf16's 7: each gradient carries its rounding as noise, not
+    # a new direction
     for (name, p), q in zip(plain.named_parameters(), fp8.parameters(), strict=True):
-        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        cos = F.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
         assert cos > 0.95, (name, float(cos))
 
 
-def test_projections_without_16_aligned_shapes_stay_in_the_compute_dtype():
-    model = _decoder(hidden=32)  # k/v: 2 heads x 8 = 16 rows; all fit
-    assert use_fp8_matmuls(model) == (14, 0)
-    odd = Decoder(DecoderConfig(vocab_size=64, hidden_size=24, intermediate_size=48,
-                                num_hidden_layers=1, num_attention_heads=4,
-                                num_key_value_heads=2))
-    assert use_fp8_matmuls(odd) == (0, 7)  # 24 columns: every projection stays as it was
-    odd.logits(torch.tensor([[1, 2, 3]])).sum().backward()
+def test_the_compiled_mlp_computes_what_the_eager_one_does():
+    x, gate_up, down, grad = _operands(32, seed=2)
+    again = [t.detach().clone().requires_grad_() for t in (x, gate_up, down)]
+    fp8_swiglu_mlp(x, gate_up, down).backward(grad)
+    torch._dynamo.reset()
+    torch.compile(fp8_swiglu_mlp)(*again).backward(grad)
+    for eager, compiled in zip((x, gate_up, down), again, strict=True):
+        torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-4, atol=1e-3)
 
 
 def test_the_loader_refuses_a_device_without_fp8_matmuls_naming_the_field_and_the_way_out():
@@ -142,7 +172,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import write_tiny_inputs
 
-    # a 32-wide student: every projection 16-aligned, so all seven run in FP8
+    # a 32-wide student: its MLP 16-aligned, so it runs in FP8
     return write_tiny_inputs(tmp_path_factory.mktemp("fp8_student"), student_hidden=32)
 
 
@@ -170,7 +200,7 @@ def reference(inputs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 def test_a_run_on_fp8_student_matmuls_trains_passes_and_says_so(reference: Path) -> None:
     log = (reference / "launch.log").read_text()
-    assert "student: 7 linear layers through float8 e4m3 matmuls" in log
+    assert "student: 1 MLP of 1 through float8 e4m3 matmuls" in log
     assert json.loads((reference / "config.json").read_text())["student_matmuls"] == "float8"
     verdict = [e for e in read_events(reference / "events.jsonl") if e["type"] == "verdict"][-1]
     assert verdict["status"] == "pass"
@@ -214,10 +244,9 @@ def test_the_preflight_refuses_float8_where_the_device_has_no_fp8_matmuls(monkey
 def test_column_quantization_is_the_rowwise_quantization_of_the_transpose():
     # what the weight gradient's operands use (on the GPU through fp8_kernels' one-pass kernel,
     # checked against this by benchmarks/fp8_student.py)
-    from kdengine.models.fp8 import quantize_rowwise
     from kdengine.models.fp8_train import _columns
 
-    x, _, _ = _operands(48, seed=5)
+    x, _, _, _ = _operands(48, seed=5)
     values, scale = _columns(x.detach())
     expected, expected_scale = quantize_rowwise(x.detach().t())
     assert values.shape == (64, 48) and values.is_contiguous()
