@@ -49,10 +49,13 @@ def kdengine(*argv: str, launcher: tuple[str, ...] = (sys.executable, "-m", "kde
 
 
 def train(inputs: dict[str, str], run_dir: Path, *extra: str,
-          sampling: tuple[str, ...] = ON_POLICY, **kw) -> subprocess.CompletedProcess:
-    return kdengine("train", "--teacher", inputs["teacher"], "--student", inputs["student"],
-                    "--data", inputs["data"], *RUN, *sampling, "--run-dir", str(run_dir),
-                    *extra, **kw)
+          sampling: tuple[str, ...] = ON_POLICY, engine=None, **kw) -> subprocess.CompletedProcess:
+    """`kdengine train` on the module's inputs: a real process, or `engine` (the
+    engine_in_process fixture: the CLI in this process, where a new interpreter's torch import
+    would check nothing more; the reference run is the real one)."""
+    argv = ("train", "--teacher", inputs["teacher"], "--student", inputs["student"],
+            "--data", inputs["data"], *RUN, *sampling, "--run-dir", str(run_dir), *extra)
+    return engine(*argv) if engine is not None else kdengine(*argv, **kw)
 
 
 def events(run_dir: Path, kind: str) -> list[dict]:
@@ -193,10 +196,11 @@ def test_the_lmbda_coin_is_a_function_of_seed_and_step() -> None:
 
 
 def test_seq_kd_trains_on_the_teachers_completions_and_is_judged_on_val_loss(
-        inputs: dict[str, str], tmp_path: Path) -> None:
+        inputs: dict[str, str], tmp_path: Path, engine_in_process) -> None:
     run_dir = tmp_path / "seqkd"
     out = train(inputs, run_dir, "--seq-kd", "--steps", "4", "--eval-every", "0",
-                "--sample-every", "2", "--stop", r"\n", sampling=("--max-new-tokens", "24"))
+                "--sample-every", "2", "--stop", r"\n", sampling=("--max-new-tokens", "24"),
+                engine=engine_in_process)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     steps = events(run_dir, "step")
     assert all(e["source"] == "teacher" and not e["on_policy"] for e in steps)
@@ -232,9 +236,9 @@ def test_the_documented_demo_command_passes_its_check(engine_cmd, tmp_path) -> N
 
 
 def test_more_eval_prompts_than_the_held_out_data_has_is_said_not_silent(
-        inputs: dict[str, str], tmp_path: Path) -> None:
+        inputs: dict[str, str], tmp_path: Path, engine_in_process) -> None:
     out = train(inputs, tmp_path / "run", "--eval-prompts", "50", "--steps", "1",
-                "--eval-every", "0", "--checkpoint-every", "0")
+                "--eval-every", "0", "--checkpoint-every", "0", engine=engine_in_process)
     assert out.returncode == 0, out.stderr[-2000:]
     warned = [e["message"] for e in events(tmp_path / "run", "log") if e["level"] == "warning"]
     said = [m for m in warned if m.startswith("--eval-prompts 50:")]
