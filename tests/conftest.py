@@ -114,6 +114,14 @@ def pytest_configure(config: pytest.Config) -> None:
         path.mkdir(mode=0o700)
         os.environ[name] = str(path)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # One torch thread in the test process too, as in the engines it starts (isolated_engine_dirs
+    # below): torch reads OMP_NUM_THREADS once, when a test module first imports it, before any
+    # test's monkeypatch. With torch's default (a thread a core), every in-process run and
+    # tensor test waited on its descheduled second thread while the other worker ran: a 40-step
+    # tiny run in this process took 5-9 s on 2 threads, 0.5 s on 1, beside a busy worker.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

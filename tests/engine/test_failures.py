@@ -108,15 +108,20 @@ def _in_process(capsys: pytest.CaptureFixture[str], argv: list[str]) -> subproce
     and the disk-full run (FILLING_CLI)."""
     import signal
 
+    import torch
+
     from kdengine.cli import main
 
     capsys.readouterr()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the engine processes (OMP_NUM_THREADS=1, tests/conftest.py)
     try:
         code = main(argv)
     except SystemExit as stop:
         code = stop.code
     finally:
+        torch.set_num_threads(threads)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     out = capsys.readouterr()
