@@ -115,6 +115,8 @@ CASES = [
          data="chats"),
     Case("onpolicy-mixed-fp8", "lmbda 0.5 with the FP8 teacher", FP8 + ONPOLICY[2:] +
          ["--lmbda", "0.5", "--alpha", "0.5"], data="chats"),
+    Case("onpolicy-fp8s", "lmbda 0.5, FP8 teacher and student (generation from a bf16 twin)",
+         FP8S + ONPOLICY[2:] + ["--lmbda", "0.5", "--alpha", "0.5"], data="chats"),
     Case("seqkd", "sequence-level KD (teacher's completions)", ["--seq-kd", "--max-new-tokens",
                                                                 "32"], data="chats"),
     Case("cache", "cache-teacher on the GPU, then train from the cache",
