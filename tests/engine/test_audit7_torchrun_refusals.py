@@ -27,6 +27,30 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return write_tiny_inputs(tmp_path_factory.mktemp("audit7-ranks"))
 
 
+def _in_process(*argv: str) -> tuple[int, str]:
+    """`kdengine argv` through kdengine.cli.main in this process, as one process runs it (no
+    torchrun variables; on one torch thread, as the engines here): exit code and stderr. A
+    one-process run checks nothing a new interpreter's torch import would add."""
+    import contextlib
+    import io
+
+    import torch
+
+    from kdengine.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threads, err = torch.get_num_threads(), io.StringIO()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return code, err.getvalue()
+
+
 def _train(made: dict[str, str], run_dir: Path, *extra: str) -> list[str]:
     return ["train", "--teacher", made["teacher"], "--student", made["student"], "--data",
             made["data"], "--run-dir", str(run_dir), "--batch-size", "4", "--seq-len", "32",
@@ -57,10 +81,8 @@ def test_a_rank_refuses_what_torchrun_cannot_train_before_a_run_directory(
 def stopped_run(made: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-process run stopped before its end: its last complete checkpoint is step 1."""
     run_dir = tmp_path_factory.mktemp("audit7-stopped") / "run"
-    done = subprocess.run([sys.executable, "-m", "kdengine", *_train(made, run_dir),
-                           "--checkpoint-every", "1"], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, err = _in_process(*_train(made, run_dir), "--checkpoint-every", "1")
+    assert code == 0, err
     shutil.rmtree(run_dir / "final")
     events = run_dir / "events.jsonl"
     kept = [line for line in events.read_text().splitlines(keepends=True)
@@ -117,9 +139,8 @@ def test_a_one_process_checkpoint_resumed_under_torchrun_is_refused_before_the_m
                       "not under torchrun")
     assert _files(run_dir) == before
     # and one process resumes it
-    done = subprocess.run([sys.executable, "-m", "kdengine", "train", "--resume", str(run_dir)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = _in_process("train", "--resume", str(run_dir))
+    assert code == 0, err[-3000:]
 
 
 _RANK = """
