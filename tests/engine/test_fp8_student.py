@@ -145,7 +145,10 @@ def test_the_compiled_mlp_computes_what_the_eager_one_does():
     again = [t.detach().clone().requires_grad_() for t in (x, gate_up, down)]
     fp8_swiglu_mlp(x, gate_up, down).backward(grad)
     torch._dynamo.reset()
-    torch.compile(fp8_swiglu_mlp)(*again).backward(grad)
+    # one graph, forward and backward traced as the trainer's torch.compile traces them (no
+    # break at the autograd function); Inductor's code for them is the GPU's, checked against
+    # the eager function by benchmarks/fp8_student.py
+    torch.compile(fp8_swiglu_mlp, fullgraph=True, backend="aot_eager")(*again).backward(grad)
     for eager, compiled in zip((x, gate_up, down), again, strict=True):
         torch.testing.assert_close(compiled.grad, eager.grad, rtol=1e-4, atol=1e-3)
 
