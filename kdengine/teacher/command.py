@@ -93,7 +93,13 @@ def plan(argv: list[str]):
     for name in REQUIRED:
         if not getattr(config, name):
             raise ConfigError(name, f"is required (give {FIELDS_BY_NAME[name].flag})")
-    from kdengine.preflight import check_cache_root, check_engine_environment
+    from kdengine.preflight import check_cache_root, check_engine_environment, unused_data_option
+
+    # `kdengine train`'s rule: an option of example data on raw text would be taken and ignored
+    # (and a run from this cache must then give the same ignored value)
+    unused = unused_data_option(config)
+    if unused is not None:
+        raise unused
 
     # the variables `kdengine train` refuses when malformed (KDENGINE_COMPILE, ...), refused
     # here too: the same value must not start a cache job that a run would refuse
