@@ -734,10 +734,21 @@ class RunScreen(Screen):
             return
         from kdtui.screens.dialogs import ConfirmScreen
 
+        async def stop() -> None:
+            try:
+                await handle.cancel()
+            except Exception as exc:  # noqa: BLE001 - any failure is said, never a crash
+                # before, a cancel that failed on the box (its agent or python broken, a host
+                # key refused) ended the whole dashboard with a worker traceback
+                self.notify(f"Stop run failed: {exc}; the run may still be going: `kdtui "
+                            f"cancel {handle.run_id}` from a shell", severity="error",
+                            timeout=15)
+                return
+            self.notify("SIGTERM sent: the engine ends the run as cancelled", timeout=5)
+
         def decided(yes: bool | None) -> None:
             if yes:
-                self.run_worker(handle.cancel(), group="cancel")
-                self.notify("SIGTERM sent: the engine ends the run as cancelled", timeout=5)
+                self.run_worker(stop(), group="cancel")
 
         self.app.push_screen(ConfirmScreen(
             f"Stop run {handle.run_id}?", self._stop_words(handle), yes="Stop the run",
