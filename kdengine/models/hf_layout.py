@@ -391,9 +391,12 @@ def weight_files(path: Path) -> list[Path]:
                              "object of tensor name to file name)")
         files = [path / name for name in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.exists()]
-        if absent:
-            raise FileNotFoundError(f"{path}: shards named in {INDEX_FILE} are missing: "
-                                    f"{', '.join(absent[:3])}")
+        if absent:  # a copy or download cut short, most often: the fix is to finish it
+            more = f" (and {len(absent) - 3} more)" if len(absent) > 3 else ""
+            raise FileNotFoundError(
+                f"{path}: shards named in {INDEX_FILE} are missing: {', '.join(absent[:3])}"
+                f"{more}: copy them into {path} from where the model came from, or download "
+                f"the model again (`hf download ORG/NAME --local-dir {path}`)")
         return files
     others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
     hint = (f" (found {', '.join(others[:3])}: convert to safetensors, e.g. load it with "
