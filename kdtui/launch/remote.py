@@ -40,6 +40,7 @@ from kdtui.remote.stages import (
     StageRunner,
     agent_filename,
     agent_source,
+    put_bytes,
 )
 from kdtui.remote.wheel import WheelBuild, build_wheel
 
@@ -88,11 +89,14 @@ class RemoteRunHandle:
 
         async def action(conn: Any) -> dict[str, Any]:
             # a newer kdtui has a new agent file name: upload it before first use
+            # under a temporary name and renamed, as the dispatch uploads it: a cut link never
+            # leaves a truncated agent that its name would keep from being uploaded again, and
+            # a full disk is said as that, not retried as a dropped link
             async with conn.start_sftp_client() as sftp:
                 if not await sftp.exists(self.plan.agent_path):
                     await sftp.makedirs(self.plan.host.agent_dir, exist_ok=True)
-                    async with sftp.open(self.plan.agent_path, "wb") as fh:
-                        await fh.write(agent_source())
+                    await put_bytes(sftp, agent_source(), self.plan.agent_path,
+                                    self.plan.host.alias)
             from kdtui.remote.connect import run_agent
 
             return await run_agent(conn, command, timeout=60)
