@@ -157,6 +157,8 @@ CASES = [
          [], data="chats", kdtui=True, ranks=2, kill_after_checkpoint="CANCEL"),
     Case("torchrun-chat-fp8", "torchrun, 2 ranks, messages, FP8 teacher", FP8, data="chats",
          torchrun=True),
+    Case("torchrun-fp8s", "torchrun, 2 ranks, FP8 teacher and student (FSDP2 gathers the "
+         "MLPs' masters)", FP8S, torchrun=True),
     Case("torchrun-kill-resume", "torchrun, 2 ranks, SIGTERM after a checkpoint, --resume",
          [], torchrun=True, kill_after_checkpoint="TERM"),
 ]
