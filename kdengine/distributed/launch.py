@@ -12,12 +12,15 @@ traceback on its stderr, which a launcher writes into launch.log:
 - workers that end cancelled (a rank that alone got the signal; kdengine exits 128 + signal)
   become a ChildFailedError.
 Here both are the cancelled run's exit code, and ranks that all refused the run (exit 2, one
-line each naming the field) exit 2 as one process would. Any other failure stays torchrun's own
-report and exit 1. The run's events say cancelled either way (kdengine.run).
+line each naming the field) exit 2 as one process would, with that line alone: torchrun's log of
+stopping the other ranks and of the failure is held back while it runs and dropped for a
+refusal. Any other failure stays torchrun's own report and exit 1. The run's events say
+cancelled either way (kdengine.run).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -32,7 +35,42 @@ def _refused(first: int, codes: set[int]) -> bool:
     return first == REFUSED and all(code == REFUSED or code < 0 for code in codes)
 
 
+# torchrun's log of its workers' ends (`Sending process N closing signal SIGTERM`, `failed
+# (exitcode: 2) local_rank: 0 ...`): all of it comes as the workers end
+WORKER_LOG = "torch.distributed.elastic.multiprocessing.api"
+
+
+class HeldRecords(logging.Filter):
+    """Holds the records of a logger back (it passes none on) until `replay`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.held.append(record)
+        return False
+
+    def replay(self, logger: logging.Logger) -> None:
+        for record in self.held:
+            logger.handle(record)
+
+
 def main(argv: list[str] | None = None) -> int:
+    workers_log, held = logging.getLogger(WORKER_LOG), HeldRecords()
+    workers_log.addFilter(held)
+    refused = False
+    try:
+        code = _run(argv)
+        refused = code == REFUSED
+        return code
+    finally:
+        workers_log.removeFilter(held)
+        if not refused:  # each rank said why in its one line: torchrun's report would add two
+            held.replay(workers_log)
+
+
+def _run(argv: list[str] | None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
