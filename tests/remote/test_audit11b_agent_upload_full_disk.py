@@ -8,7 +8,6 @@ through the same temporary-name-and-rename upload as the dispatch's. The full di
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,27 +15,17 @@ import pytest
 
 from kdtui.cli import main
 
+from .conftest import fill_up, tmpfs
+
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path):
-    mount = tmp_path / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("needs a tmpfs mount (root): " + done.stderr.decode().strip())
-    try:
+    with tmpfs(tmp_path / "full", "1m") as mount:
         (mount / "w" / "runs" / "old-1").mkdir(parents=True)
-        with open(mount / "filler", "wb") as fh:
-            try:
-                fh.write(b"\0" * (2 << 20))
-            except OSError:
-                pass  # ENOSPC: full, as wanted
+        fill_up(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_cancel_on_a_full_disk_that_needs_the_agent_says_the_disk_is_full_at_once(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,16 @@ from kdtui.cli import main
 from kdtui.remote.stages import agent_source
 from kdtui.remote.wheel import build_wheel
 
+from .conftest import tmpfs
+
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    mount = tmp_path / "small"
-    mount.mkdir()
     size = len(agent_source()) + len(build_wheel().data) + 256 * 1024
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("needs a tmpfs mount (root): " + done.stderr.decode().strip())
-    try:
+    with tmpfs(tmp_path / "small", size) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_disk_that_fills_up_making_the_venv_is_one_line_naming_it_and_the_fix(

@@ -13,14 +13,9 @@ import pytest
 
 from kdtui.cli import main
 
+from .conftest import launch_flags
+
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(240)]
-
-
-def flags(inputs: dict[str, str]) -> list[str]:
-    return ["--teacher", inputs["teacher"], "--student", inputs["student"], "--data",
-            inputs["data"], "--steps", "4", "--batch-size", "2", "--seq-len", "16",
-            "--eval-every", "2", "--eval-batches", "1", "--log-every", "1", "--device", "cpu",
-            "--dtype", "float32"]
 
 
 @pytest.fixture
@@ -48,7 +43,7 @@ def test_a_python_without_pip_is_refused_at_preflight_naming_the_fix(
     hosts.write_text(text.replace(f'python = "{sys.executable}"',
                                   f"python = {json.dumps(str(python_without_pip))}"))
     code = main(["launch", "--headless", "--host", "kdtest", "--run-name", "nopip-1",
-                 *flags(tiny_run_inputs)])
+                 *launch_flags(tiny_run_inputs)])
     captured = capsys.readouterr()
     out = captured.out + captured.err
     print(out)

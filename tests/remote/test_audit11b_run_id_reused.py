@@ -15,14 +15,9 @@ import pytest
 
 from kdtui.cli import main
 
+from .conftest import launch_flags
+
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(240)]
-
-
-def flags(inputs: dict[str, str], steps: int) -> list[str]:
-    return ["--teacher", inputs["teacher"], "--student", inputs["student"], "--data",
-            inputs["data"], "--steps", str(steps), "--batch-size", "2", "--seq-len", "16",
-            "--eval-every", "0", "--eval-batches", "1", "--log-every", "1", "--device", "cpu",
-            "--dtype", "float32", "--checkpoint-every", "0"]
 
 
 def test_a_dispatch_under_a_cancelled_runs_name_is_refused_with_its_resume(
@@ -31,8 +26,8 @@ def test_a_dispatch_under_a_cancelled_runs_name_is_refused_with_its_resume(
     hosts = remote_env["hosts"]
     hosts.write_text(hosts.read_text().replace(f'work_dir = "{remote_env["work"]}"',
                                                f"work_dir = {json.dumps(str(work))}"))
-    assert main(["launch", "--headless", "--detach", "--host", "kdtest", "--run-name",
-                 "again-1", *flags(tiny_run_inputs, 100000)]) == 0
+    assert main(["launch", "--headless", "--detach", "--host", "kdtest", "--run-name", "again-1",
+                 *launch_flags(tiny_run_inputs, 100000, 0, "--checkpoint-every", "0")]) == 0
     events = work / "runs" / "again-1" / "events.jsonl"
 
     def wait_for_steps(parts: int) -> None:
@@ -57,7 +52,7 @@ def test_a_dispatch_under_a_cancelled_runs_name_is_refused_with_its_resume(
     step = max(e["step"] for e in map(json.loads, events.read_text().splitlines())
                if e["type"] == "checkpoint")  # the cancel's own checkpoint
     code = main(["launch", "--headless", "--host", "kdtest", "--run-name", "again-1",
-                 *flags(tiny_run_inputs, 4)])
+                 *launch_flags(tiny_run_inputs, 4, 0, "--checkpoint-every", "0")])
     out = capsys.readouterr().out
     assert code == 2, out
     (line,) = [ln for ln in out.splitlines() if ln.startswith("[preflight] failed")]

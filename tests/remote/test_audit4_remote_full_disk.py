@@ -5,33 +5,22 @@ only: skipped where it cannot be mounted)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from kdtui.cli import main
 
+from .conftest import fill_up, tmpfs
+
 pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path):
-    mount = tmp_path / "full"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("needs a tmpfs mount (root): " + done.stderr.decode().strip())
-    try:
-        with open(mount / "filler", "wb") as fh:
-            try:
-                fh.write(b"\0" * (2 << 20))
-            except OSError:
-                pass  # ENOSPC: full, as wanted
+    with tmpfs(tmp_path / "full", "1m") as mount:
+        fill_up(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_full_host_disk_is_one_line_naming_the_file_and_the_fix(

@@ -13,14 +13,9 @@ import pytest
 
 from kdtui.cli import main
 
+from .conftest import launch_flags
+
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(240)]
-
-
-def flags(inputs: dict[str, str]) -> list[str]:
-    return ["--teacher", inputs["teacher"], "--student", inputs["student"], "--data",
-            inputs["data"], "--steps", "4", "--batch-size", "2", "--seq-len", "16",
-            "--eval-every", "2", "--eval-batches", "1", "--log-every", "1", "--device", "cpu",
-            "--dtype", "float32"]
 
 
 @pytest.fixture
@@ -35,14 +30,14 @@ def own_work(remote_env: dict[str, Path], tmp_path: Path) -> Path:
 def test_a_venv_whose_kdengine_no_longer_imports_is_made_again_by_the_next_dispatch(
         own_work, tiny_run_inputs, capsys):
     assert main(["launch", "--headless", "--host", "kdtest", "--run-name", "venv-1",
-                 *flags(tiny_run_inputs)]) == 0
+                 *launch_flags(tiny_run_inputs)]) == 0
     capsys.readouterr()
     (env,) = [p for p in (own_work / "envs").iterdir() if p.is_dir()]
     site = env / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
         "site-packages"
     shutil.rmtree(site / "kdengine")  # the marker stays: the venv still says it is ready
     code = main(["launch", "--headless", "--host", "kdtest", "--run-name", "venv-2",
-                 *flags(tiny_run_inputs)])
+                 *launch_flags(tiny_run_inputs)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "No module named kdengine" not in out and "[sync] skipped" not in out
