@@ -26,6 +26,7 @@ from kdengine.config import (
     add_field_flags,
     default_runs_dir,
     demo_config,
+    file_folder_path_refusal,
     flag_of,
     load_config_file,
     validate_with_preset,
@@ -73,6 +74,9 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
         return _resume_config(Path(args.resume)), args
     values: dict[str, Any] = demo_config().to_dict() if args.demo else {}
     in_file = load_config_file(Path(args.config)) if args.config else {}
+    misplaced = file_folder_path_refusal(in_file, Path(args.config), given) if in_file else None
+    if misplaced:
+        raise UsageError(misplaced)
     values.update(in_file)
     try:
         base = RunConfig.from_mapping(values)

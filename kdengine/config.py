@@ -618,6 +618,30 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     return config.with_values(**changes) if changes else config
 
 
+def file_folder_path_refusal(in_file: Mapping[str, Any], path: Path,
+                             overridden: Iterable[str] = ()) -> str | None:
+    """A relative path in a --config file is read from the working directory, as the same
+    value given by a flag or a KDENGINE_ variable is (one value, one meaning, whichever layer
+    sets it). One that names nothing there but a file or folder beside the config file was
+    meant from the file's folder: refused (where it was looked for, and the fix) before it
+    passes for a hub id (`in/teacher` is shaped like `org/name`). `overridden`: fields a flag
+    sets. None when no such path."""
+    cwd, folder = Path.cwd(), path.expanduser().resolve().parent
+    for key, value in in_file.items():
+        name = RENAMED.get(key, key)
+        if name not in PATH_FIELDS or name in overridden or not isinstance(value, str) \
+                or not value or value.startswith("demo://"):
+            continue
+        typed = Path(value).expanduser()
+        if typed.is_absolute() or os.path.lexists(typed) or folder == cwd.resolve() \
+                or not os.path.lexists(folder / typed):
+            continue
+        return (f"{key} in {path}: {value} is read from the working directory ({cwd}), which "
+                f"has no {value}; the file's folder has it: write it as {folder / typed} in "
+                f"{path}, or run from {folder}")
+    return None
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a run config from .toml or .json; errors name the file and the fix."""
     try:

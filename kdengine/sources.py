@@ -34,14 +34,14 @@ def check_sources(config: RunConfig) -> dict[str, Path]:
         if is_repo_id(spec):
             cached = cached_snapshot(spec)
             if cached is None and hub_offline():
-                raise ConfigError(name, _not_cached(spec))
+                raise ConfigError(name, _not_cached(spec, as_folder=True))
             if cached is not None:
                 dirs[name] = cached
             continue
         path = Path(spec).expanduser()
         if not path.exists():
-            raise ConfigError(name, f"{spec} does not exist (give an HF-layout directory or a "
-                              "hub repo id like org/name)")
+            raise ConfigError(name, f"{spec} does not exist{_looked_in(path)} (give an "
+                              "HF-layout directory or a hub repo id like org/name)")
         if not (path / "config.json").exists():
             raise ConfigError(name, f"{spec} has no config.json (not an HF-layout model)")
         dirs[name] = path
@@ -95,14 +95,28 @@ def _lacks_model_files(snapshot: Path) -> str:
     return f"no {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}" if absent else ""
 
 
-def _not_cached(spec: str) -> str:
-    """Why `spec` is not in the local hub cache, for a refusal while HF_HUB_OFFLINE=1."""
+def _looked_in(path: Path) -> str:
+    """Where a relative path was looked for, for a refusal: ' in the working directory (DIR)'
+    ('' for an absolute one): a path from a --config file is read from there too."""
+    return "" if path.is_absolute() else f" in the working directory ({Path.cwd()})"
+
+
+def _not_cached(spec: str, as_folder: bool = False) -> str:
+    """Why `spec` is not in the local hub cache, for a refusal while HF_HUB_OFFLINE=1.
+    `as_folder`: it was looked for as a folder first (`in/teacher` is shaped like a hub id):
+    say where, and the fix for a folder too."""
     snapshot = _snapshot_in_cache(spec)
     lacks = _lacks_model_files(snapshot) if snapshot is not None else ""
-    what = (f"is only partly in the local hub cache ({lacks}) and HF_HUB_OFFLINE=1 forbids "
-            "downloading the rest" if lacks else "is not in the local hub cache and "
-            "HF_HUB_OFFLINE=1 forbids downloading it")
-    return f"{spec} {what} (download it first, or unset HF_HUB_OFFLINE)"
+    if lacks:
+        return (f"{spec} is only partly in the local hub cache ({lacks}) and HF_HUB_OFFLINE=1 "
+                "forbids downloading the rest (download it first, or unset HF_HUB_OFFLINE)")
+    if as_folder:
+        return (f"{spec} is no folder in the working directory ({Path.cwd()}) and is not in the "
+                "local hub cache, and HF_HUB_OFFLINE=1 forbids downloading it (a folder: give "
+                "its path from there, or an absolute one; a hub id: download it first, or "
+                "unset HF_HUB_OFFLINE)")
+    return (f"{spec} is not in the local hub cache and HF_HUB_OFFLINE=1 forbids downloading it "
+            "(download it first, or unset HF_HUB_OFFLINE)")
 
 
 def resolve_model_dir(spec: str, field: str,
@@ -113,14 +127,15 @@ def resolve_model_dir(spec: str, field: str,
     if path.exists():
         return path
     if not is_repo_id(spec):
-        raise ConfigError(field, f"{spec} is neither a directory nor a hub repo id (org/name)")
+        raise ConfigError(field, f"{spec} is neither a directory{_looked_in(path)} nor a hub "
+                          "repo id (org/name)")
     cached = cached_snapshot(spec)
     if cached is not None:
         if say:
             say(f"{field}: {spec} from the local hub cache ({cached})")
         return cached
     if hub_offline():
-        raise ConfigError(field, _not_cached(spec))
+        raise ConfigError(field, _not_cached(spec, as_folder=True))
     from huggingface_hub import snapshot_download
 
     if say:
