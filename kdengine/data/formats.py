@@ -470,7 +470,8 @@ def _jsonl_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
 def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no error
-        data = json.loads(text)
+        # an empty file is no data, as an empty .jsonl or Parquet file is, not bad JSON
+        data = json.loads(text) if text.strip() else []
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
