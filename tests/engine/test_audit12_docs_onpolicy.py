@@ -1,0 +1,79 @@
+"""docs/on-policy.md, as a new user meets it (the twelfth audit): a cancel during an
+evaluation's generations stops them, checkpoints the step that evaluation followed, and the
+resume does not run the cut evaluation again, reaching the uninterrupted run's losses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import chat_record, read_events, write_jsonl  # noqa: E402
+
+RUN = ["--seq-len", "64", "--batch-size", "4", "--steps", "6", "--eval-every", "3",
+       "--checkpoint-every", "0", "--eval-batches", "1", "--log-every", "1", "--device", "cpu",
+       "--dtype", "float32", "--lmbda", "0.5", "--max-new-tokens", "12", "--eval-prompts", "4"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from conftest import write_chat_pair
+
+    root = tmp_path_factory.mktemp("audit12-onpolicy")
+    teacher, student = write_chat_pair(root)
+    data = write_jsonl(root / "chats.jsonl", [chat_record(i) for i in range(80)])
+    return {"teacher": str(teacher), "student": str(student), "data": str(data)}
+
+
+def _train(made: dict[str, str], run_dir: Path) -> list[str]:
+    return ["train", "--teacher", made["teacher"], "--student", made["student"], "--data",
+            made["data"], *RUN, "--run-dir", str(run_dir)]
+
+
+def _events(run_dir: Path, kind: str) -> list[dict]:
+    return [e for e in read_events(run_dir) if e["type"] == kind]
+
+
+def test_a_cancel_during_an_evaluations_generations_checkpoints_the_step_it_followed(
+        made, tmp_path, engine_in_process, monkeypatch) -> None:
+    from kdengine.onpolicy import rollout
+
+    reference = tmp_path / "reference"
+    out = engine_in_process(*_train(made, reference))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    # SIGTERM as the student starts the held-out completions of the step-3 evaluation (the
+    # second: step 0's is the first)
+    complete, evaluations = rollout.Rollout.complete, []
+
+    def cancelled_in_evaluation(self, prompts, model, seed_stream, source):
+        if seed_stream.startswith("eval:"):
+            evaluations.append(seed_stream)
+            if len(evaluations) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # the engine's handler takes it
+        return complete(self, prompts, model, seed_stream, source)
+
+    monkeypatch.setattr(rollout.Rollout, "complete", cancelled_in_evaluation)
+    run_dir = tmp_path / "cut"
+    out = engine_in_process(*_train(made, run_dir))
+    monkeypatch.undo()
+    assert out.returncode == 143, out.stderr[-3000:]
+    assert [(e["status"], e["steps"]) for e in _events(run_dir, "run_finished")] == \
+        [("cancelled", 3)]
+    assert [e["step"] for e in _events(run_dir, "eval")] == [0]  # the cut one wrote none
+    assert [(e["step"], e.get("reason")) for e in _events(run_dir, "checkpoint")] == \
+        [(3, "cancel")]
+
+    out = engine_in_process("train", "--resume", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _events(run_dir, "run_started")[-1]["resumed_from"] == 3
+    keys = ("loss", "kd", "ce", "on_policy")
+    assert [e["step"] for e in _events(run_dir, "eval")] == [0, 6]  # step 3's not run again
+    assert {e["step"]: tuple(e.get(k) for k in keys) for e in _events(run_dir, "step")} == \
+        {e["step"]: tuple(e.get(k) for k in keys) for e in _events(reference, "step")}
+    assert _events(run_dir, "eval")[-1]["val_gen_kl"] == \
+        _events(reference, "eval")[-1]["val_gen_kl"]
