@@ -67,8 +67,10 @@ def prompt_source(config: RunConfig, data: TokenSplits | ExampleData) -> PromptS
         val = _example_prompts(data, data.val.segments[:, 0].unique(), max_prompt)
         if not train or not val:
             where = "training" if not train else "held-out"
-            raise ConfigError("lmbda", f"the data's {where} examples hold no prompt (every "
-                              "token of them trains): on-policy runs need conversations or "
+            # a seq_kd run (lmbda 0) was never given --lmbda: name what it was given
+            field, runs = ("lmbda", "on-policy") if config.lmbda > 0 else ("seq_kd", "seq_kd")
+            raise ConfigError(field, f"the data's {where} examples hold no prompt (every "
+                              f"token of them trains): {runs} runs need conversations or "
                               "prompt/completion pairs with --train-on completion")
         return PromptSource(max_prompt, config.batch_size, config.seed, train, val)
     sampler = BatchSampler(data.train, config.batch_size, config.seq_len, config.seed + 1)

@@ -77,3 +77,28 @@ def test_a_cancel_during_an_evaluations_generations_checkpoints_the_step_it_foll
         {e["step"]: tuple(e.get(k) for k in keys) for e in _events(reference, "step")}
     assert _events(run_dir, "eval")[-1]["val_gen_kl"] == \
         _events(reference, "eval")[-1]["val_gen_kl"]
+
+
+@pytest.mark.parametrize("sampling, field, runs", [
+    (("--seq-kd",), "--seq-kd", "seq_kd runs"),
+    (("--lmbda", "1"), "--lmbda", "on-policy runs"),
+])
+def test_data_without_prompts_is_refused_naming_the_option_that_samples(
+        made, tmp_path, capsys, sampling: tuple[str, ...], field: str, runs: str) -> None:
+    """`--train-on all` leaves no prompt. A seq_kd run (lmbda 0) was refused naming `--lmbda`,
+    which it was never given, and as an on-policy run; now it names `--seq-kd`, as its other
+    refusals do (the chat template's, torchrun's)."""
+    from conftest import one_line_in_process
+
+    from kdengine.cli import main
+
+    run_dir = tmp_path / "run"
+    code = main([*_train(made, run_dir)[:7], "--seq-len", "64", "--batch-size", "4",
+                 "--device", "cpu", "--max-new-tokens", "8", "--train-on", "all", *sampling,
+                 "--run-dir", str(run_dir), "--check"])
+    line = one_line_in_process(capsys, code, "train")
+    assert line.startswith(f"kdengine train: error: {field}: the data's training examples "
+                           "hold no prompt (every token of them trains): "
+                           f"{runs} need conversations or prompt/completion pairs with "
+                           "--train-on completion"), line
+    assert not run_dir.exists()
