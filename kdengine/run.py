@@ -45,7 +45,13 @@ from kdengine.providers import Student
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
 from kdengine.teacher.provider import open_cached_teacher, teacher_cache_fields
-from kdengine.trainer import KDTrainer, LossNotFinite, pick_device, pick_dtype
+from kdengine.trainer import (
+    BaselineNotFinite,
+    KDTrainer,
+    LossNotFinite,
+    pick_device,
+    pick_dtype,
+)
 from kdengine.verdict import verdict_from_events
 
 EXIT_COMPLETED, EXIT_FAILED = 0, 1
@@ -214,7 +220,8 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=_step(trainer))
         return RunResult("cancelled", code, run_dir)
     except Exception as exc:  # every failure ends as a failed run with its reason and traceback
-        kind = "loss" if isinstance(exc, LossNotFinite) else type(exc).__name__
+        kind = "loss" if isinstance(exc, (LossNotFinite, BaselineNotFinite)) else \
+            type(exc).__name__
         if isinstance(exc, LossNotFinite) and trainer is not None:
             log.emit(ev.STEP, step=trainer.step, loss=float("nan"), total_steps=config.steps)
         reason = str(exc) or kind

@@ -63,6 +63,11 @@ class LossNotFinite(Exception):
     pass
 
 
+class BaselineNotFinite(Exception):
+    """The step-0 evaluation gave a NaN or inf loss: the verdict is INCONCLUSIVE already, and
+    no training step can make it anything else, so the run ends before its first step."""
+
+
 def pick_device(config: RunConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -357,7 +362,10 @@ class KDTrainer:
         self.log.emit(ev.EVAL, **result)
         for sample in samples:
             self.log.emit(ev.SAMPLE, **sample)
-        tag = " (initial_loss)" if self.step == 0 else ""
+        # step 0 is the verdict's baseline: of val_gen_kl where the evaluation has it
+        # (on-policy), of val_loss otherwise (kdengine.verdict)
+        tag = "" if self.step else (" (initial_loss: val_gen_kl)" if "val_gen_kl" in result
+                                    else " (initial_loss)")
         gen_text = (f" val_gen_kl={result['val_gen_kl']:.4f} val_gen_teacher_logp="
                     f"{result['val_gen_teacher_logp']:.4f}" if samples or "val_gen_kl" in result
                     else "")
@@ -679,7 +687,7 @@ class KDTrainer:
         # trainer), the step-0 evaluation, the first step (torch.compile runs inside the last two)
         loop_started = time.monotonic()
         if evaluate_start:
-            self.evaluate()
+            _refuse_a_non_finite_baseline(self.evaluate())
         evaluated = time.monotonic()
         queued: QueuedStep | None = None  # a step left queued: its numbers come one step late
 
@@ -735,3 +743,22 @@ class KDTrainer:
             sample = self.rollout.sample_event(step, self.last_sampled, 0, self.teacher,
                                                self._autocast)
             self.log.emit(ev.SAMPLE, **sample)
+
+
+def _refuse_a_non_finite_baseline(result: dict[str, Any]) -> None:
+    """End the run at step 0 when its baseline (what the verdict compares: val_loss, and an
+    on-policy run's val_gen_kl) is NaN or inf: before a training step, its checkpoint or its
+    compile, naming the part that is not finite and where to look."""
+    bad = [k for k in ("val_loss", "val_gen_kl") if k in result and not math.isfinite(result[k])]
+    if not bad:
+        return
+    name = bad[0]
+    if not math.isfinite(result["val_ce"]):  # the student's own CE on the data's labels
+        where = "the student's own loss is not finite: check its weights"
+    elif not math.isfinite(result["val_kd"]):
+        where = "the KD term is not finite: check the teacher's weights (or its cache)"
+    else:
+        where = "check the student's and the teacher's weights"
+    raise BaselineNotFinite(f"{name} is {result[name]} at step 0, before any training "
+                            f"(val_ce={result['val_ce']}, val_kd={result['val_kd']}): {where}; "
+                            "no step was trained")

@@ -418,7 +418,8 @@ def write_tiny_model(directory: Path, *, hidden: int, layers: int, seed: int,
 
 def write_nan_student(inputs: dict[str, str]) -> str:
     """A copy of the tiny student with one NaN weight (a broken fine-tune), beside it: no check
-    can see it without reading the weights; the first training step stops the run."""
+    can see it without reading the weights; the step-0 evaluation stops the run, before any
+    training step."""
     from safetensors.torch import load_file, save_file
 
     broken = Path(inputs["student"]).with_name("student-nan")

@@ -143,15 +143,16 @@ def test_a_run_failing_inside_prints_one_line_and_keeps_the_traceback_in_launch_
     out = _run([*engine_cmd, *tiny_args(inputs, run_dir)])
     assert out.returncode == 1
     line = _one_error_line(out)
-    assert line.startswith("kdengine train: error: [train] failed: loss is nan at step 1")
+    # (its step-0 evaluation is NaN: the run ends there, test_audit12_step0_baseline)
+    assert line.startswith("kdengine train: error: [train] failed: val_loss is nan at step 0")
     assert line.endswith(f"(traceback in {run_dir / 'launch.log'})")
     assert "failed" not in out.stdout and "ERROR" not in out.stdout  # progress lines only
     log = (run_dir / "launch.log").read_text()
     assert log.count("Traceback (most recent call last)") == 1
-    assert "[train] failed" in log and "ERROR: loss: loss is nan" in log
+    assert "[train] failed" in log and "ERROR: loss: val_loss is nan" in log
     events = read_events(run_dir / "events.jsonl")
     error = next(e for e in events if e["type"] == "log" and e.get("level") == "error")
-    assert "LossNotFinite" in error["traceback"]
+    assert "BaselineNotFinite" in error["traceback"]
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
 
 
@@ -166,15 +167,15 @@ def test_a_failure_under_a_launcher_writes_its_traceback_into_launch_log_once(
     assert code == 1
     text = (run_dir / "launch.log").read_text()
     assert text.count("Traceback (most recent call last)") == 1
-    assert text.count("ERROR: loss: loss is nan") == 1
-    assert text.count("kdengine train: error: [train] failed: loss is nan") == 1
+    assert text.count("ERROR: loss: val_loss is nan") == 1
+    assert text.count("kdengine train: error: [train] failed: val_loss is nan") == 1
 
 
 def test_resume_without_a_complete_checkpoint_refuses_and_changes_nothing(
         tmp_path, tiny_run_inputs, tiny_args, capsys) -> None:
     run_dir = tmp_path / "run"
     inputs = {**tiny_run_inputs, "student": _nan_student(tiny_run_inputs)}
-    assert _in_process(capsys, tiny_args(inputs, run_dir)).returncode == 1  # stops at step 1
+    assert _in_process(capsys, tiny_args(inputs, run_dir)).returncode == 1  # stops at step 0
     before = _snapshot(run_dir)
     out = _in_process(capsys, ["train", "--resume", str(run_dir)])
     assert out.returncode == 2
