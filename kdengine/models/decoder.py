@@ -495,7 +495,12 @@ class DecoderBody(nn.Module):
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # a model built on the meta device (to be loaded, or to read its shapes) skips
+        # nn.Embedding's init: on meta tensors it goes through torch._refs, whose first use
+        # imports torch._dynamo (~1 s of a `kdengine train --check`, which compiles nothing)
+        meta = torch.empty(()).is_meta
+        weight = torch.empty(config.vocab_size, config.hidden_size) if meta else None
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(DecoderLayer(config, i)
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
