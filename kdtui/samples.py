@@ -15,6 +15,11 @@ from typing import Any
 SAMPLE_EVENT = "sample"
 NEWLINE_MARK = "⏎"  # a completion's newlines, on a line that must stay one line
 HEADLESS_SAMPLE_CELLS = 160  # a headless sample line is cut here (CI logs, a wide terminal)
+# A completion is whatever bytes the model wrote: an untrained student writes ESC, BS, CR...,
+# which moved the terminal's cursor (the pane's border drawn a cell off, headless watch's line
+# overwritten). Each control character but newline and tab shows as its Unicode control picture.
+_CONTROL_PICTURES = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"}
+_CONTROL_PICTURES |= {0x7F: "\u2421"} | {c: "\ufffd" for c in range(0x80, 0xA0)}
 
 
 def _number(value: Any) -> float | None:
@@ -51,7 +56,8 @@ class Sample:
             step=step, split=str(event.get("split") or "train"),
             index=index if isinstance(index, int) and not isinstance(index, bool) else 0,
             source=str(event.get("source") or "student"),
-            prompt=str(event.get("prompt") or ""), completion=str(event.get("completion") or ""),
+            prompt=printable(str(event.get("prompt") or "")),
+            completion=printable(str(event.get("completion") or "")),
             tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
             finished=finished if isinstance(finished, bool) else None,
             teacher_logp=_number(event.get("teacher_logp")))
@@ -73,6 +79,12 @@ class Sample:
         if self.teacher_logp is not None:
             facts.append(f"teacher logp {self.teacher_logp:.3f}")
         return facts
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters (but newline and tab) as visible pictures (ESC: ␛);
+    a CRLF is a newline."""
+    return text.replace("\r\n", "\n").translate(_CONTROL_PICTURES)
 
 
 def one_line(text: str) -> str:

@@ -1,0 +1,81 @@
+"""Whole runs watched as a user watches them (audit 12): what the screens say on an on-policy
+run's samples and held-out scores, on recorded events (tests/tui/fixtures/on-policy) with the
+fields a real tiny run wrote."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.cells import cell_len
+
+from kdtui.app import KDApp
+from kdtui.headless import follow_to_verdict
+from kdtui.screens.run import RunScreen
+from kdtui.watch import LocalRunSource
+from kdtui.widgets.run_panels import VerdictPanel
+from kdtui.widgets.samples import SamplesView
+
+FIXTURE = Path(__file__).parent / "fixtures" / "on-policy"
+# what an untrained tiny student wrote in a real on-policy run (byte tokenizer): ESC, SUB, FS
+BABBLE = "\x1a\x1a\ufffd \ufffd\x1b[2J\x1b\ufffdr\r\ufffdM\x1c\x08\x7fe2_\ufffd"
+
+
+@pytest.fixture
+def on_policy_run(runs_dir: Path) -> Path:
+    return Path(shutil.copytree(FIXTURE, runs_dir / "on-policy"))
+
+
+def _finished(app: KDApp) -> bool:
+    return isinstance(app.screen, RunScreen) and bool(app.screen.query(VerdictPanel)) and \
+        app.screen.query_one(VerdictPanel).status != "pending"
+
+
+def _add_babble(run_dir: Path) -> None:
+    events = run_dir / "events.jsonl"
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    babble = {"v": 1, "t": 1760000061.0, "type": "sample", "step": 120,
+              "split": "train", "index": 9, "source": "student", "prompt": "q\x1b]0;title\x07?",
+              "completion": BABBLE, "tokens": 16, "finished": False, "teacher_logp": -5.85}
+    rows.insert(len(rows) - 3, babble)  # before the verdict; seq without a gap
+    events.write_text("".join(json.dumps({**row, "seq": i}) + "\n" for i, row in enumerate(rows)))
+
+
+def _controls(text: str) -> set[str]:
+    return {c for c in text if (ord(c) < 0x20 and c not in "\n") or 0x7F <= ord(c) < 0xA0}
+
+
+async def test_audit12_a_completion_of_control_bytes_keeps_the_samples_pane_in_its_border(
+        on_policy_run, wait_for):
+    _add_babble(on_policy_run)
+    app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: _finished(app) and bool(app.screen.query(SamplesView)))
+        pane = app.screen.query_one(SamplesView)
+        await wait_for(pilot, lambda: any(s.index == 9 for s in pane.shown))
+        await pilot.pause(0.1)
+        width = pane.scrollable_content_region.width
+        texts = [strip.text for strip in pane._rows]
+        babble_rows = [t for t in texts if "␛" in t]
+        assert babble_rows, texts[:8]  # ESC shown as its picture, not sent to the terminal
+        # no control byte reaches the terminal: each row is exactly the pane's width in cells
+        assert not set().union(*map(_controls, texts))
+        assert all(cell_len(t) == width for t in texts)
+
+
+async def test_audit12_headless_watch_prints_a_completion_s_control_bytes_as_pictures(
+        on_policy_run):
+    _add_babble(on_policy_run)
+    out = io.StringIO()
+
+    async def alive() -> bool:
+        return False
+
+    await follow_to_verdict(LocalRunSource(on_policy_run), out=out, is_alive=alive,
+                            interval=0.01)
+    line = next(x for x in out.getvalue().splitlines() if "train #9" in x)
+    assert not _controls(line), repr(line)  # an ESC [2J would have cleared the user's screen
+    assert "␛[2J" in line and "…q␛]0;title␇?" in line
