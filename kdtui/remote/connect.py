@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -343,6 +344,17 @@ async def _host_key_message(host: HostConfig, target: SSHTarget,
             "answer yes")
 
 
+def _unreachable(exc: OSError, target: SSHTarget) -> str:
+    """Why a connection could not be opened, in words that say what to check."""
+    if isinstance(exc, ConnectionRefusedError):
+        return (f"connection refused: no SSH server listens on port {target.port} there (is "
+                f"sshd running on it? is the port right: {target.setting_source('Port')}?)")
+    if isinstance(exc, socket.gaierror):
+        return (f"no such host name ({exc.strerror}): check "
+                f"{target.setting_source('HostName')} for {target.alias}")
+    return exc.strerror or str(exc)
+
+
 MAX_JUMPS = 8  # ProxyJump hops (through the jumps' own ProxyJump too): more is a loop
 
 
@@ -402,8 +414,7 @@ async def _connect(host: HostConfig, *, user: str | None = None, port: int | Non
                             "(connect_timeout in the hosts file)") from None
     except OSError as exc:
         _close(tunnel)
-        reason = exc.strerror or str(exc)
-        raise ConnectFailed(f"cannot reach {where}: {reason}") from None
+        raise ConnectFailed(f"cannot reach {where}: {_unreachable(exc, target)}") from None
     except asyncssh.Error as exc:
         _close(tunnel)
         raise ConnectFailed(f"SSH to {host.alias} failed: {exc.reason}") from None

@@ -1,11 +1,12 @@
 """Each reason a connection cannot be opened is its own one-line message, against the real test
 sshd: a problem in the ssh config (a missing known_hosts or key file, a missing config) names
 the file, the setting and the fix, never "cannot reach"; a missing or empty known_hosts never
-trusts the key; a host that is down is still "cannot reach HostName:Port"."""
+trusts the key; a host that is down is still "cannot reach HostName:Port", with what to check."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -148,7 +149,21 @@ def test_a_host_that_is_down_is_still_cannot_reach_its_hostname_and_port(sshd, t
         config = ssh_config(sshd, tmp_path, port=port)
     with pytest.raises(ConnectFailed) as failed:
         connect(config)
-    assert str(failed.value).startswith(f"cannot reach loc (127.0.0.1:{port}): ")
+    assert str(failed.value) == (
+        f"cannot reach loc (127.0.0.1:{port}): connection refused: no SSH server listens on "
+        f"port {port} there (is sshd running on it? is the port right: Port in {config}?)")
+
+
+def test_a_host_name_that_does_not_resolve_says_which_setting_to_check(tmp_path):
+    # the resolver's own answer, without asking a DNS server (none in CI)
+    from kdtui.remote.connect import _unreachable, resolve_target
+
+    config = tmp_path / "ssh_config"
+    config.write_text("Host gpu1\n  HostName gpu1.example.invalid\n")
+    target = resolve_target(HostConfig("gpu1", ssh_config=(str(config),)), None)
+    reason = _unreachable(socket.gaierror(-2, "Name or service not known"), target)
+    assert reason == (f"no such host name (Name or service not known): check HostName in "
+                      f"{config} for gpu1")
 
 
 def test_a_config_problem_is_not_retried_as_a_lost_link(sshd, tmp_path):
