@@ -170,19 +170,16 @@ def _teacher_facts(config: RunConfig) -> tuple[Any, Path | None, int]:
     if directory is None:
         raise ConfigError("teacher", f"{config.teacher} is not in the local hub cache: download "
                           "it first (the cache's key includes its weights)")
-    from kdengine.models.hf_layout import config_from_hf, read_hf_config
-    from kdengine.tokenizer import load_tokenizer
+    # `kdengine train`'s preflight of a model: config.json, and the weight files from their
+    # headers (a shard the index names that is missing, a file cut short, tensors config.json
+    # has no place for), refused here before --out exists, not at load after it
+    from kdengine.model_facts import check_seq_len_fits
+    from kdengine.preflight import _check_model
 
-    try:
-        hf = read_hf_config(directory)
-        decoder = config_from_hf(hf, str(directory / "config.json"))
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError("teacher", str(exc)) from None
-    from kdengine.model_facts import check_seq_len_fits, position_limit
-
-    check_seq_len_fits(config.seq_len, "teacher", position_limit(hf),
+    facts, tokenizer = _check_model(config.teacher, "teacher", directory, [])
+    check_seq_len_fits(config.seq_len, "teacher", facts.max_positions,
                        str(directory / "config.json"))
-    return load_tokenizer(directory, "teacher"), directory, decoder.vocab_size
+    return tokenizer, directory, facts.vocab_size
 
 
 def cmd_cache_teacher(argv: list[str]) -> int:

@@ -1,7 +1,10 @@
 """Audit 12: a model whose model.safetensors.index.json names a shard that is not there (a copy
 or a download cut short) was refused with 'shards named in model.safetensors.index.json are
 missing: ...', naming no fix. The refusal now says how to finish it: copy the shards in from
-where the model came from, or download it again (the command, into that folder)."""
+where the model came from, or download it again (the command, into that folder).
+`kdengine cache-teacher` did not look at the teacher's weight files at all: its --check passed
+and the job made --out, then failed loading the teacher; it now checks them as `kdengine train`'s
+preflight does (kdengine.preflight), before --out exists."""
 
 from __future__ import annotations
 
@@ -38,3 +41,12 @@ def test_a_missing_shard_is_refused_with_how_to_get_it_back(tmp_path: Path, engi
                     f" copy them into {teacher} from where the model came from, or download the"
                     f" model again (`hf download ORG/NAME --local-dir {teacher}`)"), line
     assert not run_dir.exists()
+    out = tmp_path / "cache"
+    for check in (("--check",), ()):
+        line = one_line_refusal(engine_in_process(
+            "cache-teacher", "--teacher", str(teacher), "--data", inputs["data"], "--seq-len",
+            "32", "--device", "cpu", "--top-k", "4", "--out", str(out), *check),
+            "cache-teacher", "")
+        assert line.startswith(f"kdengine cache-teacher: error: --teacher: {teacher}: shards "
+                               "named in model.safetensors.index.json are missing: "), line
+        assert not out.exists()
