@@ -144,7 +144,10 @@ def resolve_model_dir(spec: str, field: str,
         got = Path(snapshot_download(spec, allow_patterns=MODEL_FILES,
                                      tqdm_class=line_progress(field, say)))
     except Exception as exc:  # hub errors have many types; the message is what matters
-        raise ConfigError(field, f"cannot download {spec}: {type(exc).__name__}: {exc}") from None
+        # `in/teacher` is shaped like a hub id: a folder meant, but missing here, ends up here
+        raise ConfigError(field, f"cannot download {spec} (no folder {spec} in the working "
+                          f"directory ({Path.cwd()}) either): {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())}") from None  # the hub's lines: one
     if say:
         say(f"{field}: {spec} downloaded to {got}")
     return got

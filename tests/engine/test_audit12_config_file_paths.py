@@ -81,3 +81,27 @@ def test_a_relative_path_found_nowhere_says_it_was_looked_for_in_the_working_dir
                     f"working directory ({tmp_path}) (give an HF-layout directory or a hub repo "
                     "id like org/name)"), line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_relative_path_the_run_tries_to_download_says_no_folder_was_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online, `zz/teacher` passes --check as a hub id to download; when the download fails at
+    load, the refusal says it was no folder in the working directory either. The hub here is a
+    closed local port (no network)."""
+    import huggingface_hub.constants as constants
+
+    from kdengine.config import ConfigError
+    from kdengine.sources import resolve_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ConfigError) as refused:
+        resolve_model_dir("zz/teacher", "teacher")
+    assert refused.value.field == "teacher"
+    assert refused.value.message.startswith(
+        f"cannot download zz/teacher (no folder zz/teacher in the working directory "
+        f"({tmp_path}) either): "), refused.value.message
+    assert "\n" not in refused.value.message  # the hub's two lines, on one
