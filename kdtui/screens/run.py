@@ -442,7 +442,7 @@ class RunScreen(Screen):
             elif kind == "eval":
                 step = event.get("step")
                 if isinstance(step, (int, float)) and self._first_drawing("eval", step):
-                    chart.add_eval(step, event.get("val_loss"))
+                    chart.add_eval(step, event.get("val_loss"), event.get("val_gen_kl"))
                 progress.add_eval(event)
                 held_out = HeldOutGeneration.from_event(event)
                 if held_out is not None:

@@ -73,7 +73,7 @@ class TeacherCEChart(LossChart):
         ce = values.get(CE)
         super().add_step(step, {CE: ce} if isinstance(ce, (int, float)) else {})
 
-    def add_eval(self, step: float, val_loss: float) -> None:
+    def add_eval(self, step: float, val_loss: float, val_gen_kl: float | None = None) -> None:
         return  # a cache job has no evaluation
 
     def _replot(self) -> None:

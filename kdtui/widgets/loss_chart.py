@@ -1,5 +1,5 @@
-"""The live loss chart: train loss with its KD and CE parts, the val-loss points, and the
-epoch-end losses of an engine that reports epochs (apr), by step.
+"""The live loss chart: train loss with its KD and CE parts, the val-loss points, an on-policy
+run's val gen KL points (what its verdict judges), and the epoch-end losses of an engine that reports epochs (apr), by step.
 
 Points go into `DecimatedSeries`, which keeps at most `cap` buckets by merging neighbours pairwise
 when full (O(1) per point), so a million-step run costs the plot the same as a short one; the
@@ -94,7 +94,10 @@ class EMA:
 SERIES = ("loss", "kd", "ce")
 # val loss in the compare chart's orange (256-colour 166): plotext's "orange" is the terminal
 # palette's yellow, 2.6:1 on kdtui-light's chart (the points hard to see)
-COLORS: dict[str, str | int] = {"loss": "cyan", "kd": "magenta", "ce": "green", "val_loss": 166}
+COLORS: dict[str, str | int] = {"loss": "cyan", "kd": "magenta", "ce": "green", "val_loss": 166,
+                                 # the compare chart's blue
+                                 "val_gen_kl": 32}
+GEN_KL_LABEL = "val gen KL"  # the verdict panel's word for it
 # epoch-end points: yellow reads well on a dark background, not on a light one
 EPOCH_COLOR = {True: "yellow", False: "blue"}
 EPOCH_LABEL = "epoch loss"
@@ -168,6 +171,9 @@ class LossChart(PlotextPlot):
         self.ema = {name: DecimatedSeries(cap) for name in SERIES}
         self._ema = {name: EMA() for name in SERIES}
         self.val = DecimatedSeries(cap)
+        # an on-policy run's held-out KL(student || teacher) on its own completions: the number
+        # its verdict judges, which val loss (the objective on the data's completions) is not
+        self.gen_kl = DecimatedSeries(cap)
         self.epoch = DecimatedSeries(cap)
         self.epoch_numbers: dict[float, int] = {}  # step -> the epoch that ended there
         self._dirty = True
@@ -191,9 +197,12 @@ class LossChart(PlotextPlot):
                 self.ema[name].add(step, self._ema[name].add(y))
         self._dirty = True
 
-    def add_eval(self, step: float, val_loss: float) -> None:
+    def add_eval(self, step: float, val_loss: float, val_gen_kl: float | None = None) -> None:
         if isinstance(val_loss, (int, float)):
             self.val.add(step, float(val_loss))
+            self._dirty = True
+        if isinstance(val_gen_kl, (int, float)) and not isinstance(val_gen_kl, bool):
+            self.gen_kl.add(step, float(val_gen_kl))
             self._dirty = True
 
     def add_epoch(self, step: float, loss: float, epoch: int | None = None) -> None:
@@ -230,6 +239,9 @@ class LossChart(PlotextPlot):
     def point_count(self) -> int:
         return self.raw["loss"].count
 
+    def on_resize(self) -> None:
+        self._dirty = True  # the legend's form depends on the width
+
     def watch_smooth(self) -> None:
         self._dirty = True
         self._redraw_if_dirty()
@@ -257,12 +269,17 @@ class LossChart(PlotextPlot):
         """The legend in the bottom border, each mark in its series' colour as plotext draws it
         (ANSI colours through the same path as the plot's): plotext's own legend sits on the
         plot's top left and hid the step-0 values under it."""
+        # where the border has no room for "mark label" pairs (80 columns: an on-policy run's
+        # five series), each mark goes against its label and val gen KL is "gen KL"
+        room = self.size.width - 6  # the corners and the "─ " either side
+        wide = not room or sum(len(label) + 3 for _, _, label in entries) - 1 <= room
         legend = Text()
         for mark, color, label in entries:
             if legend:
                 legend.append(" ")
             legend.append_text(Text.from_ansi(plotext.colorize(mark, color)))
-            legend.append(f" {label}")
+            legend.append(f" {label}" if wide else
+                          "gen KL" if label == GEN_KL_LABEL else label)
         if legend.plain != self.legend:
             self.legend = legend.plain
             self.border_subtitle = legend if legend else None
@@ -307,6 +324,14 @@ class LossChart(PlotextPlot):
         if vx:
             plt.scatter(vx, vy, color=COLORS["val_loss"], marker="●")
             legend.append(("●", COLORS["val_loss"], "val_loss"))
+            drawn = True
+        gx, gy = self.gen_kl.points()
+        if self.log_y:
+            gx, gy = _positive(gx, gy)
+        drawn_xs += gx[:1] + gx[-1:]
+        if gx:
+            plt.scatter(gx, gy, color=COLORS["val_gen_kl"], marker="▲")
+            legend.append(("▲", COLORS["val_gen_kl"], GEN_KL_LABEL))
             drawn = True
         ex, ey = self.epoch.points()
         if self.log_y:

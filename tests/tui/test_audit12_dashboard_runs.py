@@ -16,6 +16,7 @@ from kdtui.app import KDApp
 from kdtui.headless import follow_to_verdict
 from kdtui.screens.run import RunScreen
 from kdtui.watch import LocalRunSource
+from kdtui.widgets.loss_chart import LossChart
 from kdtui.widgets.run_panels import VerdictPanel
 from kdtui.widgets.samples import SamplesView
 
@@ -79,3 +80,25 @@ async def test_audit12_headless_watch_prints_a_completion_s_control_bytes_as_pic
     line = next(x for x in out.getvalue().splitlines() if "train #9" in x)
     assert not _controls(line), repr(line)  # an ESC [2J would have cleared the user's screen
     assert "␛[2J" in line and "…q␛]0;title␇?" in line
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_audit12_an_on_policy_run_s_chart_draws_the_val_gen_kl_its_verdict_judges(
+        on_policy_run, wait_for, size):
+    evals = [json.loads(line) for line in (on_policy_run / "events.jsonl").open()]
+    evals = [e for e in evals if e["type"] == "eval"]
+    app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: _finished(app))
+        await pilot.pause(0.4)  # a chart redraw
+        chart = app.screen.query_one(LossChart)
+        # each evaluation's val_gen_kl, as events.jsonl has it (the verdict's step 0 and final)
+        assert chart.gen_kl.count == len(evals)
+        assert chart.gen_kl.points() == ([e["step"] for e in evals],
+                                         [e["val_gen_kl"] for e in evals])
+        verdict = app.screen.query_one(VerdictPanel).render().plain
+        assert "val gen KL" in verdict
+        # named in the legend as the verdict panel names it, whole at 80 columns too
+        assert ("▲ val gen KL" if size[0] >= 120 else "▲gen KL") in chart.legend
+        room = chart.region.width - 6  # the corners and "─ " either side of the legend
+        assert cell_len(chart.legend) <= room, (chart.legend, room)
