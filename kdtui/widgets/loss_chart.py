@@ -1,5 +1,6 @@
 """The live loss chart: train loss with its KD and CE parts, the val-loss points, an on-policy
-run's val gen KL points (what its verdict judges), and the epoch-end losses of an engine that reports epochs (apr), by step.
+run's val gen KL points (what its verdict judges), and the epoch-end losses of an engine that
+reports epochs (apr), by step.
 
 Points go into `DecimatedSeries`, which keeps at most `cap` buckets by merging neighbours pairwise
 when full (O(1) per point), so a million-step run costs the plot the same as a short one; the
