@@ -160,15 +160,22 @@ class PackedSampler:
     def position(self, step: int) -> dict[str, object]:
         """The data position after `step` optimizer steps, for a checkpoint."""
         # examples that train nothing were packed before they were left out: a checkpoint of
-        # such data, from then, has other rows (the same store key), and is refused
-        left_out = f":-{self.rows.untrained}" if self.rows.untrained else ""
+        # such data, from then, has other rows (the same store), and is refused
         return {"next_step": step + 1, "seed": self.seed, "batch_size": self.batch_size,
-                "seq_len": self.seq_len,
-                "stream": f"{self.rows.store.key}:{len(self.rows)}{left_out}"}
+                "seq_len": self.seq_len, "stream": self._stream(self.rows.store.content)}
+
+    def _stream(self, store: str) -> str:
+        left_out = f":-{self.rows.untrained}" if self.rows.untrained else ""
+        return f"{store}:{len(self.rows)}{left_out}"
 
     def check_position(self, saved: dict[str, object], step: int) -> None:
-        """Refuse to resume on data or sampling that differ from the checkpoint's."""
-        refuse_changed_position(saved, self.position(step))
+        """Refuse to resume on data or sampling that differ from the checkpoint's. The stream
+        is the store's content; a checkpoint written before named the store's key, which
+        still matches the same store."""
+        now = self.position(step)
+        if saved.get("stream") == self._stream(self.rows.store.key):
+            now["stream"] = saved["stream"]
+        refuse_changed_position(saved, now)
 
     def batch(self, step: int) -> PackedBatch:
         n = len(self.rows)

@@ -76,6 +76,16 @@ class TokenStore:
     def key(self) -> str:
         return self.directory.name
 
+    @property
+    def content(self) -> str:
+        """A digest of what the store holds (its ids, label masks, example bounds and names),
+        not of where its files came from: a checkpoint's data position, so a resume on the
+        same examples in files touched since (the key hashes their mtimes) continues. Written
+        into meta.json at the build; a store built before it is read once here."""
+        if "content" not in self.meta:
+            self.meta["content"] = content_digest(self.directory)
+        return str(self.meta["content"])
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -123,6 +133,21 @@ class _Writer:
             f.close()
         (self.directory / "offsets.bin").write_bytes(self.offsets.tobytes())
         (self.directory / "names.bin").write_bytes(self.names.tobytes())
+
+
+STORE_FILES = ("tokens", "trains", "offsets", "names")
+
+
+def content_digest(directory: Path) -> str:
+    """blake2b of the store's files, read in 8 MB chunks (about 1 GB/s: a store is hashed once,
+    when it is built)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name in STORE_FILES:
+        with open(directory / f"{name}.bin", "rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+        digest.update(name.encode())  # where one file ends and the next begins
+    return digest.hexdigest()
 
 
 # Stores this process built in a run's preflight, for its data stage to map (one `kdengine
@@ -274,7 +299,7 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
             "tokens": writer.tokens, "trained_tokens": writer.trained, "kinds": kinds,
             **answers,
             "skipped_files": len(skipped), "skipped": skipped[:NAMED_SKIPS],
-            "files": len(sources)}
+            "files": len(sources), "content": content_digest(directory)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return len(writer.names)
 

@@ -53,3 +53,70 @@ def test_an_empty_json_file_beside_good_ones_in_a_folder_adds_nothing(made, tmp_
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["ok"] is True
+
+
+def _stopped_after_step_2(made: dict[str, Path], data: Path, run_dir: Path) -> None:
+    """A 4-step run on `data`, left as a run killed after its step-2 checkpoint."""
+    import shutil
+
+    code = main(["train", "--teacher", str(made["teacher"]), "--student", str(made["student"]),
+                 "--data", str(data), "--seq-len", "64", "--batch-size", "2", "--steps", "4",
+                 "--checkpoint-every", "2", "--eval-every", "0", "--device", "cpu",
+                 "--run-dir", str(run_dir)])
+    assert code == 0
+    shutil.rmtree(run_dir / "final")
+    shutil.rmtree(sorted((run_dir / "checkpoints").glob("step-*"))[-1])
+    events = run_dir / "events.jsonl"
+    events.write_text("".join(line for line in events.read_text().splitlines(keepends=True)
+                              if '"type":"run_finished"' not in line))
+
+
+def test_a_resume_on_the_same_examples_in_a_touched_file_continues(made, tmp_path,
+                                                                   engine_in_process) -> None:
+    """The data's files are the same, byte for byte, with a new mtime (copied back, checked
+    out again, synced to another machine without -t). Before, the checkpoint's data position
+    named the token store's key, a hash of each file's size and mtime, so the resume failed
+    once the models had loaded (`[train] failed: data: differs from the checkpoint's`, exit 1),
+    and the run's events ended `failed`; the position is now the store's content."""
+    import os
+
+    data = write_jsonl(tmp_path / "chats.jsonl", [chat_record(i) for i in range(40)])
+    run_dir = tmp_path / "run"
+    _stopped_after_step_2(made, data, run_dir)
+    later = data.stat().st_mtime + 60
+    os.utime(data, (later, later))
+    out = engine_in_process("train", "--resume", str(run_dir))
+    assert out.returncode == 0, out.stderr[-2000:]
+    started = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+               if '"type":"run_started"' in line]
+    assert started[-1]["resumed_from"] == 2
+
+
+def test_a_resume_on_changed_examples_is_still_refused(made, tmp_path, engine_in_process) -> None:
+    data = write_jsonl(tmp_path / "chats.jsonl", [chat_record(i) for i in range(40)])
+    run_dir = tmp_path / "run"
+    _stopped_after_step_2(made, data, run_dir)
+    write_jsonl(data, [chat_record(i, answer=f"b{i}") for i in range(40)])  # as many tokens
+    out = engine_in_process("train", "--resume", str(run_dir))
+    assert out.returncode != 0 and "differs from the checkpoint's" in out.stderr, out.stderr
+
+
+def test_a_checkpoint_whose_position_names_the_store_key_still_resumes(made, tmp_path) -> None:
+    """Checkpoints written before the position named the store's content named its key: the
+    same store still matches it, another does not."""
+    from kdengine.config import ConfigError, RunConfig
+    from kdengine.data.examples import load_examples
+    from kdengine.data.packing import PackedSampler
+    from kdengine.tokenizer import load_tokenizer
+
+    data = write_jsonl(tmp_path / "chats.jsonl", [chat_record(i) for i in range(40)])
+    tokenizer = load_tokenizer(made["teacher"], "teacher")
+    config = RunConfig(teacher=str(made["teacher"]), student=str(made["student"]),
+                       data=str(data), seq_len=64, batch_size=2)
+    loaded = load_examples(config, tokenizer, made["teacher"])
+    sampler = PackedSampler(loaded.train, 2, seed=0)
+    old = {**sampler.position(2), "stream": f"{loaded.store.key}:{len(loaded.train)}"}
+    sampler.check_position(old, 2)
+    assert sampler.position(2)["stream"] != old["stream"]  # the content, now
+    with pytest.raises(ConfigError, match="differs from the checkpoint's"):
+        sampler.check_position({**old, "stream": f"{'f' * 24}:{len(loaded.train)}"}, 2)
