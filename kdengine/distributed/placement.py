@@ -4,6 +4,7 @@ AdamW update and gradient norm on FSDP2's local shards. kdengine.distributed.Dis
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,11 @@ def replicate_student(module: nn.Module) -> None:
     # per-block graphs stay whole: dynamo would otherwise split each at DDP's bucket edges
     # (its gradients come out at the block's end either way, where their all-reduce starts)
     torch._dynamo.config.optimize_ddp = False
+    # broadcast_buffers=False on purpose: no buffer synced, at init or a forward (torch 2.13's
+    # forward_sync_buffers=False still syncs them at init). DDP is made at the first forward,
+    # whose FutureWarning saying so would be two lines of every rank's log
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated",
+                            category=FutureWarning)
     replicate(module, device_id=device,  # (a CPU device: DDP's device_ids=None)
               bucket_cap_mb=REPLICATE_BUCKET_MB, broadcast_buffers=False,
               gradient_as_bucket_view=True)

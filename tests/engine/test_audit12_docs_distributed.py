@@ -59,3 +59,27 @@ def test_ranks_that_refuse_a_run_under_the_launcher_say_one_line_and_exit_2(
         "--nproc-per-node)"], err
     assert taken.lines == []  # before: closing signal SIGTERM, failed (exitcode: 2) ...
     assert not run_dir.exists()
+
+
+def test_replicating_the_student_says_no_future_warning_of_torchs(tmp_path: Path) -> None:
+    """Every rank of a replicated student (DDP) printed torch 2.13's FutureWarning that
+    `broadcast_buffers` is deprecated (two lines a rank in launch.log, from the first run on),
+    for a setting kdengine keeps on purpose: no buffer is synced, at init or a forward."""
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+
+    from kdengine.distributed.placement import replicate_student
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            student = torch.nn.Linear(4, 4)
+            replicate_student(student)
+            student(torch.ones(2, 4)).sum().backward()  # (DDP is made at the first forward)
+    finally:
+        dist.destroy_process_group()
+    assert [str(w.message) for w in said if w.category is FutureWarning] == []
