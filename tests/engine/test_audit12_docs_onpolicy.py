@@ -102,3 +102,30 @@ def test_data_without_prompts_is_refused_naming_the_option_that_samples(
                            f"{runs} need conversations or prompt/completion pairs with "
                            "--train-on completion"), line
     assert not run_dir.exists()
+
+
+def test_a_completion_trains_its_eos_token_and_no_prompt_token(made) -> None:
+    """on-policy.md: a sampled row is the prompt and its completion, right-padded to seq_len;
+    only the completion's tokens train, and the EOS token is part of it (the student learns when
+    to stop)."""
+    import torch
+
+    from kdengine.generation import SamplingConfig, generate
+    from kdengine.losses import IGNORE_INDEX
+    from kdengine.models import load_decoder
+    from kdengine.onpolicy.rollout import completion_rows
+
+    student = load_decoder(made["student"]).eval()
+    prompts = [torch.tensor([10, 11, 12, 13]), torch.tensor([20, 21])]
+    free = generate(student, prompts, SamplingConfig(max_new_tokens=6, temperature=0.0))
+    row = free.tokens[0].tolist()
+    at, eos = [(i, t) for i, t in enumerate(row) if t not in row[:i]][-1]  # its first place
+    done = generate(student, prompts, SamplingConfig(max_new_tokens=6, temperature=0.0,
+                                                      eos_ids=(eos,)), pad_id=256)
+    assert bool(done.finished[0]) and int(done.lengths[0]) == at + 1
+    input_ids, labels = completion_rows(prompts, done, 16, 256)
+    completion = row[:at + 1]
+    assert input_ids[0, :4 + at + 1].tolist() == [10, 11, 12, 13, *completion]
+    assert (input_ids[0, 4 + at + 1:] == 256).all()  # right-padded
+    assert labels[0, 3:3 + at + 1].tolist() == completion and completion[-1] == eos
+    assert (labels[0, :3] == IGNORE_INDEX).all() and (labels[0, 3 + at + 1:] == IGNORE_INDEX).all()
