@@ -222,21 +222,26 @@ class KDApp(App):
 
         start_cache_job(form)
 
-    def train_from_cache(self, directory: str) -> None:
-        """A complete teacher-cache job's t: back to the form with `teacher_cache` set, the
-        form under the run screen when there is one, else a new form."""
+    def train_from_cache(self, directory: str, job_config: dict | None = None) -> None:
+        """A complete teacher-cache job's t: back to the form with `teacher_cache` set and the
+        job's data and row fields (`job_config`: its run_started's config), the form under the
+        run screen when there is one, else a new form. The form's last run (an on-policy one,
+        another data file) is no longer left in the fields a run from this cache must match."""
+        from kdtui.launch.cache_job import run_from_cache_values
         from kdtui.screens.launch import LaunchScreen
 
+        values = run_from_cache_values(directory, job_config)
         stack = self.screen_stack
         under = stack[-2] if len(stack) > 2 else None
         if isinstance(under, LaunchScreen):
             self.pop_screen()
-            under.fill_values({"teacher_cache": directory})
+            under.fill_values(values)
         else:
-            self.switch_screen(LaunchScreen({"teacher_cache": directory}))
-        self.notify(f"teacher_cache = {directory}: fill in a student and start (no teacher is "
-                    "loaded; the data and row fields must be the cache's)", timeout=8,
-                    markup=False)
+            self.switch_screen(LaunchScreen(values))
+        data = f", data {values['data']}" if "data" in values else ""
+        self.notify(f"teacher_cache = {directory}{data} with its row fields, no teacher (the "
+                    "cache stands for it), loss forward_kl, lmbda 0: fill in a student and "
+                    "start", timeout=8, markup=False)
 
     def back_to_form(self) -> None:
         """Leave the current screen for the launch form: the one under it, else a new one."""

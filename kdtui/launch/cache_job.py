@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import ConfigError, RunConfig
+from kdengine.config import FIELDS_BY_NAME, SAMPLING_FIELDS, ConfigError, RunConfig
 from kdengine.teacher.command import JOB_FIELDS
 from kdengine.verdict import CACHE_JOB
 from kdtui.launch.base import engine_args
@@ -55,6 +55,21 @@ def job_values(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     job's effective config is compared on (its other fields are defaults, not asked)."""
     values = config.to_dict() if isinstance(config, RunConfig) else config
     return {name: values[name] for name in JOB_FIELDS if name in values}
+
+
+def run_from_cache_values(directory: str, job_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The form's values for a run from the complete cache in `directory`, written by a job of
+    effective config `job_config` (its run_started's): the cache, the job's data and row fields
+    (a run must give the cache's own), no teacher (the cache stands for it: a teacher given
+    must be the cache's), and what a cache can feed: forward_kl, off-policy, so the sampling
+    fields and beta at their defaults (the engine refuses a value that would be ignored)."""
+    values: dict[str, Any] = {"teacher_cache": directory, "teacher": ""}
+    for name in JOB_FIELDS:
+        if name not in ("teacher", "device", "dtype") and job_config and name in job_config:
+            values[name] = job_config[name]
+    values |= {"loss": "forward_kl", "lmbda": 0.0, "seq_kd": False}
+    return values | {name: FIELDS_BY_NAME[name].default
+                     for name in (*SAMPLING_FIELDS, "eval_prompts", "beta")}
 
 
 def check_job_fields(config: RunConfig) -> None:

@@ -701,7 +701,9 @@ class RunScreen(Screen):
         if directory is None:
             self.notify("Train from cache applies to a complete teacher-cache job", timeout=4)
             return
-        self.app.train_from_cache(str(directory))
+        run_started = self.state.run_started or {}
+        config = run_started.get("config")
+        self.app.train_from_cache(str(directory), config if isinstance(config, dict) else None)
 
     def action_samples(self) -> None:
         found = self.query(SamplesView)

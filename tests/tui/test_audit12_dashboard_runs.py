@@ -102,3 +102,46 @@ async def test_audit12_an_on_policy_run_s_chart_draws_the_val_gen_kl_its_verdict
         assert ("▲ val gen KL" if size[0] >= 120 else "▲gen KL") in chart.legend
         room = chart.region.width - 6  # the corners and "─ " either side of the legend
         assert cell_len(chart.legend) <= room, (chart.legend, room)
+
+
+async def test_audit12_t_on_a_cache_job_fills_the_form_with_the_cache_s_data_not_the_last_run_s(
+        runs_dir, tmp_path, tiny_run_inputs, engine_in_process, wait_for):
+    """A user's last run was on-policy on other data; they cache a teacher (kdtui launch
+    --cache-teacher, or a job opened from the runs list) and press t: the form opened with the
+    last run's teacher, data, seq_len, reverse_kl and lmbda 1, each of which the run from the
+    cache refuses, one Start at a time."""
+    from kdtui.screens.launch import LaunchScreen
+    from kdtui.settings import config_dir
+
+    last_run = {"teacher": "/elsewhere/chat-teacher", "data": "/elsewhere/msgs.jsonl",
+                "seq_len": "128", "loss": "reverse_kl", "lmbda": "1", "max_new_tokens": "24",
+                "student": tiny_run_inputs["student"], "device": "cpu"}
+    config_dir().mkdir(parents=True, exist_ok=True)
+    (config_dir() / "settings.json").write_text(json.dumps(
+        {"last_host": "local", "last_values": {"local": last_run}}))
+    job = runs_dir / "cache-job"
+    done = engine_in_process(
+        "cache-teacher", "--teacher", tiny_run_inputs["teacher"], "--data",
+        tiny_run_inputs["data"], "--seq-len", "32", "--device", "cpu", "--dtype", "float32",
+        "--top-k", "4", "--cache-targets", "topk", "--out", str(job))
+    assert done.returncode == 0, done.stderr
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="cache-job")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and app.screen.check_action("train_from_cache", ()) is True)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen)
+                       and app.screen.form_ready)
+        form = app.screen
+        await pilot.pause(0.1)
+
+        def shown(name: str) -> object:
+            return form.query_one(f"#field-{name}").value
+
+        assert shown("teacher_cache") == str(job)
+        assert (shown("data"), shown("seq_len")) == (tiny_run_inputs["data"], "32")
+        assert shown("teacher") == ""  # the cache stands for it
+        assert (shown("loss"), float(shown("lmbda"))) == ("forward_kl", 0.0)
+        assert shown("student") == tiny_run_inputs["student"]  # the user's, kept
+        config = form.collect_config()
+        assert config is not None and config.teacher_cache == str(job)
