@@ -129,3 +129,37 @@ def test_a_completion_trains_its_eos_token_and_no_prompt_token(made) -> None:
     assert (input_ids[0, 4 + at + 1:] == 256).all()  # right-padded
     assert labels[0, 3:3 + at + 1].tolist() == completion and completion[-1] == eos
     assert (labels[0, :3] == IGNORE_INDEX).all() and (labels[0, 3 + at + 1:] == IGNORE_INDEX).all()
+
+
+def test_a_seq_kd_run_resumed_from_a_checkpoint_samples_the_same_teacher_completions(
+        made, tmp_path, engine_in_process) -> None:
+    """on-policy.md's exact resume, for the teacher's samples too (lmbda 0.5 with seq_kd: the
+    steps the coin does not give the student train on completions the teacher writes)."""
+    import shutil
+
+    reference = tmp_path / "reference"
+    argv = [*_train(made, reference)[:7], "--seq-len", "64", "--batch-size", "4", "--steps", "6",
+            "--checkpoint-every", "3", "--eval-every", "3", "--eval-batches", "1", "--device",
+            "cpu", "--dtype", "float32", "--lmbda", "0.5", "--seq-kd", "--max-new-tokens", "8",
+            "--eval-prompts", "4", "--sample-every", "1", "--log-every", "1",
+            "--run-dir", str(reference)]
+    out = engine_in_process(*argv)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = tmp_path / "resumed"  # the run as if killed after its step-3 checkpoint
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(resumed / "final")
+    shutil.rmtree(resumed / "checkpoints" / "step-00000006")
+    events = resumed / "events.jsonl"
+    events.write_text("".join(line for line, e in zip(
+        events.read_text().splitlines(keepends=True), read_events(resumed), strict=True)
+        if e.get("step", 0) <= 3 and e["type"] != "run_finished"))
+    out = engine_in_process("train", "--resume", str(resumed))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def drawn(run_dir: Path) -> dict[tuple, tuple]:
+        return {(e["type"], e["step"], e.get("split"), e.get("index")):
+                (e.get("source"), e.get("loss"), e.get("completion"), e.get("val_gen_kl"))
+                for e in read_events(run_dir) if e["type"] in ("step", "sample", "eval")}
+
+    assert drawn(resumed) == drawn(reference)
+    assert {e["source"] for e in _events(reference, "step")} == {"student", "teacher"}
