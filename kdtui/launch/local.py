@@ -19,11 +19,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kdengine.config import FIELDS, ConfigError, RunConfig, default_runs_dir, flag_of
+from kdengine.config import (
+    DEMO_TEACHER,
+    FIELDS,
+    ConfigError,
+    RunConfig,
+    default_runs_dir,
+    flag_of,
+)
 from kdengine.events import EVENTS_FILE, LOG_FILE
 from kdtui.launch.base import StageUpdate, engine_args, engine_launcher
 from kdtui.runs import PID_FILE, pid_alive, read_pid
@@ -146,7 +153,10 @@ class LocalLauncher:
         self.config.validate()
         from kdengine.sources import check_sources  # no torch: the quick refusals stay quick
 
-        check_sources(self.config)
+        # a run from a teacher cache may give no teacher (the cache stands for it): its
+        # quick check is the student's and the data's, as the engine's own preflight does
+        check_sources(replace(self.config, teacher=DEMO_TEACHER) if self.config.teacher_cache
+                      and not self.config.teacher else self.config)
         self._check_run_dir()
         if (self.run_dir / EVENTS_FILE).exists():
             raise ConfigError(self.run_dir_field, f"{self.run_dir} already holds a run (pick "

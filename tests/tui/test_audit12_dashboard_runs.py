@@ -104,7 +104,7 @@ async def test_audit12_an_on_policy_run_s_chart_draws_the_val_gen_kl_its_verdict
         assert cell_len(chart.legend) <= room, (chart.legend, room)
 
 
-async def test_audit12_t_on_a_cache_job_fills_the_form_with_the_cache_s_data_not_the_last_run_s(
+async def test_audit12_t_on_a_cache_job_fills_the_form_with_the_cache_s_data_and_starts_from_it(
         runs_dir, tmp_path, tiny_run_inputs, engine_in_process, wait_for):
     """A user's last run was on-policy on other data; they cache a teacher (kdtui launch
     --cache-teacher, or a job opened from the runs list) and press t: the form opened with the
@@ -145,3 +145,14 @@ async def test_audit12_t_on_a_cache_job_fills_the_form_with_the_cache_s_data_not
         assert shown("student") == tiny_run_inputs["student"]  # the user's, kept
         config = form.collect_config()
         assert config is not None and config.teacher_cache == str(job)
+
+        # Start trains from it with no teacher given: the form's quick check of the models
+        # took the empty teacher for the folder '.' ('teacher:  has no config.json')
+        for name, value in (("steps", "2"), ("eval_every", "2"), ("run_name", "from-cache")):
+            form.query_one(f"#field-{name}").value = value
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 60)
+        await wait_for(pilot, lambda: app.screen.state.finished is not None, 60)
+        assert app.screen.state.finished["status"] == "completed"
+        started = app.screen.state.run_started
+        assert started["config"]["teacher_cache"] == str(job) and not started["config"]["teacher"]
