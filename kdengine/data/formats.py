@@ -243,10 +243,16 @@ def visible_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
 
 
+# a split's name between separators anywhere in a file's or folder's name, as `datasets` reads a
+# folder's splits (its NON_WORDS_CHARS): alpaca_train.jsonl, data/sft-test-00000.parquet, val/
+_SPLIT_IN_NAME = re.compile(r"(?:^|[-._ 0-9])(" + "|".join(SPLITS) + r")(?=[-._ 0-9]|$)")
+
+
 def _split_of(path: Path, root: Path) -> str | None:
-    """The split a file's path names (train.jsonl, data/test-00000-of-00002.parquet, val/...)."""
+    """The split a file's path names (train.jsonl, data/test-00000-of-00002.parquet,
+    alpaca_test.jsonl, val/...)."""
     for part in path.relative_to(root).with_suffix("").parts:
-        if (m := re.match(r"^([a-z]+)(?:[-_.]|$)", part)) and m.group(1) in SPLITS:
+        if m := _SPLIT_IN_NAME.search(part):
             return m.group(1)
     return None
 

@@ -120,3 +120,38 @@ def test_a_checkpoint_whose_position_names_the_store_key_still_resumes(made, tmp
     assert sampler.position(2)["stream"] != old["stream"]  # the content, now
     with pytest.raises(ConfigError, match="differs from the checkpoint's"):
         sampler.check_position({**old, "stream": f"{'f' * 24}:{len(loaded.train)}"}, 2)
+
+
+@pytest.mark.parametrize("train, test", [
+    ("alpaca_train.jsonl", "alpaca_test.jsonl"),
+    ("data/sft-train-00000-of-00001.jsonl", "data/sft-test-00000-of-00001.jsonl"),
+    ("chats.train.jsonl", "chats.test.jsonl"),
+    ("train/part.jsonl", "test/part.jsonl"),  # (named at the start: as before)
+])
+def test_a_split_named_anywhere_in_a_file_name_is_that_split(made, tmp_path, capsys,
+                                                              train: str, test: str) -> None:
+    """As `datasets` reads a folder's splits: a split's name between separators (-._ digits
+    space) anywhere in a file's name. Before, only a name that began with it counted, so a
+    folder of alpaca_train.jsonl and alpaca_test.jsonl had 'no split', and its test file was
+    trained on."""
+    from kdengine.data.formats import find_sources
+
+    folder = tmp_path / "chats"
+    for name, first in ((train, 0), (test, 100)):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(folder / name, [chat_record(i) for i in range(first, first + 40)])
+    assert [s.path for s in find_sources(str(folder))] == [folder / train]
+    assert [s.path for s in find_sources(str(folder), split="test")] == [folder / test]
+    line = one_line_in_process(capsys, _check(made, folder, "--data-split", "validation"),
+                               "train")
+    assert line.endswith(f"--data-split: {folder} has no split 'validation' (it has train, "
+                         "test)"), line
+
+
+def test_a_word_that_only_holds_a_splits_name_names_no_split() -> None:
+    from kdengine.data.formats import _split_of
+
+    root = Path("/data")
+    for name in ("contest.jsonl", "interval.jsonl", "latest/x.jsonl", "trainer.jsonl"):
+        assert _split_of(root / name, root) is None, name
+    assert _split_of(root / "val2017.jsonl", root) == "val"
