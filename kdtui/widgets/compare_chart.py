@@ -14,7 +14,14 @@ from textual.reactive import var
 from textual_plotext import PlotextPlot, plotext
 
 from kdtui.compare import METRICS, NOT_DRAWN, RUN_COLORS, RunSummary, shown_metric
-from kdtui.widgets.loss_chart import EMA, _positive, follow_ansi_themes
+from kdtui.widgets.loss_chart import (
+    EMA,
+    Y_AXIS_CELLS,
+    _positive,
+    follow_ansi_themes,
+    integer_ticks,
+    step_label,
+)
 
 REDRAW_S = 0.25
 MAX_POINTS = 400  # per run: a long run's train loss is thinned to this many points
@@ -37,6 +44,7 @@ class CompareChart(PlotextPlot):
         self.summaries = summaries
         self._dirty = True
         self._built = False
+        self._x_range: tuple[float, float] | None = None  # the steps drawn, for the ticks
 
     def on_mount(self) -> None:
         follow_ansi_themes(self)
@@ -64,6 +72,9 @@ class CompareChart(PlotextPlot):
         if self.log_y and self._built:
             self._replot()  # plotext takes the log of its data in place (see LossChart.render)
         self._built = True
+        if self._x_range is not None:  # whole steps, as the run screen's chart (not 7.5, 22.5)
+            ticks = integer_ticks(*self._x_range, self.size.width - Y_AXIS_CELLS)
+            self.plt.xticks(ticks, [step_label(t) for t in ticks])
         return super().render()
 
     def _redraw_if_dirty(self) -> None:
@@ -99,9 +110,11 @@ class CompareChart(PlotextPlot):
         series, title = self.shown
         marker = "braille" if series in ("loss", "ce") else "dot"  # per step, not per eval
         legend = Text()
+        steps: list[float] = []
         for i, summary in enumerate(self.summaries):
             xs, ys = self.points(summary)
             color = RUN_COLORS[i % len(RUN_COLORS)]
+            steps += xs[:1] + xs[-1:]
             if xs:
                 # no label: plotext's legend would cover the curves' starts (see the module)
                 plt.plot(xs, ys, color=color, marker=marker)
@@ -110,6 +123,7 @@ class CompareChart(PlotextPlot):
                 legend.append(" ")
             legend.append_text(Text.from_ansi(plotext.colorize("■", color)))
             legend.append(f" {summary.label}")
+        self._x_range = (min(steps), max(steps)) if steps else None
         # the names in the bottom border where they fit; else the table below is the key
         fits = self.size.width == 0 or legend.cell_len <= self.size.width - 4
         self.border_subtitle = legend if drawn and fits else None

@@ -156,3 +156,33 @@ async def test_audit12_t_on_a_cache_job_fills_the_form_with_the_cache_s_data_and
         assert app.screen.state.finished["status"] == "completed"
         started = app.screen.state.run_started
         assert started["config"]["teacher_cache"] == str(job) and not started["config"]["teacher"]
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_audit12_the_compare_chart_s_step_axis_reads_whole_steps(
+        runs_dir, write_run, wait_for, size):
+    """Two 30-step runs compared: the axis read `0.0 7.5 15.0 22.5 30.0`, steps that do not
+    exist, where the run screen's chart of either reads whole steps."""
+    from kdtui.compare import CompareTarget
+    from kdtui.screens.compare import CompareScreen
+
+    dirs = [write_run(runs_dir / name, steps=30) for name in ("a-30", "b-30")]
+    for run in dirs:  # val CE and KD at the final eval too, as the engine writes them
+        events = [json.loads(line) for line in (run / "events.jsonl").open()]
+        for event in events:
+            if event["type"] == "eval":
+                event.update(val_ce=event["val_loss"] + 0.5, val_kd=0.4 - event["step"] / 100)
+        (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    app = KDApp(runs_dir=runs_dir, command="compare",
+                compare_targets=[CompareTarget.local(d) for d in dirs])
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded)
+        chart = app.screen.query_one("#compare-chart")
+        for _metric in range(3):  # val CE, val KD, train loss
+            await pilot.pause(0.4)
+            rows = chart.render().plain.splitlines()
+            bottom = next(i for i, row in enumerate(rows) if "└" in row)
+            labels = rows[bottom + 1].split()
+            assert len(labels) >= 2 and all(label.isdigit() for label in labels), labels
+            assert int(labels[0]) <= 5 and labels[-1] == "30"  # train loss starts at step 1
+            await pilot.press("c")
