@@ -39,7 +39,11 @@ from kdengine.data_source import (  # noqa: F401 - kdengine.data's and tests' na
     upper_case_suffixes,
 )
 
-SPLITS = ("train", "validation", "valid", "val", "test", "dev")
+SPLITS = ("train", "validation", "test")
+# the words a file's or folder's name says a split with, as `datasets` reads a folder's splits
+SPLIT_WORDS = {"train": "train", "training": "train", "validation": "validation",
+               "valid": "validation", "dev": "validation", "val": "validation", "test": "test",
+               "testing": "test", "eval": "test", "evaluation": "test"}
 KINDS = ("text", "messages", "prompt_completion")
 ROLES = ("system", "user", "assistant", "tool")
 # metadata that hub repos and save_to_disk folders keep beside the data: never records
@@ -243,17 +247,17 @@ def visible_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
 
 
-# a split's name between separators anywhere in a file's or folder's name, as `datasets` reads a
-# folder's splits (its NON_WORDS_CHARS): alpaca_train.jsonl, data/sft-test-00000.parquet, val/
-_SPLIT_IN_NAME = re.compile(r"(?:^|[-._ 0-9])(" + "|".join(SPLITS) + r")(?=[-._ 0-9]|$)")
+# a split's word between separators anywhere in a file's or folder's name, as `datasets` reads a
+# folder's splits (its NON_WORDS_CHARS): alpaca_train.jsonl, data/sft-test-00000.parquet, dev/
+_SPLIT_IN_NAME = re.compile(r"(?:^|[-._ 0-9])(" + "|".join(SPLIT_WORDS) + r")(?=[-._ 0-9]|$)")
 
 
 def _split_of(path: Path, root: Path) -> str | None:
     """The split a file's path names (train.jsonl, data/test-00000-of-00002.parquet,
-    alpaca_test.jsonl, val/...)."""
+    alpaca_test.jsonl, dev/...: validation, eval.jsonl: test)."""
     for part in path.relative_to(root).with_suffix("").parts:
         if m := _SPLIT_IN_NAME.search(part):
-            return m.group(1)
+            return SPLIT_WORDS[m.group(1)]
     return None
 
 

@@ -127,13 +127,15 @@ def test_a_checkpoint_whose_position_names_the_store_key_still_resumes(made, tmp
     ("data/sft-train-00000-of-00001.jsonl", "data/sft-test-00000-of-00001.jsonl"),
     ("chats.train.jsonl", "chats.test.jsonl"),
     ("train/part.jsonl", "test/part.jsonl"),  # (named at the start: as before)
+    ("training.jsonl", "eval.jsonl"),  # datasets' other words for train and test
 ])
 def test_a_split_named_anywhere_in_a_file_name_is_that_split(made, tmp_path, capsys,
                                                               train: str, test: str) -> None:
-    """As `datasets` reads a folder's splits: a split's name between separators (-._ digits
-    space) anywhere in a file's name. Before, only a name that began with it counted, so a
-    folder of alpaca_train.jsonl and alpaca_test.jsonl had 'no split', and its test file was
-    trained on."""
+    """As `datasets` reads a folder's splits: a split's word between separators (-._ digits
+    space) anywhere in a file's name, its other words too (training; eval, testing, evaluation;
+    dev, valid, val for validation). Before, only a name that began with train, test, ...
+    counted, so a folder of alpaca_train.jsonl and alpaca_test.jsonl (or training.jsonl and
+    eval.jsonl) had 'no split', and its test file was trained on."""
     from kdengine.data.formats import find_sources
 
     folder = tmp_path / "chats"
@@ -154,4 +156,8 @@ def test_a_word_that_only_holds_a_splits_name_names_no_split() -> None:
     root = Path("/data")
     for name in ("contest.jsonl", "interval.jsonl", "latest/x.jsonl", "trainer.jsonl"):
         assert _split_of(root / name, root) is None, name
-    assert _split_of(root / "val2017.jsonl", root) == "val"
+    said = {name: _split_of(root / name, root) for name in (
+        "val2017.jsonl", "dev.jsonl", "valid/x.jsonl", "qa-testing.jsonl", "evaluation.jsonl")}
+    assert said == {"val2017.jsonl": "validation", "dev.jsonl": "validation",
+                    "valid/x.jsonl": "validation", "qa-testing.jsonl": "test",
+                    "evaluation.jsonl": "test"}
