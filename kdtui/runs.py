@@ -147,7 +147,17 @@ def cached_teacher_label(run_started: dict[str, Any] | None) -> str | None:
         return None
     size = cache.get("bytes")
     return (f"cached K={cache.get('k')} {cache.get('targets', 'topk')}"
-            + (f", {size / 1e9:.3g} GB" if isinstance(size, (int, float)) else ""))
+            + (f", {human_bytes(size)}" if isinstance(size, (int, float)) else ""))
+
+
+def human_bytes(n: float | None) -> str:
+    """A size as every screen says it: '1.2 GB', '1.09 MB', '512 B' ('?' unknown)."""
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
 
 
 def derived_verdict(events_path: Path, head: dict[str, Any] | None,

@@ -16,6 +16,7 @@ from typing import Any
 from rich.text import Text
 
 from kdengine.verdict import CACHE_JOB, PASS, Verdict
+from kdtui.runs import human_bytes
 from kdtui.widgets.loss_chart import COLORS, LossChart, _positive
 from kdtui.widgets.run_panels import VerdictPanel
 
@@ -26,15 +27,6 @@ CE = "ce"  # the series a cache job's step events fill: the teacher's CE on the 
 
 def is_cache_job(run_started: dict[str, Any] | None) -> bool:
     return (run_started or {}).get("job") == CACHE_JOB
-
-
-def human_bytes(n: float | None) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 def cached_teacher_line(run_started: dict[str, Any] | None) -> str | None:

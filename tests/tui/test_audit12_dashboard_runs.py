@@ -186,3 +186,19 @@ async def test_audit12_the_compare_chart_s_step_axis_reads_whole_steps(
             assert len(labels) >= 2 and all(label.isdigit() for label in labels), labels
             assert int(labels[0]) <= 5 and labels[-1] == "30"  # train loss starts at step 1
             await pilot.press("c")
+
+
+def test_audit12_the_runs_list_says_a_cache_s_size_as_the_run_screen_does():
+    """A run from a 1.09 MB cache: the runs list said '(cached K=8 topk, 0.00109 GB)' beside it
+    while its own screen's chart title said '1.09 MB'."""
+    from kdtui.runs import cached_teacher_label
+    from kdtui.widgets.cache_job import cached_teacher_badge, cached_teacher_line
+
+    started = {"type": "run_started", "teacher_cache": {
+        "dir": "/runs/cache1", "k": 8, "targets": "topk", "bytes": 1_086_920,
+        "bytes_per_token": 36.25, "teacher": "/models/teacher"}}
+    assert cached_teacher_label(started) == "cached K=8 topk, 1.09 MB"
+    assert cached_teacher_badge(started) == "teacher cached · K=8 topk · 1.09 MB"
+    assert ", 1.09 MB (36 B/token)" in cached_teacher_line(started)
+    big = {"teacher_cache": {**started["teacher_cache"], "bytes": 1.2e9}}
+    assert cached_teacher_label(big) == "cached K=8 topk, 1.2 GB"
