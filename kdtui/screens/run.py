@@ -594,8 +594,12 @@ class RunScreen(Screen):
         verdict = panel.height_for(side_width) + panel.folded_lines
         # the val CE/KD lines fold away (warnings stay) where even compact panels leave no room
         brief = panel.report_lines > 0 and 3 + progress.full_height - 2 + verdict > room
-        panel.set_brief(brief)
         verdict -= panel.report_lines if brief else 0
+        # then the delta line (the numbers above it say it): else the side column scrolls, its
+        # scrollbar narrows the panel, the warnings wrap, and the last one is cut
+        no_delta = panel.verdict is not None and 3 + progress.full_height - 2 + verdict > room
+        panel.set_brief(brief, no_delta)
+        verdict -= 1 if no_delta else 0
         compact_stages = tracker.full_height + progress.full_height + verdict > room
         compact_progress = compact_stages and 3 + progress.full_height + verdict > room
         needed = (3 if compact_stages else tracker.full_height) + verdict + (

@@ -630,6 +630,9 @@ class VerdictPanel(Static):
         self.report: DistillReport | None = None  # val CE/KD apart, teacher CE, warnings
         self._base = Text()
         self.brief = False  # val CE/KD lines folded away: the run screen is short
+        # the delta line folded away too (the two numbers above it say it): shorter still, as
+        # an on-policy run's two-line reason and two warnings at 80x24
+        self.no_delta = False
 
     def on_mount(self) -> None:
         self.show(None)
@@ -684,7 +687,7 @@ class VerdictPanel(Static):
             "\n",
             (f"{'final ' + verdict.loss_label:<{col}}", "dim"), final_text,
             (f" (step {verdict.final_step})" if verdict.final_step is not None else "", "dim"),
-            "\n", (f"{'delta':<{col}}", "dim"), delta,
+            *(() if self.no_delta else ("\n", (f"{'delta':<{col}}", "dim"), delta)),
             "\n", verdict.reason,
         ))
 
@@ -711,13 +714,19 @@ class VerdictPanel(Static):
 
     @property
     def folded_lines(self) -> int:
-        return self.report_lines if self.brief else 0
+        return (self.report_lines if self.brief else 0) + (
+            1 if self.no_delta and self.verdict is not None else 0)
 
-    def set_brief(self, brief: bool) -> None:
-        """Fold the val CE/KD lines away (a short terminal); warnings always show."""
+    def set_brief(self, brief: bool, no_delta: bool = False) -> None:
+        """Fold the val CE/KD lines away (a short terminal), and with `no_delta` the delta
+        line; warnings always show."""
         if brief != self.brief:
             self.brief = brief
             self._show_text(self._base)
+        if no_delta != self.no_delta:
+            self.no_delta = no_delta
+            if self.verdict is not None:
+                self.show(self.verdict)
 
     def show_report(self, report: DistillReport | None) -> None:
         """Under the verdict: val CE and val KD apart (step 0 -> latest), the teacher's CE, the

@@ -202,3 +202,30 @@ def test_audit12_the_runs_list_says_a_cache_s_size_as_the_run_screen_does():
     assert ", 1.09 MB (36 B/token)" in cached_teacher_line(started)
     big = {"teacher_cache": {**started["teacher_cache"], "bytes": 1.2e9}}
     assert cached_teacher_label(big) == "cached K=8 topk, 1.2 GB"
+
+
+async def test_audit12_both_warnings_of_a_finished_on_policy_run_show_at_80x24(
+        on_policy_run, wait_for):
+    """A real tiny on-policy run (random teacher): PASS, a two-line reason and two warnings.
+    At 80x24 the side column scrolled, its scrollbar wrapped each warning onto two rows, and
+    'teacher's CE ≥ student's at step 0' was below the fold."""
+    events = [json.loads(line) for line in (on_policy_run / "events.jsonl").open()]
+    evals = [e for e in events if e["type"] == "eval"]
+    evals[0]["val_teacher_ce"] = 9.0  # a teacher worse than the student at step 0
+    evals[-1]["val_ce"] = evals[0]["val_ce"] + 0.1  # val CE up while val loss went down
+    for event in events:  # a CPU run's gauge: the host's memory, one row under the chart
+        if event["type"] == "step":
+            event["host_rss"] = 3e8
+    (on_policy_run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: _finished(app))
+        await pilot.pause(0.3)
+        panel = app.screen.query_one(VerdictPanel)
+        side = app.screen.query_one("#run-side")
+        rows = panel.render().plain.splitlines()
+        assert "⚠ val CE up while val loss went down" in rows
+        assert "⚠ teacher's CE ≥ student's at step 0" in rows
+        assert side.max_scroll_y == 0  # nothing below the fold
+        assert panel.region.bottom <= side.region.bottom
+        assert rows[0] == "PASS" and any("val gen KL" in row for row in rows)
