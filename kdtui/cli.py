@@ -46,7 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Run and watch knowledge-distillation runs.")
     p.add_argument("--theme", help="Dashboard theme (remembered): see the command palette")
     p.add_argument("--runs-dir", help="Where local runs live (default: kdengine's runs dir)")
+    # the same two after the command too (`kdtui watch RUN --theme kdtui-light` was refused as
+    # an unknown argument); SUPPRESS: one not given there leaves the one given before it
+    shared = _Parser(add_help=False)
+    shared.add_argument("--theme", default=argparse.SUPPRESS,
+                        help="Dashboard theme (remembered), as before the command")
+    shared.add_argument("--runs-dir", default=argparse.SUPPRESS,
+                        help="Where local runs live, as before the command")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    add_parser = sub.add_parser
+
+    def with_shared(name: str, **kwargs):
+        return add_parser(name, parents=[shared], **kwargs)
+
+    sub.add_parser = with_shared  # type: ignore[method-assign]
 
     launch = sub.add_parser("launch", help="Dispatch a run", allow_abbrev=False)
     launch.add_argument("--headless", action="store_true", help="Plain lines, no dashboard")

@@ -229,3 +229,23 @@ async def test_audit12_both_warnings_of_a_finished_on_policy_run_show_at_80x24(
         assert side.max_scroll_y == 0  # nothing below the fold
         assert panel.region.bottom <= side.region.bottom
         assert rows[0] == "PASS" and any("val gen KL" in row for row in rows)
+
+
+def test_audit12_theme_and_runs_dir_are_taken_after_the_command_too(runs_dir, tmp_path, capsys,
+                                                                    write_run):
+    """`kdtui watch RUN --theme kdtui-light` was 'unknown argument --theme', and `kdtui watch
+    --help` never named it: the two options were taken only before the command."""
+    from kdtui.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    write_run(elsewhere / "there", steps=5)
+    code = main(["watch", "nope", "--theme", "kdtui-light", "--runs-dir", str(elsewhere)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("kdtui watch: error: no run 'nope'") and str(elsewhere) in err[0]
+    assert main(["runs", "--plain", "--runs-dir", str(elsewhere)]) == 0
+    assert capsys.readouterr().out.startswith("there\tlocal\tcompleted")
+    # before the command, as before; one after it wins
+    assert main(["--runs-dir", str(runs_dir), "runs", "--plain", "--runs-dir",
+                 str(elsewhere)]) == 0
+    assert capsys.readouterr().out.startswith("there\t")
