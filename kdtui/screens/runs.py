@@ -63,6 +63,10 @@ class RunsScreen(Screen):
                 tooltip="Compare the selected runs (space selects; two or more)"),
         Binding("R", "resume", "Resume", id="runs.resume",
                 tooltip="Continue a stopped, failed or cancelled run from its checkpoint"),
+        # R on a run it does not resume (completed, running, no checkpoint) did nothing at all:
+        # Textual tries this one when the one above is off (check_action); no description, so
+        # neither the help nor the palette lists it
+        Binding("R", "resume_refused", show=False),
         Binding("escape", "back", "Back", show=False, id="runs.back"),
     ]
 
@@ -276,6 +280,21 @@ class RunsScreen(Screen):
         # offered on a run that resumes only (check_action): the resume's own check says why not
         # when the run changed since
         self.app.resume_run(self.runs[row].ref)  # type: ignore[attr-defined]
+
+    def action_resume_refused(self) -> None:
+        """R on a row it does not resume: why, as `kdtui resume` says it."""
+        row = self.query_one(DataTable).cursor_row
+        if not 0 <= row < len(self.runs):
+            return
+        run = self.runs[row]
+        why = None
+        if run.info is not None:
+            from kdtui.launch.resumers import local_resumer
+
+            why = local_resumer(run.info.run_dir).refusal()
+        self.app.notify(why or f"{run.run_id} is {run.status}: only a stopped, failed or "
+                        "cancelled run resumes", title="Nothing to resume", timeout=6,
+                        markup=False)
 
     def _note_end(self, run: RunEntry, key: str) -> None:
         """A run seen running at the last refresh that has ended since: the app tells the user."""

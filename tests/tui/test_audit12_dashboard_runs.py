@@ -249,3 +249,38 @@ def test_audit12_theme_and_runs_dir_are_taken_after_the_command_too(runs_dir, tm
     assert main(["--runs-dir", str(runs_dir), "runs", "--plain", "--runs-dir",
                  str(elsewhere)]) == 0
     assert capsys.readouterr().out.startswith("there\t")
+
+
+async def test_audit12_r_on_a_run_the_runs_list_cannot_resume_says_why(runs_dir, write_run,
+                                                                      wait_for):
+    """R on a completed run, or a failed one with no checkpoint (a NaN at step 0), did nothing
+    at all: no notice, no change, as if the key were broken."""
+    from kdtui.screens.runs import RunsScreen
+
+    write_run(runs_dir / "done", steps=20)
+    failed = write_run(runs_dir / "nan-at-0", steps=20, upto=0, finished=False)
+    with (failed / "events.jsonl").open("a") as events:
+        events.write(json.dumps({"v": 1, "seq": 99, "t": 1760000100.0, "type": "run_finished",
+                                 "status": "failed", "exit_code": 1}) + "\n")
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.action_runs()
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen)
+                       and len(app.screen.runs) == 2)
+        screen = app.screen
+        said = []
+        for row in range(2):
+            screen.query_one("DataTable").move_cursor(row=row)
+            await pilot.pause()
+            run = screen.runs[row]
+            assert not screen.check_action("resume", ())  # off the footer, as before
+            await pilot.press("R")
+            await pilot.pause()
+            note = [n for n in app._notifications if n.title == "Nothing to resume"]
+            assert len(note) == row + 1, (run.run_id, [n.message for n in app._notifications])
+            said.append(str(note[-1].message))
+        assert sorted(said) == sorted([
+            "done is completed: only a stopped, failed or cancelled run resumes",
+            "nan-at-0 has no complete checkpoint to continue from (set --checkpoint-every and "
+            "start it again)"])
+        assert isinstance(app.screen, RunsScreen)  # nothing started
