@@ -144,6 +144,11 @@ class RunScreen(Screen):
         Binding("t", "train_from_cache", "Train from cache", show=False,
                 id="run.train_from_cache", tooltip="A complete teacher cache: back to the form "
                 "with teacher_cache set to it"),
+        # R and t where they do not apply (check_action turns the two above off) did nothing at
+        # all, and their notices never showed: Textual tries these next; no description, so
+        # neither the help nor the palette lists them
+        Binding("R", "resume_refused", show=False),
+        Binding("t", "train_from_cache_refused", show=False),
         Binding("x", "stop_run", "Stop run", id="run.stop",
                 tooltip="SIGTERM to the engine's process group (asks first)"),
         Binding("escape", "back", "Back", show=False, id="run.back",
@@ -781,6 +786,14 @@ class RunScreen(Screen):
             return
         self._withdraw_resume_offer()
         self.app.resume_run(ref)  # type: ignore[attr-defined]
+
+    def action_resume_refused(self) -> None:
+        from kdtui.launch.resume import no_resume_line
+
+        self.notify(no_resume_line(self.handle, self.watched), timeout=4, markup=False)
+
+    def action_train_from_cache_refused(self) -> None:
+        self.notify("Train from cache applies to a complete teacher-cache job", timeout=4)
 
     def action_back(self) -> None:
         if self.maximized is not None:  # a zoomed pane: Esc puts it back first

@@ -284,3 +284,22 @@ async def test_audit12_r_on_a_run_the_runs_list_cannot_resume_says_why(runs_dir,
             "nan-at-0 has no complete checkpoint to continue from (set --checkpoint-every and "
             "start it again)"])
         assert isinstance(app.screen, RunsScreen)  # nothing started
+
+
+async def test_audit12_r_and_t_on_a_run_screen_they_do_not_apply_to_say_so(
+        runs_dir, write_run, wait_for):
+    """On a completed run's screen R (resume) and t (train from cache) did nothing: their
+    notices were written, but check_action kept the actions from ever running."""
+    write_run(runs_dir / "done", steps=20)
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="done")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: _finished(app))
+        screen = app.screen
+        assert not screen.check_action("resume", ())
+        assert not screen.check_action("train_from_cache", ())
+        await pilot.press("R", "t")
+        await pilot.pause()
+        said = [str(n.message) for n in app._notifications]
+        assert "Resume applies to a stopped, failed or cancelled run with a checkpoint" in said
+        assert "Train from cache applies to a complete teacher-cache job" in said
+        assert app.screen is screen
