@@ -233,7 +233,7 @@ class RunScreen(Screen):
         if not self.cache_job:  # a cache job's total is its rows, known from its first shard
             self.query_one(RunProgress).expect_total(_asked_steps(self.launcher, self.handle))
         else:
-            self.query_one(RunProgress).border_title = "progress (rows scored)"
+            self.query_one(RunProgress).count_rows()
         self._fit_layout()
         self.query_one(LogView).border_title = "log"
         self.apply_timer = self.set_interval(APPLY_EVERY_S, self.apply_pending)
@@ -637,6 +637,7 @@ class RunScreen(Screen):
             self._pending_lines.append(line)
         if is_cache_job(run_started) and not self.cache_job:
             self.cache_job = True
+            self.query_one(RunProgress).count_rows()
             self.query_one(StageTracker).set_stages(
                 tuple(getattr(self.launcher, "stages", ())) + CACHE_STAGES)
 

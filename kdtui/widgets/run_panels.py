@@ -311,9 +311,16 @@ class RunProgress(Widget):
     RunProgress.-rank-failed { border-subtitle-color: $text-error; }
     """
 
+    def count_rows(self) -> None:
+        """A teacher-cache job: its steps are rows scored, and the panel says so."""
+        self.border_title = "progress (rows scored)"
+        self.unit = "rows"
+        self._draw()
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.border_title = "progress"
+        self.unit = "step"  # what step counts: "rows" for a teacher-cache job (rows scored)
         self.ranks: RankStatus | None = None  # a torchrun run's ranks; None: one process
         self.step = 0
         self.total: int | None = None
@@ -531,7 +538,7 @@ class RunProgress(Widget):
         generated = Text("")  # an on-policy run's generation rate, beside the trained rate
         if self.gen_rate is not None:
             generated = Text.assemble(("   gen tok/s ", "dim"), f"{self.gen_rate:,.0f}")
-        step = Text.assemble(("step ", "dim"), f"{self.step:,} / {total}")
+        step = Text.assemble((f"{self.unit} ", "dim"), f"{self.step:,} / {total}")
         epoch = Text("")
         if self.epoch is not None:
             epoch = Text.assemble(("   epoch ", "dim"), f"{self.epoch}/{self.epochs or '?'}")

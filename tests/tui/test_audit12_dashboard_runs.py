@@ -303,3 +303,30 @@ async def test_audit12_r_and_t_on_a_run_screen_they_do_not_apply_to_say_so(
         assert "Resume applies to a stopped, failed or cancelled run with a checkpoint" in said
         assert "Train from cache applies to a complete teacher-cache job" in said
         assert app.screen is screen
+
+
+async def test_audit12_a_cache_job_s_progress_counts_rows_not_steps(runs_dir, wait_for):
+    """A teacher-cache job's panel is titled 'progress (rows scored)' but said 'step 937 / 937'
+    of a job that takes no step: a word meaning two things on one screen."""
+    from kdtui.widgets.run_panels import RunProgress
+
+    job = runs_dir / "cache-job"
+    job.mkdir(parents=True)
+    rows = [{"type": "run_started", "run_id": "cache-job", "job": "cache-teacher",
+             "config": {"teacher": "/models/t", "data": "/data", "seq_len": 32},
+             "cache": {"k": 8, "targets": "topk", "dtype": "float16"}},
+            {"type": "step", "step": 500, "ce": 5.6, "tokens_per_s": 9e4, "total_steps": 937},
+            {"type": "step", "step": 937, "ce": 5.58, "tokens_per_s": 9e4, "total_steps": 937},
+            {"type": "run_finished", "status": "completed", "exit_code": 0}]
+    (job / "events.jsonl").write_text("".join(
+        json.dumps({"v": 1, "seq": i, "t": 1760000000.0 + i, **row}) + "\n"
+        for i, row in enumerate(rows)))
+    app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="cache-job")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and app.screen.state.finished is not None)
+        await pilot.pause(0.1)
+        progress = app.screen.query_one(RunProgress)
+        text = progress.render().plain
+        assert "rows 937 / 937" in text and "step" not in text, text
+        assert str(progress.border_title) == "progress (rows scored)"
