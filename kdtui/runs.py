@@ -32,6 +32,7 @@ class RunInfo:
     total_steps: int | None
     pid: int | None
     teacher: str | None = None  # "cached K=64 topk" when it trains from a teacher cache
+    cache_job: bool = False  # a teacher-cache job (kdengine cache-teacher): it trains nothing
 
     @property
     def is_running(self) -> bool:
@@ -132,6 +133,7 @@ def run_info(run_dir: Path) -> RunInfo | None:
         total_steps=total,
         pid=pid if alive else None,
         teacher=cached_teacher_label(head),
+        cache_job=(head or {}).get("job") == "cache-teacher",
     )
 
 

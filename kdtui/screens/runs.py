@@ -430,6 +430,10 @@ def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
     if run.step is not None and run.total_steps:
         step += f" / {run.total_steps:,}"
     verdict = (run.verdict or "–").upper()
+    if run.info is not None and run.info.cache_job and run.verdict:
+        # a job is judged complete or not, as its screen's panel says: PASS read as the smoke
+        # verdict of a run that distilled something
+        verdict = "COMPLETE" if run.verdict == "pass" else "NOT COMPLETE"
     updated = format_seconds(now - run.info.updated) + " ago" if run.info is not None else "–"
     # a run from a teacher cache, or a cache job, says so beside its id (as `kdtui runs`)
     name = run.run_id + (f" ({run.teacher})" if run.teacher else "")  # fit_run splits it

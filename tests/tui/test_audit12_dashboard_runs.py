@@ -305,14 +305,11 @@ async def test_audit12_r_and_t_on_a_run_screen_they_do_not_apply_to_say_so(
         assert app.screen is screen
 
 
-async def test_audit12_a_cache_job_s_progress_counts_rows_not_steps(runs_dir, wait_for):
-    """A teacher-cache job's panel is titled 'progress (rows scored)' but said 'step 937 / 937'
-    of a job that takes no step: a word meaning two things on one screen."""
-    from kdtui.widgets.run_panels import RunProgress
-
-    job = runs_dir / "cache-job"
+def _write_cache_job(job: Path) -> None:
+    """A finished teacher-cache job's events as `kdengine cache-teacher` writes them (no
+    verdict event: its end is judged from run_finished, kdengine.verdict)."""
     job.mkdir(parents=True)
-    rows = [{"type": "run_started", "run_id": "cache-job", "job": "cache-teacher",
+    rows = [{"type": "run_started", "run_id": job.name, "job": "cache-teacher",
              "config": {"teacher": "/models/t", "data": "/data", "seq_len": 32},
              "cache": {"k": 8, "targets": "topk", "dtype": "float16"}},
             {"type": "step", "step": 500, "ce": 5.6, "tokens_per_s": 9e4, "total_steps": 937},
@@ -321,6 +318,14 @@ async def test_audit12_a_cache_job_s_progress_counts_rows_not_steps(runs_dir, wa
     (job / "events.jsonl").write_text("".join(
         json.dumps({"v": 1, "seq": i, "t": 1760000000.0 + i, **row}) + "\n"
         for i, row in enumerate(rows)))
+
+
+async def test_audit12_a_cache_job_s_progress_counts_rows_not_steps(runs_dir, wait_for):
+    """A teacher-cache job's panel is titled 'progress (rows scored)' but said 'step 937 / 937'
+    of a job that takes no step: a word meaning two things on one screen."""
+    from kdtui.widgets.run_panels import RunProgress
+
+    _write_cache_job(runs_dir / "cache-job")
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="cache-job")
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
@@ -330,3 +335,23 @@ async def test_audit12_a_cache_job_s_progress_counts_rows_not_steps(runs_dir, wa
         text = progress.render().plain
         assert "rows 937 / 937" in text and "step" not in text, text
         assert str(progress.border_title) == "progress (rows scored)"
+
+
+async def test_audit12_the_runs_list_says_a_cache_job_is_complete_not_pass(runs_dir, write_run,
+                                                                          wait_for):
+    """A finished teacher-cache job read 'PASS' in the runs list's verdict column, beside runs
+    whose PASS is the smoke verdict of a distillation; its own screen says COMPLETE."""
+    from kdtui.screens.runs import RunsScreen
+
+    _write_cache_job(runs_dir / "cache-job")
+    write_run(runs_dir / "a-run", steps=20)
+    app = KDApp(runs_dir=runs_dir)
+    async with app.run_test(size=(120, 30)) as pilot:
+        app.action_runs()
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen)
+                       and len(app.screen.runs) == 2)
+        await pilot.pause()
+        table = app.screen.query_one("DataTable")
+        verdicts = {str(table.get_row_at(i)[0]).split()[0].strip("✓• "):
+                    str(table.get_row_at(i)[3]) for i in range(table.row_count)}
+        assert verdicts == {"cache-job": "COMPLETE", "a-run": "PASS"}, verdicts
