@@ -13,6 +13,7 @@ import torch
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data import TokenSplits
 from kdengine.data.examples import ExampleData
+from kdengine.diskspace import human
 from kdengine.losses import KDLossSpec, LossParts
 from kdengine.teacher.cache import TeacherCache, read_manifest, summary
 from kdengine.teacher.rows import CachedBatch, RowSampler, cache_rows, row_hash
@@ -53,7 +54,7 @@ class CachedTeacher:
 
     def describe(self) -> str:
         size = self.cache.manifest.get("bytes") or 0
-        return f"cached: K={self.cache.top_k} {self.cache.kind}, {size / 1e9:.3g} GB"
+        return f"cached: K={self.cache.top_k} {self.cache.kind}, {human(size)}"
 
     def samplers(self, data: TokenSplits | ExampleData, batch_size: int,
                  seed: int) -> tuple[RowSampler, RowSampler]:

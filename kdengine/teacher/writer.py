@@ -23,6 +23,7 @@ import torch
 
 from kdengine import events as ev
 from kdengine.config import ConfigError, RunConfig
+from kdengine.diskspace import human
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals
 from kdengine.teacher.cache import (
@@ -305,10 +306,10 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             size = sum(p.stat().st_size for p in out.glob("shard-*") if p.suffix != ".done")
             manifest.update(complete=True, bytes=size)
             write_manifest(out, manifest)
-            log.stage(stage, "done", f"{_human(size)}, {manifest['bytes_per_token']:.0f} B/token")
+            log.stage(stage, "done", f"{human(size)}, {manifest['bytes_per_token']:.0f} B/token")
             log.emit(ev.RUN_FINISHED, status="completed", exit_code=0, steps=rows_done,
                      cache=str(out), bytes=size)
-            log.line(f"teacher cache complete: {out} ({_human(size)}); train from it with "
+            log.line(f"teacher cache complete: {out} ({human(size)}); train from it with "
                      f"`kdengine train --teacher-cache {out} ...`")
             return 0
     except (RunCancelled, KeyboardInterrupt) as exc:
@@ -432,10 +433,3 @@ def _save_tokenizer(out: Path, tokenizer: Any) -> None:
     if extra.is_dir():
         shutil.copytree(extra, target / extra.name, dirs_exist_ok=True)
     (target / "source.json").write_text(json.dumps({"teacher_dir": str(directory)}) + "\n")
-
-
-def _human(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,9 @@ def test_cached_run_follows_the_live_teacher_with_k_equal_to_vocab(runs) -> None
     loaded = next(e for e in events if e["type"] == "stage" and e["stage"] == "load_teacher"
                   and e["state"] == "done")
     assert loaded["detail"].startswith("cached: K=257 topk")
+    # its size in the unit that fits, as the runs list and the run screen say it (it said
+    # '0.00109 GB' of a 1 MB cache)
+    assert re.fullmatch(r"cached: K=257 topk, \d[\d.]* (kB|MB)", loaded["detail"]), loaded
     from kdtui.runs import run_info  # `kdtui runs` shows it
 
     assert run_info(runs["cached"]).teacher.startswith("cached K=257 topk")
