@@ -182,9 +182,10 @@ class HeldOutGeneration:
 
 def held_out_summary(first: HeldOutGeneration | None, last: HeldOutGeneration,
                      cells: int) -> str:
-    """The held-out scores at the first eval (step 0, the baseline) and now, 'val KL 0.900 →
-    0.180 · teacher logp -2.600 → -1.000', in the longest wording that fits `cells`: the KL
-    should fall and the teacher's log-prob rise as the student learns."""
+    """The held-out scores at the first eval (step 0, the baseline) and now, 'val gen KL 0.900
+    → 0.180 · teacher logp -2.600 → -1.000' (val_gen_kl: the chart's and the verdict's name),
+    in the longest wording that fits `cells`: the KL should fall and the teacher's log-prob
+    rise as the student learns."""
     def num(x: float | None, digits: int) -> str:
         return f"{x:.{digits}f}" if x is not None else "–"
 
@@ -196,9 +197,10 @@ def held_out_summary(first: HeldOutGeneration | None, last: HeldOutGeneration,
         if base is not None:
             kl = f"{num(base.kl, digits)} → {kl}"
             logp = f"{num(base.teacher_logp, digits)} → {logp}"
-        forms += [f"val KL {kl} · teacher logp {logp}{length}",
-                  f"val KL {kl} · teacher logp {logp}", f"val KL {kl} · logp {logp}"]
-        forms.append(f"KL {kl} · logp {logp}".replace(" → ", "→"))
+        forms += [f"val gen KL {kl} · teacher logp {logp}{length}",
+                  f"val gen KL {kl} · teacher logp {logp}", f"val gen KL {kl} · logp {logp}",
+                  f"gen KL {kl} · logp {logp}"]
+        forms.append(f"gen KL {kl} · logp {logp}".replace(" → ", "→"))
     return next((form for form in forms if len(form) <= cells), forms[-1])
 
 

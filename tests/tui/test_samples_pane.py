@@ -58,7 +58,7 @@ async def test_samples_pane_shows_the_newest_first_and_follows_one_prompt_across
         assert "    return sum(x * x for x in numbers)" in rows
         assert any("⏎<|assistant|>" in row for row in rows)
         # the held-out scores, step 0's beside the latest, in the bottom border
-        assert pane.border_subtitle == "val KL 0.900 → 0.180 · logp -2.600 → -1.000"
+        assert pane.border_subtitle == "gen KL 0.900 → 0.180 · logp -2.600 → -1.000"
         # the progress panel: the last step's time split and generation rate
         progress = screen.query_one(RunProgress)
         assert "gen 0.41s teacher 0.12s student 0.19s" in progress.render().plain
