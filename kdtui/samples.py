@@ -201,6 +201,7 @@ def held_out_summary(first: HeldOutGeneration | None, last: HeldOutGeneration,
                   f"val gen KL {kl} · teacher logp {logp}", f"val gen KL {kl} · logp {logp}",
                   f"gen KL {kl} · logp {logp}"]
         forms.append(f"gen KL {kl} · logp {logp}".replace(" → ", "→"))
+        forms.append(f"KL {kl} · logp {logp}".replace(" → ", "→"))  # the narrowest pane
     return next((form for form in forms if len(form) <= cells), forms[-1])
 
 
