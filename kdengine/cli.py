@@ -183,6 +183,33 @@ def _check_same_teacher(run_dir: Path, config: RunConfig, identity: str | None) 
                       f"with `{PROG} train --config {run_dir / 'config.json'} --run-dir NEW_DIR`")
 
 
+def _check_same_examples(run_dir: Path, config: RunConfig, content: str | None) -> None:
+    """A resume on example data whose examples changed since its newest checkpoint is refused
+    here, before any model loads, as the trainer would refuse it after loading both (the
+    sampler's data position; kdengine.data.packing): the packed rows' stream starts with the
+    token store's content digest. A checkpoint from before meta.json held the position, raw
+    text (its stream's fingerprint needs every token) and a teacher cache's rows are left to
+    the trainer's check."""
+    from kdengine.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if content is None or latest is None:
+        return
+    try:
+        saved = json.loads((latest / "meta.json").read_text()).get("data") or {}
+    except (OSError, ValueError):
+        return  # _check_resumable has said what a damaged checkpoint needs
+    stream = str(saved.get("stream", ""))
+    digest = stream.split(":", 1)[0]
+    if len(digest) != len(content) or digest == content:
+        return
+    raise ConfigError("resume", f"the examples of {config.data} are not the ones {run_dir} "
+                      f"trained on up to {latest.name} (their tokens differ: a file changed, "
+                      "was added or removed since): restore that data and resume, or start a new "
+                      f"run on it with `{PROG} train --config {run_dir / 'config.json'} "
+                      "--run-dir NEW_DIR`")
+
+
 def _refuse_a_foreign_config(run_dir: Path, field: str) -> None:
     """A new run writes its config.json into its directory: an existing directory whose
     config.json is not a run's (a model's folder given as --run-dir, say the student's own) would
@@ -292,6 +319,7 @@ def cmd_train(argv: list[str]) -> int:
         config, preflight.teacher.directory)
     if args.resume:
         _check_same_teacher(run_dir, config, teacher_identity)
+        _check_same_examples(run_dir, config, preflight.data_content)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),

@@ -56,6 +56,9 @@ class Preflight:
     # GPUs the run may spread over (device auto or cuda): with several, a launcher starts it
     # under torchrun (kdtui.launch.base.engine_launcher)
     cuda_devices: int = 0
+    # example data's token store, by content (kdengine.data.store): a --resume compares it with
+    # its checkpoint's data position before any model is loaded
+    data_content: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,8 +156,10 @@ def check_run_inputs(config: RunConfig) -> Preflight:
     teacher_dir = Path(teacher.directory) if teacher.directory else None
     if config.teacher_cache:
         teacher_dir = cache_template
+    found: dict[str, str] = {}
     facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked,
-                                                      teacher_dir, teacher_tok)
+                                                      teacher_dir, teacher_tok, found)
+    facts.data_content = found.get("content")
     if config.teacher_cache:
         from kdengine.teacher.checks import check_cache_fits
 
@@ -393,20 +398,22 @@ def check_device(spec: str) -> str:
 
 
 def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
-               teacher_dir: Path | None = None,
-               teacher_tok: Any = None) -> tuple[int | None, int | None]:
+               teacher_dir: Path | None = None, teacher_tok: Any = None,
+               found: dict[str, str] | None = None) -> tuple[int | None, int | None]:
     """Every file of the data readable (UTF-8, JSONL lines parsed) and at least one training
     batch and one validation window of tokens: (train, val) tokens seen, at least. Example
     data (conversations, prompt/completion, datasets) is tokenized whole with the teacher's
     tokenizer and chat template into the token store the run then reuses: every record, the
     template on every conversation, bad files (failed or skipped as on_bad_file says) and
-    one batch of packed rows; (train, val) are then its rows' tokens."""
+    one batch of packed rows; (train, val) are then its rows' tokens, and `found["content"]`
+    its store's content digest."""
     if config.data == DEMO_DATA:
         return None, None
     from kdengine.data.formats import is_example_data, parse_fields
 
     if is_example_data(config.data, parse_fields(config.data_fields)):
-        return _check_examples(config, teacher_tok, teacher_dir, unchecked)
+        return _check_examples(config, teacher_tok, teacher_dir, unchecked,
+                               {} if found is None else found)
     from kdengine.data import (
         ByteTokenizer,
         check_split_sizes,
@@ -529,7 +536,7 @@ def check_shard_ids(files: list[Path], dtype: Any, vocab_size: int) -> None:
 
 
 def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
-                    unchecked: list[str]) -> tuple[int | None, int | None]:
+                    unchecked: list[str], found: dict[str, str]) -> tuple[int | None, int | None]:
     if isinstance(tokenizer, DemoByteTokenizer):
         from kdengine.data import ByteTokenizer
 
@@ -546,6 +553,7 @@ def _check_examples(config: RunConfig, tokenizer: Any, teacher_dir: Path | None,
     data = load_examples(config, tokenizer, teacher_dir,
                          lambda line: print(line, file=sys.stderr, flush=True))
     hand_over(data.store)  # the run of this command reports the tokenizing as its own
+    found["content"] = data.store.content
     # --check passes, and says on stderr what the run's data stage will say of the data
     if (left_out := data.stats.left_out_line()) is not None:
         print(left_out, file=sys.stderr, flush=True)

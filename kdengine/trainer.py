@@ -623,9 +623,14 @@ class KDTrainer:
             self._checkpoint_written(WrittenCheckpoint(self.step, path, took, took))
             return path
         path = self.checkpoints.save(self.step, self.student.module, self.state(),
-                                     {"config": self.config.to_dict()})
+                                     self._meta())
         self.report_checkpoints()
         return path
+
+    def _meta(self) -> dict[str, Any]:
+        """A checkpoint's meta.json beside its step: the run's config, and the data position
+        (also in trainer.pt) where a --resume reads it before loading anything (kdengine.cli)."""
+        return {"config": self.config.to_dict(), "data": self.sampler.position(self.step)}
 
     def checkpoint_at_cancel(self) -> Path | None:
         """After a cancel (RunCancelled out of `run` or an evaluation): the checkpoint of the last
@@ -646,7 +651,7 @@ class KDTrainer:
             return None
         with cut_by_a_signal():
             path = self.checkpoints.save(self.step, self.student.module, self.state(),
-                                         {"config": self.config.to_dict()}, now=True)
+                                         self._meta(), now=True)
         for written in self.checkpoints.finished():
             self._checkpoint_written(written, reason="cancel")
         return path

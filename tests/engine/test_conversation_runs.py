@@ -284,7 +284,8 @@ def test_two_torchrun_ranks_on_messages_follow_the_one_process_losses(
 
 def test_a_killed_run_on_messages_resumes_to_the_same_losses(models: dict[str, str],
                                                              tmp_path: Path, monkeypatch,
-                                                             killed_at_step) -> None:
+                                                             killed_at_step,
+                                                             engine_in_process) -> None:
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": chat(i)} for i in range(160)])
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert train(models, data, reference).returncode == 0
@@ -292,6 +293,21 @@ def test_a_killed_run_on_messages_resumes_to_the_same_losses(models: dict[str, s
     out = train(models, data, killed, launcher=killed_at_step)
     assert out.returncode == -9, out.stderr[-2000:]
     monkeypatch.delenv("KD_KILL_AT")
+    # examples changed since the checkpoint: refused before any model loads, in one line, the
+    # run's record untouched (it was refused only after both models loaded, exit 1, and the
+    # killed run then read as failed); --check says the same
+    original = data.read_text()
+    write_jsonl(data, [{"messages": chat(i + 1)} for i in range(160)])
+    record = (killed / "events.jsonl").read_bytes()
+    for check in ([], ["--check"]):
+        out = engine_in_process("train", "--resume", str(killed), *check)
+        assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith(f"kdengine train: error: --resume: the examples of {data} are "
+                               f"not the ones {killed} trained on up to step-"), line
+        assert "restore that data and resume" in line and "Traceback" not in out.stderr
+        assert (killed / "events.jsonl").read_bytes() == record
+    data.write_text(original)  # the same examples again (a new mtime: the same content)
     out = kdengine("train", "--resume", str(killed))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
