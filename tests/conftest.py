@@ -519,3 +519,18 @@ async def wait_for_run(pilot: Any, run_dir: Path, condition: Callable[[], bool],
 @pytest.fixture(name="wait_for_run")
 def wait_for_run_fixture() -> Callable[..., Any]:
     return wait_for_run
+
+
+# Example data's options on raw text, each with the refusal `kdengine train` and `kdengine
+# cache-teacher` give it (kdengine.preflight.unused_data_option): (flag, value, said)
+RAW_TEXT_REFUSALS = [
+    ("--train-on", "all", "--train-on: raw text trains on every token (only conversations and "
+     "prompt/completion data have tokens that do not): leave it at its default (completion)"),
+    ("--on-long", "drop", "--on-long: raw text is cut into seq_len windows, so no example is "
+     "longer than seq_len: leave it at its default (truncate)"),
+    ("--data-split", "test", "--data-split: raw text has no splits (only a saved DatasetDict, "
+     "a hub dataset or a folder of example files named for their split has): leave it at "
+     "its default (train)"),
+    ("--data-fields", "text=body", "--data-fields: raw text files have no columns to map "
+     "(only JSONL, JSON, Parquet and Arrow records have): leave it out"),
+]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_inputs  # noqa: E402
+from conftest import RAW_TEXT_REFUSALS, write_tiny_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +27,7 @@ def cache_args(inputs: dict[str, str], out: Path) -> list[str]:
             "--out", str(out)]
 
 
-@pytest.mark.parametrize("flag, value, said", [
-    ("--train-on", "all", "--train-on: raw text trains on every token (only conversations and "
-     "prompt/completion data have tokens that do not): leave it at its default (completion)"),
-    ("--on-long", "drop", "--on-long: raw text is cut into seq_len windows, so no example is "
-     "longer than seq_len: leave it at its default (truncate)"),
-    ("--data-split", "test", "--data-split: raw text has no splits (only a saved DatasetDict, "
-     "a hub dataset or a folder of example files named for their split has): leave it at "
-     "its default (train)"),
-    ("--data-fields", "text=body", "--data-fields: raw text files have no columns to map "
-     "(only JSONL, JSON, Parquet and Arrow records have): leave it out"),
-])
+@pytest.mark.parametrize("flag, value, said", RAW_TEXT_REFUSALS)
 def test_an_example_data_option_on_raw_text_is_refused_by_the_cache_writer(
         inputs, tmp_path: Path, flag: str, value: str, said: str, engine_in_process,
         one_line_refusal) -> None:

@@ -125,3 +125,23 @@ def write_run_fixture() -> Callable[..., Path]:
 @pytest.fixture(name="end_run")
 def end_run_fixture() -> Callable[..., Path]:
     return end_run
+
+
+ON_POLICY_FIXTURE = Path(__file__).parent / "fixtures" / "on-policy"
+
+
+@pytest.fixture
+def on_policy_run(runs_dir: Path) -> Path:
+    """The recorded on-policy run (tests/tui/fixtures/on-policy) copied into the runs dir."""
+    import shutil
+
+    return Path(shutil.copytree(ON_POLICY_FIXTURE, runs_dir / "on-policy"))
+
+
+def verdict_shown(app: Any) -> bool:
+    """Whether `app` shows a run screen whose verdict panel has its verdict."""
+    from kdtui.screens.run import RunScreen
+    from kdtui.widgets.run_panels import VerdictPanel
+
+    return isinstance(app.screen, RunScreen) and bool(app.screen.query(VerdictPanel)) and \
+        app.screen.query_one(VerdictPanel).status != "pending"

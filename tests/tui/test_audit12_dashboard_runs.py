@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,10 @@ from kdtui.widgets.loss_chart import LossChart
 from kdtui.widgets.run_panels import VerdictPanel
 from kdtui.widgets.samples import SamplesView
 
-FIXTURE = Path(__file__).parent / "fixtures" / "on-policy"
+from .conftest import verdict_shown
+
 # what an untrained tiny student wrote in a real on-policy run (byte tokenizer): ESC, SUB, FS
 BABBLE = "\x1a\x1a\ufffd \ufffd\x1b[2J\x1b\ufffdr\r\ufffdM\x1c\x08\x7fe2_\ufffd"
-
-
-@pytest.fixture
-def on_policy_run(runs_dir: Path) -> Path:
-    return Path(shutil.copytree(FIXTURE, runs_dir / "on-policy"))
-
-
-def _finished(app: KDApp) -> bool:
-    return isinstance(app.screen, RunScreen) and bool(app.screen.query(VerdictPanel)) and \
-        app.screen.query_one(VerdictPanel).status != "pending"
 
 
 def _add_babble(run_dir: Path) -> None:
@@ -54,7 +44,7 @@ async def test_audit12_a_completion_of_control_bytes_keeps_the_samples_pane_in_i
     _add_babble(on_policy_run)
     app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: _finished(app) and bool(app.screen.query(SamplesView)))
+        await wait_for(pilot, lambda: verdict_shown(app) and bool(app.screen.query(SamplesView)))
         pane = app.screen.query_one(SamplesView)
         await wait_for(pilot, lambda: any(s.index == 9 for s in pane.shown))
         await pilot.pause(0.1)
@@ -89,7 +79,7 @@ async def test_audit12_an_on_policy_run_s_chart_draws_the_val_gen_kl_its_verdict
     evals = [e for e in evals if e["type"] == "eval"]
     app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
     async with app.run_test(size=size) as pilot:
-        await wait_for(pilot, lambda: _finished(app))
+        await wait_for(pilot, lambda: verdict_shown(app))
         await pilot.pause(0.4)  # a chart redraw
         chart = app.screen.query_one(LossChart)
         # each evaluation's val_gen_kl, as events.jsonl has it (the verdict's step 0 and final)
@@ -219,7 +209,7 @@ async def test_audit12_both_warnings_of_a_finished_on_policy_run_show_at_80x24(
     (on_policy_run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: _finished(app))
+        await wait_for(pilot, lambda: verdict_shown(app))
         await pilot.pause(0.3)
         panel = app.screen.query_one(VerdictPanel)
         side = app.screen.query_one("#run-side")
@@ -293,7 +283,7 @@ async def test_audit12_r_and_t_on_a_run_screen_they_do_not_apply_to_say_so(
     write_run(runs_dir / "done", steps=20)
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="done")
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: _finished(app))
+        await wait_for(pilot, lambda: verdict_shown(app))
         screen = app.screen
         assert not screen.check_action("resume", ())
         assert not screen.check_action("train_from_cache", ())

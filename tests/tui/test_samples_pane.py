@@ -8,31 +8,16 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-from pathlib import Path
-
-import pytest
 
 from kdtui.app import KDApp
 from kdtui.headless import follow_to_verdict
 from kdtui.palette import binding_commands
 from kdtui.samples import Sample, StepLineSplits
-from kdtui.screens.run import RunScreen
 from kdtui.watch import LocalRunSource
-from kdtui.widgets.run_panels import RunProgress, VerdictPanel
+from kdtui.widgets.run_panels import RunProgress
 from kdtui.widgets.samples import SamplesView
 
-FIXTURE = Path(__file__).parent / "fixtures" / "on-policy"
-
-
-@pytest.fixture
-def on_policy_run(runs_dir: Path) -> Path:
-    return Path(shutil.copytree(FIXTURE, runs_dir / "on-policy"))
-
-
-def _finished(app: KDApp) -> bool:
-    return isinstance(app.screen, RunScreen) and bool(app.screen.query(VerdictPanel)) and \
-        app.screen.query_one(VerdictPanel).status != "pending"
+from .conftest import verdict_shown
 
 
 def _plain_rows(pane: SamplesView) -> list[str]:
@@ -43,7 +28,7 @@ async def test_samples_pane_shows_the_newest_first_and_follows_one_prompt_across
         on_policy_run, wait_for):
     app = KDApp(runs_dir=on_policy_run.parent, command="watch", watch_ref="on-policy")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: _finished(app))
+        await wait_for(pilot, lambda: verdict_shown(app))
         screen = app.screen
         pane = screen.query_one(SamplesView)
         await pilot.pause(0.1)
@@ -102,7 +87,7 @@ async def test_an_off_policy_run_has_no_samples_pane_and_no_samples_key(
     write_run(runs_dir / "plain", steps=20)
     app = KDApp(runs_dir=runs_dir, command="watch", watch_ref="plain")
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: _finished(app))
+        await wait_for(pilot, lambda: verdict_shown(app))
         screen = app.screen
         assert not screen.query(SamplesView)
         assert "Samples" not in {c.name for c in binding_commands(screen, app)}
@@ -117,7 +102,7 @@ def test_snapshot_of_an_on_policy_run_at_80x24(snap_compare, on_policy_run):
     async def settled(pilot) -> None:
         for _ in range(200):
             await pilot.pause(0.05)
-            if _finished(pilot.app) and pilot.app.screen.query(SamplesView):
+            if verdict_shown(pilot.app) and pilot.app.screen.query(SamplesView):
                 break
         await pilot.pause(0.4)  # one chart redraw after the last update
 
