@@ -85,6 +85,12 @@ def _complete(run_dir: Path) -> list[Path]:
     return sorted(p.parent for p in (Path(run_dir) / "checkpoints").glob(f"step-*/{META}"))
 
 
+def newest_complete(run_dir: Path) -> Path | None:
+    """The run's newest complete checkpoint, or None (without torch)."""
+    done = _complete(run_dir)
+    return done[-1] if done else None
+
+
 def one_process_checkpoint(run_dir: Path) -> Path | None:
     """The run's latest complete checkpoint when a one-process run wrote it (safetensors, not
     torchrun's DCP shards), else None."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import kdengine
+from kdengine import resume
 from kdengine.config import (
     FIELDS,
     FIELDS_BY_NAME,
@@ -71,7 +72,7 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
             raise UsageError(f"--resume continues the run with its own config.json; drop {names} "
                              f"(other values are a new run: `{PROG} train --config {other} "
                              "--run-dir NEW_DIR` with them)")
-        return _resume_config(Path(args.resume)), args
+        return resume.resume_config(Path(args.resume)), args
     values: dict[str, Any] = demo_config().to_dict() if args.demo else {}
     in_file = load_config_file(Path(args.config)) if args.config else {}
     misplaced = file_folder_path_refusal(in_file, Path(args.config), given) if in_file else None
@@ -97,119 +98,6 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     return with_absolute_paths(config), args
 
 
-def _resume_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise ConfigError("resume", f"{run_dir} holds no config.json: not a kdengine run dir")
-    try:  # a config.json cut short or edited by hand: one line naming it, not a traceback
-        config = RunConfig.from_mapping(json.loads(path.read_text()))
-    except ConfigError as exc:  # a ValueError too: caught first
-        raise ConfigError("resume", f"{exc.field} in {path}: {exc.message}") from None
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ConfigError("resume", f"{path} cannot be read ({exc}): it is the run's own "
-                          "config, restore it or start a new run") from None
-    config = config.with_values(run_dir=str(run_dir))
-    _check_resumable(run_dir, config)
-    return config
-
-
-def _check_resumable(run_dir: Path, config: RunConfig) -> None:
-    """--resume continues from a complete checkpoint of an unfinished run; anything else is
-    refused before a byte is written (a restart at step 0 in the same directory would write a
-    second curve over the first, and a finished run has nothing left to do)."""
-    from kdengine.events import RUN_FINISHED, STEP, read_events
-
-    seen = read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").exists() else []
-    finished = [e for e in seen if e.get("type") == RUN_FINISHED]
-    if finished and finished[-1].get("status") == "completed":
-        raise ConfigError("resume", f"{run_dir} already completed ({config.steps} steps): "
-                          "nothing to continue (to train its student further, start a new run "
-                          f"with --student {run_dir / 'final'})")
-    # a complete checkpoint is a step-N directory whose meta.json (written last) exists
-    # (kdengine.checkpoint.complete_checkpoints; that module loads torch)
-    if not any((run_dir / "checkpoints").glob("step-*/meta.json")):
-        # where it stopped: its run_finished says, else (killed) the last step it logged
-        last = max((n for e in seen if e.get("type") in (STEP, RUN_FINISHED)
-                    if isinstance(n := e.get("step" if e["type"] == STEP else "steps"), int)),
-                   default=0)
-        every = config.checkpoint_every
-        why = ("checkpoint_every=0 keeps none while it trains" if not every else
-               f"it stopped at step {last}, before its first checkpoint at step {every}"
-               if last < every else f"it stopped at step {last} with no checkpoint complete")
-        raise ConfigError("resume", f"{run_dir} has no complete checkpoint to continue from "
-                          f"({why}); start it again under a new directory with `{PROG} train "
-                          f"--config {run_dir / 'config.json'} --run-dir NEW_DIR`")
-    from kdengine.checkpoint_files import latest_checkpoint_refusal
-
-    damaged = latest_checkpoint_refusal(run_dir, PROG)  # found now, not after the models load
-    if damaged:
-        raise ConfigError("resume", damaged)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from kdengine.checkpoint_files import one_process_checkpoint
-
-        latest = one_process_checkpoint(run_dir)
-        if latest is not None:  # torchrun's ranks read DCP shards only (kdengine.distributed)
-            raise ConfigError("resume", f"{latest} was written by a one-process run; resume it "
-                              f"with one process (`{PROG} train --resume {run_dir}`), not "
-                              "under torchrun")
-
-
-def _teacher_identity(config: RunConfig, directory: str | None) -> str | None:
-    """The live teacher's identity (kdengine.sources.model_identity: its config.json and a
-    sample of its weight files' bytes), where it is on this machine now; None for a teacher
-    cache, the demo teacher or a hub id still to download."""
-    if config.teacher_cache or not directory:
-        return None
-    from kdengine.sources import model_identity
-
-    return model_identity(Path(directory))
-
-
-def _check_same_teacher(run_dir: Path, config: RunConfig, identity: str | None) -> None:
-    """A resume continues 'as if it had never stopped' only with the teacher it started with:
-    one whose files changed since (a hub id whose cache got a newer snapshot, a folder written
-    over) is refused, as changed data is (the sampler's fingerprint). A run from before this
-    check, or a teacher not here to compare, is not checked."""
-    from kdengine.events import RUN_STARTED, read_events
-
-    events = read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").exists() else []
-    first = next((e.get("teacher_identity") for e in events if e.get("type") == RUN_STARTED
-                  and e.get("teacher_identity")), None)
-    if identity is None or first is None or first == identity:
-        return
-    raise ConfigError("resume", f"the teacher {config.teacher} is not the one {run_dir} "
-                      "started with (its config.json or weights changed since), so the run "
-                      "would not continue as it began: restore that teacher, or start a new run "
-                      f"with `{PROG} train --config {run_dir / 'config.json'} --run-dir NEW_DIR`")
-
-
-def _check_same_examples(run_dir: Path, config: RunConfig, content: str | None) -> None:
-    """A resume on example data whose examples changed since its newest checkpoint is refused
-    here, before any model loads, as the trainer would refuse it after loading both (the
-    sampler's data position; kdengine.data.packing): the packed rows' stream starts with the
-    token store's content digest. A checkpoint from before meta.json held the position, raw
-    text (its stream's fingerprint needs every token) and a teacher cache's rows are left to
-    the trainer's check."""
-    from kdengine.checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(run_dir)
-    if content is None or latest is None:
-        return
-    try:
-        saved = json.loads((latest / "meta.json").read_text()).get("data") or {}
-    except (OSError, ValueError):
-        return  # _check_resumable has said what a damaged checkpoint needs
-    stream = str(saved.get("stream", ""))
-    digest = stream.split(":", 1)[0]
-    if len(digest) != len(content) or digest == content:
-        return
-    raise ConfigError("resume", f"the examples of {config.data} are not the ones {run_dir} "
-                      f"trained on up to {latest.name} (their tokens differ: a file changed, "
-                      "was added or removed since): restore that data and resume, or start a new "
-                      f"run on it with `{PROG} train --config {run_dir / 'config.json'} "
-                      "--run-dir NEW_DIR`")
-
-
 def _refuse_a_foreign_config(run_dir: Path, field: str) -> None:
     """A new run writes its config.json into its directory: an existing directory whose
     config.json is not a run's (a model's folder given as --run-dir, say the student's own) would
@@ -232,8 +120,8 @@ def _refuse_a_foreign_config(run_dir: Path, field: str) -> None:
 
 def _holds_a_run(run_dir: Path, field: str) -> ConfigError:
     """The refusal of a new run into `run_dir`, which holds one, naming `field` (the flag that
-    picked it) and a way on that works: --resume only where _check_resumable would take it (a
-    completed run, or one with no complete checkpoint, would be refused again)."""
+    picked it) and a way on that works: --resume only where resume.check_resumable would take
+    it (a completed run, or one with no complete checkpoint, would be refused again)."""
     from kdengine.events import RUN_FINISHED, read_events
 
     other = f"pick another {flag_of(field)}"
@@ -315,11 +203,11 @@ def cmd_train(argv: list[str]) -> int:
                               "names, or edit that file)") from None
         raise
     # (a new run's --check has no use for it: it reads the teacher's weight files)
-    teacher_identity = None if args.check and not args.resume else _teacher_identity(
+    teacher_identity = None if args.check and not args.resume else resume.teacher_identity(
         config, preflight.teacher.directory)
     if args.resume:
-        _check_same_teacher(run_dir, config, teacher_identity)
-        _check_same_examples(run_dir, config, preflight.data_content)
+        resume.check_same_teacher(run_dir, config, teacher_identity)
+        resume.check_same_examples(run_dir, config, preflight.data_content)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),

@@ -98,7 +98,7 @@ def test_a_resume_on_changed_examples_is_still_refused(made, tmp_path, engine_in
     _stopped_after_step_2(made, data, run_dir)
     write_jsonl(data, [chat_record(i, answer=f"b{i}") for i in range(40)])  # as many tokens
     out = engine_in_process("train", "--resume", str(run_dir))
-    # refused before any model loads (kdengine.cli._check_same_examples), exit 2
+    # refused before any model loads (kdengine.resume.check_same_examples), exit 2
     assert out.returncode == 2 and "are not the ones" in out.stderr, out.stderr
 
 
