@@ -318,22 +318,17 @@ class LossChart(PlotextPlot):
                 plt.plot(xs, ys, color=COLORS[name], marker="braille")
                 legend.append((LINE_MARK, COLORS[name], name))
                 drawn = True
-        vx, vy = self.val.points()
-        if self.log_y:
-            vx, vy = _positive(vx, vy)
-        drawn_xs += vx[:1] + vx[-1:]
-        if vx:
-            plt.scatter(vx, vy, color=COLORS["val_loss"], marker="●")
-            legend.append(("●", COLORS["val_loss"], "val_loss"))
-            drawn = True
-        gx, gy = self.gen_kl.points()
-        if self.log_y:
-            gx, gy = _positive(gx, gy)
-        drawn_xs += gx[:1] + gx[-1:]
-        if gx:
-            plt.scatter(gx, gy, color=COLORS["val_gen_kl"], marker="▲")
-            legend.append(("▲", COLORS["val_gen_kl"], GEN_KL_LABEL))
-            drawn = True
+        # the evaluations' points: val_loss, and an on-policy run's val_gen_kl
+        for series, key, mark, label in ((self.val, "val_loss", "●", "val_loss"),
+                                         (self.gen_kl, "val_gen_kl", "▲", GEN_KL_LABEL)):
+            px, py = series.points()
+            if self.log_y:
+                px, py = _positive(px, py)
+            drawn_xs += px[:1] + px[-1:]
+            if px:
+                plt.scatter(px, py, color=COLORS[key], marker=mark)
+                legend.append((mark, COLORS[key], label))
+                drawn = True
         ex, ey = self.epoch.points()
         if self.log_y:
             ex, ey = _positive(ex, ey)
