@@ -410,14 +410,19 @@ def prefill_from_args(args: argparse.Namespace) -> dict[str, Any]:
     line before the dashboard: the form would start at once without the file's values)."""
     import os
 
-    from kdengine.config import FIELDS, load_config_file
+    from kdengine.config import FIELDS, ConfigError, load_config_file
+    from kdtui.headless import config_file_refusal
     from kdtui.remote.hosts import LOCAL
 
     values: dict[str, Any] = {}
     if getattr(args, "demo", False):
         values["demo"] = True
     if getattr(args, "config", None):
-        values.update(load_config_file(Path(args.config)))
+        in_file = load_config_file(Path(args.config))
+        refused = config_file_refusal(in_file, args, environ={})  # the form reads no KDTUI_
+        if refused:
+            raise ConfigError(None, refused)
+        values.update(in_file)
     for f in FIELDS:
         value = getattr(args, f.name, None)
         if value is not None:

@@ -28,6 +28,7 @@ from kdengine.config import (
     RunConfig,
     default_runs_dir,
     demo_config,
+    file_folder_path_refusal,
     flag_of,
     load_config_file,
     validate_with_preset,
@@ -67,6 +68,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     chosen: set[str] = set()  # the fields the user set: a rule broken by the preset says so
     if getattr(args, "config", None):
         in_file = load_config_file(Path(args.config))
+        refused = config_file_refusal(in_file, args, environ)
+        if refused:
+            raise ConfigError(None, refused)
         values.update(in_file)
         chosen.update(in_file)
     try:
@@ -85,6 +89,19 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
              if getattr(args, f.name, None) is not None}
     return validate_with_preset(config.with_values(**given), preset, chosen | set(given),
                                 require_models=require_models)
+
+
+def config_file_refusal(in_file: dict[str, Any], args: argparse.Namespace,
+                        environ: dict[str, str] | None = None) -> str | None:
+    """What `kdengine train --config FILE` refuses in the file before anything else (a relative
+    path that only the file's folder has: kdengine.config.file_folder_path_refusal), for the
+    same file given to `kdtui launch`: its paths are read from the working directory too, and
+    one that names nothing there passed for a hub id until the check, a second later, named a
+    --flag the user never typed. Fields set by a flag or a KDTUI_ variable are not read."""
+    environ = dict(os.environ if environ is None else environ)
+    over = {f.name for f in FIELDS if getattr(args, f.name, None) is not None or
+            f"KDTUI_{f.name.upper()}" in environ}
+    return file_folder_path_refusal(in_file, Path(args.config), over)
 
 
 class StagePrinter:
