@@ -186,6 +186,9 @@ def cmd_train(argv: list[str]) -> int:
             from kdengine.preflight import unused_data_option
 
             unused = unused_data_option(config)
+            if unused is not None and args.config and getattr(args, unused.field) is None:
+                # set in the --config file, not by a flag: named as the file spells it
+                raise UsageError(f"{unused.field} in {args.config}: {unused.message}")
             if unused is not None:
                 raise unused
     except ModuleNotFoundError as exc:
