@@ -211,6 +211,7 @@ def cmd_train(argv: list[str]) -> int:
     if args.resume:
         resume.check_same_teacher(run_dir, config, teacher_identity)
         resume.check_same_examples(run_dir, config, preflight.data_content)
+        resume.check_same_text(run_dir, config, preflight.tokenizer)
     _check_disk_space(config, run_dir, resumed=bool(args.resume))
     if args.check:
         print(json.dumps({"ok": True, "run_dir": str(run_dir), "config": config.to_dict(),

@@ -20,7 +20,7 @@ files)."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,14 @@ class Preflight:
     # example data's token store, by content (kdengine.data.store): a --resume compares it with
     # its checkpoint's data position before any model is loaded
     data_content: str | None = None
+    # the tokenizer the run's data is read with (the teacher's): a --resume on raw text
+    # tokenizes the data with it to compare it with its checkpoint's (kdengine.resume)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        facts = asdict(replace(self, tokenizer=None))
+        del facts["tokenizer"]
+        return facts
 
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # a folder per GPU the driver sees (Linux)
@@ -160,6 +165,7 @@ def check_run_inputs(config: RunConfig) -> Preflight:
     facts.train_tokens, facts.val_tokens = check_data(config, tokenizer, unchecked,
                                                       teacher_dir, teacher_tok, found)
     facts.data_content = found.get("content")
+    facts.tokenizer = tokenizer
     if config.teacher_cache:
         from kdengine.teacher.checks import check_cache_fits
 

@@ -1,13 +1,15 @@
 """What `kdengine train --resume RUN_DIR` must find before it continues, checked before a model
 loads or a byte is written (kdengine.cli): the run's own config.json, an unfinished run with a
-whole checkpoint to continue from, the teacher it started with and, for example data, the
-examples it trained on. Each refusal is a ConfigError naming --resume and the way on."""
+whole checkpoint to continue from, the teacher it started with and the data it trained on
+(example data's examples, raw text's tokens). Each refusal is a ConfigError naming --resume
+and the way on."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from kdengine.checkpoint_files import newest_complete
 from kdengine.config import ConfigError, RunConfig
@@ -105,9 +107,8 @@ def check_same_examples(run_dir: Path, config: RunConfig, content: str | None) -
     """A resume on example data whose examples changed since its newest checkpoint is refused
     here, before any model loads, as the trainer would refuse it after loading both (the
     sampler's data position; kdengine.data.packing): the packed rows' stream starts with the
-    token store's content digest. A checkpoint from before meta.json held the position, raw
-    text (its stream's fingerprint needs every token) and a teacher cache's rows are left to
-    the trainer's check."""
+    token store's content digest. A checkpoint from before meta.json held the position and a
+    teacher cache's rows are left to the trainer's check; raw text is check_same_text's."""
     latest = newest_complete(run_dir)
     if content is None or latest is None:
         return
@@ -124,3 +125,47 @@ def check_same_examples(run_dir: Path, config: RunConfig, content: str | None) -
                       "was added or removed since): restore that data and resume, or start a new "
                       f"run on it with `{PROG} train --config {run_dir / 'config.json'} "
                       "--run-dir NEW_DIR`")
+
+
+def check_same_text(run_dir: Path, config: RunConfig, tokenizer: Any) -> None:
+    """check_same_examples for raw text (text files, pre-tokenized shards): its checkpoint's
+    data position holds the training stream's fingerprint (kdengine.data.stream_fingerprint),
+    which needs every token, so the data is read as the run reads it (kdengine.loading: text
+    is tokenized into the engine's cache, which the run then reads back) and compared before
+    any model loads. Example data, the demo's text, a teacher cache's rows, a tokenizer not
+    here yet (a hub teacher to download) and a checkpoint from before meta.json held the
+    position are not checked here (the trainer's check stays)."""
+    from kdengine.config import DEMO_DATA
+
+    if config.teacher_cache or config.data == DEMO_DATA or tokenizer is None:
+        return
+    from kdengine.data.formats import is_example_data, parse_fields
+
+    if is_example_data(config.data, parse_fields(config.data_fields)):
+        return
+    latest = newest_complete(run_dir)
+    if latest is None:
+        return
+    try:
+        saved = json.loads((latest / "meta.json").read_text()).get("data") or {}
+    except (OSError, ValueError):
+        return  # check_resumable has said what a damaged checkpoint needs
+    stream = saved.get("stream")
+    if not isinstance(stream, str) or ":" not in stream:
+        return
+    from kdengine.data import ByteTokenizer, stream_fingerprint
+    from kdengine.loading import load_data
+    from kdengine.model_facts import DemoByteTokenizer
+
+    if isinstance(tokenizer, DemoByteTokenizer):  # as the preflight counts the demo teacher's
+        tokenizer = ByteTokenizer()
+    now = stream_fingerprint(load_data(config, tokenizer).train)
+    if now == stream:
+        return
+    then, count = stream.split(":", 1)[0], now.split(":", 1)[0]
+    differ = (f"{then} training tokens then, {count} now" if then != count else
+              f"as many training tokens, {count}, but not the same")
+    raise ConfigError("resume", f"the text of {config.data} is not the one {run_dir} trained "
+                      f"on up to {latest.name} ({differ}: a file changed, was added or "
+                      "removed since): restore that data and resume, or start a new run on it "
+                      f"with `{PROG} train --config {run_dir / 'config.json'} --run-dir NEW_DIR`")
