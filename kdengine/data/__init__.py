@@ -31,8 +31,10 @@ from kdengine.config import DEMO_DATA, ConfigError
 from kdengine.data.formats import (
     TEXT_SUFFIXES,
     check_data_file,
+    counted,
     empty_fix,
     json_error_text,
+    json_kind,
     no_fields_text,
     visible_files,
 )
@@ -102,7 +104,7 @@ def read_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
     skipped = [] if skipped is None else skipped
     docs = list(iter_documents(spec, text_field, on_bad_file, skipped))
     if not docs:
-        why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
+        why = f" ({_all_skipped(len(skipped))}; first: {skipped[0][1]})" if skipped else ""
         raise ConfigError("data", f"{spec} is empty: no text to train on{why}; "
                           f"{empty_fix(bool(skipped))}")
     return docs
@@ -147,6 +149,11 @@ def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
         yield from docs
 
 
+def _all_skipped(count: int) -> str:
+    """"all 3 files skipped", or "its one file skipped"."""
+    return "its one file skipped" if count == 1 else f"all {count} files skipped"
+
+
 class _BadFile(Exception):
     def __init__(self, where: str, reason: str, fix: str) -> None:
         super().__init__(f"{where} {reason}")
@@ -163,8 +170,11 @@ def _file_documents(file: Path, name: str, text_field: str) -> list[Document]:
     except UnicodeDecodeError as exc:
         raise _BadFile(f"cannot read {file}:", f"not UTF-8 text (byte {exc.start})",
                        "give UTF-8 text, or pre-tokenized shards") from None
-    if file.suffix == ".jsonl":  # a byte-order mark (Windows editors) opens no record
-        return list(_jsonl_documents(file, text.removeprefix("\ufeff"), text_field))
+    # a byte-order mark (Notepad and other Windows editors write one) is no text: it opens no
+    # record, and a text file's first token is its first word, not U+FEFF
+    text = text.removeprefix("\ufeff")
+    if file.suffix == ".jsonl":
+        return list(_jsonl_documents(file, text, text_field))
     return [Document(name, text)] if text.strip() else []
 
 
@@ -297,7 +307,7 @@ def shard_files(spec: str) -> tuple[list[Path], torch.dtype, int]:
     for file in files:
         size = file.stat().st_size
         if size % width:
-            raise ConfigError("data", f"{file} has {size} bytes, not a whole number of "
+            raise ConfigError("data", f"{file} has {counted(size, 'byte')}, not a whole number of "
                               f"{meta['dtype']} tokens (truncated or the wrong dtype?)")
     return files, dtype, eos_id
 
@@ -333,13 +343,13 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
             raise _BadFile(f"{file}:{number}", f"is not JSON: {json_error_text(exc)}",
                            "fix the line") from None
         if not isinstance(record, dict):
-            raise _BadFile(f"{file}:{number}", f"is a {type(record).__name__}, not a record "
+            raise _BadFile(f"{file}:{number}", f"is {json_kind(record)}, not a record "
                            "(an object of fields)", "give each line a JSON object with a text "
                            "field (or messages, or prompt and completion)")
         if not isinstance(record.get(text_field), str):
             if text_field in record:
                 raise _BadFile(f"{file}:{number}", f"has a {text_field} field that is "
-                               f"{_json_kind(record[text_field])}, not a string",
+                               f"{json_kind(record[text_field])}, not a string",
                                "give each line a text string")
             kind = next((k for k in ("messages", "conversations", "prompt", "completion")
                          if record.get(k) is not None), None)
@@ -353,16 +363,6 @@ def _jsonl_documents(file: Path, text: str, text_field: str) -> Iterator[Documen
             raise _BadFile(f"{file}:{number}", reason, fix)
         if record[text_field].strip():
             yield Document(f"{file.name}:{number}", record[text_field])
-
-
-def _json_kind(value: object) -> str:
-    """What a JSON value is, in JSON's words (a field of the wrong kind says it)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    kinds = {int: "a number", float: "a number", list: "a list", dict: "an object"}
-    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 def is_validation(name: str, val_fraction: float) -> bool:
@@ -451,10 +451,10 @@ def check_split_sizes(train: int, val: int, window: int, batch_size: int,
     `spec` (its path)."""
     need, need_val = enough_tokens(window, batch_size)
     if train < need or val < need_val:
-        raise ConfigError("data", f"{spec + ' ' if spec else ''}has {train + val} tokens "
-                          f"({train} train, {val} validation), "
+        raise ConfigError("data", f"{spec + ' ' if spec else ''}has "
+                          f"{counted(train + val, 'token')} ({train} train, {val} validation), "
                           f"shorter than one batch: batch_size x (seq_len + 1) needs about "
-                          f"{need} train tokens and one validation sequence {need_val} (give "
+                          f"{need} train tokens and one validation sequence of {need_val} (give "
                           "more data, or a smaller --seq-len or --batch-size)")
 
 

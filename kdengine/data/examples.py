@@ -17,7 +17,7 @@ import torch
 
 from kdengine.config import ConfigError, RunConfig
 from kdengine.data.chat import ChatTemplate
-from kdengine.data.formats import parse_fields
+from kdengine.data.formats import counted, parse_fields
 from kdengine.data.packing import PackedRows, PackedSampler, pack_rows
 from kdengine.data.store import DataOptions, TokenStore, open_store
 
@@ -52,8 +52,10 @@ class DataStats:
         """The examples that train nothing, in words (None when none does)."""
         if not (self.no_answer or self.answer_past_seq_len):
             return None
-        return (f"data: {self.no_answer + self.answer_past_seq_len} examples train nothing and "
-                f"are left out of the rows ({self.no_answer} with no assistant turn or "
+        total = self.no_answer + self.answer_past_seq_len
+        trains = "trains nothing and is" if total == 1 else "train nothing and are"
+        return (f"data: {counted(total, 'example')} {trains} "
+                f"left out of the rows ({self.no_answer} with no assistant turn or "
                 f"completion, {self.answer_past_seq_len} whose trained tokens all lie past "
                 "seq_len)")
 
@@ -115,10 +117,11 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
     left_out = _left_out_text(int((fits & no_answer).sum()), int((fits & past).sum()), seq_len)
     if (len(train) < batch_size or len(val) < 1) and dropped:  # --on-long drop left too few
         more = "" if dropped == len(store) else ", or more data"
-        raise ConfigError("on_long", f"drop left out {dropped} of the {len(store)} examples "
-                          f"as longer than seq_len {seq_len}, leaving {len(train)} train and "
-                          f"{len(val)} validation rows: batch_size {batch_size} needs "
-                          f"{batch_size} train rows and one validation row (give a larger "
+        raise ConfigError("on_long", f"drop left out {dropped} of the "
+                          f"{counted(len(store), 'example')} as longer than seq_len {seq_len}, "
+                          f"leaving {len(train)} train and {counted(len(val), 'validation row')}"
+                          f": batch_size {batch_size} needs {counted(batch_size, 'train row')} "
+                          "and one validation row (give a larger "
                           f"--seq-len, or --on-long truncate{more})")
     if bool(held.any()) and len(val) < 1:  # every held-out example trains nothing
         # --train-on all, which an on-policy run refuses (it leaves no prompt), is no fix there
@@ -134,13 +137,14 @@ def load_example_data(spec: str, tokenizer: Any, template: ChatTemplate | None, 
                 "data with answers (conversations with an assistant turn, or prompt/completion "
                 "pairs), or --train-on all")
         raise ConfigError("data", f"{spec}: the validation rows hold no trained tokens (of the "
-                          f"{int(held.sum())} held-out examples, {why}): give {give}")
+                          f"{counted(int(held.sum()), 'held-out example')}, {why}): give {give}")
     if len(train) < batch_size or len(val) < 1:
         why = f" ({untrained} left out: {left_out})" if untrained else ""
-        raise ConfigError("data", f"{spec} has {len(store)} examples{why}, packed into "
-                          f"{len(train)} train and {len(val)} validation rows of seq_len "
-                          f"{seq_len}: batch_size {batch_size} needs {batch_size} train rows and "
-                          "one validation row (give more data, or a smaller --batch-size)")
+        raise ConfigError("data", f"{spec} has {counted(len(store), 'example')}{why}, packed "
+                          f"into {len(train)} train and {counted(len(val), 'validation row')} "
+                          f"of seq_len {seq_len}: batch_size {batch_size} needs "
+                          f"{counted(batch_size, 'train row')} and one validation row (give "
+                          "more data, or a smaller --batch-size)")
     stats = DataStats(
         examples=meta["examples"], train_examples=int((~held).sum()),
         val_examples=int(held.sum()), tokens=meta["tokens"],

@@ -59,6 +59,23 @@ class BadRecord(Exception):
         super().__init__(f"{where}: {message}")
 
 
+def json_kind(value: object) -> str:
+    """What a record's value is, in JSON's words ("a number", "an object"), not Python's ("int",
+    "dict"): a refusal names what the user wrote."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    kinds = {int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
+    return kinds.get(type(value), f"a value of type {type(value).__name__}")
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """"1 example", "2 examples": a count with its noun in the number it takes."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def json_error_text(exc: json.JSONDecodeError) -> str:
     """The decoder's reason with where on the line it is ("Unterminated string starting at
     column 12"): exc.msg alone stops at "starting at". The line is named by the caller."""
@@ -291,7 +308,9 @@ def is_saved_dataset(path: Path) -> bool:
 def to_example(where: str, row: Any, fields: dict[str, str]) -> Example:
     """The record `row` as an Example of its kind, or a BadRecord saying what is wrong."""
     if not isinstance(row, dict):
-        raise BadRecord(where, f"is a {type(row).__name__}, not a record (an object of fields)")
+        raise BadRecord(where, f"is {json_kind(row)}, not a record (an object of fields): "
+                        "write it as an object with a text, messages, or prompt and "
+                        "completion field")
     absent = [(ours, theirs) for ours, theirs in fields.items() if theirs not in row]
     try:
         return _to_example(where, row, fields)
@@ -328,11 +347,13 @@ def _to_example(where: str, row: dict[str, Any], fields: dict[str, str]) -> Exam
             has, lacks = ("completion", "prompt") if prompt is None else ("prompt", "completion")
             raise BadRecord(where, f"has a {has} but no {lacks} (a pair needs both; name "
                             f"another column with --data-fields, e.g. {lacks}=COLUMN)")
-        raise BadRecord(where, "prompt and completion must both be strings or both be message "
-                        f"lists (got {type(prompt).__name__} and {type(completion).__name__})")
+        raise BadRecord(where, f"has a prompt that is {json_kind(prompt)} and a completion "
+                        f"that is {json_kind(completion)}: make both strings, or both lists "
+                        "of {role, content} messages")
     if row.get("text") is not None:
         if not isinstance(row["text"], str):
-            raise BadRecord(where, f"text is a {type(row['text']).__name__}, not a string")
+            raise BadRecord(where, f"has a text field that is {json_kind(row['text'])}, not a "
+                            "string: give it a string")
         return Example(where, "text", {"text": row["text"]})
     raise BadRecord(where, no_fields_text(row))
 
@@ -400,8 +421,8 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
         calls = message.get("tool_calls")
         if calls is not None and not (isinstance(calls, list)
                                       and all(isinstance(c, dict) for c in calls)):
-            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has tool_calls that are a "
-                            f"{type(calls).__name__}, not a list of calls: write "
+            raise BadRecord(where, f"{name}[{i}] ({message['role']}) has tool_calls that are "
+                            f"{json_kind(calls)}, not a list of calls: write "
                             "[{\"type\": \"function\", \"function\": {\"name\": ..., "
                             "\"arguments\": ...}}]")
         content = message.get("content")
@@ -411,7 +432,7 @@ def _messages(where: str, value: Any, name: str, system: Any = None) -> list[dic
         elif not (isinstance(content, str) or
                   (content is None and message.get("tool_calls"))):
             what = "no content" if content is None else \
-                f"content of type {type(content).__name__}"
+                f"content that is {json_kind(content)}"
             raise BadRecord(where, f"{name}[{i}] ({message['role']}) has {what}: give it a "
                             "string (\"\" where it says nothing), a list of text parts, or, for "
                             "the assistant, tool_calls")
@@ -565,7 +586,7 @@ def _saved_dataset_rows(path: Path, name: str, split: str) -> Iterator[tuple[str
 
 def _text_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")  # a byte-order mark
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

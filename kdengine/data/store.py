@@ -284,7 +284,9 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     finally:
         writer.close()
     if not writer.names:
-        why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
+        skips = "its one file skipped" if len(skipped) == 1 else \
+            f"all {len(skipped)} files skipped"
+        why = f" ({skips}; first: {skipped[0][1]})" if skipped else ""
         raise ConfigError("data", f"{spec} holds no examples{why}; "
                           f"{empty_fix(bool(skipped))}")
     unused = [(ours, theirs) for ours, theirs in options.fields if theirs not in columns]

@@ -36,7 +36,8 @@ import torch
 from kdengine.data import DEMO_DATA, read_documents
 from kdengine.data.store import _file_identity, cache_dir
 
-TEXT_FORMAT = "kdengine-text-1"
+# -2: a text file's byte-order mark is no longer its first token (an entry of -1 holds it)
+TEXT_FORMAT = "kdengine-text-2"
 WRITE_TOKENS = 1 << 24  # tokens converted to uint32 and written at a time
 
 Line = Callable[[str], None]

@@ -170,7 +170,7 @@ def test_content_that_is_not_text_says_what_to_give(made, tmp_path, capsys) -> N
     what it has and what to give."""
     said = one_bad(made, tmp_path, capsys, {"messages": [
         {"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]})
-    assert said == ("messages[0] (user) has content of type int: give it a string (\"\" where "
+    assert said == ("messages[0] (user) has content that is a number: give it a string (\"\" where "
                     "it says nothing), a list of text parts, or, for the assistant, tool_calls")
     said = one_bad(made, tmp_path, capsys, {"conversations": [
         {"from": "human", "value": "q"}, {"from": "gpt"}]}, "sharegpt.jsonl")
@@ -183,7 +183,7 @@ def test_tool_calls_that_are_not_a_list_of_calls_are_refused(made, tmp_path, cap
     said = one_bad(made, tmp_path, capsys, {"messages": [
         {"role": "user", "content": "q"},
         {"role": "assistant", "content": "", "tool_calls": "weather()"}]})
-    assert said.startswith("messages[1] (assistant) has tool_calls that are a str, not a list "
+    assert said.startswith("messages[1] (assistant) has tool_calls that are a string, not a list "
                            "of calls: write [{\"type\": \"function\"")
 
 

@@ -79,7 +79,7 @@ def test_examples_too_few_for_a_batch_name_their_path(check, tmp_path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     line = check(pairs)
-    assert f"--data: {pairs} has 1 examples, packed into" in line
+    assert f"--data: {pairs} has 1 example, packed into" in line
     assert "give more data, or a smaller --batch-size)" in line  # the flag one types
 
 

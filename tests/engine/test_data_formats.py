@@ -172,8 +172,10 @@ BAD = [  # (file name, content, the one-line error it must give)
      r"role.jsonl:1: messages\[0\] has role 'robot'; roles are system, user, assistant, tool"),
     ("mixed.jsonl", json.dumps({"prompt": "p", "completion": [{"role": "assistant",
                                                                "content": "c"}]}) + "\n",
-     r"mixed.jsonl:1: prompt and completion must both be strings or both be message lists"),
-    ("texttype.jsonl", '{"text": 5}\n', r"texttype.jsonl:1: text is a int, not a string"),
+     r"mixed.jsonl:1: has a prompt that is a string and a completion that is a list: "
+     r"make both strings, or both lists"),
+    ("texttype.jsonl", '{"text": 5}\n',
+     r"texttype.jsonl:1: has a text field that is a number, not a string"),
     ("latin1.jsonl", None, r"latin1.jsonl:2: is not UTF-8 text"),
     ("object.json", '{"a": 1}', r"object.json: must hold a JSON array of records"),
     ("broken.parquet", "PAR1 not really", r"broken.parquet: is not a readable parquet file"),
@@ -245,7 +247,7 @@ def test_only_bad_files_is_an_error_even_when_skipping(tmp_path: Path, tok_dir: 
     data = tmp_path / "data"
     data.mkdir()
     write_bad(data / "x.jsonl", BAD[0][1])
-    with pytest.raises(ConfigError, match=r"holds no examples \(all 1 files skipped; first: "
+    with pytest.raises(ConfigError, match=r"holds no examples \(its one file skipped; first: "
                        r"x.jsonl:2: is not JSON"):
         load(data, tok_dir, tmp_path, on_bad_file="skip")
 
