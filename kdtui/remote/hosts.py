@@ -4,7 +4,7 @@ comes from kdtui's hosts file: the remote work dir, the python to use, env setup
     # ~/.config/kdtui/hosts.toml  ($KDTUI_HOSTS_FILE, or hosts.toml in $KDTUI_CONFIG_DIR)
     [hosts.gpu1]                 # an alias from ~/.ssh/config (HostName, User, Port, keys)
     work_dir = "kdtui"           # relative to the remote home, or absolute
-    python = "python3"           # has torch (and CUDA); kdtui adds a venv on top of it
+    python = "python3"           # has torch (and CUDA); "~/x" is under the remote home
     env_setup = ["source /opt/conda/etc/profile.d/conda.sh", "conda activate torch"]
     env = { HF_HOME = "/data/hf" }
     sync = "wheel"               # or "git" with git_url and git_ref
@@ -87,6 +87,12 @@ def _remote_path(value: str) -> str:
     return value
 
 
+def _remote_program(value: str) -> str:
+    # a program under the home ("~/miniconda3/bin/python"): quoted, "~" would be a directory
+    # named "~"; "./" keeps a path without another slash from being looked up on PATH
+    return "./" + value[2:] if value.startswith("~/") else value
+
+
 def host_from_mapping(alias: str, values: Mapping[str, Any], where: str = "") -> HostConfig:
     known = {f.name for f in fields(HostConfig)} - {"alias", "from_file"}
     prefix = f"{where}: [hosts.{alias}]" if where else f"host {alias}"
@@ -116,7 +122,8 @@ def host_from_mapping(alias: str, values: Mapping[str, Any], where: str = "") ->
         else:
             if not isinstance(value, str) or not value:
                 raise HostsFileError(f"{prefix}: {key} must be a non-empty string")
-            kwargs[key] = _remote_path(value) if key == "work_dir" else value
+            kwargs[key] = _remote_path(value) if key == "work_dir" else \
+                _remote_program(value) if key == "python" else value
     host = HostConfig(alias=alias, from_file=bool(where), **kwargs)
     if host.sync not in SYNC_MODES:
         raise HostsFileError(f"{prefix}: sync must be one of {', '.join(SYNC_MODES)} "
