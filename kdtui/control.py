@@ -375,10 +375,9 @@ def print_plain_runs(args: argparse.Namespace, out: TextIO | None = None) -> int
 def plain_line(entry: RunEntry) -> str:
     """Tab-separated, no field with a space in it: id, where, status, step[/total], verdict,
     started (UTC)."""
-    steps = "-" if entry.step is None else str(entry.step)
-    if entry.step is not None and entry.total_steps:
-        steps += f"/{entry.total_steps}"
+    # a cache job's are rows scored, 'rows:937/937', and its verdict complete or not-complete
+    steps = (entry.progress(sep="/") or "-").replace(" ", ":")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.started)) \
         if entry.started is not None else "-"
     return "\t".join((entry.run_id, entry.where, entry.status.replace(" ", "-"), steps,
-                      entry.verdict or "-", started))
+                      (entry.verdict_word or "-").replace(" ", "-"), started))

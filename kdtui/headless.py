@@ -629,7 +629,7 @@ def runs_layouts(entries: list[Any], by_name: str) -> Any:
 
     def cells(entry: Any, short_start: bool, short_reattach: bool | None) -> tuple[str, ...]:
         row = (entry.run_id + (f" ({entry.teacher})" if entry.teacher else ""), entry.where,
-               entry.status, entry.verdict or "-", started(entry, short_start))
+               entry.status, entry.verdict_word or "-", started(entry, short_start))
         return row if short_reattach is None else (*row, reattach(entry, short_reattach))
 
     header = ("RUN", "HOST", "STATE", "VERDICT", "STARTED (UTC)", "REATTACH")

@@ -7,6 +7,7 @@ asks the OS whether the pid in engine.pid is alive, so listing stays fast with m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from rich.cells import cell_len
 
 from kdengine.events import EVENTS_FILE, LOG_FILE
 from kdengine.processes import pid_alive
+from kdengine.verdict import CACHE_JOB
 
 PID_FILE = "engine.pid"
 _TAIL_BYTES = 1 << 16
@@ -133,7 +135,7 @@ def run_info(run_dir: Path) -> RunInfo | None:
         total_steps=total,
         pid=pid if alive else None,
         teacher=cached_teacher_label(head),
-        cache_job=(head or {}).get("job") == "cache-teacher",
+        cache_job=(head or {}).get("job") == CACHE_JOB,
     )
 
 
@@ -229,6 +231,31 @@ class RunEntry:
         return Path(self.manifest["_path"]) if self.manifest else None
 
     @property
+    def cache_job(self) -> bool:
+        """A teacher-cache job (kdengine cache-teacher), local or dispatched: it scores rows and
+        trains nothing, so it has no step and no smoke verdict."""
+        if self.info is not None:
+            return self.info.cache_job
+        return CACHE_JOB in ((self.manifest or {}).get("engine_command") or [])
+
+    @property
+    def verdict_word(self) -> str | None:
+        """The verdict column's word: a run's verdict (pass, fail, inconclusive); a cache job's
+        'complete' or 'not complete', as its screen's panel says (its 'pass' read as the smoke
+        verdict of a distillation beside runs that had one)."""
+        if self.verdict and self.cache_job:
+            return "complete" if self.verdict == "pass" else "not complete"
+        return self.verdict
+
+    def progress(self, count: Callable[[int], str] = str, sep: str = " / ") -> str | None:
+        """The step column: '40 / 200' (`count` writes each number); a cache job's rows scored,
+        'rows 937 / 937' (its step events count rows, and its screen says rows); None unknown."""
+        if self.step is None:
+            return None
+        text = count(self.step) + (f"{sep}{count(self.total_steps)}" if self.total_steps else "")
+        return f"rows {text}" if self.cache_job else text
+
+    @property
     def ref(self) -> str:
         """What `kdtui watch/resume` take for it: the local run dir, or the dispatch.json."""
         return str(self.info.run_dir) if self.info is not None else str(self.manifest_path)
@@ -281,6 +308,8 @@ def remote_entry(manifest: dict[str, Any]) -> RunEntry:
     total = manifest.get("effective_steps")
     if not isinstance(total, int) or isinstance(total, bool):
         total = (manifest.get("config") or {}).get("steps")
+    if CACHE_JOB in (manifest.get("engine_command") or []):
+        total = None  # a job's rows are its data's, not the config's steps ('937 / 500')
     return RunEntry(str(manifest.get("run_id", "?")), str(manifest.get("host", "?")), status,
                     str(verdict) if verdict else None, step if isinstance(step, int) else None,
                     total if isinstance(total, int) else None,

@@ -398,10 +398,7 @@ def short_updated(run: RunEntry, now: float) -> str:
 
 def short_step(run: RunEntry) -> str:
     """The step column where 80 columns are few: '123k / 1M', '80 / 1,000'."""
-    if run.step is None:
-        return "–"
-    step = _short_count(run.step)
-    return f"{step} / {_short_count(run.total_steps)}" if run.total_steps else step
+    return run.progress(_short_count) or "–"
 
 
 def _short_count(n: int) -> str:
@@ -426,14 +423,8 @@ def _marks(run: RunEntry, selected: bool, seen) -> str:
 def _cells(run: RunEntry, now: float) -> tuple[str, ...]:
     """run, host, status, verdict, started, step, updated (started in local time, local runs
     and dispatches alike: the column header names the zone)."""
-    step = f"{run.step:,}" if run.step is not None else "–"
-    if run.step is not None and run.total_steps:
-        step += f" / {run.total_steps:,}"
-    verdict = (run.verdict or "–").upper()
-    if run.info is not None and run.info.cache_job and run.verdict:
-        # a job is judged complete or not, as its screen's panel says: PASS read as the smoke
-        # verdict of a run that distilled something
-        verdict = "COMPLETE" if run.verdict == "pass" else "NOT COMPLETE"
+    step = run.progress("{:,}".format) or "–"
+    verdict = (run.verdict_word or "–").upper()
     updated = format_seconds(now - run.info.updated) + " ago" if run.info is not None else "–"
     # a run from a teacher cache, or a cache job, says so beside its id (as `kdtui runs`)
     name = run.run_id + (f" ({run.teacher})" if run.teacher else "")  # fit_run splits it
