@@ -278,15 +278,74 @@ def _split_of(path: Path, root: Path) -> str | None:
     return None
 
 
+# push_to_hub's layout, whose split names are any (ultrachat_200k's train_sft, test_gen, ...):
+# data/<split>-00000-of-00003[-<hash>].<suffix>, as `datasets` reads it (SPLIT_PATTERN_SHARDED)
+_SHARDED_SPLIT = re.compile(r"^data/(\w+(?:\.\w+)*)-[0-9]{5}-of-[0-9]{5}[^/]*\.[^/.]+$")
+
+
 def _of_split(files: list[Path], root: Path, split: str) -> tuple[list[Path], list[str]]:
-    """Files named for `split` when any file is named for a split, as hub datasets lay them
-    out; else all of them (one split, "train"). With the splits the files name (none when
-    no file names one)."""
-    splits = {f: _split_of(f, root) for f in files}
+    """The files of `split` and the splits the folder has, as `datasets` tells a folder's
+    splits, first rule that applies: the dataset card's `configs` (README.md's YAML, its default
+    config's data_files by split); push_to_hub's data/<split>-NNNNN-of-NNNNN files, any split
+    name (train_sft is its own split, not train); a split's word in file names (train.jsonl,
+    alpaca_test.jsonl, dev/...); else every file is "train" (and no split is listed)."""
+    splits = _card_splits(files, root)
+    if splits is None:
+        sharded = {f: _SHARDED_SPLIT.match(f.relative_to(root).as_posix()) for f in files}
+        if any(sharded.values()):  # the files outside the layout are no split's, as datasets'
+            splits = {f: m.group(1) if m else None for f, m in sharded.items()}
+        else:
+            splits = {f: _split_of(f, root) for f in files}
     if not any(splits.values()):
         return (files if split == "train" else []), []
-    have = sorted({s for s in splits.values() if s}, key=SPLITS.index)
+    have = sorted({s for s in splits.values() if s},
+                  key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
     return [f for f in files if splits[f] == split], have
+
+
+def _card_splits(files: list[Path], root: Path) -> dict[Path, str | None] | None:
+    """Each file's split as the dataset card (root/README.md) assigns it: its YAML header's
+    `configs`, the default one's (default: true, or named "default", or the only one)
+    data_files, a path or list (train) or [{split, path}, ...]; None when the card says none
+    (no card, no configs, no YAML reader: the next rule then applies)."""
+    card = root / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8-sig") if card.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---"):
+        return None
+    try:
+        import yaml
+
+        header = yaml.safe_load(text[3:].split("\n---", 1)[0])
+    except Exception:  # noqa: BLE001 - no yaml, or a card it cannot read: the files decide
+        return None
+    configs = header.get("configs") if isinstance(header, dict) else None
+    if not isinstance(configs, list) or not configs:
+        return None
+    chosen = next((c for c in configs if isinstance(c, dict) and c.get("default")), None) or \
+        next((c for c in configs if isinstance(c, dict) and c.get("config_name") == "default"),
+             None) or (configs[0] if len(configs) == 1 else None)
+    data_files = chosen.get("data_files") if isinstance(chosen, dict) else None
+    if isinstance(data_files, (str, list)) and not (
+            isinstance(data_files, list) and data_files and isinstance(data_files[0], dict)):
+        data_files = [{"split": "train", "path": data_files}]
+    if not isinstance(data_files, list):
+        return None
+    patterns: list[tuple[str, str]] = []
+    for entry in data_files:
+        if isinstance(entry, dict) and isinstance(entry.get("split"), str):
+            paths = entry.get("path")
+            for path in [paths] if isinstance(paths, str) else paths or []:
+                patterns.append((str(path).removeprefix("./"), entry["split"]))
+    if not patterns:
+        return None
+    from fnmatch import fnmatchcase
+
+    return {f: next((split for pattern, split in patterns
+                     if fnmatchcase(f.relative_to(root).as_posix(), pattern)), None)
+            for f in files}
 
 
 def _saved_split(path: Path) -> str | None:
