@@ -235,7 +235,8 @@ def cmd_train(argv: list[str]) -> int:
                  teacher_identity=teacher_identity)
     if result.status == "failed":  # the details and the traceback are in launch.log
         reason = result.error.strip().splitlines()[0] if result.error.strip() else "error"
-        print(f"{PROG} train: error: [{result.stage}] failed: {reason} (traceback in "
+        where = "traceback" if result.traceback else "log"  # (none for a NaN: the line says it)
+        print(f"{PROG} train: error: [{result.stage}] failed: {reason} ({where} in "
               f"{run_dir / 'launch.log'})", file=sys.stderr, flush=True)
     return result.exit_code
 

@@ -3,7 +3,8 @@
     prepare -> load_teacher -> load_student -> data -> train -> final_eval -> verdict
 
 each a `stage` event; the train stage is kdengine.trainer's loop. A failure of any kind ends the
-run as failed with its reason in one line and its traceback in launch.log; SIGINT/SIGTERM end it
+run as failed with its reason in one line and its traceback in launch.log (a loss that is NaN or
+inf: the line alone, naming the checkpoint kept); SIGINT/SIGTERM end it
 as cancelled, after writing a checkpoint of the last trained step (one process);
 `resume=True` continues from the newest complete checkpoint.
 """
@@ -47,10 +48,12 @@ from kdengine.stop import RunCancelled, StopSignals
 from kdengine.teacher.provider import open_cached_teacher, teacher_cache_fields
 from kdengine.trainer import (
     BaselineNotFinite,
+    EvalNotFinite,
     KDTrainer,
     LossNotFinite,
     pick_device,
     pick_dtype,
+    refuse_a_non_finite_evaluation,
 )
 from kdengine.verdict import verdict_from_events
 
@@ -66,6 +69,7 @@ class RunResult:
     verdict: Any = None
     error: str = ""  # a failed run: the reason, one line as the CLI prints it
     stage: str = ""  # ... and the stage it failed in
+    traceback: bool = True  # ... and whether launch.log holds its traceback (not for a NaN)
 
 
 def environment() -> dict[str, Any]:
@@ -188,7 +192,8 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
 
             stage = "final_eval"
             log.stage(stage, "running")
-            trainer.evaluate()
+            # a NaN here ends the run before these weights are checkpointed or written
+            refuse_a_non_finite_evaluation(trainer.evaluate())
             trainer.checkpoint()
             # on disk before the final student is written beside it (the disk space check
             # counts one at a time) and before the run can complete
@@ -220,11 +225,18 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=_step(trainer))
         return RunResult("cancelled", code, run_dir)
     except Exception as exc:  # every failure ends as a failed run with its reason and traceback
-        kind = "loss" if isinstance(exc, (LossNotFinite, BaselineNotFinite)) else \
-            type(exc).__name__
-        if isinstance(exc, LossNotFinite) and trainer is not None:
+        # a loss that is NaN or inf is the numbers' failure, not the code's: its one line says
+        # it all (the step, the fix, the checkpoint kept), with no traceback anywhere
+        numbers = isinstance(exc, (LossNotFinite, BaselineNotFinite))
+        kind = type(exc).__name__
+        if isinstance(exc, LossNotFinite) and not isinstance(exc, EvalNotFinite) \
+                and trainer is not None:
             log.emit(ev.STEP, step=trainer.step, loss=float("nan"), total_steps=config.steps)
         reason = str(exc) or kind
+        if isinstance(exc, LossNotFinite):
+            kept = latest_checkpoint(run_dir)
+            reason += (f"; the last checkpoint, {kept}, is kept" if kept is not None else
+                       "; no checkpoint was written before it")
         if not isinstance(exc, DiskFull) and is_disk_full(exc):  # a save outside checkpoint.py
             where = full_directory(exc, run_dir)  # the run dir, or e.g. the demo teacher's cache
             need = f", a checkpoint needs {human(footprint.checkpoint)}" if footprint else ""
@@ -233,17 +245,22 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
         try:
             log.stage(stage, "failed", reason, terminal=False)
-            tb = "".join(traceback.format_exception(exc))
-            log.emit(ev.LOG, level="error", message=f"{kind}: {reason}", traceback=tb)
-            log.line(f"ERROR: {kind}: {reason}", terminal=False)
-            log.line(tb.rstrip(), terminal=False)
+            if numbers:
+                log.emit(ev.LOG, level="error", message=reason)
+                log.line(f"ERROR: {reason}", terminal=False)
+            else:
+                tb = "".join(traceback.format_exception(exc))
+                log.emit(ev.LOG, level="error", message=f"{kind}: {reason}", traceback=tb)
+                log.line(f"ERROR: {kind}: {reason}", terminal=False)
+                log.line(tb.rstrip(), terminal=False)
             log.emit(ev.RUN_FINISHED, status="failed", exit_code=EXIT_FAILED, error=reason,
                      stage=stage, steps=_step(trainer))
         except OSError as unrecorded:  # a disk so full that the failure cannot be written down
             if not is_disk_full(unrecorded):
                 raise
             reason += f" (not recorded in {run_dir}: its disk is full)"
-        return RunResult("failed", EXIT_FAILED, run_dir, error=reason, stage=stage)
+        return RunResult("failed", EXIT_FAILED, run_dir, error=reason, stage=stage,
+                         traceback=not numbers)
     finally:
         held.close()
         log.close()

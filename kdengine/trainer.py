@@ -60,12 +60,24 @@ if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that 
 
 
 class LossNotFinite(Exception):
-    pass
+    """A training step's loss or gradient norm is NaN or inf: its update was not applied and
+    the run ends at that step (kdengine.run names the last checkpoint, kept)."""
 
 
 class BaselineNotFinite(Exception):
     """The step-0 evaluation gave a NaN or inf loss: the verdict is INCONCLUSIVE already, and
     no training step can make it anything else, so the run ends before its first step."""
+
+
+class EvalNotFinite(LossNotFinite):
+    """An evaluation after step 0 gave a NaN or inf loss: the student's weights diverged in
+    the steps since, so the run ends there, as at a non-finite training loss, before those
+    weights are checkpointed (or, at the last step, written as the final student)."""
+
+
+# what a loss that turns NaN or inf in training most likely needs: the same words at a step's
+# loss and at an evaluation's
+DIVERGED = "the training diverged: start again with a lower --lr (or more --warmup-steps)"
 
 
 def pick_device(config: RunConfig) -> torch.device:
@@ -490,7 +502,7 @@ class KDTrainer:
         if not math.isfinite(loss):
             self.step = step.number  # the run ends at this step; the next one is never applied
             raise LossNotFinite(f"loss is {loss} at step {step.number} (ce={ce}, kd={kd}); "
-                                "the update was not applied")
+                                f"the update was not applied: {DIVERGED}")
         scaling = step.scale is not None
         if math.isfinite(grad_norm):
             self.overflows_in_a_row = 0
@@ -499,7 +511,7 @@ class KDTrainer:
         else:
             self.step = step.number
             raise LossNotFinite(f"gradient norm is {grad_norm} at step {step.number} (loss "
-                                f"{loss}); the update was not applied")
+                                f"{loss}); the update was not applied: {DIVERGED}")
         if scaling:
             self.scaler.update()  # halves the scale after an overflow, grows it when quiet
         metrics = {"step": step.number, "loss": loss, "kd": kd, "ce": ce, "lr": step.lr,
@@ -692,7 +704,7 @@ class KDTrainer:
         # trainer), the step-0 evaluation, the first step (torch.compile runs inside the last two)
         loop_started = time.monotonic()
         if evaluate_start:
-            _refuse_a_non_finite_baseline(self.evaluate())
+            refuse_a_non_finite_evaluation(self.evaluate())
         evaluated = time.monotonic()
         queued: QueuedStep | None = None  # a step left queued: its numbers come one step late
 
@@ -718,7 +730,7 @@ class KDTrainer:
                 continue
             self._report(self._finish(step), loop_started, evaluated)
             if self._evaluates_after(step.number):
-                self.evaluate()
+                refuse_a_non_finite_evaluation(self.evaluate())
             if self._checkpoints_after(step.number):
                 self.checkpoint()
 
@@ -750,14 +762,19 @@ class KDTrainer:
             self.log.emit(ev.SAMPLE, **sample)
 
 
-def _refuse_a_non_finite_baseline(result: dict[str, Any]) -> None:
-    """End the run at step 0 when its baseline (what the verdict compares: val_loss, and an
-    on-policy run's val_gen_kl) is NaN or inf: before a training step, its checkpoint or its
-    compile, naming the part that is not finite and where to look."""
+def refuse_a_non_finite_evaluation(result: dict[str, Any]) -> None:
+    """End the run at an evaluation whose loss (what the verdict compares: val_loss, and an
+    on-policy run's val_gen_kl) is NaN or inf. At step 0 (the baseline): before a training
+    step, its checkpoint or its compile, naming the part that is not finite and where to look;
+    later: before that step's checkpoint, as a non-finite training loss ends it."""
     bad = [k for k in ("val_loss", "val_gen_kl") if k in result and not math.isfinite(result[k])]
     if not bad:
         return
     name = bad[0]
+    if result["step"]:
+        raise EvalNotFinite(f"{name} is {result[name]} at the evaluation of step "
+                            f"{result['step']} (val_ce={result['val_ce']}, "
+                            f"val_kd={result['val_kd']}): {DIVERGED}")
     if not math.isfinite(result["val_ce"]):  # the student's own CE on the data's labels
         where = "the student's own loss is not finite: check its weights"
     elif not math.isfinite(result["val_kd"]):
