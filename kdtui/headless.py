@@ -324,9 +324,31 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"detached: the run goes on; come back with: kdtui watch {config.run_name}",
-              file=out)
+        print(_interrupted_launch(config, host, runs_dir), file=out)
         return EXIT_ERROR
+
+
+def _interrupted_launch(config: RunConfig, host: str, runs_dir: Path) -> str:
+    """A Ctrl-C's line: 'the run goes on' only of a run that was started (a local engine.pid,
+    a dispatch's manifest saying launched); before, nothing runs and no watch would find it."""
+    name = config.run_name
+    if host == LOCAL:
+        from kdtui.launch.local import LocalLauncher
+        from kdtui.runs import PID_FILE
+
+        started = bool(name) and (LocalLauncher(config, runs_dir).run_dir / PID_FILE).is_file()
+    else:
+        from kdtui.remote.manifest import find_manifest, read_manifest
+
+        path = find_manifest(name) if name else None
+        try:
+            started = path is not None and bool(read_manifest(path).get("launched"))
+        except (OSError, ValueError):
+            started = True  # a manifest there, unreadable: say how to look, not that none runs
+    if started:
+        return f"detached: the run goes on; come back with: kdtui watch {name}"
+    where = "" if host == LOCAL else f" on {host}"
+    return f"interrupted before the run started: nothing runs{where}; launch it again to run it"
 
 
 async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: TextIO) -> int:

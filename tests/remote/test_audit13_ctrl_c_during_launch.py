@@ -1,0 +1,86 @@
+"""Ctrl-C in `kdtui launch --headless` (docs/remote.md: "Detach (... Ctrl-C in a headless
+watch) leaves the run going and prints `kdtui watch RUN`"). Before, a Ctrl-C during the
+dispatch's preflight or check, or a local launch's check, printed the same 'detached: the run
+goes on; come back with: kdtui watch RUN' of a run that was never started: nothing ran, no
+manifest was written, and that `kdtui watch` found nothing. Now only a started run is said to go
+on. A real SIGINT to this process, sent when the stage's line is printed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from kdtui.cli import main as kdtui_main
+
+from .conftest import launch_flags
+
+
+class InterruptAt(io.StringIO):
+    """stdout that sends this process a real SIGINT (a Ctrl-C) once `text` is printed."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.sent = text, False
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if not self.sent and self.text in self.getvalue():
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return n
+
+
+def launch_interrupted_at(text: str, *argv: str) -> tuple[int, str]:
+    out = InterruptAt(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdout", out)
+        code = kdtui_main(["launch", "--headless", *argv])
+    assert out.sent, out.getvalue()
+    return code, out.getvalue()
+
+
+@pytest.mark.ssh
+def test_ctrl_c_during_a_remote_dispatch_s_check_says_the_run_was_not_started(
+        remote_env, tiny_run_inputs):
+    code, out = launch_interrupted_at(
+        "[check] running", "--host", "kdtest", "--run-name", "ctrl-c-check",
+        *launch_flags(tiny_run_inputs, 2, 2))
+    assert code == 2, out
+    last = out.splitlines()[-1]
+    assert "goes on" not in out and "kdtui watch" not in out, out
+    assert last.startswith("interrupted before the run started") and "kdtest" in last, last
+    assert not (remote_env["work"] / "runs" / "ctrl-c-check").exists()
+
+
+def test_ctrl_c_during_a_local_launch_s_check_says_the_run_was_not_started(
+        tiny_run_inputs):
+    code, out = launch_interrupted_at(
+        "[check] running", "--run-name", "ctrl-c-local",
+        *launch_flags(tiny_run_inputs, 2, 2))
+    assert code == 2, out
+    assert "goes on" not in out and "kdtui watch" not in out, out
+    assert out.splitlines()[-1].startswith("interrupted before the run started"), out
+    assert not (Path(os.environ["KDENGINE_RUNS_DIR"]) / "ctrl-c-local").exists()
+
+
+@pytest.mark.ssh
+def test_ctrl_c_in_a_headless_watch_of_a_started_remote_run_detaches_and_says_how_to_come_back(
+        remote_env, tiny_run_inputs):
+    pid_file = remote_env["work"] / "runs" / "ctrl-c-run" / "engine.pid"
+    try:
+        code, out = launch_interrupted_at(
+            "[manifest] done", "--host", "kdtest", "--run-name", "ctrl-c-run",
+            *launch_flags(tiny_run_inputs, 400, 0))
+        assert code == 2, out
+        assert out.splitlines()[-1] == \
+            "detached: the run goes on; come back with: kdtui watch ctrl-c-run", out
+        os.kill(int(pid_file.read_text()), 0)  # it does go on
+    finally:  # this test is about the line: the engine is ended at once, not cancelled
+        if pid_file.is_file():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
