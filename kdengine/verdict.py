@@ -181,11 +181,13 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
 
     if bad_loss is not None:
         # a step's training loss, or an evaluation's val_loss (step 0's is before any training)
-        what = ("the loss" if bad_loss.get("type") == ev.STEP else "val_loss" if not _finite(
+        field = ("loss" if bad_loss.get("type") == ev.STEP else "val_loss" if not _finite(
             bad_loss.get("val_loss")) else GEN_KL)
-        value = bad_loss.get("loss" if what == "the loss" else what)
-        return Verdict(INCONCLUSIVE, f"{what} became {value} at step {bad_loss.get('step')}",
-                       **known)
+        # named as the verdict's labels name them (`val loss`, `val gen KL`: the panel, the
+        # summary line), not by their event fields
+        what = {"loss": "the loss", "val_loss": _LABELS[VAL_LOSS]}.get(field, _LABELS[GEN_KL])
+        return Verdict(INCONCLUSIVE, f"{what} became {bad_loss.get(field)} at step "
+                       f"{bad_loss.get('step')}", **known)
     if finished is None:
         return Verdict(INCONCLUSIVE, f"the run has not finished (last step {last_step})", **known)
     status = finished.get("status")
@@ -199,8 +201,8 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     if key == GEN_KL:  # on-policy: the student's own writing, graded by the teacher
         beside = _val_loss_beside(initial, final)
         if final_loss < init_loss:
-            return Verdict(PASS, f"on-policy val_gen_kl went down; {beside}", **known)
-        return Verdict(FAIL, f"on-policy val_gen_kl did not go below step 0; {beside}",
+            return Verdict(PASS, f"on-policy {_LABELS[GEN_KL]} went down; {beside}", **known)
+        return Verdict(FAIL, f"on-policy {_LABELS[GEN_KL]} did not go below step 0; {beside}",
                        **known)
     if final_loss < init_loss:
         return Verdict(PASS, "the held-out validation loss went down", **known)
@@ -225,8 +227,8 @@ def _cache_job_verdict(finished: dict[str, Any] | None, rows: int) -> Verdict:
 def _val_loss_beside(initial: dict[str, Any], final: dict[str, Any]) -> str:
     a, b = initial.get("val_loss"), final.get("val_loss")
     if _finite(a) and _finite(b):  # short: the panel is 40 columns wide at 80x24
-        return f"val_loss {a:.3f} -> {b:.3f}"
-    return "val_loss not known"
+        return f"{_LABELS[VAL_LOSS]} {a:.3f} -> {b:.3f}"
+    return f"{_LABELS[VAL_LOSS]} not known"
 
 
 def verdict_for_run(run_dir: str) -> Verdict:

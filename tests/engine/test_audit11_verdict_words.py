@@ -23,7 +23,7 @@ def test_a_nan_step_zero_evaluation_is_named_val_loss(tmp_path: Path, engine_in_
     assert ran.returncode == 1
     said = engine_in_process("verdict", str(run_dir))
     assert said.returncode == 2
-    assert said.stdout.strip() == "F-DISTILL-SMOKE-001 INCONCLUSIVE. val_loss became nan at step 0"
+    assert said.stdout.strip() == "F-DISTILL-SMOKE-001 INCONCLUSIVE. val loss became nan at step 0"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -43,4 +43,4 @@ def test_a_non_finite_val_gen_kl_makes_an_on_policy_verdict_inconclusive(bad: fl
                        "steps": 10})
         verdict = verdict_from_events(events)
         assert (verdict.status, verdict.reason) == (
-            "inconclusive", f"val_gen_kl became {bad} at step {10 * at}")
+            "inconclusive", f"val gen KL became {bad} at step {10 * at}")

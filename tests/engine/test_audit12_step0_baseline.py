@@ -46,7 +46,7 @@ def test_a_nan_step_zero_evaluation_ends_the_run_before_any_training_step(
     assert "eval step 0 val_loss=nan" in log and log.count("(initial_loss)") == 1
     said = engine_in_process("verdict", str(run_dir))
     assert said.returncode == 2
-    assert said.stdout.strip() == "F-DISTILL-SMOKE-001 INCONCLUSIVE. val_loss became nan at step 0"
+    assert said.stdout.strip() == "F-DISTILL-SMOKE-001 INCONCLUSIVE. val loss became nan at step 0"
 
 
 def test_an_inf_teacher_at_step_zero_names_the_kd_term_and_the_teacher(
