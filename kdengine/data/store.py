@@ -171,11 +171,14 @@ def cache_dir() -> Path:
 
 
 def store_key(sources: list[Source], tokenizer: Any, template: ChatTemplate | None,
-              options: DataOptions) -> str:
-    """The hash a store is found by: data, tokenizer, template and token-changing options."""
+              options: DataOptions,
+              identify: Callable[[Path], list[Any]] | None = None) -> str:
+    """The hash a store is found by: data, tokenizer, template and token-changing options.
+    `identify`: what stands for a source's files (default _file_identity: path, size and
+    mtime; content_identity: their bytes, for a key that outlives a `touch`)."""
     identity = {
         "format": STORE_FORMAT,
-        "data": [_file_identity(s.path) for s in sources],
+        "data": [(identify or _file_identity)(s.path) for s in sources],
         "names": [s.name for s in sources],
         "tokenizer": [getattr(tokenizer, "fingerprint", type(tokenizer).__name__),
                       tokenizer.eos_id, tokenizer.vocab_size],
@@ -195,6 +198,51 @@ def _file_identity(path: Path) -> list[Any]:
         st = p.stat()
         out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     return out
+
+
+def content_identity(path: Path) -> list[Any]:
+    """Name (relative to `path`), size and content digest of a file, or of every file in a
+    folder that _file_identity lists: what the files hold, not where they are or when they
+    were last written."""
+    files = visible_files(path) if path.is_dir() else [path]
+    return [[p.relative_to(path).as_posix() if path.is_dir() else p.name,
+             p.stat().st_size, file_digest(p)] for p in files]
+
+
+DIGESTS_FILE = "digests.json"  # under cache_dir(): digests of files by their stat
+DIGESTS_KEPT = 4096
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of a file's bytes, remembered in KDENGINE_CACHE/data/digests.json by the file's
+    path, size, mtime and inode, so an unchanged file is read once (about 1 GB/s), and a
+    touched one once more. A memo that cannot be read or written costs only the reading."""
+    st = path.stat()
+    stat_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    memo_path = cache_dir() / DIGESTS_FILE
+    try:
+        memo = json.loads(memo_path.read_text())
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo.get(stat_key), str):
+        return memo[stat_key]
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    found = digest.hexdigest()
+    memo[stat_key] = found
+    try:  # the newest DIGESTS_KEPT; written beside and renamed: a reader never sees half
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        kept = dict(list(memo.items())[-DIGESTS_KEPT:])
+        fd, tmp = tempfile.mkstemp(prefix=".digests-", dir=memo_path.parent)
+        with os.fdopen(fd, "w") as out:
+            json.dump(kept, out)
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass
+    return found
 
 
 def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,

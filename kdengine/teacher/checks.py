@@ -10,7 +10,12 @@ from typing import Any
 
 from kdengine.config import DEMO_TEACHER, ConfigError, RunConfig
 from kdengine.teacher.cache import read_manifest
-from kdengine.teacher.identity import ROW_FIELDS, data_identity
+from kdengine.teacher.identity import (
+    ROW_FIELDS,
+    data_identity,
+    is_legacy_identity,
+    legacy_data_identity,
+)
 
 FIELD = "teacher_cache"
 
@@ -81,15 +86,24 @@ def check_cache_fits(config: RunConfig, tokenizer: Any, template_dir: Path | Non
         from kdengine.data import ByteTokenizer
 
         tokenizer = ByteTokenizer()
-    written = manifest["data"]["identity"]
-    now = data_identity(config, tokenizer, template_dir)
-    if written != now:
-        how = ("its files' paths, sizes or times differ" if now.startswith("files:") else
-               "its files, tokenization or chat template differ" if now.startswith("store:")
-               else "another kind of data")
-        raise ConfigError(FIELD, f"{directory} was written from {manifest['data'].get('spec')}, "
-                          f"which is not the run's data {config.data} now ({how}): write the "
-                          "cache again for this data")
+    written = str(manifest["data"]["identity"])
+    if is_legacy_identity(written):  # an older writer's: by the files' times
+        if written == legacy_data_identity(config, tokenizer, template_dir):
+            return
+        how = ("an older kdengine wrote the cache, and knew the data by its files' paths, "
+               "sizes and times, which changed since: a touch or a copy is enough")
+    else:
+        now = data_identity(config, tokenizer, template_dir)
+        if written == now:
+            return
+        kind, kind_now = written.split(":", 1)[0], now.split(":", 1)[0]
+        how = ("another kind of data" if kind != kind_now else
+               "its files' contents, names or sizes changed since" if kind == "text-content"
+               else "its files' contents, names or sizes, the tokenization or the chat template "
+               "changed since")
+    raise ConfigError(FIELD, f"{directory} was written from {manifest['data'].get('spec')}, "
+                      f"which is not the run's data {config.data} now ({how}): write the cache "
+                      "again for this data")
 
 
 def _row_option_differs(directory: Path, name: str, written: Any, now: Any) -> str:

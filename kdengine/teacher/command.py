@@ -196,6 +196,11 @@ def cmd_cache_teacher(argv: list[str]) -> int:
         has_manifest = False
     if has_manifest:
         previous = read_manifest(out, "out")
+        if previous.get("key") != key and _same_but_legacy_data(previous, identity, job,
+                                                                 tokenizer, teacher_dir):
+            # an older writer's cache of these very files, untouched since: it goes on (or is
+            # complete) under the key it was written with
+            identity, key = previous["identity"], previous["key"]
         if previous.get("key") != key:
             differ = sorted(k for k in identity if previous.get("identity", {}).get(k) !=
                             identity[k])
@@ -237,6 +242,20 @@ def cmd_cache_teacher(argv: list[str]) -> int:
     from kdengine.teacher.writer import run_cache_job
 
     return run_cache_job(job, out, identity, key)
+
+
+def _same_but_legacy_data(previous: dict[str, Any], identity: dict[str, Any], job: Any,
+                          tokenizer: Any, teacher_dir: Path | None) -> bool:
+    """Whether `previous` (a manifest) is this job's but for its data identity, which an older
+    kdengine wrote by the files' times, and those times are the files' now."""
+    from kdengine.teacher.identity import is_legacy_identity, legacy_data_identity
+
+    written = previous.get("identity")
+    if not isinstance(written, dict) or not is_legacy_identity(str(written.get("data"))):
+        return False
+    if any(written.get(k) != v for k, v in identity.items() if k != "data"):
+        return False
+    return written["data"] == legacy_data_identity(job.config, tokenizer, teacher_dir)
 
 
 def _print_check(job: Any, out: Path, key: str, complete: bool, size: Any = None) -> None:

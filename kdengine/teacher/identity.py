@@ -36,13 +36,33 @@ def tokenizer_identity(tokenizer: Any) -> str:
 
 
 def data_identity(config: RunConfig, tokenizer: Any, template_dir: Path | None) -> str:
-    """The data as the run reads it: example data by its token store's key (files, tokenizer,
-    chat template, labelling options), raw text by each file's path, size and mtime, the demo
-    data by this Python's standard library."""
+    """The data as the run reads it, by what its files hold (not their times: a `touch`, a
+    copy or a checkout that rewrites them unchanged keeps a cache): example data as its token
+    store's key would be with each file's digest for its time, raw text by each file's name,
+    size and digest, the demo data by this Python's standard library."""
+    return _data_identity(config, tokenizer, template_dir, by_content=True)
+
+
+def legacy_data_identity(config: RunConfig, tokenizer: Any, template_dir: Path | None) -> str:
+    """The identity a cache written before content identities recorded ("store:" or "files:",
+    by the files' paths, sizes and mtimes): such a cache is still taken while its files have
+    the times it was written with."""
+    return _data_identity(config, tokenizer, template_dir, by_content=False)
+
+
+def is_legacy_identity(identity: str) -> bool:
+    return identity.startswith(("store:", "files:"))
+
+
+def _data_identity(config: RunConfig, tokenizer: Any, template_dir: Path | None,
+                   by_content: bool) -> str:
     from kdengine.data.formats import is_example_data, parse_fields
 
     if config.data == DEMO_DATA:
         return f"demo:{sysconfig.get_paths()['stdlib']}:{platform.python_version()}"
+    from kdengine.data.store import _file_identity, content_identity
+
+    identify = content_identity if by_content else _file_identity
     if is_example_data(config.data, parse_fields(config.data_fields)):
         from kdengine.data.chat import load_chat_template
         from kdengine.data.formats import find_sources
@@ -52,14 +72,18 @@ def data_identity(config: RunConfig, tokenizer: Any, template_dir: Path | None) 
         options = DataOptions(split=config.data_split, fields=parse_fields(config.data_fields),
                               train_on=config.train_on, on_bad_file=config.on_bad_file)
         sources = find_sources(config.data, options.split, options.fields)
-        return "store:" + store_key(sources, tokenizer, template, options)
+        key = store_key(sources, tokenizer, template, options, identify)
+        return f"examples-content:{key}" if by_content else f"store:{key}"
     import hashlib
     import json
 
-    from kdengine.data.store import _file_identity
+    files = identify(Path(config.data).expanduser())
+    if by_content:  # the reader's version too: a reading change (a BOM dropped) is new rows
+        from kdengine.data.text_cache import TEXT_FORMAT
 
-    files = _file_identity(Path(config.data).expanduser())
-    return "files:" + hashlib.sha256(json.dumps(files).encode()).hexdigest()[:24]
+        files = [TEXT_FORMAT, files]
+    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:24]
+    return f"text-content:{digest}" if by_content else f"files:{digest}"
 
 
 def row_options(config: RunConfig) -> dict[str, Any]:
