@@ -198,6 +198,10 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
         return Verdict(INCONCLUSIVE, "no validation loss at step 0", **known)
     if final is None:
         return Verdict(INCONCLUSIVE, "no validation loss after step 0", **known)
+    if key == GEN_KL and (init_loss is None or final_loss is None):
+        # another eval of the stream has it, so the run is on-policy: this one judges nothing
+        where = "at step 0" if init_loss is None else "after step 0"
+        return Verdict(INCONCLUSIVE, f"no {_LABELS[GEN_KL]} {where}", **known)
     if key == GEN_KL:  # on-policy: the student's own writing, graded by the teacher
         beside = _val_loss_beside(initial, final)
         if final_loss < init_loss:
