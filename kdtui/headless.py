@@ -451,12 +451,31 @@ def headless_resume(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except ResumeRefused as exc:
         print(f"kdtui resume: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    before = _resume_marks(resumer)
     try:
         return asyncio.run(_resume(resumer, args.detach, out))
     except KeyboardInterrupt:
-        print(f"detached: the run goes on; come back with: kdtui watch {resumer.run_id}",
-              file=out)
+        if _resume_marks(resumer) == before:  # nothing was started: the run is as it was
+            print(f"interrupted before the resume started: {resumer.run_id} stays as it was; "
+                  f"`kdtui resume {resumer.run_id}` resumes it", file=out)
+        else:
+            print(f"detached: the run goes on; come back with: kdtui watch {resumer.run_id}",
+                  file=out)
         return EXIT_ERROR
+
+
+def _resume_marks(resumer: Any) -> object:
+    """What a resume's start changes: a remote run's manifest segments (one is added before the
+    start), a local run's engine.pid."""
+    from kdtui.remote.manifest import read_manifest
+    from kdtui.runs import PID_FILE
+
+    try:
+        if getattr(resumer, "manifest", None) is not None:
+            return len(read_manifest(Path(resumer.manifest)).get("segments") or [])
+        return (Path(resumer.run_dir) / PID_FILE).read_text()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 async def _resume(resumer: Any, detach: bool, out: TextIO) -> int:

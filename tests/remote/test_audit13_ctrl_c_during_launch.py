@@ -3,7 +3,8 @@ watch) leaves the run going and prints `kdtui watch RUN`"). Before, a Ctrl-C dur
 dispatch's preflight or check, or a local launch's check, printed the same 'detached: the run
 goes on; come back with: kdtui watch RUN' of a run that was never started: nothing ran, no
 manifest was written, and that `kdtui watch` found nothing. Now only a started run is said to go
-on. A real SIGINT to this process, sent when the stage's line is printed."""
+on; `kdtui resume --headless` likewise (its Ctrl-C before the start said the stopped run went
+on). A real SIGINT to this process, sent when the stage's line is printed."""
 
 from __future__ import annotations
 
@@ -84,3 +85,23 @@ def test_ctrl_c_in_a_headless_watch_of_a_started_remote_run_detaches_and_says_ho
         if pid_file.is_file():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def resume_interrupted_at(text: str, *argv: str) -> tuple[int, str]:
+    out = InterruptAt(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdout", out)
+        code = kdtui_main(["resume", "--headless", *argv])
+    assert out.sent, out.getvalue()
+    return code, out.getvalue()
+
+
+@pytest.mark.ssh
+def test_ctrl_c_during_a_remote_resume_s_connect_says_the_run_was_not_resumed(
+        launched_on_down_host):
+    launched_on_down_host("ctrl-c-resume")
+    code, out = resume_interrupted_at("[connect] running", "ctrl-c-resume")
+    assert code == 2, out
+    assert "goes on" not in out, out
+    assert out.splitlines()[-1] == "interrupted before the resume started: ctrl-c-resume " \
+        "stays as it was; `kdtui resume ctrl-c-resume` resumes it", out
