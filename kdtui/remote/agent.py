@@ -247,6 +247,9 @@ def _fill_env(args: argparse.Namespace, env_dir: str) -> str | None:
 def cmd_gitsync(args: argparse.Namespace) -> None:
     """Clone or fetch `url` into src_dir and check out `ref` detached; answer the commit."""
     src = os.path.abspath(args.src_dir)
+    if args.ref.startswith("-"):  # git would read it as an option (--upload-pack=CMD runs CMD)
+        fail(f"git ref {args.ref!r} starts with '-', which no branch, tag or commit does: "
+             "give a branch, tag or commit")
     if not os.path.isdir(os.path.join(src, ".git")):
         os.makedirs(os.path.dirname(src), exist_ok=True)
         _git(["clone", "--quiet", "--", args.url, src])  # a URL is never an option

@@ -130,6 +130,9 @@ def host_from_mapping(alias: str, values: Mapping[str, Any], where: str = "") ->
                              f"(got {host.sync!r})")
     if host.sync == "git" and not host.git_url:
         raise HostsFileError(f"{prefix}: sync = \"git\" needs git_url (and git_ref)")
+    if host.git_ref.startswith("-"):  # git would take it for an option (--upload-pack=CMD)
+        raise HostsFileError(f"{prefix}: git_ref {host.git_ref!r} starts with '-', which no "
+                             "branch, tag or commit does: give a branch, tag or commit")
     return host
 
 
