@@ -12,15 +12,17 @@ a temporary folder and renamed into place, so a killed build leaves nothing half
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,8 +264,59 @@ def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,
     directory = root / store_key(sources, tokenizer, template, options)
     if (directory / "meta.json").is_file():
         return _map(directory, *_HANDED.pop(directory, (0, 0.0)))
-    started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
+    with build_lock(directory, "token store"):
+        if (directory / "meta.json").is_file():  # built by the process we waited for
+            return _map(directory, 0)
+        return _build_store(directory, spec, sources, tokenizer, template, options, progress,
+                            workers)
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path, what: str) -> Iterator[None]:
+    """Held while this process builds `directory` (a token store, a text cache entry): the
+    ranks of a torchrun job (and two runs of the same data) all ask for the same one at once,
+    and each would tokenize the whole data and write its own copy; the first builds, the
+    others wait here (saying so on stderr) and then find it built. A lock file beside it
+    (`.DIR.lock`, removed by its holder); where none can be made, no lock (the build is
+    atomic anyway: the first rename wins, a later one's copy is dropped)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: every process builds its own copy
+        yield
+        return
+    path = directory.with_name(f".{directory.name}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"data: waiting for another process (a torchrun rank or another run) that "
+                  f"builds the {what} {directory}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            # removed while held: a process that opened it before waits for this lock and
+            # then finds the store; one that opens the path later makes a new file
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    os.unlink(path)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build_store(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
+                 template: ChatTemplate | None, options: DataOptions,
+                 progress: Callable[[int, str], None] | None,
+                 workers: int | None) -> TokenStore:
+    """open_store's build of a store that is not there, under its build_lock."""
+    root = directory.parent
+    started = time.perf_counter()
     building = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         if workers is None:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from kdengine.data import DEMO_DATA, read_documents
-from kdengine.data.store import _file_identity, cache_dir
+from kdengine.data.store import _file_identity, build_lock, cache_dir
 
 # -2: a text file's byte-order mark is no longer its first token (an entry of -1 holds it)
 TEXT_FORMAT = "kdengine-text-2"
@@ -54,7 +54,24 @@ def document_tokens(spec: str, tokenizer: Any, *, text_field: str = "text",
     and cached. The files on_bad_file="skip" left out are appended to `skipped` either way;
     `progress(line)` hears where the tokens came from."""
     skipped = [] if skipped is None else skipped
-    directory, broken = _entry(spec, tokenizer, text_field, on_bad_file, root), False
+    directory = _entry(spec, tokenizer, text_field, on_bad_file, root)
+    if directory is None or _read_index(directory) is not None:
+        return _tokens(directory, spec, tokenizer, text_field, on_bad_file, skipped, progress)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # _write says it cannot cache, once
+    # a torchrun job's ranks ask for the same entry at once: one tokenizes, the others wait
+    with build_lock(directory, "token cache of the text"):
+        return _tokens(directory, spec, tokenizer, text_field, on_bad_file, skipped, progress)
+
+
+def _tokens(directory: Path | None, spec: str, tokenizer: Any, text_field: str,
+            on_bad_file: str, skipped: list[list[str]], progress: Line | None) \
+        -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """document_tokens' work: the entry's tokens when it holds them, else the text read,
+    tokenized and cached."""
+    broken = False
     if directory is not None:
         cached = _read(directory)
         if cached is not None:
