@@ -539,7 +539,7 @@ def _decoded_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
                     yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
                     raise BadRecord(f"{name}:{number}", f"is not UTF-8 text (byte {exc.start} "
-                                    "of the line)") from None
+                                    "of the line): save the file as UTF-8") from None
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
 
@@ -554,7 +554,8 @@ def _jsonl_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
             yield f"{name}:{number}", json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             why = json_error_text(exc)
-            raise BadRecord(f"{name}:{number}", f"is not JSON ({why})") from None
+            raise BadRecord(f"{name}:{number}", f"is not JSON ({why}): fix the line (one "
+                            "JSON object a line)") from None
 
 
 def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
@@ -565,10 +566,12 @@ def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start})") from None
+        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+            from None
     except json.JSONDecodeError as exc:
         why = json_error_text(exc)
-        raise BadRecord(f"{name}:{exc.lineno}", f"is not JSON ({why})") from None
+        raise BadRecord(f"{name}:{exc.lineno}", f"is not JSON ({why}): fix that line of the "
+                        "file") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # {"data": [...]}, as some exporters write it
     if not isinstance(data, list):
@@ -649,6 +652,7 @@ def _text_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start})") from None
+        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+            from None
     if text.strip():
         yield name, {"text": text}

@@ -43,11 +43,15 @@ def _check(pair: tuple[Path, Path], data: Path, capsys: pytest.CaptureFixture[st
      "calls.jsonl:1: messages[1] (assistant) has tool_calls that are an object, not a list"),
     ("texts.json", None, "texts.json:record 0: has a text field that is a number, not a "
      "string: give it a string"),
+    ("broken.jsonl", [json.dumps(chat_record(0)), '{"messages": [}'],
+     "broken.jsonl:2: is not JSON (Expecting value at column 15): fix the line (one JSON "
+     "object a line)"),
 ])
 def test_audit13_a_record_of_the_wrong_kind_is_named_in_json_words(
         chat_pair, tmp_path, capsys, name, lines, said) -> None:
     """'is a int', 'text is a float', '(got int and str)', 'tool_calls that are a dict': Python's
-    type names in a user's refusal; now JSON's words, and each line says the fix."""
+    type names in a user's refusal, and a line that is not JSON said no fix; now JSON's words,
+    and each line says the fix."""
     data = tmp_path / name
     data.write_text("\n".join(lines) + "\n" if lines else '[{"text": 1.5}]')
     line = _check(chat_pair, data, capsys)

@@ -252,7 +252,8 @@ def test_the_data_stage_counts(tmp_path: Path, tok_dir: Path) -> None:
     stats = loaded.stats.to_event()
     assert stats["examples"] == 61 and stats["skipped_files"] == 1
     assert stats["skipped"] == [["bad.jsonl", "bad.jsonl:1: is not JSON (Expecting property "
-                                 "name enclosed in double quotes at column 2)"]]
+                                 "name enclosed in double quotes at column 2): fix the line "
+                                 "(one JSON object a line)"]]
     assert stats["dropped"] == 1 and stats["truncated"] == 0
     assert stats["train_examples"] + stats["val_examples"] == 61
     assert stats["tokens"] == int(loaded.store.lengths().sum())
