@@ -30,6 +30,7 @@ from kdengine.config import (
     file_folder_path_refusal,
     flag_of,
     load_config_file,
+    spelled_in,
     validate_with_preset,
     with_absolute_paths,
 )
@@ -82,7 +83,8 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     try:
         base = RunConfig.from_mapping(values)
     except ConfigError as exc:  # a key of the file, named as the file spells it, not a --flag
-        raise UsageError(f"{exc.field} in {args.config}: {exc.message}" if exc.field else
+        raise UsageError(f"{spelled_in(exc.field, in_file)} in {args.config}: {exc.message}"
+                         if exc.field else
                          f"{args.config}: {exc.message}") from None
     config = base.with_values(**given)
     if not config.run_name:
@@ -93,7 +95,8 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     except UnusedValueError as exc:  # set in the file, not by a flag: named as the file has it
         if exc.field in given or exc.field not in {RENAMED.get(k, k) for k in in_file}:
             raise
-        raise UsageError(f"{exc.field} in {args.config}: {exc.message}") from None
+        raise UsageError(f"{spelled_in(exc.field, in_file)} in {args.config}: {exc.message}"
+                         ) from None
     # config.json keeps absolute local paths: `--resume` may run from another directory
     return with_absolute_paths(config), args
 
@@ -220,15 +223,24 @@ def cmd_train(argv: list[str]) -> int:
     # the events name it absolute (run_started's run_dir, checkpoints' paths): a reader in
     # another working directory, or `--run-dir .`, gets the place, not the words typed
     run_dir = Path(os.path.abspath(run_dir))
-    try:  # the check above passed: an error here is the path changing in between
+    made = not run_dir.exists()
+    try:  # the check above passed: an error here is the path changing in between, or a disk
+        # with room for the check's probe but not for the run's files (its last inodes)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits
         if not args.resume:
             (run_dir / "config.json").write_text(config.to_json())
+        for name in ("events.jsonl", "launch.log"):  # the run's record, opened by the run
+            open(run_dir / name, "a").close()  # noqa: SIM115 - made here, where a refusal is
     except OSError as exc:
         from kdengine.preflight import run_dir_refusal
 
-        raise run_dir_refusal(run_dir, field, fix, exc) from None
+        refusal = run_dir_refusal(run_dir, field, fix, exc, made)  # (the disk as it is now)
+        if made:  # nothing started: no directory of a run that never was is left behind
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise refusal from None
     from kdengine.run import run
 
     result = run(config, run_dir, resume=bool(args.resume), started=STARTED,

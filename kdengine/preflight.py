@@ -273,8 +273,37 @@ def _try_making_a_directory(existing: Path, path: Path, field: str, fix: str) ->
         what = (f"{path} cannot be written" if existing == path else
                 f"{path} cannot be created")
         raise ConfigError(field, f"{what}: {existing} takes no new directory "
-                          f"({exc.strerror or exc}); {fix}") from None
+                          f"({exc.strerror or exc}); {full_disk_fix(existing, exc, field, fix)}"
+                          ) from None
     os.rmdir(probe)
+
+
+def full_disk_fix(path: Path, exc: OSError, field: str, fix: str) -> str:
+    """`fix`, or for a full file system (ENOSPC, EDQUOT) what is full there, its inodes or its
+    bytes, and that freeing some mends it (a --resume can only continue where it is; another
+    directory is the other way for a new run)."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return fix
+    from kdengine.diskspace import free_bytes, human
+
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:  # (a refused run's directory is gone)
+        path = path.parent
+    try:
+        found = os.statvfs(path)
+        free = free_bytes(path)
+    except OSError:
+        return fix
+    if exc.errno == errno.EDQUOT:
+        what = f"your disk quota on {path} is used up: free some of it"
+    elif found.f_files and found.f_favail == 0:
+        what = (f"the file system of {path} has no free inodes ({found.f_files} in all, all "
+                f"used; {human(free)} free): delete files there (df -i shows it)")
+    else:
+        what = f"the file system of {path} is full ({human(free)} free): free space there"
+    return what if field == "resume" else f"{what}, or {fix}"
 
 
 def check_cache_root() -> Path:
@@ -289,11 +318,15 @@ def check_cache_root() -> Path:
     return root
 
 
-def run_dir_refusal(run_dir: Path, field: str, fix: str, exc: OSError) -> ConfigError:
+def run_dir_refusal(run_dir: Path, field: str, fix: str, exc: OSError,
+                    made: bool = False) -> ConfigError:
     """The one-line error for a run directory that could not be made or written after
-    check_run_dir passed it (the path changed in between)."""
+    check_run_dir passed it (the path changed in between, or its disk had room for the check
+    but not the run's files); `made`: this command made the directory (and will remove it)."""
     where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != Path(run_dir) else ""
-    return ConfigError(field, f"cannot create {run_dir}: {exc.strerror or exc}{where}; {fix}")
+    what = "write into" if Path(run_dir).is_dir() and not made else "create"
+    return ConfigError(field, f"cannot {what} {run_dir}: {exc.strerror or exc}{where}; "
+                       f"{full_disk_fix(Path(run_dir), exc, field, fix)}")
 
 
 def _check_model(spec: str, name: str, directory: Path | None,

@@ -240,7 +240,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         if not isinstance(exc, DiskFull) and is_disk_full(exc):  # a save outside checkpoint.py
             where = full_directory(exc, run_dir)  # the run dir, or e.g. the demo teacher's cache
             need = f", a checkpoint needs {human(footprint.checkpoint)}" if footprint else ""
-            reason = f"disk full under {where} ({human(free_bytes(where))} free{need}): " + reason
+            full = (f"no free inodes under {where}, delete files there" if _out_of_inodes(where)
+                    else f"disk full under {where}")
+            reason = f"{full} ({human(free_bytes(where))} free{need}): " + reason
         # the details go to launch.log (and the error event) only: the terminal gets the CLI's
         # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
         try:
@@ -265,6 +267,15 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         held.close()
         log.close()
         dist.close()
+
+
+def _out_of_inodes(path: Path) -> bool:
+    """The file system of `path` has bytes left but no inodes (a new file cannot be made)."""
+    try:
+        found = os.statvfs(path)
+    except OSError:
+        return False
+    return bool(found.f_files) and found.f_favail == 0
 
 
 def _checkpoint_at_cancel(trainer: KDTrainer, log: RunLog) -> None:

@@ -154,10 +154,15 @@ def cmd_mkenv(args: argparse.Namespace) -> None:
     import fcntl
 
     env_dir = os.path.abspath(args.env_dir)
-    os.makedirs(os.path.dirname(env_dir), exist_ok=True)
     # one mkenv per venv at a time: a mkenv cut off by a dropped link may still be running
     # when the stage sends it again; the second waits, then finds the venv made
-    with open(env_dir + ".lock", "w") as lock:
+    try:  # a full disk (no space, or no inodes left) is one line here too, not a traceback
+        os.makedirs(os.path.dirname(env_dir), exist_ok=True)
+        lock = open(env_dir + ".lock", "w")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        fail(_env_problem(env_dir, exc.errno in (errno.ENOSPC, errno.EDQUOT),
+                          f"{exc.strerror}: {exc.filename}"))
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         env_python = os.path.join(env_dir, "bin", "python")
         if _read(os.path.join(env_dir, BUILD_MARKER)) == args.build and \
@@ -187,7 +192,13 @@ def _make_env(args: argparse.Namespace, env_dir: str) -> None:
 
 def _env_problem(env_dir: str, disk_full: bool, why: str) -> str:
     if disk_full:
-        free = shutil.disk_usage(_existing_parent(env_dir)).free
+        where = _existing_parent(env_dir)
+        free = shutil.disk_usage(where).free
+        found = os.statvfs(where)
+        if found.f_files and found.f_favail == 0:  # bytes left, but no file can be made
+            return (f"cannot make {env_dir}: the disk there has no free inodes "
+                    f"({free / 2**20:.1f} MiB free, no file can be made); delete files on it, "
+                    "or set the host's work_dir to a disk with room")
         return (f"cannot make {env_dir}: the disk there is full ({free / 2**20:.1f} MiB free); "
                 "free some space on it, or set the host's work_dir to a disk with room")
     return f"cannot make {env_dir}: {why}"
