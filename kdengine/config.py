@@ -312,6 +312,11 @@ DEMO_MAX_NEW_TOKENS = 64
 RENAMED: dict[str, str] = {"jsd_beta": "beta"}
 
 
+def spelled_in(name: str, in_file: Mapping[str, Any]) -> str:
+    """Field `name` as a config file's keys spell it (an older name RENAMED still reads)."""
+    return next((key for key in in_file if RENAMED.get(key) == name), name)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The effective configuration of one run (every field of `FIELDS`, checked)."""

@@ -41,3 +41,22 @@ def test_an_example_data_option_set_in_a_config_file_is_named_as_the_file_spells
     code = main(["train", "--config", str(config), "--run-dir", str(run_dir), flag, value])
     assert one_line_in_process(capsys, code, "train") == f"kdengine train: error: {said}"
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("in_file, said", [
+    ("jsd_beta = 0.2\n", "jsd_beta in {}: is the JSD's mixture weight, and --loss forward_kl "
+     "has none: set --loss jsd, or leave it at its default (0.5)"),
+    ('loss = "jsd"\njsd_beta = 2\n', "jsd_beta in {}: must be a number >= 0 and <= 1 (got 2)"),
+], ids=["unused", "out-of-bounds"])
+def test_a_value_under_its_older_name_in_a_config_file_is_named_as_the_file_spells_it(
+        inputs, tmp_path: Path, capsys, in_file: str, said: str) -> None:
+    # an older run.toml or config.json (jsd_beta, now beta) still reads: a refusal of its value
+    # names the key the file has, not one the user will not find in it
+    config = tmp_path / "old.toml"
+    config.write_text("".join(f'{k} = "{v}"\n' for k, v in inputs.items())
+                      + "seq_len = 32\n" + in_file)
+    run_dir = tmp_path / "run"
+    code = main(["train", "--config", str(config), "--run-dir", str(run_dir)])
+    assert one_line_in_process(capsys, code, "train") == \
+        "kdengine train: error: " + said.format(config)
+    assert not run_dir.exists()
