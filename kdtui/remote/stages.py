@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import json
 import os
+import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -455,6 +457,7 @@ class StageRunner:
             result = await run_command(self.conn, command, sink, timeout=3600)
             if result.exit_status != 0:
                 why = self.refusal(result.stderr_lines) or f"exit status {result.exit_status}"
+                why += here_not_there(self.plan.config, why, self.plan.host.alias)
                 raise StageFailed(f"the engine on {self.plan.host.alias} refused {self.checked}: "
                                   f"{why}", result.stderr_lines[-TAIL_LINES:])
             try:
@@ -530,6 +533,26 @@ class StageRunner:
 def one_line(text: str) -> str:
     """`text` on one line: newlines shown as \\n (a value may hold one)."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+_PATH_FIELDS = ("teacher", "student", "data", "teacher_cache")
+
+
+def here_not_there(config: RunConfig, refusal: str, alias: str) -> str:
+    """What to add to a check's refusal of a path that is missing on the box but is here: the run
+    reads its paths there, and kdtui copies only its own code (before, 'corpus/ does not exist'
+    of a folder the user could see)."""
+    match = re.search(r"--([a-z][a-z-]*)[:=]", refusal)
+    field = match.group(1).replace("-", "_") if match else ""
+    value = str(getattr(config, field, "") or "") if field in _PATH_FIELDS else ""
+    missing = value and re.search(rf"--{match.group(1)}: {re.escape(value)} (does not exist|is "
+                                  "no folder)", refusal)
+    if not missing or not os.path.exists(value):
+        return ""
+    return (f"; {value} is on this machine: the run reads its paths on {alias} (a relative one "
+            f"from its home) and kdtui copies only its own code there: copy it "
+            f"(`rsync -a {shlex.quote(value)} {shlex.quote(f'{alias}:{value}')}`) or give its "
+            f"path on {alias}")
 
 
 def refusal_line(stderr_lines: list[str]) -> str:
