@@ -71,19 +71,27 @@ class CacheTeacherDialog(ModalScreen[CacheOptions | None]):
                 self.app._unnotify(notification)  # Textual has no public call to remove one
 
     def collect(self) -> CacheOptions | None:
+        """The options, with the error line under them said or cleared: at Start, and at each
+        keystroke in K as the form checks its fields (a mended K kept saying "got ''")."""
         text = self.query_one("#cache-top-k", Input).value.strip()
+        error = self.query_one("#cache-error", Static)
         try:
             options = CacheOptions(int(text) if text.isdigit() else text,  # type: ignore[arg-type]
                                    str(self.query_one("#cache-targets", Select).value)).check()
         except ConfigError as exc:
             label = DIALOG_LABELS.get(exc.field or "", exc.field)
-            error = self.query_one("#cache-error", Static)
             error.update(f"{label}: {exc.message}")
             # a .field-error shows only in an invalid field's row (app.tcss): this one is the
             # dialog's, and the refused Start said nothing
             error.display = True
             return None
+        error.update("")
+        error.display = False
         return options
+
+    @on(Input.Changed, "#cache-top-k")
+    def _k_changed(self) -> None:
+        self.collect()
 
     @on(Input.Submitted, "#cache-top-k")
     @on(Button.Pressed, "#cache-start")
