@@ -36,6 +36,6 @@ def test_audit13_two_torchrun_ranks_build_the_token_store_once(tmp_path: Path) -
     assert done.stderr.count("data: 1000 examples tokenized (at chats.jsonl)") == 1, done.stderr
     root = Path(os.environ["KDENGINE_CACHE"]) / "data"
     stores = [p for p in root.iterdir() if (p / "meta.json").is_file()
-              and json.loads((p / "meta.json").read_text())["spec"] == str(data)]
+              and json.loads((p / "meta.json").read_text()).get("spec") == str(data)]
     assert len(stores) == 1
     assert not list(root.glob(".build-*")) and not list(root.glob(".*.lock"))
