@@ -117,8 +117,10 @@ def load_chat_template(directory: Path, name: str | None = None,
                 raise ConfigError(field_name, f"{source} is a list, but not of "
                                   "{\"name\", \"template\"} entries") from None
         elif raw is not None:
-            raise ConfigError(field_name, f"{source} must be a string or a list of named "
-                              f"templates (got {type(raw).__name__})")
+            from kdengine.data.formats import json_kind
+
+            raise ConfigError(field_name, f"{source} is {json_kind(raw)}: it must be a string "
+                              "(the template) or a list of {\"name\", \"template\"} entries")
     if not templates:
         return None
     wanted = name or "default"

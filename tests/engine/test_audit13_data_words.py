@@ -111,3 +111,25 @@ def test_audit13_a_byte_order_mark_opens_no_text_file(tmp_path) -> None:
     assert [e.kind for e in examples] == ["messages", "messages", "text"]
     assert examples[2].record["text"] == "plain words\n"
     assert not any(BOM in json.dumps(e.record, ensure_ascii=False) for e in examples)
+
+
+def test_audit13_a_chat_template_of_the_wrong_kind_is_named_in_json_words(
+        chat_pair, tmp_path, capsys) -> None:
+    """tokenizer_config.json's chat_template 5 was '(got int)'; now 'is a number', and the two
+    forms it may take."""
+    import shutil
+
+    from kdengine.cli import main
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(chat_pair[0], teacher)
+    config = json.loads((teacher / "tokenizer_config.json").read_text())
+    (teacher / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": 5}))
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps(chat_record(0)) + "\n")
+    code = main(["train", "--teacher", str(teacher), "--student", str(chat_pair[1]), "--data",
+                 str(data), "--check"])
+    line = one_line_in_process(capsys, code, "train")
+    assert line == (f"kdengine train: error: --teacher: {teacher / 'tokenizer_config.json'} "
+                    "chat_template is a number: it must be a string (the template) or a list "
+                    "of {\"name\", \"template\"} entries")
