@@ -347,6 +347,9 @@ class KDTrainer:
         total = ce = kd = 0.0
         n = 0
         for batch in self.val_batches:  # (input_ids, labels[, position_ids])
+            # a cancel stops here, between batches, not after the whole evaluation (minutes of
+            # a big model's: a batch scheduler's SIGTERM grace ran out before the cancel)
+            self.stop.check()
             # each batch's mean weighted by its trained tokens: packed rows of conversations
             # hold different numbers (raw-text windows the same), and a row's prompt tokens
             # (labels IGNORE_INDEX) count in neither the CE nor the KD term
@@ -400,6 +403,7 @@ class KDTrainer:
             return None
         total, n = 0.0, 0
         for batch in self.val_batches:
+            self.stop.check()  # as evaluate's batches
             input_ids, labels = batch[0].to(self.device), batch[1].to(self.device)
             position_ids = batch[2] if len(batch) > 2 else None  # packed rows only
             position_ids = position_ids.to(self.device) if position_ids is not None else None
