@@ -21,12 +21,14 @@ from kdengine.config import ConfigError, RunConfig
 from kdtui.launch.cache_job import (
     CACHE_JOB,
     JOB_FLAGS,
+    OUT_FLAG,
     CacheOptions,
     cache_args,
     check_job_fields,
     complete_already_note,
     job_values,
     launch_ended_note,
+    out_as_run_dir,
     stamp_cache_name,
 )
 from kdtui.launch.local import EARLY_EXIT_WINDOW, LocalLauncher, LocalRunHandle
@@ -109,6 +111,8 @@ def job_refusal(stderr: str, code: int) -> ConfigError:
     match = _REFUSAL.match(lines[-1].strip()) if lines else None
     if match is not None and match.group(1) in JOB_FLAGS:
         return ConfigError(JOB_FLAGS[match.group(1)], match.group(2))
+    if match is not None and match.group(1) == OUT_FLAG:
+        return ConfigError("run_dir", out_as_run_dir(match.group(2)))
     return engine_refusal(stderr, code)
 
 

@@ -6,6 +6,7 @@ host); both build on this module, so neither imports the other."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,14 @@ DEFAULT_TOP_K = 64
 # `kdengine cache-teacher`'s own flags, as the launch names their fields: its --top-k is
 # `kdtui launch --cache-top-k` (kdtui's --top-k is the run's on-policy sampling field)
 JOB_FLAGS = {"--top-k": "cache_top_k", "--cache-targets": "cache_targets"}
+# the job's --out is the run directory kdtui gives it: a refusal of it is the run_dir's (the
+# launch takes no --out: 'pick another --out' named a flag no one typed)
+OUT_FLAG = "--out"
+
+
+def out_as_run_dir(message: str) -> str:
+    """An engine refusal of the job's --out, in the words of the launch's --run-dir."""
+    return re.sub(r"--out\b", "--run-dir", message)
 
 
 @dataclass(frozen=True)

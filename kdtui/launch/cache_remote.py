@@ -12,11 +12,13 @@ from kdengine.config import RunConfig, flag_of
 from kdtui.launch.cache_job import (
     CACHE_JOB,
     JOB_FLAGS,
+    OUT_FLAG,
     CacheOptions,
     cache_args,
     check_job_fields,
     complete_already_note,
     job_values,
+    out_as_run_dir,
     stamp_cache_name,
 )
 from kdtui.launch.remote import RemoteLauncher
@@ -79,6 +81,8 @@ class CacheStageRunner(StageRunner):
         flag, said, rest = line.partition(": error: ")[2].partition(": ")
         if said and flag in JOB_FLAGS:  # not the engine's flag either: the launch's, alone
             return f"{flag_of(JOB_FLAGS[flag])}: {rest}"
+        if said and flag == OUT_FLAG:  # the run directory kdtui gave the job
+            return f"--run-dir: {out_as_run_dir(rest)}"
         return line
 
 

@@ -66,3 +66,21 @@ def test_audit13_a_flag_over_the_file_s_path_is_not_refused_for_it(tmp_path, mon
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "teacher = 'org/teacher'" in out.out
+
+
+def test_audit13_a_cache_job_s_run_dir_refusal_names_run_dir_not_the_engine_s_out(
+        tiny_run_inputs, tmp_path, capsys, runs_dir):
+    """`kdtui launch --cache-teacher --run-dir FILE/x` was refused as '--out: FILE is a file,
+    not a directory ...; pick another --out', a flag kdtui launch does not take (the job's
+    --out is the run directory kdtui gives it)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code = main(["launch", "--cache-teacher", "--headless", "--teacher",
+                 tiny_run_inputs["teacher"], "--data", tiny_run_inputs["data"],
+                 "--seq-len", "32", "--run-dir", str(a_file / "job")])
+    out = capsys.readouterr()
+    assert code == 2, out
+    said = out.out + out.err
+    assert f"--run-dir: {a_file} is a file, not a directory" in said, said
+    assert "--out" not in said and "pick another --run-dir" in said, said
+    assert not (a_file.parent / "job").exists()
