@@ -5,7 +5,6 @@ commit skips the sync. A real git repo (this checkout's committed tree), a real 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -42,22 +41,24 @@ def git_host(remote_env, sshd, tmp_path):
 @pytest.mark.timeout(300)
 def test_git_sync_installs_the_ref_runs_the_engine_from_it_and_skips_it_the_second_time(
         git_host, tiny_run_inputs, capsys):
-    code = kdtui_main(["launch", "--headless", "--host", "kdtest", "--run-name", "git-1",
-                       *launch_flags(tiny_run_inputs, 2, 2)])
-    out = capsys.readouterr()
-    assert code == 0, out.out + out.err
-    manifest = json.loads((Path(os.environ["KDTUI_EVIDENCE_DIR"]) / "git-1" /
-                           "dispatch.json").read_text())
-    assert manifest["remote_git_commit"] == git_host["commit"], manifest
-    python = manifest["engine_command"][0]
-    assert python.startswith(str(git_host["work"] / "envs")), python
-    where = subprocess.run([python, "-c", "import kdengine; print(kdengine.__file__)"],
-                           capture_output=True, text=True, check=True,
-                           cwd=git_host["work"]).stdout.strip()
-    assert where.startswith(str(Path(python).parent.parent)), where
-    code = kdtui_main(["launch", "--headless", "--host", "kdtest", "--run-name", "git-2",
-                       *launch_flags(tiny_run_inputs, 2, 2)])
-    second = capsys.readouterr()
-    assert code == 0, second.out + second.err
-    sync = [line for line in second.out.splitlines() if "[sync]" in line]
-    assert any("skipped" in line and git_host["commit"][:12] in line for line in sync), sync
+    # the engine's check stops each dispatch (a missing teacher): it ran from the git venv,
+    # and the sync is what this is about
+    flags = launch_flags({**tiny_run_inputs, "teacher": "/nonexistent/teacher"}, 2, 2)
+    code = kdtui_main(["launch", "--headless", "--host", "kdtest", "--run-name", "git-1", *flags])
+    out = capsys.readouterr().out
+    assert code == 2, out
+    env_dir = git_host["work"] / "envs" / next(p.name for p in (git_host["work"] / "envs")
+                                                .iterdir() if p.is_dir())
+    assert "[sync] done" in out and f"in {env_dir}" in out, out
+    check = next(line for line in out.splitlines() if "--check" in line)
+    assert check.split(" -m kdengine", 1)[0].endswith(f"{env_dir}/bin/python"), check
+    assert "[check] failed" in out and "/nonexistent/teacher" in out, out
+    where = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                            "import kdengine; print(kdengine.__file__)"], capture_output=True,
+                           text=True, check=True, cwd=git_host["work"]).stdout.strip()
+    assert where.startswith(str(env_dir)), where  # the ref's code, not this checkout's
+    code = kdtui_main(["launch", "--headless", "--host", "kdtest", "--run-name", "git-2", *flags])
+    second = capsys.readouterr().out
+    assert code == 2, second
+    sync = [line for line in second.splitlines() if line.startswith("[sync] ")]
+    assert sync[-1].startswith("[sync] skipped") and git_host["commit"][:12] in sync[-1], sync
