@@ -36,6 +36,7 @@ from kdengine.data.formats import (
     json_error_text,
     json_kind,
     no_fields_text,
+    not_utf8,
     visible_files,
 )
 from kdengine.losses import IGNORE_INDEX
@@ -168,8 +169,13 @@ def _file_documents(file: Path, name: str, text_field: str) -> list[Document]:
         raise _BadFile(f"cannot read {file}:", exc.strerror or str(exc),
                        "check its permissions") from None
     except UnicodeDecodeError as exc:
-        raise _BadFile(f"cannot read {file}:", f"not UTF-8 text (byte {exc.start})",
-                       "give UTF-8 text, or pre-tokenized shards") from None
+        raw = exc.object
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise _BadFile(str(file), not_utf8(raw, 0), "save it as UTF-8") from None
+        line, line_start = raw.count(b"\n", 0, exc.start) + 1, raw.rfind(b"\n", 0, exc.start) + 1
+        raise _BadFile(f"{file}:{line}", f"is not UTF-8 text (byte {exc.start - line_start} of "
+                       "the line)", "save the file as UTF-8, or give pre-tokenized shards") \
+            from None
     # a byte-order mark (Notepad and other Windows editors write one) is no text: it opens no
     # record, and a text file's first token is its first word, not U+FEFF
     text = text.removeprefix("\ufeff")

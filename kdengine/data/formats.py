@@ -71,6 +71,14 @@ def json_kind(value: object) -> str:
     return kinds.get(type(value), f"a value of type {type(value).__name__}")
 
 
+def not_utf8(head: bytes, start: int) -> str:
+    """Why text whose bytes open with `head` is no UTF-8 (the first bad byte at `start`):
+    UTF-16, which PowerShell's `>` and Notepad's "Unicode" write, is named for what it is."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "is UTF-16 text, not UTF-8 (PowerShell's > and Notepad's 'Unicode' write it)"
+    return f"is not UTF-8 text (byte {start})"
+
+
 def counted(count: int, noun: str, plural: str | None = None) -> str:
     """"1 example", "2 examples": a count with its noun in the number it takes."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
@@ -538,6 +546,8 @@ def _decoded_lines(path: Path, name: str) -> Iterator[tuple[int, str]]:
                 try:  # the first line may open with a byte-order mark (Windows editors)
                     yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
+                    if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                        raise BadRecord(name, f"{not_utf8(raw, 0)}: save it as UTF-8") from None
                     raise BadRecord(f"{name}:{number}", f"is not UTF-8 text (byte {exc.start} "
                                     "of the line): save the file as UTF-8") from None
     except OSError as exc:
@@ -566,7 +576,7 @@ def _json_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+        raise BadRecord(name, f"{not_utf8(exc.object[:2], exc.start)}: save it as UTF-8") \
             from None
     except json.JSONDecodeError as exc:
         why = json_error_text(exc)
@@ -652,7 +662,7 @@ def _text_rows(path: Path, name: str) -> Iterator[tuple[str, Any]]:
     except OSError as exc:
         raise BadRecord(name, f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise BadRecord(name, f"is not UTF-8 text (byte {exc.start}): save it as UTF-8") \
+        raise BadRecord(name, f"{not_utf8(exc.object[:2], exc.start)}: save it as UTF-8") \
             from None
     if text.strip():
         yield name, {"text": text}

@@ -133,3 +133,23 @@ def test_audit13_a_chat_template_of_the_wrong_kind_is_named_in_json_words(
     assert line == (f"kdengine train: error: --teacher: {teacher / 'tokenizer_config.json'} "
                     "chat_template is a number: it must be a string (the template) or a list "
                     "of {\"name\", \"template\"} entries")
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "notes.jsonl"])
+def test_audit13_text_that_is_not_utf8_is_named_by_its_line_or_as_utf16(
+        chat_pair, tmp_path, capsys, name) -> None:
+    """Raw text not in UTF-8 was 'cannot read FILE: not UTF-8 text (byte 9135)', an offset in
+    the whole file; it now names the line and the byte on it, and a UTF-16 file (PowerShell's
+    `>` writes one) is named as such, with the fix."""
+    latin = tmp_path / name
+    lines = [json.dumps({"text": f"line {i}"}) if name.endswith(".jsonl") else f"line {i}"
+             for i in range(3)]
+    latin.write_bytes(("\n".join(lines) + "\n").encode() + b"caf\xe9\n")
+    line = _check(chat_pair, latin, capsys)
+    assert f"--data: {latin}:4 is not UTF-8 text (byte 3 of the line); save the file as " \
+        "UTF-8" in line, line
+    wide = tmp_path / f"wide{Path(name).suffix}"
+    wide.write_bytes(("\n".join(lines) + "\n").encode("utf-16"))
+    line = _check(chat_pair, wide, capsys)
+    assert f"--data: {wide} is UTF-16 text, not UTF-8 (PowerShell's > and Notepad's 'Unicode' " \
+        "write it); save it as UTF-8" in line, line
