@@ -207,44 +207,61 @@ def content_identity(path: Path) -> list[Any]:
     folder that _file_identity lists: what the files hold, not where they are or when they
     were last written."""
     files = visible_files(path) if path.is_dir() else [path]
-    return [[p.relative_to(path).as_posix() if path.is_dir() else p.name,
-             p.stat().st_size, file_digest(p)] for p in files]
+    memo = _DigestMemo()
+    out = [[p.relative_to(path).as_posix() if path.is_dir() else p.name, p.stat().st_size,
+            memo.digest(p)] for p in files]
+    memo.save()
+    return out
 
 
 DIGESTS_FILE = "digests.json"  # under cache_dir(): digests of files by their stat
-DIGESTS_KEPT = 4096
+DIGESTS_KEPT = 1 << 16
 
 
-def file_digest(path: Path) -> str:
-    """blake2b of a file's bytes, remembered in KDENGINE_CACHE/data/digests.json by the file's
-    path, size, mtime and inode, so an unchanged file is read once (about 1 GB/s), and a
+class _DigestMemo:
+    """blake2b digests of files' bytes, remembered in KDENGINE_CACHE/data/digests.json by each
+    file's path, size, mtime and inode, so an unchanged file is read once (about 1 GB/s) and a
     touched one once more. A memo that cannot be read or written costs only the reading."""
-    st = path.stat()
-    stat_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    memo_path = cache_dir() / DIGESTS_FILE
-    try:
-        memo = json.loads(memo_path.read_text())
-        memo = memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        memo = {}
-    if isinstance(memo.get(stat_key), str):
-        return memo[stat_key]
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    found = digest.hexdigest()
-    memo[stat_key] = found
-    try:  # the newest DIGESTS_KEPT; written beside and renamed: a reader never sees half
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        kept = dict(list(memo.items())[-DIGESTS_KEPT:])
-        fd, tmp = tempfile.mkstemp(prefix=".digests-", dir=memo_path.parent)
-        with os.fdopen(fd, "w") as out:
-            json.dump(kept, out)
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass
-    return found
+
+    def __init__(self) -> None:
+        self.path = cache_dir() / DIGESTS_FILE
+        try:
+            memo = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        self.memo: dict[str, str] = memo if isinstance(memo, dict) else {}
+        self.changed = False
+
+    def digest(self, path: Path) -> str:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        found = self.memo.get(key)
+        if isinstance(found, str):
+            return found
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+        self.memo[key] = found = digest.hexdigest()
+        self.changed = True
+        return found
+
+    def save(self) -> None:
+        """The memo (its newest DIGESTS_KEPT entries), written beside and renamed: a reader
+        never sees half of it; two writers at once lose one's new entries, not the file."""
+        if not self.changed:
+            return
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".digests-", dir=self.path.parent)
+            with os.fdopen(fd, "w") as out:
+                json.dump(dict(list(self.memo.items())[-DIGESTS_KEPT:]), out)
+            os.replace(tmp, self.path)
+        except OSError:  # a full disk, a read-only cache: the next run reads the files again
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
 
 def open_store(spec: str, tokenizer: Any, template: ChatTemplate | None,

@@ -64,6 +64,10 @@ def test_audit13_a_touched_file_keeps_its_teacher_cache(engine_in_process, one_l
     _touch(changed)
     done = _check(engine_in_process, inputs, data, cache)
     assert done.returncode == 0, done.stderr
+    # each file digested once for its stat, remembered for the next check
+    memo = json.loads((Path(os.environ["KDENGINE_CACHE"]) / "data" / "digests.json").read_text())
+    st = changed.stat()
+    assert f"{changed.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}" in memo
     with changed.open("a") as f:  # the same size would do too: the bytes decide
         f.write(json.dumps(chat_record(99)) + "\n" if kind == "chats" else "one more line\n")
     line = one_line_refusal(_check(engine_in_process, inputs, data, cache), "train",
