@@ -523,11 +523,9 @@ def check_data(config: RunConfig, tokenizer: Any, unchecked: list[str],
             counts.append(n)
             exact.append(whole)
     if not names:
-        why = f" (all {len(skipped)} files skipped; first: {skipped[0][1]})" if skipped else ""
-        from kdengine.data.formats import empty_fix
+        from kdengine.data.formats import empty_refusal
 
-        raise ConfigError("data", f"{config.data} is empty: no text to train on{why}; "
-                          f"{empty_fix(bool(skipped))}")
+        raise empty_refusal(config.data, "is empty: no text to train on", skipped)
     if tokenizer is None:
         unchecked.append("data: tokens are counted when the run has its tokenizer")
         return None, None

@@ -32,7 +32,7 @@ from kdengine.data.formats import (
     TEXT_SUFFIXES,
     check_data_file,
     counted,
-    empty_fix,
+    empty_refusal,
     json_error_text,
     json_kind,
     no_fields_text,
@@ -105,9 +105,7 @@ def read_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
     skipped = [] if skipped is None else skipped
     docs = list(iter_documents(spec, text_field, on_bad_file, skipped))
     if not docs:
-        why = f" ({_all_skipped(len(skipped))}; first: {skipped[0][1]})" if skipped else ""
-        raise ConfigError("data", f"{spec} is empty: no text to train on{why}; "
-                          f"{empty_fix(bool(skipped))}")
+        raise empty_refusal(spec, "is empty: no text to train on", skipped)
     return docs
 
 
@@ -148,11 +146,6 @@ def iter_documents(spec: str, text_field: str = "text", on_bad_file: str = "fail
                 skipped.append([name, f"{exc.where} {exc.reason}"])
             continue
         yield from docs
-
-
-def _all_skipped(count: int) -> str:
-    """"all 3 files skipped", or "its one file skipped"."""
-    return "its one file skipped" if count == 1 else f"all {count} files skipped"
 
 
 class _BadFile(Exception):

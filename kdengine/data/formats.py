@@ -260,11 +260,18 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def empty_fix(skipped: bool) -> str:
-    """The fix for data that holds nothing to train on: every file bad (skipped), or none
-    holding a record or any text."""
-    return ("fix those files (the first is named), or give other data" if skipped else
-            "give data that holds text or records")
+def empty_refusal(spec: str, what: str, skipped: list[list[str]]) -> ConfigError:
+    """The refusal of data that holds nothing to train on (`what`: "is empty: no text to train
+    on", "holds no examples"): every file bad and skipped (their count, the first named), or
+    none holding a record or any text; with the fix."""
+    if not skipped:
+        return ConfigError("data", f"{spec} {what}; give data that holds text or records")
+    if len(skipped) == 1:
+        return ConfigError("data", f"{spec} {what} (its one file skipped: {skipped[0][1]}); "
+                           "fix that file, or give other data")
+    return ConfigError("data", f"{spec} {what} (all {len(skipped)} files skipped; first: "
+                       f"{skipped[0][1]}); fix those files (the first is named), or give "
+                       "other data")
 
 
 def visible_files(root: Path) -> list[Path]:

@@ -36,7 +36,7 @@ from kdengine.data.formats import (
     BadRecord,
     Source,
     answers_of,
-    empty_fix,
+    empty_refusal,
     find_sources,
     visible_files,
 )
@@ -402,11 +402,7 @@ def _build(directory: Path, spec: str, sources: list[Source], tokenizer: Any,
     finally:
         writer.close()
     if not writer.names:
-        skips = "its one file skipped" if len(skipped) == 1 else \
-            f"all {len(skipped)} files skipped"
-        why = f" ({skips}; first: {skipped[0][1]})" if skipped else ""
-        raise ConfigError("data", f"{spec} holds no examples{why}; "
-                          f"{empty_fix(bool(skipped))}")
+        raise empty_refusal(spec, "holds no examples", skipped)
     unused = [(ours, theirs) for ours, theirs in options.fields if theirs not in columns]
     if unused:  # trained on the records' other fields, as if the mapping were not given
         ours, theirs = unused[0]

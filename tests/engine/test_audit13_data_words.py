@@ -61,7 +61,8 @@ def test_audit13_a_record_of_the_wrong_kind_is_named_in_json_words(
 
 
 def test_audit13_one_example_is_counted_in_the_singular(chat_pair, tmp_path, capsys) -> None:
-    """'has 1 examples', 'all 1 files skipped': now '1 example', 'its one file skipped'."""
+    """'has 1 examples', 'all 1 files skipped; first: ...; fix those files (the first is
+    named)': now '1 example', 'its one file skipped: ...; fix that file'."""
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps(chat_record(1)) + "\n")
     line = _check(chat_pair, one, capsys)
@@ -71,7 +72,15 @@ def test_audit13_one_example_is_counted_in_the_singular(chat_pair, tmp_path, cap
     folder.mkdir()
     (folder / "a.jsonl").write_text('{"messages": 5}\n')
     line = _check(chat_pair, folder, capsys, "--on-bad-file", "skip")
-    assert f"--data: {folder} holds no examples (its one file skipped; first: " in line, line
+    assert f"--data: {folder} holds no examples (its one file skipped: " in line, line
+    assert line.endswith("; fix that file, or give other data"), line
+    raw = tmp_path / "raw"  # raw text: the preflight's own refusal said it too
+    raw.mkdir()
+    (raw / "a.jsonl").write_text("{bad\n")
+    line = _check(chat_pair, raw, capsys, "--on-bad-file", "skip")
+    assert f"--data: {raw} is empty: no text to train on (its one file skipped: {raw}/a.jsonl:1 " \
+        "is not JSON: " in line, line
+    assert line.endswith("; fix that file, or give other data"), line
 
 
 def test_audit13_a_short_text_says_one_validation_sequence_of_its_length(

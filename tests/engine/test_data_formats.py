@@ -247,7 +247,7 @@ def test_only_bad_files_is_an_error_even_when_skipping(tmp_path: Path, tok_dir: 
     data = tmp_path / "data"
     data.mkdir()
     write_bad(data / "x.jsonl", BAD[0][1])
-    with pytest.raises(ConfigError, match=r"holds no examples \(its one file skipped; first: "
+    with pytest.raises(ConfigError, match=r"holds no examples \(its one file skipped: "
                        r"x.jsonl:2: is not JSON"):
         load(data, tok_dir, tmp_path, on_bad_file="skip")
 
