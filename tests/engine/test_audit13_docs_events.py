@@ -41,7 +41,32 @@ def cached_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert main(["train", "--teacher-cache", str(job), "--student", inputs["student"],
                  "--data", inputs["data"], "--run-dir", str(run_dir), "--steps", "2",
                  "--batch-size", "2", "--seq-len", "32", "--eval-batches", "1"]) == 0
+    # the same command on the complete cache: scores nothing, records its part
+    assert main(["cache-teacher", "--teacher", inputs["teacher"], "--data", inputs["data"],
+                 "--seq-len", "32", "--device", "cpu", "--dtype", "float32", "--top-k", "4",
+                 "--out", str(job)]) == 0
     return job, run_dir
+
+
+def test_every_key_stage_and_state_of_a_cache_jobs_and_a_cached_runs_streams_is_documented(
+        cached_run) -> None:
+    # (the stage row said running/done/failed/cancelled and the run's stages only; a job's
+    # score stage, its skipped stages, complete_already, eta_s, shard, bytes were nowhere)
+    named = set(re.findall(r"`([a-z_0-9]+)(?::[^`]*)?`", EVENTS_MD))  # `key` or `key: value`
+    undocumented = set()
+    for path in (cached_run[0] / "events.jsonl", cached_run[1] / "events.jsonl"):
+        for event in read_events(path):
+            undocumented |= {f"{event['type']}.{k}" for k in event if k not in named}
+            for nested in ("env", "teacher_cache", "cache"):
+                if isinstance(event.get(nested), dict):
+                    undocumented |= {f"{nested}.{k}" for k in event[nested] if k not in named}
+            if event["type"] == "stage":
+                undocumented |= {f"stage {v}" for v in (event["stage"], event["state"])
+                                 if v not in named}
+    assert not undocumented, sorted(undocumented)
+    job_events = read_events(cached_run[0] / "events.jsonl")
+    assert [e["state"] for e in job_events if e["type"] == "stage"][-1] == "skipped"
+    assert job_events[-1]["complete_already"] is True
 
 
 def test_a_run_from_a_teacher_cache_reports_the_teachers_ce_at_step_0(cached_run) -> None:
