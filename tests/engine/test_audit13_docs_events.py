@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_inputs  # noqa: E402
+from conftest import chat_record, write_chat_pair, write_jsonl, write_tiny_inputs  # noqa: E402,E501
 
 from kdengine.cli import main  # noqa: E402
 from kdengine.events import read_events  # noqa: E402
@@ -48,13 +48,10 @@ def cached_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return job, run_dir
 
 
-def test_every_key_stage_and_state_of_a_cache_jobs_and_a_cached_runs_streams_is_documented(
-        cached_run) -> None:
-    # (the stage row said running/done/failed/cancelled and the run's stages only; a job's
-    # score stage, its skipped stages, complete_already, eta_s, shard, bytes were nowhere)
+def _undocumented(streams: list[Path]) -> list[str]:
     named = set(re.findall(r"`([a-z_0-9]+)(?::[^`]*)?`", EVENTS_MD))  # `key` or `key: value`
     undocumented = set()
-    for path in (cached_run[0] / "events.jsonl", cached_run[1] / "events.jsonl"):
+    for path in streams:
         for event in read_events(path):
             undocumented |= {f"{event['type']}.{k}" for k in event if k not in named}
             for nested in ("env", "teacher_cache", "cache"):
@@ -63,7 +60,14 @@ def test_every_key_stage_and_state_of_a_cache_jobs_and_a_cached_runs_streams_is_
             if event["type"] == "stage":
                 undocumented |= {f"stage {v}" for v in (event["stage"], event["state"])
                                  if v not in named}
-    assert not undocumented, sorted(undocumented)
+    return sorted(undocumented)
+
+
+def test_every_key_stage_and_state_of_a_cache_jobs_and_a_cached_runs_streams_is_documented(
+        cached_run) -> None:
+    # (the stage row said running/done/failed/cancelled and the run's stages only; a job's
+    # score stage, its skipped stages, complete_already, eta_s, shard, bytes were nowhere)
+    assert not _undocumented([cached_run[0] / "events.jsonl", cached_run[1] / "events.jsonl"])
     job_events = read_events(cached_run[0] / "events.jsonl")
     assert [e["state"] for e in job_events if e["type"] == "stage"][-1] == "skipped"
     assert job_events[-1]["complete_already"] is True
@@ -94,3 +98,25 @@ def test_the_run_started_events_of_a_cache_job_and_a_cached_run_carry_the_docume
     assert own["run_id"] == job.name and own["resumed_from"] is None
     assert sorted(own["cache"]) == sorted(_listed("the directory's name (what `kdtui watch` "
                                                   "takes) and `cache`"))
+
+
+def test_every_key_of_an_on_policy_runs_stream_is_documented(tmp_path: Path) -> None:
+    # (a sampling step's `source` was in on-policy.md only)
+    teacher, student = write_chat_pair(tmp_path)
+    data = write_jsonl(tmp_path / "chat.jsonl", [chat_record(i) for i in range(60)])
+    run_dir = tmp_path / "run"
+    assert main(["train", "--teacher", str(teacher), "--student", str(student), "--data",
+                 str(data), "--run-dir", str(run_dir), "--steps", "3", "--seq-len", "64",
+                 "--batch-size", "2", "--eval-batches", "1", "--lmbda", "0.5", "--seq-kd",
+                 "--max-new-tokens", "8", "--sample-every", "1", "--log-every", "1"]) in (0, 1)
+    events = read_events(run_dir / "events.jsonl")
+    assert {e.get("source") for e in events if e["type"] == "step"} >= {"teacher"}
+    assert not _undocumented([run_dir / "events.jsonl"])
+    # what a sampling step adds is in the table of what an on-policy run's step adds
+    table = EVENTS_MD[EVENTS_MD.index("`step` of an on-policy run adds"):]
+    table = table[:table.index("\n\n", table.index("| key |"))]
+    adds = set(re.findall(r"`([a-z_0-9]+)`", table))
+    step_row = next(line for line in EVENTS_MD.splitlines() if line.startswith("| `step` |"))
+    every_step = {"v", "seq", "t", "type", "host_rss", *re.findall(r"`([a-z_0-9]+)`", step_row)}
+    sampled = [e for e in events if e["type"] == "step" and "gen_s" in e]
+    assert sampled and not {k for e in sampled for k in e} - every_step - adds
