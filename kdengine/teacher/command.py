@@ -119,7 +119,66 @@ def plan(argv: list[str]):
     identity = plan_identity(job, tokenizer, teacher_dir, teacher_vocab, teacher_dir)
     key = cache_key(identity)
     out = Path(args.out).expanduser() if args.out else default_cache_dir(key)
+    if not args.out:
+        identity, key, out = _older_default_cache(job, identity, key, out, tokenizer,
+                                                  teacher_dir)
     return job, identity, key, out, _out_refusal(bool(args.out)), (tokenizer, teacher_dir)
+
+
+def _older_default_cache(job: Any, identity: dict[str, Any], key: str, out: Path,
+                         tokenizer: Any, teacher_dir: Path | None
+                         ) -> tuple[dict[str, Any], str, Path]:
+    """(identity, key, out) of the job without --out. An older kdengine keyed its default
+    place by the data's file times, not their contents: a cache it wrote there of these very
+    files, untouched since, is this job's (complete already, or finished by it), not a reason
+    to score everything again into a new folder. One whose files' times changed since is said
+    on stderr (where it is, why it is not used, its size), and the job goes to `out`."""
+    import sys
+
+    from kdengine.teacher.cache import MANIFEST, cache_key
+    from kdengine.teacher.identity import is_legacy_identity, legacy_data_identity
+    from kdengine.teacher.writer import default_cache_dir
+
+    def manifest_of(directory: Path) -> dict[str, Any] | None:
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    if (out / MANIFEST).exists() or identity["data"].startswith("demo:"):
+        return identity, key, out
+    old_identity = {**identity, "data": legacy_data_identity(job.config, tokenizer,
+                                                             teacher_dir)}
+    old_key = cache_key(old_identity)
+    old_out = default_cache_dir(old_key)
+    found = manifest_of(old_out)
+    if found is not None and found.get("key") == old_key:
+        return old_identity, old_key, old_out
+    # an older cache of this teacher and data whose files' times changed since: not provably
+    # the same data, so not used; the user is told where it is, not left to find two folders
+    try:
+        folders = sorted(default_cache_dir(key).parent.iterdir())
+    except OSError:
+        return identity, key, out
+    for folder in folders:
+        found = manifest_of(folder)
+        written = found.get("identity") if found else None
+        if not isinstance(written, dict) or \
+                not is_legacy_identity(str(written.get("data"))) or \
+                any(written.get(k) != v for k, v in identity.items() if k != "data") or \
+                (found.get("data") or {}).get("spec") != job.config.data:
+            continue
+        from kdengine.diskspace import human
+
+        size = found.get("bytes")
+        print(f"kdengine cache-teacher: an older kdengine's cache of this teacher and data, "
+              f"{folder}, is not used: it knew the data by its files' times, which changed "
+              f"since; scoring again into {out}"
+              + (f" (remove {folder} to free {human(size)})" if isinstance(size, int) else ""),
+              file=sys.stderr, flush=True)
+        break
+    return identity, key, out
 
 
 def _check_seed(seed: int, targets: str) -> None:
