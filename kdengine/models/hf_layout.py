@@ -22,6 +22,7 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # transformers' defaults for keys a config.json may leave out (configuration_<family>.py)
 _KV_HEADS_DEFAULT = {"mistral": 8, "qwen2": 32, "qwen3": 32}
+_MAX_POSITIONS_DEFAULT = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768, "qwen3": 32768}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX_FILE = "model.safetensors.index.json"
 _REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -92,7 +93,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> DecoderCon
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=theta,
         rope_scaling=scaling,
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        max_position_embeddings=hf.get("max_position_embeddings",
+                                       _MAX_POSITIONS_DEFAULT[model_type]),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=qkv_bias,
         o_proj_bias=o_bias,
@@ -144,8 +146,8 @@ def _rope(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]
     params.pop("type", None)
     params.pop("partial_rotary_factor", None)
     if kind == "llama3":
-        params.setdefault("original_max_position_embeddings",
-                          hf.get("max_position_embeddings", 2048))
+        params.setdefault("original_max_position_embeddings", hf.get(
+            "max_position_embeddings", _MAX_POSITIONS_DEFAULT.get(hf.get("model_type"), 2048)))
     # what rope_inv_freq reads: transformers refuses these configs too
     numbers = {"factor": None}
     if kind == "llama3":

@@ -135,3 +135,21 @@ def test_a_tokenizer_with_ids_beyond_the_students_vocab_is_refused(root: Path, i
         "kdengine train: error: --student: the tokenizer has ids up to 256, beyond the model's "
         "vocab_size (200): not this model's tokenizer")
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_a_config_json_without_max_position_embeddings_reads_the_familys_default(
+        tmp_path: Path, family: str) -> None:
+    # models.md: config.json is read as transformers 5 reads it, defaults included; the
+    # final student's config.json keeps what the student's said (2048 was written for every
+    # family, which for a Qwen2/Qwen3 (32768) or Mistral (131072) student shrank its context)
+    transformers = pytest.importorskip("transformers")
+    from kdengine.models.hf_layout import config_from_hf, config_to_hf
+
+    hf = {"model_type": family, "vocab_size": 257, "hidden_size": 32, "intermediate_size": 64,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path).max_position_embeddings
+    ours = config_from_hf(hf)
+    assert ours.max_position_embeddings == theirs
+    assert config_to_hf(ours)["max_position_embeddings"] == theirs
