@@ -13,8 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import shutil
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,19 +185,99 @@ def full_directory(exc: BaseException | None, default: Path) -> Path:
     return Path(default)
 
 
+# a save makes a few files (a temporary directory, the weights, trainer.pt, meta.json); below
+# this many free inodes a file system that refused a write with bytes to spare is out of inodes
+# (the failed save's own files are removed before the message is made, giving a few back)
+INODES_SLACK = 16
+
+
+def _full_errno(exc: BaseException | None) -> int | None:
+    """ENOSPC or EDQUOT from an exception's chain (by errno, or by the text safetensors and
+    torch.save put it in); None when it does not say which."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc.errno
+        text = str(exc).lower()
+        if "disk quota exceeded" in text or "os error 122" in text:
+            return errno.EDQUOT
+        if "no space left on device" in text or "os error 28" in text:
+            return errno.ENOSPC
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """What ran out on a file system that refused a write: `kind` 'inodes', 'quota' or
+    'space', in `words` (the numbers that show it) and `fix` (what mends it)."""
+
+    kind: str
+    words: str
+    fix: str
+
+
+def exhausted(directory: Path, exc: BaseException | None = None,
+              needed: int | None = None) -> Exhausted:
+    """What is exhausted where a write into `directory` failed with `exc` (ENOSPC, EDQUOT):
+    its quota (EDQUOT), its inodes (bytes to spare, next to no free inode: `df -i`), or its
+    space. `needed`, the bytes the write wanted, when known."""
+    path = Path(directory).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = free_bytes(path)
+    try:
+        found = os.statvfs(path)
+        inodes, inodes_free = found.f_files, found.f_favail
+    except OSError:
+        inodes = inodes_free = 0
+    if _full_errno(exc) == errno.EDQUOT:
+        return Exhausted("quota", f"your disk quota there is used up (its file system has "
+                         f"{human(free)} free; `quota -s` shows yours)",
+                         "free some of your quota, or ask for more")
+    short_of_bytes = needed is not None and free < needed
+    if inodes and inodes_free < INODES_SLACK and not short_of_bytes:
+        return Exhausted("inodes", f"its file system has {inodes_free} of {inodes} inodes "
+                         f"free ({human(free)} of space free; `df -i` shows it)",
+                         "delete files on that file system")
+    need = f"needs {human(needed)}, " if needed is not None else ""
+    return Exhausted("space", f"{need}its file system has {human(free)} free", "free some space")
+
+
+def full_prefix(exc: BaseException, default: Path, need: str = "") -> str:
+    """For a failure that is a full file system (is_disk_full), what ran out where and the fix,
+    to put before its reason: `no free inodes under DIR (its file system has 0 of 64 inodes
+    free (...); delete files on that file system): `; '' for any other failure. `need`, words
+    after the numbers (`, a checkpoint needs 1.2 MB`)."""
+    if not is_disk_full(exc):
+        return ""
+    where = full_directory(exc, default)  # the file written, or e.g. the demo teacher's cache
+    out = exhausted(where, exc)
+    head = {"inodes": "no free inodes", "quota": "disk quota exceeded"}.get(out.kind, "disk full")
+    return f"{head} under {where} ({out.words}{need}; {out.fix}): "
+
+
 class DiskFull(RuntimeError):
-    """A save that ran out of space, already cleaned up: one line with the numbers."""
+    """A save that ran out of space (or inodes, or quota), already cleaned up: one line with
+    the numbers. `cause`: the failed write's error (by default the one being handled)."""
 
     def __init__(self, directory: Path, what: str, needed: int, last_good: Path | None,
-                 run_dir: Path) -> None:
+                 run_dir: Path, cause: BaseException | None = None) -> None:
         self.directory, self.needed = Path(directory), needed
         self.free = free_bytes(directory)
-        kept = (f"the last good checkpoint {last_good.name} is intact (free some space, then "
+        self.exhausted = exhausted(directory, cause if cause is not None else sys.exc_info()[1],
+                                   needed)
+        fix = self.exhausted.fix
+        kept = (f"the last good checkpoint {last_good.name} is intact ({fix}, then "
                 f"`kdengine train --resume {run_dir}`)" if last_good is not None
-                else "no checkpoint was written yet (free some space and start it again)")
-        super().__init__(
-            f"disk full: writing {what} into {directory} needs {human(needed)}, its file system "
-            f"has {human(self.free)} free; {kept}")
+                else f"no checkpoint was written yet ({fix} and start it again)")
+        head = {"space": "disk full", "inodes": "no free inodes",
+                "quota": "disk quota exceeded"}[self.exhausted.kind]
+        super().__init__(f"{head}: writing {what} into {directory}: "
+                         f"{self.exhausted.words}; {kept}" if self.exhausted.kind != "space"
+                         else f"{head}: writing {what} into {directory} "
+                         f"{self.exhausted.words}; {kept}")
 
 
 def human(n: float) -> str:

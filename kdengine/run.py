@@ -33,8 +33,7 @@ from kdengine.data.store import NAMED_SKIPS
 from kdengine.diskspace import (
     DiskFull,
     Footprint,
-    free_bytes,
-    full_directory,
+    full_prefix,
     human,
     is_disk_full,
     saves_left,
@@ -237,12 +236,9 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
             kept = latest_checkpoint(run_dir)
             reason += (f"; the last checkpoint, {kept}, is kept" if kept is not None else
                        "; no checkpoint was written before it")
-        if not isinstance(exc, DiskFull) and is_disk_full(exc):  # a save outside checkpoint.py
-            where = full_directory(exc, run_dir)  # the run dir, or e.g. the demo teacher's cache
+        if not isinstance(exc, DiskFull):  # a save outside checkpoint.py: what ran out where
             need = f", a checkpoint needs {human(footprint.checkpoint)}" if footprint else ""
-            full = (f"no free inodes under {where}, delete files there" if _out_of_inodes(where)
-                    else f"disk full under {where}")
-            reason = f"{full} ({human(free_bytes(where))} free{need}): " + reason
+            reason = full_prefix(exc, run_dir, need) + reason
         # the details go to launch.log (and the error event) only: the terminal gets the CLI's
         # one line, `[stage] failed: reason (traceback in RUN_DIR/launch.log)`
         try:
@@ -267,15 +263,6 @@ def run(config: RunConfig, run_dir: Path, *, resume: bool = False,
         held.close()
         log.close()
         dist.close()
-
-
-def _out_of_inodes(path: Path) -> bool:
-    """The file system of `path` has bytes left but no inodes (a new file cannot be made)."""
-    try:
-        found = os.statvfs(path)
-    except OSError:
-        return False
-    return bool(found.f_files) and found.f_favail == 0
 
 
 def _checkpoint_at_cancel(trainer: KDTrainer, log: RunLog) -> None:
@@ -370,7 +357,8 @@ def _report_data(data: TokenSplits | ExampleData, log: RunLog) -> None:
         count, named = len(data.skipped), data.skipped[:NAMED_SKIPS]
     if count:
         more = f" and {count - len(named)} more" if count > len(named) else ""
-        log.message("warning", f"data: {count} bad file(s) skipped (on_bad_file=skip): "
+        files = "bad file" if count == 1 else "bad files"
+        log.message("warning", f"data: {count} {files} skipped (on_bad_file=skip): "
                     + "; ".join(why for _, why in named) + more)
 
 

@@ -319,7 +319,9 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
         log.emit(ev.RUN_FINISHED, status="cancelled", exit_code=code, steps=rows_done)
         return code
     except Exception as exc:  # noqa: BLE001 - every failure ends the job with its reason
-        reason = str(exc) or type(exc).__name__
+        from kdengine.diskspace import full_prefix  # a full disk: inodes, quota or space
+
+        reason = full_prefix(exc, out) + (str(exc) or type(exc).__name__)
         log.stage(stage, "failed", reason, terminal=False)
         tb = "".join(traceback.format_exception(exc))
         log.emit(ev.LOG, level="error", message=f"{type(exc).__name__}: {reason}", traceback=tb)
