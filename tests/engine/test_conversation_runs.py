@@ -216,7 +216,7 @@ def test_a_bad_file_fails_the_check_or_is_skipped_and_named_in_the_data_stage(
     assert stage["skipped"][0][0] == "broken.jsonl"
     warnings = [e["message"] for e in read_events(tmp_path / "run" / "events.jsonl")
                 if e["type"] == "log" and e["level"] == "warning"]
-    assert any("1 bad file(s) skipped" in w and "broken.jsonl:2" in w for w in warnings)
+    assert any("1 bad file skipped" in w and "broken.jsonl:2" in w for w in warnings)
 
 
 def test_raw_text_folder_with_a_non_utf8_file_fails_or_skips_it(models: dict[str, str],
