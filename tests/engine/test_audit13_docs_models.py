@@ -6,7 +6,8 @@
   the final student in RUN_DIR/final/ loads with transformers' AutoModelForCausalLM with the
   native decoder's logits.
 - "Anything else is refused with an error naming it": each config.json refusal the doc lists
-  (the rope types and parameters, partial rotary, sizes, rope_theta, rms_norm_eps) and a
+  that test_audit7_model_inputs does not (the rope types and parameters, partial rotary, a size
+  that is not an integer, a rope_theta of 0) and a
   tokenizer with ids beyond the student's vocab: exit 2, one line naming --student and the key,
   no run directory.
 """
@@ -99,12 +100,10 @@ REFUSED = {
                                "rope_scaling.factor = -2.0 is not supported"),
     "per-layer-type-rope": ({"rope_parameters": {"full_attention": {"rope_type": "default"}}},
                             "per-layer-type rope_parameters are not supported"),
-    "size-not-positive": ({"hidden_size": 0}, "hidden_size missing or not a positive integer"),
     "size-not-an-integer": ({"num_hidden_layers": 1.5},
                             "num_hidden_layers missing or not a positive integer"),
     "rope_theta-not-positive": ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}},
                                 "rope_theta = 0 is not supported"),
-    "rms_norm_eps-not-a-number": ({"rms_norm_eps": "1e-5"}, "rms_norm_eps = '1e-5'"),
 }
 
 
