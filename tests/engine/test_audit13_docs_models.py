@@ -10,6 +10,8 @@
   that is not an integer, a rope_theta of 0) and a
   tokenizer with ids beyond the student's vocab: exit 2, one line naming --student and the key,
   no run directory.
+- "defaults included": a config.json without max_position_embeddings reads each family's own
+  (it read Llama's 2048 for all, and the final student's config.json said so).
 """
 
 from __future__ import annotations
