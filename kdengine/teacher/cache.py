@@ -104,16 +104,22 @@ def read_manifest(directory: Path, field: str = "teacher_cache") -> dict[str, An
     return manifest
 
 
-def shard_problem(directory: Path, manifest: dict[str, Any], index: int) -> str | None:
-    """What is wrong with shard `index`'s files on disk (missing, or another size than the
-    manifest's rows, seq_len, K and dtypes make: a file cut short), or None when whole."""
+def shard_sizes(manifest: dict[str, Any], index: int) -> dict[str, int]:
+    """The bytes of each of shard `index`'s files, from the manifest's rows, seq_len, K and
+    dtypes."""
     rows = manifest["rows"]
     total, per = rows["train"] + rows["val"], manifest["shard_rows"]
     count = min(per, total - index * per) * rows["seq_len"]
     k = manifest["k"]
-    sizes = {"ids": count * k * ID_DTYPES[manifest["id_dtype"]].itemsize,
-             "logp": count * k * STORE_DTYPES[manifest["dtype"]].itemsize,
-             "tail": count * 4, "rowhash": min(per, total - index * per) * 8}
+    return {"ids": count * k * ID_DTYPES[manifest["id_dtype"]].itemsize,
+            "logp": count * k * STORE_DTYPES[manifest["dtype"]].itemsize,
+            "tail": count * 4, "rowhash": min(per, total - index * per) * 8}
+
+
+def shard_problem(directory: Path, manifest: dict[str, Any], index: int) -> str | None:
+    """What is wrong with shard `index`'s files on disk (missing, or another size than the
+    manifest's rows, seq_len, K and dtypes make: a file cut short), or None when whole."""
+    sizes = shard_sizes(manifest, index)
     for part in PARTS:
         path = shard_path(directory, index, part)
         try:

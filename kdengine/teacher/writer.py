@@ -34,6 +34,7 @@ from kdengine.teacher.cache import (
     read_manifest,
     shard_done,
     shard_problem,
+    shard_sizes,
     write_manifest,
     write_shard,
 )
@@ -248,6 +249,10 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                                   f"{previous.get('shard_rows')} rows a shard: give the same "
                                   "--shard-rows to finish it")
             write_manifest(out, manifest)
+            # a shard counts as written when marked and whole (a file cut short is redone)
+            done = [i for i in range(shards)
+                    if shard_done(out, i) and shard_problem(out, manifest, i) is None]
+            _check_space(out, manifest, [i for i in range(shards) if i not in done])
             log.stage(stage, "done", f"{total_rows} rows ({len(train)} train, {len(val)} val) "
                       f"x {cfg.seq_len}")
             stop.check()
@@ -255,9 +260,6 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             stage = "score"
             log.stage(stage, "running")
             views = [(train, 0), (val, len(train))]
-            # a shard counts as written when marked and whole (a file cut short is redone)
-            done = [i for i in range(shards)
-                    if shard_done(out, i) and shard_problem(out, manifest, i) is None]
             rows_done = sum(min(shard_rows, total_rows - i * shard_rows) for i in done)
             if done:
                 log.line(f"resuming: {len(done)} of {shards} shards already written")
@@ -333,6 +335,25 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
         return 1
     finally:
         log.close()
+
+
+def _check_space(out: Path, manifest: dict[str, Any], left: list[int]) -> None:
+    """The shards still to write fit on OUT's file system, checked before a row is scored: a
+    cache known to be too big would otherwise cost the teacher's whole pass and then fail at a
+    shard's write with 'disk full'."""
+    from kdengine.diskspace import free_bytes
+
+    need = sum(sum(shard_sizes(manifest, i).values()) for i in left)
+    free = free_bytes(out)
+    if free >= need:
+        return
+    rows, per = manifest["rows"], manifest["shard_rows"]
+    count = sum(min(per, rows["train"] + rows["val"] - i * per) for i in left)
+    raise ConfigError("out", f"{out}'s file system has {human(free)} free, the cache needs "
+                      f"{human(need)} more ({count} rows x {rows['seq_len']} tokens x "
+                      f"{manifest['bytes_per_token']:.0f} B/token): "
+                      "free some space, or pick another --out (a smaller --top-k or "
+                      "--store-dtype makes it smaller)")
 
 
 def _teacher_val(previous: dict[str, Any] | None, val_rows: int) -> dict[str, Any]:
