@@ -139,9 +139,18 @@ class AprSettings:
         if re.search(r"[\s\x00-\x1f\x7f~^:?*\[\\]|\.\.|@\{", self.git_ref):
             raise ConfigError("git_ref", "must be a branch, tag or commit name: no spaces, "
                               f"control characters, '..' or any of ~^:?*[\\ (got {self.git_ref!r})")
-        if self.cargo_features and not re.fullmatch(r"[A-Za-z0-9_,/-]+", self.cargo_features):
-            raise ConfigError("cargo_features", "must be feature names separated by commas "
-                              f"(got {self.cargo_features!r})")
+        if self.cargo_features and (not re.fullmatch(r"[A-Za-z0-9_,/-]+", self.cargo_features)
+                                    or self.cargo_features.startswith("-")):
+            raise ConfigError("cargo_features", "must be feature names separated by commas, "
+                              f"not starting with '-' (got {self.cargo_features!r})")
+        if self.apr_bin.startswith("-"):  # sh and env would read it as one of their options
+            raise ConfigError("apr_bin", "must be a path or command name that does not start "
+                              f"with '-' (got {self.apr_bin!r})")
+        for name in ("repo_url", "cargo_package", "apr_bin"):
+            # a newline would split the probe's `tool.NAME=PATH` answer and the shown commands
+            if re.search(r"[\x00-\x1f\x7f]", getattr(self, name)):
+                raise ConfigError(name, "must not hold control characters such as a newline "
+                                  f"(got {getattr(self, name)!r})")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AprSettings:
@@ -257,6 +266,20 @@ def backend_for_device(device: str) -> tuple[str, str]:
                       "fixture, is a stub with no learning signal): use device=cuda or auto")
 
 
+# run fields that reach apr (or the agent) as a word of their own: a leading '-' would be read
+# as one of its options (`apr pull -x`, `apr distill --json ...`), so it is refused up front
+_NOT_AN_OPTION = {"teacher": "a path on the host (./{v}) or a ref `apr pull` takes",
+                  "student": "a path on the host (./{v}) or a ref `apr pull` takes",
+                  "run_dir": "./{v} or an absolute path"}
+
+
+def refuse_option_like(name: str, value: Any) -> None:
+    """ConfigError naming `name` when its value starts with '-' (see _NOT_AN_OPTION)."""
+    if name in _NOT_AN_OPTION and isinstance(value, str) and value.startswith("-"):
+        raise ConfigError(name, "must not start with '-': apr would read it as one of its "
+                          f"options; give {_NOT_AN_OPTION[name].format(v=value)} (got {value!r})")
+
+
 def build_invocation(config: RunConfig, settings: AprSettings, *, teacher: str | None = None,
                      student: str | None = None, output: str | None = None,
                      omit_optional: frozenset[str] = frozenset()) -> AprInvocation:
@@ -276,6 +299,8 @@ def build_invocation(config: RunConfig, settings: AprSettings, *, teacher: str |
                               f"(give {FIELDS_BY_NAME[name].flag})")
     if not config.run_dir:
         raise ConfigError("run_dir", "the apr plan needs the run directory on the host")
+    for name in _NOT_AN_OPTION:
+        refuse_option_like(name, getattr(config, name))
     epochs, epoch_note = steps_to_epochs(config.steps, settings.steps_per_epoch)
     backend, backend_note = backend_for_device(config.device)
     out_dir = output or f"{config.run_dir.rstrip('/')}/student"
@@ -426,6 +451,7 @@ class AprFormField:
             value = FIELDS_BY_NAME[self.name].parse(raw)
             if self.name == "device":
                 backend_for_device(value)  # cpu/mps: the plan refuses them, say so at once
+            refuse_option_like(self.name, value)  # as the plan does, at once
             return value
         value = raw
         if isinstance(raw, str):
