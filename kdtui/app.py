@@ -55,6 +55,29 @@ def load_themes() -> dict[str, Theme]:
     return themes
 
 
+def theme_names() -> tuple[list[str], list[str]]:
+    """(kdtui's themes, Textual's built-in ones), each sorted: every name --theme takes."""
+    from textual.theme import BUILTIN_THEMES
+
+    ours = sorted(load_themes())
+    return ours, sorted(set(BUILTIN_THEMES) - set(ours))
+
+
+def themes_listed() -> str:
+    ours, textual = theme_names()
+    return f"{', '.join(ours)} (kdtui's); {', '.join(textual)} (Textual's)"
+
+
+def theme_refusal(name: str) -> str | None:
+    """Why `--theme NAME` names no theme (None when it does): said before the dashboard
+    starts (it opened in the default theme with a toast the user had to catch)."""
+    ours, textual = theme_names()
+    if name in ours or name in textual:
+        return None
+    return (f"--theme {name}: no such theme; themes: {themes_listed()}; pick one of them "
+            f"(--theme {DEFAULT_THEME}, the default, or leave --theme out)")
+
+
 class KDApp(App):
     """The dashboard. `command`: None opens the form, 'launch' opens it and starts the run,
     'watch' opens one run."""
@@ -100,7 +123,14 @@ class KDApp(App):
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self._remember_theme)
-        if self._bad_theme:
+        if self._bad_theme and not self._theme_request:
+            # a saved setting: the dashboard opens (in the default), and says where it is
+            where = self.settings.path or "settings.json"
+            self.notify(f'{where}: "theme" is {self._bad_theme!r}, no theme kdtui knows; '
+                        f"{DEFAULT_THEME} is used. Pick one with ctrl+p, 'theme' (remembered "
+                        f"there); themes: {themes_listed()}", severity="error", timeout=15,
+                        markup=False)
+        elif self._bad_theme:
             names = ", ".join(sorted(self.available_themes))
             self.notify(f"no theme {self._bad_theme!r}; themes: {names}", severity="error",
                         timeout=8)

@@ -137,6 +137,12 @@ def _main(argv: list[str] | None) -> int:
             prog = f"kdtui {args.command}"
         if unknown:
             raise UsageError(f"unknown argument {unknown[0]} (see `{prog} --help`)")
+        if getattr(args, "theme", None) is not None:
+            from kdtui.app import theme_refusal
+
+            refused = theme_refusal(args.theme)
+            if refused:
+                raise UsageError(refused)
         if args.command == "launch" and args.profile == "apr":
             # apr distill on an SSH host: in the dashboard, or plain lines with --headless
             from kdtui.profiles.apr.cli import launch_from_args

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from rich.cells import cell_len
 
 from kdengine.config import (
     FIELDS,
+    RENAMED,
     ConfigError,
     RunConfig,
     default_runs_dir,
@@ -31,6 +33,7 @@ from kdengine.config import (
     file_folder_path_refusal,
     flag_of,
     load_config_file,
+    spelled_in,
     validate_with_preset,
 )
 from kdengine.events import LOG, RUN_STARTED
@@ -76,7 +79,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     try:
         config = RunConfig.from_mapping(values)
     except ConfigError as exc:  # a key of the file: named as the file spells it, not a --flag
-        raise ConfigError(None, f"{exc.field} in {args.config}: {exc.message}") from None
+        raise ConfigError(None, f"{spelled_in(exc.field, in_file)} in {args.config}: "
+                                f"{exc.message}" if exc.field else
+                                f"{args.config}: {exc.message}") from None
     for f in FIELDS:  # one variable at a time: an error names the variable the user set
         var = f"KDTUI_{f.name.upper()}"
         if var in environ:
@@ -104,11 +109,47 @@ def config_file_refusal(in_file: dict[str, Any], args: argparse.Namespace,
     return file_folder_path_refusal(in_file, Path(args.config), over)
 
 
-class StagePrinter:
-    """StageUpdates as plain lines: one per state change, output lines indented under it."""
+def file_spellings(args: argparse.Namespace, environ: dict[str, str] | None = None
+                   ) -> dict[str, str]:
+    """{'--teacher': 'teacher in run.toml'}: the fields `--config FILE` set (and no flag or
+    KDTUI_ variable overrode), named as the file spells them. The engine's check refuses a
+    value by its --flag; the user wrote the file's key, and a headless launch said the flag."""
+    if not getattr(args, "config", None):
+        return {}
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        in_file = load_config_file(Path(args.config))
+    except ConfigError:
+        return {}
+    out: dict[str, str] = {}
+    set_in_file = {RENAMED.get(k, k) for k in in_file}
+    for f in FIELDS:
+        if f.name not in set_in_file:
+            continue
+        if getattr(args, f.name, None) is not None or f"KDTUI_{f.name.upper()}" in environ:
+            continue
+        out[f.flag] = f"{spelled_in(f.name, in_file)} in {args.config}"
+    return out
 
-    def __init__(self, out: TextIO) -> None:
+
+_REFUSED_FLAG = re.compile(r"(^|: )(--[a-z][a-z0-9-]*)(?=: )")
+
+
+def as_spelled(text: str, spellings: dict[str, str]) -> str:
+    """A refusal's `--flag: ...` as `key in FILE: ...` for a field the --config file set."""
+    if not spellings:
+        return text
+    return _REFUSED_FLAG.sub(lambda m: m.group(1) + spellings.get(m.group(2), m.group(2)),
+                             text)
+
+
+class StagePrinter:
+    """StageUpdates as plain lines: one per state change, output lines indented under it.
+    `spellings` (file_spellings): a refusal of a --config file's key names it as the file."""
+
+    def __init__(self, out: TextIO, spellings: dict[str, str] | None = None) -> None:
         self.out = out
+        self.spellings = spellings or {}
         self._last: dict[tuple[str, str], str] = {}
 
     def __call__(self, update: StageUpdate) -> None:
@@ -122,7 +163,7 @@ class StagePrinter:
             return
         timing = f" {update.elapsed:.1f}s" if update.state in ("done", "failed", "skipped") else ""
         where = f" on {update.host}" if update.host else ""
-        detail = f": {update.detail}" if update.detail else ""
+        detail = f": {as_spelled(update.detail, self.spellings)}" if update.detail else ""
         self._print(f"[{update.stage}] {update.state}{timing}{where}{detail}")
 
     def _print(self, line: str) -> None:
@@ -296,6 +337,7 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
     host = args.host or os.environ.get("KDTUI_HOST") or LOCAL
     fallback = getattr(args, "fallback_host", None) or os.environ.get("KDTUI_FALLBACK_HOST")
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
+    spellings = file_spellings(args)
     try:
         if host != LOCAL:  # a typo'd host: one line, a dry run as a launch, nothing written
             from kdtui.remote.connect import refuse_unknown_host
@@ -318,8 +360,8 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 print("kdtui launch: error: --fallback-host needs a remote --host",
                       file=sys.stderr)
                 return EXIT_ERROR
-            return asyncio.run(_launch_local(config, runs_dir, args.detach, out))
-        return asyncio.run(_launch_remote(config, host, fallback, args.detach, out))
+            return asyncio.run(_launch_local(config, runs_dir, args.detach, out, spellings))
+        return asyncio.run(_launch_remote(config, host, fallback, args.detach, out, spellings))
     except HostsFileError as exc:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -351,14 +393,15 @@ def _interrupted_launch(config: RunConfig, host: str, runs_dir: Path) -> str:
     return f"interrupted before the run started: nothing runs{where}; launch it again to run it"
 
 
-async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: TextIO) -> int:
+async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: TextIO,
+                        spellings: dict[str, str] | None = None) -> int:
     from kdtui.launch.local import LaunchError, LocalLauncher
 
     launcher = LocalLauncher(config, runs_dir)
     try:
-        handle = await launcher.start(StagePrinter(out))
+        handle = await launcher.start(StagePrinter(out, spellings))
     except LaunchError as exc:
-        print(f"ERROR: {exc}", file=out, flush=True)
+        print(f"ERROR: {as_spelled(str(exc), spellings or {})}", file=out, flush=True)
         return EXIT_ERROR
     if detach:
         print(f"detached: run {handle.run_id} goes on; follow it with: {handle.reattach_hint()}",
@@ -373,7 +416,7 @@ async def _launch_local(config: RunConfig, runs_dir: Path, detach: bool, out: Te
 
 
 async def _launch_remote(config: RunConfig, host: str, fallback: str | None, detach: bool,
-                         out: TextIO) -> int:
+                         out: TextIO, spellings: dict[str, str] | None = None) -> int:
     from kdtui.launch.remote import DispatchError, RemoteLauncher
 
     def status(text: str) -> None:
@@ -381,11 +424,11 @@ async def _launch_remote(config: RunConfig, host: str, fallback: str | None, det
 
     launcher = RemoteLauncher(config, host, fallback, on_status=status)
     try:
-        handle = await launcher.start(StagePrinter(out))
+        handle = await launcher.start(StagePrinter(out, spellings))
     except DispatchError as exc:
         # the failed stage above already said why; a fallback's summary names every host
-        summary = str(exc) if len(launcher.attempts) > 1 or exc.engine_may_run else \
-            "see the failed stage above"
+        summary = as_spelled(str(exc), spellings or {}) if len(launcher.attempts) > 1 or \
+            exc.engine_may_run else "see the failed stage above"
         print(f"ERROR: dispatch failed: {summary}; evidence in {launcher.manifest_path}",
               file=out, flush=True)
         return EXIT_ERROR

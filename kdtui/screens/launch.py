@@ -25,7 +25,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.lazy import Lazy
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Input, Label, Select, Static, Switch
 from textual.widgets.input import Selection
@@ -193,6 +193,9 @@ class FieldRow(Vertical):
         line = self.query_one(".field-error", Static)
         line.update(message)
         self.set_class(bool(message), "-invalid")
+        screen = self.screen if self.is_attached else None
+        if not message and isinstance(screen, LaunchScreen):
+            screen.row_mended()
         if message and self.has_focus_within:
             # the field being typed in: its error is under its help, rows below it; on the
             # form's last rows (80x24) it was under the buttons, and nothing said what was wrong
@@ -334,6 +337,7 @@ def profile_spec(profile: str, name: str) -> FormSpec:
 
 
 DEMO_PRESET_NOTE = "Demo preset"  # F2's toast starts so (a refusal takes it down)
+LAST_VALUES_NOTE = "last values used on"  # a host pick's toast starts so
 
 # Textual's own focus keys, made priority (TabFirstScreen; the cache dialog's too)
 TAB_FIRST_BINDINGS = [
@@ -401,6 +405,7 @@ class LaunchScreen(TabFirstScreen):
         self._apr_mounted = False
         self._host_of = {KDENGINE: LOCAL, APR: NO_HOST}  # each profile keeps its own host
         self._row_errors: dict[str, str] = {}  # rows that are not FieldRows (host)
+        self._refused_rows: set[str] = set()  # the rows the "Invalid run" toast is about
         self._starting = ""  # what a start under way is doing (the check), else ""
 
     def compose(self) -> ComposeResult:
@@ -688,6 +693,41 @@ class LaunchScreen(TabFirstScreen):
         widget.set_class(bool(message), "-invalid")
         if message:  # the error under the host's long help: at 80x24 it was out of sight
             self.call_after_refresh(widget.scroll_visible, animate=False)
+        else:
+            self.row_mended()
+
+    def _row_has_error(self, row: str) -> bool:
+        if row in self._row_errors:
+            return bool(self._row_errors[row])
+        found = self.query(f"#{row}")
+        return bool(found) and bool(getattr(found.first(), "error", ""))
+
+    def row_mended(self) -> None:
+        """A row's error went: once every row the "Invalid run" toast named is mended, the
+        toast goes too ('2 fields to fix' stayed over a form with none left to fix)."""
+        if self._refused_rows and not any(self._row_has_error(r) for r in self._refused_rows):
+            self._refused_rows = set()
+            self._drop_form_toasts(refusals_only=True)
+
+    def _drop_form_toasts(self, *, refusals_only: bool = False) -> None:
+        """Take down the toasts about this form: its "Invalid run" refusals and (unless
+        `refusals_only`) the demo preset's 'ctrl+r to start' and 'last values used'."""
+        for notification in list(self.app._notifications):
+            about_form = notification.title == "Invalid run" or not refusals_only and (
+                notification.message.startswith((DEMO_PRESET_NOTE, LAST_VALUES_NOTE)))
+            if about_form:
+                self.app._unnotify(notification)  # Textual has no public call to remove one
+
+    def on_screen_suspend(self) -> None:
+        """The form is left for another screen (the runs list, a run): its toasts were about
+        it, and stayed over the next screen. A dialog over it (help, the palette, F4) is not
+        leaving it; a Start is (form_left, from the start itself)."""
+        if not isinstance(self.app.screen, ModalScreen):
+            self.form_left()
+
+    def form_left(self) -> None:
+        self._refused_rows = set()
+        self._drop_form_toasts()
 
     # -- events -----------------------------------------------------------------------------
     @on(Input.Changed, ".field-input")
@@ -717,7 +757,7 @@ class LaunchScreen(TabFirstScreen):
                           if k not in (APR, "profile")}
             self._load_values(remembered)
         if remembered:
-            self.notify(f"last values used on {host}", timeout=2)
+            self.notify(f"{LAST_VALUES_NOTE} {host}", timeout=2)
 
     @on(Button.Pressed, "#start")
     def _start_pressed(self) -> None:
@@ -778,16 +818,16 @@ class LaunchScreen(TabFirstScreen):
             text = self.field_error(bad[0], profile)
         else:
             text = f"{len(bad)} fields to fix: {', '.join(bad)} (each says why, under it)"
-        self._refuse(text, markup=False)
+        self._refuse(text, markup=False, rows={row_id(name, profile) for name in bad})
 
-    def _refuse(self, message: str, *, markup: bool = True) -> None:
+    def _refuse(self, message: str, *, markup: bool = True, rows: set[str] | None = None
+                ) -> None:
         """The "Invalid run" toast. It replaces the form's earlier ones (a refusal before this
         one, the demo preset's 'ctrl+r to start'), which are stale now: stacked from the bottom
-        right they had grown over the field errors at 80x24."""
-        for notification in list(self.app._notifications):
-            if notification.title == "Invalid run" or notification.message.startswith(
-                    DEMO_PRESET_NOTE):
-                self.app._unnotify(notification)  # Textual has no public call to remove one
+        right they had grown over the field errors at 80x24. `rows`: the rows it is about; it
+        goes once they are all mended (row_mended), or when the form is left."""
+        self._drop_form_toasts()
+        self._refused_rows = set(rows or ())
         self.notify(message, title="Invalid run", severity="error", markup=markup)
 
     def collect_apr(self) -> tuple[RunConfig, AprSettings] | None:
@@ -815,10 +855,12 @@ class LaunchScreen(TabFirstScreen):
 
     def _show_config_error(self, exc: ConfigError, profile: str = KDENGINE) -> None:
         message = profile_error_text(profile, exc)
+        rows: set[str] = set()
         if exc.field and self.query(f"#{row_id(exc.field, profile)}"):
             self.query_one(f"#{row_id(exc.field, profile)}", FieldRow).show_error(message)
             self._focus_field(exc.field, profile, at_top=True)
-        self._refuse(message)
+            rows.add(row_id(exc.field, profile))
+        self._refuse(message, rows=rows)
 
     def _focus_field(self, name: str, profile: str = KDENGINE, *, at_top: bool = False) -> None:
         """Focus a field and scroll to it; `at_top`: its row at the top of the form, where a
@@ -866,7 +908,7 @@ class LaunchScreen(TabFirstScreen):
         if host in (NO_HOST, LOCAL):
             self._show_row_error("row-host", APR_HOST_MISSING)
             self.query_one("#host", Select).focus(scroll_visible=False)  # the row is shown
-            self._refuse(APR_HOST_MISSING)
+            self._refuse(APR_HOST_MISSING, rows={"row-host"})
             return
         collected = self.collect_apr()
         if collected is None:
@@ -925,6 +967,7 @@ class LaunchScreen(TabFirstScreen):
                 return
             if not settings.remember(host, remembered):
                 self.app.warn_unsaved()  # type: ignore[attr-defined]
+            self.form_left()  # the demo's 'ctrl+r to start' stayed over the run's log
             if dry_run:
                 self.app.show_plan(launcher.plan())
                 return
@@ -938,6 +981,7 @@ class LaunchScreen(TabFirstScreen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
+        self.form_left()
         if dry_run:
             if not settings.remember(host, remembered):
                 self.app.warn_unsaved()  # type: ignore[attr-defined]
@@ -969,6 +1013,7 @@ class LaunchScreen(TabFirstScreen):
             self.notify(str(exc), title=f"Cannot launch on {host}", severity="error",
                         timeout=10)
             return
+        self.form_left()
         if dry_run:
             if not self.app.settings.remember(host, remembered):  # type: ignore[attr-defined]
                 self.app.warn_unsaved()  # type: ignore[attr-defined]
