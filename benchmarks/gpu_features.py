@@ -81,6 +81,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     data: str = "text"
     kill_after_checkpoint: str | None = None  # "KILL", "TERM" or "CANCEL" (kdtui's): resume
+    kill_on: str = '"type":"checkpoint"'  # ... once events.jsonl holds this (then `kill_delay`)
+    kill_delay: float = 1.0
     expect: tuple[str, ...] | str = "PASS"  # the verdicts that count as a pass
     torchrun: bool = False
     cache_first: bool = False  # kdengine cache-teacher, then train from the cache
@@ -161,15 +163,24 @@ CASES = [
          "MLPs' masters)", FP8S, torchrun=True),
     Case("torchrun-kill-resume", "torchrun, 2 ranks, SIGTERM after a checkpoint, --resume",
          [], torchrun=True, kill_after_checkpoint="TERM"),
+    Case("torchrun-term-in-eval", "torchrun, 2 ranks, SIGTERM inside the evaluation after step "
+         "40 (each of its 200 batches asks every rank whether to stop), --resume",
+         ["--eval-batches", "200"], torchrun=True, kill_after_checkpoint="TERM",
+         kill_on='"type":"step","step":40,', kill_delay=0.3),
+    Case("graphs-fp8s", "FP8 teacher and student, both models as CUDA graphs", FP8S,
+         env={"KDENGINE_STUDENT_COMPILE": "graphs", "KDENGINE_TEACHER_COMPILE": "graphs"}),
 ]
 
 
 def common(inputs: dict[str, str], case: Case, run_dir: Path) -> list[str]:
-    return ["--teacher", inputs[case.teacher], "--student", inputs["student"],
-            "--data", inputs[case.data], "--steps", "160", "--batch-size", "8",
-            "--seq-len", "256", "--lr", "2e-3", "--warmup-steps", "10", "--eval-every", "40",
-            "--eval-batches", "4", "--checkpoint-every", "40", "--log-every", "10",
-            "--run-dir", str(run_dir)]
+    """Every case's flags, less those the case gives itself (each flag once on a command)."""
+    flags = ["--teacher", inputs[case.teacher], "--student", inputs["student"],
+             "--data", inputs[case.data], "--steps", "160", "--batch-size", "8",
+             "--seq-len", "256", "--lr", "2e-3", "--warmup-steps", "10", "--eval-every", "40",
+             "--eval-batches", "4", "--checkpoint-every", "40", "--log-every", "10",
+             "--run-dir", str(run_dir)]
+    pairs = zip(flags[::2], flags[1::2], strict=True)
+    return [word for flag, value in pairs if flag not in case.args for word in (flag, value)]
 
 
 def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]) -> dict:
@@ -195,8 +206,8 @@ def run_case(case: Case, inputs: dict[str, str], work: Path, env: dict[str, str]
                 events = run_dir / "events.jsonl"
                 deadline = time.monotonic() + 400
                 while proc.poll() is None and time.monotonic() < deadline:
-                    if events.exists() and '"type":"checkpoint"' in events.read_text():
-                        time.sleep(1.0)
+                    if events.exists() and case.kill_on in events.read_text():
+                        time.sleep(case.kill_delay)
                         if kill == "CANCEL":
                             subprocess.run(KDTUI + ["cancel", str(run_dir)], env=case_env,
                                            stdout=sink, stderr=subprocess.STDOUT)
