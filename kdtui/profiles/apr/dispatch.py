@@ -329,8 +329,11 @@ class AprStageRunner(StageRunner):
             self.attempt.probe = {"host": info.get("host"), "home": info.get("home"),
                                   "tools": tools, "run": self.run_state}
             if not self.run_state["alive"] and (self.run_state["log_bytes"] or 0) > 0:
+                # a run dir the user gave is not changed by another name: name what is
+                other = ("--run-name" if plan.run_dir == plan.host.run_dir(plan.config.run_name)
+                         else "--run-dir")
                 raise StageFailed(f"{plan.run_dir} on {plan.host.alias} already holds a run "
-                                  "(its launch.log is not empty): pick another --run-name")
+                                  f"(its launch.log is not empty): pick another {other}")
             return "done", f"{info.get('host')}: " + ", ".join(tools), self.attempt.probe
         return await self.stage("preflight", body)
 
