@@ -42,12 +42,17 @@ _SMOKE = re.compile(
     + r")\s*steps?/s)?", re.I)
 _CHECKPOINT = re.compile(r"\bcheckpoint\s+saved\s+at\s+step\s+(\d+)\s*:\s*(\S.*?)\s*$", re.I)
 _PANIC = re.compile(r"(?:thread\s+'([^']*)'\s+)?panicked\s+at\s*(.*)$", re.I)
-_CUDA = re.compile(r"CUDA_ERROR_\w+|\bcuda\w*\s*(?:driver\s+|runtime\s+)?error\b|"
+# "cuda ... error": up to three words between ("CUDA kernel launch error", "cuda driver error")
+_CUDA = re.compile(r"CUDA_ERROR_\w+|\bcuda\w*(?:\s+[\w-]+){0,3}?\s*error\b|"
                    r"\bcudaError\w*|\bcuda\b.*\bout of memory\b|\bCUBLAS_STATUS_(?!SUCCESS)\w+",
                    re.I)
 # "error: ...", "[ERROR] ...", "[12:00:01] Error ...", "... ERROR ...": not "error_rate=0.1"
 _ERROR = re.compile(r"^\s*(?:\[[^\]]*\]\s*)*\[?\s*(?:error|fatal)\b(?!_)|"
                     r"\b(?:error|fatal)\s*[:\]]|(?-i:\b(?:ERROR|FATAL)\b)", re.I)
+# a line's leading tags and timestamps ("[12:00:01] ", "2026-11-30T12:00:01Z INFO ", "[ERROR] ")
+_PREFIX = re.compile(r"^\s*(?:(?:\[[^\]]*\]|\d{4}-\d\d-\d\d[T ][\d:.,]+(?:Z|[+-]\d\d:?\d\d)?|"
+                     r"\d\d:\d\d:\d\d(?:[.,]\d+)?|(?:TRACE|DEBUG|INFO|WARN|WARNING|ERROR)\b:?)"
+                     r"\s*)+")
 _TRACE_LINE = re.compile(r"^\s*(?:note:|stack backtrace:|\d+:\s|at\s+\S)", re.I)
 
 
@@ -191,7 +196,8 @@ class AprLogParser:
             panic.lines.append(line)
             return True
         if not panic.message and line.strip():
-            panic.message = line.strip()  # Rust >= 1.73 puts the message on the next line
+            # Rust >= 1.73 puts the message on the next line (a logger may prefix it too)
+            panic.message = _PREFIX.sub("", line).strip() or line.strip()
             panic.lines.append(line)
             return True
         return False
