@@ -23,7 +23,6 @@ from kdengine.config import (
     RENAMED,
     ConfigError,
     RunConfig,
-    UnusedValueError,
     add_field_flags,
     default_runs_dir,
     demo_config,
@@ -92,13 +91,32 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     # a rule broken by a value the --demo preset set, not the user, says so
     try:
         validate_with_preset(config, demo_config() if args.demo else None, {*given, *in_file})
-    except UnusedValueError as exc:  # set in the file, not by a flag: named as the file has it
-        if exc.field in given or exc.field not in {RENAMED.get(k, k) for k in in_file}:
+    except ConfigError as exc:  # set in the file, not by a flag: named as the file has it
+        in_the_file = file_refusal(exc, args.config, in_file, given)
+        if in_the_file is None:
             raise
-        raise UsageError(f"{spelled_in(exc.field, in_file)} in {args.config}: {exc.message}"
-                         ) from None
+        raise in_the_file from None
     # config.json keeps absolute local paths: `--resume` may run from another directory
     return with_absolute_paths(config), args
+
+
+# the teacher == student rule's fix, as a flag: a config file's user sets its key instead
+ALLOW_SAME_FIX = f"set {flag_of('allow_same_teacher_student')}"
+
+
+def file_refusal(exc: ConfigError, config_file: str | None, in_file: dict[str, Any],
+                 given: dict[str, Any]) -> UsageError | None:
+    """The refusal of a value the --config file set (no flag overrode it), named as the file
+    spells it; where the fix is to allow teacher == student, it names the file's key. None: the
+    refused value is not the file's."""
+    if not config_file or not exc.field or exc.field in given or \
+            exc.field not in {RENAMED.get(k, k) for k in in_file}:
+        return None
+    message = exc.message
+    if message.endswith(ALLOW_SAME_FIX) and "allow_same_teacher_student" not in given:
+        message = message[:-len(ALLOW_SAME_FIX)] + \
+            f"set allow_same_teacher_student = true in {config_file}"
+    return UsageError(f"{spelled_in(exc.field, in_file)} in {config_file}: {message}")
 
 
 def _refuse_a_foreign_config(run_dir: Path, field: str) -> None:
@@ -189,9 +207,6 @@ def cmd_train(argv: list[str]) -> int:
             from kdengine.preflight import unused_data_option
 
             unused = unused_data_option(config)
-            if unused is not None and args.config and getattr(args, unused.field) is None:
-                # set in the --config file, not by a flag: named as the file spells it
-                raise UsageError(f"{unused.field} in {args.config}: {unused.message}")
             if unused is not None:
                 raise unused
     except ModuleNotFoundError as exc:
@@ -207,6 +222,11 @@ def cmd_train(argv: list[str]) -> int:
             raise ConfigError("resume", f"{exc.field} in {run_dir / 'config.json'}: "
                               f"{exc.message}{where} (the run's own config: restore what it "
                               "names, or edit that file)") from None
+        # set in the --config file, not by a flag: named as the file spells it
+        in_the_file = file_refusal(exc, args.config, load_config_file(Path(args.config)),
+                                   _flags_given(args)) if args.config else None
+        if in_the_file is not None:
+            raise in_the_file from None
         raise
     # (a new run's --check has no use for it: it reads the teacher's weight files)
     teacher_identity = None if args.check and not args.resume else resume.teacher_identity(
@@ -254,6 +274,10 @@ def cmd_train(argv: list[str]) -> int:
 
 
 RUNS_DIR_VAR = "KDENGINE_RUNS_DIR"
+
+
+def _flags_given(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name) is not None}
 
 
 def _refuse_under_torchrun(config: RunConfig) -> None:

@@ -426,7 +426,7 @@ class RunConfig:
                                       "or use --demo)")
         if self.teacher and self.teacher == self.student and not self.allow_same_teacher_student:
             raise ConfigError("student", "is the same model as the teacher, so the KD signal is "
-                              "zero; pick another student or set allow_same_teacher_student")
+                              "zero; pick another student or set --allow-same-teacher-student")
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError("warmup_steps", f"must be below steps ({self.steps}) "
                               f"(got {self.warmup_steps})")
@@ -461,6 +461,8 @@ class RunConfig:
                 self.is_demo and name == "max_new_tokens" and value == DEMO_MAX_NEW_TOKENS)
 
         def leave(name: str) -> str:
+            if self.is_demo and name == "max_new_tokens":  # the preset's, not the field's
+                return f"leave it at its default (the demo preset's {DEMO_MAX_NEW_TOKENS})"
             default = FIELDS_BY_NAME[name].default
             shown = "empty" if default == "" else _fmt(default) if isinstance(
                 default, (int, float)) else default

@@ -208,4 +208,4 @@ def check_distinct(teacher: Path, student: Path, allowed: bool) -> None:
     if same_dir or model_identity(teacher) == model_identity(student):
         how = "is the same directory as" if same_dir else "holds the same weights as"
         raise ConfigError("student", f"{student} {how} the teacher {teacher}, so the KD signal "
-                          "is zero; pick another student or set allow_same_teacher_student")
+                          "is zero; pick another student or set --allow-same-teacher-student")

@@ -49,7 +49,7 @@ def test_a_sampling_flag_on_a_run_that_samples_nothing_is_refused(capsys, tmp_pa
 
 def test_the_max_new_tokens_refusal_names_the_flag_and_both_fixes(capsys, tmp_path) -> None:
     assert refused(capsys, tmp_path, "--max-new-tokens", "10", check=False) == (
-        f"--max-new-tokens: {FIX_SAMPLE} (128)")
+        f"--max-new-tokens: {FIX_SAMPLE} (the demo preset's 64)")
     for fix in (["--lmbda", "0.5"], ["--seq-kd"]):  # each fix it names passes
         assert main(["train", "--demo", "--check", "--max-new-tokens", "10", *fix]) == 0
         capsys.readouterr()
@@ -110,7 +110,7 @@ def test_a_config_file_of_every_default_loads_and_one_unused_value_is_named_in_i
     bad = tmp_path / "run.toml"
     bad.write_text('max_new_tokens = 10\n')
     line = refused(capsys, tmp_path, "--config", str(bad))
-    assert line == f"max_new_tokens in {bad}: {FIX_SAMPLE} (128)"
+    assert line == f"max_new_tokens in {bad}: {FIX_SAMPLE} (the demo preset's 64)"
 
 
 @pytest.mark.parametrize("stop, said", [

@@ -70,7 +70,9 @@ def test_a_relative_path_found_nowhere_says_it_was_looked_for_in_the_working_dir
                      .replace('"in/', f'"{project}/in/'))
     line = one_line_refusal(engine_in_process("train", "--config", str(other), "--check"),
                             "train", "")
-    assert line == ("kdengine train: error: --teacher: zz/teacher is no folder in the working "
+    # named as the file spells it (audit 14: it said '--teacher', a flag the user never typed)
+    assert line == (f"kdengine train: error: teacher in {other}: zz/teacher is no folder in the "
+                    "working "
                     f"directory ({tmp_path}) and is not in the local hub cache, and "
                     "HF_HUB_OFFLINE=1 forbids downloading it (a folder: give its path from "
                     "there, or an absolute one; a hub id: download it first, or unset "
