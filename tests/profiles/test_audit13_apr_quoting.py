@@ -75,7 +75,7 @@ def test_hostile_apr_paths_reach_the_host_as_literal_words_and_the_run_completes
         apr_host, evidence, tmp_path, capsys) -> None:
     marker = tmp_path / "pwned"
     evil = f"a b'c\"d $(touch {marker}) `touch {marker}`; touch {marker}"
-    host = apr_host("normal", step_delay=0.05)
+    host = apr_host("normal", step_delay=0.05, alive_check_s=0.3)
     home = tmp_path / f"host {evil}".replace("/", "_")
     bin_dir = home / "bin"
     bin_dir.mkdir(parents=True)

@@ -96,7 +96,7 @@ def test_an_apr_pull_without_a_path_line_fails_the_models_stage(apr_host, eviden
 
 def test_a_run_dir_that_holds_a_run_fails_preflight_and_a_non_apr_model_is_warned(
         apr_host, evidence, tmp_path, capsys) -> None:
-    host = apr_host("normal", step_delay=0.05)
+    host = apr_host("normal", step_delay=0.05, alive_check_s=0.3)
     apr = installed_apr(tmp_path / "bin")
     flags = [*models(tmp_path / "m", ".safetensors"), "--run-dir", str(tmp_path / "run")]
     code = launch(host, tmp_path, "apr-plain", {"apr_bin": str(apr), "json_summary": False},
