@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# the keys every event carries (docs/events.md, "Every event"); the rest is its payload
+ENVELOPE = ("v", "seq", "t", "type")
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "launch.log"
 

@@ -45,6 +45,25 @@ class _Tee:
         return getattr(self.streams[0], name)
 
 
+# the most characters of a failed stage's `detail`: the stage tracker's one row (docs/events.md)
+DETAIL_MAX = 80
+_CLAUSE_ENDS = ("; ", ": ")
+
+
+def short_detail(reason: str, limit: int = DETAIL_MAX) -> str:
+    """A failure's reason as a failed stage's short `detail`: its first line up to the end of
+    its first clause (one of at least 20 characters: 'disk full' alone says too little), cut
+    at a word with '…' past `limit`."""
+    text = reason.strip()
+    line = text.splitlines()[0] if text else ""
+    ends = [i for i in (line.find(sep, 20) for sep in _CLAUSE_ENDS) if i > 0]
+    head = line[:min(ends)] if ends else line
+    if len(head) <= limit:
+        return head
+    cut = head[:limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut) + "…"
+
+
 class RunLog:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -86,8 +105,8 @@ class RunLog:
             self._stage_started[name] = now
         elapsed = round(now - self._stage_started.get(name, now), 3)
         payload: dict[str, Any] = {"stage": name, "state": state, "elapsed": elapsed}
-        if detail:
-            payload["detail"] = detail
+        if detail:  # a failure's whole error is run_finished's `error` and the error event's
+            payload["detail"] = short_detail(detail) if state == "failed" else detail
         self.emit(STAGE, **fields, **payload)
         self.line(f"[{name}] {state}" + (f" ({elapsed:.1f}s)" if state != "running" else "")
                   + (f": {detail}" if detail else ""), terminal=terminal)

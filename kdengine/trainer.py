@@ -54,6 +54,7 @@ from kdengine.losses import IGNORE_INDEX, KDLossSpec, LossParts, fused_kd_loss
 from kdengine.providers import Student, Teacher
 from kdengine.runlog import RunLog
 from kdengine.stop import RunCancelled, StopSignals, cut_by_a_signal
+from kdengine.verdict import EVAL_LABELS
 
 if TYPE_CHECKING:  # kdengine.onpolicy (and generation) load only for runs that sample
     from kdengine.onpolicy import Rollout
@@ -775,16 +776,17 @@ def refuse_a_non_finite_evaluation(result: dict[str, Any]) -> None:
     if not bad:
         return
     name = bad[0]
+    # named as the screens name them (kdengine.verdict.EVAL_LABELS: 'val loss', 'val CE')
+    what, parts = EVAL_LABELS[name], (f"({EVAL_LABELS['val_ce']} {result['val_ce']}, "
+                                      f"{EVAL_LABELS['val_kd']} {result['val_kd']})")
     if result["step"]:
-        raise EvalNotFinite(f"{name} is {result[name]} at the evaluation of step "
-                            f"{result['step']} (val_ce={result['val_ce']}, "
-                            f"val_kd={result['val_kd']}): {DIVERGED}")
+        raise EvalNotFinite(f"{what} is {result[name]} at the evaluation of step "
+                            f"{result['step']} {parts}: {DIVERGED}")
     if not math.isfinite(result["val_ce"]):  # the student's own CE on the data's labels
         where = "the student's own loss is not finite: check its weights"
     elif not math.isfinite(result["val_kd"]):
         where = "the KD term is not finite: check the teacher's weights (or its cache)"
     else:
         where = "check the student's and the teacher's weights"
-    raise BaselineNotFinite(f"{name} is {result[name]} at step 0, before any training "
-                            f"(val_ce={result['val_ce']}, val_kd={result['val_kd']}): {where}; "
-                            "no step was trained")
+    raise BaselineNotFinite(f"{what} is {result[name]} at step 0, before any training "
+                            f"{parts}: {where}; no step was trained")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kdengine import events as ev
@@ -38,6 +38,9 @@ _LABELS = {VAL_LOSS: "val loss", GEN_KL: "val gen KL", TRAIN_BATCH: "train-batch
 # initial_<field> and final_<field> (docs/events.md), so a name says what the number is
 LOSS_FIELDS = {VAL_LOSS: "val_loss", GEN_KL: "val_gen_kl", TRAIN_BATCH: "loss"}
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 2}
+# an evaluation's fields as the screens name them (the verdict, the run screen, compare)
+EVAL_LABELS = {"val_loss": _LABELS[VAL_LOSS], "val_gen_kl": _LABELS[GEN_KL], "val_ce": "val CE",
+               "val_kd": "val KD"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class Verdict:
     id: str = VERDICT_ID
     # TRAIN_BATCH: the two losses are training-batch losses; None: no losses apply (a cache job)
     loss_kind: str | None = VAL_LOSS
+    # the verdict event this one was read from (an engine's own, apr's), less its envelope:
+    # to_event gives it back whole, so `kdengine verdict --json` prints what the stream holds
+    recorded: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def initial_step(self) -> int:
@@ -84,19 +90,23 @@ class Verdict:
         and final_<field>, <field> the event field they are read from (LOSS_FIELDS): val_loss,
         val_gen_kl (on-policy), or loss (training batches); none for a cache job."""
         out = asdict(self)
+        recorded = out.pop("recorded") or {}
         initial, final = out.pop("initial_loss"), out.pop("final_loss")
-        field = LOSS_FIELDS.get(self.loss_kind)  # type: ignore[arg-type]
-        if field is None:
-            return out
-        return {**out, f"initial_{field}": initial, f"final_{field}": final,
-                "delta": self.delta}
+        loss_field = LOSS_FIELDS.get(self.loss_kind)  # type: ignore[arg-type]
+        if loss_field is None:
+            return {**out, **recorded}
+        return {**out, f"initial_{loss_field}": initial, f"final_{loss_field}": final,
+                "delta": self.delta, **recorded}
 
     @classmethod
     def from_train_batch_event(cls, event: dict[str, Any]) -> Verdict:
+        """The verdict an engine without held-out evaluation (apr) wrote, kept whole: its
+        initial_val_loss/final_val_loss (null), source and the summary's extras included."""
+        recorded = {k: v for k, v in event.items() if k not in ev.ENVELOPE}
         return cls(event.get("status", INCONCLUSIVE), event.get("reason", ""),
                    initial_loss=event.get("initial_loss"), final_loss=event.get("final_loss"),
                    final_step=event.get("final_step"),
-                   loss_kind=TRAIN_BATCH)
+                   loss_kind=TRAIN_BATCH, recorded=recorded)
 
     def summary(self) -> str:
         head = f"{self.id} {self.status.upper()}"

@@ -37,11 +37,11 @@ def test_a_nan_step_zero_evaluation_ends_the_run_before_any_training_step(
     finished = events[-1]
     assert finished["type"] == "run_finished" and finished["status"] == "failed"
     assert finished["steps"] == 0 and finished["stage"] == "train"
-    assert finished["error"] == ("val_loss is nan at step 0, before any training (val_ce=nan, "
-                                 "val_kd=nan): the student's own loss is not finite: check its "
+    assert finished["error"] == ("val loss is nan at step 0, before any training (val CE nan, "
+                                 "val KD nan): the student's own loss is not finite: check its "
                                  "weights; no step was trained")
     assert done.stderr.strip().splitlines()[-1].startswith(
-        "kdengine train: error: [train] failed: val_loss is nan at step 0"), done.stderr
+        "kdengine train: error: [train] failed: val loss is nan at step 0"), done.stderr
     log = (run_dir / "launch.log").read_text()
     assert "eval step 0 val_loss=nan" in log and log.count("(initial_loss)") == 1
     said = engine_in_process("verdict", str(run_dir))
@@ -66,7 +66,7 @@ def test_an_inf_teacher_at_step_zero_names_the_kd_term_and_the_teacher(
     assert done.returncode == 1
     finished = read_events(run_dir / "events.jsonl")[-1]
     assert finished["steps"] == 0
-    assert finished["error"].startswith("val_loss is nan at step 0, before any training"), \
+    assert finished["error"].startswith("val loss is nan at step 0, before any training"), \
         finished["error"]
     assert finished["error"].endswith("the KD term is not finite: check the teacher's weights "
                                       "(or its cache); no step was trained"), finished["error"]

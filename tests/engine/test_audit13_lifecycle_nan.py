@@ -97,7 +97,7 @@ def test_a_nan_evaluation_after_step_0_ends_the_run_there_keeping_the_last_good_
     assert finished["steps"] == 2 and finished["stage"] == "train"
     kept = run_dir / "checkpoints" / "step-00000001"
     assert_said_in_one_line(run_dir, done.stderr, (
-        "val_loss is nan at the evaluation of step 2 (val_ce=nan, val_kd=nan): "
+        "val loss is nan at the evaluation of step 2 (val CE nan, val KD nan): "
         f"{DIVERGED}; the last checkpoint, {kept}, is kept"))
 
 
@@ -115,7 +115,7 @@ def test_a_nan_final_evaluation_fails_the_run_and_writes_no_final_student(
     assert events[-1]["stage"] == "final_eval" and events[-1]["steps"] == 3
     kept = run_dir / "checkpoints" / "step-00000002"
     assert_said_in_one_line(run_dir, done.stderr, (
-        "val_loss is nan at the evaluation of step 3 (val_ce=nan, val_kd=nan): "
+        "val loss is nan at the evaluation of step 3 (val CE nan, val KD nan): "
         f"{DIVERGED}; the last checkpoint, {kept}, is kept"))
 
 
@@ -139,5 +139,5 @@ def test_a_nan_at_step_0_is_one_line_with_no_traceback(inputs, tmp_path: Path,
     done = engine_in_process(*tiny_run_args(broken, run_dir, steps=2))
     assert done.returncode == 1
     assert_said_in_one_line(run_dir, done.stderr, (
-        "val_loss is nan at step 0, before any training (val_ce=nan, val_kd=nan): the "
+        "val loss is nan at step 0, before any training (val CE nan, val KD nan): the "
         "student's own loss is not finite: check its weights; no step was trained"))

@@ -37,7 +37,9 @@ def test_audit14_a_cache_too_big_for_its_disk_fails_before_scoring(
         assert not list(out.glob("shard-*"))
         failed = [e for e in events if e["type"] == "stage" and e.get("state") == "failed"]
         assert [e["stage"] for e in failed] == ["data"], failed
-        reason = failed[0]["detail"]
+        # the whole error is run_finished's (a failed stage's detail is its short first clause)
+        reason = events[-1]["error"]
+        assert reason.startswith(failed[0]["detail"].removesuffix("…")), failed
         assert reason.startswith(f"out: {out}'s file system has "), reason
         assert "free, the cache needs " in reason and " B/token)" in reason
         assert reason.endswith("free some space, or pick another --out (a smaller --top-k or "

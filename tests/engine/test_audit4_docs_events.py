@@ -170,7 +170,7 @@ def test_a_failed_runs_last_event_says_its_error_and_stage(tmp_path, tiny_run_in
     assert done.returncode == 1
     # architecture.md: one line on the terminal naming the stage and launch.log
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("kdengine train: error: [train] failed: val_loss is nan"), line
+    assert line.startswith("kdengine train: error: [train] failed: val loss is nan"), line
     # a NaN is the numbers' failure, not the code's: no traceback to point at (audit 13)
     assert line.endswith(f"(log in {run_dir / 'launch.log'})"), line
     assert "Traceback" not in done.stderr

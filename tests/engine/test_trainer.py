@@ -224,7 +224,7 @@ def test_nan_loss_stops_the_run_with_an_error_and_applies_no_update(
     errors = [e for e in events if e["type"] == "log" and e["level"] == "error"]
     # (a NaN teacher: the step-0 evaluation's KD term is NaN, so the run ends before step 1;
     # a training step's NaN: test_a_nan_loss_in_an_overlapped_step_fails_there_...)
-    assert errors and "val_loss is nan at step 0" in errors[0]["message"]
+    assert errors and "val loss is nan at step 0" in errors[0]["message"]
     assert not [e for e in events if e["type"] == "step"]
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "failed"
     assert not (run_dir / "checkpoints").exists()
