@@ -126,10 +126,10 @@ class KDApp(App):
         if self._bad_theme and not self._theme_request:
             # a saved setting: the dashboard opens (in the default), and says where it is
             where = self.settings.path or "settings.json"
+            # the themes are not listed: 25 names filled an 80x24 screen; the palette has them
             self.notify(f'{where}: "theme" is {self._bad_theme!r}, no theme kdtui knows; '
                         f"{DEFAULT_THEME} is used. Pick one with ctrl+p, 'theme' (remembered "
-                        f"there); themes: {themes_listed()}", severity="error", timeout=15,
-                        markup=False)
+                        "there)", severity="error", timeout=12, markup=False)
         elif self._bad_theme:
             names = ", ".join(sorted(self.available_themes))
             self.notify(f"no theme {self._bad_theme!r}; themes: {names}", severity="error",

@@ -66,7 +66,7 @@ async def test_audit14_a_saved_unknown_theme_opens_the_default_and_names_the_fil
         assert len(errors) == 1, errors
         assert errors[0].startswith(f"{path}: \"theme\" is 'gone-theme', no theme kdtui knows; "
                                     f"{DEFAULT_THEME} is used"), errors[0]
-        assert "ctrl+p" in errors[0] and "kdtui-light" in errors[0]
+        assert errors[0].endswith("Pick one with ctrl+p, 'theme' (remembered there)")
 
 
 # -- 2. the form's toasts --------------------------------------------------------------------
