@@ -431,8 +431,9 @@ def _main(argv: list[str] | None) -> int:
     try:
         return COMMANDS[command](rest)
     except ConfigError as exc:
-        flag = flag_of(exc.field) if exc.field and exc.field != "config" else exc.field
-        _say_refusal(f"{PROG} {command}: error: {flag}: {exc.message}")
+        # (the --config file's own refusals too: the flag the user typed, not "config")
+        _say_refusal(f"{PROG} {command}: error: {flag_of(exc.field)}: {exc.message}"
+                     if exc.field else f"{PROG} {command}: error: {exc.message}")
         return EXIT_USAGE
     except UsageError as exc:
         _say_refusal(f"{PROG} {command}: error: {exc}")

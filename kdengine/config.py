@@ -255,7 +255,7 @@ FIELDS: tuple[Field, ...] = (
     Field("top_k", int, 0, "Sample from the k likeliest tokens only (0: off)", "on-policy",
           minimum=0, maximum=1 << 24),
     Field("stop", str, "", "Text that ends a completion besides the tokenizer's EOS, e.g. "
-          "\\n\\n (escapes \\n \\t \\\\ are read)", "on-policy",
+          "\\n\\n", "on-policy",
           # a lone or unknown escape was kept as typed: '\\' stopped at a backslash, '\\r\\n'
           # at the four characters, never at a line end
           pattern=_STOP_RE, pattern_hint="text whose backslashes start an escape: \\n "
@@ -440,9 +440,9 @@ class RunConfig:
             raise ConfigError("teacher_dtype", "float8 is for a live teacher; a run from a "
                               "teacher cache computes no teacher forward: leave it auto")
         if self.samples_completions and self.max_new_tokens >= self.seq_len:
-            raise ConfigError("max_new_tokens", f"must be below seq_len ({self.seq_len}) so a "
-                              f"prompt keeps a token (got {self.max_new_tokens}): lower it or "
-                              "raise seq_len")
+            raise ConfigError("max_new_tokens", f"must be below --seq-len ({self.seq_len}) so "
+                              f"a prompt keeps a token (got {self.max_new_tokens}): lower it or "
+                              "raise --seq-len")
         unused = self.unused_value()
         if unused is not None:
             raise unused

@@ -12,13 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.checkpoint_files import newest_complete
-from kdengine.config import ConfigError, RunConfig
+from kdengine.config import ConfigError, RunConfig, default_runs_dir
 from kdengine.usage import PROG
 
 
 def resume_config(run_dir: Path) -> RunConfig:
     """The run's own config.json, whose run may be continued (check_resumable)."""
     path = run_dir / "config.json"
+    if not run_dir.exists():  # a run's name, as kdtui resume takes it: say where that run is
+        named = default_runs_dir() / run_dir
+        raise ConfigError("resume", f"{run_dir} does not exist " + (
+            f"(the run of that name is {named}: {PROG} train --resume {named})"
+            if (named / "config.json").is_file() else
+            "(give the run's directory, the one that holds its config.json)"))
     if not path.exists():
         raise ConfigError("resume", f"{run_dir} holds no config.json: not a kdengine run dir")
     try:  # a config.json cut short or edited by hand: one line naming it, not a traceback

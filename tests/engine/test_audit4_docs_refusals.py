@@ -46,7 +46,7 @@ def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file(
     path = tmp_path / f"run{suffix}"
     path.write_bytes('run_name = "café"\n'.encode("latin-1"))
     done = _engine("train", "--config", str(path), "--check")
-    line = one_line_refusal(done, "train", "config: ")
+    line = one_line_refusal(done, "train", "--config: ")
     assert f"cannot read {path}: not UTF-8 text (byte 15)" in line, line
 
     headless = subprocess.run([sys.executable, "-m", "kdtui", "launch", "--headless",

@@ -103,7 +103,7 @@ def test_the_demo_presets_max_new_tokens_is_named_as_the_presets(capsys) -> None
     capsys.readouterr()
     line = one_line(capsys, main([*argv, "--max-new-tokens", "64"]), "train")
     assert "preset" not in line  # given by the user: the plain refusal
-    assert "must be below seq_len (64) so a prompt keeps a token (got 64)" in line
+    assert "must be below --seq-len (64) so a prompt keeps a token (got 64)" in line
 
 
 def test_prompts_only_data_gets_a_fix_an_on_policy_run_can_use(made, capsys) -> None:

@@ -56,7 +56,7 @@ def test_values_the_user_gave_both_keep_the_plain_refusal(capsys) -> None:
     line = refusal(capsys, "--steps", "10", "--warmup-steps", "25")
     assert line == "--warmup-steps: must be below steps (10) (got 25)"
     line = refusal(capsys, "--lmbda", "1", "--max-new-tokens", "64", "--seq-len", "64")
-    assert "preset" not in line and line.startswith("--max-new-tokens: must be below seq_len")
+    assert "preset" not in line and line.startswith("--max-new-tokens: must be below --seq-len")
 
 
 def test_every_field_the_preset_sets_is_checked_against_a_users_value() -> None:
