@@ -44,6 +44,7 @@ from kdengine.teacher.identity import (
     teacher_identity,
     tokenizer_identity,
 )
+from kdengine.teacher.progress import ScoreProgress
 from kdengine.teacher.rows import cache_rows, describe_rows, row_hash
 from kdengine.teacher.sparse import SAMPLED, TARGET_KINDS
 from kdengine.teacher.targets import topk_targets
@@ -253,17 +254,21 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
             done = [i for i in range(shards)
                     if shard_done(out, i) and shard_problem(out, manifest, i) is None]
             _check_space(out, manifest, [i for i in range(shards) if i not in done])
-            log.stage(stage, "done", f"{total_rows} rows ({len(train)} train, {len(val)} val) "
-                      f"x {cfg.seq_len}")
+            rows_done = sum(min(shard_rows, total_rows - i * shard_rows) for i in done)
+            # the rows to score, known here: a watcher's total long before the first shard ends
+            log.stage(stage, "done", f"{total_rows:,} rows ({len(train):,} train, "
+                      f"{len(val):,} val) x {cfg.seq_len}", rows=total_rows,
+                      train_rows=len(train), val_rows=len(val), seq_len=cfg.seq_len,
+                      shards=shards, shard_rows=shard_rows, rows_written=rows_done)
             stop.check()
 
             stage = "score"
             log.stage(stage, "running")
             views = [(train, 0), (val, len(train))]
-            rows_done = sum(min(shard_rows, total_rows - i * shard_rows) for i in done)
             if done:
                 log.line(f"resuming: {len(done)} of {shards} shards already written")
-            t0, tokens_since, nll, count = time.perf_counter(), 0, 0.0, 0
+            progress = ScoreProgress(total_rows=total_rows, seq_len=cfg.seq_len, shards=shards,
+                                     rows_written=rows_done)
             for index in range(shards):
                 if index in done:
                     continue
@@ -271,7 +276,8 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                 rows = list(range(first, min(first + shard_rows, total_rows)))
                 parts: dict[str, list[torch.Tensor]] = {"ids": [], "logp": [], "tail": [],
                                                         "rowhash": []}
-                for b, at in enumerate(range(0, len(rows), job.rows_per_batch)):
+                batches = range(0, len(rows), job.rows_per_batch)
+                for b, at in enumerate(batches):
                     stop.check()
                     batch_rows = rows[at:at + job.rows_per_batch]
                     input_ids, labels, positions = _gather(views, batch_rows)
@@ -286,25 +292,25 @@ def run_cache_job(job: CacheJob, out: Path, identity: dict[str, Any], key: str) 
                     parts["logp"].append(scored["logp"].to("cpu", STORE_DTYPES[job.store_dtype]))
                     parts["tail"].append(scored["tail"].to("cpu", torch.float32))
                     parts["rowhash"].append(row_hash(input_ids, positions))
-                    nll += float(scored["nll"])
-                    count += int(scored["count"])
+                    # float() and int() sync with the device, as the writer always has: the
+                    # progress below reads these host numbers and the clock, nothing more
                     _record_val(manifest["teacher_val"], batch_rows, len(train), scored)
-                    tokens_since += input_ids.numel()
-                rows_done += len(rows)
+                    progress.batch(len(batch_rows), input_ids.numel(), float(scored["nll"]),
+                                   int(scored["count"]))
+                    if b < len(batches) - 1 and progress.due():  # a shard's end says it there
+                        fields = progress.fields(index)
+                        log.emit(ev.STEP, **fields)
+                        log.line(progress.line(fields))
                 written = time.perf_counter()
                 write_shard(out, index, {k: torch.cat(v) for k, v in parts.items()})
                 if any(r >= len(train) for r in rows):  # the held-out rows' NLL, with them
                     write_manifest(out, manifest)
                 write_s = time.perf_counter() - written
-                seconds = time.perf_counter() - t0
-                rate = tokens_since / max(seconds, 1e-9)
-                left = (total_rows - rows_done) * cfg.seq_len / max(rate, 1e-9)
-                teacher_ce = nll / max(count, 1)
-                log.emit(ev.STEP, step=rows_done, total_steps=total_rows, loss=teacher_ce,
-                         ce=teacher_ce, tokens_per_s=rate, eta_s=round(left, 1),
-                         shard=index, shards=shards, write_s=round(write_s, 3))
-                log.line(f"shard {index + 1}/{shards}: {rows_done}/{total_rows} rows, "
-                         f"teacher ce={teacher_ce:.4f}, tok/s={rate:.0f}, eta {left:.0f}s")
+                progress.shard_written()
+                rows_done = progress.rows_written
+                fields = progress.fields(index)
+                log.emit(ev.STEP, **fields, write_s=round(write_s, 3))
+                log.line(progress.line(fields, write_s))
             size = sum(p.stat().st_size for p in out.glob("shard-*") if p.suffix != ".done")
             manifest.update(complete=True, bytes=size)
             write_manifest(out, manifest)

@@ -61,7 +61,8 @@ def cancel_after_first_shard(run_dir: Path, process: subprocess.Popen[bytes]) ->
     """SIGTERM (the dashboard's stop) once a shard is written: the engine is paused first, so
     the signal lands with shards left whatever the machine's load."""
     until(lambda: (run_dir / "events.jsonl").exists() and any(
-        e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
+        e["type"] == "step" and "write_s" in e for e in read_events(run_dir / "events.jsonl")),
+        "the first shard")
     os.killpg(process.pid, signal.SIGSTOP)
     os.killpg(process.pid, signal.SIGTERM)
     os.killpg(process.pid, signal.SIGCONT)
@@ -160,7 +161,8 @@ async def test_a_killed_cache_job_on_its_run_screen_says_r_finishes_it(
     run_dir = runs_dir / "killed"
     engine = start_job(run_dir, job_flags(tiny_run_inputs))
     until(lambda: (run_dir / "events.jsonl").exists() and any(
-        e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
+        e["type"] == "step" and "write_s" in e for e in read_events(run_dir / "events.jsonl")),
+        "the first shard")
     os.killpg(engine.pid, signal.SIGSTOP)  # alive and quiet while the screen opens
 
     app = KDApp(runs_dir=runs_dir)
@@ -184,7 +186,8 @@ def test_a_killed_cache_job_watched_headless_says_how_to_finish_it_and_that_comm
     run_dir = runs_dir / "killed"
     engine = start_job(run_dir, job_flags(tiny_run_inputs))
     until(lambda: (run_dir / "events.jsonl").exists() and any(
-        e["type"] == "step" for e in read_events(run_dir / "events.jsonl")), "the first shard")
+        e["type"] == "step" and "write_s" in e for e in read_events(run_dir / "events.jsonl")),
+        "the first shard")
     os.killpg(engine.pid, signal.SIGKILL)
     engine.wait(BUDGET_S)
     kdtui = [sys.executable, "-m", "kdtui", "--runs-dir", str(runs_dir)]

@@ -1,0 +1,90 @@
+"""The score stage's progress as a cache job's watcher sees it: rows scored, tokens/s and the
+ETA in a `step` event every ~2 s between shard ends, not only once a shard (16k rows on the demo,
+over a minute) is written. It reads only what the writer has on the host already (the batch's
+NLL, which the writer syncs for anyway): no extra device sync."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+PROGRESS_EVERY_S = 2.0  # the least time between two progress events (and at most one a batch)
+
+
+def format_eta(seconds: float) -> str:
+    """'42s', '3m05s', '2h10m': the launch.log line's ETA (the dashboard's own format)."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    minutes, s = divmod(s, 60)
+    if minutes < 60:
+        return f"{minutes}m{s:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class ScoreProgress:
+    """Rows scored by this attempt and the rows before it, the teacher's CE on this attempt's
+    rows, and the rate: tokens a second since this attempt's first batch ended (its warm-up, a
+    CUDA teacher's compile, would otherwise hold the rate down and the ETA up for minutes), or
+    over the first batch itself until a second one ends. Shard writes fall inside the measured
+    time, so the ETA counts the writes still to come."""
+
+    def __init__(self, *, total_rows: int, seq_len: int, shards: int, rows_written: int,
+                 every_s: float | None = None) -> None:
+        self.total_rows, self.seq_len, self.shards = total_rows, seq_len, shards
+        self.rows_written = rows_written  # in finished shards: what a stopped job keeps
+        self.rows = rows_written  # scored, kept or not
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.nll, self.count = 0.0, 0
+        self.started = time.perf_counter()
+        self.warm: tuple[float, int] | None = None  # (time, tokens) when the first batch ended
+        self.tokens = 0
+        self.last_event = self.started
+
+    def batch(self, rows: int, tokens: int, nll: float, count: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+        self.nll += nll
+        self.count += count
+        if self.warm is None:
+            self.warm = (time.perf_counter(), self.tokens)
+
+    def shard_written(self) -> None:
+        self.rows_written = self.rows
+
+    def due(self) -> bool:
+        """A progress event is due: PROGRESS_EVERY_S since the last event (a shard end's too)."""
+        return time.perf_counter() - self.last_event >= self.every_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        now = time.perf_counter()
+        if self.warm is not None and self.tokens > self.warm[1] and now > self.warm[0]:
+            return (self.tokens - self.warm[1]) / (now - self.warm[0])
+        return self.tokens / max(now - self.started, 1e-9)
+
+    @property
+    def teacher_ce(self) -> float:
+        return self.nll / max(self.count, 1)
+
+    def fields(self, shard: int) -> dict[str, Any]:
+        """The `step` event's fields (a shard end adds `write_s`)."""
+        self.last_event = time.perf_counter()
+        rate = self.tokens_per_s
+        left = (self.total_rows - self.rows) * self.seq_len / max(rate, 1e-9)
+        ce = self.teacher_ce
+        return {"step": self.rows, "total_steps": self.total_rows, "loss": ce, "ce": ce,
+                "tokens_per_s": rate, "eta_s": round(left, 1), "shard": shard,
+                "shards": self.shards, "rows_written": self.rows_written}
+
+    def line(self, fields: dict[str, Any], write_s: float | None = None) -> str:
+        """The launch.log line of a step event's fields: 'scoring shard 1/3: 2,048/36,707
+        rows (5%), ...' between shard ends, 'shard 1/3 written: ...' at one."""
+        shard = f"shard {fields['shard'] + 1}/{fields['shards']}"
+        head = f"scoring {shard}" if write_s is None else f"{shard} written"
+        share = fields["step"] / max(fields["total_steps"], 1)
+        return (f"{head}: {fields['step']:,}/{fields['total_steps']:,} rows ({share:.0%}), "
+                f"teacher ce={fields['ce']:.4f}, tok/s={fields['tokens_per_s']:,.0f}, "
+                f"eta {format_eta(fields['eta_s'])}"
+                + (f" (write {write_s:.1f}s)" if write_s is not None else ""))
