@@ -452,13 +452,15 @@ class RunConfig:
         """The first value this run would ignore, as a refusal naming it and the fix (None: every
         value counts). Only a value that differs from its default counts as given: the
         dashboard passes every field as a flag and a run's config.json holds every field, so a
-        default is the same as leaving the field out. On a demo:// run the --demo preset's own
-        max_new_tokens counts as unset too (the preset sets it whatever the run samples)."""
+        default is the same as leaving the field out. The --demo preset's own max_new_tokens
+        counts as unset too, whatever the teacher: the preset sets it whatever the run samples,
+        and `--demo --teacher DIR` (the form: F2, then another teacher) keeps the preset's
+        values, which are not the user's to drop."""
 
         def given(name: str) -> bool:
             value = getattr(self, name)
             return value != FIELDS_BY_NAME[name].default and not (
-                self.is_demo and name == "max_new_tokens" and value == DEMO_MAX_NEW_TOKENS)
+                name == "max_new_tokens" and value == DEMO_MAX_NEW_TOKENS)
 
         def leave(name: str) -> str:
             if self.is_demo and name == "max_new_tokens":  # the preset's, not the field's
@@ -708,7 +710,12 @@ def validate_with_preset(config: RunConfig, preset: RunConfig | None, chosen: It
     as a flag the user gave. `chosen`: the fields the user set (by flag, file or variable)."""
     try:
         return config.validate(require_models=require_models)
-    except UnusedValueError:  # the value alone is the problem, whoever set the other fields
+    except UnusedValueError as exc:  # the value alone is the problem, whoever set the others
+        if preset is not None and exc.field == "max_new_tokens" and not config.is_demo:
+            # leaving the flag out gives the preset's (the run's own teacher or not)
+            raise UnusedValueError(exc.field, exc.message.replace(
+                f"({FIELDS_BY_NAME['max_new_tokens'].default})",
+                f"(the demo preset's {DEMO_MAX_NEW_TOKENS})")) from None
         raise
     except ConfigError as exc:
         if preset is None:
