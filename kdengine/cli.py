@@ -20,13 +20,13 @@ from kdengine.config import (
     FIELDS,
     FIELDS_BY_NAME,
     PATH_FIELDS,
-    RENAMED,
     ConfigError,
     RunConfig,
     add_field_flags,
     default_runs_dir,
     demo_config,
     file_folder_path_refusal,
+    file_key_refusal,
     flag_of,
     load_config_file,
     spelled_in,
@@ -100,23 +100,12 @@ def parse_train_args(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
     return with_absolute_paths(config), args
 
 
-# the teacher == student rule's fix, as a flag: a config file's user sets its key instead
-ALLOW_SAME_FIX = f"set {flag_of('allow_same_teacher_student')}"
-
-
 def file_refusal(exc: ConfigError, config_file: str | None, in_file: dict[str, Any],
                  given: dict[str, Any]) -> UsageError | None:
     """The refusal of a value the --config file set (no flag overrode it), named as the file
-    spells it; where the fix is to allow teacher == student, it names the file's key. None: the
-    refused value is not the file's."""
-    if not config_file or not exc.field or exc.field in given or \
-            exc.field not in {RENAMED.get(k, k) for k in in_file}:
-        return None
-    message = exc.message
-    if message.endswith(ALLOW_SAME_FIX) and "allow_same_teacher_student" not in given:
-        message = message[:-len(ALLOW_SAME_FIX)] + \
-            f"set allow_same_teacher_student = true in {config_file}"
-    return UsageError(f"{spelled_in(exc.field, in_file)} in {config_file}: {message}")
+    spells it (kdengine.config.file_key_refusal); None: the refused value is not the file's."""
+    text = file_key_refusal(exc, config_file, in_file, set(given))
+    return None if text is None else UsageError(text)
 
 
 def _refuse_a_foreign_config(run_dir: Path, field: str) -> None:

@@ -308,6 +308,8 @@ FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 SAMPLING_FIELDS = ("max_new_tokens", "gen_temperature", "top_p", "top_k", "stop", "sample_every")
 # the --demo preset's max_new_tokens: half its seq_len, so `--demo --lmbda 1` leaves a prompt room
 DEMO_MAX_NEW_TOKENS = 64
+# the teacher == student rule's fix, as a flag: a config file's user sets its key instead
+ALLOW_SAME_FIX = "set --allow-same-teacher-student"
 # old name -> field: a run directory, checkpoint or run.toml written before a rename still reads
 RENAMED: dict[str, str] = {"jsd_beta": "beta"}
 
@@ -426,7 +428,7 @@ class RunConfig:
                                       "or use --demo)")
         if self.teacher and self.teacher == self.student and not self.allow_same_teacher_student:
             raise ConfigError("student", "is the same model as the teacher, so the KD signal is "
-                              "zero; pick another student or set --allow-same-teacher-student")
+                              f"zero; pick another student or {ALLOW_SAME_FIX}")
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise ConfigError("warmup_steps", f"must be below steps ({self.steps}) "
                               f"(got {self.warmup_steps})")
@@ -752,6 +754,22 @@ def _preset_refusal(field: str | None, config: RunConfig, preset_s: Any) -> str 
                     f"token (got {new}): give a --max-new-tokens below {seq_len}, or a --seq-len "
                     f"above {new}")
     return None
+
+
+def file_key_refusal(exc: ConfigError, config_file: str | None, in_file: Mapping[str, Any],
+                     over: set[str]) -> str | None:
+    """The refusal of a value the --config file set, named as the file spells it ('student in
+    run.toml: ...'), not as a --flag the user never typed; where the fix is to allow teacher ==
+    student, it names the file's key. `over`: the fields a flag (or a variable) set over the
+    file. None: the refused value is not the file's."""
+    if not config_file or not exc.field or exc.field in over or \
+            exc.field not in {RENAMED.get(k, k) for k in in_file}:
+        return None
+    message = exc.message
+    if message.endswith(ALLOW_SAME_FIX) and "allow_same_teacher_student" not in over:
+        message = message[:-len(ALLOW_SAME_FIX)] + \
+            f"set allow_same_teacher_student = true in {config_file}"
+    return f"{spelled_in(exc.field, in_file)} in {config_file}: {message}"
 
 
 def groups(items: Iterable[Field] = FIELDS) -> dict[str, list[Field]]:

@@ -492,15 +492,16 @@ def no_terminal(command: str | None) -> str:
 def run_app(args: argparse.Namespace, launcher: Any = None) -> int:
     """Open the dashboard for `kdtui` / `kdtui launch` / `kdtui watch RUN`, or on a run that
     `launcher` (an engine profile's) starts."""
-    from kdengine.config import ConfigError
+    from kdengine.config import ConfigError, flag_of
 
     command = getattr(args, "command", None)
     prefill = None
     if command == "launch" and not launcher:
         try:
             prefill = prefill_from_args(args)
-        except ConfigError as exc:
-            print(f"kdtui launch: error: {exc}", file=sys.stderr)
+        except ConfigError as exc:  # --config's own refusal names the flag typed, as the engine
+            print(f"kdtui launch: error: {flag_of(exc.field)}: {exc.message}" if exc.field else
+                  f"kdtui launch: error: {exc.message}", file=sys.stderr)
             return 2
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         # Textual draws on stderr; either one a pipe or a file: it would draw escape codes into

@@ -31,6 +31,7 @@ from kdengine.config import (
     default_runs_dir,
     demo_config,
     file_folder_path_refusal,
+    file_key_refusal,
     flag_of,
     load_config_file,
     spelled_in,
@@ -69,6 +70,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     preset = demo_config() if getattr(args, "demo", False) else None
     values: dict[str, Any] = preset.to_dict() if preset is not None else {}
     chosen: set[str] = set()  # the fields the user set: a rule broken by the preset says so
+    in_file: dict[str, Any] = {}
     if getattr(args, "config", None):
         in_file = load_config_file(Path(args.config))
         refused = config_file_refusal(in_file, args, environ)
@@ -92,8 +94,15 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
                 raise ConfigError(None, f"{var}: {exc.message}") from None
     given = {f.name: getattr(args, f.name) for f in FIELDS
              if getattr(args, f.name, None) is not None}
-    return validate_with_preset(config.with_values(**given), preset, chosen | set(given),
-                                require_models=require_models)
+    try:
+        return validate_with_preset(config.with_values(**given), preset, chosen | set(given),
+                                    require_models=require_models)
+    except ConfigError as exc:  # a value the --config file set: named as the file spells it
+        over = set(given) | {f.name for f in FIELDS if f"KDTUI_{f.name.upper()}" in environ}
+        in_the_file = file_key_refusal(exc, getattr(args, "config", None), in_file, over)
+        if in_the_file is None:
+            raise
+        raise ConfigError(None, in_the_file) from None
 
 
 def config_file_refusal(in_file: dict[str, Any], args: argparse.Namespace,
@@ -330,7 +339,7 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if not dry_run and (args.host or os.environ.get("KDTUI_HOST") or LOCAL) != LOCAL:
             check_evidence_dir()  # where the dispatch's manifest goes
     except ConfigError as exc:
-        flag = flag_of(exc.field) if exc.field and exc.field != "config" else exc.field
+        flag = flag_of(exc.field) if exc.field else None  # --config: the flag typed
         print(f"kdtui launch: error: {flag}: {exc.message}" if flag else
               f"kdtui launch: error: {exc.message}", file=sys.stderr)
         return EXIT_ERROR

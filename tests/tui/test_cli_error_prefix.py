@@ -59,7 +59,7 @@ def test_a_launch_config_that_cannot_be_read_is_refused_before_the_dashboard(tmp
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(lines) == 1, lines
-    assert lines[0].startswith("kdtui launch: error: config: cannot read ")
+    assert lines[0].startswith("kdtui launch: error: --config: cannot read ")  # the flag typed
     assert str(missing) in lines[0]
     assert "needs a terminal" not in lines[0]
 

@@ -99,7 +99,8 @@ def launch_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int
         # as every launch reads them (docs/remote.md): either variable makes it a dry run
         dry_run = args.dry_run or env_flag("DRY_RUN") or env_flag("KDTUI_DRY_RUN")
     except ConfigError as exc:
-        name = flag_of(exc.field) if exc.field in FIELDS_BY_NAME else exc.field
+        # (an apr setting by its name; --config's own refusal by the flag typed, as the engine)
+        name = flag_of(exc.field) if exc.field in (*FIELDS_BY_NAME, "config") else exc.field
         print(f"kdtui launch: error: {name}: {exc.message}" if name else
               f"kdtui launch: error: {exc.message}", file=sys.stderr)
         return EXIT_ERROR

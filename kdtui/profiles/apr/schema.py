@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from kdengine.config import FIELD_NAMES, FIELDS_BY_NAME, ConfigError, RunConfig
+from kdengine.config import ALLOW_SAME_FIX, FIELD_NAMES, FIELDS_BY_NAME, ConfigError, RunConfig
 
 DEFAULT_REPO_URL = "https://github.com/paiml/aprender.git"
 BACKENDS = ("cuda", "fixture")
@@ -292,7 +292,7 @@ def build_invocation(config: RunConfig, settings: AprSettings, *, teacher: str |
     if config.teacher and config.teacher == config.student and \
             not config.allow_same_teacher_student:
         raise ConfigError("student", "is the same model as the teacher, so the KD signal is zero; "
-                          "pick another student or set allow_same_teacher_student")
+                          f"pick another student or {ALLOW_SAME_FIX}")
     for name in ("teacher", "student"):
         if not getattr(config, name):
             raise ConfigError(name, "is required for apr distill "
