@@ -232,7 +232,7 @@ def check_torchrun_config(batch_size: int, dtype: str,
         raise refusal
     if world_size > 1 and dtype == "float16":
         raise ConfigError("dtype", "float16 needs loss scaling, which kdengine does not do "
-                          "across torchrun ranks yet: use dtype=bfloat16 (or float32)")
+                          "across torchrun ranks yet: use --dtype bfloat16 (or float32)")
 
 
 def check_run_dir(run_dir: Path, field: str, fix: str) -> None:

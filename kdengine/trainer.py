@@ -173,7 +173,7 @@ class KDTrainer:
         self.dist.check_batch(config.batch_size)
         if dtype == torch.float16 and self.dist.enabled:  # (loss scaling below)
             raise ConfigError("dtype", "float16 needs loss scaling, which kdengine does not do "
-                              "across torchrun ranks yet: use dtype=bfloat16 (or float32)")
+                              "across torchrun ranks yet: use --dtype bfloat16 (or float32)")
         self.device, self.dtype = device, dtype
         self.stop = stop or StopSignals()
         self.spec = KDLossSpec.from_config(config)
@@ -591,7 +591,7 @@ class KDTrainer:
             raise LossNotFinite(
                 f"float16 gradients overflowed at every loss scale down to {scale:g} "
                 f"({self.overflows_in_a_row} steps in a row, last at step {self.step}, loss "
-                f"{loss}): the model's values do not fit float16; use dtype=bfloat16 or float32")
+                f"{loss}): the model's values do not fit float16; use --dtype bfloat16 or float32")
         self.log.message("warning", f"step {self.step}: float16 gradients overflowed at loss "
                          f"scale {scale:g}; update skipped, scale halved")
 

@@ -52,3 +52,14 @@ def test_a_config_json_of_a_demo_run_with_its_own_teacher_loads_again(capsys, tm
         f"kdengine train: error: teacher in {ran}: "), line
     assert RunConfig.from_mapping({"max_new_tokens": 64}).unused_value() is None
     assert FIELDS_BY_NAME["max_new_tokens"].default == 128
+
+
+# -- 4. float16's fix as the command line writes it --------------------------------------------
+def test_float16_under_torchrun_names_the_dtype_flag_in_its_fix() -> None:
+    from kdengine.config import ConfigError
+    from kdengine.preflight import check_torchrun_config
+
+    with pytest.raises(ConfigError) as refused:
+        check_torchrun_config(8, "float16", env={"WORLD_SIZE": "2"})
+    assert refused.value.field == "dtype"
+    assert refused.value.message.endswith("use --dtype bfloat16 (or float32)"), refused.value

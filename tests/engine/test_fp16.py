@@ -97,7 +97,7 @@ def test_float16_that_overflows_at_every_scale_fails_with_the_fix(tmp_path: Path
     monkeypatch.setattr(KDTrainer, "MAX_OVERFLOWS_IN_A_ROW", 3)
     trainer.train_step()
     trainer.train_step()
-    with pytest.raises(LossNotFinite, match="use dtype=bfloat16 or float32"):
+    with pytest.raises(LossNotFinite, match="use --dtype bfloat16 or float32"):
         trainer.train_step()
 
 
