@@ -407,9 +407,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a usage error, as kdtui's (`kdtui watch` with no run): one line on stderr
+        print(f"{PROG}: error: give a command: {', '.join(COMMANDS)} (`{PROG} --help` says "
+              "what each does)", file=sys.stderr)
+        return EXIT_USAGE
+    if argv[0] in ("-h", "--help"):
         print(top_help())
-        return 0 if argv else EXIT_USAGE
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "--version":
         command = "version"

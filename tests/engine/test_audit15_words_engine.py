@@ -63,3 +63,14 @@ def test_float16_under_torchrun_names_the_dtype_flag_in_its_fix() -> None:
         check_torchrun_config(8, "float16", env={"WORLD_SIZE": "2"})
     assert refused.value.field == "dtype"
     assert refused.value.message.endswith("use --dtype bfloat16 (or float32)"), refused.value
+
+
+# -- 5. a bare command is a usage error, in both programs --------------------------------------
+def test_bare_kdengine_is_one_usage_line_on_stderr_as_a_bare_kdtui_command_is(capsys) -> None:
+    from kdtui.cli import main as kdtui_main
+
+    assert _line(capsys, main([])) == ("kdengine: error: give a command: train, cache-teacher, "
+                                       "verdict, version (`kdengine --help` says what each does)")
+    assert _line(capsys, kdtui_main(["watch"])).startswith("kdtui watch: error: ")
+    assert main(["--help"]) == 0  # help asked for: stdout, exit 0
+    assert capsys.readouterr().out.startswith("usage: kdengine {train,")
