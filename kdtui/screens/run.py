@@ -230,7 +230,7 @@ class RunScreen(Screen):
         self.sub_title = self._sub_title()
         self.query_one("#search", Input).display = False
         # the steps asked for are known before the engine's first event (a form run's config)
-        if not self.cache_job:  # a cache job's total is its rows, known from its first shard
+        if not self.cache_job:  # a cache job's total is its rows, known at its data stage
             self.query_one(RunProgress).expect_total(_asked_steps(self.launcher, self.handle))
         else:
             self.query_one(RunProgress).count_rows()
@@ -460,6 +460,8 @@ class RunScreen(Screen):
                     chart.add_epoch(step, event.get("loss"), event.get("epoch"))
                 progress.add_epoch(event)
             elif kind == "stage":
+                if self.cache_job and event.get("stage") == "data":  # the rows it will score
+                    progress.expect_total(event.get("rows"))
                 tracker.update_stage(str(event.get("stage")), str(event.get("state")),
                                      event.get("elapsed") or 0.0, str(event.get("detail", "")),
                                      started_at=event.get("t"))

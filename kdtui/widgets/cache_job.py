@@ -54,8 +54,9 @@ def cached_teacher_badge(run_started: dict[str, Any] | None) -> str | None:
 
 
 class TeacherCEChart(LossChart):
-    """A cache job's chart: the teacher's CE on the rows scored so far (each step event is a
-    finished shard), by rows scored. Nothing is trained, so there is no loss, KD or val point."""
+    """A cache job's chart: the teacher's CE on the rows scored so far (a step event every ~2 s
+    and at each finished shard), by rows scored. Nothing is trained, so there is no loss, KD or
+    val point."""
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -82,7 +83,7 @@ class TeacherCEChart(LossChart):
         plt.yscale("log" if self.log_y else "linear")
         plt.xlabel("rows scored")
         self._show_title("teacher CE on the rows scored")
-        plt.title("" if xs else "waiting for the first shard…")
+        plt.title("" if xs else "waiting for the first rows…")
 
 
 class CacheJobPanel(VerdictPanel):
@@ -96,11 +97,29 @@ class CacheJobPanel(VerdictPanel):
         self.directory: str | None = None
         self.teacher = ""
         self.cache_bytes: float | None = None
+        # the step events': the shard in progress (0-based), of how many, and the rows in the
+        # finished shards (what a stopped job keeps); None until the data stage says
+        self.shard: int | None = None
+        self.shards: int | None = None
+        self.rows_written: int | None = None
 
     def observe(self, event: dict[str, Any]) -> None:
-        """What the panel says comes from run_started and run_finished."""
+        """What the panel says comes from run_started, the data stage, the steps and
+        run_finished."""
         kind = event.get("type")
-        if kind == "run_started":
+        if kind == "stage" and event.get("stage") == "data" and _count(event.get("shards")):
+            self.shards = event["shards"]
+            self.rows_written = _whole(event.get("rows_written")) or 0
+            per = _whole(event.get("shard_rows"))
+            self.shard = min(self.rows_written // per, self.shards - 1) if per else 0
+        elif kind == "step" and _count(event.get("shards")) and \
+                _whole(event.get("shard")) is not None:
+            self.shards = event["shards"]
+            # the shard being scored: a shard end's event names the one it wrote
+            self.shard = min(event["shard"] + ("write_s" in event), self.shards - 1)
+            written = _whole(event.get("rows_written"))
+            self.rows_written = written if written is not None else self.rows_written
+        elif kind == "run_started":
             self.cache = event.get("cache") if isinstance(event.get("cache"), dict) else {}
             self.directory = event.get("run_dir") or self.directory
             self.teacher = str((event.get("config") or {}).get("teacher") or "")
@@ -108,6 +127,17 @@ class CacheJobPanel(VerdictPanel):
             self.directory = event.get("cache") or self.directory
             self.cache_bytes = event.get("bytes") if isinstance(event.get("bytes"), (int, float)) \
                 else self.cache_bytes
+
+    def _written(self, going: bool = True) -> Text:
+        """'shard 2/3 · 16,384 rows on disk': the shard being scored and what stopping the job
+        keeps (a stopped job's: the rows on disk only)."""
+        if not self.shards or self.shard is None:
+            return Text("")
+        kept = Text.assemble(f"{self.rows_written or 0:,}", (" rows on disk", "dim"))
+        if not going:
+            return Text.assemble("\n", kept)
+        return Text.assemble("\n", ("shard ", "dim"), f"{self.shard + 1}/{self.shards}",
+                             ("  ·  ", "dim"), kept)
 
     @property
     def complete_dir(self) -> str | None:
@@ -128,7 +158,7 @@ class CacheJobPanel(VerdictPanel):
         if self.teacher:
             what.append_text(Text.assemble("\n", ("teacher ", "dim"), self.teacher))
         if verdict is None:
-            self._show_text(Text.assemble(("WRITING", "bold"), "\n", what))
+            self._show_text(Text.assemble(("WRITING", "bold"), "\n", what, self._written()))
             return
         if verdict.status == PASS:
             self._show_text(Text.assemble(
@@ -138,8 +168,18 @@ class CacheJobPanel(VerdictPanel):
                 f"--teacher-cache {self.directory}"))
             return
         self._show_text(Text.assemble(
-            ("NOT COMPLETE", "bold"), "\n", what, "\n", verdict.reason, "\n",
+            ("NOT COMPLETE", "bold"), "\n", what, self._written(going=False), "\n",
+            verdict.reason, "\n",
             ("R finishes it (finished shards are kept)", "dim")))
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
+
+
+def _count(value: object) -> bool:
+    return bool(_whole(value))
 
 
 def cache_dir_of(panel: Any) -> Path | None:
