@@ -532,16 +532,33 @@ assert FIELD_NAMES == tuple(f.name for f in fields(RunConfig) ), (
 )
 
 
+# what a flag's help says of a model or the data (RunConfig.validate's rule), in place of
+# 'default: none'
+REQUIRED_UNLESS = {"teacher": "required unless --demo or --teacher-cache",
+                   "student": "required unless --demo", "data": "required unless --demo"}
+
+
+def flag_help(f: Field, default: str) -> str:
+    """A flag's --help line: what it is (bounds; `default`). A text field that takes anything
+    (a path, a hub id) has no bounds to say: its help says what it takes, and '(a value; ...)'
+    told a new user nothing."""
+    bounds = f.bounds_text()
+    return f"{f.help} ({default})" if bounds == "a value" else f"{f.help} ({bounds}; {default})"
+
+
 def add_field_flags(parser: argparse.ArgumentParser) -> None:
     """Every field as a flag, grouped as the form groups them. Values stay text: the schema,
     not argparse, parses and checks them, so the CLI and the form give the same messages."""
     for group_name, specs in groups().items():
         group = parser.add_argument_group(group_name)
         for f in specs:
-            default = ("default: none" if f.default == "" else
-                       f"default: {str(f.default).lower()}" if f.kind is bool else
-                       f"default: {f.default!r}")
-            help_text = f"{f.help} ({f.bounds_text()}; {default})"
+            default = (REQUIRED_UNLESS.get(f.name) or
+                       # ('empty' where the help says what empty means: 'none' said twice)
+                       ("default: empty" if f.default == "" and "(empty: " in f.help else
+                        "default: none" if f.default == "" else
+                        f"default: {str(f.default).lower()}" if f.kind is bool else
+                        f"default: {f.default!r}"))
+            help_text = flag_help(f, default)
             if f.kind is bool:
                 group.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                    default=None, help=help_text)

@@ -74,3 +74,17 @@ def test_bare_kdengine_is_one_usage_line_on_stderr_as_a_bare_kdtui_command_is(ca
     assert _line(capsys, kdtui_main(["watch"])).startswith("kdtui watch: error: ")
     assert main(["--help"]) == 0  # help asked for: stdout, exit 0
     assert capsys.readouterr().out.startswith("usage: kdengine {train,")
+
+
+# -- 6. a flag's help as a new user reads it ---------------------------------------------------
+def test_train_help_says_what_a_models_flag_needs_not_a_value() -> None:
+    from kdengine.cli import build_train_parser
+
+    text = " ".join(build_train_parser().format_help().split())
+    assert "(a value;" not in text, "'(a value; ...)' says nothing of what to give"
+    assert "or demo://teacher (required unless --demo or --teacher-cache)" in text
+    assert "or demo://student (required unless --demo)" in text
+    assert "or demo://python-stdlib (required unless --demo)" in text
+    assert "docs/teacher-cache.md) (default: none)" in text
+    # a help that says what empty means is not followed by 'default: none'
+    assert "(empty: <run_name> in the runs directory, KDENGINE_RUNS_DIR) (default: empty)" in text
