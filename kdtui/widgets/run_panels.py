@@ -326,6 +326,7 @@ class RunProgress(Widget):
         self.total: int | None = None
         self.tokens_per_s: float | None = None
         self.eta: float | None = None
+        self._engine_eta: float | None = None  # the last step event's eta_s (a cache job's)
         self.epoch: int | None = None  # the epoch in progress, or the last one that ended
         self.epochs: int | None = None
         self._epochs_done = 0
@@ -392,6 +393,8 @@ class RunProgress(Widget):
         tps = event.get("tokens_per_s")
         if isinstance(tps, (int, float)):
             self.tokens_per_s = float(tps)
+        eta = event.get("eta_s")  # a teacher-cache job's own ETA: its log line says the same
+        self._engine_eta = float(eta) if isinstance(eta, (int, float)) and eta >= 0 else None
         self.split = step_split(event) or self.split
         self.gen_rate = generation_rate(event) or self.gen_rate
         epoch = event.get("epoch")
@@ -520,6 +523,8 @@ class RunProgress(Widget):
     def refresh_view(self, finished: bool = False) -> None:
         if finished:
             self.eta = 0.0 if self.total and self.step >= self.total else None
+        elif self._engine_eta is not None:
+            self.eta = self._engine_eta
         elif len(self._marks) >= 2 and self.total:
             rate = recent_step_rate(self._marks)
             self.eta = ((self.total - self.step) / rate + self.pauses_to_come()
