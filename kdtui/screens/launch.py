@@ -248,6 +248,18 @@ class FieldInput(Input):
         self.selection = Selection.cursor(len(self.value))
 
 
+def bottom_in(widget: Widget, container: Widget) -> int:
+    """The row below `widget` (its margin included) in `container`'s scrolled content."""
+    region = widget.virtual_region_with_margin
+    node = widget.parent
+    while isinstance(node, Widget) and node is not container:
+        gutter = node.styles.gutter
+        region = region.translate(node.virtual_region.offset).translate((gutter.left,
+                                                                          gutter.top))
+        node = node.parent
+    return region.bottom
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -475,7 +487,6 @@ class LaunchScreen(TabFirstScreen):
         return [(none, NO_HOST)] + [(h, h) for h in remote]
 
     def on_mount(self) -> None:
-        self.sub_title = "launch a run"
         if self.hosts_problem:
             self.notify(self.hosts_problem, title="hosts file", severity="error", timeout=10)
         settings = self.app.settings  # type: ignore[attr-defined]
@@ -490,6 +501,7 @@ class LaunchScreen(TabFirstScreen):
                 self._autostart = False
             host = LOCAL
         self._set_host(host)
+        self.watch(self.query_one("#host", Select), "value", self._host_in_title)
         if unknown:
             self._show_row_error("row-host", unknown)
         self._host_of[KDENGINE] = host
@@ -516,12 +528,25 @@ class LaunchScreen(TabFirstScreen):
         if found:
             field = found.first()
             focus_quietly(field)
-            # the field's group title at the top: 'models' above teacher, student and data (on
-            # 24 rows the focus alone scrolled to the teacher and cut the form mid-help)
             group = next((a for a in field.ancestors if a.has_class("field-group")), None)
             if group is not None:
-                self.call_after_refresh(self.query_one("#form", VerticalScroll).scroll_to_widget,
-                                        group, animate=False, top=True)
+                self.call_after_refresh(self._open_form_at, group)
+
+    def _open_form_at(self, group: Widget) -> None:
+        """The form's top (the host picker README says to pick) where the rows above `group`
+        and `group` fit together; else `group`'s title at the top: 'models' above teacher,
+        student and data (on 24 rows the focus alone scrolled to the teacher and cut the form
+        mid-help), the host named in the title."""
+        form = self.query_one("#form", VerticalScroll)
+        if bottom_in(group, form) <= form.scrollable_content_region.height:
+            form.scroll_home(animate=False)
+        else:
+            form.scroll_to_widget(group, animate=False, top=True)
+
+    def _host_in_title(self, host: Any) -> None:
+        """Where the run goes, in the header: on 24 rows the host row is above the fold."""
+        self.sub_title = "launch a run · " + (
+            f"host {host}" if host not in (NO_HOST, Select.BLANK) else "no host picked")
 
     # -- the profile ------------------------------------------------------------------------
     def select_profile(self, profile: str) -> None:
