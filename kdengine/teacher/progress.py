@@ -79,10 +79,11 @@ class ScoreProgress:
                 "shards": self.shards, "rows_written": self.rows_written}
 
     def line(self, fields: dict[str, Any], write_s: float | None = None) -> str:
-        """The launch.log line of a step event's fields: 'scoring shard 1/3: 2,048/36,707
-        rows (5%), ...' between shard ends, 'shard 1/3 written: ...' at one."""
+        """The launch.log line of a step event's fields: 'shard 1/3: 2,048/36,707 rows (6%),
+        ...' between shard ends (78 characters on the demo: one line of the dashboard's log at
+        80 columns), 'shard 1/3 written: ...' at one."""
         shard = f"shard {fields['shard'] + 1}/{fields['shards']}"
-        head = f"scoring {shard}" if write_s is None else f"{shard} written"
+        head = shard if write_s is None else f"{shard} written"
         share = fields["step"] / max(fields["total_steps"], 1)
         return (f"{head}: {fields['step']:,}/{fields['total_steps']:,} rows ({share:.0%}), "
                 f"teacher ce={fields['ce']:.4f}, tok/s={fields['tokens_per_s']:,.0f}, "
