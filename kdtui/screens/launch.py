@@ -524,6 +524,11 @@ class LaunchScreen(TabFirstScreen):
         self._maybe_autostart()
 
     def _focus_first_field(self) -> None:
+        if self.host_error():  # `kdtui launch --host nosuch`: the pick its error asks for
+            self.query_one("#host", Select).focus()
+            self.call_after_refresh(self.query_one("#form", VerticalScroll).scroll_to_widget,
+                                    self.query_one("#row-host"), animate=False)
+            return
         found = self.query(f"#{field_widget_id('teacher', self.profile)}")
         if found:
             field = found.first()

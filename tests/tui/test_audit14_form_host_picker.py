@@ -72,3 +72,17 @@ async def test_form_on_24_rows_opens_on_models_and_names_the_host_in_its_title(r
         await pilot.pause()
         assert "host gpu-box" in _title(app) and "local" not in _title(app)
 
+
+async def test_an_unknown_launch_host_opens_the_form_on_the_host_row_on_24_rows(runs_dir,
+                                                                                 wait_for):
+    # `kdtui launch --host nosuch`: the form opens on local with the error on the host row; on
+    # 24 rows it opened on 'models', the row out of sight, and once the 5 s toast went nothing
+    # on screen said why the form had not started or that the host was not the one asked for
+    app = KDApp(runs_dir=runs_dir, command="launch", prefill={"host": "nosuch", "demo": True})
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _opened(app, pilot, wait_for)
+        await pilot.pause()
+        assert screen.host_error().startswith("host 'nosuch' is not in ~/.ssh/config")
+        assert _shown(app, "#row-host")
+        assert app.focused is screen.query_one("#host", Select)  # the pick it asks for
+        assert isinstance(app.screen, LaunchScreen)  # nothing started
