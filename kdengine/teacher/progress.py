@@ -6,9 +6,12 @@ NLL, which the writer syncs for anyway): no extra device sync."""
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 PROGRESS_EVERY_S = 2.0  # the least time between two progress events (and at most one a batch)
+RATE_WINDOW_S = 60.0  # tokens/s and the ETA: over the last minute of scoring
 
 
 def format_eta(seconds: float) -> str:
@@ -25,21 +28,26 @@ def format_eta(seconds: float) -> str:
 
 class ScoreProgress:
     """Rows scored by this attempt and the rows before it, the teacher's CE on this attempt's
-    rows, and the rate: tokens a second since this attempt's first batch ended (its warm-up, a
-    CUDA teacher's compile, would otherwise hold the rate down and the ETA up for minutes), or
-    over the first batch itself until a second one ends. Shard writes fall inside the measured
-    time, so the ETA counts the writes still to come."""
+    rows, and the rate: tokens a second over the last RATE_WINDOW_S of scoring, counted from
+    this attempt's first batch's end (its warm-up, a CUDA teacher's compile, would otherwise hold
+    the rate down and the ETA up for minutes; the first batch alone until a second one ends).
+    A window, not the whole attempt: on a demo job whose CPU was shared and then freed, the
+    average since the start said 10k tokens/s and a 4-minute ETA while the job ran at 18k.
+    Shard writes fall inside the measured time, so the ETA counts the writes still to come."""
 
     def __init__(self, *, total_rows: int, seq_len: int, shards: int, rows_written: int,
-                 every_s: float | None = None) -> None:
+                 every_s: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.total_rows, self.seq_len, self.shards = total_rows, seq_len, shards
         self.rows_written = rows_written  # in finished shards: what a stopped job keeps
         self.rows = rows_written  # scored, kept or not
         self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.clock = clock
         self.nll, self.count = 0.0, 0
-        self.started = time.perf_counter()
-        self.warm: tuple[float, int] | None = None  # (time, tokens) when the first batch ended
+        self.started = clock()
         self.tokens = 0
+        # (time, tokens scored) from the first batch's end on, one a progress event: the window
+        self.marks: deque[tuple[float, int]] = deque()
         self.last_event = self.started
 
     def batch(self, rows: int, tokens: int, nll: float, count: int) -> None:
@@ -47,21 +55,23 @@ class ScoreProgress:
         self.tokens += tokens
         self.nll += nll
         self.count += count
-        if self.warm is None:
-            self.warm = (time.perf_counter(), self.tokens)
+        if not self.marks:
+            self.marks.append((self.clock(), self.tokens))
 
     def shard_written(self) -> None:
         self.rows_written = self.rows
 
     def due(self) -> bool:
         """A progress event is due: PROGRESS_EVERY_S since the last event (a shard end's too)."""
-        return time.perf_counter() - self.last_event >= self.every_s
+        return self.clock() - self.last_event >= self.every_s
 
     @property
     def tokens_per_s(self) -> float:
-        now = time.perf_counter()
-        if self.warm is not None and self.tokens > self.warm[1] and now > self.warm[0]:
-            return (self.tokens - self.warm[1]) / (now - self.warm[0])
+        now = self.clock()
+        while len(self.marks) > 1 and now - self.marks[1][0] >= RATE_WINDOW_S:
+            self.marks.popleft()  # the oldest kept is the last one a window or more back
+        if self.marks and self.tokens > self.marks[0][1] and now > self.marks[0][0]:
+            return (self.tokens - self.marks[0][1]) / (now - self.marks[0][0])
         return self.tokens / max(now - self.started, 1e-9)
 
     @property
@@ -70,8 +80,10 @@ class ScoreProgress:
 
     def fields(self, shard: int) -> dict[str, Any]:
         """The `step` event's fields (a shard end adds `write_s`)."""
-        self.last_event = time.perf_counter()
+        self.last_event = self.clock()
         rate = self.tokens_per_s
+        if self.marks:
+            self.marks.append((self.last_event, self.tokens))
         left = (self.total_rows - self.rows) * self.seq_len / max(rate, 1e-9)
         ce = self.teacher_ce
         return {"step": self.rows, "total_steps": self.total_rows, "loss": ce, "ce": ce,

@@ -117,3 +117,33 @@ def test_audit14_cache_progress_defaults_to_every_two_seconds() -> None:
 
     progress = ScoreProgress(total_rows=10, seq_len=4, shards=1, rows_written=0)
     assert PROGRESS_EVERY_S == progress.every_s == 2.0 and not progress.due()
+
+
+def test_audit14_the_cache_job_rate_follows_a_change_of_pace_within_a_minute() -> None:
+    """A demo job on a shared CPU, then freed: its rate since the start said 10k tokens/s and a
+    4-minute ETA while it ran at 18k. The rate is over the last minute now (the writer's own
+    numbers, on a clock the test moves: one batch of 128 tokens a step)."""
+    from kdengine.teacher.progress import ScoreProgress
+
+    now = [0.0]
+    progress = ScoreProgress(total_rows=100_000, seq_len=128, shards=3, rows_written=0,
+                             clock=lambda: now[0])
+
+    def score(seconds: float, tokens_per_s: float) -> dict:
+        fields = {}
+        end = now[0] + seconds
+        while now[0] < end - 1e-9:
+            now[0] += 128 / tokens_per_s
+            progress.batch(1, 128, 1.0, 127)
+            if progress.due():
+                fields = progress.fields(0)
+        return fields
+
+    now[0] = 30.0  # the first batch's warm-up (a compile) is left out
+    progress.batch(1, 128, 1.0, 127)
+    slow = score(240, 1_000)
+    assert slow["tokens_per_s"] == pytest.approx(1_000, rel=0.02)
+    fast = score(90, 3_000)  # 90 s later: a minute of the new pace
+    assert fast["tokens_per_s"] == pytest.approx(3_000, rel=0.02)
+    left = (100_000 - fast["step"]) * 128 / 3_000
+    assert fast["eta_s"] == pytest.approx(left, rel=0.02)
