@@ -150,10 +150,13 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
     last_step = 0
     engine_verdict: dict[str, Any] | None = None
     job = None
+    on_disk: int | None = None  # a cache job's rows in finished shards (its steps: rows scored)
     for event in events:
         kind = event.get("type")
         if kind == ev.RUN_STARTED:
             job = event.get("job", job)
+        if isinstance(event.get("rows_written"), int):
+            on_disk = event["rows_written"]
         if kind == ev.STEP:
             last_step = max(last_step, _step(event) or 0)
             if bad_loss is None and not _finite(event.get("loss")):
@@ -168,11 +171,12 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
             finished = event
             if isinstance(event.get("steps"), int):  # the engine's last step, logged or not
                 last_step = max(last_step, event["steps"])
+                on_disk = event["steps"] if job == CACHE_JOB else on_disk  # rows written
         elif kind == ev.VERDICT and event.get("loss_kind") == TRAIN_BATCH:
             engine_verdict = event
 
     if job == CACHE_JOB:
-        return _cache_job_verdict(finished, last_step)
+        return _cache_job_verdict(finished, last_step, on_disk)
     if engine_verdict is not None and not evals:
         return Verdict.from_train_batch_event(engine_verdict)
 
@@ -224,17 +228,22 @@ def verdict_from_events(events: Iterable[dict[str, Any]]) -> Verdict:
                    **known)
 
 
-def _cache_job_verdict(finished: dict[str, Any] | None, rows: int) -> Verdict:
+def _cache_job_verdict(finished: dict[str, Any] | None, scored: int,
+                       on_disk: int | None) -> Verdict:
     """`kdengine cache-teacher` trains nothing, so the smoke verdict does not apply: its end is
-    the job's own (done, or why not), under its own id."""
+    the job's own (done, or why not), under its own id. Its progress events count the rows
+    scored; a stopped job keeps only those in finished shards (`rows_written`), so both are
+    named where they differ."""
+    rows = f"{scored:,} rows scored" + (f", {on_disk:,} on disk" if on_disk is not None
+                                        and on_disk != scored else "")
     if finished is None:
-        return Verdict(INCONCLUSIVE, f"the cache job has not finished ({rows} rows scored)",
+        return Verdict(INCONCLUSIVE, f"the cache job has not finished ({rows})",
                        id=CACHE_JOB, loss_kind=None)
     if finished.get("status") != "completed":
         why = finished.get("error") or f"exit code {finished.get('exit_code')}"
-        return Verdict(INCONCLUSIVE, f"the cache job {finished.get('status')} after {rows} rows: "
+        return Verdict(INCONCLUSIVE, f"the cache job {finished.get('status')} after {rows}: "
                        f"{why}", id=CACHE_JOB, loss_kind=None)
-    return Verdict(PASS, f"the teacher cache is complete ({rows} rows); a cache job trains "
+    return Verdict(PASS, f"the teacher cache is complete ({scored:,} rows); a cache job trains "
                    "nothing, so no smoke verdict applies", id=CACHE_JOB, loss_kind=None)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kdengine.cache_dir import CACHE_ENV
-from kdengine.config import FIELDS_BY_NAME, ConfigError, RunConfig, with_absolute_paths
+from kdengine.config import FIELDS_BY_NAME, ConfigError, RunConfig, flag_help, with_absolute_paths
 from kdengine.teacher.identity import ROW_FIELDS
 
 # the run fields the writer takes: what to score, how the data becomes rows, where it runs
@@ -41,7 +41,7 @@ def build_parser():
         default = ("required" if name in REQUIRED else "default: none" if f.default == "" else
                    f"default: {f.default!r}")
         p.add_argument(f.flag, dest=name, metavar=name.upper(), default=None,
-                       help=_help(f.help, f.bounds_text(), default))
+                       help=flag_help(f, default))
     p.add_argument("--top-k", metavar="TOP_K", type=int, default=64,
                    help=_help("Teacher ids kept per token", "an integer >= 1", "default: 64"))
     p.add_argument("--cache-targets", metavar="CACHE_TARGETS", default="topk",

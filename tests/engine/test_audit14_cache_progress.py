@@ -147,3 +147,26 @@ def test_audit14_the_cache_job_rate_follows_a_change_of_pace_within_a_minute() -
     assert fast["tokens_per_s"] == pytest.approx(3_000, rel=0.02)
     left = (100_000 - fast["step"]) * 128 / 3_000
     assert fast["eta_s"] == pytest.approx(left, rel=0.02)
+
+
+def test_a_stopped_job_s_verdict_says_rows_scored_and_rows_on_disk_apart(job: dict) -> None:
+    """With progress events between shard ends, the largest step is rows scored, not kept: a job
+    stopped mid-shard read 'cancelled after 2496 rows' with 0 rows on disk (and, beside it,
+    'finish it (its finished shards are kept)'). The verdict names both where they differ, as
+    the job's own run_finished counts the rows on disk."""
+    from kdengine.verdict import verdict_from_events
+
+    events = job["events"]
+    mid = next(e for e in _steps(events)
+               if e["rows_written"] >= SHARD_ROWS and e["step"] > e["rows_written"])
+    cut = events[:events.index(mid) + 1]
+    stopped = cut + [{"type": "run_finished", "status": "cancelled", "exit_code": 143,
+                      "steps": mid["rows_written"]}]
+    reason = verdict_from_events(stopped).reason
+    assert reason.startswith(f"the cache job cancelled after {mid['step']:,} rows scored, "
+                             f"{mid['rows_written']:,} on disk"), reason
+    running = verdict_from_events(cut).reason
+    assert running == (f"the cache job has not finished ({mid['step']:,} rows scored, "
+                       f"{mid['rows_written']:,} on disk)"), running
+    done = verdict_from_events(events)
+    assert done.status.upper() == "PASS" and "rows scored" not in done.reason, done.reason
