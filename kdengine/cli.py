@@ -239,8 +239,12 @@ def cmd_train(argv: list[str]) -> int:
         lock = _hold_run_dir(run_dir)  # noqa: F841 - held until this process exits
         if not args.resume:
             (run_dir / "config.json").write_text(config.to_json())
-        for name in ("events.jsonl", "launch.log"):  # the run's record, opened by the run
-            open(run_dir / name, "a").close()  # noqa: SIM115 - made here, where a refusal is
+        # the run's record, opened by the run, made here where a refusal is possible; not
+        # under torchrun, whose ranks pass the checks above until the process group forms: a
+        # slower rank would read an events.jsonl made here as another run's
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+            for name in ("events.jsonl", "launch.log"):
+                open(run_dir / name, "a").close()  # noqa: SIM115
     except OSError as exc:
         from kdengine.preflight import run_dir_refusal
 

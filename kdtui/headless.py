@@ -331,8 +331,34 @@ def _rank_message(message: str) -> str:
 
 
 # -- launch ------------------------------------------------------------------------------------
+class Lines:
+    """`out` (a terminal, a pipe) as the headless commands write to it, knowing whether its last
+    line was ended: a Ctrl-C raises KeyboardInterrupt wherever the main thread is, also between
+    a print's text and its newline, and the interrupt's own line must not be glued to that
+    half-written one ('[check] running on localinterrupted before ...'). On a terminal the
+    ^C it echoes is never ended either."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out, self._ended = out, True
+
+    def write(self, text: str) -> int:
+        if text:
+            self._ended = text.endswith("\n")
+        return self._out.write(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno ... as `out` has them
+        return getattr(self._out, name)
+
+    def say_after_interrupt(self, line: str) -> None:
+        tty = getattr(self._out, "isatty", lambda: False)()
+        print(("\n" if tty or not self._ended else "") + line, file=self, flush=True)
+
+
 def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    out = Lines(out or sys.stdout)
     try:
         config = config_from_args(args)
         dry_run = args.dry_run or env_flag("DRY_RUN") or env_flag("KDTUI_DRY_RUN")
@@ -375,7 +401,7 @@ def headless_launch(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"kdtui launch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(_interrupted_launch(config, host, runs_dir), file=out)
+        out.say_after_interrupt(_interrupted_launch(config, host, runs_dir))
         return EXIT_ERROR
 
 
@@ -493,7 +519,7 @@ def headless_resume(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from kdtui.launch.resume import ResumeRefused
     from kdtui.launch.resumers import resumer_for
 
-    out = out or sys.stdout
+    out = Lines(out or sys.stdout)
     runs_dir = Path(args.runs_dir) if getattr(args, "runs_dir", None) else default_runs_dir()
 
     def status(text: str) -> None:
@@ -508,11 +534,12 @@ def headless_resume(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return asyncio.run(_resume(resumer, args.detach, out))
     except KeyboardInterrupt:
         if _resume_marks(resumer) == before:  # nothing was started: the run is as it was
-            print(f"interrupted before the resume started: {resumer.run_id} stays as it was; "
-                  f"`kdtui resume {resumer.run_id}` resumes it", file=out)
+            out.say_after_interrupt(f"interrupted before the resume started: {resumer.run_id} "
+                                    f"stays as it was; `kdtui resume {resumer.run_id}` "
+                                    "resumes it")
         else:
-            print(f"detached: the run goes on; come back with: kdtui watch {resumer.run_id}",
-                  file=out)
+            out.say_after_interrupt(f"detached: the run goes on; come back with: kdtui watch "
+                                    f"{resumer.run_id}")
         return EXIT_ERROR
 
 
@@ -557,11 +584,12 @@ async def _resume(resumer: Any, detach: bool, out: TextIO) -> int:
 
 # -- watch -------------------------------------------------------------------------------------
 def headless_watch(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    out = Lines(out or sys.stdout)
     try:
         return asyncio.run(_watch(args.run, getattr(args, "runs_dir", None), out))
     except KeyboardInterrupt:
-        print(f"detached: the run goes on; come back with: kdtui watch {args.run}", file=out)
+        out.say_after_interrupt(f"detached: the run goes on; come back with: kdtui watch "
+                                f"{args.run}")
         return EXIT_ERROR
 
 

@@ -102,7 +102,7 @@ def test_an_on_policy_run_reaches_a_verdict_on_the_students_own_writing(
     assert verdict["loss_kind"] == "val_gen_kl" and verdict["status"] in ("pass", "fail")
     assert verdict["initial_val_gen_kl"] == evals[0]["val_gen_kl"]
     assert verdict["final_val_gen_kl"] == evals[-1]["val_gen_kl"]
-    assert verdict["reason"].startswith("on-policy val_gen_kl") and "val_loss" in verdict["reason"]
+    assert verdict["reason"].startswith("on-policy val gen KL") and "val loss" in verdict["reason"]
     log = (reference / "launch.log").read_text()
     assert "val_gen_kl=" in log and "gen_tok/s=" in log
 

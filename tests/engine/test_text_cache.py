@@ -221,7 +221,7 @@ def test_preflight_of_cached_data_reads_no_file_until_one_is_touched(
     assert check_data(config, hf_tokenizer, []) == read  # the same counts, the file unread
     stat = one.stat()
     os.utime(one, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched
-    with pytest.raises(ConfigError, match=r"05\.txt: not UTF-8 text \(byte 0\).*"
+    with pytest.raises(ConfigError, match=r"05\.txt:1 is not UTF-8 text \(byte 0 of the line\).*"
                                           r"--on-bad-file skip"):
         check_data(config, hf_tokenizer, [])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,9 @@ def test_an_apr_value_that_would_be_read_as_an_option_is_refused_naming_it(
 @pytest.mark.timeout(120)
 def test_hostile_apr_paths_reach_the_host_as_literal_words_and_the_run_completes(
         apr_host, evidence, tmp_path, capsys) -> None:
-    marker = tmp_path / "pwned"
+    # short and absolute: the directory below holds it three times, and tmp_path under xdist
+    # (popen-gwN/<test name>) made that name longer than a file name may be
+    marker = Path(tempfile.mkdtemp(prefix="kd-")) / "pwned"
     evil = f"a b'c\"d $(touch {marker}) `touch {marker}`; touch {marker}"
     host = apr_host("normal", step_delay=0.05, alive_check_s=0.3)
     home = tmp_path / f"host {evil}".replace("/", "_")

@@ -27,10 +27,12 @@ class InterruptAt(io.StringIO):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text, self.sent = text, False
+        self.closed_to_signals = False  # set once the command returned: a late write (a
+        # thread it left) must not interrupt whatever test this worker runs next
 
     def write(self, s: str) -> int:
         n = super().write(s)
-        if not self.sent and self.text in self.getvalue():
+        if not self.sent and self.text in self.getvalue() and not self.closed_to_signals:
             self.sent = True
             os.kill(os.getpid(), signal.SIGINT)
         return n
@@ -41,6 +43,7 @@ def launch_interrupted_at(text: str, *argv: str) -> tuple[int, str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.stdout", out)
         code = kdtui_main(["launch", "--headless", *argv])
+    out.closed_to_signals = True
     assert out.sent, out.getvalue()
     return code, out.getvalue()
 
@@ -92,6 +95,7 @@ def resume_interrupted_at(text: str, *argv: str) -> tuple[int, str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.stdout", out)
         code = kdtui_main(["resume", "--headless", *argv])
+    out.closed_to_signals = True
     assert out.sent, out.getvalue()
     return code, out.getvalue()
 
@@ -105,3 +109,23 @@ def test_ctrl_c_during_a_remote_resume_s_connect_says_the_run_was_not_resumed(
     assert "goes on" not in out, out
     assert out.splitlines()[-1] == "interrupted before the resume started: ctrl-c-resume " \
         "stays as it was; `kdtui resume ctrl-c-resume` resumes it", out
+
+
+def test_the_interrupt_s_line_starts_a_line_of_its_own_after_a_half_written_one() -> None:
+    """A Ctrl-C raises KeyboardInterrupt wherever the main thread is, also between a print's
+    text and its newline: the suite saw '[check] running on localinterrupted before the run
+    started ...'. The interrupt's line ends the half-written one first (and, on a terminal,
+    the ^C it echoed)."""
+    from kdtui.headless import Lines
+
+    half = io.StringIO()
+    out = Lines(half)
+    out.write("[check] running on local")  # the print's text; its newline never came
+    out.say_after_interrupt("interrupted before the run started: nothing runs")
+    assert half.getvalue().splitlines() == [
+        "[check] running on local", "interrupted before the run started: nothing runs"]
+    whole = io.StringIO()
+    out = Lines(whole)
+    print("[check] running on local", file=out)
+    out.say_after_interrupt("interrupted")
+    assert whole.getvalue() == "[check] running on local\ninterrupted\n"  # no blank line
