@@ -163,10 +163,12 @@ CASES = [
          "MLPs' masters)", FP8S, torchrun=True),
     Case("torchrun-kill-resume", "torchrun, 2 ranks, SIGTERM after a checkpoint, --resume",
          [], torchrun=True, kill_after_checkpoint="TERM"),
+    # (torchrun writes no checkpoint at a cancel, the periodic ones only: the resume continues
+    # from step 40's, written before the evaluation after step 80 that the SIGTERM cuts)
     Case("torchrun-term-in-eval", "torchrun, 2 ranks, SIGTERM inside the evaluation after step "
-         "40 (each of its 200 batches asks every rank whether to stop), --resume",
+         "80 (each of its 200 batches asks every rank whether to stop), --resume from step 40",
          ["--eval-batches", "200"], torchrun=True, kill_after_checkpoint="TERM",
-         kill_on='"type":"step","step":40,', kill_delay=0.3),
+         kill_on='"type":"step","step":80,', kill_delay=0.3),
     Case("graphs-fp8s", "FP8 teacher and student, both models as CUDA graphs", FP8S,
          env={"KDENGINE_STUDENT_COMPILE": "graphs", "KDENGINE_TEACHER_COMPILE": "graphs"}),
 ]
