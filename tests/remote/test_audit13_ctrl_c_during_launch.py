@@ -38,9 +38,20 @@ class InterruptAt(io.StringIO):
         return n
 
 
+@contextlib.contextmanager
+def ctrl_c_as_in_a_terminal():
+    """SIGINT as a command in a terminal gets it, KeyboardInterrupt: an xdist worker ignores
+    SIGINT (its parent's Ctrl-C ends the session), and there the interrupt never came."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def launch_interrupted_at(text: str, *argv: str) -> tuple[int, str]:
     out = InterruptAt(text)
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, ctrl_c_as_in_a_terminal():
         patch.setattr("sys.stdout", out)
         code = kdtui_main(["launch", "--headless", *argv])
     out.closed_to_signals = True
@@ -92,7 +103,7 @@ def test_ctrl_c_in_a_headless_watch_of_a_started_remote_run_detaches_and_says_ho
 
 def resume_interrupted_at(text: str, *argv: str) -> tuple[int, str]:
     out = InterruptAt(text)
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, ctrl_c_as_in_a_terminal():
         patch.setattr("sys.stdout", out)
         code = kdtui_main(["resume", "--headless", *argv])
     out.closed_to_signals = True
