@@ -43,7 +43,9 @@ def test_launch_form_with_an_invalid_value(snap_compare, runs_dir):
     async def type_bad_steps(pilot):
         while not pilot.app.screen.form_ready:
             await pilot.pause(0.05)
-        pilot.app.screen.query_one("#field-steps").value = "-3"
+        steps = pilot.app.screen.query_one("#field-steps")
+        steps.value = "-3"
+        steps.focus()  # as a user who typed it: the row and its error in view, not off-screen
         await pilot.pause()
 
     assert snap_compare(KDApp(runs_dir=runs_dir), terminal_size=SIZE, run_before=type_bad_steps)
