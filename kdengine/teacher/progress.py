@@ -10,20 +10,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from kdengine.durations import format_seconds
+
 PROGRESS_EVERY_S = 2.0  # the least time between two progress events (and at most one a batch)
 RATE_WINDOW_S = 60.0  # tokens/s and the ETA: over the last minute of scoring
-
-
-def format_eta(seconds: float) -> str:
-    """'42s', '3m05s', '2h10m': the launch.log line's ETA (the dashboard's own format)."""
-    s = int(round(max(seconds, 0.0)))
-    if s < 60:
-        return f"{s}s"
-    minutes, s = divmod(s, 60)
-    if minutes < 60:
-        return f"{minutes}m{s:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 class ScoreProgress:
@@ -99,5 +89,5 @@ class ScoreProgress:
         share = fields["step"] / max(fields["total_steps"], 1)
         return (f"{head}: {fields['step']:,}/{fields['total_steps']:,} rows ({share:.0%}), "
                 f"teacher ce={fields['ce']:.4f}, tok/s={fields['tokens_per_s']:,.0f}, "
-                f"eta {format_eta(fields['eta_s'])}"
+                f"eta {format_seconds(max(fields['eta_s'], 0.0))}"
                 + (f" (write {write_s:.1f}s)" if write_s is not None else ""))

@@ -16,10 +16,10 @@ from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from kdengine.durations import format_seconds
 from kdtui.compare import CompareError, CompareTarget
 from kdtui.runs import ID_MIN, RunEntry, all_runs, fit_end, fit_run
 from kdtui.widgets.header import TitleHeader
-from kdtui.widgets.run_panels import format_seconds
 
 REFRESH_S = 2.0
 RUN_MIN = 22  # the run column's least width: a timestamped id (kd-20251009-101500), marked

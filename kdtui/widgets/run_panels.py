@@ -14,6 +14,7 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Static
 
+from kdengine.durations import format_seconds
 from kdengine.verdict import DistillReport, Verdict, loss_texts
 from kdtui.samples import generation_rate, step_split
 
@@ -40,22 +41,6 @@ def foreground(style: Style) -> Style:
     covers the widget's own background."""
     return Style(color=style.color, bold=style.bold, dim=style.dim, italic=style.italic,
                  underline=style.underline)
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "–"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, sec = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 class StageTracker(Widget):

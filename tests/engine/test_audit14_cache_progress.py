@@ -106,7 +106,7 @@ def test_audit14_a_cache_job_s_log_lines_say_its_rows_rate_and_eta(job):
 
 
 def test_audit14_the_cache_job_eta_is_read_as_minutes_and_hours() -> None:
-    from kdengine.teacher.progress import format_eta
+    from kdengine.durations import format_seconds as format_eta
 
     assert [format_eta(s) for s in (0.4, 59.6, 185, 7800)] == ["0s", "1m00s", "3m05s",
                                                                 "2h10m"]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from kdengine.durations import format_seconds
 from kdtui.app import KDApp
 from kdtui.runs import PID_FILE
 from kdtui.widgets.cache_job import CacheJobPanel
-from kdtui.widgets.run_panels import RunProgress, format_seconds
+from kdtui.widgets.run_panels import RunProgress
 from tests.conftest import write_tiny_inputs
 
 SHARD_ROWS = 200
