@@ -106,7 +106,7 @@ async def test_a_switch_shows_against_the_form_off_and_on(runs_dir, theme):
         form.query_one("#form").scroll_to_widget(switch, animate=False, top=True)
         for on in (False, True):
             switch.value = on
-            await pilot.pause(0.6)  # the slider's animation
+            await pilot.wait_for_scheduled_animations()  # the slider's, to its end
             region = switch.region
             row = _cell_colors(app, region.y)
             around = row[region.right + 2]  # the form beside the switch
@@ -120,6 +120,9 @@ async def test_tab_goes_through_every_field_in_form_order_with_no_dead_stop(runs
     from kdengine.config import FIELDS
 
     app = KDApp(runs_dir=runs_dir)
+    # the form scrolls to each focused field; each press waited for that scroll's animation
+    # (~0.3 s a field): the focus order is the check, so the scroll jumps
+    app.animation_level = "none"
     async with app.run_test(size=(80, 24)) as pilot:
         form = await _form(pilot)
         form.query_one("#profile").focus()
