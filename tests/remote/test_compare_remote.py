@@ -148,7 +148,7 @@ async def test_the_compare_screen_follows_a_remote_run_live_and_a_down_host_hold
 
 @pytest.mark.timeout(600)
 async def test_a_real_remote_run_and_a_local_one_compare_from_the_runs_list(
-        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for) -> None:
+        remote_env, tiny_run_inputs, tmp_path, monkeypatch, wait_for, engine_in_process) -> None:
     monkeypatch.setenv("KDTUI_CONFIG_DIR", str(tmp_path / "kdtui-config"))
     flags = ["--steps", "8", "--batch-size", "4", "--seq-len", "32", "--eval-every", "4",
              "--eval-batches", "2", "--checkpoint-every", "8", "--temperature", "2.0"]
@@ -159,9 +159,10 @@ async def test_a_real_remote_run_and_a_local_one_compare_from_the_runs_list(
                                                 "--run-name", "cmp-remote", *models, *flags])
     assert code == 0
     runs = tmp_path / "runs"
-    subprocess.run([sys.executable, "-m", "kdengine", "train", *models, *flags, "--alpha", "1.0",
-                    "--run-name", "cmp-local", "--run-dir", str(runs / "cmp-local")], check=True,
-                   capture_output=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    # in this process: a new one added only its torch import
+    done = engine_in_process("train", *models, *flags, "--alpha", "1.0", "--run-name",
+                             "cmp-local", "--run-dir", str(runs / "cmp-local"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     app = KDApp(runs_dir=runs)
     async with app.run_test(size=(120, 40)) as pilot:
         app.push_screen(RunsScreen())
