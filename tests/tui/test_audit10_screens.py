@@ -171,6 +171,7 @@ class SlowStartLauncher:
     def __init__(self, run_dir) -> None:
         self.run_dir = run_dir
         self.process = None
+        self.started = False  # start() has returned its handle
 
     async def start(self, on_stage):
         import asyncio
@@ -186,6 +187,7 @@ class SlowStartLauncher:
         (self.run_dir / "engine.pid").write_text(f"{self.process.pid}\n")
         await asyncio.sleep(0.8)
         on_stage(StageUpdate("start", "done", 0.8, f"pid {self.process.pid}"))
+        self.started = True
         return LocalRunHandle(run_id=self.run_dir.name, run_dir=str(self.run_dir),
                               process=self.process)
 
@@ -207,7 +209,8 @@ async def test_a_run_left_at_once_after_start_is_still_the_dashboards(runs_dir, 
             await wait_until(pilot, lambda: launcher.process is not None)
             await pilot.press("escape")  # back to the form while the start is confirmed
             await wait_until(pilot, lambda: not isinstance(app.screen, RunScreen))
-            await pilot.pause(1.2)  # the start's window has passed
+            await wait_until(pilot, lambda: launcher.started)  # the start's window has passed
+            await pilot.pause(0.2)  # the dashboard takes the handle start() returned
             assert [h.run_id for h in app.running_owned()] == ["left"]
             await pilot.press("ctrl+q")
             await wait_until(pilot, lambda: isinstance(app.screen, QuitScreen))
