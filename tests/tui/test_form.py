@@ -102,7 +102,7 @@ async def test_demo_preset_fills_the_form_and_dry_run_shows_the_plan(runs_dir):
         assert not (runs_dir / "dry").exists()  # a dry run touches nothing
 
 
-async def test_last_values_are_remembered_per_host(runs_dir, isolated_kdtui):
+async def test_last_values_are_remembered_per_host(runs_dir, isolated_kdtui, wait_for):
     app = KDApp(runs_dir=runs_dir)
     async with app.run_test(size=(140, 48)) as pilot:
         await pilot.pause()
@@ -111,7 +111,7 @@ async def test_last_values_are_remembered_per_host(runs_dir, isolated_kdtui):
         screen.query_one("#field-steps", Input).value = "123"
         screen.query_one("#dry_run", Switch).value = True
         await pilot.press("ctrl+r")
-        await pilot.pause(0.5)
+        await wait_for(pilot, lambda: isinstance(app.screen, PlanScreen), 10)  # saved before
     saved = Settings.load()
     assert saved.values_for("local")["steps"] == "123"
     app = KDApp(runs_dir=runs_dir)
