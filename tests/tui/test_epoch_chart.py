@@ -25,6 +25,14 @@ STANDIN = Path(__file__).resolve().parents[1] / "profiles" / "apr_standin.py"
 SIZE = (150, 44)
 
 
+async def _redrawn(pilot, chart: LossChart) -> None:
+    """The chart has drawn what it was given (it redraws every REDRAW_S when dirty), and the
+    screen shows it."""
+    while chart._dirty:
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
 @dataclass
 class AprLogHandle:
     """A RunHandle for an apr launch.log on this machine, followed as the run screen follows
@@ -83,8 +91,8 @@ async def test_an_apr_run_puts_each_epoch_end_loss_on_its_own_labelled_series(
     async with app.run_test(size=SIZE) as pilot:
         screen = await _open_run(app, pilot, AprLogHandle(tmp_path / "apr", epochs=3), wait_for)
         await wait_for(pilot, lambda: screen.state.finished is not None, 20)
-        await pilot.pause(0.4)  # one chart redraw
         chart = screen.query_one(LossChart)
+        await _redrawn(pilot, chart)
         assert chart.point_count == 15  # the step series is as before
         # each epoch's loss at the step its epoch ended: 5, 10, 15
         assert chart.epoch.points() == ([5.0, 10.0, 15.0], epoch_losses)
@@ -97,7 +105,7 @@ async def test_an_apr_run_puts_each_epoch_end_loss_on_its_own_labelled_series(
         assert "step 15 / 15   epoch 3/3" in progress.render().plain
         # log y and EMA keep the epoch points (EMA smooths the step series only)
         await pilot.press("l", "m")
-        await pilot.pause(0.4)
+        await _redrawn(pilot, chart)
         plain = chart.render().plain
         assert EPOCH_LABEL in chart.legend and plain.count("◆") == 3
         # a border title is markup: what the border shows is its plain text
@@ -113,8 +121,8 @@ async def test_log_y_survives_redraws_of_the_same_data(tmp_path, runs_dir, wait_
         screen = await _open_run(app, pilot, AprLogHandle(tmp_path / "apr", epochs=2), wait_for)
         await wait_for(pilot, lambda: screen.state.finished is not None, 20)
         await pilot.press("l")
-        await pilot.pause(0.4)
         chart = screen.query_one(LossChart)
+        await _redrawn(pilot, chart)
         # shown, not read as a markup tag as "[log y]" was
         assert Content.from_markup(chart.border_title).plain == "loss (log y)"
         first = chart.render().plain
@@ -159,8 +167,8 @@ async def test_a_run_without_epochs_shows_no_epoch(runs_dir, wait_for, write_run
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
         screen = app.screen
         await wait_for(pilot, lambda: screen.state.finished is not None)
-        await pilot.pause(0.4)
-        assert "epoch" not in screen.query_one(RunProgress).render().plain
         chart = screen.query_one(LossChart)
+        await _redrawn(pilot, chart)
+        assert "epoch" not in screen.query_one(RunProgress).render().plain
         assert chart.epoch_point_count == 0
         assert EPOCH_LABEL not in chart.render().plain
