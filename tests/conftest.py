@@ -534,3 +534,28 @@ RAW_TEXT_REFUSALS = [
     ("--data-fields", "text=body", "--data-fields: raw text files have no columns to map "
      "(only JSONL, JSON, Parquet and Arrow records have): leave it out"),
 ]
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: int | str) -> Iterator[Path]:
+    """A real tmpfs of `size` bytes (or tmpfs' own size text: "1m") at `mount`, unmounted
+    after; the test is skipped where it cannot be mounted (root only). A host's small or full
+    disk, for real (fill_up)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("needs a tmpfs mount (root): " + done.stderr.decode().strip())
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill_up(mount: Path) -> None:
+    """Write a file into `mount` until its disk is full (ENOSPC, as wanted)."""
+    with open(mount / "filler", "wb") as fh:
+        try:
+            fh.write(b"\0" * (2 << 20))
+        except OSError:
+            pass

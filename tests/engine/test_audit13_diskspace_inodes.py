@@ -5,7 +5,6 @@ quota) and the fix for it. Real tmpfs mounts with nr_inodes (root only; skipped 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,13 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import tiny_run_args, write_tiny_inputs  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location(
-    "remote_disk_helpers", Path(__file__).resolve().parents[1] / "remote" / "conftest.py")
-_remote = sys.modules.setdefault("remote_disk_helpers", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(_remote)
-tmpfs = _remote.tmpfs  # a real tmpfs (root only: skipped where it cannot be mounted)
+from conftest import tiny_run_args, tmpfs, write_tiny_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")

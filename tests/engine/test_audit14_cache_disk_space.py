@@ -5,16 +5,9 @@ is scored, saying what it needs, what is free and the fix. A real tmpfs (root on
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-from tests.conftest import read_events, write_chat_pair
-
-_spec = importlib.util.spec_from_file_location(
-    "remote_disk_helpers", Path(__file__).resolve().parents[1] / "remote" / "conftest.py")
-_remote = sys.modules.setdefault("remote_disk_helpers", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(_remote)
+from tests.conftest import read_events, tmpfs, write_chat_pair
 
 
 def test_audit14_a_cache_too_big_for_its_disk_fails_before_scoring(
@@ -25,7 +18,7 @@ def test_audit14_a_cache_too_big_for_its_disk_fails_before_scoring(
     for i in range(3):  # ~3k tokens: ~1.2 MB at K = 64 in float32
         (data / f"doc{i}.txt").write_text("".join(f"line {i} {j} of the text\n"
                                                   for j in range(40)))
-    with _remote.tmpfs(tmp_path / "small", "256k") as mount:
+    with tmpfs(tmp_path / "small", "256k") as mount:
         out = mount / "cache"
         done = engine_in_process("cache-teacher", "--teacher", str(teacher), "--data",
                                  str(data), "--seq-len", "64", "--device", "cpu", "--dtype",

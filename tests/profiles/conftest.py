@@ -110,3 +110,13 @@ def apr_host(sshd, apr_work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return "kdtest"
 
     return configure
+
+
+@pytest.fixture
+def evidence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's dispatch records (KDTUI_EVIDENCE_DIR), with no dry run left on by the env."""
+    path = tmp_path / "evidence"
+    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(path))
+    monkeypatch.delenv("DRY_RUN", raising=False)
+    monkeypatch.delenv("KDTUI_DRY_RUN", raising=False)
+    return path

@@ -24,15 +24,6 @@ from .conftest import STANDIN
 MODELS = ["--teacher", "/m/t.apr", "--student", "/m/s.apr"]
 
 
-@pytest.fixture
-def evidence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "evidence"
-    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(path))
-    monkeypatch.delenv("DRY_RUN", raising=False)
-    monkeypatch.delenv("KDTUI_DRY_RUN", raising=False)
-    return path
-
-
 @pytest.mark.parametrize(("flags", "settings", "said"), [
     (["--teacher=-x", "--student", "/m/s.apr"], {},
      "--teacher: must not start with '-': apr would read it as one of its options; give a path "

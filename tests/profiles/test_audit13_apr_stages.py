@@ -22,15 +22,6 @@ from .conftest import STANDIN
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-def evidence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "evidence"
-    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(path))
-    monkeypatch.delenv("DRY_RUN", raising=False)
-    monkeypatch.delenv("KDTUI_DRY_RUN", raising=False)
-    return path
-
-
 def installed_apr(where: Path, before: str = "") -> Path:
     """An `apr` on the host that runs the stand-in, after the shell lines `before`."""
     where.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import fill_up, tmpfs  # noqa: F401 - the remote tests' full disks
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
@@ -97,31 +97,6 @@ def launch_flags(inputs: dict[str, str], steps: int = 4, eval_every: int = 2,
             inputs["data"], "--steps", str(steps), "--batch-size", "2", "--seq-len", "16",
             "--eval-every", str(eval_every), "--eval-batches", "1", "--log-every", "1",
             "--device", "cpu", "--dtype", "float32", *extra]
-
-
-@contextmanager
-def tmpfs(mount: Path, size: int | str) -> Iterator[Path]:
-    """A real tmpfs of `size` bytes (or tmpfs' own size text: "1m") at `mount`, unmounted
-    after; the test is skipped where it cannot be mounted (root only). A host's small or full
-    disk, for real (fill_up)."""
-    mount.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("needs a tmpfs mount (root): " + done.stderr.decode().strip())
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def fill_up(mount: Path) -> None:
-    """Write a file into `mount` until its disk is full (ENOSPC, as wanted)."""
-    with open(mount / "filler", "wb") as fh:
-        try:
-            fh.write(b"\0" * (2 << 20))
-        except OSError:
-            pass
 
 
 @pytest.fixture(scope="session")

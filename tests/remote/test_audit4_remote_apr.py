@@ -29,21 +29,13 @@ if _spec.name not in sys.modules:
     _spec.loader.exec_module(_profiles)
 # the apr fixtures (not `sshd`: this directory's conftest gives the session's one server)
 apr_repo, apr_work, apr_host = _profiles.apr_repo, _profiles.apr_work, _profiles.apr_host
+evidence = _profiles.evidence
 
 MODELS = ["--teacher", "hf://org/t/model.apr", "--student", "org/s"]
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def evidence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "evidence"
-    monkeypatch.setenv("KDTUI_EVIDENCE_DIR", str(path))
-    monkeypatch.delenv("DRY_RUN", raising=False)
-    monkeypatch.delenv("KDTUI_DRY_RUN", raising=False)
-    return path
 
 
 def launch_args(host: str, repo: Path, name: str, *extra: str) -> list[str]:
